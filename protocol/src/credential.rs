@@ -1,0 +1,468 @@
+//! The credential model (SPEC §6): types, their fields, and the validation
+//! both the CLI (for early usage errors) and the daemon (authoritatively) run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SecretValue;
+
+/// The kind of a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialType {
+    /// Arbitrary key/values, injected as env vars.
+    Generic,
+    /// AWS access keys, possibly a temporary STS session.
+    Aws,
+    /// Object-storage keys (S3, GCS HMAC, Azure Blob, TOS).
+    Data,
+    /// A container-registry login.
+    Registry,
+    /// A GCP service-account key or ADC JSON.
+    Gcp,
+    /// A username and password.
+    Password,
+    /// An SSH private key.
+    Ssh,
+    /// A file written to a path.
+    File,
+    /// A bearer/API token.
+    Token,
+}
+
+/// One field of a credential type.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSpec {
+    /// Field name as typed on the command line.
+    pub name: &'static str,
+    /// Must be present.
+    pub required: bool,
+    /// Holds a secret: never echoed, warned about when given in argv.
+    pub secret: bool,
+}
+
+const fn req(name: &'static str, secret: bool) -> FieldSpec {
+    FieldSpec {
+        name,
+        required: true,
+        secret,
+    }
+}
+
+const fn opt(name: &'static str, secret: bool) -> FieldSpec {
+    FieldSpec {
+        name,
+        required: false,
+        secret,
+    }
+}
+
+impl CredentialType {
+    /// Every type, in the order of SPEC §6.
+    pub const ALL: [CredentialType; 9] = [
+        CredentialType::Generic,
+        CredentialType::Aws,
+        CredentialType::Data,
+        CredentialType::Registry,
+        CredentialType::Gcp,
+        CredentialType::Password,
+        CredentialType::Ssh,
+        CredentialType::File,
+        CredentialType::Token,
+    ];
+
+    /// Lower-case name, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialType::Generic => "generic",
+            CredentialType::Aws => "aws",
+            CredentialType::Data => "data",
+            CredentialType::Registry => "registry",
+            CredentialType::Gcp => "gcp",
+            CredentialType::Password => "password",
+            CredentialType::Ssh => "ssh",
+            CredentialType::File => "file",
+            CredentialType::Token => "token",
+        }
+    }
+
+    /// The fixed fields of this type. `generic` has none: any valid env name
+    /// is a field, and every value is secret.
+    pub fn fields(self) -> &'static [FieldSpec] {
+        match self {
+            CredentialType::Generic => const { &[] },
+            CredentialType::Aws => {
+                const {
+                    &[
+                        req("access_key_id", false),
+                        req("secret_access_key", true),
+                        opt("session_token", true),
+                        opt("region", false),
+                        opt("role_arn", false),
+                        opt("mfa_serial", false),
+                    ]
+                }
+            }
+            CredentialType::Data => {
+                const {
+                    &[
+                        req("endpoint", false),
+                        req("access_key_id", false),
+                        req("access_key", true),
+                        opt("region", false),
+                        opt("override_url", false),
+                        opt("addressing_style", false),
+                    ]
+                }
+            }
+            CredentialType::Registry => {
+                const {
+                    &[
+                        req("registry", false),
+                        req("username", false),
+                        req("auth", true),
+                    ]
+                }
+            }
+            CredentialType::Gcp => const { &[req("json", true), opt("project", false)] },
+            CredentialType::Password => {
+                const {
+                    &[
+                        req("username", false),
+                        req("password", true),
+                        opt("url", false),
+                    ]
+                }
+            }
+            CredentialType::Ssh => {
+                const {
+                    &[
+                        req("private_key", true),
+                        opt("public_key", false),
+                        opt("known_hosts", false),
+                    ]
+                }
+            }
+            CredentialType::File => {
+                const {
+                    &[
+                        req("content", true),
+                        req("path", false),
+                        opt("mode", false),
+                        opt("env", false),
+                    ]
+                }
+            }
+            CredentialType::Token => {
+                const { &[req("token", true), opt("url", false), opt("env", false)] }
+            }
+        }
+    }
+
+    /// Whether `field` of this type holds a secret.
+    pub fn is_secret(self, field: &str) -> bool {
+        match self {
+            CredentialType::Generic => true,
+            _ => self.fields().iter().any(|f| f.name == field && f.secret),
+        }
+    }
+}
+
+impl fmt::Display for CredentialType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CredentialType {
+    type Err = String;
+
+    /// Accepts the lower-case names and, for people coming from workload
+    /// platforms, their upper-case spelling (`REGISTRY`, `DATA`, `GENERIC`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        CredentialType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == lower)
+            .ok_or_else(|| {
+                let names: Vec<_> = CredentialType::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "unknown credential type '{s}': use one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Checks a record name: 1–128 chars of `[A-Za-z0-9._@/-]`, starting
+/// alphanumeric.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=128).contains(&name.len());
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '/' | '-'));
+    if ok_len && ok_first && ok_chars {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name '{}': use 1-128 characters of A-Z a-z 0-9 . _ @ / -, starting with a letter or digit",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// Checks a tag: 1–64 chars of `[A-Za-z0-9._:=/-]`.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&tag.len())
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '=' | '/' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid tag '{}': use 1-64 characters of A-Z a-z 0-9 . _ : = / -",
+            tag.escape_debug()
+        ))
+    }
+}
+
+/// Whether `s` is a valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Longest description accepted.
+pub const MAX_DESCRIPTION: usize = 1024;
+
+/// Largest single field value accepted (fits comfortably in a frame).
+pub const MAX_FIELD_VALUE: usize = 256 * 1024;
+
+/// Validates the fields of a credential of type `ty`. Reports every missing
+/// required field at once. The message never includes a secret value.
+pub fn validate_fields(
+    ty: CredentialType,
+    fields: &BTreeMap<String, SecretValue>,
+) -> Result<(), String> {
+    if let Some((name, _)) = fields
+        .iter()
+        .find(|(_, v)| v.expose_secret().len() > MAX_FIELD_VALUE)
+    {
+        return Err(format!(
+            "field '{name}' is larger than {MAX_FIELD_VALUE} bytes"
+        ));
+    }
+    if ty == CredentialType::Generic {
+        if fields.is_empty() {
+            return Err("a generic credential needs at least one KEY=VALUE".into());
+        }
+        if let Some(bad) = fields.keys().find(|k| !is_env_name(k)) {
+            return Err(format!(
+                "'{}' is not a valid environment variable name: use letters, digits and _, not starting with a digit",
+                bad.escape_debug()
+            ));
+        }
+        return Ok(());
+    }
+    let specs = ty.fields();
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !specs.iter().any(|s| s.name == k.as_str()))
+    {
+        let known: Vec<_> = specs.iter().map(|s| s.name).collect();
+        return Err(format!(
+            "unknown field '{}' for type {ty}: its fields are {}",
+            unknown.escape_debug(),
+            known.join(", ")
+        ));
+    }
+    let missing: Vec<_> = specs
+        .iter()
+        .filter(|s| s.required && fields.get(s.name).is_none_or(|v| v.is_empty()))
+        .map(|s| s.name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing required field{} for type {ty}: {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        ));
+    }
+    let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
+    match ty {
+        CredentialType::Data => {
+            let endpoint = get("endpoint").unwrap_or_default();
+            let schemes = ["s3://", "gs://", "azure://", "tos://"];
+            if !schemes.iter().any(|s| endpoint.starts_with(s)) {
+                return Err(format!(
+                    "endpoint '{endpoint}' must start with s3://, gs://, azure:// or tos://"
+                ));
+            }
+            if let Some(style) = get("addressing_style")
+                && !matches!(style, "virtual" | "path" | "auto")
+            {
+                return Err("addressing_style must be virtual, path or auto".into());
+            }
+        }
+        CredentialType::Gcp => {
+            let json = get("json").unwrap_or_default();
+            let doc: serde_json::Value = serde_json::from_str(json).map_err(|_| {
+                "field 'json' is not valid JSON: pass the key file with json=@key.json".to_owned()
+            })?;
+            let kind = doc.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            let known = [
+                "service_account",
+                "authorized_user",
+                "external_account",
+                "impersonated_service_account",
+            ];
+            if !known.contains(&kind) {
+                return Err(format!(
+                    "field 'json' has \"type\": \"{kind}\"; expected one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        CredentialType::File => {
+            let path = get("path").unwrap_or_default();
+            if path.contains('\0') {
+                return Err("field 'path' contains a NUL byte".into());
+            }
+            if let Some(mode) = get("mode") {
+                parse_mode(mode)?;
+            }
+            if let Some(env) = get("env")
+                && !is_env_name(env)
+            {
+                return Err(format!(
+                    "env '{env}' is not a valid environment variable name"
+                ));
+            }
+        }
+        CredentialType::Token => {
+            if let Some(env) = get("env")
+                && !is_env_name(env)
+            {
+                return Err(format!(
+                    "env '{env}' is not a valid environment variable name"
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses an octal file mode such as `0600` or `600`; group/other bits are
+/// allowed (the user asked), but not setuid/setgid/sticky.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("mode '{s}' is not an octal file mode like 0600"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
+            .collect()
+    }
+
+    #[test]
+    fn names() {
+        for good in [
+            "a",
+            "aws-dev",
+            "team/prod.db",
+            "me@corp",
+            "9lives",
+            &"x".repeat(128),
+        ] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a b", "ä", "a;b", &"x".repeat(129)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn types_parse_in_platform_spelling() {
+        assert_eq!(
+            "REGISTRY".parse::<CredentialType>().unwrap(),
+            CredentialType::Registry
+        );
+        assert_eq!(
+            "aws".parse::<CredentialType>().unwrap(),
+            CredentialType::Aws
+        );
+        assert!("kerberos".parse::<CredentialType>().is_err());
+    }
+
+    #[test]
+    fn missing_fields_are_all_listed() {
+        let err =
+            validate_fields(CredentialType::Aws, &fields(&[("region", "eu-west-1")])).unwrap_err();
+        assert!(err.contains("access_key_id, secret_access_key"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_invalid_fields() {
+        assert!(
+            validate_fields(
+                CredentialType::Token,
+                &fields(&[("token", "t"), ("x", "1")])
+            )
+            .unwrap_err()
+            .contains("unknown field 'x'")
+        );
+        assert!(validate_fields(CredentialType::Generic, &fields(&[("1BAD", "v")])).is_err());
+        assert!(validate_fields(CredentialType::Generic, &fields(&[])).is_err());
+        let data = fields(&[
+            ("endpoint", "http://x"),
+            ("access_key_id", "a"),
+            ("access_key", "k"),
+        ]);
+        assert!(
+            validate_fields(CredentialType::Data, &data)
+                .unwrap_err()
+                .contains("s3://")
+        );
+        let gcp = fields(&[("json", r#"{"type":"nope"}"#)]);
+        assert!(validate_fields(CredentialType::Gcp, &gcp).is_err());
+        let gcp = fields(&[("json", r#"{"type":"service_account"}"#)]);
+        assert!(validate_fields(CredentialType::Gcp, &gcp).is_ok());
+    }
+
+    #[test]
+    fn errors_never_echo_secret_values() {
+        let err = validate_fields(
+            CredentialType::Gcp,
+            &fields(&[("json", "SECRET-MARKER-not-json")]),
+        )
+        .unwrap_err();
+        assert!(!err.contains("SECRET-MARKER"), "{err}");
+    }
+
+    #[test]
+    fn secret_fields() {
+        assert!(CredentialType::Aws.is_secret("secret_access_key"));
+        assert!(!CredentialType::Aws.is_secret("access_key_id"));
+        assert!(CredentialType::Generic.is_secret("ANYTHING"));
+    }
+}

@@ -1,0 +1,446 @@
+//! Requests and responses of the local protocol (SPEC §13).
+//!
+//! A connection starts with [`Request::Hello`]; after that a client may send
+//! any number of requests, each with its own `id`, and the daemon answers each
+//! with a [`ResponseFrame`] carrying the same `id` and either `ok` or `err`.
+//!
+//! ```text
+//! {"id":1,"req":{"op":"get","name":"aws-dev"}}
+//! {"id":1,"ok":{"kind":"record", ...}}
+//! {"id":1,"err":{"code":"not_found","message":"..."}}
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::credential::CredentialType;
+use crate::error::{ErrorCode, WireError};
+use crate::secret::SecretValue;
+use crate::timefmt::Timestamp;
+
+/// A request with its id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client; echoed in the response.
+    pub id: u64,
+    /// The request.
+    pub req: Request,
+}
+
+/// A response with the id of the request it answers. Exactly one of `ok` and
+/// `err` is set. A frame the daemon could not parse is answered with id 0.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The answer, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Response>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<WireError>,
+}
+
+impl ResponseFrame {
+    /// Wraps a result for request `id`.
+    pub fn new(id: u64, result: Result<Response, WireError>) -> Self {
+        match result {
+            Ok(r) => Self {
+                id,
+                ok: Some(r),
+                err: None,
+            },
+            Err(e) => Self {
+                id,
+                ok: None,
+                err: Some(e),
+            },
+        }
+    }
+
+    /// The result this frame carries.
+    pub fn into_result(self) -> Result<Response, WireError> {
+        match (self.ok, self.err) {
+            (_, Some(e)) => Err(e),
+            (Some(r), None) => Ok(r),
+            (None, None) => Err(WireError::new(
+                ErrorCode::BadFrame,
+                "empty response from vaultd",
+            )),
+        }
+    }
+}
+
+/// Everything a client can ask of the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Must be the first request on a connection.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the client.
+        protocol: u32,
+        /// [`crate::BUILD_VERSION`] of the client.
+        build: String,
+    },
+    /// Daemon and vault state; never needs the vault unlocked.
+    Status,
+    /// Create the vault key and database; leaves the vault unlocked.
+    Init {
+        /// Encrypts `identity.age`.
+        passphrase: SecretValue,
+    },
+    /// Decrypt the vault key into memory.
+    Unlock {
+        /// The vault passphrase.
+        passphrase: SecretValue,
+    },
+    /// Forget the vault key now.
+    Lock,
+    /// Ask to be the one client that prompts the user for the passphrase.
+    /// Answered by [`Response::PromptLease`].
+    PromptLease,
+    /// Wait until the vault is unlocked (by another client's prompt), at most
+    /// `timeout_ms`. Answered by [`Response::Status`].
+    WaitUnlocked {
+        /// How long to wait.
+        timeout_ms: u64,
+    },
+    /// Create a record.
+    Add {
+        /// The new record.
+        record: NewRecord,
+    },
+    /// Create many records in one transaction (import, benchmarks).
+    /// Fails as a whole if any name exists or any record is invalid.
+    AddMany {
+        /// The new records.
+        records: Vec<NewRecord>,
+    },
+    /// Update fields or attributes of a record; makes a new revision.
+    Set {
+        /// The record.
+        name: String,
+        /// Fields to set (added or replaced).
+        #[serde(default)]
+        fields: BTreeMap<String, SecretValue>,
+        /// Fields to remove.
+        #[serde(default)]
+        unset: Vec<String>,
+        /// New description, when given.
+        #[serde(default)]
+        description: Option<String>,
+        /// Replacement tag list, when given.
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+        /// New expiry: `Some(None)` clears it.
+        #[serde(
+            default,
+            with = "double_option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        expires_at: Option<Option<Timestamp>>,
+    },
+    /// One record with its values.
+    Get {
+        /// The record.
+        name: String,
+    },
+    /// Summaries of records; never values.
+    List {
+        /// Filters; all must match.
+        #[serde(default)]
+        filter: ListFilter,
+    },
+    /// Delete a record (its history is kept).
+    Remove {
+        /// The record.
+        name: String,
+    },
+    /// Give a record a new name.
+    Rename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Revisions of a record.
+    History {
+        /// The record.
+        name: String,
+    },
+    /// Make an old revision's values current again (as a new revision).
+    Restore {
+        /// The record.
+        name: String,
+        /// The revision to restore.
+        revision: u64,
+    },
+    /// Stop the daemon (locks first).
+    Shutdown,
+}
+
+impl Request {
+    /// Whether this request counts as activity for the idle-lock timer.
+    ///
+    /// This is the one place that decides it (SPEC §13). Only requests that
+    /// use the unlocked key extend the session; status polls, handshakes and
+    /// lock/unlock housekeeping never keep a vault unlocked.
+    pub fn extends_idle(&self) -> bool {
+        match self {
+            Request::Add { .. }
+            | Request::AddMany { .. }
+            | Request::Set { .. }
+            | Request::Get { .. }
+            | Request::List { .. }
+            | Request::Remove { .. }
+            | Request::Rename { .. }
+            | Request::History { .. }
+            | Request::Restore { .. } => true,
+            Request::Hello { .. }
+            | Request::Status
+            | Request::Init { .. }
+            | Request::Unlock { .. }
+            | Request::Lock
+            | Request::PromptLease
+            | Request::WaitUnlocked { .. }
+            | Request::Shutdown => false,
+        }
+    }
+}
+
+/// A record to create.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NewRecord {
+    /// Unique name (see [`crate::validate_name`]).
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Field values.
+    pub fields: BTreeMap<String, SecretValue>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Tags for filtering.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// When the credential stops being valid.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Filters for [`Request::List`].
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ListFilter {
+    /// Only this type.
+    #[serde(default, rename = "type")]
+    pub kind: Option<CredentialType>,
+    /// Only records carrying this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Only records expiring within this many seconds (not yet expired).
+    #[serde(default)]
+    pub expiring_within_secs: Option<u64>,
+    /// Only expired records.
+    #[serde(default)]
+    pub expired: bool,
+}
+
+/// Everything the daemon answers with.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// The daemon's protocol version.
+        protocol: u32,
+        /// The daemon's build version.
+        build: String,
+        /// The daemon's process id.
+        pid: u32,
+    },
+    /// Success with nothing to report.
+    Done,
+    /// Answer to `Status`, `Unlock`, `Lock`, `WaitUnlocked`.
+    Status(StatusInfo),
+    /// Answer to `Init`.
+    Initialized {
+        /// New vault id.
+        vault_id: String,
+        /// The vault's age recipient (`age1…`).
+        recipient: String,
+    },
+    /// Answer to `PromptLease`: `granted` means this client should prompt
+    /// and then send `Unlock`; otherwise another client is prompting and
+    /// this one should send `WaitUnlocked`.
+    PromptLease {
+        /// Whether this client holds the lease.
+        granted: bool,
+    },
+    /// Answer to `Add`, `Set`, `Rename`, `Restore`, `Remove`.
+    Changed(RecordSummary),
+    /// Answer to `AddMany`.
+    AddedMany {
+        /// How many records were created.
+        count: u64,
+    },
+    /// Answer to `Get`.
+    Record(RecordView),
+    /// Answer to `List`.
+    Records {
+        /// Matching records, sorted by name.
+        records: Vec<RecordSummary>,
+    },
+    /// Answer to `History`, newest first.
+    History {
+        /// The revisions.
+        revisions: Vec<RevisionInfo>,
+    },
+}
+
+/// Daemon and vault state (`vault status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Whether `vault init` has been run.
+    pub initialized: bool,
+    /// The vault's id, once initialized.
+    pub vault_id: Option<String>,
+    /// Whether the key is out of memory.
+    pub locked: bool,
+    /// The daemon's pid.
+    pub daemon_pid: u32,
+    /// The socket the daemon serves.
+    pub socket: String,
+    /// Number of live records (known only while unlocked).
+    pub records: Option<u64>,
+    /// When the vault locks itself if left idle (while unlocked).
+    pub idle_lock_at: Option<Timestamp>,
+    /// When the vault locks itself regardless of activity (while unlocked).
+    pub hard_lock_at: Option<Timestamp>,
+    /// Records expiring within the next hour, or expired (while unlocked).
+    #[serde(default)]
+    pub expiring: Vec<RecordSummary>,
+    /// Sync state (SPEC §7); `server` is null until `vault login`.
+    pub sync: SyncStatus,
+    /// Emitted-file bindings (filled by the emitters).
+    #[serde(default)]
+    pub emitters: Vec<serde_json::Value>,
+}
+
+/// Sync state within [`StatusInfo`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// The remote service, if logged in.
+    pub server: Option<String>,
+    /// Last successful sync.
+    pub last_sync: Option<Timestamp>,
+    /// Local changes not yet pushed.
+    pub queued: u64,
+    /// The last sync error.
+    pub last_error: Option<String>,
+}
+
+/// The state shown in `list`'s STATUS column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordState {
+    /// Valid, more than an hour left (or no expiry).
+    Ok,
+    /// Under an hour left.
+    Expiring,
+    /// Past its expiry.
+    Expired,
+    /// Changed locally, not yet synced.
+    PendingSync,
+    /// A sync conflict is recorded.
+    Conflict,
+    /// An emitted file no longer matches.
+    Drifted,
+}
+
+/// A record without its values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordSummary {
+    /// Name.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+    /// STATUS column.
+    pub state: RecordState,
+    /// Current revision number.
+    pub revision: u64,
+}
+
+/// A record with its values (`vault get`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordView {
+    /// Name.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Field values.
+    pub fields: BTreeMap<String, SecretValue>,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+    /// Current revision number.
+    pub revision: u64,
+}
+
+/// One revision in a record's history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// Revision number, from 1.
+    pub revision: u64,
+    /// When it was written.
+    pub updated_at: Timestamp,
+    /// The device that wrote it.
+    pub device: String,
+    /// What the change was: `add`, `set`, `rename`, `restore`, `remove`.
+    pub change: String,
+}
+
+mod double_option {
+    //! `Option<Option<T>>` where a present `null` means "clear".
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<Option<T>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            None => serializer.serialize_none(),
+            Some(inner) => inner.serialize(serializer),
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
+}

@@ -1,0 +1,128 @@
+//! Where a vault's files live (SPEC §3). `VAULT_HOME=DIR` puts everything of
+//! one vault under DIR; otherwise the platform's directories are used.
+//!
+//! Shared by the CLI (to find the socket and the log) and the daemon (to own
+//! the files). This module only computes paths; creating and checking them is
+//! the daemon's job.
+
+use std::path::{Path, PathBuf};
+
+/// Every path of one vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultPaths {
+    /// Holds `vault.db`, `identity.age`, the daemon lock.
+    pub data_dir: PathBuf,
+    /// Holds `config.toml`.
+    pub config_dir: PathBuf,
+    /// Holds the socket and exec temp files.
+    pub runtime_dir: PathBuf,
+    /// Holds `vaultd.log`.
+    pub state_dir: PathBuf,
+    /// The local socket the daemon listens on.
+    pub socket: PathBuf,
+}
+
+impl VaultPaths {
+    /// Paths from the environment: `VAULT_HOME`, else the platform's dirs.
+    /// `VAULT_SOCKET` (or `--socket`, passed as `socket_override`) moves only
+    /// the socket.
+    pub fn from_env(socket_override: Option<PathBuf>) -> Result<Self, String> {
+        let mut paths = match std::env::var_os("VAULT_HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Self::under_home(Path::new(&home)),
+            None => Self::platform()?,
+        };
+        let socket = socket_override.or_else(|| {
+            std::env::var_os("VAULT_SOCKET")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        if let Some(socket) = socket {
+            paths.socket = socket;
+        }
+        Ok(paths)
+    }
+
+    /// Everything of one vault under `home` (tests, `GNUPGHOME`-style use).
+    pub fn under_home(home: &Path) -> Self {
+        let home = absolute(home);
+        let runtime_dir = home.join("run");
+        Self {
+            data_dir: home.clone(),
+            config_dir: home.clone(),
+            state_dir: home.clone(),
+            socket: runtime_dir.join("vaultd.sock"),
+            runtime_dir,
+        }
+    }
+
+    fn platform() -> Result<Self, String> {
+        let dirs = directories::ProjectDirs::from("", "", "vault").ok_or_else(|| {
+            "cannot find your home directory: set HOME, or VAULT_HOME=DIR to keep the vault in DIR"
+                .to_owned()
+        })?;
+        let data_dir = dirs.data_dir().to_path_buf();
+        let runtime_dir = dirs
+            .runtime_dir()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| data_dir.join("run"));
+        Ok(Self {
+            config_dir: dirs.config_dir().to_path_buf(),
+            state_dir: dirs
+                .state_dir()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| data_dir.clone()),
+            socket: runtime_dir.join("vaultd.sock"),
+            runtime_dir,
+            data_dir,
+        })
+    }
+
+    /// The SQLite database.
+    pub fn db(&self) -> PathBuf {
+        self.data_dir.join("vault.db")
+    }
+
+    /// The passphrase-encrypted vault key.
+    pub fn identity(&self) -> PathBuf {
+        self.data_dir.join("identity.age")
+    }
+
+    /// The user's configuration.
+    pub fn config(&self) -> PathBuf {
+        self.config_dir.join("config.toml")
+    }
+
+    /// The daemon's log.
+    pub fn log(&self) -> PathBuf {
+        self.state_dir.join("vaultd.log")
+    }
+
+    /// Held exclusively by the running daemon: one `vaultd` per vault.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.data_dir.join("vaultd.lock")
+    }
+
+    /// Held by a CLI while it starts the daemon, so parallel CLIs start one.
+    pub fn start_lock(&self) -> PathBuf {
+        self.runtime_dir.join("start.lock")
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_puts_everything_under_one_dir() {
+        let p = VaultPaths::under_home(Path::new("/tmp/vh"));
+        assert_eq!(p.db(), Path::new("/tmp/vh/vault.db"));
+        assert_eq!(p.identity(), Path::new("/tmp/vh/identity.age"));
+        assert_eq!(p.config(), Path::new("/tmp/vh/config.toml"));
+        assert_eq!(p.socket, Path::new("/tmp/vh/run/vaultd.sock"));
+        assert_eq!(p.log(), Path::new("/tmp/vh/vaultd.log"));
+    }
+}

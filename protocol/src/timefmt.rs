@@ -1,0 +1,113 @@
+//! Timestamps and durations as users and JSON see them: RFC 3339 UTC
+//! (`2026-11-23T10:00:00Z`) and human durations (`15m`, `1h30m`, `12h`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A wall-clock instant with second precision, serialized as RFC 3339 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let secs = match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        Timestamp(secs)
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix(self) -> i64 {
+        self.0
+    }
+
+    /// This instant plus `d` (saturating).
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_secs().min(i64::MAX as u64) as i64),
+        )
+    }
+
+    /// Parses RFC 3339 with any offset (`Z`, `+02:00`); fractions are dropped.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(s.trim(), &Rfc3339)
+            .map(|t| Timestamp(t.unix_timestamp()))
+            .map_err(|_| {
+                format!("'{s}' is not an RFC 3339 timestamp (example: 2026-11-23T18:00:00Z)")
+            })
+    }
+
+    /// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`.
+    pub fn to_rfc3339(self) -> String {
+        match OffsetDateTime::from_unix_timestamp(self.0) {
+            Ok(t) => t.format(&Rfc3339).unwrap_or_else(|_| self.0.to_string()),
+            Err(_) => self.0.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a human duration such as `15m`, `1h30m`, `90s`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("'{s}' is not a duration (examples: 90s, 15m, 1h30m, 7d)"))
+}
+
+/// Formats a duration compactly for tables: `3d`, `5h12m`, `42m`, `30s`.
+pub fn format_duration_short(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{mins}m")
+    } else if mins > 0 {
+        format!("{mins}m")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip_in_utc() {
+        let t = Timestamp::parse("2026-11-23T12:00:00+02:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-23T10:00:00Z");
+        assert!(Timestamp::parse("tomorrow").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_duration_short(Duration::from_secs(5400)), "1h30m");
+    }
+}

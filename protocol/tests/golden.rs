@@ -1,0 +1,156 @@
+//! Byte-exact golden frames. The local protocol is frozen by these: a change
+//! that breaks one needs a `PROTOCOL_VERSION` bump (and a note in
+//! docs/protocol.md), not an edit of the expected bytes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use vault_protocol::message::{ListFilter, NewRecord};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{
+    CredentialType, ErrorCode, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame,
+    SecretValue, WireError, frame,
+};
+
+fn frame_of<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    frame::encode(v).unwrap().to_vec()
+}
+
+fn with_header(body: &str) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+#[test]
+fn protocol_version_is_pinned() {
+    assert_eq!(PROTOCOL_VERSION, 1);
+}
+
+#[test]
+fn hello_frame() {
+    let hello = RequestFrame {
+        id: 1,
+        req: Request::Hello {
+            protocol: 1,
+            build: "0.1.0".into(),
+        },
+    };
+    let expected = r#"{"id":1,"req":{"op":"hello","protocol":1,"build":"0.1.0"}}"#;
+    assert_eq!(frame_of(&hello), with_header(expected));
+    assert_eq!(&frame_of(&hello)[..4], &[0, 0, 0, 58]);
+}
+
+#[test]
+fn get_request_frame() {
+    let get = RequestFrame {
+        id: 7,
+        req: Request::Get {
+            name: "aws-dev".into(),
+        },
+    };
+    let expected = r#"{"id":7,"req":{"op":"get","name":"aws-dev"}}"#;
+    assert_eq!(frame_of(&get), with_header(expected));
+}
+
+#[test]
+fn add_request_frame() {
+    let mut fields = BTreeMap::new();
+    fields.insert("token".to_string(), SecretValue::from("t0k"));
+    let add = RequestFrame {
+        id: 2,
+        req: Request::Add {
+            record: NewRecord {
+                name: "gh".into(),
+                kind: CredentialType::Token,
+                fields,
+                description: None,
+                tags: vec!["ci".into()],
+                expires_at: Some(Timestamp(1_800_000_000)),
+            },
+        },
+    };
+    let expected = r#"{"id":2,"req":{"op":"add","record":{"name":"gh","type":"token","fields":{"token":"t0k"},"description":null,"tags":["ci"],"expires_at":"2027-01-15T08:00:00Z"}}}"#;
+    assert_eq!(frame_of(&add), with_header(expected));
+}
+
+#[test]
+fn list_request_decodes_with_defaults() {
+    let body = r#"{"id":3,"req":{"op":"list"}}"#;
+    let frame: RequestFrame = frame::decode(body.as_bytes()).unwrap();
+    let Request::List { filter } = frame.req else {
+        panic!("not a list")
+    };
+    let ListFilter {
+        kind,
+        tag,
+        expiring_within_secs,
+        expired,
+    } = filter;
+    assert!(kind.is_none() && tag.is_none() && expiring_within_secs.is_none() && !expired);
+}
+
+#[test]
+fn error_frame() {
+    let err = ResponseFrame::new(
+        7,
+        Err(WireError::new(
+            ErrorCode::NotFound,
+            "no credential named 'x': see 'vault list'",
+        )),
+    );
+    let expected = r#"{"id":7,"err":{"code":"not_found","message":"no credential named 'x': see 'vault list'"}}"#;
+    assert_eq!(frame_of(&err), with_header(expected));
+}
+
+#[test]
+fn hello_response_frame() {
+    let ok = ResponseFrame::new(
+        1,
+        Ok(Response::Hello {
+            protocol: 1,
+            build: "0.1.0".into(),
+            pid: 42,
+        }),
+    );
+    let expected = r#"{"id":1,"ok":{"kind":"hello","protocol":1,"build":"0.1.0","pid":42}}"#;
+    assert_eq!(frame_of(&ok), with_header(expected));
+}
+
+#[test]
+fn set_without_expiry_change_round_trips_as_no_change() {
+    let set = Request::Set {
+        name: "x".into(),
+        fields: BTreeMap::new(),
+        unset: vec![],
+        description: None,
+        tags: None,
+        expires_at: None,
+    };
+    let json = serde_json::to_string(&set).unwrap();
+    assert!(!json.contains("expires_at"), "{json}");
+    let Request::Set { expires_at, .. } = serde_json::from_str(&json).unwrap() else {
+        panic!()
+    };
+    assert!(expires_at.is_none());
+    let clear = r#"{"op":"set","name":"x","expires_at":null}"#;
+    let Request::Set { expires_at, .. } = serde_json::from_str(clear).unwrap() else {
+        panic!()
+    };
+    assert_eq!(expires_at, Some(None));
+}
+
+#[test]
+fn idle_timer_policy() {
+    assert!(Request::Get { name: "x".into() }.extends_idle());
+    assert!(!Request::Status.extends_idle());
+    assert!(
+        !Request::Hello {
+            protocol: 1,
+            build: String::new()
+        }
+        .extends_idle()
+    );
+    assert!(!Request::Lock.extends_idle());
+}

@@ -1,0 +1,1 @@
+//! Shared harness lives in tests/tests/common.
