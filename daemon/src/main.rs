@@ -1,1 +1,329 @@
-fn main() {}
+//! `vaultd`: see the crate docs in lib.rs and SPEC §1, §3, §13.
+//!
+//! Start-up order matters: harden the process, resolve and verify every vault
+//! path, take the one-daemon lock, open (never create) the database, clear a
+//! stale socket only if nothing answers on it, listen, and only then report
+//! `ready` to the CLI that spawned us.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use tracing::{error, info};
+use vault_daemon::config::Config;
+use vault_daemon::engine::Engine;
+use vault_daemon::fsutil;
+use vault_daemon::server::{self, Daemon};
+use vault_protocol::paths::VaultPaths;
+
+struct Args {
+    foreground: bool,
+    socket: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: vaultd [--foreground] [--socket PATH]
+
+The vault daemon. 'vault' starts it on demand; run it with --foreground under
+a service manager (systemd, launchd). VAULT_HOME=DIR keeps the whole vault in DIR.";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        foreground: false,
+        socket: None,
+    };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--foreground") => args.foreground = true,
+            Some("--socket") => {
+                args.socket = Some(it.next().ok_or("--socket needs a PATH")?.into());
+            }
+            Some("--version" | "-V") => {
+                println!("vaultd {}", vault_protocol::BUILD_VERSION);
+                std::process::exit(0);
+            }
+            Some("--help" | "-h") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// A start-up failure with its exit code.
+struct Fatal(u8, String);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal(1, e.to_string())
+    }
+}
+
+fn harden() {
+    // No core dumps and no ptrace attach by other processes of this user: the
+    // unlocked key lives in this process's memory.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
+}
+
+fn verify_paths(paths: &VaultPaths) -> Result<(), Fatal> {
+    for dir in [
+        &paths.data_dir,
+        &paths.config_dir,
+        &paths.state_dir,
+        &paths.runtime_dir,
+    ] {
+        fsutil::ensure_private_dir(dir)?;
+    }
+    let db = paths.db();
+    let files = [
+        db.clone(),
+        PathBuf::from(format!("{}-wal", db.display())),
+        PathBuf::from(format!("{}-shm", db.display())),
+        paths.identity(),
+        paths.config(),
+        paths.log(),
+        paths.daemon_lock(),
+    ];
+    for file in &files {
+        fsutil::check_private_if_exists(file)?;
+    }
+    Ok(())
+}
+
+fn init_logging(paths: &VaultPaths, foreground: bool) -> Result<(), Fatal> {
+    let file = fsutil::open_private(&paths.log(), true)
+        .map_err(|e| Fatal(1, format!("cannot open {}: {e}", paths.log().display())))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let file = std::sync::Mutex::new(file);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    if foreground {
+        let tee = Tee(file);
+        builder.with_writer(tee).init();
+    } else {
+        builder.with_writer(file).init();
+    }
+    Ok(())
+}
+
+/// Writes log lines to the file and to stderr (foreground mode).
+struct Tee(std::sync::Mutex<std::fs::File>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Tee {
+    type Writer = TeeWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        TeeWriter(&self.0)
+    }
+}
+
+struct TeeWriter<'a>(&'a std::sync::Mutex<std::fs::File>);
+
+impl Write for TeeWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Takes the exclusive daemon lock, held for the life of the process.
+fn take_daemon_lock(paths: &VaultPaths) -> Result<std::fs::File, Fatal> {
+    let path = paths.daemon_lock();
+    let mut file = fsutil::open_private(&path, false)
+        .map_err(|e| Fatal(1, format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(Fatal(
+                5,
+                format!(
+                    "vaultd is already running for this vault (pid {}); stop it with 'vault daemon stop'",
+                    pid.trim()
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Fatal(1, format!("cannot lock {}: {e}", path.display())));
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Removes a socket file left by a daemon that died, but only when nothing
+/// answers on it.
+fn clear_stale_socket(socket: &Path) -> Result<(), Fatal> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Fatal(
+            1,
+            format!(
+                "{} exists and is not a socket: move it aside",
+                socket.display()
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => Err(Fatal(
+            5,
+            format!(
+                "another process is serving {}; stop it with 'vault daemon stop'",
+                socket.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(socket)?;
+            Ok(())
+        }
+        Err(e) => Err(Fatal(1, format!("cannot check {}: {e}", socket.display()))),
+    }
+}
+
+fn start(
+    args: &Args,
+) -> Result<
+    (
+        Arc<Daemon>,
+        interprocess::local_socket::tokio::Listener,
+        std::fs::File,
+        PathBuf,
+    ),
+    Fatal,
+> {
+    let paths = VaultPaths::from_env(args.socket.clone())?;
+    verify_paths(&paths)?;
+    if let Some(dir) = paths.socket.parent() {
+        fsutil::ensure_private_dir(dir)?;
+    }
+    init_logging(&paths, args.foreground)?;
+    let lock = take_daemon_lock(&paths)?;
+    let config = Config::load(&paths.config())?;
+    let engine = Engine::open(paths.clone(), config)?;
+    clear_stale_socket(&paths.socket)?;
+    let name = paths.socket.as_path().to_fs_name::<GenericFilePath>()?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .create_tokio()
+        .map_err(|e| {
+            Fatal(
+                1,
+                format!("cannot listen on {}: {e}", paths.socket.display()),
+            )
+        })?;
+    let daemon = Daemon::new(engine, paths.socket.display().to_string());
+    info!(pid = std::process::id(), "vaultd listening");
+    Ok((daemon, listener, lock, paths.socket.clone()))
+}
+
+fn main() -> ExitCode {
+    harden();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vaultd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.foreground {
+        // Leave the CLI's session so its terminal's signals and hangup do not
+        // reach us.
+        let _ = rustix::process::setsid();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&args, Fatal(1, format!("cannot start runtime: {e}"))),
+    };
+    let _guard = runtime.enter();
+    let (daemon, listener, _lock, socket) = match start(&args) {
+        Ok(v) => v,
+        Err(fatal) => return report(&args, fatal),
+    };
+    if !args.foreground {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready {}", std::process::id());
+        let _ = out.flush();
+        detach_stdio();
+    }
+    runtime.block_on(async {
+        let d = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    // A lost terminal is no reason to drop the vault.
+                    _ = hup.recv() => continue,
+                }
+            }
+            info!("signal received");
+            d.request_shutdown();
+        });
+        server::run(daemon, listener).await;
+    });
+    let _ = std::fs::remove_file(&socket);
+    info!("vaultd stopped");
+    ExitCode::SUCCESS
+}
+
+/// Points stdin/stdout/stderr at /dev/null so that whoever started us (a
+/// shell's `$(...)`, a CI step) is not kept waiting for our end of a pipe.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
+}
+
+fn report(args: &Args, Fatal(code, msg): Fatal) -> ExitCode {
+    error!("{msg}");
+    if !args.foreground {
+        println!("error: {msg}");
+    }
+    eprintln!("vaultd: {msg}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,94 @@
+//! `config.toml` (SPEC §5). Every key is optional; defaults match the spec.
+//!
+//! ```toml
+//! [lock]
+//! idle = "15m"   # lock after this long without use
+//! max = "12h"    # lock this long after unlocking, whatever the use
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Idle timeout.
+    pub idle: Duration,
+    /// Hard cap on an unlock session.
+    pub max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(15 * 60),
+            max: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    lock: Lock,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Lock {
+    idle: Option<String>,
+    max: Option<String>,
+}
+
+impl Config {
+    /// Reads `path`; a missing file means defaults.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses the TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config = Self::default();
+        let dur = |key: &str, v: &str| {
+            vault_protocol::timefmt::parse_duration(v).map_err(|e| format!("lock.{key}: {e}"))
+        };
+        if let Some(v) = &file.lock.idle {
+            config.idle = dur("idle", v)?;
+        }
+        if let Some(v) = &file.lock.max {
+            config.max = dur("max", v)?;
+        }
+        if config.idle.is_zero() || config.max.is_zero() {
+            return Err("lock.idle and lock.max must be longer than zero".into());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.idle, Duration::from_secs(900));
+        let c = Config::parse("[lock]\nidle = \"2s\"\nmax = \"1h\"\n").unwrap();
+        assert_eq!(c.idle, Duration::from_secs(2));
+        assert!(
+            Config::parse("[lock]\nidle = \"soon\"")
+                .unwrap_err()
+                .contains("lock.idle")
+        );
+        assert!(Config::parse("[lokc]\n").is_err());
+    }
+}

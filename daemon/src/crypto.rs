@@ -1,0 +1,198 @@
+//! The vault key and record encryption (SPEC §4).
+//!
+//! The vault key is an age X25519 identity. On disk it exists only inside
+//! `identity.age`, encrypted with the passphrase through age's scrypt
+//! recipient at a fixed work factor. Each record body is one standard age
+//! file encrypted to the vault's recipient, so `age -d -i identity.txt` can
+//! always open it. Names are looked up through a blind index: HMAC-SHA256
+//! under a key derived with HKDF from the identity.
+//!
+//! Nothing in this module logs, and no error it returns includes key
+//! material or plaintext.
+
+use std::io::Read;
+use std::str::FromStr;
+
+use age::secrecy::{ExposeSecret, SecretString};
+use ring::{hkdf, hmac};
+use zeroize::Zeroizing;
+
+/// scrypt work factor (log2 N) for `identity.age`. Fixed, never tuned to the
+/// machine, so a vault made on a fast laptop opens on a slow CI runner. 2^17
+/// costs ~128 MiB and a few hundred milliseconds; age's own default is 18.
+pub const SCRYPT_WORK_FACTOR: u8 = 17;
+
+/// Highest work factor accepted when opening `identity.age` (files from a
+/// future version may raise the factor; beyond this we refuse rather than
+/// spend minutes).
+pub const MAX_SCRYPT_WORK_FACTOR: u8 = 20;
+
+/// Why the vault key could not be opened.
+#[derive(Debug)]
+pub enum KeyError {
+    /// The passphrase does not decrypt `identity.age`.
+    BadPassphrase,
+    /// `identity.age` is not a valid passphrase-encrypted age identity.
+    Damaged(String),
+}
+
+/// The unlocked vault key. Dropping it zeroizes the secret parts (age's
+/// identity and ring's HMAC key wipe themselves).
+pub struct VaultKey {
+    identity: age::x25519::Identity,
+    recipient: age::x25519::Recipient,
+    name_mac: hmac::Key,
+}
+
+impl std::fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultKey([redacted])")
+    }
+}
+
+impl VaultKey {
+    /// A fresh random vault key.
+    pub fn generate() -> Self {
+        Self::from_identity(age::x25519::Identity::generate())
+    }
+
+    fn from_identity(identity: age::x25519::Identity) -> Self {
+        let secret = identity.to_string();
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"vault blind index v1")
+            .extract(secret.expose_secret().as_bytes());
+        let okm = prk
+            .expand(&[b"record-name"], hmac::HMAC_SHA256)
+            .expect("HMAC_SHA256 is a valid HKDF output length");
+        let name_mac = hmac::Key::from(okm);
+        let recipient = identity.to_public();
+        Self {
+            identity,
+            recipient,
+            name_mac,
+        }
+    }
+
+    /// The recipient string (`age1…`), shareable.
+    pub fn recipient(&self) -> String {
+        self.recipient.to_string()
+    }
+
+    /// A short public id of the key: hex SHA-256 of the recipient, first 16
+    /// bytes. Sync checks it before every upload.
+    pub fn key_id(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.recipient().as_bytes());
+        hex::encode(&digest.as_ref()[..16])
+    }
+
+    /// `identity.age`: the identity, age-encrypted with `passphrase`.
+    pub fn seal(&self, passphrase: &str) -> Result<Vec<u8>, String> {
+        let mut recipient = age::scrypt::Recipient::new(SecretString::from(passphrase.to_owned()));
+        recipient.set_work_factor(SCRYPT_WORK_FACTOR);
+        let secret = self.identity.to_string();
+        let mut text = Zeroizing::new(String::new());
+        text.push_str("# vault key (age X25519 identity)\n");
+        text.push_str(secret.expose_secret());
+        text.push('\n');
+        age::encrypt(&recipient, text.as_bytes()).map_err(|e| format!("cannot seal key: {e}"))
+    }
+
+    /// Opens `identity.age` with `passphrase`.
+    pub fn open(sealed: &[u8], passphrase: &str) -> Result<Self, KeyError> {
+        let decryptor = age::Decryptor::new(sealed)
+            .map_err(|e| KeyError::Damaged(format!("not an age file ({e})")))?;
+        if !decryptor.is_scrypt() {
+            return Err(KeyError::Damaged("not passphrase-encrypted".into()));
+        }
+        let mut identity = age::scrypt::Identity::new(SecretString::from(passphrase.to_owned()));
+        identity.set_max_work_factor(MAX_SCRYPT_WORK_FACTOR);
+        let mut reader = match decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)) {
+            Ok(r) => r,
+            Err(age::DecryptError::ExcessiveWork { required, .. }) => {
+                return Err(KeyError::Damaged(format!(
+                    "its scrypt work factor {required} is above the supported {MAX_SCRYPT_WORK_FACTOR}"
+                )));
+            }
+            Err(_) => return Err(KeyError::BadPassphrase),
+        };
+        let mut text = Zeroizing::new(String::new());
+        reader
+            .read_to_string(&mut text)
+            .map_err(|_| KeyError::Damaged("its contents are truncated or corrupt".into()))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .ok_or_else(|| KeyError::Damaged("it holds no age identity".into()))?;
+        let identity = age::x25519::Identity::from_str(line)
+            .map_err(|_| KeyError::Damaged("its age identity is invalid".into()))?;
+        Ok(Self::from_identity(identity))
+    }
+
+    /// Encrypts a record body to the vault's recipient.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
+        age::encrypt(&self.recipient, plaintext).map_err(|e| format!("encryption failed: {e}"))
+    }
+
+    /// Decrypts a record body.
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+        age::decrypt(&self.identity, ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|e| format!("decryption failed: {e}"))
+    }
+
+    /// The blind index of a record name.
+    pub fn name_mac(&self, name: &str) -> Vec<u8> {
+        hmac::sign(&self.name_mac, name.as_bytes())
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The identity in age's text form, for golden tests and export.
+    pub fn identity_string(&self) -> SecretString {
+        self.identity.to_string()
+    }
+
+    /// Rebuilds a key from an identity string (golden tests, sync join).
+    pub fn from_identity_str(s: &str) -> Result<Self, String> {
+        age::x25519::Identity::from_str(s.trim())
+            .map(Self::from_identity)
+            .map_err(|_| "not an age X25519 identity".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_and_open() {
+        let key = VaultKey::generate();
+        let sealed = key.seal("correct horse").unwrap();
+        let opened = VaultKey::open(&sealed, "correct horse").unwrap();
+        assert_eq!(opened.recipient(), key.recipient());
+        assert_eq!(opened.name_mac("x"), key.name_mac("x"));
+        assert!(matches!(
+            VaultKey::open(&sealed, "wrong"),
+            Err(KeyError::BadPassphrase)
+        ));
+        assert!(matches!(
+            VaultKey::open(&sealed[..20], "x"),
+            Err(KeyError::Damaged(_))
+        ));
+        assert!(matches!(
+            VaultKey::open(b"garbage", "x"),
+            Err(KeyError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn records_round_trip_and_macs_differ_per_key() {
+        let a = VaultKey::generate();
+        let b = VaultKey::generate();
+        let ct = a.encrypt(b"hello").unwrap();
+        assert_eq!(&*a.decrypt(&ct).unwrap(), b"hello");
+        assert!(b.decrypt(&ct).is_err());
+        assert_ne!(a.name_mac("x"), b.name_mac("x"));
+        assert_eq!(a.name_mac("x").len(), 32);
+        assert_eq!(format!("{a:?}"), "VaultKey([redacted])");
+    }
+}

@@ -1,0 +1,841 @@
+//! The vault engine: every request's logic, synchronous and free of sockets,
+//! so it can be tested directly. It owns the store, the unlocked key and the
+//! in-memory index of record metadata that makes `list` and `status` cheap.
+//!
+//! It must never log a record name or a value: logs name records by id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tracing::{info, warn};
+use vault_protocol::credential::{validate_fields, validate_tag};
+use vault_protocol::message::{
+    ListFilter, NewRecord, RecordState, RecordSummary, RecordView, RevisionInfo, StatusInfo,
+    SyncStatus,
+};
+use vault_protocol::paths::VaultPaths;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{CredentialType, ErrorCode, SecretValue, WireError, validate_name};
+
+use crate::config::Config;
+use crate::crypto::{KeyError, VaultKey};
+use crate::record::{BODY_VERSION, RecordBody};
+use crate::store::{self, RecordRow, Store, StoreError};
+
+type Result<T> = std::result::Result<T, WireError>;
+
+/// Under this much time left, a record shows as `expiring`.
+pub const EXPIRING_WINDOW: Duration = Duration::from_secs(3600);
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
+    WireError::new(code, msg)
+}
+
+fn store_err(e: StoreError) -> WireError {
+    match e {
+        StoreError::NameTaken => err(
+            ErrorCode::AlreadyExists,
+            "a credential with that name exists",
+        ),
+        StoreError::Damaged(m) => err(ErrorCode::Failed, m),
+        StoreError::Sqlite(e) => err(ErrorCode::Internal, format!("database error: {e}")),
+    }
+}
+
+fn not_found(name: &str) -> WireError {
+    err(
+        ErrorCode::NotFound,
+        format!("no credential named '{name}': see 'vault list'"),
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source failed");
+    hex::encode(buf)
+}
+
+/// What the index keeps of a live record: enough for list/status, no values.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    /// Record id.
+    pub id: String,
+    /// Type.
+    pub kind: CredentialType,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Current revision.
+    pub revision: u64,
+}
+
+/// Name → entry, for every live record.
+pub type Index = HashMap<String, IndexEntry>;
+
+/// The unlocked state: key, index, deadlines.
+#[derive(Debug)]
+struct Session {
+    key: VaultKey,
+    index: Index,
+    idle_deadline: Timestamp,
+    hard_deadline: Timestamp,
+}
+
+/// Derives a record's STATUS from its expiry.
+pub fn state_of(expires_at: Option<Timestamp>, now: Timestamp) -> RecordState {
+    match expires_at {
+        Some(t) if t <= now => RecordState::Expired,
+        Some(t) if t.unix() - now.unix() < EXPIRING_WINDOW.as_secs() as i64 => {
+            RecordState::Expiring
+        }
+        _ => RecordState::Ok,
+    }
+}
+
+impl IndexEntry {
+    fn summary(&self, name: &str, now: Timestamp) -> RecordSummary {
+        let state = state_of(self.expires_at, now);
+        RecordSummary {
+            name: name.to_owned(),
+            kind: self.kind,
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            expired: state == RecordState::Expired,
+            state,
+            revision: self.revision,
+        }
+    }
+
+    fn from_parts(row: &RecordRow, body: &RecordBody) -> Self {
+        Self {
+            id: row.id.clone(),
+            kind: body.kind,
+            description: body.description.clone(),
+            tags: body.tags.clone(),
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
+            expires_at: body.expires_at,
+            revision: row.revision,
+        }
+    }
+}
+
+/// Material read under the engine lock for an unlock that finishes outside it.
+#[derive(Debug)]
+pub struct SealedKey(pub Vec<u8>);
+
+/// The engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    paths: VaultPaths,
+    config: Config,
+    store: Option<Store>,
+    session: Option<Session>,
+    device: String,
+}
+
+impl Engine {
+    /// Opens the engine for `paths`. A missing database means "not
+    /// initialized"; a damaged one is an error and is left untouched.
+    pub fn open(paths: VaultPaths, config: Config) -> std::result::Result<Self, String> {
+        let db = paths.db();
+        let identity = paths.identity();
+        let store = match (db.exists(), identity.exists()) {
+            (true, true) => Some(Store::open(&db).map_err(|e| e.to_string())?),
+            (false, false) => None,
+            (true, false) => {
+                return Err(format!(
+                    "{} exists but {} is missing: the vault key is gone. Restore identity.age \
+                     from a backup; nothing was changed",
+                    db.display(),
+                    identity.display()
+                ));
+            }
+            (false, true) => {
+                return Err(format!(
+                    "{} exists but {} is missing. Restore vault.db from a backup, or move \
+                     identity.age aside and run 'vault init'; nothing was changed",
+                    identity.display(),
+                    db.display()
+                ));
+            }
+        };
+        let device = match &store {
+            Some(s) => s
+                .meta("device_id")
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Self {
+            paths,
+            config,
+            store,
+            session: None,
+            device,
+        })
+    }
+
+    /// Whether the key is out of memory.
+    pub fn is_locked(&self) -> bool {
+        self.session.is_none()
+    }
+
+    fn store(&self) -> Result<&Store> {
+        self.store.as_ref().ok_or_else(|| {
+            err(
+                ErrorCode::NotInitialized,
+                format!(
+                    "no vault at {}: run 'vault init'",
+                    self.paths.data_dir.display()
+                ),
+            )
+        })
+    }
+
+    fn session(&self) -> Result<&Session> {
+        self.store()?;
+        self.session
+            .as_ref()
+            .ok_or_else(|| err(ErrorCode::Locked, "vault is locked: run 'vault unlock'"))
+    }
+
+    /// Daemon and vault state.
+    pub fn status(&self, socket: &str, pid: u32, now: Timestamp) -> Result<StatusInfo> {
+        let vault_id = match &self.store {
+            Some(s) => s.meta("vault_id").map_err(store_err)?,
+            None => None,
+        };
+        let mut expiring: Vec<RecordSummary> = Vec::new();
+        if let Some(sess) = &self.session {
+            for (name, e) in &sess.index {
+                if let Some(t) = e.expires_at
+                    && t.unix() - now.unix() < EXPIRING_WINDOW.as_secs() as i64
+                {
+                    expiring.push(e.summary(name, now));
+                }
+            }
+            expiring.sort_by_key(|s| s.expires_at);
+        }
+        Ok(StatusInfo {
+            initialized: self.store.is_some(),
+            vault_id,
+            locked: self.session.is_none(),
+            daemon_pid: pid,
+            socket: socket.to_owned(),
+            records: self.session.as_ref().map(|s| s.index.len() as u64),
+            idle_lock_at: self.session.as_ref().map(|s| s.idle_deadline),
+            hard_lock_at: self.session.as_ref().map(|s| s.hard_deadline),
+            expiring,
+            sync: SyncStatus::default(),
+            emitters: Vec::new(),
+        })
+    }
+
+    /// Creates the vault: key, `identity.age`, database. Leaves it unlocked.
+    pub fn init(&mut self, passphrase: &SecretValue, now: Timestamp) -> Result<(String, String)> {
+        if self.store.is_some() || self.paths.identity().exists() {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "a vault already exists at {}",
+                    self.paths.data_dir.display()
+                ),
+            ));
+        }
+        if passphrase.is_empty() {
+            return Err(err(ErrorCode::Usage, "the passphrase must not be empty"));
+        }
+        let key = VaultKey::generate();
+        let sealed = key
+            .seal(passphrase.expose_secret())
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let db_path = self.paths.db();
+        if db_path.exists() {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("{} already exists: move it aside first", db_path.display()),
+            ));
+        }
+        let mut store = store::create(&db_path).map_err(store_err)?;
+        let vault_id = random_hex(16);
+        let device = random_hex(8);
+        let created = now.unix().to_string();
+        store
+            .set_meta(&[
+                ("vault_id", &vault_id),
+                ("device_id", &device),
+                ("recipient", &key.recipient()),
+                ("key_id", &key.key_id()),
+                ("created_at", &created),
+            ])
+            .map_err(store_err)?;
+        // The key file is written last: a crash before this leaves a database
+        // without a key, which `open` reports instead of silently reusing.
+        crate::fsutil::write_new_atomic(&self.paths.identity(), &sealed).map_err(|e| {
+            err(
+                ErrorCode::Internal,
+                format!("cannot write {}: {e}", self.paths.identity().display()),
+            )
+        })?;
+        let recipient = key.recipient();
+        info!(vault_id = %vault_id, "vault created");
+        self.store = Some(store);
+        self.device = device;
+        self.install(key, HashMap::new(), now);
+        Ok((vault_id, recipient))
+    }
+
+    /// First half of unlock: the sealed key bytes, read under the lock.
+    pub fn sealed_key(&self) -> Result<SealedKey> {
+        self.store()?;
+        let path = self.paths.identity();
+        std::fs::read(&path).map(SealedKey).map_err(|e| {
+            err(
+                ErrorCode::Failed,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// Opens the sealed key with the passphrase (slow: scrypt). Runs outside
+    /// the engine lock.
+    pub fn open_key(&self, sealed: &SealedKey, passphrase: &SecretValue) -> Result<VaultKey> {
+        let path = self.paths.identity();
+        VaultKey::open(&sealed.0, passphrase.expose_secret()).map_err(|e| match e {
+            KeyError::BadPassphrase => err(
+                ErrorCode::BadPassphrase,
+                "wrong passphrase: the vault stays locked; try again",
+            ),
+            KeyError::Damaged(why) => err(
+                ErrorCode::Failed,
+                format!(
+                    "{} is damaged: {why}. Nothing was changed; restore it from a backup",
+                    path.display()
+                ),
+            ),
+        })
+    }
+
+    /// Every live row, for building the index outside the lock.
+    pub fn live_rows(&self) -> Result<Vec<RecordRow>> {
+        self.store()?.live_records().map_err(store_err)
+    }
+
+    /// Decrypts the bodies of `rows` on every core and builds the index. A
+    /// record that does not decrypt is logged by id and left out; the unlock
+    /// goes on.
+    pub fn build_index(key: &VaultKey, rows: &[RecordRow]) -> Index {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let chunk = rows.len().div_ceil(threads).max(1);
+        let parts: Vec<Vec<(String, IndexEntry)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = rows
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .filter_map(|row| match decrypt_body(key, row) {
+                                Ok(body) => {
+                                    Some((body.name.clone(), IndexEntry::from_parts(row, &body)))
+                                }
+                                Err(e) => {
+                                    warn!(record = %row.id, error = %e.message, "record skipped");
+                                    None
+                                }
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        parts.into_iter().flatten().collect()
+    }
+
+    /// Last half of unlock: keep the key and index in memory.
+    pub fn install(&mut self, key: VaultKey, index: Index, now: Timestamp) {
+        info!(records = index.len(), "unlocked");
+        self.session = Some(Session {
+            key,
+            index,
+            idle_deadline: now.plus(self.config.idle),
+            hard_deadline: now.plus(self.config.max),
+        });
+    }
+
+    /// Forgets the key and index (zeroized on drop).
+    pub fn lock(&mut self, why: &str) {
+        if self.session.take().is_some() {
+            info!(reason = why, "locked");
+        }
+    }
+
+    /// Locks when a wall-clock deadline has passed. Called on every request
+    /// and by the daemon's ticker (which only wakes us; suspend-safe).
+    pub fn check_deadlines(&mut self, now: Timestamp) {
+        if let Some(s) = &self.session {
+            if now >= s.hard_deadline {
+                self.lock("hard limit reached");
+            } else if now >= s.idle_deadline {
+                self.lock("idle timeout");
+            }
+        }
+    }
+
+    /// Extends the idle deadline (never past the hard one).
+    pub fn touch(&mut self, now: Timestamp) {
+        if let Some(s) = &mut self.session {
+            s.idle_deadline = now.plus(self.config.idle).min(s.hard_deadline);
+        }
+    }
+
+    fn check_new(sess: &Session, rec: &NewRecord) -> Result<()> {
+        validate_name(&rec.name).map_err(|e| err(ErrorCode::Usage, e))?;
+        check_meta(rec.description.as_deref(), &rec.tags)?;
+        validate_fields(rec.kind, &rec.fields).map_err(|e| err(ErrorCode::Usage, e))?;
+        if sess.index.contains_key(&rec.name) {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "a credential named '{}' already exists: use 'vault set' to change it or \
+                     'vault rm' first",
+                    rec.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates records in one transaction.
+    pub fn add(&mut self, records: Vec<NewRecord>, now: Timestamp) -> Result<Vec<RecordSummary>> {
+        let sess = self.session()?;
+        let mut seen = std::collections::HashSet::new();
+        for rec in &records {
+            Self::check_new(sess, rec)?;
+            if !seen.insert(rec.name.as_str()) {
+                return Err(err(
+                    ErrorCode::Usage,
+                    format!("'{}' is given twice", rec.name),
+                ));
+            }
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        let mut entries = Vec::with_capacity(records.len());
+        for rec in records {
+            let id = random_hex(16);
+            let body = RecordBody {
+                v: BODY_VERSION,
+                id: id.clone(),
+                name: rec.name,
+                kind: rec.kind,
+                description: rec.description,
+                tags: rec.tags,
+                fields: rec.fields,
+                expires_at: rec.expires_at,
+            };
+            let row = RecordRow {
+                id,
+                name_mac: sess.key.name_mac(&body.name),
+                kind: body.kind.as_str().to_owned(),
+                revision: 1,
+                created_at: now.unix(),
+                updated_at: now.unix(),
+                expires_at: body.expires_at.map(Timestamp::unix),
+                deleted: false,
+                body: sess
+                    .key
+                    .encrypt(&body.to_bytes())
+                    .map_err(|e| err(ErrorCode::Internal, e))?,
+            };
+            entries.push((body.name.clone(), IndexEntry::from_parts(&row, &body)));
+            rows.push(row);
+        }
+        let device = self.device.clone();
+        self.store_mut()?
+            .insert(&rows, &device)
+            .map_err(|e| match e {
+                StoreError::NameTaken => err(
+                    ErrorCode::AlreadyExists,
+                    "a credential with that name already exists",
+                ),
+                other => store_err(other),
+            })?;
+        for row in &rows {
+            info!(record = %row.id, "added");
+        }
+        let sess = self.session_mut()?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, entry) in entries {
+            out.push(entry.summary(&name, now));
+            sess.index.insert(name, entry);
+        }
+        Ok(out)
+    }
+
+    fn store_mut(&mut self) -> Result<&mut Store> {
+        self.store()?;
+        self.store
+            .as_mut()
+            .ok_or_else(|| err(ErrorCode::NotInitialized, "run 'vault init'"))
+    }
+
+    fn session_mut(&mut self) -> Result<&mut Session> {
+        self.session()?;
+        self.session
+            .as_mut()
+            .ok_or_else(|| err(ErrorCode::Locked, "vault is locked"))
+    }
+
+    /// Loads and decrypts the live record `name`.
+    fn load(&self, name: &str) -> Result<(RecordRow, RecordBody)> {
+        let sess = self.session()?;
+        if !sess.index.contains_key(name) {
+            return Err(not_found(name));
+        }
+        let row = self
+            .store()?
+            .find_live(&sess.key.name_mac(name))
+            .map_err(store_err)?
+            .ok_or_else(|| not_found(name))?;
+        let body = decrypt_body(&sess.key, &row)?;
+        Ok((row, body))
+    }
+
+    /// One record with its values.
+    pub fn get(&self, name: &str, now: Timestamp) -> Result<RecordView> {
+        let (row, body) = self.load(name)?;
+        let expired = body.expires_at.is_some_and(|t| t <= now);
+        Ok(RecordView {
+            name: body.name,
+            kind: body.kind,
+            fields: body.fields,
+            description: body.description,
+            tags: body.tags,
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
+            expires_at: body.expires_at,
+            expired,
+            revision: row.revision,
+        })
+    }
+
+    /// Summaries matching `filter`, sorted by name.
+    pub fn list(&self, filter: &ListFilter, now: Timestamp) -> Result<Vec<RecordSummary>> {
+        let sess = self.session()?;
+        let mut out: Vec<RecordSummary> = sess
+            .index
+            .iter()
+            .filter(|(_, e)| filter.kind.is_none_or(|k| e.kind == k))
+            .filter(|(_, e)| filter.tag.as_ref().is_none_or(|t| e.tags.contains(t)))
+            .filter(|(_, e)| !filter.expired || e.expires_at.is_some_and(|t| t <= now))
+            .filter(|(_, e)| {
+                filter.expiring_within_secs.is_none_or(|w| {
+                    e.expires_at
+                        .is_some_and(|t| t > now && t.unix() - now.unix() <= w as i64)
+                })
+            })
+            .map(|(name, e)| e.summary(name, now))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Writes `body` as the next revision of `row` and updates the index.
+    fn commit(
+        &mut self,
+        mut row: RecordRow,
+        body: RecordBody,
+        old_name: &str,
+        change: &str,
+        now: Timestamp,
+    ) -> Result<RecordSummary> {
+        let sess = self.session()?;
+        row.revision += 1;
+        row.updated_at = now.unix().max(row.updated_at);
+        row.name_mac = sess.key.name_mac(&body.name);
+        row.kind = body.kind.as_str().to_owned();
+        row.expires_at = body.expires_at.map(Timestamp::unix);
+        row.body = sess
+            .key
+            .encrypt(&body.to_bytes())
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let device = self.device.clone();
+        self.store_mut()?
+            .update(&row, &device, change)
+            .map_err(|e| match e {
+                StoreError::NameTaken => err(
+                    ErrorCode::AlreadyExists,
+                    format!("a credential named '{}' already exists", body.name),
+                ),
+                other => store_err(other),
+            })?;
+        info!(record = %row.id, revision = row.revision, change, "changed");
+        let sess = self.session_mut()?;
+        sess.index.remove(old_name);
+        let summary;
+        if row.deleted {
+            summary = IndexEntry::from_parts(&row, &body).summary(&body.name, now);
+        } else {
+            let entry = IndexEntry::from_parts(&row, &body);
+            summary = entry.summary(&body.name, now);
+            sess.index.insert(body.name, entry);
+        }
+        Ok(summary)
+    }
+
+    /// Updates fields and attributes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set(
+        &mut self,
+        name: &str,
+        fields: BTreeMap<String, SecretValue>,
+        unset: Vec<String>,
+        description: Option<String>,
+        tags: Option<Vec<String>>,
+        expires_at: Option<Option<Timestamp>>,
+        now: Timestamp,
+    ) -> Result<RecordSummary> {
+        let (row, mut body) = self.load(name)?;
+        for f in &unset {
+            if body.fields.remove(f).is_none() {
+                return Err(err(
+                    ErrorCode::Usage,
+                    format!("'{name}' has no field '{f}'"),
+                ));
+            }
+        }
+        body.fields.extend(fields);
+        if let Some(d) = description {
+            body.description = Some(d).filter(|d| !d.is_empty());
+        }
+        if let Some(t) = tags {
+            body.tags = t;
+        }
+        if let Some(e) = expires_at {
+            body.expires_at = e;
+        }
+        check_meta(body.description.as_deref(), &body.tags)?;
+        validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Usage, e))?;
+        self.commit(row, body, name, "set", now)
+    }
+
+    /// Renames a record.
+    pub fn rename(&mut self, from: &str, to: &str, now: Timestamp) -> Result<RecordSummary> {
+        validate_name(to).map_err(|e| err(ErrorCode::Usage, e))?;
+        if self.session()?.index.contains_key(to) {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("a credential named '{to}' already exists"),
+            ));
+        }
+        let (row, mut body) = self.load(from)?;
+        body.name = to.to_owned();
+        self.commit(row, body, from, "rename", now)
+    }
+
+    /// Deletes a record; its history stays and `restore` brings it back.
+    pub fn remove(&mut self, name: &str, now: Timestamp) -> Result<RecordSummary> {
+        let (mut row, body) = self.load(name)?;
+        row.deleted = true;
+        self.commit(row, body, name, "remove", now)
+    }
+
+    fn find_any(&self, name: &str) -> Result<RecordRow> {
+        let sess = self.session()?;
+        self.store()?
+            .find_latest(&sess.key.name_mac(name))
+            .map_err(store_err)?
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// History of a record (also of a deleted one), newest first.
+    pub fn history(&self, name: &str) -> Result<Vec<RevisionInfo>> {
+        let row = self.find_any(name)?;
+        let revs = self.store()?.revisions(&row.id).map_err(store_err)?;
+        Ok(revs
+            .into_iter()
+            .map(|r| RevisionInfo {
+                revision: r.revision,
+                updated_at: Timestamp(r.updated_at),
+                device: r.device,
+                change: r.change,
+            })
+            .collect())
+    }
+
+    /// Makes revision `revision`'s values current again, as a new revision
+    /// under the record's current name. Undeletes a deleted record.
+    pub fn restore(&mut self, name: &str, revision: u64, now: Timestamp) -> Result<RecordSummary> {
+        let mut row = self.find_any(name)?;
+        if row.deleted && self.session()?.index.contains_key(name) {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("'{name}' now names another credential: rename it first"),
+            ));
+        }
+        let ct = self
+            .store()?
+            .revision_body(&row.id, revision)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("'{name}' has no revision {revision}: see 'vault history {name}'"),
+                )
+            })?;
+        let old = RecordRow {
+            body: ct,
+            ..row.clone()
+        };
+        let mut body = decrypt_body(&self.session()?.key, &old)?;
+        body.name = name.to_owned();
+        let was_deleted = row.deleted;
+        row.deleted = false;
+        let old_name = if was_deleted { "" } else { name };
+        self.commit(row, body, old_name, "restore", now)
+    }
+}
+
+fn check_meta(description: Option<&str>, tags: &[String]) -> Result<()> {
+    if description.is_some_and(|d| d.len() > vault_protocol::credential::MAX_DESCRIPTION) {
+        return Err(err(
+            ErrorCode::Usage,
+            "the description is longer than 1024 bytes",
+        ));
+    }
+    for t in tags {
+        validate_tag(t).map_err(|e| err(ErrorCode::Usage, e))?;
+    }
+    Ok(())
+}
+
+fn decrypt_body(key: &VaultKey, row: &RecordRow) -> Result<RecordBody> {
+    let plain = key.decrypt(&row.body).map_err(|e| {
+        err(
+            ErrorCode::Failed,
+            format!("record {} cannot be decrypted: {e}", row.id),
+        )
+    })?;
+    RecordBody::from_bytes(&plain, &row.id).map_err(|e| err(ErrorCode::Failed, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = VaultPaths::under_home(tmp.path());
+        let e = Engine::open(paths, Config::default()).unwrap();
+        (tmp, e)
+    }
+
+    fn token(name: &str, value: &str) -> NewRecord {
+        let mut fields = BTreeMap::new();
+        fields.insert("token".to_string(), SecretValue::from(value));
+        NewRecord {
+            name: name.into(),
+            kind: CredentialType::Token,
+            fields,
+            description: None,
+            tags: vec![],
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn lifecycle_with_history_and_restore() {
+        let (_tmp, mut e) = engine();
+        let now = Timestamp(1_000);
+        assert_eq!(
+            e.add(vec![token("a", "v1")], now).unwrap_err().code,
+            ErrorCode::NotInitialized
+        );
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        e.add(vec![token("a", "v1")], now).unwrap();
+        assert_eq!(
+            e.add(vec![token("a", "v2")], now).unwrap_err().code,
+            ErrorCode::AlreadyExists
+        );
+        let mut f = BTreeMap::new();
+        f.insert("token".to_string(), SecretValue::from("v2"));
+        e.set("a", f, vec![], None, None, None, now).unwrap();
+        assert_eq!(
+            e.get("a", now).unwrap().fields["token"].expose_secret(),
+            "v2"
+        );
+        e.rename("a", "b", now).unwrap();
+        assert_eq!(e.get("a", now).unwrap_err().code, ErrorCode::NotFound);
+        e.remove("b", now).unwrap();
+        assert!(e.list(&ListFilter::default(), now).unwrap().is_empty());
+        let hist = e.history("b").unwrap();
+        assert_eq!(hist.len(), 4);
+        e.restore("b", 1, now).unwrap();
+        let v = e.get("b", now).unwrap();
+        assert_eq!(v.fields["token"].expose_secret(), "v1");
+        assert_eq!(v.revision, 5);
+    }
+
+    #[test]
+    fn unlock_rebuilds_the_index_and_wrong_passphrase_fails() {
+        let (tmp, mut e) = engine();
+        let now = Timestamp(1_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        e.add(vec![token("x", "1"), token("y", "2")], now).unwrap();
+        e.lock("test");
+        assert_eq!(e.get("x", now).unwrap_err().code, ErrorCode::Locked);
+        let mut e = Engine::open(VaultPaths::under_home(tmp.path()), Config::default()).unwrap();
+        let sealed = e.sealed_key().unwrap();
+        assert_eq!(
+            e.open_key(&sealed, &SecretValue::from("nope"))
+                .unwrap_err()
+                .code,
+            ErrorCode::BadPassphrase
+        );
+        let key = e.open_key(&sealed, &SecretValue::from("pw")).unwrap();
+        let rows = e.live_rows().unwrap();
+        let index = Engine::build_index(&key, &rows);
+        e.install(key, index, now);
+        assert_eq!(e.list(&ListFilter::default(), now).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deadlines_lock_the_vault() {
+        let (_tmp, mut e) = engine();
+        e.init(&SecretValue::from("pw"), Timestamp(0)).unwrap();
+        e.check_deadlines(Timestamp(899));
+        assert!(!e.is_locked());
+        e.touch(Timestamp(500));
+        e.check_deadlines(Timestamp(1_300));
+        assert!(!e.is_locked());
+        e.check_deadlines(Timestamp(1_400));
+        assert!(e.is_locked());
+    }
+
+    #[test]
+    fn states() {
+        let now = Timestamp(10_000);
+        assert_eq!(state_of(None, now), RecordState::Ok);
+        assert_eq!(state_of(Some(Timestamp(9_999)), now), RecordState::Expired);
+        assert_eq!(
+            state_of(Some(Timestamp(10_100)), now),
+            RecordState::Expiring
+        );
+        assert_eq!(state_of(Some(Timestamp(20_000)), now), RecordState::Ok);
+    }
+}

@@ -1,0 +1,185 @@
+//! Private files and directories (SPEC §3): created 0700/0600 from the start,
+//! and verified before use. The daemon refuses to run on a vault path that is
+//! a symlink, owned by another user, or open to group/other, and says how to
+//! fix it.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// A vault path that is not safe to use, with the fix.
+#[derive(Debug)]
+pub struct UnsafePath(pub String);
+
+impl std::fmt::Display for UnsafePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnsafePath {}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, then verifies it.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), UnsafePath> {
+    match fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    UnsafePath(format!("cannot create directory {}: {e}", dir.display()))
+                })?;
+        }
+        Err(e) => return Err(UnsafePath(format!("cannot inspect {}: {e}", dir.display()))),
+    }
+    check_private(dir, true)
+}
+
+/// Verifies that an existing `path` is ours and private. A missing path is
+/// fine (nothing to protect yet).
+pub fn check_private_if_exists(path: &Path) -> Result<(), UnsafePath> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => check_private(path, false),
+    }
+}
+
+/// Verifies that `path` is a real (non-symlink) directory or file, owned by
+/// the current user, with no group/other permission bits.
+pub fn check_private(path: &Path, want_dir: bool) -> Result<(), UnsafePath> {
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| UnsafePath(format!("cannot inspect {}: {e}", path.display())))?;
+    let p = path.display();
+    if meta.file_type().is_symlink() {
+        return Err(UnsafePath(format!(
+            "{p} is a symlink; vaultd does not follow symlinks for its own files. \
+             Replace it with the real {} (e.g. mv the target there)",
+            if want_dir { "directory" } else { "file" }
+        )));
+    }
+    if want_dir && !meta.is_dir() {
+        return Err(UnsafePath(format!("{p} is not a directory: move it aside")));
+    }
+    if !want_dir && !meta.is_file() {
+        return Err(UnsafePath(format!(
+            "{p} is not a regular file: move it aside"
+        )));
+    }
+    if meta.uid() != euid() {
+        return Err(UnsafePath(format!(
+            "{p} is owned by uid {}, not by you (uid {}): a vault must belong to the user \
+             running vaultd. Fix with: chown {} {p}",
+            meta.uid(),
+            euid(),
+            euid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        let want = if want_dir { "700" } else { "600" };
+        return Err(UnsafePath(format!(
+            "{p} is accessible to other users (mode {mode:03o}). Fix with: chmod {want} {p}"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens (creating if missing) a private file for appending or writing:
+/// created 0600, never followed through a symlink.
+pub fn open_private(path: &Path, append: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    if append {
+        opts.append(true);
+    } else {
+        opts.read(true).write(true);
+    }
+    opts.open(path)
+}
+
+/// Creates a new private file; fails if it already exists.
+pub fn create_new_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Writes `bytes` to a new private file atomically: a temp file in the same
+/// directory, fsync, rename, fsync of the directory.
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = create_new_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if path.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists"));
+        }
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_private_dirs_and_refuses_open_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("a/b");
+        ensure_private_dir(&d).unwrap();
+        assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = ensure_private_dir(&d).unwrap_err().0;
+        assert!(err.contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn refuses_symlinks_and_open_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        drop(open_private(&f, true).unwrap());
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        check_private(&f, false).unwrap();
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(
+            check_private(&link, false)
+                .unwrap_err()
+                .0
+                .contains("symlink")
+        );
+        assert!(open_private(&link, true).is_err());
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            check_private(&f, false)
+                .unwrap_err()
+                .0
+                .contains("chmod 600")
+        );
+    }
+}

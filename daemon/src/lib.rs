@@ -1,0 +1,10 @@
+//! `vaultd`, the per-user daemon that owns the vault (SPEC §1): the
+//! encrypted store, the unlocked key in memory, and the local socket.
+
+pub mod config;
+pub mod crypto;
+pub mod engine;
+pub mod fsutil;
+pub mod record;
+pub mod server;
+pub mod store;

@@ -1,0 +1,500 @@
+//! The local socket server (SPEC §13): one task per connection, peer uid
+//! checked on accept, a `Hello` handshake first, then any number of framed
+//! requests answered in order. A bad frame gets an error reply and closes
+//! only its own connection.
+//!
+//! Unlock is single-flight (one scrypt at a time; the others wait for its
+//! result) and wrong passphrases cost a growing delay. Several CLIs hitting a
+//! locked vault coordinate through a prompt lease so the user sees one prompt.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use vault_protocol::frame::{self, FrameError};
+use vault_protocol::message::RequestFrame;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{
+    BUILD_VERSION, ErrorCode, PROTOCOL_VERSION, Request, Response, ResponseFrame, WireError,
+};
+
+use crate::engine::Engine;
+
+/// How long a client may take to send the rest of a frame once it started.
+const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a prompting client holds the lease without unlocking.
+const PROMPT_LEASE: Duration = Duration::from_secs(120);
+/// Most connections served at once; further ones wait in the backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// How often the ticker wakes to check wall-clock deadlines.
+const TICK: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Lease {
+    conn: u64,
+    until: Instant,
+}
+
+/// Shared daemon state.
+#[derive(Debug)]
+pub struct Daemon {
+    engine: Mutex<Engine>,
+    unlock_gate: tokio::sync::Mutex<u32>,
+    lease: Mutex<Option<Lease>>,
+    /// Bumped whenever lock state or the lease changes; waiters watch it.
+    changed: watch::Sender<u64>,
+    shutdown: watch::Sender<bool>,
+    socket: String,
+    pid: u32,
+    euid: u32,
+}
+
+impl Daemon {
+    /// Wraps an opened engine.
+    pub fn new(engine: Engine, socket: String) -> Arc<Self> {
+        Arc::new(Self {
+            engine: Mutex::new(engine),
+            unlock_gate: tokio::sync::Mutex::new(0),
+            lease: Mutex::new(None),
+            changed: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            socket,
+            pid: std::process::id(),
+            euid: rustix::process::geteuid().as_raw(),
+        })
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock must not take the daemon down with
+        // it: the engine's state is updated only after each store commit.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Asks the accept loop and every connection to stop.
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn status(&self) -> Result<Response, WireError> {
+        let mut engine = self.engine();
+        engine.check_deadlines(Timestamp::now());
+        engine
+            .status(&self.socket, self.pid, Timestamp::now())
+            .map(Response::Status)
+    }
+
+    fn release_lease(&self, conn: u64) {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.as_ref().is_some_and(|l| l.conn == conn) {
+            *lease = None;
+            drop(lease);
+            self.bump();
+        }
+    }
+
+    fn take_lease(&self, conn: u64) -> bool {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match lease.as_ref() {
+            Some(l) if l.conn != conn && l.until > now => false,
+            _ => {
+                *lease = Some(Lease {
+                    conn,
+                    until: now + PROMPT_LEASE,
+                });
+                true
+            }
+        }
+    }
+
+    async fn unlock(
+        self: &Arc<Self>,
+        passphrase: vault_protocol::SecretValue,
+    ) -> Result<Response, WireError> {
+        let mut failures = self.unlock_gate.lock().await;
+        let sealed = {
+            let engine = self.engine();
+            // Not initialized → that error; already unlocked (by the client
+            // we queued behind) → done, one scrypt for all of us.
+            let sealed = engine.sealed_key()?;
+            if !engine.is_locked() {
+                drop(engine);
+                return self.status();
+            }
+            sealed
+        };
+        // scrypt takes a few hundred milliseconds: never under the engine lock.
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::crypto::VaultKey::open(&sealed.0, passphrase.expose_secret())
+        })
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "unlock task failed; see vaultd.log"))?;
+        let key = match opened {
+            Ok(key) => key,
+            Err(e) => {
+                let err = match e {
+                    crate::crypto::KeyError::BadPassphrase => {
+                        *failures += 1;
+                        let delay = Duration::from_millis(250u64 << (*failures).min(5));
+                        warn!(failures = *failures, "wrong passphrase");
+                        tokio::time::sleep(delay).await;
+                        WireError::new(
+                            ErrorCode::BadPassphrase,
+                            "wrong passphrase: the vault stays locked; try again",
+                        )
+                    }
+                    crate::crypto::KeyError::Damaged(why) => WireError::new(
+                        ErrorCode::Failed,
+                        format!(
+                            "identity.age is damaged: {why}. Nothing was changed; restore it \
+                             from a backup"
+                        ),
+                    ),
+                };
+                return Err(err);
+            }
+        };
+        *failures = 0;
+        let rows = self.engine().live_rows()?;
+        let index = tokio::task::spawn_blocking(move || {
+            let index = Engine::build_index(&key, &rows);
+            (key, index)
+        })
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "unlock task failed; see vaultd.log"))?;
+        self.engine().install(index.0, index.1, Timestamp::now());
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.bump();
+        self.status()
+    }
+
+    async fn wait_unlocked(&self, timeout: Duration) -> Result<Response, WireError> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(600));
+        loop {
+            if !self.engine().is_locked() {
+                return self.status();
+            }
+            let prompting = self
+                .lease
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !prompting {
+                return Err(WireError::new(
+                    ErrorCode::Locked,
+                    "vault is locked and nobody is unlocking it: run 'vault unlock'",
+                ));
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(WireError::new(
+                    ErrorCode::Locked,
+                    "timed out waiting for another client to unlock: run 'vault unlock'",
+                ));
+            }
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request, conn: u64) -> Result<Response, WireError> {
+        match req {
+            Request::Hello { .. } => {
+                Err(WireError::new(ErrorCode::Usage, "hello was already sent"))
+            }
+            Request::Status => self.status(),
+            Request::Unlock { passphrase } => self.unlock(passphrase).await,
+            Request::Lock => {
+                self.engine().lock("lock requested");
+                self.bump();
+                self.status()
+            }
+            Request::PromptLease => Ok(Response::PromptLease {
+                granted: self.take_lease(conn),
+            }),
+            Request::WaitUnlocked { timeout_ms } => {
+                self.wait_unlocked(Duration::from_millis(timeout_ms)).await
+            }
+            Request::Shutdown => {
+                self.engine().lock("shutdown");
+                self.request_shutdown();
+                Ok(Response::Done)
+            }
+            other => {
+                let me = Arc::clone(self);
+                tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
+                    .await
+                    .map_err(|_| {
+                        WireError::new(ErrorCode::Internal, "request failed; see vaultd.log")
+                    })?
+            }
+        }
+    }
+
+    /// Requests that touch the store; run on the blocking pool.
+    fn dispatch_blocking(&self, req: Request) -> Result<Response, WireError> {
+        let now = Timestamp::now();
+        let mut engine = self.engine();
+        engine.check_deadlines(now);
+        let extends = req.extends_idle();
+        let result = match req {
+            Request::Init { passphrase } => {
+                let r = engine.init(&passphrase, now);
+                drop(engine);
+                self.bump();
+                return r.map(|(vault_id, recipient)| Response::Initialized {
+                    vault_id,
+                    recipient,
+                });
+            }
+            Request::Add { record } => engine
+                .add(vec![record], now)
+                .map(|mut v| Response::Changed(v.remove(0))),
+            Request::AddMany { records } => engine.add(records, now).map(|v| Response::AddedMany {
+                count: v.len() as u64,
+            }),
+            Request::Set {
+                name,
+                fields,
+                unset,
+                description,
+                tags,
+                expires_at,
+            } => engine
+                .set(&name, fields, unset, description, tags, expires_at, now)
+                .map(Response::Changed),
+            Request::Get { name } => engine.get(&name, now).map(Response::Record),
+            Request::List { filter } => engine
+                .list(&filter, now)
+                .map(|records| Response::Records { records }),
+            Request::Remove { name } => engine.remove(&name, now).map(Response::Changed),
+            Request::Rename { from, to } => engine.rename(&from, &to, now).map(Response::Changed),
+            Request::History { name } => engine
+                .history(&name)
+                .map(|revisions| Response::History { revisions }),
+            Request::Restore { name, revision } => {
+                engine.restore(&name, revision, now).map(Response::Changed)
+            }
+            _ => Err(WireError::new(
+                ErrorCode::Internal,
+                "request routed to the wrong handler",
+            )),
+        };
+        if extends && result.is_ok() {
+            engine.touch(now);
+        }
+        result
+    }
+}
+
+/// Reads one frame body; `Closed` between frames, a timeout inside one.
+async fn read_frame(stream: &mut &Stream) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame::body_len(header)?;
+    let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
+    match tokio::time::timeout(FRAME_BODY_TIMEOUT, stream.read_exact(&mut body)).await {
+        Ok(Ok(_)) => Ok(body),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "frame body not received in time",
+        ))),
+    }
+}
+
+async fn send(stream: &mut &Stream, frame: &ResponseFrame) -> bool {
+    match frame::encode(frame) {
+        Ok(bytes) => stream.write_all(&bytes).await.is_ok(),
+        Err(e) => {
+            warn!(error = %e, "response could not be encoded");
+            false
+        }
+    }
+}
+
+/// The id of a frame we could not fully parse, if it has one.
+fn salvage_id(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    serde_json::from_slice::<IdOnly>(body)
+        .map(|f| f.id)
+        .unwrap_or(0)
+}
+
+async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
+    let peer = stream.peer_creds().ok().and_then(|c| c.euid());
+    if peer != Some(daemon.euid) {
+        warn!(conn, peer_uid = ?peer, "connection from another user dropped");
+        return;
+    }
+    let mut shutdown = daemon.shutdown.subscribe();
+    let mut s = &stream;
+    let mut greeted = false;
+    loop {
+        let body = tokio::select! {
+            r = read_frame(&mut s) => r,
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(FrameError::Closed) => break,
+            Err(e @ FrameError::TooLarge(_)) => {
+                warn!(conn, error = %e, "bad frame");
+                let err =
+                    WireError::new(ErrorCode::BadFrame, format!("{e}; closing the connection"));
+                send(&mut s, &ResponseFrame::new(0, Err(err))).await;
+                break;
+            }
+            Err(e) => {
+                debug!(conn, error = %e, "connection ended");
+                break;
+            }
+        };
+        let frame: RequestFrame = match frame::decode(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(conn, "malformed frame");
+                let err =
+                    WireError::new(ErrorCode::BadFrame, format!("{e}; closing the connection"));
+                send(&mut s, &ResponseFrame::new(salvage_id(&body), Err(err))).await;
+                break;
+            }
+        };
+        drop(body);
+        if !greeted {
+            let reply = match frame.req {
+                Request::Hello { protocol, build }
+                    if protocol == PROTOCOL_VERSION && build == BUILD_VERSION =>
+                {
+                    greeted = true;
+                    Ok(Response::Hello {
+                        protocol: PROTOCOL_VERSION,
+                        build: BUILD_VERSION.to_owned(),
+                        pid: daemon.pid,
+                    })
+                }
+                Request::Hello { protocol, build } => Err(WireError::new(
+                    ErrorCode::VersionMismatch,
+                    format!(
+                        "vaultd {BUILD_VERSION} (protocol {PROTOCOL_VERSION}) is running but this \
+                         vault is {build} (protocol {protocol}): run 'vault daemon restart'"
+                    ),
+                )),
+                _ => Err(WireError::new(
+                    ErrorCode::BadFrame,
+                    "the first request on a connection must be hello",
+                )),
+            };
+            let ok = reply.is_ok();
+            if !send(&mut s, &ResponseFrame::new(frame.id, reply)).await || !ok {
+                break;
+            }
+            continue;
+        }
+        let id = frame.id;
+        let op = op_name(&frame.req);
+        let started = Instant::now();
+        let result = daemon.handle(frame.req, conn).await;
+        if let Err(e) = &result {
+            debug!(conn, op, code = ?e.code, "request failed");
+        } else {
+            debug!(
+                conn,
+                op,
+                micros = started.elapsed().as_micros() as u64,
+                "request done"
+            );
+        }
+        if !send(&mut s, &ResponseFrame::new(id, result)).await {
+            break;
+        }
+    }
+    daemon.release_lease(conn);
+}
+
+fn op_name(req: &Request) -> &'static str {
+    match req {
+        Request::Hello { .. } => "hello",
+        Request::Status => "status",
+        Request::Init { .. } => "init",
+        Request::Unlock { .. } => "unlock",
+        Request::Lock => "lock",
+        Request::PromptLease => "prompt_lease",
+        Request::WaitUnlocked { .. } => "wait_unlocked",
+        Request::Add { .. } => "add",
+        Request::AddMany { .. } => "add_many",
+        Request::Set { .. } => "set",
+        Request::Get { .. } => "get",
+        Request::List { .. } => "list",
+        Request::Remove { .. } => "remove",
+        Request::Rename { .. } => "rename",
+        Request::History { .. } => "history",
+        Request::Restore { .. } => "restore",
+        Request::Shutdown => "shutdown",
+    }
+}
+
+/// Serves `listener` until shutdown is requested.
+pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let next = AtomicU64::new(1);
+    let ticker = {
+        let d = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tick.tick().await;
+                let was_locked = d.engine().is_locked();
+                d.engine().check_deadlines(Timestamp::now());
+                if !was_locked && d.engine().is_locked() {
+                    d.bump();
+                }
+            }
+        })
+    };
+    let mut shutdown = daemon.shutdown.subscribe();
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        let stream = tokio::select! {
+            s = listener.accept() => s,
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        match stream {
+            Ok(stream) => {
+                let conn = next.fetch_add(1, Ordering::Relaxed);
+                let d = Arc::clone(&daemon);
+                tokio::spawn(async move {
+                    serve_connection(d, stream, conn).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    ticker.abort();
+    info!("shutting down");
+}
