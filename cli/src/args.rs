@@ -1,0 +1,319 @@
+//! The command line, as clap sees it (SPEC §7). Only syntax lives here; what
+//! the arguments mean is decided in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use vault_protocol::CredentialType;
+
+/// A local-first encrypted credential vault.
+#[derive(Debug, Parser)]
+#[command(name = "vault", version, propagate_version = true)]
+#[command(
+    about = "A local-first encrypted credential vault",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 locked or bad passphrase, 4 not found, \
+                  5 already exists or conflict, 6 daemon unreachable or version mismatch, \
+                  7 credential expired."
+)]
+pub struct Cli {
+    /// Print one JSON document on stdout (machine output)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing but results and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// The daemon's socket
+    #[arg(long, global = true, env = "VAULT_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the vault and print its recipient
+    Init(PassphraseArgs),
+    /// Unlock the vault
+    Unlock(PassphraseArgs),
+    /// Lock the vault now
+    Lock,
+    /// Show the state of the vault and the daemon
+    Status,
+    /// Add a credential
+    #[command(after_help = ADD_HELP)]
+    Add(AddArgs),
+    /// Change fields or attributes of a credential (makes a new revision)
+    Set(SetArgs),
+    /// Print a credential
+    Get(GetArgs),
+    /// List credentials (never prints values)
+    List(ListArgs),
+    /// Delete a credential (its history is kept)
+    Rm(RmArgs),
+    /// Rename a credential
+    Rename {
+        /// Current name
+        old: String,
+        /// New name
+        new: String,
+    },
+    /// Show the revisions of a credential
+    History {
+        /// The credential
+        name: String,
+    },
+    /// Make an old revision current again
+    Restore {
+        /// The credential
+        name: String,
+        /// The revision to restore (see 'vault history NAME')
+        #[arg(long, short)]
+        revision: u64,
+    },
+    /// Start, stop or inspect the daemon (vaultd)
+    Daemon {
+        #[command(subcommand)]
+        action: DaemonAction,
+    },
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: Shell,
+    },
+}
+
+const ADD_HELP: &str = "\
+Field values:
+  FIELD=VALUE   the value itself (visible to other processes; avoid for secrets)
+  FIELD=-       read the value from stdin (one trailing newline is dropped)
+  FIELD=@PATH   read the value from a file
+  FIELD         ask for it with a hidden prompt (terminal only)
+
+Types and their fields (* = required):
+  generic   any KEY=VALUE, at least one
+  aws       access_key_id*, secret_access_key*, session_token, region, role_arn, mfa_serial
+  data      endpoint* (s3:// gs:// azure:// tos://), access_key_id*, access_key*, region
+  registry  registry*, username*, auth*
+  gcp       json* (key file: json=@key.json), project
+  password  username*, password*, url
+  ssh       private_key*, public_key, known_hosts
+  file      content*, path*, mode, env
+  token     token*, url, env
+  any type  expires_at=TS (the same as --expires-at)
+
+Example:
+  vault add my-ngc --type REGISTRY --payload registry=nvcr.io username='$oauthtoken' auth=-";
+
+/// Where a passphrase comes from, besides `VAULT_PASSPHRASE_FILE` and the
+/// terminal.
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// Read the passphrase from the first line of stdin
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
+/// `vault add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Name: 1-128 characters of A-Z a-z 0-9 . _ @ / -, starting alphanumeric
+    pub name: String,
+
+    /// Credential type
+    #[arg(long = "type", short = 't', value_name = "TYPE", value_parser = type_parser(), ignore_case = true)]
+    pub kind: CredentialType,
+
+    /// Field values: FIELD=VALUE, FIELD=-, FIELD=@PATH or FIELD
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+
+    /// More field values, in the spelling of workload platforms
+    #[arg(long, value_name = "FIELD=VALUE", num_args = 1..)]
+    pub payload: Vec<String>,
+
+    /// Free text shown by 'vault list'
+    #[arg(long, short)]
+    pub description: Option<String>,
+
+    /// A tag for filtering (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// When the credential stops being valid (RFC 3339)
+    #[arg(long, value_name = "TS", conflicts_with = "ttl")]
+    pub expires_at: Option<String>,
+
+    /// How long the credential stays valid, from now (e.g. 1h, 30m)
+    #[arg(long, value_name = "DUR")]
+    pub ttl: Option<String>,
+}
+
+/// `vault set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The credential
+    pub name: String,
+
+    /// Fields to set: FIELD=VALUE, FIELD=-, FIELD=@PATH or FIELD
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+
+    /// A field to remove (repeatable)
+    #[arg(long, value_name = "FIELD")]
+    pub unset: Vec<String>,
+
+    /// New description
+    #[arg(long, short)]
+    pub description: Option<String>,
+
+    /// Replace the tags with these (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// New expiry (RFC 3339)
+    #[arg(long, value_name = "TS", conflicts_with_all = ["ttl", "no_expiry"])]
+    pub expires_at: Option<String>,
+
+    /// New expiry, from now (e.g. 1h)
+    #[arg(long, value_name = "DUR", conflicts_with = "no_expiry")]
+    pub ttl: Option<String>,
+
+    /// Remove the expiry
+    #[arg(long)]
+    pub no_expiry: bool,
+}
+
+/// `vault get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The credential
+    pub name: String,
+
+    /// Print only this field's raw value and a newline
+    #[arg(long, short, value_name = "FIELD")]
+    pub field: Option<String>,
+}
+
+/// `vault list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this type
+    #[arg(long = "type", short = 't', value_name = "TYPE", value_parser = type_parser(), ignore_case = true)]
+    pub kind: Option<CredentialType>,
+
+    /// Only credentials with this tag
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Only credentials expiring within this duration (e.g. 24h)
+    #[arg(long, value_name = "DUR")]
+    pub expiring: Option<String>,
+
+    /// Only expired credentials
+    #[arg(long)]
+    pub expired: bool,
+
+    /// Order of the rows
+    #[arg(long, value_enum, default_value_t = SortKey::Name)]
+    pub sort: SortKey,
+
+    /// Output format (default: a table on a terminal, tab-separated lines otherwise)
+    #[arg(long, value_enum)]
+    pub format: Option<ListFormat>,
+}
+
+/// `vault list --sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    /// By name
+    Name,
+    /// Most recently changed first
+    Updated,
+    /// Soonest expiry first; no expiry last
+    Expires,
+}
+
+/// `vault list --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns
+    Table,
+    /// Same as --json
+    Json,
+    /// Comma-separated values with a header row
+    Csv,
+}
+
+/// `vault rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The credential
+    pub name: String,
+
+    /// Do not ask for confirmation
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+/// `vault daemon ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DaemonAction {
+    /// Start vaultd if it is not running
+    Start,
+    /// Stop vaultd (locks the vault)
+    Stop,
+    /// Stop vaultd, then start it (after an upgrade)
+    Restart,
+    /// Show whether vaultd is running; exit 6 when it is not
+    Status,
+}
+
+/// Type names for completion and help; upper case accepted.
+fn type_parser() -> impl TypedValueParser<Value = CredentialType> {
+    PossibleValuesParser::new(CredentialType::ALL.map(CredentialType::as_str))
+        .try_map(|s| s.parse::<CredentialType>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn platform_spelling_of_types_and_payload() {
+        let cli = Cli::try_parse_from([
+            "vault",
+            "add",
+            "my-ngc",
+            "--type",
+            "REGISTRY",
+            "--payload",
+            "registry=nvcr.io",
+            "username=$oauthtoken",
+            "auth=-",
+        ])
+        .unwrap();
+        let Command::Add(add) = cli.command else {
+            panic!("not add")
+        };
+        assert_eq!(add.kind, CredentialType::Registry);
+        assert_eq!(add.payload.len(), 3);
+    }
+
+    #[test]
+    fn expiry_flags_conflict() {
+        let r = Cli::try_parse_from(["vault", "set", "x", "--ttl", "1h", "--no-expiry"]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! The commands of SPEC §7 (issue 2's scope) and what they share: a context
+//! holding the output and a lazily opened connection, and the one place that
+//! turns "the vault is locked" into an unlock and a retry.
+
+mod daemon;
+mod records;
+mod vault;
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use vault_protocol::{ErrorCode, Request, Response};
+
+use crate::args::{Cli, Command};
+use crate::client::{Client, Target};
+use crate::error::CliResult;
+use crate::output::Output;
+
+/// What every command works with.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// Where results and messages go.
+    pub out: &'a mut Output,
+    /// The vault and its daemon.
+    pub target: Target,
+    client: Option<Client>,
+    /// Exit code of a command that succeeded but has a non-zero answer
+    /// (`vault daemon status` when the daemon is not running).
+    pub exit_code: i32,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for the vault at `target`.
+    pub fn new(out: &'a mut Output, target: Target) -> Self {
+        Self {
+            out,
+            target,
+            client: None,
+            exit_code: 0,
+        }
+    }
+
+    /// The connection, starting the daemon if needed.
+    pub fn client(&mut self) -> CliResult<&mut Client> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => Client::connect_or_start(&self.target)?,
+        };
+        Ok(self.client.insert(client))
+    }
+
+    /// Sends one request.
+    pub fn call(&mut self, req: Request) -> CliResult<Response> {
+        self.client()?.call(req)
+    }
+
+    /// Sends a request that needs the vault unlocked. When it is locked,
+    /// unlocks it (prompting on a terminal, once across all waiting CLIs) and
+    /// sends the request once more; `build` makes the request again because
+    /// requests hold secrets and are not `Clone`.
+    pub fn call_unlocked(&mut self, build: &dyn Fn() -> Request) -> CliResult<Response> {
+        match self.call(build()) {
+            Err(e) if e.code == ErrorCode::Locked => {
+                vault::unlock_for_retry(self)?;
+                self.call(build())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Runs one command against the vault at `target`; returns the exit code.
+pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32> {
+    let mut ctx = Ctx::new(out, target);
+    match command {
+        Command::Init(args) => vault::init(&mut ctx, &args),
+        Command::Unlock(args) => vault::unlock(&mut ctx, &args),
+        Command::Lock => vault::lock(&mut ctx),
+        Command::Status => vault::status(&mut ctx),
+        Command::Add(args) => records::add(&mut ctx, args),
+        Command::Set(args) => records::set(&mut ctx, args),
+        Command::Get(args) => records::get(&mut ctx, &args),
+        Command::List(args) => records::list(&mut ctx, &args),
+        Command::Rm(args) => records::rm(&mut ctx, &args),
+        Command::Rename { old, new } => records::rename(&mut ctx, &old, &new),
+        Command::History { name } => records::history(&mut ctx, &name),
+        Command::Restore { name, revision } => records::restore(&mut ctx, &name, revision),
+        Command::Daemon { action } => daemon::run(&mut ctx, action),
+        Command::Completions { shell } => completions(ctx.out, shell),
+    }?;
+    Ok(ctx.exit_code)
+}
+
+/// `vault completions SHELL`: the script on stdout (never JSON).
+pub fn completions(out: &mut Output, shell: Shell) -> CliResult<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vault", &mut script);
+    out.text(&String::from_utf8_lossy(&script));
+    Ok(())
+}

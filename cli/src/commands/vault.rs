@@ -1,0 +1,292 @@
+//! `init`, `unlock`, `lock`, `status`, and unlocking on demand when another
+//! command finds the vault locked (SPEC §5).
+
+use std::io::{self, IsTerminal};
+
+use serde_json::json;
+use vault_protocol::message::StatusInfo;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError};
+
+use super::Ctx;
+use crate::args::PassphraseArgs;
+use crate::client::Client;
+use crate::error::{CliResult, locked, unexpected, usage};
+use crate::input::{self, PassphraseSource};
+use crate::output::relative;
+
+/// Passphrase attempts on a terminal before giving up.
+const PROMPT_TRIES: u32 = 3;
+
+/// How long to wait for another CLI's prompt (SPEC §5: one prompt, not many).
+const WAIT_UNLOCKED_MS: u64 = 120_000;
+
+/// `vault init`: create the vault; print its recipient.
+pub fn init(ctx: &mut Ctx, args: &PassphraseArgs) -> CliResult<()> {
+    let source = PassphraseSource::find(args.passphrase_stdin).ok_or_else(|| {
+        usage(
+            "vault init needs a new passphrase and there is no terminal to ask for it: \
+             pipe it with --passphrase-stdin or set VAULT_PASSPHRASE_FILE=PATH",
+        )
+    })?;
+    // Say so before asking for a passphrase twice.
+    let status = status_info(ctx)?;
+    if status.initialized {
+        return Err(WireError::new(
+            ErrorCode::AlreadyExists,
+            format!(
+                "a vault already exists in {}: use 'vault unlock'; to start over, move that directory away",
+                ctx.target.paths.data_dir.display()
+            ),
+        ));
+    }
+    let passphrase = match source.read_non_interactive()? {
+        Some(p) => p,
+        None => prompt_new_passphrase()?,
+    };
+    if passphrase.is_empty() {
+        return Err(usage("the passphrase is empty: choose a non-empty one"));
+    }
+    match ctx.call(Request::Init { passphrase })? {
+        Response::Initialized {
+            vault_id,
+            recipient,
+        } => {
+            if ctx.out.json {
+                ctx.out
+                    .json(&json!({ "vault_id": vault_id, "recipient": recipient }))?;
+            } else {
+                ctx.out.line(&recipient);
+            }
+            ctx.out.info(&format!(
+                "created vault {vault_id} in {}; it is unlocked",
+                ctx.target.paths.data_dir.display()
+            ));
+            Ok(())
+        }
+        _ => Err(unexpected("init")),
+    }
+}
+
+/// Asks for a new passphrase twice.
+fn prompt_new_passphrase() -> CliResult<SecretValue> {
+    for _ in 0..PROMPT_TRIES {
+        let first = input::prompt_hidden("New vault passphrase: ")?;
+        if first.is_empty() {
+            eprintln!("vault: the passphrase must not be empty");
+            continue;
+        }
+        let second = input::prompt_hidden("Repeat the passphrase: ")?;
+        if first == second {
+            return Ok(first);
+        }
+        eprintln!("vault: the passphrases do not match");
+    }
+    Err(usage("no passphrase chosen: the vault was not created"))
+}
+
+/// `vault unlock`.
+pub fn unlock(ctx: &mut Ctx, args: &PassphraseArgs) -> CliResult<()> {
+    let status = status_info(ctx)?;
+    if !status.initialized {
+        return Err(WireError::new(
+            ErrorCode::NotInitialized,
+            format!(
+                "no vault in {}: run 'vault init'",
+                ctx.target.paths.data_dir.display()
+            ),
+        ));
+    }
+    let status = if !status.locked {
+        ctx.out.info("the vault is already unlocked");
+        status
+    } else {
+        let source = PassphraseSource::find(args.passphrase_stdin).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::Locked,
+                "vault is locked and there is no terminal to ask for the passphrase: \
+                 pipe it with --passphrase-stdin or set VAULT_PASSPHRASE_FILE=PATH",
+            )
+        })?;
+        let status = match source.read_non_interactive()? {
+            Some(passphrase) => send_unlock(ctx, passphrase)?,
+            None => prompt_unlock(ctx)?,
+        };
+        ctx.out
+            .info(&format!("vault unlocked{}", lock_times(&status)));
+        status
+    };
+    if ctx.out.json {
+        ctx.out.json(&status)?;
+    }
+    Ok(())
+}
+
+/// `vault lock`. Does not start a daemon just to lock it.
+pub fn lock(ctx: &mut Ctx) -> CliResult<()> {
+    let Some(mut client) = Client::connect_running(&ctx.target)? else {
+        ctx.out.info("vault is locked (vaultd is not running)");
+        if ctx.out.json {
+            ctx.out
+                .json(&json!({ "locked": true, "daemon_pid": null }))?;
+        }
+        return Ok(());
+    };
+    match client.call(Request::Lock)? {
+        Response::Status(status) => {
+            ctx.out.info("vault locked");
+            if ctx.out.json {
+                ctx.out.json(&status)?;
+            }
+            Ok(())
+        }
+        _ => Err(unexpected("lock")),
+    }
+}
+
+/// `vault status`.
+pub fn status(ctx: &mut Ctx) -> CliResult<()> {
+    let status = status_info(ctx)?;
+    if ctx.out.json {
+        return ctx.out.json(&status);
+    }
+    let now = Timestamp::now();
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    match (&status.vault_id, status.initialized) {
+        (Some(id), true) => lines.push(("vault", id.clone())),
+        _ => lines.push(("vault", "not initialized: run 'vault init'".into())),
+    }
+    if status.initialized {
+        let state = if status.locked {
+            "locked".to_owned()
+        } else {
+            format!("unlocked{}", lock_times(&status))
+        };
+        lines.push(("state", state));
+    }
+    if let Some(n) = status.records {
+        lines.push(("records", n.to_string()));
+    }
+    if !status.expiring.is_empty() {
+        let list: Vec<_> = status
+            .expiring
+            .iter()
+            .map(|r| match r.expires_at {
+                Some(t) if t <= now => format!("{} (expired {})", r.name, relative(t, now)),
+                Some(t) => format!("{} ({})", r.name, relative(t, now)),
+                None => r.name.clone(),
+            })
+            .collect();
+        lines.push(("expiring", list.join(", ")));
+    }
+    lines.push(("sync", sync_line(&status, now)));
+    lines.push((
+        "daemon",
+        format!("pid {}, socket {}", status.daemon_pid, status.socket),
+    ));
+    for (key, value) in lines {
+        ctx.out.line(&format!("{key:<9} {value}"));
+    }
+    Ok(())
+}
+
+fn sync_line(status: &StatusInfo, now: Timestamp) -> String {
+    let sync = &status.sync;
+    let Some(server) = &sync.server else {
+        return "not set up".into();
+    };
+    let mut line = server.clone();
+    match sync.last_sync {
+        Some(t) => line.push_str(&format!(", last sync {}", relative(t, now))),
+        None => line.push_str(", never synced"),
+    }
+    if sync.queued > 0 {
+        line.push_str(&format!(", {} change(s) queued", sync.queued));
+    }
+    if let Some(e) = &sync.last_error {
+        line.push_str(&format!(", last error: {e}"));
+    }
+    line
+}
+
+/// ` (locks ... )` for an unlocked vault.
+fn lock_times(status: &StatusInfo) -> String {
+    let now = Timestamp::now();
+    match (status.idle_lock_at, status.hard_lock_at) {
+        (Some(idle), Some(hard)) => format!(
+            " (locks when idle {}, at the latest {})",
+            relative(idle, now),
+            relative(hard, now)
+        ),
+        (Some(t), None) | (None, Some(t)) => format!(" (locks {})", relative(t, now)),
+        (None, None) => String::new(),
+    }
+}
+
+fn status_info(ctx: &mut Ctx) -> CliResult<StatusInfo> {
+    match ctx.call(Request::Status)? {
+        Response::Status(status) => Ok(status),
+        _ => Err(unexpected("status")),
+    }
+}
+
+fn send_unlock(ctx: &mut Ctx, passphrase: SecretValue) -> CliResult<StatusInfo> {
+    match ctx.call(Request::Unlock { passphrase })? {
+        Response::Status(status) => Ok(status),
+        _ => Err(unexpected("unlock")),
+    }
+}
+
+/// Prompts for the passphrase until it unlocks the vault (a few tries).
+fn prompt_unlock(ctx: &mut Ctx) -> CliResult<StatusInfo> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let passphrase = input::prompt_hidden("Vault passphrase: ")?;
+        match send_unlock(ctx, passphrase) {
+            Err(e) if e.code == ErrorCode::BadPassphrase && tries < PROMPT_TRIES => {
+                eprintln!("vault: {}", e.message);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Unlocks the vault after a command was refused as locked: with
+/// `VAULT_PASSPHRASE_FILE` when set; else, on a terminal, by prompting (if
+/// the daemon grants this CLI the prompt) or by waiting for the CLI that
+/// prompts; else it is an error (exit 3).
+pub fn unlock_for_retry(ctx: &mut Ctx) -> CliResult<()> {
+    if let Some(path) = input::passphrase_file_from_env() {
+        let passphrase = input::read_passphrase_file(&path)?;
+        send_unlock(ctx, passphrase)?;
+        return Ok(());
+    }
+    if !io::stdin().is_terminal() {
+        return Err(locked());
+    }
+    match ctx.call(Request::PromptLease)? {
+        Response::PromptLease { granted: true } => prompt_unlock(ctx).map(drop),
+        Response::PromptLease { granted: false } => {
+            ctx.out
+                .info("waiting for the passphrase prompt of another vault command...");
+            let waited = ctx.call(Request::WaitUnlocked {
+                timeout_ms: WAIT_UNLOCKED_MS,
+            });
+            match waited {
+                Ok(Response::Status(s)) if !s.locked => Ok(()),
+                Ok(Response::Status(_))
+                | Err(WireError {
+                    code: ErrorCode::Locked,
+                    ..
+                }) => Err(WireError::new(
+                    ErrorCode::Locked,
+                    "vault is still locked after waiting 2 minutes for another prompt: run 'vault unlock'",
+                )),
+                Ok(_) => Err(unexpected("wait_unlocked")),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(unexpected("prompt_lease")),
+    }
+}
