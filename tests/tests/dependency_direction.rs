@@ -1,0 +1,144 @@
+//! SPEC §2: `cli → protocol`, `daemon → protocol`, `server → protocol`. The
+//! CLI never links `age` or `rusqlite` (nor SQLite itself); the server never
+//! links `age`. Read from `cargo metadata`, walking normal dependencies from
+//! each package's node in the resolve graph.
+
+// Helper fns of a test report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn metadata() -> Value {
+    let out = Command::new(vault_e2e::cargo())
+        .current_dir(vault_e2e::workspace_root())
+        .args(["metadata", "--format-version", "1"])
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata JSON")
+}
+
+/// Package name → the chain of package names from `root` that reaches it,
+/// following only normal (not dev, not build) dependencies.
+fn normal_closure(meta: &Value, root: &str) -> BTreeMap<String, Vec<String>> {
+    let packages = meta["packages"].as_array().expect("packages");
+    let name_of: BTreeMap<&str, &str> = packages
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let members: Vec<&str> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let root_id = *members
+        .iter()
+        .find(|id| name_of.get(*id) == Some(&root))
+        .unwrap_or_else(|| panic!("workspace member {root} not found in cargo metadata"));
+    let nodes: BTreeMap<&str, &Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve.nodes (run without --no-deps)")
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut queue = VecDeque::from([(root_id.to_owned(), vec![root.to_owned()])]);
+    let mut visited = std::collections::BTreeSet::new();
+    while let Some((id, chain)) = queue.pop_front() {
+        if !visited.insert(id.clone()) {
+            continue;
+        }
+        seen.insert(name_of[id.as_str()].to_owned(), chain.clone());
+        let node = nodes[id.as_str()];
+        for dep in node["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            if !normal {
+                continue;
+            }
+            let dep_id = dep["pkg"].as_str().unwrap().to_owned();
+            let mut next = chain.clone();
+            next.push(name_of[dep_id.as_str()].to_owned());
+            queue.push_back((dep_id, next));
+        }
+    }
+    seen
+}
+
+fn assert_not_linked(meta: &Value, package: &str, forbidden: &[&str]) {
+    let closure = normal_closure(meta, package);
+    let hits: Vec<String> = forbidden
+        .iter()
+        .filter_map(|f| closure.get(*f).map(|chain| chain.join(" -> ")))
+        .collect();
+    assert!(
+        hits.is_empty(),
+        "{package} must not link {forbidden:?} (SPEC §2), but its dependency graph has:\n  {}",
+        hits.join("\n  ")
+    );
+    assert!(
+        closure.contains_key("vault-protocol"),
+        "{package} should depend on vault-protocol; closure: {:?}",
+        closure.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn cli_links_neither_age_nor_sqlite() {
+    let meta = metadata();
+    assert_not_linked(
+        &meta,
+        "vault-cli",
+        &[
+            "age",
+            "age-core",
+            "rusqlite",
+            "libsqlite3-sys",
+            "vault-daemon",
+            "vault-server",
+        ],
+    );
+}
+
+#[test]
+fn server_never_links_age() {
+    let meta = metadata();
+    assert_not_linked(&meta, "vault-server", &["age", "age-core", "vault-daemon"]);
+}
+
+#[test]
+fn protocol_links_neither_age_nor_sqlite() {
+    let closure = normal_closure(&metadata(), "vault-protocol");
+    for f in ["age", "age-core", "rusqlite", "libsqlite3-sys"] {
+        assert!(
+            !closure.contains_key(f),
+            "vault-protocol links {f}: {}",
+            closure[f].join(" -> ")
+        );
+    }
+}
+
+/// Guards against a vacuous pass: the walker must see what the daemon links.
+#[test]
+fn walker_sees_the_daemons_age_and_sqlite() {
+    let closure = normal_closure(&metadata(), "vault-daemon");
+    for needed in ["age", "rusqlite", "vault-protocol"] {
+        assert!(
+            closure.contains_key(needed),
+            "vault-daemon's closure lacks {needed}: {:?}",
+            closure.keys().collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! SPEC §13: the socket is 0600 in a 0700 dir, and the daemon checks the
+//! peer's uid on every connection. Needs root (to create a second user and
+//! run processes as it); skipped with a message otherwise.
+//!
+//! (a) another user cannot connect to a root daemon's socket;
+//! (b) a daemon run by another user drops a connection from root. Root
+//!     bypasses file permissions, so this exercises the peer-uid check itself.
+
+// Helper fns of a test report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::io::ErrorKind;
+use std::process::Command;
+
+use vault_e2e::{MARK, VaultHome, hello, which};
+
+/// A throwaway system user, deleted on drop.
+struct TempUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl TempUser {
+    fn create() -> Option<Self> {
+        if vault_e2e::my_uid() != 0 {
+            eprintln!("SKIP other_user: not running as root, cannot create a second user");
+            return None;
+        }
+        let Some(useradd) = which("useradd").or_else(|| {
+            ["/usr/sbin/useradd", "/sbin/useradd"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.is_file())
+        }) else {
+            eprintln!("SKIP other_user: useradd is not installed (apt-get install passwd)");
+            return None;
+        };
+        let name = format!("ve2e{}", std::process::id());
+        let out = Command::new(&useradd)
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg("--user-group")
+            .arg(&name)
+            .output()
+            .expect("run useradd");
+        assert!(
+            out.status.success(),
+            "useradd {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .arg(flag)
+                .arg(&name)
+                .output()
+                .expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        assert_ne!(uid, 0);
+        Some(Self { name, uid, gid })
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let userdel = which("userdel").unwrap_or_else(|| "/usr/sbin/userdel".into());
+        let _ = Command::new(userdel).arg(&self.name).output();
+    }
+}
+
+#[test]
+fn a_second_uid_cannot_talk_to_the_daemon() {
+    let Some(user) = TempUser::create() else {
+        return;
+    };
+
+    // (a) A root daemon; the other user tries its socket.
+    let root_vault = VaultHome::new();
+    root_vault.init();
+    let f = root_vault.at_file("v", &vault_e2e::secret("root"));
+    root_vault
+        .vault(["add", "root-rec", "--type", "token", &format!("token={f}")])
+        .ok();
+    let root_pid = root_vault.daemon_pid().expect("root daemon");
+
+    let other = VaultHome::new_as(user.uid, user.gid);
+    let socket = root_vault.socket();
+    let socket_str = socket.to_str().unwrap();
+    for args in [
+        vec!["--socket", socket_str, "list", "--format", "json"],
+        vec![
+            "--socket", socket_str, "get", "root-rec", "--field", "token",
+        ],
+        vec!["--socket", socket_str, "--json", "status"],
+    ] {
+        let run = other.vault(&args);
+        assert_ne!(
+            run.code, 0,
+            "uid {} reached root's daemon:\n{run}",
+            user.uid
+        );
+        run.never_prints(MARK).never_prints("root-rec").no_panic();
+    }
+    // The kernel already hides it: the 0700 runtime dir cannot be entered.
+    let probe = other.command(
+        std::path::Path::new("/bin/sh"),
+        [
+            "-c",
+            "test -e \"$0\" && echo visible || echo hidden",
+            socket_str,
+        ],
+    );
+    let probe = vault_e2e::run_command(probe, None, vault_e2e::DEFAULT_TIMEOUT);
+    assert_eq!(probe.stdout.trim(), "hidden", "{probe}");
+    assert_eq!(
+        root_vault.daemon_pid(),
+        Some(root_pid),
+        "root daemon unharmed"
+    );
+
+    // (b) A daemon of the other user; root connects to it directly.
+    other.init();
+    // Found through /proc: connecting as root must not work (that is the point).
+    let other_pid = *other
+        .daemon_pids()
+        .first()
+        .expect("the other user's daemon is running");
+    let status = std::fs::read_to_string(format!("/proc/{other_pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().nth(1) == Some(&user.uid.to_string()),
+        "the daemon runs as the other user: {uid_line}"
+    );
+    let f = other.at_file("v", &vault_e2e::secret("other"));
+    other
+        .vault(["add", "other-rec", "--type", "token", &format!("token={f}")])
+        .ok();
+
+    // Root bypasses the file permissions, so only the daemon's peer-uid check
+    // stands between root's connection and the records.
+    match other.connect() {
+        Err(e) => panic!("root could not even connect ({e}); expected the daemon to drop it"),
+        Ok(mut s) => {
+            match hello(&mut s) {
+                Ok(pid) => panic!("daemon {pid} of uid {} answered root's Hello", user.uid),
+                Err(e) => eprintln!("root's Hello was refused as expected: {e}"),
+            }
+            let get = vault_e2e::request(
+                &mut s,
+                2,
+                vault_protocol::Request::Get {
+                    name: "other-rec".to_owned(),
+                },
+            );
+            match get {
+                Ok(frame) => assert!(
+                    frame.ok.is_none(),
+                    "root read another user's record: {:?}",
+                    frame.ok
+                ),
+                Err(vault_protocol::frame::FrameError::Io(e))
+                    if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
+                Err(_) => {}
+            }
+        }
+    }
+    // Root's CLI pointed at that socket fails too.
+    let other_socket = other.socket();
+    let run = root_vault.vault([
+        "--socket",
+        other_socket.to_str().unwrap(),
+        "get",
+        "other-rec",
+        "--field",
+        "token",
+    ]);
+    assert_ne!(
+        run.code, 0,
+        "root's CLI read the other user's vault:\n{run}"
+    );
+    run.never_prints(MARK).no_panic();
+    // The other user's daemon is still serving its owner.
+    other.vault(["get", "other-rec", "--field", "token"]).ok();
+    assert_eq!(other.daemon_pids().len(), 1);
+}

@@ -1,0 +1,328 @@
+//! Hostile bytes on the daemon's socket (SPEC §13): an oversized frame, random
+//! bytes, malformed JSON, a stalled client. The daemon answers an error frame
+//! or closes that connection, and keeps serving everyone else — the same
+//! daemon process, not a restarted one.
+
+// Helper fns of a test report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use vault_e2e::{VaultHome, hello};
+use vault_protocol::ErrorCode;
+use vault_protocol::frame::{self, FrameError, MAX_FRAME};
+use vault_protocol::message::ResponseFrame;
+
+/// How the daemon ended a hostile connection.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// An error frame with this code (and then, maybe, a close).
+    ErrorFrame(ErrorCode),
+    /// Closed or reset without an answer.
+    Closed,
+}
+
+/// Reads what the daemon does after the hostile bytes. Fails on a hang (no
+/// answer and no close within the socket timeout) or a non-error answer.
+fn outcome(stream: &mut UnixStream) -> Outcome {
+    match frame::read::<_, ResponseFrame>(stream) {
+        Ok(resp) => {
+            let err = resp
+                .err
+                .unwrap_or_else(|| panic!("the daemon accepted hostile bytes: ok={:?}", resp.ok));
+            assert!(!err.message.is_empty());
+            Outcome::ErrorFrame(err.code)
+        }
+        Err(FrameError::Closed) => Outcome::Closed,
+        Err(FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Outcome::Closed
+        }
+        Err(FrameError::Io(e))
+            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+        {
+            panic!("the daemon neither answered nor closed the connection within 10 s")
+        }
+        Err(e) => panic!("unexpected reply to hostile bytes: {e}"),
+    }
+}
+
+/// After an error frame the connection must be closed (SPEC §13).
+fn assert_closed_after(stream: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("the daemon kept talking after the error frame ({n} more bytes)"),
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset) => {}
+        Err(e) => panic!("connection not closed after the error frame: {e}"),
+    }
+}
+
+/// Writes `bytes` from a thread (the daemon may stop reading and close), so
+/// the test can read the answer meanwhile.
+fn send_in_background(stream: &UnixStream, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut w = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        // EPIPE/ECONNRESET are expected once the daemon gives up on us.
+        let _ = w.write_all(&bytes);
+    })
+}
+
+fn ready_vault() -> (VaultHome, u32) {
+    let vh = VaultHome::new();
+    vh.init();
+    let f = vh.at_file("v", &vault_e2e::secret("sock"));
+    vh.vault(["add", "sock-rec", "--type", "token", &format!("token={f}")])
+        .ok();
+    let pid = vh.daemon_pid().expect("daemon answers Hello");
+    (vh, pid)
+}
+
+/// The daemon that answered before still answers, and the CLI works.
+fn assert_still_serving(vh: &VaultHome, pid: u32) {
+    assert_eq!(
+        vh.daemon_pid(),
+        Some(pid),
+        "the same daemon (pid {pid}) must keep serving after hostile input"
+    );
+    let list = vh.vault(["list", "--format", "json"]).ok().json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}
+
+fn two_mib_frame() -> Vec<u8> {
+    let len = 2 * 1024 * 1024usize;
+    let mut bytes = (len as u32).to_be_bytes().to_vec();
+    // A body that would be valid JSON if it were allowed, to show the size
+    // alone is refused.
+    let mut body = format!(
+        "{{\"id\":9,\"req\":{{\"op\":\"get\",\"name\":\"{}",
+        "a".repeat(len)
+    );
+    body.truncate(len - 4);
+    body.push_str("\"}}");
+    bytes.extend_from_slice(body.as_bytes());
+    bytes.resize(4 + len, b' ');
+    bytes
+}
+
+#[test]
+fn two_mib_frame_before_hello() {
+    let (vh, pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    let writer = send_in_background(&s, two_mib_frame());
+    let got = outcome(&mut s);
+    if let Outcome::ErrorFrame(code) = got {
+        assert_eq!(code, ErrorCode::BadFrame);
+        assert_closed_after(&mut s);
+    }
+    drop(s);
+    writer.join().unwrap();
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn two_mib_frame_after_hello() {
+    let (vh, pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    hello(&mut s).unwrap();
+    let writer = send_in_background(&s, two_mib_frame());
+    let got = outcome(&mut s);
+    if let Outcome::ErrorFrame(code) = got {
+        assert_eq!(code, ErrorCode::BadFrame);
+        assert_closed_after(&mut s);
+    }
+    drop(s);
+    writer.join().unwrap();
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn header_just_over_the_limit_is_refused_without_a_body() {
+    let (vh, pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    // Announce MAX_FRAME + 1 and send nothing more: the daemon must refuse on
+    // the header alone, not wait for a megabyte that never comes.
+    s.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+        .unwrap();
+    let got = outcome(&mut s);
+    if let Outcome::ErrorFrame(code) = got {
+        assert_eq!(code, ErrorCode::BadFrame);
+    }
+    drop(s);
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn random_bytes_on_the_socket() {
+    let (vh, pid) = ready_vault();
+    for round in 0..5 {
+        let mut s = vh.connect().unwrap();
+        if round % 2 == 1 {
+            hello(&mut s).unwrap();
+        }
+        let writer = send_in_background(&s, vault_e2e::random_bytes(64 * 1024));
+        let got = outcome(&mut s);
+        if let Outcome::ErrorFrame(code) = got {
+            assert_eq!(code, ErrorCode::BadFrame, "round {round}");
+        }
+        drop(s);
+        writer.join().unwrap();
+    }
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn malformed_json_gets_an_error_frame_then_close() {
+    let (vh, pid) = ready_vault();
+    let bodies: Vec<Vec<u8>> = vec![
+        vault_e2e::random_bytes(1000),
+        b"{\"id\":7,\"req\":{\"op\":\"no_such_op\"}}".to_vec(),
+        b"{\"id\":7}".to_vec(),
+        b"[]".to_vec(),
+        b"".to_vec(),
+        b"{\"id\":7,\"req\":{\"op\":\"get\",\"name\":".to_vec(),
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        for with_hello in [false, true] {
+            let mut s = vh.connect().unwrap();
+            if with_hello {
+                hello(&mut s).unwrap();
+            }
+            let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            s.write_all(&bytes).unwrap();
+            match outcome(&mut s) {
+                Outcome::ErrorFrame(code) => {
+                    assert!(
+                        matches!(code, ErrorCode::BadFrame | ErrorCode::Usage),
+                        "body {i} (hello: {with_hello}): code {code:?}"
+                    );
+                    assert_closed_after(&mut s);
+                }
+                Outcome::Closed => panic!(
+                    "body {i} (hello: {with_hello}): a malformed frame must get an error reply \
+                     before the close (SPEC §13), got a bare close"
+                ),
+            }
+        }
+    }
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn data_request_before_hello_is_refused() {
+    let (vh, pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    let resp = vault_e2e::request(
+        &mut s,
+        3,
+        vault_protocol::Request::Get {
+            name: "sock-rec".to_owned(),
+        },
+    );
+    match resp {
+        Ok(frame) => {
+            assert!(
+                frame.ok.is_none(),
+                "a Get before Hello was answered: {:?}",
+                frame.ok
+            );
+        }
+        Err(FrameError::Closed) => {}
+        Err(FrameError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("unexpected: {e}"),
+    }
+    drop(s);
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn stalled_and_truncated_clients_do_not_block_others() {
+    let (vh, pid) = ready_vault();
+    // One client sends half a header and waits; another announces 100 bytes,
+    // sends 10 and waits; a third connects and says nothing.
+    let mut half = vh.connect().unwrap();
+    half.write_all(&[0, 0]).unwrap();
+    let mut short = vh.connect().unwrap();
+    hello(&mut short).unwrap();
+    short.write_all(&100u32.to_be_bytes()).unwrap();
+    short.write_all(b"{\"id\":1,\"r").unwrap();
+    let silent = vh.connect().unwrap();
+    // Meanwhile the CLI is served promptly.
+    let list = vh.vault(["list", "--format", "json"]);
+    list.ok();
+    assert!(
+        list.elapsed < Duration::from_secs(5),
+        "list took {:?} while other clients stalled",
+        list.elapsed
+    );
+    assert_eq!(vh.daemon_pid(), Some(pid));
+    // A client that disconnects mid-frame does not hurt the daemon.
+    drop(short);
+    drop(half);
+    drop(silent);
+    assert_still_serving(&vh, pid);
+}
+
+#[test]
+fn many_requests_on_one_connection_keep_their_ids() {
+    let (vh, _pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    hello(&mut s).unwrap();
+    for id in [2u64, 99, 7, u64::MAX] {
+        let resp = vault_e2e::request(
+            &mut s,
+            id,
+            vault_protocol::Request::Get {
+                name: "sock-rec".to_owned(),
+            },
+        )
+        .unwrap();
+        assert_eq!(resp.id, id);
+        assert!(resp.ok.is_some(), "{:?}", resp.err);
+    }
+    let resp = vault_e2e::request(
+        &mut s,
+        5,
+        vault_protocol::Request::Get {
+            name: "missing".to_owned(),
+        },
+    )
+    .unwrap();
+    assert_eq!(resp.id, 5);
+    assert_eq!(resp.err.map(|e| e.code), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn version_mismatch_tells_the_user_to_restart() {
+    let (vh, pid) = ready_vault();
+    let mut s = vh.connect().unwrap();
+    let resp = vault_e2e::request(
+        &mut s,
+        1,
+        vault_protocol::Request::Hello {
+            protocol: vault_protocol::PROTOCOL_VERSION + 1,
+            build: "0.0.0-e2e".to_owned(),
+        },
+    );
+    match resp {
+        Ok(frame) => {
+            let err = frame.err.expect("a mismatched Hello is refused");
+            assert_eq!(err.code, ErrorCode::VersionMismatch);
+            assert!(
+                err.message.contains("vault daemon restart"),
+                "{}",
+                err.message
+            );
+        }
+        Err(e) => panic!("expected a version_mismatch error frame, got {e}"),
+    }
+    drop(s);
+    assert_still_serving(&vh, pid);
+}
