@@ -4,7 +4,8 @@
 //!
 //! It must never log a record name or a value: logs name records by id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -23,6 +24,9 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 type Result<T> = std::result::Result<T, WireError>;
+
+/// The JSON budget of one `list` page, well under the 1 MiB frame limit.
+const LIST_PAGE_BYTES: usize = 768 * 1024;
 
 /// Under this much time left, a record shows as `expiring`.
 pub const EXPIRING_WINDOW: Duration = Duration::from_secs(3600);
@@ -77,7 +81,7 @@ pub struct IndexEntry {
 }
 
 /// Name → entry, for every live record.
-pub type Index = HashMap<String, IndexEntry>;
+pub type Index = BTreeMap<String, IndexEntry>;
 
 /// The unlocked state: key, index, deadlines.
 #[derive(Debug)]
@@ -100,6 +104,15 @@ pub fn state_of(expires_at: Option<Timestamp>, now: Timestamp) -> RecordState {
 }
 
 impl IndexEntry {
+    /// An upper bound on the JSON size of this record's summary. Names and
+    /// tags never need escaping; a description byte escapes to at most six.
+    /// The keys, type, state, timestamps and revision take under 300 bytes.
+    fn listed_size(&self, name: &str) -> usize {
+        let description = self.description.as_ref().map_or(0, String::len);
+        let tags: usize = self.tags.iter().map(|t| t.len() + 3).sum();
+        name.len() + 6 * description + tags + 300
+    }
+
     fn summary(&self, name: &str, now: Timestamp) -> RecordSummary {
         let state = state_of(self.expires_at, now);
         RecordSummary {
@@ -292,7 +305,7 @@ impl Engine {
         info!(vault_id = %vault_id, "vault created");
         self.store = Some(store);
         self.device = device;
-        self.install(key, HashMap::new(), now);
+        self.install(key, Index::new(), now);
         Ok((vault_id, recipient))
     }
 
@@ -535,11 +548,17 @@ impl Engine {
     }
 
     /// Summaries matching `filter`, sorted by name.
-    pub fn list(&self, filter: &ListFilter, now: Timestamp) -> Result<Vec<RecordSummary>> {
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Vec<RecordSummary>, Option<String>)> {
         let sess = self.session()?;
-        let mut out: Vec<RecordSummary> = sess
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = sess
             .index
-            .iter()
+            .range::<str, _>((start, Bound::Unbounded))
             .filter(|(_, e)| filter.kind.is_none_or(|k| e.kind == k))
             .filter(|(_, e)| filter.tag.as_ref().is_none_or(|t| e.tags.contains(t)))
             .filter(|(_, e)| !filter.expired || e.expires_at.is_some_and(|t| t <= now))
@@ -549,10 +568,19 @@ impl Engine {
                         .is_some_and(|t| t > now && t.unix() - now.unix() <= w as i64)
                 })
             })
-            .map(|(name, e)| e.summary(name, now))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            .peekable();
+        let mut out = Vec::new();
+        let mut budget = LIST_PAGE_BYTES;
+        while let Some((name, e)) = matching.next_if(|(name, e)| {
+            let cost = e.listed_size(name);
+            // One record always fits: a page never comes back empty.
+            budget >= cost || budget == LIST_PAGE_BYTES
+        }) {
+            budget = budget.saturating_sub(e.listed_size(name));
+            out.push(e.summary(name, now));
+        }
+        let next = matching.peek().and(out.last()).map(|r| r.name.clone());
+        Ok((out, next))
     }
 
     /// Writes `body` as the next revision of `row` and updates the index.
@@ -737,6 +765,7 @@ fn decrypt_body(key: &VaultKey, row: &RecordRow) -> Result<RecordBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vault_protocol::message::{Response, ResponseFrame};
 
     fn engine() -> (tempfile::TempDir, Engine) {
         let tmp = tempfile::tempdir().unwrap();
@@ -782,7 +811,12 @@ mod tests {
         e.rename("a", "b", now).unwrap();
         assert_eq!(e.get("a", now).unwrap_err().code, ErrorCode::NotFound);
         e.remove("b", now).unwrap();
-        assert!(e.list(&ListFilter::default(), now).unwrap().is_empty());
+        assert!(
+            e.list(&ListFilter::default(), None, now)
+                .unwrap()
+                .0
+                .is_empty()
+        );
         let hist = e.history("b").unwrap();
         assert_eq!(hist.len(), 4);
         e.restore("b", 1, now).unwrap();
@@ -811,7 +845,53 @@ mod tests {
         let rows = e.live_rows().unwrap();
         let index = Engine::build_index(&key, &rows);
         e.install(key, index, now);
-        assert_eq!(e.list(&ListFilter::default(), now).unwrap().len(), 2);
+        assert_eq!(
+            e.list(&ListFilter::default(), None, now).unwrap().0.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn list_pages_fit_a_frame_and_cover_every_record_once() {
+        let (_tmp, mut e) = engine();
+        let now = Timestamp(1_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        // Long escaped descriptions make records big: few fit a page.
+        let described: Vec<NewRecord> = (0..3000)
+            .map(|i| NewRecord {
+                description: Some("\u{1}".repeat(200)),
+                ..token(&format!("rec-{i:05}"), "v")
+            })
+            .collect();
+        e.add(described, now).unwrap();
+        let filter = ListFilter::default();
+        let (mut after, mut seen, mut pages) = (None, Vec::new(), 0);
+        loop {
+            let (page, next) = e.list(&filter, after.as_deref(), now).unwrap();
+            let frame = ResponseFrame::new(
+                1,
+                Ok(Response::Records {
+                    records: page.clone(),
+                    next: next.clone(),
+                }),
+            );
+            let bytes = vault_protocol::frame::encode(&frame).unwrap();
+            assert!(
+                bytes.len() <= vault_protocol::frame::MAX_FRAME,
+                "page of {} bytes",
+                bytes.len()
+            );
+            assert!(!page.is_empty());
+            seen.extend(page.into_iter().map(|r| r.name));
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert!(pages > 1, "3000 big records need more than one page");
+        let expected: Vec<String> = (0..3000).map(|i| format!("rec-{i:05}")).collect();
+        assert_eq!(seen, expected, "every record once, in name order");
     }
 
     #[test]

@@ -275,9 +275,9 @@ impl Daemon {
                 .set(&name, fields, unset, description, tags, expires_at, now)
                 .map(Response::Changed),
             Request::Get { name } => engine.get(&name, now).map(Response::Record),
-            Request::List { filter } => engine
-                .list(&filter, now)
-                .map(|records| Response::Records { records }),
+            Request::List { filter, after } => engine
+                .list(&filter, after.as_deref(), now)
+                .map(|(records, next)| Response::Records { records, next }),
             Request::Remove { name } => engine.remove(&name, now).map(Response::Changed),
             Request::Rename { from, to } => engine.rename(&from, &to, now).map(Response::Changed),
             Request::History { name } => engine

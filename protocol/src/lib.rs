@@ -11,8 +11,8 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod paths;
-pub mod server_api;
 pub mod secret;
+pub mod server_api;
 pub mod timefmt;
 
 pub use credential::{CredentialType, validate_name};

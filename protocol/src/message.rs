@@ -35,7 +35,11 @@ pub struct ResponseFrame {
     /// The id of the request this answers.
     pub id: u64,
     /// The answer, on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "fast_response::deserialize"
+    )]
     pub ok: Option<Response>,
     /// The error, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +155,9 @@ pub enum Request {
         /// Filters; all must match.
         #[serde(default)]
         filter: ListFilter,
+        /// Start after this name: the `next` of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     /// Delete a record (its history is kept).
     Remove {
@@ -289,8 +296,12 @@ pub enum Response {
     Record(RecordView),
     /// Answer to `List`.
     Records {
-        /// Matching records, sorted by name.
+        /// Matching records, sorted by name: one page, which fits a frame.
         records: Vec<RecordSummary>,
+        /// Set when more records follow: send the same `List` again with
+        /// `after` set to this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// Answer to `History`, newest first.
     History {
@@ -422,6 +433,76 @@ pub struct RevisionInfo {
     pub device: String,
     /// What the change was: `add`, `set`, `rename`, `restore`, `remove`.
     pub change: String,
+}
+
+/// Reads a `Response` without serde's buffering of internally tagged enums
+/// when the tag comes first (as this crate writes it). Two answers are
+/// parsed straight from the stream: a page of `list`, the one that can be
+/// large (twice as fast), and `record`, the one that carries secret values
+/// (they must not be copied into a `serde_json::Value` that is never
+/// wiped). Anything else, or a tag that is not first, goes through the
+/// derived implementation. A new answer that carries secrets belongs on the
+/// direct path. The bytes on the wire are the same either way.
+mod fast_response {
+    use std::fmt;
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    use super::{RecordSummary, RecordView, Response};
+
+    #[derive(Deserialize)]
+    struct RecordsPage {
+        records: Vec<RecordSummary>,
+        #[serde(default)]
+        next: Option<String>,
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Response>, D::Error> {
+        Option::<Fast>::deserialize(d).map(|o| o.map(|Fast(r)| r))
+    }
+
+    struct Fast(Response);
+
+    impl<'de> Deserialize<'de> for Fast {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(FastVisitor).map(Fast)
+        }
+    }
+
+    struct FastVisitor;
+
+    impl<'de> Visitor<'de> for FastVisitor {
+        type Value = Response;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a response object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Response, A::Error> {
+            let mut seen = serde_json::Map::new();
+            if let Some(key) = map.next_key::<String>()? {
+                let value: serde_json::Value = map.next_value()?;
+                if key == "kind" && value == "records" {
+                    let page =
+                        RecordsPage::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                    return Ok(Response::Records {
+                        records: page.records,
+                        next: page.next,
+                    });
+                }
+                if key == "kind" && value == "record" {
+                    let view = RecordView::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                    return Ok(Response::Record(view));
+                }
+                seen.insert(key, value);
+            }
+            while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                seen.insert(key, value);
+            }
+            Response::deserialize(serde_json::Value::Object(seen)).map_err(de::Error::custom)
+        }
+    }
 }
 
 mod double_option {

@@ -79,9 +79,10 @@ fn add_request_frame() {
 fn list_request_decodes_with_defaults() {
     let body = r#"{"id":3,"req":{"op":"list"}}"#;
     let frame: RequestFrame = frame::decode(body.as_bytes()).unwrap();
-    let Request::List { filter } = frame.req else {
+    let Request::List { filter, after } = frame.req else {
         panic!("not a list")
     };
+    assert!(after.is_none(), "no cursor: the first page");
     let ListFilter {
         kind,
         tag,
@@ -153,4 +154,57 @@ fn idle_timer_policy() {
         .extends_idle()
     );
     assert!(!Request::Lock.extends_idle());
+}
+
+#[test]
+fn list_page_frames() {
+    let req = RequestFrame {
+        id: 4,
+        req: Request::List {
+            filter: ListFilter {
+                tag: Some("ci".into()),
+                ..ListFilter::default()
+            },
+            after: Some("gh".into()),
+        },
+    };
+    let expected = r#"{"id":4,"req":{"op":"list","filter":{"type":null,"tag":"ci","expiring_within_secs":null,"expired":false},"after":"gh"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+
+    let last_page = ResponseFrame::new(
+        4,
+        Ok(Response::Records {
+            records: vec![],
+            next: None,
+        }),
+    );
+    let expected = r#"{"id":4,"ok":{"kind":"records","records":[]}}"#;
+    assert_eq!(frame_of(&last_page), with_header(expected));
+}
+
+#[test]
+fn responses_decode_whatever_the_key_order() {
+    // As written: the tag first (the direct path).
+    let record = r#"{"id":5,"ok":{"kind":"record","name":"gh","type":"token","fields":{"token":"t0k"},"description":null,"tags":[],"created_at":"2026-11-23T10:00:00Z","updated_at":"2026-11-23T10:00:00Z","expires_at":null,"expired":false,"revision":2}}"#;
+    let frame: ResponseFrame = frame::decode(record.as_bytes()).unwrap();
+    let Ok(Response::Record(view)) = frame.into_result() else {
+        panic!("not a record")
+    };
+    assert_eq!(view.fields["token"].expose_secret(), "t0k");
+    assert_eq!(view.revision, 2);
+
+    // The tag last (another writer): the derived path, same result.
+    let page = r#"{"id":6,"ok":{"records":[{"name":"gh","type":"token","description":null,"tags":["ci"],"created_at":"2026-11-23T10:00:00Z","updated_at":"2026-11-23T10:00:00Z","expires_at":null,"expired":false,"state":"ok","revision":1}],"next":"gh","kind":"records"}}"#;
+    let frame: ResponseFrame = frame::decode(page.as_bytes()).unwrap();
+    let Ok(Response::Records { records, next }) = frame.into_result() else {
+        panic!("not records")
+    };
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].tags, ["ci"]);
+    assert_eq!(next.as_deref(), Some("gh"));
+
+    let done: ResponseFrame = frame::decode(br#"{"id":7,"ok":{"kind":"done"}}"#).unwrap();
+    assert!(matches!(done.into_result(), Ok(Response::Done)));
+    let unknown = frame::decode::<ResponseFrame>(br#"{"id":8,"ok":{"kind":"no_such"}}"#);
+    assert!(unknown.is_err(), "an unknown kind is a decode error");
 }

@@ -244,6 +244,23 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{self}"))
     }
+
+    /// The `name`s of the JSON array on stdout (`vault list --format json`).
+    pub fn names(&self) -> Vec<String> {
+        let listed = self.json();
+        let Some(items) = listed.as_array() else {
+            panic!("stdout is not a JSON array:\n{self}")
+        };
+        items
+            .iter()
+            .map(|r| {
+                r["name"]
+                    .as_str()
+                    .expect("every item has a name")
+                    .to_owned()
+            })
+            .collect()
+    }
 }
 
 /// Runs `cmd` with `input` on stdin (or /dev/null), capturing output, killing

@@ -264,3 +264,56 @@ fn platform_spelling_of_add() {
     assert_eq!(doc["fields"]["auth"].as_str(), Some(auth.as_str()));
     assert_eq!(doc["fields"]["username"], "$oauthtoken");
 }
+
+#[test]
+fn list_of_more_records_than_one_frame_holds() {
+    use std::collections::BTreeMap;
+    use vault_protocol::CredentialType;
+    use vault_protocol::message::{NewRecord, Request, Response};
+
+    let vh = VaultHome::new();
+    vh.init();
+    // 6,000 records with long descriptions: about 2.5 MiB of summaries,
+    // more than twice the 1 MiB frame limit. Added over the socket, in
+    // batches, because 6,000 `vault add` processes would be slow.
+    const N: usize = 6000;
+    let mut records: Vec<NewRecord> = (0..N)
+        .map(|i| NewRecord {
+            name: format!("bulk-{i:05}"),
+            kind: CredentialType::Password,
+            fields: BTreeMap::from([
+                ("username".to_owned(), "bulk-user".into()),
+                ("password".to_owned(), "not-listed".into()),
+            ]),
+            description: Some(format!("record {i} {}", "x".repeat(300))),
+            tags: vec!["bulk".to_owned()],
+            expires_at: None,
+        })
+        .collect();
+    let mut s = vh.connect().unwrap();
+    vault_e2e::hello(&mut s).unwrap();
+    for id in 2.. {
+        if records.is_empty() {
+            break;
+        }
+        let rest = records.split_off(records.len().min(1000));
+        let batch = std::mem::replace(&mut records, rest);
+        let len = batch.len();
+        let answer = vault_e2e::request(&mut s, id, Request::AddMany { records: batch })
+            .map(|f| f.into_result());
+        match answer {
+            Ok(Ok(Response::AddedMany { count })) => assert_eq!(count as usize, len),
+            other => panic!("AddMany failed: {other:?}"),
+        }
+    }
+
+    let run = vh.vault(["list", "--format", "json", "--tag", "bulk"]);
+    run.ok();
+    let names = run.names();
+    let expected: Vec<String> = (0..N).map(|i| format!("bulk-{i:05}")).collect();
+    assert_eq!(names, expected, "every record once, sorted by name");
+    assert!(
+        !run.stdout.contains("not-listed"),
+        "list never prints values"
+    );
+}

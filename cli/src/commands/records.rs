@@ -244,12 +244,27 @@ pub fn list(ctx: &mut Ctx, args: &ListArgs) -> CliResult<()> {
         expiring_within_secs,
         expired: args.expired,
     };
-    let mut records = match ctx.call_unlocked(&|| Request::List {
-        filter: filter.clone(),
-    })? {
-        Response::Records { records } => records,
-        _ => return Err(unexpected("list")),
-    };
+    // The daemon answers in pages that each fit a frame.
+    let mut records = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx.call_unlocked(&|| Request::List {
+            filter: filter.clone(),
+            after: after.clone(),
+        })?;
+        let Response::Records {
+            records: page,
+            next,
+        } = page
+        else {
+            return Err(unexpected("list"));
+        };
+        records.extend(page);
+        match next {
+            Some(name) => after = Some(name),
+            None => break,
+        }
+    }
     sort_records(&mut records, args.sort);
 
     let format = match args.format {
