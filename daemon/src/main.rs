@@ -265,7 +265,7 @@ fn main() -> ExitCode {
         Err(e) => return report(&args, Fatal(1, format!("cannot start runtime: {e}"))),
     };
     let _guard = runtime.enter();
-    let (daemon, listener, _lock, socket) = match start(&args) {
+    let (daemon, listener, lock, socket) = match start(&args) {
         Ok(v) => v,
         Err(fatal) => return report(&args, fatal),
     };
@@ -300,8 +300,17 @@ fn main() -> ExitCode {
         });
         server::run(daemon, listener).await;
     });
+    // Dropping the runtime drops every task, and with them the last handle
+    // on the engine: the key is wiped and the database closed (its WAL
+    // checkpointed) before anyone can see us gone.
+    drop(_guard);
+    drop(runtime);
     let _ = std::fs::remove_file(&socket);
     info!("vaultd stopped");
+    // The daemon lock is released by the kernel as the process exits, not
+    // before: a free lock means this process is gone (`vault daemon stop`
+    // waits for it).
+    std::mem::forget(lock);
     ExitCode::SUCCESS
 }
 
