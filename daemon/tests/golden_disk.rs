@@ -1,0 +1,134 @@
+//! The disk format, frozen. `fixtures/v1/` holds a vault written by the first
+//! release's `vault` (passphrase below): `identity.age` sealed with scrypt and
+//! a schema-v1 `vault.db` with two records, one of them at revision 2. Every
+//! later build must still open it, find records through the blind index and
+//! decrypt every revision. A change that breaks this test needs a new schema
+//! or body version and a migration, not a new fixture.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use vault_daemon::crypto::VaultKey;
+use vault_daemon::record::{BODY_VERSION, RecordBody};
+use vault_daemon::store::{SCHEMA_VERSION, Store};
+use vault_protocol::CredentialType;
+
+const PASSPHRASE: &str = "golden-passphrase";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/v1")
+        .join(name)
+}
+
+fn key() -> VaultKey {
+    let sealed = std::fs::read(fixture("identity.age")).unwrap();
+    VaultKey::open(&sealed, PASSPHRASE)
+        .unwrap_or_else(|_| panic!("the frozen identity.age no longer opens"))
+}
+
+/// A private copy: opening may write WAL files next to the database.
+fn store_copy() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vault.db");
+    std::fs::copy(fixture("vault.db"), &db).unwrap();
+    let store = Store::open(&db).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn frozen_identity_opens_and_keeps_its_key_id() {
+    let key = key();
+    assert_eq!(
+        key.recipient(),
+        "age1g77x2c6mfxlzcvd33mexcdc3rf0kal28y4zvfftgj34us6sh3seqkvtpae"
+    );
+    assert_eq!(key.key_id(), "a3dedd0fb48be9cd02cb24f9d804d92c");
+    let sealed = std::fs::read(fixture("identity.age")).unwrap();
+    assert!(
+        VaultKey::open(&sealed, "wrong").is_err(),
+        "a wrong passphrase must not open it"
+    );
+}
+
+#[test]
+fn blind_index_is_frozen() {
+    let key = key();
+    assert_eq!(
+        hex::encode_upper(key.name_mac("golden/token")),
+        "C756BE3A7075CB4AA3AD7C09BB2B7A679C80E7405D7521AFB64AC361DCA70983"
+    );
+    assert_eq!(
+        hex::encode_upper(key.name_mac("golden-aws")),
+        "FE2E9A72513E8180ED967108BF11079F8225C4AE7B4EA95EF0E63198616018DA"
+    );
+}
+
+#[test]
+fn frozen_records_decrypt_with_every_revision() {
+    let key = key();
+    let (_dir, store) = store_copy();
+    assert_eq!(SCHEMA_VERSION, 1, "a new schema needs a new fixture dir");
+    assert_eq!(
+        BODY_VERSION, 1,
+        "a new body version needs a new fixture dir"
+    );
+    assert_eq!(
+        store.meta("key_id").unwrap().as_deref(),
+        Some(key.key_id().as_str())
+    );
+
+    let row = store
+        .find_live(&key.name_mac("golden/token"))
+        .unwrap()
+        .expect("golden/token is found through the blind index");
+    assert_eq!(row.revision, 2);
+    assert_eq!(row.kind, "token");
+    let body = RecordBody::from_bytes(&key.decrypt(&row.body).unwrap(), &row.id).unwrap();
+    assert_eq!(body.name, "golden/token");
+    assert_eq!(body.kind, CredentialType::Token);
+    assert_eq!(body.description.as_deref(), Some("frozen v1 record"));
+    assert_eq!(body.tags, ["golden"]);
+    assert_eq!(body.fields["token"].expose_secret(), "golden-token-v2");
+
+    let first = store.revision_body(&row.id, 1).unwrap().unwrap();
+    let first = RecordBody::from_bytes(&key.decrypt(&first).unwrap(), &row.id).unwrap();
+    assert_eq!(first.fields["token"].expose_secret(), "golden-token-value");
+    let changes: Vec<String> = store
+        .revisions(&row.id)
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{} {}", r.revision, r.change))
+        .collect();
+    assert_eq!(changes, ["2 set", "1 add"]);
+
+    let aws = store
+        .find_live(&key.name_mac("golden-aws"))
+        .unwrap()
+        .unwrap();
+    let body = RecordBody::from_bytes(&key.decrypt(&aws.body).unwrap(), &aws.id).unwrap();
+    assert_eq!(body.kind, CredentialType::Aws);
+    assert_eq!(body.fields["access_key_id"].expose_secret(), "AKIAGOLDEN");
+    assert_eq!(
+        body.fields["secret_access_key"].expose_secret(),
+        "golden-secret-key"
+    );
+    assert_eq!(body.fields["region"].expose_secret(), "eu-west-1");
+}
+
+#[test]
+fn a_body_filed_under_another_record_is_refused() {
+    let key = key();
+    let (_dir, store) = store_copy();
+    let token = store
+        .find_live(&key.name_mac("golden/token"))
+        .unwrap()
+        .unwrap();
+    let aws = store
+        .find_live(&key.name_mac("golden-aws"))
+        .unwrap()
+        .unwrap();
+    let swapped = key.decrypt(&aws.body).unwrap();
+    assert!(RecordBody::from_bytes(&swapped, &token.id).is_err());
+}
