@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long, short)]
         revision: u64,
     },
+    /// Run a command with credentials in its environment and files
+    #[command(after_help = EXEC_HELP)]
+    Exec(ExecArgs),
     /// Start, stop or inspect the daemon (vaultd)
     Daemon {
         #[command(subcommand)]
@@ -188,6 +191,30 @@ pub struct SetArgs {
     #[arg(long)]
     pub no_expiry: bool,
 }
+
+/// `vault exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// A credential to give the command (repeatable)
+    #[arg(short = 'c', long = "credential", value_name = "NAME")]
+    pub credentials: Vec<String>,
+
+    /// Set a variable; always wins over a credential's (repeatable)
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// The command and its arguments, after --
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+const EXEC_HELP: &str = "\
+Example: vault exec -c aws-dev -c wandb -- python train.py
+
+The command gets each credential as environment variables (and files, for
+gcp, ssh, registry and file credentials, written 0600 into a private folder
+that is removed when it exits). Signals sent to vault are passed on; the
+exit code is the command's (128+N when signal N killed it).";
 
 /// `vault get`.
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod args;
 mod client;
 mod commands;
 mod error;
+mod exec;
 mod input;
 mod output;
 

@@ -547,6 +547,17 @@ impl Engine {
         })
     }
 
+    /// The vault's paths.
+    pub fn paths(&self) -> &VaultPaths {
+        &self.paths
+    }
+
+    /// Several records with their values, in the order asked; the first
+    /// missing one fails the whole request.
+    pub fn resolve(&self, names: &[String], now: Timestamp) -> Result<Vec<RecordView>> {
+        names.iter().map(|name| self.get(name, now)).collect()
+    }
+
     /// Summaries matching `filter`, sorted by name.
     pub fn list(
         &self,

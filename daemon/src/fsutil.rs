@@ -142,6 +142,39 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Removes the per-child folders of `vault exec` wrappers that are gone
+/// (killed before they could clean up). A folder is named
+/// `<wrapper pid>-<random>`; anything else is left alone.
+pub fn sweep_exec_dirs(exec_dir: &Path) {
+    let Ok(entries) = fs::read_dir(exec_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let gone = matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        );
+        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(
+                    wrapper = pid.as_raw_nonzero().get(),
+                    "removed an abandoned exec folder"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot remove an abandoned exec folder"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,6 +275,9 @@ impl Daemon {
                 .set(&name, fields, unset, description, tags, expires_at, now)
                 .map(Response::Changed),
             Request::Get { name } => engine.get(&name, now).map(Response::Record),
+            Request::Resolve { names } => engine
+                .resolve(&names, now)
+                .map(|records| Response::Resolved { records }),
             Request::List { filter, after } => engine
                 .list(&filter, after.as_deref(), now)
                 .map(|(records, next)| Response::Records { records, next }),
@@ -444,6 +447,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Set { .. } => "set",
         Request::Get { .. } => "get",
         Request::List { .. } => "list",
+        Request::Resolve { .. } => "resolve",
         Request::Remove { .. } => "remove",
         Request::Rename { .. } => "rename",
         Request::History { .. } => "history",
@@ -458,10 +462,12 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     let next = AtomicU64::new(1);
     let ticker = {
         let d = Arc::clone(&daemon);
+        let exec_dir = daemon.engine().paths().exec_dir();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             loop {
                 tick.tick().await;
+                crate::fsutil::sweep_exec_dirs(&exec_dir);
                 let was_locked = d.engine().is_locked();
                 d.engine().check_deadlines(Timestamp::now());
                 if !was_locked && d.engine().is_locked() {

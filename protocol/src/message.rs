@@ -150,6 +150,11 @@ pub enum Request {
         /// The record.
         name: String,
     },
+    /// Several records with their values, all or none (`vault exec`).
+    Resolve {
+        /// The records, in the order wanted.
+        names: Vec<String>,
+    },
     /// Summaries of records; never values.
     List {
         /// Filters; all must match.
@@ -199,6 +204,7 @@ impl Request {
             | Request::AddMany { .. }
             | Request::Set { .. }
             | Request::Get { .. }
+            | Request::Resolve { .. }
             | Request::List { .. }
             | Request::Remove { .. }
             | Request::Rename { .. }
@@ -294,6 +300,11 @@ pub enum Response {
     },
     /// Answer to `Get`.
     Record(RecordView),
+    /// Answer to `Resolve`, in the order asked.
+    Resolved {
+        /// The records with their values.
+        records: Vec<RecordView>,
+    },
     /// Answer to `List`.
     Records {
         /// Matching records, sorted by name: one page, which fits a frame.
@@ -436,9 +447,9 @@ pub struct RevisionInfo {
 }
 
 /// Reads a `Response` without serde's buffering of internally tagged enums
-/// when the tag comes first (as this crate writes it). Two answers are
+/// when the tag comes first (as this crate writes it). Three answers are
 /// parsed straight from the stream: a page of `list`, the one that can be
-/// large (twice as fast), and `record`, the one that carries secret values
+/// large (twice as fast), and `record` and `resolved`, which carry secret values
 /// (they must not be copied into a `serde_json::Value` that is never
 /// wiped). Anything else, or a tag that is not first, goes through the
 /// derived implementation. A new answer that carries secrets belongs on the
@@ -450,6 +461,11 @@ mod fast_response {
     use serde::{Deserialize, Deserializer};
 
     use super::{RecordSummary, RecordView, Response};
+
+    #[derive(Deserialize)]
+    struct Resolved {
+        records: Vec<RecordView>,
+    }
 
     #[derive(Deserialize)]
     struct RecordsPage {
@@ -494,6 +510,13 @@ mod fast_response {
                 if key == "kind" && value == "record" {
                     let view = RecordView::deserialize(de::value::MapAccessDeserializer::new(map))?;
                     return Ok(Response::Record(view));
+                }
+                if key == "kind" && value == "resolved" {
+                    let resolved =
+                        Resolved::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                    return Ok(Response::Resolved {
+                        records: resolved.records,
+                    });
                 }
                 seen.insert(key, value);
             }

@@ -77,6 +77,12 @@ impl VaultPaths {
         })
     }
 
+    /// `vault exec`'s per-child folders (`<wrapper pid>-<random>`), swept by
+    /// the daemon when their wrapper is gone.
+    pub fn exec_dir(&self) -> PathBuf {
+        self.runtime_dir.join("exec")
+    }
+
     /// The SQLite database.
     pub fn db(&self) -> PathBuf {
         self.data_dir.join("vault.db")

@@ -208,3 +208,21 @@ fn responses_decode_whatever_the_key_order() {
     let unknown = frame::decode::<ResponseFrame>(br#"{"id":8,"ok":{"kind":"no_such"}}"#);
     assert!(unknown.is_err(), "an unknown kind is a decode error");
 }
+
+#[test]
+fn resolve_request_frame() {
+    let req = RequestFrame {
+        id: 9,
+        req: Request::Resolve {
+            names: vec!["aws-dev".into(), "wandb".into()],
+        },
+    };
+    let expected = r#"{"id":9,"req":{"op":"resolve","names":["aws-dev","wandb"]}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let answer: ResponseFrame =
+        frame::decode(br#"{"id":9,"ok":{"kind":"resolved","records":[]}}"#).unwrap();
+    assert!(matches!(
+        answer.into_result(),
+        Ok(Response::Resolved { records }) if records.is_empty()
+    ));
+}

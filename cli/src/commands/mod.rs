@@ -48,6 +48,11 @@ impl<'a> Ctx<'a> {
         Ok(self.client.insert(client))
     }
 
+    /// Closes the connection (a child process must not inherit it).
+    pub fn disconnect(&mut self) {
+        self.client = None;
+    }
+
     /// Sends one request.
     pub fn call(&mut self, req: Request) -> CliResult<Response> {
         self.client()?.call(req)
@@ -84,6 +89,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Rename { old, new } => records::rename(&mut ctx, &old, &new),
         Command::History { name } => records::history(&mut ctx, &name),
         Command::Restore { name, revision } => records::restore(&mut ctx, &name, revision),
+        Command::Exec(args) => crate::exec::run(&mut ctx, args),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;
