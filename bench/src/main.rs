@@ -203,6 +203,26 @@ fn bench_all(
         Err(e) => notes.push(format!("`age -d` skipped: setup failed: {e}")),
     }
 
+    // exec: what wrapping a command costs, against the command alone and
+    // against `vault get` (issue 3: at most 3 ms over `vault get`).
+    let true_bin = which("true").unwrap_or_else(|| PathBuf::from("/bin/true"));
+    let plain = time_runs(opts.runs, || Command::new(&true_bin))?;
+    rows.push(Row::process("`true`", 1, &plain, &vault_get, "", None));
+    let exec = time_runs(opts.runs, || {
+        let mut c = vault.command(&vault.bins.vault);
+        c.args(["exec", "-c", "bench-token", "--"]).arg(&true_bin);
+        c
+    })?;
+    let over_get = exec.median().saturating_sub(vault_get.median());
+    rows.push(Row::process(
+        &format!("`vault exec -c NAME -- true` (+{} over get)", ms(over_get)),
+        1,
+        &exec,
+        &vault_get,
+        "≤ vault get + 3 ms",
+        Some(over_get <= Duration::from_millis(3)),
+    ));
+
     // In-daemon figures, growing one vault.
     let mut populated = 1usize; // bench-token
     for &size in &opts.sizes {
@@ -941,4 +961,12 @@ fn print_table(opts: &Options, rows: &[Row], notes: &[String]) {
         let _ = writeln!(out, "\nnote: {n}");
     }
     print!("{out}");
+}
+
+/// A program found on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }

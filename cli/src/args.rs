@@ -203,6 +203,10 @@ pub struct ExecArgs {
     #[arg(long, value_name = "NAME=VALUE")]
     pub env: Vec<String>,
 
+    /// Do not replace secret values in the command's piped output
+    #[arg(long)]
+    pub no_mask: bool,
+
     /// The command and its arguments, after --
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,
@@ -214,7 +218,9 @@ Example: vault exec -c aws-dev -c wandb -- python train.py
 The command gets each credential as environment variables (and files, for
 gcp, ssh, registry and file credentials, written 0600 into a private folder
 that is removed when it exits). Signals sent to vault are passed on; the
-exit code is the command's (128+N when signal N killed it).";
+exit code is the command's (128+N when signal N killed it). When its stdout
+or stderr is not a terminal, secret values in it are shown as
+<redacted:NAME> (--no-mask turns that off).";
 
 /// `vault get`.
 #[derive(Debug, Args)]

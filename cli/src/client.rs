@@ -347,12 +347,16 @@ fn start_daemon(target: &Target) -> CliResult<Stream> {
         return connect_socket(target.socket()).map_err(|e| connect_error(target, &e));
     }
     if let Some(message) = line.strip_prefix("error: ") {
+        // It exits right after saying so: reap it, so that when we report
+        // the error no vaultd of ours is left, not even as a zombie.
+        reap(&mut child);
         if message.contains("already running") {
             return connect_with_retry(target);
         }
         return Err(target.unreachable(format_args!("vaultd could not start: {message}")));
     }
     if line.is_empty() {
+        reap(&mut child);
         let status = child
             .try_wait()
             .ok()
@@ -367,6 +371,14 @@ fn start_daemon(target: &Target) -> CliResult<Stream> {
         "vaultd said '{}' instead of 'ready': is the vaultd found on PATH another program?",
         line.escape_debug()
     )))
+}
+
+/// Waits (up to 2 s) for a daemon that reported failure to exit.
+fn reap(child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Another daemon holds the vault: it may still be binding its socket.

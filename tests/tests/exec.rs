@@ -490,3 +490,38 @@ fn the_exec_folder_is_private() {
     let mode = fs::metadata(exec_dir(&vh)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn secrets_in_piped_output_are_masked_even_when_split() {
+    let vh = VaultHome::new();
+    vh.init();
+    let value = vault_e2e::secret("masked");
+    vh.vault_in(
+        ["add", "ci-token", "--type", "token", "token=-"],
+        value.as_bytes(),
+    )
+    .ok();
+    let (head, tail) = value.split_at(value.len() / 2);
+    // The value whole, then in two writes far apart, on both streams.
+    let script = format!(
+        "printf 'a=%s\\n' \"$CI_TOKEN_TOKEN\"; printf 'b=%s' '{head}'; sleep 0.3; printf '%s\\n' '{tail}'; \
+         printf 'e=%s\\n' \"$CI_TOKEN_TOKEN\" >&2"
+    );
+    let run = vh.vault(["exec", "-c", "ci-token", "--", "sh", "-c", &script]);
+    run.ok().never_prints(&value);
+    assert_eq!(run.stdout, "a=<redacted:ci-token>\nb=<redacted:ci-token>\n");
+    assert!(run.stderr.contains("e=<redacted:ci-token>"), "{run}");
+
+    let run = vh.vault([
+        "exec",
+        "--no-mask",
+        "-c",
+        "ci-token",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    run.ok();
+    assert_eq!(run.stdout, format!("a={value}\nb={value}\n"));
+}

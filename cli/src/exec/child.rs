@@ -2,16 +2,17 @@
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 
+use super::mask::Masker;
 use super::plan::{FileSpec, Plan};
 
 /// Signals passed on to the child (SPEC §8).
@@ -118,16 +119,26 @@ pub struct SpawnError {
 }
 
 /// Runs the child with the plan's environment and waits for it, passing on
-/// signals sent to us. Returns its exit code, or 128+N when signal N killed
+/// signals sent to us. Its stdout and stderr go through `masker` when they
+/// are not terminals. Returns its exit code, or 128+N when signal N killed
 /// it.
 pub fn run(
     program: &OsString,
     args: &[OsString],
     plan: &Plan,
     exec_names: &str,
+    masker: &Masker,
 ) -> Result<i32, SpawnError> {
     let mut command = Command::new(program);
     command.args(args);
+    let mask_out = !masker.is_empty() && !io::stdout().is_terminal();
+    let mask_err = !masker.is_empty() && !io::stderr().is_terminal();
+    if mask_out {
+        command.stdout(Stdio::piped());
+    }
+    if mask_err {
+        command.stderr(Stdio::piped());
+    }
     for key in &plan.unset {
         command.env_remove(key);
     }
@@ -137,7 +148,7 @@ pub fn run(
     command.env(super::VAULT_EXEC, exec_names);
 
     // Subscribe before spawning so no signal falls between the two.
-    let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED).map_err(|e| SpawnError {
+    let signals = SignalsInfo::<WithOrigin>::new(FORWARDED).map_err(|e| SpawnError {
         code: 1,
         message: format!("cannot install signal handlers: {e}"),
     })?;
@@ -157,6 +168,33 @@ pub fn run(
     // The child's copy of the environment is made; ours holds no secret.
     drop(command);
 
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let status = std::thread::scope(|scope| {
+        if let Some(out) = out {
+            scope.spawn(move || masker.pump(out, io::stdout().lock()));
+        }
+        if let Some(err) = err {
+            scope.spawn(move || masker.pump(err, io::stderr().lock()));
+        }
+        wait_forwarding(&mut child, signals)
+    });
+    match status {
+        Ok(status) => Ok(status
+            .code()
+            .or_else(|| status.signal().map(|n| 128 + n))
+            .unwrap_or(1)),
+        Err(e) => Err(SpawnError {
+            code: 1,
+            message: format!("lost track of the command: {e}"),
+        }),
+    }
+}
+
+/// Waits for `child`, passing on the signals `signals` catches meanwhile.
+fn wait_forwarding(
+    child: &mut std::process::Child,
+    mut signals: SignalsInfo<WithOrigin>,
+) -> io::Result<std::process::ExitStatus> {
     let pid = i32::try_from(child.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw);
@@ -179,14 +217,5 @@ pub fn run(
     let status = child.wait();
     handle.close();
     let _ = forwarder.join();
-    match status {
-        Ok(status) => Ok(status
-            .code()
-            .or_else(|| status.signal().map(|n| 128 + n))
-            .unwrap_or(1)),
-        Err(e) => Err(SpawnError {
-            code: 1,
-            message: format!("lost track of the command: {e}"),
-        }),
-    }
+    status
 }

@@ -5,6 +5,7 @@
 //! folder whatever way the child ends, and exit with the child's code.
 
 mod child;
+mod mask;
 pub mod plan;
 
 use std::ffi::OsString;
@@ -66,6 +67,16 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
 
     let folder = child::Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
     let mut plan = plan::build(&records, &overrides, &folder.path_str()).map_err(usage)?;
+    let mut masker = mask::Masker::default();
+    if !args.no_mask {
+        for record in &records {
+            for (field, value) in &record.fields {
+                if record.kind.is_secret(field) {
+                    masker.add(value.expose_secret(), &record.name);
+                }
+            }
+        }
+    }
     drop(records);
     folder.write_all(&plan.files).map_err(failed)?;
     plan.files.clear();
@@ -77,7 +88,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
         }
         exec_names.push_str(name);
     }
-    let code = child::run(program, program_args, &plan, &exec_names);
+    let code = child::run(program, program_args, &plan, &exec_names, &masker);
     drop(plan);
     drop(folder);
     match code {

@@ -1,0 +1,164 @@
+//! What `vault exec` gives a child, read by the real client libraries users
+//! run (issue 3): botocore resolves exactly the injected AWS credentials, and
+//! google-auth loads the injected service-account file. They need a Python
+//! with botocore and google-auth in `VAULT_TEST_PYTHON`; `bash .ci/run`
+//! makes one (target/ci-venv). Without it each test prints `SKIP …` and
+//! passes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vault_e2e::{MARK, VaultHome, run_command, secret};
+
+/// The Python to use, or `None` (after saying why) when there is none with
+/// both libraries.
+fn python(test: &str) -> Option<PathBuf> {
+    let Some(python) = std::env::var_os("VAULT_TEST_PYTHON").map(PathBuf::from) else {
+        eprintln!(
+            "SKIP {test}: set VAULT_TEST_PYTHON to a Python with botocore and google-auth \
+             (bash .ci/run makes one in target/ci-venv)"
+        );
+        return None;
+    };
+    let ok = Command::new(&python)
+        .args(["-c", "import botocore.session, google.auth"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP {test}: {} cannot import botocore and google-auth: pip install botocore google-auth",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
+fn exec_python(
+    vh: &VaultHome,
+    creds: &[&str],
+    python: &Path,
+    script: &str,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    // The script prints the secrets it resolved, to compare them: unmasked.
+    let mut args: Vec<String> = vec!["exec".into(), "--no-mask".into()];
+    for c in creds {
+        args.extend(["-c".into(), (*c).into()]);
+    }
+    args.extend([
+        "--".into(),
+        python.display().to_string(),
+        "-c".into(),
+        script.into(),
+    ]);
+    let mut cmd = vh.command(&vault_e2e::binaries().vault, &args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}:\n{run}"))
+}
+
+#[test]
+fn botocore_resolves_exactly_the_injected_credentials() {
+    let Some(python) = python("botocore") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let secret_key = secret("aws-secret");
+    let token = secret("aws-token");
+    let sk = vh.at_file("sk", &secret_key);
+    let tk = vh.at_file("tk", &token);
+    vh.vault([
+        "add",
+        "aws-sts",
+        "--type",
+        "aws",
+        "access_key_id=ASIAREALCLIENT",
+        &format!("secret_access_key={sk}"),
+        &format!("session_token={tk}"),
+        "region=ap-southeast-2",
+        "--ttl",
+        "1h",
+    ])
+    .ok();
+    // A profile that the user's environment points at: if AWS_PROFILE
+    // reached the child, botocore would use it (or fail to find it).
+    let aws_dir = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws_dir).unwrap();
+    std::fs::write(
+        aws_dir.join("credentials"),
+        "[stale]\naws_access_key_id = AKIASTALE\naws_secret_access_key = stale\n",
+    )
+    .unwrap();
+    let script = r#"
+import json, botocore.session
+s = botocore.session.get_session()
+c = s.get_credentials()
+f = c.get_frozen_credentials()
+print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key,
+                  "token": f.token, "region": s.get_config_variable("region")}))
+"#;
+    let got = exec_python(
+        &vh,
+        &["aws-sts"],
+        &python,
+        script,
+        &[("AWS_PROFILE", "stale")],
+    );
+    assert_eq!(got["method"], "env", "{got}");
+    assert_eq!(got["key"], "ASIAREALCLIENT");
+    assert_eq!(got["secret"], secret_key.as_str());
+    assert_eq!(got["token"], token.as_str());
+    assert_eq!(got["region"], "ap-southeast-2");
+}
+
+#[test]
+fn google_auth_loads_the_injected_service_account() {
+    let Some(python) = python("google-auth") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    // A real RSA key: google-auth parses it.
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl genpkey failed");
+    let pem = String::from_utf8(out.stdout).unwrap();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "real-client-proj",
+        "private_key_id": format!("{MARK}-key-id"),
+        "private_key": pem,
+        "client_email": "ci@real-client-proj.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let f = vh.at_file("sa.json", &key.to_string());
+    vh.vault(["add", "gcp-ci", "--type", "gcp", &format!("json={f}")])
+        .ok();
+    let script = r#"
+import json, os, google.auth
+creds, project = google.auth.default()
+print(json.dumps({"email": creds.service_account_email, "project": project,
+                  "file_mode": oct(os.stat(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]).st_mode & 0o777)}))
+"#;
+    let got = exec_python(&vh, &["gcp-ci"], &python, script, &[]);
+    assert_eq!(got["email"], "ci@real-client-proj.iam.gserviceaccount.com");
+    assert_eq!(got["project"], "real-client-proj");
+    assert_eq!(got["file_mode"], "0o600");
+}
