@@ -1,1 +1,180 @@
-fn main() {}
+//! `vault-server` command line: serve the API, or administer the database
+//! (`user`, `role`, `token`). See docs/server.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vault_protocol::SecretValue;
+use vault_protocol::timefmt::parse_duration;
+use vault_server::admin::{self, RoleCmd, TokenCmd, UserCmd};
+use vault_server::api::ApiConfig;
+use vault_server::serve::{ServeOptions, serve};
+use vault_server::store;
+
+/// Env var holding the default admin's password.
+const ADMIN_PASSWORD_ENV: &str = "VAULT_SERVER_ADMIN_PASSWORD";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-server",
+    version,
+    about = "The vault remote service: accounts, roles, access tokens and an encrypted record store.",
+    after_help = "Serve: vault-server --listen 127.0.0.1:8443 --database sqlite:/var/lib/vault-server/vault.db\n\
+                  Administer: vault-server --database ... user|role|token add|list|rm"
+)]
+struct Cli {
+    /// Database: sqlite:PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    #[arg(long, env = "VAULT_SERVER_DATABASE", global = true)]
+    database: Option<String>,
+
+    /// Machine output (list and add commands).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Address to listen on, HOST:PORT (port 0 picks a free port; the bound
+    /// address is printed as 'listening on ADDR').
+    #[arg(long)]
+    listen: Option<String>,
+
+    /// TLS certificate chain (PEM). Plain HTTP is only allowed on loopback.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// On a database without users, create this admin user; its password
+    /// (>= 32 characters) comes from --admin-password-file or
+    /// $VAULT_SERVER_ADMIN_PASSWORD and works as its first access token.
+    #[arg(long)]
+    default_admin: Option<String>,
+
+    /// File holding the default admin's password.
+    #[arg(long, requires = "default_admin")]
+    admin_password_file: Option<PathBuf>,
+
+    /// Lifetime of the JWTs issued by POST /api/v1/auth/token.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    jwt_ttl: Duration,
+
+    /// Failed logins allowed per client address and per token prefix per
+    /// window before logins are refused with 429.
+    #[arg(long, default_value_t = 10)]
+    login_failure_limit: u32,
+
+    /// Window of the failed-login limit.
+    #[arg(long, default_value = "1m", value_parser = duration)]
+    login_failure_window: Duration,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage roles.
+    #[command(subcommand)]
+    Role(RoleCmd),
+    /// Manage access tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn admin_password(file: Option<&PathBuf>) -> Result<SecretValue, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --admin-password-file {}: {e}", path.display()))?;
+        let trimmed = text.trim_end_matches(['\n', '\r']).to_owned();
+        drop(zeroize::Zeroizing::new(text));
+        return Ok(SecretValue::new(trimmed));
+    }
+    match std::env::var(ADMIN_PASSWORD_ENV) {
+        Ok(v) => Ok(SecretValue::new(v)),
+        Err(_) => Err(format!(
+            "--default-admin needs a password: set {ADMIN_PASSWORD_ENV} or pass --admin-password-file"
+        )),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), (String, i32)> {
+    let database = cli.database.clone().ok_or_else(|| {
+        (
+            "--database is required (sqlite:PATH or postgres://...; or set VAULT_SERVER_DATABASE)"
+                .to_owned(),
+            2,
+        )
+    })?;
+    if let Some(command) = cli.command {
+        let store = store::open(&database).await.map_err(|e| (e, 1))?;
+        let result = match command {
+            Command::User(c) => admin::user(store.as_ref(), c, cli.json).await,
+            Command::Role(c) => admin::role(store.as_ref(), c, cli.json).await,
+            Command::Token(c) => admin::token(store.as_ref(), c, cli.json).await,
+        };
+        return result.map_err(|e| (e.message, e.exit_code));
+    }
+    let listen = cli.listen.clone().ok_or_else(|| {
+        (
+            "--listen is required to serve (e.g. --listen 127.0.0.1:8443)".to_owned(),
+            2,
+        )
+    })?;
+    let default_admin = match &cli.default_admin {
+        Some(name) => Some((
+            name.clone(),
+            admin_password(cli.admin_password_file.as_ref()).map_err(|e| (e, 2))?,
+        )),
+        None => None,
+    };
+    let opts = ServeOptions {
+        listen,
+        database,
+        tls: cli.tls_cert.zip(cli.tls_key),
+        default_admin,
+        api: ApiConfig {
+            jwt_ttl: cli.jwt_ttl,
+            ..ApiConfig::default()
+        },
+        login_failure_limit: cli.login_failure_limit,
+        login_failure_window: cli.login_failure_window,
+    };
+    serve(opts).await.map_err(|e| (e, 1))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VAULT_SERVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vault-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((message, code)) => {
+            eprintln!("vault-server: {message}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

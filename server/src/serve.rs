@@ -1,0 +1,235 @@
+//! Starting the service: open and migrate the database, bootstrap the default
+//! admin, bind the listener (plain HTTP only on loopback, else TLS via
+//! rustls), announce the bound address on stdout, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vault_protocol::SecretValue;
+use vault_protocol::server_api::{Action, Policy, Role, validate_id};
+use vault_protocol::timefmt::Timestamp;
+
+use crate::api::{self, ApiConfig, AppState};
+use crate::crypto::{self, JwtKey};
+use crate::ratelimit::LoginLimiter;
+use crate::store::{self, Bootstrap, Store, TokenKind, TokenRow};
+
+/// Shortest accepted default-admin password.
+pub const MIN_ADMIN_PASSWORD: usize = 32;
+
+/// Name of the role the bootstrap creates.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Name of the bootstrap password's token row.
+pub const BOOTSTRAP_TOKEN: &str = "bootstrap-password";
+
+/// Everything `vault-server` (without a subcommand) needs.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// `--listen`.
+    pub listen: String,
+    /// `--database`.
+    pub database: String,
+    /// `--tls-cert` and `--tls-key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--default-admin` with its password.
+    pub default_admin: Option<(String, SecretValue)>,
+    /// API settings.
+    pub api: ApiConfig,
+    /// Failed logins allowed per address and per token prefix per window.
+    pub login_failure_limit: u32,
+    /// The rate-limit window.
+    pub login_failure_window: Duration,
+}
+
+/// The role the bootstrap gives the default admin: every action everywhere.
+pub fn admin_role() -> Role {
+    Role {
+        name: ADMIN_ROLE.into(),
+        description: "every action on every resource (created by --default-admin)".into(),
+        policies: vec![Policy {
+            actions: Action::ALL.to_vec(),
+            resources: vec!["*".into()],
+        }],
+    }
+}
+
+/// Creates the default admin on a database without users. The password
+/// becomes the admin's first access token (stored as a PBKDF2 hash).
+pub async fn bootstrap(
+    store: &dyn Store,
+    name: &str,
+    password: &SecretValue,
+) -> Result<Bootstrap, String> {
+    validate_id("--default-admin", name)?;
+    let chars = password.expose_secret().chars().count();
+    if chars < MIN_ADMIN_PASSWORD {
+        return Err(format!(
+            "the default admin password is {chars} characters; it must be at least {MIN_ADMIN_PASSWORD} (generate one, e.g. with 'head -c 32 /dev/urandom | base64')"
+        ));
+    }
+    if password.expose_secret().starts_with(crypto::TOKEN_PREFIX) {
+        return Err(format!(
+            "the default admin password must not start with '{}' (that marks access tokens)",
+            crypto::TOKEN_PREFIX
+        ));
+    }
+    let secret = password.duplicate();
+    let hash = tokio::task::spawn_blocking(move || crypto::password_hash(secret.expose_secret()))
+        .await
+        .map_err(|e| e.to_string())??;
+    let now = Timestamp::now().unix();
+    let row = TokenRow {
+        id: crypto::random_id()?,
+        user: name.to_owned(),
+        name: BOOTSTRAP_TOKEN.into(),
+        description: "the --default-admin password; revoke it once you have your own tokens".into(),
+        prefix: "(password)".into(),
+        hash,
+        kind: TokenKind::Password,
+        roles: vec![ADMIN_ROLE.into()],
+        created_at: now,
+        expires_at: None,
+    };
+    store
+        .bootstrap_admin(&admin_role(), &row, now)
+        .await
+        .map_err(|e| format!("cannot create the default admin: {e}"))
+}
+
+/// Resolves `--listen` and refuses plain HTTP anywhere but loopback.
+pub async fn resolve_listen(listen: &str, tls: bool) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot resolve --listen '{listen}': {e} (expected HOST:PORT, e.g. 127.0.0.1:8443)"
+            )
+        })?
+        .collect();
+    let Some(&first) = addrs.first() else {
+        return Err(format!("--listen '{listen}' resolves to no address"));
+    };
+    if !tls && addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "refusing to serve plain HTTP on {listen}, which is not a loopback address: pass --tls-cert and --tls-key, or listen on 127.0.0.1"
+        ));
+    }
+    Ok(first)
+}
+
+/// Runs the service until SIGINT or SIGTERM. Prints `listening on ADDR` on
+/// stdout once the socket accepts connections.
+pub async fn serve(opts: ServeOptions) -> Result<(), String> {
+    let addr = resolve_listen(&opts.listen, opts.tls.is_some()).await?;
+    let store = store::open(&opts.database).await?;
+    let jwt_secret = store
+        .jwt_secret()
+        .await
+        .map_err(|e| format!("cannot read the JWT key: {e}"))?;
+    match &opts.default_admin {
+        Some((name, password)) => match bootstrap(store.as_ref(), name, password).await? {
+            Bootstrap::Created => tracing::info!("created the default admin user '{name}'"),
+            Bootstrap::AlreadyDone => {
+                tracing::info!("users exist already; --default-admin '{name}' left unchanged")
+            }
+        },
+        None => {
+            if store
+                .list_users()
+                .await
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                tracing::warn!(
+                    "no users yet: start with --default-admin NAME, or add one with 'vault-server user add'"
+                );
+            }
+        }
+    }
+    let state = Arc::new(AppState {
+        store: Arc::clone(&store),
+        jwt: JwtKey::new(&jwt_secret),
+        limiter: LoginLimiter::new(opts.login_failure_limit, opts.login_failure_window),
+        config: opts.api.clone(),
+    });
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+
+    match opts.tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            announce(bound, "http", store.backend());
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|e| format!("server failed: {e}"))
+        }
+        Some((cert, key)) => {
+            // ring, not aws-lc: one crypto stack, no C toolchain beyond ring's.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot load the TLS certificate {} and key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            announce(bound, "https", store.backend());
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(|e| format!("server failed: {e}"))
+        }
+    }
+}
+
+fn announce(bound: SocketAddr, scheme: &str, backend: &str) {
+    use std::io::Write as _;
+    // The one line tests and supervisors read; everything else goes to stderr.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {bound}");
+    let _ = out.flush();
+    tracing::info!("serving {scheme}://{bound}/api/v1 on {backend}");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,426 @@
+//! The storage trait every backend implements, the rows it speaks in, and
+//! [`open`], which picks a backend from `--database`.
+//!
+//! The store owns durability and the two invariants that need a transaction:
+//! a push continues its device's log exactly (else `IndexConflict`) and carries
+//! the vault's key id (else `KeyMismatch`); and a token's effective roles are
+//! its own roles cut to its owner's current roles, evaluated on every read.
+//! It never sees plaintext: record bodies and identities are opaque bytes.
+//! Authorization decisions are made above it, in the API layer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use vault_protocol::server_api::Role;
+
+use crate::error::{StoreError, StoreResult};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// A user row with the roles held now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// Name.
+    pub name: String,
+    /// Roles, sorted.
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// How a token's secret is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A random access token; `hash` is its hex SHA-256.
+    Token,
+    /// The bootstrap password; `hash` is a PBKDF2 string.
+    Password,
+}
+
+impl TokenKind {
+    /// Column spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Token => "token",
+            TokenKind::Password => "password",
+        }
+    }
+
+    /// Parses the column spelling.
+    pub fn parse(s: &str) -> StoreResult<Self> {
+        match s {
+            "token" => Ok(TokenKind::Token),
+            "password" => Ok(TokenKind::Password),
+            other => Err(StoreError::Internal(format!(
+                "unknown token kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// An access token row (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Random row id; JWTs name it.
+    pub id: String,
+    /// Owner.
+    pub user: String,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// First characters of the secret, to recognise it.
+    pub prefix: String,
+    /// Hash of the secret (see [`TokenKind`]).
+    pub hash: String,
+    /// How `hash` is made.
+    pub kind: TokenKind,
+    /// Roles the token was given, sorted.
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` never expires (bootstrap password only).
+    pub expires_at: Option<i64>,
+}
+
+/// Who a JWT speaks for, as of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user.
+    pub user: String,
+    /// The token's row id.
+    pub token_id: String,
+    /// The token's name.
+    pub token_name: String,
+    /// The token's expiry.
+    pub expires_at: Option<i64>,
+    /// Effective roles: the token's roles the owner still holds.
+    pub roles: Vec<Role>,
+}
+
+/// A vault row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultRow {
+    /// Id.
+    pub id: String,
+    /// Key id every record must carry.
+    pub key_id: String,
+    /// Passphrase-encrypted identity (opaque).
+    pub identity: Vec<u8>,
+    /// The user who created it.
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Index in the device's log.
+    pub index: u64,
+    /// Key id it claims.
+    pub key_id: String,
+    /// Ciphertext (opaque).
+    pub data: Vec<u8>,
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Device whose log holds it.
+    pub device_id: String,
+    /// Index in that log.
+    pub index: u64,
+    /// Key id.
+    pub key_id: String,
+    /// Ciphertext.
+    pub data: Vec<u8>,
+    /// Unix seconds.
+    pub received_at: i64,
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullPage {
+    /// Records by device id, then index.
+    pub records: Vec<StoredRecord>,
+    /// Every device's head in the same snapshot.
+    pub heads: BTreeMap<String, u64>,
+    /// More records are due after this page.
+    pub more: bool,
+}
+
+/// What the bootstrap created, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The database had no user: role `admin`, the user and its password
+    /// token were created.
+    Created,
+    /// Users exist already; nothing was changed.
+    AlreadyDone,
+}
+
+/// Storage backend. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// The JWT signing secret, created (32 random bytes) on first use. Shared
+    /// by every server on this database.
+    async fn jwt_secret(&self) -> StoreResult<Vec<u8>>;
+
+    /// On a database without users, creates the `admin` role (every action on
+    /// `*`) if missing, the user `name` holding it, and the password token
+    /// `password` (a finished [`TokenRow`] owned by `name`).
+    async fn bootstrap_admin(
+        &self,
+        admin_role: &Role,
+        password: &TokenRow,
+        now: i64,
+    ) -> StoreResult<Bootstrap>;
+
+    /// Creates a user holding `roles` (which must exist).
+    async fn create_user(&self, name: &str, roles: &[String], now: i64) -> StoreResult<()>;
+    /// All users.
+    async fn list_users(&self) -> StoreResult<Vec<UserRow>>;
+    /// One user.
+    async fn get_user(&self, name: &str) -> StoreResult<UserRow>;
+    /// Deletes a user and their tokens.
+    async fn delete_user(&self, name: &str) -> StoreResult<()>;
+    /// Grants a role (idempotent).
+    async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()>;
+    /// Takes a role from a user and from all of the user's tokens.
+    async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()>;
+
+    /// Creates a role.
+    async fn create_role(&self, role: &Role, now: i64) -> StoreResult<()>;
+    /// All roles.
+    async fn list_roles(&self) -> StoreResult<Vec<Role>>;
+    /// Deletes a role; users and tokens lose it.
+    async fn delete_role(&self, name: &str) -> StoreResult<()>;
+
+    /// Stores a token. Its roles must exist and be held by its owner.
+    async fn create_token(&self, token: &TokenRow) -> StoreResult<()>;
+    /// Tokens of one user, or of everyone.
+    async fn list_tokens(&self, user: Option<&str>) -> StoreResult<Vec<TokenRow>>;
+    /// Deletes (revokes) a token.
+    async fn delete_token(&self, user: &str, name: &str) -> StoreResult<()>;
+    /// The access token with this hash.
+    async fn find_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>>;
+    /// All password tokens (bootstrap passwords; normally one).
+    async fn password_tokens(&self) -> StoreResult<Vec<TokenRow>>;
+    /// Who token `token_id` speaks for now; `None` once it is revoked.
+    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>>;
+
+    /// Creates a vault.
+    async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()>;
+    /// One vault.
+    async fn get_vault(&self, id: &str) -> StoreResult<VaultRow>;
+    /// Every device's head.
+    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>>;
+    /// Appends `records` (consecutive indexes, checked by the caller) to the
+    /// device's log; returns the new head.
+    async fn push(
+        &self,
+        vault_id: &str,
+        device_id: &str,
+        records: Vec<NewRecord>,
+        now: i64,
+    ) -> StoreResult<u64>;
+    /// Records past `since` (per device), at most `limit` records and about
+    /// `max_bytes` bytes.
+    async fn pull(
+        &self,
+        vault_id: &str,
+        since: &BTreeMap<String, u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<PullPage>;
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend())
+    }
+}
+
+/// Opens (and migrates) the database named by `--database`:
+/// `sqlite:PATH` or `postgres://…` / `postgresql://…`.
+pub async fn open(database: &str) -> Result<Arc<dyn Store>, String> {
+    if let Some(path) = database.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(
+                "--database sqlite: needs a file path, e.g. sqlite:/var/lib/vault-server/vault.db"
+                    .into(),
+            );
+        }
+        let store = sqlite::SqliteStore::open(std::path::Path::new(path)).await?;
+        return Ok(Arc::new(store));
+    }
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        let store = postgres::PostgresStore::connect(database).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(format!(
+        "unsupported --database '{}': use sqlite:PATH or postgres://USER@HOST/DB",
+        redact_url(database)
+    ))
+}
+
+/// `database` with any password replaced, for messages and logs.
+pub fn redact_url(database: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    if let Some((scheme, rest)) = database.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    database.to_owned()
+}
+
+/// Policies as stored in a role row (JSON text).
+pub(crate) fn policies_to_json(role: &Role) -> StoreResult<String> {
+    serde_json::to_string(&role.policies)
+        .map_err(|e| StoreError::Internal(format!("cannot encode policies: {e}")))
+}
+
+/// Parses the stored policies of role `name`.
+pub(crate) fn role_from_row(
+    name: String,
+    description: String,
+    policies: &str,
+) -> StoreResult<Role> {
+    let policies = serde_json::from_str(policies).map_err(|e| {
+        StoreError::Internal(format!("role {name}: stored policies unreadable: {e}"))
+    })?;
+    Ok(Role {
+        name,
+        description,
+        policies,
+    })
+}
+
+/// Picks records for a pull page from per-device runs, applying the limits.
+/// `fetch(device, since, n)` returns up to `n` records of `device` past `since`.
+pub(crate) fn assemble_page<F>(
+    heads: BTreeMap<String, u64>,
+    since: &BTreeMap<String, u64>,
+    limit: usize,
+    max_bytes: usize,
+    mut fetch: F,
+) -> StoreResult<PullPage>
+where
+    F: FnMut(&str, u64, usize) -> StoreResult<Vec<StoredRecord>>,
+{
+    let mut page = PullPage::default();
+    let mut bytes = 0usize;
+    for (device, &head) in &heads {
+        let from = since.get(device).copied().unwrap_or(0);
+        if head <= from {
+            continue;
+        }
+        let room = limit.saturating_sub(page.records.len());
+        if room == 0 || bytes >= max_bytes {
+            page.more = true;
+            break;
+        }
+        let mut last = from;
+        for rec in fetch(device, from, room)? {
+            if bytes >= max_bytes && !page.records.is_empty() {
+                break;
+            }
+            bytes += rec.data.len();
+            last = rec.index;
+            page.records.push(rec);
+        }
+        if last < head {
+            page.more = true;
+            break;
+        }
+    }
+    page.heads = heads;
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(device: &str, index: u64, len: usize) -> StoredRecord {
+        StoredRecord {
+            device_id: device.into(),
+            index,
+            key_id: "k".into(),
+            data: vec![0; len],
+            received_at: 0,
+        }
+    }
+
+    /// Serves runs from an in-memory log of `len`-byte records.
+    fn page(
+        heads: &[(&str, u64)],
+        since: &[(&str, u64)],
+        limit: usize,
+        max_bytes: usize,
+        len: usize,
+    ) -> PullPage {
+        let heads: BTreeMap<String, u64> = heads.iter().map(|(d, h)| (d.to_string(), *h)).collect();
+        let since: BTreeMap<String, u64> = since.iter().map(|(d, h)| (d.to_string(), *h)).collect();
+        let logs = heads.clone();
+        assemble_page(heads, &since, limit, max_bytes, |device, from, n| {
+            let head = logs[device];
+            Ok((from + 1..=head)
+                .take(n)
+                .map(|i| rec(device, i, len))
+                .collect())
+        })
+        .unwrap()
+    }
+
+    fn keys(p: &PullPage) -> Vec<(String, u64)> {
+        p.records
+            .iter()
+            .map(|r| (r.device_id.clone(), r.index))
+            .collect()
+    }
+
+    #[test]
+    fn pages_respect_count_bytes_and_since() {
+        // Count limit across devices.
+        let p = page(&[("a", 3), ("b", 2)], &[], 4, usize::MAX, 1);
+        assert_eq!(
+            keys(&p),
+            [
+                ("a".into(), 1),
+                ("a".into(), 2),
+                ("a".into(), 3),
+                ("b".into(), 1)
+            ]
+        );
+        assert!(p.more);
+        // Up-to-date devices are skipped; nothing due means no more.
+        let p = page(
+            &[("a", 3), ("b", 2)],
+            &[("a", 3), ("b", 1)],
+            10,
+            usize::MAX,
+            1,
+        );
+        assert_eq!(keys(&p), [("b".into(), 2)]);
+        assert!(!p.more);
+        // Byte cap: stops once the page holds max_bytes, but always holds one.
+        let p = page(&[("a", 5)], &[], 10, 25, 10);
+        assert_eq!(p.records.len(), 3);
+        assert!(p.more);
+        let p = page(&[("a", 5)], &[], 10, 5, 100);
+        assert_eq!(p.records.len(), 1);
+        assert!(p.more);
+        // Heads always reported.
+        assert_eq!(p.heads.len(), 1);
+    }
+}

@@ -1,0 +1,872 @@
+//! PostgreSQL backend for shared deployments: several stateless servers on
+//! one database. A deadpool connection pool over tokio-postgres; every
+//! method is one transaction; migrations run at start under an advisory lock
+//! so servers starting together do not race.
+//!
+//! Concurrency: a push locks its device's `logs` row (`SELECT … FOR UPDATE`),
+//! so two servers pushing to one device serialize and the second one sees the
+//! first one's head (409). A pull runs in one REPEATABLE READ snapshot.
+//! Text keys use `COLLATE "C"` so ordering is bytewise, as in SQLite.
+//!
+//! Connections are made without TLS (`NoTls`) in this version: run the
+//! database on a private network or the same host.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls};
+use vault_protocol::server_api::Role;
+
+use super::{
+    Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
+    VaultRow, assemble_page, policies_to_json, redact_url, role_from_row,
+};
+use crate::error::{StoreError, StoreResult};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (
+    key   TEXT COLLATE "C" PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE users (
+    name       TEXT COLLATE "C" PRIMARY KEY,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE roles (
+    name        TEXT COLLATE "C" PRIMARY KEY,
+    description TEXT NOT NULL,
+    policies    TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE user_roles (
+    user_name TEXT COLLATE "C" NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    role      TEXT COLLATE "C" NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    PRIMARY KEY (user_name, role)
+);
+CREATE TABLE tokens (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    user_name   TEXT COLLATE "C" NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    name        TEXT COLLATE "C" NOT NULL,
+    description TEXT NOT NULL,
+    prefix      TEXT NOT NULL,
+    hash        TEXT COLLATE "C" NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT,
+    UNIQUE (user_name, name)
+);
+CREATE TABLE token_roles (
+    token_id TEXT COLLATE "C" NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    role     TEXT COLLATE "C" NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    PRIMARY KEY (token_id, role)
+);
+CREATE TABLE vaults (
+    id         TEXT COLLATE "C" PRIMARY KEY,
+    key_id     TEXT NOT NULL,
+    identity   BYTEA NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE logs (
+    vault_id  TEXT COLLATE "C" NOT NULL REFERENCES vaults(id) ON DELETE CASCADE,
+    device_id TEXT COLLATE "C" NOT NULL,
+    head      BIGINT NOT NULL,
+    PRIMARY KEY (vault_id, device_id)
+);
+CREATE TABLE records (
+    vault_id    TEXT COLLATE "C" NOT NULL,
+    device_id   TEXT COLLATE "C" NOT NULL,
+    idx         BIGINT NOT NULL,
+    key_id      TEXT NOT NULL,
+    data        BYTEA NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (vault_id, device_id, idx),
+    FOREIGN KEY (vault_id, device_id) REFERENCES logs(vault_id, device_id) ON DELETE CASCADE
+);
+"#];
+
+// Arbitrary constant naming our migration lock among the database's
+// advisory locks.
+const MIGRATION_LOCK: i64 = 0x7661_756c_7401;
+
+const POOL_SIZE: usize = 16;
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+        return StoreError::Unavailable(format!("postgres: {e}"));
+    }
+    StoreError::Internal(format!("postgres: {e}"))
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("postgres pool: {e}"))
+}
+
+impl PostgresStore {
+    /// Connects to `url`, checks the connection and migrates the schema.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let shown = redact_url(url);
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("bad --database URL {shown}: {e}"))?;
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = Manager::from_config(config, NoTls, mc);
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
+        let store = PostgresStore { pool };
+        store
+            .migrate()
+            .await
+            .map_err(|e| format!("cannot prepare PostgreSQL database {shown}: {e}"))?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS vault_schema (version INT NOT NULL)")
+            .await
+            .map_err(pg_err)?;
+        let version: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM vault_schema", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let known = MIGRATIONS.len() as i32;
+        if version > known {
+            return Err(StoreError::Internal(format!(
+                "schema version {version} is newer than this vault-server knows ({known}); upgrade vault-server"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+            tx.execute("DELETE FROM vault_schema", &[])
+                .await
+                .map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO vault_schema (version) VALUES ($1)",
+                &[&((i + 1) as i32)],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+fn token_from_row(r: &tokio_postgres::Row) -> StoreResult<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0),
+        user: r.get(1),
+        name: r.get(2),
+        description: r.get(3),
+        prefix: r.get(4),
+        hash: r.get(5),
+        kind: TokenKind::parse(r.get::<_, &str>(6))?,
+        roles: Vec::new(),
+        created_at: r.get(7),
+        expires_at: r.get(8),
+    })
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, user_name, name, description, prefix, hash, kind, created_at, expires_at";
+
+async fn fill_token_roles<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    mut tokens: Vec<TokenRow>,
+) -> StoreResult<Vec<TokenRow>> {
+    let stmt = c
+        .prepare_cached("SELECT role FROM token_roles WHERE token_id = $1 ORDER BY role")
+        .await
+        .map_err(pg_err)?;
+    for t in &mut tokens {
+        t.roles = c
+            .query(&stmt, &[&t.id])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    Ok(tokens)
+}
+
+async fn user_roles<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    user: &str,
+) -> StoreResult<Vec<String>> {
+    Ok(c.query(
+        "SELECT role FROM user_roles WHERE user_name = $1 ORDER BY role",
+        &[&user],
+    )
+    .await
+    .map_err(pg_err)?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+async fn exists<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    key: &str,
+) -> StoreResult<bool> {
+    Ok(c.query_opt(sql, &[&key]).await.map_err(pg_err)?.is_some())
+}
+
+async fn insert_role<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    role: &Role,
+    now: i64,
+) -> StoreResult<()> {
+    c.execute(
+        "INSERT INTO roles (name, description, policies, created_at) VALUES ($1, $2, $3, $4)",
+        &[
+            &role.name,
+            &role.description,
+            &policies_to_json(role)?,
+            &now,
+        ],
+    )
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("role '{}' already exists", role.name))
+        } else {
+            pg_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+async fn insert_token<C: deadpool_postgres::GenericClient>(c: &C, t: &TokenRow) -> StoreResult<()> {
+    if !exists(c, "SELECT 1 FROM users WHERE name = $1", &t.user).await? {
+        return Err(StoreError::NotFound(format!("no user '{}'", t.user)));
+    }
+    let held = user_roles(c, &t.user).await?;
+    for role in &t.roles {
+        if !held.contains(role) {
+            return Err(StoreError::Invalid(format!(
+                "user '{}' does not hold role '{role}'; a token carries a subset of its owner's roles",
+                t.user
+            )));
+        }
+    }
+    c.execute(
+        "INSERT INTO tokens (id, user_name, name, description, prefix, hash, kind, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &t.id,
+            &t.user,
+            &t.name,
+            &t.description,
+            &t.prefix,
+            &t.hash,
+            &t.kind.as_str(),
+            &t.created_at,
+            &t.expires_at,
+        ],
+    )
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!(
+                "user '{}' already has a token named '{}'",
+                t.user, t.name
+            ))
+        } else {
+            pg_err(e)
+        }
+    })?;
+    for role in &t.roles {
+        c.execute(
+            "INSERT INTO token_roles (token_id, role) VALUES ($1, $2)",
+            &[&t.id, role],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+async fn read_heads<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    vault_id: &str,
+) -> StoreResult<BTreeMap<String, u64>> {
+    if !exists(c, "SELECT 1 FROM vaults WHERE id = $1", vault_id).await? {
+        return Err(StoreError::NotFound(format!("no vault '{vault_id}'")));
+    }
+    let stmt = c
+        .prepare_cached("SELECT device_id, head FROM logs WHERE vault_id = $1")
+        .await
+        .map_err(pg_err)?;
+    Ok(c.query(&stmt, &[&vault_id])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {
+        let fresh = crate::crypto::random_bytes(32).map_err(StoreError::Internal)?;
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('jwt_secret', $1) ON CONFLICT DO NOTHING",
+                &[&fresh],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(client
+            .query_one("SELECT value FROM settings WHERE key = 'jwt_secret'", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0))
+    }
+
+    async fn bootstrap_admin(
+        &self,
+        admin_role: &Role,
+        password: &TokenRow,
+        now: i64,
+    ) -> StoreResult<Bootstrap> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // Servers starting together must not both bootstrap.
+        tx.execute("LOCK TABLE users IN EXCLUSIVE MODE", &[])
+            .await
+            .map_err(pg_err)?;
+        let users: i64 = tx
+            .query_one("SELECT COUNT(*) FROM users", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if users > 0 {
+            return Ok(Bootstrap::AlreadyDone);
+        }
+        if !exists(&tx, "SELECT 1 FROM roles WHERE name = $1", &admin_role.name).await? {
+            insert_role(&tx, admin_role, now).await?;
+        }
+        tx.execute(
+            "INSERT INTO users (name, created_at) VALUES ($1, $2)",
+            &[&password.user, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO user_roles (user_name, role) VALUES ($1, $2)",
+            &[&password.user, &admin_role.name],
+        )
+        .await
+        .map_err(pg_err)?;
+        insert_token(&tx, password).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Bootstrap::Created)
+    }
+
+    async fn create_user(&self, name: &str, roles: &[String], now: i64) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO users (name, created_at) VALUES ($1, $2)",
+            &[&name, &now],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::AlreadyExists(format!("user '{name}' already exists"))
+            } else {
+                pg_err(e)
+            }
+        })?;
+        for role in roles {
+            if !exists(&tx, "SELECT 1 FROM roles WHERE name = $1", role).await? {
+                return Err(StoreError::Invalid(format!("no role '{role}'")));
+            }
+            tx.execute(
+                "INSERT INTO user_roles (user_name, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, role],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query("SELECT name, created_at FROM users ORDER BY name", &[])
+            .await
+            .map_err(pg_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let name: String = r.get(0);
+            out.push(UserRow {
+                roles: user_roles(&client, &name).await?,
+                name,
+                created_at: r.get(1),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_user(&self, name: &str) -> StoreResult<UserRow> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt("SELECT created_at FROM users WHERE name = $1", &[&name])
+            .await
+            .map_err(pg_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no user '{name}'")))?;
+        Ok(UserRow {
+            roles: user_roles(&client, name).await?,
+            name: name.to_owned(),
+            created_at: row.get(0),
+        })
+    }
+
+    async fn delete_user(&self, name: &str) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let n = client
+            .execute("DELETE FROM users WHERE name = $1", &[&name])
+            .await
+            .map_err(pg_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no user '{name}'")));
+        }
+        Ok(())
+    }
+
+    async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        if !exists(&tx, "SELECT 1 FROM users WHERE name = $1", user).await? {
+            return Err(StoreError::NotFound(format!("no user '{user}'")));
+        }
+        if !exists(&tx, "SELECT 1 FROM roles WHERE name = $1", role).await? {
+            return Err(StoreError::NotFound(format!("no role '{role}'")));
+        }
+        tx.execute(
+            "INSERT INTO user_roles (user_name, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&user, &role],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let n = tx
+            .execute(
+                "DELETE FROM user_roles WHERE user_name = $1 AND role = $2",
+                &[&user, &role],
+            )
+            .await
+            .map_err(pg_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "user '{user}' does not hold role '{role}'"
+            )));
+        }
+        tx.execute(
+            "DELETE FROM token_roles WHERE role = $2
+             AND token_id IN (SELECT id FROM tokens WHERE user_name = $1)",
+            &[&user, &role],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn create_role(&self, role: &Role, now: i64) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        insert_role(&client, role, now).await
+    }
+
+    async fn list_roles(&self) -> StoreResult<Vec<Role>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .query(
+                "SELECT name, description, policies FROM roles ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| role_from_row(r.get(0), r.get(1), r.get::<_, &str>(2)))
+            .collect()
+    }
+
+    async fn delete_role(&self, name: &str) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let n = client
+            .execute("DELETE FROM roles WHERE name = $1", &[&name])
+            .await
+            .map_err(pg_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("no role '{name}'")));
+        }
+        Ok(())
+    }
+
+    async fn create_token(&self, token: &TokenRow) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        insert_token(&tx, token).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn list_tokens(&self, user: Option<&str>) -> StoreResult<Vec<TokenRow>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens
+                     WHERE $1::text IS NULL OR user_name = $1 ORDER BY user_name, name"
+                ),
+                &[&user],
+            )
+            .await
+            .map_err(pg_err)?;
+        let tokens = rows
+            .iter()
+            .map(token_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        fill_token_roles(&client, tokens).await
+    }
+
+    async fn delete_token(&self, user: &str, name: &str) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let n = client
+            .execute(
+                "DELETE FROM tokens WHERE user_name = $1 AND name = $2",
+                &[&user, &name],
+            )
+            .await
+            .map_err(pg_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!(
+                "user '{user}' has no token named '{name}'"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn find_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"),
+                &[&hash],
+            )
+            .await
+            .map_err(pg_err)?;
+        let tokens = row.iter().map(token_from_row).collect::<StoreResult<_>>()?;
+        Ok(fill_token_roles(&client, tokens).await?.pop())
+    }
+
+    async fn password_tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE kind = 'password'"),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let tokens = rows
+            .iter()
+            .map(token_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        fill_token_roles(&client, tokens).await
+    }
+
+    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        // One round trip: the token row joined with its effective roles
+        // (a token without effective roles still yields one row).
+        let stmt = client
+            .prepare_cached(
+                "SELECT t.user_name, t.name, t.expires_at, r.name, r.description, r.policies
+                 FROM tokens t
+                 LEFT JOIN token_roles tr ON tr.token_id = t.id
+                     AND EXISTS (SELECT 1 FROM user_roles ur
+                                 WHERE ur.user_name = t.user_name AND ur.role = tr.role)
+                 LEFT JOIN roles r ON r.name = tr.role
+                 WHERE t.id = $1 ORDER BY r.name",
+            )
+            .await
+            .map_err(pg_err)?;
+        let rows = client.query(&stmt, &[&token_id]).await.map_err(pg_err)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut roles = Vec::new();
+        for r in &rows {
+            if let Some(name) = r.get::<_, Option<String>>(3) {
+                roles.push(role_from_row(name, r.get(4), r.get::<_, &str>(5))?);
+            }
+        }
+        Ok(Some(Principal {
+            user: first.get(0),
+            token_id: token_id.to_owned(),
+            token_name: first.get(1),
+            expires_at: first.get(2),
+            roles,
+        }))
+    }
+
+    async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO vaults (id, key_id, identity, created_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &vault.id,
+                    &vault.key_id,
+                    &vault.identity,
+                    &vault.created_by,
+                    &vault.created_at,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists(format!("vault '{}' already exists", vault.id))
+                } else {
+                    pg_err(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn get_vault(&self, id: &str) -> StoreResult<VaultRow> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let r = client
+            .query_opt(
+                "SELECT id, key_id, identity, created_by, created_at FROM vaults WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no vault '{id}'")))?;
+        Ok(VaultRow {
+            id: r.get(0),
+            key_id: r.get(1),
+            identity: r.get(2),
+            created_by: r.get(3),
+            created_at: r.get(4),
+        })
+    }
+
+    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        read_heads(&client, vault_id).await
+    }
+
+    async fn push(
+        &self,
+        vault_id: &str,
+        device_id: &str,
+        records: Vec<NewRecord>,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let key_stmt = tx
+            .prepare_cached("SELECT key_id FROM vaults WHERE id = $1")
+            .await
+            .map_err(pg_err)?;
+        let key_id: String = tx
+            .query_opt(&key_stmt, &[&vault_id])
+            .await
+            .map_err(pg_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?
+            .get(0);
+        if records.iter().any(|r| r.key_id != key_id) {
+            return Err(StoreError::KeyMismatch {
+                vault_key_id: key_id,
+            });
+        }
+        let ensure = tx
+            .prepare_cached(
+                "INSERT INTO logs (vault_id, device_id, head) VALUES ($1, $2, 0)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&ensure, &[&vault_id, &device_id])
+            .await
+            .map_err(pg_err)?;
+        let lock = tx
+            .prepare_cached(
+                "SELECT head FROM logs WHERE vault_id = $1 AND device_id = $2 FOR UPDATE",
+            )
+            .await
+            .map_err(pg_err)?;
+        let head = tx
+            .query_one(&lock, &[&vault_id, &device_id])
+            .await
+            .map_err(pg_err)?
+            .get::<_, i64>(0) as u64;
+        let first = records.first().map_or(head + 1, |r| r.index);
+        if first != head + 1 {
+            return Err(StoreError::IndexConflict { expected: head + 1 });
+        }
+        let new_head = records.last().map_or(head, |r| r.index);
+        let indexes: Vec<i64> = records.iter().map(|r| r.index as i64).collect();
+        let key_ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
+        let datas: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO records (vault_id, device_id, idx, key_id, data, received_at)
+                 SELECT $1, $2, t.idx, t.key_id, t.data, $6
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bytea[]) AS t(idx, key_id, data)",
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            &insert,
+            &[&vault_id, &device_id, &indexes, &key_ids, &datas, &now],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::IndexConflict { expected: head + 1 }
+            } else {
+                pg_err(e)
+            }
+        })?;
+        let update = tx
+            .prepare_cached("UPDATE logs SET head = $3 WHERE vault_id = $1 AND device_id = $2")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&update, &[&vault_id, &device_id, &(new_head as i64)])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(new_head)
+    }
+
+    async fn pull(
+        &self,
+        vault_id: &str,
+        since: &BTreeMap<String, u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<PullPage> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let heads = read_heads(&tx, vault_id).await?;
+        // One query for the whole page: each lagging device's records past
+        // its `since` (an index range scan per device, never the whole
+        // vault), in (device, index) order, at most `limit` of them, and
+        // only those that start before `max_bytes` (so a page of large
+        // records does not pull `limit` megabytes out of the database).
+        let devices: Vec<&str> = since.keys().map(String::as_str).collect();
+        let froms: Vec<i64> = since
+            .values()
+            .map(|&v| v.min(i64::MAX as u64) as i64)
+            .collect();
+        let stmt = tx
+            .prepare_cached(
+                "WITH page AS (
+                     SELECT l.device_id, r.idx, r.key_id, r.received_at, r.len
+                     FROM logs l
+                     LEFT JOIN UNNEST($2::text[], $3::bigint[]) AS s(device_id, since)
+                         ON s.device_id = l.device_id
+                     CROSS JOIN LATERAL (
+                         SELECT r.idx, r.key_id, r.received_at, octet_length(r.data) AS len
+                         FROM records r
+                         WHERE r.vault_id = l.vault_id AND r.device_id = l.device_id
+                           AND r.idx > COALESCE(s.since, 0)
+                         ORDER BY r.idx
+                         LIMIT $4
+                     ) r
+                     WHERE l.vault_id = $1 AND l.head > COALESCE(s.since, 0)
+                     ORDER BY l.device_id, r.idx
+                     LIMIT $4
+                 ), sized AS (
+                     SELECT page.*, SUM(len) OVER (ORDER BY device_id, idx) - len AS before
+                     FROM page
+                 )
+                 SELECT z.device_id, z.idx, z.key_id, r.data, z.received_at
+                 FROM sized z
+                 JOIN records r ON r.vault_id = $1 AND r.device_id = z.device_id AND r.idx = z.idx
+                 WHERE z.before < $5
+                 ORDER BY z.device_id, z.idx",
+            )
+            .await
+            .map_err(pg_err)?;
+        let max_bytes_i64 = max_bytes.min(i64::MAX as usize) as i64;
+        let rows = tx
+            .query(
+                &stmt,
+                &[&vault_id, &devices, &froms, &(limit as i64), &max_bytes_i64],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        let mut by_device: BTreeMap<String, Vec<StoredRecord>> = BTreeMap::new();
+        for r in rows {
+            let device_id: String = r.get(0);
+            by_device
+                .entry(device_id.clone())
+                .or_default()
+                .push(StoredRecord {
+                    device_id,
+                    index: r.get::<_, i64>(1) as u64,
+                    key_id: r.get(2),
+                    data: r.get(3),
+                    received_at: r.get(4),
+                });
+        }
+        assemble_page(heads, since, limit, max_bytes, |device, _from, n| {
+            let mut run = by_device.remove(device).unwrap_or_default();
+            run.truncate(n);
+            Ok(run)
+        })
+    }
+}

@@ -1,0 +1,937 @@
+//! SQLite backend: one file in WAL mode, one writer connection (SQLite allows
+//! one writer at a time anyway; a single connection avoids `SQLITE_BUSY`
+//! between our own writers) and a small pool of reader connections, all used
+//! from `spawn_blocking` so the async runtime never blocks on disk.
+//!
+//! Schema changes are numbered migrations recorded in `PRAGMA user_version`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use vault_protocol::server_api::Role;
+
+use super::{
+    Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
+    VaultRow, assemble_page, policies_to_json, role_from_row,
+};
+use crate::error::{StoreError, StoreResult};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE users (
+    name       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE roles (
+    name        TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    policies    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE user_roles (
+    user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    role      TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    PRIMARY KEY (user_name, role)
+);
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    user_name   TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    prefix      TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    UNIQUE (user_name, name)
+);
+CREATE TABLE token_roles (
+    token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    role     TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    PRIMARY KEY (token_id, role)
+);
+CREATE TABLE vaults (
+    id         TEXT PRIMARY KEY,
+    key_id     TEXT NOT NULL,
+    identity   BLOB NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE logs (
+    vault_id  TEXT NOT NULL REFERENCES vaults(id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    head      INTEGER NOT NULL,
+    PRIMARY KEY (vault_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE records (
+    vault_id    TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    key_id      TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (vault_id, device_id, idx),
+    FOREIGN KEY (vault_id, device_id) REFERENCES logs(vault_id, device_id) ON DELETE CASCADE
+) WITHOUT ROWID;
+"#];
+
+/// Most reader connections, and so most reads running at once; more
+/// concurrent reads wait for a permit instead of opening connections (each
+/// open re-reads the schema) or piling up blocking threads.
+const MAX_READERS: usize = 8;
+
+/// The SQLite store. Cheap to clone (shared connections).
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    /// One permit: writes queue here, not on blocking threads.
+    write_permit: Arc<tokio::sync::Semaphore>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(format!("sqlite: {e}"))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, String> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(|e| format!("cannot open the database: {e}"))?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Self, String> {
+        let shown = path.display().to_string();
+        create_private(&path).map_err(|e| format!("cannot create SQLite database {shown}: {e}"))?;
+        let mut conn =
+            connect(&path).map_err(|e| format!("cannot open SQLite database {shown}: {e}"))?;
+        migrate(&mut conn).map_err(|e| format!("cannot migrate SQLite database {shown}: {e}"))?;
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(conn)),
+            write_permit: Arc::new(tokio::sync::Semaphore::new(1)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+        })
+    }
+
+    /// Runs `f` on the writer connection, off the async runtime.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        let _permit = self
+            .write_permit
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Internal("sqlite writer closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer
+                .lock()
+                .map_err(|_| StoreError::Internal("sqlite writer lock poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs `f` on a reader connection, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let path = self.path.clone();
+        let _permit = self
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Internal("sqlite readers closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers
+                .lock()
+                .map_err(|_| StoreError::Internal("sqlite reader pool poisoned".into()))?
+                .pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => connect(&path).map_err(sql_err)?,
+            };
+            let out = f(&mut conn);
+            if let Ok(mut idle) = readers.lock()
+                && idle.len() < MAX_READERS
+            {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+    }
+}
+
+/// Creates the database file 0600 if it does not exist yet: it holds the JWT
+/// signing key, so nobody else may read it. (SQLite gives its `-wal` and
+/// `-shm` files the main file's mode.)
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(format!(
+            "schema version {version} is newer than this vault-server knows ({known}); upgrade vault-server"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| e.to_string())?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn token_roles(conn: &Connection, token_id: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT role FROM token_roles WHERE token_id = ?1 ORDER BY role")
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map([token_id], |r| r.get(0))
+        .map_err(sql_err)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(sql_err)?;
+    Ok(rows)
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, user_name, name, description, prefix, hash, kind, created_at, expires_at";
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, String)> {
+    let kind: String = r.get(6)?;
+    Ok((
+        TokenRow {
+            id: r.get(0)?,
+            user: r.get(1)?,
+            name: r.get(2)?,
+            description: r.get(3)?,
+            prefix: r.get(4)?,
+            hash: r.get(5)?,
+            kind: TokenKind::Token,
+            roles: Vec::new(),
+            created_at: r.get(7)?,
+            expires_at: r.get(8)?,
+        },
+        kind,
+    ))
+}
+
+fn finish_tokens(conn: &Connection, rows: Vec<(TokenRow, String)>) -> StoreResult<Vec<TokenRow>> {
+    rows.into_iter()
+        .map(|(mut t, kind)| {
+            t.kind = TokenKind::parse(&kind)?;
+            t.roles = token_roles(conn, &t.id)?;
+            Ok(t)
+        })
+        .collect()
+}
+
+fn user_exists(conn: &Connection, name: &str) -> StoreResult<bool> {
+    conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+        .map_err(sql_err)
+}
+
+fn role_exists(conn: &Connection, name: &str) -> StoreResult<bool> {
+    conn.query_row("SELECT 1 FROM roles WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+        .map_err(sql_err)
+}
+
+fn user_roles(conn: &Connection, user: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT role FROM user_roles WHERE user_name = ?1 ORDER BY role")
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map([user], |r| r.get(0))
+        .map_err(sql_err)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(sql_err)?;
+    Ok(rows)
+}
+
+fn insert_role(conn: &Connection, role: &Role, now: i64) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO roles (name, description, policies, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![role.name, role.description, policies_to_json(role)?, now],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!("role '{}' already exists", role.name))
+        } else {
+            sql_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn insert_token(conn: &Connection, t: &TokenRow) -> StoreResult<()> {
+    if !user_exists(conn, &t.user)? {
+        return Err(StoreError::NotFound(format!("no user '{}'", t.user)));
+    }
+    let held = user_roles(conn, &t.user)?;
+    for role in &t.roles {
+        if !held.contains(role) {
+            return Err(StoreError::Invalid(format!(
+                "user '{}' does not hold role '{role}'; a token carries a subset of its owner's roles",
+                t.user
+            )));
+        }
+    }
+    conn.execute(
+        "INSERT INTO tokens (id, user_name, name, description, prefix, hash, kind, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            t.id,
+            t.user,
+            t.name,
+            t.description,
+            t.prefix,
+            t.hash,
+            t.kind.as_str(),
+            t.created_at,
+            t.expires_at
+        ],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::AlreadyExists(format!(
+                "user '{}' already has a token named '{}'",
+                t.user, t.name
+            ))
+        } else {
+            sql_err(e)
+        }
+    })?;
+    for role in &t.roles {
+        conn.execute(
+            "INSERT INTO token_roles (token_id, role) VALUES (?1, ?2)",
+            params![t.id, role],
+        )
+        .map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {
+        let fresh = crate::crypto::random_bytes(32).map_err(StoreError::Internal)?;
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO settings (key, value) VALUES ('jwt_secret', ?1)",
+                [&fresh],
+            )
+            .map_err(sql_err)?;
+            conn.query_row(
+                "SELECT value FROM settings WHERE key = 'jwt_secret'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn bootstrap_admin(
+        &self,
+        admin_role: &Role,
+        password: &TokenRow,
+        now: i64,
+    ) -> StoreResult<Bootstrap> {
+        let role = admin_role.clone();
+        let token = password.clone();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let users: i64 = tx
+                .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+                .map_err(sql_err)?;
+            if users > 0 {
+                return Ok(Bootstrap::AlreadyDone);
+            }
+            if !role_exists(&tx, &role.name)? {
+                insert_role(&tx, &role, now)?;
+            }
+            tx.execute(
+                "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+                params![token.user, now],
+            )
+            .map_err(sql_err)?;
+            tx.execute(
+                "INSERT INTO user_roles (user_name, role) VALUES (?1, ?2)",
+                params![token.user, role.name],
+            )
+            .map_err(sql_err)?;
+            insert_token(&tx, &token)?;
+            tx.commit().map_err(sql_err)?;
+            Ok(Bootstrap::Created)
+        })
+        .await
+    }
+
+    async fn create_user(&self, name: &str, roles: &[String], now: i64) -> StoreResult<()> {
+        let name = name.to_owned();
+        let roles = roles.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            tx.execute(
+                "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists(format!("user '{name}' already exists"))
+                } else {
+                    sql_err(e)
+                }
+            })?;
+            for role in &roles {
+                if !role_exists(&tx, role)? {
+                    return Err(StoreError::Invalid(format!("no role '{role}'")));
+                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO user_roles (user_name, role) VALUES (?1, ?2)",
+                    params![name, role],
+                )
+                .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT name, created_at FROM users ORDER BY name")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            rows.into_iter()
+                .map(|(name, created_at)| {
+                    Ok(UserRow {
+                        roles: user_roles(conn, &name)?,
+                        name,
+                        created_at,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_user(&self, name: &str) -> StoreResult<UserRow> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let created_at: Option<i64> = conn
+                .query_row(
+                    "SELECT created_at FROM users WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_err)?;
+            let created_at =
+                created_at.ok_or_else(|| StoreError::NotFound(format!("no user '{name}'")))?;
+            Ok(UserRow {
+                roles: user_roles(conn, &name)?,
+                name,
+                created_at,
+            })
+        })
+        .await
+    }
+
+    async fn delete_user(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM users WHERE name = ?1", [&name])
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no user '{name}'")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()> {
+        let (user, role) = (user.to_owned(), role.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            if !user_exists(&tx, &user)? {
+                return Err(StoreError::NotFound(format!("no user '{user}'")));
+            }
+            if !role_exists(&tx, &role)? {
+                return Err(StoreError::NotFound(format!("no role '{role}'")));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO user_roles (user_name, role) VALUES (?1, ?2)",
+                params![user, role],
+            )
+            .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()> {
+        let (user, role) = (user.to_owned(), role.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM user_roles WHERE user_name = ?1 AND role = ?2",
+                    params![user, role],
+                )
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "user '{user}' does not hold role '{role}'"
+                )));
+            }
+            tx.execute(
+                "DELETE FROM token_roles WHERE role = ?2
+                 AND token_id IN (SELECT id FROM tokens WHERE user_name = ?1)",
+                params![user, role],
+            )
+            .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn create_role(&self, role: &Role, now: i64) -> StoreResult<()> {
+        let role = role.clone();
+        self.write(move |conn| insert_role(conn, &role, now)).await
+    }
+
+    async fn list_roles(&self) -> StoreResult<Vec<Role>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT name, description, policies FROM roles ORDER BY name")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            rows.into_iter()
+                .map(|(n, d, p)| role_from_row(n, d, &p))
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_role(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM roles WHERE name = ?1", [&name])
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no role '{name}'")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &TokenRow) -> StoreResult<()> {
+        let token = token.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            insert_token(&tx, &token)?;
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, user: Option<&str>) -> StoreResult<Vec<TokenRow>> {
+        let user = user.map(str::to_owned);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens
+                     WHERE ?1 IS NULL OR user_name = ?1 ORDER BY user_name, name"
+                ))
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([&user], token_from_row)
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            finish_tokens(conn, rows)
+        })
+        .await
+    }
+
+    async fn delete_token(&self, user: &str, name: &str) -> StoreResult<()> {
+        let (user, name) = (user.to_owned(), name.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM tokens WHERE user_name = ?1 AND name = ?2",
+                    params![user, name],
+                )
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "user '{user}' has no token named '{name}'"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+                    [&hash],
+                    token_from_row,
+                )
+                .optional()
+                .map_err(sql_err)?;
+            Ok(finish_tokens(conn, row.into_iter().collect())?.pop())
+        })
+        .await
+    }
+
+    async fn password_tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE kind = 'password'"
+                ))
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([], token_from_row)
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            finish_tokens(conn, rows)
+        })
+        .await
+    }
+
+    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>> {
+        let token_id = token_id.to_owned();
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            let token = tx
+                .prepare_cached("SELECT user_name, name, expires_at FROM tokens WHERE id = ?1")
+                .map_err(sql_err)?
+                .query_row([&token_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(sql_err)?;
+            let Some((user, token_name, expires_at)) = token else {
+                return Ok(None);
+            };
+            let rows = tx
+                .prepare_cached(
+                    "SELECT r.name, r.description, r.policies
+                     FROM token_roles tr
+                     JOIN tokens t ON t.id = tr.token_id
+                     JOIN user_roles ur ON ur.user_name = t.user_name AND ur.role = tr.role
+                     JOIN roles r ON r.name = tr.role
+                     WHERE tr.token_id = ?1 ORDER BY r.name",
+                )
+                .map_err(sql_err)?
+                .query_map([&token_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            let roles = rows
+                .into_iter()
+                .map(|(n, d, p)| role_from_row(n, d, &p))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Some(Principal {
+                user,
+                token_id,
+                token_name,
+                expires_at,
+                roles,
+            }))
+        })
+        .await
+    }
+
+    async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()> {
+        let v = vault.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO vaults (id, key_id, identity, created_by, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![v.id, v.key_id, v.identity, v.created_by, v.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists(format!("vault '{}' already exists", v.id))
+                } else {
+                    sql_err(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_vault(&self, id: &str) -> StoreResult<VaultRow> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT id, key_id, identity, created_by, created_at FROM vaults WHERE id = ?1",
+                [&id],
+                |r| {
+                    Ok(VaultRow {
+                        id: r.get(0)?,
+                        key_id: r.get(1)?,
+                        identity: r.get(2)?,
+                        created_by: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("no vault '{id}'")))
+        })
+        .await
+    }
+
+    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+        let vault_id = vault_id.to_owned();
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            vault_exists(&tx, &vault_id)?;
+            read_heads(&tx, &vault_id)
+        })
+        .await
+    }
+
+    async fn push(
+        &self,
+        vault_id: &str,
+        device_id: &str,
+        records: Vec<NewRecord>,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let (vault_id, device_id) = (vault_id.to_owned(), device_id.to_owned());
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let key_id: Option<String> = tx
+                .prepare_cached("SELECT key_id FROM vaults WHERE id = ?1")
+                .map_err(sql_err)?
+                .query_row([&vault_id], |r| r.get(0))
+                .optional()
+                .map_err(sql_err)?;
+            let key_id =
+                key_id.ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?;
+            if records.iter().any(|r| r.key_id != key_id) {
+                return Err(StoreError::KeyMismatch {
+                    vault_key_id: key_id,
+                });
+            }
+            let head: u64 = tx
+                .prepare_cached("SELECT head FROM logs WHERE vault_id = ?1 AND device_id = ?2")
+                .map_err(sql_err)?
+                .query_row(params![vault_id, device_id], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(sql_err)?
+                .map_or(0, |h| h as u64);
+            let first = records.first().map_or(head + 1, |r| r.index);
+            if first != head + 1 {
+                return Err(StoreError::IndexConflict { expected: head + 1 });
+            }
+            let new_head = records.last().map_or(head, |r| r.index);
+            tx.prepare_cached(
+                "INSERT INTO logs (vault_id, device_id, head) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vault_id, device_id) DO UPDATE SET head = excluded.head",
+            )
+            .map_err(sql_err)?
+            .execute(params![vault_id, device_id, new_head as i64])
+            .map_err(sql_err)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO records (vault_id, device_id, idx, key_id, data, received_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(sql_err)?;
+                for r in &records {
+                    insert
+                        .execute(params![
+                            vault_id,
+                            device_id,
+                            r.index as i64,
+                            r.key_id,
+                            r.data,
+                            now
+                        ])
+                        .map_err(sql_err)?;
+                }
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(new_head)
+        })
+        .await
+    }
+
+    async fn pull(
+        &self,
+        vault_id: &str,
+        since: &BTreeMap<String, u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<PullPage> {
+        let vault_id = vault_id.to_owned();
+        let since = since.clone();
+        self.read(move |conn| {
+            // One read transaction: heads and records come from one snapshot.
+            let tx = conn.transaction().map_err(sql_err)?;
+            vault_exists(&tx, &vault_id)?;
+            let heads = read_heads(&tx, &vault_id)?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT idx, key_id, data, received_at FROM records
+                     WHERE vault_id = ?1 AND device_id = ?2 AND idx > ?3
+                     ORDER BY idx LIMIT ?4",
+                )
+                .map_err(sql_err)?;
+            assemble_page(heads, &since, limit, max_bytes, |device, from, n| {
+                stmt.query_map(params![vault_id, device, from as i64, n as i64], |r| {
+                    Ok(StoredRecord {
+                        device_id: device.to_owned(),
+                        index: r.get::<_, i64>(0)? as u64,
+                        key_id: r.get(1)?,
+                        data: r.get(2)?,
+                        received_at: r.get(3)?,
+                    })
+                })
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)
+            })
+        })
+        .await
+    }
+}
+
+fn vault_exists(conn: &Connection, id: &str) -> StoreResult<()> {
+    conn.prepare_cached("SELECT 1 FROM vaults WHERE id = ?1")
+        .map_err(sql_err)?
+        .query_row([id], |_| Ok(()))
+        .optional()
+        .map_err(sql_err)?
+        .ok_or_else(|| StoreError::NotFound(format!("no vault '{id}'")))
+}
+
+fn read_heads(conn: &Connection, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT device_id, head FROM logs WHERE vault_id = ?1")
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map([vault_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(sql_err)?
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .map_err(sql_err)?;
+    Ok(rows)
+}

@@ -1,0 +1,1058 @@
+//! API tests against the real `vault-server` binary on 127.0.0.1 port 0
+//! with a temp SQLite database: authentication, authorization, the record
+//! store's rules, limits, the admin bootstrap, TLS and the error format.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use vault_protocol::timefmt::Timestamp;
+
+const KEY: &str = "age1vaultkey";
+
+/// A server with the default admin, a vault `v1`, and the admin's JWT.
+async fn with_vault() -> (Server, Api, String) {
+    let srv = server().admin().start();
+    let api = srv.client();
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    let (s, b) = api
+        .post(
+            "/vaults",
+            &admin,
+            json!({"id": "v1", "key_id": KEY, "identity": b64(b"identity")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    (srv, api, admin)
+}
+
+#[tokio::test]
+async fn token_exchange_and_jwt_checks() {
+    let (srv, api, admin) = with_vault().await;
+    let token = api.token(&admin, json!({"name": "t1"})).await;
+    assert!(token.starts_with("vlt_"));
+
+    let (s, body) = api.exchange(&token).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let jwt = body["jwt"].as_str().unwrap();
+    assert_eq!(jwt.split('.').count(), 3, "a compact JWT");
+    let expires = Timestamp::parse(body["expires_at"].as_str().unwrap()).unwrap();
+    let now = Timestamp::now().unix();
+    // Short-lived: the default is 10 minutes.
+    assert!(expires.unix() > now && expires.unix() <= now + 600 + 5);
+    let (s, me) = api.get("/whoami", jwt).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(me["token"], "t1");
+
+    // Every other call needs a JWT, not an access token or nothing.
+    let err = assert_error(
+        &api.call(Method::GET, "/whoami", None, None).await,
+        401,
+        "unauthorized",
+    );
+    assert!(err["message"].as_str().unwrap().contains("auth/token"));
+    let err = assert_error(&api.get("/whoami", &token).await, 401, "unauthorized");
+    assert!(err["message"].as_str().unwrap().contains("not a JWT"));
+    // A tampered JWT.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].replace('A', "B");
+    parts[2] = parts[2].chars().rev().collect();
+    assert_error(
+        &api.get("/whoami", &parts.join(".")).await,
+        401,
+        "unauthorized",
+    );
+    // A made-up token.
+    assert_error(
+        &api.exchange("vlt_thisTokenWasNeverIssuedByTheServer0000000000")
+            .await,
+        401,
+        "unauthorized",
+    );
+    // 401s say how to authenticate.
+    let resp = reqwest::Client::new()
+        .get(srv.url("/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()[reqwest::header::WWW_AUTHENTICATE],
+        "Bearer realm=\"vault\""
+    );
+}
+
+#[tokio::test]
+async fn expired_token_and_jwt_are_refused() {
+    let (_srv, api, admin) = with_vault().await;
+    let expires = Timestamp(Timestamp::now().unix() + 2);
+    let token = api
+        .token(
+            &admin,
+            json!({"name": "short", "expires_at": expires.to_rfc3339()}),
+        )
+        .await;
+    let (s, body) = api.exchange(&token).await;
+    if s == StatusCode::OK {
+        // The JWT never outlives its access token.
+        let jwt_exp = Timestamp::parse(body["expires_at"].as_str().unwrap()).unwrap();
+        assert!(jwt_exp.unix() <= expires.unix());
+        let jwt = body["jwt"].as_str().unwrap().to_owned();
+        while Timestamp::now().unix() <= expires.unix() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_error(&api.get("/whoami", &jwt).await, 401, "unauthorized");
+    } else {
+        // The slow machine took two seconds to get here: expired already.
+        assert_error(&(s, body), 401, "unauthorized");
+    }
+    let err = assert_error(&api.exchange(&token).await, 401, "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().contains("expired"),
+        "{err}"
+    );
+
+    // An expiry in the past is refused at creation.
+    assert_error(
+        &api.post(
+            "/tokens",
+            &admin,
+            json!({"name": "past", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+}
+
+#[tokio::test]
+async fn jwt_ttl_is_configurable_and_enforced() {
+    let srv = server().admin().arg("--jwt-ttl").arg("1s").start();
+    let api = srv.client();
+    let (s, body) = api.exchange(ADMIN_PASSWORD).await;
+    assert_eq!(s, StatusCode::OK);
+    let exp = Timestamp::parse(body["expires_at"].as_str().unwrap()).unwrap();
+    let jwt = body["jwt"].as_str().unwrap().to_owned();
+    while Timestamp::now().unix() < exp.unix() + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = assert_error(&api.get("/whoami", &jwt).await, 401, "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().contains("expired"),
+        "{err}"
+    );
+    // Exchanging again gives a working one.
+    let jwt = api.jwt(ADMIN_PASSWORD).await;
+    assert_eq!(api.get("/whoami", &jwt).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn revoked_token_stops_working_at_once() {
+    let (_srv, api, admin) = with_vault().await;
+    let token = api.token(&admin, json!({"name": "doomed"})).await;
+    let jwt = api.jwt(&token).await;
+    assert_eq!(api.get("/vaults/v1/heads", &jwt).await.0, StatusCode::OK);
+    let (s, _) = api.delete("/tokens/doomed", &admin).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let err = assert_error(
+        &api.get("/vaults/v1/heads", &jwt).await,
+        401,
+        "unauthorized",
+    );
+    assert!(err["message"].as_str().unwrap().contains("revoked"));
+    assert_error(&api.exchange(&token).await, 401, "unauthorized");
+    assert_error(
+        &api.delete("/tokens/doomed", &admin).await,
+        404,
+        "not_found",
+    );
+    let (_, list) = api.get("/tokens", &admin).await;
+    assert!(
+        list["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != "doomed")
+    );
+}
+
+/// A server with roles `reader` (vault:read on v1), `writer` (vault:write on
+/// v1) and `minter` (token:create), user `bob` holding all three, and bob's
+/// JWT from a token carrying all three.
+async fn with_bob() -> (Server, Api, String, String) {
+    let (srv, api, admin) = with_vault().await;
+    api.role(
+        &admin,
+        "reader",
+        json!([{"actions": ["vault:read"], "resources": ["v1"]}]),
+    )
+    .await;
+    api.role(
+        &admin,
+        "writer",
+        json!([{"actions": ["vault:write"], "resources": ["v1"]}]),
+    )
+    .await;
+    api.role(
+        &admin,
+        "minter",
+        json!([{"actions": ["token:create"], "resources": ["*"]}]),
+    )
+    .await;
+    api.user(&admin, "bob", &["reader", "writer", "minter"])
+        .await;
+    let out = cli(&srv.database, &["token", "add", "--user", "bob", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bob = api.jwt(stdout(&out).trim()).await;
+    (srv, api, admin, bob)
+}
+
+#[tokio::test]
+async fn token_roles_are_a_subset_of_the_callers() {
+    let (_srv, api, _admin, bob) = with_bob().await;
+    // A subset is fine and is all the new token can do.
+    let ro = api
+        .token(&bob, json!({"name": "ro", "roles": ["reader"]}))
+        .await;
+    let ro_jwt = api.jwt(&ro).await;
+    let (_, me) = api.get("/whoami", &ro_jwt).await;
+    assert_eq!(me["roles"], json!(["reader"]));
+    assert_eq!(api.get("/vaults/v1/heads", &ro_jwt).await.0, StatusCode::OK);
+    let err = assert_error(
+        &api.post("/vaults/v1/push", &ro_jwt, push_body("d", KEY, 1, 1))
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(err["action"], "vault:write");
+    // A role bob lacks is refused, naming it.
+    let err = assert_error(
+        &api.post(
+            "/tokens",
+            &bob,
+            json!({"name": "up", "roles": ["reader", "admin"]}),
+        )
+        .await,
+        403,
+        "role_not_held",
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("'admin'"),
+        "{err}"
+    );
+    // So is one bob holds but the calling token does not carry (no widening
+    // through a narrower token) — here the ro token also lacks token:create.
+    let err = assert_error(
+        &api.post(
+            "/tokens",
+            &ro_jwt,
+            json!({"name": "up", "roles": ["writer"]}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(err["action"], "token:create");
+    // Without `roles`, the new token carries the calling token's roles.
+    let all = api.token(&bob, json!({"name": "all"})).await;
+    let (_, me) = api.get("/whoami", &api.jwt(&all).await).await;
+    assert_eq!(me["roles"], json!(["minter", "reader", "writer"]));
+    // Names are unique per user.
+    assert_error(
+        &api.post("/tokens", &bob, json!({"name": "all"})).await,
+        409,
+        "already_exists",
+    );
+}
+
+#[tokio::test]
+async fn removing_a_role_from_a_user_cuts_it_from_their_tokens() {
+    let (_srv, api, admin, bob) = with_bob().await;
+    let rw = api
+        .token(&bob, json!({"name": "rw", "roles": ["reader", "writer"]}))
+        .await;
+    let rw_jwt = api.jwt(&rw).await;
+    let (s, _) = api
+        .post("/vaults/v1/push", &rw_jwt, push_body("d", KEY, 1, 1))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Take `writer` from bob: the already-issued JWT loses it at once.
+    let (s, _) = api.delete("/users/bob/roles/writer", &admin).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, me) = api.get("/whoami", &rw_jwt).await;
+    assert_eq!(me["roles"], json!(["reader"]));
+    let err = assert_error(
+        &api.post("/vaults/v1/push", &rw_jwt, push_body("d", KEY, 2, 1))
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(err["action"], "vault:write");
+    assert_eq!(api.get("/vaults/v1/heads", &rw_jwt).await.0, StatusCode::OK);
+    let (_, list) = api.get("/tokens?user=bob", &admin).await;
+    for t in list["tokens"].as_array().unwrap() {
+        assert!(
+            !t["roles"].as_array().unwrap().contains(&json!("writer")),
+            "{t}"
+        );
+    }
+
+    // Deleting a role takes it from everyone.
+    let (s, _) = api.delete("/roles/reader", &admin).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, me) = api.get("/whoami", &rw_jwt).await;
+    assert_eq!(me["roles"], json!([]));
+    let err = assert_error(
+        &api.get("/vaults/v1/heads", &rw_jwt).await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(err["action"], "vault:read");
+    // Revoking a role the user does not hold is a 404.
+    assert_error(
+        &api.delete("/users/bob/roles/writer", &admin).await,
+        404,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn denials_name_the_missing_action() {
+    let (_srv, api, _admin, bob) = with_bob().await;
+    let cases: Vec<((StatusCode, Value), &str, &str)> = vec![
+        (api.get("/users", &bob).await, "user:admin", "*"),
+        (api.get("/roles", &bob).await, "user:admin", "*"),
+        (
+            api.post("/users", &bob, json!({"name": "eve"})).await,
+            "user:admin",
+            "*",
+        ),
+        (api.delete("/users/admin", &bob).await, "user:admin", "*"),
+        (
+            api.post(
+                "/vaults",
+                &bob,
+                json!({"id": "v2", "key_id": KEY, "identity": b64(b"i")}),
+            )
+            .await,
+            "vault:admin",
+            "v2",
+        ),
+        // Another vault: bob's roles cover v1 only. Whether it exists is not
+        // revealed (403 before 404).
+        (api.get("/vaults/nope", &bob).await, "vault:read", "nope"),
+        (
+            api.post("/vaults/nope/pull", &bob, json!({})).await,
+            "vault:read",
+            "nope",
+        ),
+        (
+            api.post("/vaults/nope/push", &bob, push_body("d", KEY, 1, 1))
+                .await,
+            "vault:write",
+            "nope",
+        ),
+        (api.get("/tokens?user=admin", &bob).await, "user:admin", "*"),
+    ];
+    for (got, action, resource) in cases {
+        let err = assert_error(&got, 403, "forbidden");
+        assert_eq!(err["action"], action, "{err}");
+        assert_eq!(err["resource"], resource, "{err}");
+        assert!(err["message"].as_str().unwrap().contains(action), "{err}");
+    }
+    // Allowed calls on v1 work; a missing vault he may read is a 404.
+    assert_eq!(api.get("/vaults/v1", &bob).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited_per_address_and_per_prefix() {
+    let srv = server()
+        .admin()
+        .arg("--login-failure-limit")
+        .arg("3")
+        .start();
+    let api = srv.client();
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    let good = api.token(&admin, json!({"name": "good"})).await;
+
+    // Per address: three failures from 127.0.0.1, then even a good token
+    // is refused from there.
+    for i in 0..3 {
+        let got = api
+            .exchange(&format!("vlt_wrongguess{i}xxxxxxxxxxxxxxxxxxxx"))
+            .await;
+        assert_error(&got, 401, "unauthorized");
+    }
+    let resp = reqwest::Client::new()
+        .post(srv.url("/auth/token"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()[reqwest::header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // JWTs already issued keep working: the limit is on logins only.
+    assert_eq!(api.get("/whoami", &admin).await.0, StatusCode::OK);
+
+    // From another loopback address the good token works...
+    let from = |ip: &str| {
+        Api::with_http(
+            reqwest::Client::builder()
+                .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap(),
+            &srv.base,
+        )
+    };
+    let other = from("127.0.0.2");
+    assert_eq!(other.exchange(&good).await.0, StatusCode::OK);
+    // ...but guessing one token prefix from many addresses is limited too.
+    let prefix_guess = |i: u32| format!("vlt_SAMEPREFIXguess{i}yyyyyyyyyyyyyyyyyyyy");
+    for (i, ip) in ["127.0.0.3", "127.0.0.4", "127.0.0.5"].iter().enumerate() {
+        assert_error(
+            &from(ip).exchange(&prefix_guess(i as u32)).await,
+            401,
+            "unauthorized",
+        );
+    }
+    assert_error(
+        &from("127.0.0.6").exchange(&prefix_guess(9)).await,
+        429,
+        "rate_limited",
+    );
+    assert_eq!(from("127.0.0.6").exchange(&good).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn default_admin_bootstrap() {
+    let (dir, db) = temp_sqlite();
+    // A short password is refused, and nothing is created.
+    let out = server()
+        .database(&db)
+        .arg("--default-admin")
+        .arg("root")
+        .env("VAULT_SERVER_ADMIN_PASSWORD", "too-short")
+        .fail();
+    assert!(stderr(&out).contains("at least 32"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("too-short"),
+        "the password was echoed"
+    );
+    // No password at all.
+    let out = server()
+        .database(&db)
+        .arg("--default-admin")
+        .arg("root")
+        .fail();
+    assert!(
+        stderr(&out).contains("VAULT_SERVER_ADMIN_PASSWORD"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&db, &["user", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("root"));
+
+    // From a file (a trailing newline is not part of it).
+    let password = "file-password-that-is-long-enough-0123456789";
+    let file = temp_file(dir.path(), "pw", &format!("{password}\n"));
+    let srv = server()
+        .database(&db)
+        .arg("--default-admin")
+        .arg("root")
+        .arg("--admin-password-file")
+        .arg(file.to_str().unwrap())
+        .start();
+    let api = srv.client();
+    let jwt = api.jwt(password).await;
+    let (_, me) = api.get("/whoami", &jwt).await;
+    assert_eq!(
+        me,
+        json!({"user": "root", "token": "bootstrap-password", "roles": ["admin"]})
+    );
+    assert_error(
+        &api.exchange("file-password-that-is-long-enough-012345678X")
+            .await,
+        401,
+        "unauthorized",
+    );
+    let (_, roles) = api.get("/roles", &jwt).await;
+    assert_eq!(
+        roles["roles"][0]["policies"][0]["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    drop(srv);
+
+    // A second start with another admin and password changes nothing.
+    let srv = server()
+        .database(&db)
+        .arg("--default-admin")
+        .arg("other")
+        .env("VAULT_SERVER_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .start();
+    let api = srv.client();
+    assert_error(&api.exchange(ADMIN_PASSWORD).await, 401, "unauthorized");
+    let jwt = api.jwt(password).await;
+    let (_, users) = api.get("/users", &jwt).await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+    assert!(srv.log().contains("left unchanged"), "{}", srv.log());
+    // The bootstrap password can be revoked like any token.
+    let (s, _) = api.delete("/tokens/bootstrap-password", &jwt).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_error(&api.exchange(password).await, 401, "unauthorized");
+    for secret in [password, ADMIN_PASSWORD, jwt.as_str()] {
+        assert!(!srv.log().contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test]
+async fn push_must_continue_the_log_exactly() {
+    let (_srv, api, admin) = with_vault().await;
+    let push = |body: Value| {
+        let api = api.clone();
+        let admin = admin.clone();
+        async move { api.post("/vaults/v1/push", &admin, body).await }
+    };
+    // The first push starts at 1.
+    let err = assert_error(
+        &push(push_body("d", KEY, 2, 1)).await,
+        409,
+        "index_conflict",
+    );
+    assert_eq!(err["expected_index"], 1);
+    let (s, b) = push(push_body("d", KEY, 1, 3)).await;
+    assert_eq!(
+        (s, b),
+        (StatusCode::OK, json!({"device_id": "d", "head": 3}))
+    );
+    // Skipping an index, replaying an old one: 409 naming the next index.
+    for from in [5, 3, 1] {
+        let err = assert_error(
+            &push(push_body("d", KEY, from, 1)).await,
+            409,
+            "index_conflict",
+        );
+        assert_eq!(err["expected_index"], 4, "from {from}");
+    }
+    // A batch must be consecutive within itself.
+    let mut body = push_body("d", KEY, 4, 3);
+    body["records"][2]["index"] = json!(7);
+    assert_error(&push(body).await, 400, "bad_request");
+    assert_error(&push(push_body("d", KEY, 0, 1)).await, 400, "bad_request");
+    assert_error(
+        &push(json!({"device_id": "d", "records": []})).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &push(push_body("bad device", KEY, 4, 1)).await,
+        400,
+        "bad_request",
+    );
+    let mut body = push_body("d", KEY, 4, 1);
+    body["records"][0]["data"] = json!("not base64!");
+    assert_error(&push(body).await, 400, "bad_request");
+    // Nothing above was stored.
+    let (_, h) = api.get("/vaults/v1/heads", &admin).await;
+    assert_eq!(h, json!({"heads": {"d": 3}}));
+    let (s, b) = push(push_body("d", KEY, 4, 2)).await;
+    assert_eq!((s, b["head"].clone()), (StatusCode::OK, json!(5)));
+    // Unknown vault.
+    assert_error(
+        &api.post("/vaults/nope/push", &admin, push_body("d", KEY, 1, 1))
+            .await,
+        404,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn records_with_another_key_id_are_rejected() {
+    let (_srv, api, admin) = with_vault().await;
+    let err = assert_error(
+        &api.post(
+            "/vaults/v1/push",
+            &admin,
+            push_body("d", "age1intruder", 1, 1),
+        )
+        .await,
+        422,
+        "key_mismatch",
+    );
+    assert!(err["message"].as_str().unwrap().contains(KEY), "{err}");
+    // One wrong record spoils the whole batch.
+    let mut body = push_body("d", KEY, 1, 3);
+    body["records"][1]["key_id"] = json!("age1intruder");
+    assert_error(
+        &api.post("/vaults/v1/push", &admin, body).await,
+        422,
+        "key_mismatch",
+    );
+    let (_, h) = api.get("/vaults/v1/heads", &admin).await;
+    assert_eq!(h, json!({"heads": {}}));
+}
+
+#[tokio::test]
+async fn pull_is_paginated_and_consistent() {
+    let (_srv, api, admin) = with_vault().await;
+    // Three devices, 700 + 5 + 300 records (pushed in batches).
+    for (device, n) in [("a", 700u64), ("b", 5), ("c", 300)] {
+        let mut next = 1;
+        while next <= n {
+            let batch = (n - next + 1).min(250);
+            let (s, b) = api
+                .post(
+                    "/vaults/v1/push",
+                    &admin,
+                    push_body(device, KEY, next, batch),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            next += batch;
+        }
+    }
+    let heads = json!({"a": 700, "b": 5, "c": 300});
+    // Default page size is 500; a bigger limit is cut to 1000.
+    let (_, page) = api.post("/vaults/v1/pull", &admin, json!({})).await;
+    assert_eq!(page["records"].as_array().unwrap().len(), 500);
+    assert_eq!(page["more"], true);
+    let (_, page) = api
+        .post("/vaults/v1/pull", &admin, json!({"limit": 5000}))
+        .await;
+    assert_eq!(page["records"].as_array().unwrap().len(), 1000);
+    assert_eq!(page["more"], true);
+    assert_error(
+        &api.post("/vaults/v1/pull", &admin, json!({"limit": 0}))
+            .await,
+        400,
+        "bad_request",
+    );
+
+    // Walk it in pages of 333, starting past b's 2nd record.
+    let mut since = serde_json::Map::new();
+    since.insert("b".into(), json!(2));
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (s, page) = api
+            .post(
+                "/vaults/v1/pull",
+                &admin,
+                json!({"since": since, "limit": 333}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(page["heads"], heads);
+        pages += 1;
+        for r in page["records"].as_array().unwrap() {
+            let d = r["device_id"].as_str().unwrap().to_owned();
+            let i = r["index"].as_u64().unwrap();
+            assert_eq!(
+                unb64(r["data"].as_str().unwrap()),
+                format!("{d}#{i}").into_bytes()
+            );
+            since.insert(d.clone(), json!(i));
+            seen.push((d, i));
+        }
+        if page["more"] == false {
+            break;
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(pages, 4, "1003 records in pages of 333");
+    let expect: Vec<(String, u64)> = (1..=700)
+        .map(|i| ("a".to_owned(), i))
+        .chain((3..=5).map(|i| ("b".to_owned(), i)))
+        .chain((1..=300).map(|i| ("c".to_owned(), i)))
+        .collect();
+    assert_eq!(seen, expect);
+    // Up to date: an empty page, nothing more.
+    let (_, page) = api
+        .post("/vaults/v1/pull", &admin, json!({"since": since}))
+        .await;
+    assert_eq!(page["records"], json!([]));
+    assert_eq!(page["more"], false);
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let (_srv, api, admin) = with_vault().await;
+    // A record over 1 MiB.
+    let big = vec![7u8; (1 << 20) + 1];
+    let body =
+        json!({"device_id": "d", "records": [{"index": 1, "key_id": KEY, "data": b64(&big)}]});
+    assert_error(
+        &api.post("/vaults/v1/push", &admin, body).await,
+        413,
+        "too_large",
+    );
+    // A 1 MiB record is fine (push bodies may exceed the general limit).
+    let ok = vec![7u8; 1 << 20];
+    let body =
+        json!({"device_id": "d", "records": [{"index": 1, "key_id": KEY, "data": b64(&ok)}]});
+    let (s, b) = api.post("/vaults/v1/push", &admin, body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Too many records in one batch.
+    assert_error(
+        &api.post("/vaults/v1/push", &admin, push_body("e", KEY, 1, 1001))
+            .await,
+        413,
+        "too_large",
+    );
+    // Any other call: a body over 256 KiB.
+    let huge = "x".repeat(300 << 10);
+    assert_error(
+        &api.post("/users", &admin, json!({"name": huge})).await,
+        413,
+        "too_large",
+    );
+    // An identity over 64 KiB.
+    assert_error(
+        &api.post(
+            "/vaults",
+            &admin,
+            json!({"id": "v2", "key_id": KEY, "identity": b64(&vec![1u8; (64 << 10) + 1])}),
+        )
+        .await,
+        413,
+        "too_large",
+    );
+    // Pulling the big record back works.
+    let (s, page) = api.post("/vaults/v1/pull", &admin, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(unb64(page["records"][0]["data"].as_str().unwrap()), ok);
+}
+
+#[tokio::test]
+async fn errors_are_json_with_code_and_message() {
+    let (srv, api, admin) = with_vault().await;
+    assert_error(&api.get("/nope", &admin).await, 404, "not_found");
+    assert_error(
+        &api.call(Method::GET, "/not/an/api/route", None, None).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &api.call(Method::PUT, "/vaults/v1", Some(&admin), None)
+            .await,
+        405,
+        "method_not_allowed",
+    );
+    assert_error(&api.get("/vaults/missing", &admin).await, 404, "not_found");
+    // Bad JSON and a missing content type.
+    let http = reqwest::Client::new();
+    for req in [
+        http.post(srv.url("/vaults/v1/pull"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body("{not json"),
+        http.post(srv.url("/vaults/v1/pull"))
+            .bearer_auth(&admin)
+            .body("{}"),
+        http.post(srv.url("/users"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": 5})),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+    // Invalid names and roles.
+    assert_error(
+        &api.post("/users", &admin, json!({"name": "-bad"})).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.post("/users", &admin, json!({"name": "u", "roles": ["ghost"]}))
+            .await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.post("/roles", &admin, json!({"name": "r", "policies": []}))
+            .await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.post(
+            "/roles",
+            &admin,
+            json!({"name": "r", "policies": [{"actions": ["vault:fly"], "resources": ["*"]}]}),
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+}
+
+#[tokio::test]
+async fn openapi_lists_exactly_the_served_routes() {
+    let srv = server().admin().start();
+    let api = srv.client();
+    let (s, doc) = api.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = vault_server::api::route_table()
+        .into_iter()
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    // And the running server really routes each of them (no 404 "no
+    // route" / 405): every documented operation answers something else.
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    for (method, path) in &documented {
+        let concrete = path
+            .trim_start_matches("/api/v1")
+            .replace("{name}", "x")
+            .replace("{role}", "x")
+            .replace("{id}", "x");
+        let got = api
+            .call(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                &concrete,
+                Some(&admin),
+                (method == "POST").then_some(&json!({})),
+            )
+            .await;
+        assert_ne!(
+            got.0,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            got.1
+        );
+        let no_route = got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no route"));
+        assert!(!no_route, "{method} {path} is documented but not served");
+    }
+    // Every referenced schema exists.
+    let text = doc.to_string();
+    for cap in text.split("#/components/schemas/").skip(1) {
+        let name: String = cap.chars().take_while(|c| c.is_alphanumeric()).collect();
+        assert!(
+            doc["components"]["schemas"][&name].is_object(),
+            "missing schema {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_cli_manages_users_roles_and_tokens() {
+    let (_dir, db) = temp_sqlite();
+    let run = |args: &[&str]| {
+        let out = cli(&db, args);
+        assert!(
+            out.status.success(),
+            "vault-server {args:?} failed: {}",
+            stderr(&out)
+        );
+        stdout(&out)
+    };
+    run(&[
+        "role",
+        "add",
+        "ops",
+        "--description",
+        "operators",
+        "--policy",
+        "vault:read,vault:write=team-*",
+        "--policy",
+        "token:create=*",
+    ]);
+    run(&["role", "add", "audit", "--policy", "vault:read=*"]);
+    let roles: Value = serde_json::from_str(&run(&["--json", "role", "list"])).unwrap();
+    assert_eq!(roles["roles"][1]["name"], "ops");
+    assert_eq!(
+        roles["roles"][1]["policies"],
+        json!([{"actions": ["vault:read", "vault:write"], "resources": ["team-*"]},
+               {"actions": ["token:create"], "resources": ["*"]}])
+    );
+    assert!(run(&["role", "list"]).contains("vault:read,vault:write=team-*"));
+
+    run(&["user", "add", "carol", "--role", "ops"]);
+    run(&["user", "grant", "carol", "audit"]);
+    let users: Value = serde_json::from_str(&run(&["--json", "user", "list"])).unwrap();
+    assert_eq!(users["users"][0]["roles"], json!(["audit", "ops"]));
+    assert!(run(&["user", "list"]).contains("carol"));
+
+    let token = run(&[
+        "token", "add", "--user", "carol", "ci", "--role", "ops", "--ttl", "1h",
+    ]);
+    let token = token.trim();
+    assert!(token.starts_with("vlt_"));
+    let listed = run(&["token", "list"]);
+    assert!(
+        listed.contains("ci") && listed.contains(&token[..12]),
+        "{listed}"
+    );
+    assert!(!listed.contains(token), "token list shows the secret");
+    let json_list: Value =
+        serde_json::from_str(&run(&["--json", "token", "list", "--user", "carol"])).unwrap();
+    assert_eq!(json_list["tokens"][0]["roles"], json!(["ops"]));
+
+    // Refusals, with exit codes: a role the user lacks, duplicates, unknowns.
+    let out = cli(
+        &db,
+        &["token", "add", "--user", "carol", "x", "--role", "nope"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not hold role 'nope'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&db, &["user", "add", "carol"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let out = cli(&db, &["user", "rm", "nobody"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = cli(&db, &["role", "add", "bad", "--policy", "vault:fly=*"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = cli(
+        &db,
+        &[
+            "token",
+            "add",
+            "--user",
+            "carol",
+            "old",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // The CLI's token works on a server, and `token rm` revokes it there.
+    let srv = server().database(&db).start();
+    let api = srv.client();
+    let jwt = api.jwt(token).await;
+    let (_, me) = api.get("/whoami", &jwt).await;
+    assert_eq!(
+        me,
+        json!({"user": "carol", "token": "ci", "roles": ["ops"]})
+    );
+    run(&["user", "revoke", "carol", "ops"]);
+    let (_, me) = api.get("/whoami", &jwt).await;
+    assert_eq!(me["roles"], json!([]));
+    run(&["token", "rm", "--user", "carol", "ci"]);
+    assert_error(&api.get("/whoami", &jwt).await, 401, "unauthorized");
+    assert!(!run(&["token", "list"]).contains("ci "));
+    run(&["role", "rm", "audit"]);
+    run(&["user", "rm", "carol"]);
+    let users: Value = serde_json::from_str(&run(&["--json", "user", "list"])).unwrap();
+    assert_eq!(users["users"], json!([]));
+    assert!(!srv.log().contains(token));
+}
+
+#[tokio::test]
+async fn plain_http_only_on_loopback_and_tls_works() {
+    // Plain HTTP on a non-loopback address is refused.
+    let out = server().listen("0.0.0.0:0").fail();
+    assert!(
+        stderr(&out).contains("not a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+
+    // TLS with a self-signed certificate, on every interface.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let cert_file = temp_file(dir.path(), "cert.pem", &cert_pem);
+    let key_file = temp_file(dir.path(), "key.pem", &cert.key_pair.serialize_pem());
+    let srv = server()
+        .listen("0.0.0.0:0")
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .admin()
+        .tls()
+        .start();
+    let port = srv.addr.rsplit(':').next().unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let api = Api::with_http(http, &format!("https://localhost:{port}/api/v1"));
+    let jwt = api.jwt(ADMIN_PASSWORD).await;
+    assert_eq!(api.get("/whoami", &jwt).await.0, StatusCode::OK);
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/health"))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // A bad key file is a clear start error.
+    let out = server()
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(cert_file.to_str().unwrap())
+        .fail();
+    assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn issued_secrets_never_reach_the_log() {
+    let (srv, api, admin, bob) = with_bob().await;
+    let mut secrets = vec![ADMIN_PASSWORD.to_owned(), admin.clone(), bob.clone()];
+    let t = api.token(&bob, json!({"name": "scan"})).await;
+    let jwt = api.jwt(&t).await;
+    secrets.extend([t.clone(), jwt.clone()]);
+    // Provoke every kind of failure around them.
+    let _ = api.exchange(&format!("{t}x")).await;
+    let _ = api.exchange(&t[..20]).await;
+    let _ = api
+        .exchange("a-wrong-password-that-is-long-enough-000")
+        .await;
+    let _ = api.get("/whoami", &t).await;
+    let _ = api.get("/whoami", &format!("{jwt}x")).await;
+    let _ = api.get("/users", &jwt).await;
+    let _ = api.delete("/tokens/scan", &bob).await;
+    let _ = api.get("/whoami", &jwt).await;
+    let _ = api.exchange(&t).await;
+    let log = srv.log();
+    assert!(log.contains("failed login"), "debug log expected: {log}");
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "a secret reached the server log");
+        // Nor a recognisable piece of one (past the shown prefix).
+        assert!(
+            !log.contains(&s[s.len() - 16..]),
+            "part of a secret reached the log"
+        );
+    }
+    // And the token list never carries them.
+    let (_, list) = api.get("/tokens", &admin).await;
+    for s in &secrets {
+        assert!(!list.to_string().contains(s.as_str()));
+    }
+}

@@ -1,0 +1,355 @@
+//! Shared by the API tests: start the real `vault-server` binary on
+//! 127.0.0.1 port 0, read the address it announces on stdout, keep its log
+//! (stderr) for the secret scan, and talk to it with reqwest.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vault-server");
+
+/// A default-admin password of the required length.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple-0123456789";
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub base: String,
+    pub database: String,
+    log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh temp SQLite database URL; keep the TempDir alive.
+pub fn temp_sqlite() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("vault.db").display());
+    (dir, url)
+}
+
+pub struct ServerBuilder {
+    database: Option<String>,
+    dir: Option<tempfile::TempDir>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    scheme: &'static str,
+}
+
+pub fn server() -> ServerBuilder {
+    ServerBuilder {
+        database: None,
+        dir: None,
+        args: vec!["--listen".into(), "127.0.0.1:0".into()],
+        env: Vec::new(),
+        scheme: "http",
+    }
+}
+
+impl ServerBuilder {
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_owned());
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.args[1] = addr.to_owned();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn tls(mut self) -> Self {
+        self.scheme = "https";
+        self
+    }
+
+    /// With `--default-admin admin` and the standard password in the env.
+    pub fn admin(self) -> Self {
+        self.arg("--default-admin")
+            .arg("admin")
+            .env("VAULT_SERVER_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    }
+
+    fn command(&mut self) -> Command {
+        if self.database.is_none() {
+            let (dir, url) = temp_sqlite();
+            self.dir = Some(dir);
+            self.database = Some(url);
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--database")
+            .arg(self.database.as_ref().unwrap())
+            .args(&self.args)
+            .env_remove("VAULT_SERVER_ADMIN_PASSWORD")
+            .env_remove("VAULT_SERVER_DATABASE")
+            .env("VAULT_SERVER_LOG", "debug");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs the server expecting it to fail at start; returns its output.
+    pub fn fail(mut self) -> Output {
+        let out = self
+            .command()
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vault-server");
+        assert!(
+            !out.status.success(),
+            "vault-server should have refused to start"
+        );
+        out
+    }
+
+    pub fn start(mut self) -> Server {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vault-server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "vault-server did not announce its address (stdout {line:?}); log:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let addr = addr.to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        let base = format!("{}://{addr}/api/v1", self.scheme);
+        Server {
+            child,
+            base,
+            addr,
+            database: self.database.take().unwrap(),
+            log,
+            _dir: self.dir.take(),
+        }
+    }
+}
+
+impl Server {
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+        }
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A thin JSON client: every call returns (status, body as JSON).
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn with_http(http: reqwest::Client, base: &str) -> Api {
+        Api {
+            http,
+            base: base.to_owned(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("non-JSON answer ({status}): {e}: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, jwt: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(jwt), None).await
+    }
+
+    pub async fn post(&self, path: &str, jwt: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(jwt), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, jwt: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(jwt), None).await
+    }
+
+    /// POST /auth/token with `credential`; (status, body).
+    pub async fn exchange(&self, credential: &str) -> (StatusCode, Value) {
+        self.call(Method::POST, "/auth/token", Some(credential), None)
+            .await
+    }
+
+    /// A JWT for `credential`, asserting success.
+    pub async fn jwt(&self, credential: &str) -> String {
+        let (status, body) = self.exchange(credential).await;
+        assert_eq!(status, StatusCode::OK, "exchange failed: {body}");
+        body["jwt"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a role via the API.
+    pub async fn role(&self, admin: &str, name: &str, policies: Value) {
+        let (s, b) = self
+            .post(
+                "/roles",
+                admin,
+                json!({"name": name, "description": "", "policies": policies}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+
+    /// Creates a user via the API.
+    pub async fn user(&self, admin: &str, name: &str, roles: &[&str]) {
+        let (s, b) = self
+            .post("/users", admin, json!({"name": name, "roles": roles}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+
+    /// Creates an access token for the caller behind `jwt`; returns the secret.
+    pub async fn token(&self, jwt: &str, body: Value) -> String {
+        let (s, b) = self.post("/tokens", jwt, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Asserts an error answer: status, code, and returns the error object.
+pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) -> Value {
+    assert_eq!(got.0.as_u16(), status, "unexpected answer: {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "unexpected answer: {}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without a message: {}",
+        got.1
+    );
+    got.1["error"].clone()
+}
+
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// A push body of records `from..from+n` for `device`.
+pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
+    let records: Vec<Value> = (from..from + n)
+        .map(|i| json!({"index": i, "key_id": key_id, "data": b64(format!("{device}#{i}").as_bytes())}))
+        .collect();
+    json!({"device_id": device, "records": records})
+}
+
+/// Runs `vault-server ARGS` (admin CLI) on `database`.
+pub fn cli(database: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--database")
+        .arg(database)
+        .args(args)
+        .env_remove("VAULT_SERVER_ADMIN_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vault-server")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
