@@ -207,6 +207,11 @@ pub struct ExecArgs {
     #[arg(long)]
     pub no_mask: bool,
 
+    /// Serve the aws credential on a loopback endpoint (container
+    /// credentials) instead of static keys, so SDKs refresh it
+    #[arg(long)]
+    pub server: bool,
+
     /// The command and its arguments, after --
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,

@@ -235,7 +235,11 @@ fn hello_request() -> Request {
 fn is_read_only(req: &Request) -> bool {
     matches!(
         req,
-        Request::Status | Request::Get { .. } | Request::List { .. } | Request::History { .. }
+        Request::Status
+            | Request::Get { .. }
+            | Request::Resolve { .. }
+            | Request::List { .. }
+            | Request::History { .. }
     )
 }
 

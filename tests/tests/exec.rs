@@ -525,3 +525,14 @@ fn secrets_in_piped_output_are_masked_even_when_split() {
     run.ok();
     assert_eq!(run.stdout, format!("a={value}\nb={value}\n"));
 }
+
+#[test]
+fn server_needs_exactly_one_aws_credential() {
+    let vh = VaultHome::new();
+    vh.init();
+    vh.vault_in(["add", "t", "--type", "token", "token=-"], b"value-t")
+        .ok();
+    vh.vault(["exec", "--server", "-c", "t", "--", "true"])
+        .code(2)
+        .stderr_has("--server serves an aws credential");
+}

@@ -162,3 +162,79 @@ print(json.dumps({"email": creds.service_account_email, "project": project,
     assert_eq!(got["project"], "real-client-proj");
     assert_eq!(got["file_mode"], "0o600");
 }
+
+#[test]
+fn botocore_fetches_fresh_credentials_from_the_exec_server() {
+    let Some(python) = python("botocore --server") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let first = secret("srv-first");
+    let rotated = secret("srv-rotated");
+    let f = vh.at_file("first", &first);
+    vh.vault([
+        "add",
+        "aws-srv",
+        "--type",
+        "aws",
+        "access_key_id=AKIASERVED",
+        &format!("secret_access_key={f}"),
+        "region=eu-north-1",
+    ])
+    .ok();
+    let rotated_file = vh.at_file("rotated", &rotated);
+    // Inside the child: botocore through the endpoint; a request without
+    // the token; a rotation in the vault, seen by the next fetch.
+    let script = format!(
+        r#"
+import json, os, subprocess, urllib.request, urllib.error
+import botocore.session
+s = botocore.session.get_session()
+c = s.get_credentials()
+f = c.get_frozen_credentials()
+url = os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+try:
+    urllib.request.urlopen(url)
+    anonymous = 200
+except urllib.error.HTTPError as e:
+    anonymous = e.code
+subprocess.run(["vault", "set", "aws-srv", "secret_access_key={rotated_file}"], check=True,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+req = urllib.request.Request(url, headers={{"Authorization": os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]}})
+after = json.load(urllib.request.urlopen(req))
+print(json.dumps({{"method": c.method, "key": f.access_key, "secret": f.secret_key,
+                  "region": s.get_config_variable("region"), "anonymous": anonymous,
+                  "static_key_in_env": "AWS_SECRET_ACCESS_KEY" in os.environ,
+                  "after": after["SecretAccessKey"], "expiration": after["Expiration"], "url": url}}))
+"#
+    );
+    let mut args: Vec<String> = ["exec", "--no-mask", "--server", "-c", "aws-srv", "--"]
+        .map(String::from)
+        .to_vec();
+    args.extend([python.display().to_string(), "-c".into(), script]);
+    let cmd = vh.command(&vault_e2e::binaries().vault, &args);
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["key"], "AKIASERVED");
+    assert_eq!(got["secret"], first.as_str());
+    assert_eq!(got["region"], "eu-north-1");
+    assert_eq!(got["anonymous"], 401);
+    assert_eq!(got["static_key_in_env"], false);
+    assert_eq!(
+        got["after"],
+        rotated.as_str(),
+        "each fetch reads the vault afresh"
+    );
+    assert!(got["expiration"].as_str().unwrap().ends_with('Z'));
+    // The endpoint stops with the child.
+    let url = got["url"].as_str().unwrap();
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "{addr} still accepts after the child exited"
+    );
+}

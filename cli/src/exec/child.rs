@@ -35,11 +35,7 @@ impl Folder {
             Err(e) => return Err(format!("cannot create {}: {e}", exec_dir.display())),
         }
         check_private_dir(exec_dir)?;
-        let mut random = [0u8; 8];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut random))
-            .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let suffix = random_hex(8)?;
         let path = exec_dir.join(format!("{}-{suffix}", std::process::id()));
         DirBuilder::new()
             .mode(0o700)
@@ -86,6 +82,15 @@ impl Folder {
         }
         Ok(())
     }
+}
+
+/// `bytes` random bytes from the kernel, as hex.
+pub fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut random = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Drop for Folder {

@@ -7,6 +7,7 @@
 mod child;
 mod mask;
 pub mod plan;
+mod server;
 
 use std::ffi::OsString;
 
@@ -65,8 +66,23 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     // keep it open while the child runs.
     ctx.disconnect();
 
+    let served = if args.server {
+        Some(served_credential(&records)?)
+    } else {
+        None
+    };
     let folder = child::Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
     let mut plan = plan::build(&records, &overrides, &folder.path_str()).map_err(usage)?;
+    let endpoint = match served {
+        Some(name) => {
+            let token = zeroize::Zeroizing::new(child::random_hex(32).map_err(failed)?);
+            let endpoint = server::CredServer::start(ctx.target.clone(), name.clone(), token)
+                .map_err(failed)?;
+            serve_instead_of_keys(&mut plan, &name, &endpoint, &overrides);
+            Some(endpoint)
+        }
+        None => None,
+    };
     let mut masker = mask::Masker::default();
     if !args.no_mask {
         for record in &records {
@@ -76,6 +92,9 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
                 }
             }
         }
+    }
+    if let Some(endpoint) = &endpoint {
+        masker.add(&endpoint.token, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
     }
     drop(records);
     folder.write_all(&plan.files).map_err(failed)?;
@@ -90,6 +109,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     }
     let code = child::run(program, program_args, &plan, &exec_names, &masker);
     drop(plan);
+    drop(endpoint);
     drop(folder);
     match code {
         Ok(code) => {
@@ -100,6 +120,63 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
             eprintln!("vault: {message}");
             ctx.exit_code = code;
             Ok(())
+        }
+    }
+}
+
+/// The one `aws` credential `--server` serves.
+fn served_credential(records: &[RecordView]) -> CliResult<String> {
+    let aws: Vec<&RecordView> = records
+        .iter()
+        .filter(|r| r.kind == vault_protocol::CredentialType::Aws)
+        .collect();
+    match aws.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => Err(usage(
+            "--server serves an aws credential: add -c NAME of one",
+        )),
+        _ => Err(usage(format!(
+            "--server serves one aws credential, not {}: keep one -c of type aws",
+            aws.len()
+        ))),
+    }
+}
+
+/// With `--server`, the child gets the endpoint instead of static keys for
+/// credential `name` (its region stays); `--env` still wins.
+fn serve_instead_of_keys(
+    plan: &mut plan::Plan,
+    name: &str,
+    endpoint: &server::CredServer,
+    overrides: &[(String, String)],
+) {
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+    ] {
+        if plan
+            .set
+            .get(key)
+            .is_some_and(|v| v.from.as_deref() == Some(name))
+        {
+            plan.set.remove(key);
+        }
+    }
+    plan.unset.push("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+    for (key, value) in [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", endpoint.token.as_str()),
+    ] {
+        if !overrides.iter().any(|(k, _)| k == key) {
+            plan.set.insert(
+                key.to_owned(),
+                plan::EnvValue {
+                    value: value.into(),
+                    from: Some(name.to_owned()),
+                },
+            );
         }
     }
 }

@@ -1,0 +1,175 @@
+//! `vault exec --server`: a loopback HTTP endpoint in the AWS container
+//! credentials format, for one child. SDKs in a long-running child fetch
+//! credentials from it (`AWS_CONTAINER_CREDENTIALS_FULL_URI` +
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN`) and fetch again before they expire,
+//! so they never hold stale keys: every request reads the credential from
+//! the daemon afresh. A request without the child's token gets 401. The
+//! endpoint stops when the child exits.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::json;
+use tiny_http::{Header, Method, Response as HttpResponse, Server};
+use vault_protocol::message::RecordView;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, Request, Response};
+use zeroize::Zeroizing;
+
+use crate::client::{Client, Target};
+
+/// How long credentials without an expiry are announced for: SDKs come back
+/// after this, so a rotated key reaches a long-running child.
+const STATIC_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The running endpoint; stopped on drop.
+pub struct CredServer {
+    server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+    /// `http://127.0.0.1:PORT/credentials`.
+    pub url: String,
+    /// The value the child must send in `Authorization`.
+    pub token: Zeroizing<String>,
+}
+
+impl CredServer {
+    /// Serves credential `name` of the vault at `target` on a free loopback
+    /// port.
+    pub fn start(target: Target, name: String, token: Zeroizing<String>) -> Result<Self, String> {
+        let server = Server::http("127.0.0.1:0")
+            .map_err(|e| format!("cannot listen on 127.0.0.1 for --server: {e}"))?;
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .ok_or("the --server endpoint has no TCP port")?;
+        let server = Arc::new(server);
+        let thread = {
+            let server = Arc::clone(&server);
+            let token = token.clone();
+            std::thread::spawn(move || {
+                for request in server.incoming_requests() {
+                    let (status, body) = answer(&request, &target, &name, &token);
+                    let json = Header::from_bytes("Content-Type", "application/json").ok();
+                    let mut response =
+                        HttpResponse::from_data(body.as_bytes().to_vec()).with_status_code(status);
+                    if let Some(h) = json {
+                        response.add_header(h);
+                    }
+                    let _ = request.respond(response);
+                }
+            })
+        };
+        Ok(Self {
+            server,
+            thread: Some(thread),
+            url: format!("http://127.0.0.1:{port}/credentials"),
+            token,
+        })
+    }
+}
+
+impl std::fmt::Debug for CredServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredServer")
+            .field("url", &self.url)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Drop for CredServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Compares without an early exit, so timing tells nothing of the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_body(code: &str, message: &str) -> Zeroizing<String> {
+    Zeroizing::new(json!({ "Code": code, "Message": message }).to_string())
+}
+
+/// The status and JSON body for one request.
+fn answer(
+    request: &tiny_http::Request,
+    target: &Target,
+    name: &str,
+    token: &str,
+) -> (u16, Zeroizing<String>) {
+    let authorized = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .is_some_and(|h| same(h.value.as_str().as_bytes(), token.as_bytes()));
+    if !authorized {
+        return (
+            401,
+            error_body(
+                "Unauthorized",
+                "send the AWS_CONTAINER_AUTHORIZATION_TOKEN of this child",
+            ),
+        );
+    }
+    if *request.method() != Method::Get {
+        return (405, error_body("MethodNotAllowed", "use GET"));
+    }
+    let fetched = Client::connect_or_start(target).and_then(|mut client| {
+        client.call(Request::Resolve {
+            names: vec![name.to_owned()],
+        })
+    });
+    let record = match fetched {
+        Ok(Response::Resolved { mut records }) if records.len() == 1 => records.remove(0),
+        Ok(_) => {
+            return (
+                500,
+                error_body("Internal", "vaultd sent an unexpected answer"),
+            );
+        }
+        Err(e) if e.code == ErrorCode::Locked => {
+            return (
+                503,
+                error_body("Locked", "vault is locked: run 'vault unlock'"),
+            );
+        }
+        Err(e) => return (500, error_body("Unavailable", &e.message)),
+    };
+    let now = Timestamp::now();
+    if record.expires_at.is_some_and(|t| t <= now) {
+        let message = format!("{name} has expired: renew it in the vault");
+        return (503, error_body("Expired", &message));
+    }
+    (200, credentials_json(&record, now))
+}
+
+/// The container-credentials document. `Token` and `Expiration` are always
+/// present (SDKs require them): an empty token for long-lived keys, and for
+/// keys without an expiry a time 15 minutes ahead, after which SDKs ask
+/// again.
+fn credentials_json(record: &RecordView, now: Timestamp) -> Zeroizing<String> {
+    // JSON-quoted into wiped buffers: the secrets never sit in a
+    // `serde_json::Value`.
+    let quoted = |f: &str| {
+        let value = record
+            .fields
+            .get(f)
+            .map(|v| v.expose_secret())
+            .unwrap_or_default();
+        Zeroizing::new(serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned()))
+    };
+    let expiration = record.expires_at.unwrap_or(now.plus(STATIC_LIFETIME));
+    Zeroizing::new(format!(
+        r#"{{"AccessKeyId":{},"SecretAccessKey":{},"Token":{},"Expiration":"{}"}}"#,
+        *quoted("access_key_id"),
+        *quoted("secret_access_key"),
+        *quoted("session_token"),
+        expiration.to_rfc3339()
+    ))
+}
