@@ -79,6 +79,8 @@ pub enum Command {
     /// Run a command with credentials in its environment and files
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// Bring credentials in from ~/.aws/credentials, ~/.docker/config.json or a .env file
+    Import(ImportArgs),
     /// Start, stop or inspect the daemon (vaultd)
     Daemon {
         #[command(subcommand)]
@@ -190,6 +192,43 @@ pub struct SetArgs {
     /// Remove the expiry
     #[arg(long)]
     pub no_expiry: bool,
+}
+
+/// `vault import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What to read
+    pub source: ImportSource,
+
+    /// The file (default: ~/.aws/credentials, ~/.docker/config.json, ./.env)
+    pub file: Option<PathBuf>,
+
+    /// Show what would be created; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replace credentials that exist (a new revision; the old value stays in the history)
+    #[arg(long)]
+    pub force: bool,
+
+    /// The credential's name, for env (default: DIR-env, from the file's folder)
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// A tag for every imported credential (repeatable)
+    #[arg(long)]
+    pub tag: Vec<String>,
+}
+
+/// What `vault import` reads.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportSource {
+    /// Profiles with keys in ~/.aws/credentials (regions from ~/.aws/config)
+    Aws,
+    /// Registry logins in ~/.docker/config.json
+    Docker,
+    /// KEY=VALUE lines of a .env file, as one generic credential
+    Env,
 }
 
 /// `vault exec`.

@@ -3,6 +3,7 @@
 //! turns "the vault is locked" into an unlock and a retry.
 
 mod daemon;
+mod import;
 mod records;
 mod vault;
 
@@ -90,6 +91,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::History { name } => records::history(&mut ctx, &name),
         Command::Restore { name, revision } => records::restore(&mut ctx, &name, revision),
         Command::Exec(args) => crate::exec::run(&mut ctx, args),
+        Command::Import(args) => import::run(&mut ctx, &args),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;

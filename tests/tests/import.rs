@@ -1,0 +1,179 @@
+//! `vault import aws|docker|env` (issue 3): credentials come in from the
+//! files users have, the files stay untouched, `--dry-run` changes nothing,
+//! existing names are skipped unless `--force`, bad files get a clear error.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+
+use vault_e2e::{MARK, VaultHome, secret};
+
+fn field(vh: &VaultHome, name: &str, f: &str) -> String {
+    let run = vh.vault(["get", name, "--field", f]);
+    run.ok();
+    run.stdout.trim_end_matches('\n').to_owned()
+}
+
+#[test]
+fn aws_profiles_with_keys_come_in_and_the_file_is_untouched() {
+    let vh = VaultHome::new();
+    vh.init();
+    let (s1, s2, token) = (
+        secret("aws-default"),
+        secret("aws-prod"),
+        secret("aws-token"),
+    );
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let credentials = format!(
+        "# mine\n[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = {s1}\n\n\
+         [prod]\naws_access_key_id=AKIAPROD\naws_secret_access_key={s2}\naws_session_token = {token}\n\
+         s3 =\n    max_concurrent_requests = 20\n\n[sso-only]\nsso_start_url = https://example.awsapps.com/start\n"
+    );
+    fs::write(aws.join("credentials"), &credentials).unwrap();
+    fs::write(
+        aws.join("config"),
+        "[default]\nregion = us-east-2\n[profile prod]\nregion = eu-west-3\n",
+    )
+    .unwrap();
+
+    let run = vh.vault(["import", "aws", "--dry-run"]);
+    run.ok().never_prints(MARK);
+    assert!(
+        run.stderr.contains("would add aws-default") && run.stderr.contains("would add aws-prod"),
+        "{run}"
+    );
+    assert!(
+        !run.stderr.contains("sso-only"),
+        "a profile without keys is not imported:\n{run}"
+    );
+    assert!(
+        vh.vault(["list", "--format", "json"]).names().is_empty(),
+        "--dry-run changes nothing"
+    );
+
+    vh.vault(["import", "aws"]).ok().never_prints(MARK);
+    assert_eq!(
+        vh.vault(["list", "--format", "json"]).names(),
+        ["aws-default", "aws-prod"]
+    );
+    assert_eq!(field(&vh, "aws-default", "secret_access_key"), s1);
+    assert_eq!(field(&vh, "aws-default", "region"), "us-east-2");
+    assert_eq!(field(&vh, "aws-prod", "session_token"), token);
+    assert_eq!(field(&vh, "aws-prod", "region"), "eu-west-3");
+    assert_eq!(
+        fs::read_to_string(aws.join("credentials")).unwrap(),
+        credentials,
+        "the source is never changed"
+    );
+
+    // Again: skipped. With --force: a new revision, the old one kept.
+    let run = vh.vault(["--json", "import", "aws"]);
+    assert_eq!(run.ok().json()["skipped"].as_array().unwrap().len(), 2);
+    let s3 = secret("aws-default-rotated");
+    fs::write(
+        aws.join("credentials"),
+        format!("[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = {s3}\n"),
+    )
+    .unwrap();
+    let run = vh.vault(["--json", "import", "aws", "--force"]);
+    assert_eq!(
+        run.ok().json()["replaced"],
+        serde_json::json!(["aws-default"])
+    );
+    assert_eq!(field(&vh, "aws-default", "secret_access_key"), s3);
+    let history = vh.vault(["--json", "history", "aws-default"]);
+    assert_eq!(history.ok().json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn docker_logins_and_dotenv_files_come_in() {
+    let vh = VaultHome::new();
+    vh.init();
+    let pass = secret("docker");
+    let auth = base64(&format!("$oauthtoken:{pass}"));
+    let docker = vh.user_home.join(".docker");
+    fs::create_dir_all(&docker).unwrap();
+    fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"nvcr.io":{{"auth":"{auth}"}},"https://index.docker.io/v1/":{{}}}},"credsStore":"desktop"}}"#
+        ),
+    )
+    .unwrap();
+    let run = vh.vault(["import", "docker"]);
+    run.ok().never_prints(MARK);
+    assert!(
+        run.stderr
+            .contains("index.docker.io/v1/: its password is kept by desktop"),
+        "{run}"
+    );
+    assert_eq!(field(&vh, "nvcr.io", "username"), "$oauthtoken");
+    assert_eq!(field(&vh, "nvcr.io", "auth"), pass);
+    assert_eq!(field(&vh, "nvcr.io", "registry"), "nvcr.io");
+
+    let api = secret("env");
+    let project = vh.user_home.join("myproj");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(
+        project.join(".env"),
+        format!(
+            "# settings\nexport API_KEY=\"{api}\"\nDEBUG=1 # inline comment\nEMPTY=\nQUOTED='a b'\n"
+        ),
+    )
+    .unwrap();
+    vh.vault(["import", "env", project.join(".env").to_str().unwrap()])
+        .ok()
+        .never_prints(MARK);
+    assert_eq!(field(&vh, "myproj-env", "API_KEY"), api);
+    assert_eq!(field(&vh, "myproj-env", "DEBUG"), "1");
+    assert_eq!(field(&vh, "myproj-env", "QUOTED"), "a b");
+}
+
+#[test]
+fn unparseable_files_get_a_clear_error_and_nothing_is_imported() {
+    let vh = VaultHome::new();
+    vh.init();
+    let bad = vh.user_home.join("credentials");
+    fs::write(
+        &bad,
+        "[default]\naws_access_key_id = AKIA\nthis line is broken\n",
+    )
+    .unwrap();
+    let run = vh.vault(["import", "aws", bad.to_str().unwrap()]);
+    run.code(1)
+        .stderr_has("line 3")
+        .stderr_has("nothing was imported");
+    let bad_json = vh.user_home.join("config.json");
+    fs::write(&bad_json, "{ not json").unwrap();
+    vh.vault(["import", "docker", bad_json.to_str().unwrap()])
+        .code(1)
+        .stderr_has("is not valid JSON");
+    vh.vault(["import", "env", "/nonexistent/.env"])
+        .code(1)
+        .stderr_has("cannot read /nonexistent/.env");
+    assert!(vh.vault(["list", "--format", "json"]).names().is_empty());
+}
+
+/// Standard base64, written here so the test does not lean on the code
+/// under test.
+fn base64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
