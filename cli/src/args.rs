@@ -242,6 +242,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "NAME=VALUE")]
     pub env: Vec<String>,
 
+    /// Variable prefix of a password credential: PREFIX_USERNAME,
+    /// PREFIX_PASSWORD (default: its name upper-cased)
+    #[arg(long, value_name = "[NAME=]PREFIX")]
+    pub prefix: Vec<String>,
+
     /// Do not replace secret values in the command's piped output
     #[arg(long)]
     pub no_mask: bool,

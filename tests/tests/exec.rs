@@ -536,3 +536,44 @@ fn server_needs_exactly_one_aws_credential() {
         .code(2)
         .stderr_has("--server serves an aws credential");
 }
+
+#[test]
+fn password_prefix_can_be_chosen() {
+    let vh = VaultHome::new();
+    vh.init();
+    vh.vault_in(
+        [
+            "add",
+            "db/prod",
+            "--type",
+            "password",
+            "username=app",
+            "password=-",
+        ],
+        b"pw-value",
+    )
+    .ok();
+    let out = out_dir(&vh, "prefix");
+    let out_env = format!("OUT={}", out.display());
+    let script = "env > \"$OUT/env\"";
+    vh.vault([
+        "exec", "-c", "db/prod", "--env", &out_env, "--", "sh", "-c", script,
+    ])
+    .ok();
+    let env = child_env(&out);
+    assert_eq!(env["DB_PROD_USERNAME"], "app");
+    assert_eq!(env["DB_PROD_PASSWORD"], "pw-value");
+    vh.vault([
+        "exec", "-c", "db/prod", "--prefix", "PG", "--env", &out_env, "--", "sh", "-c", script,
+    ])
+    .ok();
+    let env = child_env(&out);
+    assert_eq!(env["PG_USERNAME"], "app");
+    assert_eq!(env["PG_PASSWORD"], "pw-value");
+    assert!(!env.contains_key("DB_PROD_PASSWORD"));
+    vh.vault([
+        "exec", "-c", "db/prod", "--prefix", "other=PG", "--", "true",
+    ])
+    .code(2)
+    .stderr_has("not a password credential");
+}

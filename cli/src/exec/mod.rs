@@ -72,7 +72,9 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
         None
     };
     let folder = child::Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
-    let mut plan = plan::build(&records, &overrides, &folder.path_str()).map_err(usage)?;
+    let prefixes = parse_prefixes(&args.prefix, &records)?;
+    let mut plan =
+        plan::build(&records, &overrides, &prefixes, &folder.path_str()).map_err(usage)?;
     let endpoint = match served {
         Some(name) => {
             let token = zeroize::Zeroizing::new(child::random_hex(32).map_err(failed)?);
@@ -179,6 +181,45 @@ fn serve_instead_of_keys(
             );
         }
     }
+}
+
+/// `--prefix [NAME=]PREFIX`: the variable prefix of a password credential;
+/// NAME may be left out when exactly one is given.
+fn parse_prefixes(
+    given: &[String],
+    records: &[RecordView],
+) -> CliResult<std::collections::BTreeMap<String, String>> {
+    let passwords: Vec<&str> = records
+        .iter()
+        .filter(|r| r.kind == vault_protocol::CredentialType::Password)
+        .map(|r| r.name.as_str())
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for item in given {
+        let (name, prefix) = match item.split_once('=') {
+            Some((name, prefix)) => (name.to_owned(), prefix),
+            None => match passwords.as_slice() {
+                [one] => ((*one).to_owned(), item.as_str()),
+                _ => {
+                    return Err(usage(format!(
+                        "--prefix {item}: say which password credential it is for, --prefix NAME={item}"
+                    )));
+                }
+            },
+        };
+        if !passwords.contains(&name.as_str()) {
+            return Err(usage(format!(
+                "--prefix {item}: '{name}' is not a password credential given with -c"
+            )));
+        }
+        if !vault_protocol::credential::is_env_name(prefix) {
+            return Err(usage(format!(
+                "--prefix {item}: '{prefix}' cannot start an environment variable name"
+            )));
+        }
+        out.insert(name, prefix.to_owned());
+    }
+    Ok(out)
 }
 
 /// `--env K=V` pairs; the value may be empty.

@@ -63,12 +63,13 @@ pub struct Plan {
 pub fn build(
     records: &[RecordView],
     overrides: &[(String, String)],
+    prefixes: &BTreeMap<String, String>,
     dir: &str,
 ) -> Result<Plan, String> {
     let mut plan = Plan::default();
     let mut conflicts = Vec::new();
     for record in records {
-        for (key, value) in env_of(record, &mut plan, dir)? {
+        for (key, value) in env_of(record, &mut plan, prefixes, dir)? {
             match plan.set.get(&key) {
                 Some(prev) if prev.from.as_deref() != Some(&record.name) => {
                     conflicts.push((
@@ -203,7 +204,12 @@ fn aws_vars(
     }
 }
 
-fn env_of(record: &RecordView, plan: &mut Plan, dir: &str) -> Result<Vars, String> {
+fn env_of(
+    record: &RecordView,
+    plan: &mut Plan,
+    prefixes: &BTreeMap<String, String>,
+    dir: &str,
+) -> Result<Vars, String> {
     let mut vars = Vars::new();
     let stem = file_stem(&record.name);
     match record.kind {
@@ -288,7 +294,10 @@ fn env_of(record: &RecordView, plan: &mut Plan, dir: &str) -> Result<Vars, Strin
             }
         }
         CredentialType::Password => {
-            let prefix = env_prefix(&record.name);
+            let prefix = prefixes
+                .get(&record.name)
+                .cloned()
+                .unwrap_or_else(|| env_prefix(&record.name));
             vars.push(var(
                 &format!("{prefix}_USERNAME"),
                 required(record, "username")?,
@@ -497,7 +506,7 @@ mod tests {
                 ("access_key", "s3cr3t"),
             ],
         );
-        let plan = build(&[azure], &[], "/d").unwrap();
+        let plan = build(&[azure], &[], &BTreeMap::new(), "/d").unwrap();
         assert_eq!(
             value(&plan, "AZURE_STORAGE_CONNECTION_STRING"),
             "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=s3cr3t;EndpointSuffix=core.windows.net"
@@ -515,7 +524,7 @@ mod tests {
                 ("region", "cn-beijing"),
             ],
         );
-        let plan = build(&[tos], &[], "/d").unwrap();
+        let plan = build(&[tos], &[], &BTreeMap::new(), "/d").unwrap();
         assert_eq!(
             value(&plan, "AWS_ENDPOINT_URL"),
             "https://tos-s3-cn-beijing.volces.com"
@@ -532,7 +541,7 @@ mod tests {
             ],
         );
         assert!(
-            build(&[swift], &[], "/d")
+            build(&[swift], &[], &BTreeMap::new(), "/d")
                 .unwrap_err()
                 .contains("swift://x")
         );
@@ -542,19 +551,25 @@ mod tests {
     fn conflicts_name_both_and_env_settles_them() {
         let a = record("one", CredentialType::Generic, &[("KEY", "1")]);
         let b = record("two", CredentialType::Generic, &[("KEY", "2")]);
-        let err = build(&[a, b], &[], "/d").unwrap_err();
+        let err = build(&[a, b], &[], &BTreeMap::new(), "/d").unwrap_err();
         assert!(err.contains("'one'") && err.contains("'two'") && err.contains("KEY"));
         let a = record("one", CredentialType::Generic, &[("KEY", "1")]);
         let b = record("two", CredentialType::Generic, &[("KEY", "2")]);
-        let plan = build(&[a, b], &[("KEY".into(), "3".into())], "/d").unwrap();
+        let plan = build(
+            &[a, b],
+            &[("KEY".into(), "3".into())],
+            &BTreeMap::new(),
+            "/d",
+        )
+        .unwrap();
         assert_eq!(value(&plan, "KEY"), "3");
-        assert!(build(&[], &[("1BAD".into(), "x".into())], "/d").is_err());
+        assert!(build(&[], &[("1BAD".into(), "x".into())], &BTreeMap::new(), "/d").is_err());
     }
 
     #[test]
     fn ssh_quotes_its_paths_and_files_stay_owner_only() {
         let ssh = record("k", CredentialType::Ssh, &[("private_key", "KEY")]);
-        let plan = build(&[ssh], &[], "/run/it's").unwrap();
+        let plan = build(&[ssh], &[], &BTreeMap::new(), "/run/it's").unwrap();
         assert_eq!(
             value(&plan, "GIT_SSH_COMMAND"),
             r"ssh -i '/run/it'\''s/ssh-k' -o IdentitiesOnly=yes"
@@ -565,7 +580,7 @@ mod tests {
             CredentialType::File,
             &[("content", "c"), ("path", "/etc/x.conf"), ("mode", "0666")],
         );
-        let plan = build(&[file], &[], "/d").unwrap();
+        let plan = build(&[file], &[], &BTreeMap::new(), "/d").unwrap();
         assert_eq!(plan.files[0].rel, "file-f/x.conf");
         assert_eq!(plan.files[0].mode, 0o600);
     }
