@@ -79,6 +79,12 @@ pub enum Command {
     /// Run a command with credentials in its environment and files
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// Print an aws credential for ~/.aws/config's credential_process
+    #[command(name = "aws-process")]
+    AwsProcess {
+        /// The aws credential
+        name: String,
+    },
     /// Bring credentials in from ~/.aws/credentials, ~/.docker/config.json or a .env file
     Import(ImportArgs),
     /// Start, stop or inspect the daemon (vaultd)

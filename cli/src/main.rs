@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod input;
 mod output;
+mod secret_json;
 
 use std::process::ExitCode;
 

@@ -238,3 +238,47 @@ print(json.dumps({{"method": c.method, "key": f.access_key, "secret": f.secret_k
         "{addr} still accepts after the child exited"
     );
 }
+
+#[test]
+fn botocore_runs_vault_as_its_credential_process() {
+    let Some(python) = python("botocore credential_process") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let sk = secret("proc");
+    let f = vh.at_file("sk", &sk);
+    vh.vault([
+        "add",
+        "aws-proc",
+        "--type",
+        "aws",
+        "access_key_id=AKIAPROCESS",
+        &format!("secret_access_key={f}"),
+    ])
+    .ok();
+    let aws = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile vp]\ncredential_process = {} aws-process aws-proc\nregion = sa-east-1\n",
+            vault_e2e::binaries().vault.display()
+        ),
+    )
+    .unwrap();
+    let script = r#"
+import json, botocore.session
+s = botocore.session.Session(profile="vp")
+c = s.get_credentials()
+f = c.get_frozen_credentials()
+print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key}))
+"#;
+    let cmd = vh.command(&python, ["-c", script]);
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["method"], "custom-process", "{got}");
+    assert_eq!(got["key"], "AKIAPROCESS");
+    assert_eq!(got["secret"], sk.as_str());
+}

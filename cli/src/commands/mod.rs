@@ -2,6 +2,7 @@
 //! holding the output and a lazily opened connection, and the one place that
 //! turns "the vault is locked" into an unlock and a retry.
 
+mod aws_process;
 mod daemon;
 mod import;
 mod records;
@@ -92,6 +93,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Restore { name, revision } => records::restore(&mut ctx, &name, revision),
         Command::Exec(args) => crate::exec::run(&mut ctx, args),
         Command::Import(args) => import::run(&mut ctx, &args),
+        Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;

@@ -154,22 +154,21 @@ fn answer(
 /// keys without an expiry a time 15 minutes ahead, after which SDKs ask
 /// again.
 fn credentials_json(record: &RecordView, now: Timestamp) -> Zeroizing<String> {
-    // JSON-quoted into wiped buffers: the secrets never sit in a
-    // `serde_json::Value`.
-    let quoted = |f: &str| {
-        let value = record
+    let field = |f: &str| {
+        record
             .fields
             .get(f)
             .map(|v| v.expose_secret())
-            .unwrap_or_default();
-        Zeroizing::new(serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned()))
+            .unwrap_or_default()
     };
-    let expiration = record.expires_at.unwrap_or(now.plus(STATIC_LIFETIME));
-    Zeroizing::new(format!(
-        r#"{{"AccessKeyId":{},"SecretAccessKey":{},"Token":{},"Expiration":"{}"}}"#,
-        *quoted("access_key_id"),
-        *quoted("secret_access_key"),
-        *quoted("session_token"),
-        expiration.to_rfc3339()
-    ))
+    let expiration = record
+        .expires_at
+        .unwrap_or(now.plus(STATIC_LIFETIME))
+        .to_rfc3339();
+    crate::secret_json::object(&[
+        ("AccessKeyId", Some(field("access_key_id"))),
+        ("SecretAccessKey", Some(field("secret_access_key"))),
+        ("Token", Some(field("session_token"))),
+        ("Expiration", Some(&expiration)),
+    ])
 }
