@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod emit;
 pub mod engine;
 pub mod fsutil;
 pub mod record;
