@@ -79,6 +79,11 @@ pub enum Command {
     /// Run a command with credentials in its environment and files
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
+    /// Keep files other tools read (~/.aws/credentials) in sync with a credential
+    Emit {
+        #[command(subcommand)]
+        action: EmitAction,
+    },
     /// Print an aws credential for ~/.aws/config's credential_process
     #[command(name = "aws-process")]
     AwsProcess {
@@ -198,6 +203,32 @@ pub struct SetArgs {
     /// Remove the expiry
     #[arg(long)]
     pub no_expiry: bool,
+}
+
+/// `vault emit`.
+#[derive(Debug, Subcommand)]
+pub enum EmitAction {
+    /// Write an aws credential as a profile of ~/.aws/credentials, and keep it in sync
+    Aws {
+        /// The aws credential
+        name: String,
+        /// The profile (section) to write
+        #[arg(long)]
+        profile: String,
+        /// The credentials file (default: $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Replace a profile that vault did not write (a backup of the file is kept)
+        #[arg(long)]
+        force: bool,
+    },
+    /// List emitted files and whether they still hold what vault wrote
+    List,
+    /// Stop emitting: remove vault's section from the file
+    Rm {
+        /// The emitter id (see 'vault emit list')
+        id: String,
+    },
 }
 
 /// `vault import`.

@@ -23,6 +23,8 @@ use crate::crypto::{KeyError, VaultKey};
 use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
+mod emitters;
+
 type Result<T> = std::result::Result<T, WireError>;
 
 /// The JSON budget of one `list` page, well under the 1 MiB frame limit.
@@ -624,6 +626,7 @@ impl Engine {
                 other => store_err(other),
             })?;
         info!(record = %row.id, revision = row.revision, change, "changed");
+        self.rerender(&row, &body, now);
         let sess = self.session_mut()?;
         sess.index.remove(old_name);
         let summary;

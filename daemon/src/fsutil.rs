@@ -142,6 +142,47 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Reads a file other tools own (following a symlink); `None` when it does
+/// not exist yet.
+pub fn read_text(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the content of a file other tools read, the way a user's
+/// dotfile must be treated: a temp file in the same directory, fsync,
+/// rename, fsync of the directory, so a reader sees the old file or the new
+/// one, never a part. A symlinked file is followed and its target replaced
+/// (the link stays). The existing mode is kept; a new file is 0600 and new
+/// directories 0700.
+pub fn replace_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path)?,
+        _ => path.to_path_buf(),
+    };
+    let dir = target
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a file path is needed"))?;
+    if !dir.exists() {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mode = fs::metadata(&target).map_or(0o600, |m| m.mode() & 0o7777);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vault-write-")
+        .tempfile_in(dir)?;
+    io::Write::write_all(&mut tmp, content)?;
+    fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&target).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
 /// Removes the per-child folders of `vault exec` wrappers that are gone
 /// (killed before they could clean up). A folder is named
 /// `<wrapper pid>-<random>`; anything else is left alone.

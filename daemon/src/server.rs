@@ -289,6 +289,18 @@ impl Daemon {
             Request::Restore { name, revision } => {
                 engine.restore(&name, revision, now).map(Response::Changed)
             }
+            Request::EmitAws {
+                name,
+                profile,
+                path,
+                force,
+            } => engine
+                .emit_aws(&name, &profile, &path, force, now)
+                .map(Response::Emitted),
+            Request::EmitList => engine
+                .emit_list(now)
+                .map(|emitters| Response::Emitters { emitters }),
+            Request::EmitRemove { id } => engine.emit_remove(&id).map(Response::Emitted),
             _ => Err(WireError::new(
                 ErrorCode::Internal,
                 "request routed to the wrong handler",
@@ -452,6 +464,9 @@ fn op_name(req: &Request) -> &'static str {
         Request::Rename { .. } => "rename",
         Request::History { .. } => "history",
         Request::Restore { .. } => "restore",
+        Request::EmitAws { .. } => "emit_aws",
+        Request::EmitList => "emit_list",
+        Request::EmitRemove { .. } => "emit_remove",
         Request::Shutdown => "shutdown",
     }
 }

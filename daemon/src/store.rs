@@ -11,7 +11,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vault_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -39,7 +40,19 @@ CREATE TABLE revisions (
     body       BLOB NOT NULL,
     PRIMARY KEY (record_id, revision)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE emitters (
+    id         TEXT PRIMARY KEY,
+    record_id  TEXT NOT NULL REFERENCES records(id),
+    kind       TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    section    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (path, section)
+);
+"#,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -116,6 +129,24 @@ pub struct RevisionRow {
     pub change: String,
     /// Whether this revision is a deletion.
     pub deleted: bool,
+}
+
+/// A file binding (SPEC §9): the vault keeps `section` of `path` in sync
+/// with a record. Paths and sections are plaintext (emitter targets).
+#[derive(Debug, Clone)]
+pub struct EmitterRow {
+    /// Random id (hex).
+    pub id: String,
+    /// The record it renders.
+    pub record_id: String,
+    /// `aws`.
+    pub kind: String,
+    /// Absolute path of the file.
+    pub path: String,
+    /// The section in it.
+    pub section: String,
+    /// Unix seconds.
+    pub created_at: i64,
 }
 
 /// The vault database.
@@ -377,6 +408,46 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Records a file binding; an existing one for the same file and
+    /// section is replaced.
+    pub fn put_emitter(&mut self, e: &EmitterRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO emitters (id, record_id, kind, path, section, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (path, section) DO UPDATE SET record_id = excluded.record_id, \
+             kind = excluded.kind",
+            params![e.id, e.record_id, e.kind, e.path, e.section, e.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// Every file binding, oldest first.
+    pub fn emitters(&self) -> Result<Vec<EmitterRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, record_id, kind, path, section, created_at FROM emitters \
+             ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EmitterRow {
+                id: r.get(0)?,
+                record_id: r.get(1)?,
+                kind: r.get(2)?,
+                path: r.get(3)?,
+                section: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Forgets a file binding; whether it existed.
+    pub fn delete_emitter(&mut self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM emitters WHERE id = ?1", [id])?
+            > 0)
     }
 }
 

@@ -188,6 +188,26 @@ pub enum Request {
         /// The revision to restore.
         revision: u64,
     },
+    /// Keep an AWS shared-credentials file's `[profile]` section in sync
+    /// with an aws credential (`vault emit aws`).
+    EmitAws {
+        /// The aws credential.
+        name: String,
+        /// The section (profile) to write.
+        profile: String,
+        /// The absolute path of the credentials file.
+        path: String,
+        /// Replace a section the vault did not write (a backup is kept).
+        #[serde(default)]
+        force: bool,
+    },
+    /// Every emitted file binding.
+    EmitList,
+    /// Stop emitting; removes the vault's section from the file.
+    EmitRemove {
+        /// The binding's id (see `EmitList`).
+        id: String,
+    },
     /// Stop the daemon (locks first).
     Shutdown,
 }
@@ -209,7 +229,10 @@ impl Request {
             | Request::Remove { .. }
             | Request::Rename { .. }
             | Request::History { .. }
-            | Request::Restore { .. } => true,
+            | Request::Restore { .. }
+            | Request::EmitAws { .. }
+            | Request::EmitList
+            | Request::EmitRemove { .. } => true,
             Request::Hello { .. }
             | Request::Status
             | Request::Init { .. }
@@ -313,6 +336,13 @@ pub enum Response {
         /// `after` set to this.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
+    },
+    /// Answer to `EmitAws`.
+    Emitted(EmitterInfo),
+    /// Answer to `EmitList`.
+    Emitters {
+        /// Every binding.
+        emitters: Vec<EmitterInfo>,
     },
     /// Answer to `History`, newest first.
     History {
@@ -431,6 +461,24 @@ pub struct RecordView {
     pub expired: bool,
     /// Current revision number.
     pub revision: u64,
+}
+
+/// A file the vault keeps in sync with a credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmitterInfo {
+    /// Binding id, for `vault emit rm`.
+    pub id: String,
+    /// The credential's name (`None` when it was deleted).
+    pub name: Option<String>,
+    /// `aws`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The file.
+    pub path: String,
+    /// The section in it.
+    pub section: String,
+    /// `ok`, or what went wrong the last time it was written.
+    pub state: String,
 }
 
 /// One revision in a record's history.

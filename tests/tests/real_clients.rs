@@ -282,3 +282,46 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
     assert_eq!(got["key"], "AKIAPROCESS");
     assert_eq!(got["secret"], sk.as_str());
 }
+
+#[test]
+fn botocore_reads_the_emitted_profile() {
+    let Some(python) = python("botocore emit") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let sk = secret("emitted");
+    let f = vh.at_file("sk", &sk);
+    vh.vault([
+        "add",
+        "aws-emit",
+        "--type",
+        "aws",
+        "access_key_id=AKIAEMITTED",
+        &format!("secret_access_key={f}"),
+    ])
+    .ok();
+    let aws = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = AKIAUSER\naws_secret_access_key = user\n",
+    )
+    .unwrap();
+    vh.vault(["emit", "aws", "aws-emit", "--profile", "from-vault"])
+        .ok();
+    let script = r#"
+import json, botocore.session
+out = {}
+for p in ("from-vault", "default"):
+    f = botocore.session.Session(profile=p).get_credentials().get_frozen_credentials()
+    out[p] = [f.access_key, f.secret_key]
+print(json.dumps(out))
+"#;
+    let cmd = vh.command(&python, ["-c", script]);
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["from-vault"], serde_json::json!(["AKIAEMITTED", sk]));
+    assert_eq!(got["default"], serde_json::json!(["AKIAUSER", "user"]));
+}

@@ -4,6 +4,7 @@
 
 mod aws_process;
 mod daemon;
+mod emit;
 mod import;
 mod records;
 mod vault;
@@ -93,6 +94,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Restore { name, revision } => records::restore(&mut ctx, &name, revision),
         Command::Exec(args) => crate::exec::run(&mut ctx, args),
         Command::Import(args) => import::run(&mut ctx, &args),
+        Command::Emit { action } => emit::run(&mut ctx, action),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Completions { shell } => completions(ctx.out, shell),

@@ -1,0 +1,107 @@
+//! `vault emit aws|list|rm` (SPEC §9): files other tools read, kept in sync
+//! by the daemon. This slice: AWS shared-credentials profiles.
+
+use std::path::PathBuf;
+
+use vault_protocol::message::EmitterInfo;
+use vault_protocol::{Request, Response, validate_name};
+
+use super::Ctx;
+use crate::args::EmitAction;
+use crate::error::{CliResult, failed, unexpected, usage};
+use crate::output::Table;
+
+/// `vault emit ...`.
+pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
+    match action {
+        EmitAction::Aws {
+            name,
+            profile,
+            path,
+            force,
+        } => {
+            validate_name(&name).map_err(usage)?;
+            let path = match path {
+                Some(p) => p,
+                None => default_credentials_file()?,
+            };
+            let path = std::path::absolute(&path)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            let path = path.to_string_lossy().into_owned();
+            let info = match ctx.call_unlocked(&|| Request::EmitAws {
+                name: name.clone(),
+                profile: profile.clone(),
+                path: path.clone(),
+                force,
+            })? {
+                Response::Emitted(info) => info,
+                _ => return Err(unexpected("emit")),
+            };
+            ctx.out.info(&format!(
+                "emitting {name} as [{}] in {} (id {}); vault keeps it in sync",
+                info.section, info.path, info.id
+            ));
+            if ctx.out.json {
+                ctx.out.json(&info)?;
+            }
+            Ok(())
+        }
+        EmitAction::List => {
+            let emitters = match ctx.call_unlocked(&|| Request::EmitList)? {
+                Response::Emitters { emitters } => emitters,
+                _ => return Err(unexpected("emit list")),
+            };
+            if ctx.out.json {
+                return ctx.out.json(&emitters);
+            }
+            if emitters.is_empty() {
+                ctx.out
+                    .info("no emitted files: see 'vault emit aws --help'");
+                return Ok(());
+            }
+            let color = ctx.out.color;
+            ctx.out.text(&table(&emitters).render(color));
+            Ok(())
+        }
+        EmitAction::Rm { id } => {
+            let info = match ctx.call_unlocked(&|| Request::EmitRemove { id: id.clone() })? {
+                Response::Emitted(info) => info,
+                _ => return Err(unexpected("emit rm")),
+            };
+            ctx.out.info(&format!(
+                "removed [{}] from {}; no longer emitted",
+                info.section, info.path
+            ));
+            if ctx.out.json {
+                ctx.out.json(&info)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`.
+fn default_credentials_file() -> CliResult<PathBuf> {
+    if let Some(p) = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| usage("HOME is not set: give the file with --path"))?;
+    Ok(PathBuf::from(home).join(".aws/credentials"))
+}
+
+fn table(emitters: &[EmitterInfo]) -> Table {
+    let mut t = Table::new(&["ID", "CREDENTIAL", "KIND", "STATUS", "FILE", "SECTION"]);
+    for e in emitters {
+        t.row(vec![
+            (e.id.clone(), None),
+            (e.name.clone().unwrap_or_else(|| "-".to_owned()), None),
+            (e.kind.clone(), None),
+            (e.state.clone(), None),
+            (e.path.clone(), None),
+            (e.section.clone(), None),
+        ]);
+    }
+    t
+}

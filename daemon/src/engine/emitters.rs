@@ -1,0 +1,269 @@
+//! File bindings (SPEC §9): the vault keeps a section of a file other tools
+//! read in sync with a credential. This slice: `aws` (a profile of
+//! `~/.aws/credentials`). Every change to a bound record re-renders its
+//! sections; a deleted or expired record's sections are removed, so no tool
+//! is handed a dead key.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tracing::{info, warn};
+use vault_protocol::message::EmitterInfo;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{CredentialType, ErrorCode};
+
+use super::{Engine, Result, err, random_hex, store_err};
+use crate::emit::aws_ini::{self, MergeError, Section};
+use crate::fsutil;
+use crate::record::RecordBody;
+use crate::store::{EmitterRow, RecordRow};
+
+const AWS: &str = "aws";
+
+/// The profile section for an aws record, `None` when it cannot be used
+/// (expired).
+fn aws_section(profile: &str, body: &RecordBody, now: Timestamp) -> Option<Section> {
+    if body.expires_at.is_some_and(|t| t <= now) {
+        return None;
+    }
+    let mut entries = Vec::new();
+    for (field, key) in [
+        ("access_key_id", "aws_access_key_id"),
+        ("secret_access_key", "aws_secret_access_key"),
+        ("session_token", "aws_session_token"),
+    ] {
+        if let Some(v) = body.fields.get(field).filter(|v| !v.is_empty()) {
+            entries.push((key.to_owned(), v.expose_secret().to_owned()));
+        }
+    }
+    Some(Section {
+        name: profile.to_owned(),
+        entries,
+    })
+}
+
+fn merge_error(path: &str, e: &MergeError) -> vault_protocol::WireError {
+    let code = match e {
+        MergeError::NotOwned { .. } => ErrorCode::Conflict,
+        MergeError::BadValue { .. } => ErrorCode::Usage,
+        MergeError::Unparseable { .. } => ErrorCode::Failed,
+    };
+    err(code, format!("{path}: {e}"))
+}
+
+fn valid_profile(profile: &str) -> bool {
+    !profile.is_empty()
+        && profile.len() <= 128
+        && profile
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '[' | ']' | '#' | ';' | '='))
+}
+
+impl Engine {
+    /// Sections of `path` the vault writes.
+    fn owned_sections(&self, path: &str) -> Result<BTreeSet<String>> {
+        Ok(self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|e| e.path == path)
+            .map(|e| e.section)
+            .collect())
+    }
+
+    /// Merges `sections` into / `remove` from the file and writes it.
+    fn write_sections(
+        &self,
+        path: &str,
+        sections: &[Section],
+        remove: &BTreeSet<String>,
+        force: bool,
+    ) -> Result<()> {
+        let file = Path::new(path);
+        let text = fsutil::read_text(file)
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
+            .unwrap_or_default();
+        let owned = self.owned_sections(path)?;
+        let merged = aws_ini::merge(&text, sections, remove, &owned, force)
+            .map_err(|e| merge_error(path, &e))?;
+        if merged == text {
+            return Ok(());
+        }
+        let taken = sections.iter().any(|s| !owned.contains(&s.name))
+            && aws_ini::section_names(&text)
+                .is_ok_and(|names| sections.iter().any(|s| names.contains(&s.name)));
+        if force && taken {
+            // The user's section is replaced: keep the whole file first.
+            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+            fsutil::replace_file(Path::new(&backup), text.as_bytes())
+                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
+            info!("kept a backup before --force");
+        }
+        fsutil::replace_file(file, merged.as_bytes())
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+    }
+
+    /// `vault emit aws NAME --profile P`: writes the profile now and keeps
+    /// it in sync from then on.
+    pub fn emit_aws(
+        &mut self,
+        name: &str,
+        profile: &str,
+        path: &str,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<EmitterInfo> {
+        if !valid_profile(profile) {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{profile}' cannot be a profile name: use letters, digits and . _ - / @ +"
+                ),
+            ));
+        }
+        if !Path::new(path).is_absolute() {
+            return Err(err(
+                ErrorCode::Usage,
+                format!("{path} is not an absolute path"),
+            ));
+        }
+        let (row, body) = self.load(name)?;
+        if body.kind != CredentialType::Aws {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is a {} credential: emit aws needs an aws one",
+                    body.kind
+                ),
+            ));
+        }
+        let Some(section) = aws_section(profile, &body, now) else {
+            return Err(err(
+                ErrorCode::Expired,
+                format!("'{name}' has expired: renew it before emitting it"),
+            ));
+        };
+        let existing = self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|e| e.path == path && e.section == profile);
+        self.write_sections(path, &[section], &BTreeSet::new(), force)?;
+        let emitter = EmitterRow {
+            id: existing.map_or_else(|| random_hex(6), |e| e.id),
+            record_id: row.id.clone(),
+            kind: AWS.to_owned(),
+            path: path.to_owned(),
+            section: profile.to_owned(),
+            created_at: now.unix(),
+        };
+        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
+        info!(emitter = %emitter.id, record = %row.id, "emitting");
+        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+    }
+
+    /// Every binding, with whether its file still holds what the vault
+    /// wrote (`ok`), was changed by someone else (`drifted`), lost the
+    /// section (`missing`) or cannot be read.
+    pub fn emit_list(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
+        let sess = self.session()?;
+        let mut out = Vec::new();
+        for e in self.store()?.emitters().map_err(store_err)? {
+            let name = sess
+                .index
+                .iter()
+                .find(|(_, entry)| entry.id == e.record_id)
+                .map(|(n, _)| n.clone());
+            let state = match &name {
+                None => "credential deleted".to_owned(),
+                Some(n) => self.drift_state(&e, n, now),
+            };
+            out.push(info_of(&e, name, state));
+        }
+        Ok(out)
+    }
+
+    fn drift_state(&self, e: &EmitterRow, name: &str, now: Timestamp) -> String {
+        let Ok((_, body)) = self.load(name) else {
+            return "credential unreadable".to_owned();
+        };
+        let text = match fsutil::read_text(Path::new(&e.path)) {
+            Ok(Some(t)) => t,
+            Ok(None) => return "missing".to_owned(),
+            Err(error) => return format!("unreadable: {error}"),
+        };
+        let Some(section) = aws_section(&e.section, &body, now) else {
+            return "expired (section removed)".to_owned();
+        };
+        let owned: BTreeSet<String> = [e.section.clone()].into();
+        match aws_ini::merge(&text, &[section], &BTreeSet::new(), &owned, false) {
+            Ok(merged) if merged == text => "ok".to_owned(),
+            Ok(_) => {
+                if aws_ini::section_names(&text).is_ok_and(|n| n.contains(&e.section)) {
+                    "drifted".to_owned()
+                } else {
+                    "missing".to_owned()
+                }
+            }
+            Err(error) => format!("error: {error}"),
+        }
+    }
+
+    /// `vault emit rm ID`: removes the vault's section and forgets the
+    /// binding.
+    pub fn emit_remove(&mut self, id: &str) -> Result<EmitterInfo> {
+        let Some(e) = self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|e| e.id == id)
+        else {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!("no emitter '{id}': see 'vault emit list'"),
+            ));
+        };
+        let remove: BTreeSet<String> = [e.section.clone()].into();
+        self.write_sections(&e.path, &[], &remove, false)?;
+        self.store_mut()?.delete_emitter(id).map_err(store_err)?;
+        info!(emitter = %id, "stopped emitting");
+        Ok(info_of(&e, None, "removed".to_owned()))
+    }
+
+    /// After a change to `row`: re-renders its sections, or removes them
+    /// when it was deleted or has expired. Never fails the change: a file
+    /// that cannot be written is logged and shows in `vault emit list`.
+    pub(super) fn rerender(&mut self, row: &RecordRow, body: &RecordBody, now: Timestamp) {
+        let Ok(store) = self.store() else { return };
+        let Ok(bound) = store.emitters() else { return };
+        for e in bound.into_iter().filter(|e| e.record_id == row.id) {
+            let section = if row.deleted {
+                None
+            } else {
+                aws_section(&e.section, body, now)
+            };
+            let remove: BTreeSet<String> = [e.section.clone()].into();
+            let result = match section {
+                Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
+                None => self.write_sections(&e.path, &[], &remove, false),
+            };
+            if let Err(error) = result {
+                warn!(emitter = %e.id, error = %error.message, "cannot update an emitted file");
+            }
+        }
+    }
+}
+
+fn info_of(e: &EmitterRow, name: Option<String>, state: String) -> EmitterInfo {
+    EmitterInfo {
+        id: e.id.clone(),
+        name,
+        kind: e.kind.clone(),
+        path: e.path.clone(),
+        section: e.section.clone(),
+        state,
+    }
+}

@@ -1,0 +1,176 @@
+//! `vault emit aws` (issue 4, first slice): the vault's profile in
+//! ~/.aws/credentials, kept in sync on every change, never damaging what
+//! the user wrote there.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use vault_e2e::{MARK, VaultHome, secret};
+
+const USER_FILE: &str = "# my keys, keep this comment\n[default]\naws_access_key_id=AKIAUSER\naws_secret_access_key = user-secret ; odd but mine\n\n[dev]\nregion = eu-west-1\ns3 =\n    max_concurrent_requests = 20\n    addressing_style = path\n";
+
+fn add_aws(vh: &VaultHome, name: &str, secret_value: &str) {
+    let f = vh.at_file(&format!("{name}-sk"), secret_value);
+    vh.vault([
+        "add",
+        name,
+        "--type",
+        "aws",
+        "access_key_id=AKIAVAULT",
+        &format!("secret_access_key={f}"),
+    ])
+    .ok();
+}
+
+#[test]
+fn the_profile_follows_every_change_and_user_lines_never_move() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    // The real file lives elsewhere; ~/.aws/credentials is a symlink to it.
+    let real = vh.user_home.join("dotfiles-credentials");
+    fs::write(&real, USER_FILE).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).unwrap();
+    symlink(&real, aws.join("credentials")).unwrap();
+
+    let (s1, s2) = (secret("emit-1"), secret("emit-2"));
+    add_aws(&vh, "team-dev", &s1);
+    let run = vh.vault(["emit", "aws", "team-dev", "--profile", "vault-dev"]);
+    run.ok().never_prints(MARK);
+    let text = fs::read_to_string(&real).unwrap();
+    assert!(
+        text.starts_with(USER_FILE),
+        "user text first, untouched:\n{text}"
+    );
+    assert!(text.ends_with(&format!(
+        "\n[vault-dev]\naws_access_key_id = AKIAVAULT\naws_secret_access_key = {s1}\n"
+    )));
+    assert!(
+        fs::symlink_metadata(aws.join("credentials"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(
+        fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "the mode is kept"
+    );
+
+    let list = vh.vault(["--json", "emit", "list"]).ok().json();
+    assert_eq!(list[0]["state"], "ok");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+
+    // A rotation in the vault reaches the file; nothing else changes.
+    vh.vault_in(["set", "team-dev", "secret_access_key=-"], s2.as_bytes())
+        .ok();
+    let text = fs::read_to_string(&real).unwrap();
+    assert!(text.starts_with(USER_FILE));
+    assert!(text.contains(&s2) && !text.contains(&s1), "{text}");
+
+    // Someone edits the vault's section: reported, not fought.
+    fs::write(&real, text.replace(&s2, "edited-by-hand")).unwrap();
+    let list = vh.vault(["--json", "emit", "list"]).ok().json();
+    assert_eq!(list[0]["state"], "drifted");
+
+    // Deleting the credential removes its profile; the user's stay.
+    vh.vault(["rm", "team-dev", "--force"]).ok();
+    let text = fs::read_to_string(&real).unwrap();
+    assert!(!text.contains("vault-dev"), "{text}");
+    assert!(text.starts_with(USER_FILE));
+    vh.vault(["emit", "rm", &id]).ok();
+    assert!(
+        vh.vault(["--json", "emit", "list"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_users_profile_is_not_taken_and_a_bad_file_is_not_rewritten() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let file = aws.join("credentials");
+    fs::write(&file, USER_FILE).unwrap();
+    add_aws(&vh, "mine", &secret("mine"));
+
+    let run = vh.vault(["emit", "aws", "mine", "--profile", "dev"]);
+    run.code(5)
+        .stderr_has("[dev] exists and was not written by vault");
+    assert_eq!(fs::read_to_string(&file).unwrap(), USER_FILE);
+
+    vh.vault(["emit", "aws", "mine", "--profile", "dev", "--force"])
+        .ok();
+    let backups: Vec<_> = fs::read_dir(&aws)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("credentials.vault-backup-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1, "--force keeps a backup");
+    assert_eq!(fs::read_to_string(backups[0].path()).unwrap(), USER_FILE);
+    assert_eq!(
+        fs::metadata(backups[0].path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let broken = "[default]\nthis is not ini\n";
+    let other = vh.user_home.join("broken-credentials");
+    fs::write(&other, broken).unwrap();
+    let run = vh.vault([
+        "emit",
+        "aws",
+        "mine",
+        "--profile",
+        "p",
+        "--path",
+        other.to_str().unwrap(),
+    ]);
+    run.code(1).stderr_has("line 2");
+    assert_eq!(
+        fs::read_to_string(&other).unwrap(),
+        broken,
+        "never rewritten"
+    );
+
+    // A new file is created 0600 in a 0700 folder.
+    let fresh = vh.user_home.join("new-dir/credentials");
+    vh.vault([
+        "emit",
+        "aws",
+        "mine",
+        "--profile",
+        "p",
+        "--path",
+        fresh.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(fresh.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+}
