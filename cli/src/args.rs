@@ -215,12 +215,17 @@ pub enum EmitAction {
         /// The profile (section) to write
         #[arg(long)]
         profile: String,
-        /// The credentials file (default: $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)
+        /// The file (default: $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials;
+        /// with --process, $AWS_CONFIG_FILE or ~/.aws/config)
         #[arg(long)]
         path: Option<PathBuf>,
         /// Replace a profile that vault did not write (a backup of the file is kept)
         #[arg(long)]
         force: bool,
+        /// Write `credential_process = vault aws-process NAME` under [profile P]
+        /// of ~/.aws/config (no keys in any file) instead
+        #[arg(long)]
+        process: bool,
     },
     /// List emitted files and whether they still hold what vault wrote
     List,

@@ -294,8 +294,9 @@ impl Daemon {
                 profile,
                 path,
                 force,
+                process,
             } => engine
-                .emit_aws(&name, &profile, &path, force, now)
+                .emit_aws(&name, &profile, &path, force, process, now)
                 .map(Response::Emitted),
             Request::EmitList => engine
                 .emit_list(now)
@@ -485,6 +486,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 crate::fsutil::sweep_exec_dirs(&exec_dir);
                 let was_locked = d.engine().is_locked();
                 d.engine().check_deadlines(Timestamp::now());
+                d.engine().expire_emitted(Timestamp::now());
                 if !was_locked && d.engine().is_locked() {
                     d.bump();
                 }

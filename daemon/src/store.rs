@@ -48,6 +48,7 @@ CREATE TABLE emitters (
     kind       TEXT NOT NULL,
     path       TEXT NOT NULL,
     section    TEXT NOT NULL,
+    program    TEXT,
     created_at INTEGER NOT NULL,
     UNIQUE (path, section)
 );
@@ -145,6 +146,8 @@ pub struct EmitterRow {
     pub path: String,
     /// The section in it.
     pub section: String,
+    /// For `aws-process`: the `vault` program credential_process runs.
+    pub program: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -414,11 +417,19 @@ impl Store {
     /// section is replaced.
     pub fn put_emitter(&mut self, e: &EmitterRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO emitters (id, record_id, kind, path, section, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO emitters (id, record_id, kind, path, section, program, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (path, section) DO UPDATE SET record_id = excluded.record_id, \
-             kind = excluded.kind",
-            params![e.id, e.record_id, e.kind, e.path, e.section, e.created_at],
+             kind = excluded.kind, program = excluded.program",
+            params![
+                e.id,
+                e.record_id,
+                e.kind,
+                e.path,
+                e.section,
+                e.program,
+                e.created_at
+            ],
         )?;
         Ok(())
     }
@@ -426,7 +437,7 @@ impl Store {
     /// Every file binding, oldest first.
     pub fn emitters(&self) -> Result<Vec<EmitterRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, record_id, kind, path, section, created_at FROM emitters \
+            "SELECT id, record_id, kind, path, section, program, created_at FROM emitters \
              ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -436,7 +447,8 @@ impl Store {
                 kind: r.get(2)?,
                 path: r.get(3)?,
                 section: r.get(4)?,
-                created_at: r.get(5)?,
+                program: r.get(5)?,
+                created_at: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)

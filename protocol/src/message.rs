@@ -200,6 +200,11 @@ pub enum Request {
         /// Replace a section the vault did not write (a backup is kept).
         #[serde(default)]
         force: bool,
+        /// `--process`: write `credential_process = PROGRAM aws-process
+        /// NAME` under `[profile P]` of the config file at `path` instead of
+        /// keys; this is the absolute path of `vault`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<String>,
     },
     /// Every emitted file binding.
     EmitList,

@@ -174,3 +174,74 @@ fn a_users_profile_is_not_taken_and_a_bad_file_is_not_rewritten() {
         0o700
     );
 }
+
+#[test]
+fn process_mode_puts_no_key_in_any_file_and_follows_a_rename() {
+    let vh = VaultHome::new();
+    vh.init();
+    let s1 = secret("proc-emit");
+    add_aws(&vh, "cp", &s1);
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let user_config = "[default]\nregion = us-east-1\n\n[profile other]\noutput = json\n";
+    fs::write(aws.join("config"), user_config).unwrap();
+    vh.vault(["emit", "aws", "cp", "--profile", "vp", "--process"])
+        .ok();
+    let vault_bin = vault_e2e::binaries().vault.display().to_string();
+    let text = fs::read_to_string(aws.join("config")).unwrap();
+    assert_eq!(
+        text,
+        format!("{user_config}\n[profile vp]\ncredential_process = {vault_bin} aws-process cp\n")
+    );
+    assert!(
+        !aws.join("credentials").exists(),
+        "no keys written anywhere"
+    );
+    vh.vault(["rename", "cp", "cp-renamed"]).ok();
+    let text = fs::read_to_string(aws.join("config")).unwrap();
+    assert!(
+        text.ends_with(&format!(
+            "credential_process = {vault_bin} aws-process cp-renamed\n"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&s1));
+}
+
+#[test]
+fn an_expiring_credential_leaves_the_file_when_it_expires() {
+    let vh = VaultHome::new();
+    vh.init();
+    let s1 = secret("short-lived");
+    let f = vh.at_file("sts", &s1);
+    // Expires a few seconds from now: the daemon's 2 s ticker removes it.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    let at = vault_protocol::timefmt::Timestamp(at as i64).to_rfc3339();
+    vh.vault([
+        "add",
+        "sts",
+        "--type",
+        "aws",
+        "access_key_id=ASIASTS",
+        &format!("secret_access_key={f}"),
+        "--expires-at",
+        &at,
+    ])
+    .ok();
+    vh.vault(["emit", "aws", "sts", "--profile", "sts"]).ok();
+    let file = vh.user_home.join(".aws/credentials");
+    assert!(fs::read_to_string(&file).unwrap().contains(&s1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_to_string(&file).unwrap().contains(&s1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired key is still in the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!fs::read_to_string(&file).unwrap().contains("[sts]"));
+}

@@ -325,3 +325,38 @@ print(json.dumps(out))
     assert_eq!(got["from-vault"], serde_json::json!(["AKIAEMITTED", sk]));
     assert_eq!(got["default"], serde_json::json!(["AKIAUSER", "user"]));
 }
+
+#[test]
+fn botocore_uses_the_emitted_credential_process() {
+    let Some(python) = python("botocore emit --process") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let sk = secret("emit-proc");
+    let f = vh.at_file("sk", &sk);
+    vh.vault([
+        "add",
+        "aws-ep",
+        "--type",
+        "aws",
+        "access_key_id=AKIAEMITPROC",
+        &format!("secret_access_key={f}"),
+    ])
+    .ok();
+    vh.vault(["emit", "aws", "aws-ep", "--profile", "ep", "--process"])
+        .ok();
+    let script = r#"
+import json, botocore.session
+c = botocore.session.Session(profile="ep").get_credentials()
+f = c.get_frozen_credentials()
+print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key}))
+"#;
+    let cmd = vh.command(&python, ["-c", script]);
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["method"], "custom-process", "{got}");
+    assert_eq!(got["key"], "AKIAEMITPROC");
+    assert_eq!(got["secret"], sk.as_str());
+}

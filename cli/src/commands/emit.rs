@@ -19,11 +19,20 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             profile,
             path,
             force,
+            process,
         } => {
             validate_name(&name).map_err(usage)?;
             let path = match path {
                 Some(p) => p,
-                None => default_credentials_file()?,
+                None if process => default_aws_file("AWS_CONFIG_FILE", "config")?,
+                None => default_aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials")?,
+            };
+            let program = if process {
+                let exe = std::env::current_exe()
+                    .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
+                Some(exe.to_string_lossy().into_owned())
+            } else {
+                None
             };
             let path = std::path::absolute(&path)
                 .map_err(|e| failed(format!("{}: {e}", path.display())))?;
@@ -33,6 +42,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 profile: profile.clone(),
                 path: path.clone(),
                 force,
+                process: program.clone(),
             })? {
                 Response::Emitted(info) => info,
                 _ => return Err(unexpected("emit")),
@@ -80,15 +90,15 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
     }
 }
 
-/// `$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`.
-fn default_credentials_file() -> CliResult<PathBuf> {
-    if let Some(p) = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").filter(|p| !p.is_empty()) {
+/// `$VAR`, else `~/.aws/FILE`.
+fn default_aws_file(var: &str, file: &str) -> CliResult<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .ok_or_else(|| usage("HOME is not set: give the file with --path"))?;
-    Ok(PathBuf::from(home).join(".aws/credentials"))
+    Ok(PathBuf::from(home).join(".aws").join(file))
 }
 
 fn table(emitters: &[EmitterInfo]) -> Table {

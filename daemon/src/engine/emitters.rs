@@ -19,6 +19,36 @@ use crate::record::RecordBody;
 use crate::store::{EmitterRow, RecordRow};
 
 const AWS: &str = "aws";
+const AWS_PROCESS: &str = "aws-process";
+
+/// A path for a `credential_process` line, which botocore splits like a
+/// shell: quoted when it has spaces or quotes.
+fn shell_word(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+@:".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// What binding `e` puts in its file for the record `name` with `body`;
+/// `None` when its section must go (an expired key is never handed out).
+fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Option<Section> {
+    match (e.kind.as_str(), &e.program) {
+        // credential_process names the credential; `vault aws-process`
+        // itself refuses an expired one with a message the SDK shows.
+        (AWS_PROCESS, Some(program)) => Some(Section {
+            name: e.section.clone(),
+            entries: vec![(
+                "credential_process".to_owned(),
+                format!("{} aws-process {name}", shell_word(program)),
+            )],
+        }),
+        _ => aws_section(&e.section, body, now),
+    }
+}
 
 /// The profile section for an aws record, `None` when it cannot be used
 /// (expired).
@@ -112,6 +142,7 @@ impl Engine {
         profile: &str,
         path: &str,
         force: bool,
+        process: Option<String>,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
         if !valid_profile(profile) {
@@ -138,27 +169,34 @@ impl Engine {
                 ),
             ));
         }
-        let Some(section) = aws_section(profile, &body, now) else {
-            return Err(err(
-                ErrorCode::Expired,
-                format!("'{name}' has expired: renew it before emitting it"),
-            ));
+        // In the config file a profile is `[profile P]`, except `[default]`.
+        let (kind, section_name) = match &process {
+            Some(_) if profile == "default" => (AWS_PROCESS, profile.to_owned()),
+            Some(_) => (AWS_PROCESS, format!("profile {profile}")),
+            None => (AWS, profile.to_owned()),
         };
         let existing = self
             .store()?
             .emitters()
             .map_err(store_err)?
             .into_iter()
-            .find(|e| e.path == path && e.section == profile);
-        self.write_sections(path, &[section], &BTreeSet::new(), force)?;
+            .find(|e| e.path == path && e.section == section_name);
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id.clone(),
-            kind: AWS.to_owned(),
+            kind: kind.to_owned(),
             path: path.to_owned(),
-            section: profile.to_owned(),
+            section: section_name,
+            program: process,
             created_at: now.unix(),
         };
+        let Some(section) = render(&emitter, name, &body, now) else {
+            return Err(err(
+                ErrorCode::Expired,
+                format!("'{name}' has expired: renew it before emitting it"),
+            ));
+        };
+        self.write_sections(path, &[section], &BTreeSet::new(), force)?;
         self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
         info!(emitter = %emitter.id, record = %row.id, "emitting");
         Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
@@ -194,7 +232,7 @@ impl Engine {
             Ok(None) => return "missing".to_owned(),
             Err(error) => return format!("unreadable: {error}"),
         };
-        let Some(section) = aws_section(&e.section, &body, now) else {
+        let Some(section) = render(e, name, &body, now) else {
             return "expired (section removed)".to_owned();
         };
         let owned: BTreeSet<String> = [e.section.clone()].into();
@@ -233,6 +271,32 @@ impl Engine {
         Ok(info_of(&e, None, "removed".to_owned()))
     }
 
+    /// Removes the key sections of credentials that have expired since they
+    /// were written (called by the daemon's ticker), so no tool is handed
+    /// a dead key. A no-op when the file no longer has them.
+    pub fn expire_emitted(&self, now: Timestamp) {
+        let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
+            return;
+        };
+        let Ok(bound) = store.emitters() else { return };
+        let mut bound = bound.into_iter().filter(|e| e.kind == AWS).peekable();
+        if bound.peek().is_none() {
+            return;
+        }
+        let expired: BTreeSet<&str> = sess
+            .index
+            .values()
+            .filter(|e| e.expires_at.is_some_and(|t| t <= now))
+            .map(|e| e.id.as_str())
+            .collect();
+        for e in bound.filter(|e| expired.contains(e.record_id.as_str())) {
+            let remove: BTreeSet<String> = [e.section.clone()].into();
+            if let Err(error) = self.write_sections(&e.path, &[], &remove, false) {
+                warn!(emitter = %e.id, error = %error.message, "cannot remove an expired section");
+            }
+        }
+    }
+
     /// After a change to `row`: re-renders its sections, or removes them
     /// when it was deleted or has expired. Never fails the change: a file
     /// that cannot be written is logged and shows in `vault emit list`.
@@ -243,7 +307,7 @@ impl Engine {
             let section = if row.deleted {
                 None
             } else {
-                aws_section(&e.section, body, now)
+                render(&e, &body.name, body, now)
             };
             let remove: BTreeSet<String> = [e.section.clone()].into();
             let result = match section {
