@@ -227,8 +227,36 @@ pub enum EmitAction {
         #[arg(long)]
         process: bool,
     },
+    /// Write a gcp credential's JSON as a gcloud/ADC key file, and keep it in sync
+    Gcloud {
+        /// The gcp credential
+        name: String,
+        /// Write it as Application Default Credentials
+        /// (~/.config/gcloud/application_default_credentials.json)
+        #[arg(long, conflicts_with = "path")]
+        adc: bool,
+        /// The file to write
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Replace a file that vault did not write (a backup is kept)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a file credential's content to its path, and keep it in sync
+    File {
+        /// The file credential
+        name: String,
+        /// The file to write (default: the credential's own path field)
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Replace a file that vault did not write (a backup is kept)
+        #[arg(long)]
+        force: bool,
+    },
     /// List emitted files and whether they still hold what vault wrote
     List,
+    /// Rewrite every emitted file that drifted from what vault wrote
+    Repair,
     /// Stop emitting: remove vault's section from the file
     Rm {
         /// The emitter id (see 'vault emit list')

@@ -298,6 +298,17 @@ impl Daemon {
             } => engine
                 .emit_aws(&name, &profile, &path, force, process, now)
                 .map(Response::Emitted),
+            Request::EmitFile {
+                name,
+                kind,
+                path,
+                force,
+            } => engine
+                .emit_file(&name, &kind, path, force, now)
+                .map(Response::Emitted),
+            Request::EmitRepair => engine
+                .emit_repair(now)
+                .map(|emitters| Response::Emitters { emitters }),
             Request::EmitList => engine
                 .emit_list(now)
                 .map(|emitters| Response::Emitters { emitters }),
@@ -467,6 +478,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::Restore { .. } => "restore",
         Request::EmitAws { .. } => "emit_aws",
         Request::EmitList => "emit_list",
+        Request::EmitFile { .. } => "emit_file",
+        Request::EmitRepair => "emit_repair",
         Request::EmitRemove { .. } => "emit_remove",
         Request::Shutdown => "shutdown",
     }

@@ -206,8 +206,25 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         process: Option<String>,
     },
+    /// Keep a whole file (a gcloud/ADC JSON key, a `file` credential's
+    /// content) in sync with a credential (`vault emit gcloud|file`).
+    EmitFile {
+        /// The credential.
+        name: String,
+        /// `gcloud` or `file`.
+        kind: String,
+        /// The absolute path; for `file`, `None` means the credential's own
+        /// `path` field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Replace a file the vault did not write (a backup is kept).
+        #[serde(default)]
+        force: bool,
+    },
     /// Every emitted file binding.
     EmitList,
+    /// Rewrite every emitted file that drifted from what the vault wrote.
+    EmitRepair,
     /// Stop emitting; removes the vault's section from the file.
     EmitRemove {
         /// The binding's id (see `EmitList`).
@@ -236,6 +253,8 @@ impl Request {
             | Request::History { .. }
             | Request::Restore { .. }
             | Request::EmitAws { .. }
+            | Request::EmitFile { .. }
+            | Request::EmitRepair
             | Request::EmitList
             | Request::EmitRemove { .. } => true,
             Request::Hello { .. }

@@ -245,3 +245,99 @@ fn an_expiring_credential_leaves_the_file_when_it_expires() {
     }
     assert!(!fs::read_to_string(&file).unwrap().contains("[sts]"));
 }
+
+#[test]
+fn whole_files_gcloud_and_file_follow_the_vault_and_repair_restores_drift() {
+    let vh = VaultHome::new();
+    vh.init();
+    let key1 = format!(
+        "{{\"type\":\"service_account\",\"project_id\":\"p\",\"private_key\":\"{}\"}}",
+        secret("k1")
+    );
+    let key2 = key1.replace("k1", "k2");
+    let f = vh.at_file("sa", &key1);
+    vh.vault(["add", "sa", "--type", "gcp", &format!("json={f}")])
+        .ok();
+    vh.vault(["emit", "gcloud", "sa", "--adc"]).ok();
+    let adc = vh
+        .user_home
+        .join(".config/gcloud/application_default_credentials.json");
+    assert_eq!(fs::read_to_string(&adc).unwrap(), key1);
+    assert_eq!(
+        fs::metadata(&adc).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(adc.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    // Rotation, drift, repair.
+    let f2 = vh.at_file("sa2", &key2);
+    vh.vault(["set", "sa", &format!("json={f2}")]).ok();
+    assert_eq!(fs::read_to_string(&adc).unwrap(), key2);
+    fs::write(&adc, "{}").unwrap();
+    assert_eq!(
+        vh.vault(["--json", "emit", "list"]).ok().json()[0]["state"],
+        "drifted"
+    );
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(fs::read_to_string(&adc).unwrap(), key2);
+    assert_eq!(
+        vh.vault(["--json", "emit", "list"]).ok().json()[0]["state"],
+        "ok"
+    );
+
+    // A file credential goes to its own path (~ is the user's home).
+    // (One trailing newline of an @file value is dropped, as for stdin.)
+    let netrc = format!("machine example.com login me password {}", secret("netrc"));
+    let f3 = vh.at_file("netrc", &netrc);
+    vh.vault([
+        "add",
+        "netrc",
+        "--type",
+        "file",
+        &format!("content={f3}"),
+        "path=~/.netrc-e2e",
+    ])
+    .ok();
+    vh.vault(["emit", "file", "netrc"]).ok();
+    let target = vh.user_home.join(".netrc-e2e");
+    assert_eq!(fs::read_to_string(&target).unwrap(), netrc);
+
+    // A file that is not the vault's is not replaced without --force.
+    let theirs = vh.user_home.join("theirs.json");
+    fs::write(&theirs, "mine").unwrap();
+    vh.vault(["emit", "gcloud", "sa", "--path", theirs.to_str().unwrap()])
+        .code(5)
+        .stderr_has("was not written by vault");
+    assert_eq!(fs::read_to_string(&theirs).unwrap(), "mine");
+
+    // Deleting the credentials removes the files the vault wrote.
+    vh.vault(["rm", "sa", "--force"]).ok();
+    vh.vault(["rm", "netrc", "--force"]).ok();
+    assert!(!adc.exists() && !target.exists());
+}
+
+#[test]
+fn repair_puts_back_a_drifted_profile_and_nothing_else() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let file = aws.join("credentials");
+    fs::write(&file, USER_FILE).unwrap();
+    let s1 = secret("repair");
+    add_aws(&vh, "r", &s1);
+    vh.vault(["emit", "aws", "r", "--profile", "vault-r"]).ok();
+    let good = fs::read_to_string(&file).unwrap();
+    let edited = good.replace(&s1, "hand-edited") + "[user-added-later]\nx = 1\n";
+    fs::write(&file, &edited).unwrap();
+    vh.vault(["emit", "repair"]).ok();
+    let repaired = fs::read_to_string(&file).unwrap();
+    assert_eq!(repaired, good.clone() + "\n[user-added-later]\nx = 1\n");
+}

@@ -360,3 +360,52 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
     assert_eq!(got["key"], "AKIAEMITPROC");
     assert_eq!(got["secret"], sk.as_str());
 }
+
+#[test]
+fn google_auth_loads_the_emitted_adc_file() {
+    let Some(python) = python("google-auth emit") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "emitted-proj",
+        "private_key_id": "k1",
+        "private_key": String::from_utf8(out.stdout).unwrap(),
+        "client_email": "emit@emitted-proj.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let f = vh.at_file("sa.json", &key.to_string());
+    vh.vault(["add", "gcp-emit", "--type", "gcp", &format!("json={f}")])
+        .ok();
+    vh.vault(["emit", "gcloud", "gcp-emit", "--adc"]).ok();
+    let adc = vh
+        .user_home
+        .join(".config/gcloud/application_default_credentials.json");
+    let script = format!(
+        r#"
+import json, google.auth
+creds, project = google.auth.load_credentials_from_file({:?})
+print(json.dumps({{"email": creds.service_account_email, "project": project}}))
+"#,
+        adc.display().to_string()
+    );
+    let cmd = vh.command(&python, ["-c", &script]);
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["email"], "emit@emitted-proj.iam.gserviceaccount.com");
+    assert_eq!(got["project"], "emitted-proj");
+}

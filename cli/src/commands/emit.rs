@@ -56,6 +56,38 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             }
             Ok(())
         }
+        EmitAction::Gcloud {
+            name,
+            adc,
+            path,
+            force,
+        } => {
+            let path = match (path, adc) {
+                (Some(p), _) => p,
+                (None, true) => adc_file()?,
+                (None, false) => {
+                    return Err(usage("say where: --adc, or --path FILE"));
+                }
+            };
+            emit_file(ctx, &name, "gcloud", Some(path), force)
+        }
+        EmitAction::File { name, path, force } => emit_file(ctx, &name, "file", path, force),
+        EmitAction::Repair => {
+            let emitters = match ctx.call_unlocked(&|| Request::EmitRepair)? {
+                Response::Emitters { emitters } => emitters,
+                _ => return Err(unexpected("emit repair")),
+            };
+            if ctx.out.json {
+                return ctx.out.json(&emitters);
+            }
+            ctx.out.info(&format!(
+                "rewrote {} emitted file(s) from the vault",
+                emitters.len()
+            ));
+            let color = ctx.out.color;
+            ctx.out.text(&table(&emitters).render(color));
+            Ok(())
+        }
         EmitAction::List => {
             let emitters = match ctx.call_unlocked(&|| Request::EmitList)? {
                 Response::Emitters { emitters } => emitters,
@@ -88,6 +120,58 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             Ok(())
         }
     }
+}
+
+/// `vault emit gcloud|file`.
+fn emit_file(
+    ctx: &mut Ctx,
+    name: &str,
+    kind: &str,
+    path: Option<PathBuf>,
+    force: bool,
+) -> CliResult<()> {
+    validate_name(name).map_err(usage)?;
+    let path = match path {
+        Some(p) => Some(
+            std::path::absolute(&p)
+                .map_err(|e| failed(format!("{}: {e}", p.display())))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let info = match ctx.call_unlocked(&|| Request::EmitFile {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        path: path.clone(),
+        force,
+    })? {
+        Response::Emitted(info) => info,
+        _ => return Err(unexpected("emit")),
+    };
+    ctx.out.info(&format!(
+        "emitting {name} to {} (id {}); vault keeps it in sync",
+        info.path, info.id
+    ));
+    if ctx.out.json {
+        ctx.out.json(&info)?;
+    }
+    Ok(())
+}
+
+/// gcloud's ADC file: `$CLOUDSDK_CONFIG` or `~/.config/gcloud`, then
+/// `application_default_credentials.json`.
+fn adc_file() -> CliResult<PathBuf> {
+    let dir = match std::env::var_os("CLOUDSDK_CONFIG").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| usage("HOME is not set: give the file with --path"))?,
+        )
+        .join(".config/gcloud"),
+    };
+    Ok(dir.join("application_default_credentials.json"))
 }
 
 /// `$VAR`, else `~/.aws/FILE`.

@@ -20,6 +20,33 @@ use crate::store::{EmitterRow, RecordRow};
 
 const AWS: &str = "aws";
 const AWS_PROCESS: &str = "aws-process";
+const GCLOUD: &str = "gcloud";
+const FILE: &str = "file";
+/// The section of a whole-file binding: the whole file.
+const WHOLE: &str = "(whole file)";
+
+fn is_whole(e: &EmitterRow) -> bool {
+    e.kind == GCLOUD || e.kind == FILE
+}
+
+/// The content a whole-file binding writes; `None` when it must go.
+fn whole_content(kind: &str, body: &RecordBody, now: Timestamp) -> Option<Vec<u8>> {
+    if body.expires_at.is_some_and(|t| t <= now) {
+        return None;
+    }
+    let field = if kind == GCLOUD { "json" } else { "content" };
+    body.fields
+        .get(field)
+        .map(|v| v.expose_secret().as_bytes().to_vec())
+}
+
+/// `~/x` with the daemon's HOME.
+fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) if !home.is_empty() => format!("{home}/{rest}"),
+        _ => path.to_owned(),
+    }
+}
 
 /// A path for a `credential_process` line, which botocore splits like a
 /// shell: quoted when it has spaces or quotes.
@@ -202,6 +229,151 @@ impl Engine {
         Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
     }
 
+    /// `vault emit gcloud|file`: writes the whole file now and keeps it in
+    /// sync. A file the vault did not write is not replaced without
+    /// `force` (which keeps a backup).
+    pub fn emit_file(
+        &mut self,
+        name: &str,
+        kind: &str,
+        path: Option<String>,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<EmitterInfo> {
+        let (row, body) = self.load(name)?;
+        let wanted = match kind {
+            GCLOUD => CredentialType::Gcp,
+            FILE => CredentialType::File,
+            _ => {
+                return Err(err(
+                    ErrorCode::Usage,
+                    format!("unknown emitter kind '{kind}'"),
+                ));
+            }
+        };
+        if body.kind != wanted {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is a {} credential: emit {kind} needs a {wanted} one",
+                    body.kind
+                ),
+            ));
+        }
+        let path = match path {
+            Some(p) => p,
+            None => body
+                .fields
+                .get("path")
+                .map(|p| expand_home(p.expose_secret()))
+                .ok_or_else(|| err(ErrorCode::Usage, "give the file with --path"))?,
+        };
+        if !Path::new(&path).is_absolute() {
+            return Err(err(
+                ErrorCode::Usage,
+                format!("{path} is not an absolute path"),
+            ));
+        }
+        let Some(content) = whole_content(kind, &body, now) else {
+            return Err(err(
+                ErrorCode::Expired,
+                format!("'{name}' has expired: renew it before emitting it"),
+            ));
+        };
+        let existing = self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|e| e.path == path);
+        if let Some(other) = existing.as_ref().filter(|e| !is_whole(e)) {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{path} already has vault sections (emitter {}): choose another file",
+                    other.id
+                ),
+            ));
+        }
+        let current = fsutil::read_text(Path::new(&path))
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?;
+        let theirs = current.filter(|t| existing.is_none() && t.as_bytes() != content.as_slice());
+        if let Some(text) = theirs {
+            if !force {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{path} exists and was not written by vault: choose another path, or \
+                         --force to replace it (a backup is kept)"
+                    ),
+                ));
+            }
+            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+            fsutil::replace_file(Path::new(&backup), text.as_bytes())
+                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
+        }
+        fsutil::replace_file(Path::new(&path), &content)
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))?;
+        let emitter = EmitterRow {
+            id: existing.map_or_else(|| random_hex(6), |e| e.id),
+            record_id: row.id.clone(),
+            kind: kind.to_owned(),
+            path,
+            section: WHOLE.to_owned(),
+            program: None,
+            created_at: now.unix(),
+        };
+        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
+        info!(emitter = %emitter.id, record = %row.id, "emitting");
+        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+    }
+
+    /// Writes what binding `e` should hold for `body` (or removes it).
+    fn write_binding(
+        &self,
+        e: &EmitterRow,
+        body: &RecordBody,
+        deleted: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        if is_whole(e) {
+            let file = Path::new(&e.path);
+            return match whole_content(&e.kind, body, now).filter(|_| !deleted) {
+                Some(content) => fsutil::replace_file(file, &content)
+                    .map_err(|x| err(ErrorCode::Failed, format!("cannot write {}: {x}", e.path))),
+                None => remove_if_ours(&e.path, body),
+            };
+        }
+        let remove: BTreeSet<String> = [e.section.clone()].into();
+        match render(e, &body.name, body, now).filter(|_| !deleted) {
+            Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
+            None => self.write_sections(&e.path, &[], &remove, false),
+        }
+    }
+
+    /// `vault emit repair`: rewrites every binding from the vault (a drifted
+    /// section or file gets the vault's content back; the user's other lines
+    /// stay). Returns the bindings with their state afterwards.
+    pub fn emit_repair(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
+        for e in self.store()?.emitters().map_err(store_err)? {
+            let Some(name) = self.name_of(&e.record_id) else {
+                continue;
+            };
+            let (_, body) = self.load(&name)?;
+            self.write_binding(&e, &body, false, now)?;
+        }
+        self.emit_list(now)
+    }
+
+    fn name_of(&self, record_id: &str) -> Option<String> {
+        self.session()
+            .ok()?
+            .index
+            .iter()
+            .find(|(_, entry)| entry.id == record_id)
+            .map(|(n, _)| n.clone())
+    }
+
     /// Every binding, with whether its file still holds what the vault
     /// wrote (`ok`), was changed by someone else (`drifted`), lost the
     /// section (`missing`) or cannot be read.
@@ -232,6 +404,13 @@ impl Engine {
             Ok(None) => return "missing".to_owned(),
             Err(error) => return format!("unreadable: {error}"),
         };
+        if is_whole(e) {
+            return match whole_content(&e.kind, &body, now) {
+                Some(c) if c == text.as_bytes() => "ok".to_owned(),
+                Some(_) => "drifted".to_owned(),
+                None => "expired (file removed)".to_owned(),
+            };
+        }
         let Some(section) = render(e, name, &body, now) else {
             return "expired (section removed)".to_owned();
         };
@@ -264,8 +443,21 @@ impl Engine {
                 format!("no emitter '{id}': see 'vault emit list'"),
             ));
         };
-        let remove: BTreeSet<String> = [e.section.clone()].into();
-        self.write_sections(&e.path, &[], &remove, false)?;
+        if is_whole(&e) {
+            match std::fs::remove_file(&e.path) {
+                Ok(()) => {}
+                Err(x) if x.kind() == std::io::ErrorKind::NotFound => {}
+                Err(x) => {
+                    return Err(err(
+                        ErrorCode::Failed,
+                        format!("cannot remove {}: {x}", e.path),
+                    ));
+                }
+            }
+        } else {
+            let remove: BTreeSet<String> = [e.section.clone()].into();
+            self.write_sections(&e.path, &[], &remove, false)?;
+        }
         self.store_mut()?.delete_emitter(id).map_err(store_err)?;
         info!(emitter = %id, "stopped emitting");
         Ok(info_of(&e, None, "removed".to_owned()))
@@ -279,7 +471,10 @@ impl Engine {
             return;
         };
         let Ok(bound) = store.emitters() else { return };
-        let mut bound = bound.into_iter().filter(|e| e.kind == AWS).peekable();
+        let mut bound = bound
+            .into_iter()
+            .filter(|e| e.kind == AWS || is_whole(e))
+            .peekable();
         if bound.peek().is_none() {
             return;
         }
@@ -290,8 +485,16 @@ impl Engine {
             .map(|e| e.id.as_str())
             .collect();
         for e in bound.filter(|e| expired.contains(e.record_id.as_str())) {
-            let remove: BTreeSet<String> = [e.section.clone()].into();
-            if let Err(error) = self.write_sections(&e.path, &[], &remove, false) {
+            let gone = if is_whole(&e) {
+                match self.name_of(&e.record_id).map(|n| self.load(&n)) {
+                    Some(Ok((_, body))) => remove_if_ours(&e.path, &body),
+                    _ => Ok(()),
+                }
+            } else {
+                let remove: BTreeSet<String> = [e.section.clone()].into();
+                self.write_sections(&e.path, &[], &remove, false)
+            };
+            if let Err(error) = gone {
                 warn!(emitter = %e.id, error = %error.message, "cannot remove an expired section");
             }
         }
@@ -304,20 +507,32 @@ impl Engine {
         let Ok(store) = self.store() else { return };
         let Ok(bound) = store.emitters() else { return };
         for e in bound.into_iter().filter(|e| e.record_id == row.id) {
-            let section = if row.deleted {
-                None
-            } else {
-                render(&e, &body.name, body, now)
-            };
-            let remove: BTreeSet<String> = [e.section.clone()].into();
-            let result = match section {
-                Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
-                None => self.write_sections(&e.path, &[], &remove, false),
-            };
+            let result = self.write_binding(&e, body, row.deleted, now);
             if let Err(error) = result {
                 warn!(emitter = %e.id, error = %error.message, "cannot update an emitted file");
             }
         }
+    }
+}
+
+/// Removes a whole file the vault wrote, unless someone changed it since
+/// (then it is theirs now, and stays).
+fn remove_if_ours(path: &str, body: &RecordBody) -> Result<()> {
+    let current = fsutil::read_text(Path::new(path)).ok().flatten();
+    let ours = ["json", "content"]
+        .iter()
+        .filter_map(|f| body.fields.get(*f))
+        .any(|v| current.as_deref() == Some(v.expose_secret()));
+    if !ours {
+        if current.is_some() {
+            warn!("an emitted file was changed by someone else: left in place");
+        }
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(x) => Err(err(ErrorCode::Failed, format!("cannot remove {path}: {x}"))),
     }
 }
 
