@@ -77,7 +77,13 @@ fn the_profile_follows_every_change_and_user_lines_never_move() {
     let list = vh.vault(["--json", "emit", "list"]).ok().json();
     assert_eq!(list[0]["state"], "drifted");
 
-    // Deleting the credential removes its profile; the user's stay.
+    // Deleting a bound credential takes --force; then its profile goes and
+    // the user's stay.
+    vh.vault(["rm", "team-dev"])
+        .code(5)
+        .stderr_has("is emitted to")
+        .stderr_has("--force");
+    assert!(fs::read_to_string(&real).unwrap().contains("[vault-dev]"));
     vh.vault(["rm", "team-dev", "--force"]).ok();
     let text = fs::read_to_string(&real).unwrap();
     assert!(!text.contains("vault-dev"), "{text}");
