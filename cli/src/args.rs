@@ -242,6 +242,17 @@ pub enum EmitAction {
         #[arg(long)]
         force: bool,
     },
+    /// Write a registry credential's login into ~/.docker/config.json (auths), and keep it in sync
+    Docker {
+        /// The registry credential
+        name: String,
+        /// The docker config (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Replace an entry that vault did not write (a backup is kept)
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a file credential's content to its path, and keep it in sync
     File {
         /// The file credential

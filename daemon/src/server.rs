@@ -306,6 +306,9 @@ impl Daemon {
             } => engine
                 .emit_file(&name, &kind, path, force, now)
                 .map(Response::Emitted),
+            Request::EmitDocker { name, path, force } => engine
+                .emit_docker(&name, &path, force, now)
+                .map(Response::Emitted),
             Request::EmitRepair => engine
                 .emit_repair(now)
                 .map(|emitters| Response::Emitters { emitters }),
@@ -480,6 +483,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::EmitList => "emit_list",
         Request::EmitFile { .. } => "emit_file",
         Request::EmitRepair => "emit_repair",
+        Request::EmitDocker { .. } => "emit_docker",
         Request::EmitRemove { .. } => "emit_remove",
         Request::Shutdown => "shutdown",
     }

@@ -221,6 +221,17 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Keep a registry login in `~/.docker/config.json` (`auths`) in sync
+    /// with a registry credential (`vault emit docker`).
+    EmitDocker {
+        /// The registry credential.
+        name: String,
+        /// The absolute path of the docker config file.
+        path: String,
+        /// Replace an entry the vault did not write (a backup is kept).
+        #[serde(default)]
+        force: bool,
+    },
     /// Every emitted file binding.
     EmitList,
     /// Rewrite every emitted file that drifted from what the vault wrote.
@@ -254,6 +265,7 @@ impl Request {
             | Request::Restore { .. }
             | Request::EmitAws { .. }
             | Request::EmitFile { .. }
+            | Request::EmitDocker { .. }
             | Request::EmitRepair
             | Request::EmitList
             | Request::EmitRemove { .. } => true,

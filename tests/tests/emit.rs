@@ -347,3 +347,70 @@ fn repair_puts_back_a_drifted_profile_and_nothing_else() {
     let repaired = fs::read_to_string(&file).unwrap();
     assert_eq!(repaired, good.clone() + "\n[user-added-later]\nx = 1\n");
 }
+
+#[test]
+fn docker_logins_go_into_auths_and_nothing_else_moves() {
+    let vh = VaultHome::new();
+    vh.init();
+    let docker = vh.user_home.join(".docker");
+    fs::create_dir_all(&docker).unwrap();
+    let user = "{\n\t\"auths\": {\n\t\t\"ghcr.io\": {\n\t\t\t\"auth\": \"dXNlcjpwYXNz\"\n\t\t}\n\t},\n\t\"credsStore\": \"desktop\"\n}\n";
+    let file = docker.join("config.json");
+    fs::write(&file, user).unwrap();
+    let p1 = secret("docker-1");
+    let f = vh.at_file("ngc", &p1);
+    vh.vault([
+        "add",
+        "ngc",
+        "--type",
+        "registry",
+        "registry=nvcr.io",
+        "username=$oauthtoken",
+        &format!("auth={f}"),
+    ])
+    .ok();
+    vh.vault(["emit", "docker", "ngc"]).ok().never_prints(MARK);
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    let auth = v["auths"]["nvcr.io"]["auth"].as_str().unwrap();
+    assert_eq!(
+        String::from_utf8(decode64(auth)).unwrap(),
+        format!("$oauthtoken:{p1}")
+    );
+    assert_eq!(v["auths"]["ghcr.io"]["auth"], "dXNlcjpwYXNz");
+    assert_eq!(v["credsStore"], "desktop");
+
+    // A user's registry is not taken.
+    let f2 = vh.at_file("gh", "x-token");
+    vh.vault([
+        "add",
+        "gh",
+        "--type",
+        "registry",
+        "registry=ghcr.io",
+        "username=me",
+        &format!("auth={f2}"),
+    ])
+    .ok();
+    vh.vault(["emit", "docker", "gh"])
+        .code(5)
+        .stderr_has("ghcr.io");
+
+    // Deleting the credential restores the user's bytes exactly.
+    vh.vault(["rm", "ngc", "--force"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), user);
+}
+
+fn decode64(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().filter(|&c| c != b'=') {
+        bits = (bits << 6) | alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}

@@ -72,6 +72,36 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             emit_file(ctx, &name, "gcloud", Some(path), force)
         }
         EmitAction::File { name, path, force } => emit_file(ctx, &name, "file", path, force),
+        EmitAction::Docker { name, path, force } => {
+            validate_name(&name).map_err(usage)?;
+            let path = match path {
+                Some(p) => p,
+                None => match std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+                    Some(dir) => PathBuf::from(dir).join("config.json"),
+                    None => home()?.join(".docker/config.json"),
+                },
+            };
+            let path = std::path::absolute(&path)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?
+                .to_string_lossy()
+                .into_owned();
+            let info = match ctx.call_unlocked(&|| Request::EmitDocker {
+                name: name.clone(),
+                path: path.clone(),
+                force,
+            })? {
+                Response::Emitted(info) => info,
+                _ => return Err(unexpected("emit")),
+            };
+            ctx.out.info(&format!(
+                "emitting {name} as auths[{}] in {} (id {}); vault keeps it in sync",
+                info.section, info.path, info.id
+            ));
+            if ctx.out.json {
+                ctx.out.json(&info)?;
+            }
+            Ok(())
+        }
         EmitAction::Repair => {
             let emitters = match ctx.call_unlocked(&|| Request::EmitRepair)? {
                 Response::Emitters { emitters } => emitters,
@@ -164,12 +194,7 @@ fn emit_file(
 fn adc_file() -> CliResult<PathBuf> {
     let dir = match std::env::var_os("CLOUDSDK_CONFIG").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(
-            std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| usage("HOME is not set: give the file with --path"))?,
-        )
-        .join(".config/gcloud"),
+        None => home()?.join(".config/gcloud"),
     };
     Ok(dir.join("application_default_credentials.json"))
 }
@@ -179,10 +204,15 @@ fn default_aws_file(var: &str, file: &str) -> CliResult<PathBuf> {
     if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let home = std::env::var_os("HOME")
+    Ok(home()?.join(".aws").join(file))
+}
+
+/// The user's home directory.
+fn home() -> CliResult<PathBuf> {
+    std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| usage("HOME is not set: give the file with --path"))?;
-    Ok(PathBuf::from(home).join(".aws").join(file))
+        .map(PathBuf::from)
+        .ok_or_else(|| usage("HOME is not set: give the file with --path"))
 }
 
 fn table(emitters: &[EmitterInfo]) -> Table {

@@ -4,3 +4,4 @@
 //! that is not the vault's.
 
 pub mod aws_ini;
+pub mod docker_json;

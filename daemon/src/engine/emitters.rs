@@ -14,6 +14,7 @@ use vault_protocol::{CredentialType, ErrorCode};
 
 use super::{Engine, Result, err, random_hex, store_err};
 use crate::emit::aws_ini::{self, MergeError, Section};
+use crate::emit::docker_json;
 use crate::fsutil;
 use crate::record::RecordBody;
 use crate::store::{EmitterRow, RecordRow};
@@ -21,6 +22,7 @@ use crate::store::{EmitterRow, RecordRow};
 const AWS: &str = "aws";
 const AWS_PROCESS: &str = "aws-process";
 const GCLOUD: &str = "gcloud";
+const DOCKER: &str = "docker";
 const FILE: &str = "file";
 /// The section of a whole-file binding: the whole file.
 const WHOLE: &str = "(whole file)";
@@ -38,6 +40,28 @@ fn whole_content(kind: &str, body: &RecordBody, now: Timestamp) -> Option<Vec<u8
     body.fields
         .get(field)
         .map(|v| v.expose_secret().as_bytes().to_vec())
+}
+
+/// The `auths` entry of a registry credential: its registry and the entry
+/// JSON; `None` when expired.
+fn docker_entry(body: &RecordBody, now: Timestamp) -> Option<(String, String)> {
+    use base64::Engine as _;
+    if body.expires_at.is_some_and(|t| t <= now) {
+        return None;
+    }
+    let get = |f: &str| {
+        body.fields
+            .get(f)
+            .map(|v| v.expose_secret())
+            .unwrap_or_default()
+    };
+    let pair = zeroize::Zeroizing::new(format!("{}:{}", get("username"), get("auth")));
+    let encoded =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+    Some((
+        get("registry").to_owned(),
+        docker_json::auth_entry(&encoded),
+    ))
 }
 
 /// `~/x` with the daemon's HOME.
@@ -229,6 +253,96 @@ impl Engine {
         Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
     }
 
+    /// Merges a registry login into / out of a docker config and writes it.
+    fn write_docker(
+        &self,
+        path: &str,
+        set: Option<(String, String)>,
+        remove: &BTreeSet<String>,
+        force: bool,
+    ) -> Result<()> {
+        let file = Path::new(path);
+        let text = fsutil::read_text(file)
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
+            .unwrap_or_default();
+        let owned = self.owned_sections(path)?;
+        let entries: Vec<(String, String)> = set.into_iter().collect();
+        let merged = docker_json::merge(&text, &entries, remove, &owned, force).map_err(|e| {
+            let code = match e {
+                docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
+                docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
+            };
+            err(code, format!("{path} {e}"))
+        })?;
+        if merged == text {
+            return Ok(());
+        }
+        if force && entries.iter().any(|(r, _)| !owned.contains(r)) && !text.is_empty() {
+            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+            fsutil::replace_file(Path::new(&backup), text.as_bytes())
+                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
+        }
+        fsutil::replace_file(file, merged.as_bytes())
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+    }
+
+    /// `vault emit docker NAME`: the registry's login in `auths`, kept in
+    /// sync.
+    pub fn emit_docker(
+        &mut self,
+        name: &str,
+        path: &str,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<EmitterInfo> {
+        if !Path::new(path).is_absolute() {
+            return Err(err(
+                ErrorCode::Usage,
+                format!("{path} is not an absolute path"),
+            ));
+        }
+        let (row, body) = self.load(name)?;
+        if body.kind != CredentialType::Registry {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is a {} credential: emit docker needs a registry one",
+                    body.kind
+                ),
+            ));
+        }
+        let Some((registry, entry)) = docker_entry(&body, now) else {
+            return Err(err(
+                ErrorCode::Expired,
+                format!("'{name}' has expired: renew it before emitting it"),
+            ));
+        };
+        let existing = self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|e| e.path == path && e.section == registry);
+        self.write_docker(
+            path,
+            Some((registry.clone(), entry)),
+            &BTreeSet::new(),
+            force,
+        )?;
+        let emitter = EmitterRow {
+            id: existing.map_or_else(|| random_hex(6), |e| e.id),
+            record_id: row.id.clone(),
+            kind: DOCKER.to_owned(),
+            path: path.to_owned(),
+            section: registry,
+            program: None,
+            created_at: now.unix(),
+        };
+        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
+        info!(emitter = %emitter.id, record = %row.id, "emitting");
+        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+    }
+
     /// `vault emit gcloud|file`: writes the whole file now and keeps it in
     /// sync. A file the vault did not write is not replaced without
     /// `force` (which keeps a backup).
@@ -345,6 +459,16 @@ impl Engine {
             };
         }
         let remove: BTreeSet<String> = [e.section.clone()].into();
+        if e.kind == DOCKER {
+            // The registry may have been renamed in the credential: the
+            // binding's entry goes, the current one is written.
+            return match docker_entry(body, now).filter(|_| !deleted) {
+                Some(entry) if entry.0 == e.section => {
+                    self.write_docker(&e.path, Some(entry), &BTreeSet::new(), false)
+                }
+                _ => self.write_docker(&e.path, None, &remove, false),
+            };
+        }
         match render(e, &body.name, body, now).filter(|_| !deleted) {
             Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
             None => self.write_sections(&e.path, &[], &remove, false),
@@ -404,6 +528,19 @@ impl Engine {
             Ok(None) => return "missing".to_owned(),
             Err(error) => return format!("unreadable: {error}"),
         };
+        if e.kind == DOCKER {
+            let owned: BTreeSet<String> = [e.section.clone()].into();
+            return match docker_entry(&body, now) {
+                None => "expired (entry removed)".to_owned(),
+                Some(entry) => {
+                    match docker_json::merge(&text, &[entry], &BTreeSet::new(), &owned, false) {
+                        Ok(merged) if merged == text => "ok".to_owned(),
+                        Ok(_) => "drifted".to_owned(),
+                        Err(error) => format!("error: {error}"),
+                    }
+                }
+            };
+        }
         if is_whole(e) {
             return match whole_content(&e.kind, &body, now) {
                 Some(c) if c == text.as_bytes() => "ok".to_owned(),
@@ -454,6 +591,9 @@ impl Engine {
                     ));
                 }
             }
+        } else if e.kind == DOCKER {
+            let remove: BTreeSet<String> = [e.section.clone()].into();
+            self.write_docker(&e.path, None, &remove, false)?;
         } else {
             let remove: BTreeSet<String> = [e.section.clone()].into();
             self.write_sections(&e.path, &[], &remove, false)?;
@@ -473,7 +613,7 @@ impl Engine {
         let Ok(bound) = store.emitters() else { return };
         let mut bound = bound
             .into_iter()
-            .filter(|e| e.kind == AWS || is_whole(e))
+            .filter(|e| e.kind == AWS || e.kind == DOCKER || is_whole(e))
             .peekable();
         if bound.peek().is_none() {
             return;
@@ -490,6 +630,9 @@ impl Engine {
                     Some(Ok((_, body))) => remove_if_ours(&e.path, &body),
                     _ => Ok(()),
                 }
+            } else if e.kind == DOCKER {
+                let remove: BTreeSet<String> = [e.section.clone()].into();
+                self.write_docker(&e.path, None, &remove, false)
             } else {
                 let remove: BTreeSet<String> = [e.section.clone()].into();
                 self.write_sections(&e.path, &[], &remove, false)
