@@ -14,6 +14,7 @@ mod client;
 mod commands;
 mod error;
 mod exec;
+mod helpers;
 mod input;
 mod output;
 mod secret_json;
@@ -30,6 +31,13 @@ use crate::error::usage;
 use crate::output::Output;
 
 fn main() -> ExitCode {
+    // Called as docker-credential-vault or git-credential-vault?
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(helper) = argv.first().and_then(|a| helpers::which(a)) {
+        return ExitCode::from(u8::try_from(helper(&argv[1..])).unwrap_or(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
