@@ -10,7 +10,7 @@ use std::path::Path;
 use tracing::{info, warn};
 use vault_protocol::message::EmitterInfo;
 use vault_protocol::timefmt::Timestamp;
-use vault_protocol::{CredentialType, ErrorCode};
+use vault_protocol::{CredentialType, ErrorCode, WireError};
 
 use super::{Engine, Result, err, random_hex, store_err};
 use crate::emit::aws_ini::{self, MergeError, Section};
@@ -141,6 +141,16 @@ fn valid_profile(profile: &str) -> bool {
 }
 
 impl Engine {
+    /// The first binding `pred` picks, if any.
+    fn find_emitter(&self, pred: impl Fn(&EmitterRow) -> bool) -> Result<Option<EmitterRow>> {
+        Ok(self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|e| pred(e)))
+    }
+
     /// Sections of `path` the vault writes.
     fn owned_sections(&self, path: &str) -> Result<BTreeSet<String>> {
         Ok(self
@@ -153,6 +163,33 @@ impl Engine {
             .collect())
     }
 
+    /// The record `name`, which must be of type `kind` for `emit WHAT`.
+    fn load_as(
+        &self,
+        name: &str,
+        kind: CredentialType,
+        what: &str,
+    ) -> Result<(RecordRow, RecordBody)> {
+        let (row, body) = self.load(name)?;
+        if body.kind != kind {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is a {} credential: emit {what} needs a {kind} one",
+                    body.kind
+                ),
+            ));
+        }
+        Ok((row, body))
+    }
+
+    /// Records binding `emitter` (replacing one for the same place).
+    fn bind(&mut self, emitter: EmitterRow, name: &str) -> Result<EmitterInfo> {
+        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
+        info!(emitter = %emitter.id, record = %emitter.record_id, "emitting");
+        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+    }
+
     /// Merges `sections` into / `remove` from the file and writes it.
     fn write_sections(
         &self,
@@ -161,10 +198,7 @@ impl Engine {
         remove: &BTreeSet<String>,
         force: bool,
     ) -> Result<()> {
-        let file = Path::new(path);
-        let text = fsutil::read_text(file)
-            .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
-            .unwrap_or_default();
+        let text = read_file(path)?;
         let owned = self.owned_sections(path)?;
         let merged = aws_ini::merge(&text, sections, remove, &owned, force)
             .map_err(|e| merge_error(path, &e))?;
@@ -175,14 +209,36 @@ impl Engine {
             && aws_ini::section_names(&text)
                 .is_ok_and(|names| sections.iter().any(|s| names.contains(&s.name)));
         if force && taken {
-            // The user's section is replaced: keep the whole file first.
-            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
-            fsutil::replace_file(Path::new(&backup), text.as_bytes())
-                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
-            info!("kept a backup before --force");
+            keep_backup(path, &text)?;
         }
-        fsutil::replace_file(file, merged.as_bytes())
-            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+        write_file(path, merged.as_bytes())
+    }
+
+    /// Merges a registry login into / out of a docker config and writes it.
+    fn write_docker(
+        &self,
+        path: &str,
+        set: Option<(String, String)>,
+        remove: &BTreeSet<String>,
+        force: bool,
+    ) -> Result<()> {
+        let text = read_file(path)?;
+        let owned = self.owned_sections(path)?;
+        let entries: Vec<(String, String)> = set.into_iter().collect();
+        let merged = docker_json::merge(&text, &entries, remove, &owned, force).map_err(|e| {
+            let code = match e {
+                docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
+                docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
+            };
+            err(code, format!("{path} {e}"))
+        })?;
+        if merged == text {
+            return Ok(());
+        }
+        if force && entries.iter().any(|(r, _)| !owned.contains(r)) && !text.is_empty() {
+            keep_backup(path, &text)?;
+        }
+        write_file(path, merged.as_bytes())
     }
 
     /// `vault emit aws NAME --profile P`: writes the profile now and keeps
@@ -204,86 +260,27 @@ impl Engine {
                 ),
             ));
         }
-        if !Path::new(path).is_absolute() {
-            return Err(err(
-                ErrorCode::Usage,
-                format!("{path} is not an absolute path"),
-            ));
-        }
-        let (row, body) = self.load(name)?;
-        if body.kind != CredentialType::Aws {
-            return Err(err(
-                ErrorCode::Usage,
-                format!(
-                    "'{name}' is a {} credential: emit aws needs an aws one",
-                    body.kind
-                ),
-            ));
-        }
+        check_absolute(path)?;
+        let (row, body) = self.load_as(name, CredentialType::Aws, "aws")?;
         // In the config file a profile is `[profile P]`, except `[default]`.
         let (kind, section_name) = match &process {
             Some(_) if profile == "default" => (AWS_PROCESS, profile.to_owned()),
             Some(_) => (AWS_PROCESS, format!("profile {profile}")),
             None => (AWS, profile.to_owned()),
         };
-        let existing = self
-            .store()?
-            .emitters()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|e| e.path == path && e.section == section_name);
+        let existing = self.find_emitter(|e| e.path == path && e.section == section_name)?;
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id.clone(),
+            record_id: row.id,
             kind: kind.to_owned(),
             path: path.to_owned(),
             section: section_name,
             program: process,
             created_at: now.unix(),
         };
-        let Some(section) = render(&emitter, name, &body, now) else {
-            return Err(err(
-                ErrorCode::Expired,
-                format!("'{name}' has expired: renew it before emitting it"),
-            ));
-        };
+        let section = render(&emitter, name, &body, now).ok_or_else(|| expired(name))?;
         self.write_sections(path, &[section], &BTreeSet::new(), force)?;
-        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
-        info!(emitter = %emitter.id, record = %row.id, "emitting");
-        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
-    }
-
-    /// Merges a registry login into / out of a docker config and writes it.
-    fn write_docker(
-        &self,
-        path: &str,
-        set: Option<(String, String)>,
-        remove: &BTreeSet<String>,
-        force: bool,
-    ) -> Result<()> {
-        let file = Path::new(path);
-        let text = fsutil::read_text(file)
-            .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
-            .unwrap_or_default();
-        let owned = self.owned_sections(path)?;
-        let entries: Vec<(String, String)> = set.into_iter().collect();
-        let merged = docker_json::merge(&text, &entries, remove, &owned, force).map_err(|e| {
-            let code = match e {
-                docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
-                docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
-            };
-            err(code, format!("{path} {e}"))
-        })?;
-        if merged == text {
-            return Ok(());
-        }
-        if force && entries.iter().any(|(r, _)| !owned.contains(r)) && !text.is_empty() {
-            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
-            fsutil::replace_file(Path::new(&backup), text.as_bytes())
-                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
-        }
-        fsutil::replace_file(file, merged.as_bytes())
-            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+        self.bind(emitter, name)
     }
 
     /// `vault emit docker NAME`: the registry's login in `auths`, kept in
@@ -295,34 +292,10 @@ impl Engine {
         force: bool,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
-        if !Path::new(path).is_absolute() {
-            return Err(err(
-                ErrorCode::Usage,
-                format!("{path} is not an absolute path"),
-            ));
-        }
-        let (row, body) = self.load(name)?;
-        if body.kind != CredentialType::Registry {
-            return Err(err(
-                ErrorCode::Usage,
-                format!(
-                    "'{name}' is a {} credential: emit docker needs a registry one",
-                    body.kind
-                ),
-            ));
-        }
-        let Some((registry, entry)) = docker_entry(&body, now) else {
-            return Err(err(
-                ErrorCode::Expired,
-                format!("'{name}' has expired: renew it before emitting it"),
-            ));
-        };
-        let existing = self
-            .store()?
-            .emitters()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|e| e.path == path && e.section == registry);
+        check_absolute(path)?;
+        let (row, body) = self.load_as(name, CredentialType::Registry, "docker")?;
+        let (registry, entry) = docker_entry(&body, now).ok_or_else(|| expired(name))?;
+        let existing = self.find_emitter(|e| e.path == path && e.section == registry)?;
         self.write_docker(
             path,
             Some((registry.clone(), entry)),
@@ -331,16 +304,14 @@ impl Engine {
         )?;
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id.clone(),
+            record_id: row.id,
             kind: DOCKER.to_owned(),
             path: path.to_owned(),
             section: registry,
             program: None,
             created_at: now.unix(),
         };
-        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
-        info!(emitter = %emitter.id, record = %row.id, "emitting");
-        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+        self.bind(emitter, name)
     }
 
     /// `vault emit gcloud|file`: writes the whole file now and keeps it in
@@ -354,7 +325,6 @@ impl Engine {
         force: bool,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
-        let (row, body) = self.load(name)?;
         let wanted = match kind {
             GCLOUD => CredentialType::Gcp,
             FILE => CredentialType::File,
@@ -365,15 +335,7 @@ impl Engine {
                 ));
             }
         };
-        if body.kind != wanted {
-            return Err(err(
-                ErrorCode::Usage,
-                format!(
-                    "'{name}' is a {} credential: emit {kind} needs a {wanted} one",
-                    body.kind
-                ),
-            ));
-        }
+        let (row, body) = self.load_as(name, wanted, kind)?;
         let path = match path {
             Some(p) => p,
             None => body
@@ -382,24 +344,9 @@ impl Engine {
                 .map(|p| expand_home(p.expose_secret()))
                 .ok_or_else(|| err(ErrorCode::Usage, "give the file with --path"))?,
         };
-        if !Path::new(&path).is_absolute() {
-            return Err(err(
-                ErrorCode::Usage,
-                format!("{path} is not an absolute path"),
-            ));
-        }
-        let Some(content) = whole_content(kind, &body, now) else {
-            return Err(err(
-                ErrorCode::Expired,
-                format!("'{name}' has expired: renew it before emitting it"),
-            ));
-        };
-        let existing = self
-            .store()?
-            .emitters()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|e| e.path == path);
+        check_absolute(&path)?;
+        let content = whole_content(kind, &body, now).ok_or_else(|| expired(name))?;
+        let existing = self.find_emitter(|e| e.path == path)?;
         if let Some(other) = existing.as_ref().filter(|e| !is_whole(e)) {
             return Err(err(
                 ErrorCode::Conflict,
@@ -422,27 +369,37 @@ impl Engine {
                     ),
                 ));
             }
-            let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
-            fsutil::replace_file(Path::new(&backup), text.as_bytes())
-                .map_err(|e| err(ErrorCode::Failed, format!("cannot write {backup}: {e}")))?;
+            keep_backup(&path, &text)?;
         }
-        fsutil::replace_file(Path::new(&path), &content)
-            .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))?;
+        write_file(&path, &content)?;
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id.clone(),
+            record_id: row.id,
             kind: kind.to_owned(),
             path,
             section: WHOLE.to_owned(),
             program: None,
             created_at: now.unix(),
         };
-        self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
-        info!(emitter = %emitter.id, record = %row.id, "emitting");
-        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+        self.bind(emitter, name)
     }
 
-    /// Writes what binding `e` should hold for `body` (or removes it).
+    /// Takes out of its file what binding `e` wrote there; a whole file is
+    /// removed.
+    fn unwrite(&self, e: &EmitterRow) -> Result<()> {
+        let remove: BTreeSet<String> = [e.section.clone()].into();
+        if is_whole(e) {
+            remove_file(&e.path)
+        } else if e.kind == DOCKER {
+            self.write_docker(&e.path, None, &remove, false)
+        } else {
+            self.write_sections(&e.path, &[], &remove, false)
+        }
+    }
+
+    /// Writes what binding `e` should hold for `body`, or takes it out when
+    /// the record was deleted or has expired (a whole file only if nobody
+    /// changed it since).
     fn write_binding(
         &self,
         e: &EmitterRow,
@@ -450,28 +407,37 @@ impl Engine {
         deleted: bool,
         now: Timestamp,
     ) -> Result<()> {
+        if deleted {
+            return self.take_out(e, body);
+        }
         if is_whole(e) {
-            let file = Path::new(&e.path);
-            return match whole_content(&e.kind, body, now).filter(|_| !deleted) {
-                Some(content) => fsutil::replace_file(file, &content)
-                    .map_err(|x| err(ErrorCode::Failed, format!("cannot write {}: {x}", e.path))),
-                None => remove_if_ours(&e.path, body),
+            return match whole_content(&e.kind, body, now) {
+                Some(content) => write_file(&e.path, &content),
+                None => self.take_out(e, body),
             };
         }
-        let remove: BTreeSet<String> = [e.section.clone()].into();
         if e.kind == DOCKER {
             // The registry may have been renamed in the credential: the
             // binding's entry goes, the current one is written.
-            return match docker_entry(body, now).filter(|_| !deleted) {
+            return match docker_entry(body, now) {
                 Some(entry) if entry.0 == e.section => {
                     self.write_docker(&e.path, Some(entry), &BTreeSet::new(), false)
                 }
-                _ => self.write_docker(&e.path, None, &remove, false),
+                _ => self.unwrite(e),
             };
         }
-        match render(e, &body.name, body, now).filter(|_| !deleted) {
+        match render(e, &body.name, body, now) {
             Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
-            None => self.write_sections(&e.path, &[], &remove, false),
+            None => self.unwrite(e),
+        }
+    }
+
+    /// Takes binding `e` out for a record that is gone or expired.
+    fn take_out(&self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
+        if is_whole(e) {
+            remove_if_ours(&e.path, body)
+        } else {
+            self.unwrite(e)
         }
     }
 
@@ -502,14 +468,10 @@ impl Engine {
     /// wrote (`ok`), was changed by someone else (`drifted`), lost the
     /// section (`missing`) or cannot be read.
     pub fn emit_list(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
-        let sess = self.session()?;
+        self.session()?;
         let mut out = Vec::new();
         for e in self.store()?.emitters().map_err(store_err)? {
-            let name = sess
-                .index
-                .iter()
-                .find(|(_, entry)| entry.id == e.record_id)
-                .map(|(n, _)| n.clone());
+            let name = self.name_of(&e.record_id);
             let state = match &name {
                 None => "credential deleted".to_owned(),
                 Some(n) => self.drift_state(&e, n, now),
@@ -568,44 +530,22 @@ impl Engine {
     /// `vault emit rm ID`: removes the vault's section and forgets the
     /// binding.
     pub fn emit_remove(&mut self, id: &str) -> Result<EmitterInfo> {
-        let Some(e) = self
-            .store()?
-            .emitters()
-            .map_err(store_err)?
-            .into_iter()
-            .find(|e| e.id == id)
-        else {
+        let Some(e) = self.find_emitter(|e| e.id == id)? else {
             return Err(err(
                 ErrorCode::NotFound,
                 format!("no emitter '{id}': see 'vault emit list'"),
             ));
         };
-        if is_whole(&e) {
-            match std::fs::remove_file(&e.path) {
-                Ok(()) => {}
-                Err(x) if x.kind() == std::io::ErrorKind::NotFound => {}
-                Err(x) => {
-                    return Err(err(
-                        ErrorCode::Failed,
-                        format!("cannot remove {}: {x}", e.path),
-                    ));
-                }
-            }
-        } else if e.kind == DOCKER {
-            let remove: BTreeSet<String> = [e.section.clone()].into();
-            self.write_docker(&e.path, None, &remove, false)?;
-        } else {
-            let remove: BTreeSet<String> = [e.section.clone()].into();
-            self.write_sections(&e.path, &[], &remove, false)?;
-        }
+        self.unwrite(&e)?;
         self.store_mut()?.delete_emitter(id).map_err(store_err)?;
         info!(emitter = %id, "stopped emitting");
         Ok(info_of(&e, None, "removed".to_owned()))
     }
 
-    /// Removes the key sections of credentials that have expired since they
-    /// were written (called by the daemon's ticker), so no tool is handed
-    /// a dead key. A no-op when the file no longer has them.
+    /// Takes out what was written for credentials that have expired since
+    /// (called by the daemon's ticker), so no tool is handed a dead key. A
+    /// no-op when the file no longer has it. `credential_process` lines
+    /// stay: `vault aws-process` itself refuses an expired credential.
     pub fn expire_emitted(&self, now: Timestamp) {
         let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
             return;
@@ -613,32 +553,26 @@ impl Engine {
         let Ok(bound) = store.emitters() else { return };
         let mut bound = bound
             .into_iter()
-            .filter(|e| e.kind == AWS || e.kind == DOCKER || is_whole(e))
+            .filter(|e| e.kind != AWS_PROCESS)
             .peekable();
         if bound.peek().is_none() {
             return;
         }
-        let expired: BTreeSet<&str> = sess
+        let expired: std::collections::BTreeMap<&str, &str> = sess
             .index
-            .values()
-            .filter(|e| e.expires_at.is_some_and(|t| t <= now))
-            .map(|e| e.id.as_str())
+            .iter()
+            .filter(|(_, e)| e.expires_at.is_some_and(|t| t <= now))
+            .map(|(name, e)| (e.id.as_str(), name.as_str()))
             .collect();
-        for e in bound.filter(|e| expired.contains(e.record_id.as_str())) {
-            let gone = if is_whole(&e) {
-                match self.name_of(&e.record_id).map(|n| self.load(&n)) {
-                    Some(Ok((_, body))) => remove_if_ours(&e.path, &body),
-                    _ => Ok(()),
-                }
-            } else if e.kind == DOCKER {
-                let remove: BTreeSet<String> = [e.section.clone()].into();
-                self.write_docker(&e.path, None, &remove, false)
-            } else {
-                let remove: BTreeSet<String> = [e.section.clone()].into();
-                self.write_sections(&e.path, &[], &remove, false)
+        for e in bound {
+            let Some(name) = expired.get(e.record_id.as_str()) else {
+                continue;
             };
+            let gone = self
+                .load(name)
+                .and_then(|(_, body)| self.take_out(&e, &body));
             if let Err(error) = gone {
-                warn!(emitter = %e.id, error = %error.message, "cannot remove an expired section");
+                warn!(emitter = %e.id, error = %error.message, "cannot remove an expired credential");
             }
         }
     }
@@ -658,6 +592,52 @@ impl Engine {
     }
 }
 
+fn expired(name: &str) -> WireError {
+    err(
+        ErrorCode::Expired,
+        format!("'{name}' has expired: renew it before emitting it"),
+    )
+}
+
+fn check_absolute(path: &str) -> Result<()> {
+    if Path::new(path).is_absolute() {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::Usage,
+            format!("{path} is not an absolute path"),
+        ))
+    }
+}
+
+/// The text of a file other tools own; empty when it does not exist yet.
+fn read_file(path: &str) -> Result<String> {
+    Ok(fsutil::read_text(Path::new(path))
+        .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
+        .unwrap_or_default())
+}
+
+fn write_file(path: &str, content: &[u8]) -> Result<()> {
+    fsutil::replace_file(Path::new(path), content)
+        .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+}
+
+/// Keeps the whole file before `--force` replaces a part the user wrote.
+fn keep_backup(path: &str, text: &str) -> Result<()> {
+    let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+    write_file(&backup, text.as_bytes())?;
+    info!("kept a backup before --force");
+    Ok(())
+}
+
+fn remove_file(path: &str) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(x) => Err(err(ErrorCode::Failed, format!("cannot remove {path}: {x}"))),
+    }
+}
+
 /// Removes a whole file the vault wrote, unless someone changed it since
 /// (then it is theirs now, and stays).
 fn remove_if_ours(path: &str, body: &RecordBody) -> Result<()> {
@@ -672,11 +652,7 @@ fn remove_if_ours(path: &str, body: &RecordBody) -> Result<()> {
         }
         return Ok(());
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(x) => Err(err(ErrorCode::Failed, format!("cannot remove {path}: {x}"))),
-    }
+    remove_file(path)
 }
 
 fn info_of(e: &EmitterRow, name: Option<String>, state: String) -> EmitterInfo {
