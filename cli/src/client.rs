@@ -473,7 +473,10 @@ mod tests {
     fn only_read_only_requests_are_pipelined() {
         assert!(is_read_only(&Request::Get { name: "a".into() }));
         assert!(is_read_only(&Request::Status));
-        assert!(!is_read_only(&Request::Remove { name: "a".into() }));
+        assert!(!is_read_only(&Request::Remove {
+            name: "a".into(),
+            force: false,
+        }));
         assert!(!is_read_only(&Request::Shutdown));
     }
 }

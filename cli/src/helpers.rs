@@ -212,6 +212,7 @@ fn docker(args: &[String]) -> i32 {
             Some(r) => client
                 .call(Request::Remove {
                     name: r.name.clone(),
+                    force: true,
                 })
                 .map_or_else(|e| fail(&e.message), |_| 0),
             None => fail("credentials not found in native keychain"),
@@ -292,6 +293,7 @@ fn git(args: &[String]) -> i32 {
                 Some(r) => client
                     .call(Request::Remove {
                         name: r.name.clone(),
+                        force: true,
                     })
                     .map(drop),
                 None => Ok(()),

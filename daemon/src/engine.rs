@@ -691,8 +691,12 @@ impl Engine {
     }
 
     /// Deletes a record; its history stays and `restore` brings it back.
-    pub fn remove(&mut self, name: &str, now: Timestamp) -> Result<RecordSummary> {
+    /// A record other files are emitted from takes `force`.
+    pub fn remove(&mut self, name: &str, force: bool, now: Timestamp) -> Result<RecordSummary> {
         let (mut row, body) = self.load(name)?;
+        if !force {
+            self.refuse_if_emitted(&row, name)?;
+        }
         row.deleted = true;
         self.commit(row, body, name, "remove", now)
     }
@@ -824,7 +828,7 @@ mod tests {
         );
         e.rename("a", "b", now).unwrap();
         assert_eq!(e.get("a", now).unwrap_err().code, ErrorCode::NotFound);
-        e.remove("b", now).unwrap();
+        e.remove("b", false, now).unwrap();
         assert!(
             e.list(&ListFilter::default(), None, now)
                 .unwrap()

@@ -281,7 +281,9 @@ impl Daemon {
             Request::List { filter, after } => engine
                 .list(&filter, after.as_deref(), now)
                 .map(|(records, next)| Response::Records { records, next }),
-            Request::Remove { name } => engine.remove(&name, now).map(Response::Changed),
+            Request::Remove { name, force } => {
+                engine.remove(&name, force, now).map(Response::Changed)
+            }
             Request::Rename { from, to } => engine.rename(&from, &to, now).map(Response::Changed),
             Request::History { name } => engine
                 .history(&name)

@@ -168,6 +168,10 @@ pub enum Request {
     Remove {
         /// The record.
         name: String,
+        /// Also when files are emitted from it (what the vault wrote there
+        /// is taken out); without it such a record is refused.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Give a record a new name.
     Rename {

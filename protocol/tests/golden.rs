@@ -226,3 +226,25 @@ fn resolve_request_frame() {
         Ok(Response::Resolved { records }) if records.is_empty()
     ));
 }
+
+#[test]
+fn remove_frames_with_and_without_force() {
+    let plain = RequestFrame {
+        id: 10,
+        req: Request::Remove {
+            name: "gh".into(),
+            force: false,
+        },
+    };
+    let expected = r#"{"id":10,"req":{"op":"remove","name":"gh"}}"#;
+    assert_eq!(frame_of(&plain), with_header(expected));
+    let forced = RequestFrame {
+        id: 11,
+        req: Request::Remove {
+            name: "gh".into(),
+            force: true,
+        },
+    };
+    let expected = r#"{"id":11,"req":{"op":"remove","name":"gh","force":true}}"#;
+    assert_eq!(frame_of(&forced), with_header(expected));
+}

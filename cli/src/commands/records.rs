@@ -392,37 +392,15 @@ fn state_name(state: RecordState) -> &'static str {
 /// `vault rm`: asks first on a terminal, unless `--force`.
 pub fn rm(ctx: &mut Ctx, args: &RmArgs) -> CliResult<()> {
     validate_name(&args.name).map_err(usage)?;
-    if !args.force {
-        // A credential other tools read from their files: deleting it
-        // removes those sections too, so it takes --force.
-        let bound = match ctx.call_unlocked(&|| Request::EmitList)? {
-            Response::Emitters { emitters } => emitters,
-            _ => return Err(unexpected("emit list")),
-        };
-        let places: Vec<String> = bound
-            .iter()
-            .filter(|e| e.name.as_deref() == Some(args.name.as_str()))
-            .map(|e| format!("{} [{}]", e.path, e.section))
-            .collect();
-        if !places.is_empty() {
-            return Err(WireError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "{} is emitted to {}: 'vault rm {} --force' deletes it and removes what \
-                     vault wrote there",
-                    args.name,
-                    places.join(", "),
-                    args.name
-                ),
-            ));
-        }
-    }
     if !args.force && io::stdin().is_terminal() && !confirm(&format!("Delete {}?", args.name))? {
         return Err(failed(format!("{} was not deleted", args.name)));
     }
     let summary = changed(
+        // vaultd refuses a credential that files are emitted from unless
+        // --force.
         ctx.call_unlocked(&|| Request::Remove {
             name: args.name.clone(),
+            force: args.force,
         })?,
         "rm",
     )?;

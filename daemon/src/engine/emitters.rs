@@ -183,6 +183,30 @@ impl Engine {
         Ok((row, body))
     }
 
+    /// Refuses to delete `row` while files are emitted from it, naming
+    /// them.
+    pub(super) fn refuse_if_emitted(&self, row: &RecordRow, name: &str) -> Result<()> {
+        let places: Vec<String> = self
+            .store()?
+            .emitters()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|e| e.record_id == row.id)
+            .map(|e| format!("{} [{}]", e.path, e.section))
+            .collect();
+        if places.is_empty() {
+            return Ok(());
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            format!(
+                "{name} is emitted to {}: 'vault rm {name} --force' deletes it and removes what \
+                 vault wrote there",
+                places.join(", ")
+            ),
+        ))
+    }
+
     /// Records binding `emitter` (replacing one for the same place).
     fn bind(&mut self, emitter: EmitterRow, name: &str) -> Result<EmitterInfo> {
         self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
