@@ -1,7 +1,7 @@
-//! `vault emit aws|list|rm` (SPEC §9): files other tools read, kept in sync
-//! by the daemon. This slice: AWS shared-credentials profiles.
+//! `vault emit aws|docker|gcloud|file|list|repair|rm` (SPEC §9): files
+//! other tools read, kept in sync by the daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vault_protocol::message::EmitterInfo;
 use vault_protocol::{Request, Response, validate_name};
@@ -34,27 +34,20 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             } else {
                 None
             };
-            let path = std::path::absolute(&path)
-                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-            let path = path.to_string_lossy().into_owned();
-            let info = match ctx.call_unlocked(&|| Request::EmitAws {
+            let path = absolute(&path)?;
+            let req = || Request::EmitAws {
                 name: name.clone(),
                 profile: profile.clone(),
                 path: path.clone(),
                 force,
                 process: program.clone(),
-            })? {
-                Response::Emitted(info) => info,
-                _ => return Err(unexpected("emit")),
             };
-            ctx.out.info(&format!(
-                "emitting {name} as [{}] in {} (id {}); vault keeps it in sync",
-                info.section, info.path, info.id
-            ));
-            if ctx.out.json {
-                ctx.out.json(&info)?;
-            }
-            Ok(())
+            emitted(ctx, &req, |info| {
+                format!(
+                    "emitting {name} as [{}] in {} (id {}); vault keeps it in sync",
+                    info.section, info.path, info.id
+                )
+            })
         }
         EmitAction::Gcloud {
             name,
@@ -81,32 +74,21 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                     None => home()?.join(".docker/config.json"),
                 },
             };
-            let path = std::path::absolute(&path)
-                .map_err(|e| failed(format!("{}: {e}", path.display())))?
-                .to_string_lossy()
-                .into_owned();
-            let info = match ctx.call_unlocked(&|| Request::EmitDocker {
+            let path = absolute(&path)?;
+            let req = || Request::EmitDocker {
                 name: name.clone(),
                 path: path.clone(),
                 force,
-            })? {
-                Response::Emitted(info) => info,
-                _ => return Err(unexpected("emit")),
             };
-            ctx.out.info(&format!(
-                "emitting {name} as auths[{}] in {} (id {}); vault keeps it in sync",
-                info.section, info.path, info.id
-            ));
-            if ctx.out.json {
-                ctx.out.json(&info)?;
-            }
-            Ok(())
+            emitted(ctx, &req, |info| {
+                format!(
+                    "emitting {name} as auths[{}] in {} (id {}); vault keeps it in sync",
+                    info.section, info.path, info.id
+                )
+            })
         }
         EmitAction::Repair => {
-            let emitters = match ctx.call_unlocked(&|| Request::EmitRepair)? {
-                Response::Emitters { emitters } => emitters,
-                _ => return Err(unexpected("emit repair")),
-            };
+            let emitters = emitters(ctx, || Request::EmitRepair)?;
             if ctx.out.json {
                 return ctx.out.json(&emitters);
             }
@@ -119,10 +101,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             Ok(())
         }
         EmitAction::List => {
-            let emitters = match ctx.call_unlocked(&|| Request::EmitList)? {
-                Response::Emitters { emitters } => emitters,
-                _ => return Err(unexpected("emit list")),
-            };
+            let emitters = emitters(ctx, || Request::EmitList)?;
             if ctx.out.json {
                 return ctx.out.json(&emitters);
             }
@@ -136,20 +115,48 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             Ok(())
         }
         EmitAction::Rm { id } => {
-            let info = match ctx.call_unlocked(&|| Request::EmitRemove { id: id.clone() })? {
-                Response::Emitted(info) => info,
-                _ => return Err(unexpected("emit rm")),
-            };
-            ctx.out.info(&format!(
-                "removed [{}] from {}; no longer emitted",
-                info.section, info.path
-            ));
-            if ctx.out.json {
-                ctx.out.json(&info)?;
-            }
-            Ok(())
+            let req = || Request::EmitRemove { id: id.clone() };
+            emitted(ctx, &req, |info| {
+                format!(
+                    "removed [{}] from {}; no longer emitted",
+                    info.section, info.path
+                )
+            })
         }
     }
+}
+
+/// Sends a request answered by one binding; says what was done (and with
+/// `--json`, prints the binding).
+fn emitted(
+    ctx: &mut Ctx,
+    req: &dyn Fn() -> Request,
+    said: impl Fn(&EmitterInfo) -> String,
+) -> CliResult<()> {
+    let info = match ctx.call_unlocked(req)? {
+        Response::Emitted(info) => info,
+        _ => return Err(unexpected("emit")),
+    };
+    ctx.out.info(&said(&info));
+    if ctx.out.json {
+        ctx.out.json(&info)?;
+    }
+    Ok(())
+}
+
+/// Sends a request answered by every binding.
+fn emitters(ctx: &mut Ctx, req: fn() -> Request) -> CliResult<Vec<EmitterInfo>> {
+    match ctx.call_unlocked(&req)? {
+        Response::Emitters { emitters } => Ok(emitters),
+        _ => Err(unexpected("emit")),
+    }
+}
+
+/// `path` made absolute, as the daemon (another working directory) needs.
+fn absolute(path: &Path) -> CliResult<String> {
+    std::path::absolute(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| failed(format!("{}: {e}", path.display())))
 }
 
 /// `vault emit gcloud|file`.
@@ -161,32 +168,19 @@ fn emit_file(
     force: bool,
 ) -> CliResult<()> {
     validate_name(name).map_err(usage)?;
-    let path = match path {
-        Some(p) => Some(
-            std::path::absolute(&p)
-                .map_err(|e| failed(format!("{}: {e}", p.display())))?
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        None => None,
-    };
-    let info = match ctx.call_unlocked(&|| Request::EmitFile {
+    let path = path.as_deref().map(absolute).transpose()?;
+    let req = || Request::EmitFile {
         name: name.to_owned(),
         kind: kind.to_owned(),
         path: path.clone(),
         force,
-    })? {
-        Response::Emitted(info) => info,
-        _ => return Err(unexpected("emit")),
     };
-    ctx.out.info(&format!(
-        "emitting {name} to {} (id {}); vault keeps it in sync",
-        info.path, info.id
-    ));
-    if ctx.out.json {
-        ctx.out.json(&info)?;
-    }
-    Ok(())
+    emitted(ctx, &req, |info| {
+        format!(
+            "emitting {name} to {} (id {}); vault keeps it in sync",
+            info.path, info.id
+        )
+    })
 }
 
 /// gcloud's ADC file: `$CLOUDSDK_CONFIG` or `~/.config/gcloud`, then
