@@ -10,6 +10,7 @@ use vault_protocol::{CredentialType, ErrorCode, Request, Response, SecretValue, 
 use zeroize::Zeroizing;
 
 use crate::client::{Client, Target};
+use crate::names::{host_of, name_from};
 
 /// Which helper argv[0] names, if any.
 pub fn which(argv0: &str) -> Option<fn(&[String]) -> i32> {
@@ -76,27 +77,6 @@ fn field<'a>(r: &'a RecordView, f: &str) -> &'a str {
         .get(f)
         .map(|v| v.expose_secret())
         .unwrap_or_default()
-}
-
-/// `https://index.docker.io/v1/` → `index.docker.io`.
-fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest).trim()
-}
-
-/// A name for a new credential from a host.
-fn name_for(host: &str) -> String {
-    host.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned()
 }
 
 fn upsert(
@@ -198,7 +178,7 @@ fn docker(args: &[String]) -> i32 {
             let result = upsert(
                 &mut client,
                 find(&host),
-                &name_for(&host),
+                &name_from(&host),
                 CredentialType::Registry,
                 vec![
                     ("registry", host.as_str()),
@@ -280,7 +260,7 @@ fn git(args: &[String]) -> i32 {
                 upsert(
                     &mut client,
                     found,
-                    &name_for(&host),
+                    &name_from(&host),
                     CredentialType::Password,
                     vec![
                         ("username", &username),

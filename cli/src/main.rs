@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod helpers;
 mod input;
+mod names;
 mod output;
 mod secret_json;
 

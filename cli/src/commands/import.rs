@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use super::Ctx;
 use crate::args::{ImportArgs, ImportSource};
 use crate::error::{CliResult, failed, unexpected, usage};
+use crate::names::{host_of, name_from};
 
 /// `vault import`.
 pub fn run(ctx: &mut Ctx, args: &ImportArgs) -> CliResult<()> {
@@ -213,22 +214,6 @@ fn aws_regions(sections: &Sections) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A name made of the characters names allow.
-fn clean(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '/' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    out.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned()
-}
-
 /// One `aws` record per profile with keys, named `aws-PROFILE`.
 fn aws_records(sections: &Sections, regions: &BTreeMap<String, String>) -> Vec<NewRecord> {
     let mut out = Vec::new();
@@ -253,7 +238,7 @@ fn aws_records(sections: &Sections, regions: &BTreeMap<String, String>) -> Vec<N
             f.insert("region".to_owned(), SecretValue::from(region.as_str()));
         }
         out.push(NewRecord {
-            name: format!("aws-{}", clean(profile)),
+            name: format!("aws-{}", name_from(profile)),
             kind: CredentialType::Aws,
             fields: f,
             description: None,
@@ -309,19 +294,13 @@ fn docker_records(text: &str, path: &Path) -> Result<(Vec<NewRecord>, Vec<String
             ));
             continue;
         };
-        let host = registry
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let host = host_of(&registry).to_owned();
         let mut f = BTreeMap::new();
         f.insert("registry".to_owned(), SecretValue::from(host.as_str()));
         f.insert("username".to_owned(), SecretValue::from(user));
         f.insert("auth".to_owned(), SecretValue::from(pass));
         out.push(NewRecord {
-            name: clean(&host),
+            name: name_from(&host),
             kind: CredentialType::Registry,
             fields: f,
             description: None,
@@ -342,7 +321,7 @@ fn default_env_name(path: &Path) -> String {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "dotenv".to_owned());
-    format!("{}-env", clean(&dir))
+    format!("{}-env", name_from(&dir))
 }
 
 /// One `generic` record with every `KEY=VALUE` of a `.env` file (`export`,
