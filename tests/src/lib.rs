@@ -625,6 +625,25 @@ impl VaultHome {
         format!("@{}", path.display())
     }
 
+    /// `vault add NAME --type aws` with `access_key_id`, the secret key
+    /// from a file, and `extra` arguments (more fields, `--ttl`, ...).
+    pub fn add_aws(&self, name: &str, key_id: &str, secret_key: &str, extra: &[&str]) {
+        let f = self.at_file(
+            &format!("{}-secret-key", name.replace('/', "_")),
+            secret_key,
+        );
+        let mut args = vec![
+            "add".to_owned(),
+            name.to_owned(),
+            "--type".to_owned(),
+            "aws".to_owned(),
+            format!("access_key_id={key_id}"),
+            format!("secret_access_key={f}"),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.vault(&args).ok();
+    }
+
     /// Connects to the daemon's socket directly (10 s I/O timeouts).
     pub fn connect(&self) -> std::io::Result<UnixStream> {
         connect(&self.socket())
@@ -796,6 +815,27 @@ pub fn walk(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
         out.push((p, meta));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Standard base64 decoding, written here so tests do not lean on the code
+/// under test to decode what it encoded.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("{c:?} is not base64"));
+        bits = (bits << 6) | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
     out
 }
 

@@ -11,19 +11,6 @@ use vault_e2e::{MARK, VaultHome, secret};
 
 const USER_FILE: &str = "# my keys, keep this comment\n[default]\naws_access_key_id=AKIAUSER\naws_secret_access_key = user-secret ; odd but mine\n\n[dev]\nregion = eu-west-1\ns3 =\n    max_concurrent_requests = 20\n    addressing_style = path\n";
 
-fn add_aws(vh: &VaultHome, name: &str, secret_value: &str) {
-    let f = vh.at_file(&format!("{name}-sk"), secret_value);
-    vh.vault([
-        "add",
-        name,
-        "--type",
-        "aws",
-        "access_key_id=AKIAVAULT",
-        &format!("secret_access_key={f}"),
-    ])
-    .ok();
-}
-
 #[test]
 fn the_profile_follows_every_change_and_user_lines_never_move() {
     let vh = VaultHome::new();
@@ -37,7 +24,7 @@ fn the_profile_follows_every_change_and_user_lines_never_move() {
     symlink(&real, aws.join("credentials")).unwrap();
 
     let (s1, s2) = (secret("emit-1"), secret("emit-2"));
-    add_aws(&vh, "team-dev", &s1);
+    vh.add_aws("team-dev", "AKIAVAULT", &s1, &[]);
     let run = vh.vault(["emit", "aws", "team-dev", "--profile", "vault-dev"]);
     run.ok().never_prints(MARK);
     let text = fs::read_to_string(&real).unwrap();
@@ -107,7 +94,7 @@ fn a_users_profile_is_not_taken_and_a_bad_file_is_not_rewritten() {
     fs::create_dir_all(&aws).unwrap();
     let file = aws.join("credentials");
     fs::write(&file, USER_FILE).unwrap();
-    add_aws(&vh, "mine", &secret("mine"));
+    vh.add_aws("mine", "AKIAVAULT", &secret("mine"), &[]);
 
     let run = vh.vault(["emit", "aws", "mine", "--profile", "dev"]);
     run.code(5)
@@ -186,7 +173,7 @@ fn process_mode_puts_no_key_in_any_file_and_follows_a_rename() {
     let vh = VaultHome::new();
     vh.init();
     let s1 = secret("proc-emit");
-    add_aws(&vh, "cp", &s1);
+    vh.add_aws("cp", "AKIAVAULT", &s1, &[]);
     let aws = vh.user_home.join(".aws");
     fs::create_dir_all(&aws).unwrap();
     let user_config = "[default]\nregion = us-east-1\n\n[profile other]\noutput = json\n";
@@ -338,7 +325,7 @@ fn repair_puts_back_a_drifted_profile_and_nothing_else() {
     let file = aws.join("credentials");
     fs::write(&file, USER_FILE).unwrap();
     let s1 = secret("repair");
-    add_aws(&vh, "r", &s1);
+    vh.add_aws("r", "AKIAVAULT", &s1, &[]);
     vh.vault(["emit", "aws", "r", "--profile", "vault-r"]).ok();
     let good = fs::read_to_string(&file).unwrap();
     let edited = good.replace(&s1, "hand-edited") + "[user-added-later]\nx = 1\n";
@@ -373,7 +360,7 @@ fn docker_logins_go_into_auths_and_nothing_else_moves() {
     let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
     let auth = v["auths"]["nvcr.io"]["auth"].as_str().unwrap();
     assert_eq!(
-        String::from_utf8(decode64(auth)).unwrap(),
+        String::from_utf8(vault_e2e::base64_decode(auth)).unwrap(),
         format!("$oauthtoken:{p1}")
     );
     assert_eq!(v["auths"]["ghcr.io"]["auth"], "dXNlcjpwYXNz");
@@ -398,19 +385,4 @@ fn docker_logins_go_into_auths_and_nothing_else_moves() {
     // Deleting the credential restores the user's bytes exactly.
     vh.vault(["rm", "ngc", "--force"]).ok();
     assert_eq!(fs::read_to_string(&file).unwrap(), user);
-}
-
-fn decode64(s: &str) -> Vec<u8> {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
-    for c in s.bytes().filter(|&c| c != b'=') {
-        bits = (bits << 6) | alphabet.iter().position(|&a| a == c).unwrap() as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    out
 }

@@ -145,7 +145,7 @@ fn every_type_reaches_the_child_and_its_files_are_private_and_gone() {
     let docker: serde_json::Value = serde_json::from_str(&read("docker")).unwrap();
     let auth = docker["auths"]["nvcr.io"]["auth"].as_str().unwrap();
     let expected = format!("$oauthtoken:{}", sample(&all, "registry").secret_value);
-    assert_eq!(base64_decode(auth), expected.as_bytes());
+    assert_eq!(vault_e2e::base64_decode(auth), expected.as_bytes());
     for (file, mode) in [
         ("gcp", "600"),
         ("ssh", "600"),
@@ -162,26 +162,6 @@ fn every_type_reaches_the_child_and_its_files_are_private_and_gone() {
     );
     assert!(!dir.exists(), "the child's folder is removed when it exits");
     assert!(exec_dir_is_empty(&vh));
-}
-
-/// Minimal base64 decoding for the check above (the test does not trust
-/// the code under test to decode what it encoded).
-fn base64_decode(s: &str) -> Vec<u8> {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = alphabet.iter().position(|&a| a == c).unwrap() as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    out
 }
 
 #[test]

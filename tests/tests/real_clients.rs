@@ -37,8 +37,23 @@ fn python(test: &str) -> Option<PathBuf> {
     Some(python)
 }
 
+/// Runs `cmd`, which must succeed and print one JSON document.
+fn json_of(cmd: Command) -> serde_json::Value {
+    let run = run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}:\n{run}"))
+}
+
+/// `python -c SCRIPT` in the vault's environment; its JSON output.
+fn run_python(vh: &VaultHome, python: &Path, script: &str) -> serde_json::Value {
+    json_of(vh.command(python, ["-c", script]))
+}
+
+/// `vault exec --no-mask FLAGS -c CREDS... -- python -c SCRIPT`; the
+/// script's JSON output.
 fn exec_python(
     vh: &VaultHome,
+    flags: &[&str],
     creds: &[&str],
     python: &Path,
     script: &str,
@@ -46,6 +61,7 @@ fn exec_python(
 ) -> serde_json::Value {
     // The script prints the secrets it resolved, to compare them: unmasked.
     let mut args: Vec<String> = vec!["exec".into(), "--no-mask".into()];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     for c in creds {
         args.extend(["-c".into(), (*c).into()]);
     }
@@ -59,9 +75,7 @@ fn exec_python(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}:\n{run}"))
+    json_of(cmd)
 }
 
 #[test]
@@ -73,21 +87,18 @@ fn botocore_resolves_exactly_the_injected_credentials() {
     vh.init();
     let secret_key = secret("aws-secret");
     let token = secret("aws-token");
-    let sk = vh.at_file("sk", &secret_key);
     let tk = vh.at_file("tk", &token);
-    vh.vault([
-        "add",
+    vh.add_aws(
         "aws-sts",
-        "--type",
-        "aws",
-        "access_key_id=ASIAREALCLIENT",
-        &format!("secret_access_key={sk}"),
-        &format!("session_token={tk}"),
-        "region=ap-southeast-2",
-        "--ttl",
-        "1h",
-    ])
-    .ok();
+        "ASIAREALCLIENT",
+        &secret_key,
+        &[
+            &format!("session_token={tk}"),
+            "region=ap-southeast-2",
+            "--ttl",
+            "1h",
+        ],
+    );
     // A profile that the user's environment points at: if AWS_PROFILE
     // reached the child, botocore would use it (or fail to find it).
     let aws_dir = vh.user_home.join(".aws");
@@ -107,6 +118,7 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
 "#;
     let got = exec_python(
         &vh,
+        &[],
         &["aws-sts"],
         &python,
         script,
@@ -157,7 +169,7 @@ creds, project = google.auth.default()
 print(json.dumps({"email": creds.service_account_email, "project": project,
                   "file_mode": oct(os.stat(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]).st_mode & 0o777)}))
 "#;
-    let got = exec_python(&vh, &["gcp-ci"], &python, script, &[]);
+    let got = exec_python(&vh, &[], &["gcp-ci"], &python, script, &[]);
     assert_eq!(got["email"], "ci@real-client-proj.iam.gserviceaccount.com");
     assert_eq!(got["project"], "real-client-proj");
     assert_eq!(got["file_mode"], "0o600");
@@ -172,17 +184,7 @@ fn botocore_fetches_fresh_credentials_from_the_exec_server() {
     vh.init();
     let first = secret("srv-first");
     let rotated = secret("srv-rotated");
-    let f = vh.at_file("first", &first);
-    vh.vault([
-        "add",
-        "aws-srv",
-        "--type",
-        "aws",
-        "access_key_id=AKIASERVED",
-        &format!("secret_access_key={f}"),
-        "region=eu-north-1",
-    ])
-    .ok();
+    vh.add_aws("aws-srv", "AKIASERVED", &first, &["region=eu-north-1"]);
     let rotated_file = vh.at_file("rotated", &rotated);
     // Inside the child: botocore through the endpoint; a request without
     // the token; a rotation in the vault, seen by the next fetch.
@@ -209,14 +211,7 @@ print(json.dumps({{"method": c.method, "key": f.access_key, "secret": f.secret_k
                   "after": after["SecretAccessKey"], "expiration": after["Expiration"], "url": url}}))
 "#
     );
-    let mut args: Vec<String> = ["exec", "--no-mask", "--server", "-c", "aws-srv", "--"]
-        .map(String::from)
-        .to_vec();
-    args.extend([python.display().to_string(), "-c".into(), script]);
-    let cmd = vh.command(&vault_e2e::binaries().vault, &args);
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let got = exec_python(&vh, &["--server"], &["aws-srv"], &python, &script, &[]);
     assert_eq!(got["method"], "container-role", "{got}");
     assert_eq!(got["key"], "AKIASERVED");
     assert_eq!(got["secret"], first.as_str());
@@ -247,16 +242,7 @@ fn botocore_runs_vault_as_its_credential_process() {
     let vh = VaultHome::new();
     vh.init();
     let sk = secret("proc");
-    let f = vh.at_file("sk", &sk);
-    vh.vault([
-        "add",
-        "aws-proc",
-        "--type",
-        "aws",
-        "access_key_id=AKIAPROCESS",
-        &format!("secret_access_key={f}"),
-    ])
-    .ok();
+    vh.add_aws("aws-proc", "AKIAPROCESS", &sk, &[]);
     let aws = vh.user_home.join(".aws");
     std::fs::create_dir_all(&aws).unwrap();
     std::fs::write(
@@ -274,10 +260,7 @@ c = s.get_credentials()
 f = c.get_frozen_credentials()
 print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key}))
 "#;
-    let cmd = vh.command(&python, ["-c", script]);
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let got = run_python(&vh, &python, script);
     assert_eq!(got["method"], "custom-process", "{got}");
     assert_eq!(got["key"], "AKIAPROCESS");
     assert_eq!(got["secret"], sk.as_str());
@@ -291,16 +274,7 @@ fn botocore_reads_the_emitted_profile() {
     let vh = VaultHome::new();
     vh.init();
     let sk = secret("emitted");
-    let f = vh.at_file("sk", &sk);
-    vh.vault([
-        "add",
-        "aws-emit",
-        "--type",
-        "aws",
-        "access_key_id=AKIAEMITTED",
-        &format!("secret_access_key={f}"),
-    ])
-    .ok();
+    vh.add_aws("aws-emit", "AKIAEMITTED", &sk, &[]);
     let aws = vh.user_home.join(".aws");
     std::fs::create_dir_all(&aws).unwrap();
     std::fs::write(
@@ -318,10 +292,7 @@ for p in ("from-vault", "default"):
     out[p] = [f.access_key, f.secret_key]
 print(json.dumps(out))
 "#;
-    let cmd = vh.command(&python, ["-c", script]);
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let got = run_python(&vh, &python, script);
     assert_eq!(got["from-vault"], serde_json::json!(["AKIAEMITTED", sk]));
     assert_eq!(got["default"], serde_json::json!(["AKIAUSER", "user"]));
 }
@@ -334,16 +305,7 @@ fn botocore_uses_the_emitted_credential_process() {
     let vh = VaultHome::new();
     vh.init();
     let sk = secret("emit-proc");
-    let f = vh.at_file("sk", &sk);
-    vh.vault([
-        "add",
-        "aws-ep",
-        "--type",
-        "aws",
-        "access_key_id=AKIAEMITPROC",
-        &format!("secret_access_key={f}"),
-    ])
-    .ok();
+    vh.add_aws("aws-ep", "AKIAEMITPROC", &sk, &[]);
     vh.vault(["emit", "aws", "aws-ep", "--profile", "ep", "--process"])
         .ok();
     let script = r#"
@@ -352,10 +314,7 @@ c = botocore.session.Session(profile="ep").get_credentials()
 f = c.get_frozen_credentials()
 print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key}))
 "#;
-    let cmd = vh.command(&python, ["-c", script]);
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let got = run_python(&vh, &python, script);
     assert_eq!(got["method"], "custom-process", "{got}");
     assert_eq!(got["key"], "AKIAEMITPROC");
     assert_eq!(got["secret"], sk.as_str());
@@ -402,10 +361,7 @@ print(json.dumps({{"email": creds.service_account_email, "project": project}}))
 "#,
         adc.display().to_string()
     );
-    let cmd = vh.command(&python, ["-c", &script]);
-    let run = run_command(cmd, None, Duration::from_secs(120));
-    run.ok();
-    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let got = run_python(&vh, &python, &script);
     assert_eq!(got["email"], "emit@emitted-proj.iam.gserviceaccount.com");
     assert_eq!(got["project"], "emitted-proj");
 }
