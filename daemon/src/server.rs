@@ -502,11 +502,21 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
             let mut tick = tokio::time::interval(TICK);
             loop {
                 tick.tick().await;
-                crate::fsutil::sweep_exec_dirs(&exec_dir);
-                let was_locked = d.engine().is_locked();
-                d.engine().check_deadlines(Timestamp::now());
-                d.engine().expire_emitted(Timestamp::now());
-                if !was_locked && d.engine().is_locked() {
+                // Files and the engine lock: off the async workers, and the
+                // engine taken once.
+                let (d2, exec_dir) = (Arc::clone(&d), exec_dir.clone());
+                let became_locked = tokio::task::spawn_blocking(move || {
+                    crate::fsutil::sweep_exec_dirs(&exec_dir);
+                    let now = Timestamp::now();
+                    let mut engine = d2.engine();
+                    let was_locked = engine.is_locked();
+                    engine.check_deadlines(now);
+                    engine.expire_emitted(now);
+                    !was_locked && engine.is_locked()
+                })
+                .await
+                .unwrap_or(false);
+                if became_locked {
                     d.bump();
                 }
             }
