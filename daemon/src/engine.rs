@@ -584,13 +584,15 @@ impl Engine {
             .peekable();
         let mut out = Vec::new();
         let mut budget = LIST_PAGE_BYTES;
-        while let Some((name, e)) = matching.next_if(|(name, e)| {
+        while let Some((name, e)) = matching.peek() {
             let cost = e.listed_size(name);
             // One record always fits: a page never comes back empty.
-            budget >= cost || budget == LIST_PAGE_BYTES
-        }) {
-            budget = budget.saturating_sub(e.listed_size(name));
+            if cost > budget && !out.is_empty() {
+                break;
+            }
+            budget = budget.saturating_sub(cost);
             out.push(e.summary(name, now));
+            matching.next();
         }
         let next = matching.peek().and(out.last()).map(|r| r.name.clone());
         Ok((out, next))
