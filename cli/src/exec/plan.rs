@@ -437,12 +437,11 @@ fn data_vars(record: &RecordView, vars: &mut Vars, plan: &mut Plan) -> Result<()
                 Some(url) => format!("BlobEndpoint={url}"),
                 None => "EndpointSuffix=core.windows.net".to_owned(),
             };
-            let conn = format!(
+            let conn = Zeroizing::new(format!(
                 "DefaultEndpointsProtocol=https;AccountName={account};AccountKey={};{endpoint_part}",
                 key.expose_secret()
-            );
+            ));
             vars.push(text("AZURE_STORAGE_CONNECTION_STRING", &conn));
-            drop(Zeroizing::new(conn));
             vars.push(var("AZURE_STORAGE_ACCOUNT", key_id));
         }
         _ => {
