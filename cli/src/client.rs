@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, prelude::*};
 use vault_protocol::frame::{self, FrameError};
+use vault_protocol::message::{ListFilter, RecordSummary};
 use vault_protocol::paths::VaultPaths;
 use vault_protocol::{
     BUILD_VERSION, ErrorCode, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame,
@@ -227,6 +228,35 @@ fn hello_request() -> Request {
     Request::Hello {
         protocol: PROTOCOL_VERSION,
         build: BUILD_VERSION.to_owned(),
+    }
+}
+
+/// Every record matching `filter`: the daemon answers `list` in pages that
+/// each fit a frame, and this follows them. `call` sends one request (built
+/// again on a retry).
+pub fn list_all(
+    filter: &ListFilter,
+    mut call: impl FnMut(&dyn Fn() -> Request) -> CliResult<Response>,
+) -> CliResult<Vec<RecordSummary>> {
+    let mut records = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = call(&|| Request::List {
+            filter: filter.clone(),
+            after: after.clone(),
+        })?;
+        let Response::Records {
+            records: page,
+            next,
+        } = page
+        else {
+            return Err(unexpected("list"));
+        };
+        records.extend(page);
+        match next {
+            Some(name) => after = Some(name),
+            None => return Ok(records),
+        }
     }
 }
 

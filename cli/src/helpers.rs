@@ -9,7 +9,7 @@ use vault_protocol::message::{ListFilter, NewRecord, RecordView};
 use vault_protocol::{CredentialType, ErrorCode, Request, Response, SecretValue, WireError};
 use zeroize::Zeroizing;
 
-use crate::client::{Client, Target};
+use crate::client::{Client, Target, list_all};
 use crate::names::{host_of, name_from};
 
 /// Which helper argv[0] names, if any.
@@ -35,31 +35,14 @@ fn read_stdin() -> io::Result<Zeroizing<String>> {
 
 /// Every credential of `kind`, with values.
 fn all_of(client: &mut Client, kind: CredentialType) -> Result<Vec<RecordView>, WireError> {
-    let mut names = Vec::new();
-    let mut after = None;
-    loop {
-        match client.call(Request::List {
-            filter: ListFilter {
-                kind: Some(kind),
-                ..ListFilter::default()
-            },
-            after: after.take(),
-        })? {
-            Response::Records { records, next } => {
-                names.extend(records.into_iter().map(|r| r.name));
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-            _ => {
-                return Err(WireError::new(
-                    ErrorCode::BadFrame,
-                    "unexpected answer to list",
-                ));
-            }
-        }
-    }
+    let filter = ListFilter {
+        kind: Some(kind),
+        ..ListFilter::default()
+    };
+    let names: Vec<String> = list_all(&filter, |req| client.call(req()))?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     if names.is_empty() {
         return Ok(Vec::new());
     }

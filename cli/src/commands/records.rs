@@ -17,6 +17,7 @@ use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError, valid
 
 use super::Ctx;
 use crate::args::{AddArgs, GetArgs, ListArgs, ListFormat, RmArgs, SetArgs, SortKey};
+use crate::client::list_all;
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::input::{self, FieldArg, Source};
 use crate::output::{Color, Table, csv_row, relative, truncate, tsv_row};
@@ -244,27 +245,7 @@ pub fn list(ctx: &mut Ctx, args: &ListArgs) -> CliResult<()> {
         expiring_within_secs,
         expired: args.expired,
     };
-    // The daemon answers in pages that each fit a frame.
-    let mut records = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = ctx.call_unlocked(&|| Request::List {
-            filter: filter.clone(),
-            after: after.clone(),
-        })?;
-        let Response::Records {
-            records: page,
-            next,
-        } = page
-        else {
-            return Err(unexpected("list"));
-        };
-        records.extend(page);
-        match next {
-            Some(name) => after = Some(name),
-            None => break,
-        }
-    }
+    let mut records = list_all(&filter, |req| ctx.call_unlocked(req))?;
     sort_records(&mut records, args.sort);
 
     let format = match args.format {
