@@ -252,6 +252,10 @@ pub enum EmitAction {
         /// Replace an entry that vault did not write (a backup is kept)
         #[arg(long)]
         force: bool,
+        /// Write credHelpers[registry] = "vault" instead: docker asks
+        /// docker-credential-vault, and no login is in the file
+        #[arg(long)]
+        helper: bool,
     },
     /// Write a file credential's content to its path, and keep it in sync
     File {

@@ -132,6 +132,11 @@ fn docker(args: &[String]) -> i32 {
         "get" => {
             let host = host_of(input.trim());
             match find(host) {
+                // Never a dead key: docker shows this line to the user.
+                Some(r) if r.expired => fail(&format!(
+                    "the vault's credential {} for {host} has expired: renew it with 'vault set {}'",
+                    r.name, r.name
+                )),
                 Some(r) => {
                     let doc = crate::secret_json::object(&[
                         ("ServerURL", Some(input.trim())),

@@ -308,8 +308,13 @@ impl Daemon {
             } => engine
                 .emit_file(&name, &kind, path, force, now)
                 .map(Response::Emitted),
-            Request::EmitDocker { name, path, force } => engine
-                .emit_docker(&name, &path, force, now)
+            Request::EmitDocker {
+                name,
+                path,
+                force,
+                helper,
+            } => engine
+                .emit_docker(&name, &path, force, helper, now)
                 .map(Response::Emitted),
             Request::EmitRepair => engine
                 .emit_repair(now)

@@ -235,6 +235,10 @@ pub enum Request {
         /// Replace an entry the vault did not write (a backup is kept).
         #[serde(default)]
         force: bool,
+        /// `--helper`: write `credHelpers[registry] = "vault"` (docker then
+        /// asks `docker-credential-vault`) instead of the login in `auths`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        helper: bool,
     },
     /// Every emitted file binding.
     EmitList,

@@ -248,3 +248,29 @@ fn remove_frames_with_and_without_force() {
     let expected = r#"{"id":11,"req":{"op":"remove","name":"gh","force":true}}"#;
     assert_eq!(frame_of(&forced), with_header(expected));
 }
+
+#[test]
+fn emit_docker_frames_with_and_without_helper() {
+    let auths = RequestFrame {
+        id: 12,
+        req: Request::EmitDocker {
+            name: "ngc".into(),
+            path: "/home/u/.docker/config.json".into(),
+            force: false,
+            helper: false,
+        },
+    };
+    let expected = r#"{"id":12,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false}}"#;
+    assert_eq!(frame_of(&auths), with_header(expected));
+    let helper = RequestFrame {
+        id: 13,
+        req: Request::EmitDocker {
+            name: "ngc".into(),
+            path: "/home/u/.docker/config.json".into(),
+            force: false,
+            helper: true,
+        },
+    };
+    let expected = r#"{"id":13,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false,"helper":true}}"#;
+    assert_eq!(frame_of(&helper), with_header(expected));
+}

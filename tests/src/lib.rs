@@ -644,6 +644,22 @@ impl VaultHome {
         self.vault(&args).ok();
     }
 
+    /// `vault add NAME --type registry` with `registry`, `username` and the
+    /// password (`auth`) from a file.
+    pub fn add_registry(&self, name: &str, registry: &str, username: &str, password: &str) {
+        let f = self.at_file(&format!("{name}-auth"), password);
+        self.vault([
+            "add",
+            name,
+            "--type",
+            "registry",
+            &format!("registry={registry}"),
+            &format!("username={username}"),
+            &format!("auth={f}"),
+        ])
+        .ok();
+    }
+
     /// Connects to the daemon's socket directly (10 s I/O timeouts).
     pub fn connect(&self) -> std::io::Result<UnixStream> {
         connect(&self.socket())

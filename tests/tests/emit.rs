@@ -345,17 +345,7 @@ fn docker_logins_go_into_auths_and_nothing_else_moves() {
     let file = docker.join("config.json");
     fs::write(&file, user).unwrap();
     let p1 = secret("docker-1");
-    let f = vh.at_file("ngc", &p1);
-    vh.vault([
-        "add",
-        "ngc",
-        "--type",
-        "registry",
-        "registry=nvcr.io",
-        "username=$oauthtoken",
-        &format!("auth={f}"),
-    ])
-    .ok();
+    vh.add_registry("ngc", "nvcr.io", "$oauthtoken", &p1);
     vh.vault(["emit", "docker", "ngc"]).ok().never_prints(MARK);
     let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
     let auth = v["auths"]["nvcr.io"]["auth"].as_str().unwrap();
@@ -367,20 +357,57 @@ fn docker_logins_go_into_auths_and_nothing_else_moves() {
     assert_eq!(v["credsStore"], "desktop");
 
     // A user's registry is not taken.
-    let f2 = vh.at_file("gh", "x-token");
-    vh.vault([
-        "add",
-        "gh",
-        "--type",
-        "registry",
-        "registry=ghcr.io",
-        "username=me",
-        &format!("auth={f2}"),
-    ])
-    .ok();
+    vh.add_registry("gh", "ghcr.io", "me", "x-token");
     vh.vault(["emit", "docker", "gh"])
         .code(5)
         .stderr_has("ghcr.io");
+
+    // Deleting the credential restores the user's bytes exactly.
+    vh.vault(["rm", "ngc", "--force"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), user);
+}
+
+#[test]
+fn docker_helper_binding_names_the_helper_and_no_key() {
+    let vh = VaultHome::new();
+    vh.init();
+    let docker = vh.user_home.join(".docker");
+    fs::create_dir_all(&docker).unwrap();
+    let user = "{\n\t\"auths\": {},\n\t\"credHelpers\": {\n\t\t\"gcr.io\": \"gcloud\"\n\t}\n}\n";
+    let file = docker.join("config.json");
+    fs::write(&file, user).unwrap();
+    let p1 = secret("docker-helper-emit");
+    vh.add_registry("ngc", "nvcr.io", "$oauthtoken", &p1);
+    vh.vault(["emit", "docker", "ngc", "--helper"])
+        .ok()
+        .never_prints(MARK);
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(MARK), "no key in the file: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["credHelpers"]["nvcr.io"], "vault");
+    assert_eq!(v["credHelpers"]["gcr.io"], "gcloud");
+    assert!(v["auths"].as_object().unwrap().is_empty());
+
+    // The user's own helper for a registry is not taken.
+    vh.add_registry("gcr", "gcr.io", "me", "x-token");
+    vh.vault(["emit", "docker", "gcr", "--helper"])
+        .code(5)
+        .stderr_has("gcr.io");
+
+    // A rotation leaves the file alone (it holds no key); the list says ok.
+    let f3 = vh.at_file("ngc2", &secret("docker-helper-rotated"));
+    vh.vault(["set", "ngc", &format!("auth={f3}")]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), text);
+    let list = vh.vault(["emit", "list", "--json"]).ok().json();
+    assert_eq!(list[0]["type"], "docker-helper");
+    assert_eq!(list[0]["state"], "ok");
+
+    // Someone else's edit is drift; repair puts it back.
+    fs::write(&file, text.replace("\"vault\"", "\"desktop\"")).unwrap();
+    let list = vh.vault(["emit", "list", "--json"]).ok().json();
+    assert_eq!(list[0]["state"], "drifted");
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), text);
 
     // Deleting the credential restores the user's bytes exactly.
     vh.vault(["rm", "ngc", "--force"]).ok();

@@ -33,17 +33,7 @@ fn docker_credential_helper_protocol() {
     vh.init();
     let h = helper(&vh, "docker-credential-vault");
     let pass = secret("docker-helper");
-    let f = vh.at_file("p", &pass);
-    vh.vault([
-        "add",
-        "ngc",
-        "--type",
-        "registry",
-        "registry=nvcr.io",
-        "username=$oauthtoken",
-        &format!("auth={f}"),
-    ])
-    .ok();
+    vh.add_registry("ngc", "nvcr.io", "$oauthtoken", &pass);
 
     let run = call(&vh, &h, &["get"], "nvcr.io\n");
     run.ok();

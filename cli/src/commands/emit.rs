@@ -65,7 +65,12 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             emit_file(ctx, &name, "gcloud", Some(path), force)
         }
         EmitAction::File { name, path, force } => emit_file(ctx, &name, "file", path, force),
-        EmitAction::Docker { name, path, force } => {
+        EmitAction::Docker {
+            name,
+            path,
+            force,
+            helper,
+        } => {
             validate_name(&name).map_err(usage)?;
             let path = match path {
                 Some(p) => p,
@@ -79,10 +84,12 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 name: name.clone(),
                 path: path.clone(),
                 force,
+                helper,
             };
+            let object = if helper { "credHelpers" } else { "auths" };
             emitted(ctx, &req, |info| {
                 format!(
-                    "emitting {name} as auths[{}] in {} (id {}); vault keeps it in sync",
+                    "emitting {name} as {object}[{}] in {} (id {}); vault keeps it in sync",
                     info.section, info.path, info.id
                 )
             })

@@ -1,6 +1,7 @@
-//! Pure merging of the vault's registry logins into `~/.docker/config.json`:
-//! the current text and the vault's `auths` entries in, the new text out.
-//! Only the members of `auths` the vault owns are inserted, replaced or
+//! Pure merging of the vault's registry entries into `~/.docker/config.json`:
+//! the current text and the vault's entries of one top-level object
+//! (`auths` for logins, `credHelpers` for `--helper`) in, the new text out.
+//! Only the members of that object the vault owns are inserted, replaced or
 //! removed, by editing their byte spans; every other byte of the file —
 //! other keys, other registries, formatting — stays identical.
 
@@ -10,9 +11,10 @@ use std::fmt;
 /// Why the file was not rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerError {
-    /// Not a JSON object (or `auths` is not an object).
+    /// Not a JSON object (or `auths`/`credHelpers` is not an object).
     Unparseable(String),
-    /// The registry has an entry the vault did not write.
+    /// The registry has an entry the vault did not write (its name, and
+    /// the object it is in).
     NotOwned(String),
 }
 
@@ -26,7 +28,7 @@ impl fmt::Display for DockerError {
             ),
             DockerError::NotOwned(r) => write!(
                 f,
-                "auths has an entry for {r} that vault did not write: --force replaces it \
+                "has an entry for {r} that vault did not write: --force replaces it \
                  (a backup is kept)"
             ),
         }
@@ -169,6 +171,14 @@ pub fn auth_entry(auth_b64: &str) -> String {
     )
 }
 
+/// The `credHelpers` entry that sends docker to `docker-credential-vault`.
+pub const HELPER_ENTRY: &str = "\"vault\"";
+
+/// The top-level object holding logins.
+pub const AUTHS: &str = "auths";
+/// The top-level object naming a credential helper per registry.
+pub const CRED_HELPERS: &str = "credHelpers";
+
 /// Sets `entries` (registry → entry JSON text) and removes `remove` in the
 /// `auths` object of `text`. A registry present and not in `owned` is an
 /// error unless `force`. An empty or missing file becomes a new config.
@@ -179,15 +189,27 @@ pub fn merge(
     owned: &BTreeSet<String>,
     force: bool,
 ) -> Result<String, DockerError> {
+    merge_in(text, AUTHS, entries, remove, owned, force)
+}
+
+/// [`merge`] for the top-level object `object` (`auths` or `credHelpers`).
+pub fn merge_in(
+    text: &str,
+    object: &str,
+    entries: &[(String, String)],
+    remove: &BTreeSet<String>,
+    owned: &BTreeSet<String>,
+    force: bool,
+) -> Result<String, DockerError> {
     let text = if text.trim().is_empty() { "{}\n" } else { text };
     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
         .map_err(|e| DockerError::Unparseable(e.to_string()))?;
     let mut out = text.to_owned();
     for (registry, entry) in entries {
-        out = set_one(&out, registry, entry, owned, force)?;
+        out = set_one(&out, object, registry, entry, owned, force)?;
     }
     for registry in remove.iter().filter(|r| owned.contains(*r)) {
-        out = remove_one(&out, registry)?;
+        out = remove_one(&out, object, registry)?;
     }
     serde_json::from_str::<serde_json::Value>(&out)
         .map_err(|e| DockerError::Unparseable(format!("the result would not parse: {e}")))?;
@@ -203,10 +225,11 @@ fn top(text: &str) -> Result<(Vec<Member>, usize), DockerError> {
     .map_err(DockerError::Unparseable)
 }
 
-/// The members of `auths` and the position of its `}`; `None` when absent.
-fn auths(text: &str) -> Result<Option<(Vec<Member>, usize)>, DockerError> {
+/// The members of the top-level `object` and the position of its `}`;
+/// `None` when absent.
+fn members_of(text: &str, object: &str) -> Result<Option<(Vec<Member>, usize)>, DockerError> {
     let (members, _) = top(text)?;
-    let Some(a) = members.iter().find(|m| m.key == "auths") else {
+    let Some(a) = members.iter().find(|m| m.key == object) else {
         return Ok(None);
     };
     let mut sc = Scanner {
@@ -215,7 +238,7 @@ fn auths(text: &str) -> Result<Option<(Vec<Member>, usize)>, DockerError> {
     };
     sc.object()
         .map(Some)
-        .map_err(|_| DockerError::Unparseable("auths is not an object".into()))
+        .map_err(|_| DockerError::Unparseable(format!("{object} is not an object")))
 }
 
 /// Inserts `member` before the `}` at `close` of an object with `count`
@@ -239,13 +262,14 @@ fn insert(text: &str, members: &[Member], close: usize, member: &str, indent: &s
 
 fn set_one(
     text: &str,
+    object: &str,
     registry: &str,
     entry: &str,
     owned: &BTreeSet<String>,
     force: bool,
 ) -> Result<String, DockerError> {
     let key = serde_json::Value::from(registry).to_string();
-    match auths(text)? {
+    match members_of(text, object)? {
         Some((members, close)) => match members.iter().find(|m| m.key == registry) {
             Some(m) => {
                 if !owned.contains(registry) && !force {
@@ -267,14 +291,15 @@ fn set_one(
         },
         None => {
             let (members, close) = top(text)?;
-            let member = format!("\"auths\": {{\n\t\t{key}: {entry}\n\t}}");
+            let name = serde_json::Value::from(object);
+            let member = format!("{name}: {{\n\t\t{key}: {entry}\n\t}}");
             Ok(insert(text, &members, close, &member, "\t"))
         }
     }
 }
 
-fn remove_one(text: &str, registry: &str) -> Result<String, DockerError> {
-    let Some((members, _)) = auths(text)? else {
+fn remove_one(text: &str, object: &str, registry: &str) -> Result<String, DockerError> {
+    let Some((members, _)) = members_of(text, object)? else {
         return Ok(text.to_owned());
     };
     let Some(at) = members.iter().position(|m| m.key == registry) else {
@@ -372,6 +397,59 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_str(&fresh).unwrap();
         assert_eq!(v["auths"]["r.io"]["auth"], "eA==");
+    }
+
+    #[test]
+    fn cred_helpers_are_merged_beside_auths_without_touching_them() {
+        let with_helpers =
+            "{\n\t\"auths\": {},\n\t\"credHelpers\": {\n\t\t\"gcr.io\": \"gcloud\"\n\t}\n}\n";
+        for text in [USER, with_helpers] {
+            let one = merge_in(
+                text,
+                CRED_HELPERS,
+                &[("nvcr.io".into(), HELPER_ENTRY.into())],
+                &set(&[]),
+                &set(&[]),
+                false,
+            )
+            .unwrap();
+            let v: Value = serde_json::from_str(&one).unwrap();
+            let before: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["credHelpers"]["nvcr.io"], "vault");
+            assert_eq!(v["auths"], before["auths"], "auths untouched");
+            let owned = set(&["nvcr.io"]);
+            let back = merge_in(&one, CRED_HELPERS, &[], &owned, &owned, false).unwrap();
+            let back: Value = serde_json::from_str(&back).unwrap();
+            assert!(back["credHelpers"].get("nvcr.io").is_none());
+        }
+        // The user's own helper for a registry is not taken.
+        let theirs = merge_in(
+            with_helpers,
+            CRED_HELPERS,
+            &[("gcr.io".into(), HELPER_ENTRY.into())],
+            &set(&[]),
+            &set(&[]),
+            false,
+        );
+        assert_eq!(theirs, Err(DockerError::NotOwned("gcr.io".into())));
+        let removed_back = merge_in(
+            &merge_in(
+                with_helpers,
+                CRED_HELPERS,
+                &[("nvcr.io".into(), HELPER_ENTRY.into())],
+                &set(&[]),
+                &set(&[]),
+                false,
+            )
+            .unwrap(),
+            CRED_HELPERS,
+            &[],
+            &set(&["nvcr.io"]),
+            &set(&["nvcr.io"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(removed_back, with_helpers, "the user's bytes come back");
     }
 
     fn user_config() -> impl Strategy<Value = (String, Map<String, Value>)> {

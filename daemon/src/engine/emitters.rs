@@ -23,12 +23,39 @@ const AWS: &str = "aws";
 const AWS_PROCESS: &str = "aws-process";
 const GCLOUD: &str = "gcloud";
 const DOCKER: &str = "docker";
+/// `vault emit docker --helper`: `credHelpers[registry] = "vault"`.
+const DOCKER_HELPER: &str = "docker-helper";
 const FILE: &str = "file";
 /// The section of a whole-file binding: the whole file.
 const WHOLE: &str = "(whole file)";
 
 fn is_whole(e: &EmitterRow) -> bool {
     e.kind == GCLOUD || e.kind == FILE
+}
+
+fn is_docker(kind: &str) -> bool {
+    kind == DOCKER || kind == DOCKER_HELPER
+}
+
+/// The top-level object of the docker config a docker binding writes in.
+fn docker_object(kind: &str) -> &'static str {
+    if kind == DOCKER_HELPER {
+        docker_json::CRED_HELPERS
+    } else {
+        docker_json::AUTHS
+    }
+}
+
+/// The registry and entry a docker binding of `kind` writes for `body`;
+/// `None` when it must go. A `credHelpers` entry names the helper, not a
+/// key, so it stays when the credential expires: the helper itself refuses
+/// an expired one.
+fn docker_render(kind: &str, body: &RecordBody, now: Timestamp) -> Option<(String, String)> {
+    if kind == DOCKER_HELPER {
+        let registry = body.fields.get("registry")?.expose_secret().to_owned();
+        return Some((registry, docker_json::HELPER_ENTRY.to_owned()));
+    }
+    docker_entry(body, now)
 }
 
 /// The content a whole-file binding writes; `None` when it must go.
@@ -151,14 +178,15 @@ impl Engine {
             .find(|e| pred(e)))
     }
 
-    /// Sections of `path` the vault writes.
-    fn owned_sections(&self, path: &str) -> Result<BTreeSet<String>> {
+    /// Sections of `path` the vault writes (for docker configs, those of
+    /// the one object `kind` writes in).
+    fn owned_sections(&self, path: &str, kind: Option<&str>) -> Result<BTreeSet<String>> {
         Ok(self
             .store()?
             .emitters()
             .map_err(store_err)?
             .into_iter()
-            .filter(|e| e.path == path)
+            .filter(|e| e.path == path && kind.is_none_or(|k| k == e.kind))
             .map(|e| e.section)
             .collect())
     }
@@ -223,7 +251,7 @@ impl Engine {
         force: bool,
     ) -> Result<()> {
         let text = read_file(path)?;
-        let owned = self.owned_sections(path)?;
+        let owned = self.owned_sections(path, None)?;
         let merged = aws_ini::merge(&text, sections, remove, &owned, force)
             .map_err(|e| merge_error(path, &e))?;
         if merged == text {
@@ -238,24 +266,28 @@ impl Engine {
         write_file(path, merged.as_bytes())
     }
 
-    /// Merges a registry login into / out of a docker config and writes it.
+    /// Merges a registry entry of a `kind` binding into / out of a docker
+    /// config and writes it.
     fn write_docker(
         &self,
         path: &str,
+        kind: &str,
         set: Option<(String, String)>,
         remove: &BTreeSet<String>,
         force: bool,
     ) -> Result<()> {
         let text = read_file(path)?;
-        let owned = self.owned_sections(path)?;
+        let owned = self.owned_sections(path, Some(kind))?;
         let entries: Vec<(String, String)> = set.into_iter().collect();
-        let merged = docker_json::merge(&text, &entries, remove, &owned, force).map_err(|e| {
-            let code = match e {
-                docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
-                docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
-            };
-            err(code, format!("{path} {e}"))
-        })?;
+        let object = docker_object(kind);
+        let merged = docker_json::merge_in(&text, object, &entries, remove, &owned, force)
+            .map_err(|e| {
+                let code = match e {
+                    docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
+                    docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
+                };
+                err(code, format!("{path}: {object} {e}"))
+            })?;
         if merged == text {
             return Ok(());
         }
@@ -307,21 +339,35 @@ impl Engine {
         self.bind(emitter, name)
     }
 
-    /// `vault emit docker NAME`: the registry's login in `auths`, kept in
-    /// sync.
+    /// `vault emit docker NAME [--helper]`: the registry's login in
+    /// `auths` (or `credHelpers[registry] = "vault"`), kept in sync.
     pub fn emit_docker(
         &mut self,
         name: &str,
         path: &str,
         force: bool,
+        helper: bool,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
         check_absolute(path)?;
         let (row, body) = self.load_as(name, CredentialType::Registry, "docker")?;
-        let (registry, entry) = docker_entry(&body, now).ok_or_else(|| expired(name))?;
-        let existing = self.find_emitter(|e| e.path == path && e.section == registry)?;
+        let kind = if helper { DOCKER_HELPER } else { DOCKER };
+        if body.expires_at.is_some_and(|t| t <= now) {
+            return Err(expired(name));
+        }
+        let (registry, entry) = docker_render(kind, &body, now)
+            .filter(|(r, _)| !r.is_empty())
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Usage,
+                    format!("'{name}' has no registry field: 'vault set {name} registry=HOST'"),
+                )
+            })?;
+        let existing =
+            self.find_emitter(|e| e.path == path && e.kind == kind && e.section == registry)?;
         self.write_docker(
             path,
+            kind,
             Some((registry.clone(), entry)),
             &BTreeSet::new(),
             force,
@@ -329,7 +375,7 @@ impl Engine {
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
-            kind: DOCKER.to_owned(),
+            kind: kind.to_owned(),
             path: path.to_owned(),
             section: registry,
             program: None,
@@ -414,8 +460,8 @@ impl Engine {
         let remove: BTreeSet<String> = [e.section.clone()].into();
         if is_whole(e) {
             remove_file(&e.path)
-        } else if e.kind == DOCKER {
-            self.write_docker(&e.path, None, &remove, false)
+        } else if is_docker(&e.kind) {
+            self.write_docker(&e.path, &e.kind, None, &remove, false)
         } else {
             self.write_sections(&e.path, &[], &remove, false)
         }
@@ -440,12 +486,12 @@ impl Engine {
                 None => self.take_out(e, body),
             };
         }
-        if e.kind == DOCKER {
+        if is_docker(&e.kind) {
             // The registry may have been renamed in the credential: the
             // binding's entry goes, the current one is written.
-            return match docker_entry(body, now) {
+            return match docker_render(&e.kind, body, now) {
                 Some(entry) if entry.0 == e.section => {
-                    self.write_docker(&e.path, Some(entry), &BTreeSet::new(), false)
+                    self.write_docker(&e.path, &e.kind, Some(entry), &BTreeSet::new(), false)
                 }
                 _ => self.unwrite(e),
             };
@@ -514,12 +560,20 @@ impl Engine {
             Ok(None) => return "missing".to_owned(),
             Err(error) => return format!("unreadable: {error}"),
         };
-        if e.kind == DOCKER {
+        if is_docker(&e.kind) {
             let owned: BTreeSet<String> = [e.section.clone()].into();
-            return match docker_entry(&body, now) {
+            let object = docker_object(&e.kind);
+            return match docker_render(&e.kind, &body, now) {
                 None => "expired (entry removed)".to_owned(),
                 Some(entry) => {
-                    match docker_json::merge(&text, &[entry], &BTreeSet::new(), &owned, false) {
+                    match docker_json::merge_in(
+                        &text,
+                        object,
+                        &[entry],
+                        &BTreeSet::new(),
+                        &owned,
+                        false,
+                    ) {
                         Ok(merged) if merged == text => "ok".to_owned(),
                         Ok(_) => "drifted".to_owned(),
                         Err(error) => format!("error: {error}"),
@@ -577,7 +631,7 @@ impl Engine {
         let Ok(bound) = store.emitters() else { return };
         let mut bound = bound
             .into_iter()
-            .filter(|e| e.kind != AWS_PROCESS)
+            .filter(|e| e.kind != AWS_PROCESS && e.kind != DOCKER_HELPER)
             .peekable();
         if bound.peek().is_none() {
             return;
