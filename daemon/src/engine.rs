@@ -157,6 +157,13 @@ pub struct Engine {
     store: Option<Store>,
     session: Option<Session>,
     device: String,
+    /// The watch on emitted files, made at the first tick.
+    watch: Option<crate::watch::DriftWatch>,
+    /// Emitted files that need attention, as last compared.
+    drift: Vec<vault_protocol::message::EmitterInfo>,
+    /// The comparison is out of date (a change seen while locked, or never
+    /// made yet).
+    drift_stale: bool,
 }
 
 impl Engine {
@@ -198,6 +205,9 @@ impl Engine {
             store,
             session: None,
             device,
+            watch: None,
+            drift: Vec::new(),
+            drift_stale: true,
         })
     }
 
@@ -253,7 +263,7 @@ impl Engine {
             hard_lock_at: self.session.as_ref().map(|s| s.hard_deadline),
             expiring,
             sync: SyncStatus::default(),
-            emitters: Vec::new(),
+            emitters: self.drift.clone(),
         })
     }
 

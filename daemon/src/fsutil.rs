@@ -152,6 +152,65 @@ pub fn read_text(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// An advisory lock (`flock`) on a file other tools read, held while the
+/// vault reads, merges and replaces it; released when dropped.
+#[derive(Debug)]
+pub struct FileLock {
+    _held: File,
+}
+
+/// How long [`lock_file`] waits for another process's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Takes an exclusive advisory lock on `path` (its target, when it is a
+/// symlink), waiting up to `wait`. Because the vault replaces files by
+/// rename, a lock taken on a file that was replaced meanwhile is dropped and
+/// taken again on the new one. A file that does not exist yet is locked
+/// through its directory; `None` when that does not exist either (nothing
+/// to race with).
+pub fn lock_file(path: &Path, wait: std::time::Duration) -> io::Result<Option<FileLock>> {
+    use rustix::fs::{FlockOperation, flock};
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let (file, is_dir) = match File::open(path) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent().map(File::open) {
+                Some(Ok(d)) => (d, true),
+                _ => return Ok(None),
+            },
+            Err(e) => return Err(e),
+        };
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "another process holds a lock on it; retry when it is done",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Still the file at `path` (or, for a directory lock, still no
+        // file)? Otherwise it was replaced or created while we waited.
+        let now_there = fs::metadata(path);
+        let same = match (&now_there, is_dir) {
+            (Err(e), true) => e.kind() == io::ErrorKind::NotFound,
+            (Ok(m), false) => {
+                let held = file.metadata()?;
+                m.ino() == held.ino() && m.dev() == held.dev()
+            }
+            _ => false,
+        };
+        if same {
+            return Ok(Some(FileLock { _held: file }));
+        }
+    }
+}
+
 /// Replaces the content of a file other tools read, the way a user's
 /// dotfile must be treated: a temp file in the same directory, fsync,
 /// rename, fsync of the directory, so a reader sees the old file or the new
@@ -220,6 +279,43 @@ pub fn sweep_exec_dirs(exec_dir: &Path) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_held_lock_is_waited_for_and_a_replaced_file_is_locked_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("credentials");
+        let short = std::time::Duration::from_millis(100);
+        // Not there yet: locked through the directory.
+        let dir_lock = lock_file(&f, short).unwrap().unwrap();
+        assert!(lock_file(&f, short).is_err(), "the directory lock is held");
+        drop(dir_lock);
+        fs::write(&f, "a").unwrap();
+        // Another process's lock (another open file description).
+        let other = File::open(&f).unwrap();
+        rustix::fs::flock(&other, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let err = lock_file(&f, short).unwrap_err();
+        assert!(err.to_string().contains("lock"), "{err}");
+        // Released by a writer that replaced the file meanwhile: the waiter
+        // ends up holding the new file.
+        let path = f.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            replace_file(&path, b"b").unwrap();
+            drop(other);
+        });
+        let held = lock_file(&f, std::time::Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        writer.join().unwrap();
+        let locked = held._held.metadata().unwrap();
+        assert_eq!(locked.ino(), fs::metadata(&f).unwrap().ino());
+        assert!(lock_file(&f, short).is_err());
+        assert!(
+            lock_file(&tmp.path().join("no/such/dir/f"), short)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn creates_private_dirs_and_refuses_open_ones() {

@@ -9,3 +9,4 @@ pub mod fsutil;
 pub mod record;
 pub mod server;
 pub mod store;
+pub mod watch;

@@ -517,6 +517,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                     let was_locked = engine.is_locked();
                     engine.check_deadlines(now);
                     engine.expire_emitted(now);
+                    engine.watch_emitted(now);
                     !was_locked && engine.is_locked()
                 })
                 .await

@@ -419,9 +419,10 @@ pub struct StatusInfo {
     pub expiring: Vec<RecordSummary>,
     /// Sync state (SPEC §7); `server` is null until `vault login`.
     pub sync: SyncStatus,
-    /// Emitted-file bindings (filled by the emitters).
+    /// Emitted files that need attention: drifted (changed by someone
+    /// else), missing, or unreadable, as last seen by the daemon's watch.
     #[serde(default)]
-    pub emitters: Vec<serde_json::Value>,
+    pub emitters: Vec<EmitterInfo>,
 }
 
 /// Sync state within [`StatusInfo`].

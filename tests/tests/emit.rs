@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
 
 use vault_e2e::{MARK, VaultHome, secret};
 
@@ -412,4 +413,120 @@ fn docker_helper_binding_names_the_helper_and_no_key() {
     // Deleting the credential restores the user's bytes exactly.
     vh.vault(["rm", "ngc", "--force"]).ok();
     assert_eq!(fs::read_to_string(&file).unwrap(), user);
+}
+
+/// Another process holding an advisory lock on the file (`flock`, from
+/// util-linux) is waited for, then reported; nothing is written under it.
+#[test]
+fn a_file_locked_by_another_process_is_not_written_under_its_lock() {
+    let Some(flock) = vault_e2e::which("flock") else {
+        eprintln!("SKIP: needs flock(1) from util-linux (bash .ci/run installs it)");
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let file = aws.join("credentials");
+    let user = "[mine]\naws_access_key_id = AKIAUSER\n";
+    fs::write(&file, user).unwrap();
+    vh.add_aws("dev", "AKIADEV", &secret("locked"), &[]);
+
+    // Its own process group: the lock is shared by flock and its child.
+    let mut holder = std::process::Command::new(&flock)
+        .arg("-x")
+        .arg(&file)
+        .args(["sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Wait until it holds the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::process::Command::new(&flock)
+        .args(["-n"])
+        .arg(&file)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "flock never took it");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"])
+        .code(1)
+        .stderr_has("another process holds a lock");
+    assert_eq!(fs::read_to_string(&file).unwrap(), user);
+    let group = rustix::process::Pid::from_raw(holder.id() as i32).unwrap();
+    rustix::process::kill_process_group(group, rustix::process::Signal::KILL).unwrap();
+    let _ = holder.wait();
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with(user) && text.contains("[dev]"), "{text}");
+}
+
+/// Polls `vault status --json` until `pred` holds for its `emitters`.
+fn status_emitters_until(
+    vh: &VaultHome,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = vh.vault(["status", "--json"]).ok().json();
+        if pred(&status["emitters"]) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed {what}: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The daemon watches emitted files: someone else's edit of the vault's
+/// section shows as drift in `vault status` without anyone asking, is
+/// logged, and is not undone until `vault emit repair`.
+#[test]
+fn drift_is_seen_by_the_watch_and_shown_in_status() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let file = aws.join("credentials");
+    fs::write(&file, "[mine]\naws_access_key_id = AKIAUSER\n").unwrap();
+    let s1 = secret("watched");
+    vh.add_aws("dev", "AKIADEV", &s1, &[]);
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
+    let good = fs::read_to_string(&file).unwrap();
+    status_emitters_until(&vh, "no drift", |e| e.as_array().unwrap().is_empty());
+
+    let edited = good.replace(&s1, "typed-by-hand");
+    fs::write(&file, &edited).unwrap();
+    let status = status_emitters_until(&vh, "drift", |e| {
+        e.as_array().unwrap().len() == 1 && e[0]["state"] == "drifted"
+    });
+    assert_eq!(status["emitters"][0]["section"], "dev");
+    let text = vh.vault(["status"]).ok().stdout.clone();
+    assert!(
+        text.contains("[dev] drifted") && text.contains("vault emit repair"),
+        "{text}"
+    );
+    // Reported, not fought: the user's edit stays.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(fs::read_to_string(&file).unwrap(), edited);
+    let log = fs::read_to_string(vh.paths().log()).unwrap();
+    assert!(log.contains("needs attention"), "{log}");
+    assert!(!log.contains(MARK), "the log has a secret");
+
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), good);
+    status_emitters_until(&vh, "drift cleared", |e| e.as_array().unwrap().is_empty());
+
+    // The section removed by hand is `missing`.
+    fs::write(&file, "[mine]\naws_access_key_id = AKIAUSER\n").unwrap();
+    status_emitters_until(&vh, "missing", |e| {
+        e.as_array().unwrap().len() == 1 && e[0]["state"] == "missing"
+    });
 }

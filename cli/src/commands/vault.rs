@@ -179,6 +179,17 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
             .collect();
         lines.push(("expiring", list.join(", ")));
     }
+    if !status.emitters.is_empty() {
+        let list: Vec<_> = status
+            .emitters
+            .iter()
+            .map(|e| format!("{} [{}] {}", e.path, e.section, e.state))
+            .collect();
+        lines.push((
+            "emitted",
+            format!("{} ('vault emit repair' rewrites them)", list.join(", ")),
+        ));
+    }
     lines.push(("sync", sync_line(&status, now)));
     lines.push((
         "daemon",

@@ -1,8 +1,10 @@
 //! File bindings (SPEC §9): the vault keeps a section of a file other tools
-//! read in sync with a credential. This slice: `aws` (a profile of
-//! `~/.aws/credentials`). Every change to a bound record re-renders its
-//! sections; a deleted or expired record's sections are removed, so no tool
-//! is handed a dead key.
+//! read in sync with a credential — an AWS profile (keys or
+//! `credential_process`), a docker `auths`/`credHelpers` entry, or a whole
+//! file (gcloud key, `file` credential). Every change to a bound record
+//! re-renders its sections; a deleted or expired record's sections are
+//! removed, so no tool is handed a dead key. Each read-merge-write holds an
+//! advisory lock on the file, and the daemon's watch reports drift.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -250,6 +252,7 @@ impl Engine {
         remove: &BTreeSet<String>,
         force: bool,
     ) -> Result<()> {
+        let _lock = lock(path)?;
         let text = read_file(path)?;
         let owned = self.owned_sections(path, None)?;
         let merged = aws_ini::merge(&text, sections, remove, &owned, force)
@@ -276,6 +279,7 @@ impl Engine {
         remove: &BTreeSet<String>,
         force: bool,
     ) -> Result<()> {
+        let _lock = lock(path)?;
         let text = read_file(path)?;
         let owned = self.owned_sections(path, Some(kind))?;
         let entries: Vec<(String, String)> = set.into_iter().collect();
@@ -426,6 +430,7 @@ impl Engine {
                 ),
             ));
         }
+        let lock = lock(&path)?;
         let current = fsutil::read_text(Path::new(&path))
             .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?;
         let theirs = current.filter(|t| existing.is_none() && t.as_bytes() != content.as_slice());
@@ -442,6 +447,7 @@ impl Engine {
             keep_backup(&path, &text)?;
         }
         write_file(&path, &content)?;
+        drop(lock);
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
@@ -482,7 +488,10 @@ impl Engine {
         }
         if is_whole(e) {
             return match whole_content(&e.kind, body, now) {
-                Some(content) => write_file(&e.path, &content),
+                Some(content) => {
+                    let _lock = lock(&e.path)?;
+                    write_file(&e.path, &content)
+                }
                 None => self.take_out(e, body),
             };
         }
@@ -655,6 +664,50 @@ impl Engine {
         }
     }
 
+    /// Called by the daemon's ticker: keeps the watch on every emitted file
+    /// and, when one changed (or the set of bindings did), compares them
+    /// with what the vault wrote. Drift is logged once and kept for
+    /// `vault status`; the vault never rewrites a user's edit by itself
+    /// (`vault emit repair` does, when asked). While locked the comparison
+    /// waits: it needs the values.
+    pub fn watch_emitted(&mut self, now: Timestamp) {
+        let Ok(bound) = self.store().and_then(|s| s.emitters().map_err(store_err)) else {
+            return;
+        };
+        let watch = self.watch.get_or_insert_with(crate::watch::DriftWatch::new);
+        let set_changed = watch.set_files(bound.iter().map(|e| e.path.as_str()));
+        if watch.take_changed() || set_changed {
+            self.drift_stale = true;
+        }
+        if !self.drift_stale || self.session.is_none() {
+            return;
+        }
+        let Ok(list) = self.emit_list(now) else {
+            return;
+        };
+        self.drift_stale = false;
+        let trouble: Vec<EmitterInfo> = list
+            .into_iter()
+            .filter(|e| e.state != "ok" && !e.state.starts_with("expired"))
+            .collect();
+        for t in &trouble {
+            if !self
+                .drift
+                .iter()
+                .any(|d| d.id == t.id && d.state == t.state)
+            {
+                warn!(
+                    emitter = %t.id,
+                    path = %t.path,
+                    section = %t.section,
+                    state = %t.state,
+                    "an emitted file needs attention: 'vault emit repair' rewrites it from the vault"
+                );
+            }
+        }
+        self.drift = trouble;
+    }
+
     /// After a change to `row`: re-renders its sections, or removes them
     /// when it was deleted or has expired. Never fails the change: a file
     /// that cannot be written is logged and shows in `vault emit list`.
@@ -695,6 +748,13 @@ fn read_file(path: &str) -> Result<String> {
         .unwrap_or_default())
 }
 
+/// The advisory lock on a file other tools read, held while the vault reads
+/// and writes it.
+fn lock(path: &str) -> Result<Option<fsutil::FileLock>> {
+    fsutil::lock_file(Path::new(path), fsutil::LOCK_WAIT)
+        .map_err(|e| err(ErrorCode::Failed, format!("cannot lock {path}: {e}")))
+}
+
 fn write_file(path: &str, content: &[u8]) -> Result<()> {
     fsutil::replace_file(Path::new(path), content)
         .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
@@ -719,6 +779,7 @@ fn remove_file(path: &str) -> Result<()> {
 /// Removes a whole file the vault wrote, unless someone changed it since
 /// (then it is theirs now, and stays).
 fn remove_if_ours(path: &str, body: &RecordBody) -> Result<()> {
+    let _lock = lock(path)?;
     let current = fsutil::read_text(Path::new(path)).ok().flatten();
     let ours = ["json", "content"]
         .iter()
