@@ -35,13 +35,24 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 with any offset (`Z`, `+02:00`); fractions are dropped.
+    /// The UTC instant must fall in years 0000..=9999, the range RFC 3339
+    /// can write back: whatever parses also formats and parses again
+    /// (`0000-01-01T00:00:00+01:00` is refused, found by fuzzing).
     pub fn parse(s: &str) -> Result<Self, String> {
         OffsetDateTime::parse(s.trim(), &Rfc3339)
-            .map(|t| Timestamp(t.unix_timestamp()))
-            .map_err(|_| {
+            .ok()
+            .map(|t| t.unix_timestamp())
+            .filter(|secs| (Self::MIN_UNIX..=Self::MAX_UNIX).contains(secs))
+            .map(Timestamp)
+            .ok_or_else(|| {
                 format!("'{s}' is not an RFC 3339 timestamp (example: 2026-11-23T18:00:00Z)")
             })
     }
+
+    /// 0000-01-01T00:00:00Z.
+    const MIN_UNIX: i64 = -62_167_219_200;
+    /// 9999-12-31T23:59:59Z.
+    const MAX_UNIX: i64 = 253_402_300_799;
 
     /// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`.
     pub fn to_rfc3339(self) -> String {
@@ -101,6 +112,20 @@ mod tests {
         let t = Timestamp::parse("2026-11-23T12:00:00+02:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-23T10:00:00Z");
         assert!(Timestamp::parse("tomorrow").is_err());
+    }
+
+    #[test]
+    fn what_parses_formats_and_parses_again() {
+        // Found by fuzzing: these parsed, but their UTC instant has no RFC
+        // 3339 form, so they did not survive serialize + decode.
+        for outside in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-00:01"] {
+            assert!(Timestamp::parse(outside).is_err(), "{outside}");
+        }
+        for edge in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"] {
+            let t = Timestamp::parse(edge).unwrap();
+            assert_eq!(t.to_rfc3339(), edge);
+            assert_eq!(Timestamp::parse(&t.to_rfc3339()), Ok(t));
+        }
     }
 
     #[test]
