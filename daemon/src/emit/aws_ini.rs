@@ -155,12 +155,19 @@ pub fn merge(
     // Inside a section being replaced or removed: skip its lines.
     let mut skipping = false;
     let mut replaced = false;
+    // A blank line is owed between a rewritten section and whatever is
+    // written next; owed, not written at once, so that nothing is added
+    // when all that follows is skipped (a removed section, a repeated
+    // header of a rewritten one): merging again must change nothing.
+    let mut separate = false;
+    let separator = |out: &mut String, separate: &mut bool| {
+        if std::mem::take(separate) && !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+    };
     for line in &parsed {
         if let Some(name) = line.header {
-            // A blank line between a rewritten section and the next one.
-            if replaced && !out.ends_with("\n\n") {
-                out.push('\n');
-            }
+            separate |= replaced;
             skipping = false;
             replaced = false;
             let ours = owned.contains(name) || (force && replace(name).is_some());
@@ -170,6 +177,7 @@ pub fn merge(
             }
             if let Some(r) = replace(name).filter(|_| ours) {
                 if written.insert(name) {
+                    separator(&mut out, &mut separate);
                     if !out.is_empty() && !out.ends_with('\n') {
                         out.push('\n');
                     }
@@ -181,6 +189,7 @@ pub fn merge(
             }
         }
         if !skipping {
+            separator(&mut out, &mut separate);
             out.push_str(line.text);
         }
     }
