@@ -1,0 +1,31 @@
+//! The daemon's fuzz targets (`fuzz/`: `aws_ini_merge`, `docker_json_merge`,
+//! `record_body`) replayed in the normal test suite: every seed and every
+//! input that once crashed goes through the very checks the targets run
+//! (`fuzz/checks/*.rs`, included by path), so a regression fails
+//! `cargo test`, no fuzzer needed.
+
+#[path = "../../fuzz/checks/aws_ini.rs"]
+mod aws_ini;
+#[path = "../../fuzz/checks/docker_json.rs"]
+mod docker_json;
+#[path = "../../fuzz/checks/input.rs"]
+mod input;
+#[path = "../../fuzz/checks/record_body.rs"]
+mod record_body;
+#[path = "../../fuzz/checks/replay.rs"]
+mod replay;
+
+#[test]
+fn aws_ini_merge_inputs_replay() {
+    replay::replay("aws_ini_merge", aws_ini::check);
+}
+
+#[test]
+fn docker_json_merge_inputs_replay() {
+    replay::replay("docker_json_merge", docker_json::check);
+}
+
+#[test]
+fn record_body_inputs_replay() {
+    replay::replay("record_body", record_body::check);
+}
