@@ -4,6 +4,10 @@
 //! [lock]
 //! idle = "15m"   # lock after this long without use
 //! max = "12h"    # lock this long after unlocking, whatever the use
+//!
+//! [refresh]
+//! ahead = "20m"    # refresh a temporary credential with less than this left
+//! timeout = "60s"  # longest a refresh_command may run
 //! ```
 
 use std::path::Path;
@@ -18,6 +22,11 @@ pub struct Config {
     pub idle: Duration,
     /// Hard cap on an unlock session.
     pub max: Duration,
+    /// Refresh a temporary credential with less than this left (or less
+    /// than half its lifetime, whichever is sooner).
+    pub refresh_ahead: Duration,
+    /// Longest a `refresh_command` may run.
+    pub refresh_timeout: Duration,
 }
 
 impl Default for Config {
@@ -25,6 +34,8 @@ impl Default for Config {
         Self {
             idle: Duration::from_secs(15 * 60),
             max: Duration::from_secs(12 * 3600),
+            refresh_ahead: Duration::from_secs(20 * 60),
+            refresh_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -34,6 +45,15 @@ impl Default for Config {
 struct File {
     #[serde(default)]
     lock: Lock,
+    #[serde(default)]
+    refresh: Refresh,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Refresh {
+    ahead: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -59,13 +79,22 @@ impl Config {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut config = Self::default();
         let dur = |key: &str, v: &str| {
-            vault_protocol::timefmt::parse_duration(v).map_err(|e| format!("lock.{key}: {e}"))
+            vault_protocol::timefmt::parse_duration(v).map_err(|e| format!("{key}: {e}"))
         };
         if let Some(v) = &file.lock.idle {
-            config.idle = dur("idle", v)?;
+            config.idle = dur("lock.idle", v)?;
         }
         if let Some(v) = &file.lock.max {
-            config.max = dur("max", v)?;
+            config.max = dur("lock.max", v)?;
+        }
+        if let Some(v) = &file.refresh.ahead {
+            config.refresh_ahead = dur("refresh.ahead", v)?;
+        }
+        if let Some(v) = &file.refresh.timeout {
+            config.refresh_timeout = dur("refresh.timeout", v)?;
+        }
+        if config.refresh_timeout.is_zero() {
+            return Err("refresh.timeout must be longer than zero".into());
         }
         if config.idle.is_zero() || config.max.is_zero() {
             return Err("lock.idle and lock.max must be longer than zero".into());
@@ -90,5 +119,13 @@ mod tests {
                 .contains("lock.idle")
         );
         assert!(Config::parse("[lokc]\n").is_err());
+        let c = Config::parse("[refresh]\nahead = \"5m\"\ntimeout = \"10s\"\n").unwrap();
+        assert_eq!(c.refresh_ahead, Duration::from_secs(300));
+        assert_eq!(c.refresh_timeout, Duration::from_secs(10));
+        assert!(
+            Config::parse("[refresh]\ntimeout = \"0s\"")
+                .unwrap_err()
+                .contains("refresh.timeout")
+        );
     }
 }

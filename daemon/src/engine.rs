@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use tracing::{info, warn};
-use vault_protocol::credential::{validate_fields, validate_tag};
+use vault_protocol::credential::{REFRESH_COMMAND, validate_fields, validate_tag};
 use vault_protocol::message::{
     ListFilter, NewRecord, RecordState, RecordSummary, RecordView, RevisionInfo, StatusInfo,
     SyncStatus,
@@ -24,6 +24,7 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 mod emitters;
+mod refresh;
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -80,6 +81,10 @@ pub struct IndexEntry {
     pub expires_at: Option<Timestamp>,
     /// Current revision.
     pub revision: u64,
+    /// Has a `refresh_command` (SPEC §10).
+    pub refresh: bool,
+    /// Lacks a required field (a refreshable record not minted yet).
+    pub incomplete: bool,
 }
 
 /// Name → entry, for every live record.
@@ -141,6 +146,12 @@ impl IndexEntry {
             updated_at: Timestamp(row.updated_at),
             expires_at: body.expires_at,
             revision: row.revision,
+            refresh: body.fields.contains_key(REFRESH_COMMAND),
+            incomplete: body
+                .kind
+                .fields()
+                .iter()
+                .any(|f| f.required && body.fields.get(f.name).is_none_or(|v| v.is_empty())),
         }
     }
 }
@@ -264,6 +275,7 @@ impl Engine {
             expiring,
             sync: SyncStatus::default(),
             emitters: self.drift.clone(),
+            refresh: Vec::new(),
         })
     }
 
@@ -562,6 +574,20 @@ impl Engine {
     /// The vault's paths.
     pub fn paths(&self) -> &VaultPaths {
         &self.paths
+    }
+
+    /// The daemon's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether record `id` is live at `revision` (for reports about it).
+    pub fn is_current(&self, id: &str, revision: u64) -> bool {
+        self.session().is_ok_and(|s| {
+            s.index
+                .values()
+                .any(|e| e.id == id && e.revision == revision)
+        })
     }
 
     /// Several records with their values, in the order asked; the first

@@ -7,6 +7,7 @@ pub mod emit;
 pub mod engine;
 pub mod fsutil;
 pub mod record;
+pub mod refresh;
 pub mod server;
 pub mod store;
 pub mod watch;

@@ -53,6 +53,8 @@ pub struct Daemon {
     socket: String,
     pid: u32,
     euid: u32,
+    /// Single-flight refreshes and their failures (SPEC §10).
+    pub(crate) refresher: crate::refresh::Refresher,
 }
 
 impl Daemon {
@@ -67,10 +69,11 @@ impl Daemon {
             socket,
             pid: std::process::id(),
             euid: rustix::process::geteuid().as_raw(),
+            refresher: crate::refresh::Refresher::default(),
         })
     }
 
-    fn engine(&self) -> MutexGuard<'_, Engine> {
+    pub(crate) fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock must not take the daemon down with
         // it: the engine's state is updated only after each store commit.
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
@@ -88,9 +91,11 @@ impl Daemon {
     fn status(&self) -> Result<Response, WireError> {
         let mut engine = self.engine();
         engine.check_deadlines(Timestamp::now());
-        engine
-            .status(&self.socket, self.pid, Timestamp::now())
-            .map(Response::Status)
+        let mut status = engine.status(&self.socket, self.pid, Timestamp::now())?;
+        status.refresh = self
+            .refresher
+            .report(|id, revision| engine.is_current(id, revision));
+        Ok(Response::Status(status))
     }
 
     fn release_lease(&self, conn: u64) {
@@ -232,6 +237,19 @@ impl Daemon {
                 Ok(Response::Done)
             }
             other => {
+                // Whatever hands out values gets them fresh (SPEC §10).
+                match &other {
+                    Request::Get { name } => {
+                        crate::refresh::ensure_fresh(self, std::slice::from_ref(name)).await
+                    }
+                    Request::Resolve { names } => crate::refresh::ensure_fresh(self, names).await,
+                    Request::EmitAws { name, .. }
+                    | Request::EmitDocker { name, .. }
+                    | Request::EmitFile { name, .. } => {
+                        crate::refresh::ensure_fresh(self, std::slice::from_ref(name)).await
+                    }
+                    _ => {}
+                }
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
                     .await
@@ -525,6 +543,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 if became_locked {
                     d.bump();
                 }
+                crate::refresh::refresh_bound(&d);
             }
         })
     };

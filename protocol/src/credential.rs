@@ -60,6 +60,12 @@ const fn opt(name: &'static str, secret: bool) -> FieldSpec {
     }
 }
 
+/// The field naming a command whose stdout (credential_process JSON) gives
+/// the record's new values (SPEC §10; docs/refresh.md). Any type may have
+/// it; it is never injected or emitted, and while it is set the type's
+/// required fields may be missing (the first refresh fills them).
+pub const REFRESH_COMMAND: &str = "refresh_command";
+
 impl CredentialType {
     /// Every type, in the order of SPEC §6.
     pub const ALL: [CredentialType; 9] = [
@@ -103,6 +109,7 @@ impl CredentialType {
                         opt("region", false),
                         opt("role_arn", false),
                         opt("mfa_serial", false),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
@@ -115,6 +122,7 @@ impl CredentialType {
                         opt("region", false),
                         opt("override_url", false),
                         opt("addressing_style", false),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
@@ -124,16 +132,26 @@ impl CredentialType {
                         req("registry", false),
                         req("username", false),
                         req("auth", true),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
-            CredentialType::Gcp => const { &[req("json", true), opt("project", false)] },
+            CredentialType::Gcp => {
+                const {
+                    &[
+                        req("json", true),
+                        opt("project", false),
+                        opt(REFRESH_COMMAND, false),
+                    ]
+                }
+            }
             CredentialType::Password => {
                 const {
                     &[
                         req("username", false),
                         req("password", true),
                         opt("url", false),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
@@ -143,6 +161,7 @@ impl CredentialType {
                         req("private_key", true),
                         opt("public_key", false),
                         opt("known_hosts", false),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
@@ -153,11 +172,19 @@ impl CredentialType {
                         req("path", false),
                         opt("mode", false),
                         opt("env", false),
+                        opt(REFRESH_COMMAND, false),
                     ]
                 }
             }
             CredentialType::Token => {
-                const { &[req("token", true), opt("url", false), opt("env", false)] }
+                const {
+                    &[
+                        req("token", true),
+                        opt("url", false),
+                        opt("env", false),
+                        opt(REFRESH_COMMAND, false),
+                    ]
+                }
             }
         }
     }
@@ -287,8 +314,17 @@ pub fn validate_fields(
             known.join(", ")
         ));
     }
+    let refreshed = fields.contains_key(REFRESH_COMMAND);
+    if let Some(cmd) = fields.get(REFRESH_COMMAND)
+        && cmd.expose_secret().trim().is_empty()
+    {
+        return Err(format!(
+            "{REFRESH_COMMAND} is empty: give the command that prints credential_process JSON"
+        ));
+    }
     let missing: Vec<_> = specs
         .iter()
+        .filter(|_| !refreshed)
         .filter(|s| s.required && fields.get(s.name).is_none_or(|v| v.is_empty()))
         .map(|s| s.name)
         .collect();

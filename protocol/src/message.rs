@@ -423,6 +423,25 @@ pub struct StatusInfo {
     /// else), missing, or unreadable, as last seen by the daemon's watch.
     #[serde(default)]
     pub emitters: Vec<EmitterInfo>,
+    /// Records whose last refresh failed (SPEC §10); the daemon keeps
+    /// serving their still-valid value and retries after `retry_at`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refresh: Vec<RefreshInfo>,
+}
+
+/// A record whose refresh is failing, within [`StatusInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshInfo {
+    /// The record.
+    pub name: String,
+    /// Why the last attempt failed (never a secret value).
+    pub error: String,
+    /// Attempts failed in a row.
+    pub failures: u32,
+    /// When the next attempt may run.
+    pub retry_at: Timestamp,
+    /// When the current value expires.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Sync state within [`StatusInfo`].

@@ -1068,3 +1068,28 @@ pub fn samples(vh: &VaultHome, suffix: &str) -> Vec<Sample> {
     );
     out
 }
+
+/// The Python with botocore and google-auth to check emitted files with
+/// (`VAULT_TEST_PYTHON`), or `None` after printing `SKIP test: ...` and how
+/// to get one (`bash .ci/run` makes one in target/ci-venv).
+pub fn test_python(test: &str) -> Option<PathBuf> {
+    let Some(python) = std::env::var_os("VAULT_TEST_PYTHON").map(PathBuf::from) else {
+        eprintln!(
+            "SKIP {test}: set VAULT_TEST_PYTHON to a Python with botocore and google-auth \
+             (bash .ci/run makes one in target/ci-venv)"
+        );
+        return None;
+    };
+    let ok = Command::new(&python)
+        .args(["-c", "import botocore.session, google.auth"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP {test}: {} cannot import botocore and google-auth: pip install botocore google-auth",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}

@@ -7,35 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vault_e2e::{MARK, VaultHome, run_command, secret};
-
-/// The Python to use, or `None` (after saying why) when there is none with
-/// both libraries.
-fn python(test: &str) -> Option<PathBuf> {
-    let Some(python) = std::env::var_os("VAULT_TEST_PYTHON").map(PathBuf::from) else {
-        eprintln!(
-            "SKIP {test}: set VAULT_TEST_PYTHON to a Python with botocore and google-auth \
-             (bash .ci/run makes one in target/ci-venv)"
-        );
-        return None;
-    };
-    let ok = Command::new(&python)
-        .args(["-c", "import botocore.session, google.auth"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!(
-            "SKIP {test}: {} cannot import botocore and google-auth: pip install botocore google-auth",
-            python.display()
-        );
-        return None;
-    }
-    Some(python)
-}
+use vault_e2e::{MARK, VaultHome, run_command, secret, test_python};
 
 /// Runs `cmd`, which must succeed and print one JSON document.
 fn json_of(cmd: Command) -> serde_json::Value {
@@ -80,7 +56,7 @@ fn exec_python(
 
 #[test]
 fn botocore_resolves_exactly_the_injected_credentials() {
-    let Some(python) = python("botocore") else {
+    let Some(python) = test_python("botocore") else {
         return;
     };
     let vh = VaultHome::new();
@@ -133,7 +109,7 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
 
 #[test]
 fn google_auth_loads_the_injected_service_account() {
-    let Some(python) = python("google-auth") else {
+    let Some(python) = test_python("google-auth") else {
         return;
     };
     let vh = VaultHome::new();
@@ -177,7 +153,7 @@ print(json.dumps({"email": creds.service_account_email, "project": project,
 
 #[test]
 fn botocore_fetches_fresh_credentials_from_the_exec_server() {
-    let Some(python) = python("botocore --server") else {
+    let Some(python) = test_python("botocore --server") else {
         return;
     };
     let vh = VaultHome::new();
@@ -236,7 +212,7 @@ print(json.dumps({{"method": c.method, "key": f.access_key, "secret": f.secret_k
 
 #[test]
 fn botocore_runs_vault_as_its_credential_process() {
-    let Some(python) = python("botocore credential_process") else {
+    let Some(python) = test_python("botocore credential_process") else {
         return;
     };
     let vh = VaultHome::new();
@@ -268,7 +244,7 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
 
 #[test]
 fn botocore_reads_the_emitted_profile() {
-    let Some(python) = python("botocore emit") else {
+    let Some(python) = test_python("botocore emit") else {
         return;
     };
     let vh = VaultHome::new();
@@ -299,7 +275,7 @@ print(json.dumps(out))
 
 #[test]
 fn botocore_uses_the_emitted_credential_process() {
-    let Some(python) = python("botocore emit --process") else {
+    let Some(python) = test_python("botocore emit --process") else {
         return;
     };
     let vh = VaultHome::new();
@@ -322,7 +298,7 @@ print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_ke
 
 #[test]
 fn google_auth_loads_the_emitted_adc_file() {
-    let Some(python) = python("google-auth emit") else {
+    let Some(python) = test_python("google-auth emit") else {
         return;
     };
     let vh = VaultHome::new();

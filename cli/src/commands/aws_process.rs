@@ -5,6 +5,7 @@
 //! credential is a message on stderr and a non-zero exit, which the SDK
 //! reports.
 
+use vault_protocol::credential::REFRESH_COMMAND;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, Request, Response, WireError, validate_name};
 
@@ -26,10 +27,18 @@ pub fn run(ctx: &mut Ctx, name: &str) -> CliResult<()> {
             record.kind
         )));
     }
+    // The daemon refreshed it before answering if it could; when it has a
+    // refresh command and still is not usable, that refresh failed.
+    let refreshed = record.fields.contains_key(REFRESH_COMMAND);
+    let hint = if refreshed {
+        "its refresh command failed; 'vault status' shows why"
+    } else {
+        "renew it in the vault"
+    };
     if let Some(t) = record.expires_at.filter(|t| *t <= Timestamp::now()) {
         return Err(WireError::new(
             ErrorCode::Expired,
-            format!("{name} expired at {t}: renew it in the vault"),
+            format!("{name} expired at {t}: {hint}"),
         ));
     }
     let field = |f: &str| {
@@ -39,6 +48,12 @@ pub fn run(ctx: &mut Ctx, name: &str) -> CliResult<()> {
             .map(|v| v.expose_secret())
             .filter(|v| !v.is_empty())
     };
+    if field("access_key_id").is_none() || field("secret_access_key").is_none() {
+        return Err(WireError::new(
+            ErrorCode::Failed,
+            format!("{name} has no access key yet: {hint}"),
+        ));
+    }
     let expiration = record.expires_at.map(Timestamp::to_rfc3339);
     let doc = crate::secret_json::object(&[
         ("AccessKeyId", field("access_key_id")),

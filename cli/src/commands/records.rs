@@ -9,7 +9,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use serde_json::json;
 use vault_protocol::credential::{
-    CredentialType, MAX_DESCRIPTION, is_env_name, validate_fields, validate_tag,
+    CredentialType, MAX_DESCRIPTION, REFRESH_COMMAND, is_env_name, validate_fields, validate_tag,
 };
 use vault_protocol::message::{ListFilter, NewRecord, RecordState, RecordSummary, RecordView};
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -539,9 +539,11 @@ fn check_field_names(kind: CredentialType, fields: &[FieldArg]) -> CliResult<()>
             .iter()
             .any(|f| f.name == name && !matches!(&f.source, Source::Literal(v) if v.is_empty()))
     };
+    // A record with a refresh command gets its values from the first refresh.
+    let refreshed = present(REFRESH_COMMAND);
     let missing: Vec<_> = specs
         .iter()
-        .filter(|s| s.required && !present(s.name))
+        .filter(|s| s.required && !refreshed && !present(s.name))
         .map(|s| s.name)
         .collect();
     if !missing.is_empty() {

@@ -190,6 +190,22 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
             format!("{} ('vault emit repair' rewrites them)", list.join(", ")),
         ));
     }
+    for r in &status.refresh {
+        let left = match r.expires_at {
+            Some(t) if t <= now => format!("expired {}", relative(t, now)),
+            Some(t) => format!("value valid {}", relative(t, now)),
+            None => "no value yet".to_owned(),
+        };
+        lines.push((
+            "refresh",
+            format!(
+                "{} failing ({left}; retry {}): {}",
+                r.name,
+                relative(r.retry_at, now),
+                r.error
+            ),
+        ));
+    }
     lines.push(("sync", sync_line(&status, now)));
     lines.push((
         "daemon",

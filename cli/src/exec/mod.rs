@@ -75,7 +75,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     let prefixes = parse_prefixes(&args.prefix, &records)?;
     let mut plan =
         plan::build(&records, &overrides, &prefixes, &folder.path_str()).map_err(usage)?;
-    let endpoint = match served {
+    let endpoint = match served.clone() {
         Some(name) => {
             let token = zeroize::Zeroizing::new(child::random_hex(32).map_err(failed)?);
             let endpoint = server::CredServer::start(ctx.target.clone(), name.clone(), token)
@@ -97,6 +97,9 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     }
     if let Some(endpoint) = &endpoint {
         masker.add(&endpoint.token, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
+    }
+    if let Some((name, at)) = unrefreshable_expiry(&records, served.as_deref()) {
+        warn_before_expiry(name, at);
     }
     drop(records);
     folder.write_all(&plan.files).map_err(failed)?;
@@ -252,6 +255,51 @@ fn refuse_expired(records: &[RecordView], now: Timestamp) -> CliResult<()> {
         )),
         None => Ok(()),
     }
+}
+
+/// How long before an unrefreshable credential expires the wrapper warns.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The credential given to the child that expires first and that nothing
+/// will renew for it: every value in its environment or files is fixed for
+/// its life; only the one served with `--server` is re-read (and refreshed
+/// by the daemon, when it has a refresh command).
+fn unrefreshable_expiry(
+    records: &[RecordView],
+    served: Option<&str>,
+) -> Option<(String, Timestamp)> {
+    records
+        .iter()
+        .filter(|r| {
+            Some(r.name.as_str()) != served
+                || !r
+                    .fields
+                    .contains_key(vault_protocol::credential::REFRESH_COMMAND)
+        })
+        .filter_map(|r| Some((r.name.clone(), r.expires_at?)))
+        .min_by_key(|(_, t)| *t)
+}
+
+/// One line on the wrapper's stderr five minutes before `at` (at once when
+/// less is left), from a thread that dies with the wrapper. Checks the wall
+/// clock in short sleeps, so a suspended laptop still warns on waking.
+fn warn_before_expiry(name: String, at: Timestamp) {
+    let warn_at = at.unix() - EXPIRY_WARNING.as_secs() as i64;
+    std::thread::spawn(move || {
+        loop {
+            let left = warn_at - Timestamp::now().unix();
+            if left <= 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(left.clamp(1, 30) as u64));
+        }
+        let now = Timestamp::now();
+        eprintln!(
+            "vault exec: {name} expires {} ({at}) and cannot be renewed for this command: \
+             restart it once '{name}' is renewed",
+            crate::output::relative(at, now)
+        );
+    });
 }
 
 /// The command, for messages.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
-use vault_protocol::credential::is_env_name;
+use vault_protocol::credential::{REFRESH_COMMAND, is_env_name};
 use vault_protocol::message::RecordView;
 use vault_protocol::{CredentialType, SecretValue};
 use zeroize::Zeroizing;
@@ -215,6 +215,9 @@ fn env_of(
     match record.kind {
         CredentialType::Generic => {
             for (key, value) in &record.fields {
+                if key == REFRESH_COMMAND {
+                    continue;
+                }
                 if !is_env_name(key) {
                     return Err(format!(
                         "'{}' has the key '{key}', which is not a valid environment variable name: rename it",

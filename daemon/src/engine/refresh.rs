@@ -1,0 +1,113 @@
+//! The engine's side of refresh (daemon/src/refresh.rs runs the commands):
+//! deciding that a record is due, and writing what a refresh produced as a
+//! new revision, which re-renders its emitted files in place.
+
+use std::time::Duration;
+
+use vault_protocol::credential::{REFRESH_COMMAND, validate_fields};
+use vault_protocol::message::RecordSummary;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{CredentialType, ErrorCode};
+
+use super::{Engine, Result, err};
+use crate::refresh::{Job, Minted, due};
+
+impl Engine {
+    /// The refresh `name` needs now, if any. `None` also when the vault is
+    /// locked or the record does not exist: the request that follows says so.
+    pub fn refresh_job(&self, name: &str, ahead: Duration, now: Timestamp) -> Option<Job> {
+        let entry = self.session().ok()?.index.get(name)?;
+        if !entry.refresh
+            || !due(
+                entry.incomplete,
+                entry.updated_at,
+                entry.expires_at,
+                ahead,
+                now,
+            )
+        {
+            return None;
+        }
+        let (row, body) = self.load(name).ok()?;
+        let command = body.fields.get(REFRESH_COMMAND)?.expose_secret().to_owned();
+        Some(Job {
+            id: row.id,
+            name: body.name,
+            kind: body.kind,
+            revision: row.revision,
+            command,
+        })
+    }
+
+    /// The current expiry of `name`, for reports.
+    pub fn refresh_expiry(&self, name: &str) -> Option<Timestamp> {
+        self.session().ok()?.index.get(name)?.expires_at
+    }
+
+    /// Names of records bound to an emitted file that are due: refreshed in
+    /// the background so the files never hold a dying key.
+    pub fn refresh_due_bound(&self, ahead: Duration, now: Timestamp) -> Vec<String> {
+        let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
+            return Vec::new();
+        };
+        let Ok(bound) = store.emitters() else {
+            return Vec::new();
+        };
+        let ids: std::collections::BTreeSet<&str> =
+            bound.iter().map(|e| e.record_id.as_str()).collect();
+        sess.index
+            .iter()
+            .filter(|(_, e)| e.refresh && ids.contains(e.id.as_str()))
+            .filter(|(_, e)| due(e.incomplete, e.updated_at, e.expires_at, ahead, now))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Writes a refresh's result as the next revision of the job's record.
+    /// Refused when the record changed meanwhile (the result may be for an
+    /// old command) or when the values leave a required field empty.
+    pub fn apply_refresh(
+        &mut self,
+        job: &Job,
+        minted: Minted,
+        now: Timestamp,
+    ) -> Result<RecordSummary> {
+        let (row, mut body) = self.load(&job.name)?;
+        if row.id != job.id || row.revision != job.revision {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "'{}' changed while it was being refreshed; the result was dropped",
+                    job.name
+                ),
+            ));
+        }
+        // A new session replaces the whole session: a token left from the
+        // previous one would not match the new keys.
+        if body.kind == CredentialType::Aws && !minted.fields.contains_key("session_token") {
+            body.fields.remove("session_token");
+        }
+        body.fields.extend(minted.fields);
+        body.expires_at = minted.expires_at;
+        // Checked as if it had no refresh command: every required field set.
+        let command = body.fields.remove(REFRESH_COMMAND);
+        let complete = if body.kind == CredentialType::Generic && body.fields.is_empty() {
+            Err("it holds no values".to_owned())
+        } else {
+            validate_fields(body.kind, &body.fields)
+        };
+        complete.map_err(|e| {
+            err(
+                ErrorCode::Failed,
+                format!(
+                    "the refresh command's values do not make a valid {} credential: {e}",
+                    body.kind
+                ),
+            )
+        })?;
+        if let Some(command) = command {
+            body.fields.insert(REFRESH_COMMAND.to_owned(), command);
+        }
+        self.commit(row, body, &job.name, "refresh", now)
+    }
+}

@@ -1,0 +1,516 @@
+//! Refresh of temporary credentials (SPEC §10, docs/refresh.md).
+//!
+//! A record with a `refresh_command` gets new values from that command's
+//! stdout, credential_process JSON. The daemon refreshes a record before it
+//! hands it out (`get`, `exec`, `aws-process`, helpers) when little of its
+//! lifetime is left, and in the background when it is bound to an emitted
+//! file, so no consumer is given a dying key.
+//!
+//! One refresh at a time per record whatever the number of clients (single
+//! flight: the others wait for its result and then find the record fresh).
+//! A failed refresh keeps the still-valid value, backs off, and shows in
+//! `vault status`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use vault_protocol::SecretValue;
+use vault_protocol::credential::{CredentialType, REFRESH_COMMAND, is_env_name};
+use vault_protocol::message::RefreshInfo;
+use vault_protocol::timefmt::Timestamp;
+
+use crate::server::Daemon;
+
+/// Most stdout a refresh command may print.
+const MAX_OUTPUT: usize = 256 * 1024;
+/// First retry delay after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Everything needed to refresh one record, read under the engine lock and
+/// run outside it.
+#[derive(Debug)]
+pub struct Job {
+    /// Record id.
+    pub id: String,
+    /// Record name (for messages).
+    pub name: String,
+    /// Type, which decides how the output maps to fields.
+    pub kind: CredentialType,
+    /// The revision the job was made from; a result for an older revision
+    /// is dropped.
+    pub revision: u64,
+    /// The command, run with `sh -c`.
+    pub command: String,
+}
+
+/// What a refresh produced.
+#[derive(Debug)]
+pub struct Minted {
+    /// New field values (merged over the record's).
+    pub fields: BTreeMap<String, SecretValue>,
+    /// New expiry (`None`: the values do not expire).
+    pub expires_at: Option<Timestamp>,
+}
+
+/// When a record is due: less than `ahead` left, or less than half of its
+/// lifetime (from its last change), whichever is sooner, so that a short
+/// lifetime does not make every access a refresh. A record never minted
+/// (`incomplete`) is always due.
+pub fn due(
+    incomplete: bool,
+    updated_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    ahead: Duration,
+    now: Timestamp,
+) -> bool {
+    if incomplete {
+        return true;
+    }
+    let Some(t) = expires_at else { return false };
+    let left = t.unix() - now.unix();
+    let half_life = (t.unix() - updated_at.unix()).max(0) / 2;
+    left < (ahead.as_secs() as i64).min(half_life)
+}
+
+/// Runs the job's command with a clean stdin and a time limit, and reads its
+/// output. Blocking.
+pub fn run(job: &Job, timeout: Duration) -> Result<Minted, String> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&job.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the refresh command: {e}"))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let out = std::thread::spawn(move || {
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
+        let read = (&mut stdout)
+            .take(MAX_OUTPUT as u64 + 1)
+            .read_to_end(&mut buf);
+        // Drain the rest so the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        read.map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(4096).read_to_end(&mut buf);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the refresh command did not finish within {}s",
+                    timeout.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for the refresh command: {e}")),
+        }
+    };
+    let stdout = out
+        .join()
+        .map_err(|_| "reading the refresh command failed".to_owned())?
+        .map_err(|e| format!("cannot read the refresh command's output: {e}"))?;
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!(
+            "the refresh command failed ({status}){}",
+            first_line(&stderr)
+        ));
+    }
+    if stdout.len() > MAX_OUTPUT {
+        return Err(format!(
+            "the refresh command printed more than {MAX_OUTPUT} bytes"
+        ));
+    }
+    parse_output(job.kind, &stdout)
+}
+
+/// `: <first line of stderr>`, shortened; empty when there is none. The
+/// command's own diagnostics (e.g. "run aws sso login") are what the user
+/// needs to see.
+fn first_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => {
+            let short: String = line.chars().take(200).collect();
+            format!(": {short}")
+        }
+        None => String::new(),
+    }
+}
+
+/// credential_process JSON field → `aws` field.
+const AWS_KEYS: [(&str, &str); 3] = [
+    ("AccessKeyId", "access_key_id"),
+    ("SecretAccessKey", "secret_access_key"),
+    ("SessionToken", "session_token"),
+];
+
+/// Reads a refresh command's output: a JSON object with `"Version": 1` and
+/// an optional `"Expiration"` (RFC 3339). For `aws`, `AccessKeyId`,
+/// `SecretAccessKey` and `SessionToken` are the credential_process names;
+/// for every type, a key that is one of the type's field names (any env
+/// name for `generic`) sets that field. Errors never quote a value.
+pub fn parse_output(kind: CredentialType, bytes: &[u8]) -> Result<Minted, String> {
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| {
+            format!(
+                "the refresh command's output is not a JSON object (line {}, column {}): it must print credential_process JSON",
+                e.line(),
+                e.column()
+            )
+        })?;
+    match doc.get("Version") {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err("the refresh command's output has a Version other than 1".into()),
+        None => return Err("the refresh command's output has no \"Version\": 1".into()),
+    }
+    let expires_at = match doc.get("Expiration") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(
+            Timestamp::parse(s).map_err(|e| format!("the refresh command's Expiration: {e}"))?,
+        ),
+        Some(_) => return Err("the refresh command's Expiration is not a string".into()),
+    };
+    let mut fields = BTreeMap::new();
+    for (key, value) in &doc {
+        if key == "Version" || key == "Expiration" {
+            continue;
+        }
+        let field = if kind == CredentialType::Aws {
+            AWS_KEYS
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, f)| *f)
+                .or_else(|| kind.fields().iter().find(|f| f.name == key).map(|f| f.name))
+        } else if kind == CredentialType::Generic {
+            Some(key.as_str()).filter(|k| is_env_name(k))
+        } else {
+            kind.fields().iter().find(|f| f.name == key).map(|f| f.name)
+        };
+        let Some(field) = field.filter(|f| *f != REFRESH_COMMAND) else {
+            return Err(format!(
+                "the refresh command's output has the key '{}', which is not a field of a {kind} credential",
+                key.escape_debug()
+            ));
+        };
+        let serde_json::Value::String(text) = value else {
+            return Err(format!(
+                "the refresh command's '{}' is not a string",
+                key.escape_debug()
+            ));
+        };
+        fields.insert(field.to_owned(), SecretValue::from(text.as_str()));
+    }
+    if fields.is_empty() {
+        return Err("the refresh command's output holds no credential fields".into());
+    }
+    Ok(Minted { fields, expires_at })
+}
+
+/// A failed refresh, remembered for backoff and `vault status`.
+#[derive(Debug, Clone)]
+struct Failure {
+    name: String,
+    revision: u64,
+    error: String,
+    count: u32,
+    retry_at: Timestamp,
+    expires_at: Option<Timestamp>,
+}
+
+/// The daemon's refresh state: one flight per record, and failures.
+#[derive(Debug, Default)]
+pub struct Refresher {
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    failures: Mutex<HashMap<String, Failure>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Refresher {
+    /// The flight lock of record `id`: whoever holds it is the one refresh
+    /// of that record.
+    pub fn flight(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = locked(&self.flights);
+        // Forget flights nobody holds or waits for, so the map stays small.
+        flights.retain(|_, f| Arc::strong_count(f) > 1);
+        Arc::clone(flights.entry(id.to_owned()).or_default())
+    }
+
+    /// Whether `job` must wait: its record failed at this revision and the
+    /// retry time has not come.
+    pub fn backing_off(&self, job: &Job, now: Timestamp) -> bool {
+        locked(&self.failures)
+            .get(&job.id)
+            .is_some_and(|f| f.revision == job.revision && f.retry_at > now)
+    }
+
+    /// Records a failure and when to try again.
+    pub fn failed(&self, job: &Job, error: String, expires_at: Option<Timestamp>, now: Timestamp) {
+        let mut failures = locked(&self.failures);
+        let count = failures
+            .get(&job.id)
+            .filter(|f| f.revision == job.revision)
+            .map_or(1, |f| f.count.saturating_add(1));
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1 << (count - 1).min(10))
+            .min(MAX_BACKOFF);
+        failures.insert(
+            job.id.clone(),
+            Failure {
+                name: job.name.clone(),
+                revision: job.revision,
+                error,
+                count,
+                retry_at: now.plus(delay),
+                expires_at,
+            },
+        );
+    }
+
+    /// Forgets the failures of record `id` (it was refreshed).
+    pub fn succeeded(&self, id: &str) {
+        locked(&self.failures).remove(id);
+    }
+
+    /// The failing records, for `vault status`, by name. `live` says whether
+    /// a record id still exists at the failed revision.
+    pub fn report(&self, live: impl Fn(&str, u64) -> bool) -> Vec<RefreshInfo> {
+        let mut failures = locked(&self.failures);
+        failures.retain(|id, f| live(id, f.revision));
+        let mut out: Vec<RefreshInfo> = failures
+            .values()
+            .map(|f| RefreshInfo {
+                name: f.name.clone(),
+                error: f.error.clone(),
+                failures: f.count,
+                retry_at: f.retry_at,
+                expires_at: f.expires_at,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Refreshes every record of `names` that is due, one flight per record:
+/// a caller that finds a refresh of the same record under way waits for it
+/// and then finds the record fresh. Never fails: a failure is recorded (and
+/// logged) and the request that follows is served the current value.
+pub async fn ensure_fresh(daemon: &Arc<Daemon>, names: &[String]) {
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            continue;
+        }
+        refresh_one(daemon, name).await;
+    }
+}
+
+/// Called by the ticker: refreshes, in the background, the records bound
+/// to emitted files that are due.
+pub fn refresh_bound(daemon: &Arc<Daemon>) {
+    let names = {
+        let engine = daemon.engine();
+        engine.refresh_due_bound(engine.config().refresh_ahead, Timestamp::now())
+    };
+    for name in names {
+        let d = Arc::clone(daemon);
+        tokio::spawn(async move { refresh_one(&d, &name).await });
+    }
+}
+
+async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
+    let job = |now| {
+        let engine = daemon.engine();
+        let c = engine.config();
+        let (ahead, timeout) = (c.refresh_ahead, c.refresh_timeout);
+        engine.refresh_job(name, ahead, now).map(|j| (j, timeout))
+    };
+    let Some((first, _)) = job(Timestamp::now()) else {
+        return;
+    };
+    let flight = daemon.refresher.flight(&first.id);
+    let _flying = flight.lock().await;
+    // Whoever held the flight before us may have refreshed it already.
+    let now = Timestamp::now();
+    let Some((job, timeout)) = job(now) else {
+        return;
+    };
+    if daemon.refresher.backing_off(&job, now) {
+        return;
+    }
+    let d = Arc::clone(daemon);
+    let outcome = tokio::task::spawn_blocking(move || {
+        info!(record = %job.id, "refreshing");
+        let result = run(&job, timeout).and_then(|minted| {
+            d.engine()
+                .apply_refresh(&job, minted, Timestamp::now())
+                .map_err(|e| e.message)
+        });
+        (job, result)
+    })
+    .await;
+    let Ok((job, result)) = outcome else {
+        warn!("a refresh task failed");
+        return;
+    };
+    match result {
+        Ok(summary) => {
+            info!(record = %job.id, revision = summary.revision, "refreshed");
+            daemon.refresher.succeeded(&job.id);
+        }
+        Err(error) => {
+            warn!(record = %job.id, %error, "refresh failed; the current value is kept");
+            let expires_at = daemon.engine().refresh_expiry(&job.name);
+            daemon
+                .refresher
+                .failed(&job, error, expires_at, Timestamp::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: CredentialType, command: &str) -> Job {
+        Job {
+            id: "0123".into(),
+            name: "n".into(),
+            kind,
+            revision: 1,
+            command: command.into(),
+        }
+    }
+
+    #[test]
+    fn due_uses_ahead_or_half_the_lifetime() {
+        let ahead = Duration::from_secs(20 * 60);
+        let at = Timestamp(1_000_000);
+        // An hour-long session: due under 20 minutes left.
+        let exp = Some(at.plus(Duration::from_secs(3600)));
+        assert!(!due(
+            false,
+            at,
+            exp,
+            ahead,
+            at.plus(Duration::from_secs(39 * 60))
+        ));
+        assert!(due(
+            false,
+            at,
+            exp,
+            ahead,
+            at.plus(Duration::from_secs(41 * 60))
+        ));
+        // A 10-second one: due under 5 seconds left, not on every access.
+        let exp = Some(at.plus(Duration::from_secs(10)));
+        assert!(!due(false, at, exp, ahead, at.plus(Duration::from_secs(4))));
+        assert!(due(false, at, exp, ahead, at.plus(Duration::from_secs(6))));
+        // No expiry: never, unless never minted.
+        assert!(!due(false, at, None, ahead, at));
+        assert!(due(true, at, None, ahead, at));
+    }
+
+    #[test]
+    fn credential_process_output_maps_to_fields() {
+        let out = br#"{"Version":1,"AccessKeyId":"ASIAX","SecretAccessKey":"s","SessionToken":"t","Expiration":"2026-11-23T18:00:00Z"}"#;
+        let m = parse_output(CredentialType::Aws, out).unwrap();
+        assert_eq!(m.fields["access_key_id"].expose_secret(), "ASIAX");
+        assert_eq!(m.fields["session_token"].expose_secret(), "t");
+        assert_eq!(
+            m.expires_at,
+            Some(Timestamp::parse("2026-11-23T18:00:00Z").unwrap())
+        );
+        let m = parse_output(CredentialType::Token, br#"{"Version":1,"token":"x"}"#).unwrap();
+        assert_eq!(m.fields["token"].expose_secret(), "x");
+        assert_eq!(m.expires_at, None);
+        let m = parse_output(CredentialType::Generic, br#"{"Version":1,"API_KEY":"x"}"#).unwrap();
+        assert_eq!(m.fields["API_KEY"].expose_secret(), "x");
+    }
+
+    #[test]
+    fn bad_output_is_explained_without_values() {
+        for (out, want) in [
+            (&b"not json SECRET-MARK"[..], "not a JSON object"),
+            (br#"{"AccessKeyId":"SECRET-MARK"}"#, "no \"Version\": 1"),
+            (
+                br#"{"Version":2,"AccessKeyId":"SECRET-MARK"}"#,
+                "Version other than 1",
+            ),
+            (br#"{"Version":1,"Nope":"SECRET-MARK"}"#, "'Nope'"),
+            (br#"{"Version":1,"AccessKeyId":7}"#, "not a string"),
+            (br#"{"Version":1,"Expiration":"SECRET-MARK"}"#, "Expiration"),
+            (br#"{"Version":1,"refresh_command":"x"}"#, "not a field"),
+            (br#"{"Version":1}"#, "no credential fields"),
+        ] {
+            let e = parse_output(CredentialType::Aws, out).unwrap_err();
+            assert!(e.contains(want), "{e}");
+            // The Expiration parser quotes what it refused; nothing else
+            // may. That value is a timestamp, never a secret.
+            if !want.contains("Expiration") {
+                assert!(!e.contains("SECRET-MARK"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn commands_run_with_a_time_limit_and_report_failures() {
+        let t = Duration::from_secs(5);
+        let ok = job(
+            CredentialType::Token,
+            r#"printf '{"Version":1,"token":"v"}'"#,
+        );
+        assert_eq!(run(&ok, t).unwrap().fields["token"].expose_secret(), "v");
+        let fails = job(CredentialType::Token, "echo 'run sso login' >&2; exit 3");
+        let e = run(&fails, t).unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && e.contains("run sso login"),
+            "{e}"
+        );
+        let slow = job(CredentialType::Token, "sleep 5");
+        let e = run(&slow, Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+    }
+
+    #[test]
+    fn failures_back_off_and_reset_on_a_new_revision() {
+        let r = Refresher::default();
+        let now = Timestamp(1000);
+        let j = job(CredentialType::Token, "x");
+        r.failed(&j, "boom".into(), None, now);
+        assert!(r.backing_off(&j, now));
+        assert!(!r.backing_off(&j, now.plus(FIRST_BACKOFF)));
+        r.failed(&j, "boom".into(), None, now);
+        assert!(r.backing_off(&j, now.plus(FIRST_BACKOFF)));
+        let newer = Job {
+            revision: 2,
+            ..job(CredentialType::Token, "x")
+        };
+        assert!(!r.backing_off(&newer, now));
+        assert_eq!(r.report(|_, _| true)[0].failures, 2);
+        r.succeeded(&j.id);
+        assert!(r.report(|_, _| true).is_empty());
+    }
+}
