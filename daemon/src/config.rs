@@ -7,7 +7,8 @@
 //!
 //! [refresh]
 //! ahead = "20m"    # refresh a temporary credential with less than this left
-//! timeout = "60s"  # longest a refresh_command may run
+//! timeout = "60s"  # longest a refresh_command or STS call may take
+//! sts_endpoint = "https://sts.eu-west-1.amazonaws.com"  # default: AWS's
 //! ```
 
 use std::path::Path;
@@ -25,8 +26,10 @@ pub struct Config {
     /// Refresh a temporary credential with less than this left (or less
     /// than half its lifetime, whichever is sooner).
     pub refresh_ahead: Duration,
-    /// Longest a `refresh_command` may run.
+    /// Longest a `refresh_command` or an STS call may take.
     pub refresh_timeout: Duration,
+    /// The STS endpoint for records that name none (default: AWS's).
+    pub sts_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             max: Duration::from_secs(12 * 3600),
             refresh_ahead: Duration::from_secs(20 * 60),
             refresh_timeout: Duration::from_secs(60),
+            sts_endpoint: None,
         }
     }
 }
@@ -54,6 +58,7 @@ struct File {
 struct Refresh {
     ahead: Option<String>,
     timeout: Option<String>,
+    sts_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +97,10 @@ impl Config {
         }
         if let Some(v) = &file.refresh.timeout {
             config.refresh_timeout = dur("refresh.timeout", v)?;
+        }
+        if let Some(url) = &file.refresh.sts_endpoint {
+            crate::sts::check_endpoint(url).map_err(|e| format!("refresh.{e}"))?;
+            config.sts_endpoint = Some(url.clone());
         }
         if config.refresh_timeout.is_zero() {
             return Err("refresh.timeout must be longer than zero".into());

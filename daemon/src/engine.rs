@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use tracing::{info, warn};
-use vault_protocol::credential::{REFRESH_COMMAND, validate_fields, validate_tag};
+use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields, validate_tag};
 use vault_protocol::message::{
     ListFilter, NewRecord, RecordState, RecordSummary, RecordView, RevisionInfo, StatusInfo,
     SyncStatus,
@@ -146,7 +146,7 @@ impl IndexEntry {
             updated_at: Timestamp(row.updated_at),
             expires_at: body.expires_at,
             revision: row.revision,
-            refresh: body.fields.contains_key(REFRESH_COMMAND),
+            refresh: body.fields.contains_key(REFRESH_COMMAND) || body.fields.contains_key(SOURCE),
             incomplete: body
                 .kind
                 .fields()

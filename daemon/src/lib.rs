@@ -9,5 +9,7 @@ pub mod fsutil;
 pub mod record;
 pub mod refresh;
 pub mod server;
+pub mod sigv4;
 pub mod store;
+pub mod sts;
 pub mod watch;

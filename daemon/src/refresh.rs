@@ -45,8 +45,34 @@ pub struct Job {
     /// The revision the job was made from; a result for an older revision
     /// is dropped.
     pub revision: u64,
-    /// The command, run with `sh -c`.
-    pub command: String,
+    /// How to get the new values.
+    pub plan: Plan,
+}
+
+/// Where new values come from.
+#[derive(Debug)]
+pub enum Plan {
+    /// `refresh_command`, run with `sh -c`.
+    Command(String),
+    /// An STS call signed with a source record's keys.
+    Sts(crate::sts::Plan),
+    /// The record names a refresh that cannot run; the reason.
+    Broken(String),
+}
+
+/// Gets the job's new values (the command on the blocking pool, STS over
+/// the network).
+pub async fn execute(job: &Job, timeout: Duration) -> Result<Minted, String> {
+    match &job.plan {
+        Plan::Command(command) => {
+            let (command, kind) = (command.clone(), job.kind);
+            tokio::task::spawn_blocking(move || run(&command, kind, timeout))
+                .await
+                .map_err(|_| "the refresh command's task failed".to_owned())?
+        }
+        Plan::Sts(plan) => crate::sts::mint(plan, timeout).await,
+        Plan::Broken(why) => Err(why.clone()),
+    }
 }
 
 /// What a refresh produced.
@@ -78,12 +104,12 @@ pub fn due(
     left < (ahead.as_secs() as i64).min(half_life)
 }
 
-/// Runs the job's command with a clean stdin and a time limit, and reads its
-/// output. Blocking.
-pub fn run(job: &Job, timeout: Duration) -> Result<Minted, String> {
+/// Runs a refresh command with a clean stdin and a time limit, and reads
+/// its output as the values of a `kind` record. Blocking.
+pub fn run(command: &str, kind: CredentialType, timeout: Duration) -> Result<Minted, String> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
-        .arg(&job.command)
+        .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -140,7 +166,7 @@ pub fn run(job: &Job, timeout: Duration) -> Result<Minted, String> {
             "the refresh command printed more than {MAX_OUTPUT} bytes"
         ));
     }
-    parse_output(job.kind, &stdout)
+    parse_output(kind, &stdout)
 }
 
 /// `: <first line of stderr>`, shortened; empty when there is none. The
@@ -360,20 +386,20 @@ async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
     if daemon.refresher.backing_off(&job, now) {
         return;
     }
-    let d = Arc::clone(daemon);
-    let outcome = tokio::task::spawn_blocking(move || {
-        info!(record = %job.id, "refreshing");
-        let result = run(&job, timeout).and_then(|minted| {
-            d.engine()
-                .apply_refresh(&job, minted, Timestamp::now())
-                .map_err(|e| e.message)
-        });
-        (job, result)
-    })
-    .await;
-    let Ok((job, result)) = outcome else {
-        warn!("a refresh task failed");
-        return;
+    info!(record = %job.id, "refreshing");
+    let job = Arc::new(job);
+    let result = match execute(&job, timeout).await {
+        Ok(minted) => {
+            let (d, j) = (Arc::clone(daemon), Arc::clone(&job));
+            tokio::task::spawn_blocking(move || {
+                d.engine()
+                    .apply_refresh(&j, minted, Timestamp::now())
+                    .map_err(|e| e.message)
+            })
+            .await
+            .unwrap_or_else(|_| Err("the refresh task failed; see vaultd.log".to_owned()))
+        }
+        Err(e) => Err(e),
     };
     match result {
         Ok(summary) => {
@@ -400,7 +426,7 @@ mod tests {
             name: "n".into(),
             kind,
             revision: 1,
-            command: command.into(),
+            plan: Plan::Command(command.into()),
         }
     }
 
@@ -478,19 +504,15 @@ mod tests {
     #[test]
     fn commands_run_with_a_time_limit_and_report_failures() {
         let t = Duration::from_secs(5);
-        let ok = job(
-            CredentialType::Token,
-            r#"printf '{"Version":1,"token":"v"}'"#,
-        );
-        assert_eq!(run(&ok, t).unwrap().fields["token"].expose_secret(), "v");
-        let fails = job(CredentialType::Token, "echo 'run sso login' >&2; exit 3");
-        let e = run(&fails, t).unwrap_err();
+        let token = CredentialType::Token;
+        let ok = run(r#"printf '{"Version":1,"token":"v"}'"#, token, t).unwrap();
+        assert_eq!(ok.fields["token"].expose_secret(), "v");
+        let e = run("echo 'run sso login' >&2; exit 3", token, t).unwrap_err();
         assert!(
             e.contains("exit status: 3") && e.contains("run sso login"),
             "{e}"
         );
-        let slow = job(CredentialType::Token, "sleep 5");
-        let e = run(&slow, Duration::from_millis(200)).unwrap_err();
+        let e = run("sleep 5", token, Duration::from_millis(200)).unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
     }
 

@@ -66,6 +66,39 @@ const fn opt(name: &'static str, secret: bool) -> FieldSpec {
 /// required fields may be missing (the first refresh fills them).
 pub const REFRESH_COMMAND: &str = "refresh_command";
 
+/// The `aws` field naming the long-term `aws` record whose keys mint this
+/// record's STS sessions (with `role_arn`: AssumeRole; without:
+/// GetSessionToken). Like a refresh command, it makes the keys optional.
+pub const SOURCE: &str = "source";
+
+/// The `aws` fields that only mean something with a `source`.
+const STS_ONLY: [&str; 3] = ["duration", "sts_endpoint", "session_name"];
+
+/// Checks an STS endpoint: HTTPS anywhere, plain HTTP only on loopback
+/// (tests and local emulators).
+pub fn check_sts_endpoint(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let loopback = matches!(host, "localhost" | "[::1]")
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "sts_endpoint '{url}' must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)"
+    ))
+}
+
 impl CredentialType {
     /// Every type, in the order of SPEC §6.
     pub const ALL: [CredentialType; 9] = [
@@ -109,6 +142,10 @@ impl CredentialType {
                         opt("region", false),
                         opt("role_arn", false),
                         opt("mfa_serial", false),
+                        opt(SOURCE, false),
+                        opt("duration", false),
+                        opt("sts_endpoint", false),
+                        opt("session_name", false),
                         opt(REFRESH_COMMAND, false),
                     ]
                 }
@@ -314,7 +351,7 @@ pub fn validate_fields(
             known.join(", ")
         ));
     }
-    let refreshed = fields.contains_key(REFRESH_COMMAND);
+    let refreshed = fields.contains_key(REFRESH_COMMAND) || fields.contains_key(SOURCE);
     if let Some(cmd) = fields.get(REFRESH_COMMAND)
         && cmd.expose_secret().trim().is_empty()
     {
@@ -337,6 +374,42 @@ pub fn validate_fields(
     }
     let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
     match ty {
+        CredentialType::Aws => {
+            if fields.contains_key(SOURCE) && fields.contains_key(REFRESH_COMMAND) {
+                return Err(format!(
+                    "give either {SOURCE} (STS mints the session) or {REFRESH_COMMAND}, not both"
+                ));
+            }
+            if let Some(source) = get(SOURCE) {
+                validate_name(source).map_err(|e| format!("{SOURCE}: {e}"))?;
+            } else if let Some(f) = STS_ONLY.iter().find(|f| fields.contains_key(**f)) {
+                return Err(format!(
+                    "{f} only applies to a session minted from a source: add {SOURCE}=NAME"
+                ));
+            }
+            if let Some(d) = get("duration") {
+                let secs = crate::timefmt::parse_duration(d)?.as_secs();
+                if !(900..=43_200).contains(&secs) {
+                    return Err(format!(
+                        "duration '{d}' is outside what STS grants: use 15m to 12h"
+                    ));
+                }
+            }
+            if let Some(url) = get("sts_endpoint") {
+                check_sts_endpoint(url)?;
+            }
+            if let Some(name) = get("session_name") {
+                let ok = (2..=64).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+                if !ok {
+                    return Err(format!(
+                        "session_name '{name}' must be 2-64 characters of A-Z a-z 0-9 _ + = , . @ -"
+                    ));
+                }
+            }
+        }
         CredentialType::Data => {
             let endpoint = get("endpoint").unwrap_or_default();
             let schemes = ["s3://", "gs://", "azure://", "tos://"];
@@ -493,6 +566,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.contains("SECRET-MARKER"), "{err}");
+    }
+
+    #[test]
+    fn sts_fields() {
+        let base = [("source", "base"), ("role_arn", "arn:aws:iam::1:role/r")];
+        assert!(validate_fields(CredentialType::Aws, &fields(&base)).is_ok());
+        let with = |extra: (&str, &str)| {
+            let mut f = fields(&base);
+            f.insert(extra.0.into(), SecretValue::from(extra.1));
+            validate_fields(CredentialType::Aws, &f)
+        };
+        assert!(with(("duration", "1h")).is_ok());
+        assert!(with(("duration", "5m")).unwrap_err().contains("15m to 12h"));
+        assert!(with(("sts_endpoint", "http://127.0.0.1:5000")).is_ok());
+        assert!(
+            with(("sts_endpoint", "http://sts.example"))
+                .unwrap_err()
+                .contains("https://")
+        );
+        assert!(
+            with(("refresh_command", "x"))
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(with(("session_name", "a b")).is_err());
+        let lonely = fields(&[
+            ("access_key_id", "AKIA"),
+            ("secret_access_key", "s"),
+            ("duration", "1h"),
+        ]);
+        assert!(
+            validate_fields(CredentialType::Aws, &lonely)
+                .unwrap_err()
+                .contains("source")
+        );
     }
 
     #[test]

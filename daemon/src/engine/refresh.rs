@@ -4,13 +4,17 @@
 
 use std::time::Duration;
 
-use vault_protocol::credential::{REFRESH_COMMAND, validate_fields};
+use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields};
 use vault_protocol::message::RecordSummary;
-use vault_protocol::timefmt::Timestamp;
-use vault_protocol::{CredentialType, ErrorCode};
+use vault_protocol::timefmt::{Timestamp, parse_duration};
+use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 
 use super::{Engine, Result, err};
-use crate::refresh::{Job, Minted, due};
+use crate::record::RecordBody;
+use crate::refresh::{Job, Minted, Plan, due};
+
+/// Session length when a record with a `source` names no `duration`.
+const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
 
 impl Engine {
     /// The refresh `name` needs now, if any. `None` also when the vault is
@@ -29,14 +33,74 @@ impl Engine {
             return None;
         }
         let (row, body) = self.load(name).ok()?;
-        let command = body.fields.get(REFRESH_COMMAND)?.expose_secret().to_owned();
+        let plan = match body.fields.get(REFRESH_COMMAND) {
+            Some(command) => Plan::Command(command.expose_secret().to_owned()),
+            None => self.sts_plan(&body, now).unwrap_or_else(Plan::Broken),
+        };
         Some(Job {
             id: row.id,
             name: body.name,
             kind: body.kind,
             revision: row.revision,
-            command,
+            plan,
         })
+    }
+
+    /// The STS call that mints `body`'s session from its `source`.
+    fn sts_plan(&self, body: &RecordBody, now: Timestamp) -> std::result::Result<Plan, String> {
+        let field = |f: &str| body.fields.get(f).map(|v| v.expose_secret().to_owned());
+        let Some(source) = field(SOURCE) else {
+            return Err("it has neither a refresh_command nor a source".into());
+        };
+        if field("mfa_serial").is_some() {
+            return Err(format!(
+                "'{}' names an mfa_serial: minting a session that needs an MFA code is not \
+                 supported yet; remove mfa_serial or use a refresh_command",
+                body.name
+            ));
+        }
+        let missing = || {
+            format!(
+                "its source '{source}' does not exist or is not an aws credential with keys: \
+                 add it, or fix 'source' with vault set {} source=NAME",
+                body.name
+            )
+        };
+        let (_, src) = self.load(&source).map_err(|_| missing())?;
+        if src.kind != CredentialType::Aws || src.fields.contains_key(SOURCE) {
+            return Err(format!(
+                "its source '{source}' must be a long-term aws credential, not one minted from \
+                 another source"
+            ));
+        }
+        if src.expires_at.is_some_and(|t| t <= now) {
+            return Err(format!("its source '{source}' has expired: renew it"));
+        }
+        let key = |f: &str| src.fields.get(f).filter(|v| !v.is_empty());
+        let (Some(id), Some(secret)) = (key("access_key_id"), key("secret_access_key")) else {
+            return Err(missing());
+        };
+        let region = field("region");
+        let endpoint = crate::sts::endpoint_for(
+            field("sts_endpoint").as_deref(),
+            self.config.sts_endpoint.as_deref(),
+            region.as_deref(),
+        );
+        let duration = match field("duration") {
+            Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
+            None => DEFAULT_SESSION,
+        };
+        Ok(Plan::Sts(crate::sts::Plan {
+            access_key_id: id.expose_secret().to_owned(),
+            secret_access_key: SecretValue::from(secret.expose_secret()),
+            session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
+            role_arn: field("role_arn"),
+            session_name: field("session_name")
+                .unwrap_or_else(|| crate::sts::session_name(&body.name)),
+            duration,
+            endpoint,
+            region: region.unwrap_or_else(|| "us-east-1".to_owned()),
+        }))
     }
 
     /// The current expiry of `name`, for reports.

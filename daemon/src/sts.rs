@@ -1,0 +1,335 @@
+//! Minting AWS sessions (SPEC §10, docs/refresh.md): an `aws` record with a
+//! `source` (a long-term `aws` record) gets its keys from STS —
+//! `AssumeRole` when it has a `role_arn`, `GetSessionToken` otherwise —
+//! signed with the source's keys (SigV4, daemon/src/sigv4.rs) and sent over
+//! HTTPS (plain HTTP only to a loopback endpoint, for tests and local
+//! emulators).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use vault_protocol::SecretValue;
+use vault_protocol::timefmt::Timestamp;
+
+use crate::refresh::Minted;
+use crate::sigv4::{self, Keys};
+
+/// AWS's global STS endpoint, used when neither the record nor
+/// `config.toml` names one and the record has no region.
+pub const GLOBAL_ENDPOINT: &str = "https://sts.amazonaws.com";
+
+/// What one STS call needs.
+pub struct Plan {
+    /// The source's access key id.
+    pub access_key_id: String,
+    /// The source's secret key.
+    pub secret_access_key: SecretValue,
+    /// The source's session token, if it is itself temporary.
+    pub session_token: Option<SecretValue>,
+    /// AssumeRole's role; `None` for GetSessionToken.
+    pub role_arn: Option<String>,
+    /// `RoleSessionName`.
+    pub session_name: String,
+    /// Requested lifetime.
+    pub duration: Duration,
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// The signing region.
+    pub region: String,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("access_key_id", &self.access_key_id)
+            .field("role_arn", &self.role_arn)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoint a record uses: its own, else `config.toml`'s, else the
+/// regional one for its region, else the global one.
+pub fn endpoint_for(own: Option<&str>, configured: Option<&str>, region: Option<&str>) -> String {
+    match (own, configured, region) {
+        (Some(e), _, _) | (None, Some(e), _) => e.to_owned(),
+        (None, None, Some(r)) => format!("https://sts.{r}.amazonaws.com"),
+        (None, None, None) => GLOBAL_ENDPOINT.to_owned(),
+    }
+}
+
+/// Whether `url` may be used: HTTPS anywhere, HTTP only on loopback.
+pub use vault_protocol::credential::check_sts_endpoint as check_endpoint;
+
+/// A `RoleSessionName` from the record name: STS allows `[\w+=,.@-]`, 2–64.
+pub fn session_name(record: &str) -> String {
+    let name: String = format!("vault-{record}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    name
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Answer {
+    #[serde(alias = "GetSessionTokenResult")]
+    assume_role_result: Option<Outcome>,
+    /// AWS's form.
+    error: Option<ErrorBody>,
+    /// moto's form: the same, wrapped.
+    errors: Option<Errors>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Errors {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Outcome {
+    credentials: Credentials,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Credentials {
+    access_key_id: SecretValue,
+    secret_access_key: SecretValue,
+    session_token: SecretValue,
+    expiration: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// The form body of the call.
+fn body(plan: &Plan) -> String {
+    let secs = plan.duration.as_secs();
+    match &plan.role_arn {
+        Some(role) => format!(
+            "Action=AssumeRole&DurationSeconds={secs}&RoleArn={}&RoleSessionName={}&Version=2011-06-15",
+            sigv4::form_encode(role),
+            sigv4::form_encode(&plan.session_name)
+        ),
+        None => format!("Action=GetSessionToken&DurationSeconds={secs}&Version=2011-06-15"),
+    }
+}
+
+/// Calls STS and returns the session as `aws` fields.
+pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
+    check_endpoint(&plan.endpoint)?;
+    let url = reqwest::Url::parse(&plan.endpoint)
+        .map_err(|e| format!("sts_endpoint '{}' is not a URL: {e}", plan.endpoint))?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(format!("sts_endpoint '{}' has no host", plan.endpoint)),
+    };
+    let path = match url.path() {
+        "" => "/",
+        p => p,
+    };
+    let action = if plan.role_arn.is_some() {
+        "AssumeRole"
+    } else {
+        "GetSessionToken"
+    };
+    let form = body(plan);
+    let amz_date = amz_date(Timestamp::now());
+    let headers = sigv4::sign(
+        &sigv4::Request {
+            method: "POST",
+            host: &host,
+            path,
+            query: "",
+            body: form.as_bytes(),
+            amz_date: &amz_date,
+            region: &plan.region,
+            service: "sts",
+        },
+        &Keys {
+            access_key_id: &plan.access_key_id,
+            secret_access_key: &plan.secret_access_key,
+            session_token: plan.session_token.as_ref(),
+        },
+    );
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .https_only(url.scheme() == "https")
+        .build()
+        .map_err(|e| format!("cannot make an HTTPS client: {e}"))?;
+    let mut request = client.post(url.clone()).body(form);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach STS at {}: {}", plan.endpoint, error_chain(&e)))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("cannot read STS's answer: {e}"))?;
+    let answer: Option<Answer> = quick_xml::de::from_str(&text).ok();
+    if !status.is_success() {
+        // An error answer holds no secret: its text may be shown when it
+        // is not the XML STS speaks.
+        let (code, message) = answer
+            .and_then(|a| a.error.or(a.errors.map(|e| e.error)))
+            .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
+            .unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
+        return Err(format!(
+            "STS refused {action} ({} {code}): {message}",
+            status.as_u16()
+        ));
+    }
+    let creds = answer
+        .and_then(|a| a.assume_role_result)
+        .map(|r| r.credentials)
+        .ok_or_else(|| format!("STS's answer to {action} holds no credentials"))?;
+    let expires_at =
+        Timestamp::parse(&creds.expiration).map_err(|e| format!("STS's Expiration: {e}"))?;
+    let mut fields = BTreeMap::new();
+    fields.insert("access_key_id".to_owned(), creds.access_key_id);
+    fields.insert("secret_access_key".to_owned(), creds.secret_access_key);
+    fields.insert("session_token".to_owned(), creds.session_token);
+    Ok(Minted {
+        fields,
+        expires_at: Some(expires_at),
+    })
+}
+
+/// The error and its causes, one line (reqwest's top error alone says
+/// little: "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `20261123T120000Z`.
+fn amz_date(t: Timestamp) -> String {
+    t.to_rfc3339().replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(endpoint_for(None, None, None), GLOBAL_ENDPOINT);
+        assert_eq!(
+            endpoint_for(None, None, Some("eu-west-1")),
+            "https://sts.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            endpoint_for(Some("https://a"), Some("https://b"), None),
+            "https://a"
+        );
+        assert_eq!(
+            endpoint_for(None, Some("https://b"), Some("x")),
+            "https://b"
+        );
+        for ok in [
+            "https://sts.amazonaws.com",
+            "http://127.0.0.1:5000",
+            "http://localhost/",
+        ] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://sts.amazonaws.com",
+            "ftp://x",
+            "https://",
+            "http://127.0.0.1.evil.com/",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_sts_answers() {
+        let ok = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser><Arn>arn:aws:sts::1:assumed-role/r/s</Arn><AssumedRoleId>A:s</AssumedRoleId></AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAEXAMPLE</AccessKeyId>
+      <SecretAccessKey>se&amp;cret</SecretAccessKey>
+      <SessionToken>tok</SessionToken>
+      <Expiration>2026-11-23T13:00:00Z</Expiration>
+    </Credentials>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#;
+        let a: Answer = quick_xml::de::from_str(ok).unwrap();
+        let c = a.assume_role_result.unwrap().credentials;
+        assert_eq!(c.access_key_id.expose_secret(), "ASIAEXAMPLE");
+        assert_eq!(c.secret_access_key.expose_secret(), "se&cret");
+        let gst = ok
+            .replace("AssumeRoleResult", "GetSessionTokenResult")
+            .replace("AssumeRoleResponse", "GetSessionTokenResponse");
+        let a: Answer = quick_xml::de::from_str(&gst).unwrap();
+        assert!(a.assume_role_result.is_some());
+        let err = r#"<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>bad sig</Message></Error><RequestId>x</RequestId></ErrorResponse>"#;
+        let a: Answer = quick_xml::de::from_str(err).unwrap();
+        assert_eq!(
+            a.error.unwrap().code.as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+        // moto wraps it in <Errors>.
+        let wrapped = err
+            .replace("<Error>", "<Errors><Error>")
+            .replace("</Error>", "</Error></Errors>");
+        let a: Answer = quick_xml::de::from_str(&wrapped).unwrap();
+        assert_eq!(
+            a.errors.unwrap().error.code.as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+    }
+
+    #[test]
+    fn forms_and_names() {
+        let plan = Plan {
+            access_key_id: "AKIA".into(),
+            secret_access_key: SecretValue::from("s"),
+            session_token: None,
+            role_arn: Some("arn:aws:iam::123456789012:role/dev".into()),
+            session_name: session_name("team/dev"),
+            duration: Duration::from_secs(3600),
+            endpoint: GLOBAL_ENDPOINT.into(),
+            region: "us-east-1".into(),
+        };
+        assert_eq!(
+            body(&plan),
+            "Action=AssumeRole&DurationSeconds=3600&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fdev&RoleSessionName=vault-team-dev&Version=2011-06-15"
+        );
+        assert!(!format!("{plan:?}").contains("secret_access_key"));
+        assert_eq!(
+            amz_date(Timestamp::parse("2015-08-30T12:36:00Z").unwrap()),
+            "20150830T123600Z"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! STS minting against a real peer (SPEC §10): moto's server on 127.0.0.1
+//! with authentication on (`INITIAL_NO_AUTH_ACTION_COUNT`), so every
+//! AssumeRole the daemon sends is signature-checked by moto, and the minted
+//! `ASIA…` session then passes `sts get-caller-identity` through botocore.
+//! Also: a wrong source key is refused by moto and shown in `vault status`;
+//! 50 concurrent `aws-process` callers on an about-to-expire session make
+//! exactly one STS call.
+//!
+//! Needs `VAULT_TEST_PYTHON` with botocore and `moto[server]` (`.ci/run`
+//! installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`, so it never skips
+//! there).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vault_e2e::{VaultHome, run_command, secret};
+
+/// The Python with botocore and moto, or `None` after saying how to get it.
+fn moto_python() -> Option<PathBuf> {
+    let required = std::env::var_os("VAULT_TEST_REQUIRE_MOTO").is_some();
+    let python = std::env::var_os("VAULT_TEST_PYTHON").map(PathBuf::from);
+    let ok = python.as_ref().is_some_and(|p| {
+        Command::new(p)
+            .args(["-c", "import botocore.session, moto.server"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if ok {
+        return python;
+    }
+    let why = "SKIP sts: set VAULT_TEST_PYTHON to a Python with botocore and moto[server] \
+               (pip install botocore 'moto[server]'; bash .ci/run makes one)";
+    assert!(!required, "{why} (VAULT_TEST_REQUIRE_MOTO is set)");
+    eprintln!("{why}");
+    None
+}
+
+/// moto's server, killed on drop; its log counts the requests.
+struct Moto {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start(python: &Path, dir: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("moto.log");
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            // The first five calls (the IAM setup below) need no signature;
+            // every later one is checked.
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("moto.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// STS calls served so far (werkzeug logs one line per request; every
+    /// STS and IAM call is a POST to `/`).
+    fn posts(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"POST / HTTP"))
+            .count()
+    }
+}
+
+/// Runs a Python script with the moto URL as `argv[1]`; its JSON output.
+fn python_json(vh: &VaultHome, python: &Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-c", script];
+    all.extend_from_slice(args);
+    let run = run_command(vh.command(python, all), None, Duration::from_secs(120));
+    run.ok();
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
+}
+
+/// A user with an access key and a role it may assume, both allowed
+/// everything: five unauthenticated calls.
+const SETUP: &str = r#"
+import json, sys
+import botocore.session
+s = botocore.session.get_session()
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
+          aws_access_key_id="setup", aws_secret_access_key="setup")
+iam = s.create_client("iam", **kw)
+allow = json.dumps({"Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+user = iam.create_user(UserName="dev")["User"]
+key = iam.create_access_key(UserName="dev")["AccessKey"]
+iam.put_user_policy(UserName="dev", PolicyName="all", PolicyDocument=allow)
+trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Principal": {"AWS": user["Arn"]}, "Action": "sts:AssumeRole"}]})
+role = iam.create_role(RoleName="deploy", AssumeRolePolicyDocument=trust)["Role"]
+iam.put_role_policy(RoleName="deploy", PolicyName="all", PolicyDocument=allow)
+print(json.dumps({"id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role["Arn"]}))
+"#;
+
+/// `sts get-caller-identity` with the given session, checked by moto.
+const WHOAMI: &str = r#"
+import json, sys
+import botocore.session
+doc = json.loads(sys.argv[2])
+sts = botocore.session.get_session().create_client(
+    "sts", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=doc["AccessKeyId"], aws_secret_access_key=doc["SecretAccessKey"],
+    aws_session_token=doc["SessionToken"])
+print(json.dumps({"arn": sts.get_caller_identity()["Arn"]}))
+"#;
+
+#[test]
+fn assume_role_is_signed_checked_by_moto_and_single_flight() {
+    let Some(python) = moto_python() else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let moto = Moto::start(&python, vh.root());
+    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+    let (id, role) = (
+        setup["id"].as_str().unwrap(),
+        setup["role"].as_str().unwrap(),
+    );
+    // The long-term source; its secret only ever in a file.
+    vh.add_aws("base", id, setup["secret"].as_str().unwrap(), &[]);
+    let endpoint = format!("sts_endpoint={}", moto.url);
+    let minted = |name: &str, source: &str| {
+        vh.vault([
+            "add",
+            name,
+            "--type",
+            "aws",
+            &format!("source={source}"),
+            &format!("role_arn={role}"),
+            &endpoint,
+            "region=us-east-1",
+            "duration=15m",
+        ])
+        .ok();
+    };
+    minted("deploy", "base");
+
+    let run = vh.vault(["aws-process", "deploy"]);
+    if run.code != 0 {
+        let status = vh.vault(["status", "--json"]);
+        panic!("{run}\nstatus: {}", status.stdout);
+    }
+    let doc = run.json();
+    let key = doc["AccessKeyId"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("ASIA"), "{doc}");
+    assert!(!doc["SessionToken"].as_str().unwrap().is_empty());
+    let left = vault_protocol::timefmt::Timestamp::parse(doc["Expiration"].as_str().unwrap())
+        .unwrap()
+        .unix()
+        - vault_protocol::timefmt::Timestamp::now().unix();
+    assert!(
+        (800..=900).contains(&left),
+        "a 15-minute session: {left}s left"
+    );
+    // moto accepts the minted session: the daemon's signature and the keys
+    // it stored are both real.
+    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, run.stdout.trim()]);
+    assert!(
+        who["arn"]
+            .as_str()
+            .unwrap()
+            .contains(":assumed-role/deploy/"),
+        "{who}"
+    );
+
+    // About to expire (as if the session had run for minutes): 50 callers
+    // at once, one AssumeRole.
+    // (Due under half its lifetime left: with 6 s, at most 1 s left after
+    // 5.2 s is surely under it, whatever the second boundaries.)
+    let soon = vault_protocol::timefmt::Timestamp::now().plus(Duration::from_secs(6));
+    vh.vault(["set", "deploy", "--expires-at", &soon.to_rfc3339()])
+        .ok();
+    std::thread::sleep(Duration::from_millis(5200));
+    let before = moto.posts();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let cmd = vh.command(&vault_e2e::binaries().vault, ["aws-process", "deploy"]);
+            std::thread::spawn(move || run_command(cmd, None, Duration::from_secs(60)))
+        })
+        .collect();
+    let mut keys: Vec<String> = callers
+        .into_iter()
+        .map(|c| {
+            let run = c.join().unwrap();
+            run.ok().json()["AccessKeyId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 1, "every caller got the same new session");
+    assert_ne!(keys[0], key, "a new session");
+    assert_eq!(moto.posts() - before, 1, "one STS call for 50 callers");
+
+    // A wrong source secret: moto refuses the signature; nothing is minted
+    // and status says why.
+    vh.add_aws("wrong", id, &secret("not-the-key"), &[]);
+    minted("broken", "wrong");
+    let run = vh.vault(["aws-process", "broken"]);
+    run.code(1).stderr_has("broken has no access key yet");
+    let status = vh.vault(["status", "--json"]).ok().json();
+    let error = status["refresh"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("STS refused AssumeRole (403 SignatureDoesNotMatch)"),
+        "{status}"
+    );
+}
