@@ -174,17 +174,7 @@ fn verify_paths(paths: &VaultPaths) -> Result<(), Fatal> {
     ] {
         fsutil::ensure_private_dir(dir)?;
     }
-    let db = paths.db();
-    let files = [
-        db.clone(),
-        PathBuf::from(format!("{}-wal", db.display())),
-        PathBuf::from(format!("{}-shm", db.display())),
-        paths.identity(),
-        paths.config(),
-        paths.log(),
-        paths.daemon_lock(),
-    ];
-    for file in &files {
+    for file in &paths.private_files() {
         fsutil::check_private_if_exists(file)?;
     }
     Ok(())

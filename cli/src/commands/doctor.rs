@@ -320,17 +320,8 @@ fn check_permissions(ctx: &Ctx, report: &mut Report) {
         paths.exec_dir(),
     ];
     dirs.dedup();
-    let db = paths.db();
-    let files = [
-        db.clone(),
-        PathBuf::from(format!("{}-wal", db.display())),
-        PathBuf::from(format!("{}-shm", db.display())),
-        paths.identity(),
-        paths.config(),
-        paths.log(),
-        paths.daemon_lock(),
-        paths.start_lock(),
-    ];
+    let mut files = paths.private_files();
+    files.push(paths.start_lock());
     let mut checked = 0;
     let mut problems = 0;
     let candidates = dirs
@@ -431,45 +422,22 @@ fn check_daemon(ctx: &mut Ctx, report: &mut Report) -> Option<StatusInfo> {
         }
     };
     let started = client.started_daemon;
-    let hello = match client.hello() {
-        Ok(h) => h,
-        Err(e) if e.code == ErrorCode::VersionMismatch => {
-            report.problem(
-                "daemon",
-                Verdict::Fail,
-                e.message,
-                "vault daemon restart (after an upgrade the old vaultd keeps running)",
-            );
-            return None;
-        }
+    let answers = client
+        .hello()
+        .and_then(|hello| match client.call(Request::Status) {
+            Ok(Response::Status(status)) => Ok((hello, status)),
+            Ok(_) => Err(crate::error::unexpected("status")),
+            Err(e) => Err(e),
+        });
+    let (hello, status) = match answers {
+        Ok(answers) => answers,
         Err(e) => {
-            report.problem(
-                "daemon",
-                Verdict::Fail,
-                e.message,
-                format!("see {log}, then run 'vault daemon restart'"),
-            );
-            return None;
-        }
-    };
-    let status = match client.call(Request::Status) {
-        Ok(Response::Status(s)) => s,
-        Ok(_) => {
-            report.problem(
-                "daemon",
-                Verdict::Fail,
-                "vaultd gave an unexpected answer to status",
-                "vault daemon restart",
-            );
-            return None;
-        }
-        Err(e) => {
-            report.problem(
-                "daemon",
-                Verdict::Fail,
-                e.message,
-                format!("see {log}, then run 'vault daemon restart'"),
-            );
+            let fix = if e.code == ErrorCode::VersionMismatch {
+                "vault daemon restart (after an upgrade the old vaultd keeps running)".to_owned()
+            } else {
+                format!("see {log}, then run 'vault daemon restart'")
+            };
+            report.problem("daemon", Verdict::Fail, e.message, fix);
             return None;
         }
     };
