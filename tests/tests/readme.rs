@@ -3,10 +3,13 @@
 //! as written by `bash`, in a temporary HOME, with the installer putting the
 //! binaries into a temporary prefix.
 //!
-//! Two concessions to test time, both outside the README's text: the
-//! installer copies the `vault`/`vaultd` this test run already built
-//! (`VAULT_INSTALL_FROM`) instead of compiling them again with `cargo
-//! install`, and the repository checkout under test plays the fresh clone.
+//! The "fresh clone" is a copy of the files git would check out (tracked,
+//! plus new ones not ignored, as they are in the working tree) in a temp
+//! directory: no `target/`, nothing generated beforehand. One concession to
+//! test time, outside the README's text: the installer copies the
+//! `vault`/`vaultd` this test run already built (`VAULT_INSTALL_FROM`)
+//! instead of compiling them again with `cargo install`, and cargo's target
+//! dir is this run's, so `xtask` reuses the compiled dependencies.
 //! The passphrase comes from `VAULT_PASSPHRASE_FILE` (no terminal here), for
 //! the lines where the README says `vault init` asks for it, and only there:
 //! elsewhere the CLI would use it to unlock a locked vault by itself.
@@ -62,10 +65,59 @@ fn expectation(line: &str) -> Expect {
     Expect::Prints(promise.to_owned())
 }
 
-/// A throwaway machine: HOMEs, an install prefix, and the daemons to stop.
+/// Copies what a clone of the repository holds into `dest`: the files git
+/// lists (tracked, and untracked ones it does not ignore), symlinks as
+/// symlinks, modes kept.
+fn clean_clone(dest: &Path) {
+    let root = workspace_root();
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .expect("git is needed for the README test (apt-get install git)");
+    assert!(
+        out.status.success(),
+        "git ls-files failed in {}: {}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut copied = 0;
+    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = Path::new(std::str::from_utf8(name).unwrap());
+        let from = root.join(name);
+        let to = dest.join(name);
+        let Ok(meta) = fs::symlink_metadata(&from) else {
+            continue; // deleted in the working tree
+        };
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from).unwrap(), &to).unwrap();
+        } else if meta.is_file() {
+            fs::copy(&from, &to).unwrap();
+        } else {
+            continue; // a submodule
+        }
+        copied += 1;
+    }
+    assert!(
+        dest.join("packaging/install.sh").is_file() && copied > 50,
+        "the clone lacks packaging/install.sh ({copied} files)"
+    );
+}
+
+/// A throwaway machine: a fresh clone, HOMEs, an install prefix, and the
+/// daemons to stop.
 struct Sandbox {
     _root: tempfile::TempDir,
     root: PathBuf,
+    clone: PathBuf,
     prefix: PathBuf,
     passphrase_file: PathBuf,
     homes: Vec<PathBuf>,
@@ -82,7 +134,10 @@ impl Sandbox {
         let passphrase_file = root.join("passphrase");
         fs::write(&passphrase_file, "readme-Passphrase-PASSMARK\n").unwrap();
         fs::set_permissions(&passphrase_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let clone = root.join("vault");
+        clean_clone(&clone);
         Self {
+            clone,
             prefix: root.join("prefix"),
             root,
             _root: root_dir,
@@ -109,7 +164,7 @@ impl Sandbox {
         let built = binaries().vault.parent().unwrap().to_path_buf();
         let real_home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
         cmd.env_clear()
-            .current_dir(workspace_root())
+            .current_dir(&self.clone)
             .env("HOME", home)
             .env(
                 "PATH",
