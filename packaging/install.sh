@@ -9,6 +9,7 @@
 #   PREFIX/share/fish/vendor_completions.d/vault.fish
 #   PREFIX/share/man/man1/vault*.1              generated from the CLI's clap definitions
 #   ~/.local/share/systemd/user/vaultd.{service,socket}   (Linux; not enabled)
+#   ~/Library/LaunchAgents/com.example.vault.vaultd.plist (macOS; not loaded)
 #
 # PREFIX is $VAULT_PREFIX, else cargo's own install root ($CARGO_INSTALL_ROOT,
 # $CARGO_HOME, ~/.cargo), whose bin/ rustup already put on PATH.
@@ -73,6 +74,13 @@ if [ "$(uname -s)" = Linux ]; then
         "$repo/packaging/systemd/vaultd.service" >"$units/vaultd.service"
     cp "$repo/packaging/systemd/vaultd.socket" "$units/vaultd.socket"
     say "installed systemd user units in $units (enable: systemctl --user enable --now vaultd.socket)"
+elif [ "$(uname -s)" = Darwin ]; then
+    agents=$HOME/Library/LaunchAgents
+    agent=com.example.vault.vaultd.plist
+    mkdir -p "$agents"
+    sed "s#<string>/usr/local/bin/vaultd</string>#<string>$bin/vaultd</string>#" \
+        "$repo/packaging/launchd/$agent" >"$agents/$agent"
+    say "installed the launchd agent $agents/$agent (load: launchctl bootstrap gui/\$(id -u) $agents/$agent)"
 fi
 
 case ":$PATH:" in
