@@ -255,6 +255,13 @@ fn the_readme_install_command_and_tour_work_as_written() {
             "{helper} is a link to vault"
         );
     }
+    // The installed links are the vault binary speaking the helper protocol.
+    let listed = sandbox.bash(&first, "docker-credential-vault list");
+    assert_eq!(
+        listed.ok().stdout.trim(),
+        "{}",
+        "no registry credentials yet"
+    );
     let share = sandbox.prefix.join("share");
     for file in [
         "bash-completion/completions/vault",
