@@ -97,12 +97,20 @@ pub enum Command {
         #[command(subcommand)]
         action: DaemonAction,
     },
+    /// Check the daemon, permissions, emitted files and helpers; say how to fix each problem
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor,
     /// Print a shell completion script
     Completions {
         /// The shell
         shell: Shell,
     },
 }
+
+const DOCTOR_HELP: &str = "\
+Exits 1 when a check fails (warnings and skipped checks exit 0). With --json
+the result is {\"ok\": BOOL, \"checks\": [{\"check\", \"status\", \"message\", \"fix\"}]}
+where status is ok, warn, fail or skip.";
 
 const ADD_HELP: &str = "\
 Field values:

@@ -4,6 +4,12 @@
 //! path, take the one-daemon lock, open (never create) the database, clear a
 //! stale socket only if nothing answers on it, listen, and only then report
 //! `ready` to the CLI that spawned us.
+//!
+//! Under a service manager with socket activation (systemd's `LISTEN_FDS`
+//! protocol, `packaging/systemd/vaultd.socket`) the listening socket is
+//! inherited as fd 3 instead of bound here; it must be the vault's socket
+//! path, in a private runtime directory, and every connection on it is still
+//! checked for the peer's uid (`server`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,88 @@ use vault_protocol::paths::VaultPaths;
 struct Args {
     foreground: bool,
     socket: Option<PathBuf>,
+}
+
+/// A listening socket handed over by the service manager.
+struct Inherited(std::os::unix::net::UnixListener);
+
+/// Takes the socket passed by systemd (`LISTEN_PID` is ours and
+/// `LISTEN_FDS` ≥ 1: fd 3). Must run before any thread starts, because it
+/// clears those variables from the environment (so no child of ours takes
+/// them for its own). `listenfd` does the fd handling so that this crate
+/// keeps `unsafe_code` forbidden.
+fn take_inherited_socket() -> Result<Option<Inherited>, Fatal> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !ours || count == 0 {
+        // Not for us (LISTEN_PID names another process, or no LISTEN_PID:
+        // the variables leaked from a parent). listenfd would accept a
+        // missing LISTEN_PID, so it is not asked.
+        return Ok(None);
+    }
+    let mut fds = listenfd::ListenFd::from_env();
+    match fds.take_unix_listener(0) {
+        Ok(Some(listener)) => Ok(Some(Inherited(listener))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(Fatal(
+            1,
+            format!(
+                "the service manager passed fd 3 but it is not a listening unix socket ({e}): \
+                 check ListenStream= in vaultd.socket"
+            ),
+        )),
+    }
+}
+
+/// Checks an inherited socket as strictly as one we bind: it must be the
+/// vault's socket path (else `vault` would never find it), owned by us, 0600
+/// or tighter, in a directory that is ours and 0700.
+fn check_inherited(inherited: &Inherited, paths: &VaultPaths) -> Result<(), Fatal> {
+    use std::os::unix::fs::MetadataExt;
+    let addr = inherited.0.local_addr()?;
+    let Some(path) = addr.as_pathname() else {
+        return Err(Fatal(
+            1,
+            "the service manager passed an unnamed or abstract socket: set ListenStream= in \
+             vaultd.socket to a path (%t/vault/vaultd.sock)"
+                .to_owned(),
+        ));
+    };
+    if path != paths.socket {
+        return Err(Fatal(
+            1,
+            format!(
+                "the service manager passed a socket at {} but this vault's socket is {}: make \
+                 ListenStream= in vaultd.socket and VAULT_SOCKET/VAULT_HOME agree",
+                path.display(),
+                paths.socket.display()
+            ),
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        fsutil::check_private(dir, true)?;
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid || meta.mode() & 0o077 != 0 {
+        return Err(Fatal(
+            1,
+            format!(
+                "the inherited socket {} is owned by uid {} with mode {:03o}; it must be yours \
+                 and 0600: set SocketMode=0600 in vaultd.socket",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 const USAGE: &str = "usage: vaultd [--foreground] [--socket PATH]
@@ -86,17 +174,7 @@ fn verify_paths(paths: &VaultPaths) -> Result<(), Fatal> {
     ] {
         fsutil::ensure_private_dir(dir)?;
     }
-    let db = paths.db();
-    let files = [
-        db.clone(),
-        PathBuf::from(format!("{}-wal", db.display())),
-        PathBuf::from(format!("{}-shm", db.display())),
-        paths.identity(),
-        paths.config(),
-        paths.log(),
-        paths.daemon_lock(),
-    ];
-    for file in &files {
+    for file in &paths.private_files() {
         fsutil::check_private_if_exists(file)?;
     }
     Ok(())
@@ -207,12 +285,13 @@ fn clear_stale_socket(socket: &Path) -> Result<(), Fatal> {
 
 fn start(
     args: &Args,
+    inherited: Option<Inherited>,
 ) -> Result<
     (
         Arc<Daemon>,
         interprocess::local_socket::tokio::Listener,
         std::fs::File,
-        PathBuf,
+        Option<PathBuf>,
     ),
     Fatal,
 > {
@@ -225,25 +304,53 @@ fn start(
     let lock = take_daemon_lock(&paths)?;
     let config = Config::load(&paths.config())?;
     let engine = Engine::open(paths.clone(), config)?;
-    clear_stale_socket(&paths.socket)?;
-    let name = paths.socket.as_path().to_fs_name::<GenericFilePath>()?;
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .create_tokio()
-        .map_err(|e| {
-            Fatal(
-                1,
-                format!("cannot listen on {}: {e}", paths.socket.display()),
-            )
-        })?;
+    let (listener, owned_socket): (interprocess::local_socket::tokio::Listener, Option<PathBuf>) =
+        match inherited {
+            Some(inherited) => {
+                check_inherited(&inherited, &paths)?;
+                let listener =
+                    interprocess::os::unix::uds_local_socket::Listener::from(inherited.0);
+                let listener =
+                    interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(listener)
+                        .map_err(|e| Fatal(1, format!("cannot use the inherited socket: {e}")))?;
+                info!(
+                    pid = std::process::id(),
+                    "vaultd serving a socket passed by the service manager"
+                );
+                // The service manager made the socket file and removes it.
+                (listener.into(), None)
+            }
+            None => {
+                clear_stale_socket(&paths.socket)?;
+                let name = paths.socket.as_path().to_fs_name::<GenericFilePath>()?;
+                let listener = ListenerOptions::new()
+                    .name(name)
+                    .mode(0o600)
+                    .create_tokio()
+                    .map_err(|e| {
+                        Fatal(
+                            1,
+                            format!("cannot listen on {}: {e}", paths.socket.display()),
+                        )
+                    })?;
+                info!(pid = std::process::id(), "vaultd listening");
+                (listener, Some(paths.socket.clone()))
+            }
+        };
     let daemon = Daemon::new(engine, paths.socket.display().to_string());
-    info!(pid = std::process::id(), "vaultd listening");
-    Ok((daemon, listener, lock, paths.socket.clone()))
+    Ok((daemon, listener, lock, owned_socket))
 }
 
 fn main() -> ExitCode {
     harden();
+    // Before any thread exists: this edits the environment.
+    let inherited = match take_inherited_socket() {
+        Ok(i) => i,
+        Err(fatal) => {
+            eprintln!("vaultd: {}", fatal.1);
+            return ExitCode::from(fatal.0);
+        }
+    };
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -265,7 +372,7 @@ fn main() -> ExitCode {
         Err(e) => return report(&args, Fatal(1, format!("cannot start runtime: {e}"))),
     };
     let _guard = runtime.enter();
-    let (daemon, listener, lock, socket) = match start(&args) {
+    let (daemon, listener, lock, socket) = match start(&args, inherited) {
         Ok(v) => v,
         Err(fatal) => return report(&args, fatal),
     };
@@ -305,7 +412,9 @@ fn main() -> ExitCode {
     // checkpointed) before anyone can see us gone.
     drop(_guard);
     drop(runtime);
-    let _ = std::fs::remove_file(&socket);
+    if let Some(socket) = &socket {
+        let _ = std::fs::remove_file(socket);
+    }
     info!("vaultd stopped");
     // The daemon lock is released by the kernel as the process exits, not
     // before: a free lock means this process is gone (`vault daemon stop`

@@ -112,6 +112,28 @@ impl VaultPaths {
     pub fn start_lock(&self) -> PathBuf {
         self.runtime_dir.join("start.lock")
     }
+
+    /// The vault's own files that must be private (0600, ours, not a link)
+    /// whenever they exist: what `vaultd` checks before it starts and
+    /// `vault doctor` reports on (the CLI's `start.lock` aside).
+    pub fn private_files(&self) -> Vec<PathBuf> {
+        let db = self.db();
+        let side = |suffix: &str| {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let (wal, shm) = (side("-wal"), side("-shm"));
+        vec![
+            db,
+            wal,
+            shm,
+            self.identity(),
+            self.config(),
+            self.log(),
+            self.daemon_lock(),
+        ]
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -4,6 +4,7 @@
 
 mod aws_process;
 mod daemon;
+mod doctor;
 mod emit;
 mod import;
 mod records;
@@ -49,6 +50,11 @@ impl<'a> Ctx<'a> {
             None => Client::connect_or_start(&self.target)?,
         };
         Ok(self.client.insert(client))
+    }
+
+    /// Uses `client` for the following requests.
+    pub fn adopt(&mut self, client: Client) {
+        self.client = Some(client);
     }
 
     /// Closes the connection (a child process must not inherit it).
@@ -97,6 +103,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Emit { action } => emit::run(&mut ctx, action),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
+        Command::Doctor => doctor::run(&mut ctx),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;
     Ok(ctx.exit_code)
