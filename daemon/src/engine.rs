@@ -45,6 +45,11 @@ fn store_err(e: StoreError) -> WireError {
             "a credential with that name exists",
         ),
         StoreError::Damaged(m) => err(ErrorCode::Failed, m),
+        StoreError::Full => err(
+            ErrorCode::Failed,
+            "the disk holding vault.db is full: nothing was saved and every earlier change is \
+             kept; free some space and run the command again",
+        ),
         StoreError::Sqlite(e) => err(ErrorCode::Internal, format!("database error: {e}")),
     }
 }
