@@ -342,12 +342,18 @@ impl Engine {
     pub fn sealed_key(&self) -> Result<SealedKey> {
         self.store()?;
         let path = self.paths.identity();
-        std::fs::read(&path).map(SealedKey).map_err(|e| {
-            err(
-                ErrorCode::Failed,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })
+        // Checked on every read, not only at start: a key file swapped for a
+        // symlink while the daemon runs is refused too.
+        crate::fsutil::check_private(&path, false)
+            .map_err(|e| err(ErrorCode::Failed, e.to_string()))?;
+        crate::fsutil::read_private(&path)
+            .map(SealedKey)
+            .map_err(|e| {
+                err(
+                    ErrorCode::Failed,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
     }
 
     /// Opens the sealed key with the passphrase (slow: scrypt). Runs outside
