@@ -45,6 +45,11 @@ fn store_err(e: StoreError) -> WireError {
             "a credential with that name exists",
         ),
         StoreError::Damaged(m) => err(ErrorCode::Failed, m),
+        StoreError::Full => err(
+            ErrorCode::Failed,
+            "the disk holding vault.db is full: nothing was saved and every earlier change is \
+             kept; free some space and run the command again",
+        ),
         StoreError::Sqlite(e) => err(ErrorCode::Internal, format!("database error: {e}")),
     }
 }
@@ -337,12 +342,18 @@ impl Engine {
     pub fn sealed_key(&self) -> Result<SealedKey> {
         self.store()?;
         let path = self.paths.identity();
-        std::fs::read(&path).map(SealedKey).map_err(|e| {
-            err(
-                ErrorCode::Failed,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })
+        // Checked on every read, not only at start: a key file swapped for a
+        // symlink while the daemon runs is refused too.
+        crate::fsutil::check_private(&path, false)
+            .map_err(|e| err(ErrorCode::Failed, e.to_string()))?;
+        crate::fsutil::read_private(&path)
+            .map(SealedKey)
+            .map_err(|e| {
+                err(
+                    ErrorCode::Failed,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
     }
 
     /// Opens the sealed key with the passphrase (slow: scrypt). Runs outside

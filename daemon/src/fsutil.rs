@@ -106,6 +106,18 @@ pub fn open_private(path: &Path, append: bool) -> io::Result<File> {
     opts.open(path)
 }
 
+/// Reads a whole private file, never through a symlink.
+pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Creates a new private file; fails if it already exists.
 pub fn create_new_private(path: &Path) -> io::Result<File> {
     OpenOptions::new()

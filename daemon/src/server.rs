@@ -3,10 +3,17 @@
 //! requests answered in order. A bad frame gets an error reply and closes
 //! only its own connection.
 //!
+//! A client cannot hold a connection slot by saying nothing: `hello` must
+//! arrive within [`HELLO_TIMEOUT`] of the connect, every frame within
+//! [`FRAME_TIMEOUT`] of its first byte, and when all [`MAX_CONNECTIONS`]
+//! slots are taken the connection that has waited longest for its client's
+//! next frame is closed to make room.
+//!
 //! Unlock is single-flight (one scrypt at a time; the others wait for its
 //! result) and wrong passphrases cost a growing delay. Several CLIs hitting a
 //! locked vault coordinate through a prompt lease so the user sees one prompt.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,7 +22,7 @@ use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use vault_protocol::frame::{self, FrameError};
 use vault_protocol::message::RequestFrame;
@@ -27,13 +34,66 @@ use vault_protocol::{
 use crate::engine::Engine;
 
 /// How long a client may take to send the rest of a frame once it started.
-const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to send its whole `hello` frame.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a prompting client holds the lease without unlocking.
 const PROMPT_LEASE: Duration = Duration::from_secs(120);
-/// Most connections served at once; further ones wait in the backlog.
+/// Most connections served at once; a further one closes the connection
+/// idle longest, or waits in the backlog when every one is mid-request.
 const MAX_CONNECTIONS: usize = 256;
 /// How often the ticker wakes to check wall-clock deadlines.
 const TICK: Duration = Duration::from_secs(2);
+
+/// Connections waiting for their client's next frame, keyed by when they
+/// started waiting: the eviction candidates when every slot is taken.
+#[derive(Debug, Default)]
+struct IdleConnections {
+    waiting: Mutex<BTreeMap<(Instant, u64), Arc<Notify>>>,
+}
+
+impl IdleConnections {
+    fn waiting(&self) -> MutexGuard<'_, BTreeMap<(Instant, u64), Arc<Notify>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connection that has waited longest, if any waits.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.waiting().pop_first();
+        match oldest {
+            Some(((since, conn), evict)) => {
+                info!(
+                    conn,
+                    idle_ms = since.elapsed().as_millis() as u64,
+                    "every connection slot is taken: closing the connection idle longest"
+                );
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's entry in [`IdleConnections`], removed on drop.
+struct IdleEntry<'a> {
+    idle: &'a IdleConnections,
+    key: (Instant, u64),
+}
+
+impl<'a> IdleEntry<'a> {
+    fn enter(idle: &'a IdleConnections, conn: u64, evict: &Arc<Notify>) -> Self {
+        let key = (Instant::now(), conn);
+        idle.waiting().insert(key, Arc::clone(evict));
+        Self { idle, key }
+    }
+}
+
+impl Drop for IdleEntry<'_> {
+    fn drop(&mut self) {
+        self.idle.waiting().remove(&self.key);
+    }
+}
 
 #[derive(Debug)]
 struct Lease {
@@ -47,6 +107,7 @@ pub struct Daemon {
     engine: Mutex<Engine>,
     unlock_gate: tokio::sync::Mutex<u32>,
     lease: Mutex<Option<Lease>>,
+    idle: IdleConnections,
     /// Bumped whenever lock state or the lease changes; waiters watch it.
     changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
@@ -64,6 +125,7 @@ impl Daemon {
             engine: Mutex::new(engine),
             unlock_gate: tokio::sync::Mutex::new(0),
             lease: Mutex::new(None),
+            idle: IdleConnections::default(),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             socket,
@@ -353,24 +415,45 @@ impl Daemon {
     }
 }
 
-/// Reads one frame body; `Closed` between frames, a timeout inside one.
-async fn read_frame(stream: &mut &Stream) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
+/// Reads one frame body; `Closed` between frames. The first byte may take
+/// until `first_byte_by` (forever when `None`); the whole frame must arrive
+/// within [`FRAME_TIMEOUT`] of its first byte, and by `first_byte_by` too.
+async fn read_frame(
+    stream: &mut &Stream,
+    first_byte_by: Option<tokio::time::Instant>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
+    let timed_out = |what: &str| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} not received in time"),
+        ))
+    };
     let mut header = [0u8; 4];
-    match stream.read_exact(&mut header).await {
+    let first = match first_byte_by {
+        Some(by) => tokio::time::timeout_at(by, stream.read(&mut header[..1]))
+            .await
+            .map_err(|_| timed_out("hello"))?,
+        None => stream.read(&mut header[..1]).await,
+    };
+    match first {
+        Ok(0) => return Err(FrameError::Closed),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
-    let len = frame::body_len(header)?;
-    let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
-    match tokio::time::timeout(FRAME_BODY_TIMEOUT, stream.read_exact(&mut body)).await {
-        Ok(Ok(_)) => Ok(body),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(FrameError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "frame body not received in time",
-        ))),
+    let mut frame_by = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    if let Some(by) = first_byte_by {
+        frame_by = frame_by.min(by);
     }
+    let rest = async {
+        stream.read_exact(&mut header[1..]).await?;
+        let len = frame::body_len(header)?;
+        let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
+        stream.read_exact(&mut body).await?;
+        Ok::<_, FrameError>(body)
+    };
+    tokio::time::timeout_at(frame_by, rest)
+        .await
+        .map_err(|_| timed_out("frame"))?
 }
 
 async fn send(stream: &mut &Stream, frame: &ResponseFrame) -> bool {
@@ -403,11 +486,16 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
     let mut shutdown = daemon.shutdown.subscribe();
     let mut s = &stream;
     let mut greeted = false;
+    let hello_by = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let evict = Arc::new(Notify::new());
     loop {
+        let waiting = IdleEntry::enter(&daemon.idle, conn, &evict);
         let body = tokio::select! {
-            r = read_frame(&mut s) => r,
+            r = read_frame(&mut s, (!greeted).then_some(hello_by)) => r,
+            _ = evict.notified() => break,
             _ = shutdown.wait_for(|v| *v) => break,
         };
+        drop(waiting);
         let body = match body {
             Ok(b) => b,
             Err(FrameError::Closed) => break,
@@ -549,28 +637,41 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     };
     let mut shutdown = daemon.shutdown.subscribe();
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.wait_for(|v| *v) => break,
-        };
         let stream = tokio::select! {
             s = listener.accept() => s,
             _ = shutdown.wait_for(|v| *v) => break,
         };
-        match stream {
-            Ok(stream) => {
-                let conn = next.fetch_add(1, Ordering::Relaxed);
-                let d = Arc::clone(&daemon);
-                tokio::spawn(async move {
-                    serve_connection(d, stream, conn).await;
-                    drop(permit);
-                });
-            }
+        let stream = match stream {
+            Ok(stream) => stream,
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        // Every slot taken: close the connection idle longest (a silent or
+        // dribbling client first) rather than keep the new one waiting;
+        // when all are mid-request, wait for one to finish.
+        let permit = loop {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => break Some(p),
+                Err(tokio::sync::TryAcquireError::Closed) => break None,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            }
+            daemon.idle.evict_oldest();
+            tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => break p.ok(),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.wait_for(|v| *v) => break None,
+            }
+        };
+        let Some(permit) = permit else { break };
+        let conn = next.fetch_add(1, Ordering::Relaxed);
+        let d = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            serve_connection(d, stream, conn).await;
+            drop(permit);
+        });
     }
     ticker.abort();
     info!("shutting down");

@@ -65,6 +65,8 @@ pub enum StoreError {
     NameTaken,
     /// The file is not a usable vault database.
     Damaged(String),
+    /// The disk (or quota) is full; the write was rolled back.
+    Full,
     /// Any other SQLite failure.
     Sqlite(rusqlite::Error),
 }
@@ -74,6 +76,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::NameTaken => f.write_str("name already in use"),
             StoreError::Damaged(why) => f.write_str(why),
+            StoreError::Full => f.write_str("the disk holding the vault is full"),
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
         }
     }
@@ -87,6 +90,11 @@ impl From<rusqlite::Error> for StoreError {
             && err.code == rusqlite::ErrorCode::ConstraintViolation
         {
             return StoreError::NameTaken;
+        }
+        if let rusqlite::Error::SqliteFailure(err, _) = &e
+            && err.code == rusqlite::ErrorCode::DiskFull
+        {
+            return StoreError::Full;
         }
         StoreError::Sqlite(e)
     }

@@ -8,14 +8,17 @@
 //! a timeout, and on drop stops every daemon that serves it, so no daemon
 //! outlives its test.
 //!
-//! Secret values made by [`secret`] contain [`MARK`], so tests (and a later
-//! leak scan of logs and files) can check that no secret escaped.
+//! Secret values made by [`secret`] contain [`MARK`], so tests (and the
+//! leak scan of logs and outputs, see [`leak`]) can check that no secret
+//! escaped.
 //!
 //! This crate must never link the daemon or CLI crates: the tests talk to the
 //! binaries through processes and the socket, as a user would.
 
 // A test harness reports failure by panicking with context.
 #![allow(clippy::unwrap_used)]
+
+pub mod leak;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -357,14 +360,16 @@ fn try_run_command(
             ));
         }
     };
-    Ok(Run {
+    let run = Run {
         cmd: desc,
         code: status.code().unwrap_or(-1),
         signal: status.signal(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         elapsed: start.elapsed(),
-    })
+    };
+    leak::record_run(cmd, &run);
+    Ok(run)
 }
 
 /// Sends SIGKILL (or SIGTERM when `hard` is false) to `pid`; errors ignored.
@@ -724,8 +729,12 @@ impl VaultHome {
     /// Stops every daemon of this vault: `vault daemon stop`, then SIGTERM,
     /// then SIGKILL. Never panics.
     pub fn stop_daemons(&self) {
-        if self.daemon_pids().is_empty() {
+        let pids = self.daemon_pids();
+        if pids.is_empty() {
             return;
+        }
+        for pid in pids {
+            leak::snapshot_daemon(pid, &self.artifacts_dir());
         }
         let _ = self.try_vault(["daemon", "stop"], None, Duration::from_secs(15));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -753,6 +762,23 @@ impl VaultHome {
         }
     }
 
+    /// Where this vault's log, daemon snapshots and core files are kept for
+    /// the leak scan (see [`leak`]).
+    pub fn artifacts_dir(&self) -> PathBuf {
+        let name = self
+            .root_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vault".to_owned());
+        leak::process_dir().join(name)
+    }
+
+    /// Copies `vaultd.log` and any core file into [`Self::artifacts_dir`];
+    /// done on drop, and by a test before it unmounts the vault's files.
+    pub fn collect_artifacts(&self) {
+        leak::collect_files(&self.paths().log(), &self.root_path, &self.artifacts_dir());
+    }
+
     /// Keeps the temp dir after the test (for debugging); prints its path.
     pub fn keep(&mut self) {
         if let Some(root) = self.root.take() {
@@ -771,6 +797,7 @@ impl Default for VaultHome {
 impl Drop for VaultHome {
     fn drop(&mut self) {
         self.stop_daemons();
+        self.collect_artifacts();
         if std::env::var_os("VAULT_E2E_KEEP").is_some() {
             self.keep();
         }

@@ -2,6 +2,10 @@
 //! CLI never links `age` or `rusqlite` (nor SQLite itself); the server never
 //! links `age`. Read from `cargo metadata`, walking normal dependencies from
 //! each package's node in the resolve graph.
+//!
+//! Also (issue #9): no member reaches OpenSSL by any kind of dependency
+//! (`deny.toml` bans it too, but this runs without cargo-deny), and the
+//! end-to-end harness links no crate it tests.
 
 // Helper fns of a test report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -28,6 +32,12 @@ fn metadata() -> Value {
 /// Package name → the chain of package names from `root` that reaches it,
 /// following only normal (not dev, not build) dependencies.
 fn normal_closure(meta: &Value, root: &str) -> BTreeMap<String, Vec<String>> {
+    closure(meta, root, false)
+}
+
+/// As [`normal_closure`]; with `every_kind`, `root`'s dev and build
+/// dependencies (and theirs) are followed too.
+fn closure(meta: &Value, root: &str, every_kind: bool) -> BTreeMap<String, Vec<String>> {
     let packages = meta["packages"].as_array().expect("packages");
     let name_of: BTreeMap<&str, &str> = packages
         .iter()
@@ -65,7 +75,7 @@ fn normal_closure(meta: &Value, root: &str) -> BTreeMap<String, Vec<String>> {
                 .unwrap()
                 .iter()
                 .any(|k| k["kind"].is_null());
-            if !normal {
+            if !normal && !every_kind {
                 continue;
             }
             let dep_id = dep["pkg"].as_str().unwrap().to_owned();
@@ -141,4 +151,59 @@ fn walker_sees_the_daemons_age_and_sqlite() {
             closure.keys().collect::<Vec<_>>()
         );
     }
+}
+
+fn members(meta: &Value) -> Vec<String> {
+    let ids: Vec<&str> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| ids.contains(&p["id"].as_str().unwrap()))
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn no_member_reaches_openssl_by_any_dependency() {
+    let meta = metadata();
+    let members = members(&meta);
+    assert!(members.len() >= 5, "workspace members: {members:?}");
+    for member in &members {
+        let closure = closure(&meta, member, true);
+        for f in ["openssl-sys", "openssl", "native-tls"] {
+            assert!(
+                !closure.contains_key(f),
+                "{member} reaches {f} (TLS is rustls only): {}",
+                closure[f].join(" -> ")
+            );
+        }
+    }
+    // Not vacuous: the walk through every kind sees TLS, through rustls.
+    let server = closure(&meta, "vault-server", true);
+    assert!(
+        server.contains_key("rustls"),
+        "{:?}",
+        server.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The harness drives the real binaries as a user would (tests/src/lib.rs):
+/// linking a crate it tests would let a test call into it instead.
+#[test]
+fn the_e2e_harness_links_no_crate_it_tests() {
+    let closure = closure(&metadata(), "vault-e2e", true);
+    for f in ["vault-daemon", "vault-cli", "vault-server", "age"] {
+        assert!(
+            !closure.contains_key(f),
+            "vault-e2e links {f}: {}",
+            closure[f].join(" -> ")
+        );
+    }
+    assert!(closure.contains_key("vault-protocol"));
 }

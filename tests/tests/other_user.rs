@@ -4,15 +4,21 @@
 //!
 //! (a) another user cannot connect to a root daemon's socket;
 //! (b) a daemon run by another user drops a connection from root. Root
-//!     bypasses file permissions, so this exercises the peer-uid check itself.
+//!     bypasses file permissions, so this exercises the peer-uid check itself;
+//! (c) with every directory above the vault opened up, another user still
+//!     cannot list or read any vault file, nor get a secret out through the
+//!     credential helpers (`docker-credential-vault`, `git-credential-vault`)
+//!     pointed at the vault (`VAULT_HOME`, `VAULT_SOCKET`).
 
 // Helper fns of a test report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
 use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
-use vault_e2e::{MARK, VaultHome, hello, which};
+use vault_e2e::{MARK, Run, VaultHome, hello, run_command, which};
 
 /// A throwaway system user, deleted on drop.
 struct TempUser {
@@ -36,7 +42,10 @@ impl TempUser {
             eprintln!("SKIP other_user: useradd is not installed (apt-get install passwd)");
             return None;
         };
-        let name = format!("ve2e{}", std::process::id());
+        // Tests in this file run in parallel: one user each.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ve2e{}u{n}", std::process::id());
         let out = Command::new(&useradd)
             .args([
                 "--system",
@@ -191,4 +200,138 @@ fn a_second_uid_cannot_talk_to_the_daemon() {
     // The other user's daemon is still serving its owner.
     other.vault(["get", "other-rec", "--field", "token"]).ok();
     assert_eq!(other.daemon_pids().len(), 1);
+}
+
+/// Runs `program ARGS` as `other`'s user, with `env` on top of its
+/// environment, `input` on stdin.
+fn run_as(
+    other: &VaultHome,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    input: &str,
+) -> Run {
+    let mut cmd = other.command(program, args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_command(cmd, Some(input.as_bytes()), vault_e2e::DEFAULT_TIMEOUT)
+}
+
+#[test]
+fn a_second_uid_cannot_read_the_files_or_use_a_helper() {
+    let Some(user) = TempUser::create() else {
+        return;
+    };
+    let root_vault = VaultHome::new();
+    root_vault.init();
+    let auth = vault_e2e::secret("registry");
+    root_vault.add_registry("ngc", "nvcr.io", "$oauthtoken", &auth);
+    let pw = vault_e2e::secret("git");
+    let f = root_vault.at_file("pw", &pw);
+    root_vault
+        .vault([
+            "add",
+            "github",
+            "--type",
+            "password",
+            "username=octo",
+            &format!("password={f}"),
+            "url=https://github.com",
+        ])
+        .ok();
+    // The harness's temp dir is private; open it up so only the vault's own
+    // modes (0700 dirs, 0600 files) stand between the other user and it.
+    std::fs::set_permissions(root_vault.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let other = VaultHome::new_as(user.uid, user.gid);
+    let sh = Path::new("/bin/sh");
+    // Listing the vault dir, and reading every file and the socket in it.
+    let ls = run_as(
+        &other,
+        sh,
+        &[
+            "-c",
+            "ls -la \"$0\"",
+            root_vault.vault_home.to_str().unwrap(),
+        ],
+        &[],
+        "",
+    );
+    assert_ne!(ls.code, 0, "uid {} listed the vault dir:\n{ls}", user.uid);
+    let files: Vec<_> = vault_e2e::walk(&root_vault.vault_home)
+        .into_iter()
+        .filter(|(p, _)| p != &root_vault.vault_home)
+        .collect();
+    assert!(files.len() >= 4, "the vault has files: {files:?}");
+    for (path, _) in &files {
+        let cat = run_as(
+            &other,
+            sh,
+            &["-c", "cat \"$0\"", path.to_str().unwrap()],
+            &[],
+            "",
+        );
+        assert_ne!(
+            cat.code,
+            0,
+            "uid {} read {}:\n{cat}",
+            user.uid,
+            path.display()
+        );
+        cat.never_prints(MARK);
+    }
+
+    // The helpers, as the other user, pointed at root's vault.
+    let helper_dir = other.root().join("helpers");
+    std::fs::create_dir(&helper_dir).unwrap();
+    std::os::unix::fs::chown(&helper_dir, Some(user.uid), Some(user.gid)).unwrap();
+    let docker = helper_dir.join("docker-credential-vault");
+    let git = helper_dir.join("git-credential-vault");
+    for link in [&docker, &git] {
+        std::os::unix::fs::symlink(&other.vault_bin, link).unwrap();
+    }
+    let socket = root_vault.socket();
+    let envs: [&[(&str, &Path)]; 2] = [
+        &[("VAULT_HOME", &root_vault.vault_home)],
+        &[("VAULT_SOCKET", &socket)],
+    ];
+    for env in envs {
+        let run = run_as(&other, &docker, &["get"], env, "nvcr.io\n");
+        assert_ne!(
+            run.code, 0,
+            "docker helper as uid {} with {env:?}:\n{run}",
+            user.uid
+        );
+        run.never_prints(MARK).no_panic();
+        let run = run_as(&other, &docker, &["list"], env, "");
+        assert!(
+            !run.stdout.contains("nvcr.io"),
+            "docker helper listed root's registry:\n{run}"
+        );
+        run.never_prints(MARK).no_panic();
+        let run = run_as(
+            &other,
+            &git,
+            &["get"],
+            env,
+            "protocol=https\nhost=github.com\n\n",
+        );
+        assert!(
+            !run.stdout.contains("password="),
+            "git helper as uid {} with {env:?} answered a password:\n{run}",
+            user.uid
+        );
+        run.never_prints(MARK).no_panic();
+    }
+    // Nothing the other user did started a daemon of theirs on root's vault,
+    // and root's daemon still serves root.
+    assert_eq!(root_vault.daemon_pids().len(), 1);
+    assert_eq!(
+        root_vault
+            .vault(["get", "ngc", "--field", "auth"])
+            .ok()
+            .stdout,
+        format!("{auth}\n")
+    );
 }

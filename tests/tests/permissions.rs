@@ -235,3 +235,85 @@ fn refuses_a_symlinked_database() {
         "the error says why:\n{status}\n{unlock}"
     );
 }
+
+/// Each vault file and directory, replaced by a symlink to a faithful copy,
+/// is refused when the daemon starts: the error names the path and says
+/// "symlink", and no daemon is left running. (The database has its own test
+/// above.)
+#[test]
+fn refuses_every_vault_file_or_dir_replaced_by_a_symlink() {
+    let vh = VaultHome::new();
+    vh.init();
+    fs::write(vh.paths().config(), "").unwrap();
+    fs::set_permissions(vh.paths().config(), fs::Permissions::from_mode(0o600)).unwrap();
+    vh.vault(["daemon", "stop"]).ok();
+    let paths = vh.paths();
+    let run_dir = paths.socket.parent().unwrap().to_path_buf();
+    for target in [
+        paths.identity(),
+        paths.config(),
+        paths.log(),
+        paths.daemon_lock(),
+        run_dir,
+    ] {
+        let moved = vh.root().join("moved");
+        fs::rename(&target, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &target).unwrap();
+        let run = vh.vault(["list"]);
+        run.no_panic();
+        assert_ne!(
+            run.code,
+            0,
+            "{} as a symlink must be refused:\n{run}",
+            target.display()
+        );
+        assert!(
+            run.stderr.contains("symlink") && run.stderr.contains(&target.display().to_string()),
+            "the error names {} and says symlink:\n{run}",
+            target.display()
+        );
+        assert!(vh.daemon_pids().is_empty(), "no daemon on an unsafe vault");
+        fs::remove_file(&target).unwrap();
+        fs::rename(&moved, &target).unwrap();
+    }
+    // Restored, the vault opens again.
+    vh.unlock();
+    vh.vault(["list"]).ok();
+}
+
+/// `identity.age` swapped for a symlink while the daemon runs is refused at
+/// the next unlock, not only at start.
+#[test]
+fn refuses_an_identity_swapped_for_a_symlink_while_running() {
+    let vh = VaultHome::new();
+    vh.init();
+    let f = vh.at_file("v", &vault_e2e::secret("swap"));
+    vh.vault(["add", "swap-rec", "--type", "token", &format!("token={f}")])
+        .ok();
+    vh.vault(["lock"]).ok();
+    let identity = vh.paths().identity();
+    let copy = vh.root().join("identity-copy.age");
+    fs::copy(&identity, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(&identity).unwrap();
+    std::os::unix::fs::symlink(&copy, &identity).unwrap();
+    let unlock = vh.unlock_with(PASSPHRASE);
+    unlock.no_panic().never_prints(PASSPHRASE);
+    assert_ne!(
+        unlock.code, 0,
+        "unlocked through a symlinked identity.age:\n{unlock}"
+    );
+    assert!(
+        unlock.stderr.contains("symlink") && unlock.stderr.contains("identity.age"),
+        "the error says why:\n{unlock}"
+    );
+    assert_eq!(
+        vh.vault(["--json", "status"]).ok().json()["locked"],
+        true,
+        "the vault stays locked"
+    );
+    fs::remove_file(&identity).unwrap();
+    fs::rename(&copy, &identity).unwrap();
+    vh.unlock();
+    vh.vault(["get", "swap-rec", "--field", "token"]).ok();
+}

@@ -326,3 +326,210 @@ fn version_mismatch_tells_the_user_to_restart() {
     drop(s);
     assert_still_serving(&vh, pid);
 }
+
+/// `n` connections; every other one (or each, with `all_greeted`) has said
+/// `hello`.
+fn crowd(vh: &VaultHome, n: usize, all_greeted: bool) -> Vec<UnixStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = vh.connect().unwrap();
+            if all_greeted || i % 2 == 0 {
+                hello(&mut s).unwrap();
+            }
+            s
+        })
+        .collect()
+}
+
+/// More silent clients than the daemon has connection slots (256), each
+/// greeted (so no hello timeout frees a slot): the daemon closes the one
+/// idle longest to make room, so the CLI is still served.
+#[test]
+fn silent_clients_beyond_the_connection_limit_do_not_lock_others_out() {
+    let (vh, pid) = ready_vault();
+    let mut first_silent = crowd(&vh, 1, true).remove(0);
+    let silent = crowd(&vh, 300, true);
+    // Without eviction this waits for a slot forever (the harness times out).
+    let list = vh.vault(["list", "--format", "json"]);
+    list.ok();
+    assert_eq!(vh.daemon_pid(), Some(pid));
+    // The connection idle longest is the one that was closed.
+    assert_closed_within(
+        &mut first_silent,
+        Duration::from_secs(5),
+        "the connection idle longest",
+    );
+    drop(silent);
+    assert_still_serving(&vh, pid);
+}
+
+/// Clients that send one byte per second — before and after `hello` —
+/// neither hold the daemon nor keep their connection: the whole frame must
+/// arrive within 10 s of its first byte.
+#[test]
+fn dribbling_clients_are_cut_off_and_do_not_lock_others_out() {
+    let (vh, pid) = ready_vault();
+    let mut dribblers = crowd(&vh, 300, false);
+    let frame = {
+        let body = br#"{"id":2,"req":{"op":"status"}}"#;
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dribbler = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut conns: Vec<UnixStream> = dribblers.iter().map(|s| s.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            let mut cut = vec![false; conns.len()];
+            // Up to 40 s: a frame of 34 bytes at one byte per second would
+            // take 34 s if the daemon let it.
+            for byte in frame.iter().cycle().take(40) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for (i, s) in conns.iter_mut().enumerate() {
+                    if !cut[i] && s.write_all(&[*byte]).is_err() {
+                        cut[i] = true;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            cut
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let list = vh.vault(["list", "--format", "json"]);
+    list.ok();
+    assert!(
+        list.elapsed < Duration::from_secs(8),
+        "list took {:?} while 300 clients dribbled (their frames time out after 10 s; the CLI \
+         must not wait for that)",
+        list.elapsed
+    );
+    // Every dribbler's connection ends (the writer stops after 40 s).
+    for s in &mut dribblers {
+        assert_closed_within(s, Duration::from_secs(40), "a dribbling client");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dribbler.join().unwrap();
+    assert_still_serving(&vh, pid);
+}
+
+/// 10,000 malformed frames in a row, on 10,000 connections (a malformed
+/// frame ends its connection): every one answered or closed, and the same
+/// daemon keeps serving with no descriptor leaked.
+#[test]
+fn ten_thousand_malformed_frames_leave_the_daemon_serving() {
+    let (vh, pid) = ready_vault();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .ok()
+    };
+    let before = fds();
+    let socket = vh.socket();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for i in 0..2500usize {
+                    let mut s = vault_e2e::connect(&socket).unwrap();
+                    let bytes: Vec<u8> = match (w * 2500 + i) % 5 {
+                        0 => {
+                            let mut b = 9u32.to_be_bytes().to_vec();
+                            b.extend_from_slice(b"{\"id\":1,\"");
+                            b
+                        }
+                        1 => ((MAX_FRAME + 1 + i) as u32).to_be_bytes().to_vec(),
+                        2 => 0u32.to_be_bytes().to_vec(),
+                        3 => {
+                            let body = br#"{"id":5,"req":{"op":"get","name":"sock-rec"}}"#;
+                            let mut b = (body.len() as u32).to_be_bytes().to_vec();
+                            b.extend_from_slice(body);
+                            b
+                        }
+                        _ => {
+                            let mut b = 64u32.to_be_bytes().to_vec();
+                            b.extend(vault_e2e::random_bytes(64));
+                            b
+                        }
+                    };
+                    let _ = s.write_all(&bytes);
+                    match outcome(&mut s) {
+                        Outcome::ErrorFrame(code) => assert!(
+                            matches!(code, ErrorCode::BadFrame | ErrorCode::Usage),
+                            "frame {i} of worker {w}: {code:?}"
+                        ),
+                        Outcome::Closed => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_still_serving(&vh, pid);
+    // No descriptor kept per bad connection (read as root or the same uid;
+    // /proc hides them from others).
+    if let (Some(before), Some(after)) = (before, fds()) {
+        assert!(
+            after <= before + 8,
+            "vaultd holds {after} descriptors after 10,000 bad frames (was {before})"
+        );
+    }
+}
+
+/// Reads until the daemon closes the connection; fails if it is still open
+/// after `within`.
+fn assert_closed_within(s: &mut UnixStream, within: Duration, what: &str) {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            // An error frame before the close is fine.
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("{what}: still open after {within:?} ({e})"),
+        }
+    }
+}
+
+/// Without any crowding: a client that never says `hello` and one that
+/// stops half-way through a frame are each dropped (hello and frame
+/// timeouts, 10 s), while a greeted client that merely waits between
+/// requests keeps its connection and is answered afterwards.
+#[test]
+fn silent_and_half_sent_clients_time_out_but_an_idle_greeted_one_stays() {
+    let (vh, pid) = ready_vault();
+    let mut silent = vh.connect().unwrap();
+    let mut half = vh.connect().unwrap();
+    hello(&mut half).unwrap();
+    half.write_all(&[0, 0]).unwrap();
+    let mut idle = vh.connect().unwrap();
+    hello(&mut idle).unwrap();
+    assert_closed_within(
+        &mut silent,
+        Duration::from_secs(40),
+        "a client that never said hello",
+    );
+    assert_closed_within(
+        &mut half,
+        Duration::from_secs(40),
+        "a client stuck mid-frame",
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let resp = vault_e2e::request(&mut idle, 2, vault_protocol::message::Request::Status)
+        .expect("the idle greeted connection is still served");
+    assert!(
+        matches!(
+            resp.into_result(),
+            Ok(vault_protocol::message::Response::Status(_))
+        ),
+        "status on the idle connection"
+    );
+    assert_still_serving(&vh, pid);
+}

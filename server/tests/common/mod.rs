@@ -1,6 +1,8 @@
 //! Shared by the API tests: start the real `vault-server` binary on
 //! 127.0.0.1 port 0, read the address it announces on stdout, keep its log
-//! (stderr) for the secret scan, and talk to it with reqwest.
+//! (stderr) for the secret scan, and talk to it with reqwest. On drop the
+//! log is also written where the workspace's secret-leak scan reads it
+//! (`vault_e2e::leak::keep_log`), as are the stderr of `fail()` and `cli()`.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -15,8 +17,9 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vault-server");
 
-/// A default-admin password of the required length.
-pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple-0123456789";
+/// A default-admin password of the required length, with the passphrase
+/// marker the leak scan looks for.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple-PASSMARK-0123456789";
 
 /// A running server; killed on drop.
 pub struct Server {
@@ -25,6 +28,7 @@ pub struct Server {
     pub base: String,
     pub database: String,
     log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -32,6 +36,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipe closed with the process: the reader has all of the log.
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        vault_e2e::leak::keep_log("vault-server", &self.log());
     }
 }
 
@@ -119,6 +128,7 @@ impl ServerBuilder {
             .stdin(Stdio::null())
             .output()
             .expect("run vault-server");
+        vault_e2e::leak::keep_log("vault-server", &stderr(&out));
         assert!(
             !out.status.success(),
             "vault-server should have refused to start"
@@ -137,7 +147,7 @@ impl ServerBuilder {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
                 if n == 0 {
@@ -173,6 +183,7 @@ impl ServerBuilder {
             addr,
             database: self.database.take().unwrap(),
             log,
+            log_reader: Some(log_reader),
             _dir: self.dir.take(),
         }
     }
@@ -329,15 +340,19 @@ pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
 }
 
 /// Runs `vault-server ARGS` (admin CLI) on `database`.
+/// Its stderr is kept for the leak scan; its stdout prints the tokens it was
+/// asked to create, so it is not.
 pub fn cli(database: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
+    let out = Command::new(BIN)
         .arg("--database")
         .arg(database)
         .args(args)
         .env_remove("VAULT_SERVER_ADMIN_PASSWORD")
         .stdin(Stdio::null())
         .output()
-        .expect("run vault-server")
+        .expect("run vault-server");
+    vault_e2e::leak::keep_log("vault-server", &stderr(&out));
+    out
 }
 
 pub fn stdout(o: &Output) -> String {
