@@ -122,6 +122,8 @@ Field values:
 Types and their fields (* = required):
   generic   any KEY=VALUE, at least one
   aws       access_key_id*, secret_access_key*, session_token, region, role_arn, mfa_serial
+            minted by STS instead: source=NAME (+ role_arn, duration, sts_endpoint,
+            session_name, mfa_serial with mfa_command) - keys then not required
   data      endpoint* (s3:// gs:// azure:// tos://), access_key_id*, access_key*, region
   registry  registry*, username*, auth*
   gcp       json* (key file: json=@key.json), project
@@ -130,6 +132,8 @@ Types and their fields (* = required):
   file      content*, path*, mode, env
   token     token*, url, env
   any type  expires_at=TS (the same as --expires-at)
+            refresh_command=CMD (prints credential_process JSON; required
+            fields then come from it - see docs/refresh.md)
 
 Example:
   vault add my-ngc --type REGISTRY --payload registry=nvcr.io username='$oauthtoken' auth=-";

@@ -55,7 +55,7 @@ pub enum Plan {
     /// `refresh_command`, run with `sh -c`.
     Command(String),
     /// An STS call signed with a source record's keys.
-    Sts(crate::sts::Plan),
+    Sts(Box<crate::sts::Plan>),
     /// The record names a refresh that cannot run; the reason.
     Broken(String),
 }
@@ -107,6 +107,12 @@ pub fn due(
 /// Runs a refresh command with a clean stdin and a time limit, and reads
 /// its output as the values of a `kind` record. Blocking.
 pub fn run(command: &str, kind: CredentialType, timeout: Duration) -> Result<Minted, String> {
+    parse_output(kind, &run_raw(command, timeout)?)
+}
+
+/// Runs `sh -c command` with a clean stdin and a time limit; its stdout,
+/// when it exits 0. Blocking.
+pub fn run_raw(command: &str, timeout: Duration) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -166,7 +172,7 @@ pub fn run(command: &str, kind: CredentialType, timeout: Duration) -> Result<Min
             "the refresh command printed more than {MAX_OUTPUT} bytes"
         ));
     }
-    parse_output(kind, &stdout)
+    Ok(stdout)
 }
 
 /// `: <first line of stderr>`, shortened; empty when there is none. The

@@ -31,6 +31,8 @@ pub struct Plan {
     pub role_arn: Option<String>,
     /// `RoleSessionName`.
     pub session_name: String,
+    /// The MFA device and the command printing its current code.
+    pub mfa: Option<(String, String)>,
     /// Requested lifetime.
     pub duration: Duration,
     /// The endpoint URL.
@@ -118,16 +120,37 @@ struct ErrorBody {
     message: Option<String>,
 }
 
-/// The form body of the call.
-fn body(plan: &Plan) -> String {
+/// The form body of the call; `code` is the MFA code when the plan has a
+/// device.
+fn body(plan: &Plan, code: Option<&str>) -> String {
     let secs = plan.duration.as_secs();
+    let mfa = match (&plan.mfa, code) {
+        (Some((serial, _)), Some(code)) => format!(
+            "&SerialNumber={}&TokenCode={}",
+            sigv4::form_encode(serial),
+            sigv4::form_encode(code)
+        ),
+        _ => String::new(),
+    };
     match &plan.role_arn {
         Some(role) => format!(
-            "Action=AssumeRole&DurationSeconds={secs}&RoleArn={}&RoleSessionName={}&Version=2011-06-15",
+            "Action=AssumeRole&DurationSeconds={secs}&RoleArn={}&RoleSessionName={}{mfa}&Version=2011-06-15",
             sigv4::form_encode(role),
             sigv4::form_encode(&plan.session_name)
         ),
-        None => format!("Action=GetSessionToken&DurationSeconds={secs}&Version=2011-06-15"),
+        None => format!("Action=GetSessionToken&DurationSeconds={secs}{mfa}&Version=2011-06-15"),
+    }
+}
+
+/// Runs the plan's `mfa_command` and reads the code it prints: six digits.
+/// Blocking.
+fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
+    let out = crate::refresh::run_raw(command, timeout).map_err(|e| format!("mfa_command: {e}"))?;
+    let code = String::from_utf8_lossy(&out).trim().to_owned();
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(code)
+    } else {
+        Err("mfa_command did not print a 6-digit code".into())
     }
 }
 
@@ -150,7 +173,17 @@ pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
     } else {
         "GetSessionToken"
     };
-    let form = body(plan);
+    let code = match &plan.mfa {
+        Some((_, command)) => {
+            let command = command.clone();
+            let code = tokio::task::spawn_blocking(move || mfa_code(&command, timeout))
+                .await
+                .map_err(|_| "the mfa_command task failed".to_owned())??;
+            Some(zeroize::Zeroizing::new(code))
+        }
+        None => None,
+    };
+    let form = body(plan, code.as_deref().map(String::as_str));
     let amz_date = amz_date(Timestamp::now());
     let headers = sigv4::sign(
         &sigv4::Request {
@@ -318,12 +351,36 @@ mod tests {
             session_token: None,
             role_arn: Some("arn:aws:iam::123456789012:role/dev".into()),
             session_name: session_name("team/dev"),
+            mfa: None,
             duration: Duration::from_secs(3600),
             endpoint: GLOBAL_ENDPOINT.into(),
             region: "us-east-1".into(),
         };
+        let with_mfa = Plan {
+            mfa: Some(("arn:aws:iam::1:mfa/me".into(), "true".into())),
+            role_arn: None,
+            session_name: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: SecretValue::from("s"),
+            session_token: None,
+            duration: Duration::from_secs(900),
+            endpoint: String::new(),
+            region: String::new(),
+        };
         assert_eq!(
-            body(&plan),
+            body(&with_mfa, Some("123456")),
+            "Action=GetSessionToken&DurationSeconds=900&SerialNumber=arn%3Aaws%3Aiam%3A%3A1%3Amfa%2Fme&TokenCode=123456&Version=2011-06-15"
+        );
+        let t = Duration::from_secs(5);
+        assert_eq!(mfa_code("echo 012345", t).unwrap(), "012345");
+        assert!(mfa_code("echo 12345", t).unwrap_err().contains("6-digit"));
+        assert!(
+            mfa_code("exit 2", t)
+                .unwrap_err()
+                .starts_with("mfa_command: ")
+        );
+        assert_eq!(
+            body(&plan, None),
             "Action=AssumeRole&DurationSeconds=3600&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fdev&RoleSessionName=vault-team-dev&Version=2011-06-15"
         );
         assert!(!format!("{plan:?}").contains("secret_access_key"));

@@ -72,7 +72,7 @@ pub const REFRESH_COMMAND: &str = "refresh_command";
 pub const SOURCE: &str = "source";
 
 /// The `aws` fields that only mean something with a `source`.
-const STS_ONLY: [&str; 3] = ["duration", "sts_endpoint", "session_name"];
+const STS_ONLY: [&str; 4] = ["duration", "sts_endpoint", "session_name", "mfa_command"];
 
 /// Checks an STS endpoint: HTTPS anywhere, plain HTTP only on loopback
 /// (tests and local emulators).
@@ -146,6 +146,7 @@ impl CredentialType {
                         opt("duration", false),
                         opt("sts_endpoint", false),
                         opt("session_name", false),
+                        opt("mfa_command", false),
                         opt(REFRESH_COMMAND, false),
                     ]
                 }
@@ -387,6 +388,15 @@ pub fn validate_fields(
                     "{f} only applies to a session minted from a source: add {SOURCE}=NAME"
                 ));
             }
+            if get(SOURCE).is_some() && get("mfa_serial").is_some() != get("mfa_command").is_some()
+            {
+                return Err(
+                    "a session minted with mfa_serial needs mfa_command, a command that prints \
+                     the current 6-digit code (e.g. ykman oath accounts code -s aws), and \
+                     mfa_command needs mfa_serial"
+                        .into(),
+                );
+            }
             if let Some(d) = get("duration") {
                 let secs = crate::timefmt::parse_duration(d)?.as_secs();
                 if !(900..=43_200).contains(&secs) {
@@ -591,6 +601,16 @@ mod tests {
                 .contains("not both")
         );
         assert!(with(("session_name", "a b")).is_err());
+        assert!(
+            with(("mfa_serial", "arn:aws:iam::1:mfa/me"))
+                .unwrap_err()
+                .contains("mfa_command")
+        );
+        assert!(
+            with(("mfa_command", "ykman"))
+                .unwrap_err()
+                .contains("mfa_serial")
+        );
         let lonely = fields(&[
             ("access_key_id", "AKIA"),
             ("secret_access_key", "s"),

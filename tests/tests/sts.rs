@@ -2,7 +2,8 @@
 //! with authentication on (`INITIAL_NO_AUTH_ACTION_COUNT`), so every
 //! AssumeRole the daemon sends is signature-checked by moto, and the minted
 //! `ASIA…` session then passes `sts get-caller-identity` through botocore.
-//! Also: a wrong source key is refused by moto and shown in `vault status`;
+//! Also: an MFA code from `mfa_command`; a wrong source key is refused by
+//! moto and shown in `vault status`;
 //! 50 concurrent `aws-process` callers on an about-to-expire session make
 //! exactly one STS call.
 //!
@@ -231,6 +232,28 @@ fn assume_role_is_signed_checked_by_moto_and_single_flight() {
     assert_eq!(keys.len(), 1, "every caller got the same new session");
     assert_ne!(keys[0], key, "a new session");
     assert_eq!(moto.posts() - before, 1, "one STS call for 50 callers");
+
+    // With an MFA device, the code comes from mfa_command, run by the
+    // daemon (moto does not check codes; the form is unit-tested).
+    let ran = vh.root().join("mfa-ran");
+    vh.vault([
+        "add",
+        "mfa-deploy",
+        "--type",
+        "aws",
+        "source=base",
+        &format!("role_arn={role}"),
+        &endpoint,
+        "mfa_serial=arn:aws:iam::123456789012:mfa/dev",
+        &format!("mfa_command=touch {} && echo 123456", ran.display()),
+    ])
+    .ok();
+    let doc = vh.vault(["aws-process", "mfa-deploy"]).ok().json();
+    assert!(
+        doc["AccessKeyId"].as_str().unwrap().starts_with("ASIA"),
+        "{doc}"
+    );
+    assert!(ran.exists(), "the daemon ran mfa_command");
 
     // A wrong source secret: moto refuses the signature; nothing is minted
     // and status says why.

@@ -52,13 +52,6 @@ impl Engine {
         let Some(source) = field(SOURCE) else {
             return Err("it has neither a refresh_command nor a source".into());
         };
-        if field("mfa_serial").is_some() {
-            return Err(format!(
-                "'{}' names an mfa_serial: minting a session that needs an MFA code is not \
-                 supported yet; remove mfa_serial or use a refresh_command",
-                body.name
-            ));
-        }
         let missing = || {
             format!(
                 "its source '{source}' does not exist or is not an aws credential with keys: \
@@ -90,17 +83,18 @@ impl Engine {
             Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
             None => DEFAULT_SESSION,
         };
-        Ok(Plan::Sts(crate::sts::Plan {
+        Ok(Plan::Sts(Box::new(crate::sts::Plan {
             access_key_id: id.expose_secret().to_owned(),
             secret_access_key: SecretValue::from(secret.expose_secret()),
             session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
             role_arn: field("role_arn"),
             session_name: field("session_name")
                 .unwrap_or_else(|| crate::sts::session_name(&body.name)),
+            mfa: field("mfa_serial").zip(field("mfa_command")),
             duration,
             endpoint,
             region: region.unwrap_or_else(|| "us-east-1".to_owned()),
-        }))
+        })))
     }
 
     /// The current expiry of `name`, for reports.
