@@ -90,6 +90,7 @@ fn a_healthy_vault_passes_and_says_what_it_checked() {
         "daemon",
         "vault",
         "emitted",
+        "refresh",
     ] {
         assert_status(&doc, check, "ok");
     }
@@ -326,4 +327,23 @@ fn an_unusable_runtime_dir_is_reported() {
         "{f}"
     );
     assert_status(&doc, "daemon", "fail");
+}
+
+#[test]
+fn a_failing_refresh_is_reported_with_what_to_fix() {
+    let vh = VaultHome::new();
+    vh.init();
+    // Never minted: its command fails, saying why on stderr.
+    let cmd = "refresh_command=echo 'token expired: run sso login' >&2; exit 1";
+    vh.vault(["add", "sso", "--type", "aws", cmd]).ok();
+    vh.vault(["aws-process", "sso"]).code(1);
+    let (run, doc) = doctor(&vh);
+    assert_eq!(run.code, 1, "{run}");
+    let f = finding(&doc, "refresh", "sso: refresh failing (never minted");
+    assert_eq!(f["status"], "fail");
+    assert!(
+        f["message"].as_str().unwrap().contains("run sso login"),
+        "{f}"
+    );
+    assert!(f["fix"].as_str().unwrap().contains("vault set sso"), "{f}");
 }

@@ -65,7 +65,7 @@ impl Verdict {
 #[derive(Debug, Serialize)]
 pub struct Finding {
     /// Which check: `clock`, `runtime-dir`, `permissions`, `socket`,
-    /// `daemon`, `vault`, `emitted`, `helpers`, `remote`.
+    /// `daemon`, `vault`, `emitted`, `refresh`, `helpers`, `remote`.
     pub check: &'static str,
     /// How it came out.
     pub status: Verdict,
@@ -119,6 +119,7 @@ pub fn run(ctx: &mut Ctx) -> CliResult<()> {
     let status = check_daemon(ctx, &mut report);
     check_vault(ctx, &mut report, status.as_ref());
     check_emitted(ctx, &mut report, status.as_ref());
+    check_refresh(&mut report, status.as_ref());
     check_helpers(&mut report);
     check_remote(&mut report, status.as_ref());
 
@@ -640,6 +641,43 @@ fn check_helpers(report: &mut Report) {
     }
     if fine.len() == HELPERS.len() {
         report.add("helpers", Verdict::Ok, fine.join(", "));
+    }
+}
+
+/// Temporary credentials whose refresh fails (docs/refresh.md): a warning
+/// while the value is still valid, a failure once it has expired or was
+/// never minted.
+fn check_refresh(report: &mut Report, status: Option<&StatusInfo>) {
+    let Some(status) = status.filter(|s| s.initialized && !s.locked) else {
+        return;
+    };
+    if status.refresh.is_empty() {
+        report.add("refresh", Verdict::Ok, "no failing refresh");
+        return;
+    }
+    let now = vault_protocol::timefmt::Timestamp::now();
+    for r in &status.refresh {
+        let (verdict, state) = match r.expires_at {
+            Some(t) if t > now => (Verdict::Warn, format!("value valid until {t}")),
+            Some(t) => (Verdict::Fail, format!("expired at {t}")),
+            None => (Verdict::Fail, "never minted".to_owned()),
+        };
+        report.problem(
+            "refresh",
+            verdict,
+            format!(
+                "{}: refresh failing ({state}; {} attempt{}): {}",
+                r.name,
+                r.failures,
+                if r.failures == 1 { "" } else { "s" },
+                r.error
+            ),
+            format!(
+                "fix what the error names (the command or the source: vault set {} FIELD=...); \
+                 the daemon retries at {}",
+                r.name, r.retry_at
+            ),
+        );
     }
 }
 
