@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use tracing::{info, warn};
-use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields, validate_tag};
+use vault_protocol::credential::{refreshes_itself, validate_fields, validate_tag};
 use vault_protocol::message::{
     ListFilter, NewRecord, RecordState, RecordSummary, RecordView, RevisionInfo, StatusInfo,
     SyncStatus,
@@ -151,7 +151,7 @@ impl IndexEntry {
             updated_at: Timestamp(row.updated_at),
             expires_at: body.expires_at,
             revision: row.revision,
-            refresh: body.fields.contains_key(REFRESH_COMMAND) || body.fields.contains_key(SOURCE),
+            refresh: refreshes_itself(|f| body.fields.contains_key(f)),
             incomplete: body
                 .kind
                 .fields()

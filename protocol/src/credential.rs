@@ -71,6 +71,13 @@ pub const REFRESH_COMMAND: &str = "refresh_command";
 /// GetSessionToken). Like a refresh command, it makes the keys optional.
 pub const SOURCE: &str = "source";
 
+/// Whether a record with these field names gets its values from a refresh
+/// (a `refresh_command`, or an STS session minted from a `source`): its
+/// required fields may then be missing until the first refresh.
+pub fn refreshes_itself(has_field: impl Fn(&str) -> bool) -> bool {
+    has_field(REFRESH_COMMAND) || has_field(SOURCE)
+}
+
 /// The `aws` fields that only mean something with a `source`.
 const STS_ONLY: [&str; 4] = ["duration", "sts_endpoint", "session_name", "mfa_command"];
 
@@ -352,7 +359,7 @@ pub fn validate_fields(
             known.join(", ")
         ));
     }
-    let refreshed = fields.contains_key(REFRESH_COMMAND) || fields.contains_key(SOURCE);
+    let refreshed = refreshes_itself(|f| fields.contains_key(f));
     if let Some(cmd) = fields.get(REFRESH_COMMAND)
         && cmd.expose_secret().trim().is_empty()
     {

@@ -5,7 +5,7 @@
 //! credential is a message on stderr and a non-zero exit, which the SDK
 //! reports.
 
-use vault_protocol::credential::{REFRESH_COMMAND, SOURCE};
+use vault_protocol::credential::refreshes_itself;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, Request, Response, WireError, validate_name};
 
@@ -29,9 +29,7 @@ pub fn run(ctx: &mut Ctx, name: &str) -> CliResult<()> {
     }
     // The daemon refreshed it before answering if it could; when it has a
     // refresh command and still is not usable, that refresh failed.
-    let refreshed =
-        record.fields.contains_key(REFRESH_COMMAND) || record.fields.contains_key(SOURCE);
-    let hint = if refreshed {
+    let hint = if refreshes_itself(|f| record.fields.contains_key(f)) {
         "its refresh failed; 'vault status' shows why"
     } else {
         "renew it in the vault"

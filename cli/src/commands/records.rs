@@ -9,8 +9,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use serde_json::json;
 use vault_protocol::credential::{
-    CredentialType, MAX_DESCRIPTION, REFRESH_COMMAND, SOURCE, is_env_name, validate_fields,
-    validate_tag,
+    CredentialType, MAX_DESCRIPTION, is_env_name, refreshes_itself, validate_fields, validate_tag,
 };
 use vault_protocol::message::{ListFilter, NewRecord, RecordState, RecordSummary, RecordView};
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -541,7 +540,7 @@ fn check_field_names(kind: CredentialType, fields: &[FieldArg]) -> CliResult<()>
             .any(|f| f.name == name && !matches!(&f.source, Source::Literal(v) if v.is_empty()))
     };
     // A record with a refresh command gets its values from the first refresh.
-    let refreshed = present(REFRESH_COMMAND) || present(SOURCE);
+    let refreshed = refreshes_itself(present);
     let missing: Vec<_> = specs
         .iter()
         .filter(|s| s.required && !refreshed && !present(s.name))
