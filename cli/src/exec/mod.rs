@@ -263,7 +263,7 @@ const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(5 * 6
 /// The credential given to the child that expires first and that nothing
 /// will renew for it: every value in its environment or files is fixed for
 /// its life; only the one served with `--server` is re-read (and refreshed
-/// by the daemon, when it has a refresh command).
+/// by the daemon, when it refreshes itself: a refresh command or a source).
 fn unrefreshable_expiry(
     records: &[RecordView],
     served: Option<&str>,
@@ -272,9 +272,7 @@ fn unrefreshable_expiry(
         .iter()
         .filter(|r| {
             Some(r.name.as_str()) != served
-                || !r
-                    .fields
-                    .contains_key(vault_protocol::credential::REFRESH_COMMAND)
+                || !vault_protocol::credential::refreshes_itself(|f| r.fields.contains_key(f))
         })
         .filter_map(|r| Some((r.name.clone(), r.expires_at?)))
         .min_by_key(|(_, t)| *t)
@@ -305,4 +303,55 @@ fn warn_before_expiry(name: String, at: Timestamp) {
 /// The command, for messages.
 pub fn describe(program: &OsString) -> String {
     program.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vault_protocol::{CredentialType, SecretValue};
+
+    use super::*;
+
+    fn aws(name: &str, extra: &str, expires: i64) -> RecordView {
+        let mut fields = BTreeMap::new();
+        fields.insert("access_key_id".to_owned(), SecretValue::from("ASIA"));
+        if !extra.is_empty() {
+            fields.insert(extra.to_owned(), SecretValue::from("x"));
+        }
+        RecordView {
+            name: name.to_owned(),
+            kind: CredentialType::Aws,
+            fields,
+            description: None,
+            tags: vec![],
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            expires_at: Some(Timestamp(expires)),
+            expired: false,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn only_a_served_self_refreshing_credential_is_renewed_for_the_child() {
+        for refresher in ["refresh_command", "source"] {
+            let records = [aws("served", refresher, 100), aws("static", "", 200)];
+            assert_eq!(
+                unrefreshable_expiry(&records, Some("served")),
+                Some(("static".to_owned(), Timestamp(200))),
+                "{refresher}"
+            );
+            // In the environment, even a self-refreshing one is fixed.
+            assert_eq!(
+                unrefreshable_expiry(&records, None),
+                Some(("served".to_owned(), Timestamp(100)))
+            );
+        }
+        let records = [aws("served", "", 100)];
+        assert_eq!(
+            unrefreshable_expiry(&records, Some("served")),
+            Some(("served".to_owned(), Timestamp(100)))
+        );
+    }
 }
