@@ -125,6 +125,19 @@ impl IndexEntry {
         name.len() + 6 * description + tags + 300
     }
 
+    /// Whether this record refreshes itself and is due for it
+    /// ([`crate::refresh::due`]).
+    pub fn refresh_due(&self, ahead: std::time::Duration, now: Timestamp) -> bool {
+        self.refresh
+            && crate::refresh::due(
+                self.incomplete,
+                self.updated_at,
+                self.expires_at,
+                ahead,
+                now,
+            )
+    }
+
     fn summary(&self, name: &str, now: Timestamp) -> RecordSummary {
         let state = state_of(self.expires_at, now);
         RecordSummary {
@@ -592,12 +605,13 @@ impl Engine {
         &self.config
     }
 
-    /// Whether record `id` is live at `revision` (for reports about it).
-    pub fn is_current(&self, id: &str, revision: u64) -> bool {
+    /// Whether record `id`, last known as `name`, is live under that name
+    /// at `revision` (for reports about it).
+    pub fn is_current(&self, name: &str, id: &str, revision: u64) -> bool {
         self.session().is_ok_and(|s| {
             s.index
-                .values()
-                .any(|e| e.id == id && e.revision == revision)
+                .get(name)
+                .is_some_and(|e| e.id == id && e.revision == revision)
         })
     }
 

@@ -45,6 +45,8 @@ pub struct Job {
     /// The revision the job was made from; a result for an older revision
     /// is dropped.
     pub revision: u64,
+    /// When the current value expires (reported while refreshes fail).
+    pub expires_at: Option<Timestamp>,
     /// How to get the new values.
     pub plan: Plan,
 }
@@ -299,7 +301,7 @@ impl Refresher {
     }
 
     /// Records a failure and when to try again.
-    pub fn failed(&self, job: &Job, error: String, expires_at: Option<Timestamp>, now: Timestamp) {
+    pub fn failed(&self, job: &Job, error: String, now: Timestamp) {
         let mut failures = locked(&self.failures);
         let count = failures
             .get(&job.id)
@@ -316,7 +318,7 @@ impl Refresher {
                 error,
                 count,
                 retry_at: now.plus(delay),
-                expires_at,
+                expires_at: job.expires_at,
             },
         );
     }
@@ -326,11 +328,11 @@ impl Refresher {
         locked(&self.failures).remove(id);
     }
 
-    /// The failing records, for `vault status`, by name. `live` says whether
-    /// a record id still exists at the failed revision.
-    pub fn report(&self, live: impl Fn(&str, u64) -> bool) -> Vec<RefreshInfo> {
+    /// The failing records, for `vault status`, by name. `live(name, id,
+    /// revision)` says whether the record still exists as it failed.
+    pub fn report(&self, live: impl Fn(&str, &str, u64) -> bool) -> Vec<RefreshInfo> {
         let mut failures = locked(&self.failures);
-        failures.retain(|id, f| live(id, f.revision));
+        failures.retain(|id, f| live(&f.name, id, f.revision));
         let mut out: Vec<RefreshInfo> = failures
             .values()
             .map(|f| RefreshInfo {
@@ -373,20 +375,22 @@ pub fn refresh_bound(daemon: &Arc<Daemon>) {
 }
 
 async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
-    let job = |now| {
-        let engine = daemon.engine();
-        let c = engine.config();
-        let (ahead, timeout) = (c.refresh_ahead, c.refresh_timeout);
-        engine.refresh_job(name, ahead, now).map(|j| (j, timeout))
+    let (ahead, timeout) = {
+        let c = daemon.engine();
+        (c.config().refresh_ahead, c.config().refresh_timeout)
     };
-    let Some((first, _)) = job(Timestamp::now()) else {
+    let due_id = daemon
+        .engine()
+        .refresh_due_id(name, ahead, Timestamp::now());
+    let Some(id) = due_id else {
         return;
     };
-    let flight = daemon.refresher.flight(&first.id);
+    let flight = daemon.refresher.flight(&id);
     let _flying = flight.lock().await;
     // Whoever held the flight before us may have refreshed it already.
     let now = Timestamp::now();
-    let Some((job, timeout)) = job(now) else {
+    let job = daemon.engine().refresh_job(name, ahead, now);
+    let Some(job) = job else {
         return;
     };
     if daemon.refresher.backing_off(&job, now) {
@@ -414,10 +418,7 @@ async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
         }
         Err(error) => {
             warn!(record = %job.id, %error, "refresh failed; the current value is kept");
-            let expires_at = daemon.engine().refresh_expiry(&job.name);
-            daemon
-                .refresher
-                .failed(&job, error, expires_at, Timestamp::now());
+            daemon.refresher.failed(&job, error, Timestamp::now());
         }
     }
 }
@@ -432,6 +433,7 @@ mod tests {
             name: "n".into(),
             kind,
             revision: 1,
+            expires_at: None,
             plan: Plan::Command(command.into()),
         }
     }
@@ -527,18 +529,18 @@ mod tests {
         let r = Refresher::default();
         let now = Timestamp(1000);
         let j = job(CredentialType::Token, "x");
-        r.failed(&j, "boom".into(), None, now);
+        r.failed(&j, "boom".into(), now);
         assert!(r.backing_off(&j, now));
         assert!(!r.backing_off(&j, now.plus(FIRST_BACKOFF)));
-        r.failed(&j, "boom".into(), None, now);
+        r.failed(&j, "boom".into(), now);
         assert!(r.backing_off(&j, now.plus(FIRST_BACKOFF)));
         let newer = Job {
             revision: 2,
             ..job(CredentialType::Token, "x")
         };
         assert!(!r.backing_off(&newer, now));
-        assert_eq!(r.report(|_, _| true)[0].failures, 2);
+        assert_eq!(r.report(|_, _, _| true)[0].failures, 2);
         r.succeeded(&j.id);
-        assert!(r.report(|_, _| true).is_empty());
+        assert!(r.report(|_, _, _| true).is_empty());
     }
 }

@@ -156,7 +156,7 @@ impl Daemon {
         let mut status = engine.status(&self.socket, self.pid, Timestamp::now())?;
         status.refresh = self
             .refresher
-            .report(|id, revision| engine.is_current(id, revision));
+            .report(|name, id, revision| engine.is_current(name, id, revision));
         Ok(Response::Status(status))
     }
 

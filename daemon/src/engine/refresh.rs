@@ -11,25 +11,26 @@ use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 
 use super::{Engine, Result, err};
 use crate::record::RecordBody;
-use crate::refresh::{Job, Minted, Plan, due};
+use crate::refresh::{Job, Minted, Plan};
 
 /// Session length when a record with a `source` names no `duration`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
 
 impl Engine {
-    /// The refresh `name` needs now, if any. `None` also when the vault is
-    /// locked or the record does not exist: the request that follows says so.
+    /// The id of `name` when it is due for a refresh, from the index alone
+    /// (no decryption): what a caller needs to join the record's flight.
+    /// `None` also when the vault is locked or the record does not exist:
+    /// the request that follows says so.
+    pub fn refresh_due_id(&self, name: &str, ahead: Duration, now: Timestamp) -> Option<String> {
+        let entry = self.session().ok()?.index.get(name)?;
+        entry.refresh_due(ahead, now).then(|| entry.id.clone())
+    }
+
+    /// The refresh `name` needs now, if any (`None` as for
+    /// [`Engine::refresh_due_id`]).
     pub fn refresh_job(&self, name: &str, ahead: Duration, now: Timestamp) -> Option<Job> {
         let entry = self.session().ok()?.index.get(name)?;
-        if !entry.refresh
-            || !due(
-                entry.incomplete,
-                entry.updated_at,
-                entry.expires_at,
-                ahead,
-                now,
-            )
-        {
+        if !entry.refresh_due(ahead, now) {
             return None;
         }
         let (row, body) = self.load(name).ok()?;
@@ -42,6 +43,7 @@ impl Engine {
             name: body.name,
             kind: body.kind,
             revision: row.revision,
+            expires_at: body.expires_at,
             plan,
         })
     }
@@ -97,28 +99,28 @@ impl Engine {
         })))
     }
 
-    /// The current expiry of `name`, for reports.
-    pub fn refresh_expiry(&self, name: &str) -> Option<Timestamp> {
-        self.session().ok()?.index.get(name)?.expires_at
-    }
-
     /// Names of records bound to an emitted file that are due: refreshed in
     /// the background so the files never hold a dying key.
     pub fn refresh_due_bound(&self, ahead: Duration, now: Timestamp) -> Vec<String> {
         let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
             return Vec::new();
         };
+        // The index first: most ticks nothing is due, and the bindings
+        // need not be read from the store.
+        let mut due: Vec<(&String, &str)> = sess
+            .index
+            .iter()
+            .filter(|(_, e)| e.refresh_due(ahead, now))
+            .map(|(name, e)| (name, e.id.as_str()))
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
         let Ok(bound) = store.emitters() else {
             return Vec::new();
         };
-        let ids: std::collections::BTreeSet<&str> =
-            bound.iter().map(|e| e.record_id.as_str()).collect();
-        sess.index
-            .iter()
-            .filter(|(_, e)| e.refresh && ids.contains(e.id.as_str()))
-            .filter(|(_, e)| due(e.incomplete, e.updated_at, e.expires_at, ahead, now))
-            .map(|(name, _)| name.clone())
-            .collect()
+        due.retain(|(_, id)| bound.iter().any(|b| b.record_id == *id));
+        due.into_iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// Writes a refresh's result as the next revision of the job's record.
@@ -149,12 +151,7 @@ impl Engine {
         body.expires_at = minted.expires_at;
         // Checked as if it had no refresh command: every required field set.
         let command = body.fields.remove(REFRESH_COMMAND);
-        let complete = if body.kind == CredentialType::Generic && body.fields.is_empty() {
-            Err("it holds no values".to_owned())
-        } else {
-            validate_fields(body.kind, &body.fields)
-        };
-        complete.map_err(|e| {
+        validate_fields(body.kind, &body.fields).map_err(|e| {
             err(
                 ErrorCode::Failed,
                 format!(
