@@ -300,18 +300,15 @@ impl Daemon {
             }
             other => {
                 // Whatever hands out values gets them fresh (SPEC §10).
-                match &other {
-                    Request::Get { name } => {
-                        crate::refresh::ensure_fresh(self, std::slice::from_ref(name)).await
-                    }
-                    Request::Resolve { names } => crate::refresh::ensure_fresh(self, names).await,
-                    Request::EmitAws { name, .. }
+                let handed_out: &[String] = match &other {
+                    Request::Get { name }
+                    | Request::EmitAws { name, .. }
                     | Request::EmitDocker { name, .. }
-                    | Request::EmitFile { name, .. } => {
-                        crate::refresh::ensure_fresh(self, std::slice::from_ref(name)).await
-                    }
-                    _ => {}
-                }
+                    | Request::EmitFile { name, .. } => std::slice::from_ref(name),
+                    Request::Resolve { names } => names,
+                    _ => &[],
+                };
+                crate::refresh::ensure_fresh(self, handed_out).await;
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
                     .await
