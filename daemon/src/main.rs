@@ -92,9 +92,8 @@ fn check_inherited(inherited: &Inherited, paths: &VaultPaths) -> Result<(), Fata
             ),
         ));
     }
-    if let Some(dir) = path.parent() {
-        fsutil::check_private(dir, true)?;
-    }
+    // Its directory was checked by start() (ensure_private_dir of the
+    // socket's parent), and the path is this vault's socket.
     let meta = std::fs::symlink_metadata(path)?;
     let euid = rustix::process::geteuid().as_raw();
     if meta.uid() != euid || meta.mode() & 0o077 != 0 {
