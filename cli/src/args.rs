@@ -37,8 +37,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the vault and print its recipient
-    Init(PassphraseArgs),
+    /// Create the vault and print its recipient (or join one kept on a server)
+    Init(InitArgs),
     /// Unlock the vault
     Unlock(PassphraseArgs),
     /// Lock the vault now
@@ -100,6 +100,18 @@ pub enum Command {
     /// Check the daemon, permissions, emitted files and helpers; say how to fix each problem
     #[command(after_help = DOCTOR_HELP)]
     Doctor,
+    /// Log in to a vault-server to sync this vault (or, before 'vault init --join', to join one)
+    Login(LoginArgs),
+    /// Sync with the server now; 'vault sync status' shows the sync state
+    Sync {
+        #[command(subcommand)]
+        action: Option<SyncAction>,
+        /// Sync now (the default)
+        #[arg(long)]
+        now: bool,
+    },
+    /// List sync conflicts: changes that lost to a concurrent change, kept in history
+    Conflicts,
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -137,6 +149,36 @@ Types and their fields (* = required):
 
 Example:
   vault add my-ngc --type REGISTRY --payload registry=nvcr.io username='$oauthtoken' auth=-";
+
+/// `vault init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Join the vault VAULT_ID kept on the server of 'vault login' instead of
+    /// creating one: asks for that vault's passphrase
+    #[arg(long, value_name = "VAULT_ID")]
+    pub join: Option<String>,
+}
+
+/// `vault login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The server: https://HOST[:PORT] (plain http:// only on 127.0.0.1 or localhost)
+    pub url: String,
+    /// Read the access token from this file ('-' for stdin); without it, asks on the terminal
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `vault sync …`.
+#[derive(Debug, Subcommand)]
+pub enum SyncAction {
+    /// Sync now (push local changes, pull everyone else's)
+    Now,
+    /// Show the server, the last sync, queued changes and the last error
+    Status,
+}
 
 /// Where a passphrase comes from, besides `VAULT_PASSPHRASE_FILE` and the
 /// terminal.

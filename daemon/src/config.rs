@@ -9,6 +9,10 @@
 //! ahead = "20m"    # refresh a temporary credential with less than this left
 //! timeout = "60s"  # longest a refresh_command or STS call may take
 //! sts_endpoint = "https://sts.eu-west-1.amazonaws.com"  # default: AWS's
+//!
+//! [sync]
+//! interval = "5m"  # sync this often (and after every change)
+//! auto = true      # false: only 'vault sync' syncs
 //! ```
 
 use std::path::Path;
@@ -30,6 +34,10 @@ pub struct Config {
     pub refresh_timeout: Duration,
     /// The STS endpoint for records that name none (default: AWS's).
     pub sts_endpoint: Option<String>,
+    /// Background sync period.
+    pub sync_interval: Duration,
+    /// Whether the daemon syncs by itself.
+    pub sync_auto: bool,
 }
 
 impl Default for Config {
@@ -40,6 +48,8 @@ impl Default for Config {
             refresh_ahead: Duration::from_secs(20 * 60),
             refresh_timeout: Duration::from_secs(60),
             sts_endpoint: None,
+            sync_interval: Duration::from_secs(300),
+            sync_auto: true,
         }
     }
 }
@@ -51,6 +61,15 @@ struct File {
     lock: Lock,
     #[serde(default)]
     refresh: Refresh,
+    #[serde(default)]
+    sync: Sync,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Sync {
+    interval: Option<String>,
+    auto: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -101,6 +120,15 @@ impl Config {
         if let Some(url) = &file.refresh.sts_endpoint {
             crate::sts::check_endpoint(url).map_err(|e| format!("refresh.{e}"))?;
             config.sts_endpoint = Some(url.clone());
+        }
+        if let Some(v) = &file.sync.interval {
+            config.sync_interval = dur("sync.interval", v)?;
+            if config.sync_interval < Duration::from_secs(10) {
+                return Err("sync.interval must be at least 10s".into());
+            }
+        }
+        if let Some(auto) = file.sync.auto {
+            config.sync_auto = auto;
         }
         if config.refresh_timeout.is_zero() {
             return Err("refresh.timeout must be longer than zero".into());

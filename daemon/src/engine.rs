@@ -25,6 +25,7 @@ use crate::store::{self, RecordRow, Store, StoreError};
 
 mod emitters;
 mod refresh;
+pub mod sync;
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -90,6 +91,11 @@ pub struct IndexEntry {
     pub refresh: bool,
     /// Lacks a required field (a refreshable record not minted yet).
     pub incomplete: bool,
+    /// The head's sync stamp, when it has one.
+    pub stamp: Option<crate::record::Stamp>,
+    /// For a record that lost its name to a concurrent one (SPEC §11): the
+    /// name it claims; it is listed under [`sync::derived_name`].
+    pub claims: Option<String>,
 }
 
 /// Name → entry, for every live record.
@@ -100,6 +106,9 @@ pub type Index = BTreeMap<String, IndexEntry>;
 struct Session {
     key: VaultKey,
     index: Index,
+    /// Name → ids of the records that claim it but lost it (listed under
+    /// derived names).
+    claims: BTreeMap<String, std::collections::BTreeSet<String>>,
     idle_deadline: Timestamp,
     hard_deadline: Timestamp,
 }
@@ -170,6 +179,16 @@ impl IndexEntry {
                 .fields()
                 .iter()
                 .any(|f| f.required && body.fields.get(f.name).is_none_or(|v| v.is_empty())),
+            stamp: body.sync.clone(),
+            claims: row.shadowed.then(|| body.name.clone()),
+        }
+    }
+
+    /// The name it is listed under.
+    fn listed_name(&self, body_name: &str) -> String {
+        match &self.claims {
+            Some(n) => sync::derived_name(n, &self.id),
+            None => body_name.to_owned(),
         }
     }
 }
@@ -193,6 +212,10 @@ pub struct Engine {
     /// The comparison is out of date (a change seen while locked, or never
     /// made yet).
     drift_stale: bool,
+    /// The last index in this device's log.
+    log_last: u64,
+    /// The hybrid logical clock's last value.
+    clock: u64,
 }
 
 impl Engine {
@@ -228,6 +251,10 @@ impl Engine {
                 .unwrap_or_default(),
             None => String::new(),
         };
+        let (log_last, clock) = match &store {
+            Some(s) => s.log_heads(&device).map_err(|e| e.to_string())?,
+            None => (0, 0),
+        };
         Ok(Self {
             paths,
             config,
@@ -237,6 +264,8 @@ impl Engine {
             watch: None,
             drift: Vec::new(),
             drift_stale: true,
+            log_last,
+            clock,
         })
     }
 
@@ -299,6 +328,22 @@ impl Engine {
 
     /// Creates the vault: key, `identity.age`, database. Leaves it unlocked.
     pub fn init(&mut self, passphrase: &SecretValue, now: Timestamp) -> Result<(String, String)> {
+        // Before the slow seal; `create` checks again.
+        self.check_absent()?;
+        if passphrase.is_empty() {
+            return Err(err(ErrorCode::Usage, "the passphrase must not be empty"));
+        }
+        let key = VaultKey::generate();
+        let sealed = key
+            .seal(passphrase.expose_secret())
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let recipient = key.recipient();
+        let vault_id = random_hex(16);
+        self.create(key, &sealed, &vault_id, now)?;
+        Ok((vault_id, recipient))
+    }
+
+    fn check_absent(&self) -> Result<()> {
         if self.store.is_some() || self.paths.identity().exists() {
             return Err(err(
                 ErrorCode::AlreadyExists,
@@ -308,13 +353,19 @@ impl Engine {
                 ),
             ));
         }
-        if passphrase.is_empty() {
-            return Err(err(ErrorCode::Usage, "the passphrase must not be empty"));
-        }
-        let key = VaultKey::generate();
-        let sealed = key
-            .seal(passphrase.expose_secret())
-            .map_err(|e| err(ErrorCode::Internal, e))?;
+        Ok(())
+    }
+
+    /// Writes a vault for `key` (sealed as `sealed`): database, metadata,
+    /// `identity.age`, a new device id. Leaves it unlocked.
+    fn create(
+        &mut self,
+        key: VaultKey,
+        sealed: &[u8],
+        vault_id: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.check_absent()?;
         let db_path = self.paths.db();
         if db_path.exists() {
             return Err(err(
@@ -323,12 +374,11 @@ impl Engine {
             ));
         }
         let mut store = store::create(&db_path).map_err(store_err)?;
-        let vault_id = random_hex(16);
         let device = random_hex(8);
         let created = now.unix().to_string();
         store
             .set_meta(&[
-                ("vault_id", &vault_id),
+                ("vault_id", vault_id),
                 ("device_id", &device),
                 ("recipient", &key.recipient()),
                 ("key_id", &key.key_id()),
@@ -337,18 +387,19 @@ impl Engine {
             .map_err(store_err)?;
         // The key file is written last: a crash before this leaves a database
         // without a key, which `open` reports instead of silently reusing.
-        crate::fsutil::write_new_atomic(&self.paths.identity(), &sealed).map_err(|e| {
+        crate::fsutil::write_new_atomic(&self.paths.identity(), sealed).map_err(|e| {
             err(
                 ErrorCode::Internal,
                 format!("cannot write {}: {e}", self.paths.identity().display()),
             )
         })?;
-        let recipient = key.recipient();
         info!(vault_id = %vault_id, "vault created");
         self.store = Some(store);
         self.device = device;
+        self.log_last = 0;
+        self.clock = 0;
         self.install(key, Index::new(), now);
-        Ok((vault_id, recipient))
+        Ok(())
     }
 
     /// First half of unlock: the sealed key bytes, read under the lock.
@@ -409,7 +460,8 @@ impl Engine {
                         part.iter()
                             .filter_map(|row| match decrypt_body(key, row) {
                                 Ok(body) => {
-                                    Some((body.name.clone(), IndexEntry::from_parts(row, &body)))
+                                    let entry = IndexEntry::from_parts(row, &body);
+                                    Some((entry.listed_name(&body.name), entry))
                                 }
                                 Err(e) => {
                                     warn!(record = %row.id, error = %e.message, "record skipped");
@@ -431,9 +483,16 @@ impl Engine {
     /// Last half of unlock: keep the key and index in memory.
     pub fn install(&mut self, key: VaultKey, index: Index, now: Timestamp) {
         info!(records = index.len(), "unlocked");
+        let mut claims: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for e in index.values() {
+            if let Some(n) = &e.claims {
+                claims.entry(n.clone()).or_default().insert(e.id.clone());
+            }
+        }
         self.session = Some(Session {
             key,
             index,
+            claims,
             idle_deadline: now.plus(self.config.idle),
             hard_deadline: now.plus(self.config.max),
         });
@@ -497,8 +556,24 @@ impl Engine {
         }
         let mut rows = Vec::with_capacity(records.len());
         let mut entries = Vec::with_capacity(records.len());
-        for rec in records {
+        let mut log = Vec::with_capacity(records.len());
+        let mut clock = self.clock;
+        let device = self.device.clone();
+        for (i, rec) in records.into_iter().enumerate() {
             let id = random_hex(16);
+            clock = sync::tick(clock);
+            let stamp = crate::record::Stamp {
+                device: device.clone(),
+                index: self.log_last + 1 + i as u64,
+                clock,
+                parents: Vec::new(),
+                change: "add".into(),
+                deleted: false,
+            };
+            log.push(store::LogStamp {
+                index: stamp.index,
+                clock,
+            });
             let body = RecordBody {
                 v: BODY_VERSION,
                 id: id.clone(),
@@ -508,6 +583,7 @@ impl Engine {
                 tags: rec.tags,
                 fields: rec.fields,
                 expires_at: rec.expires_at,
+                sync: Some(stamp),
             };
             let row = RecordRow {
                 id,
@@ -522,13 +598,13 @@ impl Engine {
                     .key
                     .encrypt(&body.to_bytes())
                     .map_err(|e| err(ErrorCode::Internal, e))?,
+                shadowed: false,
             };
             entries.push((body.name.clone(), IndexEntry::from_parts(&row, &body)));
             rows.push(row);
         }
-        let device = self.device.clone();
         self.store_mut()?
-            .insert(&rows, &device)
+            .insert(&rows, &device, &log)
             .map_err(|e| match e {
                 StoreError::NameTaken => err(
                     ErrorCode::AlreadyExists,
@@ -539,6 +615,8 @@ impl Engine {
         for row in &rows {
             info!(record = %row.id, "added");
         }
+        self.log_last += log.len() as u64;
+        self.clock = clock;
         let sess = self.session_mut()?;
         let mut out = Vec::with_capacity(entries.len());
         for (name, entry) in entries {
@@ -573,7 +651,12 @@ impl Engine {
             .find_live(&sess.key.name_mac(name))
             .map_err(store_err)?
             .ok_or_else(|| not_found(name))?;
-        let body = decrypt_body(&sess.key, &row)?;
+        let mut body = decrypt_body(&sess.key, &row)?;
+        if row.shadowed {
+            // Written back under the name it is listed under: a change
+            // adopts that name everywhere.
+            body.name = name.to_owned();
+        }
         Ok((row, body))
     }
 
@@ -663,24 +746,63 @@ impl Engine {
     fn commit(
         &mut self,
         mut row: RecordRow,
-        body: RecordBody,
+        mut body: RecordBody,
         old_name: &str,
         change: &str,
         now: Timestamp,
     ) -> Result<RecordSummary> {
+        let clock = sync::tick(self.clock);
+        let stamp = crate::record::Stamp {
+            device: self.device.clone(),
+            index: self.log_last + 1,
+            clock,
+            parents: Vec::new(),
+            change: change.to_owned(),
+            deleted: row.deleted,
+        };
+        let log = store::LogStamp {
+            index: stamp.index,
+            clock,
+        };
+        let mut stamp = stamp;
+        if let Some((device, index)) = self
+            .store()?
+            .log_place(&row.id, row.revision)
+            .map_err(store_err)?
+        {
+            stamp.parents.push(crate::record::LogRef { device, index });
+        }
+        // A change made by the user resolves the record's open conflicts;
+        // a refresh does not.
+        if change != "refresh" {
+            for (device, index) in self.store()?.conflict_refs(&row.id).map_err(store_err)? {
+                stamp.parents.push(crate::record::LogRef { device, index });
+            }
+        }
+        let parents: Vec<(String, u64)> = stamp
+            .parents
+            .iter()
+            .map(|p| (p.device.clone(), p.index))
+            .collect();
+        body.v = BODY_VERSION;
+        body.sync = Some(stamp);
         let sess = self.session()?;
-        row.revision += 1;
+        let claimed = row
+            .shadowed
+            .then(|| sess.index.get(old_name).and_then(|e| e.claims.clone()))
+            .flatten();
         row.updated_at = now.unix().max(row.updated_at);
         row.name_mac = sess.key.name_mac(&body.name);
         row.kind = body.kind.as_str().to_owned();
         row.expires_at = body.expires_at.map(Timestamp::unix);
+        row.shadowed = false;
         row.body = sess
             .key
             .encrypt(&body.to_bytes())
             .map_err(|e| err(ErrorCode::Internal, e))?;
         let device = self.device.clone();
         self.store_mut()?
-            .update(&row, &device, change)
+            .update(&mut row, &device, change, Some(log), &parents)
             .map_err(|e| match e {
                 StoreError::NameTaken => err(
                     ErrorCode::AlreadyExists,
@@ -688,17 +810,26 @@ impl Engine {
                 ),
                 other => store_err(other),
             })?;
+        self.log_last += 1;
+        self.clock = clock;
         info!(record = %row.id, revision = row.revision, change, "changed");
         self.rerender(&row, &body, now);
         let sess = self.session_mut()?;
         sess.index.remove(old_name);
+        if let Some(n) = &claimed {
+            sync::unclaim(sess, n, &row.id);
+        }
         let summary;
         if row.deleted {
             summary = IndexEntry::from_parts(&row, &body).summary(&body.name, now);
         } else {
             let entry = IndexEntry::from_parts(&row, &body);
             summary = entry.summary(&body.name, now);
-            sess.index.insert(body.name, entry);
+            sess.index.insert(body.name.clone(), entry);
+        }
+        // A name this record gave up goes to a record that lost it earlier.
+        if old_name != body.name || row.deleted {
+            self.settle_local(old_name)?;
         }
         Ok(summary)
     }

@@ -12,4 +12,5 @@ pub mod server;
 pub mod sigv4;
 pub mod store;
 pub mod sts;
+pub mod sync;
 pub mod watch;

@@ -116,6 +116,8 @@ pub struct Daemon {
     euid: u32,
     /// Single-flight refreshes and their failures (SPEC §10).
     pub(crate) refresher: crate::refresh::Refresher,
+    /// Sync state and the background sync's wake-up (SPEC §11).
+    pub(crate) syncer: crate::sync::Syncer,
 }
 
 impl Daemon {
@@ -132,6 +134,7 @@ impl Daemon {
             pid: std::process::id(),
             euid: rustix::process::geteuid().as_raw(),
             refresher: crate::refresh::Refresher::default(),
+            syncer: crate::sync::Syncer::default(),
         })
     }
 
@@ -157,6 +160,12 @@ impl Daemon {
         status.refresh = self
             .refresher
             .report(|name, id, revision| engine.is_current(name, id, revision));
+        let queued = if engine.is_initialized() {
+            engine.queued()
+        } else {
+            0
+        };
+        status.sync = self.syncer.status(engine.sync_server(), queued);
         Ok(Response::Status(status))
     }
 
@@ -242,6 +251,8 @@ impl Daemon {
         self.engine().install(index.0, index.1, Timestamp::now());
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.bump();
+        // Catch up with the other devices.
+        self.syncer.kick();
         self.status()
     }
 
@@ -298,6 +309,24 @@ impl Daemon {
                 self.request_shutdown();
                 Ok(Response::Done)
             }
+            Request::Login { url, token } => {
+                let r = crate::sync::login(self, &url, token).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
+            Request::Join {
+                vault_id,
+                passphrase,
+            } => {
+                let r = crate::sync::join(self, &vault_id, passphrase).await;
+                self.bump();
+                r
+            }
+            Request::SyncNow => {
+                let r = crate::sync::sync_now(self).await.map(Response::Synced);
+                self.engine().touch(Timestamp::now());
+                r
+            }
             other => {
                 // Whatever hands out values gets them fresh (SPEC §10).
                 let handed_out: &[String] = match &other {
@@ -325,6 +354,7 @@ impl Daemon {
         let mut engine = self.engine();
         engine.check_deadlines(now);
         let extends = req.extends_idle();
+        let log_before = engine.log_last();
         let result = match req {
             Request::Init { passphrase } => {
                 let r = engine.init(&passphrase, now);
@@ -400,6 +430,9 @@ impl Daemon {
                 .emit_list(now)
                 .map(|emitters| Response::Emitters { emitters }),
             Request::EmitRemove { id } => engine.emit_remove(&id).map(Response::Emitted),
+            Request::Conflicts => engine
+                .conflicts()
+                .map(|conflicts| Response::Conflicts { conflicts }),
             _ => Err(WireError::new(
                 ErrorCode::Internal,
                 "request routed to the wrong handler",
@@ -407,6 +440,9 @@ impl Daemon {
         };
         if extends && result.is_ok() {
             engine.touch(now);
+        }
+        if engine.log_last() != log_before {
+            self.syncer.kick();
         }
         result
     }
@@ -596,6 +632,10 @@ fn op_name(req: &Request) -> &'static str {
         Request::EmitDocker { .. } => "emit_docker",
         Request::EmitRemove { .. } => "emit_remove",
         Request::Shutdown => "shutdown",
+        Request::Login { .. } => "login",
+        Request::Join { .. } => "join",
+        Request::SyncNow => "sync_now",
+        Request::Conflicts => "conflicts",
     }
 }
 
@@ -632,6 +672,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
             }
         })
     };
+    let syncing = tokio::spawn(crate::sync::background(Arc::clone(&daemon)));
     let mut shutdown = daemon.shutdown.subscribe();
     loop {
         let stream = tokio::select! {
@@ -671,5 +712,6 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
         });
     }
     ticker.abort();
+    syncing.abort();
     info!("shutting down");
 }

@@ -6,6 +6,7 @@
 //! holds the head of each record, `revisions` every version including the
 //! head.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -52,6 +53,28 @@ CREATE TABLE emitters (
     created_at INTEGER NOT NULL,
     UNIQUE (path, section)
 );
+"#,
+    // Sync (SPEC §11): a revision's place in its device's log and its
+    // hybrid logical clock (NULL for revisions written before sync);
+    // records that lost a name to a concurrent record; what was pulled;
+    // which revisions each was written over.
+    r#"
+ALTER TABLE revisions ADD COLUMN log_index INTEGER;
+ALTER TABLE revisions ADD COLUMN clock INTEGER;
+CREATE UNIQUE INDEX revisions_log ON revisions(device, log_index) WHERE log_index IS NOT NULL;
+ALTER TABLE records ADD COLUMN shadowed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE sync_seen (
+    device     TEXT PRIMARY KEY,
+    last_index INTEGER NOT NULL
+);
+-- The revisions each logged revision was written over: a logged revision
+-- that is not the head and that nothing was written over is a conflict.
+CREATE TABLE log_parents (
+    record_id     TEXT NOT NULL REFERENCES records(id),
+    parent_device TEXT NOT NULL,
+    parent_index  INTEGER NOT NULL
+);
+CREATE INDEX log_parents_of ON log_parents(record_id, parent_device, parent_index);
 "#,
 ];
 
@@ -123,6 +146,46 @@ pub struct RecordRow {
     pub deleted: bool,
     /// age ciphertext of the body.
     pub body: Vec<u8>,
+    /// Lost its name to a concurrent record with the same name; listed under
+    /// a derived name (SPEC §11).
+    pub shadowed: bool,
+}
+
+/// A revision's place in its device's log (its [`crate::record::Stamp`],
+/// in plaintext bookkeeping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStamp {
+    /// Index in the writing device's log.
+    pub index: u64,
+    /// Hybrid logical clock.
+    pub clock: u64,
+}
+
+/// One entry of a device's log, as pushed.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Index in the log.
+    pub index: u64,
+    /// The revision's age ciphertext.
+    pub body: Vec<u8>,
+}
+
+/// A logged revision that lost to a concurrent one: not the head, and no
+/// revision was written over it (SPEC §11 conflicts).
+#[derive(Debug, Clone)]
+pub struct ConflictRow {
+    /// The record.
+    pub record_id: String,
+    /// The losing revision (kept in history).
+    pub revision: u64,
+    /// The device that wrote it.
+    pub device: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// It was a deletion.
+    pub deleted: bool,
+    /// The record's head revision.
+    pub head: u64,
 }
 
 /// One history entry.
@@ -167,7 +230,7 @@ pub struct Store {
 }
 
 const ROW_COLUMNS: &str =
-    "id, name_mac, kind, revision, created_at, updated_at, expires_at, deleted, body";
+    "id, name_mac, kind, revision, created_at, updated_at, expires_at, deleted, body, shadowed";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     Ok(RecordRow {
@@ -180,6 +243,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
         expires_at: r.get(6)?,
         deleted: r.get::<_, i64>(7)? != 0,
         body: r.get(8)?,
+        shadowed: r.get::<_, i64>(9)? != 0,
     })
 }
 
@@ -259,6 +323,16 @@ impl Store {
         Ok(())
     }
 
+    /// Removes metadata values.
+    pub fn delete_meta(&mut self, keys: &[&str]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for k in keys {
+            tx.execute("DELETE FROM vault_meta WHERE key = ?1", [k])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every live record (for building the in-memory index at unlock).
     pub fn live_records(&self) -> Result<Vec<RecordRow>> {
         let mut stmt = self.conn.prepare(&format!(
@@ -307,86 +381,217 @@ impl Store {
             .optional()?)
     }
 
-    /// Inserts new records (revision 1 each) atomically.
-    pub fn insert(&mut self, rows: &[RecordRow], device: &str) -> Result<()> {
+    /// Inserts new records (revision 1 each) atomically; `log[i]` places
+    /// `rows[i]` in `device`'s log.
+    pub fn insert(&mut self, rows: &[RecordRow], device: &str, log: &[LogStamp]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut ins = tx.prepare_cached(&format!(
-                "INSERT INTO records ({ROW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ))?;
-            let mut rev = tx.prepare_cached(
-                "INSERT INTO revisions (record_id, revision, updated_at, device, change, deleted, body)
-                 VALUES (?1, ?2, ?3, ?4, 'add', 0, ?5)",
-            )?;
-            for row in rows {
-                ins.execute(params![
-                    row.id,
-                    row.name_mac,
-                    row.kind,
-                    row.revision as i64,
-                    row.created_at,
-                    row.updated_at,
-                    row.expires_at,
-                    row.deleted as i64,
-                    row.body
-                ])?;
-                rev.execute(params![
-                    row.id,
-                    row.revision as i64,
-                    row.updated_at,
-                    device,
-                    row.body
-                ])?;
-            }
+        for (row, stamp) in rows.iter().zip(log) {
+            put_head(&tx, row)?;
+            put_revision(&tx, row, device, "add", Some(*stamp))?;
         }
         tx.commit()?;
         Ok(())
     }
 
     /// Writes a new head for an existing record and appends it to history.
-    /// `row.revision` must be the previous revision + 1.
-    pub fn update(&mut self, row: &RecordRow, device: &str, change: &str) -> Result<()> {
+    /// `row.revision` is the head it replaces; on success it is the new
+    /// revision (the highest in the record's history + 1).
+    pub fn update(
+        &mut self,
+        row: &mut RecordRow,
+        device: &str,
+        change: &str,
+        log: Option<LogStamp>,
+        parents: &[(String, u64)],
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx.execute(
-            "UPDATE records SET name_mac = ?2, kind = ?3, revision = ?4, updated_at = ?5,
-                    expires_at = ?6, deleted = ?7, body = ?8
-             WHERE id = ?1 AND revision = ?4 - 1",
-            params![
-                row.id,
-                row.name_mac,
-                row.kind,
-                row.revision as i64,
-                row.updated_at,
-                row.expires_at,
-                row.deleted as i64,
-                row.body
-            ],
-        )?;
-        if changed != 1 {
+        let head: Option<i64> = tx
+            .query_row(
+                "SELECT revision FROM records WHERE id = ?1",
+                [&row.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if head != Some(row.revision as i64) {
             return Err(StoreError::Damaged(format!(
                 "record {} changed concurrently; retry",
                 row.id
             )));
         }
-        tx.execute(
-            "INSERT INTO revisions (record_id, revision, updated_at, device, change, deleted, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                row.id,
-                row.revision as i64,
-                row.updated_at,
-                device,
-                change,
-                row.deleted as i64,
-                row.body
-            ],
-        )?;
+        row.revision = next_revision(&tx, &row.id)?;
+        put_head(&tx, row)?;
+        put_revision(&tx, row, device, change, log)?;
+        put_parents(&tx, &row.id, parents)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Starts a transaction for applying pulled entries.
+    pub fn sync_tx(&mut self) -> Result<SyncTx<'_>> {
+        Ok(SyncTx {
+            tx: self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?,
+        })
+    }
+
+    /// The record with this id (live or not).
+    pub fn by_id(&self, id: &str) -> Result<Option<RecordRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {ROW_COLUMNS} FROM records WHERE id = ?1"),
+                [id],
+                read_row,
+            )
+            .optional()?)
+    }
+
+    /// `device`'s log entries after `after`, at most `limit`, in order.
+    pub fn log_after(&self, device: &str, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT log_index, body FROM revisions WHERE device = ?1 AND log_index > ?2
+             ORDER BY log_index LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![device, after as i64, limit as i64], |r| {
+                Ok(LogEntry {
+                    index: r.get::<_, i64>(0)? as u64,
+                    body: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The last index in `device`'s log (0 when empty) and the highest clock
+    /// of any revision.
+    pub fn log_heads(&self, device: &str) -> Result<(u64, u64)> {
+        let last: i64 = self.conn.query_row(
+            "SELECT coalesce(max(log_index), 0) FROM revisions WHERE device = ?1",
+            [device],
+            |r| r.get(0),
+        )?;
+        let clock: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(clock), 0) FROM revisions", [], |r| {
+                    r.get(0)
+                })?;
+        Ok((last as u64, clock as u64))
+    }
+
+    /// Entries pulled so far: device → last index applied.
+    pub fn seen(&self) -> Result<BTreeMap<String, u64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device, last_index FROM sync_seen")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Which entries of `device`'s log up to `through` are missing here.
+    pub fn log_holes(&self, device: &str, through: u64) -> Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT log_index FROM revisions WHERE device = ?1 AND log_index <= ?2
+             ORDER BY log_index",
+        )?;
+        let have = stmt
+            .query_map(params![device, through as i64], |r| {
+                r.get::<_, i64>(0).map(|i| i as u64)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut holes = Vec::new();
+        let mut next = 1;
+        for i in have {
+            holes.extend(next..i);
+            next = i + 1;
+        }
+        holes.extend(next..=through);
+        Ok(holes)
+    }
+
+    /// Every live record whose head is not in any log (written before sync).
+    pub fn unlogged_heads(&self) -> Result<Vec<RecordRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM records r JOIN revisions v
+               ON v.record_id = r.id AND v.revision = r.revision
+             WHERE r.deleted = 0 AND v.log_index IS NULL",
+            ROW_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let rows = stmt
+            .query_map([], read_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Open conflicts, newest first.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT v.record_id, v.revision, v.device, v.updated_at, v.deleted, r.revision
+             FROM revisions v JOIN records r ON r.id = v.record_id
+             WHERE v.log_index IS NOT NULL AND v.revision != r.revision
+               AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
+                               AND p.parent_device = v.device AND p.parent_index = v.log_index)
+             ORDER BY v.updated_at DESC, v.record_id, v.revision",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ConflictRow {
+                    record_id: r.get(0)?,
+                    revision: r.get::<_, i64>(1)? as u64,
+                    device: r.get(2)?,
+                    updated_at: r.get(3)?,
+                    deleted: r.get::<_, i64>(4)? != 0,
+                    head: r.get::<_, i64>(5)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The open conflicts' places of one record (what a new revision of it
+    /// resolves by naming them as parents).
+    pub fn conflict_refs(&self, record_id: &str) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT v.device, v.log_index FROM revisions v JOIN records r ON r.id = v.record_id
+             WHERE v.record_id = ?1 AND v.log_index IS NOT NULL AND v.revision != r.revision
+               AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
+                               AND p.parent_device = v.device AND p.parent_index = v.log_index)
+             ORDER BY v.device, v.log_index",
+        )?;
+        let rows = stmt
+            .query_map([record_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Where revision `revision` of a record sits in the logs, if logged.
+    pub fn log_place(&self, record_id: &str, revision: u64) -> Result<Option<(String, u64)>> {
+        let r: Option<(String, Option<i64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT device, log_index FROM revisions WHERE record_id = ?1 AND revision = ?2",
+            )?
+            .query_row(params![record_id, revision as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(r.and_then(|(d, i)| i.map(|i| (d, i as u64))))
+    }
+
+    /// The head's rank `(clock, device)`; `None` for a head written before sync.
+    pub fn head_rank(&self, record_id: &str) -> Result<Option<(u64, String)>> {
+        head_rank(&self.conn, record_id)
     }
 
     /// History of a record, newest first.
@@ -471,6 +676,178 @@ impl Store {
     }
 }
 
+fn put_head(tx: &rusqlite::Transaction<'_>, row: &RecordRow) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO records ({ROW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT(id) DO UPDATE SET name_mac = excluded.name_mac, kind = excluded.kind,
+           revision = excluded.revision, updated_at = excluded.updated_at,
+           expires_at = excluded.expires_at, deleted = excluded.deleted, body = excluded.body,
+           shadowed = excluded.shadowed"
+    ))?
+    .execute(params![
+        row.id,
+        row.name_mac,
+        row.kind,
+        row.revision as i64,
+        row.created_at,
+        row.updated_at,
+        row.expires_at,
+        row.deleted as i64,
+        row.body,
+        row.shadowed as i64,
+    ])?;
+    Ok(())
+}
+
+fn put_revision(
+    tx: &rusqlite::Transaction<'_>,
+    row: &RecordRow,
+    device: &str,
+    change: &str,
+    log: Option<LogStamp>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO revisions
+           (record_id, revision, updated_at, device, change, deleted, body, log_index, clock)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        row.id,
+        row.revision as i64,
+        row.updated_at,
+        device,
+        change,
+        row.deleted as i64,
+        row.body,
+        log.map(|l| l.index as i64),
+        log.map(|l| l.clock as i64),
+    ])?;
+    Ok(())
+}
+
+fn head_rank(conn: &Connection, record_id: &str) -> Result<Option<(u64, String)>> {
+    let r: Option<(Option<i64>, String)> = conn
+        .prepare_cached(
+            "SELECT v.clock, v.device FROM records r JOIN revisions v
+               ON v.record_id = r.id AND v.revision = r.revision WHERE r.id = ?1",
+        )?
+        .query_row([record_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(r.and_then(|(c, d)| c.map(|c| (c as u64, d))))
+}
+
+fn put_parents(
+    tx: &rusqlite::Transaction<'_>,
+    record_id: &str,
+    parents: &[(String, u64)],
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO log_parents (record_id, parent_device, parent_index) VALUES (?1, ?2, ?3)",
+    )?;
+    for (d, i) in parents {
+        stmt.execute(params![record_id, d, *i as i64])?;
+    }
+    Ok(())
+}
+
+fn next_revision(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<u64> {
+    let max: i64 = tx.query_row(
+        "SELECT coalesce(max(revision), 0) FROM revisions WHERE record_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    Ok(max as u64 + 1)
+}
+
+/// Applies pulled log entries in one transaction (SPEC §11).
+#[derive(Debug)]
+pub struct SyncTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl SyncTx<'_> {
+    /// Whether `device`'s entry `index` is already here.
+    pub fn has_entry(&self, device: &str, index: u64) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM revisions WHERE device = ?1 AND log_index = ?2")?
+            .exists(params![device, index as i64])?)
+    }
+
+    /// The record with this id.
+    pub fn by_id(&self, id: &str) -> Result<Option<RecordRow>> {
+        Ok(self
+            .tx
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM records WHERE id = ?1"))?
+            .query_row([id], read_row)
+            .optional()?)
+    }
+
+    /// Adds a pulled revision to `row.id`'s history and returns its local
+    /// revision number; when `head`, `row` becomes the record's head.
+    pub fn add_revision(
+        &mut self,
+        row: &mut RecordRow,
+        device: &str,
+        change: &str,
+        log: LogStamp,
+        head: bool,
+    ) -> Result<u64> {
+        let revision = next_revision(&self.tx, &row.id)?;
+        let keep = row.revision;
+        row.revision = revision;
+        if head {
+            put_head(&self.tx, row)?;
+        } else if self.by_id(&row.id)?.is_none() {
+            return Err(StoreError::Damaged(format!(
+                "record {} has no head to keep",
+                row.id
+            )));
+        }
+        put_revision(&self.tx, row, device, change, Some(log))?;
+        if !head {
+            row.revision = keep;
+        }
+        Ok(revision)
+    }
+
+    /// Files a record under another blind index (a name won or lost).
+    pub fn set_name(&mut self, id: &str, name_mac: &[u8], shadowed: bool) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE records SET name_mac = ?2, shadowed = ?3 WHERE id = ?1")?
+            .execute(params![id, name_mac, shadowed as i64])?;
+        Ok(())
+    }
+
+    /// Notes which logged revisions `record_id`'s new revision was written over.
+    pub fn add_parents(&mut self, record_id: &str, parents: &[(String, u64)]) -> Result<()> {
+        put_parents(&self.tx, record_id, parents)?;
+        Ok(())
+    }
+
+    /// The head's rank, as [`Store::head_rank`].
+    pub fn head_rank(&self, record_id: &str) -> Result<Option<(u64, String)>> {
+        head_rank(&self.tx, record_id)
+    }
+
+    /// Notes that `device`'s log is applied through `index`.
+    pub fn set_seen(&mut self, device: &str, index: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO sync_seen (device, last_index) VALUES (?1, ?2)
+                 ON CONFLICT(device) DO UPDATE SET last_index = max(last_index, excluded.last_index)",
+            )?
+            .execute(params![device, index as i64])?;
+        Ok(())
+    }
+
+    /// Makes it all durable.
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
 /// Creates a new, empty vault database at `path`, which must not exist. The
 /// file is created 0600 before SQLite opens it, so SQLite's `-wal` and `-shm`
 /// files inherit 0600 too.
@@ -484,6 +861,8 @@ pub fn create(path: &Path) -> Result<Store> {
 mod tests {
     use super::*;
 
+    const STAMP: LogStamp = LogStamp { index: 1, clock: 1 };
+
     fn row(id: &str, mac: &[u8]) -> RecordRow {
         RecordRow {
             id: id.into(),
@@ -495,6 +874,7 @@ mod tests {
             expires_at: None,
             deleted: false,
             body: b"ct".to_vec(),
+            shadowed: false,
         }
     }
 
@@ -502,18 +882,23 @@ mod tests {
     fn live_names_are_unique_and_history_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = create(&tmp.path().join("v.db")).unwrap();
-        s.insert(&[row("a", b"m1")], "dev").unwrap();
+        s.insert(&[row("a", b"m1")], "dev", &[STAMP]).unwrap();
         assert!(matches!(
-            s.insert(&[row("b", b"m1")], "dev"),
+            s.insert(&[row("b", b"m1")], "dev", &[STAMP]),
             Err(StoreError::NameTaken)
         ));
         let mut head = s.find_live(b"m1").unwrap().unwrap();
-        head.revision = 2;
         head.deleted = true;
-        s.update(&head, "dev", "remove").unwrap();
+        s.update(&mut head, "dev", "remove", None, &[]).unwrap();
+        assert_eq!(head.revision, 2);
         assert!(s.find_live(b"m1").unwrap().is_none());
         assert!(s.find_latest(b"m1").unwrap().unwrap().deleted);
-        s.insert(&[row("b", b"m1")], "dev").unwrap();
+        s.insert(
+            &[row("b", b"m1")],
+            "dev",
+            &[LogStamp { index: 2, clock: 2 }],
+        )
+        .unwrap();
         assert_eq!(s.find_latest(b"m1").unwrap().unwrap().id, "b");
         let hist = s.revisions("a").unwrap();
         assert_eq!(
@@ -527,10 +912,10 @@ mod tests {
     fn stale_revision_update_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = create(&tmp.path().join("v.db")).unwrap();
-        s.insert(&[row("a", b"m")], "dev").unwrap();
+        s.insert(&[row("a", b"m")], "dev", &[STAMP]).unwrap();
         let mut head = s.find_live(b"m").unwrap().unwrap();
         head.revision = 5;
-        assert!(s.update(&head, "dev", "set").is_err());
+        assert!(s.update(&mut head, "dev", "set", None, &[]).is_err());
     }
 
     #[test]

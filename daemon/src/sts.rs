@@ -251,7 +251,7 @@ pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
 
 /// The error and its causes, one line (reqwest's top error alone says
 /// little: "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -69,11 +69,13 @@ fn blind_index_is_frozen() {
 fn frozen_records_decrypt_with_every_revision() {
     let key = key();
     let (_dir, store) = store_copy();
-    // The v1 fixture is migrated on open (v2 added the emitters table).
-    assert_eq!(SCHEMA_VERSION, 2, "a new schema: check its migration here");
+    // The v1 fixture is migrated on open (v2 added the emitters table, v3
+    // the sync bookkeeping).
+    assert_eq!(SCHEMA_VERSION, 3, "a new schema: check its migration here");
+    // v2 bodies add the sync stamp; v1 bodies (these) decode without one.
     assert_eq!(
-        BODY_VERSION, 1,
-        "a new body version needs a new fixture dir"
+        BODY_VERSION, 2,
+        "a new body version: freeze its JSON in v2_body_json_is_frozen's way"
     );
     assert_eq!(
         store.meta("key_id").unwrap().as_deref(),
@@ -87,6 +89,11 @@ fn frozen_records_decrypt_with_every_revision() {
     assert_eq!(row.revision, 2);
     assert_eq!(row.kind, "token");
     let body = RecordBody::from_bytes(&key.decrypt(&row.body).unwrap(), &row.id).unwrap();
+    assert!(body.sync.is_none(), "a v1 body has no sync stamp");
+    assert!(
+        store.unlogged_heads().unwrap().len() == 2,
+        "records from before sync are enrolled at the first sync"
+    );
     assert_eq!(body.name, "golden/token");
     assert_eq!(body.kind, CredentialType::Token);
     assert_eq!(body.description.as_deref(), Some("frozen v1 record"));
@@ -132,4 +139,23 @@ fn a_body_filed_under_another_record_is_refused() {
         .unwrap();
     let swapped = key.decrypt(&aws.body).unwrap();
     assert!(RecordBody::from_bytes(&swapped, &token.id).is_err());
+}
+
+/// The v2 body (with its sync stamp) as written, frozen.
+const V2_BODY: &str = r#"{"v":2,"id":"0123456789abcdef0123456789abcdef","name":"golden/token","type":"token","description":null,"tags":["golden"],"fields":{"token":"golden-token-v3"},"expires_at":"2030-01-02T03:04:05Z","sync":{"device":"d1","index":7,"clock":123456789,"parents":[{"device":"d0","index":3}],"change":"set"}}"#;
+
+#[test]
+fn v2_body_json_is_frozen() {
+    let body = RecordBody::from_bytes(V2_BODY.as_bytes(), "0123456789abcdef0123456789abcdef")
+        .expect("the frozen v2 body decodes");
+    let stamp = body.sync.as_ref().unwrap();
+    assert_eq!((stamp.device.as_str(), stamp.index), ("d1", 7));
+    assert_eq!(stamp.clock, 123_456_789);
+    assert_eq!(stamp.parents.len(), 1);
+    assert!(!stamp.deleted);
+    assert_eq!(String::from_utf8_lossy(&body.to_bytes()), V2_BODY);
+    let tomb = V2_BODY.replace(r#""change":"set"}"#, r#""change":"remove","deleted":true}"#);
+    let body = RecordBody::parse(tomb.as_bytes()).unwrap();
+    assert!(body.sync.as_ref().unwrap().deleted);
+    assert_eq!(String::from_utf8_lossy(&body.to_bytes()), tomb);
 }

@@ -44,6 +44,7 @@ pub fn check(data: &[u8]) {
     assert_eq!(again.tags, body.tags);
     assert!(again.fields == body.fields, "the fields changed");
     assert_eq!(again.expires_at, body.expires_at);
+    assert_eq!(again.sync, body.sync);
     assert_eq!(
         String::from_utf8_lossy(&again.to_bytes()),
         String::from_utf8_lossy(&bytes),

@@ -251,6 +251,29 @@ pub enum Request {
     },
     /// Stop the daemon (locks first).
     Shutdown,
+    /// Log in to a `vault-server` (SPEC §11): the daemon checks the token by
+    /// exchanging it for a JWT, then keeps it encrypted in the vault (or, on
+    /// a device without a vault yet, in memory for `Join`). Answered by
+    /// [`Response::LoggedIn`].
+    Login {
+        /// The server's base URL (`https://…`, or `http://` on loopback).
+        url: String,
+        /// The access token.
+        token: SecretValue,
+    },
+    /// Create this device's copy of a vault kept on the server: downloads
+    /// `identity.age`, opens it with the passphrase. Needs `Login` first.
+    /// Answered by [`Response::Initialized`].
+    Join {
+        /// The vault id.
+        vault_id: String,
+        /// The vault passphrase.
+        passphrase: SecretValue,
+    },
+    /// Push and pull now; answered by [`Response::Synced`].
+    SyncNow,
+    /// Open sync conflicts; answered by [`Response::Conflicts`].
+    Conflicts,
 }
 
 impl Request {
@@ -276,7 +299,10 @@ impl Request {
             | Request::EmitDocker { .. }
             | Request::EmitRepair
             | Request::EmitList
-            | Request::EmitRemove { .. } => true,
+            | Request::EmitRemove { .. }
+            | Request::Login { .. }
+            | Request::SyncNow
+            | Request::Conflicts => true,
             Request::Hello { .. }
             | Request::Status
             | Request::Init { .. }
@@ -284,6 +310,7 @@ impl Request {
             | Request::Lock
             | Request::PromptLease
             | Request::WaitUnlocked { .. }
+            | Request::Join { .. }
             | Request::Shutdown => false,
         }
     }
@@ -393,6 +420,79 @@ pub enum Response {
         /// The revisions.
         revisions: Vec<RevisionInfo>,
     },
+    /// Answer to `Login`.
+    LoggedIn {
+        /// The server.
+        server: String,
+        /// The vault on it, when this device has one (`None`: run
+        /// `vault init --join VAULT_ID` next).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vault_id: Option<String>,
+    },
+    /// Answer to `SyncNow`.
+    Synced(SyncReport),
+    /// Answer to `Conflicts`, newest first.
+    Conflicts {
+        /// The open conflicts.
+        conflicts: Vec<ConflictInfo>,
+    },
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Local changes pushed.
+    pub pushed: u64,
+    /// Remote changes applied.
+    pub pulled: u64,
+    /// Open conflicts after it.
+    pub conflicts: u64,
+    /// Pulled entries that were refused (why), never applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// What kind of conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// Two devices changed one record concurrently: the later revision is
+    /// current, `revision` is the other, kept in history.
+    Edit,
+    /// Two devices gave one name to different records: this one is listed
+    /// under a derived name.
+    Name,
+}
+
+/// One open conflict (`vault conflicts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    /// The record as listed now.
+    pub name: String,
+    /// Edit or name.
+    pub kind: ConflictKind,
+    /// `edit`: the revision that lost, kept in history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// The record's current revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+    /// The device that wrote the losing revision (`edit`) or the record's
+    /// head (`name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// When the losing revision was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+    /// `edit`: the losing revision was a deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// `edit`: the winner deleted the record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted_head: bool,
+    /// `name`: the name it lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<String>,
 }
 
 /// Daemon and vault state (`vault status`).

@@ -8,6 +8,7 @@ mod doctor;
 mod emit;
 mod import;
 mod records;
+mod sync;
 mod vault;
 
 use clap::CommandFactory;
@@ -104,6 +105,12 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Doctor => doctor::run(&mut ctx),
+        Command::Login(args) => sync::login(&mut ctx, &args),
+        Command::Sync { action, now: _ } => match action {
+            Some(crate::args::SyncAction::Status) => sync::status(&mut ctx),
+            Some(crate::args::SyncAction::Now) | None => sync::now(&mut ctx),
+        },
+        Command::Conflicts => sync::conflicts(&mut ctx),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;
     Ok(ctx.exit_code)

@@ -9,7 +9,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError};
 
 use super::Ctx;
-use crate::args::PassphraseArgs;
+use crate::args::{InitArgs, PassphraseArgs};
 use crate::client::Client;
 use crate::error::{CliResult, locked, unexpected, usage};
 use crate::input::{self, PassphraseSource};
@@ -22,8 +22,11 @@ const PROMPT_TRIES: u32 = 3;
 const WAIT_UNLOCKED_MS: u64 = 120_000;
 
 /// `vault init`: create the vault; print its recipient.
-pub fn init(ctx: &mut Ctx, args: &PassphraseArgs) -> CliResult<()> {
-    let source = PassphraseSource::find(args.passphrase_stdin).ok_or_else(|| {
+pub fn init(ctx: &mut Ctx, args: &InitArgs) -> CliResult<()> {
+    if let Some(vault_id) = &args.join {
+        return super::sync::join(ctx, vault_id, &args.passphrase);
+    }
+    let source = PassphraseSource::find(args.passphrase.passphrase_stdin).ok_or_else(|| {
         usage(
             "vault init needs a new passphrase and there is no terminal to ask for it: \
              pipe it with --passphrase-stdin or set VAULT_PASSPHRASE_FILE=PATH",
@@ -52,12 +55,7 @@ pub fn init(ctx: &mut Ctx, args: &PassphraseArgs) -> CliResult<()> {
             vault_id,
             recipient,
         } => {
-            if ctx.out.json {
-                ctx.out
-                    .json(&json!({ "vault_id": vault_id, "recipient": recipient }))?;
-            } else {
-                ctx.out.line(&recipient);
-            }
+            print_initialized(ctx, &vault_id, &recipient)?;
             ctx.out.info(&format!(
                 "created vault {vault_id} in {}; it is unlocked",
                 ctx.target.paths.data_dir.display()
@@ -65,6 +63,17 @@ pub fn init(ctx: &mut Ctx, args: &PassphraseArgs) -> CliResult<()> {
             Ok(())
         }
         _ => Err(unexpected("init")),
+    }
+}
+
+/// The answer to `init` and `init --join`: the recipient (or JSON).
+pub(super) fn print_initialized(ctx: &mut Ctx, vault_id: &str, recipient: &str) -> CliResult<()> {
+    if ctx.out.json {
+        ctx.out
+            .json(&json!({ "vault_id": vault_id, "recipient": recipient }))
+    } else {
+        ctx.out.line(recipient);
+        Ok(())
     }
 }
 
@@ -217,7 +226,7 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
     Ok(())
 }
 
-fn sync_line(status: &StatusInfo, now: Timestamp) -> String {
+pub(super) fn sync_line(status: &StatusInfo, now: Timestamp) -> String {
     let sync = &status.sync;
     let Some(server) = &sync.server else {
         return "not set up".into();
@@ -250,7 +259,7 @@ fn lock_times(status: &StatusInfo) -> String {
     }
 }
 
-fn status_info(ctx: &mut Ctx) -> CliResult<StatusInfo> {
+pub(super) fn status_info(ctx: &mut Ctx) -> CliResult<StatusInfo> {
     match ctx.call(Request::Status)? {
         Response::Status(status) => Ok(status),
         _ => Err(unexpected("status")),
@@ -265,7 +274,7 @@ fn send_unlock(ctx: &mut Ctx, passphrase: SecretValue) -> CliResult<StatusInfo> 
 }
 
 /// Prompts for the passphrase until it unlocks the vault (a few tries).
-fn prompt_unlock(ctx: &mut Ctx) -> CliResult<StatusInfo> {
+pub(super) fn prompt_unlock(ctx: &mut Ctx) -> CliResult<StatusInfo> {
     let mut tries = 0;
     loop {
         tries += 1;

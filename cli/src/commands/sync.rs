@@ -1,0 +1,227 @@
+//! `login`, `init --join`, `sync`, `sync status`, `conflicts` (SPEC §11).
+//! The daemon does the work; these only gather secrets from files or the
+//! terminal (never argv) and print what happened.
+
+use std::io::{self, IsTerminal, Read};
+
+use serde_json::json;
+use vault_protocol::message::ConflictKind;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError};
+use zeroize::Zeroizing;
+
+use super::Ctx;
+use crate::args::{LoginArgs, PassphraseArgs};
+use crate::error::{CliResult, failed, unexpected, usage};
+use crate::input::{self, PassphraseSource};
+use crate::output::relative;
+
+/// Reads the access token: from `--token-file` (`-` is stdin), else a hidden
+/// prompt on a terminal.
+fn read_token(args: &LoginArgs) -> CliResult<SecretValue> {
+    let text = match &args.token_file {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut buf = Zeroizing::new(String::new());
+            io::stdin()
+                .read_to_string(&mut buf)
+                .map_err(|e| failed(format!("cannot read the token from stdin: {e}")))?;
+            buf
+        }
+        Some(path) => {
+            let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+                failed(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
+            })?);
+            Zeroizing::new(
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| usage(format!("{} is not text", path.display())))?,
+            )
+        }
+        None if io::stdin().is_terminal() => {
+            let t = input::prompt_hidden("Access token: ")?;
+            Zeroizing::new(t.expose_secret().to_owned())
+        }
+        None => {
+            return Err(usage(
+                "vault login needs the access token and there is no terminal to ask for it: \
+                 use --token-file FILE (or --token-file - for stdin)",
+            ));
+        }
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(usage("the access token is empty"));
+    }
+    Ok(SecretValue::from(token))
+}
+
+/// `vault login URL [--token-file F]`.
+pub fn login(ctx: &mut Ctx, args: &LoginArgs) -> CliResult<()> {
+    let token = read_token(args)?;
+    let answer = ctx.call_unlocked(&|| Request::Login {
+        url: args.url.clone(),
+        token: SecretValue::from(token.expose_secret()),
+    })?;
+    match answer {
+        Response::LoggedIn { server, vault_id } => {
+            if ctx.out.json {
+                ctx.out
+                    .json(&json!({ "server": server, "vault_id": vault_id }))?;
+            }
+            match vault_id {
+                Some(id) => ctx.out.info(&format!(
+                    "logged in to {server}; vault {id} syncs there from now on ('vault sync \
+                     status')"
+                )),
+                None => ctx.out.info(&format!(
+                    "logged in to {server}; this device has no vault yet: run 'vault init \
+                     --join VAULT_ID'"
+                )),
+            }
+            Ok(())
+        }
+        _ => Err(unexpected("login")),
+    }
+}
+
+/// `vault init --join VAULT_ID`.
+pub fn join(ctx: &mut Ctx, vault_id: &str, args: &PassphraseArgs) -> CliResult<()> {
+    let source = PassphraseSource::find(args.passphrase_stdin).ok_or_else(|| {
+        usage(
+            "vault init --join needs the vault's passphrase and there is no terminal to ask \
+             for it: pipe it with --passphrase-stdin or set VAULT_PASSPHRASE_FILE=PATH",
+        )
+    })?;
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        let (passphrase, prompted) = match source.read_non_interactive()? {
+            Some(p) => (p, false),
+            None => (
+                input::prompt_hidden("Passphrase of the vault to join: ")?,
+                true,
+            ),
+        };
+        match ctx.call(Request::Join {
+            vault_id: vault_id.to_owned(),
+            passphrase,
+        }) {
+            Err(e) if e.code == ErrorCode::BadPassphrase && prompted && tries < 3 => {
+                eprintln!("vault: {}", e.message);
+            }
+            other => break other?,
+        }
+    };
+    match answer {
+        Response::Initialized {
+            vault_id,
+            recipient,
+        } => {
+            super::vault::print_initialized(ctx, &vault_id, &recipient)?;
+            let status = super::vault::status_info(ctx)?;
+            ctx.out.info(&format!(
+                "joined vault {vault_id} in {}; it is unlocked and holds {} credential(s)",
+                ctx.target.paths.data_dir.display(),
+                status.records.unwrap_or(0)
+            ));
+            if let Some(e) = status.sync.last_error {
+                ctx.out.warn(&format!("the first sync did not finish: {e}"));
+            }
+            Ok(())
+        }
+        _ => Err(unexpected("join")),
+    }
+}
+
+/// `vault sync [--now]`.
+pub fn now(ctx: &mut Ctx) -> CliResult<()> {
+    match ctx.call_unlocked(&|| Request::SyncNow)? {
+        Response::Synced(report) => {
+            if ctx.out.json {
+                ctx.out.json(&report)?;
+            }
+            let mut line = format!(
+                "synced: {} change(s) pushed, {} pulled",
+                report.pushed, report.pulled
+            );
+            if report.conflicts > 0 {
+                line.push_str(&format!(
+                    "; {} conflict(s): see 'vault conflicts'",
+                    report.conflicts
+                ));
+            }
+            ctx.out.info(&line);
+            for r in &report.refused {
+                ctx.out.warn(r);
+            }
+            if report.refused.is_empty() {
+                Ok(())
+            } else {
+                Err(WireError::new(
+                    ErrorCode::Failed,
+                    "some pulled changes were refused (above); nothing local was lost",
+                ))
+            }
+        }
+        _ => Err(unexpected("sync")),
+    }
+}
+
+/// `vault sync status`.
+pub fn status(ctx: &mut Ctx) -> CliResult<()> {
+    let status = super::vault::status_info(ctx)?;
+    if ctx.out.json {
+        return ctx.out.json(&status.sync);
+    }
+    ctx.out
+        .line(&super::vault::sync_line(&status, Timestamp::now()));
+    Ok(())
+}
+
+/// `vault conflicts`.
+pub fn conflicts(ctx: &mut Ctx) -> CliResult<()> {
+    let conflicts = match ctx.call_unlocked(&|| Request::Conflicts)? {
+        Response::Conflicts { conflicts } => conflicts,
+        _ => return Err(unexpected("conflicts")),
+    };
+    if ctx.out.json {
+        return ctx.out.json(&conflicts);
+    }
+    if conflicts.is_empty() {
+        ctx.out.info("no conflicts");
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    for c in &conflicts {
+        let when = c.at.map(|t| relative(t, now)).unwrap_or_default();
+        let device = c.device.as_deref().unwrap_or("?");
+        let line = match c.kind {
+            ConflictKind::Edit => {
+                let what = if c.deleted { "deletion" } else { "change" };
+                let rev = c.revision.unwrap_or(0);
+                let head = if c.deleted_head {
+                    "the record was deleted by a later change".to_owned()
+                } else {
+                    format!("revision {} is current", c.head.unwrap_or(0))
+                };
+                format!(
+                    "{}: a concurrent {what} from device {device} ({when}) lost and is kept as \
+                     revision {rev}; {head}. 'vault restore {} --revision {rev}' makes it \
+                     current; any change to it clears this",
+                    c.name, c.name
+                )
+            }
+            ConflictKind::Name => format!(
+                "{}: another credential took the name '{}' at the same time; this one is listed \
+                 as {} until you 'vault rename' it",
+                c.name,
+                c.claims.as_deref().unwrap_or("?"),
+                c.name
+            ),
+        };
+        ctx.out.line(&line);
+    }
+    Ok(())
+}

@@ -1,0 +1,700 @@
+//! Sync with `vault-server` (SPEC §11): login, joining a vault from a new
+//! device, push and pull, and the background loop. The engine decides what
+//! to push and how pulled entries apply ([`crate::engine::sync`]); this
+//! module only talks HTTP and keeps the state `vault status` shows.
+//!
+//! One sync at a time. The access token lives encrypted in the vault; the
+//! JWT it is exchanged for lives in memory only and is renewed a minute
+//! before it expires, or at once when the server answers 401.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use vault_protocol::message::{SyncReport, SyncStatus};
+use vault_protocol::server_api::{
+    self, ErrorBody, HeadsResponse, JwtResponse, LogRecord, NewVault, PullRequest, PullResponse,
+    PushRecord, PushRequest, PushResponse, VaultInfo,
+};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
+
+use crate::engine::sync::{Joined, Pulled, Target};
+use crate::server::Daemon;
+
+/// The longest backoff after failures.
+pub const PERIOD: Duration = Duration::from_secs(300);
+/// Wait this long after a change before syncing (changes come in bursts).
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// First retry delay after a failure; doubles up to [`PERIOD`].
+const BACKOFF: Duration = Duration::from_secs(2);
+/// Every HTTP call's limit.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Push at most this many bytes of ciphertext per request (the server
+/// takes 8 MiB of records, base64 makes them a third bigger).
+const PUSH_BYTES: usize = 6 << 20;
+
+#[derive(Debug, Default)]
+struct State {
+    /// JWT for (server, token hash).
+    jwt: Option<(String, SecretValue, Instant)>,
+    last_sync: Option<Timestamp>,
+    last_error: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// A login made before this device has a vault (for `Join`).
+    pending: Option<(String, SecretValue)>,
+}
+
+/// Sync state shared by requests and the background loop.
+#[derive(Debug)]
+pub struct Syncer {
+    state: Mutex<State>,
+    gate: tokio::sync::Mutex<()>,
+    kick: Notify,
+    http: reqwest::Client,
+}
+
+impl Default for Syncer {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            gate: tokio::sync::Mutex::new(()),
+            kick: Notify::new(),
+            // Building a client without TLS roots configured cannot fail.
+            http: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Syncer {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something changed locally: sync soon.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// For `vault status`.
+    pub fn status(&self, server: Option<String>, queued: u64) -> SyncStatus {
+        let st = self.state();
+        SyncStatus {
+            server,
+            last_sync: st.last_sync,
+            queued,
+            last_error: st.last_error.clone(),
+        }
+    }
+}
+
+/// A failed call, already phrased for the user.
+#[derive(Debug)]
+enum CallError {
+    /// No answer (network, timeout, TLS).
+    Unreachable(String),
+    /// An error answer.
+    Api(u16, server_api::ApiError),
+}
+
+impl CallError {
+    fn wire(self, url: &str) -> WireError {
+        match self {
+            CallError::Unreachable(why) => WireError::new(
+                ErrorCode::Unreachable,
+                format!("cannot reach {url}: {why}; changes stay queued and sync when it is back"),
+            ),
+            CallError::Api(401, _) => WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{url} refused the access token (expired or revoked?): run 'vault login {url} \
+                     --token-file FILE' with a new one"
+                ),
+            ),
+            CallError::Api(403, e) => WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{url} denied it: {} (ask its admin for that role)",
+                    e.message
+                ),
+            ),
+            CallError::Api(status, e) => WireError::new(
+                ErrorCode::Failed,
+                format!("{url} answered {status}: {}", e.message),
+            ),
+        }
+    }
+}
+
+/// Checks a server URL: HTTPS, or plain HTTP on loopback; no trailing `/`.
+pub fn check_url(url: &str) -> Result<String, WireError> {
+    let url = url.trim_end_matches('/');
+    vault_protocol::credential::check_sts_endpoint(url).map_err(|_| {
+        WireError::new(
+            ErrorCode::Usage,
+            format!(
+                "the server URL '{url}' must be https://… (plain http:// only on 127.0.0.1 or \
+                 localhost)"
+            ),
+        )
+    })?;
+    Ok(url.to_owned())
+}
+
+async fn call<T: DeserializeOwned>(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    bearer: &SecretValue,
+    body: Option<&impl Serialize>,
+) -> Result<T, CallError> {
+    let mut req = http
+        .request(method, url)
+        .bearer_auth(bearer.expose_secret());
+    if let Some(body) = body {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| CallError::Unreachable(format!("cannot encode the request: {e}")))?;
+        req = req.header("content-type", "application/json").body(json);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| CallError::Unreachable(crate::sts::error_chain(&e)))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| CallError::Unreachable(crate::sts::error_chain(&e)))?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::Api(
+                status,
+                api_error(format!("an answer this vault cannot read: {e}")),
+            )
+        });
+    }
+    let error = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| api_error(format!("HTTP {status}")));
+    Err(CallError::Api(status, error))
+}
+
+fn api_error(message: String) -> server_api::ApiError {
+    server_api::ApiError {
+        code: server_api::ApiErrorCode::Unknown,
+        message,
+        action: None,
+        resource: None,
+        expected_index: None,
+    }
+}
+
+/// An authenticated session with one server.
+struct Session<'a> {
+    syncer: &'a Syncer,
+    url: String,
+    token: SecretValue,
+}
+
+impl Session<'_> {
+    fn api(&self, path: &str) -> String {
+        format!("{}{}{path}", self.url, server_api::API_PREFIX)
+    }
+
+    async fn jwt(&self, fresh: bool) -> Result<SecretValue, CallError> {
+        let key = format!(
+            "{} {}",
+            self.url,
+            hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                self.token.expose_secret().as_bytes()
+            ))
+        );
+        if !fresh
+            && let Some((k, jwt, until)) = &self.syncer.state().jwt
+            && *k == key
+            && Instant::now() < *until
+        {
+            return Ok(SecretValue::from(jwt.expose_secret()));
+        }
+        let answer: JwtResponse = call(
+            &self.syncer.http,
+            reqwest::Method::POST,
+            &self.api("/auth/token"),
+            &self.token,
+            None::<&()>,
+        )
+        .await?;
+        let left = answer.expires_at.unix() - Timestamp::now().unix();
+        let until = Instant::now() + Duration::from_secs(left.saturating_sub(60).max(0) as u64);
+        let jwt = SecretValue::from(answer.jwt.expose_secret());
+        self.syncer.state().jwt = Some((key, answer.jwt, until));
+        Ok(jwt)
+    }
+
+    /// One API call with the JWT, renewed once on a 401.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, CallError> {
+        let jwt = self.jwt(false).await?;
+        match call(
+            &self.syncer.http,
+            method.clone(),
+            &self.api(path),
+            &jwt,
+            body,
+        )
+        .await
+        {
+            Err(CallError::Api(401, _)) => {
+                let jwt = self.jwt(true).await?;
+                call(&self.syncer.http, method, &self.api(path), &jwt, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// The vault on the server; created from this device when missing.
+    /// Refuses a vault whose key is not this one's.
+    async fn ensure_vault(&self, t: &Target) -> Result<(), WireError> {
+        let path = format!("/vaults/{}", t.vault_id);
+        let info: VaultInfo = match self.call(reqwest::Method::GET, &path, None::<&()>).await {
+            Ok(info) => info,
+            Err(CallError::Api(404, _)) => {
+                let new = NewVault {
+                    id: t.vault_id.clone(),
+                    key_id: t.key_id.clone(),
+                    identity: base64::engine::general_purpose::STANDARD.encode(&t.identity),
+                };
+                let created: Result<VaultInfo, _> = self
+                    .call(reqwest::Method::POST, "/vaults", Some(&new))
+                    .await;
+                match created {
+                    Ok(info) => {
+                        info!(vault_id = %t.vault_id, "vault created on the server");
+                        info
+                    }
+                    Err(CallError::Api(409, _)) => self
+                        .call(reqwest::Method::GET, &path, None::<&()>)
+                        .await
+                        .map_err(|e| e.wire(&self.url))?,
+                    Err(e) => return Err(e.wire(&self.url)),
+                }
+            }
+            Err(e) => return Err(e.wire(&self.url)),
+        };
+        if info.key_id != t.key_id {
+            return Err(key_mismatch(&self.url, &t.vault_id));
+        }
+        Ok(())
+    }
+}
+
+fn key_mismatch(url: &str, vault_id: &str) -> WireError {
+    WireError::new(
+        ErrorCode::Conflict,
+        format!(
+            "vault {vault_id} on {url} is encrypted to another key than this vault's: nothing \
+             was uploaded. This vault is not that one; join it on a fresh VAULT_HOME with \
+             'vault init --join {vault_id}'"
+        ),
+    )
+}
+
+/// `vault login URL`: checks the token, then keeps it (in the vault, or in
+/// memory until `Join` on a device without a vault).
+pub async fn login(d: &Arc<Daemon>, url: &str, token: SecretValue) -> Result<Response, WireError> {
+    let url = check_url(url)?;
+    if token.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            "the access token is empty",
+        ));
+    }
+    let (initialized, locked) = {
+        let e = d.engine();
+        (
+            e.sync_server().is_some() || e.is_initialized(),
+            e.is_locked(),
+        )
+    };
+    if initialized && locked {
+        return Err(WireError::new(
+            ErrorCode::Locked,
+            "vault is locked: run 'vault unlock'",
+        ));
+    }
+    let session = Session {
+        syncer: &d.syncer,
+        url: url.clone(),
+        token: SecretValue::from(token.expose_secret()),
+    };
+    session.jwt(true).await.map_err(|e| e.wire(&url))?;
+    if !initialized {
+        d.syncer.state().pending = Some((url.clone(), token));
+        info!("logged in; waiting for 'vault init --join'");
+        return Ok(Response::LoggedIn {
+            server: url,
+            vault_id: None,
+        });
+    }
+    let target = {
+        let mut e = d.engine();
+        e.save_login(&url, &token)?;
+        e.sync_target()?
+    };
+    let Some(target) = target else {
+        return Err(WireError::new(
+            ErrorCode::Internal,
+            "the login was not kept",
+        ));
+    };
+    if let Err(e) = session.ensure_vault(&target).await {
+        // Keep nothing that points at the wrong vault.
+        let _ = d.engine().forget_login();
+        return Err(e);
+    }
+    info!("logged in");
+    d.syncer.kick();
+    Ok(Response::LoggedIn {
+        server: url,
+        vault_id: Some(target.vault_id),
+    })
+}
+
+/// `vault init --join VAULT_ID`.
+pub async fn join(
+    d: &Arc<Daemon>,
+    vault_id: &str,
+    passphrase: SecretValue,
+) -> Result<Response, WireError> {
+    server_api::validate_id("vault id", vault_id)
+        .map_err(|e| WireError::new(ErrorCode::Usage, e))?;
+    let Some((url, token)) = d
+        .syncer
+        .state()
+        .pending
+        .as_ref()
+        .map(|(u, t)| (u.clone(), SecretValue::from(t.expose_secret())))
+    else {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            "log in first: 'vault login URL --token-file FILE', then 'vault init --join VAULT_ID'",
+        ));
+    };
+    if d.engine().is_initialized() {
+        return Err(WireError::new(
+            ErrorCode::AlreadyExists,
+            "this device already has a vault: join from a new VAULT_HOME",
+        ));
+    }
+    let session = Session {
+        syncer: &d.syncer,
+        url: url.clone(),
+        token: SecretValue::from(token.expose_secret()),
+    };
+    let info: VaultInfo = session
+        .call(
+            reqwest::Method::GET,
+            &format!("/vaults/{vault_id}"),
+            None::<&()>,
+        )
+        .await
+        .map_err(|e| match e {
+            CallError::Api(404, _) => WireError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "{url} has no vault {vault_id}: check the id ('vault status' on a device \
+                     that has the vault shows it)"
+                ),
+            ),
+            e => e.wire(&url),
+        })?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&info.identity)
+        .map_err(|_| WireError::new(ErrorCode::Failed, "the server sent an unreadable identity"))?;
+    let key = {
+        let sealed = sealed.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::crypto::VaultKey::open(&sealed, passphrase.expose_secret())
+        })
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "join failed; see vaultd.log"))?
+        .map_err(|e| match e {
+            crate::crypto::KeyError::BadPassphrase => WireError::new(
+                ErrorCode::BadPassphrase,
+                "wrong passphrase for that vault: nothing was written; try again",
+            ),
+            crate::crypto::KeyError::Damaged(why) => WireError::new(
+                ErrorCode::Failed,
+                format!("the vault's identity on the server is damaged: {why}"),
+            ),
+        })?
+    };
+    if key.key_id() != info.key_id {
+        return Err(key_mismatch(&url, vault_id));
+    }
+    let recipient = d.engine().join(
+        Joined {
+            key,
+            sealed,
+            vault_id: vault_id.to_owned(),
+            url,
+            token,
+        },
+        Timestamp::now(),
+    )?;
+    d.syncer.state().pending = None;
+    info!(vault_id, "joined");
+    if let Err(e) = sync_now(d).await {
+        warn!(error = %e.message, "first sync after join failed");
+    }
+    Ok(Response::Initialized {
+        vault_id: vault_id.to_owned(),
+        recipient,
+    })
+}
+
+/// Push, then pull, now. One at a time.
+pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
+    let _one = d.syncer.gate.lock().await;
+    let target = blocking(d, |e| {
+        e.enroll(Timestamp::now())?;
+        e.sync_target()
+    })
+    .await?;
+    let Some(target) = target else {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            "this vault is not synced: run 'vault login URL --token-file FILE' first",
+        ));
+    };
+    let result = run(d, target).await;
+    let mut st = d.syncer.state();
+    match &result {
+        Ok(report) => {
+            st.last_sync = Some(Timestamp::now());
+            st.last_error = report
+                .refused
+                .first()
+                .map(|r| format!("{} pulled entries refused: {r}", report.refused.len()));
+            st.failures = 0;
+            st.retry_at = None;
+        }
+        Err(e) => {
+            st.last_error = Some(e.message.clone());
+            st.failures = st.failures.saturating_add(1);
+            st.retry_at = Some(Instant::now() + backoff(st.failures));
+        }
+    }
+    result
+}
+
+/// The delay before retry `failures`: doubling from [`BACKOFF`] up to
+/// [`PERIOD`], less up to a quarter at random so devices spread out.
+fn backoff(failures: u32) -> Duration {
+    let full = BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(PERIOD);
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let jitter = full.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) / 4.0);
+    full - jitter
+}
+
+async fn blocking<T: Send + 'static>(
+    d: &Arc<Daemon>,
+    f: impl FnOnce(&mut crate::engine::Engine) -> Result<T, WireError> + Send + 'static,
+) -> Result<T, WireError> {
+    let d = Arc::clone(d);
+    tokio::task::spawn_blocking(move || f(&mut d.engine()))
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "sync failed; see vaultd.log"))?
+}
+
+async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
+    let session = Session {
+        syncer: &d.syncer,
+        url: t.url.clone(),
+        token: SecretValue::from(t.token.expose_secret()),
+    };
+    let wire = |e: CallError| e.wire(&t.url);
+    session.ensure_vault(&t).await?;
+    let mut report = SyncReport::default();
+
+    // Push this device's log from where the server's copy ends.
+    let mut pushed = t.pushed;
+    let mut conflicts_seen = 0;
+    loop {
+        let after = pushed;
+        let entries = blocking(d, move |e| {
+            e.log_after(after, server_api::MAX_BATCH_RECORDS)
+        })
+        .await?;
+        if entries.is_empty() {
+            break;
+        }
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            bytes += entry.body.len();
+            if bytes > PUSH_BYTES && !records.is_empty() {
+                break;
+            }
+            records.push(PushRecord {
+                index: entry.index,
+                key_id: t.key_id.clone(),
+                data: base64::engine::general_purpose::STANDARD.encode(&entry.body),
+            });
+        }
+        let n = records.len() as u64;
+        let req = PushRequest {
+            device_id: t.device.clone(),
+            records,
+        };
+        let path = format!("/vaults/{}/push", t.vault_id);
+        match session
+            .call::<PushResponse>(reqwest::Method::POST, &path, Some(&req))
+            .await
+        {
+            Ok(resp) => {
+                pushed = resp.head;
+                report.pushed += n;
+            }
+            // The server's log ends elsewhere: an earlier push landed but
+            // its answer was lost, or the server lost entries. Go on from
+            // where it is.
+            Err(CallError::Api(409, e)) if e.expected_index.is_some() && conflicts_seen < 3 => {
+                conflicts_seen += 1;
+                pushed = e.expected_index.unwrap_or(1).saturating_sub(1);
+                info!(
+                    head = pushed,
+                    "the server's copy of this log ends elsewhere; resuming"
+                );
+            }
+            Err(CallError::Api(422, _)) => return Err(key_mismatch(&t.url, &t.vault_id)),
+            Err(e) => return Err(wire(e)),
+        }
+        blocking(d, move |e| e.set_pushed(pushed)).await?;
+    }
+
+    // Pull every other device's entries past what was applied.
+    let mut since: BTreeMap<String, u64> = t.seen.clone();
+    since.insert(t.device.clone(), pushed);
+    let path = format!("/vaults/{}/pull", t.vault_id);
+    let heads = loop {
+        let req = PullRequest {
+            since: since.clone(),
+            limit: None,
+        };
+        let page: PullResponse = session
+            .call(reqwest::Method::POST, &path, Some(&req))
+            .await
+            .map_err(wire)?;
+        let pulled: Vec<Pulled> = page.records.into_iter().map(to_pulled).collect();
+        let applied = blocking(d, move |e| e.apply(pulled, Timestamp::now())).await?;
+        report.pulled += applied.applied;
+        let stop = !applied.refused.is_empty();
+        report.refused.extend(applied.refused);
+        since = blocking(d, |e| e.seen()).await?;
+        since.insert(t.device.clone(), pushed);
+        if stop || !page.more {
+            break page.heads;
+        }
+    };
+    // Whatever the heads say exists must have arrived.
+    for (device, head) in &heads {
+        let have = since.get(device).copied().unwrap_or(0);
+        if *device != t.device && *head > have && report.refused.is_empty() {
+            report.refused.push(format!(
+                "the server lists entries {}..{head} of device {device} but did not send them; \
+                 they are fetched again on the next sync",
+                have + 1
+            ));
+        }
+    }
+    report.conflicts = blocking(d, |e| e.conflicts().map(|c| c.len() as u64)).await?;
+    if report.pushed + report.pulled > 0 {
+        info!(
+            pushed = report.pushed,
+            pulled = report.pulled,
+            conflicts = report.conflicts,
+            "synced"
+        );
+    }
+    Ok(report)
+}
+
+fn to_pulled(r: LogRecord) -> Pulled {
+    Pulled {
+        data: base64::engine::general_purpose::STANDARD
+            .decode(&r.data)
+            .unwrap_or_default(),
+        device: r.device_id,
+        index: r.index,
+        key_id: r.key_id,
+    }
+}
+
+/// The server's heads, for `vault sync verify`.
+#[allow(dead_code)]
+async fn heads(session: &Session<'_>, vault_id: &str) -> Result<HeadsResponse, CallError> {
+    session
+        .call(
+            reqwest::Method::GET,
+            &format!("/vaults/{vault_id}/heads"),
+            None::<&()>,
+        )
+        .await
+}
+
+/// Syncs after local changes (debounced), every `sync.interval`, and after
+/// a failure with backoff; only while logged in and unlocked, and not at all
+/// with `sync.auto = false`.
+pub async fn background(d: Arc<Daemon>) {
+    let (interval, auto) = {
+        let e = d.engine();
+        (e.config().sync_interval, e.config().sync_auto)
+    };
+    if !auto {
+        info!("background sync is off (sync.auto = false)");
+        return;
+    }
+    loop {
+        let wait = d
+            .syncer
+            .state()
+            .retry_at
+            .map_or(interval, |t| t.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = d.syncer.kick.notified() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                // A kick while backing off waits for the retry time.
+                let retry_at = d.syncer.state().retry_at;
+                if let Some(t) = retry_at {
+                    tokio::time::sleep_until(t.into()).await;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let ready = {
+            let e = d.engine();
+            !e.is_locked() && e.sync_server().is_some()
+        };
+        if ready && let Err(e) = sync_now(&d).await {
+            warn!(error = %e.message, "background sync failed");
+        }
+    }
+}
