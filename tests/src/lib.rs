@@ -93,6 +93,8 @@ pub struct Binaries {
     pub vault: PathBuf,
     /// `target/<profile>/vaultd`.
     pub vaultd: PathBuf,
+    /// `target/<profile>/vault-server`.
+    pub server: PathBuf,
     /// The workspace root (for `cargo metadata` and the like).
     pub workspace: PathBuf,
 }
@@ -133,6 +135,7 @@ pub fn binaries() -> &'static Binaries {
             build
                 .current_dir(&workspace)
                 .args(["build", "--quiet", "-p", "vault-cli", "-p", "vault-daemon"])
+                .args(["-p", "vault-server"])
                 .arg("--target-dir")
                 .arg(target_dir)
                 .stdin(Stdio::null());
@@ -148,7 +151,8 @@ pub fn binaries() -> &'static Binaries {
         }
         let vault = profile_dir.join("vault");
         let vaultd = profile_dir.join("vaultd");
-        for bin in [&vault, &vaultd] {
+        let server = profile_dir.join("vault-server");
+        for bin in [&vault, &vaultd, &server] {
             assert!(
                 bin.is_file(),
                 "{} is missing: run `cargo test --workspace` so the binaries are built",
@@ -158,9 +162,101 @@ pub fn binaries() -> &'static Binaries {
         Binaries {
             vault,
             vaultd,
+            server,
             workspace,
         }
     })
+}
+
+/// The default admin's password of a [`RemoteServer`]; it works as that
+/// admin's access token. Carries the passphrase marker the leak scan knows.
+pub const SERVER_ADMIN_TOKEN: &str = "sync-admin-token-PASSMARK-0123456789abcdef";
+
+/// A real `vault-server` on 127.0.0.1 with a temp SQLite database (or
+/// `database`), its log kept for the leak scan. Stopped on drop; `stop` and
+/// `start` again simulate an outage (same port, same data).
+#[derive(Debug)]
+pub struct RemoteServer {
+    child: Option<std::process::Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    database: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RemoteServer {
+    /// Starts one on a free port with a fresh SQLite database.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite:{}", dir.path().join("server.db").display());
+        Self::start_on(database, dir)
+    }
+
+    /// Starts one on `database` (`sqlite:…` or `postgres://…`).
+    pub fn start_on(database: String, dir: tempfile::TempDir) -> Self {
+        let mut s = Self {
+            child: None,
+            addr: "127.0.0.1:0".into(),
+            database,
+            _dir: dir,
+        };
+        s.resume();
+        s
+    }
+
+    /// `http://ADDR`, what `vault login` takes.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills it (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same address and database.
+    pub fn resume(&mut self) {
+        use std::io::BufRead;
+        self.stop();
+        let mut child = Command::new(&binaries().server)
+            .args(["--listen", &self.addr, "--database", &self.database])
+            .args(["--default-admin", "admin"])
+            .env("VAULT_SERVER_ADMIN_PASSWORD", SERVER_ADMIN_TOKEN)
+            .env("VAULT_SERVER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vault-server");
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            leak::keep_log("vault-server", &log);
+        });
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("vault-server did not start (stdout {line:?})");
+        };
+        self.addr = addr.to_owned();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut sink);
+        });
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RemoteServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The outcome of one process run.
@@ -610,6 +706,26 @@ impl VaultHome {
         let run = self.unlock_with(PASSPHRASE);
         run.ok();
         run
+    }
+
+    /// Writes `config.toml` (0600, its directory 0700), before the daemon
+    /// starts.
+    pub fn write_config(&self, text: &str) {
+        use std::os::unix::fs::DirBuilderExt;
+        let config = self.paths().config();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(config.parent().expect("config dir"))
+            .unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&config)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .unwrap();
     }
 
     /// Writes `content` to a private file and returns `@PATH` for a

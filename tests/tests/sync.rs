@@ -1,0 +1,256 @@
+//! Sync (SPEC §11) between real devices: each device is a `VaultHome` with
+//! its own `vaultd`, all talking to one real `vault-server` on 127.0.0.1
+//! port 0, logged in with the server's default admin.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use vault_e2e::{PASSPHRASE, RemoteServer, SERVER_ADMIN_TOKEN, VaultHome, secret};
+
+fn login(vh: &VaultHome, server: &RemoteServer) -> vault_e2e::Run {
+    let token = vh.at_file("server-token", SERVER_ADMIN_TOKEN);
+    let token = token.trim_start_matches('@').to_owned();
+    vh.vault(["login", &server.url(), "--token-file", &token])
+}
+
+fn add_token(vh: &VaultHome, name: &str, value: &str) {
+    vh.vault_in(
+        ["add", name, "--type", "token", "token=-"],
+        value.as_bytes(),
+    )
+    .ok();
+}
+
+fn set_token(vh: &VaultHome, name: &str, value: &str) {
+    vh.vault_in(["set", name, "token=-"], value.as_bytes()).ok();
+}
+
+fn token_of(vh: &VaultHome, name: &str) -> String {
+    let run = vh.vault(["get", name, "--field", "token"]);
+    run.ok();
+    run.stdout.trim_end().to_owned()
+}
+
+fn sync(vh: &VaultHome) -> vault_e2e::Run {
+    let run = vh.vault(["sync"]);
+    run.ok().no_panic();
+    run
+}
+
+fn vault_id(vh: &VaultHome) -> String {
+    vh.vault(["status", "--json"]).json()["vault_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A second device for `first`'s vault: logs in, joins, pulls.
+fn join(first: &VaultHome, server: &RemoteServer) -> VaultHome {
+    let second = VaultHome::new();
+    login(&second, server)
+        .ok()
+        .stderr_has("vault init --join VAULT_ID");
+    second
+        .vault_in(
+            ["init", "--join", &vault_id(first), "--passphrase-stdin"],
+            format!("{PASSPHRASE}\n").as_bytes(),
+        )
+        .ok()
+        .stderr_has("joined vault");
+    second
+}
+
+fn names(vh: &VaultHome) -> Vec<String> {
+    vh.vault(["list", "--json"]).names()
+}
+
+#[test]
+fn offline_edits_on_two_devices_converge_and_nothing_is_lost() {
+    let mut server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.init().ok();
+    let v1 = secret("gh-v1");
+    add_token(&a, "github", &v1);
+    add_token(&a, "npm", &secret("npm"));
+    login(&a, &server).ok();
+    let first = sync(&a).stderr.clone();
+    assert!(first.contains("2 change(s) pushed"), "{first}");
+
+    let b = join(&a, &server);
+    assert_eq!(names(&b), ["github", "npm"]);
+    assert_eq!(token_of(&b, "github"), v1);
+
+    // The server goes away; both devices keep working.
+    server.stop();
+    let from_a = secret("gh-from-a");
+    set_token(&a, "github", &from_a);
+    add_token(&a, "only-a", &secret("only-a"));
+    let failed = a.vault(["sync"]);
+    failed
+        .code(6)
+        .stderr_has("cannot reach")
+        .stderr_has("stay queued");
+    let status = a.vault(["sync", "status", "--json"]).json();
+    assert_eq!(status["queued"], 2, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach")
+    );
+
+    std::thread::sleep(Duration::from_millis(20));
+    let from_b = secret("gh-from-b");
+    set_token(&b, "github", &from_b);
+    b.vault(["rm", "npm"]).ok();
+    add_token(&b, "only-b", &secret("only-b"));
+
+    server.resume();
+    sync(&a);
+    sync(&b);
+    sync(&a);
+    for vh in [&a, &b] {
+        assert_eq!(names(vh), ["github", "only-a", "only-b"]);
+        // B's change is the later one on the hybrid logical clock.
+        assert_eq!(token_of(vh, "github"), from_b);
+        assert_eq!(vh.vault(["sync", "status", "--json"]).json()["queued"], 0);
+    }
+
+    // A's concurrent change lost but is kept, and listed.
+    let conflicts = a.vault(["conflicts", "--json"]).json();
+    let list = conflicts.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{conflicts}");
+    assert_eq!(list[0]["name"], "github");
+    assert_eq!(list[0]["kind"], "edit");
+    let lost = list[0]["revision"].as_u64().unwrap();
+    let text = a.vault(["conflicts"]);
+    text.ok();
+    assert!(
+        text.stdout
+            .contains(&format!("vault restore github --revision {lost}")),
+        "{text}"
+    );
+    // Restoring it resolves the conflict on every device.
+    a.vault(["restore", "github", "--revision", &lost.to_string()])
+        .ok();
+    assert_eq!(token_of(&a, "github"), from_a);
+    sync(&a);
+    sync(&b);
+    for vh in [&a, &b] {
+        assert_eq!(token_of(vh, "github"), from_a);
+        let c = vh.vault(["conflicts", "--json"]).json();
+        assert_eq!(c.as_array().unwrap().len(), 0, "{c}");
+    }
+    // The delete reached A as a tombstone: history keeps the value.
+    let history = a.vault(["history", "npm", "--json"]).json();
+    assert!(history.as_array().unwrap().len() >= 2, "{history}");
+}
+
+#[test]
+fn one_name_taken_on_two_devices_keeps_both_records() {
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.init().ok();
+    login(&a, &server).ok();
+    sync(&a);
+    let b = join(&a, &server);
+    let (va, vb) = (secret("shared-a"), secret("shared-b"));
+    add_token(&a, "shared", &va);
+    std::thread::sleep(Duration::from_millis(20));
+    add_token(&b, "shared", &vb);
+    sync(&a);
+    sync(&b);
+    sync(&a);
+    let listed = names(&a);
+    assert_eq!(listed, names(&b), "both devices list the same names");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0], "shared");
+    assert!(listed[1].starts_with("shared@conflict-"), "{listed:?}");
+    for vh in [&a, &b] {
+        // The later record keeps the name; the other is listed, not lost.
+        assert_eq!(token_of(vh, "shared"), vb);
+        assert_eq!(token_of(vh, &listed[1]), va);
+        let c = vh.vault(["conflicts", "--json"]).json();
+        assert_eq!(c[0]["kind"], "name", "{c}");
+        assert_eq!(c[0]["claims"], "shared");
+    }
+    // Renaming the loser settles it everywhere.
+    a.vault(["rename", &listed[1], "shared-from-a"]).ok();
+    sync(&a);
+    sync(&b);
+    for vh in [&a, &b] {
+        assert_eq!(names(vh), ["shared", "shared-from-a"]);
+        assert_eq!(token_of(vh, "shared-from-a"), va);
+    }
+}
+
+#[test]
+fn a_vault_with_another_key_is_refused_before_uploading() {
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.init().ok();
+    add_token(&a, "mine", &secret("mine"));
+    login(&a, &server).ok();
+    sync(&a);
+    // Another vault that claims A's id (a restored backup of something
+    // else, a copied vault.db): it must not upload anything.
+    let c = VaultHome::new();
+    c.init().ok();
+    add_token(&c, "theirs", &secret("theirs"));
+    c.stop_daemons();
+    let db = rusqlite::Connection::open(c.paths().db()).unwrap();
+    db.execute(
+        "UPDATE vault_meta SET value = ?1 WHERE key = 'vault_id'",
+        [vault_id(&a)],
+    )
+    .unwrap();
+    drop(db);
+    c.unlock();
+    login(&c, &server)
+        .code(5)
+        .stderr_has("encrypted to another key")
+        .stderr_has("nothing was uploaded");
+    c.vault(["sync"]).code(2).stderr_has("vault login");
+    // A pulls nothing of C's.
+    let b = join(&a, &server);
+    assert_eq!(names(&b), ["mine"]);
+}
+
+#[test]
+fn an_interrupted_push_resumes_without_holes_or_duplicates() {
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    // Only the explicit syncs below may push.
+    a.write_config("[sync]\nauto = false\n");
+    a.init().ok();
+    login(&a, &server).ok();
+    for i in 0..5 {
+        add_token(&a, &format!("t{i}"), &secret(&format!("t{i}")));
+    }
+    // The push lands but the device never hears back: its vault.db is put
+    // back to the state before the push.
+    a.stop_daemons();
+    let db = a.paths().db().display().to_string();
+    let files = [db.clone(), format!("{db}-wal"), format!("{db}-shm")];
+    let saved: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    a.unlock();
+    sync(&a);
+    a.stop_daemons();
+    for (f, content) in files.iter().zip(&saved) {
+        match content {
+            Some(c) => std::fs::write(f, c).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    a.unlock();
+    assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 5);
+    add_token(&a, "t5", &secret("t5"));
+    let out = sync(&a).stderr.clone();
+    assert!(out.contains("1 change(s) pushed"), "{out}");
+    let b = join(&a, &server);
+    assert_eq!(names(&b), ["t0", "t1", "t2", "t3", "t4", "t5"]);
+    assert_eq!(b.vault(["sync", "status", "--json"]).json()["queued"], 0);
+}
