@@ -216,6 +216,8 @@ pub struct Engine {
     log_last: u64,
     /// The hybrid logical clock's last value.
     clock: u64,
+    /// No record written before sync is left to enroll.
+    enrolled: bool,
 }
 
 impl Engine {
@@ -266,6 +268,7 @@ impl Engine {
             drift_stale: true,
             log_last,
             clock,
+            enrolled: false,
         })
     }
 

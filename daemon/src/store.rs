@@ -75,6 +75,11 @@ CREATE TABLE log_parents (
     parent_index  INTEGER NOT NULL
 );
 CREATE INDEX log_parents_of ON log_parents(record_id, parent_device, parent_index);
+-- Records where a pulled revision may have left a conflict (the only place
+-- one can appear), so listing conflicts never scans the whole history.
+CREATE TABLE sync_forks (
+    record_id TEXT PRIMARY KEY REFERENCES records(id)
+);
 "#,
 ];
 
@@ -538,7 +543,8 @@ impl Store {
     pub fn conflicts(&self) -> Result<Vec<ConflictRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT v.record_id, v.revision, v.device, v.updated_at, v.deleted, r.revision
-             FROM revisions v JOIN records r ON r.id = v.record_id
+             FROM sync_forks f CROSS JOIN revisions v ON v.record_id = f.record_id
+               CROSS JOIN records r ON r.id = v.record_id
              WHERE v.log_index IS NOT NULL AND v.revision != r.revision
                AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
                                AND p.parent_device = v.device AND p.parent_index = v.log_index)
@@ -589,8 +595,9 @@ impl Store {
         Ok(r.and_then(|(d, i)| i.map(|i| (d, i as u64))))
     }
 
-    /// The head's rank `(clock, device)`; `None` for a head written before sync.
-    pub fn head_rank(&self, record_id: &str) -> Result<Option<(u64, String)>> {
+    /// The head's rank `(clock, device)` and index; `None` for a head
+    /// written before sync.
+    pub fn head_rank(&self, record_id: &str) -> Result<Option<HeadRank>> {
         head_rank(&self.conn, record_id)
     }
 
@@ -725,15 +732,18 @@ fn put_revision(
     Ok(())
 }
 
-fn head_rank(conn: &Connection, record_id: &str) -> Result<Option<(u64, String)>> {
-    let r: Option<(Option<i64>, String)> = conn
+/// A logged head: its clock, device and index.
+pub type HeadRank = (u64, String, u64);
+
+fn head_rank(conn: &Connection, record_id: &str) -> Result<Option<HeadRank>> {
+    let r: Option<(Option<i64>, String, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT v.clock, v.device FROM records r JOIN revisions v
+            "SELECT v.clock, v.device, v.log_index FROM records r JOIN revisions v
                ON v.record_id = r.id AND v.revision = r.revision WHERE r.id = ?1",
         )?
-        .query_row([record_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([record_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    Ok(r.and_then(|(c, d)| c.map(|c| (c as u64, d))))
+    Ok(r.and_then(|(c, d, i)| Some((c? as u64, d, i? as u64))))
 }
 
 fn put_parents(
@@ -819,6 +829,14 @@ impl SyncTx<'_> {
         Ok(())
     }
 
+    /// Notes that `record_id` may have a conflict now.
+    pub fn add_fork(&mut self, record_id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO sync_forks (record_id) VALUES (?1)")?
+            .execute([record_id])?;
+        Ok(())
+    }
+
     /// Notes which logged revisions `record_id`'s new revision was written over.
     pub fn add_parents(&mut self, record_id: &str, parents: &[(String, u64)]) -> Result<()> {
         put_parents(&self.tx, record_id, parents)?;
@@ -826,7 +844,7 @@ impl SyncTx<'_> {
     }
 
     /// The head's rank, as [`Store::head_rank`].
-    pub fn head_rank(&self, record_id: &str) -> Result<Option<(u64, String)>> {
+    pub fn head_rank(&self, record_id: &str) -> Result<Option<HeadRank>> {
         head_rank(&self.tx, record_id)
     }
 

@@ -531,7 +531,9 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         token: SecretValue::from(t.token.expose_secret()),
     };
     let wire = |e: CallError| e.wire(&t.url);
+    let started = Instant::now();
     session.ensure_vault(&t).await?;
+    let checked = started.elapsed();
     let mut report = SyncReport::default();
 
     // Push this device's log from where the server's copy ends.
@@ -590,6 +592,7 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         blocking(d, move |e| e.set_pushed(pushed)).await?;
     }
 
+    let pushed_in = started.elapsed();
     // Pull every other device's entries past what was applied.
     let mut since: BTreeMap<String, u64> = t.seen.clone();
     since.insert(t.device.clone(), pushed);
@@ -625,12 +628,17 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             ));
         }
     }
-    report.conflicts = blocking(d, |e| e.conflicts().map(|c| c.len() as u64)).await?;
+    let pulled_in = started.elapsed();
+    report.conflicts = blocking(d, |e| e.conflict_count()).await?;
     if report.pushed + report.pulled > 0 {
         info!(
             pushed = report.pushed,
             pulled = report.pulled,
             conflicts = report.conflicts,
+            check_ms = checked.as_secs_f64() * 1e3,
+            push_ms = (pushed_in - checked).as_secs_f64() * 1e3,
+            pull_ms = (pulled_in - pushed_in).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
             "synced"
         );
     }

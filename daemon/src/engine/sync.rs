@@ -230,6 +230,11 @@ impl Engine {
             .map_err(store_err)
     }
 
+    /// How many conflicts are open.
+    pub fn conflict_count(&self) -> Result<u64> {
+        Ok(self.store()?.conflicts().map_err(store_err)?.len() as u64)
+    }
+
     /// Other devices' logs applied so far.
     pub fn seen(&self) -> Result<BTreeMap<String, u64>> {
         self.store()?.seen().map_err(store_err)
@@ -284,6 +289,10 @@ impl Engine {
     /// Logs every live record written before sync existed, as a new
     /// revision (`enroll`), so it can be pushed. Returns how many.
     pub fn enroll(&mut self, now: Timestamp) -> Result<usize> {
+        // New revisions are always logged: once none is left, none comes back.
+        if self.enrolled {
+            return Ok(0);
+        }
         let rows = self.store()?.unlogged_heads().map_err(store_err)?;
         let n = rows.len();
         for row in rows {
@@ -294,6 +303,7 @@ impl Engine {
         if n > 0 {
             info!(records = n, "enrolled records written before sync");
         }
+        self.enrolled = true;
         Ok(n)
     }
 
@@ -515,12 +525,21 @@ fn apply_one(
         .map(|p| (p.device.clone(), p.index))
         .collect();
     let existing = tx.by_id(&body.id)?;
-    let wins = match &existing {
-        None => true,
-        Some(_) => tx
-            .head_rank(&body.id)?
-            .is_none_or(|(c, d)| (stamp.clock, stamp.device.as_str()) > (c, d.as_str())),
+    let head = match &existing {
+        None => None,
+        Some(_) => tx.head_rank(&body.id)?,
     };
+    let wins = head
+        .as_ref()
+        .is_none_or(|(c, d, _)| (stamp.clock, stamp.device.as_str()) > (*c, d.as_str()));
+    // Only here can a revision be left that nobody built on: when this one
+    // loses, or wins without having seen the head.
+    let seen_head = head
+        .as_ref()
+        .is_some_and(|(_, d, i)| parents.iter().any(|(pd, pi)| pd == d && pi == i));
+    if existing.is_some() && (!wins || !seen_head) {
+        tx.add_fork(&body.id)?;
+    }
     let updated = clock_secs(stamp.clock);
     let mut row = RecordRow {
         id: body.id.clone(),
