@@ -8,6 +8,10 @@
 //!   `Request::AddMany` over the socket: get p50/p99 (one round trip), list,
 //!   unlock (Lock then Unlock, scrypt included), daemon RSS.
 //!
+//! - sync (issue 7): the first sync of 10,000 records to a new device
+//!   (`vault init --join`, scrypt included) and one change's round trip
+//!   between two devices through a `vault-server` on loopback.
+//!
 //! It runs the release binaries next to itself (`target/release/vault`,
 //! `vaultd`), building them first with `cargo build --release -p vault-cli -p
 //! vault-daemon` when run through cargo. Everything lives in a throwaway dir
@@ -31,6 +35,8 @@ use vault_protocol::message::{
 };
 use vault_protocol::paths::VaultPaths;
 use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
+
+mod sync;
 
 /// Passphrase of the throwaway bench vault.
 const PASSPHRASE: &str = "vault-bench-passphrase";
@@ -108,8 +114,11 @@ fn run() -> BenchResult<()> {
     let mut notes: Vec<String> = Vec::new();
 
     let vault = BenchVault::new(&bins, tmp.path())?;
-    let result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
+    let mut result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
     vault.shutdown();
+    if result.is_ok() {
+        result = sync::bench(&bins, tmp.path(), &mut rows);
+    }
     if let Err(e) = &result {
         notes.push(format!("stopped early: {e}"));
     }
@@ -408,6 +417,7 @@ fn bench_all(
 struct Binaries {
     vault: PathBuf,
     vaultd: PathBuf,
+    server: PathBuf,
 }
 
 fn binaries() -> BenchResult<Binaries> {
@@ -424,6 +434,7 @@ fn binaries() -> BenchResult<Binaries> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "vault-cli", "-p", "vault-daemon"]);
+        build.args(["-p", "vault-server"]);
         if profile == "release" {
             build.arg("--release");
         }
@@ -442,8 +453,9 @@ fn binaries() -> BenchResult<Binaries> {
     let bins = Binaries {
         vault: dir.join("vault"),
         vaultd: dir.join("vaultd"),
+        server: dir.join("vault-server"),
     };
-    for b in [&bins.vault, &bins.vaultd] {
+    for b in [&bins.vault, &bins.vaultd, &bins.server] {
         if !b.is_file() {
             return Err(format!(
                 "{} is missing: run `cargo build --release -p vault-cli -p vault-daemon` first",
@@ -472,6 +484,7 @@ impl BenchVault {
             bins: Binaries {
                 vault: bins.vault.clone(),
                 vaultd: bins.vaultd.clone(),
+                server: bins.server.clone(),
             },
             home: tmp.join("v"),
             user_home,
