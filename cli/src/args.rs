@@ -178,6 +178,10 @@ pub enum SyncAction {
     Now,
     /// Show the server, the last sync, queued changes and the last error
     Status,
+    /// Compare this device's copy of every device's log with the server's; exit 1 on holes
+    Verify,
+    /// Fill the holes 'vault sync verify' finds: fetch again, push again
+    Repair,
 }
 
 /// Where a passphrase comes from, besides `VAULT_PASSPHRASE_FILE` and the

@@ -322,6 +322,11 @@ impl Daemon {
                 self.bump();
                 r
             }
+            Request::SyncVerify { repair } => {
+                let r = crate::sync::verify(self, repair).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
             Request::SyncNow => {
                 let r = crate::sync::sync_now(self).await.map(Response::Synced);
                 self.engine().touch(Timestamp::now());
@@ -635,6 +640,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Login { .. } => "login",
         Request::Join { .. } => "join",
         Request::SyncNow => "sync_now",
+        Request::SyncVerify { .. } => "sync_verify",
         Request::Conflicts => "conflicts",
     }
 }

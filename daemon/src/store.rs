@@ -521,6 +521,17 @@ impl Store {
         Ok(holes)
     }
 
+    /// Lowers (or sets) the mark of what was applied from `device`, so the
+    /// next pull fetches from `index + 1` again (repair).
+    pub fn reset_seen(&mut self, device: &str, index: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sync_seen (device, last_index) VALUES (?1, ?2)
+             ON CONFLICT(device) DO UPDATE SET last_index = excluded.last_index",
+            params![device, index as i64],
+        )?;
+        Ok(())
+    }
+
     /// Every live record whose head is not in any log (written before sync).
     pub fn unlogged_heads(&self) -> Result<Vec<RecordRow>> {
         let mut stmt = self.conn.prepare(&format!(

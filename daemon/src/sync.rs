@@ -656,16 +656,48 @@ fn to_pulled(r: LogRecord) -> Pulled {
     }
 }
 
-/// The server's heads, for `vault sync verify`.
-#[allow(dead_code)]
-async fn heads(session: &Session<'_>, vault_id: &str) -> Result<HeadsResponse, CallError> {
-    session
-        .call(
-            reqwest::Method::GET,
-            &format!("/vaults/{vault_id}/heads"),
-            None::<&()>,
+/// `vault sync verify [--repair]`: compares every log with the server's
+/// heads; with `repair`, lowers the marks and syncs, then compares again.
+pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError> {
+    let target = blocking(d, |e| e.sync_target()).await?.ok_or_else(|| {
+        WireError::new(
+            ErrorCode::Usage,
+            "this vault is not synced: run 'vault login URL --token-file FILE' first",
         )
+    })?;
+    let session = Session {
+        syncer: &d.syncer,
+        url: target.url.clone(),
+        token: SecretValue::from(target.token.expose_secret()),
+    };
+    session.ensure_vault(&target).await?;
+    let path = format!("/vaults/{}/heads", target.vault_id);
+    let heads: HeadsResponse = session
+        .call(reqwest::Method::GET, &path, None::<&()>)
         .await
+        .map_err(|e| e.wire(&target.url))?;
+    let logs = blocking(d, move |e| e.verify_logs(&heads.heads)).await?;
+    let holes = logs
+        .iter()
+        .any(|l| !l.missing_here.is_empty() || !l.missing_there.is_empty());
+    if !(repair && holes) {
+        return Ok(Response::Verified {
+            logs,
+            repaired: false,
+        });
+    }
+    warn!("repairing sync logs");
+    blocking(d, move |e| e.prepare_repair(&logs)).await?;
+    sync_now(d).await?;
+    let heads: HeadsResponse = session
+        .call(reqwest::Method::GET, &path, None::<&()>)
+        .await
+        .map_err(|e| e.wire(&target.url))?;
+    let logs = blocking(d, move |e| e.verify_logs(&heads.heads)).await?;
+    Ok(Response::Verified {
+        logs,
+        repaired: true,
+    })
 }
 
 /// Syncs after local changes (debounced), every `sync.interval`, and after

@@ -274,6 +274,14 @@ pub enum Request {
     SyncNow,
     /// Open sync conflicts; answered by [`Response::Conflicts`].
     Conflicts,
+    /// Compare this device's copy of every log with the server's; with
+    /// `repair`, fetch what is missing here and push again what is missing
+    /// there. Answered by [`Response::Verified`].
+    SyncVerify {
+        /// Fill the holes found.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        repair: bool,
+    },
 }
 
 impl Request {
@@ -302,6 +310,7 @@ impl Request {
             | Request::EmitRemove { .. }
             | Request::Login { .. }
             | Request::SyncNow
+            | Request::SyncVerify { .. }
             | Request::Conflicts => true,
             Request::Hello { .. }
             | Request::Status
@@ -431,6 +440,13 @@ pub enum Response {
     },
     /// Answer to `SyncNow`.
     Synced(SyncReport),
+    /// Answer to `SyncVerify`.
+    Verified {
+        /// One entry per device log, this device's first.
+        logs: Vec<LogCheck>,
+        /// Whether holes were filled (`repair`).
+        repaired: bool,
+    },
     /// Answer to `Conflicts`, newest first.
     Conflicts {
         /// The open conflicts.
@@ -450,6 +466,28 @@ pub struct SyncReport {
     /// Pulled entries that were refused (why), never applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+}
+
+/// One device's log as seen here and on the server (`vault sync verify`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogCheck {
+    /// The device.
+    pub device: String,
+    /// Whether it is this device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub this_device: bool,
+    /// The server's last index of it.
+    pub server_head: u64,
+    /// The last index this device has (this device: written; others:
+    /// applied).
+    pub local_head: u64,
+    /// Entries up to `server_head` this device lacks, as inclusive ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_here: Vec<(u64, u64)>,
+    /// Entries this device has that the server lacks, as inclusive ranges
+    /// (for this device: written and believed pushed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_there: Vec<(u64, u64)>,
 }
 
 /// What kind of conflict.

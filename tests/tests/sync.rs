@@ -254,3 +254,55 @@ fn an_interrupted_push_resumes_without_holes_or_duplicates() {
     assert_eq!(names(&b), ["t0", "t1", "t2", "t3", "t4", "t5"]);
     assert_eq!(b.vault(["sync", "status", "--json"]).json()["queued"], 0);
 }
+
+#[test]
+fn verify_finds_a_hole_and_repair_fills_it() {
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.init().ok();
+    login(&a, &server).ok();
+    let x2 = secret("x2");
+    add_token(&a, "x", &secret("x1"));
+    set_token(&a, "x", &x2);
+    add_token(&a, "y", &secret("y"));
+    sync(&a);
+    let b = join(&a, &server);
+    b.vault(["sync", "verify"])
+        .ok()
+        .stderr_has("every log is complete");
+    // B loses A's first entry (the add of x, no longer its head).
+    b.stop_daemons();
+    let db = rusqlite::Connection::open(b.paths().db()).unwrap();
+    let gone = db
+        .execute(
+            "DELETE FROM revisions WHERE log_index = 1 AND device != \
+             (SELECT value FROM vault_meta WHERE key = 'device_id')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(gone, 1);
+    drop(db);
+    b.unlock();
+    let found = b.vault(["sync", "verify", "--json"]);
+    found.code(1).stderr_has("vault sync repair");
+    let logs = found.json()["logs"].clone();
+    let other = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["this_device"] != true)
+        .unwrap()
+        .clone();
+    assert_eq!(other["missing_here"], serde_json::json!([[1, 1]]), "{logs}");
+    b.vault(["sync", "repair"]).ok().stderr_has("repaired");
+    b.vault(["sync", "verify"]).ok();
+    assert_eq!(token_of(&b, "x"), x2);
+    let history = b.vault(["history", "x", "--json"]).json();
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+    let c = b.vault(["conflicts", "--json"]).json();
+    assert_eq!(
+        c.as_array().unwrap().len(),
+        0,
+        "a refetched ancestor is no conflict: {c}"
+    );
+}

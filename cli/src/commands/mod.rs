@@ -109,6 +109,8 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Sync { action, now: _ } => match action {
             Some(crate::args::SyncAction::Status) => sync::status(&mut ctx),
             Some(crate::args::SyncAction::Now) | None => sync::now(&mut ctx),
+            Some(crate::args::SyncAction::Verify) => sync::verify(&mut ctx, false),
+            Some(crate::args::SyncAction::Repair) => sync::verify(&mut ctx, true),
         },
         Command::Conflicts => sync::conflicts(&mut ctx),
         Command::Completions { shell } => completions(ctx.out, shell),

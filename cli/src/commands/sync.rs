@@ -225,3 +225,70 @@ pub fn conflicts(ctx: &mut Ctx) -> CliResult<()> {
     }
     Ok(())
 }
+
+/// `vault sync verify` / `vault sync repair`.
+pub fn verify(ctx: &mut Ctx, repair: bool) -> CliResult<()> {
+    let (logs, repaired) = match ctx.call_unlocked(&|| Request::SyncVerify { repair })? {
+        Response::Verified { logs, repaired } => (logs, repaired),
+        _ => return Err(unexpected("sync verify")),
+    };
+    if ctx.out.json {
+        ctx.out
+            .json(&json!({ "logs": logs, "repaired": repaired }))?;
+    }
+    let span = |r: &[(u64, u64)]| -> String {
+        r.iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut holes = false;
+    for l in &logs {
+        let who = if l.this_device {
+            format!("{} (this device)", l.device)
+        } else {
+            l.device.clone()
+        };
+        let mut line = format!(
+            "{who}: server has 1-{}, this device {}",
+            l.server_head, l.local_head
+        );
+        if !l.missing_here.is_empty() {
+            holes = true;
+            line.push_str(&format!("; missing here: {}", span(&l.missing_here)));
+        }
+        if !l.missing_there.is_empty() {
+            holes = true;
+            line.push_str(&format!(
+                "; missing on the server: {}",
+                span(&l.missing_there)
+            ));
+        }
+        if !ctx.out.json {
+            ctx.out.line(&line);
+        }
+    }
+    match (holes, repaired) {
+        (false, true) => ctx
+            .out
+            .info("repaired: every log is complete on both sides"),
+        (false, false) => ctx.out.info("every log is complete on both sides"),
+        (true, _) => {
+            // The answer is still printed (and its JSON kept on stdout).
+            ctx.out.warn(if repaired {
+                "holes remain after the repair (above): the server may lack entries only their \
+                 device can push again; sync that device"
+            } else {
+                "holes found (above): run 'vault sync repair'"
+            });
+            ctx.exit_code = 1;
+        }
+    }
+    Ok(())
+}

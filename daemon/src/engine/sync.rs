@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
-use vault_protocol::message::{ConflictInfo, ConflictKind};
+use vault_protocol::message::{ConflictInfo, ConflictKind, LogCheck};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, SecretValue, validate_name};
 
@@ -233,6 +233,69 @@ impl Engine {
     /// How many conflicts are open.
     pub fn conflict_count(&self) -> Result<u64> {
         Ok(self.store()?.conflicts().map_err(store_err)?.len() as u64)
+    }
+
+    /// Compares this device's copy of every log with the server's `heads`
+    /// (`vault sync verify`).
+    pub fn verify_logs(&self, heads: &BTreeMap<String, u64>) -> Result<Vec<LogCheck>> {
+        let store = self.store()?;
+        let pushed = self.pushed()?;
+        let mut devices: Vec<String> = vec![self.device.clone()];
+        devices.extend(store.seen().map_err(store_err)?.into_keys());
+        devices.extend(heads.keys().cloned());
+        devices.dedup();
+        let mut seen_devices = HashSet::new();
+        let mut out = Vec::new();
+        for device in devices {
+            if !seen_devices.insert(device.clone()) {
+                continue;
+            }
+            let mine = device == self.device;
+            let server_head = heads.get(&device).copied().unwrap_or(0);
+            let (local_head, _) = store.log_heads(&device).map_err(store_err)?;
+            let mut missing_here = ranges(
+                &store
+                    .log_holes(&device, server_head.max(local_head))
+                    .map_err(store_err)?,
+            );
+            // This device's entries written but not pushed yet are a queue,
+            // not a hole.
+            let missing_there = if mine {
+                (pushed > server_head).then_some((server_head + 1, pushed))
+            } else {
+                (local_head > server_head).then_some((server_head + 1, local_head))
+            };
+            if mine {
+                missing_here.retain(|(a, _)| *a <= server_head);
+            }
+            out.push(LogCheck {
+                device,
+                this_device: mine,
+                server_head,
+                local_head,
+                missing_here,
+                missing_there: missing_there.into_iter().collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets up a repair of what [`Engine::verify_logs`] found: the next
+    /// sync pushes this device's log again from the server's head and pulls
+    /// other devices' logs again from their first missing entry.
+    pub fn prepare_repair(&mut self, checks: &[LogCheck]) -> Result<()> {
+        for c in checks {
+            if c.this_device {
+                if !c.missing_there.is_empty() {
+                    self.set_pushed(c.server_head)?;
+                }
+            } else if let Some((first, _)) = c.missing_here.first() {
+                self.store_mut()?
+                    .reset_seen(&c.device, first - 1)
+                    .map_err(store_err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Other devices' logs applied so far.
@@ -474,6 +537,18 @@ impl Engine {
     }
 }
 
+/// Sorted numbers as inclusive ranges.
+fn ranges(list: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &i in list {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == i => *end = i,
+            _ => out.push((i, i)),
+        }
+    }
+    out
+}
+
 /// Applies one pulled entry. Returns its clock and, when it became the
 /// head, the new head.
 #[allow(clippy::type_complexity)]
@@ -655,6 +730,12 @@ mod tests {
         assert!(tick(a) > a);
         assert_eq!(tick(u64::MAX / 2), u64::MAX / 2 + 1);
         assert!(clock_secs(a) > 1_700_000_000);
+    }
+
+    #[test]
+    fn ranges_compress() {
+        assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), [(1, 3), (7, 7), (9, 10)]);
+        assert!(ranges(&[]).is_empty());
     }
 
     #[test]
