@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{info, warn};
-use vault_protocol::message::{SyncReport, SyncStatus};
+use vault_protocol::message::{SyncProgress, SyncReport, SyncStatus};
 use vault_protocol::server_api::{
     self, ErrorBody, HeadsResponse, JwtResponse, LogRecord, NewVault, PullRequest, PullResponse,
     PushRecord, PushRequest, PushResponse, VaultInfo,
@@ -49,6 +49,8 @@ struct State {
     retry_at: Option<Instant>,
     /// A login made before this device has a vault (for `Join`).
     pending: Option<(String, SecretValue)>,
+    /// A pull under way.
+    progress: Option<SyncProgress>,
 }
 
 /// Sync state shared by requests and the background loop.
@@ -93,6 +95,7 @@ impl Syncer {
             last_sync: st.last_sync,
             queued,
             last_error: st.last_error.clone(),
+            progress: st.progress,
         }
     }
 }
@@ -483,6 +486,7 @@ pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
     };
     let result = run(d, target).await;
     let mut st = d.syncer.state();
+    st.progress = None;
     match &result {
         Ok(report) => {
             st.last_sync = Some(Timestamp::now());
@@ -606,9 +610,28 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             .call(reqwest::Method::POST, &path, Some(&req))
             .await
             .map_err(wire)?;
+        if d.syncer.state().progress.is_none() {
+            let total = page
+                .heads
+                .iter()
+                .filter(|(dev, _)| **dev != t.device)
+                .map(|(dev, h)| h.saturating_sub(since.get(dev).copied().unwrap_or(0)))
+                .sum();
+            d.syncer.state().progress = Some(SyncProgress { done: 0, total });
+        }
         let pulled: Vec<Pulled> = page.records.into_iter().map(to_pulled).collect();
-        let applied = blocking(d, move |e| e.apply(pulled, Timestamp::now())).await?;
+        let applied = blocking(d, move |e| e.apply(pulled, Timestamp::now())).await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                d.syncer.state().progress = None;
+                return Err(e);
+            }
+        };
         report.pulled += applied.applied;
+        if let Some(p) = &mut d.syncer.state().progress {
+            p.done += applied.applied;
+        }
         let stop = !applied.refused.is_empty();
         report.refused.extend(applied.refused);
         since = blocking(d, |e| e.seen()).await?;
@@ -617,6 +640,7 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             break page.heads;
         }
     };
+    d.syncer.state().progress = None;
     // Whatever the heads say exists must have arrived.
     for (device, head) in &heads {
         let have = since.get(device).copied().unwrap_or(0);

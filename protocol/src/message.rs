@@ -593,6 +593,18 @@ pub struct SyncStatus {
     pub queued: u64,
     /// The last sync error.
     pub last_error: Option<String>,
+    /// A pull under way: entries applied of those due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<SyncProgress>,
+}
+
+/// How far a pull is (drives the CLI's progress bar).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct SyncProgress {
+    /// Entries applied so far.
+    pub done: u64,
+    /// Entries due in this pull.
+    pub total: u64,
 }
 
 /// The state shown in `list`'s STATUS column.

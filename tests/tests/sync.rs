@@ -306,3 +306,57 @@ fn verify_finds_a_hole_and_repair_fills_it() {
         "a refetched ancestor is no conflict: {c}"
     );
 }
+
+#[test]
+fn a_first_sync_on_a_terminal_shows_progress() {
+    let Some(script) = vault_e2e::which("script") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script(1) is missing in CI: .ci/run installs util-linux"
+        );
+        println!("SKIP progress bar: script(1) (util-linux) not installed");
+        return;
+    };
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.init().ok();
+    let records: Vec<vault_protocol::message::NewRecord> = (0..3000)
+        .map(|i| vault_protocol::message::NewRecord {
+            name: format!("bulk-{i:05}"),
+            kind: vault_protocol::CredentialType::Token,
+            fields: [("token".to_owned(), "not-secret".into())].into(),
+            description: None,
+            tags: vec![],
+            expires_at: None,
+        })
+        .collect();
+    let mut conn = a.connect().unwrap();
+    vault_e2e::hello(&mut conn).unwrap();
+    vault_e2e::request(&mut conn, 2, vault_protocol::Request::AddMany { records })
+        .unwrap()
+        .into_result()
+        .unwrap();
+    login(&a, &server).ok();
+    sync(&a);
+
+    let b = VaultHome::new();
+    login(&b, &server).ok();
+    let pass = b.at_file("passphrase", PASSPHRASE);
+    // script(1) gives the CLI a terminal (TERM set, as in any terminal); the
+    // passphrase comes from the file.
+    let mut cmd = b.command(
+        &script,
+        [
+            "-qec",
+            &format!("vault init --join {}", vault_id(&a)),
+            "/dev/null",
+        ],
+    );
+    cmd.env("VAULT_PASSPHRASE_FILE", &pass[1..])
+        .env("TERM", "xterm");
+    let run = vault_e2e::run_command(cmd, None, Duration::from_secs(120));
+    run.ok();
+    assert!(run.stdout.contains("pulling"), "no progress bar: {run}");
+    assert!(run.stdout.contains("/3000 records"), "{run}");
+    assert_eq!(names(&b).len(), 3000);
+}

@@ -3,6 +3,9 @@
 //! terminal (never argv) and print what happened.
 
 use std::io::{self, IsTerminal, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use serde_json::json;
 use vault_protocol::message::ConflictKind;
@@ -12,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::Ctx;
 use crate::args::{LoginArgs, PassphraseArgs};
+use crate::client::Client;
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::input::{self, PassphraseSource};
 use crate::output::relative;
@@ -55,6 +59,56 @@ fn read_token(args: &LoginArgs) -> CliResult<SecretValue> {
         return Err(usage("the access token is empty"));
     }
     Ok(SecretValue::from(token))
+}
+
+/// Pulls at least this big get a progress bar.
+const PROGRESS_FROM: u64 = 200;
+
+/// Runs `f` (a request that may pull many records) with a progress bar on
+/// stderr when that is a terminal: a second connection polls `status` for
+/// the pull's progress.
+fn with_progress<T>(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx) -> CliResult<T>) -> CliResult<T> {
+    if ctx.out.json || ctx.out.quiet || !io::stderr().is_terminal() {
+        return f(ctx);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, target) = (Arc::clone(&stop), ctx.target.clone());
+        std::thread::spawn(move || {
+            let mut client = None;
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if client.is_none() {
+                    client = Client::connect_running(&target).ok().flatten();
+                }
+                let Some(c) = client.as_mut() else { continue };
+                let Ok(Response::Status(s)) = c.call(Request::Status) else {
+                    continue;
+                };
+                if let Some(p) = s.sync.progress.filter(|p| p.total >= PROGRESS_FROM) {
+                    let b = bar.get_or_insert_with(|| {
+                        let b = indicatif::ProgressBar::new(p.total);
+                        if let Ok(style) = indicatif::ProgressStyle::with_template(
+                            "pulling {bar:30} {pos}/{len} records ({eta} left)",
+                        ) {
+                            b.set_style(style);
+                        }
+                        b
+                    });
+                    b.set_length(p.total);
+                    b.set_position(p.done);
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+        })
+    };
+    let result = f(ctx);
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    result
 }
 
 /// `vault login URL [--token-file F]`.
@@ -104,10 +158,13 @@ pub fn join(ctx: &mut Ctx, vault_id: &str, args: &PassphraseArgs) -> CliResult<(
                 true,
             ),
         };
-        match ctx.call(Request::Join {
-            vault_id: vault_id.to_owned(),
-            passphrase,
-        }) {
+        let joined = with_progress(ctx, |ctx| {
+            ctx.call(Request::Join {
+                vault_id: vault_id.to_owned(),
+                passphrase,
+            })
+        });
+        match joined {
             Err(e) if e.code == ErrorCode::BadPassphrase && prompted && tries < 3 => {
                 eprintln!("vault: {}", e.message);
             }
@@ -137,7 +194,7 @@ pub fn join(ctx: &mut Ctx, vault_id: &str, args: &PassphraseArgs) -> CliResult<(
 
 /// `vault sync [--now]`.
 pub fn now(ctx: &mut Ctx) -> CliResult<()> {
-    match ctx.call_unlocked(&|| Request::SyncNow)? {
+    match with_progress(ctx, |ctx| ctx.call_unlocked(&|| Request::SyncNow))? {
         Response::Synced(report) => {
             if ctx.out.json {
                 ctx.out.json(&report)?;
