@@ -99,6 +99,21 @@ fn offline_edits_on_two_devices_converge_and_nothing_is_lost() {
             .unwrap()
             .contains("cannot reach")
     );
+    let doctor = a.vault(["doctor", "--json"]).json();
+    let remote = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "remote")
+        .unwrap()
+        .clone();
+    assert_eq!(remote["status"], "warn", "{remote}");
+    assert!(
+        remote["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 change(s) queued")
+    );
 
     std::thread::sleep(Duration::from_millis(20));
     let from_b = secret("gh-from-b");

@@ -682,16 +682,38 @@ fn check_refresh(report: &mut Report, status: Option<&StatusInfo>) {
 }
 
 fn check_remote(report: &mut Report, status: Option<&StatusInfo>) {
-    match status.and_then(|s| s.sync.server.as_deref()) {
-        None => report.add(
+    let Some(sync) = status.map(|s| &s.sync) else {
+        return report.add("remote", Verdict::Skip, "the daemon did not answer");
+    };
+    let Some(server) = sync.server.as_deref() else {
+        return report.add(
             "remote",
             Verdict::Skip,
             "not configured (sync is optional; everything works offline)",
-        ),
-        Some(server) => report.add(
+        );
+    };
+    let queued = if sync.queued > 0 {
+        format!(", {} change(s) queued", sync.queued)
+    } else {
+        String::new()
+    };
+    match (&sync.last_error, sync.last_sync) {
+        (Some(e), _) => report.problem(
             "remote",
-            Verdict::Skip,
-            format!("{server} is configured; this build does not check it yet"),
+            Verdict::Warn,
+            format!("the last sync with {server} failed{queued}: {e}"),
+            "nothing is lost (changes stay queued); fix what the error names, then 'vault \
+             sync'; a refused token needs 'vault login URL --token-file FILE'",
+        ),
+        (None, Some(t)) => report.add(
+            "remote",
+            Verdict::Ok,
+            format!("syncs with {server}, last at {t}{queued}"),
+        ),
+        (None, None) => report.add(
+            "remote",
+            Verdict::Ok,
+            format!("syncs with {server}; not synced since the daemon started{queued}"),
         ),
     }
 }
