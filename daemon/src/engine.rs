@@ -499,6 +499,24 @@ impl Engine {
             idle_deadline: now.plus(self.config.idle),
             hard_deadline: now.plus(self.config.max),
         });
+        // A claimed name nobody holds (a crash between a change and the
+        // hand-over of its name) goes to its claimant now.
+        let orphans: Vec<String> = self
+            .session
+            .as_ref()
+            .map(|s| {
+                s.claims
+                    .keys()
+                    .filter(|n| s.index.get(*n).is_none_or(|e| e.claims.is_some()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in orphans {
+            if let Err(e) = self.settle_name(&name) {
+                warn!(error = %e, "cannot hand a name over");
+            }
+        }
     }
 
     /// Forgets the key and index (zeroized on drop).
@@ -603,6 +621,7 @@ impl Engine {
                     .map_err(|e| err(ErrorCode::Internal, e))?,
                 shadowed: false,
             };
+            check_size(&row)?;
             entries.push((body.name.clone(), IndexEntry::from_parts(&row, &body)));
             rows.push(row);
         }
@@ -794,15 +813,25 @@ impl Engine {
             .shadowed
             .then(|| sess.index.get(old_name).and_then(|e| e.claims.clone()))
             .flatten();
+        // A refresh is not the user's change: a record listed under a
+        // derived name goes on claiming its own name.
+        let keep_claim = claimed.clone().filter(|_| change == "refresh");
+        if let Some(n) = &keep_claim {
+            body.name = n.clone();
+        }
         row.updated_at = now.unix().max(row.updated_at);
-        row.name_mac = sess.key.name_mac(&body.name);
+        row.name_mac = sess.key.name_mac(match keep_claim {
+            Some(_) => old_name,
+            None => &body.name,
+        });
         row.kind = body.kind.as_str().to_owned();
         row.expires_at = body.expires_at.map(Timestamp::unix);
-        row.shadowed = false;
+        row.shadowed = keep_claim.is_some();
         row.body = sess
             .key
             .encrypt(&body.to_bytes())
             .map_err(|e| err(ErrorCode::Internal, e))?;
+        check_size(&row)?;
         let device = self.device.clone();
         self.store_mut()?
             .update(&mut row, &device, change, Some(log), &parents)
@@ -819,19 +848,17 @@ impl Engine {
         self.rerender(&row, &body, now);
         let sess = self.session_mut()?;
         sess.index.remove(old_name);
-        if let Some(n) = &claimed {
+        if let (Some(n), None) = (&claimed, &keep_claim) {
             sync::unclaim(sess, n, &row.id);
         }
-        let summary;
-        if row.deleted {
-            summary = IndexEntry::from_parts(&row, &body).summary(&body.name, now);
-        } else {
-            let entry = IndexEntry::from_parts(&row, &body);
-            summary = entry.summary(&body.name, now);
-            sess.index.insert(body.name.clone(), entry);
+        let entry = IndexEntry::from_parts(&row, &body);
+        let listed = entry.listed_name(&body.name);
+        let summary = entry.summary(&listed, now);
+        if !row.deleted {
+            sess.index.insert(listed.clone(), entry);
         }
         // A name this record gave up goes to a record that lost it earlier.
-        if old_name != body.name || row.deleted {
+        if old_name != listed || row.deleted {
             self.settle_local(old_name)?;
         }
         Ok(summary)
@@ -952,6 +979,19 @@ impl Engine {
         let old_name = if was_deleted { "" } else { name };
         self.commit(row, body, old_name, "restore", now)
     }
+}
+
+/// A record must fit the server's limit so it can always sync (and a log
+/// never sticks at an entry the server refuses).
+fn check_size(row: &RecordRow) -> Result<()> {
+    if row.body.len() > vault_protocol::server_api::MAX_RECORD_BYTES {
+        return Err(err(
+            ErrorCode::Usage,
+            "this credential would be over 1 MiB encrypted, the most a record may hold: \
+             nothing was saved; keep big files outside the vault",
+        ));
+    }
+    Ok(())
 }
 
 fn check_meta(description: Option<&str>, tags: &[String]) -> Result<()> {

@@ -305,6 +305,65 @@ impl Session<'_> {
     }
 }
 
+/// Whether the server's entries `after + 1 ..= upto` of this device's log
+/// (the first page of them) are the very entries this device has there.
+async fn holds_ours(
+    session: &Session<'_>,
+    d: &Arc<Daemon>,
+    t: &Target,
+    after: u64,
+    upto: u64,
+) -> Result<bool, WireError> {
+    let heads: HeadsResponse = session
+        .call(
+            reqwest::Method::GET,
+            &format!("/vaults/{}/heads", t.vault_id),
+            None::<&()>,
+        )
+        .await
+        .map_err(|e| e.wire(&t.url))?;
+    let mut since = heads.heads;
+    since.insert(t.device.clone(), after);
+    let n = (upto - after).min(u64::from(server_api::MAX_PULL_LIMIT));
+    let req = PullRequest {
+        since,
+        limit: Some(n as u32),
+    };
+    let page: PullResponse = session
+        .call(
+            reqwest::Method::POST,
+            &format!("/vaults/{}/pull", t.vault_id),
+            Some(&req),
+        )
+        .await
+        .map_err(|e| e.wire(&t.url))?;
+    let theirs: Vec<Pulled> = page
+        .records
+        .into_iter()
+        .filter(|r| r.device_id == t.device)
+        .map(to_pulled)
+        .collect();
+    let ours = blocking(d, move |e| e.log_after(after, n as usize)).await?;
+    Ok(!theirs.is_empty()
+        && theirs.len() == ours.len()
+        && theirs
+            .iter()
+            .zip(&ours)
+            .all(|(a, b)| a.index == b.index && a.data == b.body))
+}
+
+fn log_ahead(url: &str, server_head: u64, local: u64) -> WireError {
+    WireError::new(
+        ErrorCode::Conflict,
+        format!(
+            "{url} holds {server_head} entries of this device's log and vault.db has {local} \
+             that differ from them: vault.db was restored from a backup or copied from another \
+             machine. Nothing was pushed. Move this VAULT_HOME aside and join the vault afresh ('vault login', then \
+             'vault init --join'); the changes in the moved vault stay readable there"
+        ),
+    )
+}
+
 fn key_mismatch(url: &str, vault_id: &str) -> WireError {
     WireError::new(
         ErrorCode::Conflict,
@@ -575,16 +634,36 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             .call::<PushResponse>(reqwest::Method::POST, &path, Some(&req))
             .await
         {
-            Ok(resp) => {
+            Ok(resp) if resp.head > after => {
                 pushed = resp.head;
                 report.pushed += n;
+            }
+            Ok(resp) => {
+                return Err(WireError::new(
+                    ErrorCode::Failed,
+                    format!(
+                        "{} accepted a push but its log did not grow (head {}): nothing is lost; \
+                         try again later",
+                        t.url, resp.head
+                    ),
+                ));
             }
             // The server's log ends elsewhere: an earlier push landed but
             // its answer was lost, or the server lost entries. Go on from
             // where it is.
             Err(CallError::Api(409, e)) if e.expected_index.is_some() && conflicts_seen < 3 => {
                 conflicts_seen += 1;
-                pushed = e.expected_index.unwrap_or(1).saturating_sub(1);
+                let server_head = e.expected_index.unwrap_or(1).saturating_sub(1);
+                let local = blocking(d, |e| Ok(e.log_last())).await?;
+                // Going on would skip local changes the server never got,
+                // unless what it holds past `after` is ours, byte for byte.
+                if server_head > local
+                    || (server_head > after
+                        && !holds_ours(&session, d, &t, after, server_head).await?)
+                {
+                    return Err(log_ahead(&t.url, server_head, local));
+                }
+                pushed = server_head;
                 info!(
                     head = pushed,
                     "the server's copy of this log ends elsewhere; resuming"
@@ -633,6 +712,16 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             p.done += applied.applied;
         }
         let stop = !applied.refused.is_empty();
+        if page.more && applied.applied == 0 && !stop {
+            return Err(WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{} keeps answering with entries that apply nothing; stopped (nothing is \
+                     lost); 'vault sync verify' shows the logs",
+                    t.url
+                ),
+            ));
+        }
         report.refused.extend(applied.refused);
         since = blocking(d, |e| e.seen()).await?;
         since.insert(t.device.clone(), pushed);
@@ -737,11 +826,11 @@ pub async fn background(d: Arc<Daemon>) {
         return;
     }
     loop {
-        let wait = d
-            .syncer
-            .state()
-            .retry_at
-            .map_or(interval, |t| t.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let wait = match d.syncer.state().retry_at {
+            Some(t) if t > now => t - now,
+            _ => interval,
+        };
         tokio::select! {
             _ = d.syncer.kick.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
@@ -757,7 +846,11 @@ pub async fn background(d: Arc<Daemon>) {
             let e = d.engine();
             !e.is_locked() && e.sync_server().is_some()
         };
-        if ready && let Err(e) = sync_now(&d).await {
+        if !ready {
+            // Nothing to retry until unlocked (or logged in) again; the
+            // unlock kicks a sync.
+            d.syncer.state().retry_at = None;
+        } else if let Err(e) = sync_now(&d).await {
             warn!(error = %e.message, "background sync failed");
         }
     }

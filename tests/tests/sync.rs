@@ -61,6 +61,30 @@ fn join(first: &VaultHome, server: &RemoteServer) -> VaultHome {
     second
 }
 
+/// The vault database files of a stopped device, to put back later (a
+/// restored backup, or a push whose answer never arrived).
+fn snapshot(vh: &VaultHome) -> Vec<(String, Option<Vec<u8>>)> {
+    let db = vh.paths().db().display().to_string();
+    [db.clone(), format!("{db}-wal"), format!("{db}-shm")]
+        .into_iter()
+        .map(|f| {
+            let content = std::fs::read(&f).ok();
+            (f, content)
+        })
+        .collect()
+}
+
+fn put_back(saved: &[(String, Option<Vec<u8>>)]) {
+    for (f, content) in saved {
+        match content {
+            Some(c) => std::fs::write(f, c).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+}
+
 fn names(vh: &VaultHome) -> Vec<String> {
     vh.vault(["list", "--json"]).names()
 }
@@ -246,20 +270,11 @@ fn an_interrupted_push_resumes_without_holes_or_duplicates() {
     // The push lands but the device never hears back: its vault.db is put
     // back to the state before the push.
     a.stop_daemons();
-    let db = a.paths().db().display().to_string();
-    let files = [db.clone(), format!("{db}-wal"), format!("{db}-shm")];
-    let saved: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    let saved = snapshot(&a);
     a.unlock();
     sync(&a);
     a.stop_daemons();
-    for (f, content) in files.iter().zip(&saved) {
-        match content {
-            Some(c) => std::fs::write(f, c).unwrap(),
-            None => {
-                let _ = std::fs::remove_file(f);
-            }
-        }
-    }
+    put_back(&saved);
     a.unlock();
     assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 5);
     add_token(&a, "t5", &secret("t5"));
@@ -374,4 +389,34 @@ fn a_first_sync_on_a_terminal_shows_progress() {
     assert!(run.stdout.contains("pulling"), "no progress bar: {run}");
     assert!(run.stdout.contains("/3000 records"), "{run}");
     assert_eq!(names(&b).len(), 3000);
+}
+
+#[test]
+fn a_restored_backup_never_skips_its_new_changes() {
+    let server = RemoteServer::start();
+    let a = VaultHome::new();
+    a.write_config("[sync]\nauto = false\n");
+    a.init().ok();
+    login(&a, &server).ok();
+    add_token(&a, "t0", &secret("t0"));
+    sync(&a);
+    a.stop_daemons();
+    let saved = snapshot(&a);
+    a.unlock();
+    add_token(&a, "t1", &secret("t1"));
+    sync(&a);
+    // Back to the backup: its next change takes the index the server
+    // already holds for t1.
+    a.stop_daemons();
+    put_back(&saved);
+    a.unlock();
+    add_token(&a, "t2", &secret("t2"));
+    a.vault(["sync"])
+        .code(5)
+        .stderr_has("restored from a backup")
+        .stderr_has("vault init --join");
+    assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 1);
+    // The server still holds t0 and t1, nothing of the diverged log.
+    let b = join(&a, &server);
+    assert_eq!(names(&b), ["t0", "t1"]);
 }

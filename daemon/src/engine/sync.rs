@@ -359,7 +359,14 @@ impl Engine {
         let rows = self.store()?.unlogged_heads().map_err(store_err)?;
         let n = rows.len();
         for row in rows {
-            let body = decrypt_body(&self.session()?.key, &row)?;
+            // One unreadable record (logged at unlock) must not stop sync.
+            let body = match decrypt_body(&self.session()?.key, &row) {
+                Ok(body) => body,
+                Err(e) => {
+                    warn!(record = %row.id, error = %e.message, "not enrolled: unreadable");
+                    continue;
+                }
+            };
             let name = body.name.clone();
             self.commit(row, body, &name, "enroll", now)?;
         }
@@ -467,22 +474,24 @@ impl Engine {
 
     /// After a local change freed `name`: a record that lost it takes it.
     pub(super) fn settle_local(&mut self, name: &str) -> Result<()> {
+        if let Err(e) = self.settle_name(name) {
+            self.reindex();
+            return Err(store_err(e));
+        }
+        Ok(())
+    }
+
+    /// [`settle`] in its own transaction.
+    pub(super) fn settle_name(&mut self, name: &str) -> std::result::Result<(), StoreError> {
         let (Some(store), Some(sess)) = (self.store.as_mut(), self.session.as_mut()) else {
             return Ok(());
         };
         if !sess.claims.contains_key(name) {
             return Ok(());
         }
-        let result = (|| {
-            let mut tx = store.sync_tx()?;
-            settle(sess, &mut tx, name)?;
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            self.reindex();
-            return Err(store_err(e));
-        }
-        Ok(())
+        let mut tx = store.sync_tx()?;
+        settle(sess, &mut tx, name)?;
+        tx.commit()
     }
 
     /// Open conflicts: revisions that lost to a concurrent change, and
@@ -585,7 +594,12 @@ fn apply_one(
                  entries); it is not applied"
             ))
         })?;
-    if validate_name(&body.name).is_err() || body.id.len() != 32 {
+    let id_ok = body.id.len() == 32
+        && body
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if validate_name(&body.name).is_err() || !id_ok {
         return Err(Refusal::Refused(format!(
             "{place} holds an invalid record; it is not applied"
         )));
@@ -638,10 +652,10 @@ fn apply_one(
     let mut freed = None;
     if let Some(old) = existing.as_ref().filter(|r| !r.deleted) {
         let old_body = decrypt_body(&sess.key, old).map_err(|e| {
-            Refusal::Store(StoreError::Damaged(format!(
-                "record {} cannot be read: {}",
+            Refusal::Refused(format!(
+                "{place} changes record {}, whose copy here cannot be read ({}); it is not applied",
                 old.id, e.message
-            )))
+            ))
         })?;
         if old.shadowed {
             sess.index.remove(&derived_name(&old_body.name, &old.id));
@@ -723,6 +737,128 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use vault_protocol::CredentialType;
+    use vault_protocol::message::{ListFilter, NewRecord};
+    use vault_protocol::paths::VaultPaths;
+
+    fn token(name: &str, value: &str) -> NewRecord {
+        NewRecord {
+            name: name.into(),
+            kind: CredentialType::Token,
+            fields: [("token".to_owned(), SecretValue::from(value))].into(),
+            description: None,
+            tags: vec![],
+            expires_at: None,
+        }
+    }
+
+    /// Two engines of one vault (the second joined with the first's key).
+    fn pair() -> (tempfile::TempDir, Engine, Engine) {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["a", "b"] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+        }
+        let now = Timestamp::now();
+        let mut a = Engine::open(
+            VaultPaths::under_home(&tmp.path().join("a")),
+            Config::default(),
+        )
+        .unwrap();
+        let (vault_id, _) = a.init(&SecretValue::from("pw"), now).unwrap();
+        let sealed = std::fs::read(a.paths().identity()).unwrap();
+        let mut b = Engine::open(
+            VaultPaths::under_home(&tmp.path().join("b")),
+            Config::default(),
+        )
+        .unwrap();
+        let joined = Joined {
+            key: VaultKey::open(&sealed, "pw").unwrap(),
+            sealed,
+            vault_id,
+            url: "http://127.0.0.1:1".into(),
+            token: SecretValue::from("t"),
+        };
+        b.join(joined, now).unwrap();
+        (tmp, a, b)
+    }
+
+    /// Everything `from` wrote, as pulled by another device.
+    fn log_of(from: &Engine) -> Vec<Pulled> {
+        let key_id = from.meta("key_id").unwrap().unwrap();
+        from.log_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| Pulled {
+                device: from.device.clone(),
+                index: e.index,
+                key_id: key_id.clone(),
+                data: e.body,
+            })
+            .collect()
+    }
+
+    fn listing(e: &Engine) -> Vec<(String, String)> {
+        let now = Timestamp::now();
+        let (names, _) = e.list(&ListFilter::default(), None, now).unwrap();
+        names
+            .into_iter()
+            .map(|r| {
+                let v = e.get(&r.name, now).unwrap();
+                (r.name, v.fields["token"].expose_secret().to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_name_on_two_devices_converges_and_a_refresh_keeps_the_claim() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("n", "from-a")], now).unwrap();
+        b.add(vec![token("n", "from-b")], now).unwrap();
+        // Each applies the other's log: the later clock (b) keeps the name.
+        let (from_a, from_b) = (log_of(&a), log_of(&b));
+        assert_eq!(a.apply(from_b, now).unwrap().applied, 1);
+        assert_eq!(b.apply(from_a, now).unwrap().applied, 1);
+        let seen = listing(&a);
+        assert_eq!(seen, listing(&b));
+        assert_eq!(seen[0], ("n".to_owned(), "from-b".to_owned()));
+        assert!(seen[1].0.starts_with("n@conflict-"), "{seen:?}");
+        assert_eq!(a.conflicts().unwrap()[0].kind, ConflictKind::Name);
+
+        // A refresh of the loser is not the user's choice: it still claims n.
+        let loser = seen[1].0.clone();
+        let (row, body) = a.load(&loser).unwrap();
+        a.commit(row, body, &loser, "refresh", now).unwrap();
+        assert_eq!(listing(&a)[1].0, loser);
+        // Deleting the winner hands the name back, on both devices.
+        b.remove("n", false, now).unwrap();
+        let fresh: Vec<Pulled> = log_of(&b).into_iter().skip(1).collect();
+        a.apply(fresh, now).unwrap();
+        assert_eq!(listing(&a), [("n".to_owned(), "from-a".to_owned())]);
+        b.apply(log_of(&a).into_iter().skip(1).collect(), now)
+            .unwrap();
+        assert_eq!(listing(&b), listing(&a));
+    }
+
+    #[test]
+    fn a_pulled_entry_filed_elsewhere_is_refused() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("x", "1"), token("y", "2")], now).unwrap();
+        let mut swapped = log_of(&a);
+        swapped.swap(0, 1);
+        swapped[0].index = 1;
+        swapped[1].index = 2;
+        let out = b.apply(swapped, now).unwrap();
+        assert_eq!(out.applied, 0);
+        assert!(
+            out.refused[0].contains("filed elsewhere"),
+            "{:?}",
+            out.refused
+        );
+        assert!(listing(&b).is_empty());
+    }
 
     #[test]
     fn clocks_move_forward() {
