@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::time::Duration;
 
 use vault_e2e::{PASSPHRASE, RemoteServer, SERVER_ADMIN_TOKEN, VaultHome, secret};
@@ -337,20 +338,11 @@ fn verify_finds_a_hole_and_repair_fills_it() {
     );
 }
 
-#[test]
-fn a_first_sync_on_a_terminal_shows_progress() {
-    let Some(script) = vault_e2e::which("script") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "script(1) is missing in CI: .ci/run installs util-linux"
-        );
-        println!("SKIP progress bar: script(1) (util-linux) not installed");
-        return;
-    };
-    let server = RemoteServer::start();
+/// A logged-in, synced device holding `n` token records.
+fn bulk_device(server: &RemoteServer, n: usize) -> VaultHome {
     let a = VaultHome::new();
     a.init().ok();
-    let records: Vec<vault_protocol::message::NewRecord> = (0..3000)
+    let records: Vec<vault_protocol::message::NewRecord> = (0..n)
         .map(|i| vault_protocol::message::NewRecord {
             name: format!("bulk-{i:05}"),
             kind: vault_protocol::CredentialType::Token,
@@ -366,8 +358,75 @@ fn a_first_sync_on_a_terminal_shows_progress() {
         .unwrap()
         .into_result()
         .unwrap();
-    login(&a, &server).ok();
+    login(&a, server).ok();
     sync(&a);
+    a
+}
+
+#[test]
+fn an_interrupted_pull_resumes_without_holes() {
+    let server = RemoteServer::start();
+    let a = bulk_device(&server, 3000);
+    let b = VaultHome::new();
+    login(&b, &server).ok();
+    // The join's pull runs in the daemon; kill it once some pages landed.
+    let joining = {
+        let mut cmd = b.command(
+            &vault_e2e::binaries().vault,
+            ["init", "--join", &vault_id(&a), "--passphrase-stdin"],
+        );
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSPHRASE}\n").as_bytes())
+            .unwrap();
+        child
+    };
+    let pid = b.daemon_pid().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = b.vault(["sync", "status", "--json"]).json();
+        if s["progress"]["done"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pull seen: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vault_e2e::kill_pid(pid, true);
+    let _ = joining.wait_with_output();
+    let partial = rusqlite::Connection::open(b.paths().db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM records", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    assert!(
+        partial < 3000,
+        "the pull was not interrupted ({partial} records)"
+    );
+    b.unlock();
+    sync(&b);
+    assert_eq!(names(&b).len(), 3000);
+    b.vault(["sync", "verify"])
+        .ok()
+        .stderr_has("every log is complete");
+}
+
+#[test]
+fn a_first_sync_on_a_terminal_shows_progress() {
+    let Some(script) = vault_e2e::which("script") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script(1) is missing in CI: .ci/run installs util-linux"
+        );
+        println!("SKIP progress bar: script(1) (util-linux) not installed");
+        return;
+    };
+    let server = RemoteServer::start();
+    let a = bulk_device(&server, 3000);
 
     let b = VaultHome::new();
     login(&b, &server).ok();
