@@ -96,6 +96,24 @@ pub struct Client {
 impl Client {
     /// Connects to the running daemon, starting it first if none runs.
     pub fn connect_or_start(target: &Target) -> CliResult<Self> {
+        let mut client = Self::connect_or_start_once(target)?;
+        if client.started_daemon {
+            return Ok(client);
+        }
+        match client.hello() {
+            Ok(_) => Ok(client),
+            // A daemon that was dying as we connected (killed, shutting
+            // down): its socket accepted, then closed. Once more, which
+            // finds the socket dead and starts a new daemon.
+            Err(e) if e.code == ErrorCode::Unreachable => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                Self::connect_or_start_once(target)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn connect_or_start_once(target: &Target) -> CliResult<Self> {
         match connect_socket(target.socket()) {
             Ok(stream) => Ok(Self::new(stream, target, false)),
             Err(e) if is_absent(&e) => {
