@@ -96,24 +96,6 @@ pub struct Client {
 impl Client {
     /// Connects to the running daemon, starting it first if none runs.
     pub fn connect_or_start(target: &Target) -> CliResult<Self> {
-        let mut client = Self::connect_or_start_once(target)?;
-        if client.started_daemon {
-            return Ok(client);
-        }
-        match client.hello() {
-            Ok(_) => Ok(client),
-            // A daemon that was dying as we connected (killed, shutting
-            // down): its socket accepted, then closed. Once more, which
-            // finds the socket dead and starts a new daemon.
-            Err(e) if e.code == ErrorCode::Unreachable => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                Self::connect_or_start_once(target)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn connect_or_start_once(target: &Target) -> CliResult<Self> {
         match connect_socket(target.socket()) {
             Ok(stream) => Ok(Self::new(stream, target, false)),
             Err(e) if is_absent(&e) => {
@@ -163,15 +145,39 @@ impl Client {
     pub fn call(&mut self, req: Request) -> CliResult<Response> {
         if self.hello.is_none() {
             if is_read_only(&req) {
-                // One round trip: both frames go out before we wait.
-                let hello_id = self.send(hello_request())?;
-                let id = self.send(req)?;
-                self.read_hello(hello_id)?;
-                return self.read_response(id);
+                // A daemon that was dying as we connected (killed, shutting
+                // down) accepts and then drops the connection: a read-only
+                // request (it holds no secret) is sent once more on a new
+                // connection, which finds the socket dead and starts a new
+                // daemon.
+                let again = if self.started_daemon {
+                    None
+                } else {
+                    serde_json::to_value(&req).ok()
+                };
+                let first = self.pipelined(req);
+                return match (first, again) {
+                    (Err(e), Some(again)) if e.code == ErrorCode::Unreachable => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        *self = Self::connect_or_start(&self.target)?;
+                        let req = serde_json::from_value(again).map_err(|_| e)?;
+                        self.pipelined(req)
+                    }
+                    (result, _) => result,
+                };
             }
             self.hello()?;
         }
         let id = self.send(req)?;
+        self.read_response(id)
+    }
+
+    /// One round trip for a read-only request on a fresh connection: the
+    /// hello and the request go out before we wait.
+    fn pipelined(&mut self, req: Request) -> CliResult<Response> {
+        let hello_id = self.send(hello_request())?;
+        let id = self.send(req)?;
+        self.read_hello(hello_id)?;
         self.read_response(id)
     }
 
