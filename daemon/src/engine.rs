@@ -254,7 +254,10 @@ impl Engine {
             None => String::new(),
         };
         let (log_last, clock) = match &store {
-            Some(s) => s.log_heads(&device).map_err(|e| e.to_string())?,
+            Some(s) => (
+                s.log_last(&device).map_err(|e| e.to_string())?,
+                s.max_clock().map_err(|e| e.to_string())?,
+            ),
             None => (0, 0),
         };
         Ok(Self {
@@ -774,7 +777,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<RecordSummary> {
         let clock = sync::tick(self.clock);
-        let stamp = crate::record::Stamp {
+        let mut stamp = crate::record::Stamp {
             device: self.device.clone(),
             index: self.log_last + 1,
             clock,
@@ -786,7 +789,6 @@ impl Engine {
             index: stamp.index,
             clock,
         };
-        let mut stamp = stamp;
         if let Some((device, index)) = self
             .store()?
             .log_place(&row.id, row.revision)

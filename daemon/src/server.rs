@@ -160,12 +160,7 @@ impl Daemon {
         status.refresh = self
             .refresher
             .report(|name, id, revision| engine.is_current(name, id, revision));
-        let queued = if engine.is_initialized() {
-            engine.queued()
-        } else {
-            0
-        };
-        status.sync = self.syncer.status(engine.sync_server(), queued);
+        status.sync = self.syncer.status(engine.sync_server(), engine.queued());
         Ok(Response::Status(status))
     }
 

@@ -473,20 +473,24 @@ impl Store {
         Ok(rows)
     }
 
-    /// The last index in `device`'s log (0 when empty) and the highest clock
-    /// of any revision.
-    pub fn log_heads(&self, device: &str) -> Result<(u64, u64)> {
+    /// The last index in `device`'s log (0 when empty).
+    pub fn log_last(&self, device: &str) -> Result<u64> {
         let last: i64 = self.conn.query_row(
             "SELECT coalesce(max(log_index), 0) FROM revisions WHERE device = ?1",
             [device],
             |r| r.get(0),
         )?;
+        Ok(last as u64)
+    }
+
+    /// The highest clock of any revision (0 before sync).
+    pub fn max_clock(&self) -> Result<u64> {
         let clock: i64 =
             self.conn
                 .query_row("SELECT coalesce(max(clock), 0) FROM revisions", [], |r| {
                     r.get(0)
                 })?;
-        Ok((last as u64, clock as u64))
+        Ok(clock as u64)
     }
 
     /// Entries pulled so far: device → last index applied.

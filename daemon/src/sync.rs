@@ -204,8 +204,8 @@ fn api_error(message: String) -> server_api::ApiError {
 /// An authenticated session with one server.
 struct Session<'a> {
     syncer: &'a Syncer,
-    url: String,
-    token: SecretValue,
+    url: &'a str,
+    token: &'a SecretValue,
 }
 
 impl Session<'_> {
@@ -233,7 +233,7 @@ impl Session<'_> {
             &self.syncer.http,
             reqwest::Method::POST,
             &self.api("/auth/token"),
-            &self.token,
+            self.token,
             None::<&()>,
         )
         .await?;
@@ -269,6 +269,19 @@ impl Session<'_> {
         }
     }
 
+    /// Every device's last index in the vault's logs.
+    async fn heads(&self, vault_id: &str) -> Result<BTreeMap<String, u64>, WireError> {
+        let answer: HeadsResponse = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/vaults/{vault_id}/heads"),
+                None::<&()>,
+            )
+            .await
+            .map_err(|e| e.wire(self.url))?;
+        Ok(answer.heads)
+    }
+
     /// The vault on the server; created from this device when missing.
     /// Refuses a vault whose key is not this one's.
     async fn ensure_vault(&self, t: &Target) -> Result<(), WireError> {
@@ -276,10 +289,16 @@ impl Session<'_> {
         let info: VaultInfo = match self.call(reqwest::Method::GET, &path, None::<&()>).await {
             Ok(info) => info,
             Err(CallError::Api(404, _)) => {
+                let identity = crate::fsutil::read_private(&t.identity).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::Failed,
+                        format!("cannot read {}: {e}", t.identity.display()),
+                    )
+                })?;
                 let new = NewVault {
                     id: t.vault_id.clone(),
                     key_id: t.key_id.clone(),
-                    identity: base64::engine::general_purpose::STANDARD.encode(&t.identity),
+                    identity: base64::engine::general_purpose::STANDARD.encode(identity),
                 };
                 let created: Result<VaultInfo, _> = self
                     .call(reqwest::Method::POST, "/vaults", Some(&new))
@@ -292,14 +311,14 @@ impl Session<'_> {
                     Err(CallError::Api(409, _)) => self
                         .call(reqwest::Method::GET, &path, None::<&()>)
                         .await
-                        .map_err(|e| e.wire(&self.url))?,
-                    Err(e) => return Err(e.wire(&self.url)),
+                        .map_err(|e| e.wire(self.url))?,
+                    Err(e) => return Err(e.wire(self.url)),
                 }
             }
-            Err(e) => return Err(e.wire(&self.url)),
+            Err(e) => return Err(e.wire(self.url)),
         };
         if info.key_id != t.key_id {
-            return Err(key_mismatch(&self.url, &t.vault_id));
+            return Err(key_mismatch(self.url, &t.vault_id));
         }
         Ok(())
     }
@@ -314,15 +333,7 @@ async fn holds_ours(
     after: u64,
     upto: u64,
 ) -> Result<bool, WireError> {
-    let heads: HeadsResponse = session
-        .call(
-            reqwest::Method::GET,
-            &format!("/vaults/{}/heads", t.vault_id),
-            None::<&()>,
-        )
-        .await
-        .map_err(|e| e.wire(&t.url))?;
-    let mut since = heads.heads;
+    let mut since = session.heads(&t.vault_id).await?;
     since.insert(t.device.clone(), after);
     let n = (upto - after).min(u64::from(server_api::MAX_PULL_LIMIT));
     let req = PullRequest {
@@ -364,6 +375,13 @@ fn log_ahead(url: &str, server_head: u64, local: u64) -> WireError {
     )
 }
 
+fn not_logged_in() -> WireError {
+    WireError::new(
+        ErrorCode::Usage,
+        "this vault is not synced: run 'vault login URL --token-file FILE' first",
+    )
+}
+
 fn key_mismatch(url: &str, vault_id: &str) -> WireError {
     WireError::new(
         ErrorCode::Conflict,
@@ -387,10 +405,7 @@ pub async fn login(d: &Arc<Daemon>, url: &str, token: SecretValue) -> Result<Res
     }
     let (initialized, locked) = {
         let e = d.engine();
-        (
-            e.sync_server().is_some() || e.is_initialized(),
-            e.is_locked(),
-        )
+        (e.is_initialized(), e.is_locked())
     };
     if initialized && locked {
         return Err(WireError::new(
@@ -400,8 +415,8 @@ pub async fn login(d: &Arc<Daemon>, url: &str, token: SecretValue) -> Result<Res
     }
     let session = Session {
         syncer: &d.syncer,
-        url: url.clone(),
-        token: SecretValue::from(token.expose_secret()),
+        url: &url,
+        token: &token,
     };
     session.jwt(true).await.map_err(|e| e.wire(&url))?;
     if !initialized {
@@ -464,8 +479,8 @@ pub async fn join(
     }
     let session = Session {
         syncer: &d.syncer,
-        url: url.clone(),
-        token: SecretValue::from(token.expose_secret()),
+        url: &url,
+        token: &token,
     };
     let info: VaultInfo = session
         .call(
@@ -537,12 +552,7 @@ pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
         e.sync_target()
     })
     .await?;
-    let Some(target) = target else {
-        return Err(WireError::new(
-            ErrorCode::Usage,
-            "this vault is not synced: run 'vault login URL --token-file FILE' first",
-        ));
-    };
+    let target = target.ok_or_else(not_logged_in)?;
     let result = run(d, target).await;
     let mut st = d.syncer.state();
     st.progress = None;
@@ -590,8 +600,8 @@ async fn blocking<T: Send + 'static>(
 async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
     let session = Session {
         syncer: &d.syncer,
-        url: t.url.clone(),
-        token: SecretValue::from(t.token.expose_secret()),
+        url: &t.url,
+        token: &t.token,
     };
     let wire = |e: CallError| e.wire(&t.url);
     let started = Instant::now();
@@ -699,14 +709,8 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             d.syncer.state().progress = Some(SyncProgress { done: 0, total });
         }
         let pulled: Vec<Pulled> = page.records.into_iter().map(to_pulled).collect();
-        let applied = blocking(d, move |e| e.apply(pulled, Timestamp::now())).await;
-        let applied = match applied {
-            Ok(a) => a,
-            Err(e) => {
-                d.syncer.state().progress = None;
-                return Err(e);
-            }
-        };
+        // On an error, sync_now clears the progress with the outcome.
+        let applied = blocking(d, move |e| e.apply(pulled, Timestamp::now())).await?;
         report.pulled += applied.applied;
         if let Some(p) = &mut d.syncer.state().progress {
             p.done += applied.applied;
@@ -772,24 +776,17 @@ fn to_pulled(r: LogRecord) -> Pulled {
 /// `vault sync verify [--repair]`: compares every log with the server's
 /// heads; with `repair`, lowers the marks and syncs, then compares again.
 pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError> {
-    let target = blocking(d, |e| e.sync_target()).await?.ok_or_else(|| {
-        WireError::new(
-            ErrorCode::Usage,
-            "this vault is not synced: run 'vault login URL --token-file FILE' first",
-        )
-    })?;
+    let target = blocking(d, |e| e.sync_target())
+        .await?
+        .ok_or_else(not_logged_in)?;
     let session = Session {
         syncer: &d.syncer,
-        url: target.url.clone(),
-        token: SecretValue::from(target.token.expose_secret()),
+        url: &target.url,
+        token: &target.token,
     };
     session.ensure_vault(&target).await?;
-    let path = format!("/vaults/{}/heads", target.vault_id);
-    let heads: HeadsResponse = session
-        .call(reqwest::Method::GET, &path, None::<&()>)
-        .await
-        .map_err(|e| e.wire(&target.url))?;
-    let logs = blocking(d, move |e| e.verify_logs(&heads.heads)).await?;
+    let heads = session.heads(&target.vault_id).await?;
+    let logs = blocking(d, move |e| e.verify_logs(&heads)).await?;
     let holes = logs
         .iter()
         .any(|l| !l.missing_here.is_empty() || !l.missing_there.is_empty());
@@ -802,11 +799,8 @@ pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError
     warn!("repairing sync logs");
     blocking(d, move |e| e.prepare_repair(&logs)).await?;
     sync_now(d).await?;
-    let heads: HeadsResponse = session
-        .call(reqwest::Method::GET, &path, None::<&()>)
-        .await
-        .map_err(|e| e.wire(&target.url))?;
-    let logs = blocking(d, move |e| e.verify_logs(&heads.heads)).await?;
+    let heads = session.heads(&target.vault_id).await?;
+    let logs = blocking(d, move |e| e.verify_logs(&heads)).await?;
     Ok(Response::Verified {
         logs,
         repaired: true,

@@ -708,6 +708,12 @@ impl VaultHome {
         run
     }
 
+    /// `vault login` to `server` with its admin token, read from a file.
+    pub fn login(&self, server: &RemoteServer) -> Run {
+        let token = self.at_file("server-token", SERVER_ADMIN_TOKEN);
+        self.vault(["login", &server.url(), "--token-file", &token[1..]])
+    }
+
     /// Writes `config.toml` (0600, its directory 0700), before the daemon
     /// starts.
     pub fn write_config(&self, text: &str) {

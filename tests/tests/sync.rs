@@ -7,13 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use vault_e2e::{PASSPHRASE, RemoteServer, SERVER_ADMIN_TOKEN, VaultHome, secret};
-
-fn login(vh: &VaultHome, server: &RemoteServer) -> vault_e2e::Run {
-    let token = vh.at_file("server-token", SERVER_ADMIN_TOKEN);
-    let token = token.trim_start_matches('@').to_owned();
-    vh.vault(["login", &server.url(), "--token-file", &token])
-}
+use vault_e2e::{PASSPHRASE, RemoteServer, VaultHome, secret};
 
 fn add_token(vh: &VaultHome, name: &str, value: &str) {
     vh.vault_in(
@@ -49,7 +43,8 @@ fn vault_id(vh: &VaultHome) -> String {
 /// A second device for `first`'s vault: logs in, joins, pulls.
 fn join(first: &VaultHome, server: &RemoteServer) -> VaultHome {
     let second = VaultHome::new();
-    login(&second, server)
+    second
+        .login(server)
         .ok()
         .stderr_has("vault init --join VAULT_ID");
     second
@@ -98,7 +93,7 @@ fn offline_edits_on_two_devices_converge_and_nothing_is_lost() {
     let v1 = secret("gh-v1");
     add_token(&a, "github", &v1);
     add_token(&a, "npm", &secret("npm"));
-    login(&a, &server).ok();
+    a.login(&server).ok();
     let first = sync(&a).stderr.clone();
     assert!(first.contains("2 change(s) pushed"), "{first}");
 
@@ -192,7 +187,7 @@ fn one_name_taken_on_two_devices_keeps_both_records() {
     let server = RemoteServer::start();
     let a = VaultHome::new();
     a.init().ok();
-    login(&a, &server).ok();
+    a.login(&server).ok();
     sync(&a);
     let b = join(&a, &server);
     let (va, vb) = (secret("shared-a"), secret("shared-b"));
@@ -231,7 +226,7 @@ fn a_vault_with_another_key_is_refused_before_uploading() {
     let a = VaultHome::new();
     a.init().ok();
     add_token(&a, "mine", &secret("mine"));
-    login(&a, &server).ok();
+    a.login(&server).ok();
     sync(&a);
     // Another vault that claims A's id (a restored backup of something
     // else, a copied vault.db): it must not upload anything.
@@ -247,7 +242,7 @@ fn a_vault_with_another_key_is_refused_before_uploading() {
     .unwrap();
     drop(db);
     c.unlock();
-    login(&c, &server)
+    c.login(&server)
         .code(5)
         .stderr_has("encrypted to another key")
         .stderr_has("nothing was uploaded");
@@ -264,7 +259,7 @@ fn an_interrupted_push_resumes_without_holes_or_duplicates() {
     // Only the explicit syncs below may push.
     a.write_config("[sync]\nauto = false\n");
     a.init().ok();
-    login(&a, &server).ok();
+    a.login(&server).ok();
     for i in 0..5 {
         add_token(&a, &format!("t{i}"), &secret(&format!("t{i}")));
     }
@@ -291,7 +286,7 @@ fn verify_finds_a_hole_and_repair_fills_it() {
     let server = RemoteServer::start();
     let a = VaultHome::new();
     a.init().ok();
-    login(&a, &server).ok();
+    a.login(&server).ok();
     let x2 = secret("x2");
     add_token(&a, "x", &secret("x1"));
     set_token(&a, "x", &x2);
@@ -358,7 +353,7 @@ fn bulk_device(server: &RemoteServer, n: usize) -> VaultHome {
         .unwrap()
         .into_result()
         .unwrap();
-    login(&a, server).ok();
+    a.login(server).ok();
     sync(&a);
     a
 }
@@ -368,7 +363,7 @@ fn an_interrupted_pull_resumes_without_holes() {
     let server = RemoteServer::start();
     let a = bulk_device(&server, 3000);
     let b = VaultHome::new();
-    login(&b, &server).ok();
+    b.login(&server).ok();
     // The join's pull runs in the daemon; kill it once some pages landed.
     let joining = {
         let mut cmd = b.command(
@@ -429,7 +424,7 @@ fn a_first_sync_on_a_terminal_shows_progress() {
     let a = bulk_device(&server, 3000);
 
     let b = VaultHome::new();
-    login(&b, &server).ok();
+    b.login(&server).ok();
     let pass = b.at_file("passphrase", PASSPHRASE);
     // script(1) gives the CLI a terminal (TERM set, as in any terminal); the
     // passphrase comes from the file.
@@ -456,7 +451,7 @@ fn a_restored_backup_never_skips_its_new_changes() {
     let a = VaultHome::new();
     a.write_config("[sync]\nauto = false\n");
     a.init().ok();
-    login(&a, &server).ok();
+    a.login(&server).ok();
     add_token(&a, "t0", &secret("t0"));
     sync(&a);
     a.stop_daemons();

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use vault_e2e::{PASSPHRASE, RemoteServer, SERVER_ADMIN_TOKEN, VaultHome};
+use vault_e2e::{PASSPHRASE, RemoteServer, VaultHome};
 
 /// xorshift64*: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -48,12 +48,6 @@ fn device() -> VaultHome {
     let vh = VaultHome::new();
     vh.write_config("[sync]\nauto = false\n");
     vh
-}
-
-fn login(vh: &VaultHome, server: &RemoteServer) {
-    let token = vh.at_file("server-token", SERVER_ADMIN_TOKEN);
-    vh.vault(["login", &server.url(), "--token-file", &token[1..]])
-        .ok();
 }
 
 fn names(vh: &VaultHome) -> BTreeSet<String> {
@@ -108,14 +102,14 @@ fn run(database: Option<String>) {
 
     let devices = [device(), device(), device()];
     devices[0].init().ok();
-    login(&devices[0], &server);
+    devices[0].login(&server).ok();
     devices[0].vault(["sync"]).ok();
     let vault_id = devices[0].vault(["status", "--json"]).json()["vault_id"]
         .as_str()
         .unwrap()
         .to_owned();
     for d in &devices[1..] {
-        login(d, &server);
+        d.login(&server).ok();
         d.vault_in(
             ["init", "--join", &vault_id, "--passphrase-stdin"],
             format!("{PASSPHRASE}\n").as_bytes(),

@@ -157,8 +157,8 @@ pub struct Target {
     pub device: String,
     /// The vault's key id.
     pub key_id: String,
-    /// `identity.age`, for creating the vault on the server.
-    pub identity: Vec<u8>,
+    /// `identity.age`, read only to create the vault on the server.
+    pub identity: std::path::PathBuf,
     /// This device's log is on the server through this index.
     pub pushed: u64,
     /// Other devices' logs are applied through these indexes.
@@ -207,12 +207,7 @@ impl Engine {
             vault_id: self.meta("vault_id")?.unwrap_or_default(),
             device: self.device.clone(),
             key_id: self.meta("key_id")?.unwrap_or_default(),
-            identity: crate::fsutil::read_private(&self.paths.identity()).map_err(|e| {
-                err(
-                    ErrorCode::Failed,
-                    format!("cannot read {}: {e}", self.paths.identity().display()),
-                )
-            })?,
+            identity: self.paths.identity(),
             pushed: self.pushed()?,
             seen: store.seen().map_err(store_err)?,
         }))
@@ -240,19 +235,16 @@ impl Engine {
     pub fn verify_logs(&self, heads: &BTreeMap<String, u64>) -> Result<Vec<LogCheck>> {
         let store = self.store()?;
         let pushed = self.pushed()?;
-        let mut devices: Vec<String> = vec![self.device.clone()];
-        devices.extend(store.seen().map_err(store_err)?.into_keys());
-        devices.extend(heads.keys().cloned());
-        devices.dedup();
-        let mut seen_devices = HashSet::new();
+        // This device first, then every other one known here or there.
+        let mut others: std::collections::BTreeSet<String> =
+            store.seen().map_err(store_err)?.into_keys().collect();
+        others.extend(heads.keys().cloned());
+        others.remove(&self.device);
         let mut out = Vec::new();
-        for device in devices {
-            if !seen_devices.insert(device.clone()) {
-                continue;
-            }
+        for device in std::iter::once(self.device.clone()).chain(others) {
             let mine = device == self.device;
             let server_head = heads.get(&device).copied().unwrap_or(0);
-            let (local_head, _) = store.log_heads(&device).map_err(store_err)?;
+            let local_head = store.log_last(&device).map_err(store_err)?;
             let mut missing_here = ranges(
                 &store
                     .log_holes(&device, server_head.max(local_head))
@@ -815,6 +807,8 @@ mod tests {
         let (_tmp, mut a, mut b) = pair();
         let now = Timestamp::now();
         a.add(vec![token("n", "from-a")], now).unwrap();
+        // Clocks count milliseconds: within one, the device id would decide.
+        std::thread::sleep(std::time::Duration::from_millis(2));
         b.add(vec![token("n", "from-b")], now).unwrap();
         // Each applies the other's log: the later clock (b) keeps the name.
         let (from_a, from_b) = (log_of(&a), log_of(&b));
