@@ -19,6 +19,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod leak;
+pub mod osmo;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -313,6 +314,16 @@ impl Run {
         assert!(
             self.stderr.contains(needle),
             "expected stderr to contain {needle:?}:\n{self}"
+        );
+        self
+    }
+
+    /// Panics unless stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "expected stdout to contain {needle:?}:\n{self}"
         );
         self
     }
