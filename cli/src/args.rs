@@ -112,12 +112,30 @@ pub enum Command {
     },
     /// List sync conflicts: changes that lost to a concurrent change, kept in history
     Conflicts,
+    /// Add, list, check or remove workload platforms (OSMO) credentials are published to
+    Remote {
+        #[command(subcommand)]
+        action: RemoteAction,
+    },
+    /// Publish a credential to a workload platform and keep it there as it changes
+    #[command(after_help = PUBLISH_HELP)]
+    Publish(PublishArgs),
+    /// Delete a published credential from the platform (the vault keeps it)
+    Unpublish(UnpublishArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
         shell: Shell,
     },
 }
+
+const PUBLISH_HELP: &str = "\
+Types: registry -> REGISTRY, data -> DATA (with override_url and addressing_style
+when set), generic, token and password -> GENERIC. The platform's rules are checked
+first: its name pattern (use --as for names with . @ /), s3/gs/azure/tos/swift
+endpoints, GENERIC keys of A-Z a-z 0-9 - . _, one REGISTRY per registry and one
+DATA per endpoint. While the platform is unreachable the push waits and goes out,
+in order, when it is back; 'vault remote status REMOTE' shows where each stands.";
 
 const DOCTOR_HELP: &str = "\
 Exits 1 when a check fails (warnings and skipped checks exit 0). With --json
@@ -169,6 +187,81 @@ pub struct LoginArgs {
     /// Read the access token from this file ('-' for stdin); without it, asks on the terminal
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+/// `vault remote …`.
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// Add a platform: its access token is checked, then kept encrypted in the vault
+    Add(RemoteAddArgs),
+    /// List the platforms, what is published to each and what needs attention
+    List,
+    /// Compare the platform's credentials with what the vault published (drift)
+    Status {
+        /// The remote
+        name: String,
+    },
+    /// Forget a platform (what was published to it stays there)
+    Rm {
+        /// The remote
+        name: String,
+        /// Also when credentials are published to it
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The kinds of platform `vault remote add` knows.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RemoteKindArg {
+    /// NVIDIA OSMO's credential service
+    Osmo,
+}
+
+/// `vault remote add`.
+#[derive(Debug, Args)]
+pub struct RemoteAddArgs {
+    /// Local name for the platform
+    pub name: String,
+    /// Its base URL: https://HOST (plain http:// only on 127.0.0.1 or localhost)
+    pub url: String,
+    /// The kind of platform
+    #[arg(long, value_enum)]
+    pub kind: RemoteKindArg,
+    /// Read the platform access token from this file ('-' for stdin); without it, asks on the terminal
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Give an existing remote a new URL or token (its publications stay)
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `vault publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The credential
+    #[arg(required_unless_present = "repair")]
+    pub name: Option<String>,
+    /// The remote (see 'vault remote list')
+    #[arg(long, value_name = "REMOTE", required_unless_present = "repair")]
+    pub to: Option<String>,
+    /// The platform's name for it (default: the credential's name)
+    #[arg(long = "as", value_name = "REMOTE_NAME")]
+    pub remote_name: Option<String>,
+    /// Push again what the platform is missing and retry refused publications
+    /// (on --to REMOTE, else on every remote)
+    #[arg(long, conflicts_with_all = ["name", "remote_name"])]
+    pub repair: bool,
+}
+
+/// `vault unpublish`.
+#[derive(Debug, Args)]
+pub struct UnpublishArgs {
+    /// The credential
+    pub name: String,
+    /// Only from this remote (default: every remote it is published to)
+    #[arg(long, value_name = "REMOTE")]
+    pub from: Option<String>,
 }
 
 /// `vault sync …`.

@@ -13,6 +13,9 @@
 //! [sync]
 //! interval = "5m"  # sync this often (and after every change)
 //! auto = true      # false: only 'vault sync' syncs
+//!
+//! [publish]
+//! retry = "5m"     # longest wait between retries when a platform is down
 //! ```
 
 use std::path::Path;
@@ -38,6 +41,8 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Whether the daemon syncs by itself.
     pub sync_auto: bool,
+    /// The longest backoff between publish retries (issue 10).
+    pub publish_retry: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +55,7 @@ impl Default for Config {
             sts_endpoint: None,
             sync_interval: Duration::from_secs(300),
             sync_auto: true,
+            publish_retry: Duration::from_secs(300),
         }
     }
 }
@@ -63,6 +69,14 @@ struct File {
     refresh: Refresh,
     #[serde(default)]
     sync: Sync,
+    #[serde(default)]
+    publish: Publish,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    retry: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +139,12 @@ impl Config {
             config.sync_interval = dur("sync.interval", v)?;
             if config.sync_interval < Duration::from_secs(10) {
                 return Err("sync.interval must be at least 10s".into());
+            }
+        }
+        if let Some(v) = &file.publish.retry {
+            config.publish_retry = dur("publish.retry", v)?;
+            if config.publish_retry < Duration::from_secs(1) {
+                return Err("publish.retry must be at least 1s".into());
             }
         }
         if let Some(auto) = file.sync.auto {

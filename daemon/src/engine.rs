@@ -24,6 +24,7 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 mod emitters;
+pub mod publish;
 mod refresh;
 pub mod sync;
 
@@ -327,6 +328,7 @@ impl Engine {
             hard_lock_at: self.session.as_ref().map(|s| s.hard_deadline),
             expiring,
             sync: SyncStatus::default(),
+            remotes: Vec::new(),
             emitters: self.drift.clone(),
             refresh: Vec::new(),
         })
@@ -753,6 +755,7 @@ impl Engine {
             .peekable();
         let mut out = Vec::new();
         let mut budget = LIST_PAGE_BYTES;
+        let refused = self.refused_records();
         while let Some((name, e)) = matching.peek() {
             let cost = e.listed_size(name);
             // One record always fits: a page never comes back empty.
@@ -760,7 +763,11 @@ impl Engine {
                 break;
             }
             budget = budget.saturating_sub(cost);
-            out.push(e.summary(name, now));
+            let mut summary = e.summary(name, now);
+            if refused.contains(&e.id) && summary.state != RecordState::Expired {
+                summary.state = RecordState::PublishFailed;
+            }
+            out.push(summary);
             matching.next();
         }
         let next = matching.peek().and(out.last()).map(|r| r.name.clone());
@@ -922,6 +929,7 @@ impl Engine {
         let (mut row, body) = self.load(name)?;
         if !force {
             self.refuse_if_emitted(&row, name)?;
+            self.refuse_if_published(&row, name)?;
         }
         row.deleted = true;
         self.commit(row, body, name, "remove", now)

@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod emit;
 pub mod engine;
 pub mod fsutil;
+pub mod publish;
 pub mod record;
 pub mod refresh;
 pub mod server;

@@ -415,6 +415,8 @@ async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
         Ok(summary) => {
             info!(record = %job.id, revision = summary.revision, "refreshed");
             daemon.refresher.succeeded(&job.id);
+            // A published credential goes out with its new value.
+            daemon.publisher.kick();
         }
         Err(error) => {
             warn!(record = %job.id, %error, "refresh failed; the current value is kept");

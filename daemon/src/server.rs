@@ -118,6 +118,8 @@ pub struct Daemon {
     pub(crate) refresher: crate::refresh::Refresher,
     /// Sync state and the background sync's wake-up (SPEC §11).
     pub(crate) syncer: crate::sync::Syncer,
+    /// Publishing to workload platforms (issue 10).
+    pub(crate) publisher: crate::publish::Publisher,
 }
 
 impl Daemon {
@@ -135,6 +137,7 @@ impl Daemon {
             euid: rustix::process::geteuid().as_raw(),
             refresher: crate::refresh::Refresher::default(),
             syncer: crate::sync::Syncer::default(),
+            publisher: crate::publish::Publisher::default(),
         })
     }
 
@@ -161,6 +164,7 @@ impl Daemon {
             .refresher
             .report(|name, id, revision| engine.is_current(name, id, revision));
         status.sync = self.syncer.status(engine.sync_server(), engine.queued());
+        status.remotes = self.publisher.infos(&engine);
         Ok(Response::Status(status))
     }
 
@@ -327,6 +331,42 @@ impl Daemon {
                 self.engine().touch(Timestamp::now());
                 r
             }
+            Request::RemoteAdd {
+                name,
+                kind,
+                url,
+                token,
+                replace,
+            } => {
+                let r = crate::publish::add(self, &name, kind, &url, token, replace).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
+            Request::RemoteRemove { name, force } => crate::publish::remove(self, &name, force),
+            Request::RemoteStatus { name } => {
+                let r = crate::publish::status(self, &name, false).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
+            Request::Publish {
+                name,
+                remote,
+                remote_name,
+            } => {
+                let r = crate::publish::publish(self, &name, &remote, remote_name.as_deref()).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
+            Request::PublishRepair { remote } => {
+                let r = crate::publish::status(self, &remote, true).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
+            Request::Unpublish { name, remote } => {
+                let r = crate::publish::unpublish(self, &name, remote.as_deref()).await;
+                self.engine().touch(Timestamp::now());
+                r
+            }
             other => {
                 // Whatever hands out values gets them fresh (SPEC §10).
                 let handed_out: &[String] = match &other {
@@ -433,6 +473,9 @@ impl Daemon {
             Request::Conflicts => engine
                 .conflicts()
                 .map(|conflicts| Response::Conflicts { conflicts }),
+            Request::RemoteList => engine.check_unlocked().map(|()| Response::Remotes {
+                remotes: self.publisher.infos(&engine),
+            }),
             _ => Err(WireError::new(
                 ErrorCode::Internal,
                 "request routed to the wrong handler",
@@ -443,6 +486,7 @@ impl Daemon {
         }
         if engine.log_last() != log_before {
             self.syncer.kick();
+            self.publisher.kick();
         }
         result
     }
@@ -637,6 +681,13 @@ fn op_name(req: &Request) -> &'static str {
         Request::SyncNow => "sync_now",
         Request::SyncVerify { .. } => "sync_verify",
         Request::Conflicts => "conflicts",
+        Request::RemoteAdd { .. } => "remote_add",
+        Request::RemoteList => "remote_list",
+        Request::RemoteRemove { .. } => "remote_remove",
+        Request::RemoteStatus { .. } => "remote_status",
+        Request::Publish { .. } => "publish",
+        Request::PublishRepair { .. } => "publish_repair",
+        Request::Unpublish { .. } => "unpublish",
     }
 }
 
@@ -674,6 +725,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
         })
     };
     let syncing = tokio::spawn(crate::sync::background(Arc::clone(&daemon)));
+    let publishing = tokio::spawn(crate::publish::background(Arc::clone(&daemon)));
     let mut shutdown = daemon.shutdown.subscribe();
     loop {
         let stream = tokio::select! {
@@ -714,5 +766,6 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     }
     ticker.abort();
     syncing.abort();
+    publishing.abort();
     info!("shutting down");
 }

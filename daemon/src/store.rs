@@ -11,6 +11,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod publish;
+
+pub use publish::{PubRow, RemoteRow};
+
 /// Schema migrations; index + 1 is the `user_version` after applying.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -80,6 +84,31 @@ CREATE INDEX log_parents_of ON log_parents(record_id, parent_device, parent_inde
 CREATE TABLE sync_forks (
     record_id TEXT PRIMARY KEY REFERENCES records(id)
 );
+"#,
+    // Publishing to workload platforms (issue 10): remotes with their
+    // access token (age ciphertext) and the credentials bound to them.
+    r#"
+CREATE TABLE remotes (
+    name       TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    token      BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE publications (
+    remote          TEXT NOT NULL REFERENCES remotes(name),
+    remote_name     TEXT NOT NULL,
+    record_id       TEXT NOT NULL REFERENCES records(id),
+    cred_type       TEXT NOT NULL,
+    queued_at       INTEGER NOT NULL,
+    pushed_revision INTEGER,
+    present         INTEGER NOT NULL DEFAULT 0,
+    unpublish       INTEGER NOT NULL DEFAULT 0,
+    failed_revision INTEGER,
+    error           BLOB,
+    PRIMARY KEY (remote, remote_name)
+);
+CREATE INDEX publications_record ON publications(record_id);
 "#,
 ];
 

@@ -558,6 +558,10 @@ pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
     st.progress = None;
     match &result {
         Ok(report) => {
+            if report.pulled > 0 {
+                // Pulled changes to published credentials go out too.
+                d.publisher.kick();
+            }
             st.last_sync = Some(Timestamp::now());
             st.last_error = report
                 .refused

@@ -70,8 +70,10 @@ fn frozen_records_decrypt_with_every_revision() {
     let key = key();
     let (_dir, store) = store_copy();
     // The v1 fixture is migrated on open (v2 added the emitters table, v3
-    // the sync bookkeeping).
-    assert_eq!(SCHEMA_VERSION, 3, "a new schema: check its migration here");
+    // the sync bookkeeping, v4 remotes and publications).
+    assert_eq!(SCHEMA_VERSION, 4, "a new schema: check its migration here");
+    assert!(store.remotes().unwrap().is_empty());
+    assert!(store.publications(None).unwrap().is_empty());
     // v2 bodies add the sync stamp; v1 bodies (these) decode without one.
     assert_eq!(
         BODY_VERSION, 2,

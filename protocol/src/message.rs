@@ -282,6 +282,67 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         repair: bool,
     },
+    /// Add a workload platform to publish to (issue 10). The daemon checks
+    /// the access token by exchanging it, then keeps it encrypted in the
+    /// vault. Answered by [`Response::Remotes`] with the one remote.
+    RemoteAdd {
+        /// Local name of the remote.
+        name: String,
+        /// The platform's kind.
+        kind: RemoteKind,
+        /// Its base URL.
+        url: String,
+        /// The platform access token.
+        token: SecretValue,
+        /// Replace the URL and token of an existing remote (its
+        /// publications stay).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    /// Every remote; answered by [`Response::Remotes`].
+    RemoteList,
+    /// Forget a remote. One with publications takes `force` (what was
+    /// published stays on the platform). Answered by [`Response::Remotes`]
+    /// with the remote as it was.
+    RemoteRemove {
+        /// The remote.
+        name: String,
+        /// Also when credentials are published to it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// Compare the platform's credentials with what is published to it
+    /// (drift); answered by [`Response::RemoteReport`].
+    RemoteStatus {
+        /// The remote.
+        name: String,
+    },
+    /// Bind a credential to a platform and push it (and again at every
+    /// change). Answered by [`Response::Publications`] with the binding.
+    Publish {
+        /// The local credential.
+        name: String,
+        /// The remote.
+        remote: String,
+        /// The platform's name for it (default: `name`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote_name: Option<String>,
+    },
+    /// Push again what the platform is missing (drift) and retry failed
+    /// publications; answered by [`Response::RemoteReport`].
+    PublishRepair {
+        /// The remote.
+        remote: String,
+    },
+    /// Delete a credential from the platform(s) it is published to and
+    /// drop the binding. Answered by [`Response::Publications`].
+    Unpublish {
+        /// The local credential.
+        name: String,
+        /// Only from this remote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
+    },
 }
 
 impl Request {
@@ -311,7 +372,14 @@ impl Request {
             | Request::Login { .. }
             | Request::SyncNow
             | Request::SyncVerify { .. }
-            | Request::Conflicts => true,
+            | Request::Conflicts
+            | Request::RemoteAdd { .. }
+            | Request::RemoteList
+            | Request::RemoteRemove { .. }
+            | Request::RemoteStatus { .. }
+            | Request::Publish { .. }
+            | Request::PublishRepair { .. }
+            | Request::Unpublish { .. } => true,
             Request::Hello { .. }
             | Request::Status
             | Request::Init { .. }
@@ -452,6 +520,135 @@ pub enum Response {
         /// The open conflicts.
         conflicts: Vec<ConflictInfo>,
     },
+    /// Answer to `RemoteAdd`, `RemoteList`, `RemoteRemove`.
+    Remotes {
+        /// The remotes, by name.
+        remotes: Vec<RemoteInfo>,
+    },
+    /// Answer to `Publish`, `Unpublish`.
+    Publications {
+        /// The bindings concerned.
+        publications: Vec<PublicationInfo>,
+    },
+    /// Answer to `RemoteStatus`, `PublishRepair`.
+    RemoteReport(RemoteReport),
+}
+
+/// The kind of a workload platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteKind {
+    /// NVIDIA OSMO's credential service.
+    Osmo,
+}
+
+impl RemoteKind {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteKind::Osmo => "osmo",
+        }
+    }
+}
+
+/// A workload platform the vault publishes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteInfo {
+    /// Local name.
+    pub name: String,
+    /// Its kind.
+    pub kind: RemoteKind,
+    /// Its base URL.
+    pub url: String,
+    /// Credentials bound to it.
+    pub published: u64,
+    /// Publications waiting to go out (changes, deletes, retries).
+    pub queued: u64,
+    /// Publications the platform refused (see `attention`).
+    pub failed: u64,
+    /// The last error talking to it (unreachable, 5xx); cleared by a
+    /// successful call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the platform said about the access token (it warns within 7
+    /// days of its expiry), or that it has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_warning: Option<String>,
+    /// The platform refused the access token as expired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_expired: bool,
+    /// Publications that are not simply published: queued, refused,
+    /// missing on the platform.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention: Vec<PublicationInfo>,
+}
+
+/// Where a publication stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishState {
+    /// The platform holds the credential's current revision.
+    Published,
+    /// A push (first, changed, or retried) is waiting to go out.
+    Pending,
+    /// The platform refused it (4xx); `error` has its message. Retried at
+    /// the next change or `vault publish --repair`.
+    Failed,
+    /// Deleted on the platform for an update whose create has not gone
+    /// through yet: the platform is missing it until it does.
+    Missing,
+    /// `unpublish` (or `rm`) is waiting to delete it on the platform.
+    Unpublishing,
+}
+
+/// One credential bound to one remote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicationInfo {
+    /// The remote.
+    pub remote: String,
+    /// The platform's name for it.
+    pub remote_name: String,
+    /// The local credential (`None` once it was deleted).
+    pub name: Option<String>,
+    /// `REGISTRY`, `DATA` or `GENERIC`.
+    pub cred_type: String,
+    /// Where it stands.
+    pub state: PublishState,
+    /// The platform's message for a refusal, or the last retryable error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The local revision the platform holds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_revision: Option<u64>,
+}
+
+/// A credential on the platform (names and kinds only: it never returns
+/// values).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteCredential {
+    /// Its name.
+    pub name: String,
+    /// `REGISTRY`, `DATA` or `GENERIC`.
+    pub cred_type: String,
+    /// The registry scope or storage endpoint.
+    #[serde(default)]
+    pub profile: String,
+}
+
+/// `vault remote status`: the remote, its publications, and drift.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteReport {
+    /// The remote.
+    pub remote: RemoteInfo,
+    /// Every publication to it.
+    pub publications: Vec<PublicationInfo>,
+    /// Published names the platform does not have.
+    pub missing: Vec<String>,
+    /// Credentials on the platform that the vault did not publish.
+    pub unknown: Vec<RemoteCredential>,
+    /// Pushed again by `publish --repair`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
 }
 
 /// What one sync did.
@@ -557,6 +754,9 @@ pub struct StatusInfo {
     pub expiring: Vec<RecordSummary>,
     /// Sync state (SPEC §7); `server` is null until `vault login`.
     pub sync: SyncStatus,
+    /// Workload platforms published to (issue 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<RemoteInfo>,
     /// Emitted files that need attention: drifted (changed by someone
     /// else), missing, or unreadable, as last seen by the daemon's watch.
     #[serde(default)]
@@ -623,6 +823,8 @@ pub enum RecordState {
     Conflict,
     /// An emitted file no longer matches.
     Drifted,
+    /// A platform refused this credential when it was published.
+    PublishFailed,
 }
 
 /// A record without its values.

@@ -274,3 +274,56 @@ fn emit_docker_frames_with_and_without_helper() {
     let expected = r#"{"id":13,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false,"helper":true}}"#;
     assert_eq!(frame_of(&helper), with_header(expected));
 }
+
+#[test]
+fn publish_frames() {
+    use vault_protocol::message::{PublicationInfo, PublishState, RemoteKind};
+    let add = RequestFrame {
+        id: 20,
+        req: Request::RemoteAdd {
+            name: "osmo".into(),
+            kind: RemoteKind::Osmo,
+            url: "https://osmo.example".into(),
+            token: SecretValue::from("pat"),
+            replace: false,
+        },
+    };
+    let expected = r#"{"id":20,"req":{"op":"remote_add","name":"osmo","kind":"osmo","url":"https://osmo.example","token":"pat"}}"#;
+    assert_eq!(frame_of(&add), with_header(expected));
+    let publish = RequestFrame {
+        id: 21,
+        req: Request::Publish {
+            name: "team.ngc".into(),
+            remote: "osmo".into(),
+            remote_name: Some("ngc".into()),
+        },
+    };
+    let expected =
+        r#"{"id":21,"req":{"op":"publish","name":"team.ngc","remote":"osmo","remote_name":"ngc"}}"#;
+    assert_eq!(frame_of(&publish), with_header(expected));
+    let unpublish = RequestFrame {
+        id: 22,
+        req: Request::Unpublish {
+            name: "team.ngc".into(),
+            remote: None,
+        },
+    };
+    let expected = r#"{"id":22,"req":{"op":"unpublish","name":"team.ngc"}}"#;
+    assert_eq!(frame_of(&unpublish), with_header(expected));
+    let answer = ResponseFrame::new(
+        21,
+        Ok(Response::Publications {
+            publications: vec![PublicationInfo {
+                remote: "osmo".into(),
+                remote_name: "ngc".into(),
+                name: Some("team.ngc".into()),
+                cred_type: "REGISTRY".into(),
+                state: PublishState::Failed,
+                error: Some("the platform refused it (400): no".into()),
+                pushed_revision: None,
+            }],
+        }),
+    );
+    let expected = r#"{"id":21,"ok":{"kind":"publications","publications":[{"remote":"osmo","remote_name":"ngc","name":"team.ngc","cred_type":"REGISTRY","state":"failed","error":"the platform refused it (400): no"}]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+}

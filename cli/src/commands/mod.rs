@@ -7,6 +7,7 @@ mod daemon;
 mod doctor;
 mod emit;
 mod import;
+mod publish;
 mod records;
 mod sync;
 mod vault;
@@ -113,6 +114,9 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
             Some(crate::args::SyncAction::Repair) => sync::verify(&mut ctx, true),
         },
         Command::Conflicts => sync::conflicts(&mut ctx),
+        Command::Remote { action } => publish::remote(&mut ctx, &action),
+        Command::Publish(args) => publish::publish(&mut ctx, &args),
+        Command::Unpublish(args) => publish::unpublish(&mut ctx, &args),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;
     Ok(ctx.exit_code)

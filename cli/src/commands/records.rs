@@ -309,7 +309,10 @@ fn records_table(records: &[RecordSummary], now: Timestamp) -> Table {
     for r in records {
         let color = match r.state {
             RecordState::Expiring | RecordState::PendingSync => Some(Color::Yellow),
-            RecordState::Expired | RecordState::Conflict | RecordState::Drifted => Some(Color::Red),
+            RecordState::Expired
+            | RecordState::Conflict
+            | RecordState::Drifted
+            | RecordState::PublishFailed => Some(Color::Red),
             RecordState::Ok => None,
         };
         table.row(vec![
@@ -367,6 +370,7 @@ fn state_name(state: RecordState) -> &'static str {
         RecordState::PendingSync => "pending-sync",
         RecordState::Conflict => "conflict",
         RecordState::Drifted => "drifted",
+        RecordState::PublishFailed => "publish-failed",
     }
 }
 

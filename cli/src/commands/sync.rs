@@ -22,8 +22,11 @@ use crate::output::relative;
 
 /// Reads the access token: from `--token-file` (`-` is stdin), else a hidden
 /// prompt on a terminal.
-fn read_token(args: &LoginArgs) -> CliResult<SecretValue> {
-    let text = match &args.token_file {
+pub(super) fn read_token(
+    token_file: Option<&std::path::Path>,
+    command: &str,
+) -> CliResult<SecretValue> {
+    let text = match token_file {
         Some(path) if path.as_os_str() == "-" => {
             let mut buf = Zeroizing::new(String::new());
             io::stdin()
@@ -48,10 +51,10 @@ fn read_token(args: &LoginArgs) -> CliResult<SecretValue> {
             Zeroizing::new(t.expose_secret().to_owned())
         }
         None => {
-            return Err(usage(
-                "vault login needs the access token and there is no terminal to ask for it: \
-                 use --token-file FILE (or --token-file - for stdin)",
-            ));
+            return Err(usage(format!(
+                "{command} needs the access token and there is no terminal to ask for it: use \
+                 --token-file FILE (or --token-file - for stdin)"
+            )));
         }
     };
     let token = text.trim();
@@ -113,7 +116,7 @@ fn with_progress<T>(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx) -> CliResult<T>) -> 
 
 /// `vault login URL [--token-file F]`.
 pub fn login(ctx: &mut Ctx, args: &LoginArgs) -> CliResult<()> {
-    let token = read_token(args)?;
+    let token = read_token(args.token_file.as_deref(), "vault login")?;
     let answer = ctx.call_unlocked(&|| Request::Login {
         url: args.url.clone(),
         token: SecretValue::from(token.expose_secret()),

@@ -216,6 +216,21 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
         ));
     }
     lines.push(("sync", sync_line(&status, now)));
+    for r in &status.remotes {
+        let mut line = format!(
+            "{} ({}): {} published, {} queued, {} refused",
+            r.name,
+            r.kind.as_str(),
+            r.published,
+            r.queued,
+            r.failed
+        );
+        for note in super::publish::remote_notes(r) {
+            line.push_str("\n          ");
+            line.push_str(&note);
+        }
+        lines.push(("remote", line));
+    }
     lines.push((
         "daemon",
         format!("pid {}, socket {}", status.daemon_pid, status.socket),

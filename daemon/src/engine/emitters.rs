@@ -534,7 +534,7 @@ impl Engine {
         self.emit_list(now)
     }
 
-    fn name_of(&self, record_id: &str) -> Option<String> {
+    pub(super) fn name_of(&self, record_id: &str) -> Option<String> {
         self.session()
             .ok()?
             .index

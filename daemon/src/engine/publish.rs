@@ -1,0 +1,792 @@
+//! Publishing credentials to workload platforms (issue 10): remotes, the
+//! credentials bound to them, the platform's rules checked before anything
+//! is queued, and the plan of what to send next. The HTTP side is
+//! [`crate::publish`].
+//!
+//! The queue is the difference between what the vault has and what the
+//! platform was last seen to hold: a publication is due when its record's
+//! head revision is not the one pushed (a change, a restore, a pulled sync
+//! change, a refresh), or when it is to be deleted. Due publications go out
+//! in the order they became due, so a burst of offline changes replays in
+//! order and a credential changed twice is sent once, with its last value.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use tracing::info;
+use vault_protocol::message::{PublicationInfo, PublishState, RemoteKind};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{CredentialType, ErrorCode, SecretValue, WireError};
+
+use super::{Engine, Result, decrypt_body, err, store_err};
+use crate::record::RecordBody;
+use crate::store::{PubRow, RecordRow, RemoteRow};
+
+/// What the platform stores for one credential.
+#[derive(Debug)]
+pub struct Envelope {
+    /// `REGISTRY`, `DATA` or `GENERIC`.
+    pub cred_type: &'static str,
+    /// The uniqueness scope: registry scope or storage endpoint (empty for
+    /// GENERIC).
+    pub profile: String,
+    /// The JSON body of `POST /api/credentials/{name}`.
+    pub body: SecretValue,
+}
+
+/// The next thing to do for one publication.
+#[derive(Debug)]
+pub struct Job {
+    /// The platform's name for the credential.
+    pub remote_name: String,
+    /// What to do.
+    pub op: JobOp,
+}
+
+/// See [`Job`].
+#[derive(Debug)]
+pub enum JobOp {
+    /// Delete it on the platform, then forget the publication.
+    Delete,
+    /// Send `revision` of the record.
+    Put {
+        /// The record revision sent.
+        revision: u64,
+        /// The request body.
+        body: SecretValue,
+        /// Delete the platform's copy first: a GENERIC update (the platform
+        /// refuses a name that exists), or a registry scope or endpoint
+        /// that changed (the platform keys those by scope).
+        delete_first: bool,
+    },
+}
+
+/// The platform's type for a vault credential type, or why it has none.
+pub fn platform_type(kind: CredentialType) -> std::result::Result<&'static str, String> {
+    match kind {
+        CredentialType::Registry => Ok("REGISTRY"),
+        CredentialType::Data => Ok("DATA"),
+        CredentialType::Generic | CredentialType::Token | CredentialType::Password => Ok("GENERIC"),
+        other => Err(format!(
+            "a {other} credential cannot be published: a platform takes registry (REGISTRY), \
+             data (DATA), and generic, token or password (GENERIC) credentials"
+        )),
+    }
+}
+
+/// The platform's name rule: `^[a-zA-Z]([a-zA-Z0-9_-]*[a-zA-Z0-9])?$`.
+pub fn check_remote_name(name: &str) -> std::result::Result<(), String> {
+    let first = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let last = name
+        .chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let middle = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if first && last && middle {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a name the platform accepts: start with a letter, then letters, digits, \
+             _ or -, ending in a letter or digit (give another with --as NAME)",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// A GENERIC key becomes a Kubernetes secret key: `[-._a-zA-Z0-9]`, at most
+/// 253 characters.
+fn check_generic_key(key: &str) -> std::result::Result<(), String> {
+    let ok = (1..=253).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key '{}' cannot be published: the platform turns keys into Kubernetes secret keys, \
+             1-253 characters of A-Z a-z 0-9 - . _",
+            key.escape_debug()
+        ))
+    }
+}
+
+/// A registry scope as the platform keys it: no scheme, no trailing `/`,
+/// empty meaning Docker Hub.
+fn registry_scope(registry: &str) -> String {
+    let s = registry
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    if s.is_empty() || s == "docker.io" || s == "index.docker.io" {
+        "registry-1.docker.io".to_owned()
+    } else {
+        s.to_ascii_lowercase()
+    }
+}
+
+/// Builds what the platform stores for `body`, checking the platform's
+/// rules (../shared/remotes/osmo.md).
+pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
+    let cred_type = platform_type(body.kind)?;
+    let get = |k: &str| body.fields.get(k).map(|v| v.expose_secret());
+    let text = |k: &str| Value::String(get(k).unwrap_or_default().to_owned());
+    let (profile, doc) = match body.kind {
+        CredentialType::Registry => {
+            let scope = registry_scope(get("registry").unwrap_or_default());
+            let mut inner = Map::new();
+            inner.insert("registry".into(), Value::String(scope.clone()));
+            if get("username").is_some_and(|u| !u.is_empty()) {
+                inner.insert("username".into(), text("username"));
+            }
+            inner.insert("auth".into(), text("auth"));
+            (scope, json!({ "registry_credential": inner }))
+        }
+        CredentialType::Data => {
+            let endpoint = get("endpoint").unwrap_or_default().trim_end_matches('/');
+            let schemes = ["s3://", "gs://", "azure://", "tos://", "swift://"];
+            if !schemes.iter().any(|s| endpoint.starts_with(s)) {
+                return Err(format!(
+                    "endpoint '{endpoint}' cannot be published: the platform takes s3://, gs://, \
+                     azure://, tos:// or swift:// endpoints (put an http(s) URL in override_url)"
+                ));
+            }
+            if endpoint.split_once("://").is_none_or(|(_, b)| b.is_empty()) {
+                return Err(format!(
+                    "endpoint '{endpoint}' names no bucket or container"
+                ));
+            }
+            let mut inner = Map::new();
+            inner.insert("endpoint".into(), Value::String(endpoint.to_owned()));
+            for k in ["region", "access_key_id", "access_key"] {
+                if get(k).is_some_and(|v| !v.is_empty()) || k != "region" {
+                    inner.insert(k.into(), text(k));
+                }
+            }
+            if let Some(url) = get("override_url").filter(|u| !u.is_empty()) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "override_url '{url}' must be an http:// or https:// URL"
+                    ));
+                }
+                inner.insert("override_url".into(), text("override_url"));
+            }
+            if let Some(style) = get("addressing_style").filter(|s| !s.is_empty()) {
+                if !matches!(style, "virtual" | "path" | "auto") {
+                    return Err("addressing_style must be virtual, path or auto".into());
+                }
+                inner.insert("addressing_style".into(), text("addressing_style"));
+            }
+            (endpoint.to_owned(), json!({ "data_credential": inner }))
+        }
+        _ => {
+            // Token and password records publish their fields as keys; a
+            // refresh command is local machinery, never published.
+            let mut map = BTreeMap::new();
+            for (k, v) in &body.fields {
+                if k == vault_protocol::credential::REFRESH_COMMAND
+                    || (body.kind == CredentialType::Token && k == "env")
+                {
+                    continue;
+                }
+                check_generic_key(k)?;
+                map.insert(k.clone(), Value::String(v.expose_secret().to_owned()));
+            }
+            if map.is_empty() {
+                return Err("a GENERIC credential needs at least one key".into());
+            }
+            (
+                String::new(),
+                json!({ "generic_credential": { "credential": map } }),
+            )
+        }
+    };
+    Ok(Envelope {
+        cred_type,
+        profile,
+        body: SecretValue::new(doc.to_string()),
+    })
+}
+
+fn no_remote(name: &str) -> WireError {
+    err(
+        ErrorCode::NotFound,
+        format!("no remote named '{name}': see 'vault remote list'"),
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Every remote, by name.
+    pub fn remotes(&self) -> Result<Vec<RemoteRow>> {
+        self.store()?.remotes().map_err(store_err)
+    }
+
+    /// One remote.
+    pub fn remote(&self, name: &str) -> Result<RemoteRow> {
+        self.remotes()?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| no_remote(name))
+    }
+
+    /// A remote's access token, decrypted.
+    pub fn remote_token(&self, remote: &RemoteRow) -> Result<SecretValue> {
+        let plain = self.session()?.key.decrypt(&remote.token).map_err(|_| {
+            err(
+                ErrorCode::Failed,
+                format!(
+                    "the access token of remote '{}' cannot be read: add it again with 'vault \
+                     remote add {} --replace'",
+                    remote.name, remote.name
+                ),
+            )
+        })?;
+        let token = String::from_utf8(plain.to_vec())
+            .map_err(|_| err(ErrorCode::Failed, "the stored access token is not text"))?;
+        Ok(SecretValue::new(token))
+    }
+
+    /// Checks a new remote before its token is tried.
+    pub fn check_new_remote(&self, name: &str, replace: bool) -> Result<()> {
+        self.session()?;
+        let ok = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "invalid remote name '{}': use 1-64 characters of A-Z a-z 0-9 - _ .",
+                    name.escape_debug()
+                ),
+            ));
+        }
+        let exists = self.remotes()?.iter().any(|r| r.name == name);
+        if exists && !replace {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "remote '{name}' exists: add --replace to give it a new URL or token (its \
+                     publications stay)"
+                ),
+            ));
+        }
+        if !exists && replace {
+            return Err(no_remote(name));
+        }
+        Ok(())
+    }
+
+    /// Stores a remote with its token encrypted to the vault key.
+    pub fn save_remote(
+        &mut self,
+        name: &str,
+        kind: RemoteKind,
+        url: &str,
+        token: &SecretValue,
+        now: Timestamp,
+    ) -> Result<RemoteRow> {
+        let sealed = self
+            .session()?
+            .key
+            .encrypt(token.expose_secret().as_bytes())
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let row = RemoteRow {
+            name: name.to_owned(),
+            kind: kind.as_str().to_owned(),
+            url: url.to_owned(),
+            token: sealed,
+            created_at: now.unix(),
+        };
+        self.store_mut()?.put_remote(&row).map_err(store_err)?;
+        info!(remote = %name, "remote saved");
+        Ok(row)
+    }
+
+    /// Forgets a remote; one with publications takes `force`.
+    pub fn remove_remote(&mut self, name: &str, force: bool) -> Result<RemoteRow> {
+        let remote = self.remote(name)?;
+        let bound = self.store()?.publications(Some(name)).map_err(store_err)?;
+        if !bound.is_empty() && !force {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{} credential(s) are published to '{name}': 'vault unpublish' them first, \
+                     or 'vault remote rm {name} --force' to forget them here (the platform keeps \
+                     its copies)",
+                    bound.len()
+                ),
+            ));
+        }
+        self.store_mut()?.delete_remote(name).map_err(store_err)?;
+        Ok(remote)
+    }
+
+    /// The envelope of a record's head, for a uniqueness check.
+    fn head_envelope(&self, record_id: &str) -> Result<Option<Envelope>> {
+        let Some(row) = self.store()?.by_id(record_id).map_err(store_err)? else {
+            return Ok(None);
+        };
+        if row.deleted {
+            return Ok(None);
+        }
+        let body = decrypt_body(&self.session()?.key, &row)?;
+        Ok(envelope(&body).ok())
+    }
+
+    /// Binds `name` to `remote` as `remote_name`, after checking the
+    /// platform's rules; the push is queued.
+    pub fn publish(
+        &mut self,
+        name: &str,
+        remote: &str,
+        remote_name: Option<&str>,
+    ) -> Result<PubRow> {
+        self.remote(remote)?;
+        let (row, body) = self.load(name)?;
+        let remote_name = remote_name.unwrap_or(name);
+        check_remote_name(remote_name).map_err(|e| err(ErrorCode::Usage, e))?;
+        let env = envelope(&body).map_err(|e| {
+            err(
+                ErrorCode::Usage,
+                format!("{name} cannot be published to '{remote}': {e}"),
+            )
+        })?;
+        let existing = self
+            .store()?
+            .publications(Some(remote))
+            .map_err(store_err)?;
+        for p in existing.iter().filter(|p| !p.unpublish) {
+            if p.remote_name == remote_name && p.record_id != row.id {
+                let other = self.name_of(&p.record_id).unwrap_or_else(|| "?".into());
+                return Err(err(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "'{remote_name}' on '{remote}' is already published from {other}: \
+                         'vault unpublish {other} --from {remote}' first, or publish under \
+                         another name with --as"
+                    ),
+                ));
+            }
+            if env.cred_type == "GENERIC" || p.record_id == row.id {
+                continue;
+            }
+            if let Some(theirs) = self.head_envelope(&p.record_id)?
+                && theirs.cred_type == env.cred_type
+                && theirs.profile == env.profile
+            {
+                let other = self.name_of(&p.record_id).unwrap_or_else(|| "?".into());
+                let what = if env.cred_type == "REGISTRY" {
+                    "registry"
+                } else {
+                    "endpoint"
+                };
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{other} is already published to '{remote}' as '{}' for {what} {}: the \
+                         platform keeps one {} credential per {what}; unpublish it first",
+                        p.remote_name, env.profile, env.cred_type
+                    ),
+                ));
+            }
+        }
+        let previous = existing
+            .into_iter()
+            .find(|p| p.remote_name == remote_name && p.record_id == row.id);
+        let publication = PubRow {
+            remote: remote.to_owned(),
+            remote_name: remote_name.to_owned(),
+            record_id: row.id.clone(),
+            cred_type: env.cred_type.to_owned(),
+            queued_at: now_ms(),
+            // Publishing again retries a refusal and re-sends the value.
+            pushed_revision: None,
+            present: previous.is_some_and(|p| p.present),
+            unpublish: false,
+            failed_revision: None,
+            error: None,
+        };
+        self.store_mut()?
+            .put_publication(&publication)
+            .map_err(store_err)?;
+        info!(record = %row.id, remote = %remote, "publication queued");
+        Ok(publication)
+    }
+
+    /// Queues the deletion of `name`'s publications (to `remote` only, when
+    /// given).
+    pub fn unpublish(&mut self, name: &str, remote: Option<&str>) -> Result<Vec<PubRow>> {
+        let row = self.find_any(name)?;
+        let mut done = Vec::new();
+        for mut p in self.store()?.publications(remote).map_err(store_err)? {
+            if p.record_id != row.id {
+                continue;
+            }
+            p.unpublish = true;
+            p.queued_at = now_ms();
+            self.store_mut()?.put_publication(&p).map_err(store_err)?;
+            done.push(p);
+        }
+        if done.is_empty() {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!(
+                    "{name} is not published{}: see 'vault remote status REMOTE'",
+                    remote.map(|r| format!(" to '{r}'")).unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(done)
+    }
+
+    /// Refuses to delete a published record without `force` (which then
+    /// unpublishes it: the deleted head makes its publications due).
+    pub(super) fn refuse_if_published(&self, row: &RecordRow, name: &str) -> Result<()> {
+        let places: Vec<String> = self
+            .store()?
+            .publications(None)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|p| p.record_id == row.id && !p.unpublish)
+            .map(|p| format!("'{}' on {}", p.remote_name, p.remote))
+            .collect();
+        if places.is_empty() {
+            return Ok(());
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            format!(
+                "{name} is published as {}: 'vault rm {name} --force' deletes it and unpublishes \
+                 it",
+                places.join(", ")
+            ),
+        ))
+    }
+
+    /// The due publications of `remote`, oldest first, each with what to
+    /// send. Publications whose credential no longer fits the platform's
+    /// rules are marked refused here, without a request.
+    pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
+        let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
+        for p in self
+            .store()?
+            .publications(Some(remote))
+            .map_err(store_err)?
+        {
+            let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
+            let live = head.as_ref().filter(|h| !h.deleted);
+            let order = match live {
+                _ if p.unpublish => p.queued_at,
+                None => head.as_ref().map_or(p.queued_at, |h| h.updated_at * 1000),
+                Some(h) if p.failed_revision == Some(h.revision) => continue,
+                Some(h) if p.pushed_revision == Some(h.revision) && p.present => continue,
+                Some(h) => p.queued_at.max(h.updated_at * 1000),
+            };
+            let live = live.cloned();
+            due.push((order, p, live));
+        }
+        due.sort_by_key(|(order, p, _)| (*order, p.queued_at));
+        let mut jobs = Vec::new();
+        for (_, p, head) in due {
+            let Some(head) = head.filter(|_| !p.unpublish) else {
+                jobs.push(Job {
+                    remote_name: p.remote_name,
+                    op: JobOp::Delete,
+                });
+                continue;
+            };
+            let key = &self.session()?.key;
+            let body = decrypt_body(key, &head)?;
+            let env = match envelope(&body) {
+                Ok(env) => env,
+                Err(why) => {
+                    self.publish_refused(&p.remote, &p.remote_name, head.revision, &why)?;
+                    continue;
+                }
+            };
+            // A scope or endpoint change moves the credential on the
+            // platform, which keys REGISTRY and DATA by it.
+            let moved = match p.pushed_revision.filter(|_| p.present) {
+                Some(old) if env.cred_type != "GENERIC" => {
+                    let old_body = self
+                        .store()?
+                        .revision_body(&head.id, old)
+                        .map_err(store_err)?
+                        .map(|ct| RecordRow {
+                            body: ct,
+                            ..head.clone()
+                        })
+                        .and_then(|r| decrypt_body(key, &r).ok())
+                        .and_then(|b| envelope(&b).ok());
+                    old_body.is_none_or(|o| o.profile != env.profile)
+                }
+                _ => false,
+            };
+            jobs.push(Job {
+                remote_name: p.remote_name,
+                op: JobOp::Put {
+                    revision: head.revision,
+                    body: env.body,
+                    delete_first: p.present && (env.cred_type == "GENERIC" || moved),
+                },
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// One publication as stored.
+    pub fn publication_row(&self, remote: &str, remote_name: &str) -> Result<Option<PubRow>> {
+        self.store()?
+            .publication(remote, remote_name)
+            .map_err(store_err)
+    }
+
+    /// Fails when locked.
+    pub fn check_unlocked(&self) -> Result<()> {
+        self.session().map(|_| ())
+    }
+
+    /// The platform now holds `revision`.
+    pub fn publish_done(&mut self, remote: &str, remote_name: &str, revision: u64) -> Result<()> {
+        self.store_mut()?
+            .mark_publication(remote, remote_name, Some(revision), true, None)
+            .map_err(store_err)
+    }
+
+    /// The platform's copy was deleted for an update; the create is due.
+    pub fn publish_absent(&mut self, remote: &str, remote_name: &str) -> Result<()> {
+        let Some(p) = self
+            .store()?
+            .publication(remote, remote_name)
+            .map_err(store_err)?
+        else {
+            return Ok(());
+        };
+        self.store_mut()?
+            .mark_publication(remote, remote_name, p.pushed_revision, false, None)
+            .map_err(store_err)
+    }
+
+    /// The platform refused `revision` (4xx): kept, with its message, until
+    /// the credential changes or is published again.
+    pub fn publish_refused(
+        &mut self,
+        remote: &str,
+        remote_name: &str,
+        revision: u64,
+        message: &str,
+    ) -> Result<()> {
+        let Some(p) = self
+            .store()?
+            .publication(remote, remote_name)
+            .map_err(store_err)?
+        else {
+            return Ok(());
+        };
+        let sealed = self
+            .session()?
+            .key
+            .encrypt(message.as_bytes())
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        self.store_mut()?
+            .mark_publication(
+                remote,
+                remote_name,
+                p.pushed_revision,
+                p.present,
+                Some((revision, sealed)),
+            )
+            .map_err(store_err)
+    }
+
+    /// Deleted on the platform: the publication is gone.
+    pub fn publish_deleted(&mut self, remote: &str, remote_name: &str) -> Result<()> {
+        self.store_mut()?
+            .delete_publication(remote, remote_name)
+            .map_err(store_err)
+    }
+
+    /// Makes publications the platform lacks due again (`publish
+    /// --repair`), and retries refused ones.
+    pub fn publish_again(&mut self, remote: &str, missing: &[String]) -> Result<()> {
+        for p in self
+            .store()?
+            .publications(Some(remote))
+            .map_err(store_err)?
+        {
+            if p.unpublish {
+                continue;
+            }
+            let gone = missing.contains(&p.remote_name);
+            if gone || p.failed_revision.is_some() {
+                self.store_mut()?
+                    .mark_publication(remote, &p.remote_name, None, p.present && !gone, None)
+                    .map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publications (to `remote`, or all) as users see them. The
+    /// platform's messages are read only while unlocked.
+    pub fn publications(&self, remote: Option<&str>) -> Result<Vec<PublicationInfo>> {
+        let rows = self.store()?.publications(remote).map_err(store_err)?;
+        self.describe(rows)
+    }
+
+    /// Describes publication rows.
+    pub fn describe(&self, rows: Vec<PubRow>) -> Result<Vec<PublicationInfo>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for p in rows {
+            let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
+            let revision = head.as_ref().filter(|h| !h.deleted).map(|h| h.revision);
+            let state = match revision {
+                _ if p.unpublish => PublishState::Unpublishing,
+                None => PublishState::Unpublishing,
+                Some(r) if p.failed_revision == Some(r) => PublishState::Failed,
+                Some(r) if p.pushed_revision == Some(r) && p.present => PublishState::Published,
+                Some(_) if !p.present && p.pushed_revision.is_some() => PublishState::Missing,
+                Some(_) => PublishState::Pending,
+            };
+            let error = match (&p.error, &self.session) {
+                (Some(ct), Some(sess)) if state == PublishState::Failed => sess
+                    .key
+                    .decrypt(ct)
+                    .ok()
+                    .map(|m| String::from_utf8_lossy(&m).into_owned()),
+                _ => None,
+            };
+            out.push(PublicationInfo {
+                name: self.name_of(&p.record_id),
+                remote: p.remote,
+                remote_name: p.remote_name,
+                cred_type: p.cred_type,
+                state,
+                error,
+                pushed_revision: p.pushed_revision,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ids of records a platform refused (for `list`'s STATUS).
+    pub fn refused_records(&self) -> std::collections::BTreeSet<String> {
+        let Ok(store) = self.store() else {
+            return Default::default();
+        };
+        let rows = store.publications(None).unwrap_or_default();
+        rows.into_iter()
+            .filter(|p| p.failed_revision.is_some() && !p.unpublish)
+            .filter(|p| {
+                store
+                    .by_id(&p.record_id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|h| Some(h.revision) == p.failed_revision)
+            })
+            .map(|p| p.record_id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(kind: CredentialType, fields: &[(&str, &str)]) -> RecordBody {
+        RecordBody {
+            v: crate::record::BODY_VERSION,
+            id: "0".into(),
+            name: "x".into(),
+            kind,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
+                .collect(),
+            description: None,
+            tags: vec![],
+            expires_at: None,
+            sync: None,
+        }
+    }
+
+    fn json_of(e: &Envelope) -> Value {
+        serde_json::from_str(e.body.expose_secret()).unwrap()
+    }
+
+    #[test]
+    fn envelopes_are_exactly_what_the_platform_takes() {
+        let reg = envelope(&body(
+            CredentialType::Registry,
+            &[
+                ("registry", "https://NVCR.io/"),
+                ("username", "$oauthtoken"),
+                ("auth", "s"),
+                ("refresh_command", "x"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(reg.cred_type, "REGISTRY");
+        assert_eq!(reg.profile, "nvcr.io");
+        assert_eq!(
+            json_of(&reg),
+            json!({"registry_credential": {"registry": "nvcr.io", "username": "$oauthtoken", "auth": "s"}})
+        );
+        let data = envelope(&body(
+            CredentialType::Data,
+            &[
+                ("endpoint", "s3://bucket/"),
+                ("access_key_id", "AK"),
+                ("access_key", "s"),
+                ("override_url", "http://minio:9000"),
+                ("addressing_style", "path"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(data.profile, "s3://bucket");
+        assert_eq!(
+            json_of(&data),
+            json!({"data_credential": {"endpoint": "s3://bucket", "access_key_id": "AK", "access_key": "s", "override_url": "http://minio:9000", "addressing_style": "path"}})
+        );
+        let tok = envelope(&body(
+            CredentialType::Token,
+            &[("token", "t"), ("env", "GH_TOKEN")],
+        ))
+        .unwrap();
+        assert_eq!(
+            json_of(&tok),
+            json!({"generic_credential": {"credential": {"token": "t"}}})
+        );
+    }
+
+    #[test]
+    fn the_platform_rules_are_checked_before_queueing() {
+        assert!(envelope(&body(CredentialType::Aws, &[])).is_err());
+        let bad_key = envelope(&body(CredentialType::Generic, &[("A KEY", "v")]));
+        assert!(bad_key.unwrap_err().contains("Kubernetes"));
+        for ok in ["a", "ab-c_d9", "Z9"] {
+            check_remote_name(ok).unwrap();
+        }
+        for bad in ["1abc", "a-", "a.b", "", "-a", "a b"] {
+            assert!(check_remote_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(registry_scope(""), "registry-1.docker.io");
+        assert_eq!(registry_scope("docker.io"), "registry-1.docker.io");
+        assert_eq!(registry_scope("ghcr.io/org"), "ghcr.io/org");
+    }
+}

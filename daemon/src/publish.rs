@@ -1,0 +1,795 @@
+//! Publishing to workload platforms over HTTP (issue 10): the OSMO
+//! credential API (../shared/remotes/osmo.md), the access-token exchange,
+//! the pass that sends what is due, drift, and the background loop. What is
+//! due and what it looks like is decided by [`crate::engine::publish`].
+//!
+//! - The access token lives encrypted in the vault; the JWT it is exchanged
+//!   for lives in memory only, is renewed before it runs out (a fifth of its
+//!   life ahead, at most 30 s), and is exchanged by one caller at a time:
+//!   whoever needs it while an exchange is under way waits for that one.
+//! - One pass at a time per remote. A pass sends due publications in order
+//!   and stops at the first retryable failure (network, 5xx), so nothing is
+//!   sent out of order; a 4xx is the platform refusing that credential: it
+//!   is kept with the platform's message and the pass goes on.
+//! - After a failure the remote backs off: 2 s doubling up to
+//!   `publish.retry` (5 min).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use vault_protocol::message::{
+    PublicationInfo, PublishState, RemoteCredential, RemoteInfo, RemoteKind, RemoteReport,
+};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
+
+use crate::engine::Engine;
+use crate::engine::publish::{Job, JobOp};
+use crate::server::Daemon;
+
+/// Every HTTP call's limit.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// First retry delay after a failure; doubles up to `publish.retry`.
+const BACKOFF: Duration = Duration::from_secs(2);
+/// With nothing to retry, look for due publications this often (changes
+/// also wake the loop at once).
+const PERIOD: Duration = Duration::from_secs(60);
+/// Wait this long after a change before publishing (changes come in
+/// bursts).
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long `vault publish` waits for the first push before answering
+/// "queued".
+const INLINE: Duration = Duration::from_secs(10);
+/// The header OSMO answers with a base64 warning when the client says
+/// which version it is (e.g. the access token expires within 7 days).
+const WARNING_HEADER: &str = "x-osmo-warning";
+
+/// A JWT and when to stop using it.
+#[derive(Debug)]
+struct Jwt {
+    token: SecretValue,
+    renew_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct RemoteState {
+    last_error: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    token_warning: Option<String>,
+    token_expired: bool,
+}
+
+/// One remote's in-memory state.
+#[derive(Debug, Default)]
+struct Remote {
+    /// Held across an exchange: the single flight.
+    jwt: tokio::sync::Mutex<Option<Jwt>>,
+    /// One pass at a time.
+    pass: tokio::sync::Mutex<()>,
+    state: Mutex<RemoteState>,
+}
+
+impl Remote {
+    fn state(&self) -> MutexGuard<'_, RemoteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Publishing state shared by requests and the background loop.
+#[derive(Debug)]
+pub struct Publisher {
+    remotes: Mutex<BTreeMap<String, Arc<Remote>>>,
+    kick: Notify,
+    http: reqwest::Client,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self {
+            remotes: Mutex::default(),
+            kick: Notify::new(),
+            // Building a client without TLS roots configured cannot fail.
+            http: reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Publisher {
+    fn remote(&self, name: &str) -> Arc<Remote> {
+        let mut map = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(name.to_owned()).or_default())
+    }
+
+    /// Drops what is cached for a remote (new token, or removed).
+    fn forget(&self, name: &str) {
+        let mut map = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(name);
+    }
+
+    /// Something changed locally: publish what is due soon.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Every remote as `vault status` shows it.
+    pub fn infos(&self, engine: &Engine) -> Vec<RemoteInfo> {
+        let Ok(remotes) = engine.remotes() else {
+            return Vec::new();
+        };
+        remotes
+            .into_iter()
+            .filter_map(|r| {
+                let kind = parse_kind(&r.kind)?;
+                let pubs = engine.publications(Some(&r.name)).unwrap_or_default();
+                Some(self.info(&r.name, kind, &r.url, pubs))
+            })
+            .collect()
+    }
+
+    fn info(
+        &self,
+        name: &str,
+        kind: RemoteKind,
+        url: &str,
+        pubs: Vec<PublicationInfo>,
+    ) -> RemoteInfo {
+        let remote = self.remote(name);
+        let st = remote.state();
+        let count = |f: fn(PublishState) -> bool| pubs.iter().filter(|p| f(p.state)).count() as u64;
+        RemoteInfo {
+            name: name.to_owned(),
+            kind,
+            url: url.to_owned(),
+            published: count(|s| s != PublishState::Unpublishing),
+            queued: count(|s| {
+                matches!(
+                    s,
+                    PublishState::Pending | PublishState::Missing | PublishState::Unpublishing
+                )
+            }),
+            failed: count(|s| s == PublishState::Failed),
+            last_error: st.last_error.clone(),
+            token_warning: st.token_warning.clone(),
+            token_expired: st.token_expired,
+            attention: pubs
+                .into_iter()
+                .filter(|p| p.state != PublishState::Published)
+                .collect(),
+        }
+    }
+}
+
+fn parse_kind(kind: &str) -> Option<RemoteKind> {
+    match kind {
+        "osmo" => Some(RemoteKind::Osmo),
+        _ => None,
+    }
+}
+
+/// A failed call.
+#[derive(Debug)]
+enum Fail {
+    /// Worth retrying: no answer, or a 5xx.
+    Retry(String),
+    /// The platform refused the request (4xx): permanent for this value.
+    Refused(u16, String),
+    /// The access token does not work (expired when `true`).
+    Token(String, bool),
+}
+
+impl Fail {
+    fn text(&self) -> String {
+        match self {
+            Fail::Retry(m) | Fail::Token(m, _) => m.clone(),
+            Fail::Refused(status, m) => format!("the platform refused it ({status}): {m}"),
+        }
+    }
+}
+
+/// The platform's error text: `{"message"}`, or a 422's `{"detail": [...]}`.
+fn platform_message(status: u16, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        message: Option<String>,
+        detail: Option<serde_json::Value>,
+    }
+    let parsed = serde_json::from_slice::<Body>(body).ok();
+    let text = match parsed {
+        Some(Body {
+            message: Some(m), ..
+        }) => m,
+        Some(Body {
+            detail: Some(serde_json::Value::Array(items)),
+            ..
+        }) => items
+            .iter()
+            .map(|i| {
+                let loc = i
+                    .get("loc")
+                    .and_then(|l| l.as_array())
+                    .map(|l| {
+                        l.iter()
+                            .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    })
+                    .unwrap_or_default();
+                let msg = i.get("msg").and_then(|m| m.as_str()).unwrap_or("invalid");
+                format!("{loc}: {msg}")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Some(Body {
+            detail: Some(d), ..
+        }) => d.to_string(),
+        _ => format!("HTTP {status}"),
+    };
+    // One line, bounded: it is shown in tables.
+    let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    text
+}
+
+/// A talk with one platform.
+struct Osmo<'a> {
+    http: &'a reqwest::Client,
+    remote: &'a Remote,
+    url: &'a str,
+    token: &'a SecretValue,
+}
+
+impl Osmo<'_> {
+    fn note_warning(&self, resp: &reqwest::Response) {
+        let Some(value) = resp.headers().get(WARNING_HEADER) else {
+            return;
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some(text) = decoded {
+            let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+            self.remote.state().token_warning = Some(text);
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), Fail> {
+        let resp = req
+            .header(
+                "x-osmo-client-version",
+                format!("vault/{}", vault_protocol::BUILD_VERSION),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                Fail::Retry(format!(
+                    "cannot reach {}: {}",
+                    self.url,
+                    crate::sts::error_chain(&e)
+                ))
+            })?;
+        self.note_warning(&resp);
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Fail::Retry(format!("{}: {}", self.url, crate::sts::error_chain(&e))))?;
+        Ok((status, body.to_vec()))
+    }
+
+    /// A JWT with time left, exchanging the access token when needed; one
+    /// exchange at a time.
+    async fn jwt(&self, stale: Option<&SecretValue>) -> Result<SecretValue, Fail> {
+        let mut slot = self.remote.jwt.lock().await;
+        if let Some(j) = slot.as_ref()
+            && j.renew_at > Instant::now()
+            && stale.is_none_or(|s| s.expose_secret() != j.token.expose_secret())
+        {
+            return Ok(SecretValue::new(j.token.expose_secret().to_owned()));
+        }
+        #[derive(Deserialize)]
+        struct Exchanged {
+            token: SecretValue,
+            expires_at: i64,
+        }
+        let body = serde_json::json!({ "token": self.token.expose_secret() }).to_string();
+        let sent = Instant::now();
+        let (status, bytes) = self
+            .send(
+                self.http
+                    .post(format!("{}/api/auth/jwt/access_token", self.url))
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await?;
+        if status >= 500 {
+            return Err(Fail::Retry(format!(
+                "{} answered {status}: {}",
+                self.url,
+                platform_message(status, &bytes)
+            )));
+        }
+        if status != 200 {
+            let message = platform_message(status, &bytes);
+            let expired = message.to_ascii_lowercase().contains("expired");
+            let what = if expired {
+                "the platform says the access token has expired"
+            } else {
+                "the platform refused the access token"
+            };
+            return Err(Fail::Token(
+                format!(
+                    "{what} ({status}: {message}): create a new one and run 'vault remote add NAME --kind osmo URL --token-file FILE --replace'"
+                ),
+                expired,
+            ));
+        }
+        let got: Exchanged = serde_json::from_slice(&bytes).map_err(|e| {
+            Fail::Retry(format!(
+                "{} answered the exchange with something this vault cannot read: {e}",
+                self.url
+            ))
+        })?;
+        {
+            let mut st = self.remote.state();
+            st.token_expired = false;
+        }
+        let life = Duration::from_secs(
+            got.expires_at
+                .saturating_sub(Timestamp::now().unix())
+                .max(1) as u64,
+        );
+        let margin = (life / 5).min(Duration::from_secs(30));
+        let token = SecretValue::new(got.token.expose_secret().to_owned());
+        *slot = Some(Jwt {
+            token: got.token,
+            renew_at: sent + life - margin,
+        });
+        Ok(token)
+    }
+
+    /// One API call with the JWT; a 401 renews it and tries once more.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&SecretValue>,
+    ) -> Result<Vec<u8>, Fail> {
+        let mut stale = None;
+        for _ in 0..2 {
+            let jwt = self.jwt(stale.as_ref()).await?;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.url))
+                .bearer_auth(jwt.expose_secret());
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.expose_secret().to_owned());
+            }
+            let (status, bytes) = self.send(req).await?;
+            match status {
+                200..=299 => return Ok(bytes),
+                401 => stale = Some(jwt),
+                500.. => {
+                    return Err(Fail::Retry(format!(
+                        "{} answered {status}: {}",
+                        self.url,
+                        platform_message(status, &bytes)
+                    )));
+                }
+                _ => return Err(Fail::Refused(status, platform_message(status, &bytes))),
+            }
+        }
+        Err(Fail::Token(
+            "the platform refuses the JWT it issued for the access token: run 'vault remote add \
+             NAME --kind osmo URL --token-file FILE --replace' with a new token"
+                .into(),
+            false,
+        ))
+    }
+
+    fn path(name: &str) -> String {
+        // Names are checked against the platform's pattern: no escaping.
+        format!("/api/credentials/{name}")
+    }
+
+    /// Deletes `name`; a 400 (it does not exist) is what was wanted.
+    async fn delete(&self, name: &str) -> Result<(), Fail> {
+        match self
+            .call(reqwest::Method::DELETE, &Self::path(name), None)
+            .await
+        {
+            Ok(_) | Err(Fail::Refused(400 | 404, _)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<RemoteCredential>, Fail> {
+        #[derive(Deserialize)]
+        struct Listed {
+            credentials: Vec<Entry>,
+        }
+        #[derive(Deserialize)]
+        struct Entry {
+            cred_name: String,
+            #[serde(default)]
+            cred_type: String,
+            #[serde(default)]
+            profile: Option<String>,
+        }
+        let bytes = self
+            .call(reqwest::Method::GET, "/api/credentials", None)
+            .await?;
+        let listed: Listed = serde_json::from_slice(&bytes).map_err(|e| {
+            Fail::Retry(format!(
+                "{} answered the credential list with something this vault cannot read: {e}",
+                self.url
+            ))
+        })?;
+        Ok(listed
+            .credentials
+            .into_iter()
+            .map(|e| RemoteCredential {
+                name: e.cred_name,
+                cred_type: e.cred_type,
+                profile: e.profile.unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// Checks a platform URL: HTTPS, or plain HTTP on loopback; no trailing `/`.
+fn check_url(url: &str) -> Result<String, WireError> {
+    crate::sync::check_url(url).map_err(|_| {
+        WireError::new(
+            ErrorCode::Usage,
+            format!(
+                "the platform URL '{}' must be https://… (plain http:// only on 127.0.0.1 or \
+                 localhost)",
+                url.trim_end_matches('/')
+            ),
+        )
+    })
+}
+
+fn fail_wire(remote: &str, f: Fail) -> WireError {
+    let code = match f {
+        Fail::Retry(_) => ErrorCode::Unreachable,
+        _ => ErrorCode::Failed,
+    };
+    WireError::new(code, format!("remote '{remote}': {}", f.text()))
+}
+
+/// `vault remote add`: checks the token with an exchange, then keeps it.
+pub async fn add(
+    d: &Arc<Daemon>,
+    name: &str,
+    kind: RemoteKind,
+    url: &str,
+    token: SecretValue,
+    replace: bool,
+) -> Result<Response, WireError> {
+    let url = check_url(url)?;
+    if token.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            "the access token is empty",
+        ));
+    }
+    d.engine().check_new_remote(name, replace)?;
+    let probe = Remote::default();
+    let osmo = Osmo {
+        http: &d.publisher.http,
+        remote: &probe,
+        url: &url,
+        token: &token,
+    };
+    // An unreachable platform does not stop the setup (offline first): the
+    // token is tried at the first push. A refused token does.
+    let offline = match osmo.jwt(None).await {
+        Ok(_) => None,
+        Err(Fail::Retry(why)) => Some(why),
+        Err(f) => return Err(fail_wire(name, f)),
+    };
+    let row = d
+        .engine()
+        .save_remote(name, kind, &url, &token, Timestamp::now())?;
+    d.publisher.forget(name);
+    // Keep what the check learnt: the JWT and any token warning.
+    let remote = d.publisher.remote(name);
+    *remote.jwt.lock().await = probe.jwt.lock().await.take();
+    {
+        let mut st = remote.state();
+        st.token_warning = probe.state().token_warning.clone();
+        st.last_error = offline;
+    }
+    d.publisher.kick();
+    info!(remote = %name, "remote added");
+    Ok(Response::Remotes {
+        remotes: vec![d.publisher.info(&row.name, kind, &row.url, Vec::new())],
+    })
+}
+
+/// `vault remote rm`.
+pub fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response, WireError> {
+    let mut engine = d.engine();
+    let pubs = engine.publications(Some(name)).unwrap_or_default();
+    let row = engine.remove_remote(name, force)?;
+    drop(engine);
+    let info = d.publisher.info(
+        &row.name,
+        parse_kind(&row.kind).unwrap_or(RemoteKind::Osmo),
+        &row.url,
+        pubs,
+    );
+    d.publisher.forget(name);
+    Ok(Response::Remotes {
+        remotes: vec![info],
+    })
+}
+
+/// Sends what is due to `name`, in order. Fails (and backs off) at the
+/// first retryable failure.
+pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
+    let remote = d.publisher.remote(name);
+    let _one = remote.pass.lock().await;
+    let (row, token, jobs) = {
+        let mut e = d.engine();
+        let row = e.remote(name)?;
+        let token = e.remote_token(&row)?;
+        let jobs = e.plan(name)?;
+        (row, token, jobs)
+    };
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let osmo = Osmo {
+        http: &d.publisher.http,
+        remote: &remote,
+        url: &row.url,
+        token: &token,
+    };
+    for job in jobs {
+        match run(d, &osmo, name, &job).await {
+            Ok(()) => {}
+            Err(Fail::Refused(status, message)) => {
+                let Job { remote_name, op } = &job;
+                if let JobOp::Put { revision, .. } = op {
+                    warn!(remote = %name, status, "the platform refused a publication");
+                    let text = format!("the platform refused it ({status}): {message}");
+                    d.engine()
+                        .publish_refused(name, remote_name, *revision, &text)?;
+                }
+            }
+            Err(f) => {
+                let retry_max = d.engine().config().publish_retry;
+                let mut st = remote.state();
+                st.failures += 1;
+                let backoff = BACKOFF
+                    .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+                    .min(retry_max);
+                st.retry_at = Some(Instant::now() + backoff);
+                if let Fail::Token(_, expired) = &f {
+                    st.token_expired = *expired;
+                }
+                st.last_error = Some(f.text());
+                drop(st);
+                return Err(fail_wire(name, f));
+            }
+        }
+    }
+    let mut st = remote.state();
+    st.failures = 0;
+    st.retry_at = None;
+    st.last_error = None;
+    Ok(())
+}
+
+/// Runs one job and records its outcome.
+async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Result<(), Fail> {
+    let name = &job.remote_name;
+    match &job.op {
+        JobOp::Delete => {
+            osmo.delete(name).await?;
+            record(d.engine().publish_deleted(remote, name));
+            info!(remote = %remote, "unpublished");
+        }
+        JobOp::Put {
+            revision,
+            body,
+            delete_first,
+        } => {
+            if *delete_first {
+                osmo.delete(name).await?;
+                // Known from here on: the platform lacks it until the
+                // create goes through, whatever happens next.
+                record(d.engine().publish_absent(remote, name));
+            }
+            osmo.call(reqwest::Method::POST, &Osmo::path(name), Some(body))
+                .await?;
+            record(d.engine().publish_done(remote, name, *revision));
+            info!(remote = %remote, revision, "published");
+        }
+    }
+    Ok(())
+}
+
+fn record(r: Result<(), WireError>) {
+    if let Err(e) = r {
+        warn!(error = %e.message, "cannot record a publication's state");
+    }
+}
+
+/// `vault publish NAME --to REMOTE`: binds, then tries to push at once.
+pub async fn publish(
+    d: &Arc<Daemon>,
+    name: &str,
+    remote: &str,
+    remote_name: Option<&str>,
+) -> Result<Response, WireError> {
+    let row = d.engine().publish(name, remote, remote_name)?;
+    let _ = tokio::time::timeout(INLINE, pass(d, remote)).await;
+    // The inline pass may have sent it: describe the row as stored now.
+    let mut publications = {
+        let e = d.engine();
+        let now = e.publication_row(&row.remote, &row.remote_name)?;
+        e.describe(vec![now.unwrap_or(row)])?
+    };
+    if let (Some(p), Some(err)) = (publications.first_mut(), remote_error(d, remote))
+        && p.state != PublishState::Published
+        && p.error.is_none()
+    {
+        p.error = Some(err);
+    }
+    Ok(Response::Publications { publications })
+}
+
+fn remote_error(d: &Arc<Daemon>, remote: &str) -> Option<String> {
+    d.publisher.remote(remote).state().last_error.clone()
+}
+
+/// `vault unpublish NAME [--from REMOTE]`.
+pub async fn unpublish(
+    d: &Arc<Daemon>,
+    name: &str,
+    remote: Option<&str>,
+) -> Result<Response, WireError> {
+    let rows = d.engine().unpublish(name, remote)?;
+    let mut remotes: Vec<&str> = rows.iter().map(|r| r.remote.as_str()).collect();
+    remotes.dedup();
+    for r in &remotes {
+        let _ = tokio::time::timeout(INLINE, pass(d, r)).await;
+    }
+    let mut publications = Vec::new();
+    for row in rows {
+        let now = d.engine().publication_row(&row.remote, &row.remote_name)?;
+        match now {
+            Some(still) => {
+                let mut info = d.engine().describe(vec![still])?;
+                if let Some(p) = info.first_mut() {
+                    p.error = remote_error(d, &p.remote);
+                }
+                publications.extend(info);
+            }
+            None => publications.push(PublicationInfo {
+                remote: row.remote,
+                remote_name: row.remote_name,
+                name: Some(name.to_owned()),
+                cred_type: row.cred_type,
+                state: PublishState::Unpublishing,
+                error: None,
+                pushed_revision: None,
+            }),
+        }
+    }
+    Ok(Response::Publications { publications })
+}
+
+/// `vault remote status REMOTE` (and `publish --repair`): the platform's
+/// list against the publications.
+pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Response, WireError> {
+    let remote = d.publisher.remote(name);
+    let (row, token) = {
+        let e = d.engine();
+        let row = e.remote(name)?;
+        let token = e.remote_token(&row)?;
+        (row, token)
+    };
+    let osmo = Osmo {
+        http: &d.publisher.http,
+        remote: &remote,
+        url: &row.url,
+        token: &token,
+    };
+    let mut listed = osmo.list().await.map_err(|f| fail_wire(name, f))?;
+    let mut repaired = Vec::new();
+    if repair {
+        let expected = d.engine().publications(Some(name))?;
+        repaired = expected
+            .iter()
+            .filter(|p| p.state != PublishState::Unpublishing)
+            .filter(|p| !listed.iter().any(|c| c.name == p.remote_name))
+            .map(|p| p.remote_name.clone())
+            .collect();
+        d.engine().publish_again(name, &repaired)?;
+        pass(d, name).await?;
+        listed = osmo.list().await.map_err(|f| fail_wire(name, f))?;
+    }
+    let publications = d.engine().publications(Some(name))?;
+    let missing = publications
+        .iter()
+        .filter(|p| p.state != PublishState::Unpublishing)
+        .filter(|p| !listed.iter().any(|c| c.name == p.remote_name))
+        .map(|p| p.remote_name.clone())
+        .collect();
+    let unknown = listed
+        .into_iter()
+        .filter(|c| !publications.iter().any(|p| p.remote_name == c.name))
+        .collect();
+    let kind = parse_kind(&row.kind).unwrap_or(RemoteKind::Osmo);
+    let info = d.publisher.info(name, kind, &row.url, publications.clone());
+    Ok(Response::RemoteReport(RemoteReport {
+        remote: info,
+        publications,
+        missing,
+        unknown,
+        repaired,
+    }))
+}
+
+/// Publishes what is due whenever something changes, and retries with
+/// backoff. Runs for the daemon's life.
+pub async fn background(d: Arc<Daemon>) {
+    loop {
+        let now = Instant::now();
+        let wait = {
+            let map = d
+                .publisher
+                .remotes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .filter_map(|r| r.state().retry_at)
+                .map(|t| t.saturating_duration_since(now))
+                .min()
+                .unwrap_or(PERIOD)
+                .min(PERIOD)
+        };
+        tokio::select! {
+            _ = d.publisher.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let names: Vec<String> = {
+            let e = d.engine();
+            if e.is_locked() {
+                continue;
+            }
+            e.remotes()
+                .map(|rs| rs.into_iter().map(|r| r.name).collect())
+                .unwrap_or_default()
+        };
+        for name in names {
+            let due = d
+                .publisher
+                .remote(&name)
+                .state()
+                .retry_at
+                .is_none_or(|t| t <= Instant::now());
+            if !due {
+                continue;
+            }
+            if let Err(e) = pass(&d, &name).await {
+                warn!(remote = %name, error = %e.message, "publishing failed; will retry");
+            }
+        }
+    }
+}

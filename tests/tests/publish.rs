@@ -1,0 +1,429 @@
+//! Publishing to a workload platform (issue 10), end to end: the real
+//! `vault` and `vaultd` against the OSMO test double (`src/bin/osmo-double.rs`,
+//! written from ../shared/remotes/osmo.md), which enforces the platform's
+//! rules, so a wrong request fails these tests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vault_e2e::osmo::{OsmoDouble, free_addr};
+use vault_e2e::{MARK, VaultHome, contains_bytes, secret, walk};
+
+/// The platform access token; carries the secret marker for the leak scan.
+fn pat() -> String {
+    format!("osmo-pat-{MARK}-0123456789abcdefghijklmnopqrstu")
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A vault whose daemon retries a platform every second at most.
+fn home() -> VaultHome {
+    let vh = VaultHome::new();
+    vh.write_config("[publish]\nretry = \"1s\"\n");
+    vh.init().ok();
+    vh
+}
+
+fn add_remote(vh: &VaultHome, url: &str, token: &str) -> vault_e2e::Run {
+    let f = vh.at_file("osmo-token", token);
+    vh.vault([
+        "remote",
+        "add",
+        "osmo",
+        url,
+        "--kind",
+        "osmo",
+        "--token-file",
+        &f[1..],
+    ])
+}
+
+fn credential<'a>(state: &'a Value, name: &str) -> Option<&'a Value> {
+    state["credentials"].get(name)
+}
+
+fn remote_status(vh: &VaultHome) -> Value {
+    let status = vh.vault(["status", "--json"]).ok().json();
+    status["remotes"][0].clone()
+}
+
+/// `vault list`'s STATUS of `name`.
+fn listed_state(vh: &VaultHome, name: &str) -> String {
+    let list = vh.vault(["list", "--json"]).ok().json();
+    let row = list.as_array().unwrap().iter().find(|r| r["name"] == name);
+    row.unwrap()["state"].as_str().unwrap().to_owned()
+}
+
+/// The API requests (method, path, status) the double answered, in order.
+fn api_log(state: &Value) -> Vec<(String, String, u64)> {
+    state["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn publishes_queue_while_the_platform_is_down_and_arrive_in_order() {
+    let vh = home();
+    let auth = secret("ngc-auth");
+    let access_key = secret("bucket-key");
+    let reg_auth = vh.at_file("reg-auth", &auth);
+    vh.vault([
+        "add",
+        "team.ngc",
+        "--type",
+        "REGISTRY",
+        "--payload",
+        "registry=nvcr.io",
+        "username=$oauthtoken",
+        &format!("auth={reg_auth}"),
+    ])
+    .ok();
+    let key = vh.at_file("data-key", &access_key);
+    vh.vault([
+        "add",
+        "bucket",
+        "--type",
+        "data",
+        "endpoint=s3://team-bucket/",
+        "access_key_id=AKIDEXAMPLE",
+        &format!("access_key={key}"),
+        "override_url=http://minio.local:9000",
+        "addressing_style=path",
+    ])
+    .ok();
+
+    // The platform is down: the remote is kept, the publishes queue.
+    let addr = free_addr();
+    let added = add_remote(&vh, &format!("http://{addr}"), &pat());
+    added.ok().stderr_has("first push");
+    vh.vault(["publish", "team.ngc", "--to", "osmo"])
+        .code(2)
+        .stderr_has("--as");
+    vh.vault(["publish", "team.ngc", "--to", "osmo", "--as", "ngc"])
+        .ok()
+        .stderr_has("queued");
+    vh.vault(["publish", "bucket", "--to", "osmo"])
+        .ok()
+        .stderr_has("queued");
+    let remote = remote_status(&vh);
+    assert_eq!(remote["queued"], 2, "{remote}");
+    assert!(
+        remote["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach")
+    );
+
+    // It comes up: both arrive, in the order they were published, each
+    // exactly as the platform takes it.
+    let double = OsmoDouble::start_on(&addr, &["--token", &pat()]);
+    let state = double.wait_for(WAIT, "both credentials published", |s| {
+        credential(s, "ngc").is_some() && credential(s, "bucket").is_some()
+    });
+    assert_eq!(
+        credential(&state, "ngc").unwrap()["body"],
+        json!({"registry": "nvcr.io", "username": "$oauthtoken", "auth": auth})
+    );
+    assert_eq!(
+        credential(&state, "bucket").unwrap()["body"],
+        json!({"endpoint": "s3://team-bucket", "access_key_id": "AKIDEXAMPLE",
+               "access_key": access_key, "override_url": "http://minio.local:9000",
+               "addressing_style": "path"})
+    );
+    let posts: Vec<String> = api_log(&state)
+        .into_iter()
+        .filter(|(m, p, s)| m == "POST" && p.starts_with("/api/credentials/") && *s == 200)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(posts, ["/api/credentials/ngc", "/api/credentials/bucket"]);
+    let remote = remote_status(&vh);
+    assert_eq!(remote["queued"], 0, "{remote}");
+    assert!(remote.get("last_error").is_none(), "{remote}");
+
+    // A rotation is sent again; REGISTRY replaces in place.
+    let rotated = secret("ngc-auth-rotated");
+    let f = vh.at_file("reg-auth-2", &rotated);
+    vh.vault(["set", "team.ngc", &format!("auth={f}")]).ok();
+    let state = double.wait_for(WAIT, "the rotated value published", |s| {
+        credential(s, "ngc").is_some_and(|c| c["body"]["auth"] == json!(rotated))
+    });
+    assert_eq!(state["credentials"].as_object().unwrap().len(), 2);
+    let deletes = api_log(&state)
+        .iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .count();
+    assert_eq!(deletes, 0, "a REGISTRY update replaces in place");
+
+    // A restore is a change too.
+    vh.vault(["restore", "team.ngc", "--revision", "1"]).ok();
+    double.wait_for(WAIT, "the restored value published", |s| {
+        credential(s, "ngc").is_some_and(|c| c["body"]["auth"] == json!(auth))
+    });
+
+    // The platform token is nowhere in plaintext outside the input file:
+    // not in vault.db, config, logs, or anything the daemon wrote.
+    vh.stop_daemons();
+    for (path, meta) in walk(vh.root()) {
+        if !meta.is_file() || path.starts_with(&vh.files) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !contains_bytes(&bytes, pat().as_bytes()),
+            "the platform access token is in {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn updates_refusals_drift_and_unpublish() {
+    let vh = home();
+    let double = OsmoDouble::start_on("127.0.0.1:0", &["--token", &pat()]);
+    add_remote(&vh, &double.url(), &pat()).ok();
+    let v1 = secret("app-v1");
+    let f = vh.at_file("app-v1", &v1);
+    vh.vault(["add", "app", "--type", "generic", &format!("API_KEY={f}")])
+        .ok();
+    vh.vault(["publish", "app", "--to", "osmo"])
+        .ok()
+        .stderr_has("published app");
+
+    // Checked before anything is queued, with the platform's rules.
+    vh.add_aws("cloud", "AKIDEXAMPLE", &secret("aws"), &[]);
+    vh.vault(["publish", "cloud", "--to", "osmo"])
+        .code(2)
+        .stderr_has("cannot be published");
+    let bad = vh.at_file("bad-key", &secret("bad"));
+    vh.vault(["add", "dotted", "--type", "generic", &format!("A_B={bad}")])
+        .ok();
+    vh.vault(["publish", "dotted", "--to", "nowhere"]).code(4);
+
+    // GENERIC update: delete, then create; a failing create leaves the
+    // platform missing it, which status says, until a retry succeeds.
+    double
+        .control(
+            "POST",
+            "/_double/fail",
+            &json!({"method": "POST", "path": "/api/credentials/app", "status": 503, "times": 3}),
+        )
+        .expect(200);
+    let v2 = secret("app-v2");
+    let f = vh.at_file("app-v2", &v2);
+    vh.vault(["set", "app", &format!("API_KEY={f}")]).ok();
+    let mut saw_missing = false;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let remote = remote_status(&vh);
+        let states: Vec<String> = remote["attention"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p["state"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if states.iter().any(|s| s == "missing") {
+            saw_missing = true;
+            vh.vault(["status"])
+                .ok()
+                .stdout_has("the platform is missing it");
+        }
+        let s = double.state();
+        if credential(&s, "app").is_some_and(|c| c["body"]["credential"]["API_KEY"] == json!(v2)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never re-created: {}",
+            s["log"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_missing, "status never said the platform was missing it");
+    let log = api_log(&double.state());
+    let tail: Vec<(String, u64)> = log
+        .iter()
+        .filter(|(_, p, _)| p == "/api/credentials/app")
+        .map(|(m, _, s)| (m.clone(), *s))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("POST".into(), 200),
+            ("DELETE".into(), 200),
+            ("POST".into(), 503),
+            ("POST".into(), 503),
+            ("POST".into(), 503),
+            ("POST".into(), 200)
+        ]
+    );
+
+    // A 4xx is permanent: shown with the platform's message, in list's
+    // STATUS, until the credential changes.
+    let wrong = secret("wrong-registry-login");
+    double
+        .control("POST", "/_double/reject-auth", &json!({"auth": wrong}))
+        .expect(200);
+    vh.add_registry("ghcr", "ghcr.io", "me", &wrong);
+    vh.vault(["publish", "ghcr", "--to", "osmo"])
+        .code(1)
+        .stderr_has("Registry login to ghcr.io failed");
+    assert_eq!(listed_state(&vh, "ghcr"), "publish-failed");
+    let remote = remote_status(&vh);
+    assert!(
+        remote["attention"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Registry login to ghcr.io failed"),
+        "{remote}"
+    );
+    // Another registry login for the same scope is refused before queueing.
+    vh.add_registry("ghcr2", "ghcr.io/", "me", &secret("other"));
+    vh.vault(["publish", "ghcr2", "--to", "osmo"])
+        .code(5)
+        .stderr_has("one REGISTRY credential per registry");
+    let right = secret("right-registry-login");
+    let f = vh.at_file("right", &right);
+    vh.vault(["set", "ghcr", &format!("auth={f}")]).ok();
+    double.wait_for(WAIT, "the fixed registry login published", |s| {
+        credential(s, "ghcr").is_some_and(|c| c["body"]["auth"] == json!(right))
+    });
+    assert_eq!(listed_state(&vh, "ghcr"), "ok");
+
+    // Drift: deleted behind the vault's back, and one the vault never
+    // published.
+    double
+        .control("DELETE", "/_double/credentials/app", &json!(null))
+        .expect(200);
+    double
+        .control(
+            "POST",
+            "/_double/credentials/stray",
+            &json!({"generic_credential": {"credential": {"K": "v"}}}),
+        )
+        .expect(200);
+    let report = vh.vault(["remote", "status", "osmo", "--json"]).ok().json();
+    assert_eq!(report["missing"], json!(["app"]), "{report}");
+    assert_eq!(report["unknown"][0]["name"], "stray", "{report}");
+    vh.vault(["remote", "status", "osmo"])
+        .ok()
+        .stderr_has("publish --repair");
+    let repaired = vh
+        .vault(["publish", "--repair", "--to", "osmo", "--json"])
+        .ok()
+        .json();
+    assert_eq!(repaired[0]["repaired"], json!(["app"]), "{repaired}");
+    assert_eq!(repaired[0]["missing"], json!([]), "{repaired}");
+    let s = double.state();
+    assert_eq!(
+        credential(&s, "app").unwrap()["body"]["credential"]["API_KEY"],
+        json!(v2)
+    );
+
+    // Unpublish deletes it there; rm of a published credential takes
+    // --force and then unpublishes it.
+    vh.vault(["unpublish", "app"]).ok();
+    assert!(credential(&double.state(), "app").is_none());
+    vh.vault(["rm", "ghcr"]).code(5).stderr_has("--force");
+    vh.vault(["rm", "ghcr", "--force"]).ok();
+    double.wait_for(WAIT, "the removed credential unpublished", |s| {
+        credential(s, "ghcr").is_none()
+    });
+    vh.vault(["remote", "rm", "osmo"]).ok();
+    assert!(remote_status(&vh).is_null());
+}
+
+#[test]
+fn one_token_exchange_at_a_time_renewed_before_it_runs_out() {
+    let vh = home();
+    let double = OsmoDouble::start_on(
+        "127.0.0.1:0",
+        &[
+            "--token",
+            &pat(),
+            "--jwt-ttl",
+            "2",
+            "--exchange-delay-ms",
+            "300",
+        ],
+    );
+    add_remote(&vh, &double.url(), &pat()).ok();
+    assert_eq!(double.state()["exchanges"], 1);
+    // Let the JWT run out, then ask from several clients at once.
+    std::thread::sleep(Duration::from_millis(2200));
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let mut cmd = vh.command(&vault_e2e::binaries().vault, ["remote", "status", "osmo"]);
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for mut r in runs {
+        assert!(r.wait().unwrap().success());
+    }
+    let state = double.state();
+    assert_eq!(state["exchanges"], 2, "one exchange for six callers");
+    assert_eq!(state["max_concurrent_exchanges"], 1);
+    // Calls spread over several JWT lifetimes never meet an expired JWT.
+    for _ in 0..8 {
+        vh.vault(["remote", "status", "osmo"]).ok();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let state = double.state();
+    assert!(
+        api_log(&state).iter().all(|(_, _, s)| *s != 401),
+        "a call went out with an expired JWT: {}",
+        state["log"]
+    );
+    assert!(state["exchanges"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn the_access_token_nearing_or_past_expiry_is_reported() {
+    let in_3_days = vault_e2e::osmo::date_in_days(3);
+    let double = OsmoDouble::start_on(
+        "127.0.0.1:0",
+        &["--token", &pat(), "--token-expires", &in_3_days],
+    );
+    let vh = home();
+    add_remote(&vh, &double.url(), &pat())
+        .ok()
+        .stderr_has(&in_3_days);
+    let remote = remote_status(&vh);
+    assert!(
+        remote["token_warning"]
+            .as_str()
+            .unwrap()
+            .contains(&in_3_days),
+        "{remote}"
+    );
+    vh.vault(["status"]).ok().stdout_has(&in_3_days);
+
+    let expired = OsmoDouble::start_on(
+        "127.0.0.1:0",
+        &[
+            "--token",
+            &pat(),
+            "--token-expires",
+            &vault_e2e::osmo::date_in_days(-1),
+        ],
+    );
+    let other = home();
+    add_remote(&other, &expired.url(), &pat())
+        .code(1)
+        .stderr_has("expired")
+        .stderr_has("--replace");
+}
