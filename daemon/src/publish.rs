@@ -31,6 +31,7 @@ use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 use crate::engine::Engine;
 use crate::engine::publish::{Job, JobOp};
 use crate::server::Daemon;
+use crate::store::Presence;
 
 /// Every HTTP call's limit.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +43,11 @@ const PERIOD: Duration = Duration::from_secs(60);
 /// Wait this long after a change before publishing (changes come in
 /// bursts).
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// The shortest wait of the background loop between passes.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+/// Exchange each remote's access token at least this often, to hear from
+/// the platform when it nears expiry.
+const TOKEN_CHECK: Duration = Duration::from_secs(6 * 3600);
 /// How long `vault publish` waits for the first push before answering
 /// "queued".
 const INLINE: Duration = Duration::from_secs(10);
@@ -63,6 +69,8 @@ struct RemoteState {
     retry_at: Option<Instant>,
     token_warning: Option<String>,
     token_expired: bool,
+    /// The last successful token exchange.
+    checked: Option<Instant>,
 }
 
 /// One remote's in-memory state.
@@ -97,6 +105,11 @@ impl Default for Publisher {
             // Building a client without TLS roots configured cannot fail.
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
+                // A fresh connection per call: publishing makes few calls,
+                // and a kept-alive connection the server has stopped
+                // reading (seen with the test double's HTTP server) costs
+                // a 30 s timeout and a request whose answer is lost.
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
         }
@@ -109,10 +122,37 @@ impl Publisher {
         Arc::clone(map.entry(name.to_owned()).or_default())
     }
 
-    /// Drops what is cached for a remote (new token, or removed).
-    fn forget(&self, name: &str) {
-        let mut map = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(name);
+    /// Forgets the JWT and state of a remote (new token, or removed). The
+    /// entry itself stays, so a pass under way keeps holding that remote's
+    /// one pass lock.
+    async fn reset(&self, name: &str) {
+        let remote = self.remote(name);
+        *remote.jwt.lock().await = None;
+        *remote.state() = RemoteState::default();
+    }
+
+    /// Records a failure: backoff, and what `status` shows.
+    fn failed(&self, name: &str, f: &Fail, retry_max: Duration) {
+        let remote = self.remote(name);
+        let mut st = remote.state();
+        st.failures = st.failures.saturating_add(1);
+        let backoff = BACKOFF
+            .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+            .min(retry_max);
+        st.retry_at = Some(Instant::now() + backoff);
+        if let Fail::Token(_, expired) = f {
+            st.token_expired = *expired;
+        }
+        st.last_error = Some(f.text());
+    }
+
+    /// Records a success.
+    fn succeeded(&self, name: &str) {
+        let remote = self.remote(name);
+        let mut st = remote.state();
+        st.failures = 0;
+        st.retry_at = None;
+        st.last_error = None;
     }
 
     /// Something changed locally: publish what is due soon.
@@ -178,8 +218,11 @@ fn parse_kind(kind: &str) -> Option<RemoteKind> {
 /// A failed call.
 #[derive(Debug)]
 enum Fail {
-    /// Worth retrying: no answer, or a 5xx.
+    /// Worth retrying: not sent (no connection), or a 5xx.
     Retry(String),
+    /// Sent, and the answer lost (timeout, connection dropped): the
+    /// platform may have done it. Retried too.
+    Lost(String),
     /// The platform refused the request (4xx): permanent for this value.
     Refused(u16, String),
     /// The access token does not work (expired when `true`).
@@ -189,7 +232,7 @@ enum Fail {
 impl Fail {
     fn text(&self) -> String {
         match self {
-            Fail::Retry(m) | Fail::Token(m, _) => m.clone(),
+            Fail::Retry(m) | Fail::Lost(m) | Fail::Token(m, _) => m.clone(),
             Fail::Refused(status, m) => format!("the platform refused it ({status}): {m}"),
         }
     }
@@ -238,6 +281,23 @@ fn platform_message(status: u16, body: &[u8]) -> String {
     text
 }
 
+/// A reqwest error without its URL (which names a credential).
+fn net_error(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    if e.is_timeout() {
+        parts.push("timed out".to_owned());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push("the request failed".to_owned());
+    }
+    parts.join(": ")
+}
+
 /// A talk with one platform.
 struct Osmo<'a> {
     http: &'a reqwest::Client,
@@ -270,18 +330,20 @@ impl Osmo<'_> {
             .send()
             .await
             .map_err(|e| {
-                Fail::Retry(format!(
-                    "cannot reach {}: {}",
-                    self.url,
-                    crate::sts::error_chain(&e)
-                ))
+                // The URL names a credential: never in a message or log.
+                let text = format!("cannot reach {}: {}", self.url, net_error(&e));
+                if e.is_connect() {
+                    Fail::Retry(text)
+                } else {
+                    Fail::Lost(text)
+                }
             })?;
         self.note_warning(&resp);
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Fail::Retry(format!("{}: {}", self.url, crate::sts::error_chain(&e))))?;
+            .map_err(|e| Fail::Lost(format!("{}: {}", self.url, net_error(&e))))?;
         Ok((status, body.to_vec()))
     }
 
@@ -341,6 +403,7 @@ impl Osmo<'_> {
         {
             let mut st = self.remote.state();
             st.token_expired = false;
+            st.checked = Some(Instant::now());
         }
         let life = Duration::from_secs(
             got.expires_at
@@ -409,6 +472,11 @@ impl Osmo<'_> {
             .await
         {
             Ok(_) | Err(Fail::Refused(400 | 404, _)) => Ok(()),
+            // Any other refusal is the remote's error, retried with
+            // backoff: an unpublish is never dropped.
+            Err(Fail::Refused(status, m)) => Err(Fail::Retry(format!(
+                "the platform refused to delete '{name}' ({status}): {m}"
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -463,7 +531,7 @@ fn check_url(url: &str) -> Result<String, WireError> {
 
 fn fail_wire(remote: &str, f: Fail) -> WireError {
     let code = match f {
-        Fail::Retry(_) => ErrorCode::Unreachable,
+        Fail::Retry(_) | Fail::Lost(_) => ErrorCode::Unreachable,
         _ => ErrorCode::Failed,
     };
     WireError::new(code, format!("remote '{remote}': {}", f.text()))
@@ -503,13 +571,14 @@ pub async fn add(
     let row = d
         .engine()
         .save_remote(name, kind, &url, &token, Timestamp::now())?;
-    d.publisher.forget(name);
+    d.publisher.reset(name).await;
     // Keep what the check learnt: the JWT and any token warning.
     let remote = d.publisher.remote(name);
     *remote.jwt.lock().await = probe.jwt.lock().await.take();
     {
         let mut st = remote.state();
         st.token_warning = probe.state().token_warning.clone();
+        st.checked = probe.state().checked;
         st.last_error = offline;
     }
     d.publisher.kick();
@@ -520,18 +589,19 @@ pub async fn add(
 }
 
 /// `vault remote rm`.
-pub fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response, WireError> {
-    let mut engine = d.engine();
-    let pubs = engine.publications(Some(name)).unwrap_or_default();
-    let row = engine.remove_remote(name, force)?;
-    drop(engine);
+pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response, WireError> {
+    let (row, pubs) = {
+        let mut engine = d.engine();
+        let pubs = engine.publications(Some(name)).unwrap_or_default();
+        (engine.remove_remote(name, force)?, pubs)
+    };
     let info = d.publisher.info(
         &row.name,
         parse_kind(&row.kind).unwrap_or(RemoteKind::Osmo),
         &row.url,
         pubs,
     );
-    d.publisher.forget(name);
+    d.publisher.reset(name).await;
     Ok(Response::Remotes {
         remotes: vec![info],
     })
@@ -542,85 +612,111 @@ pub fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response, Wire
 pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
     let remote = d.publisher.remote(name);
     let _one = remote.pass.lock().await;
-    let (row, token, jobs) = {
+    let (row, token, jobs, retry_max) = {
         let mut e = d.engine();
         let row = e.remote(name)?;
         let token = e.remote_token(&row)?;
         let jobs = e.plan(name)?;
-        (row, token, jobs)
+        (row, token, jobs, e.config().publish_retry)
     };
-    if jobs.is_empty() {
-        return Ok(());
-    }
     let osmo = Osmo {
         http: &d.publisher.http,
         remote: &remote,
         url: &row.url,
         token: &token,
     };
-    for job in jobs {
-        match run(d, &osmo, name, &job).await {
-            Ok(()) => {}
-            Err(Fail::Refused(status, message)) => {
-                let Job { remote_name, op } = &job;
-                if let JobOp::Put { revision, .. } = op {
-                    warn!(remote = %name, status, "the platform refused a publication");
-                    let text = format!("the platform refused it ({status}): {message}");
-                    d.engine()
-                        .publish_refused(name, remote_name, *revision, &text)?;
-                }
-            }
-            Err(f) => {
-                let retry_max = d.engine().config().publish_retry;
-                let mut st = remote.state();
-                st.failures += 1;
-                let backoff = BACKOFF
-                    .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
-                    .min(retry_max);
-                st.retry_at = Some(Instant::now() + backoff);
-                if let Fail::Token(_, expired) = &f {
-                    st.token_expired = *expired;
-                }
-                st.last_error = Some(f.text());
-                drop(st);
-                return Err(fail_wire(name, f));
-            }
+    for job in &jobs {
+        if let Err(f) = run(d, &osmo, name, job).await {
+            d.publisher.failed(name, &f, retry_max);
+            return Err(fail_wire(name, f));
         }
     }
-    let mut st = remote.state();
-    st.failures = 0;
-    st.retry_at = None;
-    st.last_error = None;
+    d.publisher.succeeded(name);
     Ok(())
 }
 
-/// Runs one job and records its outcome.
+/// A pass that runs to its end even when the caller stops waiting (a
+/// request cut short must not leave a push half recorded).
+fn spawn_pass(d: &Arc<Daemon>, name: &str) -> tokio::task::JoinHandle<Result<(), WireError>> {
+    let (d, name) = (Arc::clone(d), name.to_owned());
+    tokio::spawn(async move { pass(&d, &name).await })
+}
+
+/// Whether a refusal says the name exists already.
+fn duplicate(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("exist") || m.contains("duplicate")
+}
+
+/// Runs one job and records its outcome. A refusal (4xx) is recorded here
+/// and is not a failure of the pass.
 async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Result<(), Fail> {
-    let name = &job.remote_name;
-    match &job.op {
+    let key = &job.key;
+    let name = key.remote_name.as_str();
+    let (revision, body, delete_first, ours) = match &job.op {
         JobOp::Delete => {
             osmo.delete(name).await?;
-            record(d.engine().publish_deleted(remote, name));
+            record(d.engine().publish_deleted(key));
             info!(remote = %remote, "unpublished");
+            return Ok(());
         }
         JobOp::Put {
             revision,
             body,
             delete_first,
-        } => {
-            if *delete_first {
-                osmo.delete(name).await?;
-                // Known from here on: the platform lacks it until the
-                // create goes through, whatever happens next.
-                record(d.engine().publish_absent(remote, name));
+            ours,
+        } => (*revision, body, *delete_first, *ours),
+    };
+    let mut presence = Presence::Present;
+    if delete_first {
+        if let Err(f) = osmo.delete(name).await {
+            if matches!(f, Fail::Lost(_)) {
+                record(d.engine().publish_presence(key, Presence::Unknown));
             }
-            osmo.call(reqwest::Method::POST, &Osmo::path(name), Some(body))
-                .await?;
-            record(d.engine().publish_done(remote, name, *revision));
-            info!(remote = %remote, revision, "published");
+            return Err(f);
         }
+        // Known from here on: the platform lacks it until the create goes
+        // through, whatever happens next.
+        presence = Presence::Absent;
+        record(d.engine().publish_presence(key, presence));
     }
-    Ok(())
+    let path = Osmo::path(name);
+    let mut sent = osmo.call(reqwest::Method::POST, &path, Some(body)).await;
+    if let Err(Fail::Refused(400, m)) = &sent
+        && ours
+        && !delete_first
+        && duplicate(m)
+    {
+        // This vault's own copy, left by an answer lost before: replace it.
+        osmo.delete(name).await?;
+        presence = Presence::Absent;
+        record(d.engine().publish_presence(key, presence));
+        sent = osmo.call(reqwest::Method::POST, &path, Some(body)).await;
+    }
+    match sent {
+        Ok(_) => {
+            record(d.engine().publish_done(key, revision));
+            info!(remote = %remote, revision, "published");
+            Ok(())
+        }
+        Err(Fail::Refused(status, message)) => {
+            warn!(remote = %remote, status, "the platform refused a publication");
+            let mut text = format!("the platform refused it ({status}): {message}");
+            if status == 400 && !ours && duplicate(&message) {
+                text.push_str(
+                    "; the platform has a credential of that name this vault did not publish: \
+                     delete it there, or publish under another name with --as",
+                );
+            }
+            record(d.engine().publish_refused(key, presence, revision, &text));
+            Ok(())
+        }
+        Err(Fail::Lost(m)) => {
+            record(d.engine().publish_presence(key, Presence::Unknown));
+            Err(Fail::Lost(m))
+        }
+        Err(f) => Err(f),
+    }
 }
 
 fn record(r: Result<(), WireError>) {
@@ -637,7 +733,7 @@ pub async fn publish(
     remote_name: Option<&str>,
 ) -> Result<Response, WireError> {
     let row = d.engine().publish(name, remote, remote_name)?;
-    let _ = tokio::time::timeout(INLINE, pass(d, remote)).await;
+    let _ = tokio::time::timeout(INLINE, spawn_pass(d, remote)).await;
     // The inline pass may have sent it: describe the row as stored now.
     let mut publications = {
         let e = d.engine();
@@ -667,7 +763,7 @@ pub async fn unpublish(
     let mut remotes: Vec<&str> = rows.iter().map(|r| r.remote.as_str()).collect();
     remotes.dedup();
     for r in &remotes {
-        let _ = tokio::time::timeout(INLINE, pass(d, r)).await;
+        let _ = tokio::time::timeout(INLINE, spawn_pass(d, r)).await;
     }
     let mut publications = Vec::new();
     for row in rows {
@@ -710,7 +806,7 @@ pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Respons
         url: &row.url,
         token: &token,
     };
-    let mut listed = osmo.list().await.map_err(|f| fail_wire(name, f))?;
+    let mut listed = listed_by(d, &osmo, name).await?;
     let mut repaired = Vec::new();
     if repair {
         let expected = d.engine().publications(Some(name))?;
@@ -722,7 +818,7 @@ pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Respons
             .collect();
         d.engine().publish_again(name, &repaired)?;
         pass(d, name).await?;
-        listed = osmo.list().await.map_err(|f| fail_wire(name, f))?;
+        listed = listed_by(d, &osmo, name).await?;
     }
     let publications = d.engine().publications(Some(name))?;
     let missing = publications
@@ -746,12 +842,33 @@ pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Respons
     }))
 }
 
-/// Publishes what is due whenever something changes, and retries with
-/// backoff. Runs for the daemon's life.
+/// The platform's credentials; a refused token is kept for `status`.
+async fn listed_by(
+    d: &Arc<Daemon>,
+    osmo: &Osmo<'_>,
+    name: &str,
+) -> Result<Vec<RemoteCredential>, WireError> {
+    osmo.list().await.map_err(|f| {
+        if matches!(f, Fail::Token(..)) {
+            let retry_max = d.engine().config().publish_retry;
+            d.publisher.failed(name, &f, retry_max);
+        }
+        fail_wire(name, f)
+    })
+}
+
+/// Publishes what is due whenever something changes, retries with
+/// backoff, and checks each remote's access token every [`TOKEN_CHECK`] (so
+/// its expiry shows in `status` even when nothing is published for a
+/// while). Runs for the daemon's life.
 pub async fn background(d: Arc<Daemon>) {
     loop {
-        let now = Instant::now();
-        let wait = {
+        let locked = d.engine().is_locked();
+        let wait = if locked {
+            // Nothing can be sent; the unlock kicks.
+            PERIOD
+        } else {
+            let now = Instant::now();
             let map = d
                 .publisher
                 .remotes
@@ -762,7 +879,7 @@ pub async fn background(d: Arc<Daemon>) {
                 .map(|t| t.saturating_duration_since(now))
                 .min()
                 .unwrap_or(PERIOD)
-                .min(PERIOD)
+                .clamp(MIN_WAIT, PERIOD)
         };
         tokio::select! {
             _ = d.publisher.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -778,18 +895,50 @@ pub async fn background(d: Arc<Daemon>) {
                 .unwrap_or_default()
         };
         for name in names {
-            let due = d
-                .publisher
-                .remote(&name)
-                .state()
-                .retry_at
-                .is_none_or(|t| t <= Instant::now());
+            let (due, check) = {
+                let remote = d.publisher.remote(&name);
+                let st = remote.state();
+                let now = Instant::now();
+                (
+                    st.retry_at.is_none_or(|t| t <= now),
+                    st.checked
+                        .is_none_or(|t| now.saturating_duration_since(t) >= TOKEN_CHECK),
+                )
+            };
             if !due {
+                continue;
+            }
+            if check && let Err(e) = check_token(&d, &name).await {
+                warn!(remote = %name, error = %e.message, "the access token check failed");
                 continue;
             }
             if let Err(e) = pass(&d, &name).await {
                 warn!(remote = %name, error = %e.message, "publishing failed; will retry");
             }
+        }
+    }
+}
+
+/// Exchanges the access token (learning of its expiry from the platform).
+async fn check_token(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
+    let remote = d.publisher.remote(name);
+    let (row, token, retry_max) = {
+        let e = d.engine();
+        let row = e.remote(name)?;
+        let token = e.remote_token(&row)?;
+        (row, token, e.config().publish_retry)
+    };
+    let osmo = Osmo {
+        http: &d.publisher.http,
+        remote: &remote,
+        url: &row.url,
+        token: &token,
+    };
+    match osmo.jwt(None).await {
+        Ok(_) => Ok(()),
+        Err(f) => {
+            d.publisher.failed(name, &f, retry_max);
+            Err(fail_wire(name, f))
         }
     }
 }

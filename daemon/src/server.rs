@@ -250,8 +250,9 @@ impl Daemon {
         self.engine().install(index.0, index.1, Timestamp::now());
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.bump();
-        // Catch up with the other devices.
+        // Catch up with the other devices, and publish what waited.
         self.syncer.kick();
+        self.publisher.kick();
         self.status()
     }
 
@@ -342,7 +343,9 @@ impl Daemon {
                 self.engine().touch(Timestamp::now());
                 r
             }
-            Request::RemoteRemove { name, force } => crate::publish::remove(self, &name, force),
+            Request::RemoteRemove { name, force } => {
+                crate::publish::remove(self, &name, force).await
+            }
             Request::RemoteStatus { name } => {
                 let r = crate::publish::status(self, &name, false).await;
                 self.engine().touch(Timestamp::now());

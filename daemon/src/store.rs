@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod publish;
 
-pub use publish::{PubRow, RemoteRow};
+pub use publish::{Presence, PubKey, PubRow, RemoteRow};
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
 const MIGRATIONS: &[&str] = &[

@@ -175,18 +175,20 @@ pub(super) fn remote_notes(r: &RemoteInfo) -> Vec<String> {
 }
 
 fn publication_note(p: &PublicationInfo) -> Option<String> {
-    let local = p.name.as_deref().unwrap_or("(deleted)");
+    // No local name: deleted, or the vault is locked.
+    let what = match &p.name {
+        Some(local) => format!("{local} as '{}'", p.remote_name),
+        None => format!("'{}'", p.remote_name),
+    };
     match p.state {
         PublishState::Failed => Some(format!(
-            "{local} as '{}': {} (fix the credential, then it is sent again; or 'vault publish \
-             --repair')",
-            p.remote_name,
-            p.error.as_deref().unwrap_or("refused")
+            "{what}: {} (fix the credential, then it is sent again; or 'vault publish --repair')",
+            p.error
+                .as_deref()
+                .unwrap_or("refused (unlock to see the platform's message)")
         )),
         PublishState::Missing => Some(format!(
-            "{local} as '{}': the platform is missing it (deleted for an update; the create is \
-             retried)",
-            p.remote_name
+            "{what}: the platform is missing it (deleted for an update; the create is retried)"
         )),
         _ => None,
     }

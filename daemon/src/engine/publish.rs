@@ -20,7 +20,7 @@ use vault_protocol::{CredentialType, ErrorCode, SecretValue, WireError};
 
 use super::{Engine, Result, decrypt_body, err, store_err};
 use crate::record::RecordBody;
-use crate::store::{PubRow, RecordRow, RemoteRow};
+use crate::store::{Presence, PubKey, PubRow, RecordRow, RemoteRow};
 
 /// What the platform stores for one credential.
 #[derive(Debug)]
@@ -37,8 +37,8 @@ pub struct Envelope {
 /// The next thing to do for one publication.
 #[derive(Debug)]
 pub struct Job {
-    /// The platform's name for the credential.
-    pub remote_name: String,
+    /// Which publication, and which version of it.
+    pub key: PubKey,
     /// What to do.
     pub op: JobOp,
 }
@@ -55,9 +55,13 @@ pub enum JobOp {
         /// The request body.
         body: SecretValue,
         /// Delete the platform's copy first: a GENERIC update (the platform
-        /// refuses a name that exists), or a registry scope or endpoint
-        /// that changed (the platform keys those by scope).
+        /// refuses a name that exists), a registry scope or endpoint that
+        /// changed (the platform keys those by it), or a copy whose state
+        /// is unknown.
         delete_first: bool,
+        /// This vault has had this name on the platform before, so a
+        /// "duplicate" answer is its own lost copy, not someone else's.
+        ours: bool,
     },
 }
 
@@ -312,7 +316,17 @@ impl Engine {
             token: sealed,
             created_at: now.unix(),
         };
+        let moved = self
+            .remotes()?
+            .iter()
+            .any(|r| r.name == name && r.url != url);
         self.store_mut()?.put_remote(&row).map_err(store_err)?;
+        if moved {
+            // Another platform holds none of it: push everything again.
+            self.store_mut()?
+                .reset_publications(name)
+                .map_err(store_err)?;
+        }
         info!(remote = %name, "remote saved");
         Ok(row)
     }
@@ -382,7 +396,7 @@ impl Engine {
                     ),
                 ));
             }
-            if env.cred_type == "GENERIC" || p.record_id == row.id {
+            if env.cred_type == "GENERIC" || p.remote_name == remote_name {
                 continue;
             }
             if let Some(theirs) = self.head_envelope(&p.record_id)?
@@ -405,18 +419,23 @@ impl Engine {
                 ));
             }
         }
-        let previous = existing
-            .into_iter()
-            .find(|p| p.remote_name == remote_name && p.record_id == row.id);
+        // What the platform holds under that name stays known, also when
+        // it was another credential's that is still being unpublished (the
+        // next push deletes it first).
+        let previous = existing.into_iter().find(|p| p.remote_name == remote_name);
         let publication = PubRow {
             remote: remote.to_owned(),
             remote_name: remote_name.to_owned(),
             record_id: row.id.clone(),
             cred_type: env.cred_type.to_owned(),
             queued_at: now_ms(),
-            // Publishing again retries a refusal and re-sends the value.
-            pushed_revision: None,
-            present: previous.is_some_and(|p| p.present),
+            // Publishing again retries a refusal; what the platform holds
+            // of this same credential stays known.
+            pushed_revision: previous
+                .as_ref()
+                .filter(|p| p.record_id == row.id)
+                .and_then(|p| p.pushed_revision),
+            present: previous.map_or(Presence::Absent, |p| p.present),
             unpublish: false,
             failed_revision: None,
             error: None,
@@ -480,7 +499,8 @@ impl Engine {
 
     /// The due publications of `remote`, oldest first, each with what to
     /// send. Publications whose credential no longer fits the platform's
-    /// rules are marked refused here, without a request.
+    /// rules are marked refused here, without a request; so are changes
+    /// that leave what the platform holds as it is (a rename, a tag).
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
         let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
         for p in self
@@ -490,12 +510,21 @@ impl Engine {
         {
             let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
             let live = head.as_ref().filter(|h| !h.deleted);
+            let current = |h: &RecordRow| {
+                p.pushed_revision == Some(h.revision) && p.present == Presence::Present
+            };
+            // When it became due: the publication's own time, or the
+            // change's (its clock has milliseconds; older rows have only
+            // the second).
+            let changed = |h: &RecordRow| -> Result<i64> {
+                let rank = self.store()?.head_rank(&h.id).map_err(store_err)?;
+                Ok(rank.map_or(h.updated_at * 1000, |(clock, _, _)| (clock >> 16) as i64))
+            };
             let order = match live {
                 _ if p.unpublish => p.queued_at,
-                None => head.as_ref().map_or(p.queued_at, |h| h.updated_at * 1000),
-                Some(h) if p.failed_revision == Some(h.revision) => continue,
-                Some(h) if p.pushed_revision == Some(h.revision) && p.present => continue,
-                Some(h) => p.queued_at.max(h.updated_at * 1000),
+                None => head.as_ref().map_or(Ok(p.queued_at), changed)?,
+                Some(h) if p.failed_revision == Some(h.revision) || current(h) => continue,
+                Some(h) => p.queued_at.max(changed(h)?),
             };
             let live = live.cloned();
             due.push((order, p, live));
@@ -503,46 +532,69 @@ impl Engine {
         due.sort_by_key(|(order, p, _)| (*order, p.queued_at));
         let mut jobs = Vec::new();
         for (_, p, head) in due {
+            let key = PubKey {
+                remote: p.remote.clone(),
+                remote_name: p.remote_name.clone(),
+                record_id: p.record_id.clone(),
+                queued_at: p.queued_at,
+            };
             let Some(head) = head.filter(|_| !p.unpublish) else {
-                jobs.push(Job {
-                    remote_name: p.remote_name,
-                    op: JobOp::Delete,
-                });
+                if p.present == Presence::Absent {
+                    // Nothing of it on the platform: nothing to delete
+                    // (and a name there is someone else's).
+                    self.publish_deleted(&key)?;
+                } else {
+                    jobs.push(Job {
+                        key,
+                        op: JobOp::Delete,
+                    });
+                }
                 continue;
             };
-            let key = &self.session()?.key;
-            let body = decrypt_body(key, &head)?;
+            let sess_key = &self.session()?.key;
+            let body = decrypt_body(sess_key, &head)?;
             let env = match envelope(&body) {
                 Ok(env) => env,
                 Err(why) => {
-                    self.publish_refused(&p.remote, &p.remote_name, head.revision, &why)?;
+                    self.publish_refused(&key, p.present, head.revision, &why)?;
                     continue;
                 }
             };
+            let old = match p.pushed_revision {
+                Some(old) => self
+                    .store()?
+                    .revision_body(&head.id, old)
+                    .map_err(store_err)?
+                    .map(|ct| RecordRow {
+                        body: ct,
+                        ..head.clone()
+                    })
+                    .and_then(|r| decrypt_body(sess_key, &r).ok())
+                    .and_then(|b| envelope(&b).ok()),
+                None => None,
+            };
+            let same = old
+                .as_ref()
+                .is_some_and(|o| o.body.expose_secret() == env.body.expose_secret());
+            if same && p.present == Presence::Present {
+                self.publish_done(&key, head.revision)?;
+                continue;
+            }
             // A scope or endpoint change moves the credential on the
             // platform, which keys REGISTRY and DATA by it.
-            let moved = match p.pushed_revision.filter(|_| p.present) {
-                Some(old) if env.cred_type != "GENERIC" => {
-                    let old_body = self
-                        .store()?
-                        .revision_body(&head.id, old)
-                        .map_err(store_err)?
-                        .map(|ct| RecordRow {
-                            body: ct,
-                            ..head.clone()
-                        })
-                        .and_then(|r| decrypt_body(key, &r).ok())
-                        .and_then(|b| envelope(&b).ok());
-                    old_body.is_none_or(|o| o.profile != env.profile)
-                }
-                _ => false,
+            let moved = old.as_ref().is_none_or(|o| o.profile != env.profile);
+            let delete_first = match p.present {
+                Presence::Absent => false,
+                Presence::Unknown => true,
+                Presence::Present => env.cred_type == "GENERIC" || moved,
             };
             jobs.push(Job {
-                remote_name: p.remote_name,
+                key,
                 op: JobOp::Put {
                     revision: head.revision,
                     body: env.body,
-                    delete_first: p.present && (env.cred_type == "GENERIC" || moved),
+                    delete_first,
+                    ours: p.pushed_revision.is_some() || p.present != Presence::Absent,
                 },
             });
         }
@@ -562,23 +614,20 @@ impl Engine {
     }
 
     /// The platform now holds `revision`.
-    pub fn publish_done(&mut self, remote: &str, remote_name: &str, revision: u64) -> Result<()> {
+    pub fn publish_done(&mut self, key: &PubKey, revision: u64) -> Result<()> {
         self.store_mut()?
-            .mark_publication(remote, remote_name, Some(revision), true, None)
+            .mark_publication(key, Some(revision), Presence::Present, None)
             .map_err(store_err)
     }
 
-    /// The platform's copy was deleted for an update; the create is due.
-    pub fn publish_absent(&mut self, remote: &str, remote_name: &str) -> Result<()> {
-        let Some(p) = self
-            .store()?
-            .publication(remote, remote_name)
-            .map_err(store_err)?
-        else {
+    /// What the platform holds of it changed (deleted for an update: the
+    /// create is due; or a request's answer was lost).
+    pub fn publish_presence(&mut self, key: &PubKey, present: Presence) -> Result<()> {
+        let Some(p) = self.publication_row(&key.remote, &key.remote_name)? else {
             return Ok(());
         };
         self.store_mut()?
-            .mark_publication(remote, remote_name, p.pushed_revision, false, None)
+            .mark_publication(key, p.pushed_revision, present, None)
             .map_err(store_err)
     }
 
@@ -586,16 +635,12 @@ impl Engine {
     /// the credential changes or is published again.
     pub fn publish_refused(
         &mut self,
-        remote: &str,
-        remote_name: &str,
+        key: &PubKey,
+        present: Presence,
         revision: u64,
         message: &str,
     ) -> Result<()> {
-        let Some(p) = self
-            .store()?
-            .publication(remote, remote_name)
-            .map_err(store_err)?
-        else {
+        let Some(p) = self.publication_row(&key.remote, &key.remote_name)? else {
             return Ok(());
         };
         let sealed = self
@@ -604,21 +649,13 @@ impl Engine {
             .encrypt(message.as_bytes())
             .map_err(|e| err(ErrorCode::Internal, e))?;
         self.store_mut()?
-            .mark_publication(
-                remote,
-                remote_name,
-                p.pushed_revision,
-                p.present,
-                Some((revision, sealed)),
-            )
+            .mark_publication(key, p.pushed_revision, present, Some((revision, sealed)))
             .map_err(store_err)
     }
 
     /// Deleted on the platform: the publication is gone.
-    pub fn publish_deleted(&mut self, remote: &str, remote_name: &str) -> Result<()> {
-        self.store_mut()?
-            .delete_publication(remote, remote_name)
-            .map_err(store_err)
+    pub fn publish_deleted(&mut self, key: &PubKey) -> Result<()> {
+        self.store_mut()?.delete_publication(key).map_err(store_err)
     }
 
     /// Makes publications the platform lacks due again (`publish
@@ -634,8 +671,15 @@ impl Engine {
             }
             let gone = missing.contains(&p.remote_name);
             if gone || p.failed_revision.is_some() {
+                let key = PubKey {
+                    remote: p.remote.clone(),
+                    remote_name: p.remote_name.clone(),
+                    record_id: p.record_id.clone(),
+                    queued_at: p.queued_at,
+                };
+                let present = if gone { Presence::Absent } else { p.present };
                 self.store_mut()?
-                    .mark_publication(remote, &p.remote_name, None, p.present && !gone, None)
+                    .mark_publication(&key, None, present, None)
                     .map_err(store_err)?;
             }
         }
@@ -659,8 +703,12 @@ impl Engine {
                 _ if p.unpublish => PublishState::Unpublishing,
                 None => PublishState::Unpublishing,
                 Some(r) if p.failed_revision == Some(r) => PublishState::Failed,
-                Some(r) if p.pushed_revision == Some(r) && p.present => PublishState::Published,
-                Some(_) if !p.present && p.pushed_revision.is_some() => PublishState::Missing,
+                Some(r) if p.pushed_revision == Some(r) && p.present == Presence::Present => {
+                    PublishState::Published
+                }
+                Some(_) if p.present != Presence::Present && p.pushed_revision.is_some() => {
+                    PublishState::Missing
+                }
                 Some(_) => PublishState::Pending,
             };
             let error = match (&p.error, &self.session) {

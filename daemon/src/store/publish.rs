@@ -25,6 +25,44 @@ pub struct RemoteRow {
     pub created_at: i64,
 }
 
+/// Whether the platform holds a publication's name, as far as the vault
+/// knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// It does not (never sent, refused, or deleted).
+    Absent = 0,
+    /// It does: a push or an earlier state was confirmed.
+    Present = 1,
+    /// A request was sent and its answer lost: it may.
+    Unknown = 2,
+}
+
+impl Presence {
+    fn from_column(v: i64) -> Self {
+        match v {
+            0 => Presence::Absent,
+            1 => Presence::Present,
+            _ => Presence::Unknown,
+        }
+    }
+}
+
+/// Which version of a publication a write is about: the record it binds
+/// and when it was (un)published. A write for an older version (the
+/// publication was replaced, unpublished or published again while a
+/// request was in flight) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubKey {
+    /// The remote.
+    pub remote: String,
+    /// The platform's name.
+    pub remote_name: String,
+    /// The record bound.
+    pub record_id: String,
+    /// Its `queued_at`.
+    pub queued_at: i64,
+}
+
 /// One credential bound to one remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubRow {
@@ -41,8 +79,8 @@ pub struct PubRow {
     pub queued_at: i64,
     /// The record revision the platform holds.
     pub pushed_revision: Option<u64>,
-    /// The platform holds this name, as far as the vault knows.
-    pub present: bool,
+    /// Whether the platform holds this name.
+    pub present: Presence,
     /// Waiting to be deleted on the platform.
     pub unpublish: bool,
     /// The revision the platform refused (4xx).
@@ -59,7 +97,7 @@ fn read_pub(r: &rusqlite::Row<'_>) -> rusqlite::Result<PubRow> {
         cred_type: r.get(3)?,
         queued_at: r.get(4)?,
         pushed_revision: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-        present: r.get(6)?,
+        present: Presence::from_column(r.get(6)?),
         unpublish: r.get(7)?,
         failed_revision: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
         error: r.get(9)?,
@@ -122,7 +160,7 @@ impl Store {
                 p.cred_type,
                 p.queued_at,
                 p.pushed_revision.map(|v| v as i64),
-                p.present,
+                p.present as i64,
                 p.unpublish,
                 p.failed_revision.map(|v| v as i64),
                 p.error
@@ -157,40 +195,53 @@ impl Store {
         Ok(rows)
     }
 
-    /// Drops a publication (deleted on the platform, or never sent).
-    pub fn delete_publication(&mut self, remote: &str, remote_name: &str) -> Result<()> {
+    /// Drops a publication (deleted on the platform, or never sent),
+    /// unless it changed meanwhile.
+    pub fn delete_publication(&mut self, key: &PubKey) -> Result<()> {
         self.conn.execute(
-            "DELETE FROM publications WHERE remote = ?1 AND remote_name = ?2",
-            [remote, remote_name],
+            "DELETE FROM publications WHERE remote = ?1 AND remote_name = ?2
+                AND record_id = ?3 AND queued_at = ?4",
+            params![key.remote, key.remote_name, key.record_id, key.queued_at],
         )?;
         Ok(())
     }
 
-    /// Records what the platform now holds of a publication, unless it was
-    /// dropped meanwhile. `failed` records a refusal of `revision`.
+    /// Records what the platform now holds of a publication, unless it
+    /// changed meanwhile. `failed` records a refusal of a revision.
     pub fn mark_publication(
         &mut self,
-        remote: &str,
-        remote_name: &str,
+        key: &PubKey,
         pushed_revision: Option<u64>,
-        present: bool,
+        present: Presence,
         failed: Option<(u64, Vec<u8>)>,
     ) -> Result<()> {
         let (failed_revision, error) = failed.unzip();
-        let failed_revision = failed_revision.map(|v| v as i64);
-        let pushed_revision = pushed_revision.map(|v| v as i64);
         self.conn.execute(
-            "UPDATE publications SET pushed_revision = ?3, present = ?4, failed_revision = ?5,
-                    error = ?6
-             WHERE remote = ?1 AND remote_name = ?2",
+            "UPDATE publications SET pushed_revision = ?5, present = ?6, failed_revision = ?7,
+                    error = ?8
+             WHERE remote = ?1 AND remote_name = ?2 AND record_id = ?3 AND queued_at = ?4",
             params![
-                remote,
-                remote_name,
-                pushed_revision,
-                present,
-                failed_revision,
+                key.remote,
+                key.remote_name,
+                key.record_id,
+                key.queued_at,
+                pushed_revision.map(|v| v as i64),
+                present as i64,
+                failed_revision.map(|v| v as i64),
                 error
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets what a remote holds (its URL changed): everything is pushed
+    /// again.
+    pub fn reset_publications(&mut self, remote: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE publications SET pushed_revision = NULL, present = 0,
+                    failed_revision = NULL, error = NULL
+             WHERE remote = ?1",
+            [remote],
         )?;
         Ok(())
     }
