@@ -36,6 +36,7 @@ use vault_protocol::message::{
 use vault_protocol::paths::VaultPaths;
 use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
+mod publish;
 mod sync;
 
 /// Passphrase of the throwaway bench vault.
@@ -118,6 +119,9 @@ fn run() -> BenchResult<()> {
     vault.shutdown();
     if result.is_ok() {
         result = sync::bench(&bins, tmp.path(), &mut rows);
+    }
+    if result.is_ok() {
+        result = publish::bench(&bins, tmp.path(), &mut rows);
     }
     if let Err(e) = &result {
         notes.push(format!("stopped early: {e}"));
@@ -418,6 +422,8 @@ struct Binaries {
     vault: PathBuf,
     vaultd: PathBuf,
     server: PathBuf,
+    /// The OSMO test double (`tests/src/bin/osmo-double.rs`).
+    osmo_double: PathBuf,
 }
 
 fn binaries() -> BenchResult<Binaries> {
@@ -434,7 +440,7 @@ fn binaries() -> BenchResult<Binaries> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "vault-cli", "-p", "vault-daemon"]);
-        build.args(["-p", "vault-server"]);
+        build.args(["-p", "vault-server", "-p", "vault-e2e", "--bins"]);
         if profile == "release" {
             build.arg("--release");
         }
@@ -447,18 +453,22 @@ fn binaries() -> BenchResult<Binaries> {
             .status()
             .map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err("cargo build -p vault-cli -p vault-daemon failed".to_owned());
+            return Err(
+                "cargo build of vault, vaultd, vault-server and osmo-double failed".to_owned(),
+            );
         }
     }
     let bins = Binaries {
         vault: dir.join("vault"),
         vaultd: dir.join("vaultd"),
         server: dir.join("vault-server"),
+        osmo_double: dir.join("osmo-double"),
     };
-    for b in [&bins.vault, &bins.vaultd, &bins.server] {
+    for b in [&bins.vault, &bins.vaultd, &bins.server, &bins.osmo_double] {
         if !b.is_file() {
             return Err(format!(
-                "{} is missing: run `cargo build --release -p vault-cli -p vault-daemon` first",
+                "{} is missing: run `cargo build --release -p vault-cli -p vault-daemon -p \
+                 vault-server -p vault-e2e --bins` first",
                 b.display()
             ));
         }
@@ -485,6 +495,7 @@ impl BenchVault {
                 vault: bins.vault.clone(),
                 vaultd: bins.vaultd.clone(),
                 server: bins.server.clone(),
+                osmo_double: bins.osmo_double.clone(),
             },
             home: tmp.join("v"),
             user_home,
@@ -875,6 +886,18 @@ fn rss_kib(pid: u32) -> BenchResult<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// A record of `kind` with one field.
+fn one_field(name: String, kind: CredentialType, field: &str, value: &str) -> NewRecord {
+    NewRecord {
+        name,
+        kind,
+        fields: BTreeMap::from([(field.to_owned(), SecretValue::from(value))]),
+        description: None,
+        tags: vec![],
+        expires_at: None,
+    }
 }
 
 fn write_private(path: &Path, content: &str) -> BenchResult<()> {

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use vault_protocol::SecretValue;
 use vault_protocol::credential::CredentialType;
-use vault_protocol::message::{NewRecord, Request, Response};
+use vault_protocol::message::{Request, Response};
 
 use super::{
-    BATCH, BenchResult, BenchVault, Binaries, PASSPHRASE, Row, Samples, ms, write_private,
+    BATCH, BenchResult, BenchVault, Binaries, PASSPHRASE, Row, Samples, ms, one_field,
+    write_private,
 };
 
 /// Records on the first device.
@@ -98,16 +99,14 @@ pub(super) fn bench(bins: &Binaries, tmp: &Path, rows: &mut Vec<Row>) -> BenchRe
     let mut conn = a.connect()?;
     for start in (0..RECORDS).step_by(BATCH) {
         let records = (start..(start + BATCH).min(RECORDS))
-            .map(|i| NewRecord {
-                name: format!("sync-{i:06}"),
-                kind: CredentialType::Token,
-                fields: BTreeMap::from([(
-                    "token".to_owned(),
-                    SecretValue::from(format!("sync-value-{i}").as_str()),
-                )]),
-                description: None,
-                tags: vec![],
-                expires_at: None,
+            .map(|i| {
+                let name = format!("sync-{i:06}");
+                one_field(
+                    name,
+                    CredentialType::Token,
+                    "token",
+                    &format!("sync-value-{i}"),
+                )
             })
             .collect();
         conn.call(Request::AddMany { records })?;
