@@ -442,8 +442,10 @@ impl Osmo<'_> {
             match status {
                 200..=299 => return Ok(bytes),
                 401 => stale = Some(jwt),
+                // A 5xx (from a proxy, say) may come after the platform
+                // did it: the outcome is unknown.
                 500.. => {
-                    return Err(Fail::Retry(format!(
+                    return Err(Fail::Lost(format!(
                         "{} answered {status}: {}",
                         self.url,
                         platform_message(status, &bytes)
@@ -568,6 +570,10 @@ pub async fn add(
         Err(Fail::Retry(why)) => Some(why),
         Err(f) => return Err(fail_wire(name, f)),
     };
+    // No pass to this remote meanwhile: one under way would record what
+    // the old URL holds against the new one.
+    let pass_lock = d.publisher.remote(name);
+    let _one = pass_lock.pass.lock().await;
     let row = d
         .engine()
         .save_remote(name, kind, &url, &token, Timestamp::now())?;
@@ -612,12 +618,23 @@ pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response
 pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
     let remote = d.publisher.remote(name);
     let _one = remote.pass.lock().await;
-    let (row, token, jobs, retry_max) = {
+    let retry_max = d.engine().config().publish_retry;
+    let planned = {
         let mut e = d.engine();
-        let row = e.remote(name)?;
-        let token = e.remote_token(&row)?;
-        let jobs = e.plan(name)?;
-        (row, token, jobs, e.config().publish_retry)
+        e.remote(name).and_then(|row| {
+            let token = e.remote_token(&row)?;
+            Ok((row, token, e.plan(name)?))
+        })
+    };
+    let (row, token, jobs) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            // Backs off too: a failure before any request must not make
+            // the background loop spin.
+            d.publisher
+                .failed(name, &Fail::Retry(e.message.clone()), retry_max);
+            return Err(e);
+        }
     };
     let osmo = Osmo {
         http: &d.publisher.http,
@@ -650,10 +667,15 @@ fn duplicate(message: &str) -> bool {
 
 /// Runs one job and records its outcome. A refusal (4xx) is recorded here
 /// and is not a failure of the pass.
+///
+/// What the platform holds under the name is recorded at each step, so that
+/// an unpublish never skips a DELETE for a copy that may be there, and never
+/// deletes a name someone else holds.
 async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Result<(), Fail> {
     let key = &job.key;
     let name = key.remote_name.as_str();
-    let (revision, body, delete_first, ours) = match &job.op {
+    let presence = |p: Presence| record(d.engine().publish_presence(key, p));
+    let (revision, body, delete_first, ours, before) = match &job.op {
         JobOp::Delete => {
             osmo.delete(name).await?;
             record(d.engine().publish_deleted(key));
@@ -665,22 +687,34 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
             body,
             delete_first,
             ours,
-        } => (*revision, body, *delete_first, *ours),
+            present,
+        } => (*revision, body, *delete_first, *ours, *present),
     };
-    let mut presence = Presence::Present;
-    if delete_first {
-        if let Err(f) = osmo.delete(name).await {
-            if matches!(f, Fail::Lost(_)) {
-                record(d.engine().publish_presence(key, Presence::Unknown));
+    // Deletes the platform's copy; the name is absent after it, unknown
+    // when the answer was lost, and as it was when nothing was sent.
+    let delete = |now: Presence| async move {
+        match osmo.delete(name).await {
+            Ok(()) => {
+                presence(Presence::Absent);
+                Ok(Presence::Absent)
             }
-            return Err(f);
+            Err(f @ Fail::Lost(_)) => {
+                presence(Presence::Unknown);
+                Err(f)
+            }
+            Err(f) => {
+                presence(now);
+                Err(f)
+            }
         }
-        // Known from here on: the platform lacks it until the create goes
-        // through, whatever happens next.
-        presence = Presence::Absent;
-        record(d.engine().publish_presence(key, presence));
+    };
+    let mut now = before;
+    if delete_first {
+        now = delete(now).await?;
     }
     let path = Osmo::path(name);
+    // Whatever happens to the create from here, the platform may hold it.
+    presence(Presence::Unknown);
     let mut sent = osmo.call(reqwest::Method::POST, &path, Some(body)).await;
     if let Err(Fail::Refused(400, m)) = &sent
         && ours
@@ -688,9 +722,8 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
         && duplicate(m)
     {
         // This vault's own copy, left by an answer lost before: replace it.
-        osmo.delete(name).await?;
-        presence = Presence::Absent;
-        record(d.engine().publish_presence(key, presence));
+        now = delete(Presence::Present).await?;
+        presence(Presence::Unknown);
         sent = osmo.call(reqwest::Method::POST, &path, Some(body)).await;
     }
     match sent {
@@ -700,6 +733,7 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
             Ok(())
         }
         Err(Fail::Refused(status, message)) => {
+            // Refused: the platform holds what it held before the create.
             warn!(remote = %remote, status, "the platform refused a publication");
             let mut text = format!("the platform refused it ({status}): {message}");
             if status == 400 && !ours && duplicate(&message) {
@@ -708,14 +742,16 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
                      delete it there, or publish under another name with --as",
                 );
             }
-            record(d.engine().publish_refused(key, presence, revision, &text));
+            record(d.engine().publish_refused(key, now, revision, &text));
             Ok(())
         }
-        Err(Fail::Lost(m)) => {
-            record(d.engine().publish_presence(key, Presence::Unknown));
-            Err(Fail::Lost(m))
+        // Sent, outcome unknown: stays unknown (recorded above).
+        Err(f @ Fail::Lost(_)) => Err(f),
+        // Not sent (no connection, or the token): as it was.
+        Err(f) => {
+            presence(now);
+            Err(f)
         }
-        Err(f) => Err(f),
     }
 }
 
@@ -733,14 +769,18 @@ pub async fn publish(
     remote_name: Option<&str>,
 ) -> Result<Response, WireError> {
     let row = d.engine().publish(name, remote, remote_name)?;
-    let _ = tokio::time::timeout(INLINE, spawn_pass(d, remote)).await;
+    // Only this pass's own error explains a "queued" answer.
+    let failed = match tokio::time::timeout(INLINE, spawn_pass(d, remote)).await {
+        Ok(Ok(Err(e))) => Some(e.message),
+        _ => None,
+    };
     // The inline pass may have sent it: describe the row as stored now.
     let mut publications = {
         let e = d.engine();
         let now = e.publication_row(&row.remote, &row.remote_name)?;
         e.describe(vec![now.unwrap_or(row)])?
     };
-    if let (Some(p), Some(err)) = (publications.first_mut(), remote_error(d, remote))
+    if let (Some(p), Some(err)) = (publications.first_mut(), failed)
         && p.state != PublishState::Published
         && p.error.is_none()
     {
@@ -761,6 +801,7 @@ pub async fn unpublish(
 ) -> Result<Response, WireError> {
     let rows = d.engine().unpublish(name, remote)?;
     let mut remotes: Vec<&str> = rows.iter().map(|r| r.remote.as_str()).collect();
+    remotes.sort_unstable();
     remotes.dedup();
     for r in &remotes {
         let _ = tokio::time::timeout(INLINE, spawn_pass(d, r)).await;
@@ -863,23 +904,28 @@ async fn listed_by(
 /// while). Runs for the daemon's life.
 pub async fn background(d: Arc<Daemon>) {
     loop {
-        let locked = d.engine().is_locked();
-        let wait = if locked {
+        let remotes: Option<Vec<String>> = {
+            let e = d.engine();
+            (!e.is_locked()).then(|| {
+                e.remotes()
+                    .map(|rs| rs.into_iter().map(|r| r.name).collect())
+                    .unwrap_or_default()
+            })
+        };
+        let wait = match remotes {
             // Nothing can be sent; the unlock kicks.
-            PERIOD
-        } else {
-            let now = Instant::now();
-            let map = d
-                .publisher
-                .remotes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            map.values()
-                .filter_map(|r| r.state().retry_at)
-                .map(|t| t.saturating_duration_since(now))
-                .min()
-                .unwrap_or(PERIOD)
-                .clamp(MIN_WAIT, PERIOD)
+            None => PERIOD,
+            // The earliest retry among the remotes that exist.
+            Some(names) => {
+                let now = Instant::now();
+                names
+                    .iter()
+                    .filter_map(|n| d.publisher.remote(n).state().retry_at)
+                    .map(|t| t.saturating_duration_since(now))
+                    .min()
+                    .unwrap_or(PERIOD)
+                    .clamp(MIN_WAIT, PERIOD)
+            }
         };
         tokio::select! {
             _ = d.publisher.kick.notified() => tokio::time::sleep(DEBOUNCE).await,

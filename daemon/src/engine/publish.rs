@@ -62,6 +62,8 @@ pub enum JobOp {
         /// This vault has had this name on the platform before, so a
         /// "duplicate" answer is its own lost copy, not someone else's.
         ours: bool,
+        /// What the platform holds under the name before this job.
+        present: Presence,
     },
 }
 
@@ -595,6 +597,7 @@ impl Engine {
                     body: env.body,
                     delete_first,
                     ours: p.pushed_revision.is_some() || p.present != Presence::Absent,
+                    present: p.present,
                 },
             });
         }
@@ -615,24 +618,26 @@ impl Engine {
 
     /// The platform now holds `revision`.
     pub fn publish_done(&mut self, key: &PubKey, revision: u64) -> Result<()> {
-        self.store_mut()?
-            .mark_publication(key, Some(revision), Presence::Present, None)
+        let store = self.store_mut()?;
+        store
+            .set_presence(&key.remote, &key.remote_name, Presence::Present)
+            .map_err(store_err)?;
+        store
+            .mark_publication(key, Some(revision), None)
             .map_err(store_err)
     }
 
-    /// What the platform holds of it changed (deleted for an update: the
-    /// create is due; or a request's answer was lost).
+    /// What the platform holds under the name changed (deleted for an
+    /// update, or a request's answer was lost).
     pub fn publish_presence(&mut self, key: &PubKey, present: Presence) -> Result<()> {
-        let Some(p) = self.publication_row(&key.remote, &key.remote_name)? else {
-            return Ok(());
-        };
         self.store_mut()?
-            .mark_publication(key, p.pushed_revision, present, None)
+            .set_presence(&key.remote, &key.remote_name, present)
             .map_err(store_err)
     }
 
     /// The platform refused `revision` (4xx): kept, with its message, until
-    /// the credential changes or is published again.
+    /// the credential changes or is published again. `present`: what the
+    /// platform holds under the name after it.
     pub fn publish_refused(
         &mut self,
         key: &PubKey,
@@ -648,8 +653,12 @@ impl Engine {
             .key
             .encrypt(message.as_bytes())
             .map_err(|e| err(ErrorCode::Internal, e))?;
-        self.store_mut()?
-            .mark_publication(key, p.pushed_revision, present, Some((revision, sealed)))
+        let store = self.store_mut()?;
+        store
+            .set_presence(&key.remote, &key.remote_name, present)
+            .map_err(store_err)?;
+        store
+            .mark_publication(key, p.pushed_revision, Some((revision, sealed)))
             .map_err(store_err)
     }
 
@@ -659,7 +668,8 @@ impl Engine {
     }
 
     /// Makes publications the platform lacks due again (`publish
-    /// --repair`), and retries refused ones.
+    /// --repair`), and retries refused ones (what the platform holds of
+    /// those stays known, so a retry never deletes a working copy first).
     pub fn publish_again(&mut self, remote: &str, missing: &[String]) -> Result<()> {
         for p in self
             .store()?
@@ -670,18 +680,25 @@ impl Engine {
                 continue;
             }
             let gone = missing.contains(&p.remote_name);
-            if gone || p.failed_revision.is_some() {
-                let key = PubKey {
-                    remote: p.remote.clone(),
-                    remote_name: p.remote_name.clone(),
-                    record_id: p.record_id.clone(),
-                    queued_at: p.queued_at,
-                };
-                let present = if gone { Presence::Absent } else { p.present };
-                self.store_mut()?
-                    .mark_publication(&key, None, present, None)
+            if !gone && p.failed_revision.is_none() {
+                continue;
+            }
+            let key = PubKey {
+                remote: p.remote.clone(),
+                remote_name: p.remote_name.clone(),
+                record_id: p.record_id.clone(),
+                queued_at: p.queued_at,
+            };
+            let store = self.store_mut()?;
+            if gone {
+                store
+                    .set_presence(remote, &p.remote_name, Presence::Absent)
                     .map_err(store_err)?;
             }
+            let pushed = if gone { None } else { p.pushed_revision };
+            store
+                .mark_publication(&key, pushed, None)
+                .map_err(store_err)?;
         }
         Ok(())
     }

@@ -206,19 +206,32 @@ impl Store {
         Ok(())
     }
 
-    /// Records what the platform now holds of a publication, unless it
-    /// changed meanwhile. `failed` records a refusal of a revision.
+    /// Records whether the platform holds a name. A fact about the name,
+    /// whichever publication holds it now, so it is never dropped.
+    pub fn set_presence(
+        &mut self,
+        remote: &str,
+        remote_name: &str,
+        present: Presence,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE publications SET present = ?3 WHERE remote = ?1 AND remote_name = ?2",
+            params![remote, remote_name, present as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records which revision the platform holds of a publication, or that
+    /// it refused one, unless the publication changed meanwhile.
     pub fn mark_publication(
         &mut self,
         key: &PubKey,
         pushed_revision: Option<u64>,
-        present: Presence,
         failed: Option<(u64, Vec<u8>)>,
     ) -> Result<()> {
         let (failed_revision, error) = failed.unzip();
         self.conn.execute(
-            "UPDATE publications SET pushed_revision = ?5, present = ?6, failed_revision = ?7,
-                    error = ?8
+            "UPDATE publications SET pushed_revision = ?5, failed_revision = ?6, error = ?7
              WHERE remote = ?1 AND remote_name = ?2 AND record_id = ?3 AND queued_at = ?4",
             params![
                 key.remote,
@@ -226,7 +239,6 @@ impl Store {
                 key.record_id,
                 key.queued_at,
                 pushed_revision.map(|v| v as i64),
-                present as i64,
                 failed_revision.map(|v| v as i64),
                 error
             ],
