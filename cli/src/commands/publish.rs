@@ -76,7 +76,7 @@ fn add(ctx: &mut Ctx, args: &RemoteAddArgs) -> CliResult<()> {
             Some(e) => {
                 ctx.out
                     .warn(&format!("{e}: the access token is tried at the first push"));
-                "kept"
+                "is kept"
             }
             None => "works and is kept",
         };
@@ -108,7 +108,7 @@ fn list(ctx: &mut Ctx) -> CliResult<()> {
     let mut t = Table::new(&[
         "REMOTE",
         "KIND",
-        "PUBLISHED",
+        "CREDENTIALS",
         "QUEUED",
         "FAILED",
         "STATUS",
@@ -236,7 +236,7 @@ fn show_report(ctx: &mut Ctx, r: &RemoteReport) -> CliResult<()> {
     }
     let remote = &r.remote;
     ctx.out.line(&format!(
-        "{} ({}) at {}: {} published, {} queued, {} refused",
+        "{} ({}) at {}: {} credential(s), {} queued, {} refused",
         remote.name,
         remote.kind.as_str(),
         remote.url,

@@ -218,7 +218,7 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
     lines.push(("sync", sync_line(&status, now)));
     for r in &status.remotes {
         let mut line = format!(
-            "{} ({}): {} published, {} queued, {} refused",
+            "{} ({}): {} credential(s), {} queued, {} refused",
             r.name,
             r.kind.as_str(),
             r.published,
