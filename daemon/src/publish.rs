@@ -136,9 +136,7 @@ impl Publisher {
         let remote = self.remote(name);
         let mut st = remote.state();
         st.failures = st.failures.saturating_add(1);
-        let backoff = BACKOFF
-            .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
-            .min(retry_max);
+        let backoff = crate::sync::doubling(BACKOFF, st.failures, retry_max);
         st.retry_at = Some(Instant::now() + backoff);
         if let Fail::Token(_, expired) = f {
             st.token_expired = *expired;
@@ -218,10 +216,11 @@ fn parse_kind(kind: &str) -> Option<RemoteKind> {
 /// A failed call.
 #[derive(Debug)]
 enum Fail {
-    /// Worth retrying: not sent (no connection), or a 5xx.
+    /// Worth retrying: not sent (no connection, or the token exchange
+    /// answered 5xx).
     Retry(String),
-    /// Sent, and the answer lost (timeout, connection dropped): the
-    /// platform may have done it. Retried too.
+    /// Sent, and the answer lost (timeout, connection dropped) or a 5xx:
+    /// the platform may have done it. Retried too.
     Lost(String),
     /// The platform refused the request (4xx): permanent for this value.
     Refused(u16, String),

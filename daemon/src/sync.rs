@@ -582,13 +582,18 @@ pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
 /// The delay before retry `failures`: doubling from [`BACKOFF`] up to
 /// [`PERIOD`], less up to a quarter at random so devices spread out.
 fn backoff(failures: u32) -> Duration {
-    let full = BACKOFF
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(PERIOD);
+    let full = doubling(BACKOFF, failures, PERIOD);
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);
     let jitter = full.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) / 4.0);
     full - jitter
+}
+
+/// `first` doubled for each failure after the first, at most `max`.
+pub(crate) fn doubling(first: Duration, failures: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max)
 }
 
 async fn blocking<T: Send + 'static>(
