@@ -1017,6 +1017,24 @@ fn check_meta(description: Option<&str>, tags: &[String]) -> Result<()> {
     Ok(())
 }
 
+impl Engine {
+    /// Text encrypted to the vault key: the secrets kept beside the records
+    /// (access tokens, a platform's messages).
+    fn seal(&self, plain: &str) -> Result<Vec<u8>> {
+        self.session()?
+            .key
+            .encrypt(plain.as_bytes())
+            .map_err(|e| err(ErrorCode::Internal, e))
+    }
+
+    /// Text sealed by [`Engine::seal`]; `None` while locked or when it
+    /// cannot be read.
+    fn unseal(&self, sealed: &[u8]) -> Option<String> {
+        let plain = self.session.as_ref()?.key.decrypt(sealed).ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+}
+
 fn decrypt_body(key: &VaultKey, row: &RecordRow) -> Result<RecordBody> {
     let plain = key.decrypt(&row.body).map_err(|e| {
         err(

@@ -246,7 +246,8 @@ impl Engine {
 
     /// A remote's access token, decrypted.
     pub fn remote_token(&self, remote: &RemoteRow) -> Result<SecretValue> {
-        let plain = self.session()?.key.decrypt(&remote.token).map_err(|_| {
+        self.session()?;
+        let token = self.unseal(&remote.token).ok_or_else(|| {
             err(
                 ErrorCode::Failed,
                 format!(
@@ -256,8 +257,6 @@ impl Engine {
                 ),
             )
         })?;
-        let token = String::from_utf8(plain.to_vec())
-            .map_err(|_| err(ErrorCode::Failed, "the stored access token is not text"))?;
         Ok(SecretValue::new(token))
     }
 
@@ -306,11 +305,7 @@ impl Engine {
         token: &SecretValue,
         now: Timestamp,
     ) -> Result<RemoteRow> {
-        let sealed = self
-            .session()?
-            .key
-            .encrypt(token.expose_secret().as_bytes())
-            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let sealed = self.seal(token.expose_secret())?;
         let row = RemoteRow {
             name: name.to_owned(),
             kind: kind.as_str().to_owned(),
@@ -648,11 +643,7 @@ impl Engine {
         let Some(p) = self.publication_row(&key.remote, &key.remote_name)? else {
             return Ok(());
         };
-        let sealed = self
-            .session()?
-            .key
-            .encrypt(message.as_bytes())
-            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let sealed = self.seal(message)?;
         let store = self.store_mut()?;
         store
             .set_presence(&key.remote, &key.remote_name, present)
@@ -728,12 +719,8 @@ impl Engine {
                 }
                 Some(_) => PublishState::Pending,
             };
-            let error = match (&p.error, &self.session) {
-                (Some(ct), Some(sess)) if state == PublishState::Failed => sess
-                    .key
-                    .decrypt(ct)
-                    .ok()
-                    .map(|m| String::from_utf8_lossy(&m).into_owned()),
+            let error = match &p.error {
+                Some(ct) if state == PublishState::Failed => self.unseal(ct),
                 _ => None,
             };
             out.push(PublicationInfo {

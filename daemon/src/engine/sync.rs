@@ -188,12 +188,11 @@ impl Engine {
         let Some(url) = self.meta("sync_url")? else {
             return Ok(None);
         };
-        let sess = self.session()?;
+        self.session()?;
         let sealed = self.meta("sync_token")?.unwrap_or_default();
         let token = hex::decode(sealed)
             .ok()
-            .and_then(|ct| sess.key.decrypt(&ct).ok())
-            .and_then(|plain| String::from_utf8(plain.to_vec()).ok())
+            .and_then(|ct| self.unseal(&ct))
             .ok_or_else(|| {
                 err(
                     ErrorCode::Failed,
@@ -303,11 +302,7 @@ impl Engine {
     /// Stores the server URL and the access token, encrypted to the vault
     /// key, in the vault.
     pub fn save_login(&mut self, url: &str, token: &SecretValue) -> Result<()> {
-        let ct = self
-            .session()?
-            .key
-            .encrypt(token.expose_secret().as_bytes())
-            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let ct = self.seal(token.expose_secret())?;
         self.store_mut()?
             .set_meta(&[("sync_url", url), ("sync_token", &hex::encode(ct))])
             .map_err(store_err)
