@@ -31,7 +31,7 @@ use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 use crate::engine::Engine;
 use crate::engine::publish::{Job, JobOp};
 use crate::server::Daemon;
-use crate::store::Presence;
+use crate::store::{Presence, RemoteRow};
 
 /// Every HTTP call's limit.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -516,6 +516,35 @@ impl Osmo<'_> {
     }
 }
 
+/// A stored remote with its access token, ready to talk to.
+struct Stored {
+    remote: Arc<Remote>,
+    row: RemoteRow,
+    token: SecretValue,
+}
+
+impl Stored {
+    /// Remote `name` and its token, decrypted (needs the vault unlocked).
+    fn load(d: &Daemon, engine: &Engine, name: &str) -> Result<Self, WireError> {
+        let row = engine.remote(name)?;
+        let token = engine.remote_token(&row)?;
+        Ok(Self {
+            remote: d.publisher.remote(name),
+            row,
+            token,
+        })
+    }
+
+    fn osmo<'a>(&'a self, http: &'a reqwest::Client) -> Osmo<'a> {
+        Osmo {
+            http,
+            remote: &self.remote,
+            url: &self.row.url,
+            token: &self.token,
+        }
+    }
+}
+
 /// Checks a platform URL: HTTPS, or plain HTTP on loopback; no trailing `/`.
 fn check_url(url: &str) -> Result<String, WireError> {
     crate::sync::check_url(url).map_err(|_| {
@@ -620,12 +649,9 @@ pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
     let retry_max = d.engine().config().publish_retry;
     let planned = {
         let mut e = d.engine();
-        e.remote(name).and_then(|row| {
-            let token = e.remote_token(&row)?;
-            Ok((row, token, e.plan(name)?))
-        })
+        Stored::load(d, &e, name).and_then(|stored| Ok((stored, e.plan(name)?)))
     };
-    let (row, token, jobs) = match planned {
+    let (stored, jobs) = match planned {
         Ok(p) => p,
         Err(e) => {
             // Backs off too: a failure before any request must not make
@@ -635,12 +661,7 @@ pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
             return Err(e);
         }
     };
-    let osmo = Osmo {
-        http: &d.publisher.http,
-        remote: &remote,
-        url: &row.url,
-        token: &token,
-    };
+    let osmo = stored.osmo(&d.publisher.http);
     for job in &jobs {
         if let Err(f) = run(d, &osmo, name, job).await {
             d.publisher.failed(name, &f, retry_max);
@@ -833,19 +854,9 @@ pub async fn unpublish(
 /// `vault remote status REMOTE` (and `publish --repair`): the platform's
 /// list against the publications.
 pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Response, WireError> {
-    let remote = d.publisher.remote(name);
-    let (row, token) = {
-        let e = d.engine();
-        let row = e.remote(name)?;
-        let token = e.remote_token(&row)?;
-        (row, token)
-    };
-    let osmo = Osmo {
-        http: &d.publisher.http,
-        remote: &remote,
-        url: &row.url,
-        token: &token,
-    };
+    let stored = Stored::load(d, &d.engine(), name)?;
+    let row = &stored.row;
+    let osmo = stored.osmo(&d.publisher.http);
     let mut listed = listed_by(d, &osmo, name).await?;
     let mut repaired = Vec::new();
     if repair {
@@ -966,20 +977,11 @@ pub async fn background(d: Arc<Daemon>) {
 
 /// Exchanges the access token (learning of its expiry from the platform).
 async fn check_token(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
-    let remote = d.publisher.remote(name);
-    let (row, token, retry_max) = {
+    let (stored, retry_max) = {
         let e = d.engine();
-        let row = e.remote(name)?;
-        let token = e.remote_token(&row)?;
-        (row, token, e.config().publish_retry)
+        (Stored::load(d, &e, name)?, e.config().publish_retry)
     };
-    let osmo = Osmo {
-        http: &d.publisher.http,
-        remote: &remote,
-        url: &row.url,
-        token: &token,
-    };
-    match osmo.jwt(None).await {
+    match stored.osmo(&d.publisher.http).jwt(None).await {
         Ok(_) => Ok(()),
         Err(f) => {
             d.publisher.failed(name, &f, retry_max);
