@@ -220,36 +220,14 @@ impl RemoteServer {
 
     /// Starts it again on the same address and database.
     pub fn resume(&mut self) {
-        use std::io::BufRead;
         self.stop();
-        let mut child = Command::new(&binaries().server)
-            .args(["--listen", &self.addr, "--database", &self.database])
+        let mut cmd = Command::new(&binaries().server);
+        cmd.args(["--listen", &self.addr, "--database", &self.database])
             .args(["--default-admin", "admin"])
             .env("VAULT_SERVER_ADMIN_PASSWORD", SERVER_ADMIN_TOKEN)
-            .env("VAULT_SERVER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vault-server");
-        let mut stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut log = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-            leak::keep_log("vault-server", &log);
-        });
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("vault-server did not start (stdout {line:?})");
-        };
-        self.addr = addr.to_owned();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut stdout, &mut sink);
-        });
+            .env("VAULT_SERVER_LOG", "info");
+        let (child, addr) = spawn_listening(cmd, "vault-server");
+        self.addr = addr;
         self.child = Some(child);
     }
 }
@@ -258,6 +236,38 @@ impl Drop for RemoteServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts a server that prints `listening on ADDR` as its first line, and
+/// returns it with ADDR. Its stderr is kept for the leak scan as `log`; the
+/// rest of its stdout is drained.
+pub fn spawn_listening(mut cmd: Command, log: &'static str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {log}: {e}"));
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        leak::keep_log(log, &text);
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        panic!("{log} did not start (stdout {line:?})");
+    };
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    (child, addr)
 }
 
 /// The outcome of one process run.

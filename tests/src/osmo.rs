@@ -2,9 +2,9 @@
 //! use it: started on a port (or not yet: a platform that is down), its
 //! state read through its control API, and a minimal HTTP/1.1 client.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -148,30 +148,10 @@ impl OsmoDouble {
     /// Starts it again on the same address and arguments.
     pub fn resume(&mut self) {
         self.stop();
-        let bin = crate::binaries().vault.with_file_name("osmo-double");
-        let mut child = Command::new(&bin)
-            .args(["--listen", &self.addr])
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut log = String::new();
-            let _ = stderr.read_to_string(&mut log);
-            crate::leak::keep_log("osmo-double", &log);
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim_end().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("osmo-double did not start (stdout {line:?})");
-        };
-        self.addr = addr.to_owned();
+        let mut cmd = Command::new(crate::binaries().vault.with_file_name("osmo-double"));
+        cmd.args(["--listen", &self.addr]).args(&self.args);
+        let (child, addr) = crate::spawn_listening(cmd, "osmo-double");
+        self.addr = addr;
         self.child = Some(child);
     }
 
