@@ -4,16 +4,17 @@
 //! the last one is on it (the offline queue draining in order); and one
 //! `Publish` request while it is up (check, queue, push, answer).
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vault_protocol::credential::CredentialType;
 use vault_protocol::message::{PublishState, Request, Response};
 
-use super::{BenchResult, BenchVault, Binaries, Row, Samples, ms, one_field, write_private};
+use super::{
+    BenchResult, BenchVault, Binaries, Listening, Row, Samples, ms, one_field, write_private,
+};
 
 /// Credentials queued while the platform is down.
 const QUEUED: usize = 200;
@@ -21,34 +22,10 @@ const QUEUED: usize = 200;
 const REQUESTS: usize = 50;
 const PAT: &str = "vault-bench-osmo-access-token-0123456789abc";
 
-struct Double(Child);
-
-impl Drop for Double {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_double(bins: &Binaries, addr: &str) -> BenchResult<Double> {
-    let mut child = Command::new(&bins.osmo_double)
-        .args(["--listen", addr, "--token", PAT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("osmo-double: {e}"))?;
-    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = out.read_to_end(&mut sink);
-    });
-    if !line.starts_with("listening on ") {
-        return Err(format!("osmo-double did not start: {line:?}"));
-    }
-    Ok(Double(child))
+fn start_double(bins: &Binaries, addr: &str) -> BenchResult<Listening> {
+    let mut cmd = Command::new(&bins.osmo_double);
+    cmd.args(["--listen", addr, "--token", PAT]);
+    Ok(Listening::start(cmd, "osmo-double")?.0)
 }
 
 /// How many credentials the double holds.

@@ -6,10 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vault_protocol::SecretValue;
@@ -17,7 +16,7 @@ use vault_protocol::credential::CredentialType;
 use vault_protocol::message::{Request, Response};
 
 use super::{
-    BATCH, BenchResult, BenchVault, Binaries, PASSPHRASE, Row, Samples, ms, one_field,
+    BATCH, BenchResult, BenchVault, Binaries, Listening, PASSPHRASE, Row, Samples, ms, one_field,
     write_private,
 };
 
@@ -28,40 +27,15 @@ const ROUND_TRIPS: usize = 30;
 /// The server's default admin password, used as the access token.
 const TOKEN: &str = "vault-bench-server-admin-token-0123456789";
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(bins: &Binaries, dir: &Path) -> BenchResult<(Server, String)> {
-    let mut child = Command::new(&bins.server)
-        .args(["--listen", "127.0.0.1:0", "--default-admin", "admin"])
+fn start_server(bins: &Binaries, dir: &Path) -> BenchResult<(Listening, String)> {
+    let mut cmd = Command::new(&bins.server);
+    cmd.args(["--listen", "127.0.0.1:0", "--default-admin", "admin"])
         .arg("--database")
         .arg(format!("sqlite:{}", dir.join("server.db").display()))
         .env("VAULT_SERVER_ADMIN_PASSWORD", TOKEN)
-        .env("VAULT_SERVER_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("vault-server: {e}"))?;
-    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = out.read_to_end(&mut sink);
-    });
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| format!("vault-server did not start: {line:?}"))?
-        .to_owned();
-    Ok((Server(child), format!("http://{addr}")))
+        .env("VAULT_SERVER_LOG", "warn");
+    let (server, addr) = Listening::start(cmd, "vault-server")?;
+    Ok((server, format!("http://{addr}")))
 }
 
 fn device(bins: &Binaries, tmp: &Path, name: &str) -> BenchResult<BenchVault> {
