@@ -757,6 +757,14 @@ fn injected_failures_come_first_and_run_out() {
         .collect();
     assert_eq!(statuses, [200, 200, 400, 500, 200, 503, 503, 200]);
 
+    // DELETE drops what was not yet taken.
+    let fail = json!({"method": "*", "path": "*", "status": 503, "times": 1000});
+    d.control("POST", "/_double/fail", &fail).expect(200);
+    d.set(&jwt, "qux", &envelope).expect(503);
+    d.control("DELETE", "/_double/fail", &json!(null))
+        .expect(200);
+    d.set(&jwt, "qux", &envelope).expect(200);
+
     // A malformed control request is refused.
     let bad = json!({"method": "POST", "status": 500});
     d.control("POST", "/_double/fail", &bad).expect(400);

@@ -58,6 +58,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Polls `vault status`'s first remote until `ok` holds (the daemon records
+/// an answer just after the platform has it); panics after [`WAIT`].
+fn wait_remote(vh: &VaultHome, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let remote = remote_status(vh);
+        if ok(&remote) {
+            return remote;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {remote}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `vault list`'s STATUS of `name`.
 fn listed_state(vh: &VaultHome, name: &str) -> String {
     let list = vh.vault(["list", "--json"]).ok().json();
@@ -166,8 +183,7 @@ fn publishes_queue_while_the_platform_is_down_and_arrive_in_order() {
         .map(|(_, p, _)| p)
         .collect();
     assert_eq!(posts, ["/api/credentials/ngc", "/api/credentials/bucket"]);
-    let remote = remote_status(&vh);
-    assert_eq!(remote["queued"], 0, "{remote}");
+    let remote = wait_remote(&vh, "both recorded as sent", |r| r["queued"] == 0);
     assert!(remote.get("last_error").is_none(), "{remote}");
 
     // A rotation is sent again; REGISTRY replaces in place.
@@ -229,67 +245,60 @@ fn updates_refusals_drift_and_unpublish() {
         .stderr_has("vault remote list");
 
     // GENERIC update: delete, then create; a failing create leaves the
-    // platform missing it, which status says, until a retry succeeds.
+    // platform missing it, which status says, until a retry succeeds. The
+    // create fails until the test has seen that and lets it through.
     double
         .control(
             "POST",
             "/_double/fail",
-            &json!({"method": "POST", "path": "/api/credentials/app", "status": 503, "times": 3}),
+            &json!({"method": "POST", "path": "/api/credentials/app", "status": 503, "times": 1000}),
         )
         .expect(200);
     let v2 = secret("app-v2");
     let f = vh.at_file("app-v2", &v2);
     vh.vault(["set", "app", &format!("API_KEY={f}")]).ok();
-    let mut saw_missing = false;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let remote = remote_status(&vh);
-        let states: Vec<String> = remote["attention"]
+    let app_calls = |s: &Value| -> Vec<(String, u64)> {
+        api_log(s)
+            .into_iter()
+            .filter(|(_, p, _)| p == "/api/credentials/app")
+            .map(|(m, _, s)| (m, s))
+            .collect()
+    };
+    let failed_creates = |s: &Value| {
+        app_calls(s)
+            .iter()
+            .filter(|(m, s)| m == "POST" && *s == 503)
+            .count()
+    };
+    double.wait_for(WAIT, "the create retried", |s| failed_creates(s) >= 2);
+    let remote = wait_remote(&vh, "the platform missing it", |r| {
+        r["attention"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| p["state"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if states.iter().any(|s| s == "missing") {
-            saw_missing = true;
-            vh.vault(["status"])
-                .ok()
-                .stdout_has("the platform is missing it");
-        }
-        let s = double.state();
-        if credential(&s, "app").is_some_and(|c| c["body"]["credential"]["API_KEY"] == json!(v2)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never re-created: {}",
-            s["log"]
-        );
-        std::thread::sleep(Duration::from_millis(100));
+            .is_some_and(|a| a.iter().any(|p| p["state"] == "missing"))
+    });
+    assert_eq!(remote["queued"], 1, "{remote}");
+    vh.vault(["status"])
+        .ok()
+        .stdout_has("the platform is missing it");
+    double
+        .control("DELETE", "/_double/fail", &json!(null))
+        .expect(200);
+    let s = double.wait_for(WAIT, "the create let through", |s| {
+        credential(s, "app").is_some_and(|c| c["body"]["credential"]["API_KEY"] == json!(v2))
+    });
+    wait_remote(&vh, "the publication settled", |r| r["queued"] == 0);
+    // Deleted, then each create failed; a 503 may come after the platform
+    // stored it (a proxy, say), so each retry deletes first and "does not
+    // exist" (400) is fine there; then the create goes through.
+    let calls = app_calls(&s);
+    let pair = |m: &str, s: u64| (m.to_owned(), s);
+    let retries = failed_creates(&s);
+    let mut expected = vec![pair("POST", 200), pair("DELETE", 200), pair("POST", 503)];
+    for _ in 1..retries {
+        expected.extend([pair("DELETE", 400), pair("POST", 503)]);
     }
-    assert!(saw_missing, "status never said the platform was missing it");
-    let log = api_log(&double.state());
-    let tail: Vec<(String, u64)> = log
-        .iter()
-        .filter(|(_, p, _)| p == "/api/credentials/app")
-        .map(|(m, _, s)| (m.clone(), *s))
-        .collect();
-    // A 503 may come after the platform stored it (a proxy, say), so each
-    // retry deletes first; "does not exist" (400) is fine there.
-    let deleted_then_created = [
-        ("POST".into(), 200),
-        ("DELETE".into(), 200),
-        ("POST".into(), 503),
-        ("DELETE".into(), 400),
-        ("POST".into(), 503),
-        ("DELETE".into(), 400),
-        ("POST".into(), 503),
-        ("DELETE".into(), 400),
-        ("POST".into(), 200),
-    ];
-    assert_eq!(tail, deleted_then_created);
+    expected.extend([pair("DELETE", 400), pair("POST", 200)]);
+    assert_eq!(calls, expected);
 
     // A 4xx is permanent: shown with the platform's message, in list's
     // STATUS, until the credential changes.
@@ -324,6 +333,7 @@ fn updates_refusals_drift_and_unpublish() {
     double.wait_for(WAIT, "the fixed registry login published", |s| {
         credential(s, "ghcr").is_some_and(|c| c["body"]["auth"] == json!(right))
     });
+    wait_remote(&vh, "the fixed login recorded", |r| r["queued"] == 0);
     assert_eq!(listed_state(&vh, "ghcr"), "ok");
 
     // Drift: deleted behind the vault's back, and one the vault never
@@ -382,11 +392,7 @@ fn updates_refusals_drift_and_unpublish() {
     double.wait_for(WAIT, "the removed credential unpublished", |s| {
         credential(s, "ghcr").is_none()
     });
-    let deadline = std::time::Instant::now() + WAIT;
-    while remote_status(&vh)["published"] != 0 {
-        assert!(std::time::Instant::now() < deadline, "publications left");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_remote(&vh, "without publications", |r| r["published"] == 0);
     vh.vault(["remote", "rm", "osmo"]).ok();
     assert!(remote_status(&vh).is_null());
 }
@@ -423,7 +429,7 @@ fn a_remote_given_a_new_url_gets_everything_again() {
     moved.wait_for(WAIT, "everything pushed to the new URL", |s| {
         credential(s, "ngc").is_some() && credential(s, "app").is_some()
     });
-    let remote = remote_status(&vh);
+    let remote = wait_remote(&vh, "both recorded as sent", |r| r["queued"] == 0);
     assert_eq!(remote["url"], json!(url));
     assert_eq!(remote["published"], 2, "{remote}");
 }

@@ -37,6 +37,7 @@
 //!   `times` (default 1) requests with that method (`*`: any) and exact path
 //!   (`*`: any) get `status` with `{"message":"injected failure"}` before any
 //!   other processing, auth included.
+//! - `DELETE /_double/fail`: drops every injected failure not yet taken.
 //! - `POST /_double/reject-auth` `{"auth"}`: a registry `auth` value whose
 //!   login check fails from now on.
 //! - `DELETE /_double/credentials/NAME`: remove a credential behind the
@@ -894,6 +895,10 @@ fn control_api(double: &Double, method: &str, path: &str, body: &[u8]) -> Reply 
     match (method, path) {
         ("GET", "/_double/state") => Reply::new(200, state_json(&double.lock())),
         ("POST", "/_double/fail") => add_failure(double, body),
+        ("DELETE", "/_double/fail") => {
+            double.lock().failures.clear();
+            Reply::new(200, Value::Null)
+        }
         ("POST", "/_double/reject-auth") => {
             let auth = serde_json::from_slice::<Value>(body)
                 .ok()
