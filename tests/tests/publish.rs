@@ -398,6 +398,51 @@ fn updates_refusals_drift_and_unpublish() {
 }
 
 #[test]
+fn a_change_onto_a_registry_another_holds_is_refused_not_sent() {
+    let vh = home();
+    let double = OsmoDouble::start_on("127.0.0.1:0", &["--token", &pat()]);
+    add_remote(&vh, &double.url(), &pat()).ok();
+    let ghcr_auth = secret("ghcr-auth");
+    vh.add_registry("ghcr", "ghcr.io", "me", &ghcr_auth);
+    vh.add_registry("quay", "quay.io", "me", &secret("quay-auth"));
+    for name in ["ghcr", "quay"] {
+        vh.vault(["publish", name, "--to", "osmo"]).ok();
+    }
+    wait_remote(&vh, "both sent", |r| r["queued"] == 0);
+
+    // quay moves onto ghcr.io: the platform keys REGISTRY by registry and
+    // would replace ghcr with it, so it is refused without a request.
+    vh.vault(["set", "quay", "registry=ghcr.io"]).ok();
+    let remote = wait_remote(&vh, "the move refused", |r| r["failed"] == 1);
+    let error = remote["attention"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("one REGISTRY credential per registry") && error.contains("ghcr"),
+        "{remote}"
+    );
+    assert_eq!(listed_state(&vh, "quay"), "publish-failed");
+    vh.vault(["status"])
+        .ok()
+        .stdout_has("one REGISTRY credential per registry");
+    let s = double.state();
+    assert_eq!(
+        credential(&s, "ghcr").unwrap()["body"]["auth"],
+        json!(ghcr_auth)
+    );
+    assert_eq!(
+        credential(&s, "quay").unwrap()["body"]["registry"],
+        "quay.io",
+        "the platform keeps what it had"
+    );
+
+    // Moved back, it is sent again.
+    vh.vault(["set", "quay", "registry=quay.io"]).ok();
+    wait_remote(&vh, "the move back sent", |r| {
+        r["failed"] == 0 && r["queued"] == 0
+    });
+    assert_eq!(listed_state(&vh, "quay"), "ok");
+}
+
+#[test]
 fn a_remote_given_a_new_url_gets_everything_again() {
     let vh = home();
     let first = OsmoDouble::start_on("127.0.0.1:0", &["--token", &pat()]);

@@ -359,6 +359,22 @@ impl Engine {
         Ok(envelope(&body).ok())
     }
 
+    /// Says that another publication already holds `env`'s registry or
+    /// endpoint, which the platform keys REGISTRY and DATA credentials by.
+    fn held_by(&self, env: &Envelope, record_id: &str, remote: &str, remote_name: &str) -> String {
+        let other = self.name_of(record_id).unwrap_or_else(|| "?".into());
+        let what = if env.cred_type == "REGISTRY" {
+            "registry"
+        } else {
+            "endpoint"
+        };
+        format!(
+            "{other} is already published to '{remote}' as '{remote_name}' for {what} {}: the \
+             platform keeps one {} credential per {what}",
+            env.profile, env.cred_type
+        )
+    }
+
     /// Binds `name` to `remote` as `remote_name`, after checking the
     /// platform's rules; the push is queued.
     pub fn publish(
@@ -400,18 +416,11 @@ impl Engine {
                 && theirs.cred_type == env.cred_type
                 && theirs.profile == env.profile
             {
-                let other = self.name_of(&p.record_id).unwrap_or_else(|| "?".into());
-                let what = if env.cred_type == "REGISTRY" {
-                    "registry"
-                } else {
-                    "endpoint"
-                };
                 return Err(err(
                     ErrorCode::Conflict,
                     format!(
-                        "{other} is already published to '{remote}' as '{}' for {what} {}: the \
-                         platform keeps one {} credential per {what}; unpublish it first",
-                        p.remote_name, env.profile, env.cred_type
+                        "{}; unpublish it first",
+                        self.held_by(&env, &p.record_id, remote, &p.remote_name)
                     ),
                 ));
             }
@@ -496,10 +505,14 @@ impl Engine {
 
     /// The due publications of `remote`, oldest first, each with what to
     /// send. Publications whose credential no longer fits the platform's
-    /// rules are marked refused here, without a request; so are changes
-    /// that leave what the platform holds as it is (a rename, a tag).
+    /// rules are marked refused here, without a request, and so are those
+    /// that changed onto a registry or endpoint another publication holds
+    /// (the platform would replace that one); changes that leave what the
+    /// platform holds as it is (a rename, a tag) are marked done.
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
         let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
+        // Sent and current: they hold their registry or endpoint.
+        let mut settled: Vec<(String, String)> = Vec::new();
         for p in self
             .store()?
             .publications(Some(remote))
@@ -520,13 +533,20 @@ impl Engine {
             let order = match live {
                 _ if p.unpublish => p.queued_at,
                 None => head.as_ref().map_or(Ok(p.queued_at), changed)?,
-                Some(h) if p.failed_revision == Some(h.revision) || current(h) => continue,
+                Some(h) if p.failed_revision == Some(h.revision) => continue,
+                Some(h) if current(h) => {
+                    settled.push((p.remote_name.clone(), p.record_id.clone()));
+                    continue;
+                }
                 Some(h) => p.queued_at.max(changed(h)?),
             };
             let live = live.cloned();
             due.push((order, p, live));
         }
         due.sort_by_key(|(order, p, _)| (*order, p.queued_at));
+        // (type, registry or endpoint, remote name, record) of what the
+        // platform holds or is about to; read when first needed.
+        let mut held: Option<Vec<(&'static str, String, String, String)>> = None;
         let mut jobs = Vec::new();
         for (_, p, head) in due {
             let key = PubKey {
@@ -557,6 +577,32 @@ impl Engine {
                     continue;
                 }
             };
+            if env.cred_type != "GENERIC" {
+                let held = match &mut held {
+                    Some(h) => h,
+                    None => held.insert(self.settled_profiles(&settled)?),
+                };
+                let holder = held
+                    .iter()
+                    .find(|(t, profile, n, _)| {
+                        *t == env.cred_type && *profile == env.profile && *n != p.remote_name
+                    })
+                    .map(|(_, _, n, id)| (n.clone(), id.clone()));
+                if let Some((holder, id)) = holder {
+                    let why = format!(
+                        "{}; change it back, or unpublish one of them",
+                        self.held_by(&env, &id, remote, &holder)
+                    );
+                    self.publish_refused(&key, p.present, head.revision, &why)?;
+                    continue;
+                }
+                held.push((
+                    env.cred_type,
+                    env.profile.clone(),
+                    p.remote_name.clone(),
+                    p.record_id.clone(),
+                ));
+            }
             let old = match p.pushed_revision {
                 Some(old) => self
                     .store()?
@@ -597,6 +643,28 @@ impl Engine {
             });
         }
         Ok(jobs)
+    }
+
+    /// The registry or endpoint each of `settled` (remote name, record)
+    /// holds on the platform.
+    fn settled_profiles(
+        &self,
+        settled: &[(String, String)],
+    ) -> Result<Vec<(&'static str, String, String, String)>> {
+        let mut out = Vec::new();
+        for (remote_name, record_id) in settled {
+            if let Some(env) = self.head_envelope(record_id)?
+                && env.cred_type != "GENERIC"
+            {
+                out.push((
+                    env.cred_type,
+                    env.profile,
+                    remote_name.clone(),
+                    record_id.clone(),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// One publication as stored.
