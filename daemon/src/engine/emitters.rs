@@ -524,14 +524,27 @@ impl Engine {
     /// section or file gets the vault's content back; the user's other lines
     /// stay). Returns the bindings with their state afterwards.
     pub fn emit_repair(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
+        let names = self.names_by_id();
         for e in self.store()?.emitters().map_err(store_err)? {
-            let Some(name) = self.name_of(&e.record_id) else {
+            let Some(name) = names.get(&e.record_id).cloned() else {
                 continue;
             };
             let (_, body) = self.load(&name)?;
             self.write_binding(&e, &body, false, now)?;
         }
         self.emit_list(now)
+    }
+
+    /// Record id → name, for looking up many (empty while locked).
+    pub(super) fn names_by_id(&self) -> std::collections::HashMap<String, String> {
+        self.session()
+            .map(|s| {
+                s.index
+                    .iter()
+                    .map(|(n, entry)| (entry.id.clone(), n.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(super) fn name_of(&self, record_id: &str) -> Option<String> {
@@ -548,9 +561,10 @@ impl Engine {
     /// section (`missing`) or cannot be read.
     pub fn emit_list(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
         self.session()?;
+        let names = self.names_by_id();
         let mut out = Vec::new();
         for e in self.store()?.emitters().map_err(store_err)? {
-            let name = self.name_of(&e.record_id);
+            let name = names.get(&e.record_id).cloned();
             let state = match &name {
                 None => "credential deleted".to_owned(),
                 Some(n) => self.drift_state(&e, n, now),

@@ -772,6 +772,7 @@ impl Engine {
     /// Describes publication rows.
     pub fn describe(&self, rows: Vec<PubRow>) -> Result<Vec<PublicationInfo>> {
         let mut out = Vec::with_capacity(rows.len());
+        let names = self.names_by_id();
         for p in rows {
             let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
             let revision = head.as_ref().filter(|h| !h.deleted).map(|h| h.revision);
@@ -792,7 +793,7 @@ impl Engine {
                 _ => None,
             };
             out.push(PublicationInfo {
-                name: self.name_of(&p.record_id),
+                name: names.get(&p.record_id).cloned(),
                 remote: p.remote,
                 remote_name: p.remote_name,
                 cred_type: p.cred_type,
