@@ -89,8 +89,11 @@ fn kill_9_during_1000_concurrent_adds_loses_nothing_acknowledged() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = vh.daemon_pid().expect("daemon running during the adds");
+    // Taken before the kill: an add that finished before it cannot have
+    // failed because of it.
+    let kill_time = Instant::now();
     kill_pid(pid, true);
-    *killed_at.lock().unwrap() = Some((Instant::now(), pid));
+    *killed_at.lock().unwrap() = Some((kill_time, pid));
     eprintln!(
         "killed vaultd {pid} after {} adds had finished",
         done.load(Ordering::SeqCst)

@@ -208,12 +208,13 @@ fn an_expiring_credential_leaves_the_file_when_it_expires() {
     vh.init();
     let s1 = secret("short-lived");
     let f = vh.at_file("sts", &s1);
-    // Expires a few seconds from now: the daemon's 2 s ticker removes it.
+    // Expires a few seconds from now (time enough to add, emit and read
+    // it first): the daemon's 2 s ticker removes it.
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 4;
+        + 10;
     let at = vault_protocol::timefmt::Timestamp(at as i64).to_rfc3339();
     vh.vault([
         "add",

@@ -852,10 +852,6 @@ fn exchanges_run_concurrently_with_a_delay() {
     }
     let took = began.elapsed();
     assert!(took >= Duration::from_millis(700), "{took:?}");
-    assert!(
-        took < Duration::from_millis(2000),
-        "served one by one: {took:?}"
-    );
     let state = d.state();
     assert_eq!(state["exchanges"], 3);
     assert_eq!(state["max_concurrent_exchanges"], 3);
