@@ -924,15 +924,43 @@ impl Engine {
     }
 
     /// Deletes a record; its history stays and `restore` brings it back.
-    /// A record other files are emitted from takes `force`.
+    /// A record emitted to files or published to a platform takes `force`
+    /// (the deleted head then removes what vault wrote and unpublishes).
     pub fn remove(&mut self, name: &str, force: bool, now: Timestamp) -> Result<RecordSummary> {
         let (mut row, body) = self.load(name)?;
         if !force {
-            self.refuse_if_emitted(&row, name)?;
-            self.refuse_if_published(&row, name)?;
+            self.refuse_if_bound(&row, name)?;
         }
         row.deleted = true;
         self.commit(row, body, name, "remove", now)
+    }
+
+    /// Refuses while the record is emitted or published, saying where and
+    /// what `--force` does there.
+    fn refuse_if_bound(&self, row: &RecordRow, name: &str) -> Result<()> {
+        let mut bound = Vec::new();
+        let mut undo = Vec::new();
+        let files = self.emitted_to(&row.id)?;
+        if !files.is_empty() {
+            bound.push(format!("emitted to {}", files.join(", ")));
+            undo.push("removes what vault wrote there");
+        }
+        let platforms = self.published_as(&row.id)?;
+        if !platforms.is_empty() {
+            bound.push(format!("published as {}", platforms.join(", ")));
+            undo.push("unpublishes it");
+        }
+        if bound.is_empty() {
+            return Ok(());
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            format!(
+                "{name} is {}: 'vault rm {name} --force' deletes it, {}",
+                bound.join(" and "),
+                undo.join(" and ")
+            ),
+        ))
     }
 
     fn find_any(&self, name: &str) -> Result<RecordRow> {

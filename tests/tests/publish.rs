@@ -396,8 +396,15 @@ fn updates_refusals_drift_and_unpublish() {
         credential(&s, "theirs").unwrap()["body"]["credential"]["THEIRS"],
         "v"
     );
-    vh.vault(["rm", "ghcr"]).code(5).stderr_has("--force");
+    vh.vault(["emit", "docker", "ghcr"]).ok();
+    vh.vault(["rm", "ghcr"])
+        .code(5)
+        .stderr_has("emitted to ")
+        .stderr_has("published as 'ghcr' on osmo")
+        .stderr_has("--force' deletes it, removes what vault wrote there and unpublishes it");
     vh.vault(["rm", "ghcr", "--force"]).ok();
+    let docker = std::fs::read_to_string(vh.user_home.join(".docker/config.json")).unwrap();
+    assert!(!docker.contains("ghcr.io"), "{docker}");
     double.wait_for(WAIT, "the removed credential unpublished", |s| {
         credential(s, "ghcr").is_none()
     });

@@ -215,26 +215,16 @@ impl Engine {
 
     /// Refuses to delete `row` while files are emitted from it, naming
     /// them.
-    pub(super) fn refuse_if_emitted(&self, row: &RecordRow, name: &str) -> Result<()> {
-        let places: Vec<String> = self
+    /// The files a record is emitted to, as `path [section]`.
+    pub(super) fn emitted_to(&self, record_id: &str) -> Result<Vec<String>> {
+        Ok(self
             .store()?
             .emitters()
             .map_err(store_err)?
             .into_iter()
-            .filter(|e| e.record_id == row.id)
+            .filter(|e| e.record_id == record_id)
             .map(|e| format!("{} [{}]", e.path, e.section))
-            .collect();
-        if places.is_empty() {
-            return Ok(());
-        }
-        Err(err(
-            ErrorCode::Conflict,
-            format!(
-                "{name} is emitted to {}: 'vault rm {name} --force' deletes it and removes what \
-                 vault wrote there",
-                places.join(", ")
-            ),
-        ))
+            .collect())
     }
 
     /// Records binding `emitter` (replacing one for the same place).

@@ -479,28 +479,16 @@ impl Engine {
         Ok(done)
     }
 
-    /// Refuses to delete a published record without `force` (which then
-    /// unpublishes it: the deleted head makes its publications due).
-    pub(super) fn refuse_if_published(&self, row: &RecordRow, name: &str) -> Result<()> {
-        let places: Vec<String> = self
+    /// Where a record is published, as `'remote name' on remote`.
+    pub(super) fn published_as(&self, record_id: &str) -> Result<Vec<String>> {
+        Ok(self
             .store()?
             .publications(None)
             .map_err(store_err)?
             .into_iter()
-            .filter(|p| p.record_id == row.id && !p.unpublish)
+            .filter(|p| p.record_id == record_id && !p.unpublish)
             .map(|p| format!("'{}' on {}", p.remote_name, p.remote))
-            .collect();
-        if places.is_empty() {
-            return Ok(());
-        }
-        Err(err(
-            ErrorCode::Conflict,
-            format!(
-                "{name} is published as {}: 'vault rm {name} --force' deletes it and unpublishes \
-                 it",
-                places.join(", ")
-            ),
-        ))
+            .collect())
     }
 
     /// The due publications of `remote`, oldest first, each with what to
