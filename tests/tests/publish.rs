@@ -449,6 +449,28 @@ fn a_change_onto_a_registry_another_holds_is_refused_not_sent() {
         "quay.io",
         "the platform keeps what it had"
     );
+    // What the platform still holds of the refused one counts: another
+    // credential for quay.io would replace it there.
+    vh.add_registry("quay2", "quay.io", "other", &secret("quay2-auth"));
+    vh.vault(["publish", "quay2", "--to", "osmo"])
+        .code(5)
+        .stderr_has("quay is already published to 'osmo' as 'quay' for registry quay.io");
+    // Nor can one sent elsewhere be moved onto it later.
+    vh.vault(["set", "quay2", "registry=docker.io"]).ok();
+    vh.vault(["publish", "quay2", "--to", "osmo"]).ok();
+    vh.vault(["set", "quay2", "registry=quay.io"]).ok();
+    wait_remote(&vh, "the second move refused", |r| r["failed"] == 2);
+    assert_eq!(listed_state(&vh, "quay2"), "publish-failed");
+    let s = double.state();
+    assert_eq!(
+        credential(&s, "quay").unwrap()["body"]["registry"],
+        "quay.io"
+    );
+    assert_eq!(
+        credential(&s, "quay2").unwrap()["body"]["registry"],
+        "registry-1.docker.io"
+    );
+    vh.vault(["unpublish", "quay2"]).ok();
 
     // Moved back, it is sent again.
     vh.vault(["set", "quay", "registry=quay.io"]).ok();

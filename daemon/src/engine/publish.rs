@@ -412,9 +412,18 @@ impl Engine {
             if env.cred_type == "GENERIC" || p.remote_name == remote_name {
                 continue;
             }
-            if let Some(theirs) = self.head_envelope(&p.record_id)?
-                && theirs.cred_type == env.cred_type
-                && theirs.profile == env.profile
+            // What it is to send, and what the platform may still hold of
+            // it (the two differ while a change is due or refused).
+            let mut theirs = vec![self.head_envelope(&p.record_id)?];
+            if p.present != Presence::Absent
+                && let Some(head) = self.store()?.by_id(&p.record_id).map_err(store_err)?
+            {
+                theirs.push(self.pushed_envelope(p, &head)?);
+            }
+            if theirs
+                .iter()
+                .flatten()
+                .any(|t| t.cred_type == env.cred_type && t.profile == env.profile)
             {
                 return Err(err(
                     ErrorCode::Conflict,
@@ -500,7 +509,7 @@ impl Engine {
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
         let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
         // Sent and current: they hold their registry or endpoint.
-        let mut settled: Vec<(String, String)> = Vec::new();
+        let mut settled: Vec<(PubRow, RecordRow)> = Vec::new();
         for p in self
             .store()?
             .publications(Some(remote))
@@ -521,9 +530,8 @@ impl Engine {
             let order = match live {
                 _ if p.unpublish => p.queued_at,
                 None => head.as_ref().map_or(Ok(p.queued_at), changed)?,
-                Some(h) if p.failed_revision == Some(h.revision) => continue,
-                Some(h) if current(h) => {
-                    settled.push((p.remote_name.clone(), p.record_id.clone()));
+                Some(h) if p.failed_revision == Some(h.revision) || current(h) => {
+                    settled.push((p.clone(), h.clone()));
                     continue;
                 }
                 Some(h) => p.queued_at.max(changed(h)?),
@@ -591,19 +599,7 @@ impl Engine {
                     p.record_id.clone(),
                 ));
             }
-            let old = match p.pushed_revision {
-                Some(old) => self
-                    .store()?
-                    .revision_body(&head.id, old)
-                    .map_err(store_err)?
-                    .map(|ct| RecordRow {
-                        body: ct,
-                        ..head.clone()
-                    })
-                    .and_then(|r| decrypt_body(sess_key, &r).ok())
-                    .and_then(|b| envelope(&b).ok()),
-                None => None,
-            };
+            let old = self.pushed_envelope(&p, &head)?;
             let same = old
                 .as_ref()
                 .is_some_and(|o| o.body.expose_secret() == env.body.expose_secret());
@@ -633,22 +629,48 @@ impl Engine {
         Ok(jobs)
     }
 
-    /// The registry or endpoint each of `settled` (remote name, record)
-    /// holds on the platform.
+    /// The envelope of the revision last sent for `p` (`head` is its
+    /// record's head), whether or not the platform still holds it.
+    fn pushed_envelope(&self, p: &PubRow, head: &RecordRow) -> Result<Option<Envelope>> {
+        let Some(revision) = p.pushed_revision else {
+            return Ok(None);
+        };
+        let Some(ct) = self
+            .store()?
+            .revision_body(&head.id, revision)
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let row = RecordRow {
+            body: ct,
+            ..head.clone()
+        };
+        Ok(decrypt_body(&self.session()?.key, &row)
+            .ok()
+            .and_then(|b| envelope(&b).ok()))
+    }
+
+    /// The registry or endpoint each of `settled` (not due: sent and
+    /// current, or refused) holds on the platform: what was last sent,
+    /// while the platform may still have it.
     fn settled_profiles(
         &self,
-        settled: &[(String, String)],
+        settled: &[(PubRow, RecordRow)],
     ) -> Result<Vec<(&'static str, String, String, String)>> {
         let mut out = Vec::new();
-        for (remote_name, record_id) in settled {
-            if let Some(env) = self.head_envelope(record_id)?
+        for (p, head) in settled {
+            if p.present == Presence::Absent {
+                continue;
+            }
+            if let Some(env) = self.pushed_envelope(p, head)?
                 && env.cred_type != "GENERIC"
             {
                 out.push((
                     env.cred_type,
                     env.profile,
-                    remote_name.clone(),
-                    record_id.clone(),
+                    p.remote_name.clone(),
+                    p.record_id.clone(),
                 ));
             }
         }
