@@ -432,7 +432,8 @@ fn a_change_onto_a_registry_another_holds_is_refused_not_sent() {
     let remote = wait_remote(&vh, "the move refused", |r| r["failed"] == 1);
     let error = remote["attention"][0]["error"].as_str().unwrap();
     assert!(
-        error.contains("one REGISTRY credential per registry") && error.contains("ghcr"),
+        error.contains("one REGISTRY credential per registry")
+            && error.contains("ghcr is already published"),
         "{remote}"
     );
     assert_eq!(listed_state(&vh, "quay"), "publish-failed");
@@ -472,12 +473,53 @@ fn a_change_onto_a_registry_another_holds_is_refused_not_sent() {
     );
     vh.vault(["unpublish", "quay2"]).ok();
 
-    // Moved back, it is sent again.
+    // Moved back, it is what the platform holds again: nothing to send,
+    // and the refusal is over.
     vh.vault(["set", "quay", "registry=quay.io"]).ok();
-    wait_remote(&vh, "the move back sent", |r| {
+    wait_remote(&vh, "the move back settled", |r| {
         r["failed"] == 0 && r["queued"] == 0
     });
     assert_eq!(listed_state(&vh, "quay"), "ok");
+
+    // Both changed while the platform was failing, planned in one pass:
+    // quay moves onto ghcr.io first, then ghcr is rotated. ghcr keeps its
+    // registry and gets the rotation; quay is refused, never sent.
+    let f = vh.at_file("tick", &secret("tick"));
+    vh.vault(["add", "tick", "--type", "generic", &format!("K={f}")])
+        .ok();
+    double
+        .control(
+            "POST",
+            "/_double/fail",
+            &json!({"method": "*", "path": "*", "status": 503, "times": 100000}),
+        )
+        .expect(200);
+    // A failing pass: the daemon backs off, and the two changes below wait
+    // for the same plan (if one is planned alone, quay meets a settled
+    // ghcr, which also refuses it).
+    vh.vault(["publish", "tick", "--to", "osmo"])
+        .ok()
+        .stderr_has("queued");
+    vh.vault(["set", "quay", "registry=ghcr.io"]).ok();
+    let rotated = secret("ghcr-rotated");
+    let f = vh.at_file("ghcr-rotated", &rotated);
+    vh.vault(["set", "ghcr", &format!("auth={f}")]).ok();
+    double
+        .control("DELETE", "/_double/fail", &json!(null))
+        .expect(200);
+    let remote = wait_remote(&vh, "the rotation sent, the move refused", |r| {
+        r["failed"] == 1 && r["queued"] == 0
+    });
+    assert_eq!(remote["attention"][0]["name"], "quay", "{remote}");
+    let s = double.state();
+    assert_eq!(
+        credential(&s, "ghcr").unwrap()["body"]["auth"],
+        json!(rotated)
+    );
+    assert_eq!(
+        credential(&s, "quay").unwrap()["body"]["registry"],
+        "quay.io"
+    );
 }
 
 #[test]

@@ -213,8 +213,6 @@ impl Engine {
         Ok((row, body))
     }
 
-    /// Refuses to delete `row` while files are emitted from it, naming
-    /// them.
     /// The files a record is emitted to, as `path [section]`.
     pub(super) fn emitted_to(&self, record_id: &str) -> Result<Vec<String>> {
         Ok(self

@@ -10,7 +10,7 @@
 //! in the order they became due, so a burst of offline changes replays in
 //! order and a credential changed twice is sent once, with its last value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Map, Value, json};
 use tracing::info;
@@ -32,6 +32,24 @@ pub struct Envelope {
     pub profile: String,
     /// The JSON body of `POST /api/credentials/{name}`.
     pub body: SecretValue,
+}
+
+/// A registry or endpoint a publication holds on the platform, which keeps
+/// one REGISTRY per registry and one DATA per endpoint.
+struct Claim {
+    cred_type: &'static str,
+    profile: String,
+    remote_name: String,
+    record_id: String,
+    /// Its publication is due and not yet planned: it may move away.
+    open: bool,
+}
+
+/// `remote_name` stays where it is this pass (refused).
+fn settle(held: &mut [Claim], remote_name: &str) {
+    for c in held.iter_mut().filter(|c| c.remote_name == remote_name) {
+        c.open = false;
+    }
 }
 
 /// The next thing to do for one publication.
@@ -507,8 +525,9 @@ impl Engine {
     /// (the platform would replace that one); changes that leave what the
     /// platform holds as it is (a rename, a tag) are marked done.
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
-        let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
-        // Sent and current: they hold their registry or endpoint.
+        // (order, publication, live head, head even if deleted)
+        let mut due: Vec<(i64, PubRow, Option<RecordRow>, Option<RecordRow>)> = Vec::new();
+        // Not due (sent and current, or refused): they keep what they hold.
         let mut settled: Vec<(PubRow, RecordRow)> = Vec::new();
         for p in self
             .store()?
@@ -537,14 +556,29 @@ impl Engine {
                 Some(h) => p.queued_at.max(changed(h)?),
             };
             let live = live.cloned();
-            due.push((order, p, live));
+            due.push((order, p, live, head));
         }
-        due.sort_by_key(|(order, p, _)| (*order, p.queued_at));
-        // (type, registry or endpoint, remote name, record) of what the
-        // platform holds or is about to; read when first needed.
-        let mut held: Option<Vec<(&'static str, String, String, String)>> = None;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        due.sort_by_key(|(order, p, _, _)| (*order, p.queued_at));
+        // The registry or endpoint each publication holds on the platform
+        // (what it last sent); `open` while it is due and not yet planned.
+        let mut held = Vec::new();
+        for (p, head) in &settled {
+            self.claim(&mut held, p, head, false)?;
+        }
+        for (_, p, _, head) in &due {
+            if let Some(head) = head {
+                self.claim(&mut held, p, head, true)?;
+            }
+        }
+        let mut work: VecDeque<(PubRow, Option<RecordRow>, bool)> = due
+            .into_iter()
+            .map(|(_, p, live, _)| (p, live, false))
+            .collect();
         let mut jobs = Vec::new();
-        for (_, p, head) in due {
+        while let Some((p, head, deferred)) = work.pop_front() {
             let key = PubKey {
                 remote: p.remote.clone(),
                 remote_name: p.remote_name.clone(),
@@ -552,6 +586,8 @@ impl Engine {
                 queued_at: p.queued_at,
             };
             let Some(head) = head.filter(|_| !p.unpublish) else {
+                // Going: what it holds is free for the jobs after this.
+                held.retain(|c| c.remote_name != p.remote_name);
                 if p.present == Presence::Absent {
                     // Nothing of it on the platform: nothing to delete
                     // (and a name there is someone else's).
@@ -570,34 +606,41 @@ impl Engine {
                 Ok(env) => env,
                 Err(why) => {
                     self.publish_refused(&key, p.present, head.revision, &why)?;
+                    settle(&mut held, &p.remote_name);
                     continue;
                 }
             };
-            if env.cred_type != "GENERIC" {
-                let held = match &mut held {
-                    Some(h) => h,
-                    None => held.insert(self.settled_profiles(&settled)?),
-                };
-                let holder = held
-                    .iter()
-                    .find(|(t, profile, n, _)| {
-                        *t == env.cred_type && *profile == env.profile && *n != p.remote_name
-                    })
-                    .map(|(_, _, n, id)| (n.clone(), id.clone()));
-                if let Some((holder, id)) = holder {
-                    let why = format!(
-                        "{}; change it back, or unpublish one of them",
-                        self.held_by(&env, &id, remote, &holder)
-                    );
-                    self.publish_refused(&key, p.present, head.revision, &why)?;
+            let holder = held.iter().find(|c| {
+                env.cred_type != "GENERIC"
+                    && c.cred_type == env.cred_type
+                    && c.profile == env.profile
+                    && c.remote_name != p.remote_name
+            });
+            if let Some(c) = holder {
+                if c.open && !deferred {
+                    // Its holder is due too and may move away: plan this
+                    // after it.
+                    work.push_back((p, Some(head), true));
                     continue;
                 }
-                held.push((
-                    env.cred_type,
-                    env.profile.clone(),
-                    p.remote_name.clone(),
-                    p.record_id.clone(),
-                ));
+                let why = format!(
+                    "{}; change it back, or unpublish the other and publish this one again",
+                    self.held_by(&env, &c.record_id, remote, &c.remote_name)
+                );
+                self.publish_refused(&key, p.present, head.revision, &why)?;
+                settle(&mut held, &p.remote_name);
+                continue;
+            }
+            // From here it holds the new one (jobs run in order).
+            held.retain(|c| c.remote_name != p.remote_name);
+            if env.cred_type != "GENERIC" {
+                held.push(Claim {
+                    cred_type: env.cred_type,
+                    profile: env.profile.clone(),
+                    remote_name: p.remote_name.clone(),
+                    record_id: p.record_id.clone(),
+                    open: false,
+                });
             }
             let old = self.pushed_envelope(&p, &head)?;
             let same = old
@@ -651,30 +694,24 @@ impl Engine {
             .and_then(|b| envelope(&b).ok()))
     }
 
-    /// The registry or endpoint each of `settled` (not due: sent and
-    /// current, or refused) holds on the platform: what was last sent,
-    /// while the platform may still have it.
-    fn settled_profiles(
-        &self,
-        settled: &[(PubRow, RecordRow)],
-    ) -> Result<Vec<(&'static str, String, String, String)>> {
-        let mut out = Vec::new();
-        for (p, head) in settled {
-            if p.present == Presence::Absent {
-                continue;
-            }
-            if let Some(env) = self.pushed_envelope(p, head)?
-                && env.cred_type != "GENERIC"
-            {
-                out.push((
-                    env.cred_type,
-                    env.profile,
-                    p.remote_name.clone(),
-                    p.record_id.clone(),
-                ));
-            }
+    /// Adds what `p` holds on the platform (what it last sent, unless
+    /// nothing is there) to `held`.
+    fn claim(&self, held: &mut Vec<Claim>, p: &PubRow, head: &RecordRow, open: bool) -> Result<()> {
+        if p.present == Presence::Absent {
+            return Ok(());
         }
-        Ok(out)
+        if let Some(env) = self.pushed_envelope(p, head)?
+            && env.cred_type != "GENERIC"
+        {
+            held.push(Claim {
+                cred_type: env.cred_type,
+                profile: env.profile,
+                remote_name: p.remote_name.clone(),
+                record_id: p.record_id.clone(),
+                open,
+            });
+        }
+        Ok(())
     }
 
     /// One publication as stored.
