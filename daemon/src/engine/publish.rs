@@ -365,15 +365,12 @@ impl Engine {
         Ok(remote)
     }
 
-    /// The envelope of a record's head, for a uniqueness check.
-    fn head_envelope(&self, record_id: &str) -> Result<Option<Envelope>> {
-        let Some(row) = self.store()?.by_id(record_id).map_err(store_err)? else {
-            return Ok(None);
-        };
-        if row.deleted {
+    /// The envelope of a record's head, unless it is deleted.
+    fn head_envelope(&self, head: &RecordRow) -> Result<Option<Envelope>> {
+        if head.deleted {
             return Ok(None);
         }
-        let body = decrypt_body(&self.session()?.key, &row)?;
+        let body = decrypt_body(&self.session()?.key, head)?;
         Ok(envelope(&body).ok())
     }
 
@@ -432,12 +429,10 @@ impl Engine {
             }
             // What it is to send, and what the platform may still hold of
             // it (the two differ while a change is due or refused).
-            let mut theirs = vec![self.head_envelope(&p.record_id)?];
-            if p.present != Presence::Absent
-                && let Some(head) = self.store()?.by_id(&p.record_id).map_err(store_err)?
-            {
-                theirs.push(self.pushed_envelope(p, &head)?);
-            }
+            let Some(head) = self.store()?.by_id(&p.record_id).map_err(store_err)? else {
+                continue;
+            };
+            let theirs = [self.head_envelope(&head)?, self.held_envelope(p, &head)?];
             if theirs
                 .iter()
                 .flatten()
@@ -525,8 +520,8 @@ impl Engine {
     /// (the platform would replace that one); changes that leave what the
     /// platform holds as it is (a rename, a tag) are marked done.
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
-        // (order, publication, live head, head even if deleted)
-        let mut due: Vec<(i64, PubRow, Option<RecordRow>, Option<RecordRow>)> = Vec::new();
+        // (order, publication, head even if deleted)
+        let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
         // Not due (sent and current, or refused): they keep what they hold.
         let mut settled: Vec<(PubRow, RecordRow)> = Vec::new();
         for p in self
@@ -555,27 +550,26 @@ impl Engine {
                 }
                 Some(h) => p.queued_at.max(changed(h)?),
             };
-            let live = live.cloned();
-            due.push((order, p, live, head));
+            due.push((order, p, head));
         }
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        due.sort_by_key(|(order, p, _, _)| (*order, p.queued_at));
+        due.sort_by_key(|(order, p, _)| (*order, p.queued_at));
         // The registry or endpoint each publication holds on the platform
         // (what it last sent); `open` while it is due and not yet planned.
         let mut held = Vec::new();
         for (p, head) in &settled {
             self.claim(&mut held, p, head, false)?;
         }
-        for (_, p, _, head) in &due {
+        for (_, p, head) in &due {
             if let Some(head) = head {
                 self.claim(&mut held, p, head, true)?;
             }
         }
         let mut work: VecDeque<(PubRow, Option<RecordRow>, bool)> = due
             .into_iter()
-            .map(|(_, p, live, _)| (p, live, false))
+            .map(|(_, p, head)| (p, head.filter(|h| !h.deleted), false))
             .collect();
         let mut jobs = Vec::new();
         while let Some((p, head, deferred)) = work.pop_front() {
@@ -694,13 +688,18 @@ impl Engine {
             .and_then(|b| envelope(&b).ok()))
     }
 
-    /// Adds what `p` holds on the platform (what it last sent, unless
-    /// nothing is there) to `held`.
-    fn claim(&self, held: &mut Vec<Claim>, p: &PubRow, head: &RecordRow, open: bool) -> Result<()> {
+    /// What the platform may hold of `p`: what it last sent, unless
+    /// nothing is there.
+    fn held_envelope(&self, p: &PubRow, head: &RecordRow) -> Result<Option<Envelope>> {
         if p.present == Presence::Absent {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some(env) = self.pushed_envelope(p, head)?
+        self.pushed_envelope(p, head)
+    }
+
+    /// Adds the registry or endpoint `p` holds on the platform to `held`.
+    fn claim(&self, held: &mut Vec<Claim>, p: &PubRow, head: &RecordRow, open: bool) -> Result<()> {
+        if let Some(env) = self.held_envelope(p, head)?
             && env.cred_type != "GENERIC"
         {
             held.push(Claim {
