@@ -88,19 +88,8 @@ pub(super) fn bench(bins: &Binaries, tmp: &Path, rows: &mut Vec<Row>) -> BenchRe
     write_private(&token, PAT)?;
     let url = format!("http://{addr}");
     let token = token.display().to_string();
-    vault.cli_ok(
-        &[
-            "remote",
-            "add",
-            "osmo",
-            &url,
-            "--kind",
-            "osmo",
-            "--token-file",
-            &token,
-        ],
-        None,
-    )?;
+    let args = vault_e2e::osmo::remote_add_args(&url, &token);
+    vault.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)?;
     for i in 0..QUEUED {
         publish(&mut conn, &format!("pub-{i:04}"))?;
     }

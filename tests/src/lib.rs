@@ -178,9 +178,7 @@ pub const SERVER_ADMIN_TOKEN: &str = "sync-admin-token-PASSMARK-0123456789abcdef
 /// `start` again simulate an outage (same port, same data).
 #[derive(Debug)]
 pub struct RemoteServer {
-    child: Option<std::process::Child>,
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
+    server: Listening,
     database: String,
     _dir: tempfile::TempDir,
 }
@@ -196,8 +194,7 @@ impl RemoteServer {
     /// Starts one on `database` (`sqlite:…` or `postgres://…`).
     pub fn start_on(database: String, dir: tempfile::TempDir) -> Self {
         let mut s = Self {
-            child: None,
-            addr: "127.0.0.1:0".into(),
+            server: Listening::new("127.0.0.1:0", "vault-server"),
             database,
             _dir: dir,
         };
@@ -207,10 +204,56 @@ impl RemoteServer {
 
     /// `http://ADDR`, what `vault login` takes.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Kills it (an outage).
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same address and database.
+    pub fn resume(&mut self) {
+        self.server.start(&binaries().server, |cmd| {
+            cmd.args(["--database", &self.database])
+                .args(["--default-admin", "admin"])
+                .env("VAULT_SERVER_ADMIN_PASSWORD", SERVER_ADMIN_TOKEN)
+                .env("VAULT_SERVER_LOG", "info");
+        });
+    }
+}
+
+/// A server process on one loopback address, killed on drop; `stop` and
+/// `start` again make an outage on the same address.
+#[derive(Debug)]
+pub struct Listening {
+    child: Option<std::process::Child>,
+    /// `127.0.0.1:PORT` (`:0` until first started).
+    addr: String,
+    log: &'static str,
+}
+
+impl Listening {
+    /// Not started yet; `log` names its stderr for the leak scan.
+    pub fn new(addr: &str, log: &'static str) -> Self {
+        Self {
+            child: None,
+            addr: addr.to_owned(),
+            log,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -218,21 +261,19 @@ impl RemoteServer {
         }
     }
 
-    /// Starts it again on the same address and database.
-    pub fn resume(&mut self) {
+    /// (Re)starts `program --listen ADDR`, with what `args` adds.
+    pub fn start(&mut self, program: &Path, args: impl FnOnce(&mut Command)) {
         self.stop();
-        let mut cmd = Command::new(&binaries().server);
-        cmd.args(["--listen", &self.addr, "--database", &self.database])
-            .args(["--default-admin", "admin"])
-            .env("VAULT_SERVER_ADMIN_PASSWORD", SERVER_ADMIN_TOKEN)
-            .env("VAULT_SERVER_LOG", "info");
-        let (child, addr) = spawn_listening(cmd, "vault-server");
+        let mut cmd = Command::new(program);
+        cmd.args(["--listen", &self.addr]);
+        args(&mut cmd);
+        let (child, addr) = spawn_listening(cmd, self.log);
         self.addr = addr;
         self.child = Some(child);
     }
 }
 
-impl Drop for RemoteServer {
+impl Drop for Listening {
     fn drop(&mut self) {
         self.stop();
     }

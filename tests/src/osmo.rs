@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -104,6 +103,25 @@ pub fn date_in_days(n: i64) -> String {
     day.to_string()[..10].to_owned()
 }
 
+/// The arguments of `vault remote add osmo URL` with the access token in
+/// `token_file`.
+pub fn remote_add_args(url: &str, token_file: &str) -> Vec<String> {
+    let args = [
+        "remote",
+        "add",
+        "osmo",
+        url,
+        "--kind",
+        "osmo",
+        "--token-file",
+    ];
+    args.iter()
+        .copied()
+        .chain([token_file])
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A free loopback address (`127.0.0.1:PORT`) for a double started later.
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,9 +132,7 @@ pub fn free_addr() -> String {
 /// never a body or a token) goes to the leak scan.
 #[derive(Debug)]
 pub struct OsmoDouble {
-    child: Option<Child>,
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
+    server: crate::Listening,
     args: Vec<String>,
 }
 
@@ -124,8 +140,7 @@ impl OsmoDouble {
     /// Starts one on `addr` (`127.0.0.1:0` for any port) with `args`.
     pub fn start_on(addr: &str, args: &[&str]) -> Self {
         let mut d = Self {
-            child: None,
-            addr: addr.to_owned(),
+            server: crate::Listening::new(addr, "osmo-double"),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.resume();
@@ -134,38 +149,33 @@ impl OsmoDouble {
 
     /// The URL `vault remote add` takes.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Kills it (an outage).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same address and arguments.
     pub fn resume(&mut self) {
-        self.stop();
-        let mut cmd = Command::new(crate::binaries().vault.with_file_name("osmo-double"));
-        cmd.args(["--listen", &self.addr]).args(&self.args);
-        let (child, addr) = crate::spawn_listening(cmd, "osmo-double");
-        self.addr = addr;
-        self.child = Some(child);
+        let program = crate::binaries().vault.with_file_name("osmo-double");
+        self.server.start(&program, |cmd| {
+            cmd.args(&self.args);
+        });
     }
 
     /// `GET /_double/state`: exchanges, credentials with their values, the
     /// request log.
     pub fn state(&self) -> Value {
-        let r = http(&self.addr, "GET", "/_double/state", &[], "");
+        let r = http(self.server.addr(), "GET", "/_double/state", &[], "");
         r.expect(200);
         r.json()
     }
 
     /// A control call (`/_double/...`).
     pub fn control(&self, method: &str, path: &str, body: &Value) -> Resp {
-        http(&self.addr, method, path, &[], &body.to_string())
+        http(self.server.addr(), method, path, &[], &body.to_string())
     }
 
     /// Polls the state until `ok` holds; panics with the last state after
@@ -185,11 +195,5 @@ impl OsmoDouble {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for OsmoDouble {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vault_e2e::osmo::{OsmoDouble, free_addr};
+use vault_e2e::osmo::{OsmoDouble, free_addr, remote_add_args};
 use vault_e2e::{MARK, VaultHome, contains_bytes, secret, walk};
 
 /// The platform access token; carries the secret marker for the leak scan.
@@ -28,16 +28,7 @@ fn home() -> VaultHome {
 
 fn add_remote(vh: &VaultHome, url: &str, token: &str) -> vault_e2e::Run {
     let f = vh.at_file("osmo-token", token);
-    vh.vault([
-        "remote",
-        "add",
-        "osmo",
-        url,
-        "--kind",
-        "osmo",
-        "--token-file",
-        &f[1..],
-    ])
+    vh.vault(remote_add_args(url, &f[1..]))
 }
 
 fn credential<'a>(state: &'a Value, name: &str) -> Option<&'a Value> {
@@ -539,18 +530,10 @@ fn a_remote_given_a_new_url_gets_everything_again() {
     let moved = OsmoDouble::start_on("127.0.0.1:0", &["--token", &pat()]);
     let f = vh.at_file("osmo-token-2", &pat());
     let url = moved.url();
-    let args = [
-        "remote",
-        "add",
-        "osmo",
-        &url,
-        "--kind",
-        "osmo",
-        "--token-file",
-        &f[1..],
-    ];
-    vh.vault(args).code(5).stderr_has("--replace");
-    vh.vault(args.iter().chain(&["--replace"])).ok();
+    let args = remote_add_args(&url, &f[1..]);
+    vh.vault(&args).code(5).stderr_has("--replace");
+    vh.vault(args.iter().map(String::as_str).chain(["--replace"]))
+        .ok();
     moved.wait_for(WAIT, "everything pushed to the new URL", |s| {
         credential(s, "ngc").is_some() && credential(s, "app").is_some()
     });
