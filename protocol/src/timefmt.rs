@@ -54,12 +54,23 @@ impl Timestamp {
     /// 9999-12-31T23:59:59Z.
     const MAX_UNIX: i64 = 253_402_300_799;
 
-    /// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`.
+    /// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`. An instant outside
+    /// years 0000..=9999 is written as the nearest end of that range, so
+    /// whatever a peer or a server managed to put in a timestamp, the frame
+    /// it travels in always decodes (issue 18: a clock of 2^64 - 1 once made
+    /// every `vault list` fail to decode).
     pub fn to_rfc3339(self) -> String {
-        match OffsetDateTime::from_unix_timestamp(self.0) {
-            Ok(t) => t.format(&Rfc3339).unwrap_or_else(|_| self.0.to_string()),
-            Err(_) => self.0.to_string(),
-        }
+        let secs = self.0.clamp(Self::MIN_UNIX, Self::MAX_UNIX);
+        OffsetDateTime::from_unix_timestamp(secs)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            // Unreachable for the clamped range; still a valid timestamp.
+            .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
+    }
+
+    /// Whether the instant can be written as RFC 3339 without clamping.
+    pub fn in_range(self) -> bool {
+        (Self::MIN_UNIX..=Self::MAX_UNIX).contains(&self.0)
     }
 }
 
@@ -125,6 +136,26 @@ mod tests {
             let t = Timestamp::parse(edge).unwrap();
             assert_eq!(t.to_rfc3339(), edge);
             assert_eq!(Timestamp::parse(&t.to_rfc3339()), Ok(t));
+        }
+    }
+
+    #[test]
+    fn every_instant_serializes_to_something_that_decodes() {
+        for secs in [
+            i64::MIN,
+            i64::MIN + 1,
+            Timestamp::MIN_UNIX - 1,
+            -1,
+            0,
+            Timestamp::MAX_UNIX + 1,
+            // The clock of 2^64 - 1 seen as seconds (issue 18).
+            281_474_976_710,
+            i64::MAX,
+        ] {
+            let json = serde_json::to_string(&Timestamp(secs)).unwrap();
+            let back: Timestamp = serde_json::from_str(&json).unwrap();
+            assert!(back.in_range(), "{secs} -> {json}");
+            assert_eq!(back.0, secs.clamp(Timestamp::MIN_UNIX, Timestamp::MAX_UNIX));
         }
     }
 
