@@ -37,11 +37,14 @@ pub enum KeyError {
 }
 
 /// The unlocked vault key. Dropping it zeroizes the secret parts (age's
-/// identity and ring's HMAC key wipe themselves).
+/// identity and ring's HMAC keys wipe themselves).
 pub struct VaultKey {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
     name_mac: hmac::Key,
+    /// Authenticates sync entries (body v3, issue 18): only the vault's
+    /// members can derive it; it is never stored or sent.
+    entry_mac: hmac::Key,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -64,11 +67,16 @@ impl VaultKey {
             .expand(&[b"record-name"], hmac::HMAC_SHA256)
             .expect("HMAC_SHA256 is a valid HKDF output length");
         let name_mac = hmac::Key::from(okm);
+        let okm = prk
+            .expand(&[b"sync-entry-auth"], hmac::HMAC_SHA256)
+            .expect("HMAC_SHA256 is a valid HKDF output length");
+        let entry_mac = hmac::Key::from(okm);
         let recipient = identity.to_public();
         Self {
             identity,
             recipient,
             name_mac,
+            entry_mac,
         }
     }
 
@@ -146,6 +154,21 @@ impl VaultKey {
             .to_vec()
     }
 
+    /// The MAC that authenticates a sync entry's signed bytes
+    /// ([`crate::record::RecordBody::to_signed_bytes`]).
+    pub fn entry_mac(&self, signed: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.entry_mac, signed);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `mac` authenticates `signed` under this vault's key (in
+    /// constant time).
+    pub fn verify_entry(&self, signed: &[u8], mac: &[u8]) -> bool {
+        hmac::verify(&self.entry_mac, signed, mac).is_ok()
+    }
+
     /// The identity in age's text form, for golden tests and export.
     pub fn identity_string(&self) -> SecretString {
         self.identity.to_string()
@@ -194,5 +217,19 @@ mod tests {
         assert_ne!(a.name_mac("x"), b.name_mac("x"));
         assert_eq!(a.name_mac("x").len(), 32);
         assert_eq!(format!("{a:?}"), "VaultKey([redacted])");
+    }
+
+    #[test]
+    fn entry_macs_need_the_identity_and_differ_from_the_blind_index() {
+        let a = VaultKey::generate();
+        let again = VaultKey::from_identity_str(a.identity_string().expose_secret()).unwrap();
+        let b = VaultKey::generate();
+        let tag = a.entry_mac(b"entry");
+        assert!(again.verify_entry(b"entry", &tag));
+        assert!(!a.verify_entry(b"entry!", &tag));
+        assert!(!b.verify_entry(b"entry", &tag));
+        assert!(!a.verify_entry(b"entry", &tag[..31]));
+        // Separate keys: a blind-index value is never a valid entry MAC.
+        assert_ne!(a.name_mac("entry"), tag.to_vec());
     }
 }

@@ -219,6 +219,8 @@ pub struct Engine {
     clock: u64,
     /// No record written before sync is left to enroll.
     enrolled: bool,
+    /// The head of this device's chain of authenticated entries.
+    chain: Option<store::ChainHead>,
 }
 
 impl Engine {
@@ -254,12 +256,13 @@ impl Engine {
                 .unwrap_or_default(),
             None => String::new(),
         };
-        let (log_last, clock) = match &store {
+        let (log_last, clock, chain) = match &store {
             Some(s) => (
                 s.log_last(&device).map_err(|e| e.to_string())?,
                 s.max_clock().map_err(|e| e.to_string())?,
+                s.chain(&device).map_err(|e| e.to_string())?,
             ),
-            None => (0, 0),
+            None => (0, 0, None),
         };
         Ok(Self {
             paths,
@@ -273,6 +276,7 @@ impl Engine {
             log_last,
             clock,
             enrolled: false,
+            chain,
         })
     }
 
@@ -391,6 +395,8 @@ impl Engine {
                 ("recipient", &key.recipient()),
                 ("key_id", &key.key_id()),
                 ("created_at", &created),
+                // Made with authenticated entries: nothing to upgrade.
+                (sync::AUTH_MARK, "1"),
             ])
             .map_err(store_err)?;
         // The key file is written last: a crash before this leaves a database
@@ -406,6 +412,7 @@ impl Engine {
         self.device = device;
         self.log_last = 0;
         self.clock = 0;
+        self.chain = None;
         self.install(key, Index::new(), now);
         Ok(())
     }
@@ -585,22 +592,19 @@ impl Engine {
         let mut log = Vec::with_capacity(records.len());
         let mut clock = self.clock;
         let device = self.device.clone();
+        let mut chain = self.chain;
+        let seen = self.store()?.seen().map_err(store_err)?;
         for (i, rec) in records.into_iter().enumerate() {
             let id = random_hex(16);
             clock = sync::tick(clock);
-            let stamp = crate::record::Stamp {
-                device: device.clone(),
-                index: self.log_last + 1 + i as u64,
+            let stamp = crate::record::Stamp::new(
+                &device,
+                self.log_last + 1 + i as u64,
                 clock,
-                parents: Vec::new(),
-                change: "add".into(),
-                deleted: false,
-            };
-            log.push(store::LogStamp {
-                index: stamp.index,
-                clock,
-            });
-            let body = RecordBody {
+                "add",
+                false,
+            );
+            let mut body = RecordBody {
                 v: BODY_VERSION,
                 id: id.clone(),
                 name: rec.name,
@@ -610,7 +614,16 @@ impl Engine {
                 fields: rec.fields,
                 expires_at: rec.expires_at,
                 sync: Some(stamp),
+                mac: None,
             };
+            let (ciphertext, head) = self.seal_entry(&mut body, chain, &seen)?;
+            chain = Some(head);
+            log.push(store::LogStamp {
+                index: head.index,
+                clock,
+                mac: head.mac,
+            });
+            let sess = self.session()?;
             let row = RecordRow {
                 id,
                 name_mac: sess.key.name_mac(&body.name),
@@ -620,10 +633,7 @@ impl Engine {
                 updated_at: now.unix(),
                 expires_at: body.expires_at.map(Timestamp::unix),
                 deleted: false,
-                body: sess
-                    .key
-                    .encrypt(&body.to_bytes())
-                    .map_err(|e| err(ErrorCode::Internal, e))?,
+                body: ciphertext,
                 shadowed: false,
             };
             check_size(&row)?;
@@ -644,6 +654,7 @@ impl Engine {
         }
         self.log_last += log.len() as u64;
         self.clock = clock;
+        self.chain = chain;
         let sess = self.session_mut()?;
         let mut out = Vec::with_capacity(entries.len());
         for (name, entry) in entries {
@@ -784,18 +795,8 @@ impl Engine {
         now: Timestamp,
     ) -> Result<RecordSummary> {
         let clock = sync::tick(self.clock);
-        let mut stamp = crate::record::Stamp {
-            device: self.device.clone(),
-            index: self.log_last + 1,
-            clock,
-            parents: Vec::new(),
-            change: change.to_owned(),
-            deleted: row.deleted,
-        };
-        let log = store::LogStamp {
-            index: stamp.index,
-            clock,
-        };
+        let mut stamp =
+            crate::record::Stamp::new(&self.device, self.log_last + 1, clock, change, row.deleted);
         if let Some((device, index)) = self
             .store()?
             .log_place(&row.id, row.revision)
@@ -805,7 +806,7 @@ impl Engine {
         }
         // A change made by the user resolves the record's open conflicts;
         // a refresh does not.
-        if change != "refresh" {
+        if !sync::is_background(change) {
             for (device, index) in self.store()?.conflict_refs(&row.id).map_err(store_err)? {
                 stamp.parents.push(crate::record::LogRef { device, index });
             }
@@ -824,7 +825,7 @@ impl Engine {
             .flatten();
         // A refresh is not the user's change: a record listed under a
         // derived name goes on claiming its own name.
-        let keep_claim = claimed.clone().filter(|_| change == "refresh");
+        let keep_claim = claimed.clone().filter(|_| sync::is_background(change));
         if let Some(n) = &keep_claim {
             body.name = n.clone();
         }
@@ -836,10 +837,14 @@ impl Engine {
         row.kind = body.kind.as_str().to_owned();
         row.expires_at = body.expires_at.map(Timestamp::unix);
         row.shadowed = keep_claim.is_some();
-        row.body = sess
-            .key
-            .encrypt(&body.to_bytes())
-            .map_err(|e| err(ErrorCode::Internal, e))?;
+        let seen = self.store()?.seen().map_err(store_err)?;
+        let (ciphertext, head) = self.seal_entry(&mut body, self.chain, &seen)?;
+        row.body = ciphertext;
+        let log = store::LogStamp {
+            index: head.index,
+            clock,
+            mac: head.mac,
+        };
         check_size(&row)?;
         let device = self.device.clone();
         self.store_mut()?
@@ -853,6 +858,7 @@ impl Engine {
             })?;
         self.log_last += 1;
         self.clock = clock;
+        self.chain = Some(head);
         info!(record = %row.id, revision = row.revision, change, "changed");
         self.rerender(&row, &body, now);
         let sess = self.session_mut()?;
@@ -1048,6 +1054,46 @@ fn check_meta(description: Option<&str>, tags: &[String]) -> Result<()> {
 impl Engine {
     /// Text encrypted to the vault key: the secrets kept beside the records
     /// (access tokens, a platform's messages).
+    /// Authenticates and encrypts `body`, a new entry of this device's log
+    /// following `prev`: fills in the stamp's vault id, `prev` and `seen`,
+    /// MACs it with the vault's entry key (body v3) and encrypts it.
+    /// Returns the ciphertext and the new head of this device's chain.
+    fn seal_entry(
+        &self,
+        body: &mut RecordBody,
+        prev: Option<store::ChainHead>,
+        seen: &BTreeMap<String, u64>,
+    ) -> Result<(Vec<u8>, store::ChainHead)> {
+        let vault = self.meta_value("vault_id")?;
+        let sess = self.session()?;
+        let stamp = body
+            .sync
+            .as_mut()
+            .ok_or_else(|| err(ErrorCode::Internal, "an entry without a stamp"))?;
+        stamp.vault = vault;
+        stamp.prev = prev.map(|p| hex::encode(p.mac)).unwrap_or_default();
+        stamp.seen = seen.clone();
+        stamp.seen.remove(&self.device);
+        let index = stamp.index;
+        body.v = BODY_VERSION;
+        body.mac = None;
+        let (plain, mac) = body.to_signed_bytes(|b| sess.key.entry_mac(b));
+        let ciphertext = sess
+            .key
+            .encrypt(&plain)
+            .map_err(|e| err(ErrorCode::Internal, e))?;
+        Ok((ciphertext, store::ChainHead { index, mac }))
+    }
+
+    /// A `vault_meta` value, empty when unset.
+    fn meta_value(&self, key: &str) -> Result<String> {
+        Ok(self
+            .store()?
+            .meta(key)
+            .map_err(store_err)?
+            .unwrap_or_default())
+    }
+
     fn seal(&self, plain: &str) -> Result<Vec<u8>> {
         self.session()?
             .key

@@ -11,8 +11,20 @@ use vault_protocol::{CredentialType, SecretValue};
 use zeroize::Zeroizing;
 
 /// Version of the body format. v2 added [`Stamp`] (sync); v1 bodies, written
-/// before sync, still decode (with `sync: None`).
-pub const BODY_VERSION: u32 = 2;
+/// before sync, still decode (with `sync: None`). v3 authenticates every
+/// body with the vault's entry key ([`RecordBody::to_signed_bytes`]) and adds
+/// the stamp's `vault`, `prev` and `seen` (issue 18).
+pub const BODY_VERSION: u32 = 3;
+
+/// The first body version that carries a MAC. Pulled entries older than
+/// this are refused: anyone who knows the vault's public recipient can
+/// write one.
+pub const AUTH_VERSION: u32 = 3;
+
+/// The member that holds a v3 body's MAC; always the last one.
+const MAC_MEMBER: &[u8] = b",\"mac\":\"";
+/// Bytes after the signed part: the member, 64 hex digits, `"}`.
+const MAC_TAIL: usize = MAC_MEMBER.len() + 64 + 2;
 
 /// A revision's place in the device logs (SPEC §11). Inside the encrypted
 /// body, so the server can neither move a revision to another log or index
@@ -35,6 +47,18 @@ pub struct Stamp {
     /// A tombstone: the record is deleted as of this revision.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// v3: the vault id, so an entry of another vault never verifies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vault: String,
+    /// v3: hex MAC of this device's previous authenticated entry; empty for
+    /// its first. Each device's log is a hash chain.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev: String,
+    /// v3: how far the writing device had applied each other device's log:
+    /// a commitment to the heads it knew, so a server that withholds them
+    /// is found out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: BTreeMap<String, u64>,
 }
 
 /// A place in a device's log.
@@ -47,6 +71,22 @@ pub struct LogRef {
 }
 
 impl Stamp {
+    /// A new entry's stamp, before [`crate::engine`] seals it (which fills
+    /// in `vault`, `prev` and `seen`).
+    pub fn new(device: &str, index: u64, clock: u64, change: &str, deleted: bool) -> Self {
+        Self {
+            device: device.to_owned(),
+            index,
+            clock,
+            parents: Vec::new(),
+            change: change.to_owned(),
+            deleted,
+            vault: String::new(),
+            prev: String::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
     /// Where this revision sits.
     pub fn at(&self) -> LogRef {
         LogRef {
@@ -89,6 +129,10 @@ pub struct RecordBody {
     /// Sync stamp (v2); `None` in bodies written before sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<Stamp>,
+    /// v3: hex HMAC-SHA256 of every byte before this member. Must stay the
+    /// last field: [`RecordBody::signed_part`] finds it at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl RecordBody {
@@ -98,6 +142,42 @@ impl RecordBody {
         // Serializing plain data into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buf, self);
         buf
+    }
+
+    /// Serializes and authenticates: the body without a MAC is MACed with
+    /// `mac` and the MAC added as its last member. Returns the bytes and the
+    /// MAC. The buffer is sized up front so no copy of the plaintext is
+    /// left behind by a reallocation.
+    pub fn to_signed_bytes(
+        &self,
+        mac: impl FnOnce(&[u8]) -> [u8; 32],
+    ) -> (Zeroizing<Vec<u8>>, [u8; 32]) {
+        debug_assert!(self.mac.is_none(), "signing a signed body");
+        let unsigned = self.to_bytes();
+        let tag = mac(&unsigned);
+        let mut out = Zeroizing::new(Vec::with_capacity(unsigned.len() + MAC_TAIL));
+        out.extend_from_slice(&unsigned[..unsigned.len() - 1]);
+        out.extend_from_slice(MAC_MEMBER);
+        out.extend_from_slice(hex::encode(tag).as_bytes());
+        out.extend_from_slice(b"\"}");
+        (out, tag)
+    }
+
+    /// The bytes a v3 body's MAC covers, and the MAC; `None` when `plain`
+    /// does not end with a MAC member.
+    pub fn signed_part(plain: &[u8]) -> Option<(Zeroizing<Vec<u8>>, [u8; 32])> {
+        if plain.len() < MAC_TAIL + 2 || !plain.ends_with(b"\"}") {
+            return None;
+        }
+        let at = plain.len() - MAC_TAIL;
+        let (head, tail) = plain.split_at(at);
+        let hex_mac = tail.strip_prefix(MAC_MEMBER)?.strip_suffix(b"\"}")?;
+        let mut tag = [0u8; 32];
+        hex::decode_to_slice(hex_mac, &mut tag).ok()?;
+        let mut signed = Zeroizing::new(Vec::with_capacity(at + 1));
+        signed.extend_from_slice(head);
+        signed.push(b'}');
+        Some((signed, tag))
     }
 
     /// Parses a decrypted body of any record (a pulled one names its own

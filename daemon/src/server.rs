@@ -163,7 +163,9 @@ impl Daemon {
         status.refresh = self
             .refresher
             .report(|name, id, revision| engine.is_current(name, id, revision));
-        status.sync = self.syncer.status(engine.sync_server(), engine.queued());
+        status.sync = self
+            .syncer
+            .status(engine.sync_server(), engine.queued(), engine.refusals());
         status.remotes = self.publisher.infos(&engine);
         Ok(Response::Status(status))
     }

@@ -110,6 +110,32 @@ CREATE TABLE publications (
 );
 CREATE INDEX publications_record ON publications(record_id);
 "#,
+    // Authenticated sync entries (issue 18): the MAC of each device's last
+    // authenticated entry (the chain's head), the heads that applied
+    // entries claim other devices' logs reach, and pulled entries refused.
+    r#"
+CREATE TABLE sync_chain (
+    device     TEXT PRIMARY KEY,
+    last_index INTEGER NOT NULL,
+    mac        BLOB NOT NULL
+);
+CREATE TABLE sync_claims (
+    device    TEXT PRIMARY KEY,
+    through   INTEGER NOT NULL,
+    by_device TEXT NOT NULL,
+    by_index  INTEGER NOT NULL
+);
+CREATE TABLE sync_refused (
+    device     TEXT NOT NULL,
+    log_index  INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    held       INTEGER NOT NULL,
+    -- written without authentication (an older vault, or forged)
+    legacy     INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    PRIMARY KEY (device, log_index)
+);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -193,6 +219,44 @@ pub struct LogStamp {
     pub index: u64,
     /// Hybrid logical clock.
     pub clock: u64,
+    /// The entry's MAC (body v3): the head of its device's chain once
+    /// stored.
+    pub mac: [u8; 32],
+}
+
+/// The head of a device's chain of authenticated entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Index of the device's last authenticated entry here.
+    pub index: u64,
+    /// Its MAC.
+    pub mac: [u8; 32],
+}
+
+/// An applied entry's claim that a device's log reaches `through`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The device whose log is claimed.
+    pub device: String,
+    /// How far.
+    pub through: u64,
+    /// The entry that claims it: its device and index.
+    pub by: (String, u64),
+}
+
+/// A pulled entry that was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The device whose log holds it.
+    pub device: String,
+    /// Its index there.
+    pub index: u64,
+    /// Why, and what to do.
+    pub reason: String,
+    /// Held (the device's log waits at it) rather than skipped.
+    pub held: bool,
+    /// When it was first refused (unix seconds).
+    pub first_seen: i64,
 }
 
 /// One entry of a device's log, as pushed.
@@ -533,11 +597,57 @@ impl Store {
         Ok(rows)
     }
 
-    /// Which entries of `device`'s log up to `through` are missing here.
+    /// The head of `device`'s chain of authenticated entries here.
+    pub fn chain(&self, device: &str) -> Result<Option<ChainHead>> {
+        Ok(read_chain(&self.conn, device)?)
+    }
+
+    /// What applied entries claim other devices' logs reach.
+    pub fn claims(&self) -> Result<Vec<Claim>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device, through, by_device, by_index FROM sync_claims ORDER BY device",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Claim {
+                    device: r.get(0)?,
+                    through: r.get::<_, i64>(1)? as u64,
+                    by: (r.get(2)?, r.get::<_, i64>(3)? as u64),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Pulled entries refused and not applied since, oldest first.
+    pub fn refused(&self) -> Result<Vec<Refused>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device, log_index, reason, held, first_seen FROM sync_refused
+             ORDER BY first_seen, device, log_index",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Refused {
+                    device: r.get(0)?,
+                    index: r.get::<_, i64>(1)? as u64,
+                    reason: r.get(2)?,
+                    held: r.get::<_, i64>(3)? != 0,
+                    first_seen: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Which entries of `device`'s log up to `through` are missing here
+    /// (neither applied nor refused for good).
     pub fn log_holes(&self, device: &str, through: u64) -> Result<Vec<u64>> {
         let mut stmt = self.conn.prepare(
             "SELECT log_index FROM revisions WHERE device = ?1 AND log_index <= ?2
-             ORDER BY log_index",
+             UNION
+             SELECT log_index FROM sync_refused WHERE device = ?1 AND log_index <= ?2
+               AND held = 0
+             ORDER BY 1",
         )?;
         let have = stmt
             .query_map(params![device, through as i64], |r| {
@@ -773,7 +883,35 @@ fn put_revision(
         log.map(|l| l.index as i64),
         log.map(|l| l.clock as i64),
     ])?;
+    if let Some(l) = log {
+        tx.prepare_cached(
+            "INSERT INTO sync_chain (device, last_index, mac) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device) DO UPDATE SET last_index = excluded.last_index,
+               mac = excluded.mac
+             WHERE excluded.last_index > sync_chain.last_index",
+        )?
+        .execute(params![device, l.index as i64, &l.mac[..]])?;
+        // An entry that is finally applied is no longer refused.
+        tx.prepare_cached("DELETE FROM sync_refused WHERE device = ?1 AND log_index = ?2")?
+            .execute(params![device, l.index as i64])?;
+    }
     Ok(())
+}
+
+fn read_chain(conn: &Connection, device: &str) -> rusqlite::Result<Option<ChainHead>> {
+    conn.prepare_cached("SELECT last_index, mac FROM sync_chain WHERE device = ?1")?
+        .query_row([device], |r| {
+            let mac: Vec<u8> = r.get(1)?;
+            let mut m = [0u8; 32];
+            if mac.len() == 32 {
+                m.copy_from_slice(&mac);
+            }
+            Ok(ChainHead {
+                index: r.get::<_, i64>(0)? as u64,
+                mac: m,
+            })
+        })
+        .optional()
 }
 
 /// A logged head: its clock, device and index.
@@ -892,6 +1030,71 @@ impl SyncTx<'_> {
         head_rank(&self.tx, record_id)
     }
 
+    /// The head of `device`'s chain of authenticated entries here.
+    pub fn chain(&self, device: &str) -> Result<Option<ChainHead>> {
+        Ok(read_chain(&self.tx, device)?)
+    }
+
+    /// Notes that entry `by` claims `device`'s log reaches `through`.
+    pub fn claim(&mut self, device: &str, through: u64, by: (&str, u64)) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO sync_claims (device, through, by_device, by_index)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(device) DO UPDATE SET through = excluded.through,
+                   by_device = excluded.by_device, by_index = excluded.by_index
+                 WHERE excluded.through > sync_claims.through",
+            )?
+            .execute(params![device, through as i64, by.0, by.1 as i64])?;
+        Ok(())
+    }
+
+    /// Records a refused entry; true the first time it is refused (the
+    /// caller logs it then, once). A later refusal keeps the first time but
+    /// takes the newer reason.
+    pub fn refuse(
+        &mut self,
+        device: &str,
+        index: u64,
+        reason: &str,
+        (held, legacy): (bool, bool),
+        now: i64,
+    ) -> Result<bool> {
+        let known = self
+            .tx
+            .prepare_cached("SELECT 1 FROM sync_refused WHERE device = ?1 AND log_index = ?2")?
+            .exists(params![device, index as i64])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO sync_refused (device, log_index, reason, held, legacy, first_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(device, log_index) DO UPDATE SET reason = excluded.reason,
+                   held = excluded.held, legacy = excluded.legacy",
+            )?
+            .execute(params![
+                device,
+                index as i64,
+                reason,
+                held as i64,
+                legacy as i64,
+                now
+            ])?;
+        Ok(!known)
+    }
+
+    /// Forgets the unauthenticated entries refused from `device`'s log
+    /// before `index`, where its chain of authenticated entries starts:
+    /// that is the device's history from before the upgrade, not an attack
+    /// in progress (none of it was applied).
+    pub fn forget_legacy(&mut self, device: &str, index: u64) -> Result<usize> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "DELETE FROM sync_refused WHERE device = ?1 AND log_index < ?2 AND legacy = 1",
+            )?
+            .execute(params![device, index as i64])?)
+    }
+
     /// Notes that `device`'s log is applied through `index`.
     pub fn set_seen(&mut self, device: &str, index: u64) -> Result<()> {
         self.tx
@@ -923,7 +1126,11 @@ pub fn create(path: &Path) -> Result<Store> {
 mod tests {
     use super::*;
 
-    const STAMP: LogStamp = LogStamp { index: 1, clock: 1 };
+    const STAMP: LogStamp = LogStamp {
+        index: 1,
+        clock: 1,
+        mac: [1; 32],
+    };
 
     fn row(id: &str, mac: &[u8]) -> RecordRow {
         RecordRow {
@@ -958,7 +1165,11 @@ mod tests {
         s.insert(
             &[row("b", b"m1")],
             "dev",
-            &[LogStamp { index: 2, clock: 2 }],
+            &[LogStamp {
+                index: 2,
+                clock: 2,
+                mac: [2; 32],
+            }],
         )
         .unwrap();
         assert_eq!(s.find_latest(b"m1").unwrap().unwrap().id, "b");

@@ -51,6 +51,9 @@ struct State {
     pending: Option<(String, SecretValue)>,
     /// A pull under way.
     progress: Option<SyncProgress>,
+    /// What the last sync found wrong with the server's answer (withheld
+    /// or rolled-back logs, gaps); refused entries are kept in the vault.
+    warnings: Vec<String>,
 }
 
 /// Sync state shared by requests and the background loop.
@@ -87,15 +90,19 @@ impl Syncer {
         self.kick.notify_one();
     }
 
-    /// For `vault status`.
-    pub fn status(&self, server: Option<String>, queued: u64) -> SyncStatus {
+    /// For `vault status`: `refused` are the pulled entries the vault keeps
+    /// refusing ([`crate::engine::Engine::refusals`]).
+    pub fn status(&self, server: Option<String>, queued: u64, refused: Vec<String>) -> SyncStatus {
         let st = self.state();
+        let mut problems = refused;
+        problems.extend(st.warnings.iter().cloned());
         SyncStatus {
             server,
             last_sync: st.last_sync,
             queued,
             last_error: st.last_error.clone(),
             progress: st.progress,
+            problems,
         }
     }
 }
@@ -563,10 +570,12 @@ pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
                 d.publisher.kick();
             }
             st.last_sync = Some(Timestamp::now());
-            st.last_error = report
-                .refused
-                .first()
-                .map(|r| format!("{} pulled entries refused: {r}", report.refused.len()));
+            st.last_error = report.refused.first().map(|r| {
+                format!(
+                    "{} problem(s) with what the server sent ('vault sync status' lists them): {r}",
+                    report.refused.len()
+                )
+            });
             st.failures = 0;
             st.retry_at = None;
         }
@@ -699,6 +708,9 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
     let mut since: BTreeMap<String, u64> = t.seen.clone();
     since.insert(t.device.clone(), pushed);
     let path = format!("/vaults/{}/pull", t.vault_id);
+    // Logs that stopped at a gap or a held entry: the rest of this sync
+    // asks for nothing more of them, so every other log goes on.
+    let mut stopped: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let heads = loop {
         let req = PullRequest {
             since: since.clone(),
@@ -724,8 +736,20 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         if let Some(p) = &mut d.syncer.state().progress {
             p.done += applied.applied;
         }
-        let stop = !applied.refused.is_empty();
-        if page.more && applied.applied == 0 && !stop {
+        stopped.extend(applied.stopped);
+        report.refused.extend(applied.refused);
+        let before = std::mem::take(&mut since);
+        since = blocking(d, |e| e.seen()).await?;
+        since.insert(t.device.clone(), pushed);
+        for device in &stopped {
+            let head = page.heads.get(device).copied().unwrap_or(0);
+            let mark = since.entry(device.clone()).or_default();
+            *mark = (*mark).max(head);
+        }
+        if !page.more {
+            break page.heads;
+        }
+        if since == before {
             return Err(WireError::new(
                 ErrorCode::Failed,
                 format!(
@@ -735,18 +759,13 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
                 ),
             ));
         }
-        report.refused.extend(applied.refused);
-        since = blocking(d, |e| e.seen()).await?;
-        since.insert(t.device.clone(), pushed);
-        if stop || !page.more {
-            break page.heads;
-        }
     };
     d.syncer.state().progress = None;
     // Whatever the heads say exists must have arrived.
+    let applied = blocking(d, |e| e.seen()).await?;
     for (device, head) in &heads {
-        let have = since.get(device).copied().unwrap_or(0);
-        if *device != t.device && *head > have && report.refused.is_empty() {
+        let have = applied.get(device).copied().unwrap_or(0);
+        if *device != t.device && *head > have && !stopped.contains(device) {
             report.refused.push(format!(
                 "the server lists entries {}..{head} of device {device} but did not send them; \
                  they are fetched again on the next sync",
@@ -754,6 +773,16 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
             ));
         }
     }
+    // What this device already knows the server's answer must not hide.
+    let warnings = {
+        let heads = heads.clone();
+        blocking(d, move |e| e.check_heads(&heads, &stopped)).await?
+    };
+    for w in &warnings {
+        warn!(problem = %w, "the server's answer hides entries");
+    }
+    report.refused.extend(warnings.iter().cloned());
+    d.syncer.state().warnings = warnings;
     let pulled_in = started.elapsed();
     report.conflicts = blocking(d, |e| e.conflict_count()).await?;
     if report.pushed + report.pulled > 0 {
@@ -796,9 +825,13 @@ pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError
     session.ensure_vault(&target).await?;
     let heads = session.heads(&target.vault_id).await?;
     let logs = blocking(d, move |e| e.verify_logs(&heads)).await?;
-    let holes = logs
-        .iter()
-        .any(|l| !l.missing_here.is_empty() || !l.missing_there.is_empty());
+    // Refused entries are fetched again by a repair too (the server may
+    // now send the real ones).
+    let refused = blocking(d, |e| Ok(!e.refusals().is_empty())).await?;
+    let holes = refused
+        || logs
+            .iter()
+            .any(|l| !l.missing_here.is_empty() || !l.missing_there.is_empty());
     if !(repair && holes) {
         return Ok(Response::Verified {
             logs,

@@ -70,14 +70,19 @@ fn frozen_records_decrypt_with_every_revision() {
     let key = key();
     let (_dir, store) = store_copy();
     // The v1 fixture is migrated on open (v2 added the emitters table, v3
-    // the sync bookkeeping, v4 remotes and publications).
-    assert_eq!(SCHEMA_VERSION, 4, "a new schema: check its migration here");
+    // the sync bookkeeping, v4 remotes and publications, v5 the chain,
+    // claims and refused entries of authenticated sync).
+    assert_eq!(SCHEMA_VERSION, 5, "a new schema: check its migration here");
     assert!(store.remotes().unwrap().is_empty());
     assert!(store.publications(None).unwrap().is_empty());
-    // v2 bodies add the sync stamp; v1 bodies (these) decode without one.
+    assert!(store.refused().unwrap().is_empty());
+    assert!(store.claims().unwrap().is_empty());
+    assert_eq!(store.chain("any").unwrap(), None);
+    // v2 bodies add the sync stamp, v3 the MAC; v1 bodies (these) decode
+    // without either.
     assert_eq!(
-        BODY_VERSION, 2,
-        "a new body version: freeze its JSON in v2_body_json_is_frozen's way"
+        BODY_VERSION, 3,
+        "a new body version: freeze its JSON in v3_body_json_is_frozen's way"
     );
     assert_eq!(
         store.meta("key_id").unwrap().as_deref(),
@@ -161,3 +166,42 @@ fn v2_body_json_is_frozen() {
     assert!(body.sync.as_ref().unwrap().deleted);
     assert_eq!(String::from_utf8_lossy(&body.to_bytes()), tomb);
 }
+
+/// The v3 body as written: stamp with vault, prev and seen, and the MAC
+/// under the frozen identity's entry key as the last member.
+const V3_BODY: &str = r#"{"v":3,"id":"0123456789abcdef0123456789abcdef","name":"golden/token","type":"token","description":null,"tags":["golden"],"fields":{"token":"golden-token-v3"},"expires_at":"2030-01-02T03:04:05Z","sync":{"device":"d1","index":7,"clock":123456789,"parents":[{"device":"d0","index":3}],"change":"set","vault":"0f0e0d0c0b0a09080706050403020100","prev":"PREV","seen":{"d0":3,"d2":9}}}"#;
+
+#[test]
+fn v3_body_json_and_its_mac_are_frozen() {
+    let key = key();
+    let prev = "ab".repeat(32);
+    let unsigned = V3_BODY.replace("PREV", &prev);
+    let body = RecordBody::parse(unsigned.as_bytes()).unwrap();
+    let stamp = body.sync.as_ref().unwrap();
+    assert_eq!(stamp.vault, "0f0e0d0c0b0a09080706050403020100");
+    assert_eq!(stamp.seen.len(), 2);
+    assert_eq!(String::from_utf8_lossy(&body.to_bytes()), unsigned);
+    let (signed, mac) = body.to_signed_bytes(|b| key.entry_mac(b));
+    let text = String::from_utf8(signed.to_vec()).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "{},\"mac\":\"{FROZEN_MAC}\"}}",
+            &unsigned[..unsigned.len() - 1]
+        )
+    );
+    assert_eq!(hex::encode(mac), FROZEN_MAC);
+    // The signed part comes back exactly, and verifies; one changed byte
+    // anywhere does not.
+    let (part, tag) = RecordBody::signed_part(text.as_bytes()).unwrap();
+    assert_eq!(&part[..], unsigned.as_bytes());
+    assert!(key.verify_entry(&part, &tag));
+    let parsed = RecordBody::parse(text.as_bytes()).unwrap();
+    assert_eq!(parsed.mac.as_deref(), Some(FROZEN_MAC));
+    let tampered = text.replace("golden-token-v3", "golden-token-v4");
+    let (part, tag) = RecordBody::signed_part(tampered.as_bytes()).unwrap();
+    assert!(!key.verify_entry(&part, &tag));
+    assert!(RecordBody::signed_part(unsigned.as_bytes()).is_none());
+}
+
+const FROZEN_MAC: &str = "579c23313567e7b5f40711db3895194218a86a0cd7ffb70da75c3020c50f8343";

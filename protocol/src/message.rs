@@ -796,6 +796,10 @@ pub struct SyncStatus {
     /// A pull under way: entries applied of those due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<SyncProgress>,
+    /// Pulled entries refused (never applied) and what the last sync found
+    /// the server hiding, each with what to do (issue 18).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// How far a pull is (drives the CLI's progress bar).

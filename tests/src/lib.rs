@@ -207,6 +207,12 @@ impl RemoteServer {
         self.server.url()
     }
 
+    /// The SQLite database file, for tests that play a server gone bad
+    /// (edit it while [`RemoteServer::stop`]ped); `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.database.strip_prefix("sqlite:").map(PathBuf::from)
+    }
+
     /// Kills it (an outage).
     pub fn stop(&mut self) {
         self.server.stop();

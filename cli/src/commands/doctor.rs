@@ -697,6 +697,19 @@ fn check_remote(report: &mut Report, status: Option<&StatusInfo>) {
     } else {
         String::new()
     };
+    if !sync.problems.is_empty() {
+        report.problem(
+            "sync integrity",
+            Verdict::Warn,
+            format!(
+                "{} problem(s) with what {server} sent, nothing of it applied: {}",
+                sync.problems.len(),
+                sync.problems.join("; ")
+            ),
+            "each line names the device and entry and what to do; 'vault sync status' lists \
+             them again, 'vault sync verify' compares every log",
+        );
+    }
     match (&sync.last_error, sync.last_sync) {
         (Some(e), _) => report.problem(
             "remote",

@@ -237,6 +237,9 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
     }
     ctx.out
         .line(&super::vault::sync_line(&status, Timestamp::now()));
+    for p in &status.sync.problems {
+        ctx.out.warn(p);
+    }
     Ok(())
 }
 

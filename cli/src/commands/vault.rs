@@ -256,6 +256,11 @@ pub(super) fn sync_line(status: &StatusInfo, now: Timestamp) -> String {
     }
     if let Some(e) = &sync.last_error {
         line.push_str(&format!(", last error: {e}"));
+    } else if !sync.problems.is_empty() {
+        line.push_str(&format!(
+            ", {} problem(s) with what the server sent: see 'vault sync status'",
+            sync.problems.len()
+        ));
     }
     line
 }

@@ -889,6 +889,7 @@ mod tests {
             tags: vec![],
             expires_at: None,
             sync: None,
+            mac: None,
         }
     }
 

@@ -24,7 +24,7 @@ use vault_protocol::{ErrorCode, SecretValue, validate_name};
 
 use super::{Engine, IndexEntry, Result, Session, decrypt_body, err, store_err};
 use crate::crypto::VaultKey;
-use crate::record::{RecordBody, Stamp};
+use crate::record::{AUTH_VERSION, RecordBody, Stamp};
 use crate::store::{LogEntry, LogStamp, RecordRow, StoreError, SyncTx};
 
 /// The next clock value after `last`: wall-clock milliseconds << 16, or
@@ -139,10 +139,17 @@ pub struct Pulled {
 pub struct Applied {
     /// Entries applied.
     pub applied: u64,
-    /// Entries refused, with why; their device's log stops there until the
-    /// next pull.
+    /// Entries refused and logs that stopped, with why and what to do.
     pub refused: Vec<String>,
+    /// Devices whose log stopped in this batch (a gap, or an entry held):
+    /// nothing after the stop is applied until the next sync.
+    pub stopped: Vec<String>,
 }
+
+/// How far ahead of this machine's clock a pulled entry's clock may be.
+/// Further, and it would win every later change for as long as it is
+/// ahead: it is held until this machine's clock catches up.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 600;
 
 /// What the network side needs for one sync.
 #[derive(Debug)]
@@ -165,8 +172,14 @@ pub struct Target {
     pub seen: BTreeMap<String, u64>,
 }
 
+/// Why a pulled entry is not applied.
 enum Refusal {
-    Refused(String),
+    /// Never applied; the device's later entries still are.
+    Skip(String),
+    /// Like `Skip`, for an entry written without authentication.
+    Legacy(String),
+    /// Not applied yet: the device's log waits at it.
+    Hold(String),
     Store(StoreError),
 }
 
@@ -177,6 +190,19 @@ impl From<StoreError> for Refusal {
 }
 
 const PUSHED: &str = "sync_pushed";
+
+/// `vault_meta` key set once this device's records are re-authenticated
+/// (body v3): from then on it writes and accepts authenticated entries only.
+pub const AUTH_MARK: &str = "sync_auth";
+
+/// Whether a change is the daemon's, not the user's: it neither resolves
+/// conflicts nor adopts a derived name.
+pub fn is_background(change: &str) -> bool {
+    matches!(change, "refresh" | "reauth")
+}
+
+/// How many refused entries `vault sync status` lists.
+pub const SHOWN_REFUSALS: usize = 20;
 
 impl Engine {
     fn meta(&self, key: &str) -> Result<Option<String>> {
@@ -239,14 +265,29 @@ impl Engine {
             store.seen().map_err(store_err)?.into_keys().collect();
         others.extend(heads.keys().cloned());
         others.remove(&self.device);
+        // What applied entries prove each log reaches: entries up to
+        // there are missing here even when the server does not list them.
+        let claimed: BTreeMap<String, u64> = store
+            .claims()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|c| (c.device, c.through))
+            .collect();
+        others.extend(claimed.keys().cloned());
+        others.remove(&self.device);
         let mut out = Vec::new();
         for device in std::iter::once(self.device.clone()).chain(others) {
             let mine = device == self.device;
             let server_head = heads.get(&device).copied().unwrap_or(0);
             let local_head = store.log_last(&device).map_err(store_err)?;
+            let proven = if mine {
+                0
+            } else {
+                claimed.get(&device).copied().unwrap_or(0)
+            };
             let mut missing_here = ranges(
                 &store
-                    .log_holes(&device, server_head.max(local_head))
+                    .log_holes(&device, server_head.max(local_head).max(proven))
                     .map_err(store_err)?,
             );
             // This device's entries written but not pushed yet are a queue,
@@ -271,18 +312,114 @@ impl Engine {
         Ok(out)
     }
 
+    /// Pulled entries refused and not applied since, for `vault sync
+    /// status` and `vault doctor`: the newest [`SHOWN_REFUSALS`], then how
+    /// many more.
+    pub fn refusals(&self) -> Vec<String> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let all = store.refused().unwrap_or_default();
+        let more = all.len().saturating_sub(SHOWN_REFUSALS);
+        let mut out: Vec<String> = all[more..]
+            .iter()
+            .map(|r| {
+                format!(
+                    "entry {} of device {} {} since {}: {}",
+                    r.index,
+                    r.device,
+                    if r.held { "held" } else { "refused" },
+                    Timestamp(r.first_seen),
+                    r.reason
+                )
+            })
+            .collect();
+        if more > 0 {
+            out.insert(0, format!("{more} more refused entries (see vaultd.log)"));
+        }
+        out
+    }
+
+    /// What a server's `heads` hide, judged by what this device knows: a
+    /// log shorter there than what was applied here (the server went back
+    /// or dropped a device), and a log that applied entries prove longer
+    /// than what arrived (withheld). Logs in `skip` stopped at a gap or a
+    /// held entry and are reported as such.
+    pub fn check_heads(
+        &self,
+        heads: &BTreeMap<String, u64>,
+        skip: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let store = self.store()?;
+        let seen = store.seen().map_err(store_err)?;
+        let mut out = Vec::new();
+        for (device, applied) in &seen {
+            let server = heads.get(device).copied().unwrap_or(0);
+            if *device == self.device || skip.contains(device) || server >= *applied {
+                continue;
+            }
+            out.push(format!(
+                "the server's copy of device {device}'s log ends at {server}, before entry \
+                 {applied} already applied here: the server went back (an old backup?) or hides \
+                 entries; nothing here was changed. Tell whoever runs the server"
+            ));
+        }
+        for c in store.claims().map_err(store_err)? {
+            if c.device == self.device {
+                if c.through > self.log_last {
+                    out.push(format!(
+                        "entry {} of device {} shows this device's log reaching {}, but it ends \
+                         at {} here: this vault.db is older than what it synced (restored from \
+                         a backup?); join afresh from a new VAULT_HOME",
+                        c.by.1, c.by.0, c.through, self.log_last
+                    ));
+                }
+                continue;
+            }
+            let have = seen.get(&c.device).copied().unwrap_or(0);
+            if skip.contains(&c.device) || c.through <= have {
+                continue;
+            }
+            let server = heads.get(&c.device).copied().unwrap_or(0);
+            out.push(format!(
+                "entry {} of device {} shows device {}'s log reaching {}, but the server sent \
+                 only {} (it lists {}): it is withholding entries or lost them; nothing here \
+                 was changed. Run 'vault sync verify'",
+                c.by.1, c.by.0, c.device, c.through, have, server
+            ));
+        }
+        Ok(out)
+    }
+
     /// Sets up a repair of what [`Engine::verify_logs`] found: the next
     /// sync pushes this device's log again from the server's head and pulls
     /// other devices' logs again from their first missing entry.
     pub fn prepare_repair(&mut self, checks: &[LogCheck]) -> Result<()> {
+        // Refused entries are fetched again too: a server that sent a
+        // forgery in place of a real entry may send the real one now (it
+        // applies and leaves the list); a forgery is refused again, quietly.
+        let mut first_refused: BTreeMap<String, u64> = BTreeMap::new();
+        for r in self.store()?.refused().map_err(store_err)? {
+            let first = first_refused.entry(r.device).or_insert(r.index);
+            *first = (*first).min(r.index);
+        }
+        for (device, first) in first_refused {
+            let seen = self.seen()?.get(&device).copied().unwrap_or(0);
+            if first <= seen {
+                self.store_mut()?
+                    .reset_seen(&device, first - 1)
+                    .map_err(store_err)?;
+            }
+        }
         for c in checks {
             if c.this_device {
                 if !c.missing_there.is_empty() {
                     self.set_pushed(c.server_head)?;
                 }
             } else if let Some((first, _)) = c.missing_here.first() {
+                let seen = self.seen()?.get(&c.device).copied().unwrap_or(0);
                 self.store_mut()?
-                    .reset_seen(&c.device, first - 1)
+                    .reset_seen(&c.device, (first - 1).min(seen))
                     .map_err(store_err)?;
             }
         }
@@ -337,14 +474,22 @@ impl Engine {
     }
 
     /// Logs every live record written before sync existed, as a new
-    /// revision (`enroll`), so it can be pushed. Returns how many.
+    /// revision (`enroll`), so it can be pushed; and, once after the
+    /// upgrade to authenticated entries (body v3), every live record whose
+    /// head this device wrote unauthenticated (`reauth`), so that devices
+    /// joining later can verify it. Returns how many.
     pub fn enroll(&mut self, now: Timestamp) -> Result<usize> {
         // New revisions are always logged: once none is left, none comes back.
         if self.enrolled {
             return Ok(0);
         }
-        let rows = self.store()?.unlogged_heads().map_err(store_err)?;
-        let n = rows.len();
+        let upgrade = self.meta(AUTH_MARK)?.is_none();
+        let rows = if upgrade {
+            self.live_rows()?
+        } else {
+            self.store()?.unlogged_heads().map_err(store_err)?
+        };
+        let mut n = 0;
         for row in rows {
             // One unreadable record (logged at unlock) must not stop sync.
             let body = match decrypt_body(&self.session()?.key, &row) {
@@ -354,11 +499,26 @@ impl Engine {
                     continue;
                 }
             };
-            let name = body.name.clone();
-            self.commit(row, body, &name, "enroll", now)?;
+            let change = match &body.sync {
+                None => "enroll",
+                Some(s) if body.v < AUTH_VERSION && s.device == self.device => "reauth",
+                Some(_) => continue,
+            };
+            let listed = if row.shadowed {
+                derived_name(&body.name, &row.id)
+            } else {
+                body.name.clone()
+            };
+            self.commit(row, body, &listed, change, now)?;
+            n += 1;
         }
         if n > 0 {
-            info!(records = n, "enrolled records written before sync");
+            info!(records = n, "enrolled or re-authenticated records");
+        }
+        if upgrade {
+            self.store_mut()?
+                .set_meta(&[(AUTH_MARK, "1")])
+                .map_err(store_err)?;
         }
         self.enrolled = true;
         Ok(n)
@@ -370,7 +530,11 @@ impl Engine {
     /// the place they are filed under.
     pub fn apply(&mut self, entries: Vec<Pulled>, now: Timestamp) -> Result<Applied> {
         let me = self.device.clone();
-        let key_id = self.meta("key_id")?.unwrap_or_default();
+        let vault = Expected {
+            key_id: self.meta("key_id")?.unwrap_or_default(),
+            vault_id: self.meta("vault_id")?.unwrap_or_default(),
+            now,
+        };
         let bound: HashSet<String> = self
             .store()?
             .emitters()
@@ -406,9 +570,10 @@ impl Engine {
                         e.device
                     ));
                     stopped.insert(e.device.clone());
+                    out.stopped.push(e.device.clone());
                     continue;
                 }
-                match apply_one(sess, &mut tx, &e, &key_id) {
+                match apply_one(sess, &mut tx, &e, &vault) {
                     Ok(Some((c, changed))) => {
                         clock = clock.max(c);
                         if let Some((row, body)) = changed
@@ -417,14 +582,38 @@ impl Engine {
                             touched.push((row, body));
                         }
                     }
-                    Ok(None) => {}
-                    Err(Refusal::Refused(why)) => {
-                        warn!(device = %e.device, index = e.index, "pulled entry refused");
-                        out.refused.push(why);
-                        stopped.insert(e.device.clone());
+                    // Already here (a repair, or a retried page): not
+                    // counted again.
+                    Ok(None) => {
+                        seen.insert(e.device.clone(), e.index);
+                        tx.set_seen(&e.device, e.index)?;
                         continue;
                     }
-                    Err(Refusal::Store(e)) => return Err(e),
+                    Err(refusal) => {
+                        let (why, held, legacy) = match refusal {
+                            Refusal::Hold(why) => (why, true, false),
+                            Refusal::Skip(why) => (why, false, false),
+                            Refusal::Legacy(why) => (why, false, true),
+                            Refusal::Store(e) => return Err(e),
+                        };
+                        // Stored, so status and doctor show it until it is
+                        // applied; logged the first time only.
+                        if tx.refuse(&e.device, e.index, &why, (held, legacy), now.unix())? {
+                            warn!(device = %e.device, index = e.index, reason = %why,
+                                "pulled entry refused");
+                        }
+                        out.refused
+                            .push(format!("entry {} of device {}: {why}", e.index, e.device));
+                        if held {
+                            stopped.insert(e.device.clone());
+                            out.stopped.push(e.device.clone());
+                        } else {
+                            // Skipped: that device's later entries go on.
+                            seen.insert(e.device.clone(), e.index);
+                            tx.set_seen(&e.device, e.index)?;
+                        }
+                        continue;
+                    }
                 }
                 seen.insert(e.device.clone(), e.index);
                 tx.set_seen(&e.device, e.index)?;
@@ -545,19 +734,37 @@ fn ranges(list: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
+/// What a pulled entry must match: this vault, and this machine's clock.
+struct Expected {
+    key_id: String,
+    vault_id: String,
+    now: Timestamp,
+}
+
 /// Applies one pulled entry. Returns its clock and, when it became the
-/// head, the new head.
+/// head, the new head. Every check runs before anything is written: an
+/// entry is authenticated (body v3, a MAC under the vault's entry key),
+/// names this vault and the place it is filed under, follows on from the
+/// last applied entry of its device's chain and has a sane clock.
 #[allow(clippy::type_complexity)]
 fn apply_one(
     sess: &mut Session,
     tx: &mut SyncTx<'_>,
     e: &Pulled,
-    key_id: &str,
+    want: &Expected,
 ) -> std::result::Result<Option<(u64, Option<(RecordRow, RecordBody)>)>, Refusal> {
-    let place = format!("entry {} of device {}", e.index, e.device);
-    if e.key_id != key_id {
-        return Err(Refusal::Refused(format!(
-            "{place} was pushed with another vault key ({}); it is not applied",
+    let forged = || {
+        Refusal::Skip(
+            "it fails authentication: no device of this vault wrote it (a forgery by someone \
+             with write access to the server, or damage); it is not applied. Revoke server \
+             access tokens you do not recognise"
+                .to_owned(),
+        )
+    };
+    if e.key_id != want.key_id {
+        return Err(Refusal::Skip(format!(
+            "it was pushed with another vault key ({}): it belongs to another vault; it is not \
+             applied",
             e.key_id
         )));
     }
@@ -565,35 +772,89 @@ fn apply_one(
         return Ok(None);
     }
     let plain = sess.key.decrypt(&e.data).map_err(|_| {
-        Refusal::Refused(format!(
-            "{place} cannot be decrypted with this vault's key; it is not applied"
-        ))
+        Refusal::Skip("it cannot be decrypted with this vault's key; it is not applied".to_owned())
     })?;
-    let body =
-        RecordBody::parse(&plain).map_err(|why| Refusal::Refused(format!("{place}: {why}")))?;
-    let stamp: Stamp = body
-        .sync
-        .clone()
-        .filter(|s| s.device == e.device && s.index == e.index)
-        .ok_or_else(|| {
-            Refusal::Refused(format!(
-                "{place} holds a revision filed elsewhere (the server may have swapped \
-                 entries); it is not applied"
-            ))
-        })?;
+    let body = RecordBody::parse(&plain).map_err(Refusal::Skip)?;
+    if body.v < AUTH_VERSION {
+        return Err(Refusal::Legacy(format!(
+            "it was written without authentication (body v{}): by a device still on an older \
+             vault, or forged; it is not applied. Upgrade vault on device {} and run 'vault \
+             sync' there",
+            body.v, e.device
+        )));
+    }
+    let (signed, mac) = RecordBody::signed_part(&plain).ok_or_else(forged)?;
+    if !sess.key.verify_entry(&signed, &mac) || body.mac.is_none() {
+        return Err(forged());
+    }
+    let stamp: Stamp = body.sync.clone().ok_or_else(forged)?;
+    if stamp.vault != want.vault_id {
+        return Err(Refusal::Skip(format!(
+            "it belongs to vault {}, not this one; it is not applied",
+            stamp.vault
+        )));
+    }
+    if stamp.device != e.device || stamp.index != e.index {
+        return Err(Refusal::Skip(format!(
+            "it holds entry {} of device {} (the server swapped, moved or replayed entries); \
+             it is not applied",
+            stamp.index, stamp.device
+        )));
+    }
     let id_ok = body.id.len() == 32
         && body
             .id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if validate_name(&body.name).is_err() || !id_ok {
-        return Err(Refusal::Refused(format!(
-            "{place} holds an invalid record; it is not applied"
+        return Err(Refusal::Skip(
+            "it holds an invalid record; it is not applied".to_owned(),
+        ));
+    }
+    // The chain: when the entry before this one was applied here, this one
+    // must name its MAC.
+    if let Some(head) = tx.chain(&e.device)?
+        && head.index + 1 == e.index
+        && stamp.prev != hex::encode(head.mac)
+    {
+        return Err(Refusal::Skip(format!(
+            "it does not follow on from entry {} of that device (the server replaced or \
+             reordered entries); it is not applied",
+            head.index
         )));
+    }
+    let ahead = clock_secs(stamp.clock).saturating_sub(want.now.unix());
+    if ahead > MAX_CLOCK_SKEW_SECS {
+        return Err(Refusal::Hold(format!(
+            "its clock is {} ahead of this machine's (at most {} is accepted); it waits until \
+             then, and so do that device's later entries. Check the clock on device {} and \
+             on this machine",
+            vault_protocol::timefmt::format_duration_short(std::time::Duration::from_secs(
+                ahead as u64
+            )),
+            vault_protocol::timefmt::format_duration_short(std::time::Duration::from_secs(
+                MAX_CLOCK_SKEW_SECS as u64
+            )),
+            e.device
+        )));
+    }
+    if body.expires_at.is_some_and(|t| !t.in_range()) {
+        return Err(Refusal::Skip(
+            "its expiry is out of range; it is not applied".to_owned(),
+        ));
+    }
+    for (device, through) in &stamp.seen {
+        tx.claim(device, *through, (&e.device, e.index))?;
+    }
+    if stamp.prev.is_empty() {
+        // The first authenticated entry of its device: what came before it
+        // unauthenticated is that device's history from before the upgrade.
+        tx.forget_legacy(&e.device, e.index)?;
     }
     let log = LogStamp {
         index: e.index,
         clock: stamp.clock,
+        mac,
     };
     let parents: Vec<(String, u64)> = stamp
         .parents
@@ -639,8 +900,8 @@ fn apply_one(
     let mut freed = None;
     if let Some(old) = existing.as_ref().filter(|r| !r.deleted) {
         let old_body = decrypt_body(&sess.key, old).map_err(|e| {
-            Refusal::Refused(format!(
-                "{place} changes record {}, whose copy here cannot be read ({}); it is not applied",
+            Refusal::Hold(format!(
+                "it changes record {}, whose copy here cannot be read ({}); it is not applied",
                 old.id, e.message
             ))
         })?;
@@ -841,12 +1102,239 @@ mod tests {
         swapped[1].index = 2;
         let out = b.apply(swapped, now).unwrap();
         assert_eq!(out.applied, 0);
+        assert!(out.refused[0].contains("swapped"), "{:?}", out.refused);
+        assert!(listing(&b).is_empty());
+    }
+
+    /// A body as someone who knows only the vault's public recipient can
+    /// make it: encrypted to the vault, stamped as asked, with `mac` as
+    /// given (no MAC, or garbage).
+    fn forge(to: &Engine, device: &str, index: u64, clock: u64, v: u32, name: &str) -> Pulled {
+        let body = RecordBody {
+            v,
+            id: "f".repeat(32),
+            name: name.into(),
+            kind: CredentialType::Token,
+            description: None,
+            tags: vec![],
+            fields: [
+                ("token".to_owned(), SecretValue::from("forged")),
+                (
+                    "refresh_command".to_owned(),
+                    SecretValue::from("touch /tmp/pwned"),
+                ),
+            ]
+            .into(),
+            expires_at: None,
+            sync: Some(Stamp {
+                vault: to.meta("vault_id").unwrap().unwrap(),
+                ..Stamp::new(device, index, clock, "add", false)
+            }),
+            mac: (v >= AUTH_VERSION).then(|| "0".repeat(64)),
+        };
+        Pulled {
+            device: device.into(),
+            index,
+            key_id: to.meta("key_id").unwrap().unwrap(),
+            data: to.session().unwrap().key.encrypt(&body.to_bytes()).unwrap(),
+        }
+    }
+
+    fn set_token(e: &mut Engine, name: &str, value: &str) {
+        let fields = [("token".to_owned(), SecretValue::from(value))].into();
+        e.set(name, fields, vec![], None, None, None, Timestamp::now())
+            .unwrap();
+    }
+
+    fn refused_here(e: &Engine) -> Vec<(String, u64, bool)> {
+        e.store()
+            .unwrap()
+            .refused()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.device, r.index, r.held))
+            .collect()
+    }
+
+    #[test]
+    fn forged_and_old_format_entries_are_refused_and_never_stop_valid_ones() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("x", "1")], now).unwrap();
+        let clock = tick(0);
+        // A fake device's log: a v2 body (no MAC), then a v3 body with a
+        // made-up MAC, then one claiming to be a's entry 2.
+        let mut pulled = vec![
+            forge(&b, "e0e0e0e0e0e0e0e0", 1, clock, 2, "x"),
+            forge(&b, "e0e0e0e0e0e0e0e0", 2, clock, 3, "gh"),
+        ];
+        pulled.extend(log_of(&a));
+        pulled.push(forge(&b, &a.device, 2, u64::MAX, 3, "x"));
+        let out = b.apply(pulled, now).unwrap();
+        assert_eq!(out.applied, 1, "{:?}", out.refused);
+        assert_eq!(listing(&b), [("x".to_owned(), "1".to_owned())]);
         assert!(
-            out.refused[0].contains("filed elsewhere"),
+            out.refused[0].contains("without authentication (body v2)"),
+            "{:?}",
+            out.refused
+        );
+        assert!(
+            out.refused[1].contains("fails authentication"),
+            "{:?}",
+            out.refused
+        );
+        assert!(
+            out.refused[2].contains("fails authentication"),
+            "{:?}",
+            out.refused
+        );
+        let mut want = vec![
+            ("e0e0e0e0e0e0e0e0".to_owned(), 1, false),
+            ("e0e0e0e0e0e0e0e0".to_owned(), 2, false),
+            (a.device.clone(), 2, false),
+        ];
+        want.sort();
+        let mut got = refused_here(&b);
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(b.refusals().len(), 3);
+        // a's later entries still arrive after the forged one was skipped.
+        for v in ["2", "3"] {
+            set_token(&mut a, "x", v);
+        }
+        let out = b.apply(log_of(&a), now).unwrap();
+        assert_eq!(out.applied, 1, "{:?}", out.refused);
+        assert_eq!(listing(&b), [("x".to_owned(), "3".to_owned())]);
+        // A repair fetches refused entries again: the real entry 2 (a server
+        // that now sends it) applies and leaves the list; forgeries stay.
+        b.prepare_repair(&[]).unwrap();
+        let out = b.apply(log_of(&a), now).unwrap();
+        assert_eq!(out.applied, 1, "{:?}", out.refused);
+        assert_eq!(refused_here(&b).len(), 2);
+        assert!(refused_here(&b).iter().all(|r| r.0 == "e0e0e0e0e0e0e0e0"));
+        assert_eq!(b.history("x").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_entry_from_another_vault_is_refused() {
+        let (_tmp, mut a, mut b) = pair();
+        let (_tmp2, mut other, _) = pair();
+        let now = Timestamp::now();
+        other.add(vec![token("x", "other")], now).unwrap();
+        a.add(vec![token("y", "mine")], now).unwrap();
+        let mut pulled = log_of(&other);
+        // Filed as if it were a's, with this vault's key id.
+        pulled[0].device = a.device.clone();
+        pulled[0].key_id = b.meta("key_id").unwrap().unwrap();
+        let out = b.apply(pulled, now).unwrap();
+        assert_eq!(out.applied, 0);
+        assert!(
+            out.refused[0].contains("cannot be decrypted"),
             "{:?}",
             out.refused
         );
         assert!(listing(&b).is_empty());
+    }
+
+    #[test]
+    fn a_clock_far_ahead_is_held_and_other_logs_go_on() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("x", "1")], now).unwrap();
+        // b's view of time is an hour behind a's clock.
+        let behind = Timestamp(now.unix() - 3600);
+        let out = b.apply(log_of(&a), behind).unwrap();
+        assert_eq!(out.applied, 0);
+        assert_eq!(out.stopped, [a.device.clone()]);
+        assert!(
+            out.refused[0].contains("clock is 1h0m ahead"),
+            "{:?}",
+            out.refused
+        );
+        assert_eq!(refused_here(&b), [(a.device.clone(), 1, true)]);
+        assert_eq!(b.seen().unwrap().get(&a.device), None);
+        // Once the clocks agree it applies, and is no longer listed.
+        let out = b.apply(log_of(&a), now).unwrap();
+        assert_eq!(out.applied, 1);
+        assert!(refused_here(&b).is_empty());
+        assert_eq!(listing(&b), [("x".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
+    fn a_broken_chain_is_refused() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("x", "1")], now).unwrap();
+        b.apply(log_of(&a), now).unwrap();
+        // A second entry MACed by a member but not chained to a's entry 1
+        // (as a device whose vault.db went back would write it).
+        a.chain = None;
+        set_token(&mut a, "x", "2");
+        let out = b.apply(log_of(&a), now).unwrap();
+        assert_eq!(out.applied, 0);
+        assert!(
+            out.refused[0].contains("does not follow on from entry 1"),
+            "{:?}",
+            out.refused
+        );
+        assert_eq!(listing(&b), [("x".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
+    fn withheld_and_rolled_back_logs_are_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_t, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        a.add(vec![token("x", "1"), token("y", "2")], now).unwrap();
+        // b applies both of a's entries, then writes one: it commits to
+        // having seen a's log through 2.
+        b.apply(log_of(&a), now).unwrap();
+        b.add(vec![token("z", "3")], now).unwrap();
+        // c joins and gets b's entry but only a's first entry.
+        let sealed = std::fs::read(a.paths().identity()).unwrap();
+        std::fs::create_dir(tmp.path().join("c")).unwrap();
+        let mut c = Engine::open(
+            VaultPaths::under_home(&tmp.path().join("c")),
+            Config::default(),
+        )
+        .unwrap();
+        c.join(
+            Joined {
+                key: VaultKey::open(&sealed, "pw").unwrap(),
+                sealed,
+                vault_id: a.meta("vault_id").unwrap().unwrap(),
+                url: "http://127.0.0.1:1".into(),
+                token: SecretValue::from("t"),
+            },
+            now,
+        )
+        .unwrap();
+        let mut pulled: Vec<Pulled> = log_of(&a).into_iter().take(1).collect();
+        pulled.extend(log_of(&b));
+        assert_eq!(c.apply(pulled, now).unwrap().applied, 2);
+        let heads: BTreeMap<String, u64> = [(a.device.clone(), 1), (b.device.clone(), 1)].into();
+        let found = c.check_heads(&heads, &Default::default()).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(&format!("device {}'s log reaching 2", a.device)),
+            "{found:?}"
+        );
+        // verify counts a's entry 2 as missing here.
+        let logs = c.verify_logs(&heads).unwrap();
+        let of_a = logs.iter().find(|l| l.device == a.device).unwrap();
+        assert_eq!(of_a.missing_here, [(2, 2)]);
+        // A server that then forgets a's log entirely went back.
+        let heads: BTreeMap<String, u64> = [(b.device.clone(), 1)].into();
+        let found = c.check_heads(&heads, &Default::default()).unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("ends at 0, before entry 1")),
+            "{found:?}"
+        );
+        // Nothing is said of a log that stopped at a held entry.
+        let skip = [a.device.clone()].into();
+        assert!(c.check_heads(&heads, &skip).unwrap().is_empty());
     }
 
     #[test]
