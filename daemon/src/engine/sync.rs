@@ -1234,6 +1234,31 @@ mod tests {
             out.refused
         );
         assert!(listing(&b).is_empty());
+        // A vault made with the same identity under another id (its key
+        // and MAC key are this vault's): its entries name their vault.
+        let tmp = tempfile::tempdir().unwrap();
+        let sealed = std::fs::read(a.paths().identity()).unwrap();
+        let mut twin = Engine::open(VaultPaths::under_home(tmp.path()), Config::default()).unwrap();
+        twin.join(
+            Joined {
+                key: VaultKey::open(&sealed, "pw").unwrap(),
+                sealed,
+                vault_id: "0".repeat(32),
+                url: "http://127.0.0.1:1".into(),
+                token: SecretValue::from("t"),
+            },
+            now,
+        )
+        .unwrap();
+        twin.add(vec![token("x", "twin")], now).unwrap();
+        let out = b.apply(log_of(&twin), now).unwrap();
+        assert_eq!(out.applied, 0);
+        assert!(
+            out.refused[0].contains("belongs to vault 000"),
+            "{:?}",
+            out.refused
+        );
+        assert!(listing(&b).is_empty());
     }
 
     #[test]
