@@ -551,8 +551,16 @@ impl Engine {
                 return Ok(());
             };
             let mut seen = store.seen()?;
+            let store_claims = store.claims()?;
             let mut tx = store.sync_tx()?;
             let mut stopped = HashSet::new();
+            let mut known = Known {
+                claims: store_claims
+                    .into_iter()
+                    .map(|c| (c.device, c.through))
+                    .collect(),
+                ..Known::default()
+            };
             for e in entries {
                 if e.device == me || stopped.contains(&e.device) {
                     continue;
@@ -573,7 +581,7 @@ impl Engine {
                     out.stopped.push(e.device.clone());
                     continue;
                 }
-                match apply_one(sess, &mut tx, &e, &vault) {
+                match apply_one(sess, &mut tx, &e, &vault, &mut known) {
                     Ok(Some((c, changed))) => {
                         clock = clock.max(c);
                         if let Some((row, body)) = changed
@@ -741,6 +749,15 @@ struct Expected {
     now: Timestamp,
 }
 
+/// What one [`Engine::apply`] batch keeps in memory instead of asking the
+/// database for every entry: each device's chain head, and how far claims
+/// already reach.
+#[derive(Default)]
+struct Known {
+    chains: std::collections::HashMap<String, Option<crate::store::ChainHead>>,
+    claims: std::collections::HashMap<String, u64>,
+}
+
 /// Applies one pulled entry. Returns its clock and, when it became the
 /// head, the new head. Every check runs before anything is written: an
 /// entry is authenticated (body v3, a MAC under the vault's entry key),
@@ -752,6 +769,7 @@ fn apply_one(
     tx: &mut SyncTx<'_>,
     e: &Pulled,
     want: &Expected,
+    known: &mut Known,
 ) -> std::result::Result<Option<(u64, Option<(RecordRow, RecordBody)>)>, Refusal> {
     let forged = || {
         Refusal::Skip(
@@ -813,7 +831,15 @@ fn apply_one(
     }
     // The chain: when the entry before this one was applied here, this one
     // must name its MAC.
-    if let Some(head) = tx.chain(&e.device)?
+    let chain = match known.chains.get(&e.device) {
+        Some(c) => *c,
+        None => {
+            let c = tx.chain(&e.device)?;
+            known.chains.insert(e.device.clone(), c);
+            c
+        }
+    };
+    if let Some(head) = chain
         && head.index + 1 == e.index
         && stamp.prev != hex::encode(head.mac)
     {
@@ -844,7 +870,10 @@ fn apply_one(
         ));
     }
     for (device, through) in &stamp.seen {
-        tx.claim(device, *through, (&e.device, e.index))?;
+        if known.claims.get(device).is_none_or(|c| through > c) {
+            tx.claim(device, *through, (&e.device, e.index))?;
+            known.claims.insert(device.clone(), *through);
+        }
     }
     if stamp.prev.is_empty() {
         // The first authenticated entry of its device: what came before it
@@ -856,6 +885,14 @@ fn apply_one(
         clock: stamp.clock,
         mac,
     };
+    // Written with this entry (the transaction commits or rolls back whole).
+    known.chains.insert(
+        e.device.clone(),
+        Some(crate::store::ChainHead {
+            index: e.index,
+            mac,
+        }),
+    );
     let parents: Vec<(String, u64)> = stamp
         .parents
         .iter()
