@@ -462,18 +462,15 @@ impl Osmo<'_> {
         req: reqwest::RequestBuilder,
         versioned: bool,
     ) -> Result<(u16, Vec<u8>), Fail> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| {
-                // The URL names a credential: never in a message or log.
-                let text = format!("cannot reach {}: {}", self.url, net_error(&e));
-                if e.is_connect() {
-                    Fail::Retry(text)
-                } else {
-                    Fail::Lost(text)
-                }
-            })?;
+        let resp = req.send().await.map_err(|e| {
+            // The URL names a credential: never in a message or log.
+            let text = format!("cannot reach {}: {}", self.url, net_error(&e));
+            if e.is_connect() {
+                Fail::Retry(text)
+            } else {
+                Fail::Lost(text)
+            }
+        })?;
         let status = resp.status().as_u16();
         // A 401 is the gateway's (the JWT), before the platform looked; a
         // 5xx may be a proxy's.
@@ -766,7 +763,9 @@ pub async fn add(
         match osmo.list().await {
             Ok(_) => {}
             Err(f @ Fail::Token(..)) => return Err(fail_wire(name, f)),
-            Err(f) => warn!(remote = %name, error = %f.text(), "cannot list the platform's credentials"),
+            Err(f) => {
+                warn!(remote = %name, error = %f.text(), "cannot list the platform's credentials")
+            }
         }
     }
     // No pass to this remote meanwhile: one under way would record what
@@ -1266,7 +1265,10 @@ mod tests {
              Maintenance tonight.\nBack at 6."
         ));
         assert_eq!(two.token.unwrap().lines().count(), 2);
-        assert_eq!(two.other, vec!["Maintenance tonight.\nBack at 6.".to_owned()]);
+        assert_eq!(
+            two.other,
+            vec!["Maintenance tonight.\nBack at 6.".to_owned()]
+        );
     }
 
     #[test]
@@ -1274,7 +1276,15 @@ mod tests {
         for ok in ["6.4.0", "0.1.0", "10.20.30.abc1"] {
             assert!(is_version(ok), "{ok}");
         }
-        for bad in ["vault/0.1.0", "6.4", "6.4.0.", "6.4.0.a.b", "", "6.x.0", "6.4.0-rc1"] {
+        for bad in [
+            "vault/0.1.0",
+            "6.4",
+            "6.4.0.",
+            "6.4.0.a.b",
+            "",
+            "6.x.0",
+            "6.4.0-rc1",
+        ] {
             assert!(!is_version(bad), "{bad}");
         }
         assert!(token_expired("Access token vault-test has expired."));

@@ -196,8 +196,14 @@ impl Drop for OsmoUser {
         };
         let auth = format!("Bearer {jwt}");
         let listed = std::panic::catch_unwind(|| {
-            http(&self.addr, "GET", "/api/credentials", &[("Authorization", &auth)], "")
-                .json()["credentials"]
+            http(
+                &self.addr,
+                "GET",
+                "/api/credentials",
+                &[("Authorization", &auth)],
+                "",
+            )
+            .json()["credentials"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default()

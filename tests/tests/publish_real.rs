@@ -118,10 +118,7 @@ fn publishes_to_the_real_service_and_hears_of_the_expiry() {
         .code(5)
         .stderr_has("registry.example.com/team");
     // --repair finds nothing to flip.
-    let repaired = vh
-        .vault(["remote", "status", "osmo", "--json"])
-        .ok()
-        .json();
+    let repaired = vh.vault(["remote", "status", "osmo", "--json"]).ok().json();
     assert_eq!(repaired["missing"], json!([]), "{repaired}");
     assert_eq!(user.list(), listed);
 
@@ -152,7 +149,9 @@ fn publishes_to_the_real_service_and_hears_of_the_expiry() {
     // Where the warning shows, once each, with its date; never as
     // unreachable.
     let list = vh.vault(["remote", "list"]);
-    list.ok().stdout_has("token-expiring").never_prints("unreachable");
+    list.ok()
+        .stdout_has("token-expiring")
+        .never_prints("unreachable");
     assert!(!list.stderr.contains(&expiry), "{list}");
     let status = vh.vault(["status"]);
     status.ok();
@@ -188,9 +187,7 @@ fn someone_elses_credential_is_refused_not_replaced() {
         &json!({"registry_credential": {"registry": "quay.io", "username": "u", "auth": secret("theirs")}}),
     );
     let vh = home();
-    add_remote(&vh, &user)
-        .ok()
-        .never_prints("platform warns");
+    add_remote(&vh, &user).ok().never_prints("platform warns");
     add_registry(&vh, "mine", "https://quay.io:443");
     vh.vault(["publish", "mine", "--to", "osmo"])
         .code(1)

@@ -146,7 +146,10 @@ fn check_generic_key(key: &str) -> std::result::Result<(), String> {
 /// sent, so two spellings must not become two credentials.
 fn registry_scope(registry: &str) -> String {
     let s = registry.trim().trim_end_matches('/');
-    let s = s.split_once("://").map_or(s, |(_, rest)| rest).to_ascii_lowercase();
+    let s = s
+        .split_once("://")
+        .map_or(s, |(_, rest)| rest)
+        .to_ascii_lowercase();
     let (host, path) = s.split_once('/').unwrap_or((&s, ""));
     let host = match host {
         "" | "docker.io" | "index.docker.io" => "registry-1.docker.io",
@@ -965,7 +968,10 @@ mod tests {
         assert_eq!(registry_scope(""), "registry-1.docker.io");
         assert_eq!(registry_scope("docker.io"), "registry-1.docker.io");
         assert_eq!(registry_scope("ghcr.io/org"), "ghcr.io/org");
-        assert_eq!(registry_scope("docker.io/library"), "registry-1.docker.io/library");
+        assert_eq!(
+            registry_scope("docker.io/library"),
+            "registry-1.docker.io/library"
+        );
         for same in [
             "registry.example.com/team",
             "registry.example.com:443/team",
