@@ -149,7 +149,9 @@ fn listing(v: &Value) -> Vec<(String, String, String)> {
             let c = c.as_object().unwrap();
             assert_eq!(c.len(), 3, "{c:?}");
             let s = |k: &str| c[k].as_str().unwrap().to_owned();
-            (s("cred_name"), s("cred_type"), s("profile"))
+            // GENERIC: null.
+            let profile = c["profile"].as_str().unwrap_or_default().to_owned();
+            (s("cred_name"), s("cred_type"), profile)
         })
         .collect()
 }
@@ -226,14 +228,14 @@ fn exchange_issues_a_jwt_for_a_known_token_only() {
     r.expect(400);
     assert_eq!(
         r.json(),
-        json!({"message": "Access token has invalid length 15", "error_code": "USER"})
+        json!({"message": "Access token has invalid length 15", "error_code": "USER", "workflow_id": null})
     );
     let r = d.exchange(&"x".repeat(43));
     assert_eq!(
         (r.status, r.json()),
         (
             400,
-            json!({"message": "Access Token is invalid", "error_code": "USER"})
+            json!({"message": "Access Token is invalid", "error_code": "USER", "workflow_id": null})
         )
     );
 
@@ -272,7 +274,7 @@ fn an_expired_token_is_refused_with_400() {
             (r.status, r.json()),
             (
                 400,
-                json!({"message": "Access Token has expired", "error_code": "USER"})
+                json!({"message": "Access Token has expired", "error_code": "USER", "workflow_id": null})
             ),
             "expires {expires}"
         );
@@ -469,14 +471,10 @@ fn schema_errors_are_422() {
     let jwt = d.jwt();
     let reg = |inner: Value| json!({ "registry_credential": inner });
     let cases = [
-        // Unknown top-level key, alone or next to an envelope.
+        // Unknown top-level key.
         (
             json!({"ssh_credential": {"key": "k"}}),
             vec!["ssh_credential"],
-        ),
-        (
-            json!({"registry_credential": {"auth": "a"}, "description": "x"}),
-            vec!["description"],
         ),
         // Unknown inner key.
         (
@@ -491,12 +489,6 @@ fn schema_errors_are_422() {
             json!({"generic_credential": {"credential": {"K": "v"}, "type": "x"}}),
             vec!["generic_credential", "type"],
         ),
-        // Two envelopes, or none.
-        (
-            json!({"registry_credential": {"auth": "a"}, "generic_credential": {"credential": {"K": "v"}}}),
-            vec![],
-        ),
-        (json!({}), vec![]),
         // Missing required fields.
         (
             reg(json!({"registry": "nvcr.io", "username": "u"})),
@@ -551,7 +543,24 @@ fn schema_errors_are_422() {
         assert_422(&r, loc);
     }
     // Schema errors come before the name check.
-    assert_422(&d.set(&jwt, "1bad", &json!({})), &[]);
+    assert_422(
+        &d.set(&jwt, "1bad", &json!({"ssh_credential": {}})),
+        &["ssh_credential"],
+    );
+    // Seen on the platform: one key with a value, or a 400 before the
+    // schema (an unknown key next to an envelope counts).
+    for body in [
+        json!({"registry_credential": {"auth": "a"}, "generic_credential": {"credential": {"K": "v"}}}),
+        json!({}),
+        json!({"registry_credential": {"auth": "a"}, "description": "x"}),
+    ] {
+        assert_error(
+            &d.set(&jwt, "name", &body),
+            400,
+            "USER",
+            "Exactly one of the following must be set",
+        );
+    }
     let r = d.authed(&jwt, "POST", "/api/credentials/name", "{not json");
     r.expect(422);
     assert_eq!(d.list(&jwt), vec![]);
@@ -681,22 +690,27 @@ fn registry_and_data_are_unique_per_scope_and_replace_in_place() {
 }
 
 #[test]
-fn delete_returns_the_rest_and_refuses_a_missing_name() {
+fn delete_returns_what_it_deleted_and_refuses_a_missing_name() {
     let d = start(&["--token", PAT]);
     let jwt = d.jwt();
     let r = d.delete(&jwt, "ghost");
     r.expect(400);
     assert_eq!(
         r.json(),
-        json!({"message": "Credential ghost does not exist", "error_code": "USER"})
+        json!({"message": "Credential ghost does not exits", "error_code": "USER", "workflow_id": null})
     );
     d.set(&jwt, "a", &generic(json!({"K": SECRET}))).expect(200);
     d.set(&jwt, "b", &registry("nvcr.io", SECRET)).expect(200);
-    let r = d.delete(&jwt, "a");
+    let r = d.delete(&jwt, "b");
     r.expect(200);
     assert_eq!(
         listing(&r.json()),
         [("b".to_owned(), "REGISTRY".to_owned(), "nvcr.io".to_owned())]
+    );
+    let r = d.delete(&jwt, "a");
+    assert_eq!(
+        r.expect(200).json(),
+        json!({"credentials": [{"cred_name": "a", "cred_type": "GENERIC", "profile": null}]})
     );
     assert!(!r.text.contains(SECRET));
     d.delete(&jwt, "a").expect(400);
@@ -742,7 +756,7 @@ fn a_rejected_registry_auth_is_a_credential_error() {
     r.expect(400);
     assert_eq!(
         r.json(),
-        json!({"message": "Registry login to nvcr.io failed: unauthorized", "error_code": "CREDENTIAL"})
+        json!({"message": "Registry login to nvcr.io failed: unauthorized", "error_code": "CREDENTIAL", "workflow_id": null})
     );
     let r = d.set(
         &jwt,

@@ -186,11 +186,12 @@ impl Reply {
         }
     }
 
-    /// osmo.md, Errors: `{"message": str, "error_code": ...}`.
+    /// osmo.md, Errors: `{"message": str, "error_code": ..., "workflow_id":
+    /// null}` (the last seen on the platform).
     fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
         Reply::new(
             status,
-            json!({"message": message.into(), "error_code": code}),
+            json!({"message": message.into(), "error_code": code, "workflow_id": null}),
         )
     }
 
@@ -707,6 +708,16 @@ fn random_hex(bytes: usize) -> std::io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A credential's `profile` as listed: `null` for GENERIC (seen on the
+/// platform).
+fn profile_json(c: &Credential) -> Value {
+    if c.cred_type == CredType::Generic {
+        Value::Null
+    } else {
+        Value::from(c.profile.as_str())
+    }
+}
+
 /// `GET /api/credentials`: names, types and profiles sorted by name, never
 /// the values (osmo.md, Credentials).
 fn list(state: &State) -> Value {
@@ -714,22 +725,27 @@ fn list(state: &State) -> Value {
         .credentials
         .iter()
         .map(|(name, c)| {
-            json!({"cred_name": name, "cred_type": c.cred_type.as_str(), "profile": c.profile})
+            json!({"cred_name": name, "cred_type": c.cred_type.as_str(), "profile": profile_json(c)})
         })
         .collect();
     json!({ "credentials": credentials })
 }
 
-/// `DELETE /api/credentials/{name}` → the remaining list; 400 if missing.
+/// `DELETE /api/credentials/{name}` → what was deleted; 400 if missing.
 fn delete_credential(double: &Double, name: &str) -> Reply {
     let mut state = double.lock();
-    if state.credentials.remove(name).is_none() {
-        return Reply::error(400, "USER", format!("Credential {name} does not exist"));
-    }
+    // The platform's message, spelling included.
+    let Some(gone) = state.credentials.remove(name) else {
+        return Reply::error(400, "USER", format!("Credential {name} does not exits"));
+    };
     if let Err(r) = save(double, &state) {
         return r;
     }
-    Reply::new(200, list(&state))
+    // Seen on the platform: the answer lists what was deleted.
+    Reply::new(
+        200,
+        json!({"credentials": [{"cred_name": name, "cred_type": gone.cred_type.as_str(), "profile": profile_json(&gone)}]}),
+    )
 }
 
 /// `POST /api/credentials/{name}` (and the control API's create, without
@@ -964,6 +980,17 @@ fn check_fields(
 /// inner object as sent.
 fn parse_envelope(body: &[u8]) -> Result<(CredType, Value), Reply> {
     let obj = parse_object(body)?;
+    // Seen on the platform: its check that one envelope is set comes
+    // before the schema, counts every key with a value (unknown ones too),
+    // and is a 400.
+    if obj.values().filter(|v| !v.is_null()).count() != 1 {
+        return Err(Reply::error(
+            400,
+            "USER",
+            "Exactly one of the following must be set dict_keys(['registry_credential', \
+             'data_credential', 'generic_credential'])",
+        ));
+    }
     let envelopes = [
         ("registry_credential", CredType::Registry),
         ("data_credential", CredType::Data),
