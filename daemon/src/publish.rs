@@ -86,6 +86,8 @@ struct RemoteState {
     /// [`VERSION_HEADER`]); asked for again at the next exchange when
     /// unknown or outdated.
     client_version: Option<String>,
+    /// The platform's other warnings last seen, logged once each.
+    other_warnings: Vec<String>,
 }
 
 /// One remote's in-memory state.
@@ -417,8 +419,11 @@ impl Osmo<'_> {
         if w.new_client {
             st.client_version = None;
         }
-        for other in &w.other {
-            info!(remote_url = %self.url, warning = %other, "the platform warns");
+        if st.other_warnings != w.other {
+            for other in &w.other {
+                info!(remote_url = %self.url, warning = %other, "the platform warns");
+            }
+            st.other_warnings = w.other;
         }
         st.token_warning = w.token;
     }
@@ -573,7 +578,9 @@ impl Osmo<'_> {
                 .http
                 .request(method.clone(), format!("{}{path}", self.url))
                 .bearer_auth(jwt.expose_secret());
-            let version = self.remote.state().client_version.clone();
+            // Known after the first exchange; asked for again after a
+            // "New client" warning.
+            let version = self.client_version().await;
             if let Some(v) = &version {
                 req = req.header(VERSION_HEADER, v);
             }
