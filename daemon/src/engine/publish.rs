@@ -571,7 +571,9 @@ impl Engine {
         // The registry or endpoint each publication holds on the platform
         // (what it last sent); `open` while it is due and not yet planned.
         let mut held = Vec::new();
-        for (p, head) in &settled {
+        // A GENERIC publication holds no scope: no need to decrypt what it
+        // last sent (a pass would otherwise decrypt every settled one).
+        for (p, head) in settled.iter().filter(|(p, _)| p.cred_type != "GENERIC") {
             self.claim(&mut held, p, head, false)?;
         }
         for (_, p, head) in &due {
