@@ -118,7 +118,17 @@ impl OsmoUser {
             &[("Authorization", &auth)],
             "",
         );
-        r.expect(200);
+        if r.status != 200 {
+            // No user left behind in the service's database.
+            http(
+                &addr,
+                "DELETE",
+                &format!("/api/auth/user/{id}"),
+                &[("Authorization", &auth)],
+                "",
+            );
+            panic!("the service made no access token for {id}: {}", r.text);
+        }
         let token = r.json().as_str().unwrap().to_owned();
         Some(Self {
             url,
