@@ -65,12 +65,15 @@ fn main() -> ExitCode {
 struct Options {
     runs: usize,
     sizes: Vec<usize>,
+    /// Only the publishing figures (`--only-publish`).
+    only_publish: bool,
 }
 
 fn parse_args() -> BenchResult<Options> {
     let mut opts = Options {
         runs: 200,
         sizes: vec![1_000, 10_000, 100_000],
+        only_publish: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -90,9 +93,12 @@ fn parse_args() -> BenchResult<Options> {
                     .map_err(|_| format!("bad --sizes {v}"))?;
                 opts.sizes.sort_unstable();
             }
+            "--only-publish" => opts.only_publish = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000]"
+                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish]\n\
+                     The real OSMO service's row needs VAULT_TEST_OSMO_URL and VAULT_TEST_OSMO_ADMIN_TOKEN_FILE\n\
+                     (bash ../shared/osmo/run.sh); without them it is skipped."
                 );
                 std::process::exit(0);
             }
@@ -114,14 +120,20 @@ fn run() -> BenchResult<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    let vault = BenchVault::new(&bins, tmp.path())?;
-    let mut result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
-    vault.shutdown();
-    if result.is_ok() {
-        result = sync::bench(&bins, tmp.path(), &mut rows);
+    let mut result = Ok(());
+    if !opts.only_publish {
+        let vault = BenchVault::new(&bins, tmp.path())?;
+        result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
+        vault.shutdown();
+        if result.is_ok() {
+            result = sync::bench(&bins, tmp.path(), &mut rows);
+        }
     }
     if result.is_ok() {
         result = publish::bench(&bins, tmp.path(), &mut rows);
+    }
+    if result.is_ok() {
+        result = publish::bench_real(&bins, tmp.path(), &mut rows, &mut notes);
     }
     if let Err(e) = &result {
         notes.push(format!("stopped early: {e}"));

@@ -2,7 +2,9 @@
 //! (`tests/src/bin/osmo-double.rs`) on loopback: [`QUEUED`] credentials
 //! published while the platform is down, then the time from its start until
 //! the last one is on it (the offline queue draining in order); and one
-//! `Publish` request while it is up (check, queue, push, answer).
+//! `Publish` request while it is up (check, queue, push, answer). And one
+//! `Publish` against the real OSMO service (`../shared/osmo/run.sh`, issue
+//! 19), as a user of its own, when the environment names it.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -151,5 +153,96 @@ pub(super) fn bench(bins: &Binaries, tmp: &Path, rows: &mut Vec<Row>) -> BenchRe
         ok: Some(times.median() < Duration::from_millis(50)),
     });
     vault.shutdown();
+    Ok(())
+}
+
+/// `Publish` requests timed against the real service, per type.
+const REAL_REQUESTS: usize = 30;
+
+/// One `vault publish` against the real OSMO service behind its gateway:
+/// REGISTRY (the platform's list is read before the create, to never
+/// replace a credential vault did not publish) and GENERIC. Skipped, with a
+/// note, without `VAULT_TEST_OSMO_URL` and `VAULT_TEST_OSMO_ADMIN_TOKEN_FILE`.
+pub(super) fn bench_real(
+    bins: &Binaries,
+    tmp: &Path,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> BenchResult<()> {
+    let Some(user) =
+        std::panic::catch_unwind(|| vault_e2e::osmo_real::OsmoUser::new("vault-bench", 30))
+            .map_err(|_| "the real OSMO service did not make a user".to_owned())?
+    else {
+        notes.push(
+            "one `vault publish` against the real OSMO service: SKIPPED (bash \
+             ../shared/osmo/run.sh, then VAULT_TEST_OSMO_URL and \
+             VAULT_TEST_OSMO_ADMIN_TOKEN_FILE)"
+                .to_owned(),
+        );
+        return Ok(());
+    };
+    eprintln!(
+        "vault-bench: publishing to the real OSMO service at {}",
+        user.url
+    );
+    let dir = tmp.join("publish-real");
+    std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+    let vault = BenchVault::new(bins, &dir)?;
+    vault.init()?;
+    let mut conn = vault.connect()?;
+    let mut records = Vec::new();
+    for i in 0..REAL_REQUESTS {
+        records.push(one_field(
+            format!("gen-{i:03}"),
+            CredentialType::Generic,
+            "API_KEY",
+            &format!("value-{i}"),
+        ));
+        let mut reg = one_field(
+            format!("reg-{i:03}"),
+            CredentialType::Registry,
+            "auth",
+            &format!("auth-{i}"),
+        );
+        reg.fields.insert(
+            "registry".to_owned(),
+            vault_protocol::SecretValue::from(format!("ghcr.io/bench-{i}").as_str()),
+        );
+        reg.fields.insert(
+            "username".to_owned(),
+            vault_protocol::SecretValue::from("bench"),
+        );
+        records.push(reg);
+    }
+    conn.call(Request::AddMany { records })?;
+    let token = dir.join("osmo-token");
+    write_private(&token, &user.token)?;
+    let token = token.display().to_string();
+    let args = vault_e2e::osmo::remote_add_args(&user.url, &token);
+    vault.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)?;
+    for (kind, prefix) in [("REGISTRY", "reg"), ("GENERIC", "gen")] {
+        let mut times = Vec::with_capacity(REAL_REQUESTS);
+        for i in 0..REAL_REQUESTS {
+            let name = format!("{prefix}-{i:03}");
+            let t = Instant::now();
+            let state = publish(&mut conn, &name)?;
+            times.push(t.elapsed());
+            if state != PublishState::Published {
+                return Err(format!(
+                    "{name} is {state:?} on the real service, not published"
+                ));
+            }
+        }
+        let times = Samples::new(times);
+        rows.push(Row {
+            what: format!("one `vault publish` ({kind}) against the real OSMO service (p50 / p90)"),
+            records: REAL_REQUESTS,
+            result: format!("{} / {}", ms(times.median()), ms(times.pct(90.0))),
+            target: "< 50 ms".to_owned(),
+            ok: Some(times.median() < Duration::from_millis(50)),
+        });
+    }
+    vault.shutdown();
+    drop(user);
     Ok(())
 }

@@ -150,11 +150,13 @@ Field values:
   FIELD         ask for it with a hidden prompt (terminal only)
 
 Types and their fields (* = required):
-  generic   any KEY=VALUE, at least one
+  generic   any KEY=VALUE, at least one; keys of A-Z a-z 0-9 - . _ (exec sets
+            those that are variable names)
   aws       access_key_id*, secret_access_key*, session_token, region, role_arn, mfa_serial
             minted by STS instead: source=NAME (+ role_arn, duration, sts_endpoint,
             session_name, mfa_serial with mfa_command) - keys then not required
-  data      endpoint* (s3:// gs:// azure:// tos://), access_key_id*, access_key*, region
+  data      endpoint* (s3:// gs:// azure:// tos:// swift://), access_key_id*, access_key*,
+            region, override_url, addressing_style
   registry  registry*, username*, auth*
   gcp       json* (key file: json=@key.json), project
   password  username*, password*, url

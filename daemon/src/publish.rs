@@ -51,9 +51,20 @@ const TOKEN_CHECK: Duration = Duration::from_secs(6 * 3600);
 /// How long `vault publish` waits for the first push before answering
 /// "queued".
 const INLINE: Duration = Duration::from_secs(10);
-/// The header OSMO answers with a base64 warning when the client says
-/// which version it is (e.g. the access token expires within 7 days).
+/// The header OSMO answers with base64 warnings (`WARNING: …` lines), and
+/// only when the request says which client version it is.
 const WARNING_HEADER: &str = "x-osmo-warning";
+/// The client version header. OSMO checks an access token's expiry (and
+/// warns within 7 days of it) only on calls that carry it; a value that is
+/// not `major.minor.revision` is answered 500, and one older than the
+/// platform's current client is told to update (or refused, when the
+/// platform sets a minimum). Vault is not OSMO's client, so it sends the
+/// version the platform itself names as current (`GET /client/version`):
+/// then the platform says nothing about versions, and does check the
+/// token. See docs/publish.md.
+const VERSION_HEADER: &str = "x-osmo-client-version";
+/// Longest platform warning kept.
+const WARNING_MAX: usize = 600;
 
 /// A JWT and when to stop using it.
 #[derive(Debug)]
@@ -71,6 +82,12 @@ struct RemoteState {
     token_expired: bool,
     /// The last successful token exchange.
     checked: Option<Instant>,
+    /// The client version the platform names as current (sent as
+    /// [`VERSION_HEADER`]); asked for again at the next exchange when
+    /// unknown or outdated.
+    client_version: Option<String>,
+    /// The platform's other warnings last seen, logged once each.
+    other_warnings: Vec<String>,
 }
 
 /// One remote's in-memory state.
@@ -297,6 +314,81 @@ fn net_error(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether `v` is a version the platform takes:
+/// `major.minor.revision[.hash]` (its own check, else a 500).
+fn is_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (3..=4).contains(&parts.len())
+        && parts[..3].iter().all(|p| digits(p))
+        && parts[3..]
+            .iter()
+            .all(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Whether a refusal says the access token has expired.
+fn token_expired(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("access token") && m.contains("expired")
+}
+
+/// What an `x-osmo-warning` says, sorted: each warning starts with a
+/// `WARNING:` line, and the lines after it (up to the next) belong to it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Warnings {
+    /// The access token's expiry, without the `WARNING:` prefix; several
+    /// keep their line breaks.
+    token: Option<String>,
+    /// "New client … available": about OSMO's own client, never shown.
+    new_client: bool,
+    /// Anything else, for the log.
+    other: Vec<String>,
+}
+
+impl Warnings {
+    fn parse(text: &str) -> Self {
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match groups.last_mut() {
+                Some(g) if !line.starts_with("WARNING:") => g.push(line),
+                _ => groups.push(vec![line]),
+            }
+        }
+        let mut out = Self::default();
+        let mut token = Vec::new();
+        for g in groups {
+            let first = g[0].strip_prefix("WARNING:").unwrap_or(g[0]).trim();
+            let body = std::iter::once(first)
+                .chain(g[1..].iter().copied())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let lower = first.to_ascii_lowercase();
+            if lower.starts_with("new client") {
+                out.new_client = true;
+            } else if lower.contains("access token") && lower.contains("expir") {
+                token.push(body);
+            } else {
+                out.other.push(body);
+            }
+        }
+        if !token.is_empty() {
+            token.dedup();
+            let text: String = token
+                .join("\n")
+                .chars()
+                .filter(|c| *c == '\n' || !c.is_control())
+                .take(WARNING_MAX)
+                .collect();
+            out.token = Some(text);
+        }
+        out
+    }
+}
+
 /// A talk with one platform.
 struct Osmo<'a> {
     http: &'a reqwest::Client,
@@ -306,39 +398,90 @@ struct Osmo<'a> {
 }
 
 impl Osmo<'_> {
-    fn note_warning(&self, resp: &reqwest::Response) {
-        let Some(value) = resp.headers().get(WARNING_HEADER) else {
-            return;
-        };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(value.as_bytes())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok());
-        if let Some(text) = decoded {
-            let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-            self.remote.state().token_warning = Some(text);
+    /// Learns from the warnings of an answer to a call that carried the
+    /// client version and went through to the platform (the gateway's
+    /// user headers set): the token's expiry warning, or that there is
+    /// none (any more). A version warning is never taken for an expiry
+    /// one: it only makes the next exchange ask for the version again.
+    fn note_warnings(&self, resp: &reqwest::Response) {
+        let text = resp
+            .headers()
+            .get(WARNING_HEADER)
+            .and_then(|v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes().trim_ascii())
+                    .ok()
+            })
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let w = Warnings::parse(&text);
+        let mut st = self.remote.state();
+        if w.new_client {
+            st.client_version = None;
         }
+        if st.other_warnings != w.other {
+            for other in &w.other {
+                info!(remote_url = %self.url, warning = %other, "the platform warns");
+            }
+            st.other_warnings = w.other;
+        }
+        st.token_warning = w.token;
+    }
+
+    /// The platform's current client version, asked for when not known
+    /// (no login needed). `None` when it does not say: calls then go
+    /// without the header, and work, but hear nothing of the token's
+    /// expiry.
+    async fn client_version(&self) -> Option<String> {
+        if let Some(v) = self.remote.state().client_version.clone() {
+            return Some(v);
+        }
+        let req = self
+            .http
+            .get(format!("{}/client/version", self.url))
+            .header("accept", "text/plain");
+        let v = match self.send(req).await {
+            Ok((200, body)) => String::from_utf8_lossy(&body).trim().to_owned(),
+            Ok((status, _)) => {
+                warn!(status, "the platform does not say its client version");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if !is_version(&v) {
+            warn!("the platform's client version is not major.minor.revision");
+            return None;
+        }
+        self.remote.state().client_version = Some(v.clone());
+        Some(v)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), Fail> {
-        let resp = req
-            .header(
-                "x-osmo-client-version",
-                format!("vault/{}", vault_protocol::BUILD_VERSION),
-            )
-            .send()
-            .await
-            .map_err(|e| {
-                // The URL names a credential: never in a message or log.
-                let text = format!("cannot reach {}: {}", self.url, net_error(&e));
-                if e.is_connect() {
-                    Fail::Retry(text)
-                } else {
-                    Fail::Lost(text)
-                }
-            })?;
-        self.note_warning(&resp);
+        self.send_noting(req, false).await
+    }
+
+    /// Sends `req`; `versioned` when it carries the client version, so
+    /// its warnings are noted.
+    async fn send_noting(
+        &self,
+        req: reqwest::RequestBuilder,
+        versioned: bool,
+    ) -> Result<(u16, Vec<u8>), Fail> {
+        let resp = req.send().await.map_err(|e| {
+            // The URL names a credential: never in a message or log.
+            let text = format!("cannot reach {}: {}", self.url, net_error(&e));
+            if e.is_connect() {
+                Fail::Retry(text)
+            } else {
+                Fail::Lost(text)
+            }
+        })?;
         let status = resp.status().as_u16();
+        // A 401 is the gateway's (the JWT), before the platform looked; a
+        // 5xx may be a proxy's.
+        if versioned && status != 401 && status < 500 {
+            self.note_warnings(&resp);
+        }
         let body = resp
             .bytes()
             .await
@@ -361,6 +504,9 @@ impl Osmo<'_> {
             token: SecretValue,
             expires_at: i64,
         }
+        // Learnt with each exchange, so a platform that moved on is
+        // followed within one JWT's life.
+        self.client_version().await;
         let body = serde_json::json!({ "token": self.token.expose_secret() }).to_string();
         let sent = Instant::now();
         let (status, bytes) = self
@@ -432,15 +578,35 @@ impl Osmo<'_> {
                 .http
                 .request(method.clone(), format!("{}{path}", self.url))
                 .bearer_auth(jwt.expose_secret());
+            // Known after the first exchange; asked for again after a
+            // "New client" warning.
+            let version = self.client_version().await;
+            if let Some(v) = &version {
+                req = req.header(VERSION_HEADER, v);
+            }
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/json")
                     .body(b.expose_secret().to_owned());
             }
-            let (status, bytes) = self.send(req).await?;
+            let (status, bytes) = self.send_noting(req, version.is_some()).await?;
             match status {
                 200..=299 => return Ok(bytes),
                 401 => stale = Some(jwt),
+                // The platform checks the token's expiry on each call
+                // that carries the client version: "Access token NAME
+                // has expired." Not a refusal of the credential.
+                400 if token_expired(&platform_message(status, &bytes)) => {
+                    return Err(Fail::Token(
+                        format!(
+                            "the platform says the access token has expired ({}): create a new \
+                             one and run 'vault remote add NAME --kind osmo URL --token-file \
+                             FILE --replace'",
+                            platform_message(status, &bytes)
+                        ),
+                        true,
+                    ));
+                }
                 // A 5xx (from a proxy, say) may come after the platform
                 // did it: the outcome is unknown.
                 500.. => {
@@ -598,6 +764,17 @@ pub async fn add(
         Err(Fail::Retry(why)) => Some(why),
         Err(f) => return Err(fail_wire(name, f)),
     };
+    // The exchange never warns of the token's expiry: only calls the
+    // gateway has set the user's headers on do.
+    if offline.is_none() {
+        match osmo.list().await {
+            Ok(_) => {}
+            Err(f @ Fail::Token(..)) => return Err(fail_wire(name, f)),
+            Err(f) => {
+                warn!(remote = %name, error = %f.text(), "cannot list the platform's credentials")
+            }
+        }
+    }
     // No pass to this remote meanwhile: one under way would record what
     // the old URL holds against the new one.
     let pass_lock = d.publisher.remote(name);
@@ -611,8 +788,10 @@ pub async fn add(
     *remote.jwt.lock().await = probe.jwt.lock().await.take();
     {
         let mut st = remote.state();
-        st.token_warning = probe.state().token_warning.clone();
-        st.checked = probe.state().checked;
+        let probed = probe.state();
+        st.token_warning = probed.token_warning.clone();
+        st.checked = probed.checked;
+        st.client_version = probed.client_version.clone();
         st.last_error = offline;
     }
     d.publisher.kick();
@@ -695,7 +874,7 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
     let key = &job.key;
     let name = key.remote_name.as_str();
     let presence = |p: Presence| record(d.engine().publish_presence(key, p));
-    let (revision, body, delete_first, ours, before) = match &job.op {
+    let (revision, body, delete_first, ours, before, profile) = match &job.op {
         JobOp::Delete => {
             osmo.delete(name).await?;
             record(d.engine().publish_deleted(key));
@@ -708,8 +887,32 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
             delete_first,
             ours,
             present,
-        } => (*revision, body, *delete_first, *ours, *present),
+            profile,
+        } => (
+            *revision,
+            body,
+            *delete_first,
+            *ours,
+            *present,
+            profile.as_deref(),
+        ),
     };
+    // The platform keeps one credential per registry scope or endpoint,
+    // and a create for one that another name holds replaces that one (and
+    // renames it). So look first, and never send a create that would
+    // replace a credential this vault did not put there.
+    if let Some(profile) = profile {
+        let listed = osmo.list().await?;
+        let other = listed
+            .iter()
+            .find(|c| c.profile == profile && (c.name != name || !ours));
+        if let Some(other) = other {
+            let text = held_on_platform(d, remote, job, other, profile);
+            warn!(remote = %remote, "a publication would replace a credential on the platform");
+            record(d.engine().publish_refused(key, before, revision, &text));
+            return Ok(());
+        }
+    }
     // Deletes the platform's copy; the name is absent after it, unknown
     // when the answer was lost, and as it was when nothing was sent.
     let delete = |now: Presence| async move {
@@ -773,6 +976,46 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
             Err(f)
         }
     }
+}
+
+/// Why a create was not sent: `other` holds its registry scope or
+/// endpoint on the platform.
+fn held_on_platform(
+    d: &Arc<Daemon>,
+    remote: &str,
+    job: &Job,
+    other: &RemoteCredential,
+    profile: &str,
+) -> String {
+    let what = if profile.contains("://") {
+        "endpoint"
+    } else {
+        "registry"
+    };
+    let (local, holder) = {
+        let e = d.engine();
+        let holder = match e.publication_row(remote, &other.name) {
+            Ok(Some(p)) if p.record_id != job.key.record_id => {
+                Some(e.name_of(&p.record_id).unwrap_or_else(|| "?".into()))
+            }
+            _ => None,
+        };
+        let local = e
+            .name_of(&job.key.record_id)
+            .unwrap_or_else(|| job.key.remote_name.clone());
+        (local, holder)
+    };
+    let whose = match holder {
+        Some(from) => format!("published from {from} by this vault"),
+        None => "not published by this vault".to_owned(),
+    };
+    format!(
+        "not sent: the platform's credential '{}' ({}) holds {what} {profile} ({whose}), and the \
+         platform would replace it with this one. Delete '{}' on the platform ('osmo \
+         credential delete {}') and run 'vault publish --repair --to {remote}', or give {local} \
+         another {what}, or 'vault unpublish {local} --from {remote}'",
+        other.name, other.cred_type, other.name, other.name
+    )
 }
 
 fn record(r: Result<(), WireError>) {
@@ -981,11 +1224,78 @@ async fn check_token(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
         let e = d.engine();
         (Stored::load(d, &e, name)?, e.config().publish_retry)
     };
-    match stored.osmo(&d.publisher.http).jwt(None).await {
-        Ok(_) => Ok(()),
+    let osmo = stored.osmo(&d.publisher.http);
+    // The exchange proves the token works; a call with the user's headers
+    // hears of its expiry.
+    let checked = match osmo.jwt(None).await {
+        Ok(_) => osmo.list().await.map(|_| ()),
+        Err(f) => Err(f),
+    };
+    match checked {
+        Ok(()) => Ok(()),
         Err(f) => {
             d.publisher.failed(name, &f, retry_max);
             Err(fail_wire(name, f))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_client_warning_is_never_a_token_warning() {
+        // As OSMO 6.4 sends them (seen against the service).
+        let nag = "WARNING: New client 6.4.0 available.\nCurrent version: 0.1.0.\nPlease update \
+                   by running the install command in the documentation.";
+        let expiry = "WARNING: Access token t3 is expiring on 2026-12-06 at 12AM UTC.";
+        let w = Warnings::parse(nag);
+        assert_eq!(
+            w,
+            Warnings {
+                token: None,
+                new_client: true,
+                other: vec![]
+            }
+        );
+        let w = Warnings::parse(&format!("{nag}\n{expiry}"));
+        assert!(w.new_client);
+        assert_eq!(
+            w.token.as_deref(),
+            Some("Access token t3 is expiring on 2026-12-06 at 12AM UTC.")
+        );
+        assert_eq!(Warnings::parse(""), Warnings::default());
+        // Line breaks kept between warnings; other warnings apart.
+        let two = Warnings::parse(&format!(
+            "{expiry}\nWARNING: Access token t4 is expiring on 2026-12-07 at 12AM UTC.\nWARNING: \
+             Maintenance tonight.\nBack at 6."
+        ));
+        assert_eq!(two.token.unwrap().lines().count(), 2);
+        assert_eq!(
+            two.other,
+            vec!["Maintenance tonight.\nBack at 6.".to_owned()]
+        );
+    }
+
+    #[test]
+    fn versions_the_platform_takes() {
+        for ok in ["6.4.0", "0.1.0", "10.20.30.abc1"] {
+            assert!(is_version(ok), "{ok}");
+        }
+        for bad in [
+            "vault/0.1.0",
+            "6.4",
+            "6.4.0.",
+            "6.4.0.a.b",
+            "",
+            "6.x.0",
+            "6.4.0-rc1",
+        ] {
+            assert!(!is_version(bad), "{bad}");
+        }
+        assert!(token_expired("Access token vault-test has expired."));
+        assert!(token_expired("Access Token has expired"));
+        assert!(!token_expired("Credential x already exists"));
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use vault_protocol::SecretValue;
-use vault_protocol::credential::{CredentialType, REFRESH_COMMAND, is_env_name};
+use vault_protocol::credential::{CredentialType, REFRESH_COMMAND, is_generic_key};
 use vault_protocol::message::RefreshInfo;
 use vault_protocol::timefmt::Timestamp;
 
@@ -236,7 +236,7 @@ pub fn parse_output(kind: CredentialType, bytes: &[u8]) -> Result<Minted, String
                 .map(|(_, f)| *f)
                 .or_else(|| kind.fields().iter().find(|f| f.name == key).map(|f| f.name))
         } else if kind == CredentialType::Generic {
-            Some(key.as_str()).filter(|k| is_env_name(k))
+            Some(key.as_str()).filter(|k| is_generic_key(k))
         } else {
             kind.fields().iter().find(|f| f.name == key).map(|f| f.name)
         };

@@ -315,6 +315,17 @@ pub fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether `s` is a key a generic credential may hold: what workload
+/// platforms accept, since OSMO turns GENERIC keys into Kubernetes secret
+/// keys: 1-253 characters of `A-Z a-z 0-9 - . _`. Keys that are not
+/// environment variable names (`other.key`) are stored; `vault exec` says
+/// it cannot set them.
+pub fn is_generic_key(s: &str) -> bool {
+    (1..=253).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// Longest description accepted.
 pub const MAX_DESCRIPTION: usize = 1024;
 
@@ -339,9 +350,10 @@ pub fn validate_fields(
         if fields.is_empty() {
             return Err("a generic credential needs at least one KEY=VALUE".into());
         }
-        if let Some(bad) = fields.keys().find(|k| !is_env_name(k)) {
+        if let Some(bad) = fields.keys().find(|k| !is_generic_key(k)) {
             return Err(format!(
-                "'{}' is not a valid environment variable name: use letters, digits and _, not starting with a digit",
+                "'{}' is not a valid key: use 1-253 characters of A-Z a-z 0-9 - . _ (workload \
+                 platforms turn keys into Kubernetes secret keys)",
                 bad.escape_debug()
             ));
         }
@@ -429,10 +441,11 @@ pub fn validate_fields(
         }
         CredentialType::Data => {
             let endpoint = get("endpoint").unwrap_or_default();
-            let schemes = ["s3://", "gs://", "azure://", "tos://"];
+            let schemes = ["s3://", "gs://", "azure://", "tos://", "swift://"];
             if !schemes.iter().any(|s| endpoint.starts_with(s)) {
                 return Err(format!(
-                    "endpoint '{endpoint}' must start with s3://, gs://, azure:// or tos://"
+                    "endpoint '{endpoint}' must start with s3://, gs://, azure://, tos:// or \
+                     swift://"
                 ));
             }
             if let Some(style) = get("addressing_style")
@@ -557,7 +570,27 @@ mod tests {
             .unwrap_err()
             .contains("unknown field 'x'")
         );
-        assert!(validate_fields(CredentialType::Generic, &fields(&[("1BAD", "v")])).is_err());
+        assert!(validate_fields(CredentialType::Generic, &fields(&[("A KEY", "v")])).is_err());
+        assert!(validate_fields(CredentialType::Generic, &fields(&[("a=b", "v")])).is_err());
+        let long = "k".repeat(254);
+        assert!(
+            validate_fields(CredentialType::Generic, &fields(&[(long.as_str(), "v")])).is_err()
+        );
+        // What a platform takes, also when it is no variable name.
+        validate_fields(
+            CredentialType::Generic,
+            &fields(&[("other.key", "v"), ("1st", "v"), ("a-b_c", "v")]),
+        )
+        .unwrap();
+        validate_fields(
+            CredentialType::Data,
+            &fields(&[
+                ("endpoint", "swift://container"),
+                ("access_key_id", "a"),
+                ("access_key", "k"),
+            ]),
+        )
+        .unwrap();
         assert!(validate_fields(CredentialType::Generic, &fields(&[])).is_err());
         let data = fields(&[
             ("endpoint", "http://x"),

@@ -20,6 +20,7 @@
 
 pub mod leak;
 pub mod osmo;
+pub mod osmo_real;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -165,6 +165,14 @@ impl OsmoDouble {
         });
     }
 
+    /// Stops it and starts it again on the same address with `extra`
+    /// arguments added (a platform upgraded).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.resume();
+    }
+
     /// `GET /_double/state`: exchanges, credentials with their values, the
     /// request log.
     pub fn state(&self) -> Value {

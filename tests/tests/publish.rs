@@ -622,3 +622,44 @@ fn the_access_token_nearing_or_past_expiry_is_reported() {
         .stderr_has("expired")
         .stderr_has("--replace");
 }
+
+#[test]
+fn a_new_client_warning_is_never_taken_for_the_token_expiry() {
+    let in_3_days = vault_e2e::osmo::date_in_days(3);
+    let mut double = OsmoDouble::start_on(
+        "127.0.0.1:0",
+        &["--token", &pat(), "--token-expires", &in_3_days],
+    );
+    let vh = home();
+    add_remote(&vh, &double.url(), &pat())
+        .ok()
+        .stderr_has(&in_3_days)
+        .never_prints("New client");
+    // The platform moves on to a newer client: the version vault learnt
+    // is now old, and the next answers say so, next to the expiry.
+    double.restart_with(&["--client-version", "7.0.0"]);
+    let versioned = |state: &Value| {
+        api_log(state)
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p == "/client/version")
+            .count()
+    };
+    for _ in 0..2 {
+        vh.vault(["remote", "status", "osmo"])
+            .ok()
+            .never_prints("New client")
+            .stderr_has(&in_3_days);
+    }
+    // It asked for the current version again after the warning.
+    assert!(versioned(&double.state()) >= 1, "{}", double.state()["log"]);
+    let remote = remote_status(&vh);
+    let warning = remote["token_warning"].as_str().unwrap();
+    assert!(warning.contains(&in_3_days), "{remote}");
+    assert!(!warning.contains("New client"), "{remote}");
+    vh.vault(["status"]).ok().never_prints("New client");
+    // Line breaks kept: the warning is the platform's one line.
+    assert_eq!(
+        warning,
+        format!("Access token vault-test is expiring on {in_3_days} at 12AM UTC.")
+    );
+}

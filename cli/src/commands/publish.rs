@@ -89,10 +89,20 @@ fn add(ctx: &mut Ctx, args: &RemoteAddArgs) -> CliResult<()> {
             r.name
         ));
         if let Some(w) = &r.token_warning {
-            ctx.out.warn(&format!("the platform warns: {w}"));
+            ctx.out.warn(&token_note(w));
         }
     }
     Ok(())
+}
+
+/// The platform's expiry warning, its lines kept (indented under the
+/// first), with what to do.
+fn token_note(w: &str) -> String {
+    format!(
+        "the platform warns: {}\n  (a new token: 'vault remote add NAME --kind osmo URL \
+         --token-file FILE --replace')",
+        w.lines().collect::<Vec<_>>().join("\n  ")
+    )
 }
 
 fn list(ctx: &mut Ctx) -> CliResult<()> {
@@ -129,7 +139,13 @@ fn list(ctx: &mut Ctx) -> CliResult<()> {
     let color = ctx.out.color;
     ctx.out.text(&t.render(color));
     for r in &remotes {
-        for line in remote_notes(r) {
+        // The STATUS column says token-expiring: the platform's text is
+        // for `vault status` and `vault remote status`.
+        let quiet = RemoteInfo {
+            token_warning: None,
+            ..r.clone()
+        };
+        for line in remote_notes(&quiet) {
             ctx.out.warn(&line);
         }
     }
@@ -158,7 +174,7 @@ fn remote_state(r: &RemoteInfo) -> (String, Option<Color>) {
 pub(super) fn remote_notes(r: &RemoteInfo) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(w) = &r.token_warning {
-        out.push(format!("remote {}: the platform warns: {w}", r.name));
+        out.push(format!("remote {}: {}", r.name, token_note(w)));
     }
     if let Some(e) = &r.last_error {
         out.push(format!(

@@ -9,7 +9,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use serde_json::json;
 use vault_protocol::credential::{
-    CredentialType, MAX_DESCRIPTION, is_env_name, refreshes_itself, validate_fields, validate_tag,
+    CredentialType, MAX_DESCRIPTION, is_generic_key, refreshes_itself, validate_fields,
+    validate_tag,
 };
 use vault_protocol::message::{ListFilter, NewRecord, RecordState, RecordSummary, RecordView};
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -518,9 +519,10 @@ fn check_field_names(kind: CredentialType, fields: &[FieldArg]) -> CliResult<()>
         if given.is_empty() {
             return Err(usage("a generic credential needs at least one KEY=VALUE"));
         }
-        if let Some(bad) = given.iter().find(|f| !is_env_name(&f.name)) {
+        if let Some(bad) = given.iter().find(|f| !is_generic_key(&f.name)) {
             return Err(usage(format!(
-                "'{}' is not a valid environment variable name: use letters, digits and _, not starting with a digit",
+                "'{}' is not a valid key: use 1-253 characters of A-Z a-z 0-9 - . _ (workload \
+                 platforms turn keys into Kubernetes secret keys)",
                 bad.name.escape_debug()
             )));
         }
@@ -675,7 +677,10 @@ mod tests {
             err.message
         );
         assert!(check_field_names(CredentialType::Generic, &fields(&[])).is_err());
-        assert!(check_field_names(CredentialType::Generic, &fields(&["1X=v"])).is_err());
+        assert!(check_field_names(CredentialType::Generic, &fields(&["a/b=v"])).is_err());
+        // What a platform takes, also when it is no variable name.
+        assert!(check_field_names(CredentialType::Generic, &fields(&["other.key=v"])).is_ok());
+        assert!(check_field_names(CredentialType::Generic, &fields(&["1X=v"])).is_ok());
         assert!(check_field_names(CredentialType::Generic, &fields(&["API_KEY=-"])).is_ok());
         // expires_at is the record's expiry, not a field.
         assert!(

@@ -219,9 +219,13 @@ fn env_of(
                     continue;
                 }
                 if !is_env_name(key) {
+                    // Keys a platform takes (`other.key`) need not be
+                    // variable names; exec never sets half a credential.
                     return Err(format!(
-                        "'{}' has the key '{key}', which is not a valid environment variable name: rename it",
-                        record.name
+                        "'{}' has the key '{key}', which cannot be an environment variable (use \
+                         letters, digits and _, not starting with a digit): exec does not start \
+                         the command; read it with 'vault get {} --field {key}', or rename the key",
+                        record.name, record.name
                     ));
                 }
                 vars.push(var(key, value));

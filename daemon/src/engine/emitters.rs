@@ -535,7 +535,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    pub(super) fn name_of(&self, record_id: &str) -> Option<String> {
+    pub(crate) fn name_of(&self, record_id: &str) -> Option<String> {
         self.session()
             .ok()?
             .index

@@ -82,6 +82,10 @@ pub enum JobOp {
         ours: bool,
         /// What the platform holds under the name before this job.
         present: Presence,
+        /// The registry scope or endpoint it takes on the platform (which
+        /// keeps one credential per scope or endpoint); `None` for
+        /// GENERIC.
+        profile: Option<String>,
     },
 }
 
@@ -120,13 +124,9 @@ pub fn check_remote_name(name: &str) -> std::result::Result<(), String> {
 }
 
 /// A GENERIC key becomes a Kubernetes secret key: `[-._a-zA-Z0-9]`, at most
-/// 253 characters.
+/// 253 characters (the rule `vault add` keeps too).
 fn check_generic_key(key: &str) -> std::result::Result<(), String> {
-    let ok = (1..=253).contains(&key.len())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
+    if vault_protocol::credential::is_generic_key(key) {
         Ok(())
     } else {
         Err(format!(
@@ -137,18 +137,30 @@ fn check_generic_key(key: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// A registry scope as the platform keys it: no scheme, no trailing `/`,
-/// empty meaning Docker Hub.
+/// A registry scope as the platform keys it (OSMO's own normalisation, seen
+/// in its code and confirmed against the service): no scheme, no trailing
+/// `/`, `docker.io` or empty meaning Docker Hub, and no `:443` (HTTPS's
+/// port) on the host, so `registry.example.com:443/team` is
+/// `registry.example.com/team`. Lower case too: registry hosts are case
+/// blind and image paths lower case, and the platform keeps what it is
+/// sent, so two spellings must not become two credentials.
 fn registry_scope(registry: &str) -> String {
-    let s = registry
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    if s.is_empty() || s == "docker.io" || s == "index.docker.io" {
-        "registry-1.docker.io".to_owned()
+    let s = registry.trim().trim_end_matches('/');
+    let s = s
+        .split_once("://")
+        .map_or(s, |(_, rest)| rest)
+        .to_ascii_lowercase();
+    let (host, path) = s.split_once('/').unwrap_or((&s, ""));
+    let host = match host {
+        "" | "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        h => h,
+    };
+    let host = host.strip_suffix(":443").unwrap_or(host);
+    let path = path.trim_matches('/');
+    if path.is_empty() {
+        host.to_owned()
     } else {
-        s.to_ascii_lowercase()
+        format!("{host}/{path}")
     }
 }
 
@@ -559,7 +571,9 @@ impl Engine {
         // The registry or endpoint each publication holds on the platform
         // (what it last sent); `open` while it is due and not yet planned.
         let mut held = Vec::new();
-        for (p, head) in &settled {
+        // A GENERIC publication holds no scope: no need to decrypt what it
+        // last sent (a pass would otherwise decrypt every settled one).
+        for (p, head) in settled.iter().filter(|(p, _)| p.cred_type != "GENERIC") {
             self.claim(&mut held, p, head, false)?;
         }
         for (_, p, head) in &due {
@@ -660,6 +674,7 @@ impl Engine {
                     delete_first,
                     ours: p.pushed_revision.is_some() || p.present != Presence::Absent,
                     present: p.present,
+                    profile: (env.cred_type != "GENERIC").then(|| env.profile.clone()),
                 },
             });
         }
@@ -956,5 +971,22 @@ mod tests {
         assert_eq!(registry_scope(""), "registry-1.docker.io");
         assert_eq!(registry_scope("docker.io"), "registry-1.docker.io");
         assert_eq!(registry_scope("ghcr.io/org"), "ghcr.io/org");
+        assert_eq!(
+            registry_scope("docker.io/library"),
+            "registry-1.docker.io/library"
+        );
+        for same in [
+            "registry.example.com/team",
+            "registry.example.com:443/team",
+            "https://registry.example.com:443/team/",
+            "Registry.Example.com:443/team",
+        ] {
+            assert_eq!(registry_scope(same), "registry.example.com/team", "{same}");
+        }
+        assert_eq!(registry_scope("localhost:5000"), "localhost:5000");
+        assert_eq!(registry_scope("quay.io:4430"), "quay.io:4430");
+        for ok in ["other.key", "1st", "a-b_c"] {
+            check_generic_key(ok).unwrap();
+        }
     }
 }

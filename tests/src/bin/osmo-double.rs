@@ -9,7 +9,28 @@
 //! ```text
 //! osmo-double --listen 127.0.0.1:PORT [--token PAT]... [--token-expires YYYY-MM-DD]
 //!             [--jwt-ttl SECS] [--exchange-delay-ms MS] [--state FILE]
+//!             [--client-version X.Y.Z]
 //! ```
+//!
+//! Since issue 19 it also keeps what was observed of the real service
+//! (`../shared/osmo/run.sh`, docs/publish.md), and `tests/tests/osmo_contract.rs`
+//! sends the same requests to both and compares the answers:
+//!
+//! - `GET /client/version` (no login): the current client version,
+//!   `--client-version` (default 6.4.0); text with `Accept: text/plain`,
+//!   else `{"major", "minor", "revision", "hash"}`.
+//! - `x-osmo-client-version` that is not `major.minor.revision[.hash]`: 500
+//!   on every call, the exchange included. One older than the current
+//!   client: a "New client" warning (and `x-osmo-service-version`).
+//! - The token's expiry is checked only on calls past the JWT check that
+//!   carry the client version: 400 "Access token NAME has expired.", or a
+//!   "WARNING: Access token NAME is expiring on DATE at 12AM UTC." within
+//!   7 days. Warnings are `WARNING:` lines, base64 in `x-osmo-warning`.
+//! - An unknown or malformed access token is a 400 on the exchange.
+//! - Registry scopes are normalised as the platform does (scheme, trailing
+//!   `/`, `:443`, `docker.io`); one credential per scope or endpoint,
+//!   whatever its type or name: setting one replaces it and renames it.
+//! - GENERIC keys are any strings (the platform does not check them).
 //!
 //! - `--listen`: port 0 picks a free port. The first line on stdout is
 //!   `listening on 127.0.0.1:PORT`; then it serves until killed, logging one
@@ -59,7 +80,9 @@ use tiny_http::{Header, Request, Response, Server};
 
 const USAGE: &str = "usage: osmo-double --listen 127.0.0.1:PORT [--token PAT]... \
                      [--token-expires YYYY-MM-DD] [--jwt-ttl SECS] [--exchange-delay-ms MS] \
-                     [--state FILE]";
+                     [--state FILE] [--client-version X.Y.Z]";
+/// The access token's name, as the platform names it in its messages.
+const TOKEN_NAME: &str = "vault-test";
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -73,6 +96,8 @@ struct Config {
     jwt_ttl_secs: u64,
     exchange_delay: Duration,
     state_file: Option<PathBuf>,
+    /// The platform's current client version.
+    client_version: [u64; 3],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,18 +170,28 @@ struct Double {
 struct Reply {
     status: u16,
     body: Value,
+    /// A text body instead of JSON.
+    text: Option<String>,
+    /// Extra headers (the platform's warnings).
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
     fn new(status: u16, body: Value) -> Reply {
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            text: None,
+            headers: Vec::new(),
+        }
     }
 
-    /// osmo.md, Errors: `{"message": str, "error_code": ...}`.
+    /// osmo.md, Errors: `{"message": str, "error_code": ..., "workflow_id":
+    /// null}` (the last seen on the platform).
     fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
         Reply::new(
             status,
-            json!({"message": message.into(), "error_code": code}),
+            json!({"message": message.into(), "error_code": code, "workflow_id": null}),
         )
     }
 
@@ -239,6 +274,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
         jwt_ttl_secs: 300,
         exchange_delay: Duration::ZERO,
         state_file: None,
+        client_version: [6, 4, 0],
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -262,6 +298,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
                 config.exchange_delay = Duration::from_millis(ms);
             }
             "--state" => config.state_file = Some(PathBuf::from(value()?)),
+            "--client-version" => {
+                let v = value()?;
+                config.client_version =
+                    parse_version(&v).ok_or_else(|| format!("bad --client-version {v:?}"))?;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -341,7 +382,8 @@ fn handle(double: &Double, mut request: Request) {
     let method = request.method().as_str().to_owned();
     let path = request.url().split('?').next().unwrap_or("").to_owned();
     let authorization = header(&request, "Authorization").map(str::to_owned);
-    let client_version = header(&request, "x-osmo-client-version").is_some();
+    let client_version = header(&request, "x-osmo-client-version").map(str::to_owned);
+    let plain = header(&request, "Accept").is_some_and(|a| a.contains("text/plain"));
     let mut body = Vec::new();
     let read = request.as_reader().read_to_end(&mut body);
 
@@ -349,7 +391,16 @@ fn handle(double: &Double, mut request: Request) {
     let reply = match read {
         Err(e) => Reply::message(400, format!("cannot read the body: {e}")),
         Ok(_) if control => control_api(double, &method, &path, &body),
-        Ok(_) => api(double, &method, &path, authorization.as_deref(), &body),
+        Ok(_) if path == "/client/version" => client_version_reply(double, plain),
+        Ok(_) => {
+            let call = Call {
+                method: &method,
+                path: &path,
+                authorization: authorization.as_deref(),
+                version: client_version.as_deref(),
+            };
+            api(double, &call, &body)
+        }
     };
     if !control {
         double
@@ -360,19 +411,21 @@ fn handle(double: &Double, mut request: Request) {
     // Never bodies or tokens: the path holds at most a credential name.
     eprintln!("osmo-double: {method} {path} {}", reply.status);
 
-    let data = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let (data, kind) = match &reply.text {
+        Some(t) => (t.clone().into_bytes(), "text/plain; charset=utf-8"),
+        None => (
+            serde_json::to_vec(&reply.body).unwrap_or_default(),
+            "application/json",
+        ),
+    };
     let mut response = Response::from_data(data).with_status_code(reply.status);
-    if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
+    if let Ok(h) = Header::from_bytes("Content-Type", kind) {
         response = response.with_header(h);
     }
-    // osmo.md, Auth: sending `x-osmo-client-version` may get a base64
-    // `x-osmo-warning` back, e.g. when the token expires within 7 days.
-    if !control
-        && client_version
-        && let Some(warning) = double.expiry_warning()
-        && let Ok(h) = Header::from_bytes("x-osmo-warning", base64_encode(&warning))
-    {
-        response = response.with_header(h);
+    for (k, v) in &reply.headers {
+        if let Ok(h) = Header::from_bytes(*k, v.as_bytes()) {
+            response = response.with_header(h);
+        }
     }
     if let Err(e) = request.respond(response) {
         eprintln!("osmo-double: {method} {path}: cannot answer: {e}");
@@ -398,19 +451,33 @@ impl Double {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The warning text when the tokens expire within 7 days and have not yet.
-    fn expiry_warning(&self) -> Option<String> {
-        let days = self.config.token_expires?;
-        let now = now_ms();
-        let expires_ms = days * MS_PER_DAY;
-        if now >= expires_ms || expires_ms - now > 7 * MS_PER_DAY {
-            return None;
+    /// The platform's check of the token on a call past the JWT check
+    /// that carries the client version: a 400 once expired, a warning
+    /// within 7 days (the platform counts whole days, UTC).
+    fn token_check(&self) -> Result<Option<String>, Reply> {
+        let Some(days) = self.config.token_expires else {
+            return Ok(None);
+        };
+        let today = now_ms().div_euclid(MS_PER_DAY);
+        if days <= today {
+            return Err(Reply::error(
+                400,
+                "USER",
+                format!("Access token {TOKEN_NAME} has expired."),
+            ));
         }
-        let left = days - now.div_euclid(MS_PER_DAY);
-        Some(format!(
-            "Your access token expires on {} (in {left} days): create a new one",
-            format_date(days)
-        ))
+        Ok((days - today <= 7).then(|| {
+            format!(
+                "WARNING: Access token {TOKEN_NAME} is expiring on {} at 12AM UTC.",
+                format_date(days)
+            )
+        }))
+    }
+
+    /// The current client version, as the platform writes it.
+    fn current_version(&self) -> String {
+        let [a, b, c] = self.config.client_version;
+        format!("{a}.{b}.{c}")
     }
 
     /// Takes one injected failure matching the request, if any.
@@ -449,17 +516,98 @@ impl Double {
     }
 }
 
-/// The OSMO API: everything outside `/_double/`.
-fn api(
-    double: &Double,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Reply {
-    if let Some(status) = double.take_failure(method, path) {
+/// `major.minor.revision[.hash]`, as the platform parses a version.
+fn parse_version(v: &str) -> Option<[u64; 3]> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if !(3..=4).contains(&parts.len())
+        || parts[3..]
+            .iter()
+            .any(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return None;
+    }
+    let mut out = [0; 3];
+    for (slot, p) in out.iter_mut().zip(&parts[..3]) {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *slot = p.parse().ok()?;
+    }
+    Some(out)
+}
+
+/// `GET /client/version`: no login, no version check.
+fn client_version_reply(double: &Double, plain: bool) -> Reply {
+    let [a, b, c] = double.config.client_version;
+    let mut r = Reply::new(
+        200,
+        json!({"major": a.to_string(), "minor": b.to_string(), "revision": c.to_string(), "hash": ""}),
+    );
+    if plain {
+        r.text = Some(double.current_version());
+    }
+    r
+}
+
+/// One request to the API, as the handler sees it.
+struct Call<'a> {
+    method: &'a str,
+    path: &'a str,
+    authorization: Option<&'a str>,
+    /// `x-osmo-client-version`.
+    version: Option<&'a str>,
+}
+
+/// The OSMO API: everything outside `/_double/`. The client version is
+/// checked as the platform's middleware does, around the handler.
+fn api(double: &Double, call: &Call<'_>, body: &[u8]) -> Reply {
+    if let Some(status) = double.take_failure(call.method, call.path) {
         return Reply::message(status, "injected failure");
     }
+    // The gateway checks the JWT before the platform sees the call.
+    let authed = call.path != "/api/auth/jwt/access_token";
+    if authed && let Err(r) = double.check_jwt(call.authorization) {
+        return r;
+    }
+    let Some(version) = call.version else {
+        return handle_api(double, call, body);
+    };
+    let Some(parsed) = parse_version(version) else {
+        return Reply::message(
+            500,
+            "Internal server error: Version should be of the format major.minor.revision",
+        );
+    };
+    let mut warnings = Vec::new();
+    if authed {
+        match double.token_check() {
+            Err(r) => return r,
+            Ok(w) => warnings.extend(w),
+        }
+    }
+    let mut reply = handle_api(double, call, body);
+    if parsed < double.config.client_version {
+        let current = double.current_version();
+        warnings.insert(
+            0,
+            format!(
+                "WARNING: New client {current} available.\nCurrent version: {version}.\nPlease \
+                 update by running the install command in the documentation."
+            ),
+        );
+        reply.headers.push(("x-osmo-service-version", current));
+    }
+    if !warnings.is_empty() {
+        reply
+            .headers
+            .push(("x-osmo-warning", base64_encode(&warnings.join("\n"))));
+    }
+    reply
+}
+
+/// The handlers, after the JWT and version checks.
+fn handle_api(double: &Double, call: &Call<'_>, body: &[u8]) -> Reply {
+    let (method, path) = (call.method, call.path);
     if path == "/api/auth/jwt/access_token" {
         return match method {
             "POST" => exchange(double, body),
@@ -469,9 +617,6 @@ fn api(
     if path == "/api/credentials" {
         if method != "GET" {
             return Reply::method_not_allowed();
-        }
-        if let Err(r) = double.check_jwt(authorization) {
-            return r;
         }
         return Reply::new(200, list(&double.lock()));
     }
@@ -484,9 +629,6 @@ fn api(
     };
     if method != "POST" && method != "DELETE" {
         return Reply::method_not_allowed();
-    }
-    if let Err(r) = double.check_jwt(authorization) {
-        return r;
     }
     if method == "POST" {
         set_credential(double, &name, body, true)
@@ -527,8 +669,16 @@ fn exchange(double: &Double, body: &[u8]) -> Reply {
 }
 
 fn issue_jwt(double: &Double, pat: &str) -> Reply {
+    // Seen on the platform: a malformed or unknown token is a 400.
+    if pat.len() != 43 && !double.config.tokens.iter().any(|t| t == pat) {
+        return Reply::error(
+            400,
+            "USER",
+            format!("Access token has invalid length {}", pat.len()),
+        );
+    }
     if !double.config.tokens.iter().any(|t| t == pat) {
-        return Reply::error(401, "USER", "Invalid access token");
+        return Reply::error(400, "USER", "Access Token is invalid");
     }
     // A token stops working at 00:00 UTC of its expiry date.
     let now = now_ms();
@@ -558,6 +708,16 @@ fn random_hex(bytes: usize) -> std::io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A credential's `profile` as listed: `null` for GENERIC (seen on the
+/// platform).
+fn profile_json(c: &Credential) -> Value {
+    if c.cred_type == CredType::Generic {
+        Value::Null
+    } else {
+        Value::from(c.profile.as_str())
+    }
+}
+
 /// `GET /api/credentials`: names, types and profiles sorted by name, never
 /// the values (osmo.md, Credentials).
 fn list(state: &State) -> Value {
@@ -565,22 +725,27 @@ fn list(state: &State) -> Value {
         .credentials
         .iter()
         .map(|(name, c)| {
-            json!({"cred_name": name, "cred_type": c.cred_type.as_str(), "profile": c.profile})
+            json!({"cred_name": name, "cred_type": c.cred_type.as_str(), "profile": profile_json(c)})
         })
         .collect();
     json!({ "credentials": credentials })
 }
 
-/// `DELETE /api/credentials/{name}` → the remaining list; 400 if missing.
+/// `DELETE /api/credentials/{name}` → what was deleted; 400 if missing.
 fn delete_credential(double: &Double, name: &str) -> Reply {
     let mut state = double.lock();
-    if state.credentials.remove(name).is_none() {
-        return Reply::error(400, "USAGE", format!("Credential {name} does not exist"));
-    }
+    // The platform's message, spelling included.
+    let Some(gone) = state.credentials.remove(name) else {
+        return Reply::error(400, "USER", format!("Credential {name} does not exits"));
+    };
     if let Err(r) = save(double, &state) {
         return r;
     }
-    Reply::new(200, list(&state))
+    // Seen on the platform: the answer lists what was deleted.
+    Reply::new(
+        200,
+        json!({"credentials": [{"cred_name": name, "cred_type": gone.cred_type.as_str(), "profile": profile_json(&gone)}]}),
+    )
 }
 
 /// `POST /api/credentials/{name}` (and the control API's create, without
@@ -594,7 +759,7 @@ fn set_credential(double: &Double, name: &str, body: &[u8], login_check: bool) -
     if !valid_name(name) {
         return Reply::error(
             400,
-            "USAGE",
+            "USER",
             format!(
                 "Invalid credential name {name:?}: must match ^[a-zA-Z]([a-zA-Z0-9_-]*[a-zA-Z0-9])?$"
             ),
@@ -602,7 +767,7 @@ fn set_credential(double: &Double, name: &str, body: &[u8], login_check: bool) -
     }
     let profile = match profile_of(cred_type, &inner) {
         Ok(p) => p,
-        Err(message) => return Reply::error(400, "USAGE", message),
+        Err(message) => return Reply::error(400, "USER", message),
     };
     // osmo.md: "The server validates on set: it logs in to the registry".
     if login_check && cred_type == CredType::Registry {
@@ -620,24 +785,36 @@ fn set_credential(double: &Double, name: &str, body: &[u8], login_check: bool) -
         }
     }
     let mut state = double.lock();
-    let duplicate = || Reply::error(400, "USAGE", format!("Credential {name} already exists"));
-    if let Some(existing) = state.credentials.get(name) {
-        // A GENERIC name that exists is a duplicate key (update = delete,
-        // then create). A REGISTRY/DATA name may only be set again with the
-        // same type and scope/endpoint.
-        if cred_type == CredType::Generic
-            || existing.cred_type != cred_type
-            || existing.profile != profile
-        {
+    // As the platform's table keeps them: the name is the key, and the
+    // profile (scope or endpoint, none for GENERIC) is unique too; a set
+    // whose profile is held updates that row, renaming it.
+    let duplicate = || {
+        Reply::error(
+            400,
+            "USER",
+            format!(
+                " duplicate key value violates unique constraint \"credential_pkey\"\nDETAIL:  \
+                 Key (user_name, cred_name)=(vault-user, {name}) already exists.\n"
+            ),
+        )
+    };
+    let holder = (cred_type != CredType::Generic)
+        .then(|| {
+            state
+                .credentials
+                .iter()
+                .find(|(_, c)| c.cred_type != CredType::Generic && c.profile == profile)
+                .map(|(n, _)| n.clone())
+        })
+        .flatten();
+    if holder.is_none() && state.credentials.contains_key(name) {
+        return duplicate();
+    }
+    if let Some(holder) = holder {
+        if holder != name && state.credentials.contains_key(name) {
             return duplicate();
         }
-    }
-    // One REGISTRY per registry scope, one DATA per endpoint: setting one
-    // again replaces it, possibly under a new name.
-    if cred_type != CredType::Generic {
-        state
-            .credentials
-            .retain(|_, c| !(c.cred_type == cred_type && c.profile == profile));
+        state.credentials.remove(&holder);
     }
     state.credentials.insert(
         name.to_owned(),
@@ -665,24 +842,30 @@ fn valid_name(name: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
-/// GENERIC keys become Kubernetes secret keys: `[-._a-zA-Z0-9]+`, ≤ 253.
-fn valid_generic_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 253
-        && key
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-}
-
 /// The profile of a schema-valid inner object, or the 400 message.
 fn profile_of(cred_type: CredType, inner: &Value) -> Result<String, String> {
     let field = |k: &str| inner.get(k).and_then(Value::as_str);
     match cred_type {
         // `registry`: host or host/path scope; empty means registry-1.docker.io.
-        CredType::Registry => Ok(match field("registry") {
-            None | Some("") => "registry-1.docker.io".to_owned(),
-            Some(scope) => scope.to_owned(),
-        }),
+        // Normalised as the platform does (seen in its code): trailing `/`
+        // and a scheme dropped, `docker.io` is Docker Hub, `:443` dropped.
+        CredType::Registry => {
+            let scope = field("registry").unwrap_or_default().trim();
+            let scope = scope.trim_end_matches('/');
+            let rest = scope.split_once("://").map_or(scope, |(_, r)| r);
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = match host {
+                "" | "docker.io" => "registry-1.docker.io",
+                h => h,
+            };
+            let host = host.strip_suffix(":443").unwrap_or(host);
+            let path = path.trim_matches('/');
+            Ok(if path.is_empty() {
+                host.to_owned()
+            } else {
+                format!("{host}/{path}")
+            })
+        }
         // `endpoint`: s3://, gs://, azure://, tos:// or swift://, trailing `/`
         // stripped; http(s) endpoints are refused (use `override_url`).
         CredType::Data => {
@@ -717,12 +900,8 @@ fn profile_of(cred_type: CredType, inner: &Value) -> Result<String, String> {
             if map.is_empty() {
                 return Err("Generic credential must have at least one key".into());
             }
-            if let Some(bad) = map.keys().find(|k| !valid_generic_key(k)) {
-                return Err(format!(
-                    "Invalid key {bad:?}: keys must match [-._a-zA-Z0-9]+ and be at most \
-                     253 characters"
-                ));
-            }
+            // The platform takes any string key (workloads may not: the
+            // vault checks them before it sends).
             Ok(String::new())
         }
     }
@@ -801,6 +980,17 @@ fn check_fields(
 /// inner object as sent.
 fn parse_envelope(body: &[u8]) -> Result<(CredType, Value), Reply> {
     let obj = parse_object(body)?;
+    // Seen on the platform: its check that one envelope is set comes
+    // before the schema, counts every key with a value (unknown ones too),
+    // and is a 400.
+    if obj.values().filter(|v| !v.is_null()).count() != 1 {
+        return Err(Reply::error(
+            400,
+            "USER",
+            "Exactly one of the following must be set dict_keys(['registry_credential', \
+             'data_credential', 'generic_credential'])",
+        ));
+    }
     let envelopes = [
         ("registry_credential", CredType::Registry),
         ("data_credential", CredType::Data),
