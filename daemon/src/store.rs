@@ -489,6 +489,9 @@ impl Store {
             put_head(&tx, row)?;
             put_revision(&tx, row, device, "add", Some(*stamp))?;
         }
+        if let Some(head) = last_head(log) {
+            put_chain(&tx, device, head)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -523,6 +526,9 @@ impl Store {
         row.revision = next_revision(&tx, &row.id)?;
         put_head(&tx, row)?;
         put_revision(&tx, row, device, change, log)?;
+        if let Some(head) = last_head(log.as_slice()) {
+            put_chain(&tx, device, head)?;
+        }
         put_parents(&tx, &row.id, parents)?;
         tx.commit()?;
         Ok(())
@@ -590,7 +596,7 @@ impl Store {
     pub fn seen(&self) -> Result<BTreeMap<String, u64>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT device, last_index FROM sync_seen")?;
+            .prepare_cached("SELECT device, last_index FROM sync_seen")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -883,19 +889,31 @@ fn put_revision(
         log.map(|l| l.index as i64),
         log.map(|l| l.clock as i64),
     ])?;
-    if let Some(l) = log {
-        tx.prepare_cached(
-            "INSERT INTO sync_chain (device, last_index, mac) VALUES (?1, ?2, ?3)
-             ON CONFLICT(device) DO UPDATE SET last_index = excluded.last_index,
-               mac = excluded.mac
-             WHERE excluded.last_index > sync_chain.last_index",
-        )?
-        .execute(params![device, l.index as i64, &l.mac[..]])?;
-        // An entry that is finally applied is no longer refused.
-        tx.prepare_cached("DELETE FROM sync_refused WHERE device = ?1 AND log_index = ?2")?
-            .execute(params![device, l.index as i64])?;
-    }
     Ok(())
+}
+
+/// Moves `device`'s chain head forward to `head` (never back).
+fn put_chain(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    head: ChainHead,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO sync_chain (device, last_index, mac) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device) DO UPDATE SET last_index = excluded.last_index,
+           mac = excluded.mac
+         WHERE excluded.last_index > sync_chain.last_index",
+    )?
+    .execute(params![device, head.index as i64, &head.mac[..]])?;
+    Ok(())
+}
+
+/// The chain head a batch of this device's own entries leaves.
+fn last_head(log: &[LogStamp]) -> Option<ChainHead> {
+    log.iter().max_by_key(|l| l.index).map(|l| ChainHead {
+        index: l.index,
+        mac: l.mac,
+    })
 }
 
 fn read_chain(conn: &Connection, device: &str) -> rusqlite::Result<Option<ChainHead>> {
@@ -1033,6 +1051,19 @@ impl SyncTx<'_> {
     /// The head of `device`'s chain of authenticated entries here.
     pub fn chain(&self, device: &str) -> Result<Option<ChainHead>> {
         Ok(read_chain(&self.tx, device)?)
+    }
+
+    /// Moves `device`'s chain head forward (once per device and batch).
+    pub fn set_chain(&mut self, device: &str, head: ChainHead) -> Result<()> {
+        Ok(put_chain(&self.tx, device, head)?)
+    }
+
+    /// An entry that was refused is applied after all.
+    pub fn unrefuse(&mut self, device: &str, index: u64) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM sync_refused WHERE device = ?1 AND log_index = ?2")?
+            .execute(params![device, index as i64])?;
+        Ok(())
     }
 
     /// Notes that entry `by` claims `device`'s log reaches `through`.

@@ -552,6 +552,11 @@ impl Engine {
             };
             let mut seen = store.seen()?;
             let store_claims = store.claims()?;
+            let refused: HashSet<(String, u64)> = store
+                .refused()?
+                .into_iter()
+                .map(|r| (r.device, r.index))
+                .collect();
             let mut tx = store.sync_tx()?;
             let mut stopped = HashSet::new();
             let mut known = Known {
@@ -559,6 +564,7 @@ impl Engine {
                     .into_iter()
                     .map(|c| (c.device, c.through))
                     .collect(),
+                refused,
                 ..Known::default()
             };
             for e in entries {
@@ -581,8 +587,10 @@ impl Engine {
                     out.stopped.push(e.device.clone());
                     continue;
                 }
+                known.pending = None;
                 match apply_one(sess, &mut tx, &e, &vault, &mut known) {
                     Ok(Some((c, changed))) => {
+                        known.applied(&mut tx, &e.device)?;
                         clock = clock.max(c);
                         if let Some((row, body)) = changed
                             && bound.contains(&row.id)
@@ -626,6 +634,11 @@ impl Engine {
                 seen.insert(e.device.clone(), e.index);
                 tx.set_seen(&e.device, e.index)?;
                 out.applied += 1;
+            }
+            for device in &known.moved {
+                if let Some(Some(head)) = known.chains.get(device) {
+                    tx.set_chain(device, *head)?;
+                }
             }
             tx.commit()
         })();
@@ -755,7 +768,32 @@ struct Expected {
 #[derive(Default)]
 struct Known {
     chains: std::collections::HashMap<String, Option<crate::store::ChainHead>>,
+    /// Devices whose chain head this batch moved (written once at the end).
+    moved: HashSet<String>,
     claims: std::collections::HashMap<String, u64>,
+    /// Entries refused earlier: one that applies now leaves the list.
+    refused: HashSet<(String, u64)>,
+    /// The chain head of the entry being applied, kept once it applies.
+    pending: Option<crate::store::ChainHead>,
+}
+
+impl Known {
+    /// The entry of `device` under way applied: its chain head is known.
+    fn applied(
+        &mut self,
+        tx: &mut SyncTx<'_>,
+        device: &str,
+    ) -> std::result::Result<(), StoreError> {
+        let Some(head) = self.pending.take() else {
+            return Ok(());
+        };
+        self.chains.insert(device.to_owned(), Some(head));
+        self.moved.insert(device.to_owned());
+        if self.refused.remove(&(device.to_owned(), head.index)) {
+            tx.unrefuse(device, head.index)?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies one pulled entry. Returns its clock and, when it became the
@@ -885,14 +923,12 @@ fn apply_one(
         clock: stamp.clock,
         mac,
     };
-    // Written with this entry (the transaction commits or rolls back whole).
-    known.chains.insert(
-        e.device.clone(),
-        Some(crate::store::ChainHead {
-            index: e.index,
-            mac,
-        }),
-    );
+    // Kept by the caller once the entry applies; the chain heads are
+    // written once per batch at its end.
+    known.pending = Some(crate::store::ChainHead {
+        index: e.index,
+        mac,
+    });
     let parents: Vec<(String, u64)> = stamp
         .parents
         .iter()
