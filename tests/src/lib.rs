@@ -230,6 +230,27 @@ impl RemoteServer {
     }
 }
 
+/// Calls `probe` every `every` until `ok` holds for what it returns, and
+/// returns that; panics with `what` and the last value after `timeout`.
+/// Tests wait for a condition this way, never for a fixed time.
+pub fn poll_until<T: fmt::Debug>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = probe();
+        if ok(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {value:?}");
+        std::thread::sleep(every);
+    }
+}
+
 /// A server process on one loopback address, killed on drop; `stop` and
 /// `start` again make an outage on the same address.
 #[derive(Debug)]

@@ -52,18 +52,13 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Polls `vault status`'s first remote until `ok` holds (the daemon records
 /// an answer just after the platform has it); panics after [`WAIT`].
 fn wait_remote(vh: &VaultHome, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let remote = remote_status(vh);
-        if ok(&remote) {
-            return remote;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {what}: {remote}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    vault_e2e::poll_until(
+        WAIT,
+        Duration::from_millis(50),
+        what,
+        || remote_status(vh),
+        ok,
+    )
 }
 
 /// `vault list`'s STATUS of `name`.

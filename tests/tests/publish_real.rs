@@ -46,18 +46,13 @@ fn wait_platform(
     what: &str,
     cond: impl Fn(&[(String, String, String)]) -> bool,
 ) -> Vec<(String, String, String)> {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let listed = user.list();
-        if cond(&listed) {
-            return listed;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {what}: {listed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    vault_e2e::poll_until(
+        WAIT,
+        Duration::from_millis(100),
+        what,
+        || user.list(),
+        |l| cond(l),
+    )
 }
 
 fn add_registry(vh: &VaultHome, name: &str, registry: &str) {
