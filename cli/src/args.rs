@@ -112,6 +112,9 @@ pub enum Command {
     },
     /// List sync conflicts: changes that lost to a concurrent change, kept in history
     Conflicts,
+    /// Approve what a credential changed on another device would run, write or reach on this one
+    #[command(after_help = APPROVE_HELP)]
+    Approve(ApproveArgs),
     /// Add, list, check or remove workload platforms (OSMO) credentials are published to
     Remote {
         #[command(subcommand)]
@@ -255,6 +258,34 @@ pub struct PublishArgs {
     #[arg(long, conflicts_with_all = ["name", "remote_name"])]
     pub repair: bool,
 }
+
+/// `vault unpublish`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The credentials (none: list what waits, approve nothing)
+    pub names: Vec<String>,
+    /// Every credential that waits
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Approve without asking (after reading what it shows)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `vault approve --help` epilogue.
+const APPROVE_HELP: &str = "\
+A field that runs a program (refresh_command, mfa_command), writes a file (a
+file credential's path), names an endpoint (sts_endpoint) or sets a variable
+that makes a child run code (LD_PRELOAD, GIT_SSH_COMMAND, ...) is used on this
+device only with its exact value approved here. What you type on this device is
+approved as you write it; what another device changed arrives by sync and
+waits: using the credential fails (exit 1) until you approve it. Approvals stay
+on this device and are never synced.
+
+Examples:
+  vault approve                 # list what waits
+  vault approve gh              # show what gh would run, then ask
+  vault approve --all --yes     # approve everything listed (scripts)";
 
 /// `vault unpublish`.
 #[derive(Debug, Args)]

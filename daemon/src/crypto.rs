@@ -45,6 +45,8 @@ pub struct VaultKey {
     /// Authenticates sync entries (body v3, issue 18): only the vault's
     /// members can derive it; it is never stored or sent.
     entry_mac: hmac::Key,
+    /// Digests approved values (`approvals` table): local only.
+    approval_mac: hmac::Key,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -71,12 +73,17 @@ impl VaultKey {
             .expand(&[b"sync-entry-auth"], hmac::HMAC_SHA256)
             .expect("HMAC_SHA256 is a valid HKDF output length");
         let entry_mac = hmac::Key::from(okm);
+        let okm = prk
+            .expand(&[b"local-approval"], hmac::HMAC_SHA256)
+            .expect("HMAC_SHA256 is a valid HKDF output length");
+        let approval_mac = hmac::Key::from(okm);
         let recipient = identity.to_public();
         Self {
             identity,
             recipient,
             name_mac,
             entry_mac,
+            approval_mac,
         }
     }
 
@@ -160,6 +167,20 @@ impl VaultKey {
         let tag = hmac::sign(&self.entry_mac, signed);
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// The digest under which an approval of `record_id`'s `field` with
+    /// exactly `value` is stored. Lengths prefix each part, so no two
+    /// triples share their bytes.
+    pub fn approval_digest(&self, record_id: &str, field: &str, value: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.approval_mac);
+        for part in [record_id, field, value] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
         out
     }
 

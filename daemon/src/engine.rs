@@ -23,6 +23,7 @@ use crate::crypto::{KeyError, VaultKey};
 use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
+mod approve;
 mod emitters;
 pub mod publish;
 mod refresh;
@@ -90,6 +91,9 @@ pub struct IndexEntry {
     pub revision: u64,
     /// Has a `refresh_command` (SPEC §10).
     pub refresh: bool,
+    /// Has a field that runs, writes or reaches out: used only once its
+    /// value is approved here ([`approve`]).
+    pub gated: bool,
     /// Lacks a required field (a refreshable record not minted yet).
     pub incomplete: bool,
     /// The head's sync stamp, when it has one.
@@ -175,6 +179,7 @@ impl IndexEntry {
             expires_at: body.expires_at,
             revision: row.revision,
             refresh: refreshes_itself(|f| body.fields.contains_key(f)),
+            gated: approve::has_gated(body),
             incomplete: body
                 .kind
                 .fields()
@@ -395,8 +400,10 @@ impl Engine {
                 ("recipient", &key.recipient()),
                 ("key_id", &key.key_id()),
                 ("created_at", &created),
-                // Made with authenticated entries: nothing to upgrade.
+                // Made with authenticated entries and approvals: nothing
+                // to upgrade.
                 (sync::AUTH_MARK, "1"),
+                (approve::APPROVAL_MARK, "1"),
             ])
             .map_err(store_err)?;
         // The key file is written last: a crash before this leaves a database
@@ -529,6 +536,11 @@ impl Engine {
                 warn!(error = %e, "cannot hand a name over");
             }
         }
+        if let Err(e) = self.seed_approvals(now) {
+            // Nothing is approved then: gated fields wait for `vault
+            // approve`, and the seeding is tried again at the next unlock.
+            warn!(error = %e, "cannot seed approvals");
+        }
     }
 
     /// Forgets the key and index (zeroized on drop).
@@ -590,6 +602,7 @@ impl Engine {
         let mut rows = Vec::with_capacity(records.len());
         let mut entries = Vec::with_capacity(records.len());
         let mut log = Vec::with_capacity(records.len());
+        let mut bodies = Vec::with_capacity(records.len());
         let mut clock = self.clock;
         let device = self.device.clone();
         let mut chain = self.chain;
@@ -639,6 +652,7 @@ impl Engine {
             check_size(&row)?;
             entries.push((body.name.clone(), IndexEntry::from_parts(&row, &body)));
             rows.push(row);
+            bodies.push(body);
         }
         self.store_mut()?
             .insert(&rows, &device, &log)
@@ -651,6 +665,10 @@ impl Engine {
             })?;
         for row in &rows {
             info!(record = %row.id, "added");
+        }
+        // Typed on this device: what it runs or writes is the user's own.
+        for (row, body) in rows.iter().zip(&bodies) {
+            self.approve_fields(&row.id, body, |_| true, now)?;
         }
         self.log_last += log.len() as u64;
         self.clock = clock;
@@ -900,6 +918,7 @@ impl Engine {
                 ));
             }
         }
+        let typed: Vec<String> = fields.keys().cloned().collect();
         body.fields.extend(fields);
         if let Some(d) = description {
             body.description = Some(d).filter(|d| !d.is_empty());
@@ -912,7 +931,12 @@ impl Engine {
         }
         check_meta(body.description.as_deref(), &body.tags)?;
         validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Usage, e))?;
-        self.commit(row, body, name, "set", now)
+        // The values given here are the user's own; the others keep (or
+        // still wait for) their approval.
+        let approved = self.approval_items(&row.id, &body, |f| typed.iter().any(|t| t == f))?;
+        let summary = self.commit(row, body, name, "set", now)?;
+        self.record_approvals(&approved, now)?;
+        Ok(summary)
     }
 
     /// Renames a record.

@@ -382,6 +382,12 @@ impl Daemon {
                     Request::Resolve { names } => names,
                     _ => &[],
                 };
+                // Before anything is refreshed, handed out or written: a
+                // field from another device that runs or writes waits for
+                // `vault approve` (SPEC §11).
+                if !handed_out.is_empty() {
+                    self.engine().check_approved(handed_out)?;
+                }
                 crate::refresh::ensure_fresh(self, handed_out).await;
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
@@ -475,6 +481,12 @@ impl Daemon {
                 .emit_list(now)
                 .map(|emitters| Response::Emitters { emitters }),
             Request::EmitRemove { id } => engine.emit_remove(&id).map(Response::Emitted),
+            Request::Approvals { names } => engine
+                .approvals(&names)
+                .map(|approvals| Response::Approvals { approvals }),
+            Request::Approve { name, revision } => engine
+                .approve(&name, revision, now)
+                .map(|approvals| Response::Approvals { approvals }),
             Request::Conflicts => engine
                 .conflicts()
                 .map(|conflicts| Response::Conflicts { conflicts }),
@@ -686,6 +698,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::SyncNow => "sync_now",
         Request::SyncVerify { .. } => "sync_verify",
         Request::Conflicts => "conflicts",
+        Request::Approvals { .. } => "approvals",
+        Request::Approve { .. } => "approve",
         Request::RemoteAdd { .. } => "remote_add",
         Request::RemoteList => "remote_list",
         Request::RemoteRemove { .. } => "remote_remove",

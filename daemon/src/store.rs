@@ -136,6 +136,20 @@ CREATE TABLE sync_refused (
     PRIMARY KEY (device, log_index)
 );
 "#,
+    // Approvals (SPEC §11): the exact values of fields that run a program,
+    // write a file or name an endpoint, approved on this device. Local
+    // state, never synced. `digest` is an HMAC of record id, field and
+    // value under a key derived from the vault identity, so the table
+    // tells nothing about the values.
+    r#"
+CREATE TABLE approvals (
+    record_id   TEXT NOT NULL,
+    field       TEXT NOT NULL,
+    digest      BLOB NOT NULL,
+    approved_at INTEGER NOT NULL,
+    PRIMARY KEY (record_id, field, digest)
+);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -418,6 +432,42 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `digest` of `record_id`'s `field` is approved here.
+    pub fn approved(&self, record_id: &str, field: &str, digest: &[u8]) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM approvals WHERE record_id = ?1 AND field = ?2 AND digest = ?3",
+                params![record_id, field, digest],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records approvals `(record id, field, digest)`, in one transaction.
+    pub fn approve(&mut self, items: &[(String, String, [u8; 32])], now: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR IGNORE INTO approvals (record_id, field, digest, approved_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (id, field, digest) in items {
+                stmt.execute(params![id, field, &digest[..], now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets every approval (tests of the upgrade's seeding).
+    #[cfg(test)]
+    pub fn clear_approvals(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM approvals", [])?;
         Ok(())
     }
 

@@ -78,6 +78,105 @@ pub fn refreshes_itself(has_field: impl Fn(&str) -> bool) -> bool {
     has_field(REFRESH_COMMAND) || has_field(SOURCE)
 }
 
+/// Environment variables that make a program load or run other code, or
+/// read its settings from a file: a credential that puts one into a
+/// child's environment decides what that child runs. Exact names, then
+/// prefixes. Not a complete list of every program's variables; it covers
+/// the loaders, shells, interpreters and tools a credential's child
+/// usually is (docs/sync.md, "Approvals").
+const CODE_ENV: [&str; 40] = [
+    "PATH",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "IFS",
+    "CDPATH",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "MANPAGER",
+    "BROWSER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "KUBECONFIG",
+    "DOCKER_CONFIG",
+    "AWS_CONFIG_FILE",
+    "CLOUDSDK_CONFIG",
+];
+
+/// Prefixes of [`CODE_ENV`]: the dynamic loaders' variables, bash's
+/// exported functions, and git's (`GIT_SSH_COMMAND`, `GIT_CONFIG_*`,
+/// `GIT_EXEC_PATH`…).
+const CODE_ENV_PREFIXES: [&str; 4] = ["LD_", "DYLD_", "BASH_FUNC_", "GIT_"];
+
+/// Whether setting environment variable `name` in a child can make it run
+/// other code (see [`CODE_ENV`]).
+pub fn is_code_env(name: &str) -> bool {
+    CODE_ENV.contains(&name) || CODE_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The fields of a record that make this machine run a program, write a
+/// file where they say, or talk to an endpoint they name; or that put a
+/// variable into a child's environment that does ([`is_code_env`]). Such
+/// a field is used only with its exact value approved on this device
+/// (SPEC §11; `vault approve`). Returns the field names, in order.
+pub fn gated_fields<'a, V>(
+    kind: CredentialType,
+    fields: &'a BTreeMap<String, V>,
+    value: impl Fn(&'a V) -> &'a str,
+) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(name, v)| match (kind, name.as_str()) {
+            (_, REFRESH_COMMAND) => true,
+            (CredentialType::Aws, "mfa_command" | "sts_endpoint") => true,
+            (CredentialType::File, "path") => true,
+            (CredentialType::File | CredentialType::Token, "env") => is_code_env(value(v)),
+            (CredentialType::Generic, n) => is_code_env(n),
+            _ => false,
+        })
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// What a gated field ([`gated_fields`]) makes this machine do, for the
+/// approval prompt.
+pub fn gated_meaning(kind: CredentialType, field: &str) -> &'static str {
+    match (kind, field) {
+        (_, REFRESH_COMMAND) => "runs this command (sh -c) to refresh the values",
+        (_, "mfa_command") => "runs this command (sh -c) for an MFA code",
+        (_, "sts_endpoint") => "sends the source's signed STS requests to this endpoint",
+        (CredentialType::File, "path") => "vault emit file writes the file here",
+        (_, "env") => {
+            "vault exec puts the value in this variable, which can make the child run code"
+        }
+        _ => "vault exec sets this variable, which can make the child run code",
+    }
+}
+
 /// The `aws` fields that only mean something with a `source`.
 const STS_ONLY: [&str; 4] = ["duration", "sts_endpoint", "session_name", "mfa_command"];
 
@@ -521,6 +620,64 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
             .collect()
+    }
+
+    #[test]
+    fn gated_fields_are_those_that_run_write_or_reach_out() {
+        let gated = |kind, pairs: &[(&str, &str)]| {
+            let f = fields(pairs);
+            gated_fields(kind, &f, |v: &SecretValue| v.expose_secret())
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let aws = [
+            ("access_key_id", "AK"),
+            ("mfa_command", "ykman oath code"),
+            ("mfa_serial", "arn"),
+            ("region", "eu-west-1"),
+            ("sts_endpoint", "https://sts.example"),
+        ];
+        assert_eq!(
+            gated(CredentialType::Aws, &aws),
+            ["mfa_command", "sts_endpoint"]
+        );
+        assert_eq!(
+            gated(CredentialType::File, &[("content", "c"), ("path", "~/.x")]),
+            ["path"]
+        );
+        // A token's variable only when it can make the child run code.
+        let token = |env| gated(CredentialType::Token, &[("env", env), ("token", "t")]);
+        assert!(token("GITHUB_TOKEN").is_empty());
+        assert_eq!(token("LD_PRELOAD"), ["env"]);
+        assert_eq!(token("BASH_ENV"), ["env"]);
+        // Generic keys are variable names.
+        assert_eq!(
+            gated(
+                CredentialType::Generic,
+                &[
+                    ("GIT_SSH_COMMAND", "sh x"),
+                    ("OPENAI_API_KEY", "k"),
+                    ("PATH", "/tmp")
+                ]
+            ),
+            ["GIT_SSH_COMMAND", "PATH"]
+        );
+        // Any type's refresh command; a path is only a file's.
+        assert_eq!(
+            gated(
+                CredentialType::Ssh,
+                &[("private_key", "k"), (REFRESH_COMMAND, "x")]
+            ),
+            [REFRESH_COMMAND]
+        );
+        assert!(
+            gated(
+                CredentialType::Password,
+                &[("url", "https://x"), ("username", "u")]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

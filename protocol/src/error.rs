@@ -36,6 +36,11 @@ pub enum ErrorCode {
     Expired,
     /// The frame could not be read: too large, not JSON, not a request.
     BadFrame,
+    /// The record holds a field from another device that runs a program,
+    /// writes a file or names an endpoint, not approved on this device
+    /// (`vault approve NAME`). Exit code 1, as for older CLIs that read it
+    /// as [`ErrorCode::Unknown`].
+    NotApproved,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -55,6 +60,7 @@ impl ErrorCode {
             | ErrorCode::Failed
             | ErrorCode::NotInitialized
             | ErrorCode::BadFrame
+            | ErrorCode::NotApproved
             | ErrorCode::Unknown => 1,
         }
     }

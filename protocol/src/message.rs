@@ -274,6 +274,24 @@ pub enum Request {
     SyncNow,
     /// Open sync conflicts; answered by [`Response::Conflicts`].
     Conflicts,
+    /// The fields waiting for approval on this device (SPEC §11), of
+    /// `names` or of every record when empty; answered by
+    /// [`Response::Approvals`]. Approves nothing.
+    Approvals {
+        /// The records; empty: all.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+    },
+    /// Approve, on this device, the gated fields of record `name` as they
+    /// are at `revision` (the one [`Request::Approvals`] showed): refused
+    /// with a conflict when the record changed since. Answered by
+    /// [`Response::Approvals`] with what was approved.
+    Approve {
+        /// The record.
+        name: String,
+        /// The revision that was shown.
+        revision: u64,
+    },
     /// Compare this device's copy of every log with the server's; with
     /// `repair`, fetch what is missing here and push again what is missing
     /// there. Answered by [`Response::Verified`].
@@ -373,6 +391,8 @@ impl Request {
             | Request::SyncNow
             | Request::SyncVerify { .. }
             | Request::Conflicts
+            | Request::Approvals { .. }
+            | Request::Approve { .. }
             | Request::RemoteAdd { .. }
             | Request::RemoteList
             | Request::RemoteRemove { .. }
@@ -519,6 +539,11 @@ pub enum Response {
     Conflicts {
         /// The open conflicts.
         conflicts: Vec<ConflictInfo>,
+    },
+    /// Answer to `Approvals` and `Approve`, by name.
+    Approvals {
+        /// The records concerned and their gated fields.
+        approvals: Vec<ApprovalInfo>,
     },
     /// Answer to `RemoteAdd`, `RemoteList`, `RemoteRemove`.
     Remotes {
@@ -697,6 +722,35 @@ pub enum ConflictKind {
     /// Two devices gave one name to different records: this one is listed
     /// under a derived name.
     Name,
+}
+
+/// A record's fields that wait for approval on this device (`vault
+/// approve`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    /// The record as listed.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// The revision the fields are shown at.
+    pub revision: u64,
+    /// The device that wrote that revision, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The fields not approved here yet (for `Approve`: those approved).
+    pub fields: Vec<GatedField>,
+}
+
+/// One field that runs a program, writes a file or names an endpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GatedField {
+    /// The field.
+    pub field: String,
+    /// Its exact value: what would run, be written to or be reached.
+    pub value: SecretValue,
+    /// What this machine does with it.
+    pub meaning: String,
 }
 
 /// One open conflict (`vault conflicts`).

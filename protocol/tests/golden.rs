@@ -327,3 +327,51 @@ fn publish_frames() {
     let expected = r#"{"id":21,"ok":{"kind":"publications","publications":[{"remote":"osmo","remote_name":"ngc","name":"team.ngc","cred_type":"REGISTRY","state":"failed","error":"the platform refused it (400): no"}]}}"#;
     assert_eq!(frame_of(&answer), with_header(expected));
 }
+
+#[test]
+fn approval_frames() {
+    use vault_protocol::message::{ApprovalInfo, GatedField};
+    let all = RequestFrame {
+        id: 30,
+        req: Request::Approvals { names: vec![] },
+    };
+    let expected = r#"{"id":30,"req":{"op":"approvals"}}"#;
+    assert_eq!(frame_of(&all), with_header(expected));
+    let approve = RequestFrame {
+        id: 31,
+        req: Request::Approve {
+            name: "gh".into(),
+            revision: 3,
+        },
+    };
+    let expected = r#"{"id":31,"req":{"op":"approve","name":"gh","revision":3}}"#;
+    assert_eq!(frame_of(&approve), with_header(expected));
+    let answer = ResponseFrame::new(
+        30,
+        Ok(Response::Approvals {
+            approvals: vec![ApprovalInfo {
+                name: "gh".into(),
+                kind: CredentialType::Token,
+                revision: 3,
+                device: Some("d1".into()),
+                fields: vec![GatedField {
+                    field: "refresh_command".into(),
+                    value: SecretValue::from("gh auth token"),
+                    meaning: "runs it".into(),
+                }],
+            }],
+        }),
+    );
+    let expected = r#"{"id":30,"ok":{"kind":"approvals","approvals":[{"name":"gh","type":"token","revision":3,"device":"d1","fields":[{"field":"refresh_command","value":"gh auth token","meaning":"runs it"}]}]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+    let refused = ResponseFrame::new(
+        32,
+        Err(WireError::new(
+            ErrorCode::NotApproved,
+            "run 'vault approve gh'",
+        )),
+    );
+    let expected = r#"{"id":32,"err":{"code":"not_approved","message":"run 'vault approve gh'"}}"#;
+    assert_eq!(frame_of(&refused), with_header(expected));
+    assert_eq!(ErrorCode::NotApproved.exit_code(), 1);
+}

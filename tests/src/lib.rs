@@ -804,6 +804,35 @@ impl VaultHome {
         self.vault(["login", &server.url(), "--token-file", &token[1..]])
     }
 
+    /// A second device of this vault: a new home that logs in to `server`
+    /// and joins with [`PASSPHRASE`] (this device must have synced).
+    pub fn join(&self, server: &RemoteServer) -> VaultHome {
+        let vault_id = self.vault(["status", "--json"]).json()["vault_id"]
+            .as_str()
+            .expect("status names the vault")
+            .to_owned();
+        Self::join_id(server, &vault_id)
+    }
+
+    /// A new home that logs in to `server` and joins the vault `vault_id`
+    /// ([`VaultHome::join`]).
+    pub fn join_id(server: &RemoteServer, vault_id: &str) -> VaultHome {
+        let second = VaultHome::new();
+        second
+            .login(server)
+            .ok()
+            .stderr_has("vault init --join VAULT_ID");
+        second
+            .vault_in(
+                ["init", "--join", vault_id, "--passphrase-stdin"],
+                format!("{PASSPHRASE}\n").as_bytes(),
+            )
+            .ok()
+            .no_panic()
+            .stderr_has("joined vault");
+        second
+    }
+
     /// Writes `config.toml` (0600, its directory 0700), before the daemon
     /// starts.
     pub fn write_config(&self, text: &str) {

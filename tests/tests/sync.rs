@@ -42,19 +42,7 @@ fn vault_id(vh: &VaultHome) -> String {
 
 /// A second device for `first`'s vault: logs in, joins, pulls.
 fn join(first: &VaultHome, server: &RemoteServer) -> VaultHome {
-    let second = VaultHome::new();
-    second
-        .login(server)
-        .ok()
-        .stderr_has("vault init --join VAULT_ID");
-    second
-        .vault_in(
-            ["init", "--join", &vault_id(first), "--passphrase-stdin"],
-            format!("{PASSPHRASE}\n").as_bytes(),
-        )
-        .ok()
-        .stderr_has("joined vault");
-    second
+    first.join(server)
 }
 
 /// The vault database files of a stopped device, to put back later (a

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vault_e2e::{PASSPHRASE, RemoteServer, SERVER_ADMIN_TOKEN, VaultHome, which};
+use vault_e2e::{RemoteServer, SERVER_ADMIN_TOKEN, VaultHome, which};
 
 /// The attacker's tools, or a message saying how to get them.
 fn tools() -> Option<(PathBuf, PathBuf)> {
@@ -212,15 +212,7 @@ impl Scene {
 
     /// A second device of the vault, joined now.
     fn join(&self) -> VaultHome {
-        let b = VaultHome::new();
-        b.login(&self.server).ok();
-        b.vault_in(
-            ["init", "--join", &self.vault_id, "--passphrase-stdin"],
-            format!("{PASSPHRASE}\n").as_bytes(),
-        )
-        .ok()
-        .no_panic();
-        b
+        VaultHome::join_id(&self.server, &self.vault_id)
     }
 
     /// Runs `f` on the server's database while it is stopped.

@@ -65,7 +65,7 @@ impl Verdict {
 #[derive(Debug, Serialize)]
 pub struct Finding {
     /// Which check: `clock`, `runtime-dir`, `permissions`, `socket`,
-    /// `daemon`, `vault`, `emitted`, `refresh`, `helpers`, `remote`.
+    /// `daemon`, `vault`, `emitted`, `refresh`, `approvals`, `helpers`, `remote`.
     pub check: &'static str,
     /// How it came out.
     pub status: Verdict,
@@ -120,6 +120,7 @@ pub fn run(ctx: &mut Ctx) -> CliResult<()> {
     check_vault(ctx, &mut report, status.as_ref());
     check_emitted(ctx, &mut report, status.as_ref());
     check_refresh(&mut report, status.as_ref());
+    check_approvals(ctx, &mut report, status.as_ref());
     check_helpers(&mut report);
     check_remote(&mut report, status.as_ref());
 
@@ -483,6 +484,33 @@ fn check_vault(ctx: &Ctx, report: &mut Report, status: Option<&StatusInfo>) {
             ),
         );
     }
+}
+
+/// Credentials with a field from another device that runs, writes or
+/// reaches out, not approved here (SPEC §11): using them fails until then.
+fn check_approvals(ctx: &mut Ctx, report: &mut Report, status: Option<&StatusInfo>) {
+    if status.is_none_or(|s| !s.initialized || s.locked) {
+        return;
+    }
+    let Ok(Response::Approvals { approvals }) = ctx.call(Request::Approvals { names: vec![] })
+    else {
+        return;
+    };
+    if approvals.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = approvals.iter().map(|a| a.name.as_str()).collect();
+    report.problem(
+        "approvals",
+        Verdict::Warn,
+        format!(
+            "{} credential(s) changed on another device wait for approval on this one: {}",
+            names.len(),
+            names.join(", ")
+        ),
+        "'vault approve NAME' shows what it would run or write and approves it; until then \
+         using it fails",
+    );
 }
 
 fn check_emitted(ctx: &mut Ctx, report: &mut Report, status: Option<&StatusInfo>) {

@@ -114,6 +114,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
             Some(crate::args::SyncAction::Repair) => sync::verify(&mut ctx, true),
         },
         Command::Conflicts => sync::conflicts(&mut ctx),
+        Command::Approve(args) => sync::approve(&mut ctx, &args),
         Command::Remote { action } => publish::remote(&mut ctx, &action),
         Command::Publish(args) => publish::publish(&mut ctx, &args),
         Command::Unpublish(args) => publish::unpublish(&mut ctx, &args),

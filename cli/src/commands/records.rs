@@ -397,7 +397,7 @@ pub fn rm(ctx: &mut Ctx, args: &RmArgs) -> CliResult<()> {
     print_summary(ctx, &summary)
 }
 
-fn confirm(question: &str) -> CliResult<bool> {
+pub(super) fn confirm(question: &str) -> CliResult<bool> {
     eprint!("{question} [y/N] ");
     let _ = io::stderr().flush();
     let mut answer = String::new();

@@ -14,7 +14,7 @@ use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError};
 use zeroize::Zeroizing;
 
 use super::Ctx;
-use crate::args::{LoginArgs, PassphraseArgs};
+use crate::args::{ApproveArgs, LoginArgs, PassphraseArgs};
 use crate::client::Client;
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::input::{self, PassphraseSource};
@@ -285,6 +285,89 @@ pub fn conflicts(ctx: &mut Ctx) -> CliResult<()> {
             ),
         };
         ctx.out.line(&line);
+    }
+    Ok(())
+}
+
+/// `vault approve`: shows exactly what each credential would run, write
+/// or reach, then approves it on this device (asking on a terminal).
+pub fn approve(ctx: &mut Ctx, args: &ApproveArgs) -> CliResult<()> {
+    for name in &args.names {
+        vault_protocol::validate_name(name).map_err(usage)?;
+    }
+    let names = args.names.clone();
+    let waiting = match ctx.call_unlocked(&|| Request::Approvals {
+        names: names.clone(),
+    })? {
+        Response::Approvals { approvals } => approvals,
+        _ => return Err(unexpected("approvals")),
+    };
+    let approving = args.all || !args.names.is_empty();
+    if waiting.is_empty() {
+        if ctx.out.json {
+            return ctx.out.json(&waiting);
+        }
+        ctx.out.info(if args.names.is_empty() {
+            "nothing waits for approval"
+        } else {
+            "nothing of that waits for approval"
+        });
+        return Ok(());
+    }
+    if !(ctx.out.json && (args.yes || !approving)) {
+        for a in &waiting {
+            let from = a.device.as_deref().unwrap_or("another device");
+            eprintln!(
+                "{} ({}, revision {}, written by device {from}):",
+                a.name, a.kind, a.revision
+            );
+            for f in &a.fields {
+                eprintln!("  {}: {}", f.field, f.meaning);
+                for line in f.value.expose_secret().lines() {
+                    eprintln!("    {line}");
+                }
+            }
+        }
+    }
+    if !approving {
+        if ctx.out.json {
+            return ctx.out.json(&waiting);
+        }
+        ctx.out.info(
+            "approve one with 'vault approve NAME', or all of them with 'vault approve --all'",
+        );
+        return Ok(());
+    }
+    if !args.yes {
+        if !io::stdin().is_terminal() {
+            return Err(usage(
+                "nothing was approved: read what is shown above, then approve it with --yes                  (vault only asks on a terminal)",
+            ));
+        }
+        let question = match waiting.len() {
+            1 => format!("Approve {} on this device?", waiting[0].name),
+            n => format!("Approve these {n} credentials on this device?"),
+        };
+        if !super::records::confirm(&question)? {
+            return Err(failed("nothing was approved"));
+        }
+    }
+    let mut approved = Vec::new();
+    for a in &waiting {
+        let (name, revision) = (a.name.clone(), a.revision);
+        match ctx.call_unlocked(&|| Request::Approve {
+            name: name.clone(),
+            revision,
+        })? {
+            Response::Approvals { approvals } => approved.extend(approvals),
+            _ => return Err(unexpected("approve")),
+        }
+    }
+    if ctx.out.json {
+        return ctx.out.json(&approved);
+    }
+    for a in &approved {
+        ctx.out.info(&format!("approved {} on this device", a.name));
     }
     Ok(())
 }

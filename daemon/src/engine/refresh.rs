@@ -34,9 +34,15 @@ impl Engine {
             return None;
         }
         let (row, body) = self.load(name).ok()?;
-        let plan = match body.fields.get(REFRESH_COMMAND) {
-            Some(command) => Plan::Command(command.expose_secret().to_owned()),
-            None => self.sts_plan(&body, now).unwrap_or_else(Plan::Broken),
+        // A command, an MFA command or an endpoint from another device runs
+        // only once approved here.
+        let plan = match (
+            self.refresh_blocked(&row, &body),
+            body.fields.get(REFRESH_COMMAND),
+        ) {
+            (Some(why), _) => Plan::Broken(why),
+            (None, Some(command)) => Plan::Command(command.expose_secret().to_owned()),
+            (None, None) => self.sts_plan(&body, now).unwrap_or_else(Plan::Broken),
         };
         Some(Job {
             id: row.id,
@@ -147,6 +153,7 @@ impl Engine {
         if body.kind == CredentialType::Aws && !minted.fields.contains_key("session_token") {
             body.fields.remove("session_token");
         }
+        let minted_names: Vec<String> = minted.fields.keys().cloned().collect();
         body.fields.extend(minted.fields);
         body.expires_at = minted.expires_at;
         // Checked as if it had no refresh command: every required field set.
@@ -163,6 +170,11 @@ impl Engine {
         if let Some(command) = command {
             body.fields.insert(REFRESH_COMMAND.to_owned(), command);
         }
-        self.commit(row, body, &job.name, "refresh", now)
+        // What an approved refresh wrote is as trusted as the refresh.
+        let approved =
+            self.approval_items(&row.id, &body, |f| minted_names.iter().any(|m| m == f))?;
+        let summary = self.commit(row, body, &job.name, "refresh", now)?;
+        self.record_approvals(&approved, now)?;
+        Ok(summary)
     }
 }

