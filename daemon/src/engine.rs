@@ -562,6 +562,11 @@ impl Engine {
         }
     }
 
+    /// When the vault locks for idleness, while unlocked.
+    pub fn idle_deadline(&self) -> Option<Timestamp> {
+        self.session.as_ref().map(|s| s.idle_deadline)
+    }
+
     /// Extends the idle deadline (never past the hard one).
     pub fn touch(&mut self, now: Timestamp) {
         if let Some(s) = &mut self.session {

@@ -288,7 +288,20 @@ impl Daemon {
         }
     }
 
+    /// Answers one request. The idle timer is applied here and nowhere
+    /// else: a request that [`Request::extends_idle`] extends it once it is
+    /// handled, whether it succeeded or not (a failed `get` is still the
+    /// user at work; docs/decisions.md).
     async fn handle(self: &Arc<Self>, req: Request, conn: u64) -> Result<Response, WireError> {
+        let extends = req.extends_idle();
+        let result = self.route(req, conn).await;
+        if extends {
+            self.engine().touch(Timestamp::now());
+        }
+        result
+    }
+
+    async fn route(self: &Arc<Self>, req: Request, conn: u64) -> Result<Response, WireError> {
         match req {
             Request::Hello { .. } => {
                 Err(WireError::new(ErrorCode::Usage, "hello was already sent"))
@@ -311,11 +324,7 @@ impl Daemon {
                 self.request_shutdown();
                 Ok(Response::Done)
             }
-            Request::Login { url, token } => {
-                let r = crate::sync::login(self, &url, token).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
+            Request::Login { url, token } => crate::sync::login(self, &url, token).await,
             Request::Join {
                 vault_id,
                 passphrase,
@@ -324,53 +333,27 @@ impl Daemon {
                 self.bump();
                 r
             }
-            Request::SyncVerify { repair } => {
-                let r = crate::sync::verify(self, repair).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
-            Request::SyncNow => {
-                let r = crate::sync::sync_now(self).await.map(Response::Synced);
-                self.engine().touch(Timestamp::now());
-                r
-            }
+            Request::SyncVerify { repair } => crate::sync::verify(self, repair).await,
+            Request::SyncNow => crate::sync::sync_now(self).await.map(Response::Synced),
             Request::RemoteAdd {
                 name,
                 kind,
                 url,
                 token,
                 replace,
-            } => {
-                let r = crate::publish::add(self, &name, kind, &url, token, replace).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
+            } => crate::publish::add(self, &name, kind, &url, token, replace).await,
             Request::RemoteRemove { name, force } => {
                 crate::publish::remove(self, &name, force).await
             }
-            Request::RemoteStatus { name } => {
-                let r = crate::publish::status(self, &name, false).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
+            Request::RemoteStatus { name } => crate::publish::status(self, &name, false).await,
             Request::Publish {
                 name,
                 remote,
                 remote_name,
-            } => {
-                let r = crate::publish::publish(self, &name, &remote, remote_name.as_deref()).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
-            Request::PublishRepair { remote } => {
-                let r = crate::publish::status(self, &remote, true).await;
-                self.engine().touch(Timestamp::now());
-                r
-            }
+            } => crate::publish::publish(self, &name, &remote, remote_name.as_deref()).await,
+            Request::PublishRepair { remote } => crate::publish::status(self, &remote, true).await,
             Request::Unpublish { name, remote } => {
-                let r = crate::publish::unpublish(self, &name, remote.as_deref()).await;
-                self.engine().touch(Timestamp::now());
-                r
+                crate::publish::unpublish(self, &name, remote.as_deref()).await
             }
             other => {
                 // Whatever hands out values gets them fresh (SPEC §10).
@@ -404,7 +387,6 @@ impl Daemon {
         let now = Timestamp::now();
         let mut engine = self.engine();
         engine.check_deadlines(now);
-        let extends = req.extends_idle();
         let log_before = engine.log_last();
         let result = match req {
             Request::Init { passphrase } => {
@@ -498,9 +480,6 @@ impl Daemon {
                 "request routed to the wrong handler",
             )),
         };
-        if extends && result.is_ok() {
-            engine.touch(now);
-        }
         if engine.log_last() != log_before {
             self.syncer.kick();
             self.publisher.kick();
@@ -787,4 +766,133 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     syncing.abort();
     publishing.abort();
     info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use vault_protocol::paths::VaultPaths;
+
+    /// One request of every kind, as a client sends it. Those that reach
+    /// the network point at a closed port; names that do not exist fail.
+    /// `Lock` and `Shutdown` come last: they end the session.
+    const EVERY_REQUEST: [&str; 38] = [
+        r#"{"op":"hello","protocol":1,"build":"x"}"#,
+        r#"{"op":"status"}"#,
+        r#"{"op":"init","passphrase":"pw"}"#,
+        r#"{"op":"unlock","passphrase":"wrong"}"#,
+        r#"{"op":"prompt_lease"}"#,
+        r#"{"op":"wait_unlocked","timeout_ms":10}"#,
+        r#"{"op":"add","record":{"name":"a","type":"token","fields":{"token":"t"}}}"#,
+        r#"{"op":"add_many","records":[{"name":"b","type":"token","fields":{"token":"t"}}]}"#,
+        r#"{"op":"set","name":"a","fields":{"token":"u"}}"#,
+        r#"{"op":"get","name":"a"}"#,
+        r#"{"op":"list"}"#,
+        r#"{"op":"resolve","names":["a"]}"#,
+        r#"{"op":"rename","from":"b","to":"c"}"#,
+        r#"{"op":"history","name":"a"}"#,
+        r#"{"op":"restore","name":"a","revision":1}"#,
+        r#"{"op":"remove","name":"c"}"#,
+        r#"{"op":"emit_aws","name":"none","profile":"p","path":"/nonexistent/c"}"#,
+        r#"{"op":"emit_list"}"#,
+        r#"{"op":"emit_file","name":"none","kind":"file"}"#,
+        r#"{"op":"emit_repair"}"#,
+        r#"{"op":"emit_docker","name":"none","path":"/nonexistent/c.json"}"#,
+        r#"{"op":"emit_remove","id":"none"}"#,
+        r#"{"op":"login","url":"http://127.0.0.1:1","token":"t"}"#,
+        r#"{"op":"join","vault_id":"v","passphrase":"pw"}"#,
+        r#"{"op":"sync_now"}"#,
+        r#"{"op":"sync_verify"}"#,
+        r#"{"op":"conflicts"}"#,
+        r#"{"op":"approvals"}"#,
+        r#"{"op":"approve","name":"a","revision":1}"#,
+        r#"{"op":"remote_add","name":"r","kind":"osmo","url":"http://127.0.0.1:1","token":"t"}"#,
+        r#"{"op":"remote_list"}"#,
+        r#"{"op":"remote_remove","name":"r"}"#,
+        r#"{"op":"remote_status","name":"r"}"#,
+        r#"{"op":"publish","name":"a","remote":"r"}"#,
+        r#"{"op":"publish_repair","remote":"r"}"#,
+        r#"{"op":"unpublish","name":"a"}"#,
+        r#"{"op":"lock"}"#,
+        r#"{"op":"shutdown"}"#,
+    ];
+
+    /// Every variant, numbered: a new request kind does not compile here
+    /// until it is added to [`EVERY_REQUEST`].
+    fn kind(req: &Request) -> usize {
+        match req {
+            Request::Hello { .. } => 0,
+            Request::Status => 1,
+            Request::Init { .. } => 2,
+            Request::Unlock { .. } => 3,
+            Request::PromptLease => 4,
+            Request::WaitUnlocked { .. } => 5,
+            Request::Add { .. } => 6,
+            Request::AddMany { .. } => 7,
+            Request::Set { .. } => 8,
+            Request::Get { .. } => 9,
+            Request::List { .. } => 10,
+            Request::Resolve { .. } => 11,
+            Request::Rename { .. } => 12,
+            Request::History { .. } => 13,
+            Request::Restore { .. } => 14,
+            Request::Remove { .. } => 15,
+            Request::EmitAws { .. } => 16,
+            Request::EmitList => 17,
+            Request::EmitFile { .. } => 18,
+            Request::EmitRepair => 19,
+            Request::EmitDocker { .. } => 20,
+            Request::EmitRemove { .. } => 21,
+            Request::Login { .. } => 22,
+            Request::Join { .. } => 23,
+            Request::SyncNow => 24,
+            Request::SyncVerify { .. } => 25,
+            Request::Conflicts => 26,
+            Request::Approvals { .. } => 27,
+            Request::Approve { .. } => 28,
+            Request::RemoteAdd { .. } => 29,
+            Request::RemoteList => 30,
+            Request::RemoteRemove { .. } => 31,
+            Request::RemoteStatus { .. } => 32,
+            Request::Publish { .. } => 33,
+            Request::PublishRepair { .. } => 34,
+            Request::Unpublish { .. } => 35,
+            Request::Lock => 36,
+            Request::Shutdown => 37,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_kind_extends_the_idle_timer_exactly_as_declared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut engine =
+            Engine::open(VaultPaths::under_home(tmp.path()), Config::default()).unwrap();
+        engine
+            .init(&vault_protocol::SecretValue::from("pw"), Timestamp::now())
+            .unwrap();
+        let daemon = Daemon::new(engine, "test.sock".into());
+        for (i, json) in EVERY_REQUEST.iter().enumerate() {
+            let req: Request = serde_json::from_str(json).unwrap();
+            assert_eq!(kind(&req), i, "{json} is out of place");
+            let declared = req.extends_idle();
+            // Half a minute spent: an extension moves the deadline later.
+            let before = {
+                let mut e = daemon.engine();
+                let now = Timestamp::now();
+                e.touch(Timestamp(now.unix() - 30));
+                e.idle_deadline()
+            };
+            let outcome = daemon.handle(req, 1).await.map(|_| ()).map_err(|e| e.code);
+            let after = daemon.engine().idle_deadline();
+            let extended = match (before, after) {
+                (Some(b), Some(a)) => a > b,
+                _ => false,
+            };
+            assert_eq!(
+                extended, declared,
+                "{json} ({outcome:?}) must extend the idle timer iff extends_idle() says so"
+            );
+        }
+    }
 }
