@@ -54,41 +54,26 @@ pub fn check_private_if_exists(path: &Path) -> Result<(), UnsafePath> {
 /// Verifies that `path` is a real (non-symlink) directory or file, owned by
 /// the current user, with no group/other permission bits.
 pub fn check_private(path: &Path, want_dir: bool) -> Result<(), UnsafePath> {
+    use vault_protocol::private::{self, Found, NotPrivate, Want};
     let meta = fs::symlink_metadata(path)
         .map_err(|e| UnsafePath(format!("cannot inspect {}: {e}", path.display())))?;
     let p = path.display();
-    if meta.file_type().is_symlink() {
-        return Err(UnsafePath(format!(
-            "{p} is a symlink; vaultd does not follow symlinks for its own files. \
-             Replace it with the real {} (e.g. mv the target there)",
-            if want_dir { "directory" } else { "file" }
-        )));
-    }
-    if want_dir && !meta.is_dir() {
-        return Err(UnsafePath(format!("{p} is not a directory: move it aside")));
-    }
-    if !want_dir && !meta.is_file() {
-        return Err(UnsafePath(format!(
-            "{p} is not a regular file: move it aside"
-        )));
-    }
-    if meta.uid() != euid() {
-        return Err(UnsafePath(format!(
-            "{p} is owned by uid {}, not by you (uid {}): a vault must belong to the user \
-             running vaultd. Fix with: chown {} {p}",
-            meta.uid(),
-            euid(),
-            euid()
-        )));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        let want = if want_dir { "700" } else { "600" };
-        return Err(UnsafePath(format!(
-            "{p} is accessible to other users (mode {mode:03o}). Fix with: chmod {want} {p}"
-        )));
-    }
-    Ok(())
+    let want = if want_dir { Want::Dir } else { Want::File };
+    let Err(wrong) = private::check(Found::of(&meta), want, euid()) else {
+        return Ok(());
+    };
+    let fix = match wrong {
+        NotPrivate::Symlink(w) => format!(
+            "Replace it with the real {} (e.g. mv the target there)",
+            w.noun()
+        ),
+        NotPrivate::NotA(_) => "Move it aside".to_owned(),
+        NotPrivate::Owner { me, .. } => {
+            format!("A vault must belong to the user running vaultd. Fix with: chown {me} {p}")
+        }
+        NotPrivate::Open { want, .. } => format!("Fix with: chmod {} {p}", want.mode()),
+    };
+    Err(UnsafePath(format!("{p} {wrong}. {fix}")))
 }
 
 /// Opens (creating if missing) a private file for appending or writing:

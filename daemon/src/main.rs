@@ -71,7 +71,6 @@ fn take_inherited_socket() -> Result<Option<Inherited>, Fatal> {
 /// vault's socket path (else `vault` would never find it), owned by us, 0600
 /// or tighter, in a directory that is ours and 0700.
 fn check_inherited(inherited: &Inherited, paths: &VaultPaths) -> Result<(), Fatal> {
-    use std::os::unix::fs::MetadataExt;
     let addr = inherited.0.local_addr()?;
     let Some(path) = addr.as_pathname() else {
         return Err(Fatal(
@@ -96,15 +95,14 @@ fn check_inherited(inherited: &Inherited, paths: &VaultPaths) -> Result<(), Fata
     // socket's parent), and the path is this vault's socket.
     let meta = std::fs::symlink_metadata(path)?;
     let euid = rustix::process::geteuid().as_raw();
-    if meta.uid() != euid || meta.mode() & 0o077 != 0 {
+    use vault_protocol::private::{self, Found, Want};
+    if let Err(wrong) = private::check(Found::of(&meta), Want::Socket, euid) {
         return Err(Fatal(
             1,
             format!(
-                "the inherited socket {} is owned by uid {} with mode {:03o}; it must be yours \
-                 and 0600: set SocketMode=0600 in vaultd.socket",
+                "the inherited socket {} {wrong}; it must be yours and 0600: set \
+                 SocketMode=0600 in vaultd.socket",
                 path.display(),
-                meta.uid(),
-                meta.mode() & 0o777
             ),
         ));
     }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod paths;
+pub mod private;
 pub mod secret;
 pub mod server_api;
 pub mod timefmt;

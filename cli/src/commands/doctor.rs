@@ -10,12 +10,13 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use vault_protocol::message::{EmitterInfo, StatusInfo};
+use vault_protocol::private::{self, Found, NotPrivate, Want};
 use vault_protocol::{BUILD_VERSION, ErrorCode, Request, Response};
 
 use super::Ctx;
@@ -276,40 +277,18 @@ fn private_problem(path: &Path, want_dir: bool) -> Option<(String, String)> {
         }
     };
     let p = path.display();
-    let what = if want_dir { "directory" } else { "file" };
-    if meta.file_type().is_symlink() {
-        return Some((
-            format!("{p} is a symlink; vaultd does not follow symlinks for its own files"),
-            format!(
-                "replace the link with the real {what}: f=$(readlink -f {p}) && rm {p} && mv \"$f\" {p}"
-            ),
-        ));
-    }
-    if want_dir != meta.is_dir() || (!want_dir && !meta.is_file()) {
-        return Some((
-            format!("{p} is not a {what}"),
-            format!("move it aside: mv {p} {p}.moved"),
-        ));
-    }
-    if meta.uid() != euid() {
-        return Some((
-            format!(
-                "{p} is owned by uid {}, not by you (uid {})",
-                meta.uid(),
-                euid()
-            ),
-            format!("chown {} {p}", euid()),
-        ));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        let want = if want_dir { "700" } else { "600" };
-        return Some((
-            format!("{p} is accessible to other users (mode {mode:03o})"),
-            format!("chmod {want} {p}"),
-        ));
-    }
-    None
+    let want = if want_dir { Want::Dir } else { Want::File };
+    let wrong = private::check(Found::of(&meta), want, euid()).err()?;
+    let fix = match wrong {
+        NotPrivate::Symlink(w) => format!(
+            "replace the link with the real {}: f=$(readlink -f {p}) && rm {p} && mv \"$f\" {p}",
+            w.noun()
+        ),
+        NotPrivate::NotA(_) => format!("move it aside: mv {p} {p}.moved"),
+        NotPrivate::Owner { me, .. } => format!("chown {me} {p}"),
+        NotPrivate::Open { want, .. } => format!("chmod {} {p}", want.mode()),
+    };
+    Some((format!("{p} {wrong}"), fix))
 }
 
 fn check_permissions(ctx: &Ctx, report: &mut Report) {
@@ -370,39 +349,29 @@ fn check_socket(ctx: &Ctx, report: &mut Report) {
             return;
         }
     };
-    if meta.file_type().is_symlink() || !meta.file_type().is_socket() {
-        report.problem(
+    match private::check(Found::of(&meta), Want::Socket, euid()) {
+        Err(wrong @ (NotPrivate::Symlink(_) | NotPrivate::NotA(_))) => report.problem(
             "socket",
             Verdict::Fail,
-            format!("{p} is not a socket"),
+            format!("{p} {wrong}"),
             format!("stop vaultd ('vault daemon stop'), then move it aside: mv {p} {p}.moved"),
-        );
-    } else if meta.uid() != euid() {
-        report.problem(
+        ),
+        Err(wrong @ NotPrivate::Owner { .. }) => report.problem(
             "socket",
             Verdict::Fail,
-            format!(
-                "{p} is owned by uid {}, not by you (uid {}): another user's daemon may be listening",
-                meta.uid(),
-                euid()
-            ),
+            format!("{p} {wrong}: another user's daemon may be listening"),
             format!(
                 "stop that daemon, remove {p}, and make sure {} is yours and 0700",
                 ctx.target.paths.runtime_dir.display()
             ),
-        );
-    } else if meta.mode() & 0o077 != 0 {
-        report.problem(
+        ),
+        Err(wrong @ NotPrivate::Open { .. }) => report.problem(
             "socket",
             Verdict::Fail,
-            format!(
-                "{p} is accessible to other users (mode {:03o})",
-                meta.mode() & 0o777
-            ),
+            format!("{p} {wrong}"),
             format!("chmod 600 {p} (vaultd creates it 0600; 'vault daemon restart' also fixes it)"),
-        );
-    } else {
-        report.add("socket", Verdict::Ok, format!("{p} is yours, mode 600"));
+        ),
+        Ok(()) => report.add("socket", Verdict::Ok, format!("{p} is yours, mode 600")),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,14 +104,15 @@ fn check_private_dir(dir: &Path) -> Result<(), String> {
     let meta =
         fs::symlink_metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} must be a directory of yours that only you can use: remove it, or run 'chmod 700 {}'",
+    use vault_protocol::private::{self, Found, Want};
+    private::check(Found::of(&meta), Want::Dir, me).map_err(|wrong| {
+        format!(
+            "{} {wrong}: it must be a directory of yours that only you can use: remove it, or \
+             run 'chmod 700 {}'",
             dir.display(),
             dir.display()
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Why the child could not be started, as `env`/`sudo` report it.
