@@ -152,6 +152,17 @@ CREATE TABLE approvals (
 "#,
 ];
 
+/// The one definition of an open conflict (docs/sync.md), as SQL over a
+/// revision `v` and its record `r`: a logged revision that is not the head
+/// and that no revision was written over.
+macro_rules! open_conflict {
+    () => {
+        "v.log_index IS NOT NULL AND v.revision != r.revision
+         AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
+                         AND p.parent_device = v.device AND p.parent_index = v.log_index)"
+    };
+}
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -751,15 +762,14 @@ impl Store {
 
     /// Open conflicts, newest first.
     pub fn conflicts(&self) -> Result<Vec<ConflictRow>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(concat!(
             "SELECT v.record_id, v.revision, v.device, v.updated_at, v.deleted, r.revision
-             FROM sync_forks f CROSS JOIN revisions v ON v.record_id = f.record_id
-               CROSS JOIN records r ON r.id = v.record_id
-             WHERE v.log_index IS NOT NULL AND v.revision != r.revision
-               AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
-                               AND p.parent_device = v.device AND p.parent_index = v.log_index)
-             ORDER BY v.updated_at DESC, v.record_id, v.revision",
-        )?;
+                 FROM sync_forks f CROSS JOIN revisions v ON v.record_id = f.record_id
+                   CROSS JOIN records r ON r.id = v.record_id
+                 WHERE ",
+            open_conflict!(),
+            " ORDER BY v.updated_at DESC, v.record_id, v.revision"
+        ))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(ConflictRow {
@@ -778,13 +788,12 @@ impl Store {
     /// The open conflicts' places of one record (what a new revision of it
     /// resolves by naming them as parents).
     pub fn conflict_refs(&self, record_id: &str) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(concat!(
             "SELECT v.device, v.log_index FROM revisions v JOIN records r ON r.id = v.record_id
-             WHERE v.record_id = ?1 AND v.log_index IS NOT NULL AND v.revision != r.revision
-               AND NOT EXISTS (SELECT 1 FROM log_parents p WHERE p.record_id = v.record_id
-                               AND p.parent_device = v.device AND p.parent_index = v.log_index)
-             ORDER BY v.device, v.log_index",
-        )?;
+                 WHERE v.record_id = ?1 AND ",
+            open_conflict!(),
+            " ORDER BY v.device, v.log_index"
+        ))?;
         let rows = stmt
             .query_map([record_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;

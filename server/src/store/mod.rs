@@ -283,6 +283,27 @@ pub fn redact_url(database: &str) -> String {
     database.to_owned()
 }
 
+/// The push rule, written once for both stores (docs/server.md): every
+/// record is encrypted to the vault's key `vault_key_id`, and the batch
+/// continues the device's log at `head` exactly (its indexes are
+/// consecutive, checked by the API). Returns the log's new head.
+pub(crate) fn continue_log(
+    records: &[NewRecord],
+    vault_key_id: &str,
+    head: u64,
+) -> StoreResult<u64> {
+    if records.iter().any(|r| r.key_id != vault_key_id) {
+        return Err(StoreError::KeyMismatch {
+            vault_key_id: vault_key_id.to_owned(),
+        });
+    }
+    let first = records.first().map_or(head + 1, |r| r.index);
+    if first != head + 1 {
+        return Err(StoreError::IndexConflict { expected: head + 1 });
+    }
+    Ok(records.last().map_or(head, |r| r.index))
+}
+
 /// Policies as stored in a role row (JSON text).
 pub(crate) fn policies_to_json(role: &Role) -> StoreResult<String> {
     serde_json::to_string(&role.policies)
@@ -350,6 +371,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_continues_the_log_exactly_and_only_with_the_vaults_key() {
+        let new = |index, key: &str| NewRecord {
+            index,
+            key_id: key.to_owned(),
+            data: vec![],
+        };
+        let batch = [new(4, "k"), new(5, "k")];
+        assert_eq!(continue_log(&batch, "k", 3).unwrap(), 5);
+        assert!(matches!(
+            continue_log(&batch, "k", 4),
+            Err(StoreError::IndexConflict { expected: 5 })
+        ));
+        assert!(matches!(
+            continue_log(&batch, "k", 1),
+            Err(StoreError::IndexConflict { expected: 2 })
+        ));
+        assert!(matches!(
+            continue_log(&[new(4, "k"), new(5, "other")], "k", 3),
+            Err(StoreError::KeyMismatch { .. })
+        ));
+        assert_eq!(continue_log(&[], "k", 7).unwrap(), 7);
+    }
 
     fn rec(device: &str, index: u64, len: usize) -> StoredRecord {
         StoredRecord {

@@ -21,7 +21,7 @@ use vault_protocol::server_api::Role;
 
 use super::{
     Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
-    VaultRow, assemble_page, policies_to_json, redact_url, role_from_row,
+    VaultRow, assemble_page, continue_log, policies_to_json, redact_url, role_from_row,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -719,11 +719,6 @@ impl Store for PostgresStore {
             .map_err(pg_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?
             .get(0);
-        if records.iter().any(|r| r.key_id != key_id) {
-            return Err(StoreError::KeyMismatch {
-                vault_key_id: key_id,
-            });
-        }
         let ensure = tx
             .prepare_cached(
                 "INSERT INTO logs (vault_id, device_id, head) VALUES ($1, $2, 0)
@@ -745,11 +740,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?
             .get::<_, i64>(0) as u64;
-        let first = records.first().map_or(head + 1, |r| r.index);
-        if first != head + 1 {
-            return Err(StoreError::IndexConflict { expected: head + 1 });
-        }
-        let new_head = records.last().map_or(head, |r| r.index);
+        let new_head = continue_log(&records, &key_id, head)?;
         let indexes: Vec<i64> = records.iter().map(|r| r.index as i64).collect();
         let key_ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
         let datas: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();

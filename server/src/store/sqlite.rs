@@ -15,7 +15,7 @@ use vault_protocol::server_api::Role;
 
 use super::{
     Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
-    VaultRow, assemble_page, policies_to_json, role_from_row,
+    VaultRow, assemble_page, continue_log, policies_to_json, role_from_row,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -823,11 +823,6 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             let key_id =
                 key_id.ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?;
-            if records.iter().any(|r| r.key_id != key_id) {
-                return Err(StoreError::KeyMismatch {
-                    vault_key_id: key_id,
-                });
-            }
             let head: u64 = tx
                 .prepare_cached("SELECT head FROM logs WHERE vault_id = ?1 AND device_id = ?2")
                 .map_err(sql_err)?
@@ -835,11 +830,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(sql_err)?
                 .map_or(0, |h| h as u64);
-            let first = records.first().map_or(head + 1, |r| r.index);
-            if first != head + 1 {
-                return Err(StoreError::IndexConflict { expected: head + 1 });
-            }
-            let new_head = records.last().map_or(head, |r| r.index);
+            let new_head = continue_log(&records, &key_id, head)?;
             tx.prepare_cached(
                 "INSERT INTO logs (vault_id, device_id, head) VALUES (?1, ?2, ?3)
                  ON CONFLICT (vault_id, device_id) DO UPDATE SET head = excluded.head",
