@@ -31,6 +31,13 @@ use crate::client::Target;
 use crate::error::usage;
 use crate::output::Output;
 
+/// Freed heap blocks are wiped (as in vaultd): `vault get` and a waiting
+/// `vault exec` hold values the user asked for, and none should outlive its
+/// buffer.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> ExitCode {
     // Called as docker-credential-vault or git-credential-vault?
     let argv: Vec<String> = std::env::args_os()

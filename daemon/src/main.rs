@@ -338,6 +338,14 @@ fn start(
     Ok((daemon, listener, lock, owned_socket))
 }
 
+/// Every heap block is wiped as it is freed, and the old block of a buffer
+/// that grew is wiped when it moves (issue 18, docs/threat-model.md): a
+/// secret that was serialised, copied or outgrown leaves no copy behind
+/// once its owner drops it. 1Password's wrapper around the system allocator.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> ExitCode {
     harden();
     // Before any thread exists: this edits the environment.
