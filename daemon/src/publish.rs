@@ -29,7 +29,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use crate::engine::Engine;
-use crate::engine::publish::{Job, JobOp};
+use crate::engine::publish::{Job, JobOp, remote_kind};
 use crate::server::Daemon;
 use crate::store::{Presence, RemoteRow};
 
@@ -183,7 +183,10 @@ impl Publisher {
         remotes
             .into_iter()
             .filter_map(|r| {
-                let kind = parse_kind(&r.kind)?;
+                let Ok(kind) = remote_kind(&r) else {
+                    warn!(remote = %r.name, kind = %r.kind, "a remote of an unknown kind is not shown");
+                    return None;
+                };
                 let pubs = engine.publications(Some(&r.name)).unwrap_or_default();
                 Some(self.info(&r.name, kind, &r.url, pubs))
             })
@@ -220,13 +223,6 @@ impl Publisher {
                 .filter(|p| p.state != PublishState::Published)
                 .collect(),
         }
-    }
-}
-
-fn parse_kind(kind: &str) -> Option<RemoteKind> {
-    match kind {
-        "osmo" => Some(RemoteKind::Osmo),
-        _ => None,
     }
 }
 
@@ -686,17 +682,19 @@ impl Osmo<'_> {
 struct Stored {
     remote: Arc<Remote>,
     row: RemoteRow,
+    kind: RemoteKind,
     token: SecretValue,
 }
 
 impl Stored {
     /// Remote `name` and its token, decrypted (needs the vault unlocked).
     fn load(d: &Daemon, engine: &Engine, name: &str) -> Result<Self, WireError> {
-        let row = engine.remote(name)?;
+        let (row, kind) = engine.remote(name)?;
         let token = engine.remote_token(&row)?;
         Ok(Self {
             remote: d.publisher.remote(name),
             row,
+            kind,
             token,
         })
     }
@@ -808,15 +806,14 @@ pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response
         let pubs = engine.publications(Some(name)).unwrap_or_default();
         (engine.remove_remote(name, force)?, pubs)
     };
-    let info = d.publisher.info(
-        &row.name,
-        parse_kind(&row.kind).unwrap_or(RemoteKind::Osmo),
-        &row.url,
-        pubs,
-    );
+    // A remote of a kind this build does not know is forgotten all the
+    // same; there is no info to show for it.
+    let info = remote_kind(&row)
+        .ok()
+        .map(|kind| d.publisher.info(&row.name, kind, &row.url, pubs));
     d.publisher.reset(name).await;
     Ok(Response::Remotes {
-        remotes: vec![info],
+        remotes: info.into_iter().collect(),
     })
 }
 
@@ -1125,8 +1122,9 @@ pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Respons
         .into_iter()
         .filter(|c| !publications.iter().any(|p| p.remote_name == c.name))
         .collect();
-    let kind = parse_kind(&row.kind).unwrap_or(RemoteKind::Osmo);
-    let info = d.publisher.info(name, kind, &row.url, publications.clone());
+    let info = d
+        .publisher
+        .info(name, stored.kind, &row.url, publications.clone());
     Ok(Response::RemoteReport(RemoteReport {
         remote: info,
         publications,

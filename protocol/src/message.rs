@@ -568,11 +568,20 @@ pub enum RemoteKind {
 }
 
 impl RemoteKind {
+    /// Every kind this build knows.
+    pub const ALL: [RemoteKind; 1] = [RemoteKind::Osmo];
+
     /// The name used on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             RemoteKind::Osmo => "osmo",
         }
+    }
+
+    /// The kind named `name`; `None` for one this build does not know (a
+    /// newer vault's), which is never taken for another.
+    pub fn parse(name: &str) -> Option<RemoteKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 

@@ -247,6 +247,22 @@ pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
     })
 }
 
+/// A stored remote's kind. One this build does not know (written by a newer
+/// vault) is an error, never taken for OSMO: the daemon would send that
+/// platform requests in another's protocol, with its token.
+pub fn remote_kind(remote: &RemoteRow) -> Result<RemoteKind> {
+    RemoteKind::parse(&remote.kind).ok_or_else(|| {
+        err(
+            ErrorCode::Failed,
+            format!(
+                "remote '{}' is of kind '{}', which this vault does not know (a newer vault \
+                 added it?): upgrade vault to use it, or 'vault remote rm {} --force' to forget it",
+                remote.name, remote.kind, remote.name
+            ),
+        )
+    })
+}
+
 fn no_remote(name: &str) -> WireError {
     err(
         ErrorCode::NotFound,
@@ -266,12 +282,19 @@ impl Engine {
         self.store()?.remotes().map_err(store_err)
     }
 
-    /// One remote.
-    pub fn remote(&self, name: &str) -> Result<RemoteRow> {
+    /// One remote, whatever its kind (`remote rm` must reach every one).
+    fn any_remote(&self, name: &str) -> Result<RemoteRow> {
         self.remotes()?
             .into_iter()
             .find(|r| r.name == name)
             .ok_or_else(|| no_remote(name))
+    }
+
+    /// One remote, of a kind this build speaks to.
+    pub fn remote(&self, name: &str) -> Result<(RemoteRow, RemoteKind)> {
+        let row = self.any_remote(name)?;
+        let kind = remote_kind(&row)?;
+        Ok((row, kind))
     }
 
     /// A remote's access token, decrypted.
@@ -360,7 +383,7 @@ impl Engine {
 
     /// Forgets a remote; one with publications takes `force`.
     pub fn remove_remote(&mut self, name: &str, force: bool) -> Result<RemoteRow> {
-        let remote = self.remote(name)?;
+        let remote = self.any_remote(name)?;
         let bound = self.store()?.publications(Some(name)).map_err(store_err)?;
         if !bound.is_empty() && !force {
             return Err(err(
@@ -906,6 +929,34 @@ mod tests {
             sync: None,
             mac: None,
         }
+    }
+
+    #[test]
+    fn a_remote_of_an_unknown_kind_is_refused_never_taken_for_osmo_but_can_be_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = vault_protocol::paths::VaultPaths::under_home(tmp.path());
+        let mut e = Engine::open(paths, crate::config::Config::default()).unwrap();
+        let now = Timestamp(1_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        let token = SecretValue::from("t");
+        let mut row = e
+            .save_remote("p", RemoteKind::Osmo, "http://127.0.0.1:1", &token, now)
+            .unwrap();
+        assert_eq!(e.remote("p").unwrap().1, RemoteKind::Osmo);
+        // As a newer vault would have written it.
+        row.kind = "nomad".into();
+        e.store_mut().unwrap().put_remote(&row).unwrap();
+        let refused = e.remote("p").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Failed);
+        assert!(
+            refused.message.contains("kind 'nomad'"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.message.contains("vault remote rm p --force"));
+        assert_eq!(remote_kind(&row).unwrap_err().code, ErrorCode::Failed);
+        e.remove_remote("p", false).unwrap();
+        assert_eq!(e.remote("p").unwrap_err().code, ErrorCode::NotFound);
     }
 
     fn json_of(e: &Envelope) -> Value {
