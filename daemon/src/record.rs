@@ -95,11 +95,25 @@ impl Stamp {
         }
     }
 
-    /// The order in which concurrent revisions win: later clock, then the
-    /// greater device id.
-    pub fn rank(&self) -> (u64, &str) {
-        (self.clock, &self.device)
+    /// Where this revision stands among concurrent ones ([`Rank`]).
+    pub fn rank(&self) -> Rank {
+        Rank {
+            clock: self.clock,
+            device: self.device.clone(),
+        }
     }
+}
+
+/// The order in which concurrent revisions of a record win (docs/sync.md):
+/// the later clock, then the greater device id. The one definition, used
+/// wherever a winner is chosen; a revision without a stamp (never synced)
+/// ranks lowest ([`Rank::default`]). Field order is the order compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    /// The hybrid clock of the revision.
+    pub clock: u64,
+    /// The device that wrote it.
+    pub device: String,
 }
 
 /// A decrypted record body.
@@ -210,5 +224,30 @@ impl RecordBody {
             ));
         }
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rank;
+
+    fn rank(clock: u64, device: &str) -> Rank {
+        Rank {
+            clock,
+            device: device.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_later_clock_wins_then_the_greater_device_and_no_stamp_ranks_lowest() {
+        assert!(rank(2, "a") > rank(1, "z"));
+        assert!(rank(1, "b") > rank(1, "a"));
+        assert!(rank(0, "a") > Rank::default());
+        let mut all = vec![rank(1, "b"), rank(3, "a"), Rank::default(), rank(1, "c")];
+        all.sort();
+        assert_eq!(
+            all,
+            vec![Rank::default(), rank(1, "b"), rank(1, "c"), rank(3, "a")]
+        );
     }
 }

@@ -991,8 +991,14 @@ fn read_chain(conn: &Connection, device: &str) -> rusqlite::Result<Option<ChainH
         .optional()
 }
 
-/// A logged head: its clock, device and index.
-pub type HeadRank = (u64, String, u64);
+/// A logged head: its rank and its index in its device's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadRank {
+    /// Its clock and device.
+    pub rank: crate::record::Rank,
+    /// Its place in the device's log.
+    pub index: u64,
+}
 
 fn head_rank(conn: &Connection, record_id: &str) -> Result<Option<HeadRank>> {
     let r: Option<(Option<i64>, String, Option<i64>)> = conn
@@ -1002,7 +1008,15 @@ fn head_rank(conn: &Connection, record_id: &str) -> Result<Option<HeadRank>> {
         )?
         .query_row([record_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    Ok(r.and_then(|(c, d, i)| Some((c? as u64, d, i? as u64))))
+    Ok(r.and_then(|(clock, device, index)| {
+        Some(HeadRank {
+            rank: crate::record::Rank {
+                clock: clock? as u64,
+                device,
+            },
+            index: index? as u64,
+        })
+    }))
 }
 
 fn put_parents(

@@ -574,7 +574,7 @@ impl Engine {
             // the second).
             let changed = |h: &RecordRow| -> Result<i64> {
                 let rank = self.store()?.head_rank(&h.id).map_err(store_err)?;
-                Ok(rank.map_or(h.updated_at * 1000, |(clock, _, _)| (clock >> 16) as i64))
+                Ok(rank.map_or(h.updated_at * 1000, |r| (r.rank.clock >> 16) as i64))
             };
             let order = match live {
                 _ if p.unpublish => p.queued_at,

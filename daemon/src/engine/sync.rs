@@ -24,7 +24,7 @@ use vault_protocol::{ErrorCode, SecretValue, validate_name};
 
 use super::{Engine, IndexEntry, Result, Session, decrypt_body, err, store_err};
 use crate::crypto::VaultKey;
-use crate::record::{AUTH_VERSION, RecordBody, Stamp};
+use crate::record::{AUTH_VERSION, Rank, RecordBody, Stamp};
 use crate::store::{LogEntry, LogStamp, RecordRow, StoreError, SyncTx};
 
 /// The next clock value after `last`: wall-clock milliseconds << 16, or
@@ -61,10 +61,8 @@ pub(super) fn unclaim(sess: &mut Session, name: &str, id: &str) {
     }
 }
 
-fn rank(e: &IndexEntry) -> (u64, String) {
-    e.stamp
-        .as_ref()
-        .map_or((0, String::new()), |s| (s.clock, s.device.clone()))
+fn rank(e: &IndexEntry) -> Rank {
+    e.stamp.as_ref().map(Stamp::rank).unwrap_or_default()
 }
 
 /// Gives `name` to the live record claiming it whose head ranks highest;
@@ -74,7 +72,7 @@ fn settle(
     tx: &mut SyncTx<'_>,
     name: &str,
 ) -> std::result::Result<(), StoreError> {
-    let mut cands: Vec<((u64, String), String, bool)> = Vec::new();
+    let mut cands: Vec<(Rank, String, bool)> = Vec::new();
     if let Some(e) = sess.index.get(name).filter(|e| e.claims.is_none()) {
         cands.push((rank(e), e.id.clone(), false));
     }
@@ -939,14 +937,14 @@ fn apply_one(
         None => None,
         Some(_) => tx.head_rank(&body.id)?,
     };
-    let wins = head
-        .as_ref()
-        .is_none_or(|(c, d, _)| (stamp.clock, stamp.device.as_str()) > (*c, d.as_str()));
+    let wins = head.as_ref().is_none_or(|h| stamp.rank() > h.rank);
     // Only here can a revision be left that nobody built on: when this one
     // loses, or wins without having seen the head.
-    let seen_head = head
-        .as_ref()
-        .is_some_and(|(_, d, i)| parents.iter().any(|(pd, pi)| pd == d && pi == i));
+    let seen_head = head.as_ref().is_some_and(|h| {
+        parents
+            .iter()
+            .any(|(pd, pi)| *pd == h.rank.device && *pi == h.index)
+    });
     if existing.is_some() && (!wins || !seen_head) {
         tx.add_fork(&body.id)?;
     }
