@@ -1,0 +1,85 @@
+//! Small file and byte helpers: walking a tree, base64, `which`, the test Python.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Every entry under `dir` (not following symlinks), `dir` included.
+pub fn walk(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir()
+            && let Ok(entries) = fs::read_dir(&p)
+        {
+            for e in entries.flatten() {
+                stack.push(e.path());
+            }
+        }
+        out.push((p, meta));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Standard base64 decoding, written here so tests do not lean on the code
+/// under test to decode what it encoded.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("{c:?} is not base64"));
+        bits = (bits << 6) | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+/// Whether `haystack` contains `needle` (bytes).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A command found on PATH, if any.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The Python with botocore and google-auth to check emitted files with
+/// (`VAULT_TEST_PYTHON`), or `None` after printing `SKIP test: ...` and how
+/// to get one (`bash .ci/run` makes one in target/ci-venv).
+pub fn test_python(test: &str) -> Option<PathBuf> {
+    let Some(python) = std::env::var_os("VAULT_TEST_PYTHON").map(PathBuf::from) else {
+        eprintln!(
+            "SKIP {test}: set VAULT_TEST_PYTHON to a Python with botocore and google-auth \
+             (bash .ci/run makes one in target/ci-venv)"
+        );
+        return None;
+    };
+    let ok = Command::new(&python)
+        .args(["-c", "import botocore.session, google.auth"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP {test}: {} cannot import botocore and google-auth: pip install botocore google-auth",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
