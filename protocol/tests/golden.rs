@@ -375,3 +375,63 @@ fn approval_frames() {
     assert_eq!(frame_of(&refused), with_header(expected));
     assert_eq!(ErrorCode::NotApproved.exit_code(), 1);
 }
+
+#[test]
+fn emitter_states_keep_their_strings_on_the_wire() {
+    use vault_protocol::message::{EmitState, EmitterInfo, Removed};
+    let info = |state: EmitState| EmitterInfo {
+        id: "e1".into(),
+        name: Some("dev".into()),
+        kind: "aws".into(),
+        path: "/h/.aws/credentials".into(),
+        section: "dev".into(),
+        state,
+    };
+    let frame = ResponseFrame {
+        id: 21,
+        ok: Some(Response::Emitters {
+            emitters: vec![info(EmitState::Expired(Removed::Section))],
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":21,"ok":{"kind":"emitters","emitters":[{"id":"e1","name":"dev","type":"aws","path":"/h/.aws/credentials","section":"dev","state":"expired (section removed)"}]}}"#;
+    assert_eq!(frame_of(&frame), with_header(expected));
+    // Every state reads back as itself, and its text is what `vault emit
+    // list --json` has always shown.
+    for (state, text) in [
+        (EmitState::Ok, "ok"),
+        (EmitState::Drifted, "drifted"),
+        (EmitState::Missing, "missing"),
+        (
+            EmitState::Expired(Removed::Section),
+            "expired (section removed)",
+        ),
+        (EmitState::Expired(Removed::File), "expired (file removed)"),
+        (
+            EmitState::Expired(Removed::Entry),
+            "expired (entry removed)",
+        ),
+        (EmitState::CredentialDeleted, "credential deleted"),
+        (EmitState::CredentialUnreadable, "credential unreadable"),
+        (
+            EmitState::Unreadable("Permission denied".into()),
+            "unreadable: Permission denied",
+        ),
+        (
+            EmitState::Error("line 3: no '='".into()),
+            "error: line 3: no '='",
+        ),
+        (EmitState::Removed, "removed"),
+    ] {
+        assert_eq!(state.to_string(), text);
+        assert_eq!(EmitState::parse(text), state, "{text}");
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(json, serde_json::to_string(text).unwrap());
+        assert_eq!(serde_json::from_str::<EmitState>(&json).unwrap(), state);
+    }
+    // A newer daemon's state is kept as written, and needs attention.
+    let newer = EmitState::parse("quarantined");
+    assert_eq!(newer, EmitState::Other("quarantined".into()));
+    assert!(newer.needs_attention());
+    assert!(!EmitState::Expired(Removed::File).needs_attention());
+}

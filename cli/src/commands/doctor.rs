@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use vault_protocol::message::{EmitterInfo, StatusInfo};
+use vault_protocol::message::{EmitState, EmitterInfo, StatusInfo};
 use vault_protocol::private::{self, Found, NotPrivate, Want};
 use vault_protocol::{BUILD_VERSION, ErrorCode, Request, Response};
 
@@ -548,41 +548,39 @@ fn emitted_problem(e: &EmitterInfo) -> Option<(Verdict, String, String)> {
             .map(|n| format!(", credential {n}"))
             .unwrap_or_default()
     );
-    let state = e.state.as_str();
-    if state == "ok" {
-        return None;
-    }
-    let (verdict, fix) = if state == "drifted" || state == "missing" {
+    let repair = || {
         (
             Verdict::Fail,
             "vault emit repair (rewrites vault's own section; other lines stay)".to_owned(),
         )
-    } else if state.starts_with("error") || state.starts_with("unreadable") {
-        (
+    };
+    let (verdict, fix) = match &e.state {
+        EmitState::Ok | EmitState::Removed => return None,
+        EmitState::Drifted | EmitState::Missing => repair(),
+        EmitState::Error(_) | EmitState::Unreadable(_) => (
             Verdict::Fail,
             format!(
                 "vault never rewrites a file it cannot parse: fix {} by hand (a backup may be \
                  beside it), then run 'vault emit repair'",
                 e.path
             ),
-        )
-    } else if state == "credential deleted" {
-        (
+        ),
+        EmitState::CredentialDeleted => (
             Verdict::Fail,
             format!("vault emit rm {} (or restore the credential)", e.id),
-        )
-    } else if state.starts_with("expired") {
-        (
+        ),
+        EmitState::Expired(_) => (
             Verdict::Warn,
             format!(
                 "renew the credential ('vault set {} ... --ttl DUR'); vault writes it again",
                 e.name.as_deref().unwrap_or("NAME")
             ),
-        )
-    } else {
-        (Verdict::Fail, "vault emit list; see vaultd.log".to_owned())
+        ),
+        EmitState::CredentialUnreadable | EmitState::Other(_) => {
+            (Verdict::Fail, "vault emit list; see vaultd.log".to_owned())
+        }
     };
-    Some((verdict, format!("{what}: {state}"), fix))
+    Some((verdict, format!("{what}: {}", e.state), fix))
 }
 
 /// The first executable file called `name` on PATH.
@@ -757,7 +755,7 @@ mod tests {
             kind: "aws".into(),
             path: "/h/.aws/credentials".into(),
             section: "dev".into(),
-            state: state.into(),
+            state: EmitState::parse(state),
         };
         assert!(emitted_problem(&info("ok")).is_none());
         for (state, verdict, fix) in [

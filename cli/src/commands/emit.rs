@@ -223,7 +223,7 @@ fn table(emitters: &[EmitterInfo]) -> Table {
             (e.id.clone(), None),
             (e.name.clone().unwrap_or_else(|| "-".to_owned()), None),
             (e.kind.clone(), None),
-            (e.state.clone(), None),
+            (e.state.to_string(), None),
             (e.path.clone(), None),
             (e.section.clone(), None),
         ]);

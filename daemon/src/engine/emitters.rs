@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use tracing::{info, warn};
-use vault_protocol::message::EmitterInfo;
+use vault_protocol::message::{EmitState, EmitterInfo, Removed};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, WireError};
 
@@ -229,7 +229,7 @@ impl Engine {
     fn bind(&mut self, emitter: EmitterRow, name: &str) -> Result<EmitterInfo> {
         self.store_mut()?.put_emitter(&emitter).map_err(store_err)?;
         info!(emitter = %emitter.id, record = %emitter.record_id, "emitting");
-        Ok(info_of(&emitter, Some(name.to_owned()), "ok".to_owned()))
+        Ok(info_of(&emitter, Some(name.to_owned()), EmitState::Ok))
     }
 
     /// Merges `sections` into / `remove` from the file and writes it.
@@ -554,7 +554,7 @@ impl Engine {
         for e in self.store()?.emitters().map_err(store_err)? {
             let name = names.get(&e.record_id).cloned();
             let state = match &name {
-                None => "credential deleted".to_owned(),
+                None => EmitState::CredentialDeleted,
                 Some(n) => self.drift_state(&e, n, now),
             };
             out.push(info_of(&e, name, state));
@@ -562,20 +562,20 @@ impl Engine {
         Ok(out)
     }
 
-    fn drift_state(&self, e: &EmitterRow, name: &str, now: Timestamp) -> String {
+    fn drift_state(&self, e: &EmitterRow, name: &str, now: Timestamp) -> EmitState {
         let Ok((_, body)) = self.load(name) else {
-            return "credential unreadable".to_owned();
+            return EmitState::CredentialUnreadable;
         };
         let text = match fsutil::read_text(Path::new(&e.path)) {
             Ok(Some(t)) => t,
-            Ok(None) => return "missing".to_owned(),
-            Err(error) => return format!("unreadable: {error}"),
+            Ok(None) => return EmitState::Missing,
+            Err(error) => return EmitState::Unreadable(error.to_string()),
         };
         if is_docker(&e.kind) {
             let owned: BTreeSet<String> = [e.section.clone()].into();
             let object = docker_object(&e.kind);
             return match docker_render(&e.kind, &body, now) {
-                None => "expired (entry removed)".to_owned(),
+                None => EmitState::Expired(Removed::Entry),
                 Some(entry) => {
                     match docker_json::merge_in(
                         &text,
@@ -585,34 +585,34 @@ impl Engine {
                         &owned,
                         false,
                     ) {
-                        Ok(merged) if merged == text => "ok".to_owned(),
-                        Ok(_) => "drifted".to_owned(),
-                        Err(error) => format!("error: {error}"),
+                        Ok(merged) if merged == text => EmitState::Ok,
+                        Ok(_) => EmitState::Drifted,
+                        Err(error) => EmitState::Error(error.to_string()),
                     }
                 }
             };
         }
         if is_whole(e) {
             return match whole_content(&e.kind, &body, now) {
-                Some(c) if c == text.as_bytes() => "ok".to_owned(),
-                Some(_) => "drifted".to_owned(),
-                None => "expired (file removed)".to_owned(),
+                Some(c) if c == text.as_bytes() => EmitState::Ok,
+                Some(_) => EmitState::Drifted,
+                None => EmitState::Expired(Removed::File),
             };
         }
         let Some(section) = render(e, name, &body, now) else {
-            return "expired (section removed)".to_owned();
+            return EmitState::Expired(Removed::Section);
         };
         let owned: BTreeSet<String> = [e.section.clone()].into();
         match aws_ini::merge(&text, &[section], &BTreeSet::new(), &owned, false) {
-            Ok(merged) if merged == text => "ok".to_owned(),
+            Ok(merged) if merged == text => EmitState::Ok,
             Ok(_) => {
                 if aws_ini::section_names(&text).is_ok_and(|n| n.contains(&e.section)) {
-                    "drifted".to_owned()
+                    EmitState::Drifted
                 } else {
-                    "missing".to_owned()
+                    EmitState::Missing
                 }
             }
-            Err(error) => format!("error: {error}"),
+            Err(error) => EmitState::Error(error.to_string()),
         }
     }
 
@@ -628,7 +628,7 @@ impl Engine {
         self.unwrite(&e)?;
         self.store_mut()?.delete_emitter(id).map_err(store_err)?;
         info!(emitter = %id, "stopped emitting");
-        Ok(info_of(&e, None, "removed".to_owned()))
+        Ok(info_of(&e, None, EmitState::Removed))
     }
 
     /// Takes out what was written for credentials that have expired since
@@ -690,7 +690,7 @@ impl Engine {
         self.drift_stale = false;
         let trouble: Vec<EmitterInfo> = list
             .into_iter()
-            .filter(|e| e.state != "ok" && !e.state.starts_with("expired"))
+            .filter(|e| e.state.needs_attention())
             .collect();
         for t in &trouble {
             if !self
@@ -796,7 +796,7 @@ fn remove_if_ours(path: &str, body: &RecordBody) -> Result<()> {
     remove_file(path)
 }
 
-fn info_of(e: &EmitterRow, name: Option<String>, state: String) -> EmitterInfo {
+fn info_of(e: &EmitterRow, name: Option<String>, state: EmitState) -> EmitterInfo {
     EmitterInfo {
         id: e.id.clone(),
         name,
