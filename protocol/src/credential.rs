@@ -133,7 +133,7 @@ const CODE_ENV: [&str; 40] = [
 const CODE_ENV_PREFIXES: [&str; 4] = ["LD_", "DYLD_", "BASH_FUNC_", "GIT_"];
 
 /// Whether setting environment variable `name` in a child can make it run
-/// other code (see [`CODE_ENV`]).
+/// other code (see `CODE_ENV`).
 pub fn is_code_env(name: &str) -> bool {
     CODE_ENV.contains(&name) || CODE_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }

@@ -1,0 +1,144 @@
+//! Emitted files and their state (docs/emit.md).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A file the vault keeps in sync with a credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmitterInfo {
+    /// Binding id, for `vault emit rm`.
+    pub id: String,
+    /// The credential's name (`None` when it was deleted).
+    pub name: Option<String>,
+    /// `aws`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The file.
+    pub path: String,
+    /// The section in it.
+    pub section: String,
+    /// Whether the file holds what the vault wrote.
+    pub state: EmitState,
+}
+
+/// What the vault removed from an emitted file when its credential expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Its section (`~/.aws/credentials`, gcloud's config).
+    Section,
+    /// The whole file (a token or ADC file).
+    File,
+    /// Its entry (`~/.docker/config.json`).
+    Entry,
+}
+
+impl Removed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Removed::Section => "section",
+            Removed::File => "file",
+            Removed::Entry => "entry",
+        }
+    }
+}
+
+/// How an emitted file stands against what the vault would write now.
+///
+/// On the wire and in `vault emit list --json` it is the one string users
+/// and scripts have always read (`ok`, `drifted`, `expired (section
+/// removed)`, `error: …`): [`fmt::Display`] writes it and
+/// [`EmitState::parse`] is the one place that reads it back, so neither the
+/// daemon nor the CLI compares strings. A state from a newer daemon that
+/// this build does not know is [`EmitState::Other`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitState {
+    /// The file holds exactly what the vault wrote.
+    Ok,
+    /// Someone changed the vault's section or file.
+    Drifted,
+    /// The section or the file is gone.
+    Missing,
+    /// The credential expired and the vault took its part out.
+    Expired(Removed),
+    /// The credential was deleted; the binding remains.
+    CredentialDeleted,
+    /// The credential could not be decrypted.
+    CredentialUnreadable,
+    /// The file could not be read (the reason, no content).
+    Unreadable(String),
+    /// The file could not be parsed (the parser's reason, no content).
+    Error(String),
+    /// The binding was just removed (`vault emit rm`).
+    Removed,
+    /// A state this build does not know, as the daemon wrote it.
+    Other(String),
+}
+
+impl EmitState {
+    /// Whether the user has to act: not `ok`, not an expiry the vault
+    /// handled itself, not a binding that is gone.
+    pub fn needs_attention(&self) -> bool {
+        !matches!(
+            self,
+            EmitState::Ok | EmitState::Expired(_) | EmitState::Removed
+        )
+    }
+
+    /// Reads the wire form back ([`fmt::Display`] writes it).
+    pub fn parse(text: &str) -> EmitState {
+        let expired = |what: Removed| format!("expired ({} removed)", what.as_str());
+        match text {
+            "ok" => EmitState::Ok,
+            "drifted" => EmitState::Drifted,
+            "missing" => EmitState::Missing,
+            "credential deleted" => EmitState::CredentialDeleted,
+            "credential unreadable" => EmitState::CredentialUnreadable,
+            "removed" => EmitState::Removed,
+            _ => {
+                if let Some(what) = [Removed::Section, Removed::File, Removed::Entry]
+                    .into_iter()
+                    .find(|w| text == expired(*w))
+                {
+                    EmitState::Expired(what)
+                } else if let Some(reason) = text.strip_prefix("unreadable: ") {
+                    EmitState::Unreadable(reason.to_owned())
+                } else if let Some(reason) = text.strip_prefix("error: ") {
+                    EmitState::Error(reason.to_owned())
+                } else {
+                    EmitState::Other(text.to_owned())
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for EmitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EmitState::Ok => f.write_str("ok"),
+            EmitState::Drifted => f.write_str("drifted"),
+            EmitState::Missing => f.write_str("missing"),
+            EmitState::Expired(what) => write!(f, "expired ({} removed)", what.as_str()),
+            EmitState::CredentialDeleted => f.write_str("credential deleted"),
+            EmitState::CredentialUnreadable => f.write_str("credential unreadable"),
+            EmitState::Unreadable(reason) => write!(f, "unreadable: {reason}"),
+            EmitState::Error(reason) => write!(f, "error: {reason}"),
+            EmitState::Removed => f.write_str("removed"),
+            EmitState::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for EmitState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmitState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(EmitState::parse(&text))
+    }
+}

@@ -1,0 +1,147 @@
+//! Records and the vault's status as `list`, `get`, `history` and `status` show them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{EmitterInfo, RemoteInfo, SyncStatus};
+use crate::credential::CredentialType;
+use crate::secret::SecretValue;
+use crate::timefmt::Timestamp;
+
+/// Daemon and vault state (`vault status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Whether `vault init` has been run.
+    pub initialized: bool,
+    /// The vault's id, once initialized.
+    pub vault_id: Option<String>,
+    /// Whether the key is out of memory.
+    pub locked: bool,
+    /// The daemon's pid.
+    pub daemon_pid: u32,
+    /// The socket the daemon serves.
+    pub socket: String,
+    /// Number of live records (known only while unlocked).
+    pub records: Option<u64>,
+    /// When the vault locks itself if left idle (while unlocked).
+    pub idle_lock_at: Option<Timestamp>,
+    /// When the vault locks itself regardless of activity (while unlocked).
+    pub hard_lock_at: Option<Timestamp>,
+    /// Records expiring within the next hour, or expired (while unlocked).
+    #[serde(default)]
+    pub expiring: Vec<RecordSummary>,
+    /// Sync state (SPEC §7); `server` is null until `vault login`.
+    pub sync: SyncStatus,
+    /// Workload platforms published to (issue 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<RemoteInfo>,
+    /// Emitted files that need attention: drifted (changed by someone
+    /// else), missing, or unreadable, as last seen by the daemon's watch.
+    #[serde(default)]
+    pub emitters: Vec<EmitterInfo>,
+    /// Records whose last refresh failed (SPEC §10); the daemon keeps
+    /// serving their still-valid value and retries after `retry_at`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refresh: Vec<RefreshInfo>,
+}
+
+/// A record whose refresh is failing, within [`StatusInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshInfo {
+    /// The record.
+    pub name: String,
+    /// Why the last attempt failed (never a secret value).
+    pub error: String,
+    /// Attempts failed in a row.
+    pub failures: u32,
+    /// When the next attempt may run.
+    pub retry_at: Timestamp,
+    /// When the current value expires.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The state shown in `list`'s STATUS column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordState {
+    /// Valid, more than an hour left (or no expiry).
+    Ok,
+    /// Under an hour left.
+    Expiring,
+    /// Past its expiry.
+    Expired,
+    /// Changed locally, not yet synced.
+    PendingSync,
+    /// A sync conflict is recorded.
+    Conflict,
+    /// An emitted file no longer matches.
+    Drifted,
+    /// A platform refused this credential when it was published.
+    PublishFailed,
+}
+
+/// A record without its values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordSummary {
+    /// Name.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+    /// STATUS column.
+    pub state: RecordState,
+    /// Current revision number.
+    pub revision: u64,
+}
+
+/// A record with its values (`vault get`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordView {
+    /// Name.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Field values.
+    pub fields: BTreeMap<String, SecretValue>,
+    /// Description.
+    pub description: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+    /// Current revision number.
+    pub revision: u64,
+}
+
+/// One revision in a record's history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// Revision number, from 1.
+    pub revision: u64,
+    /// When it was written.
+    pub updated_at: Timestamp,
+    /// The device that wrote it.
+    pub device: String,
+    /// What the change was: `add`, `set`, `rename`, `restore`, `remove`.
+    pub change: String,
+}
