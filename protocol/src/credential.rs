@@ -446,18 +446,49 @@ pub fn validate_fields(
         ));
     }
     if ty == CredentialType::Generic {
-        if fields.is_empty() {
-            return Err("a generic credential needs at least one KEY=VALUE".into());
-        }
-        if let Some(bad) = fields.keys().find(|k| !is_generic_key(k)) {
-            return Err(format!(
-                "'{}' is not a valid key: use 1-253 characters of A-Z a-z 0-9 - . _ (workload \
-                 platforms turn keys into Kubernetes secret keys)",
-                bad.escape_debug()
-            ));
-        }
-        return Ok(());
+        return check_generic(fields);
     }
+    check_known_fields(ty, fields)?;
+    let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
+    match ty {
+        CredentialType::Aws => check_aws(fields, &get),
+        CredentialType::Data => check_data(&get),
+        CredentialType::Gcp => check_gcp(&get),
+        CredentialType::File => {
+            if get("path").unwrap_or_default().contains('\0') {
+                return Err("field 'path' contains a NUL byte".into());
+            }
+            if let Some(mode) = get("mode") {
+                parse_mode(mode)?;
+            }
+            check_env(&get)
+        }
+        CredentialType::Token => check_env(&get),
+        _ => Ok(()),
+    }
+}
+
+/// A generic credential: any keys a workload platform takes, at least one.
+fn check_generic(fields: &BTreeMap<String, SecretValue>) -> Result<(), String> {
+    if fields.is_empty() {
+        return Err("a generic credential needs at least one KEY=VALUE".into());
+    }
+    if let Some(bad) = fields.keys().find(|k| !is_generic_key(k)) {
+        return Err(format!(
+            "'{}' is not a valid key: use 1-253 characters of A-Z a-z 0-9 - . _ (workload \
+             platforms turn keys into Kubernetes secret keys)",
+            bad.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Every field is one of the type's, `refresh_command` is not blank, and
+/// every required field is there (unless a refresh or STS mints them).
+fn check_known_fields(
+    ty: CredentialType,
+    fields: &BTreeMap<String, SecretValue>,
+) -> Result<(), String> {
     let specs = ty.fields();
     if let Some(unknown) = fields
         .keys()
@@ -491,115 +522,107 @@ pub fn validate_fields(
             missing.join(", ")
         ));
     }
-    let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
-    match ty {
-        CredentialType::Aws => {
-            if fields.contains_key(SOURCE) && fields.contains_key(REFRESH_COMMAND) {
-                return Err(format!(
-                    "give either {SOURCE} (STS mints the session) or {REFRESH_COMMAND}, not both"
-                ));
-            }
-            if let Some(source) = get(SOURCE) {
-                validate_name(source).map_err(|e| format!("{SOURCE}: {e}"))?;
-            } else if let Some(f) = STS_ONLY.iter().find(|f| fields.contains_key(**f)) {
-                return Err(format!(
-                    "{f} only applies to a session minted from a source: add {SOURCE}=NAME"
-                ));
-            }
-            if get(SOURCE).is_some() && get("mfa_serial").is_some() != get("mfa_command").is_some()
-            {
-                return Err(
-                    "a session minted with mfa_serial needs mfa_command, a command that prints \
-                     the current 6-digit code (e.g. ykman oath accounts code -s aws), and \
-                     mfa_command needs mfa_serial"
-                        .into(),
-                );
-            }
-            if let Some(d) = get("duration") {
-                let secs = crate::timefmt::parse_duration(d)?.as_secs();
-                if !(900..=43_200).contains(&secs) {
-                    return Err(format!(
-                        "duration '{d}' is outside what STS grants: use 15m to 12h"
-                    ));
-                }
-            }
-            if let Some(url) = get("sts_endpoint") {
-                check_sts_endpoint(url)?;
-            }
-            if let Some(name) = get("session_name") {
-                let ok = (2..=64).contains(&name.len())
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
-                if !ok {
-                    return Err(format!(
-                        "session_name '{name}' must be 2-64 characters of A-Z a-z 0-9 _ + = , . @ -"
-                    ));
-                }
-            }
+    Ok(())
+}
+
+/// An aws credential: a source for STS or a refresh command, never both,
+/// and the STS settings only with a source, each in range.
+fn check_aws<'a>(
+    fields: &BTreeMap<String, SecretValue>,
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<(), String> {
+    if fields.contains_key(SOURCE) && fields.contains_key(REFRESH_COMMAND) {
+        return Err(format!(
+            "give either {SOURCE} (STS mints the session) or {REFRESH_COMMAND}, not both"
+        ));
+    }
+    if let Some(source) = get(SOURCE) {
+        validate_name(source).map_err(|e| format!("{SOURCE}: {e}"))?;
+    } else if let Some(f) = STS_ONLY.iter().find(|f| fields.contains_key(**f)) {
+        return Err(format!(
+            "{f} only applies to a session minted from a source: add {SOURCE}=NAME"
+        ));
+    }
+    if get(SOURCE).is_some() && get("mfa_serial").is_some() != get("mfa_command").is_some() {
+        return Err(
+            "a session minted with mfa_serial needs mfa_command, a command that prints \
+             the current 6-digit code (e.g. ykman oath accounts code -s aws), and \
+             mfa_command needs mfa_serial"
+                .into(),
+        );
+    }
+    if let Some(d) = get("duration") {
+        let secs = crate::timefmt::parse_duration(d)?.as_secs();
+        if !(900..=43_200).contains(&secs) {
+            return Err(format!(
+                "duration '{d}' is outside what STS grants: use 15m to 12h"
+            ));
         }
-        CredentialType::Data => {
-            let endpoint = get("endpoint").unwrap_or_default();
-            let schemes = ["s3://", "gs://", "azure://", "tos://", "swift://"];
-            if !schemes.iter().any(|s| endpoint.starts_with(s)) {
-                return Err(format!(
-                    "endpoint '{endpoint}' must start with s3://, gs://, azure://, tos:// or \
-                     swift://"
-                ));
-            }
-            if let Some(style) = get("addressing_style")
-                && !matches!(style, "virtual" | "path" | "auto")
-            {
-                return Err("addressing_style must be virtual, path or auto".into());
-            }
+    }
+    if let Some(url) = get("sts_endpoint") {
+        check_sts_endpoint(url)?;
+    }
+    if let Some(name) = get("session_name") {
+        let ok = (2..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+        if !ok {
+            return Err(format!(
+                "session_name '{name}' must be 2-64 characters of A-Z a-z 0-9 _ + = , . @ -"
+            ));
         }
-        CredentialType::Gcp => {
-            let json = get("json").unwrap_or_default();
-            let doc: serde_json::Value = serde_json::from_str(json).map_err(|_| {
-                "field 'json' is not valid JSON: pass the key file with json=@key.json".to_owned()
-            })?;
-            let kind = doc.get("type").and_then(|t| t.as_str()).unwrap_or("");
-            let known = [
-                "service_account",
-                "authorized_user",
-                "external_account",
-                "impersonated_service_account",
-            ];
-            if !known.contains(&kind) {
-                return Err(format!(
-                    "field 'json' has \"type\": \"{kind}\"; expected one of {}",
-                    known.join(", ")
-                ));
-            }
-        }
-        CredentialType::File => {
-            let path = get("path").unwrap_or_default();
-            if path.contains('\0') {
-                return Err("field 'path' contains a NUL byte".into());
-            }
-            if let Some(mode) = get("mode") {
-                parse_mode(mode)?;
-            }
-            if let Some(env) = get("env")
-                && !is_env_name(env)
-            {
-                return Err(format!(
-                    "env '{env}' is not a valid environment variable name"
-                ));
-            }
-        }
-        CredentialType::Token => {
-            if let Some(env) = get("env")
-                && !is_env_name(env)
-            {
-                return Err(format!(
-                    "env '{env}' is not a valid environment variable name"
-                ));
-            }
-        }
-        _ => {}
     }
     Ok(())
+}
+
+/// A data credential: an endpoint of a scheme the platforms take.
+fn check_data<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+    let endpoint = get("endpoint").unwrap_or_default();
+    let schemes = ["s3://", "gs://", "azure://", "tos://", "swift://"];
+    if !schemes.iter().any(|s| endpoint.starts_with(s)) {
+        return Err(format!(
+            "endpoint '{endpoint}' must start with s3://, gs://, azure://, tos:// or swift://"
+        ));
+    }
+    if let Some(style) = get("addressing_style")
+        && !matches!(style, "virtual" | "path" | "auto")
+    {
+        return Err("addressing_style must be virtual, path or auto".into());
+    }
+    Ok(())
+}
+
+/// A gcp credential: JSON of a kind google-auth loads.
+fn check_gcp<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+    let json = get("json").unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(json).map_err(|_| {
+        "field 'json' is not valid JSON: pass the key file with json=@key.json".to_owned()
+    })?;
+    let kind = doc.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let known = [
+        "service_account",
+        "authorized_user",
+        "external_account",
+        "impersonated_service_account",
+    ];
+    if !known.contains(&kind) {
+        return Err(format!(
+            "field 'json' has \"type\": \"{kind}\"; expected one of {}",
+            known.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// An `env` field (token, file) names a valid environment variable.
+fn check_env<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+    match get("env") {
+        Some(env) if !is_env_name(env) => Err(format!(
+            "env '{env}' is not a valid environment variable name"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Parses an octal file mode such as `0600` or `600`; group/other bits are
