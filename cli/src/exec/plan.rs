@@ -211,190 +211,239 @@ fn env_of(
     dir: &str,
 ) -> Result<Vars, String> {
     let mut vars = Vars::new();
-    let stem = file_stem(&record.name);
     match record.kind {
-        CredentialType::Generic => {
-            for (key, value) in &record.fields {
-                if key == REFRESH_COMMAND {
-                    continue;
-                }
-                if !is_env_name(key) {
-                    // Keys a platform takes (`other.key`) need not be
-                    // variable names; exec never sets half a credential.
-                    return Err(format!(
-                        "'{}' has the key '{key}', which cannot be an environment variable (use \
-                         letters, digits and _, not starting with a digit): exec does not start \
-                         the command; read it with 'vault get {} --field {key}', or rename the key",
-                        record.name, record.name
-                    ));
-                }
-                vars.push(var(key, value));
-            }
-        }
-        CredentialType::Aws => {
-            aws_vars(
-                &mut vars,
-                plan,
-                required(record, "access_key_id")?,
-                required(record, "secret_access_key")?,
-                field(record, "session_token"),
-                field(record, "region"),
-            );
-            if let Some(t) = record.expires_at {
-                vars.push(text("AWS_CREDENTIAL_EXPIRATION", &t.to_rfc3339()));
-            }
-        }
+        CredentialType::Generic => generic_env(record, &mut vars)?,
+        CredentialType::Aws => aws_env(record, &mut vars, plan)?,
         CredentialType::Data => data_vars(record, &mut vars, plan)?,
-        CredentialType::Registry => {
-            let registry = required(record, "registry")?.expose_secret();
-            let username = required(record, "username")?.expose_secret();
-            let auth = required(record, "auth")?.expose_secret();
-            let pair = Zeroizing::new(format!("{username}:{auth}"));
-            let encoded = Zeroizing::new(BASE64.encode(pair.as_bytes()));
-            // Built by hand so the secret is only ever in wiped buffers;
-            // base64 needs no JSON escaping.
-            let config = Zeroizing::new(format!(
-                r#"{{"auths":{{{}:{{"auth":"{}"}}}}}}"#,
-                json!(registry),
-                encoded.as_str()
-            ));
-            plan.files.push(FileSpec {
-                rel: format!("docker-{stem}/config.json"),
-                content: Zeroizing::new(config.as_bytes().to_vec()),
-                mode: 0o600,
-            });
-            vars.push(text(
-                "DOCKER_CONFIG",
-                &in_dir(dir, &format!("docker-{stem}")),
-            ));
-        }
-        CredentialType::Gcp => {
-            let json = required(record, "json")?;
-            let info: GcpKeyInfo = serde_json::from_str(json.expose_secret()).map_err(|_| {
-                format!(
-                    "'{}' holds a json field that is not a JSON object: replace it with 'vault set {} json=@key.json'",
-                    record.name, record.name
-                )
-            })?;
-            if info.kind.is_none() {
-                return Err(format!(
-                    "'{}' holds JSON without a \"type\": use a service-account key or ADC file",
-                    record.name
-                ));
-            }
-            let rel = format!("gcp-{stem}.json");
-            plan.files.push(FileSpec {
-                rel: rel.clone(),
-                content: Zeroizing::new(json.expose_secret().as_bytes().to_vec()),
-                mode: 0o600,
-            });
-            let path = in_dir(dir, &rel);
-            vars.push(text("GOOGLE_APPLICATION_CREDENTIALS", &path));
-            vars.push(text("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", &path));
-            let project = field(record, "project")
-                .map(|p| p.expose_secret().to_owned())
-                .or(info.project_id)
-                .or(info.quota_project_id);
-            if let Some(project) = project {
-                vars.push(text("GOOGLE_CLOUD_PROJECT", &project));
-                vars.push(text("CLOUDSDK_CORE_PROJECT", &project));
-            }
-        }
-        CredentialType::Password => {
-            let prefix = prefixes
-                .get(&record.name)
-                .cloned()
-                .unwrap_or_else(|| env_prefix(&record.name));
-            vars.push(var(
-                &format!("{prefix}_USERNAME"),
-                required(record, "username")?,
-            ));
-            vars.push(var(
-                &format!("{prefix}_PASSWORD"),
-                required(record, "password")?,
-            ));
-        }
-        CredentialType::Ssh => {
-            let key = required(record, "private_key")?;
-            let mut content = key.expose_secret().as_bytes().to_vec();
-            // OpenSSH refuses a key file without its final newline.
-            if !content.ends_with(b"\n") {
-                content.push(b'\n');
-            }
-            let rel = format!("ssh-{stem}");
-            plan.files.push(FileSpec {
-                rel: rel.clone(),
-                content: Zeroizing::new(content),
-                mode: 0o600,
-            });
-            let mut command = format!(
-                "ssh -i {} -o IdentitiesOnly=yes",
-                shell_quote(&in_dir(dir, &rel))
-            );
-            if let Some(known) = field(record, "known_hosts") {
-                let rel = format!("ssh-{stem}.known_hosts");
-                plan.files.push(FileSpec {
-                    rel: rel.clone(),
-                    content: Zeroizing::new(known.expose_secret().as_bytes().to_vec()),
-                    mode: 0o600,
-                });
-                command.push_str(&format!(
-                    " -o UserKnownHostsFile={}",
-                    shell_quote(&in_dir(dir, &rel))
-                ));
-            }
-            vars.push(text("GIT_SSH_COMMAND", &command));
-        }
-        CredentialType::File => {
-            let content = required(record, "content")?;
-            let path = required(record, "path")?.expose_secret();
-            let base = std::path::Path::new(path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| !n.is_empty() && n != "." && n != "..")
-                .ok_or_else(|| {
-                    format!(
-                        "'{}' has path '{path}', which names no file: set path to a file name",
-                        record.name
-                    )
-                })?;
-            let mode = match field(record, "mode") {
-                Some(m) => vault_protocol::credential::parse_mode(m.expose_secret())?,
-                None => 0o600,
-            };
-            let rel = format!("file-{stem}/{base}");
-            plan.files.push(FileSpec {
-                rel: rel.clone(),
-                content: Zeroizing::new(content.expose_secret().as_bytes().to_vec()),
-                // Never more than the owner may have.
-                mode: mode & 0o700,
-            });
-            if let Some(env) = field(record, "env") {
-                let env = env.expose_secret();
-                if !is_env_name(env) {
-                    return Err(format!(
-                        "'{}' has env '{env}', which is not a valid environment variable name",
-                        record.name
-                    ));
-                }
-                vars.push(text(env, &in_dir(dir, &rel)));
-            }
-        }
-        CredentialType::Token => {
-            let env = match field(record, "env") {
-                Some(env) => env.expose_secret().to_owned(),
-                None => format!("{}_TOKEN", env_prefix(&record.name)),
-            };
-            if !is_env_name(&env) {
-                return Err(format!(
-                    "'{}' has env '{env}', which is not a valid environment variable name",
-                    record.name
-                ));
-            }
-            vars.push(var(&env, required(record, "token")?));
-        }
+        CredentialType::Registry => registry_env(record, &mut vars, plan, dir)?,
+        CredentialType::Gcp => gcp_env(record, &mut vars, plan, dir)?,
+        CredentialType::Password => password_env(record, &mut vars, prefixes)?,
+        CredentialType::Ssh => ssh_env(record, &mut vars, plan, dir)?,
+        CredentialType::File => file_env(record, &mut vars, plan, dir)?,
+        CredentialType::Token => token_env(record, &mut vars)?,
     }
     Ok(vars)
+}
+
+/// Every key but `refresh_command`, as itself; a key that is no variable name stops exec.
+fn generic_env(record: &RecordView, vars: &mut Vars) -> Result<(), String> {
+    for (key, value) in &record.fields {
+        if key == REFRESH_COMMAND {
+            continue;
+        }
+        if !is_env_name(key) {
+            // Keys a platform takes (`other.key`) need not be
+            // variable names; exec never sets half a credential.
+            return Err(format!(
+                "'{}' has the key '{key}', which cannot be an environment variable (use \
+                 letters, digits and _, not starting with a digit): exec does not start \
+                 the command; read it with 'vault get {} --field {key}', or rename the key",
+                record.name, record.name
+            ));
+        }
+        vars.push(var(key, value));
+    }
+    Ok(())
+}
+
+/// The AWS SDKs' variables, and the session's expiry.
+fn aws_env(record: &RecordView, vars: &mut Vars, plan: &mut Plan) -> Result<(), String> {
+    aws_vars(
+        vars,
+        plan,
+        required(record, "access_key_id")?,
+        required(record, "secret_access_key")?,
+        field(record, "session_token"),
+        field(record, "region"),
+    );
+    if let Some(t) = record.expires_at {
+        vars.push(text("AWS_CREDENTIAL_EXPIRATION", &t.to_rfc3339()));
+    }
+    Ok(())
+}
+
+/// A docker `config.json` with the login, and `DOCKER_CONFIG` pointing at it.
+fn registry_env(
+    record: &RecordView,
+    vars: &mut Vars,
+    plan: &mut Plan,
+    dir: &str,
+) -> Result<(), String> {
+    let stem = file_stem(&record.name);
+    let registry = required(record, "registry")?.expose_secret();
+    let username = required(record, "username")?.expose_secret();
+    let auth = required(record, "auth")?.expose_secret();
+    let pair = Zeroizing::new(format!("{username}:{auth}"));
+    let encoded = Zeroizing::new(BASE64.encode(pair.as_bytes()));
+    // Built by hand so the secret is only ever in wiped buffers;
+    // base64 needs no JSON escaping.
+    let config = Zeroizing::new(format!(
+        r#"{{"auths":{{{}:{{"auth":"{}"}}}}}}"#,
+        json!(registry),
+        encoded.as_str()
+    ));
+    plan.files.push(FileSpec {
+        rel: format!("docker-{stem}/config.json"),
+        content: Zeroizing::new(config.as_bytes().to_vec()),
+        mode: 0o600,
+    });
+    vars.push(text(
+        "DOCKER_CONFIG",
+        &in_dir(dir, &format!("docker-{stem}")),
+    ));
+    Ok(())
+}
+
+/// The key file, the variables google-auth and gcloud read, and the project.
+fn gcp_env(record: &RecordView, vars: &mut Vars, plan: &mut Plan, dir: &str) -> Result<(), String> {
+    let stem = file_stem(&record.name);
+    let json = required(record, "json")?;
+    let info: GcpKeyInfo = serde_json::from_str(json.expose_secret()).map_err(|_| {
+            format!(
+                "'{}' holds a json field that is not a JSON object: replace it with 'vault set {} json=@key.json'",
+                record.name, record.name
+            )
+        })?;
+    if info.kind.is_none() {
+        return Err(format!(
+            "'{}' holds JSON without a \"type\": use a service-account key or ADC file",
+            record.name
+        ));
+    }
+    let rel = format!("gcp-{stem}.json");
+    plan.files.push(FileSpec {
+        rel: rel.clone(),
+        content: Zeroizing::new(json.expose_secret().as_bytes().to_vec()),
+        mode: 0o600,
+    });
+    let path = in_dir(dir, &rel);
+    vars.push(text("GOOGLE_APPLICATION_CREDENTIALS", &path));
+    vars.push(text("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", &path));
+    let project = field(record, "project")
+        .map(|p| p.expose_secret().to_owned())
+        .or(info.project_id)
+        .or(info.quota_project_id);
+    if let Some(project) = project {
+        vars.push(text("GOOGLE_CLOUD_PROJECT", &project));
+        vars.push(text("CLOUDSDK_CORE_PROJECT", &project));
+    }
+    Ok(())
+}
+
+/// `PREFIX_USERNAME` and `PREFIX_PASSWORD`.
+fn password_env(
+    record: &RecordView,
+    vars: &mut Vars,
+    prefixes: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let prefix = prefixes
+        .get(&record.name)
+        .cloned()
+        .unwrap_or_else(|| env_prefix(&record.name));
+    vars.push(var(
+        &format!("{prefix}_USERNAME"),
+        required(record, "username")?,
+    ));
+    vars.push(var(
+        &format!("{prefix}_PASSWORD"),
+        required(record, "password")?,
+    ));
+    Ok(())
+}
+
+/// The key (and known_hosts) as files, and `GIT_SSH_COMMAND` using them.
+fn ssh_env(record: &RecordView, vars: &mut Vars, plan: &mut Plan, dir: &str) -> Result<(), String> {
+    let stem = file_stem(&record.name);
+    let key = required(record, "private_key")?;
+    let mut content = key.expose_secret().as_bytes().to_vec();
+    // OpenSSH refuses a key file without its final newline.
+    if !content.ends_with(b"\n") {
+        content.push(b'\n');
+    }
+    let rel = format!("ssh-{stem}");
+    plan.files.push(FileSpec {
+        rel: rel.clone(),
+        content: Zeroizing::new(content),
+        mode: 0o600,
+    });
+    let mut command = format!(
+        "ssh -i {} -o IdentitiesOnly=yes",
+        shell_quote(&in_dir(dir, &rel))
+    );
+    if let Some(known) = field(record, "known_hosts") {
+        let rel = format!("ssh-{stem}.known_hosts");
+        plan.files.push(FileSpec {
+            rel: rel.clone(),
+            content: Zeroizing::new(known.expose_secret().as_bytes().to_vec()),
+            mode: 0o600,
+        });
+        command.push_str(&format!(
+            " -o UserKnownHostsFile={}",
+            shell_quote(&in_dir(dir, &rel))
+        ));
+    }
+    vars.push(text("GIT_SSH_COMMAND", &command));
+    Ok(())
+}
+
+/// The file under its own base name, and its `env` variable if it has one.
+fn file_env(
+    record: &RecordView,
+    vars: &mut Vars,
+    plan: &mut Plan,
+    dir: &str,
+) -> Result<(), String> {
+    let stem = file_stem(&record.name);
+    let content = required(record, "content")?;
+    let path = required(record, "path")?.expose_secret();
+    let base = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .ok_or_else(|| {
+            format!(
+                "'{}' has path '{path}', which names no file: set path to a file name",
+                record.name
+            )
+        })?;
+    let mode = match field(record, "mode") {
+        Some(m) => vault_protocol::credential::parse_mode(m.expose_secret())?,
+        None => 0o600,
+    };
+    let rel = format!("file-{stem}/{base}");
+    plan.files.push(FileSpec {
+        rel: rel.clone(),
+        content: Zeroizing::new(content.expose_secret().as_bytes().to_vec()),
+        // Never more than the owner may have.
+        mode: mode & 0o700,
+    });
+    if let Some(env) = field(record, "env") {
+        let env = env.expose_secret();
+        if !is_env_name(env) {
+            return Err(format!(
+                "'{}' has env '{env}', which is not a valid environment variable name",
+                record.name
+            ));
+        }
+        vars.push(text(env, &in_dir(dir, &rel)));
+    }
+    Ok(())
+}
+
+/// The token as `env`, or `NAME_TOKEN`.
+fn token_env(record: &RecordView, vars: &mut Vars) -> Result<(), String> {
+    let env = match field(record, "env") {
+        Some(env) => env.expose_secret().to_owned(),
+        None => format!("{}_TOKEN", env_prefix(&record.name)),
+    };
+    if !is_env_name(&env) {
+        return Err(format!(
+            "'{}' has env '{env}', which is not a valid environment variable name",
+            record.name
+        ));
+    }
+    vars.push(var(&env, required(record, "token")?));
+    Ok(())
 }
 
 /// DATA credentials (SPEC §6): S3 and TOS as AWS_* (plus the endpoint where
