@@ -794,19 +794,26 @@ impl Known {
     }
 }
 
-/// Applies one pulled entry. Returns its clock and, when it became the
-/// head, the new head. Every check runs before anything is written: an
-/// entry is authenticated (body v3, a MAC under the vault's entry key),
-/// names this vault and the place it is filed under, follows on from the
-/// last applied entry of its device's chain and has a sane clock.
-#[allow(clippy::type_complexity)]
-fn apply_one(
-    sess: &mut Session,
+/// A pulled entry that passed every check of [`verify_entry`].
+struct Verified {
+    body: RecordBody,
+    stamp: Stamp,
+    /// Its MAC: the link the device's next entry must name.
+    mac: [u8; 32],
+}
+
+/// Checks one pulled entry; reads, never writes. It is authenticated (body
+/// v3, a MAC under the vault's entry key), names this vault and the place
+/// it is filed under, holds a valid record, follows on from the last
+/// applied entry of its device's chain and has a sane clock. `None`: it was
+/// applied before.
+fn verify_entry(
+    sess: &Session,
     tx: &mut SyncTx<'_>,
     e: &Pulled,
     want: &Expected,
     known: &mut Known,
-) -> std::result::Result<Option<(u64, Option<(RecordRow, RecordBody)>)>, Refusal> {
+) -> std::result::Result<Option<Verified>, Refusal> {
     let forged = || {
         Refusal::Skip(
             "it fails authentication: no device of this vault wrote it (a forgery by someone \
@@ -905,6 +912,24 @@ fn apply_one(
             "its expiry is out of range; it is not applied".to_owned(),
         ));
     }
+    Ok(Some(Verified { body, stamp, mac }))
+}
+
+/// Applies one pulled entry once [`verify_entry`] passed it (nothing is
+/// written before): records what it vouches for, files it as a revision,
+/// and when it wins ([`Rank`]) makes it the head and updates the index.
+/// Returns its clock and, when it became the head, the new head.
+#[allow(clippy::type_complexity)]
+fn apply_one(
+    sess: &mut Session,
+    tx: &mut SyncTx<'_>,
+    e: &Pulled,
+    want: &Expected,
+    known: &mut Known,
+) -> std::result::Result<Option<(u64, Option<(RecordRow, RecordBody)>)>, Refusal> {
+    let Some(Verified { body, stamp, mac }) = verify_entry(sess, tx, e, want, known)? else {
+        return Ok(None);
+    };
     for (device, through) in &stamp.seen {
         if known.claims.get(device).is_none_or(|c| through > c) {
             tx.claim(device, *through, (&e.device, e.index))?;
