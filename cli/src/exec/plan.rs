@@ -299,11 +299,12 @@ fn gcp_env(record: &RecordView, vars: &mut Vars, plan: &mut Plan, dir: &str) -> 
     let stem = file_stem(&record.name);
     let json = required(record, "json")?;
     let info: GcpKeyInfo = serde_json::from_str(json.expose_secret()).map_err(|_| {
-            format!(
-                "'{}' holds a json field that is not a JSON object: replace it with 'vault set {} json=@key.json'",
-                record.name, record.name
-            )
-        })?;
+        format!(
+            "'{}' holds a json field that is not a JSON object: replace it with \
+             'vault set {} json=@key.json'",
+            record.name, record.name
+        )
+    })?;
     if info.kind.is_none() {
         return Err(format!(
             "'{}' holds JSON without a \"type\": use a service-account key or ADC file",
@@ -419,12 +420,7 @@ fn file_env(
     });
     if let Some(env) = field(record, "env") {
         let env = env.expose_secret();
-        if !is_env_name(env) {
-            return Err(format!(
-                "'{}' has env '{env}', which is not a valid environment variable name",
-                record.name
-            ));
-        }
+        check_env_field(record, env)?;
         vars.push(text(env, &in_dir(dir, &rel)));
     }
     Ok(())
@@ -436,14 +432,20 @@ fn token_env(record: &RecordView, vars: &mut Vars) -> Result<(), String> {
         Some(env) => env.expose_secret().to_owned(),
         None => format!("{}_TOKEN", env_prefix(&record.name)),
     };
-    if !is_env_name(&env) {
-        return Err(format!(
-            "'{}' has env '{env}', which is not a valid environment variable name",
-            record.name
-        ));
-    }
+    check_env_field(record, &env)?;
     vars.push(var(&env, required(record, "token")?));
     Ok(())
+}
+
+/// A record's `env` (token, file) must name a variable the child can have.
+fn check_env_field(record: &RecordView, env: &str) -> Result<(), String> {
+    if is_env_name(env) {
+        return Ok(());
+    }
+    Err(format!(
+        "'{}' has env '{env}', which is not a valid environment variable name",
+        record.name
+    ))
 }
 
 /// DATA credentials (SPEC §6): S3 and TOS as AWS_* (plus the endpoint where
