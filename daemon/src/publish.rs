@@ -29,7 +29,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use crate::engine::Engine;
-use crate::engine::publish::{Job, JobOp, remote_kind};
+use crate::engine::publish::{Job, JobOp};
 use crate::server::Daemon;
 use crate::store::{Presence, RemoteRow};
 
@@ -183,7 +183,7 @@ impl Publisher {
         remotes
             .into_iter()
             .filter_map(|r| {
-                let Ok(kind) = remote_kind(&r) else {
+                let Some(kind) = RemoteKind::parse(&r.kind) else {
                     warn!(remote = %r.name, kind = %r.kind, "a remote of an unknown kind is not shown");
                     return None;
                 };
@@ -808,9 +808,8 @@ pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response
     };
     // A remote of a kind this build does not know is forgotten all the
     // same; there is no info to show for it.
-    let info = remote_kind(&row)
-        .ok()
-        .map(|kind| d.publisher.info(&row.name, kind, &row.url, pubs));
+    let info =
+        RemoteKind::parse(&row.kind).map(|kind| d.publisher.info(&row.name, kind, &row.url, pubs));
     d.publisher.reset(name).await;
     Ok(Response::Remotes {
         remotes: info.into_iter().collect(),
