@@ -14,7 +14,7 @@ use std::io::Read;
 use std::str::FromStr;
 
 use age::secrecy::{ExposeSecret, SecretString};
-use ring::{hkdf, hmac};
+use ring::{aead, hkdf, hmac};
 use zeroize::Zeroizing;
 
 /// scrypt work factor (log2 N) for `identity.age`. Fixed, never tuned to the
@@ -47,6 +47,8 @@ pub struct VaultKey {
     entry_mac: hmac::Key,
     /// Digests approved values (`approvals` table): local only.
     approval_mac: hmac::Key,
+    /// Seals this device's local caches (the index snapshot): never sent.
+    local_seal: aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -77,6 +79,10 @@ impl VaultKey {
             .expand(&[b"local-approval"], hmac::HMAC_SHA256)
             .expect("HMAC_SHA256 is a valid HKDF output length");
         let approval_mac = hmac::Key::from(okm);
+        let okm = prk
+            .expand(&[b"local-seal"], &aead::CHACHA20_POLY1305)
+            .expect("a ChaCha20-Poly1305 key is a valid HKDF output length");
+        let local_seal = aead::LessSafeKey::new(aead::UnboundKey::from(okm));
         let recipient = identity.to_public();
         Self {
             identity,
@@ -84,6 +90,7 @@ impl VaultKey {
             name_mac,
             entry_mac,
             approval_mac,
+            local_seal,
         }
     }
 
@@ -184,6 +191,43 @@ impl VaultKey {
         out
     }
 
+    /// Seals a local cache: a random nonce, then `plain` encrypted and
+    /// authenticated together with `label` (ChaCha20-Poly1305 under a key
+    /// derived from the identity). Only this vault's key opens it, and only
+    /// under the same label.
+    pub fn seal_local(&self, label: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the OS random source failed");
+        let mut out = Vec::with_capacity(nonce.len() + plain.len() + aead::MAX_TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .local_seal
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(label),
+                &mut out[aead::NONCE_LEN..],
+            )
+            .expect("a local cache is far below ChaCha20-Poly1305's size limit");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens what [`VaultKey::seal_local`] sealed under `label`; `None` when
+    /// it is damaged, truncated, made by another key or under another label.
+    pub fn open_local(&self, label: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let (nonce, body) = sealed.split_at_checked(aead::NONCE_LEN)?;
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let len = self
+            .local_seal
+            .open_in_place(nonce, aead::Aad::from(label), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(len);
+        Some(buf)
+    }
+
     /// Whether `mac` authenticates `signed` under this vault's key (in
     /// constant time).
     pub fn verify_entry(&self, signed: &[u8], mac: &[u8]) -> bool {
@@ -252,5 +296,26 @@ mod tests {
         assert!(!a.verify_entry(b"entry", &tag[..31]));
         // Separate keys: a blind-index value is never a valid entry MAC.
         assert_ne!(a.name_mac("entry"), tag.to_vec());
+    }
+
+    #[test]
+    fn local_seals_open_only_with_their_key_and_label() {
+        let a = VaultKey::generate();
+        let again = VaultKey::from_identity_str(a.identity_string().expose_secret()).unwrap();
+        let b = VaultKey::generate();
+        let sealed = a.seal_local(b"label", b"cache");
+        assert_eq!(&**again.open_local(b"label", &sealed).unwrap(), b"cache");
+        assert!(a.open_local(b"other", &sealed).is_none());
+        assert!(b.open_local(b"label", &sealed).is_none());
+        assert!(
+            a.open_local(b"label", &sealed[..sealed.len() - 1])
+                .is_none()
+        );
+        assert!(a.open_local(b"label", &sealed[..5]).is_none());
+        let mut flipped = sealed.clone();
+        flipped[13] ^= 1;
+        assert!(a.open_local(b"label", &flipped).is_none());
+        // A fresh nonce each time.
+        assert_ne!(a.seal_local(b"label", b"cache"), sealed);
     }
 }

@@ -27,6 +27,7 @@ mod approve;
 mod emitters;
 pub mod publish;
 mod refresh;
+mod snapshot;
 pub mod sync;
 
 type Result<T> = std::result::Result<T, WireError>;
@@ -96,11 +97,15 @@ pub struct IndexEntry {
     pub gated: bool,
     /// Lacks a required field (a refreshable record not minted yet).
     pub incomplete: bool,
-    /// The head's sync stamp, when it has one.
-    pub stamp: Option<crate::record::Stamp>,
+    /// How the head ranks against concurrent revisions: its sync stamp's
+    /// clock and device ([`Rank::default`] before sync).
+    pub rank: crate::record::Rank,
     /// For a record that lost its name to a concurrent one (SPEC §11): the
     /// name it claims; it is listed under [`sync::derived_name`].
     pub claims: Option<String>,
+    /// SHA-256 of the ciphertext it was read from (the index snapshot's
+    /// check).
+    pub digest: [u8; 32],
 }
 
 /// Name → entry, for every live record.
@@ -116,6 +121,11 @@ struct Session {
     claims: BTreeMap<String, std::collections::BTreeSet<String>>,
     idle_deadline: Timestamp,
     hard_deadline: Timestamp,
+    /// The snapshot on disk does not match the index: write it at lock.
+    snapshot_stale: bool,
+    /// The store's change count when the index was installed: any write
+    /// since makes the snapshot stale too.
+    changes_at_install: u64,
 }
 
 /// Derives a record's STATUS from its expiry.
@@ -185,8 +195,13 @@ impl IndexEntry {
                 .fields()
                 .iter()
                 .any(|f| f.required && body.fields.get(f.name).is_none_or(|v| v.is_empty())),
-            stamp: body.sync.clone(),
+            rank: body
+                .sync
+                .as_ref()
+                .map(crate::record::Stamp::rank)
+                .unwrap_or_default(),
             claims: row.shadowed.then(|| body.name.clone()),
+            digest: snapshot::digest(&row.body),
         }
     }
 
@@ -196,6 +211,13 @@ impl IndexEntry {
             Some(n) => sync::derived_name(n, &self.id),
             None => body_name.to_owned(),
         }
+    }
+}
+
+impl Drop for Engine {
+    /// A daemon that stops leaves an up-to-date snapshot behind.
+    fn drop(&mut self) {
+        self.lock("vaultd stopping");
     }
 }
 
@@ -420,7 +442,15 @@ impl Engine {
         self.log_last = 0;
         self.clock = 0;
         self.chain = None;
-        self.install(key, Index::new(), now);
+        self.install(
+            key,
+            Built {
+                index: Index::new(),
+                decrypted: 0,
+                snapshot_stale: true,
+            },
+            now,
+        );
         Ok(())
     }
 
@@ -466,45 +496,127 @@ impl Engine {
         self.store()?.live_records().map_err(store_err)
     }
 
-    /// Decrypts the bodies of `rows` on every core and builds the index. A
-    /// record that does not decrypt is logged by id and left out; the unlock
-    /// goes on.
-    pub fn build_index(key: &VaultKey, rows: &[RecordRow]) -> Index {
+    /// The index snapshot unlock starts from (read and opened outside the
+    /// engine lock): empty when there is none or it is unusable (logged).
+    pub fn read_snapshot(key: &VaultKey, path: &std::path::Path) -> snapshot::Entries {
+        read_snapshot(key, path)
+    }
+
+    /// Unlock, run beside scrypt (under the engine lock): every live row
+    /// and the digest of its ciphertext, without keeping the bodies.
+    pub fn scan_rows(&self) -> Result<Rows> {
+        let store = self.store()?;
+        let mut rows = Vec::new();
+        store
+            .scan_live(|row, body| rows.push((row, snapshot::digest(body))))
+            .map_err(store_err)?;
+        Ok(Rows {
+            rows,
+            changes: store.total_changes(),
+        })
+    }
+
+    /// Unlock once the key is open (under the engine lock): each row the
+    /// snapshot holds with this very ciphertext is taken from it; the others
+    /// are read again with their bodies, for [`Engine::build_index`] to
+    /// decrypt. Rows changed since [`Engine::scan_rows`] are scanned again.
+    pub fn match_rows(&self, rows: Rows, mut snapshot: snapshot::Entries) -> Result<Scan> {
+        let rows = if rows.changes == self.store()?.total_changes() {
+            rows
+        } else {
+            self.scan_rows()?
+        };
+        let snapshot_len = snapshot.len();
+        let mut reused = Vec::with_capacity(rows.rows.len());
+        let mut missing = Vec::new();
+        for (row, digest) in rows.rows {
+            match snapshot.remove(&row.id) {
+                Some(e) if e.digest() == &digest => {
+                    let (name, entry) = e.into_index_entry(&row, digest);
+                    reused.push((entry.listed_name(&name), entry));
+                }
+                _ => missing.push(row),
+            }
+        }
+        drop(snapshot);
+        let to_decrypt = self.with_bodies(missing)?;
+        Ok(Scan {
+            reused,
+            to_decrypt,
+            snapshot_len,
+        })
+    }
+
+    /// `rows` with their bodies read: one by one when they are few, in one
+    /// more walk over the table when they are many (no snapshot yet).
+    fn with_bodies(&self, mut rows: Vec<RecordRow>) -> Result<Vec<RecordRow>> {
+        let store = self.store()?;
+        if rows.len() <= 1024 {
+            for row in &mut rows {
+                if let Some(full) = store.by_id(&row.id).map_err(store_err)? {
+                    row.body = full.body;
+                }
+            }
+            return Ok(rows);
+        }
+        let mut at: std::collections::HashMap<String, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect();
+        store
+            .scan_live(|row, body| {
+                if let Some(i) = at.remove(&row.id) {
+                    rows[i].body = body.to_vec();
+                }
+            })
+            .map_err(store_err)?;
+        Ok(rows)
+    }
+
+    /// Last step of unlock but one, outside the lock: decrypts what the
+    /// snapshot did not hold, on every core. A record that does not decrypt
+    /// is logged by id and left out; the unlock goes on.
+    pub fn build_index(key: &VaultKey, scan: Scan) -> Built {
+        let Scan {
+            reused,
+            to_decrypt,
+            snapshot_len,
+        } = scan;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let chunk = rows.len().div_ceil(threads).max(1);
+        let chunk = to_decrypt.len().div_ceil(threads).max(1);
         let parts: Vec<Vec<(String, IndexEntry)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = rows
+            let handles: Vec<_> = to_decrypt
                 .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .filter_map(|row| match decrypt_body(key, row) {
-                                Ok(body) => {
-                                    let entry = IndexEntry::from_parts(row, &body);
-                                    Some((entry.listed_name(&body.name), entry))
-                                }
-                                Err(e) => {
-                                    warn!(record = %row.id, error = %e.message, "record skipped");
-                                    None
-                                }
-                            })
-                            .collect()
-                    })
-                })
+                .map(|part| s.spawn(move || decrypt_part(key, part)))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        parts.into_iter().flatten().collect()
+        let snapshot_stale = !to_decrypt.is_empty() || reused.len() != snapshot_len;
+        let index: Index = reused
+            .into_iter()
+            .chain(parts.into_iter().flatten())
+            .collect();
+        Built {
+            index,
+            decrypted: to_decrypt.len(),
+            snapshot_stale,
+        }
     }
 
     /// Last half of unlock: keep the key and index in memory.
-    pub fn install(&mut self, key: VaultKey, index: Index, now: Timestamp) {
-        info!(records = index.len(), "unlocked");
+    pub fn install(&mut self, key: VaultKey, built: Built, now: Timestamp) {
+        let Built {
+            index,
+            decrypted,
+            snapshot_stale,
+        } = built;
+        info!(records = index.len(), decrypted, "unlocked");
         let mut claims: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for e in index.values() {
             if let Some(n) = &e.claims {
@@ -517,6 +629,8 @@ impl Engine {
             claims,
             idle_deadline: now.plus(self.config.idle),
             hard_deadline: now.plus(self.config.max),
+            snapshot_stale,
+            changes_at_install: 0,
         });
         // A claimed name nobody holds (a crash between a change and the
         // hand-over of its name) goes to its claimant now.
@@ -541,10 +655,35 @@ impl Engine {
             // approve`, and the seeding is tried again at the next unlock.
             warn!(error = %e, "cannot seed approvals");
         }
+        let changes = self.store.as_ref().map_or(0, Store::total_changes);
+        if let Some(s) = &mut self.session {
+            s.changes_at_install = changes;
+        }
+    }
+
+    /// Where unlock finds the index snapshot.
+    pub fn snapshot_path(&self) -> std::path::PathBuf {
+        self.paths.index_snapshot()
+    }
+
+    /// Writes the index snapshot when the one on disk is out of date.
+    fn save_snapshot(&self) {
+        let Some(sess) = &self.session else { return };
+        let changes = self.store.as_ref().map_or(0, Store::total_changes);
+        if !sess.snapshot_stale && changes == sess.changes_at_install {
+            return;
+        }
+        let bytes = snapshot::seal(&sess.key, &sess.index);
+        match crate::fsutil::replace_private(&self.paths.index_snapshot(), &bytes) {
+            Ok(()) => info!(records = sess.index.len(), "index snapshot written"),
+            // The next unlock decrypts every record instead; nothing is lost.
+            Err(e) => warn!(error = %e, "cannot write the index snapshot"),
+        }
     }
 
     /// Forgets the key and index (zeroized on drop).
     pub fn lock(&mut self, why: &str) {
+        self.save_snapshot();
         if self.session.take().is_some() {
             info!(reason = why, "locked");
         }
@@ -1138,6 +1277,77 @@ impl Engine {
     }
 }
 
+/// The live rows (without bodies) and their ciphertexts' digests, as
+/// [`Engine::scan_rows`] found them.
+#[derive(Debug)]
+pub struct Rows {
+    rows: Vec<(RecordRow, [u8; 32])>,
+    /// The store's change count then: [`Engine::match_rows`] scans again
+    /// if anything was written since.
+    changes: u64,
+}
+
+/// The rows of an unlock, read under the engine lock.
+#[derive(Debug)]
+pub struct Scan {
+    /// Entries the snapshot held, by listed name.
+    reused: Vec<(String, IndexEntry)>,
+    /// Rows it did not hold, with their bodies.
+    to_decrypt: Vec<RecordRow>,
+    /// Entries in the snapshot.
+    snapshot_len: usize,
+}
+
+/// An index built at unlock.
+#[derive(Debug)]
+pub struct Built {
+    index: Index,
+    /// Rows decrypted because the snapshot did not hold them.
+    decrypted: usize,
+    /// The snapshot on disk does not describe exactly this index.
+    snapshot_stale: bool,
+}
+
+/// The snapshot at `path`, or nothing (logged) when it is missing or
+/// unusable: unlock then decrypts every record.
+fn read_snapshot(key: &VaultKey, path: &std::path::Path) -> snapshot::Entries {
+    let bytes = match crate::fsutil::read_private(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the index snapshot; decrypting every record");
+            return Default::default();
+        }
+    };
+    match snapshot::open(key, &bytes) {
+        Ok(entries) => entries,
+        Err(snapshot::Unusable::OtherBuild) => {
+            info!("the index snapshot is from another build; decrypting every record");
+            Default::default()
+        }
+        Err(snapshot::Unusable::Damaged) => {
+            warn!("the index snapshot is damaged; decrypting every record");
+            Default::default()
+        }
+    }
+}
+
+/// One thread's share of [`Engine::build_index`].
+fn decrypt_part(key: &VaultKey, rows: &[RecordRow]) -> Vec<(String, IndexEntry)> {
+    rows.iter()
+        .filter_map(|row| match decrypt_body(key, row) {
+            Ok(body) => {
+                let entry = IndexEntry::from_parts(row, &body);
+                Some((entry.listed_name(&body.name), entry))
+            }
+            Err(e) => {
+                warn!(record = %row.id, error = %e.message, "record skipped");
+                None
+            }
+        })
+        .collect()
+}
+
 fn decrypt_body(key: &VaultKey, row: &RecordRow) -> Result<RecordBody> {
     let plain = key.decrypt(&row.body).map_err(|e| {
         err(
@@ -1228,13 +1438,140 @@ mod tests {
             ErrorCode::BadPassphrase
         );
         let key = e.open_key(&sealed, &SecretValue::from("pw")).unwrap();
-        let rows = e.live_rows().unwrap();
-        let index = Engine::build_index(&key, &rows);
+        let rows = e.scan_rows().unwrap();
+        let scan = e.match_rows(rows, Default::default()).unwrap();
+        let index = Engine::build_index(&key, scan);
         e.install(key, index, now);
         assert_eq!(
             e.list(&ListFilter::default(), None, now).unwrap().0.len(),
             2
         );
+    }
+
+    /// Opens the vault under `home` as vaultd does: the rows, then the
+    /// snapshot (unless `fresh`), then what it lacks. Returns how many rows
+    /// were decrypted.
+    fn reopen(home: &std::path::Path, fresh: bool, now: Timestamp) -> (Engine, usize) {
+        let mut e = Engine::open(VaultPaths::under_home(home), Config::default()).unwrap();
+        let key = e
+            .open_key(&e.sealed_key().unwrap(), &SecretValue::from("pw"))
+            .unwrap();
+        let rows = e.scan_rows().unwrap();
+        let snapshot = if fresh {
+            Default::default()
+        } else {
+            Engine::read_snapshot(&key, &e.snapshot_path())
+        };
+        let built = Engine::build_index(&key, e.match_rows(rows, snapshot).unwrap());
+        let decrypted = built.decrypted;
+        e.install(key, built, now);
+        (e, decrypted)
+    }
+
+    fn unlock_from_snapshot(home: &std::path::Path, now: Timestamp) -> (Engine, usize) {
+        reopen(home, false, now)
+    }
+
+    /// Everything `list` shows.
+    fn listing(e: &Engine, now: Timestamp) -> String {
+        format!("{:?}", e.list(&ListFilter::default(), None, now).unwrap().0)
+    }
+
+    /// What `list` shows after decrypting every record.
+    fn full_listing(home: &std::path::Path, now: Timestamp) -> String {
+        let (mut e, _) = reopen(home, true, now);
+        let out = listing(&e, now);
+        // Leave the snapshot on disk as it was.
+        e.session = None;
+        out
+    }
+
+    #[test]
+    fn unlock_reads_the_snapshot_and_decrypts_only_what_changed_since() {
+        let (tmp, mut e) = engine();
+        let home = tmp.path();
+        let now = Timestamp(1_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        let described = NewRecord {
+            description: Some("ci token".into()),
+            tags: vec!["ci".into(), "team".into()],
+            expires_at: Some(Timestamp(9_000_000_000)),
+            ..token("x", "1")
+        };
+        e.add(vec![described, token("y", "2"), token("w", "3")], now)
+            .unwrap();
+        e.lock("test");
+        let path = VaultPaths::under_home(home).index_snapshot();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        ) & 0o777;
+        assert_eq!(mode, 0o600);
+        let first = std::fs::read(&path).unwrap();
+
+        let (mut e, decrypted) = unlock_from_snapshot(home, now);
+        assert_eq!(
+            decrypted, 0,
+            "an up-to-date snapshot spares every decryption"
+        );
+        assert_eq!(listing(&e, now), full_listing(home, now));
+
+        // Changes, then a crash: the snapshot on disk predates them.
+        e.set(
+            "x",
+            BTreeMap::new(),
+            vec![],
+            Some("moved".into()),
+            None,
+            None,
+            now,
+        )
+        .unwrap();
+        e.remove("y", false, now).unwrap();
+        e.add(vec![token("z", "4")], now).unwrap();
+        e.lock("test");
+        std::fs::write(&path, &first).unwrap();
+        let (e, decrypted) = unlock_from_snapshot(home, now);
+        assert_eq!(decrypted, 2, "x changed and z is new; w is reused");
+        let shown = listing(&e, now);
+        assert_eq!(shown, full_listing(home, now));
+        assert!(shown.contains("moved") && !shown.contains("ci token"));
+        assert_eq!(
+            e.get("x", now).unwrap().description.as_deref(),
+            Some("moved")
+        );
+        assert_eq!(e.get("y", now).unwrap_err().code, ErrorCode::NotFound);
+        drop(e); // writes it afresh
+        let (_e, decrypted) = unlock_from_snapshot(home, now);
+        assert_eq!(decrypted, 0);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_snapshot_costs_time_and_nothing_else() {
+        let (tmp, mut e) = engine();
+        let home = tmp.path();
+        let now = Timestamp(1_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        e.add(vec![token("x", "1"), token("y", "2")], now).unwrap();
+        e.lock("test");
+        let path = VaultPaths::under_home(home).index_snapshot();
+        let good = std::fs::read(&path).unwrap();
+        let expected = full_listing(home, now);
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        // Another vault's snapshot: sealed under another key.
+        let (other, mut o) = engine();
+        o.init(&SecretValue::from("pw"), now).unwrap();
+        o.add(vec![token("x", "9")], now).unwrap();
+        drop(o);
+        let foreign = std::fs::read(VaultPaths::under_home(other.path()).index_snapshot()).unwrap();
+        for bad in [flipped, foreign, good[..10].to_vec(), b"garbage".to_vec()] {
+            std::fs::write(&path, &bad).unwrap();
+            let (e, decrypted) = unlock_from_snapshot(home, now);
+            assert_eq!(decrypted, 2);
+            assert_eq!(listing(&e, now), expected);
+        }
     }
 
     #[test]

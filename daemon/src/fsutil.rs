@@ -139,6 +139,22 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Writes a private file of our own whole: a 0600 temp file in the same
+/// directory, fsync, rename over `path` (a symlink there is replaced, never
+/// followed), fsync of the directory. A reader sees the old file or the new
+/// one.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vault-write-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)?;
+    io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
 /// Reads a file other tools own (following a symlink); `None` when it does
 /// not exist yet.
 pub fn read_text(path: &Path) -> io::Result<Option<String>> {

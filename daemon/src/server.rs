@@ -210,52 +210,68 @@ impl Daemon {
             }
             sealed
         };
-        // scrypt takes a few hundred milliseconds: never under the engine lock.
+        // scrypt takes a few hundred milliseconds: never under the engine
+        // lock. The other core meanwhile walks the rows and digests their
+        // ciphertexts, which is all unlock needs of them when the index
+        // snapshot is up to date (docs/architecture.md).
+        let this = Arc::clone(self);
+        let rows = tokio::task::spawn_blocking(move || this.engine().scan_rows());
         let opened = tokio::task::spawn_blocking(move || {
             crate::crypto::VaultKey::open(&sealed.0, passphrase.expose_secret())
         })
         .await
-        .map_err(|_| WireError::new(ErrorCode::Internal, "unlock task failed; see vaultd.log"))?;
+        .map_err(|_| task_failed())?;
+        let rows = rows.await.map_err(|_| task_failed())?;
         let key = match opened {
             Ok(key) => key,
-            Err(e) => {
-                let err = match e {
-                    crate::crypto::KeyError::BadPassphrase => {
-                        *failures += 1;
-                        let delay = Duration::from_millis(250u64 << (*failures).min(5));
-                        warn!(failures = *failures, "wrong passphrase");
-                        tokio::time::sleep(delay).await;
-                        WireError::new(
-                            ErrorCode::BadPassphrase,
-                            "wrong passphrase: the vault stays locked; try again",
-                        )
-                    }
-                    crate::crypto::KeyError::Damaged(why) => WireError::new(
-                        ErrorCode::Failed,
-                        format!(
-                            "identity.age is damaged: {why}. Nothing was changed; restore it \
-                             from a backup"
-                        ),
-                    ),
-                };
-                return Err(err);
-            }
+            Err(e) => return Err(Self::refused(&mut failures, e).await),
         };
         *failures = 0;
-        let rows = self.engine().live_rows()?;
-        let index = tokio::task::spawn_blocking(move || {
-            let index = Engine::build_index(&key, &rows);
-            (key, index)
+        let rows = rows?;
+        // The snapshot is opened, and what it lacks decrypted, outside the
+        // engine lock.
+        let this = Arc::clone(self);
+        let built = tokio::task::spawn_blocking(move || {
+            let path = this.engine().snapshot_path();
+            let snapshot = Engine::read_snapshot(&key, &path);
+            let scan = this.engine().match_rows(rows, snapshot)?;
+            let built = Engine::build_index(&key, scan);
+            Ok::<_, WireError>((key, built))
         })
         .await
-        .map_err(|_| WireError::new(ErrorCode::Internal, "unlock task failed; see vaultd.log"))?;
-        self.engine().install(index.0, index.1, Timestamp::now());
+        .map_err(|_| task_failed())?;
+        let (key, built) = built?;
+        self.engine().install(key, built, Timestamp::now());
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.bump();
         // Catch up with the other devices, and publish what waited.
         self.syncer.kick();
         self.publisher.kick();
         self.status()
+    }
+
+    /// The answer to a passphrase that did not open the key. A wrong one
+    /// waits longer after each failure in a row.
+    async fn refused(failures: &mut u32, e: crate::crypto::KeyError) -> WireError {
+        match e {
+            crate::crypto::KeyError::BadPassphrase => {
+                *failures += 1;
+                let delay = Duration::from_millis(250u64 << (*failures).min(5));
+                warn!(failures = *failures, "wrong passphrase");
+                tokio::time::sleep(delay).await;
+                WireError::new(
+                    ErrorCode::BadPassphrase,
+                    "wrong passphrase: the vault stays locked; try again",
+                )
+            }
+            crate::crypto::KeyError::Damaged(why) => WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "identity.age is damaged: {why}. Nothing was changed; restore it from a \
+                     backup"
+                ),
+            ),
+        }
     }
 
     async fn wait_unlocked(&self, timeout: Duration) -> Result<Response, WireError> {
@@ -486,6 +502,11 @@ impl Daemon {
         }
         result
     }
+}
+
+/// A blocking task of unlock panicked or was cancelled.
+fn task_failed() -> WireError {
+    WireError::new(ErrorCode::Internal, "unlock task failed; see vaultd.log")
 }
 
 /// Reads one frame body; `Closed` between frames. The first byte may take

@@ -356,6 +356,13 @@ const ROW_COLUMNS: &str =
     "id, name_mac, kind, revision, created_at, updated_at, expires_at, deleted, body, shadowed";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
+    let mut row = read_head(r)?;
+    row.body = r.get(8)?;
+    Ok(row)
+}
+
+/// A row of [`ROW_COLUMNS`] but its body (left empty).
+fn read_head(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     Ok(RecordRow {
         id: r.get(0)?,
         name_mac: r.get(1)?,
@@ -365,7 +372,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
         updated_at: r.get(5)?,
         expires_at: r.get(6)?,
         deleted: r.get::<_, i64>(7)? != 0,
-        body: r.get(8)?,
+        body: Vec::new(),
         shadowed: r.get::<_, i64>(9)? != 0,
     })
 }
@@ -492,6 +499,12 @@ impl Store {
         Ok(())
     }
 
+    /// Rows this connection has changed since it opened (SQLite's
+    /// `total_changes`): a cheap "anything written since?".
+    pub fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
     /// Every live record (for building the in-memory index at unlock).
     pub fn live_records(&self) -> Result<Vec<RecordRow>> {
         let mut stmt = self.conn.prepare(&format!(
@@ -501,6 +514,24 @@ impl Store {
             .query_map([], read_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    /// Walks every live record without copying its body: `f` gets the row
+    /// (its `body` empty) and the body's bytes, and keeps what it needs.
+    /// Unlock reads 100k rows this way in a fraction of what copying every
+    /// body costs.
+    pub fn scan_live(&self, mut f: impl FnMut(RecordRow, &[u8])) -> Result<()> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ROW_COLUMNS} FROM records WHERE deleted = 0"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(
+                read_head(r)?,
+                r.get_ref(8)?.as_blob().map_err(rusqlite::Error::from)?,
+            );
+        }
+        Ok(())
     }
 
     /// Number of live records.

@@ -93,6 +93,12 @@ impl VaultPaths {
         self.data_dir.join("identity.age")
     }
 
+    /// The encrypted index snapshot: a cache that makes unlock fast.
+    /// Deleting it loses nothing.
+    pub fn index_snapshot(&self) -> PathBuf {
+        self.data_dir.join("index.snapshot")
+    }
+
     /// The user's configuration.
     pub fn config(&self) -> PathBuf {
         self.config_dir.join("config.toml")
@@ -129,6 +135,7 @@ impl VaultPaths {
             wal,
             shm,
             self.identity(),
+            self.index_snapshot(),
             self.config(),
             self.log(),
             self.daemon_lock(),

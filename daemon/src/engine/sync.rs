@@ -61,10 +61,6 @@ pub(super) fn unclaim(sess: &mut Session, name: &str, id: &str) {
     }
 }
 
-fn rank(e: &IndexEntry) -> Rank {
-    e.stamp.as_ref().map(Stamp::rank).unwrap_or_default()
-}
-
 /// Gives `name` to the live record claiming it whose head ranks highest;
 /// the others are listed under derived names.
 fn settle(
@@ -74,11 +70,11 @@ fn settle(
 ) -> std::result::Result<(), StoreError> {
     let mut cands: Vec<(Rank, String, bool)> = Vec::new();
     if let Some(e) = sess.index.get(name).filter(|e| e.claims.is_none()) {
-        cands.push((rank(e), e.id.clone(), false));
+        cands.push((e.rank.clone(), e.id.clone(), false));
     }
     for id in sess.claims.get(name).cloned().unwrap_or_default() {
         if let Some(e) = sess.index.get(&derived_name(name, &id)) {
-            cands.push((rank(e), id, true));
+            cands.push((e.rank.clone(), id, true));
         }
     }
     let Some(winner) = cands
@@ -654,11 +650,16 @@ impl Engine {
 
     /// Rebuilds the index from the store.
     fn reindex(&mut self) {
-        let Ok(rows) = self.live_rows() else { return };
+        let Ok(scan) = self
+            .scan_rows()
+            .and_then(|rows| self.match_rows(rows, Default::default()))
+        else {
+            return;
+        };
         let Some(sess) = self.session.take() else {
             return;
         };
-        let index = Self::build_index(&sess.key, &rows);
+        let index = Self::build_index(&sess.key, scan);
         let (idle, hard) = (sess.idle_deadline, sess.hard_deadline);
         self.install(sess.key, index, Timestamp::now());
         if let Some(s) = &mut self.session {
@@ -729,7 +730,7 @@ impl Engine {
                     kind: ConflictKind::Name,
                     revision: None,
                     head: Some(e.revision),
-                    device: e.stamp.as_ref().map(|s| s.device.clone()),
+                    device: (e.rank != Rank::default()).then(|| e.rank.device.clone()),
                     at: Some(e.updated_at),
                     deleted: false,
                     claims: Some(claims.clone()),
