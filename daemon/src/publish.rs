@@ -112,6 +112,9 @@ pub struct Publisher {
     remotes: Mutex<BTreeMap<String, Arc<Remote>>>,
     kick: Notify,
     http: reqwest::Client,
+    /// Remotes of an unknown kind already logged: `vault status` asks on
+    /// every call, the log says it once.
+    unknown: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Publisher {
@@ -119,6 +122,7 @@ impl Default for Publisher {
         Self {
             remotes: Mutex::default(),
             kick: Notify::new(),
+            unknown: Mutex::default(),
             // Building a client without TLS roots configured cannot fail.
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
@@ -184,7 +188,10 @@ impl Publisher {
             .into_iter()
             .filter_map(|r| {
                 let Some(kind) = RemoteKind::parse(&r.kind) else {
-                    warn!(remote = %r.name, kind = %r.kind, "a remote of an unknown kind is not shown");
+                    let mut logged = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                    if logged.insert(format!("{}\0{}", r.name, r.kind)) {
+                        warn!(remote = %r.name, kind = %r.kind, "a remote of an unknown kind is not shown");
+                    }
                     return None;
                 };
                 let pubs = engine.publications(Some(&r.name)).unwrap_or_default();

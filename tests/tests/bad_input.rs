@@ -338,3 +338,33 @@ fn second_daemon_on_the_same_vault_is_refused() {
     vh.vault(["list"]).ok();
     assert_eq!(vh.daemon_pids(), vec![first]);
 }
+
+/// A remote of a kind this build does not know (written by a newer vault)
+/// is left out of `vault status`, which still works, and said once in the
+/// log, not on every status call.
+#[test]
+fn a_remote_of_an_unknown_kind_is_logged_once_and_status_still_works() {
+    let vh = VaultHome::new();
+    vh.init();
+    vh.stop_daemons();
+    let db = rusqlite::Connection::open(vh.paths().db()).unwrap();
+    db.execute(
+        "INSERT INTO remotes (name, kind, url, token, created_at) \
+         VALUES ('later', 'nomad', 'https://nomad.example', x'00', 0)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    vh.unlock();
+    for _ in 0..3 {
+        let run = vh.vault(["--json", "status"]);
+        let status = run.ok().json();
+        assert!(!run.stdout.contains("later"), "{status}");
+    }
+    let log = fs::read_to_string(vh.paths().log()).unwrap();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("unknown kind") && l.contains("later"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+}
