@@ -128,6 +128,85 @@ struct Session {
     changes_at_install: u64,
 }
 
+/// The vault's state, which decides what can run: nothing but `init` with no
+/// vault, nothing that needs the key while it is locked. One value in place
+/// of two `Option`s that could disagree.
+#[derive(Debug)]
+enum Vault {
+    /// No `vault.db` yet: `vault init` makes one.
+    Uninitialized,
+    /// The database is open; the key is not in memory.
+    Locked(Store),
+    /// The key is open and the index built.
+    Unlocked(Store, Box<Session>),
+}
+
+impl Vault {
+    fn store(&self) -> Option<&Store> {
+        match self {
+            Self::Uninitialized => None,
+            Self::Locked(store) | Self::Unlocked(store, _) => Some(store),
+        }
+    }
+
+    fn store_mut(&mut self) -> Option<&mut Store> {
+        match self {
+            Self::Uninitialized => None,
+            Self::Locked(store) | Self::Unlocked(store, _) => Some(store),
+        }
+    }
+
+    fn session(&self) -> Option<&Session> {
+        match self {
+            Self::Unlocked(_, session) => Some(session.as_ref()),
+            _ => None,
+        }
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            Self::Unlocked(_, session) => Some(session.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// Both halves of an unlocked vault, to change the store and the index
+    /// together.
+    fn parts_mut(&mut self) -> Option<(&mut Store, &mut Session)> {
+        match self {
+            Self::Unlocked(store, session) => Some((store, session.as_mut())),
+            _ => None,
+        }
+    }
+
+    /// Unlocked → locked. Returns the session it held (the key and index,
+    /// zeroized when dropped).
+    fn lock(&mut self) -> Option<Session> {
+        match std::mem::replace(self, Self::Uninitialized) {
+            Self::Unlocked(store, session) => {
+                *self = Self::Locked(store);
+                Some(*session)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Locked → unlocked with `session`. With no vault there is nothing to
+    /// unlock: `false`.
+    fn unlock(&mut self, session: Session) -> bool {
+        match std::mem::replace(self, Self::Uninitialized) {
+            Self::Locked(store) | Self::Unlocked(store, _) => {
+                *self = Self::Unlocked(store, Box::new(session));
+                true
+            }
+            Self::Uninitialized => false,
+        }
+    }
+}
+
 /// Derives a record's STATUS from its expiry.
 pub fn state_of(expires_at: Option<Timestamp>, now: Timestamp) -> RecordState {
     match expires_at {
@@ -230,8 +309,7 @@ pub struct SealedKey(pub Vec<u8>);
 pub struct Engine {
     paths: VaultPaths,
     config: Config,
-    store: Option<Store>,
-    session: Option<Session>,
+    vault: Vault,
     device: String,
     /// The watch on emitted files, made at the first tick.
     watch: Option<crate::watch::DriftWatch>,
@@ -294,8 +372,7 @@ impl Engine {
         Ok(Self {
             paths,
             config,
-            store,
-            session: None,
+            vault: store.map_or(Vault::Uninitialized, Vault::Locked),
             device,
             watch: None,
             drift: Vec::new(),
@@ -309,11 +386,11 @@ impl Engine {
 
     /// Whether the key is out of memory.
     pub fn is_locked(&self) -> bool {
-        self.session.is_none()
+        self.vault.session().is_none()
     }
 
     fn store(&self) -> Result<&Store> {
-        self.store.as_ref().ok_or_else(|| {
+        self.vault.store().ok_or_else(|| {
             err(
                 ErrorCode::NotInitialized,
                 format!(
@@ -326,19 +403,20 @@ impl Engine {
 
     fn session(&self) -> Result<&Session> {
         self.store()?;
-        self.session
-            .as_ref()
+        self.vault
+            .session()
             .ok_or_else(|| err(ErrorCode::Locked, "vault is locked: run 'vault unlock'"))
     }
 
     /// Daemon and vault state.
     pub fn status(&self, socket: &str, pid: u32, now: Timestamp) -> Result<StatusInfo> {
-        let vault_id = match &self.store {
+        let vault_id = match self.vault.store() {
             Some(s) => s.meta("vault_id").map_err(store_err)?,
             None => None,
         };
+        let session = self.vault.session();
         let mut expiring: Vec<RecordSummary> = Vec::new();
-        if let Some(sess) = &self.session {
+        if let Some(sess) = session {
             for (name, e) in &sess.index {
                 if let Some(t) = e.expires_at
                     && t.unix() - now.unix() < EXPIRING_WINDOW.as_secs() as i64
@@ -349,14 +427,14 @@ impl Engine {
             expiring.sort_by_key(|s| s.expires_at);
         }
         Ok(StatusInfo {
-            initialized: self.store.is_some(),
+            initialized: self.vault.store().is_some(),
             vault_id,
-            locked: self.session.is_none(),
+            locked: session.is_none(),
             daemon_pid: pid,
             socket: socket.to_owned(),
-            records: self.session.as_ref().map(|s| s.index.len() as u64),
-            idle_lock_at: self.session.as_ref().map(|s| s.idle_deadline),
-            hard_lock_at: self.session.as_ref().map(|s| s.hard_deadline),
+            records: session.map(|s| s.index.len() as u64),
+            idle_lock_at: session.map(|s| s.idle_deadline),
+            hard_lock_at: session.map(|s| s.hard_deadline),
             expiring,
             sync: SyncStatus::default(),
             remotes: Vec::new(),
@@ -383,7 +461,7 @@ impl Engine {
     }
 
     fn check_absent(&self) -> Result<()> {
-        if self.store.is_some() || self.paths.identity().exists() {
+        if self.vault.store().is_some() || self.paths.identity().exists() {
             return Err(err(
                 ErrorCode::AlreadyExists,
                 format!(
@@ -437,7 +515,7 @@ impl Engine {
             )
         })?;
         info!(vault_id = %vault_id, "vault created");
-        self.store = Some(store);
+        self.vault = Vault::Locked(store);
         self.device = device;
         self.log_last = 0;
         self.clock = 0;
@@ -623,7 +701,7 @@ impl Engine {
                 claims.entry(n.clone()).or_default().insert(e.id.clone());
             }
         }
-        self.session = Some(Session {
+        let unlocked = self.vault.unlock(Session {
             key,
             index,
             claims,
@@ -632,11 +710,15 @@ impl Engine {
             snapshot_stale,
             changes_at_install: 0,
         });
+        if !unlocked {
+            warn!("no vault to unlock");
+            return;
+        }
         // A claimed name nobody holds (a crash between a change and the
         // hand-over of its name) goes to its claimant now.
         let orphans: Vec<String> = self
-            .session
-            .as_ref()
+            .vault
+            .session()
             .map(|s| {
                 s.claims
                     .keys()
@@ -655,9 +737,8 @@ impl Engine {
             // approve`, and the seeding is tried again at the next unlock.
             warn!(error = %e, "cannot seed approvals");
         }
-        let changes = self.store.as_ref().map_or(0, Store::total_changes);
-        if let Some(s) = &mut self.session {
-            s.changes_at_install = changes;
+        if let Some((store, s)) = self.vault.parts_mut() {
+            s.changes_at_install = store.total_changes();
         }
     }
 
@@ -668,9 +749,10 @@ impl Engine {
 
     /// Writes the index snapshot when the one on disk is out of date.
     fn save_snapshot(&self) {
-        let Some(sess) = &self.session else { return };
-        let changes = self.store.as_ref().map_or(0, Store::total_changes);
-        if !sess.snapshot_stale && changes == sess.changes_at_install {
+        let Vault::Unlocked(store, sess) = &self.vault else {
+            return;
+        };
+        if !sess.snapshot_stale && store.total_changes() == sess.changes_at_install {
             return;
         }
         let bytes = snapshot::seal(&sess.key, &sess.index);
@@ -684,7 +766,7 @@ impl Engine {
     /// Forgets the key and index (zeroized on drop).
     pub fn lock(&mut self, why: &str) {
         self.save_snapshot();
-        if self.session.take().is_some() {
+        if self.vault.lock().is_some() {
             info!(reason = why, "locked");
         }
     }
@@ -692,7 +774,7 @@ impl Engine {
     /// Locks when a wall-clock deadline has passed. Called on every request
     /// and by the daemon's ticker (which only wakes us; suspend-safe).
     pub fn check_deadlines(&mut self, now: Timestamp) {
-        if let Some(s) = &self.session {
+        if let Some(s) = self.vault.session() {
             if now >= s.hard_deadline {
                 self.lock("hard limit reached");
             } else if now >= s.idle_deadline {
@@ -703,13 +785,14 @@ impl Engine {
 
     /// When the vault locks for idleness, while unlocked.
     pub fn idle_deadline(&self) -> Option<Timestamp> {
-        self.session.as_ref().map(|s| s.idle_deadline)
+        self.vault.session().map(|s| s.idle_deadline)
     }
 
     /// Extends the idle deadline (never past the hard one).
     pub fn touch(&mut self, now: Timestamp) {
-        if let Some(s) = &mut self.session {
-            s.idle_deadline = now.plus(self.config.idle).min(s.hard_deadline);
+        let idle = self.config.idle;
+        if let Some(s) = self.vault.session_mut() {
+            s.idle_deadline = now.plus(idle).min(s.hard_deadline);
         }
     }
 
@@ -828,15 +911,15 @@ impl Engine {
 
     fn store_mut(&mut self) -> Result<&mut Store> {
         self.store()?;
-        self.store
-            .as_mut()
+        self.vault
+            .store_mut()
             .ok_or_else(|| err(ErrorCode::NotInitialized, "run 'vault init'"))
     }
 
     fn session_mut(&mut self) -> Result<&mut Session> {
         self.session()?;
-        self.session
-            .as_mut()
+        self.vault
+            .session_mut()
             .ok_or_else(|| err(ErrorCode::Locked, "vault is locked"))
     }
 
@@ -1272,7 +1355,7 @@ impl Engine {
     /// Text sealed by [`Engine::seal`]; `None` while locked or when it
     /// cannot be read.
     fn unseal(&self, sealed: &[u8]) -> Option<String> {
-        let plain = self.session.as_ref()?.key.decrypt(sealed).ok()?;
+        let plain = self.vault.session()?.key.decrypt(sealed).ok()?;
         String::from_utf8(plain.to_vec()).ok()
     }
 }
@@ -1482,8 +1565,41 @@ mod tests {
         let (mut e, _) = reopen(home, true, now);
         let out = listing(&e, now);
         // Leave the snapshot on disk as it was.
-        e.session = None;
+        e.vault.lock();
         out
+    }
+
+    #[test]
+    fn the_vault_state_decides_what_can_run() {
+        let (tmp, mut e) = engine();
+        let now = Timestamp(1_000);
+        assert!(matches!(e.vault, Vault::Uninitialized));
+        assert_eq!(e.get("x", now).unwrap_err().code, ErrorCode::NotInitialized);
+        // Nothing to unlock: installing a key leaves it uninitialized.
+        e.install(
+            VaultKey::generate(),
+            Built {
+                index: Index::new(),
+                decrypted: 0,
+                snapshot_stale: false,
+            },
+            now,
+        );
+        assert!(matches!(e.vault, Vault::Uninitialized));
+        assert!(e.is_locked());
+
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        assert!(matches!(e.vault, Vault::Unlocked(..)));
+        e.add(vec![token("x", "1")], now).unwrap();
+        e.lock("test");
+        assert!(matches!(e.vault, Vault::Locked(_)));
+        assert_eq!(e.get("x", now).unwrap_err().code, ErrorCode::Locked);
+        assert!(e.vault.lock().is_none(), "locking twice is a no-op");
+        drop(e);
+
+        let (e, _) = reopen(tmp.path(), false, now);
+        assert!(matches!(e.vault, Vault::Unlocked(..)));
+        assert_eq!(e.get("x", now).unwrap().name, "x");
     }
 
     #[test]

@@ -681,7 +681,7 @@ impl Engine {
         if watch.take_changed() || set_changed {
             self.drift_stale = true;
         }
-        if !self.drift_stale || self.session.is_none() {
+        if !self.drift_stale || self.is_locked() {
             return;
         }
         let Ok(list) = self.emit_list(now) else {

@@ -234,7 +234,7 @@ impl Engine {
 
     /// Whether `vault init` (or a join) has made a vault here.
     pub fn is_initialized(&self) -> bool {
-        self.store.is_some()
+        self.vault.store().is_some()
     }
 
     /// Forgets the server and token.
@@ -310,7 +310,7 @@ impl Engine {
     /// status` and `vault doctor`: the newest [`SHOWN_REFUSALS`], then how
     /// many more.
     pub fn refusals(&self) -> Vec<String> {
-        let Some(store) = &self.store else {
+        let Some(store) = self.vault.store() else {
             return Vec::new();
         };
         let all = store.refused().unwrap_or_default();
@@ -427,7 +427,7 @@ impl Engine {
 
     /// The server URL, if logged in (readable while locked).
     pub fn sync_server(&self) -> Option<String> {
-        self.store.as_ref()?.meta("sync_url").ok()?
+        self.vault.store()?.meta("sync_url").ok()?
     }
 
     /// Stores the server URL and the access token, encrypted to the vault
@@ -541,7 +541,7 @@ impl Engine {
         let mut touched = Vec::new();
         let mut clock = self.clock;
         let result = (|| -> std::result::Result<(), StoreError> {
-            let (Some(store), Some(sess)) = (self.store.as_mut(), self.session.as_mut()) else {
+            let Some((store, sess)) = self.vault.parts_mut() else {
                 return Ok(());
             };
             let mut seen = store.seen()?;
@@ -656,13 +656,13 @@ impl Engine {
         else {
             return;
         };
-        let Some(sess) = self.session.take() else {
+        let Some(sess) = self.vault.lock() else {
             return;
         };
         let index = Self::build_index(&sess.key, scan);
         let (idle, hard) = (sess.idle_deadline, sess.hard_deadline);
         self.install(sess.key, index, Timestamp::now());
-        if let Some(s) = &mut self.session {
+        if let Some(s) = self.vault.session_mut() {
             s.idle_deadline = idle;
             s.hard_deadline = hard;
         }
@@ -679,7 +679,7 @@ impl Engine {
 
     /// [`settle`] in its own transaction.
     pub(super) fn settle_name(&mut self, name: &str) -> std::result::Result<(), StoreError> {
-        let (Some(store), Some(sess)) = (self.store.as_mut(), self.session.as_mut()) else {
+        let Some((store, sess)) = self.vault.parts_mut() else {
             return Ok(());
         };
         if !sess.claims.contains_key(name) {
