@@ -615,19 +615,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| WireError::new(ErrorCode::Internal, "sync failed; see vaultd.log"))?
 }
 
-async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
-    let session = Session {
-        syncer: &d.syncer,
-        url: &t.url,
-        token: &t.token,
-    };
-    let wire = |e: CallError| e.wire(&t.url);
-    let started = Instant::now();
-    session.ensure_vault(&t).await?;
-    let checked = started.elapsed();
-    let mut report = SyncReport::default();
-
-    // Push this device's log from where the server's copy ends.
+/// Pushes this device's log from where the server's copy ends. Returns
+/// how far the server holds it.
+async fn push(
+    d: &Arc<Daemon>,
+    session: &Session<'_>,
+    t: &Target,
+    report: &mut SyncReport,
+) -> Result<u64, WireError> {
     let mut pushed = t.pushed;
     let mut conflicts_seen = 0;
     loop {
@@ -687,7 +682,7 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
                 // unless what it holds past `after` is ours, byte for byte.
                 if server_head > local
                     || (server_head > after
-                        && !holds_ours(&session, d, &t, after, server_head).await?)
+                        && !holds_ours(session, d, t, after, server_head).await?)
                 {
                     return Err(log_ahead(&t.url, server_head, local));
                 }
@@ -698,13 +693,24 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
                 );
             }
             Err(CallError::Api(422, _)) => return Err(key_mismatch(&t.url, &t.vault_id)),
-            Err(e) => return Err(wire(e)),
+            Err(e) => return Err(e.wire(&t.url)),
         }
         blocking(d, move |e| e.set_pushed(pushed)).await?;
     }
 
-    let pushed_in = started.elapsed();
-    // Pull every other device's entries past what was applied.
+    Ok(pushed)
+}
+
+/// Pulls every other device's entries past what was applied, page by page.
+/// Returns the server's heads and the logs that stopped at a gap or a held
+/// entry.
+async fn pull(
+    d: &Arc<Daemon>,
+    session: &Session<'_>,
+    t: &Target,
+    pushed: u64,
+    report: &mut SyncReport,
+) -> Result<(BTreeMap<String, u64>, std::collections::BTreeSet<String>), WireError> {
     let mut since: BTreeMap<String, u64> = t.seen.clone();
     since.insert(t.device.clone(), pushed);
     let path = format!("/vaults/{}/pull", t.vault_id);
@@ -719,7 +725,7 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         let page: PullResponse = session
             .call(reqwest::Method::POST, &path, Some(&req))
             .await
-            .map_err(wire)?;
+            .map_err(|e| e.wire(&t.url))?;
         if d.syncer.state().progress.is_none() {
             let total = page
                 .heads
@@ -761,7 +767,18 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         }
     };
     d.syncer.state().progress = None;
-    // Whatever the heads say exists must have arrived.
+    Ok((heads, stopped))
+}
+
+/// Whatever the heads say exists must have arrived, and what this device
+/// already knows the server's answer must not hide.
+async fn check_pulled(
+    d: &Arc<Daemon>,
+    t: &Target,
+    heads: BTreeMap<String, u64>,
+    stopped: std::collections::BTreeSet<String>,
+    report: &mut SyncReport,
+) -> Result<(), WireError> {
     let applied = blocking(d, |e| e.seen()).await?;
     for (device, head) in &heads {
         let have = applied.get(device).copied().unwrap_or(0);
@@ -774,15 +791,29 @@ async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
         }
     }
     // What this device already knows the server's answer must not hide.
-    let warnings = {
-        let heads = heads.clone();
-        blocking(d, move |e| e.check_heads(&heads, &stopped)).await?
-    };
+    let warnings = blocking(d, move |e| e.check_heads(&heads, &stopped)).await?;
     for w in &warnings {
         warn!(problem = %w, "the server's answer hides entries");
     }
     report.refused.extend(warnings.iter().cloned());
     d.syncer.state().warnings = warnings;
+    Ok(())
+}
+
+async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
+    let session = Session {
+        syncer: &d.syncer,
+        url: &t.url,
+        token: &t.token,
+    };
+    let started = Instant::now();
+    session.ensure_vault(&t).await?;
+    let checked = started.elapsed();
+    let mut report = SyncReport::default();
+    let pushed = push(d, &session, &t, &mut report).await?;
+    let pushed_in = started.elapsed();
+    let (heads, stopped) = pull(d, &session, &t, pushed, &mut report).await?;
+    check_pulled(d, &t, heads, stopped, &mut report).await?;
     let pulled_in = started.elapsed();
     report.conflicts = blocking(d, |e| e.conflict_count()).await?;
     if report.pushed + report.pulled > 0 {

@@ -34,6 +34,23 @@ pub struct Envelope {
     pub body: SecretValue,
 }
 
+/// A due publication: when it became due (unix ms), the publication, and
+/// its record's head even if deleted.
+type Due = (i64, PubRow, Option<RecordRow>);
+
+/// A publication not due (sent and current, or refused) and its live head.
+type Settled = (PubRow, RecordRow);
+
+/// What planning one due publication came to.
+enum Planned {
+    /// A request to send.
+    Job(Job),
+    /// Plan it after its registry's or endpoint's holder, also due.
+    After(PubRow, RecordRow),
+    /// Nothing to send: refused or already there (marked).
+    Nothing,
+}
+
 /// A registry or endpoint a publication holds on the platform, which keeps
 /// one REGISTRY per registry and one DATA per endpoint.
 struct Claim {
@@ -555,38 +572,7 @@ impl Engine {
     /// (the platform would replace that one); changes that leave what the
     /// platform holds as it is (a rename, a tag) are marked done.
     pub fn plan(&mut self, remote: &str) -> Result<Vec<Job>> {
-        // (order, publication, head even if deleted)
-        let mut due: Vec<(i64, PubRow, Option<RecordRow>)> = Vec::new();
-        // Not due (sent and current, or refused): they keep what they hold.
-        let mut settled: Vec<(PubRow, RecordRow)> = Vec::new();
-        for p in self
-            .store()?
-            .publications(Some(remote))
-            .map_err(store_err)?
-        {
-            let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
-            let live = head.as_ref().filter(|h| !h.deleted);
-            let current = |h: &RecordRow| {
-                p.pushed_revision == Some(h.revision) && p.present == Presence::Present
-            };
-            // When it became due: the publication's own time, or the
-            // change's (its clock has milliseconds; older rows have only
-            // the second).
-            let changed = |h: &RecordRow| -> Result<i64> {
-                let rank = self.store()?.head_rank(&h.id).map_err(store_err)?;
-                Ok(rank.map_or(h.updated_at * 1000, |r| (r.rank.clock >> 16) as i64))
-            };
-            let order = match live {
-                _ if p.unpublish => p.queued_at,
-                None => head.as_ref().map_or(Ok(p.queued_at), changed)?,
-                Some(h) if p.failed_revision == Some(h.revision) || current(h) => {
-                    settled.push((p.clone(), h.clone()));
-                    continue;
-                }
-                Some(h) => p.queued_at.max(changed(h)?),
-            };
-            due.push((order, p, head));
-        }
+        let (mut due, settled) = self.due(remote)?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -631,77 +617,133 @@ impl Engine {
                 }
                 continue;
             };
-            let sess_key = &self.session()?.key;
-            let body = decrypt_body(sess_key, &head)?;
-            let env = match envelope(&body) {
-                Ok(env) => env,
-                Err(why) => {
-                    self.publish_refused(&key, p.present, head.revision, &why)?;
-                    settle(&mut held, &p.remote_name);
-                    continue;
-                }
-            };
-            let holder = held.iter().find(|c| {
-                env.cred_type != "GENERIC"
-                    && c.cred_type == env.cred_type
-                    && c.profile == env.profile
-                    && c.remote_name != p.remote_name
-            });
-            if let Some(c) = holder {
-                if c.open && !deferred {
-                    // Its holder is due too and may move away: plan this
-                    // after it.
-                    work.push_back((p, Some(head), true));
-                    continue;
-                }
-                let why = format!(
-                    "{}; change it back, or unpublish the other and publish this one again",
-                    self.held_by(&env, &c.record_id, remote, &c.remote_name)
-                );
-                self.publish_refused(&key, p.present, head.revision, &why)?;
-                settle(&mut held, &p.remote_name);
-                continue;
+            match self.plan_put(remote, key, p, head, deferred, &mut held)? {
+                Planned::Job(job) => jobs.push(job),
+                Planned::After(p, head) => work.push_back((p, Some(head), true)),
+                Planned::Nothing => {}
             }
-            // From here it holds the new one (jobs run in order).
-            held.retain(|c| c.remote_name != p.remote_name);
-            if env.cred_type != "GENERIC" {
-                held.push(Claim {
-                    cred_type: env.cred_type,
-                    profile: env.profile.clone(),
-                    remote_name: p.remote_name.clone(),
-                    record_id: p.record_id.clone(),
-                    open: false,
-                });
-            }
-            let old = self.pushed_envelope(&p, &head)?;
-            let same = old
-                .as_ref()
-                .is_some_and(|o| o.body.expose_secret() == env.body.expose_secret());
-            if same && p.present == Presence::Present {
-                self.publish_done(&key, head.revision)?;
-                continue;
-            }
-            // A scope or endpoint change moves the credential on the
-            // platform, which keys REGISTRY and DATA by it.
-            let moved = old.as_ref().is_none_or(|o| o.profile != env.profile);
-            let delete_first = match p.present {
-                Presence::Absent => false,
-                Presence::Unknown => true,
-                Presence::Present => env.cred_type == "GENERIC" || moved,
-            };
-            jobs.push(Job {
-                key,
-                op: JobOp::Put {
-                    revision: head.revision,
-                    body: env.body,
-                    delete_first,
-                    ours: p.pushed_revision.is_some() || p.present != Presence::Absent,
-                    present: p.present,
-                    profile: (env.cred_type != "GENERIC").then(|| env.profile.clone()),
-                },
-            });
         }
         Ok(jobs)
+    }
+
+    /// The publications of `remote` that are due, each with when it became
+    /// due and its record's head (even if deleted), and those that are not
+    /// (sent and current, or refused), which keep what they hold.
+    fn due(&self, remote: &str) -> Result<(Vec<Due>, Vec<Settled>)> {
+        let mut due: Vec<Due> = Vec::new();
+        // Not due (sent and current, or refused): they keep what they hold.
+        let mut settled: Vec<Settled> = Vec::new();
+        for p in self
+            .store()?
+            .publications(Some(remote))
+            .map_err(store_err)?
+        {
+            let head = self.store()?.by_id(&p.record_id).map_err(store_err)?;
+            let live = head.as_ref().filter(|h| !h.deleted);
+            let current = |h: &RecordRow| {
+                p.pushed_revision == Some(h.revision) && p.present == Presence::Present
+            };
+            // When it became due: the publication's own time, or the
+            // change's (its clock has milliseconds; older rows have only
+            // the second).
+            let changed = |h: &RecordRow| -> Result<i64> {
+                let rank = self.store()?.head_rank(&h.id).map_err(store_err)?;
+                Ok(rank.map_or(h.updated_at * 1000, |r| (r.rank.clock >> 16) as i64))
+            };
+            let order = match live {
+                _ if p.unpublish => p.queued_at,
+                None => head.as_ref().map_or(Ok(p.queued_at), changed)?,
+                Some(h) if p.failed_revision == Some(h.revision) || current(h) => {
+                    settled.push((p.clone(), h.clone()));
+                    continue;
+                }
+                Some(h) => p.queued_at.max(changed(h)?),
+            };
+            due.push((order, p, head));
+        }
+        Ok((due, settled))
+    }
+
+    /// Plans sending the live `head` for `p`: a job, a refusal or nothing
+    /// to send (marked here), or "after its holder" when the registry or
+    /// endpoint it moves to is held by a publication also due.
+    fn plan_put(
+        &mut self,
+        remote: &str,
+        key: PubKey,
+        p: PubRow,
+        head: RecordRow,
+        deferred: bool,
+        held: &mut Vec<Claim>,
+    ) -> Result<Planned> {
+        let sess_key = &self.session()?.key;
+        let body = decrypt_body(sess_key, &head)?;
+        let env = match envelope(&body) {
+            Ok(env) => env,
+            Err(why) => {
+                self.publish_refused(&key, p.present, head.revision, &why)?;
+                settle(held, &p.remote_name);
+                return Ok(Planned::Nothing);
+            }
+        };
+        let holder = held.iter().find(|c| {
+            env.cred_type != "GENERIC"
+                && c.cred_type == env.cred_type
+                && c.profile == env.profile
+                && c.remote_name != p.remote_name
+        });
+        if let Some(c) = holder {
+            if c.open && !deferred {
+                // Its holder is due too and may move away: plan this
+                // after it.
+                return Ok(Planned::After(p, head));
+            }
+            let why = format!(
+                "{}; change it back, or unpublish the other and publish this one again",
+                self.held_by(&env, &c.record_id, remote, &c.remote_name)
+            );
+            self.publish_refused(&key, p.present, head.revision, &why)?;
+            settle(held, &p.remote_name);
+            return Ok(Planned::Nothing);
+        }
+        // From here it holds the new one (jobs run in order).
+        held.retain(|c| c.remote_name != p.remote_name);
+        if env.cred_type != "GENERIC" {
+            held.push(Claim {
+                cred_type: env.cred_type,
+                profile: env.profile.clone(),
+                remote_name: p.remote_name.clone(),
+                record_id: p.record_id.clone(),
+                open: false,
+            });
+        }
+        let old = self.pushed_envelope(&p, &head)?;
+        let same = old
+            .as_ref()
+            .is_some_and(|o| o.body.expose_secret() == env.body.expose_secret());
+        if same && p.present == Presence::Present {
+            self.publish_done(&key, head.revision)?;
+            return Ok(Planned::Nothing);
+        }
+        // A scope or endpoint change moves the credential on the
+        // platform, which keys REGISTRY and DATA by it.
+        let moved = old.as_ref().is_none_or(|o| o.profile != env.profile);
+        let delete_first = match p.present {
+            Presence::Absent => false,
+            Presence::Unknown => true,
+            Presence::Present => env.cred_type == "GENERIC" || moved,
+        };
+        Ok(Planned::Job(Job {
+            key,
+            op: JobOp::Put {
+                revision: head.revision,
+                body: env.body,
+                delete_first,
+                ours: p.pushed_revision.is_some() || p.present != Presence::Absent,
+                present: p.present,
+                profile: (env.cred_type != "GENERIC").then(|| env.profile.clone()),
+            },
+        }))
     }
 
     /// The envelope of the revision last sent for `p` (`head` is its
