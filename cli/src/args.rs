@@ -1,4 +1,4 @@
-//! The command line, as clap sees it (SPEC §7). Only syntax lives here; what
+//! The command line, as clap sees it (docs/user-guide.md). Only syntax lives here; what
 //! the arguments mean is decided in `commands/`.
 
 use std::path::PathBuf;

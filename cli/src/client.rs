@@ -1,7 +1,7 @@
 //! The connection to `vaultd`: connect (or start it and connect), handshake,
 //! then requests and responses in order on one socket.
 //!
-//! Synchronous on purpose (SPEC §13): a `vault get` is one process start and
+//! Synchronous on purpose (docs/protocol.md): a `vault get` is one process start and
 //! one round trip — read-only first requests travel in the same write as the
 //! `Hello`. No async runtime, and nothing here ever deletes a socket file (the
 //! daemon removes stale ones).

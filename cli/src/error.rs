@@ -1,5 +1,5 @@
 //! The CLI's error type is the wire's: a code (which decides the exit code,
-//! SPEC §7) and a message that says what happened and what to do next. Errors
+//! docs/user-guide.md) and a message that says what happened and what to do next. Errors
 //! from the daemon pass through unchanged; the CLI makes its own with these
 //! helpers. No message ever contains a secret value.
 

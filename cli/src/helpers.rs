@@ -1,6 +1,6 @@
 //! `docker-credential-vault` and `git-credential-vault`: the `vault` binary
 //! called by those names (argv[0]), speaking docker's and git's credential
-//! helper protocols (SPEC §7). They never prompt: a locked vault is an
+//! helper protocols (docs/user-guide.md). They never prompt: a locked vault is an
 //! error the calling tool shows.
 
 use std::io::{self, Read, Write};

@@ -1,6 +1,6 @@
 //! Where secret input comes from: field arguments (`FIELD=VALUE`, `FIELD=-`,
 //! `FIELD=@PATH`, a bare `FIELD` that is asked for) and passphrases
-//! (`--passphrase-stdin`, `VAULT_PASSPHRASE_FILE`, the terminal; SPEC §5).
+//! (`--passphrase-stdin`, `VAULT_PASSPHRASE_FILE`, the terminal; docs/architecture.md).
 //!
 //! Values are held in `SecretValue`/`Zeroizing` from the moment they are read.
 //! Nothing here ever puts a value into an error message.
@@ -171,7 +171,7 @@ pub fn strip_newline(s: &mut String) {
     }
 }
 
-/// Where the passphrase comes from, in the order of SPEC §5.
+/// Where the passphrase comes from, in the order tried (docs/user-guide.md).
 #[derive(Debug)]
 pub enum PassphraseSource {
     /// `--passphrase-stdin`: the first line of stdin.

@@ -1,4 +1,4 @@
-//! `vault`, the command-line client of `vaultd` (SPEC §7).
+//! `vault`, the command-line client of `vaultd` (docs/user-guide.md).
 //!
 //! Stateless: every command is one or a few requests to the daemon, which it
 //! starts on demand. It never links crypto or storage (a test enforces it),
@@ -6,7 +6,7 @@
 //! in an error.
 //!
 //! Errors go to stderr as `vault: <message>` and become the exit codes of
-//! SPEC §7; with `--json` they are also one `{"error": {...}}` document on
+//! docs/user-guide.md; with `--json` they are also one `{"error": {...}}` document on
 //! stdout.
 
 mod args;

@@ -1,4 +1,5 @@
-//! `config.toml` (SPEC §5). Every key is optional; defaults match the spec.
+//! `config.toml` (docs/file-formats.md, "Files of the vault itself"). Every
+//! key is optional; the defaults are written there.
 //!
 //! ```toml
 //! [lock]

@@ -1,4 +1,4 @@
-//! The vault key and record encryption (SPEC §4).
+//! The vault key and record encryption (docs/architecture.md).
 //!
 //! The vault key is an age X25519 identity. On disk it exists only inside
 //! `identity.age`, encrypted with the passphrase through age's scrypt

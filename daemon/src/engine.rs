@@ -90,7 +90,7 @@ pub struct IndexEntry {
     pub expires_at: Option<Timestamp>,
     /// Current revision.
     pub revision: u64,
-    /// Has a `refresh_command` (SPEC §10).
+    /// Has a `refresh_command` (docs/refresh.md).
     pub refresh: bool,
     /// Has a field that runs, writes or reaches out: used only once its
     /// value is approved here ([`approve`]).
@@ -100,7 +100,7 @@ pub struct IndexEntry {
     /// How the head ranks against concurrent revisions: its sync stamp's
     /// clock and device ([`Rank::default`] before sync).
     pub rank: crate::record::Rank,
-    /// For a record that lost its name to a concurrent one (SPEC §11): the
+    /// For a record that lost its name to a concurrent one (docs/sync.md): the
     /// name it claims; it is listed under [`sync::derived_name`].
     pub claims: Option<String>,
     /// SHA-256 of the ciphertext it was read from (the index snapshot's

@@ -1,4 +1,4 @@
-//! Private files and directories (SPEC §3): created 0700/0600 from the start,
+//! Private files and directories (docs/architecture.md): created 0700/0600 from the start,
 //! and verified before use. The daemon refuses to run on a vault path that is
 //! a symlink, owned by another user, or open to group/other, and says how to
 //! fix it.

@@ -1,4 +1,4 @@
-//! `vaultd`, the per-user daemon that owns the vault (SPEC §1): the
+//! `vaultd`, the per-user daemon that owns the vault (docs/architecture.md): the
 //! encrypted store, the unlocked key in memory, and the local socket.
 
 pub mod config;

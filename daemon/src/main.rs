@@ -1,4 +1,4 @@
-//! `vaultd`: see the crate docs in lib.rs and SPEC §1, §3, §13.
+//! `vaultd`: see the crate docs in lib.rs and docs/architecture.md and docs/protocol.md.
 //!
 //! Start-up order matters: harden the process, resolve and verify every vault
 //! path, take the one-daemon lock, open (never create) the database, clear a

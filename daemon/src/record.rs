@@ -1,6 +1,6 @@
 //! The plaintext body of a record: everything about a credential except the
 //! bookkeeping columns. It exists in plaintext only in memory; on disk and on
-//! the wire it is one age file (SPEC §4). Its JSON form is frozen by a golden
+//! the wire it is one age file (docs/architecture.md). Its JSON form is frozen by a golden
 //! test: changing it needs `BODY_VERSION` + 1 and a migration.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ const MAC_MEMBER: &[u8] = b",\"mac\":\"";
 /// Bytes after the signed part: the member, 64 hex digits, `"}`.
 const MAC_TAIL: usize = MAC_MEMBER.len() + 64 + 2;
 
-/// A revision's place in the device logs (SPEC §11). Inside the encrypted
+/// A revision's place in the device logs (docs/sync.md). Inside the encrypted
 /// body, so the server can neither move a revision to another log or index
 /// nor change which revision wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

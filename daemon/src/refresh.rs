@@ -1,4 +1,4 @@
-//! Refresh of temporary credentials (SPEC §10, docs/refresh.md).
+//! Refresh of temporary credentials (docs/refresh.md).
 //!
 //! A record with a `refresh_command` gets new values from that command's
 //! stdout, credential_process JSON. The daemon refreshes a record before it

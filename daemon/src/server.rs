@@ -1,4 +1,4 @@
-//! The local socket server (SPEC §13): one task per connection, peer uid
+//! The local socket server (docs/protocol.md): one task per connection, peer uid
 //! checked on accept, a `Hello` handshake first, then any number of framed
 //! requests answered in order. A bad frame gets an error reply and closes
 //! only its own connection.
@@ -114,9 +114,9 @@ pub struct Daemon {
     socket: String,
     pid: u32,
     euid: u32,
-    /// Single-flight refreshes and their failures (SPEC §10).
+    /// Single-flight refreshes and their failures (docs/refresh.md).
     pub(crate) refresher: crate::refresh::Refresher,
-    /// Sync state and the background sync's wake-up (SPEC §11).
+    /// Sync state and the background sync's wake-up (docs/sync.md).
     pub(crate) syncer: crate::sync::Syncer,
     /// Publishing to workload platforms (issue 10).
     pub(crate) publisher: crate::publish::Publisher,
@@ -372,7 +372,7 @@ impl Daemon {
                 crate::publish::unpublish(self, &name, remote.as_deref()).await
             }
             other => {
-                // Whatever hands out values gets them fresh (SPEC §10).
+                // Whatever hands out values gets them fresh (docs/refresh.md).
                 let handed_out: &[String] = match &other {
                     Request::Get { name }
                     | Request::EmitAws { name, .. }
@@ -383,7 +383,7 @@ impl Daemon {
                 };
                 // Before anything is refreshed, handed out or written: a
                 // field from another device that runs or writes waits for
-                // `vault approve` (SPEC §11).
+                // `vault approve` (docs/sync.md).
                 if !handed_out.is_empty() {
                     self.engine().check_approved(handed_out)?;
                 }

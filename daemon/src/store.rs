@@ -1,4 +1,4 @@
-//! The vault database (SPEC §4): SQLite in WAL mode, versioned migrations,
+//! The vault database (docs/architecture.md): SQLite in WAL mode, versioned migrations,
 //! one writer (this daemon). It stores ciphertext only; plaintext columns are
 //! the record id, kind, times, the blind-index MAC and bookkeeping.
 //!
@@ -58,7 +58,7 @@ CREATE TABLE emitters (
     UNIQUE (path, section)
 );
 "#,
-    // Sync (SPEC §11): a revision's place in its device's log and its
+    // Sync (docs/sync.md): a revision's place in its device's log and its
     // hybrid logical clock (NULL for revisions written before sync);
     // records that lost a name to a concurrent record; what was pulled;
     // which revisions each was written over.
@@ -136,7 +136,7 @@ CREATE TABLE sync_refused (
     PRIMARY KEY (device, log_index)
 );
 "#,
-    // Approvals (SPEC §11): the exact values of fields that run a program,
+    // Approvals (docs/sync.md): the exact values of fields that run a program,
     // write a file or name an endpoint, approved on this device. Local
     // state, never synced. `digest` is an HMAC of record id, field and
     // value under a key derived from the vault identity, so the table
@@ -232,7 +232,7 @@ pub struct RecordRow {
     /// age ciphertext of the body.
     pub body: Vec<u8>,
     /// Lost its name to a concurrent record with the same name; listed under
-    /// a derived name (SPEC §11).
+    /// a derived name (docs/sync.md).
     pub shadowed: bool,
 }
 
@@ -294,7 +294,7 @@ pub struct LogEntry {
 }
 
 /// A logged revision that lost to a concurrent one: not the head, and no
-/// revision was written over it (SPEC §11 conflicts).
+/// revision was written over it (docs/sync.md conflicts).
 #[derive(Debug, Clone)]
 pub struct ConflictRow {
     /// The record.
@@ -326,7 +326,7 @@ pub struct RevisionRow {
     pub deleted: bool,
 }
 
-/// A file binding (SPEC §9): the vault keeps `section` of `path` in sync
+/// A file binding (docs/emit.md): the vault keeps `section` of `path` in sync
 /// with a record. Paths and sections are plaintext (emitter targets).
 #[derive(Debug, Clone)]
 pub struct EmitterRow {
@@ -1073,7 +1073,7 @@ fn next_revision(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<u
     Ok(max as u64 + 1)
 }
 
-/// Applies pulled log entries in one transaction (SPEC §11).
+/// Applies pulled log entries in one transaction (docs/sync.md).
 #[derive(Debug)]
 pub struct SyncTx<'a> {
     tx: rusqlite::Transaction<'a>,

@@ -1,4 +1,4 @@
-//! Minting AWS sessions (SPEC §10, docs/refresh.md): an `aws` record with a
+//! Minting AWS sessions (docs/refresh.md): an `aws` record with a
 //! `source` (a long-term `aws` record) gets its keys from STS —
 //! `AssumeRole` when it has a `role_arn`, `GetSessionToken` otherwise —
 //! signed with the source's keys (SigV4, daemon/src/sigv4.rs) and sent over

@@ -1,4 +1,4 @@
-//! Sync with `vault-server` (SPEC §11): login, joining a vault from a new
+//! Sync with `vault-server` (docs/sync.md): login, joining a vault from a new
 //! device, push and pull, and the background loop. The engine decides what
 //! to push and how pulled entries apply ([`crate::engine::sync`]); this
 //! module only talks HTTP and keeps the state `vault status` shows.

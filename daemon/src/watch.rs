@@ -1,4 +1,4 @@
-//! Watching emitted files (SPEC §9): `notify` reports every change to the
+//! Watching emitted files (docs/emit.md): `notify` reports every change to the
 //! directories holding them, and a change to one of the files marks the
 //! drift report stale. The daemon's ticker then compares the files with
 //! what the vault wrote (`Engine::watch_emitted`); the vault reports drift,

@@ -166,7 +166,7 @@ fn render(section: &Section) -> String {
     out
 }
 
-/// What the AWS grammar can carry as a key and its value (SPEC §9).
+/// What the AWS grammar can carry as a key and its value (docs/emit.md).
 fn grammar_carries(key: &str, value: &str) -> bool {
     let one_ascii_line = |s: &str| s.is_ascii() && !s.contains(['\n', '\r']);
     !key.is_empty() && one_ascii_line(key) && one_ascii_line(value) && value.trim() == value

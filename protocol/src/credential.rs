@@ -1,4 +1,4 @@
-//! The credential model (SPEC §6): types, their fields, and the validation
+//! The credential model (docs/user-guide.md): types, their fields, and the validation
 //! both the CLI (for early usage errors) and the daemon (authoritatively) run.
 
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ const fn opt(name: &'static str, secret: bool) -> FieldSpec {
 }
 
 /// The field naming a command whose stdout (credential_process JSON) gives
-/// the record's new values (SPEC §10; docs/refresh.md). Any type may have
+/// the record's new values (docs/refresh.md; docs/refresh.md). Any type may have
 /// it; it is never injected or emitted, and while it is set the type's
 /// required fields may be missing (the first refresh fills them).
 pub const REFRESH_COMMAND: &str = "refresh_command";
@@ -142,7 +142,7 @@ pub fn is_code_env(name: &str) -> bool {
 /// file where they say, or talk to an endpoint they name; or that put a
 /// variable into a child's environment that does ([`is_code_env`]). Such
 /// a field is used only with its exact value approved on this device
-/// (SPEC §11; `vault approve`). Returns the field names, in order.
+/// (docs/sync.md; `vault approve`). Returns the field names, in order.
 pub fn gated_fields<'a, V>(
     kind: CredentialType,
     fields: &'a BTreeMap<String, V>,
@@ -206,7 +206,7 @@ pub fn check_sts_endpoint(url: &str) -> Result<(), String> {
 }
 
 impl CredentialType {
-    /// Every type, in the order of SPEC §6.
+    /// Every type, in the order docs/user-guide.md lists them.
     pub const ALL: [CredentialType; 9] = [
         CredentialType::Generic,
         CredentialType::Aws,

@@ -1,5 +1,5 @@
 //! Typed errors that cross the socket, and their mapping to exit codes
-//! (SPEC §7). An error is always a code plus a message; the message says what
+//! (docs/user-guide.md). An error is always a code plus a message; the message says what
 //! happened and what to do next, and never contains a secret value.
 
 use std::fmt;
@@ -47,7 +47,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The process exit code for this error (SPEC §7).
+    /// The process exit code for this error (docs/user-guide.md).
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorCode::Usage => 2,

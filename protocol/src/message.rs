@@ -1,4 +1,4 @@
-//! Requests and responses of the local protocol (SPEC §13).
+//! Requests and responses of the local protocol (docs/protocol.md).
 //!
 //! A connection starts with [`Request::Hello`]; after that a client may send
 //! any number of requests, each with its own `id`, and the daemon answers each
@@ -265,7 +265,7 @@ pub enum Request {
     },
     /// Stop the daemon (locks first).
     Shutdown,
-    /// Log in to a `vault-server` (SPEC §11): the daemon checks the token by
+    /// Log in to a `vault-server` (docs/sync.md): the daemon checks the token by
     /// exchanging it for a JWT, then keeps it encrypted in the vault (or, on
     /// a device without a vault yet, in memory for `Join`). Answered by
     /// [`Response::LoggedIn`].
@@ -288,7 +288,7 @@ pub enum Request {
     SyncNow,
     /// Open sync conflicts; answered by [`Response::Conflicts`].
     Conflicts,
-    /// The fields waiting for approval on this device (SPEC §11), of
+    /// The fields waiting for approval on this device (docs/sync.md), of
     /// `names` or of every record when empty; answered by
     /// [`Response::Approvals`]. Approves nothing.
     Approvals {
@@ -380,7 +380,7 @@ pub enum Request {
 impl Request {
     /// Whether this request counts as activity for the idle-lock timer.
     ///
-    /// This is the one place that decides it (SPEC §13). Only requests that
+    /// This is the one place that decides it (docs/protocol.md). Only requests that
     /// use the unlocked key extend the session; status polls, handshakes and
     /// lock/unlock housekeeping never keep a vault unlocked.
     pub fn extends_idle(&self) -> bool {

@@ -1,4 +1,4 @@
-//! Where a vault's files live (SPEC §3). `VAULT_HOME=DIR` puts everything of
+//! Where a vault's files live (docs/architecture.md). `VAULT_HOME=DIR` puts everything of
 //! one vault under DIR; otherwise the platform's directories are used.
 //!
 //! Shared by the CLI (to find the socket and the log) and the daemon (to own

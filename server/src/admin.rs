@@ -116,7 +116,7 @@ pub enum TokenCmd {
     },
 }
 
-/// A failed admin command: message and exit code (SPEC §7).
+/// A failed admin command: message and exit code (docs/user-guide.md).
 #[derive(Debug)]
 pub struct AdminError {
     /// What went wrong and what to do.

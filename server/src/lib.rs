@@ -1,5 +1,5 @@
 //! `vault-server`: the zero-knowledge remote service devices sync through
-//! (SPEC §11, §12). Accounts, roles and policies, access tokens exchanged for
+//! (docs/sync.md and docs/server.md). Accounts, roles and policies, access tokens exchanged for
 //! short-lived JWTs, and an append-only store of encrypted records per device.
 //!
 //! It stores only ciphertext and bookkeeping and must never link `age`: it

@@ -2,7 +2,7 @@
 
 use crate::*;
 
-/// One record of each credential type (SPEC §6), as `vault add` arguments.
+/// One record of each credential type (docs/user-guide.md), as `vault add` arguments.
 /// Secret values come from `@file` or stdin, never argv.
 #[derive(Debug)]
 pub struct Sample {

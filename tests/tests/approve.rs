@@ -1,4 +1,4 @@
-//! Approvals (SPEC §11, issue 18), between real devices through a real
+//! Approvals (docs/sync.md, issue 18), between real devices through a real
 //! `vault-server`: a field another device set that runs a program, writes
 //! a file or makes a child run code is not used on this device until
 //! `vault approve` here; approvals never travel.

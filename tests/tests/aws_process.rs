@@ -1,4 +1,4 @@
-//! `vault aws-process NAME` (SPEC §7, §9): the credential_process document,
+//! `vault aws-process NAME` (docs/user-guide.md and docs/emit.md): the credential_process document,
 //! and the failures an SDK reports: locked, expired, wrong type, missing.
 
 #![allow(clippy::unwrap_used)]

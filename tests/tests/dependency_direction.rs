@@ -1,11 +1,14 @@
-//! SPEC §2: `cli → protocol`, `daemon → protocol`, `server → protocol`. The
-//! CLI never links `age` or `rusqlite` (nor SQLite itself); the server never
+//! docs/architecture.md, "Dependency rules": `cli → protocol`, `daemon →
+//! protocol`, `server → protocol`. The CLI never links `age` or `rusqlite` (nor SQLite itself); the server never
 //! links `age`. Read from `cargo metadata`, walking normal dependencies from
 //! each package's node in the resolve graph.
 //!
 //! Also (issue #9): no member reaches OpenSSL by any kind of dependency
 //! (`deny.toml` bans it too, but this runs without cargo-deny), and the
 //! end-to-end harness links no crate it tests.
+//!
+//! And (issue 20): code comments point into `docs/`, never at section
+//! numbers of an outside document.
 
 // Helper fns of a test report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -95,7 +98,7 @@ fn assert_not_linked(meta: &Value, package: &str, forbidden: &[&str]) {
         .collect();
     assert!(
         hits.is_empty(),
-        "{package} must not link {forbidden:?} (SPEC §2), but its dependency graph has:\n  {}",
+        "{package} must not link {forbidden:?} (docs/architecture.md), but its dependency graph has:\n  {}",
         hits.join("\n  ")
     );
     assert!(
@@ -206,4 +209,30 @@ fn the_e2e_harness_links_no_crate_it_tests() {
         );
     }
     assert!(closure.contains_key("vault-protocol"));
+}
+
+#[test]
+fn comments_point_into_docs_not_at_outside_section_numbers() {
+    let root = vault_e2e::workspace_root();
+    let out = Command::new("git")
+        .current_dir(&root)
+        .args(["ls-files", "*.rs"])
+        .output()
+        .expect("run git ls-files");
+    assert!(out.status.success(), "git ls-files failed");
+    let needle = ["SPEC", " §"].concat();
+    let mut found = Vec::new();
+    for file in String::from_utf8_lossy(&out.stdout).lines() {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            if line.contains(&needle) {
+                found.push(format!("{file}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "cite the docs/ file that holds the rule instead:\n{}",
+        found.join("\n")
+    );
 }

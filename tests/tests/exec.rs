@@ -1,4 +1,4 @@
-//! `vault exec` (issue 3, SPEC §6 and §8) through the real binaries: what
+//! `vault exec` (issue 3, docs/user-guide.md and docs/exec.md) through the real binaries: what
 //! the child sees for every type, AWS hygiene, conflicts and `--env`,
 //! private files that are gone after the child (also after `kill -9` of the
 //! wrapper), exit codes, signals, expired and locked credentials, nesting.

@@ -1,4 +1,4 @@
-//! `docker-credential-vault` and `git-credential-vault` (SPEC §7, issue 4):
+//! `docker-credential-vault` and `git-credential-vault` (docs/user-guide.md, issue 4):
 //! the `vault` binary under those names. Docker's protocol is driven
 //! directly (get/store/list/erase/version and the miss message); git's
 //! through `git credential fill|approve|reject` with the helper configured,

@@ -1,4 +1,4 @@
-//! SPEC §13: the socket is 0600 in a 0700 dir, and the daemon checks the
+//! docs/protocol.md: the socket is 0600 in a 0700 dir, and the daemon checks the
 //! peer's uid on every connection. Needs root (to create a second user and
 //! run processes as it); skipped with a message otherwise.
 //!

@@ -1,6 +1,7 @@
-//! SPEC §3: every directory the daemon creates is 0700 and every file 0600
-//! (the socket too), owned by the user, from the start; and §4: no file at
-//! rest holds a secret value or a record name in plaintext.
+//! docs/architecture.md, "Files": every directory the daemon creates is
+//! 0700 and every file 0600 (the socket too), owned by the user, from the
+//! start; and "The vault on disk": no file at rest holds a secret value or
+//! a record name in plaintext.
 
 // Helper fns of a test report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -151,7 +152,7 @@ fn no_secret_or_name_at_rest_or_in_the_log() {
     );
     assert!(
         vh.paths().log().exists(),
-        "vaultd.log should exist after a daemon ran (SPEC §3)"
+        "vaultd.log should exist after a daemon ran (docs/architecture.md)"
     );
 }
 

@@ -1,4 +1,4 @@
-//! Temporary credentials (SPEC §10): a record with a `refresh_command` is
+//! Temporary credentials (docs/refresh.md): a record with a `refresh_command` is
 //! minted on first use and refreshed before it is handed out with little
 //! left, once whatever the number of callers; a failed refresh keeps the
 //! still-valid value and shows in `vault status`; an emitted profile is

@@ -1,4 +1,4 @@
-//! Hostile bytes on the daemon's socket (SPEC §13): an oversized frame, random
+//! Hostile bytes on the daemon's socket (docs/protocol.md): an oversized frame, random
 //! bytes, malformed JSON, a stalled client. The daemon answers an error frame
 //! or closes that connection, and keeps serving everyone else — the same
 //! daemon process, not a restarted one.
@@ -53,7 +53,7 @@ fn outcome(stream: &mut UnixStream) -> Outcome {
     }
 }
 
-/// After an error frame the connection must be closed (SPEC §13).
+/// After an error frame the connection must be closed (docs/protocol.md).
 fn assert_closed_after(stream: &mut UnixStream) {
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
@@ -207,7 +207,7 @@ fn malformed_json_gets_an_error_frame_then_close() {
                 }
                 Outcome::Closed => panic!(
                     "body {i} (hello: {with_hello}): a malformed frame must get an error reply \
-                     before the close (SPEC §13), got a bare close"
+                     before the close (docs/protocol.md), got a bare close"
                 ),
             }
         }

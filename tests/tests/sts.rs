@@ -1,4 +1,4 @@
-//! STS minting against a real peer (SPEC §10): moto's server on 127.0.0.1
+//! STS minting against a real peer (docs/refresh.md): moto's server on 127.0.0.1
 //! with authentication on (`INITIAL_NO_AUTH_ACTION_COUNT`), so every
 //! AssumeRole the daemon sends is signature-checked by moto, and the minted
 //! `ASIA…` session then passes `sts get-caller-identity` through botocore.

@@ -1,4 +1,4 @@
-//! Sync (SPEC §11) between real devices: each device is a `VaultHome` with
+//! Sync (docs/sync.md) between real devices: each device is a `VaultHome` with
 //! its own `vaultd`, all talking to one real `vault-server` on 127.0.0.1
 //! port 0, logged in with the server's default admin.
 

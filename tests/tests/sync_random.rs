@@ -1,4 +1,4 @@
-//! Randomized convergence (SPEC §11): three devices make random changes
+//! Randomized convergence (docs/sync.md): three devices make random changes
 //! (add, set, rm, rename over a small pool of names, so they collide) with
 //! sync points and server outages at random; at the end every device holds
 //! the same records with the same values, the same conflicts, and every

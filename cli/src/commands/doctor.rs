@@ -1,4 +1,4 @@
-//! `vault doctor` (SPEC §7): checks what a working vault needs and, for each
+//! `vault doctor` (docs/user-guide.md): checks what a working vault needs and, for each
 //! problem, says how to fix it. It only looks — it never changes a file's
 //! mode, never rewrites an emitted file and never prompts — except that,
 //! like every command, it starts `vaultd` when none runs (that start is
@@ -456,7 +456,7 @@ fn check_vault(ctx: &Ctx, report: &mut Report, status: Option<&StatusInfo>) {
 }
 
 /// Credentials with a field from another device that runs, writes or
-/// reaches out, not approved here (SPEC §11): using them fails until then.
+/// reaches out, not approved here (docs/sync.md): using them fails until then.
 fn check_approvals(ctx: &mut Ctx, report: &mut Report, status: Option<&StatusInfo>) {
     if status.is_none_or(|s| !s.initialized || s.locked) {
         return;

@@ -1,4 +1,4 @@
-//! `vault emit aws|docker|gcloud|file|list|repair|rm` (SPEC §9): files
+//! `vault emit aws|docker|gcloud|file|list|repair|rm` (docs/emit.md): files
 //! other tools read, kept in sync by the daemon.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The commands of SPEC §7 (issue 2's scope) and what they share: a context
+//! The commands (docs/user-guide.md; issue 2's scope) and what they share: a context
 //! holding the output and a lazily opened connection, and the one place that
 //! turns "the vault is locked" into an unlock and a retry.
 

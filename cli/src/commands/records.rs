@@ -362,7 +362,7 @@ fn records_csv(records: &[RecordSummary]) -> String {
     out
 }
 
-/// The JSON spelling of a state (SPEC §7).
+/// The JSON spelling of a state (docs/user-guide.md).
 fn state_name(state: RecordState) -> &'static str {
     match state {
         RecordState::Ok => "ok",

@@ -1,4 +1,4 @@
-//! `login`, `init --join`, `sync`, `sync status`, `conflicts` (SPEC §11).
+//! `login`, `init --join`, `sync`, `sync status`, `conflicts` (docs/sync.md).
 //! The daemon does the work; these only gather secrets from files or the
 //! terminal (never argv) and print what happened.
 

@@ -1,5 +1,5 @@
 //! `init`, `unlock`, `lock`, `status`, and unlocking on demand when another
-//! command finds the vault locked (SPEC §5).
+//! command finds the vault locked (docs/architecture.md).
 
 use std::io::{self, IsTerminal};
 
@@ -18,7 +18,7 @@ use crate::output::relative;
 /// Passphrase attempts on a terminal before giving up.
 const PROMPT_TRIES: u32 = 3;
 
-/// How long to wait for another CLI's prompt (SPEC §5: one prompt, not many).
+/// How long to wait for another CLI's prompt (docs/architecture.md: one prompt, not many).
 const WAIT_UNLOCKED_MS: u64 = 120_000;
 
 /// `vault init`: create the vault; print its recipient.

@@ -15,7 +15,7 @@ use signal_hook::iterator::exfiltrator::WithOrigin;
 use super::mask::Masker;
 use super::plan::{FileSpec, Plan};
 
-/// Signals passed on to the child (SPEC §8).
+/// Signals passed on to the child (docs/exec.md).
 const FORWARDED: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH];
 
 /// A 0700 folder for one child's files under the runtime dir, named

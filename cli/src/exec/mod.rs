@@ -1,4 +1,4 @@
-//! `vault exec -c NAME... [--env K=V]... -- CMD ARGS` (SPEC §8): resolve
+//! `vault exec -c NAME... [--env K=V]... -- CMD ARGS` (docs/exec.md): resolve
 //! every credential in one request, refuse before starting anything when one
 //! is missing, locked or expired, write the child's files into a private
 //! folder, run the child with its environment, forward signals, remove the

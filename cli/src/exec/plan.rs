@@ -1,4 +1,4 @@
-//! What `vault exec` gives the child (SPEC §6 and §8), as a pure function of
+//! What `vault exec` gives the child (docs/user-guide.md and docs/exec.md), as a pure function of
 //! the resolved records: variables to set, variables to remove, and files to
 //! write into the child's private folder. No I/O here, so every type's
 //! mapping is unit-tested.
@@ -13,7 +13,7 @@ use vault_protocol::message::RecordView;
 use vault_protocol::{CredentialType, SecretValue};
 use zeroize::Zeroizing;
 
-/// Stale AWS variables removed before AWS credentials are set (SPEC §8):
+/// Stale AWS variables removed before AWS credentials are set (docs/exec.md):
 /// any of them could make an SDK prefer another identity.
 pub const AWS_STALE: [&str; 8] = [
     "AWS_ACCESS_KEY_ID",
@@ -448,7 +448,7 @@ fn check_env_field(record: &RecordView, env: &str) -> Result<(), String> {
     ))
 }
 
-/// DATA credentials (SPEC §6): S3 and TOS as AWS_* (plus the endpoint where
+/// DATA credentials (docs/user-guide.md): S3 and TOS as AWS_* (plus the endpoint where
 /// it is not AWS), GCS through its S3-compatible API with HMAC keys, Azure
 /// as a connection string.
 fn data_vars(record: &RecordView, vars: &mut Vars, plan: &mut Plan) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! Approvals (SPEC §11, `vault approve`): a field that makes this machine
+//! Approvals (docs/sync.md, `vault approve`): a field that makes this machine
 //! run a program, write a file where it says or talk to an endpoint it
 //! names ([`gated_fields`]) is used only with its exact value approved on
 //! this device. What the user typed here is approved as it is written; what

@@ -1,4 +1,4 @@
-//! File bindings (SPEC §9): the vault keeps a section of a file other tools
+//! File bindings (docs/emit.md): the vault keeps a section of a file other tools
 //! read in sync with a credential — an AWS profile (keys or
 //! `credential_process`), a docker `auths`/`credHelpers` entry, or a whole
 //! file (gcloud key, `file` credential). Every change to a bound record

@@ -1,4 +1,4 @@
-//! Sync inside the engine (SPEC §11): the hybrid logical clock, this
+//! Sync inside the engine (docs/sync.md): the hybrid logical clock, this
 //! device's log, applying pulled entries, conflicts and name clashes. The
 //! network side is [`crate::sync`].
 //!

@@ -31,7 +31,7 @@ pub struct StatusInfo {
     /// Records expiring within the next hour, or expired (while unlocked).
     #[serde(default)]
     pub expiring: Vec<RecordSummary>,
-    /// Sync state (SPEC §7); `server` is null until `vault login`.
+    /// Sync state (docs/user-guide.md); `server` is null until `vault login`.
     pub sync: SyncStatus,
     /// Workload platforms published to (issue 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -40,7 +40,7 @@ pub struct StatusInfo {
     /// else), missing, or unreadable, as last seen by the daemon's watch.
     #[serde(default)]
     pub emitters: Vec<EmitterInfo>,
-    /// Records whose last refresh failed (SPEC §10); the daemon keeps
+    /// Records whose last refresh failed (docs/refresh.md); the daemon keeps
     /// serving their still-valid value and retries after `retry_at`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refresh: Vec<RefreshInfo>,
