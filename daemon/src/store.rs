@@ -334,8 +334,8 @@ pub struct EmitterRow {
     pub id: String,
     /// The record it renders.
     pub record_id: String,
-    /// `aws`.
-    pub kind: String,
+    /// What it writes.
+    pub kind: vault_protocol::message::EmitterKind,
     /// Absolute path of the file.
     pub path: String,
     /// The section in it.
@@ -894,7 +894,7 @@ impl Store {
             params![
                 e.id,
                 e.record_id,
-                e.kind,
+                e.kind.as_str(),
                 e.path,
                 e.section,
                 e.program,
@@ -911,10 +911,22 @@ impl Store {
              ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], |r| {
+            let kind: String = r.get(2)?;
+            let kind = vault_protocol::message::EmitterKind::parse(&kind).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!(
+                        "a file binding has the kind '{kind}', which this vaultd does not \
+                         know: vault.db is from a newer vault (upgrade) or damaged"
+                    )
+                    .into(),
+                )
+            })?;
             Ok(EmitterRow {
                 id: r.get(0)?,
                 record_id: r.get(1)?,
-                kind: r.get(2)?,
+                kind,
                 path: r.get(3)?,
                 section: r.get(4)?,
                 program: r.get(5)?,
@@ -1280,6 +1292,33 @@ mod tests {
             body: b"ct".to_vec(),
             shadowed: false,
         }
+    }
+
+    #[test]
+    fn emitter_kinds_round_trip_and_an_unknown_one_is_named() {
+        use vault_protocol::message::EmitterKind;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = create(&tmp.path().join("v.db")).unwrap();
+        s.insert(&[row("r", b"m")], "dev", &[STAMP]).unwrap();
+        for (i, kind) in EmitterKind::ALL.into_iter().enumerate() {
+            s.put_emitter(&EmitterRow {
+                id: format!("e{i}"),
+                record_id: "r".into(),
+                kind,
+                path: format!("/f{i}"),
+                section: "s".into(),
+                program: None,
+                created_at: i as i64,
+            })
+            .unwrap();
+        }
+        let kinds: Vec<EmitterKind> = s.emitters().unwrap().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, EmitterKind::ALL);
+        s.conn
+            .execute("UPDATE emitters SET kind = 'nomad' WHERE id = 'e0'", [])
+            .unwrap();
+        let e = s.emitters().unwrap_err().to_string();
+        assert!(e.contains("'nomad'") && e.contains("newer vault"), "{e}");
     }
 
     #[test]

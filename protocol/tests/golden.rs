@@ -377,12 +377,43 @@ fn approval_frames() {
 }
 
 #[test]
+fn emitter_kinds_keep_their_strings_on_the_wire() {
+    use vault_protocol::message::{EmitState, EmitterInfo, EmitterKind};
+    let spelled = [
+        "aws",
+        "aws-process",
+        "gcloud",
+        "docker",
+        "docker-helper",
+        "file",
+    ];
+    assert_eq!(EmitterKind::ALL.len(), spelled.len());
+    for (kind, text) in EmitterKind::ALL.into_iter().zip(spelled) {
+        let info = EmitterInfo {
+            id: "e1".into(),
+            name: None,
+            kind,
+            path: "/p".into(),
+            section: "s".into(),
+            state: EmitState::Ok,
+        };
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(json.contains(&format!(r#""type":"{text}""#)), "{json}");
+        let back: EmitterInfo = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.kind, kind);
+        assert_eq!(EmitterKind::parse(text), Some(kind));
+        assert_eq!(kind.to_string(), text);
+    }
+    assert_eq!(EmitterKind::parse("nomad"), None);
+}
+
+#[test]
 fn emitter_states_keep_their_strings_on_the_wire() {
-    use vault_protocol::message::{EmitState, EmitterInfo, Removed};
+    use vault_protocol::message::{EmitState, EmitterInfo, EmitterKind, Removed};
     let info = |state: EmitState| EmitterInfo {
         id: "e1".into(),
         name: Some("dev".into()),
-        kind: "aws".into(),
+        kind: EmitterKind::Aws,
         path: "/h/.aws/credentials".into(),
         section: "dev".into(),
         state,

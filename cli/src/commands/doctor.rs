@@ -752,7 +752,7 @@ mod tests {
         let info = |state: &str| EmitterInfo {
             id: "e1".into(),
             name: Some("aws-dev".into()),
-            kind: "aws".into(),
+            kind: vault_protocol::message::EmitterKind::Aws,
             path: "/h/.aws/credentials".into(),
             section: "dev".into(),
             state: EmitState::parse(state),

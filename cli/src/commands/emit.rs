@@ -222,7 +222,7 @@ fn table(emitters: &[EmitterInfo]) -> Table {
         t.row(vec![
             (e.id.clone(), None),
             (e.name.clone().unwrap_or_else(|| "-".to_owned()), None),
-            (e.kind.clone(), None),
+            (e.kind.to_string(), None),
             (e.state.to_string(), None),
             (e.path.clone(), None),
             (e.section.clone(), None),

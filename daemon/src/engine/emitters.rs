@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use tracing::{info, warn};
+use vault_protocol::message::EmitterKind;
 use vault_protocol::message::{EmitState, EmitterInfo, Removed};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, WireError};
@@ -21,27 +22,12 @@ use crate::fsutil;
 use crate::record::RecordBody;
 use crate::store::{EmitterRow, RecordRow};
 
-const AWS: &str = "aws";
-const AWS_PROCESS: &str = "aws-process";
-const GCLOUD: &str = "gcloud";
-const DOCKER: &str = "docker";
-/// `vault emit docker --helper`: `credHelpers[registry] = "vault"`.
-const DOCKER_HELPER: &str = "docker-helper";
-const FILE: &str = "file";
 /// The section of a whole-file binding: the whole file.
 const WHOLE: &str = "(whole file)";
 
-fn is_whole(e: &EmitterRow) -> bool {
-    e.kind == GCLOUD || e.kind == FILE
-}
-
-fn is_docker(kind: &str) -> bool {
-    kind == DOCKER || kind == DOCKER_HELPER
-}
-
 /// The top-level object of the docker config a docker binding writes in.
-fn docker_object(kind: &str) -> &'static str {
-    if kind == DOCKER_HELPER {
+fn docker_object(kind: EmitterKind) -> &'static str {
+    if kind == EmitterKind::DockerHelper {
         docker_json::CRED_HELPERS
     } else {
         docker_json::AUTHS
@@ -52,8 +38,8 @@ fn docker_object(kind: &str) -> &'static str {
 /// `None` when it must go. A `credHelpers` entry names the helper, not a
 /// key, so it stays when the credential expires: the helper itself refuses
 /// an expired one.
-fn docker_render(kind: &str, body: &RecordBody, now: Timestamp) -> Option<(String, String)> {
-    if kind == DOCKER_HELPER {
+fn docker_render(kind: EmitterKind, body: &RecordBody, now: Timestamp) -> Option<(String, String)> {
+    if kind == EmitterKind::DockerHelper {
         let registry = body.fields.get("registry")?.expose_secret().to_owned();
         return Some((registry, docker_json::HELPER_ENTRY.to_owned()));
     }
@@ -61,11 +47,15 @@ fn docker_render(kind: &str, body: &RecordBody, now: Timestamp) -> Option<(Strin
 }
 
 /// The content a whole-file binding writes; `None` when it must go.
-fn whole_content(kind: &str, body: &RecordBody, now: Timestamp) -> Option<Vec<u8>> {
+fn whole_content(kind: EmitterKind, body: &RecordBody, now: Timestamp) -> Option<Vec<u8>> {
     if body.expires_at.is_some_and(|t| t <= now) {
         return None;
     }
-    let field = if kind == GCLOUD { "json" } else { "content" };
+    let field = if kind == EmitterKind::Gcloud {
+        "json"
+    } else {
+        "content"
+    };
     body.fields
         .get(field)
         .map(|v| v.expose_secret().as_bytes().to_vec())
@@ -116,10 +106,10 @@ fn shell_word(s: &str) -> String {
 /// What binding `e` puts in its file for the record `name` with `body`;
 /// `None` when its section must go (an expired key is never handed out).
 fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Option<Section> {
-    match (e.kind.as_str(), &e.program) {
+    match (e.kind, &e.program) {
         // credential_process names the credential; `vault aws-process`
         // itself refuses an expired one with a message the SDK shows.
-        (AWS_PROCESS, Some(program)) => Some(Section {
+        (EmitterKind::AwsProcess, Some(program)) => Some(Section {
             name: e.section.clone(),
             entries: vec![(
                 "credential_process".to_owned(),
@@ -182,7 +172,7 @@ impl Engine {
 
     /// Sections of `path` the vault writes (for docker configs, those of
     /// the one object `kind` writes in).
-    fn owned_sections(&self, path: &str, kind: Option<&str>) -> Result<BTreeSet<String>> {
+    fn owned_sections(&self, path: &str, kind: Option<EmitterKind>) -> Result<BTreeSet<String>> {
         Ok(self
             .store()?
             .emitters()
@@ -262,7 +252,7 @@ impl Engine {
     fn write_docker(
         &self,
         path: &str,
-        kind: &str,
+        kind: EmitterKind,
         set: Option<(String, String)>,
         remove: &BTreeSet<String>,
         force: bool,
@@ -312,15 +302,15 @@ impl Engine {
         let (row, body) = self.load_as(name, CredentialType::Aws, "aws")?;
         // In the config file a profile is `[profile P]`, except `[default]`.
         let (kind, section_name) = match &process {
-            Some(_) if profile == "default" => (AWS_PROCESS, profile.to_owned()),
-            Some(_) => (AWS_PROCESS, format!("profile {profile}")),
-            None => (AWS, profile.to_owned()),
+            Some(_) if profile == "default" => (EmitterKind::AwsProcess, profile.to_owned()),
+            Some(_) => (EmitterKind::AwsProcess, format!("profile {profile}")),
+            None => (EmitterKind::Aws, profile.to_owned()),
         };
         let existing = self.find_emitter(|e| e.path == path && e.section == section_name)?;
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
-            kind: kind.to_owned(),
+            kind,
             path: path.to_owned(),
             section: section_name,
             program: process,
@@ -343,7 +333,11 @@ impl Engine {
     ) -> Result<EmitterInfo> {
         check_absolute(path)?;
         let (row, body) = self.load_as(name, CredentialType::Registry, "docker")?;
-        let kind = if helper { DOCKER_HELPER } else { DOCKER };
+        let kind = if helper {
+            EmitterKind::DockerHelper
+        } else {
+            EmitterKind::Docker
+        };
         if body.expires_at.is_some_and(|t| t <= now) {
             return Err(expired(name));
         }
@@ -367,7 +361,7 @@ impl Engine {
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
-            kind: kind.to_owned(),
+            kind,
             path: path.to_owned(),
             section: registry,
             program: None,
@@ -387,9 +381,9 @@ impl Engine {
         force: bool,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
-        let wanted = match kind {
-            GCLOUD => CredentialType::Gcp,
-            FILE => CredentialType::File,
+        let (kind, wanted) = match EmitterKind::parse(kind) {
+            Some(k @ EmitterKind::Gcloud) => (k, CredentialType::Gcp),
+            Some(k @ EmitterKind::File) => (k, CredentialType::File),
             _ => {
                 return Err(err(
                     ErrorCode::Usage,
@@ -397,7 +391,7 @@ impl Engine {
                 ));
             }
         };
-        let (row, body) = self.load_as(name, wanted, kind)?;
+        let (row, body) = self.load_as(name, wanted, kind.as_str())?;
         let path = match path {
             Some(p) => p,
             None => body
@@ -409,7 +403,7 @@ impl Engine {
         check_absolute(&path)?;
         let content = whole_content(kind, &body, now).ok_or_else(|| expired(name))?;
         let existing = self.find_emitter(|e| e.path == path)?;
-        if let Some(other) = existing.as_ref().filter(|e| !is_whole(e)) {
+        if let Some(other) = existing.as_ref().filter(|e| !e.kind.is_whole_file()) {
             return Err(err(
                 ErrorCode::Conflict,
                 format!(
@@ -439,7 +433,7 @@ impl Engine {
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
-            kind: kind.to_owned(),
+            kind,
             path,
             section: WHOLE.to_owned(),
             program: None,
@@ -452,10 +446,10 @@ impl Engine {
     /// removed.
     fn unwrite(&self, e: &EmitterRow) -> Result<()> {
         let remove: BTreeSet<String> = [e.section.clone()].into();
-        if is_whole(e) {
+        if e.kind.is_whole_file() {
             remove_file(&e.path)
-        } else if is_docker(&e.kind) {
-            self.write_docker(&e.path, &e.kind, None, &remove, false)
+        } else if e.kind.is_docker() {
+            self.write_docker(&e.path, e.kind, None, &remove, false)
         } else {
             self.write_sections(&e.path, &[], &remove, false)
         }
@@ -474,8 +468,8 @@ impl Engine {
         if deleted {
             return self.take_out(e, body);
         }
-        if is_whole(e) {
-            return match whole_content(&e.kind, body, now) {
+        if e.kind.is_whole_file() {
+            return match whole_content(e.kind, body, now) {
                 Some(content) => {
                     let _lock = lock(&e.path)?;
                     write_file(&e.path, &content)
@@ -483,12 +477,12 @@ impl Engine {
                 None => self.take_out(e, body),
             };
         }
-        if is_docker(&e.kind) {
+        if e.kind.is_docker() {
             // The registry may have been renamed in the credential: the
             // binding's entry goes, the current one is written.
-            return match docker_render(&e.kind, body, now) {
+            return match docker_render(e.kind, body, now) {
                 Some(entry) if entry.0 == e.section => {
-                    self.write_docker(&e.path, &e.kind, Some(entry), &BTreeSet::new(), false)
+                    self.write_docker(&e.path, e.kind, Some(entry), &BTreeSet::new(), false)
                 }
                 _ => self.unwrite(e),
             };
@@ -501,7 +495,7 @@ impl Engine {
 
     /// Takes binding `e` out for a record that is gone or expired.
     fn take_out(&self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
-        if is_whole(e) {
+        if e.kind.is_whole_file() {
             remove_if_ours(&e.path, body)
         } else {
             self.unwrite(e)
@@ -571,10 +565,10 @@ impl Engine {
             Ok(None) => return EmitState::Missing,
             Err(error) => return EmitState::Unreadable(error.to_string()),
         };
-        if is_docker(&e.kind) {
+        if e.kind.is_docker() {
             let owned: BTreeSet<String> = [e.section.clone()].into();
-            let object = docker_object(&e.kind);
-            return match docker_render(&e.kind, &body, now) {
+            let object = docker_object(e.kind);
+            return match docker_render(e.kind, &body, now) {
                 None => EmitState::Expired(Removed::Entry),
                 Some(entry) => {
                     match docker_json::merge_in(
@@ -592,8 +586,8 @@ impl Engine {
                 }
             };
         }
-        if is_whole(e) {
-            return match whole_content(&e.kind, &body, now) {
+        if e.kind.is_whole_file() {
+            return match whole_content(e.kind, &body, now) {
                 Some(c) if c == text.as_bytes() => EmitState::Ok,
                 Some(_) => EmitState::Drifted,
                 None => EmitState::Expired(Removed::File),
@@ -642,7 +636,7 @@ impl Engine {
         let Ok(bound) = store.emitters() else { return };
         let mut bound = bound
             .into_iter()
-            .filter(|e| e.kind != AWS_PROCESS && e.kind != DOCKER_HELPER)
+            .filter(|e| !e.kind.points_at_vault())
             .peekable();
         if bound.peek().is_none() {
             return;
@@ -800,7 +794,7 @@ fn info_of(e: &EmitterRow, name: Option<String>, state: EmitState) -> EmitterInf
     EmitterInfo {
         id: e.id.clone(),
         name,
-        kind: e.kind.clone(),
+        kind: e.kind,
         path: e.path.clone(),
         section: e.section.clone(),
         state,

@@ -11,15 +11,89 @@ pub struct EmitterInfo {
     pub id: String,
     /// The credential's name (`None` when it was deleted).
     pub name: Option<String>,
-    /// `aws`.
+    /// What it writes.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EmitterKind,
     /// The file.
     pub path: String,
     /// The section in it.
     pub section: String,
     /// Whether the file holds what the vault wrote.
     pub state: EmitState,
+}
+
+/// What kind of file a binding writes (docs/emit.md). On the wire, in
+/// `vault.db` and in `vault emit list --json` it is the string users have
+/// always read (`aws`, `aws-process`, `gcloud`, `docker`, `docker-helper`,
+/// `file`): the typed value changed no byte of the protocol. A new kind
+/// needs a new schema version of `vault.db`, so an older build never meets
+/// one it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmitterKind {
+    /// A profile of `~/.aws/credentials` with the keys.
+    Aws,
+    /// A profile of `~/.aws/config` with `credential_process`.
+    AwsProcess,
+    /// A gcloud / ADC JSON file.
+    Gcloud,
+    /// An `auths` entry of `~/.docker/config.json`.
+    Docker,
+    /// A `credHelpers` entry of `~/.docker/config.json` naming `vault`.
+    DockerHelper,
+    /// A whole file with a `file` credential's content.
+    File,
+}
+
+impl EmitterKind {
+    /// Every kind.
+    pub const ALL: [EmitterKind; 6] = [
+        EmitterKind::Aws,
+        EmitterKind::AwsProcess,
+        EmitterKind::Gcloud,
+        EmitterKind::Docker,
+        EmitterKind::DockerHelper,
+        EmitterKind::File,
+    ];
+
+    /// Its string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmitterKind::Aws => "aws",
+            EmitterKind::AwsProcess => "aws-process",
+            EmitterKind::Gcloud => "gcloud",
+            EmitterKind::Docker => "docker",
+            EmitterKind::DockerHelper => "docker-helper",
+            EmitterKind::File => "file",
+        }
+    }
+
+    /// The kind spelled `text`, if any.
+    pub fn parse(text: &str) -> Option<EmitterKind> {
+        EmitterKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// It writes an entry of `~/.docker/config.json`.
+    pub fn is_docker(self) -> bool {
+        matches!(self, EmitterKind::Docker | EmitterKind::DockerHelper)
+    }
+
+    /// It owns its whole file.
+    pub fn is_whole_file(self) -> bool {
+        matches!(self, EmitterKind::Gcloud | EmitterKind::File)
+    }
+
+    /// What it writes is a pointer at the vault, never a secret: nothing to
+    /// take out when the credential expires.
+    pub fn points_at_vault(self) -> bool {
+        matches!(self, EmitterKind::AwsProcess | EmitterKind::DockerHelper)
+    }
+}
+
+impl fmt::Display for EmitterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the vault removed from an emitted file when its credential expired.
