@@ -26,7 +26,7 @@ use crate::store::{self, RecordRow, Store, StoreError};
 mod approve;
 mod emitters;
 pub mod publish;
-mod refresh;
+pub mod refresh;
 mod snapshot;
 pub mod sync;
 
@@ -98,7 +98,7 @@ pub struct IndexEntry {
     /// Lacks a required field (a refreshable record not minted yet).
     pub incomplete: bool,
     /// How the head ranks against concurrent revisions: its sync stamp's
-    /// clock and device ([`Rank::default`] before sync).
+    /// clock and device ([`crate::record::Rank::default`] before sync).
     pub rank: crate::record::Rank,
     /// For a record that lost its name to a concurrent one (docs/sync.md): the
     /// name it claims; it is listed under [`sync::derived_name`].
@@ -229,10 +229,10 @@ impl IndexEntry {
     }
 
     /// Whether this record refreshes itself and is due for it
-    /// ([`crate::refresh::due`]).
+    /// ([`crate::engine::refresh::due`]).
     pub fn refresh_due(&self, ahead: std::time::Duration, now: Timestamp) -> bool {
         self.refresh
-            && crate::refresh::due(
+            && crate::engine::refresh::due(
                 self.incomplete,
                 self.updated_at,
                 self.expires_at,

@@ -115,11 +115,11 @@ pub struct Daemon {
     pid: u32,
     euid: u32,
     /// Single-flight refreshes and their failures (docs/refresh.md).
-    pub(crate) refresher: crate::refresh::Refresher,
+    pub(crate) refresher: crate::remote::refresher::Refresher,
     /// Sync state and the background sync's wake-up (docs/sync.md).
-    pub(crate) syncer: crate::sync::Syncer,
+    pub(crate) syncer: crate::remote::syncer::Syncer,
     /// Publishing to workload platforms (issue 10).
-    pub(crate) publisher: crate::publish::Publisher,
+    pub(crate) publisher: crate::remote::publisher::Publisher,
 }
 
 impl Daemon {
@@ -135,9 +135,9 @@ impl Daemon {
             socket,
             pid: std::process::id(),
             euid: rustix::process::geteuid().as_raw(),
-            refresher: crate::refresh::Refresher::default(),
-            syncer: crate::sync::Syncer::default(),
-            publisher: crate::publish::Publisher::default(),
+            refresher: crate::remote::refresher::Refresher::default(),
+            syncer: crate::remote::syncer::Syncer::default(),
+            publisher: crate::remote::publisher::Publisher::default(),
         })
     }
 
@@ -340,36 +340,45 @@ impl Daemon {
                 self.request_shutdown();
                 Ok(Response::Done)
             }
-            Request::Login { url, token } => crate::sync::login(self, &url, token).await,
+            Request::Login { url, token } => crate::remote::syncer::login(self, &url, token).await,
             Request::Join {
                 vault_id,
                 passphrase,
             } => {
-                let r = crate::sync::join(self, &vault_id, passphrase).await;
+                let r = crate::remote::syncer::join(self, &vault_id, passphrase).await;
                 self.bump();
                 r
             }
-            Request::SyncVerify { repair } => crate::sync::verify(self, repair).await,
-            Request::SyncNow => crate::sync::sync_now(self).await.map(Response::Synced),
+            Request::SyncVerify { repair } => crate::remote::syncer::verify(self, repair).await,
+            Request::SyncNow => crate::remote::syncer::sync_now(self)
+                .await
+                .map(Response::Synced),
             Request::RemoteAdd {
                 name,
                 kind,
                 url,
                 token,
                 replace,
-            } => crate::publish::add(self, &name, kind, &url, token, replace).await,
+            } => crate::remote::publisher::add(self, &name, kind, &url, token, replace).await,
             Request::RemoteRemove { name, force } => {
-                crate::publish::remove(self, &name, force).await
+                crate::remote::publisher::remove(self, &name, force).await
             }
-            Request::RemoteStatus { name } => crate::publish::status(self, &name, false).await,
+            Request::RemoteStatus { name } => {
+                crate::remote::publisher::status(self, &name, false).await
+            }
             Request::Publish {
                 name,
                 remote,
                 remote_name,
-            } => crate::publish::publish(self, &name, &remote, remote_name.as_deref()).await,
-            Request::PublishRepair { remote } => crate::publish::status(self, &remote, true).await,
+            } => {
+                crate::remote::publisher::publish(self, &name, &remote, remote_name.as_deref())
+                    .await
+            }
+            Request::PublishRepair { remote } => {
+                crate::remote::publisher::status(self, &remote, true).await
+            }
             Request::Unpublish { name, remote } => {
-                crate::publish::unpublish(self, &name, remote.as_deref()).await
+                crate::remote::publisher::unpublish(self, &name, remote.as_deref()).await
             }
             other => {
                 // Whatever hands out values gets them fresh (docs/refresh.md).
@@ -387,7 +396,7 @@ impl Daemon {
                 if !handed_out.is_empty() {
                     self.engine().check_approved(handed_out)?;
                 }
-                crate::refresh::ensure_fresh(self, handed_out).await;
+                crate::remote::refresher::ensure_fresh(self, handed_out).await;
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
                     .await
@@ -739,12 +748,12 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 if became_locked {
                     d.bump();
                 }
-                crate::refresh::refresh_bound(&d);
+                crate::remote::refresher::refresh_bound(&d);
             }
         })
     };
-    let syncing = tokio::spawn(crate::sync::background(Arc::clone(&daemon)));
-    let publishing = tokio::spawn(crate::publish::background(Arc::clone(&daemon)));
+    let syncing = tokio::spawn(crate::remote::syncer::background(Arc::clone(&daemon)));
+    let publishing = tokio::spawn(crate::remote::publisher::background(Arc::clone(&daemon)));
     let mut shutdown = daemon.shutdown.subscribe();
     loop {
         let stream = tokio::select! {

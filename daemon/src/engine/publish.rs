@@ -1,7 +1,7 @@
 //! Publishing credentials to workload platforms (issue 10): remotes, the
 //! credentials bound to them, the platform's rules checked before anything
 //! is queued, and the plan of what to send next. The HTTP side is
-//! [`crate::publish`].
+//! [`crate::remote::publisher`].
 //!
 //! The queue is the difference between what the vault has and what the
 //! platform was last seen to hold: a publication is due when its record's

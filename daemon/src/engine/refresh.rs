@@ -1,20 +1,120 @@
-//! The engine's side of refresh (daemon/src/refresh.rs runs the commands):
-//! deciding that a record is due, and writing what a refresh produced as a
-//! new revision, which re-renders its emitted files in place.
+//! The engine's side of refresh (`remote/refresher.rs` runs the commands
+//! and calls STS): the pure rules, deciding that a record is due and reading
+//! a command's output, and writing what a refresh produced as a new
+//! revision, which re-renders its emitted files in place.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields};
+use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, is_generic_key, validate_fields};
 use vault_protocol::message::RecordSummary;
 use vault_protocol::timefmt::{Timestamp, parse_duration};
 use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 
 use super::{Engine, Result, err};
 use crate::record::RecordBody;
-use crate::refresh::{Job, Minted, Plan};
+use crate::remote::refresher::{Job, Plan};
 
 /// Session length when a record with a `source` names no `duration`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
+
+/// What a refresh produced.
+#[derive(Debug)]
+pub struct Minted {
+    /// New field values (merged over the record's).
+    pub fields: BTreeMap<String, SecretValue>,
+    /// New expiry (`None`: the values do not expire).
+    pub expires_at: Option<Timestamp>,
+}
+
+/// When a record is due: less than `ahead` left, or less than half of its
+/// lifetime (from its last change), whichever is sooner, so that a short
+/// lifetime does not make every access a refresh. A record never minted
+/// (`incomplete`) is always due.
+pub fn due(
+    incomplete: bool,
+    updated_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    ahead: Duration,
+    now: Timestamp,
+) -> bool {
+    if incomplete {
+        return true;
+    }
+    let Some(t) = expires_at else { return false };
+    let left = t.unix() - now.unix();
+    let half_life = (t.unix() - updated_at.unix()).max(0) / 2;
+    left < (ahead.as_secs() as i64).min(half_life)
+}
+
+/// credential_process JSON field → `aws` field.
+const AWS_KEYS: [(&str, &str); 3] = [
+    ("AccessKeyId", "access_key_id"),
+    ("SecretAccessKey", "secret_access_key"),
+    ("SessionToken", "session_token"),
+];
+
+/// Reads a refresh command's output: a JSON object with `"Version": 1` and
+/// an optional `"Expiration"` (RFC 3339). For `aws`, `AccessKeyId`,
+/// `SecretAccessKey` and `SessionToken` are the credential_process names;
+/// for every type, a key that is one of the type's field names (any env
+/// name for `generic`) sets that field. Errors never quote a value.
+pub fn parse_output(kind: CredentialType, bytes: &[u8]) -> std::result::Result<Minted, String> {
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| {
+            format!(
+                "the refresh command's output is not a JSON object (line {}, column {}): it must print credential_process JSON",
+                e.line(),
+                e.column()
+            )
+        })?;
+    match doc.get("Version") {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err("the refresh command's output has a Version other than 1".into()),
+        None => return Err("the refresh command's output has no \"Version\": 1".into()),
+    }
+    let expires_at = match doc.get("Expiration") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(
+            Timestamp::parse(s).map_err(|e| format!("the refresh command's Expiration: {e}"))?,
+        ),
+        Some(_) => return Err("the refresh command's Expiration is not a string".into()),
+    };
+    let mut fields = BTreeMap::new();
+    for (key, value) in &doc {
+        if key == "Version" || key == "Expiration" {
+            continue;
+        }
+        let field = if kind == CredentialType::Aws {
+            AWS_KEYS
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, f)| *f)
+                .or_else(|| kind.fields().iter().find(|f| f.name == key).map(|f| f.name))
+        } else if kind == CredentialType::Generic {
+            Some(key.as_str()).filter(|k| is_generic_key(k))
+        } else {
+            kind.fields().iter().find(|f| f.name == key).map(|f| f.name)
+        };
+        let Some(field) = field.filter(|f| *f != REFRESH_COMMAND) else {
+            return Err(format!(
+                "the refresh command's output has the key '{}', which is not a field of a {kind} credential",
+                key.escape_debug()
+            ));
+        };
+        let serde_json::Value::String(text) = value else {
+            return Err(format!(
+                "the refresh command's '{}' is not a string",
+                key.escape_debug()
+            ));
+        };
+        fields.insert(field.to_owned(), SecretValue::from(text.as_str()));
+    }
+    if fields.is_empty() {
+        return Err("the refresh command's output holds no credential fields".into());
+    }
+    Ok(Minted { fields, expires_at })
+}
 
 impl Engine {
     /// The id of `name` when it is due for a refresh, from the index alone
@@ -82,7 +182,7 @@ impl Engine {
             return Err(missing());
         };
         let region = field("region");
-        let endpoint = crate::sts::endpoint_for(
+        let endpoint = crate::remote::sts::endpoint_for(
             field("sts_endpoint").as_deref(),
             self.config.sts_endpoint.as_deref(),
             region.as_deref(),
@@ -91,13 +191,13 @@ impl Engine {
             Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
             None => DEFAULT_SESSION,
         };
-        Ok(Plan::Sts(Box::new(crate::sts::Plan {
+        Ok(Plan::Sts(Box::new(crate::remote::sts::Plan {
             access_key_id: id.expose_secret().to_owned(),
             secret_access_key: SecretValue::from(secret.expose_secret()),
             session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
             role_arn: field("role_arn"),
             session_name: field("session_name")
-                .unwrap_or_else(|| crate::sts::session_name(&body.name)),
+                .unwrap_or_else(|| crate::remote::sts::session_name(&body.name)),
             mfa: field("mfa_serial").zip(field("mfa_command")),
             duration,
             endpoint,
@@ -176,5 +276,81 @@ impl Engine {
         let summary = self.commit(row, body, &job.name, "refresh", now)?;
         self.record_approvals(&approved, now)?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_uses_ahead_or_half_the_lifetime() {
+        let ahead = Duration::from_secs(20 * 60);
+        let at = Timestamp(1_000_000);
+        // An hour-long session: due under 20 minutes left.
+        let exp = Some(at.plus(Duration::from_secs(3600)));
+        assert!(!due(
+            false,
+            at,
+            exp,
+            ahead,
+            at.plus(Duration::from_secs(39 * 60))
+        ));
+        assert!(due(
+            false,
+            at,
+            exp,
+            ahead,
+            at.plus(Duration::from_secs(41 * 60))
+        ));
+        // A 10-second one: due under 5 seconds left, not on every access.
+        let exp = Some(at.plus(Duration::from_secs(10)));
+        assert!(!due(false, at, exp, ahead, at.plus(Duration::from_secs(4))));
+        assert!(due(false, at, exp, ahead, at.plus(Duration::from_secs(6))));
+        // No expiry: never, unless never minted.
+        assert!(!due(false, at, None, ahead, at));
+        assert!(due(true, at, None, ahead, at));
+    }
+
+    #[test]
+    fn credential_process_output_maps_to_fields() {
+        let out = br#"{"Version":1,"AccessKeyId":"ASIAX","SecretAccessKey":"s","SessionToken":"t","Expiration":"2026-11-23T18:00:00Z"}"#;
+        let m = parse_output(CredentialType::Aws, out).unwrap();
+        assert_eq!(m.fields["access_key_id"].expose_secret(), "ASIAX");
+        assert_eq!(m.fields["session_token"].expose_secret(), "t");
+        assert_eq!(
+            m.expires_at,
+            Some(Timestamp::parse("2026-11-23T18:00:00Z").unwrap())
+        );
+        let m = parse_output(CredentialType::Token, br#"{"Version":1,"token":"x"}"#).unwrap();
+        assert_eq!(m.fields["token"].expose_secret(), "x");
+        assert_eq!(m.expires_at, None);
+        let m = parse_output(CredentialType::Generic, br#"{"Version":1,"API_KEY":"x"}"#).unwrap();
+        assert_eq!(m.fields["API_KEY"].expose_secret(), "x");
+    }
+
+    #[test]
+    fn bad_output_is_explained_without_values() {
+        for (out, want) in [
+            (&b"not json SECRET-MARK"[..], "not a JSON object"),
+            (br#"{"AccessKeyId":"SECRET-MARK"}"#, "no \"Version\": 1"),
+            (
+                br#"{"Version":2,"AccessKeyId":"SECRET-MARK"}"#,
+                "Version other than 1",
+            ),
+            (br#"{"Version":1,"Nope":"SECRET-MARK"}"#, "'Nope'"),
+            (br#"{"Version":1,"AccessKeyId":7}"#, "not a string"),
+            (br#"{"Version":1,"Expiration":"SECRET-MARK"}"#, "Expiration"),
+            (br#"{"Version":1,"refresh_command":"x"}"#, "not a field"),
+            (br#"{"Version":1}"#, "no credential fields"),
+        ] {
+            let e = parse_output(CredentialType::Aws, out).unwrap_err();
+            assert!(e.contains(want), "{e}");
+            // The Expiration parser quotes what it refused; nothing else
+            // may. That value is a timestamp, never a secret.
+            if !want.contains("Expiration") {
+                assert!(!e.contains("SECRET-MARK"), "{e}");
+            }
+        }
     }
 }

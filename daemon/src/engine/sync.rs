@@ -1,6 +1,6 @@
 //! Sync inside the engine (docs/sync.md): the hybrid logical clock, this
 //! device's log, applying pulled entries, conflicts and name clashes. The
-//! network side is [`crate::sync`].
+//! network side is [`crate::remote::syncer`].
 //!
 //! Every revision is stamped ([`Stamp`]) inside its encrypted body with the
 //! device whose log holds it, its index there, its clock and the revisions
@@ -1313,7 +1313,7 @@ mod tests {
             .refresh_job("gh", std::time::Duration::from_secs(60), now)
             .unwrap();
         assert!(
-            matches!(&job.plan, crate::refresh::Plan::Broken(why) if why.contains("vault approve gh")),
+            matches!(&job.plan, crate::remote::refresher::Plan::Broken(why) if why.contains("vault approve gh")),
             "{:?}",
             job.plan
         );
@@ -1344,7 +1344,7 @@ mod tests {
             b.refresh_job("gh", std::time::Duration::from_secs(60), now)
                 .unwrap()
                 .plan,
-            crate::refresh::Plan::Command(_)
+            crate::remote::refresher::Plan::Command(_)
         ));
         // Another value from a waits again; b's own change of another field
         // approves nothing, b's own value of the command does.

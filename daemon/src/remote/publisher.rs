@@ -157,7 +157,7 @@ impl Publisher {
         let remote = self.remote(name);
         let mut st = remote.state();
         st.failures = st.failures.saturating_add(1);
-        let backoff = crate::sync::doubling(BACKOFF, st.failures, retry_max);
+        let backoff = crate::remote::syncer::doubling(BACKOFF, st.failures, retry_max);
         st.retry_at = Some(Instant::now() + backoff);
         if let Fail::Token(_, expired) = f {
             st.token_expired = *expired;
@@ -718,7 +718,7 @@ impl Stored {
 
 /// Checks a platform URL: HTTPS, or plain HTTP on loopback; no trailing `/`.
 fn check_url(url: &str) -> Result<String, WireError> {
-    crate::sync::check_url(url).map_err(|_| {
+    crate::remote::syncer::check_url(url).map_err(|_| {
         WireError::new(
             ErrorCode::Usage,
             format!(

@@ -178,12 +178,12 @@ async fn call<T: DeserializeOwned>(
     let resp = req
         .send()
         .await
-        .map_err(|e| CallError::Unreachable(crate::sts::error_chain(&e)))?;
+        .map_err(|e| CallError::Unreachable(crate::remote::sts::error_chain(&e)))?;
     let status = resp.status().as_u16();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| CallError::Unreachable(crate::sts::error_chain(&e)))?;
+        .map_err(|e| CallError::Unreachable(crate::remote::sts::error_chain(&e)))?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Api(

@@ -1,7 +1,7 @@
 //! Minting AWS sessions (docs/refresh.md): an `aws` record with a
 //! `source` (a long-term `aws` record) gets its keys from STS —
 //! `AssumeRole` when it has a `role_arn`, `GetSessionToken` otherwise —
-//! signed with the source's keys (SigV4, daemon/src/sigv4.rs) and sent over
+//! signed with the source's keys (SigV4, remote/sigv4.rs) and sent over
 //! HTTPS (plain HTTP only to a loopback endpoint, for tests and local
 //! emulators).
 
@@ -12,8 +12,8 @@ use serde::Deserialize;
 use vault_protocol::SecretValue;
 use vault_protocol::timefmt::Timestamp;
 
-use crate::refresh::Minted;
-use crate::sigv4::{self, Keys};
+use crate::engine::refresh::Minted;
+use crate::remote::sigv4::{self, Keys};
 
 /// AWS's global STS endpoint, used when neither the record nor
 /// `config.toml` names one and the record has no region.
@@ -145,7 +145,8 @@ fn body(plan: &Plan, code: Option<&str>) -> String {
 /// Runs the plan's `mfa_command` and reads the code it prints: six digits.
 /// Blocking.
 fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
-    let out = crate::refresh::run_raw(command, timeout).map_err(|e| format!("mfa_command: {e}"))?;
+    let out = crate::remote::refresher::run_raw(command, timeout)
+        .map_err(|e| format!("mfa_command: {e}"))?;
     let code = String::from_utf8_lossy(&out).trim().to_owned();
     if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
         Ok(code)
