@@ -133,7 +133,8 @@ impl Config {
             config.refresh_timeout = dur("refresh.timeout", v)?;
         }
         if let Some(url) = &file.refresh.sts_endpoint {
-            crate::remote::sts::check_endpoint(url).map_err(|e| format!("refresh.{e}"))?;
+            vault_protocol::credential::check_sts_endpoint(url)
+                .map_err(|e| format!("refresh.{e}"))?;
             config.sts_endpoint = Some(url.clone());
         }
         if let Some(v) = &file.sync.interval {

@@ -104,7 +104,9 @@ struct Lease {
 /// Shared daemon state.
 #[derive(Debug)]
 pub struct Daemon {
-    engine: Mutex<Engine>,
+    /// The engine and the background workers (they get this, never the
+    /// daemon).
+    shared: Arc<crate::remote::Shared>,
     unlock_gate: tokio::sync::Mutex<u32>,
     lease: Mutex<Option<Lease>>,
     idle: IdleConnections,
@@ -114,19 +116,13 @@ pub struct Daemon {
     socket: String,
     pid: u32,
     euid: u32,
-    /// Single-flight refreshes and their failures (docs/refresh.md).
-    pub(crate) refresher: crate::remote::refresher::Refresher,
-    /// Sync state and the background sync's wake-up (docs/sync.md).
-    pub(crate) syncer: crate::remote::syncer::Syncer,
-    /// Publishing to workload platforms (issue 10).
-    pub(crate) publisher: crate::remote::publisher::Publisher,
 }
 
 impl Daemon {
     /// Wraps an opened engine.
     pub fn new(engine: Engine, socket: String) -> Arc<Self> {
         Arc::new(Self {
-            engine: Mutex::new(engine),
+            shared: Arc::new(crate::remote::Shared::new(engine)),
             unlock_gate: tokio::sync::Mutex::new(0),
             lease: Mutex::new(None),
             idle: IdleConnections::default(),
@@ -135,16 +131,11 @@ impl Daemon {
             socket,
             pid: std::process::id(),
             euid: rustix::process::geteuid().as_raw(),
-            refresher: crate::remote::refresher::Refresher::default(),
-            syncer: crate::remote::syncer::Syncer::default(),
-            publisher: crate::remote::publisher::Publisher::default(),
         })
     }
 
     pub(crate) fn engine(&self) -> MutexGuard<'_, Engine> {
-        // A panic while holding the lock must not take the daemon down with
-        // it: the engine's state is updated only after each store commit.
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.engine()
     }
 
     fn bump(&self) {
@@ -161,12 +152,14 @@ impl Daemon {
         engine.check_deadlines(Timestamp::now());
         let mut status = engine.status(&self.socket, self.pid, Timestamp::now())?;
         status.refresh = self
+            .shared
             .refresher
             .report(|name, id, revision| engine.is_current(name, id, revision));
-        status.sync = self
-            .syncer
-            .status(engine.sync_server(), engine.queued(), engine.refusals());
-        status.remotes = self.publisher.infos(&engine);
+        status.sync =
+            self.shared
+                .syncer
+                .status(engine.sync_server(), engine.queued(), engine.refusals());
+        status.remotes = self.shared.publisher.infos(&engine);
         Ok(Response::Status(status))
     }
 
@@ -245,8 +238,8 @@ impl Daemon {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.bump();
         // Catch up with the other devices, and publish what waited.
-        self.syncer.kick();
-        self.publisher.kick();
+        self.shared.syncer.kick();
+        self.shared.publisher.kick();
         self.status()
     }
 
@@ -340,17 +333,21 @@ impl Daemon {
                 self.request_shutdown();
                 Ok(Response::Done)
             }
-            Request::Login { url, token } => crate::remote::syncer::login(self, &url, token).await,
+            Request::Login { url, token } => {
+                crate::remote::syncer::login(&self.shared, &url, token).await
+            }
             Request::Join {
                 vault_id,
                 passphrase,
             } => {
-                let r = crate::remote::syncer::join(self, &vault_id, passphrase).await;
+                let r = crate::remote::syncer::join(&self.shared, &vault_id, passphrase).await;
                 self.bump();
                 r
             }
-            Request::SyncVerify { repair } => crate::remote::syncer::verify(self, repair).await,
-            Request::SyncNow => crate::remote::syncer::sync_now(self)
+            Request::SyncVerify { repair } => {
+                crate::remote::syncer::verify(&self.shared, repair).await
+            }
+            Request::SyncNow => crate::remote::syncer::sync_now(&self.shared)
                 .await
                 .map(Response::Synced),
             Request::RemoteAdd {
@@ -359,26 +356,33 @@ impl Daemon {
                 url,
                 token,
                 replace,
-            } => crate::remote::publisher::add(self, &name, kind, &url, token, replace).await,
+            } => {
+                crate::remote::publisher::add(&self.shared, &name, kind, &url, token, replace).await
+            }
             Request::RemoteRemove { name, force } => {
-                crate::remote::publisher::remove(self, &name, force).await
+                crate::remote::publisher::remove(&self.shared, &name, force).await
             }
             Request::RemoteStatus { name } => {
-                crate::remote::publisher::status(self, &name, false).await
+                crate::remote::publisher::status(&self.shared, &name, false).await
             }
             Request::Publish {
                 name,
                 remote,
                 remote_name,
             } => {
-                crate::remote::publisher::publish(self, &name, &remote, remote_name.as_deref())
-                    .await
+                crate::remote::publisher::publish(
+                    &self.shared,
+                    &name,
+                    &remote,
+                    remote_name.as_deref(),
+                )
+                .await
             }
             Request::PublishRepair { remote } => {
-                crate::remote::publisher::status(self, &remote, true).await
+                crate::remote::publisher::status(&self.shared, &remote, true).await
             }
             Request::Unpublish { name, remote } => {
-                crate::remote::publisher::unpublish(self, &name, remote.as_deref()).await
+                crate::remote::publisher::unpublish(&self.shared, &name, remote.as_deref()).await
             }
             other => {
                 // Whatever hands out values gets them fresh (docs/refresh.md).
@@ -396,7 +400,7 @@ impl Daemon {
                 if !handed_out.is_empty() {
                     self.engine().check_approved(handed_out)?;
                 }
-                crate::remote::refresher::ensure_fresh(self, handed_out).await;
+                crate::remote::refresher::ensure_fresh(&self.shared, handed_out).await;
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
                     .await
@@ -498,7 +502,7 @@ impl Daemon {
                 .conflicts()
                 .map(|conflicts| Response::Conflicts { conflicts }),
             Request::RemoteList => engine.check_unlocked().map(|()| Response::Remotes {
-                remotes: self.publisher.infos(&engine),
+                remotes: self.shared.publisher.infos(&engine),
             }),
             _ => Err(WireError::new(
                 ErrorCode::Internal,
@@ -506,8 +510,8 @@ impl Daemon {
             )),
         };
         if engine.log_last() != log_before {
-            self.syncer.kick();
-            self.publisher.kick();
+            self.shared.syncer.kick();
+            self.shared.publisher.kick();
         }
         result
     }
@@ -748,12 +752,16 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 if became_locked {
                     d.bump();
                 }
-                crate::remote::refresher::refresh_bound(&d);
+                crate::remote::refresher::refresh_bound(&d.shared);
             }
         })
     };
-    let syncing = tokio::spawn(crate::remote::syncer::background(Arc::clone(&daemon)));
-    let publishing = tokio::spawn(crate::remote::publisher::background(Arc::clone(&daemon)));
+    let syncing = tokio::spawn(crate::remote::syncer::background(Arc::clone(
+        &daemon.shared,
+    )));
+    let publishing = tokio::spawn(crate::remote::publisher::background(Arc::clone(
+        &daemon.shared,
+    )));
     let mut shutdown = daemon.shutdown.subscribe();
     loop {
         let stream = tokio::select! {

@@ -8,7 +8,9 @@
 //! end-to-end harness links no crate it tests.
 //!
 //! And (issue 20): code comments point into `docs/`, never at section
-//! numbers of an outside document.
+//! numbers of an outside document; and no module of `vaultd` imports a
+//! module that imports it back (a module is a top-level file or folder of
+//! `daemon/src`).
 
 // Helper fns of a test report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -235,4 +237,71 @@ fn comments_point_into_docs_not_at_outside_section_numbers() {
         "cite the docs/ file that holds the rule instead:\n{}",
         found.join("\n")
     );
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_daemon_module_imports_one_that_imports_it_back() {
+    let src = vault_e2e::workspace_root().join("daemon/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    // module → the modules it names as `crate::x`, outside comments.
+    let mut uses: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if module == "main" || module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (at, _) in line.match_indices("crate::") {
+                let name: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    uses.entry(module.clone()).or_default().insert(name);
+                }
+            }
+        }
+    }
+    assert!(
+        uses.get("remote").is_some_and(|u| u.contains("engine")),
+        "the scan found no imports: {uses:?}"
+    );
+    for start in uses.keys() {
+        // Every module reachable from `start`; `start` must not be one.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo: VecDeque<&String> = uses[start].iter().collect();
+        while let Some(m) = todo.pop_front() {
+            if seen.insert(m.clone()) {
+                todo.extend(uses.get(m).into_iter().flatten());
+            }
+        }
+        assert!(
+            !seen.contains(start),
+            "daemon module '{start}' imports itself back through {seen:?}; the graph: {uses:?}"
+        );
+    }
 }

@@ -13,7 +13,99 @@ use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 
 use super::{Engine, Result, err};
 use crate::record::RecordBody;
-use crate::remote::refresher::{Job, Plan};
+
+/// Everything needed to refresh one record, read under the engine lock and
+/// run outside it.
+#[derive(Debug)]
+pub struct Job {
+    /// Record id.
+    pub id: String,
+    /// Record name (for messages).
+    pub name: String,
+    /// Type, which decides how the output maps to fields.
+    pub kind: CredentialType,
+    /// The revision the job was made from; a result for an older revision
+    /// is dropped.
+    pub revision: u64,
+    /// When the current value expires (reported while refreshes fail).
+    pub expires_at: Option<Timestamp>,
+    /// How to get the new values.
+    pub plan: Plan,
+}
+
+/// Where new values come from.
+#[derive(Debug)]
+pub enum Plan {
+    /// `refresh_command`, run with `sh -c`.
+    Command(String),
+    /// An STS call signed with a source record's keys.
+    Sts(Box<StsPlan>),
+    /// The record names a refresh that cannot run; the reason.
+    Broken(String),
+}
+
+/// AWS's global STS endpoint, used when neither the record nor
+/// `config.toml` names one and the record has no region.
+pub const GLOBAL_ENDPOINT: &str = "https://sts.amazonaws.com";
+
+/// What one STS call needs.
+pub struct StsPlan {
+    /// The source's access key id.
+    pub access_key_id: String,
+    /// The source's secret key.
+    pub secret_access_key: SecretValue,
+    /// The source's session token, if it is itself temporary.
+    pub session_token: Option<SecretValue>,
+    /// AssumeRole's role; `None` for GetSessionToken.
+    pub role_arn: Option<String>,
+    /// `RoleSessionName`.
+    pub session_name: String,
+    /// The MFA device and the command printing its current code.
+    pub mfa: Option<(String, String)>,
+    /// Requested lifetime.
+    pub duration: Duration,
+    /// The endpoint URL.
+    pub endpoint: String,
+    /// The signing region.
+    pub region: String,
+}
+
+impl std::fmt::Debug for StsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StsPlan")
+            .field("access_key_id", &self.access_key_id)
+            .field("role_arn", &self.role_arn)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoint a record uses: its own, else `config.toml`'s, else the
+/// regional one for its region, else the global one.
+pub fn endpoint_for(own: Option<&str>, configured: Option<&str>, region: Option<&str>) -> String {
+    match (own, configured, region) {
+        (Some(e), _, _) | (None, Some(e), _) => e.to_owned(),
+        (None, None, Some(r)) => format!("https://sts.{r}.amazonaws.com"),
+        (None, None, None) => GLOBAL_ENDPOINT.to_owned(),
+    }
+}
+
+/// A `RoleSessionName` from the record name: STS allows `[\w+=,.@-]`, 2–64.
+pub fn session_name(record: &str) -> String {
+    let name: String = format!("vault-{record}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    name
+}
 
 /// Session length when a record with a `source` names no `duration`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
@@ -182,7 +274,7 @@ impl Engine {
             return Err(missing());
         };
         let region = field("region");
-        let endpoint = crate::remote::sts::endpoint_for(
+        let endpoint = endpoint_for(
             field("sts_endpoint").as_deref(),
             self.config.sts_endpoint.as_deref(),
             region.as_deref(),
@@ -191,13 +283,12 @@ impl Engine {
             Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
             None => DEFAULT_SESSION,
         };
-        Ok(Plan::Sts(Box::new(crate::remote::sts::Plan {
+        Ok(Plan::Sts(Box::new(StsPlan {
             access_key_id: id.expose_secret().to_owned(),
             secret_access_key: SecretValue::from(secret.expose_secret()),
             session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
             role_arn: field("role_arn"),
-            session_name: field("session_name")
-                .unwrap_or_else(|| crate::remote::sts::session_name(&body.name)),
+            session_name: field("session_name").unwrap_or_else(|| session_name(&body.name)),
             mfa: field("mfa_serial").zip(field("mfa_command")),
             duration,
             endpoint,

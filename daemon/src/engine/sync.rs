@@ -1313,7 +1313,7 @@ mod tests {
             .refresh_job("gh", std::time::Duration::from_secs(60), now)
             .unwrap();
         assert!(
-            matches!(&job.plan, crate::remote::refresher::Plan::Broken(why) if why.contains("vault approve gh")),
+            matches!(&job.plan, crate::engine::refresh::Plan::Broken(why) if why.contains("vault approve gh")),
             "{:?}",
             job.plan
         );
@@ -1344,7 +1344,7 @@ mod tests {
             b.refresh_job("gh", std::time::Duration::from_secs(60), now)
                 .unwrap()
                 .plan,
-            crate::remote::refresher::Plan::Command(_)
+            crate::engine::refresh::Plan::Command(_)
         ));
         // Another value from a waits again; b's own change of another field
         // approves nothing, b's own value of the command does.

@@ -7,3 +7,41 @@ pub mod refresher;
 pub mod sigv4;
 pub mod sts;
 pub mod syncer;
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::engine::Engine;
+
+/// All the workers may touch of the daemon: the engine, and each other's
+/// state and wake-ups. The socket, the unlock gate and the prompt lease
+/// stay in `server`, which no worker imports; `server` holds this and hands
+/// it to them.
+#[derive(Debug)]
+pub struct Shared {
+    engine: Mutex<Engine>,
+    /// Single-flight refreshes and their failures (docs/refresh.md).
+    pub refresher: refresher::Refresher,
+    /// Sync state and the background sync's wake-up (docs/sync.md).
+    pub syncer: syncer::Syncer,
+    /// Publishing to workload platforms (docs/publish.md).
+    pub publisher: publisher::Publisher,
+}
+
+impl Shared {
+    /// Wraps an opened engine.
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine: Mutex::new(engine),
+            refresher: refresher::Refresher::default(),
+            syncer: syncer::Syncer::default(),
+            publisher: publisher::Publisher::default(),
+        }
+    }
+
+    /// The engine, locked.
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock must not take the daemon down with
+        // it: the engine's state is updated only after each store commit.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

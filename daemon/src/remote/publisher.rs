@@ -28,9 +28,9 @@ use vault_protocol::message::{
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
+use super::Shared;
 use crate::engine::Engine;
 use crate::engine::publish::{Job, JobOp};
-use crate::server::Daemon;
 use crate::store::{Presence, RemoteRow};
 
 /// Every HTTP call's limit.
@@ -695,7 +695,7 @@ struct Stored {
 
 impl Stored {
     /// Remote `name` and its token, decrypted (needs the vault unlocked).
-    fn load(d: &Daemon, engine: &Engine, name: &str) -> Result<Self, WireError> {
+    fn load(d: &Shared, engine: &Engine, name: &str) -> Result<Self, WireError> {
         let (row, kind) = engine.remote(name)?;
         let token = engine.remote_token(&row)?;
         Ok(Self {
@@ -740,7 +740,7 @@ fn fail_wire(remote: &str, f: Fail) -> WireError {
 
 /// `vault remote add`: checks the token with an exchange, then keeps it.
 pub async fn add(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     name: &str,
     kind: RemoteKind,
     url: &str,
@@ -807,7 +807,7 @@ pub async fn add(
 }
 
 /// `vault remote rm`.
-pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response, WireError> {
+pub async fn remove(d: &Arc<Shared>, name: &str, force: bool) -> Result<Response, WireError> {
     let (row, pubs) = {
         let mut engine = d.engine();
         let pubs = engine.publications(Some(name)).unwrap_or_default();
@@ -825,7 +825,7 @@ pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Response
 
 /// Sends what is due to `name`, in order. Fails (and backs off) at the
 /// first retryable failure.
-pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
+pub async fn pass(d: &Arc<Shared>, name: &str) -> Result<(), WireError> {
     let remote = d.publisher.remote(name);
     let _one = remote.pass.lock().await;
     let retry_max = d.engine().config().publish_retry;
@@ -856,7 +856,7 @@ pub async fn pass(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
 
 /// A pass that runs to its end even when the caller stops waiting (a
 /// request cut short must not leave a push half recorded).
-fn spawn_pass(d: &Arc<Daemon>, name: &str) -> tokio::task::JoinHandle<Result<(), WireError>> {
+fn spawn_pass(d: &Arc<Shared>, name: &str) -> tokio::task::JoinHandle<Result<(), WireError>> {
     let (d, name) = (Arc::clone(d), name.to_owned());
     tokio::spawn(async move { pass(&d, &name).await })
 }
@@ -873,7 +873,7 @@ fn duplicate(message: &str) -> bool {
 /// What the platform holds under the name is recorded at each step, so that
 /// an unpublish never skips a DELETE for a copy that may be there, and never
 /// deletes a name someone else holds.
-async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Result<(), Fail> {
+async fn run(d: &Arc<Shared>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Result<(), Fail> {
     let key = &job.key;
     let name = key.remote_name.as_str();
     let presence = |p: Presence| record(d.engine().publish_presence(key, p));
@@ -984,7 +984,7 @@ async fn run(d: &Arc<Daemon>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
 /// Why a create was not sent: `other` holds its registry scope or
 /// endpoint on the platform.
 fn held_on_platform(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     remote: &str,
     job: &Job,
     other: &RemoteCredential,
@@ -1029,7 +1029,7 @@ fn record(r: Result<(), WireError>) {
 
 /// `vault publish NAME --to REMOTE`: binds, then tries to push at once.
 pub async fn publish(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     name: &str,
     remote: &str,
     remote_name: Option<&str>,
@@ -1055,13 +1055,13 @@ pub async fn publish(
     Ok(Response::Publications { publications })
 }
 
-fn remote_error(d: &Arc<Daemon>, remote: &str) -> Option<String> {
+fn remote_error(d: &Arc<Shared>, remote: &str) -> Option<String> {
     d.publisher.remote(remote).state().last_error.clone()
 }
 
 /// `vault unpublish NAME [--from REMOTE]`.
 pub async fn unpublish(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     name: &str,
     remote: Option<&str>,
 ) -> Result<Response, WireError> {
@@ -1099,7 +1099,7 @@ pub async fn unpublish(
 
 /// `vault remote status REMOTE` (and `publish --repair`): the platform's
 /// list against the publications.
-pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Response, WireError> {
+pub async fn status(d: &Arc<Shared>, name: &str, repair: bool) -> Result<Response, WireError> {
     let stored = Stored::load(d, &d.engine(), name)?;
     let row = &stored.row;
     let osmo = stored.osmo(&d.publisher.http);
@@ -1142,7 +1142,7 @@ pub async fn status(d: &Arc<Daemon>, name: &str, repair: bool) -> Result<Respons
 
 /// The platform's credentials; a refused token is kept for `status`.
 async fn listed_by(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     osmo: &Osmo<'_>,
     name: &str,
 ) -> Result<Vec<RemoteCredential>, WireError> {
@@ -1159,7 +1159,7 @@ async fn listed_by(
 /// backoff, and checks each remote's access token every [`TOKEN_CHECK`] (so
 /// its expiry shows in `status` even when nothing is published for a
 /// while). Runs for the daemon's life.
-pub async fn background(d: Arc<Daemon>) {
+pub async fn background(d: Arc<Shared>) {
     loop {
         let remotes: Option<Vec<String>> = {
             let e = d.engine();
@@ -1223,7 +1223,7 @@ pub async fn background(d: Arc<Daemon>) {
 }
 
 /// Exchanges the access token (learning of its expiry from the platform).
-async fn check_token(d: &Arc<Daemon>, name: &str) -> Result<(), WireError> {
+async fn check_token(d: &Arc<Shared>, name: &str) -> Result<(), WireError> {
     let (stored, retry_max) = {
         let e = d.engine();
         (Stored::load(d, &e, name)?, e.config().publish_retry)

@@ -22,8 +22,8 @@ use vault_protocol::credential::CredentialType;
 use vault_protocol::message::RefreshInfo;
 use vault_protocol::timefmt::Timestamp;
 
-use crate::engine::refresh::{Minted, parse_output};
-use crate::server::Daemon;
+use super::Shared;
+use crate::engine::refresh::{Job, Minted, Plan, parse_output};
 
 /// Most stdout a refresh command may print.
 const MAX_OUTPUT: usize = 256 * 1024;
@@ -31,36 +31,6 @@ const MAX_OUTPUT: usize = 256 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// Everything needed to refresh one record, read under the engine lock and
-/// run outside it.
-#[derive(Debug)]
-pub struct Job {
-    /// Record id.
-    pub id: String,
-    /// Record name (for messages).
-    pub name: String,
-    /// Type, which decides how the output maps to fields.
-    pub kind: CredentialType,
-    /// The revision the job was made from; a result for an older revision
-    /// is dropped.
-    pub revision: u64,
-    /// When the current value expires (reported while refreshes fail).
-    pub expires_at: Option<Timestamp>,
-    /// How to get the new values.
-    pub plan: Plan,
-}
-
-/// Where new values come from.
-#[derive(Debug)]
-pub enum Plan {
-    /// `refresh_command`, run with `sh -c`.
-    Command(String),
-    /// An STS call signed with a source record's keys.
-    Sts(Box<crate::remote::sts::Plan>),
-    /// The record names a refresh that cannot run; the reason.
-    Broken(String),
-}
 
 /// Gets the job's new values (the command on the blocking pool, STS over
 /// the network).
@@ -254,7 +224,7 @@ impl Refresher {
 /// a caller that finds a refresh of the same record under way waits for it
 /// and then finds the record fresh. Never fails: a failure is recorded (and
 /// logged) and the request that follows is served the current value.
-pub async fn ensure_fresh(daemon: &Arc<Daemon>, names: &[String]) {
+pub async fn ensure_fresh(daemon: &Arc<Shared>, names: &[String]) {
     for (i, name) in names.iter().enumerate() {
         if names[..i].contains(name) {
             continue;
@@ -265,7 +235,7 @@ pub async fn ensure_fresh(daemon: &Arc<Daemon>, names: &[String]) {
 
 /// Called by the ticker: refreshes, in the background, the records bound
 /// to emitted files that are due.
-pub fn refresh_bound(daemon: &Arc<Daemon>) {
+pub fn refresh_bound(daemon: &Arc<Shared>) {
     let names = {
         let engine = daemon.engine();
         engine.refresh_due_bound(engine.config().refresh_ahead, Timestamp::now())
@@ -276,7 +246,7 @@ pub fn refresh_bound(daemon: &Arc<Daemon>) {
     }
 }
 
-async fn refresh_one(daemon: &Arc<Daemon>, name: &str) {
+async fn refresh_one(daemon: &Arc<Shared>, name: &str) {
     let (ahead, timeout) = {
         let c = daemon.engine();
         (c.config().refresh_ahead, c.config().refresh_timeout)

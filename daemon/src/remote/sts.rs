@@ -12,74 +12,11 @@ use serde::Deserialize;
 use vault_protocol::SecretValue;
 use vault_protocol::timefmt::Timestamp;
 
-use crate::engine::refresh::Minted;
+use crate::engine::refresh::{Minted, StsPlan as Plan};
 use crate::remote::sigv4::{self, Keys};
-
-/// AWS's global STS endpoint, used when neither the record nor
-/// `config.toml` names one and the record has no region.
-pub const GLOBAL_ENDPOINT: &str = "https://sts.amazonaws.com";
-
-/// What one STS call needs.
-pub struct Plan {
-    /// The source's access key id.
-    pub access_key_id: String,
-    /// The source's secret key.
-    pub secret_access_key: SecretValue,
-    /// The source's session token, if it is itself temporary.
-    pub session_token: Option<SecretValue>,
-    /// AssumeRole's role; `None` for GetSessionToken.
-    pub role_arn: Option<String>,
-    /// `RoleSessionName`.
-    pub session_name: String,
-    /// The MFA device and the command printing its current code.
-    pub mfa: Option<(String, String)>,
-    /// Requested lifetime.
-    pub duration: Duration,
-    /// The endpoint URL.
-    pub endpoint: String,
-    /// The signing region.
-    pub region: String,
-}
-
-impl std::fmt::Debug for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plan")
-            .field("access_key_id", &self.access_key_id)
-            .field("role_arn", &self.role_arn)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The endpoint a record uses: its own, else `config.toml`'s, else the
-/// regional one for its region, else the global one.
-pub fn endpoint_for(own: Option<&str>, configured: Option<&str>, region: Option<&str>) -> String {
-    match (own, configured, region) {
-        (Some(e), _, _) | (None, Some(e), _) => e.to_owned(),
-        (None, None, Some(r)) => format!("https://sts.{r}.amazonaws.com"),
-        (None, None, None) => GLOBAL_ENDPOINT.to_owned(),
-    }
-}
 
 /// Whether `url` may be used: HTTPS anywhere, HTTP only on loopback.
 pub use vault_protocol::credential::check_sts_endpoint as check_endpoint;
-
-/// A `RoleSessionName` from the record name: STS allows `[\w+=,.@-]`, 2–64.
-pub fn session_name(record: &str) -> String {
-    let name: String = format!("vault-{record}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    name
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -271,6 +208,7 @@ fn amz_date(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::refresh::{GLOBAL_ENDPOINT, endpoint_for, session_name};
 
     #[test]
     fn endpoints() {

@@ -24,8 +24,8 @@ use vault_protocol::server_api::{
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
+use super::Shared;
 use crate::engine::sync::{Joined, Pulled, Target};
-use crate::server::Daemon;
 
 /// The longest backoff after failures.
 pub const PERIOD: Duration = Duration::from_secs(300);
@@ -335,7 +335,7 @@ impl Session<'_> {
 /// (the first page of them) are the very entries this device has there.
 async fn holds_ours(
     session: &Session<'_>,
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     t: &Target,
     after: u64,
     upto: u64,
@@ -402,7 +402,7 @@ fn key_mismatch(url: &str, vault_id: &str) -> WireError {
 
 /// `vault login URL`: checks the token, then keeps it (in the vault, or in
 /// memory until `Join` on a device without a vault).
-pub async fn login(d: &Arc<Daemon>, url: &str, token: SecretValue) -> Result<Response, WireError> {
+pub async fn login(d: &Arc<Shared>, url: &str, token: SecretValue) -> Result<Response, WireError> {
     let url = check_url(url)?;
     if token.is_empty() {
         return Err(WireError::new(
@@ -460,7 +460,7 @@ pub async fn login(d: &Arc<Daemon>, url: &str, token: SecretValue) -> Result<Res
 
 /// `vault init --join VAULT_ID`.
 pub async fn join(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     vault_id: &str,
     passphrase: SecretValue,
 ) -> Result<Response, WireError> {
@@ -552,7 +552,7 @@ pub async fn join(
 }
 
 /// Push, then pull, now. One at a time.
-pub async fn sync_now(d: &Arc<Daemon>) -> Result<SyncReport, WireError> {
+pub async fn sync_now(d: &Arc<Shared>) -> Result<SyncReport, WireError> {
     let _one = d.syncer.gate.lock().await;
     let target = blocking(d, |e| {
         e.enroll(Timestamp::now())?;
@@ -606,7 +606,7 @@ pub(crate) fn doubling(first: Duration, failures: u32, max: Duration) -> Duratio
 }
 
 async fn blocking<T: Send + 'static>(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     f: impl FnOnce(&mut crate::engine::Engine) -> Result<T, WireError> + Send + 'static,
 ) -> Result<T, WireError> {
     let d = Arc::clone(d);
@@ -618,7 +618,7 @@ async fn blocking<T: Send + 'static>(
 /// Pushes this device's log from where the server's copy ends. Returns
 /// how far the server holds it.
 async fn push(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     session: &Session<'_>,
     t: &Target,
     report: &mut SyncReport,
@@ -705,7 +705,7 @@ async fn push(
 /// Returns the server's heads and the logs that stopped at a gap or a held
 /// entry.
 async fn pull(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     session: &Session<'_>,
     t: &Target,
     pushed: u64,
@@ -773,7 +773,7 @@ async fn pull(
 /// Whatever the heads say exists must have arrived, and what this device
 /// already knows the server's answer must not hide.
 async fn check_pulled(
-    d: &Arc<Daemon>,
+    d: &Arc<Shared>,
     t: &Target,
     heads: BTreeMap<String, u64>,
     stopped: std::collections::BTreeSet<String>,
@@ -800,7 +800,7 @@ async fn check_pulled(
     Ok(())
 }
 
-async fn run(d: &Arc<Daemon>, t: Target) -> Result<SyncReport, WireError> {
+async fn run(d: &Arc<Shared>, t: Target) -> Result<SyncReport, WireError> {
     let session = Session {
         syncer: &d.syncer,
         url: &t.url,
@@ -844,7 +844,7 @@ fn to_pulled(r: LogRecord) -> Pulled {
 
 /// `vault sync verify [--repair]`: compares every log with the server's
 /// heads; with `repair`, lowers the marks and syncs, then compares again.
-pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError> {
+pub async fn verify(d: &Arc<Shared>, repair: bool) -> Result<Response, WireError> {
     let target = blocking(d, |e| e.sync_target())
         .await?
         .ok_or_else(not_logged_in)?;
@@ -883,7 +883,7 @@ pub async fn verify(d: &Arc<Daemon>, repair: bool) -> Result<Response, WireError
 /// Syncs after local changes (debounced), every `sync.interval`, and after
 /// a failure with backoff; only while logged in and unlocked, and not at all
 /// with `sync.auto = false`.
-pub async fn background(d: Arc<Daemon>) {
+pub async fn background(d: Arc<Shared>) {
     let (interval, auto) = {
         let e = d.engine();
         (e.config().sync_interval, e.config().sync_auto)
