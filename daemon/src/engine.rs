@@ -506,6 +506,13 @@ impl Engine {
                 (approve::APPROVAL_MARK, "1"),
             ])
             .map_err(store_err)?;
+        // A snapshot left by a vault that was here before is no use to this
+        // one (another key opens nothing in it): take it away.
+        match std::fs::remove_file(self.paths.index_snapshot()) {
+            Ok(()) => info!("removed the index snapshot of an earlier vault"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(error = %e, "cannot remove an earlier index snapshot"),
+        }
         // The key file is written last: a crash before this leaves a database
         // without a key, which `open` reports instead of silently reusing.
         crate::fsutil::write_new_atomic(&self.paths.identity(), sealed).map_err(|e| {
@@ -1409,7 +1416,7 @@ fn read_snapshot(key: &VaultKey, path: &std::path::Path) -> snapshot::Entries {
             Default::default()
         }
         Err(snapshot::Unusable::Damaged) => {
-            warn!("the index snapshot is damaged; decrypting every record");
+            warn!("the index snapshot is damaged or from another vault; decrypting every record");
             Default::default()
         }
     }
@@ -1659,6 +1666,15 @@ mod tests {
         drop(e); // writes it afresh
         let (_e, decrypted) = unlock_from_snapshot(home, now);
         assert_eq!(decrypted, 0);
+    }
+
+    #[test]
+    fn a_new_vault_takes_away_an_earlier_vaults_snapshot() {
+        let (tmp, mut e) = engine();
+        let path = VaultPaths::under_home(tmp.path()).index_snapshot();
+        std::fs::write(&path, b"left by an earlier vault").unwrap();
+        e.init(&SecretValue::from("pw"), Timestamp(1_000)).unwrap();
+        assert!(!path.exists());
     }
 
     #[test]
