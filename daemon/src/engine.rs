@@ -258,6 +258,12 @@ impl IndexEntry {
     }
 
     fn from_parts(row: &RecordRow, body: &RecordBody) -> Self {
+        Self::digested(row, body, snapshot::digest(&row.body))
+    }
+
+    /// [`IndexEntry::from_parts`] for a row whose ciphertext digest is
+    /// known already (unlock computed it).
+    fn digested(row: &RecordRow, body: &RecordBody, digest: [u8; 32]) -> Self {
         Self {
             id: row.id.clone(),
             kind: body.kind,
@@ -280,7 +286,7 @@ impl IndexEntry {
                 .map(crate::record::Stamp::rank)
                 .unwrap_or_default(),
             claims: row.shadowed.then(|| body.name.clone()),
-            digest: snapshot::digest(&row.body),
+            digest,
         }
     }
 
@@ -584,7 +590,27 @@ impl Engine {
     /// The index snapshot unlock starts from (read and opened outside the
     /// engine lock): empty when there is none or it is unusable (logged).
     pub fn read_snapshot(key: &VaultKey, path: &std::path::Path) -> snapshot::Entries {
-        read_snapshot(key, path)
+        let bytes = match crate::fsutil::read_private(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the index snapshot; decrypting every record");
+                return Default::default();
+            }
+        };
+        match snapshot::open(key, &bytes) {
+            Ok(entries) => entries,
+            Err(snapshot::Unusable::OtherBuild) => {
+                info!("the index snapshot is from another build; decrypting every record");
+                Default::default()
+            }
+            Err(snapshot::Unusable::Damaged) => {
+                warn!(
+                    "the index snapshot is damaged or from another vault; decrypting every record"
+                );
+                Default::default()
+            }
+        }
     }
 
     /// Unlock, run beside scrypt (under the engine lock): every live row
@@ -620,7 +646,7 @@ impl Engine {
                     let (name, entry) = e.into_index_entry(&row, digest);
                     reused.push((entry.listed_name(&name), entry));
                 }
-                _ => missing.push(row),
+                _ => missing.push((row, digest)),
             }
         }
         drop(snapshot);
@@ -634,10 +660,13 @@ impl Engine {
 
     /// `rows` with their bodies read: one by one when they are few, in one
     /// more walk over the table when they are many (no snapshot yet).
-    fn with_bodies(&self, mut rows: Vec<RecordRow>) -> Result<Vec<RecordRow>> {
+    fn with_bodies(
+        &self,
+        mut rows: Vec<(RecordRow, [u8; 32])>,
+    ) -> Result<Vec<(RecordRow, [u8; 32])>> {
         let store = self.store()?;
         if rows.len() <= 1024 {
-            for row in &mut rows {
+            for (row, _) in &mut rows {
                 if let Some(full) = store.by_id(&row.id).map_err(store_err)? {
                     row.body = full.body;
                 }
@@ -647,12 +676,12 @@ impl Engine {
         let mut at: std::collections::HashMap<String, usize> = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.id.clone(), i))
+            .map(|(i, (r, _))| (r.id.clone(), i))
             .collect();
         store
             .scan_live(|row, body| {
                 if let Some(i) = at.remove(&row.id) {
-                    rows[i].body = body.to_vec();
+                    rows[i].0.body = body.to_vec();
                 }
             })
             .map_err(store_err)?;
@@ -1382,8 +1411,8 @@ pub struct Rows {
 pub struct Scan {
     /// Entries the snapshot held, by listed name.
     reused: Vec<(String, IndexEntry)>,
-    /// Rows it did not hold, with their bodies.
-    to_decrypt: Vec<RecordRow>,
+    /// Rows it did not hold, with their bodies and digests.
+    to_decrypt: Vec<(RecordRow, [u8; 32])>,
     /// Entries in the snapshot.
     snapshot_len: usize,
 }
@@ -1398,36 +1427,12 @@ pub struct Built {
     snapshot_stale: bool,
 }
 
-/// The snapshot at `path`, or nothing (logged) when it is missing or
-/// unusable: unlock then decrypts every record.
-fn read_snapshot(key: &VaultKey, path: &std::path::Path) -> snapshot::Entries {
-    let bytes = match crate::fsutil::read_private(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
-        Err(e) => {
-            warn!(error = %e, "cannot read the index snapshot; decrypting every record");
-            return Default::default();
-        }
-    };
-    match snapshot::open(key, &bytes) {
-        Ok(entries) => entries,
-        Err(snapshot::Unusable::OtherBuild) => {
-            info!("the index snapshot is from another build; decrypting every record");
-            Default::default()
-        }
-        Err(snapshot::Unusable::Damaged) => {
-            warn!("the index snapshot is damaged or from another vault; decrypting every record");
-            Default::default()
-        }
-    }
-}
-
 /// One thread's share of [`Engine::build_index`].
-fn decrypt_part(key: &VaultKey, rows: &[RecordRow]) -> Vec<(String, IndexEntry)> {
+fn decrypt_part(key: &VaultKey, rows: &[(RecordRow, [u8; 32])]) -> Vec<(String, IndexEntry)> {
     rows.iter()
-        .filter_map(|row| match decrypt_body(key, row) {
+        .filter_map(|(row, digest)| match decrypt_body(key, row) {
             Ok(body) => {
-                let entry = IndexEntry::from_parts(row, &body);
+                let entry = IndexEntry::digested(row, &body, *digest);
                 Some((entry.listed_name(&body.name), entry))
             }
             Err(e) => {

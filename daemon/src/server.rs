@@ -192,7 +192,7 @@ impl Daemon {
         passphrase: vault_protocol::SecretValue,
     ) -> Result<Response, WireError> {
         let mut failures = self.unlock_gate.lock().await;
-        let sealed = {
+        let (sealed, snapshot_path) = {
             let engine = self.engine();
             // Not initialized → that error; already unlocked (by the client
             // we queued behind) → done, one scrypt for all of us.
@@ -201,7 +201,7 @@ impl Daemon {
                 drop(engine);
                 return self.status();
             }
-            sealed
+            (sealed, engine.snapshot_path())
         };
         // scrypt takes a few hundred milliseconds: never under the engine
         // lock. The other core meanwhile walks the rows and digests their
@@ -225,8 +225,7 @@ impl Daemon {
         // engine lock.
         let this = Arc::clone(self);
         let built = tokio::task::spawn_blocking(move || {
-            let path = this.engine().snapshot_path();
-            let snapshot = Engine::read_snapshot(&key, &path);
+            let snapshot = Engine::read_snapshot(&key, &snapshot_path);
             let scan = this.engine().match_rows(rows, snapshot)?;
             let built = Engine::build_index(&key, scan);
             Ok::<_, WireError>((key, built))
