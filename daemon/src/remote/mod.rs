@@ -2,6 +2,7 @@
 //! to something outside the vault, each named after what it defines. They
 //! reach the vault only through the engine (docs/architecture.md).
 
+pub mod http;
 pub mod publisher;
 pub mod refresher;
 pub mod sigv4;
@@ -19,6 +20,8 @@ use crate::engine::Engine;
 #[derive(Debug)]
 pub struct Shared {
     engine: Mutex<Engine>,
+    /// The one HTTP client: sync, publish and STS share its connections.
+    pub http: http::Http,
     /// Single-flight refreshes and their failures (docs/refresh.md).
     pub refresher: refresher::Refresher,
     /// Sync state and the background sync's wake-up (docs/sync.md).
@@ -32,6 +35,7 @@ impl Shared {
     pub fn new(engine: Engine) -> Self {
         Self {
             engine: Mutex::new(engine),
+            http: http::Http::default(),
             refresher: refresher::Refresher::default(),
             syncer: syncer::Syncer::default(),
             publisher: publisher::Publisher::default(),

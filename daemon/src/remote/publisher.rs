@@ -29,12 +29,11 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use super::Shared;
+use super::http::{Http, Issued, JwtCache, describe};
 use crate::engine::Engine;
 use crate::engine::publish::{Job, JobOp};
 use crate::store::{Presence, RemoteRow};
 
-/// Every HTTP call's limit.
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry delay after a failure; doubles up to `publish.retry`.
 const BACKOFF: Duration = Duration::from_secs(2);
 /// With nothing to retry, look for due publications this often (changes
@@ -66,13 +65,6 @@ const VERSION_HEADER: &str = "x-osmo-client-version";
 /// Longest platform warning kept.
 const WARNING_MAX: usize = 600;
 
-/// A JWT and when to stop using it.
-#[derive(Debug)]
-struct Jwt {
-    token: SecretValue,
-    renew_at: Instant,
-}
-
 #[derive(Debug, Default)]
 struct RemoteState {
     last_error: Option<String>,
@@ -93,8 +85,8 @@ struct RemoteState {
 /// One remote's in-memory state.
 #[derive(Debug, Default)]
 struct Remote {
-    /// Held across an exchange: the single flight.
-    jwt: tokio::sync::Mutex<Option<Jwt>>,
+    /// The JWT for the remote's token.
+    jwt: JwtCache,
     /// One pass at a time.
     pass: tokio::sync::Mutex<()>,
     state: Mutex<RemoteState>,
@@ -111,7 +103,6 @@ impl Remote {
 pub struct Publisher {
     remotes: Mutex<BTreeMap<String, Arc<Remote>>>,
     kick: Notify,
-    http: reqwest::Client,
     /// Remotes of an unknown kind already logged: `vault status` asks on
     /// every call, the log says it once.
     unknown: Mutex<std::collections::BTreeSet<String>>,
@@ -123,16 +114,6 @@ impl Default for Publisher {
             remotes: Mutex::default(),
             kick: Notify::new(),
             unknown: Mutex::default(),
-            // Building a client without TLS roots configured cannot fail.
-            http: reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                // A fresh connection per call: publishing makes few calls,
-                // and a kept-alive connection the server has stopped
-                // reading (seen with the test double's HTTP server) costs
-                // a 30 s timeout and a request whose answer is lost.
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
         }
     }
 }
@@ -148,7 +129,7 @@ impl Publisher {
     /// one pass lock.
     async fn reset(&self, name: &str) {
         let remote = self.remote(name);
-        *remote.jwt.lock().await = None;
+        remote.jwt.forget().await;
         *remote.state() = RemoteState::default();
     }
 
@@ -300,23 +281,6 @@ fn platform_message(status: u16, body: &[u8]) -> String {
     text
 }
 
-/// A reqwest error without its URL (which names a credential).
-fn net_error(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    if e.is_timeout() {
-        parts.push("timed out".to_owned());
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    if parts.is_empty() {
-        parts.push("the request failed".to_owned());
-    }
-    parts.join(": ")
-}
-
 /// Whether `v` is a version the platform takes:
 /// `major.minor.revision[.hash]` (its own check, else a 500).
 fn is_version(v: &str) -> bool {
@@ -394,7 +358,7 @@ impl Warnings {
 
 /// A talk with one platform.
 struct Osmo<'a> {
-    http: &'a reqwest::Client,
+    http: &'a Http,
     remote: &'a Remote,
     url: &'a str,
     token: &'a SecretValue,
@@ -441,7 +405,7 @@ impl Osmo<'_> {
         }
         let req = self
             .http
-            .get(format!("{}/client/version", self.url))
+            .get(&format!("{}/client/version", self.url))
             .header("accept", "text/plain");
         let v = match self.send(req).await {
             Ok((200, body)) => String::from_utf8_lossy(&body).trim().to_owned(),
@@ -472,7 +436,7 @@ impl Osmo<'_> {
     ) -> Result<(u16, Vec<u8>), Fail> {
         let resp = req.send().await.map_err(|e| {
             // The URL names a credential: never in a message or log.
-            let text = format!("cannot reach {}: {}", self.url, net_error(&e));
+            let text = format!("cannot reach {}: {}", self.url, describe(&e));
             if e.is_connect() {
                 Fail::Retry(text)
             } else {
@@ -488,20 +452,21 @@ impl Osmo<'_> {
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Fail::Lost(format!("{}: {}", self.url, net_error(&e))))?;
+            .map_err(|e| Fail::Lost(format!("{}: {}", self.url, describe(&e))))?;
         Ok((status, body.to_vec()))
     }
 
     /// A JWT with time left, exchanging the access token when needed; one
-    /// exchange at a time.
-    async fn jwt(&self, stale: Option<&SecretValue>) -> Result<SecretValue, Fail> {
-        let mut slot = self.remote.jwt.lock().await;
-        if let Some(j) = slot.as_ref()
-            && j.renew_at > Instant::now()
-            && stale.is_none_or(|s| s.expose_secret() != j.token.expose_secret())
-        {
-            return Ok(SecretValue::new(j.token.expose_secret().to_owned()));
-        }
+    /// exchange at a time. `refused` is one the platform just refused.
+    async fn jwt(&self, refused: Option<&SecretValue>) -> Result<SecretValue, Fail> {
+        self.remote
+            .jwt
+            .get(self.url, self.token, refused, || self.exchange())
+            .await
+    }
+
+    /// Exchanges the access token for a JWT.
+    async fn exchange(&self) -> Result<Issued, Fail> {
         #[derive(Deserialize)]
         struct Exchanged {
             token: SecretValue,
@@ -511,11 +476,10 @@ impl Osmo<'_> {
         // followed within one JWT's life.
         self.client_version().await;
         let body = serde_json::json!({ "token": self.token.expose_secret() }).to_string();
-        let sent = Instant::now();
         let (status, bytes) = self
             .send(
                 self.http
-                    .post(format!("{}/api/auth/jwt/access_token", self.url))
+                    .post(&format!("{}/api/auth/jwt/access_token", self.url))
                     .header("content-type", "application/json")
                     .body(body),
             )
@@ -553,18 +517,10 @@ impl Osmo<'_> {
             st.token_expired = false;
             st.checked = Some(Instant::now());
         }
-        let life = Duration::from_secs(
-            got.expires_at
-                .saturating_sub(Timestamp::now().unix())
-                .max(1) as u64,
-        );
-        let margin = (life / 5).min(Duration::from_secs(30));
-        let token = SecretValue::new(got.token.expose_secret().to_owned());
-        *slot = Some(Jwt {
-            token: got.token,
-            renew_at: sent + life - margin,
-        });
-        Ok(token)
+        Ok(Issued {
+            jwt: got.token,
+            expires_at: got.expires_at,
+        })
     }
 
     /// One API call with the JWT; a 401 renews it and tries once more.
@@ -579,7 +535,7 @@ impl Osmo<'_> {
             let jwt = self.jwt(stale.as_ref()).await?;
             let mut req = self
                 .http
-                .request(method.clone(), format!("{}{path}", self.url))
+                .request(method.clone(), &format!("{}{path}", self.url))
                 .bearer_auth(jwt.expose_secret());
             // Known after the first exchange; asked for again after a
             // "New client" warning.
@@ -706,7 +662,7 @@ impl Stored {
         })
     }
 
-    fn osmo<'a>(&'a self, http: &'a reqwest::Client) -> Osmo<'a> {
+    fn osmo<'a>(&'a self, http: &'a Http) -> Osmo<'a> {
         Osmo {
             http,
             remote: &self.remote,
@@ -757,7 +713,7 @@ pub async fn add(
     d.engine().check_new_remote(name, replace)?;
     let probe = Remote::default();
     let osmo = Osmo {
-        http: &d.publisher.http,
+        http: &d.http,
         remote: &probe,
         url: &url,
         token: &token,
@@ -790,7 +746,7 @@ pub async fn add(
     d.publisher.reset(name).await;
     // Keep what the check learnt: the JWT and any token warning.
     let remote = d.publisher.remote(name);
-    *remote.jwt.lock().await = probe.jwt.lock().await.take();
+    remote.jwt.adopt(&probe.jwt).await;
     {
         let mut st = remote.state();
         let probed = probe.state();
@@ -843,7 +799,7 @@ pub async fn pass(d: &Arc<Shared>, name: &str) -> Result<(), WireError> {
             return Err(e);
         }
     };
-    let osmo = stored.osmo(&d.publisher.http);
+    let osmo = stored.osmo(&d.http);
     for job in &jobs {
         if let Err(f) = run(d, &osmo, name, job).await {
             d.publisher.failed(name, &f, retry_max);
@@ -1102,7 +1058,7 @@ pub async fn unpublish(
 pub async fn status(d: &Arc<Shared>, name: &str, repair: bool) -> Result<Response, WireError> {
     let stored = Stored::load(d, &d.engine(), name)?;
     let row = &stored.row;
-    let osmo = stored.osmo(&d.publisher.http);
+    let osmo = stored.osmo(&d.http);
     let mut listed = listed_by(d, &osmo, name).await?;
     let mut repaired = Vec::new();
     if repair {
@@ -1228,7 +1184,7 @@ async fn check_token(d: &Arc<Shared>, name: &str) -> Result<(), WireError> {
         let e = d.engine();
         (Stored::load(d, &e, name)?, e.config().publish_retry)
     };
-    let osmo = stored.osmo(&d.publisher.http);
+    let osmo = stored.osmo(&d.http);
     // The exchange proves the token works; a call with the user's headers
     // hears of its expiry.
     let checked = match osmo.jwt(None).await {

@@ -23,6 +23,7 @@ use vault_protocol::message::RefreshInfo;
 use vault_protocol::timefmt::Timestamp;
 
 use super::Shared;
+use super::http::Http;
 use crate::engine::refresh::{Job, Minted, Plan, parse_output};
 
 /// Most stdout a refresh command may print.
@@ -34,7 +35,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Gets the job's new values (the command on the blocking pool, STS over
 /// the network).
-pub async fn execute(job: &Job, timeout: Duration) -> Result<Minted, String> {
+pub async fn execute(http: &Http, job: &Job, timeout: Duration) -> Result<Minted, String> {
     match &job.plan {
         Plan::Command(command) => {
             let (command, kind) = (command.clone(), job.kind);
@@ -42,7 +43,7 @@ pub async fn execute(job: &Job, timeout: Duration) -> Result<Minted, String> {
                 .await
                 .map_err(|_| "the refresh command's task failed".to_owned())?
         }
-        Plan::Sts(plan) => crate::remote::sts::mint(plan, timeout).await,
+        Plan::Sts(plan) => crate::remote::sts::mint(http, plan, timeout).await,
         Plan::Broken(why) => Err(why.clone()),
     }
 }
@@ -270,7 +271,7 @@ async fn refresh_one(daemon: &Arc<Shared>, name: &str) {
     }
     info!(record = %job.id, "refreshing");
     let job = Arc::new(job);
-    let result = match execute(&job, timeout).await {
+    let result = match execute(&daemon.http, &job, timeout).await {
         Ok(minted) => {
             let (d, j) = (Arc::clone(daemon), Arc::clone(&job));
             tokio::task::spawn_blocking(move || {

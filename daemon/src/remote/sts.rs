@@ -13,6 +13,7 @@ use vault_protocol::SecretValue;
 use vault_protocol::timefmt::Timestamp;
 
 use crate::engine::refresh::{Minted, StsPlan as Plan};
+use crate::remote::http::{Http, describe};
 use crate::remote::sigv4::{self, Keys};
 
 /// Whether `url` may be used: HTTPS anywhere, HTTP only on loopback.
@@ -93,7 +94,7 @@ fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
 }
 
 /// Calls STS and returns the session as `aws` fields.
-pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
+pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted, String> {
     check_endpoint(&plan.endpoint)?;
     let url = reqwest::Url::parse(&plan.endpoint)
         .map_err(|e| format!("sts_endpoint '{}' is not a URL: {e}", plan.endpoint))?;
@@ -140,19 +141,16 @@ pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
             session_token: plan.session_token.as_ref(),
         },
     );
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .https_only(url.scheme() == "https")
-        .build()
-        .map_err(|e| format!("cannot make an HTTPS client: {e}"))?;
-    let mut request = client.post(url.clone()).body(form);
+    // The endpoint was checked above; the client follows no redirect out
+    // of its origin, so https stays https.
+    let mut request = http.post(url.as_str()).timeout(timeout).body(form);
     for (name, value) in headers {
         request = request.header(name, value);
     }
     let response = request
         .send()
         .await
-        .map_err(|e| format!("cannot reach STS at {}: {}", plan.endpoint, error_chain(&e)))?;
+        .map_err(|e| format!("cannot reach STS at {}: {}", plan.endpoint, describe(&e)))?;
     let status = response.status();
     let text = response
         .text()
@@ -185,19 +183,6 @@ pub async fn mint(plan: &Plan, timeout: Duration) -> Result<Minted, String> {
         fields,
         expires_at: Some(expires_at),
     })
-}
-
-/// The error and its causes, one line (reqwest's top error alone says
-/// little: "error sending request").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `20261123T120000Z`.

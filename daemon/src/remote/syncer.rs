@@ -25,6 +25,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use super::Shared;
+use super::http::{Http, Issued, JwtCache, describe};
 use crate::engine::sync::{Joined, Pulled, Target};
 
 /// The longest backoff after failures.
@@ -33,16 +34,12 @@ pub const PERIOD: Duration = Duration::from_secs(300);
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// First retry delay after a failure; doubles up to [`PERIOD`].
 const BACKOFF: Duration = Duration::from_secs(2);
-/// Every HTTP call's limit.
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// Push at most this many bytes of ciphertext per request (the server
 /// takes 8 MiB of records, base64 makes them a third bigger).
 const PUSH_BYTES: usize = 6 << 20;
 
 #[derive(Debug, Default)]
 struct State {
-    /// JWT for (server, token hash).
-    jwt: Option<(String, SecretValue, Instant)>,
     last_sync: Option<Timestamp>,
     last_error: Option<String>,
     failures: u32,
@@ -62,7 +59,8 @@ pub struct Syncer {
     state: Mutex<State>,
     gate: tokio::sync::Mutex<()>,
     kick: Notify,
-    http: reqwest::Client,
+    /// The JWT for the server logged in to.
+    jwt: JwtCache,
 }
 
 impl Default for Syncer {
@@ -71,11 +69,7 @@ impl Default for Syncer {
             state: Mutex::default(),
             gate: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
-            // Building a client without TLS roots configured cannot fail.
-            http: reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            jwt: JwtCache::default(),
         }
     }
 }
@@ -161,7 +155,7 @@ pub fn check_url(url: &str) -> Result<String, WireError> {
 }
 
 async fn call<T: DeserializeOwned>(
-    http: &reqwest::Client,
+    http: &Http,
     method: reqwest::Method,
     url: &str,
     bearer: &SecretValue,
@@ -178,12 +172,12 @@ async fn call<T: DeserializeOwned>(
     let resp = req
         .send()
         .await
-        .map_err(|e| CallError::Unreachable(crate::remote::sts::error_chain(&e)))?;
+        .map_err(|e| CallError::Unreachable(describe(&e)))?;
     let status = resp.status().as_u16();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| CallError::Unreachable(crate::remote::sts::error_chain(&e)))?;
+        .map_err(|e| CallError::Unreachable(describe(&e)))?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Api(
@@ -210,45 +204,46 @@ fn api_error(message: String) -> server_api::ApiError {
 
 /// An authenticated session with one server.
 struct Session<'a> {
+    http: &'a Http,
     syncer: &'a Syncer,
     url: &'a str,
     token: &'a SecretValue,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(d: &'a Shared, url: &'a str, token: &'a SecretValue) -> Self {
+        Self {
+            http: &d.http,
+            syncer: &d.syncer,
+            url,
+            token,
+        }
+    }
+
     fn api(&self, path: &str) -> String {
         format!("{}{}{path}", self.url, server_api::API_PREFIX)
     }
 
-    async fn jwt(&self, fresh: bool) -> Result<SecretValue, CallError> {
-        let key = format!(
-            "{} {}",
-            self.url,
-            hex::encode(ring::digest::digest(
-                &ring::digest::SHA256,
-                self.token.expose_secret().as_bytes()
-            ))
-        );
-        if !fresh
-            && let Some((k, jwt, until)) = &self.syncer.state().jwt
-            && *k == key
-            && Instant::now() < *until
-        {
-            return Ok(SecretValue::from(jwt.expose_secret()));
-        }
+    /// Exchanges the access token for a JWT.
+    async fn exchange(&self) -> Result<Issued, CallError> {
         let answer: JwtResponse = call(
-            &self.syncer.http,
+            self.http,
             reqwest::Method::POST,
             &self.api("/auth/token"),
             self.token,
             None::<&()>,
         )
         .await?;
-        let left = answer.expires_at.unix() - Timestamp::now().unix();
-        let until = Instant::now() + Duration::from_secs(left.saturating_sub(60).max(0) as u64);
-        let jwt = SecretValue::from(answer.jwt.expose_secret());
-        self.syncer.state().jwt = Some((key, answer.jwt, until));
-        Ok(jwt)
+        Ok(Issued {
+            jwt: answer.jwt,
+            expires_at: answer.expires_at.unix(),
+        })
+    }
+
+    /// A new JWT: checks that the server takes the token now.
+    async fn check_token(&self) -> Result<SecretValue, CallError> {
+        let cache = &self.syncer.jwt;
+        cache.fresh(self.url, self.token, || self.exchange()).await
     }
 
     /// One API call with the JWT, renewed once on a 401.
@@ -258,21 +253,16 @@ impl Session<'_> {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, CallError> {
-        let jwt = self.jwt(false).await?;
-        match call(
-            &self.syncer.http,
-            method.clone(),
-            &self.api(path),
-            &jwt,
-            body,
-        )
-        .await
-        {
-            Err(CallError::Api(401, _)) => {
-                let jwt = self.jwt(true).await?;
-                call(&self.syncer.http, method, &self.api(path), &jwt, body).await
+        let cache = &self.syncer.jwt;
+        let mut refused = None;
+        loop {
+            let jwt = cache
+                .get(self.url, self.token, refused.as_ref(), || self.exchange())
+                .await?;
+            match call(self.http, method.clone(), &self.api(path), &jwt, body).await {
+                Err(CallError::Api(401, _)) if refused.is_none() => refused = Some(jwt),
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -420,12 +410,8 @@ pub async fn login(d: &Arc<Shared>, url: &str, token: SecretValue) -> Result<Res
             "vault is locked: run 'vault unlock'",
         ));
     }
-    let session = Session {
-        syncer: &d.syncer,
-        url: &url,
-        token: &token,
-    };
-    session.jwt(true).await.map_err(|e| e.wire(&url))?;
+    let session = Session::new(d, &url, &token);
+    session.check_token().await.map_err(|e| e.wire(&url))?;
     if !initialized {
         d.syncer.state().pending = Some((url.clone(), token));
         info!("logged in; waiting for 'vault init --join'");
@@ -484,11 +470,7 @@ pub async fn join(
             "this device already has a vault: join from a new VAULT_HOME",
         ));
     }
-    let session = Session {
-        syncer: &d.syncer,
-        url: &url,
-        token: &token,
-    };
+    let session = Session::new(d, &url, &token);
     let info: VaultInfo = session
         .call(
             reqwest::Method::GET,
@@ -801,11 +783,7 @@ async fn check_pulled(
 }
 
 async fn run(d: &Arc<Shared>, t: Target) -> Result<SyncReport, WireError> {
-    let session = Session {
-        syncer: &d.syncer,
-        url: &t.url,
-        token: &t.token,
-    };
+    let session = Session::new(d, &t.url, &t.token);
     let started = Instant::now();
     session.ensure_vault(&t).await?;
     let checked = started.elapsed();
@@ -848,11 +826,7 @@ pub async fn verify(d: &Arc<Shared>, repair: bool) -> Result<Response, WireError
     let target = blocking(d, |e| e.sync_target())
         .await?
         .ok_or_else(not_logged_in)?;
-    let session = Session {
-        syncer: &d.syncer,
-        url: &target.url,
-        token: &target.token,
-    };
+    let session = Session::new(d, &target.url, &target.token);
     session.ensure_vault(&target).await?;
     let heads = session.heads(&target.vault_id).await?;
     let logs = blocking(d, move |e| e.verify_logs(&heads)).await?;
