@@ -305,3 +305,26 @@ fn no_daemon_module_imports_one_that_imports_it_back() {
         );
     }
 }
+
+#[test]
+fn a_worker_touches_another_worker_only_to_wake_it() {
+    let dir = vault_e2e::workspace_root().join("daemon/src/remote");
+    let workers = ["syncer", "publisher", "refresher"];
+    let mut wakes = 0;
+    for me in workers {
+        let text = std::fs::read_to_string(dir.join(format!("{me}.rs"))).unwrap();
+        for other in workers.iter().filter(|w| **w != me) {
+            for (at, _) in text.match_indices(&format!(".{other}.")) {
+                let rest = &text[at + other.len() + 2..];
+                let line = text[..at].lines().count() + 1;
+                assert!(
+                    rest.starts_with("kick()"),
+                    "remote/{me}.rs:{line} reaches into the {other}'s state; workers share \
+                     only the engine and each other's kick() (docs/architecture.md)"
+                );
+                wakes += 1;
+            }
+        }
+    }
+    assert!(wakes > 0, "the scan found no worker waking another");
+}
