@@ -545,22 +545,9 @@ impl Engine {
                 return Ok(());
             };
             let mut seen = store.seen()?;
-            let store_claims = store.claims()?;
-            let refused: HashSet<(String, u64)> = store
-                .refused()?
-                .into_iter()
-                .map(|r| (r.device, r.index))
-                .collect();
+            let mut known = Known::load(store)?;
             let mut tx = store.sync_tx()?;
             let mut stopped = HashSet::new();
-            let mut known = Known {
-                claims: store_claims
-                    .into_iter()
-                    .map(|c| (c.device, c.through))
-                    .collect(),
-                refused,
-                ..Known::default()
-            };
             for e in entries {
                 if e.device == me || stopped.contains(&e.device) {
                     continue;
@@ -600,21 +587,7 @@ impl Engine {
                         continue;
                     }
                     Err(refusal) => {
-                        let (why, held, legacy) = match refusal {
-                            Refusal::Hold(why) => (why, true, false),
-                            Refusal::Skip(why) => (why, false, false),
-                            Refusal::Legacy(why) => (why, false, true),
-                            Refusal::Store(e) => return Err(e),
-                        };
-                        // Stored, so status and doctor show it until it is
-                        // applied; logged the first time only.
-                        if tx.refuse(&e.device, e.index, &why, (held, legacy), now.unix())? {
-                            warn!(device = %e.device, index = e.index, reason = %why,
-                                "pulled entry refused");
-                        }
-                        out.refused
-                            .push(format!("entry {} of device {}: {why}", e.index, e.device));
-                        if held {
+                        if refuse(&mut tx, &e, refusal, now, &mut out)? {
                             stopped.insert(e.device.clone());
                             out.stopped.push(e.device.clone());
                         } else {
@@ -777,6 +750,24 @@ struct Known {
 }
 
 impl Known {
+    /// What the store knows before the batch: how far claims reach, and
+    /// the entries refused so far.
+    fn load(store: &crate::store::Store) -> std::result::Result<Self, StoreError> {
+        Ok(Known {
+            claims: store
+                .claims()?
+                .into_iter()
+                .map(|c| (c.device, c.through))
+                .collect(),
+            refused: store
+                .refused()?
+                .into_iter()
+                .map(|r| (r.device, r.index))
+                .collect(),
+            ..Known::default()
+        })
+    }
+
     /// The entry of `device` under way applied: its chain head is known.
     fn applied(
         &mut self,
@@ -793,6 +784,30 @@ impl Known {
         }
         Ok(())
     }
+}
+
+/// Keeps a refused entry (so status and doctor show it until it applies;
+/// logged the first time only) and reports it. Whether it holds back its
+/// device's later entries.
+fn refuse(
+    tx: &mut SyncTx<'_>,
+    e: &Pulled,
+    refusal: Refusal,
+    now: Timestamp,
+    out: &mut Applied,
+) -> std::result::Result<bool, StoreError> {
+    let (why, held, legacy) = match refusal {
+        Refusal::Hold(why) => (why, true, false),
+        Refusal::Skip(why) => (why, false, false),
+        Refusal::Legacy(why) => (why, false, true),
+        Refusal::Store(e) => return Err(e),
+    };
+    if tx.refuse(&e.device, e.index, &why, (held, legacy), now.unix())? {
+        warn!(device = %e.device, index = e.index, reason = %why, "pulled entry refused");
+    }
+    out.refused
+        .push(format!("entry {} of device {}: {why}", e.index, e.device));
+    Ok(held)
 }
 
 /// A pulled entry that passed every check of [`verify_entry`].
@@ -873,8 +888,23 @@ fn verify_entry(
             "it holds an invalid record; it is not applied".to_owned(),
         ));
     }
-    // The chain: when the entry before this one was applied here, this one
-    // must name its MAC.
+    follows_chain(tx, e, &stamp, known)?;
+    clock_is_sane(e, &stamp, want.now)?;
+    if body.expires_at.is_some_and(|t| !t.in_range()) {
+        return Err(Refusal::Skip(
+            "its expiry is out of range; it is not applied".to_owned(),
+        ));
+    }
+    Ok(Some(Verified { body, stamp, mac }))
+}
+
+/// When the entry before `e` was applied here, `e` must name its MAC.
+fn follows_chain(
+    tx: &mut SyncTx<'_>,
+    e: &Pulled,
+    stamp: &Stamp,
+    known: &mut Known,
+) -> std::result::Result<(), Refusal> {
     let chain = match known.chains.get(&e.device) {
         Some(c) => *c,
         None => {
@@ -893,7 +923,12 @@ fn verify_entry(
             head.index
         )));
     }
-    let ahead = clock_secs(stamp.clock).saturating_sub(want.now.unix());
+    Ok(())
+}
+
+/// An entry whose clock is too far ahead of this machine's waits.
+fn clock_is_sane(e: &Pulled, stamp: &Stamp, now: Timestamp) -> std::result::Result<(), Refusal> {
+    let ahead = clock_secs(stamp.clock).saturating_sub(now.unix());
     if ahead > MAX_CLOCK_SKEW_SECS {
         return Err(Refusal::Hold(format!(
             "its clock is {} ahead of this machine's (at most {} is accepted); it waits until \
@@ -908,12 +943,7 @@ fn verify_entry(
             e.device
         )));
     }
-    if body.expires_at.is_some_and(|t| !t.in_range()) {
-        return Err(Refusal::Skip(
-            "its expiry is out of range; it is not applied".to_owned(),
-        ));
-    }
-    Ok(Some(Verified { body, stamp, mac }))
+    Ok(())
 }
 
 /// Applies one pulled entry once [`verify_entry`] passed it (nothing is
@@ -928,74 +958,115 @@ fn apply_one(
     want: &Expected,
     known: &mut Known,
 ) -> std::result::Result<Option<(u64, Option<(RecordRow, RecordBody)>)>, Refusal> {
-    let Some(Verified { body, stamp, mac }) = verify_entry(sess, tx, e, want, known)? else {
+    let Some(v) = verify_entry(sess, tx, e, want, known)? else {
         return Ok(None);
     };
-    for (device, through) in &stamp.seen {
+    vouch(tx, e, &v, known)?;
+    let parents: Vec<(String, u64)> = v
+        .stamp
+        .parents
+        .iter()
+        .map(|p| (p.device.clone(), p.index))
+        .collect();
+    let existing = tx.by_id(&v.body.id)?;
+    let wins = rank_against_head(tx, &v, existing.as_ref(), &parents)?;
+    let log = LogStamp {
+        index: e.index,
+        clock: v.stamp.clock,
+        mac: v.mac,
+    };
+    let updated = clock_secs(v.stamp.clock);
+    let mut row = RecordRow {
+        id: v.body.id.clone(),
+        name_mac: Vec::new(),
+        kind: v.body.kind.as_str().to_owned(),
+        revision: existing.as_ref().map_or(0, |r| r.revision),
+        created_at: existing.as_ref().map_or(updated, |r| r.created_at),
+        updated_at: updated,
+        expires_at: v.body.expires_at.map(Timestamp::unix),
+        deleted: v.stamp.deleted,
+        body: e.data.clone(),
+        shadowed: false,
+    };
+    if !wins {
+        // Kept in history only.
+        tx.add_revision(&mut row, &e.device, &v.stamp.change, log, false)?;
+        tx.add_parents(&row.id, &parents)?;
+        return Ok(Some((v.stamp.clock, None)));
+    }
+    become_head(sess, tx, e, &v, existing.as_ref(), &mut row, log)?;
+    tx.add_parents(&row.id, &parents)?;
+    Ok(Some((v.stamp.clock, Some((row, v.body)))))
+}
+
+/// Records what a verified entry vouches for: how far it saw other
+/// devices' logs, the end of its device's unauthenticated history, and (for
+/// the caller to keep once the entry applies) its device's new chain head.
+fn vouch(
+    tx: &mut SyncTx<'_>,
+    e: &Pulled,
+    v: &Verified,
+    known: &mut Known,
+) -> std::result::Result<(), StoreError> {
+    for (device, through) in &v.stamp.seen {
         if known.claims.get(device).is_none_or(|c| through > c) {
             tx.claim(device, *through, (&e.device, e.index))?;
             known.claims.insert(device.clone(), *through);
         }
     }
-    if stamp.prev.is_empty() {
+    if v.stamp.prev.is_empty() {
         // The first authenticated entry of its device: what came before it
         // unauthenticated is that device's history from before the upgrade.
         tx.forget_legacy(&e.device, e.index)?;
     }
-    let log = LogStamp {
-        index: e.index,
-        clock: stamp.clock,
-        mac,
-    };
-    // Kept by the caller once the entry applies; the chain heads are
-    // written once per batch at its end.
+    // The chain heads are written once per batch at its end.
     known.pending = Some(crate::store::ChainHead {
         index: e.index,
-        mac,
+        mac: v.mac,
     });
-    let parents: Vec<(String, u64)> = stamp
-        .parents
-        .iter()
-        .map(|p| (p.device.clone(), p.index))
-        .collect();
-    let existing = tx.by_id(&body.id)?;
-    let head = match &existing {
+    Ok(())
+}
+
+/// Whether a verified entry beats its record's head ([`Rank`]); files a
+/// fork when it leaves a revision nobody built on (it loses, or wins
+/// without having seen the head).
+fn rank_against_head(
+    tx: &mut SyncTx<'_>,
+    v: &Verified,
+    existing: Option<&RecordRow>,
+    parents: &[(String, u64)],
+) -> std::result::Result<bool, StoreError> {
+    let head = match existing {
         None => None,
-        Some(_) => tx.head_rank(&body.id)?,
+        Some(_) => tx.head_rank(&v.body.id)?,
     };
-    let wins = head.as_ref().is_none_or(|h| stamp.rank() > h.rank);
-    // Only here can a revision be left that nobody built on: when this one
-    // loses, or wins without having seen the head.
+    let wins = head.as_ref().is_none_or(|h| v.stamp.rank() > h.rank);
     let seen_head = head.as_ref().is_some_and(|h| {
         parents
             .iter()
             .any(|(pd, pi)| *pd == h.rank.device && *pi == h.index)
     });
     if existing.is_some() && (!wins || !seen_head) {
-        tx.add_fork(&body.id)?;
+        tx.add_fork(&v.body.id)?;
     }
-    let updated = clock_secs(stamp.clock);
-    let mut row = RecordRow {
-        id: body.id.clone(),
-        name_mac: Vec::new(),
-        kind: body.kind.as_str().to_owned(),
-        revision: existing.as_ref().map_or(0, |r| r.revision),
-        created_at: existing.as_ref().map_or(updated, |r| r.created_at),
-        updated_at: updated,
-        expires_at: body.expires_at.map(Timestamp::unix),
-        deleted: stamp.deleted,
-        body: e.data.clone(),
-        shadowed: false,
-    };
-    if !wins {
-        // Kept in history only.
-        tx.add_revision(&mut row, &e.device, &stamp.change, log, false)?;
-        tx.add_parents(&row.id, &parents)?;
-        return Ok(Some((stamp.clock, None)));
-    }
-    // The old head leaves the index.
+    Ok(wins)
+}
+
+/// Makes a winning entry its record's head: the old head leaves the index,
+/// the new one takes its name (or a derived one when another record holds
+/// it), and the names it frees or takes are settled.
+fn become_head(
+    sess: &mut Session,
+    tx: &mut SyncTx<'_>,
+    e: &Pulled,
+    v: &Verified,
+    existing: Option<&RecordRow>,
+    row: &mut RecordRow,
+    log: LogStamp,
+) -> std::result::Result<(), Refusal> {
+    let body = &v.body;
     let mut freed = None;
-    if let Some(old) = existing.as_ref().filter(|r| !r.deleted) {
+    if let Some(old) = existing.filter(|r| !r.deleted) {
         let old_body = decrypt_body(&sess.key, old).map_err(|e| {
             Refusal::Hold(format!(
                 "it changes record {}, whose copy here cannot be read ({}); it is not applied",
@@ -1011,10 +1082,9 @@ fn apply_one(
         freed = Some(old_body.name);
     }
     if row.deleted {
-        row.name_mac = existing
-            .as_ref()
-            .map_or_else(|| sess.key.name_mac(&body.name), |r| r.name_mac.clone());
-        tx.add_revision(&mut row, &e.device, &stamp.change, log, true)?;
+        row.name_mac =
+            existing.map_or_else(|| sess.key.name_mac(&body.name), |r| r.name_mac.clone());
+        tx.add_revision(row, &e.device, &v.stamp.change, log, true)?;
     } else {
         let name = body.name.clone();
         let taken = sess.index.get(&name).is_some_and(|o| o.id != row.id);
@@ -1025,24 +1095,22 @@ fn apply_one(
         };
         row.shadowed = taken;
         row.name_mac = sess.key.name_mac(&listed);
-        tx.add_revision(&mut row, &e.device, &stamp.change, log, true)?;
+        tx.add_revision(row, &e.device, &v.stamp.change, log, true)?;
         if taken {
             sess.claims
                 .entry(name.clone())
                 .or_default()
                 .insert(row.id.clone());
         }
-        sess.index
-            .insert(listed, IndexEntry::from_parts(&row, &body));
+        sess.index.insert(listed, IndexEntry::from_parts(row, body));
         settle(sess, tx, &name)?;
     }
-    tx.add_parents(&row.id, &parents)?;
     if let Some(old) = freed
         && (row.deleted || old != body.name)
     {
         settle(sess, tx, &old)?;
     }
-    Ok(Some((stamp.clock, Some((row, body)))))
+    Ok(())
 }
 
 /// A new device's vault: the key from the server, a new device id.

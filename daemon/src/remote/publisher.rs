@@ -908,6 +908,21 @@ async fn run(d: &Arc<Shared>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
         presence(Presence::Unknown);
         sent = osmo.call(reqwest::Method::POST, &path, Some(body)).await;
     }
+    created(d, remote, job, revision, ours, now, sent)
+}
+
+/// Records how a create ended: published, refused (the platform holds
+/// what it held before, `now`), or unknown (sent, the answer lost).
+fn created(
+    d: &Arc<Shared>,
+    remote: &str,
+    job: &Job,
+    revision: u64,
+    ours: bool,
+    now: Presence,
+    sent: Result<Vec<u8>, Fail>,
+) -> Result<(), Fail> {
+    let key = &job.key;
     match sent {
         Ok(_) => {
             record(d.engine().publish_done(key, revision));
@@ -931,7 +946,7 @@ async fn run(d: &Arc<Shared>, osmo: &Osmo<'_>, remote: &str, job: &Job) -> Resul
         Err(f @ Fail::Lost(_)) => Err(f),
         // Not sent (no connection, or the token): as it was.
         Err(f) => {
-            presence(now);
+            record(d.engine().publish_presence(key, now));
             Err(f)
         }
     }
