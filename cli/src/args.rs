@@ -52,6 +52,9 @@ pub enum Command {
     Set(SetArgs),
     /// Print a credential
     Get(GetArgs),
+    /// Print the current one-time code (TOTP) of a credential's otp field
+    #[command(after_help = OTP_HELP)]
+    Otp(OtpArgs),
     /// List credentials (never prints values)
     List(ListArgs),
     /// Delete a credential (its history is kept)
@@ -550,6 +553,23 @@ pub struct GetArgs {
     #[arg(long, short, value_name = "FIELD")]
     pub field: Option<String>,
 }
+
+/// `vault otp`.
+#[derive(Debug, Args)]
+pub struct OtpArgs {
+    /// The credential whose otp field holds the seed
+    pub name: String,
+}
+
+const OTP_HELP: &str = "\
+The seed is the credential's otp field: the otpauth://totp/... URI of the
+site's QR code, or the base32 secret shown beside it. Keep it with the
+login it belongs to:
+
+  vault set github otp=-        (paste the URI or secret, then Ctrl-D)
+  vault otp github              (prints the code; on a terminal, how long it holds)
+
+The daemon computes the code; the seed never leaves it.";
 
 /// `vault list`.
 #[derive(Debug, Args)]

@@ -997,6 +997,45 @@ impl Engine {
         })
     }
 
+    /// The current code of `name`'s one-time-code seed (its `otp` field).
+    pub fn otp(&self, name: &str, now: Timestamp) -> Result<vault_protocol::Response> {
+        let (_, body) = self.load(name)?;
+        let field = vault_protocol::otp::FIELD;
+        let Some(seed) = body
+            .fields
+            .get(field)
+            .filter(|_| body.kind != CredentialType::Generic)
+        else {
+            let hint = if body.kind == CredentialType::Generic {
+                "a generic record's keys are all variables for exec, so none is a seed: keep                  the seed on the password or token record it belongs to"
+            } else {
+                "add one with 'vault set NAME otp=-' (the otpauth://totp/… URI or the base32                  secret the site shows)"
+            };
+            return Err(err(
+                ErrorCode::NotFound,
+                format!(
+                    "'{}' has no one-time-code seed ({field} field): {hint}",
+                    body.name
+                ),
+            ));
+        };
+        let otp = vault_protocol::otp::Otp::parse(seed.expose_secret()).map_err(|e| {
+            err(
+                ErrorCode::Failed,
+                format!(
+                    "'{}': {e}; replace it with 'vault set {} otp=-'",
+                    body.name, body.name
+                ),
+            )
+        })?;
+        let (code, valid_for_secs) = otp.code(now.unix().max(0) as u64);
+        Ok(vault_protocol::Response::Otp {
+            code: SecretValue::from(code.as_str()),
+            valid_for_secs,
+            period_secs: otp.period(),
+        })
+    }
+
     /// The vault's paths.
     pub fn paths(&self) -> &VaultPaths {
         &self.paths

@@ -443,6 +443,7 @@ impl Daemon {
                 .set(&name, fields, unset, description, tags, expires_at, now)
                 .map(Response::Changed),
             Request::Get { name } => engine.get(&name, now).map(Response::Record),
+            Request::Otp { name } => engine.otp(&name, now),
             Request::Resolve { names } => engine
                 .resolve(&names, now)
                 .map(|records| Response::Resolved { records }),
@@ -692,6 +693,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::AddMany { .. } => "add_many",
         Request::Set { .. } => "set",
         Request::Get { .. } => "get",
+        Request::Otp { .. } => "otp",
         Request::List { .. } => "list",
         Request::Resolve { .. } => "resolve",
         Request::Remove { .. } => "remove",
@@ -814,7 +816,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 38] = [
+    const EVERY_REQUEST: [&str; 39] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -851,6 +853,7 @@ mod tests {
         r#"{"op":"publish","name":"a","remote":"r"}"#,
         r#"{"op":"publish_repair","remote":"r"}"#,
         r#"{"op":"unpublish","name":"a"}"#,
+        r#"{"op":"otp","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -895,8 +898,9 @@ mod tests {
             Request::Publish { .. } => 33,
             Request::PublishRepair { .. } => 34,
             Request::Unpublish { .. } => 35,
-            Request::Lock => 36,
-            Request::Shutdown => 37,
+            Request::Otp { .. } => 36,
+            Request::Lock => 37,
+            Request::Shutdown => 38,
         }
     }
 

@@ -254,6 +254,7 @@ impl CredentialType {
                         opt("session_name", false),
                         opt("mfa_command", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -267,6 +268,7 @@ impl CredentialType {
                         opt("override_url", false),
                         opt("addressing_style", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -277,6 +279,7 @@ impl CredentialType {
                         req("username", false),
                         req("auth", true),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -286,6 +289,7 @@ impl CredentialType {
                         req("json", true),
                         opt("project", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -296,6 +300,7 @@ impl CredentialType {
                         req("password", true),
                         opt("url", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -306,6 +311,7 @@ impl CredentialType {
                         opt("public_key", false),
                         opt("known_hosts", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -317,6 +323,7 @@ impl CredentialType {
                         opt("mode", false),
                         opt("env", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -327,6 +334,7 @@ impl CredentialType {
                         opt("url", false),
                         opt("env", false),
                         opt(REFRESH_COMMAND, false),
+                        opt(crate::otp::FIELD, true),
                     ]
                 }
             }
@@ -450,6 +458,9 @@ pub fn validate_fields(
     }
     check_known_fields(ty, fields)?;
     let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
+    if let Some(seed) = get(crate::otp::FIELD) {
+        crate::otp::Otp::parse(seed)?;
+    }
     match ty {
         CredentialType::Aws => check_aws(fields, &get),
         CredentialType::Data => check_data(&get),

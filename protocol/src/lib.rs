@@ -10,6 +10,7 @@ pub mod credential;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod otp;
 pub mod paths;
 pub mod private;
 pub mod secret;

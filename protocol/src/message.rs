@@ -164,6 +164,12 @@ pub enum Request {
         /// The record.
         name: String,
     },
+    /// The current one-time code of a record's `otp` field (`vault otp`);
+    /// the seed stays in the daemon. Answered by [`Response::Otp`].
+    Otp {
+        /// The record.
+        name: String,
+    },
     /// Several records with their values, all or none (`vault exec`).
     Resolve {
         /// The records, in the order wanted.
@@ -389,6 +395,7 @@ impl Request {
             | Request::AddMany { .. }
             | Request::Set { .. }
             | Request::Get { .. }
+            | Request::Otp { .. }
             | Request::Resolve { .. }
             | Request::List { .. }
             | Request::Remove { .. }
@@ -505,6 +512,15 @@ pub enum Response {
     },
     /// Answer to `Get`.
     Record(RecordView),
+    /// Answer to `Otp`.
+    Otp {
+        /// The code, digits only.
+        code: SecretValue,
+        /// Seconds it holds from now.
+        valid_for_secs: u64,
+        /// Seconds each code holds.
+        period_secs: u64,
+    },
     /// Answer to `Resolve`, in the order asked.
     Resolved {
         /// The records with their values.

@@ -466,3 +466,33 @@ fn emitter_states_keep_their_strings_on_the_wire() {
     assert!(newer.needs_attention());
     assert!(!EmitState::Expired(Removed::File).needs_attention());
 }
+
+#[test]
+fn otp_frames() {
+    let req = RequestFrame {
+        id: 11,
+        req: Request::Otp {
+            name: "github".into(),
+        },
+    };
+    let expected = r#"{"id":11,"req":{"op":"otp","name":"github"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let answer = ResponseFrame {
+        id: 11,
+        ok: Some(Response::Otp {
+            code: SecretValue::from("287082"),
+            valid_for_secs: 17,
+            period_secs: 30,
+        }),
+        err: None,
+    };
+    let expected =
+        r#"{"id":11,"ok":{"kind":"otp","code":"287082","valid_for_secs":17,"period_secs":30}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+    let back: ResponseFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(
+        back.into_result(),
+        Ok(Response::Otp { code, valid_for_secs: 17, period_secs: 30 })
+            if code.expose_secret() == "287082"
+    ));
+}

@@ -95,6 +95,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Add(args) => records::add(&mut ctx, args),
         Command::Set(args) => records::set(&mut ctx, args),
         Command::Get(args) => records::get(&mut ctx, &args),
+        Command::Otp(args) => records::otp(&mut ctx, &args),
         Command::List(args) => records::list(&mut ctx, &args),
         Command::Rm(args) => records::rm(&mut ctx, &args),
         Command::Rename { old, new } => records::rename(&mut ctx, &old, &new),

@@ -237,10 +237,12 @@ pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
         }
         _ => {
             // Token and password records publish their fields as keys; a
-            // refresh command is local machinery, never published.
+            // refresh command is local machinery and a one-time-code seed
+            // stays in the vault: neither is published.
             let mut map = BTreeMap::new();
             for (k, v) in &body.fields {
                 if k == vault_protocol::credential::REFRESH_COMMAND
+                    || k == vault_protocol::otp::FIELD
                     || (body.kind == CredentialType::Token && k == "env")
                 {
                     continue;
