@@ -178,7 +178,13 @@ pub fn gated_meaning(kind: CredentialType, field: &str) -> &'static str {
 }
 
 /// The `aws` fields that only mean something with a `source`.
-const STS_ONLY: [&str; 4] = ["duration", "sts_endpoint", "session_name", "mfa_command"];
+const STS_ONLY: [&str; 5] = [
+    "duration",
+    "sts_endpoint",
+    "session_name",
+    "mfa_command",
+    "mfa_otp",
+];
 
 /// Checks an STS endpoint: HTTPS anywhere, plain HTTP only on loopback
 /// (tests and local emulators).
@@ -253,6 +259,7 @@ impl CredentialType {
                         opt("sts_endpoint", false),
                         opt("session_name", false),
                         opt("mfa_command", false),
+                        opt("mfa_otp", false),
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
                     ]
@@ -554,13 +561,24 @@ fn check_aws<'a>(
             "{f} only applies to a session minted from a source: add {SOURCE}=NAME"
         ));
     }
-    if get(SOURCE).is_some() && get("mfa_serial").is_some() != get("mfa_command").is_some() {
+    let code_from = [get("mfa_command"), get("mfa_otp")]
+        .iter()
+        .flatten()
+        .count();
+    if get(SOURCE).is_some() && get("mfa_serial").is_some() != (code_from > 0) {
         return Err(
-            "a session minted with mfa_serial needs mfa_command, a command that prints \
-             the current 6-digit code (e.g. ykman oath accounts code -s aws), and \
-             mfa_command needs mfa_serial"
+            "a session minted with mfa_serial needs where its code comes from: mfa_otp=NAME, \
+             a record whose otp field holds the device's seed, or mfa_command, a command that \
+             prints the current 6-digit code (e.g. ykman oath accounts code -s aws); and \
+             either needs mfa_serial"
                 .into(),
         );
+    }
+    if code_from > 1 {
+        return Err("give either mfa_otp or mfa_command, not both".into());
+    }
+    if let Some(name) = get("mfa_otp") {
+        validate_name(name).map_err(|e| format!("mfa_otp: {e}"))?;
     }
     if let Some(d) = get("duration") {
         let secs = crate::timefmt::parse_duration(d)?.as_secs();
@@ -820,6 +838,28 @@ mod tests {
         };
         assert!(with(("duration", "1h")).is_ok());
         assert!(with(("duration", "5m")).unwrap_err().contains("15m to 12h"));
+        let mfa = |extra: &[(&str, &str)]| {
+            let mut f = fields(&base);
+            f.insert(
+                "mfa_serial".into(),
+                SecretValue::from("arn:aws:iam::1:mfa/me"),
+            );
+            for (k, v) in extra {
+                f.insert((*k).into(), SecretValue::from(*v));
+            }
+            validate_fields(CredentialType::Aws, &f)
+        };
+        assert!(mfa(&[("mfa_otp", "aws-mfa")]).is_ok());
+        assert!(
+            mfa(&[("mfa_otp", "aws-mfa"), ("mfa_command", "ykman")])
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            mfa(&[("mfa_otp", "bad name")])
+                .unwrap_err()
+                .starts_with("mfa_otp: ")
+        );
         assert!(with(("sts_endpoint", "http://127.0.0.1:5000")).is_ok());
         assert!(
             with(("sts_endpoint", "http://sts.example"))

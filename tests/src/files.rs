@@ -59,6 +59,32 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `oathtool`, the reference for one-time codes, or `None` after printing
+/// `SKIP test: ...`; a failure instead when `VAULT_TEST_REQUIRE_OATHTOOL` is
+/// set (`.ci/run` installs it and sets that).
+pub fn oathtool(test: &str) -> Option<PathBuf> {
+    if let Some(tool) = which("oathtool") {
+        return Some(tool);
+    }
+    let why =
+        format!("SKIP {test}: needs oathtool (apt install oathtool; bash .ci/run installs it)");
+    assert!(
+        std::env::var_os("VAULT_TEST_REQUIRE_OATHTOOL").is_none(),
+        "{why}"
+    );
+    eprintln!("{why}");
+    None
+}
+
+/// A random 160-bit one-time-code seed in base32, as a site issues it.
+pub fn otp_seed() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    crate::random_bytes(32)
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % 32] as char)
+        .collect()
+}
+
 /// The Python with botocore and google-auth to check emitted files with
 /// (`VAULT_TEST_PYTHON`), or `None` after printing `SKIP test: ...` and how
 /// to get one (`bash .ci/run` makes one in target/ci-venv).

@@ -12,30 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use vault_e2e::{VaultHome, random_bytes, run_command, secret, which};
-
-fn oathtool(test: &str) -> Option<PathBuf> {
-    if let Some(tool) = which("oathtool") {
-        return Some(tool);
-    }
-    let why =
-        format!("SKIP {test}: needs oathtool (apt install oathtool; bash .ci/run installs it)");
-    assert!(
-        std::env::var_os("VAULT_TEST_REQUIRE_OATHTOOL").is_none(),
-        "{why}"
-    );
-    eprintln!("{why}");
-    None
-}
-
-/// A random 160-bit seed in base32, as a site issues it.
-fn seed() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    random_bytes(32)
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % 32] as char)
-        .collect()
-}
+use vault_e2e::{VaultHome, oathtool, otp_seed, run_command, secret};
 
 /// `vault otp NAME --json` and `oathtool ARGS SEED` within one time step:
 /// retried when the step ends in between.
@@ -74,7 +51,7 @@ fn codes_match_oathtool_for_a_secret_and_a_uri() {
     let vh = VaultHome::new();
     vh.init();
     // A bare secret, spaced in groups of four as sites print it, on a login.
-    let plain = seed();
+    let plain = otp_seed();
     let spaced: Vec<String> = plain
         .as_bytes()
         .chunks(4)
@@ -100,7 +77,7 @@ fn codes_match_oathtool_for_a_secret_and_a_uri() {
     assert_eq!(ours.len(), 6);
 
     // A URI with every setting away from the defaults, on a token.
-    let other = seed();
+    let other = otp_seed();
     let uri = format!(
         "otpauth://totp/Example:me@example.com?secret={other}&issuer=Example&algorithm=SHA256&digits=8&period=60"
     );
@@ -134,7 +111,7 @@ fn codes_match_oathtool_for_a_secret_and_a_uri() {
 fn the_seed_stays_out_of_children_and_errors() {
     let vh = VaultHome::new();
     vh.init();
-    let plain = seed();
+    let plain = otp_seed();
     vh.vault_in(
         ["add", "api", "--type", "token", "token=-"],
         secret("api").as_bytes(),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vault_e2e::{VaultHome, run_command, secret};
+use vault_e2e::{VaultHome, oathtool, otp_seed, run_command, secret};
 
 /// The Python with botocore and moto, or `None` after saying how to get it.
 fn moto_python() -> Option<PathBuf> {
@@ -41,7 +41,8 @@ fn moto_python() -> Option<PathBuf> {
     None
 }
 
-/// moto's server, killed on drop; its log counts the requests.
+/// moto's server, killed on drop; its log counts the requests, its
+/// recording (`moto.rec`, JSON lines) holds them.
 struct Moto {
     child: Child,
     url: String,
@@ -75,6 +76,9 @@ impl Moto {
             // The first five calls (the IAM setup below) need no signature;
             // every later one is checked.
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+            // Every request's headers and body, for what STS was sent.
+            .env("MOTO_ENABLE_RECORDING", "1")
+            .env("MOTO_RECORDER_FILEPATH", dir.join("moto.rec"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("moto.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -146,21 +150,25 @@ sts = botocore.session.get_session().create_client(
 print(json.dumps({"arn": sts.get_caller_identity()["Arn"]}))
 "#;
 
+/// A vault, moto with a user and a role (SETUP), and that user's keys as
+/// the long-term source `base` (its secret only ever in a file). The
+/// user's key id and the role's ARN.
+fn moto_with_base(vh: &VaultHome, python: &Path) -> (Moto, String, String) {
+    vh.init();
+    let moto = Moto::start(python, vh.root());
+    let setup = python_json(vh, python, SETUP, &[&moto.url]);
+    let id = setup["id"].as_str().unwrap().to_owned();
+    vh.add_aws("base", &id, setup["secret"].as_str().unwrap(), &[]);
+    (moto, id, setup["role"].as_str().unwrap().to_owned())
+}
+
 #[test]
 fn assume_role_is_signed_checked_by_moto_and_single_flight() {
     let Some(python) = moto_python() else {
         return;
     };
     let vh = VaultHome::new();
-    vh.init();
-    let moto = Moto::start(&python, vh.root());
-    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
-    let (id, role) = (
-        setup["id"].as_str().unwrap(),
-        setup["role"].as_str().unwrap(),
-    );
-    // The long-term source; its secret only ever in a file.
-    vh.add_aws("base", id, setup["secret"].as_str().unwrap(), &[]);
+    let (moto, id, role) = moto_with_base(&vh, &python);
     let endpoint = format!("sts_endpoint={}", moto.url);
     let minted = |name: &str, source: &str| {
         vh.vault([
@@ -257,7 +265,7 @@ fn assume_role_is_signed_checked_by_moto_and_single_flight() {
 
     // A wrong source secret: moto refuses the signature; nothing is minted
     // and status says why.
-    vh.add_aws("wrong", id, &secret("not-the-key"), &[]);
+    vh.add_aws("wrong", &id, &secret("not-the-key"), &[]);
     minted("broken", "wrong");
     let run = vh.vault(["aws-process", "broken"]);
     run.code(1).stderr_has("broken has no access key yet");
@@ -267,4 +275,86 @@ fn assume_role_is_signed_checked_by_moto_and_single_flight() {
         error.starts_with("STS refused AssumeRole (403 SignatureDoesNotMatch)"),
         "{status}"
     );
+}
+
+/// The MFA codes STS was sent, from moto's recording (`argv[1]`), each with
+/// the time its request was signed, as oathtool's `--now` takes it.
+const SENT_CODES: &str = r#"
+import base64, json, sys, urllib.parse
+out = []
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    body = r.get("body") or ""
+    if r.get("body_encoded"):
+        body = base64.b64decode(body).decode()
+    form = urllib.parse.parse_qs(body)
+    if "TokenCode" in form:
+        d = {k.lower(): v for k, v in r["headers"].items()}["x-amz-date"]
+        at = f"{d[0:4]}-{d[4:6]}-{d[6:8]} {d[9:11]}:{d[11:13]}:{d[13:15]} UTC"
+        out.append({"code": form["TokenCode"][0], "serial": form["SerialNumber"][0], "at": at})
+print(json.dumps(out))
+"#;
+
+#[test]
+fn an_mfa_code_from_a_seed_in_the_vault_is_what_oathtool_computes() {
+    let test = "an_mfa_code_from_a_seed_in_the_vault_is_what_oathtool_computes";
+    let (Some(python), Some(oathtool)) = (moto_python(), oathtool(test)) else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let (moto, _, role) = moto_with_base(&vh, &python);
+    // The MFA device's seed beside the IAM user's keys.
+    let seed = otp_seed();
+    vh.vault_in(["set", "base", "otp=-"], seed.as_bytes()).ok();
+    let serial = "arn:aws:iam::123456789012:mfa/dev";
+    let session = |name: &str, from: &str| {
+        vh.vault([
+            "add",
+            name,
+            "--type",
+            "aws",
+            "source=base",
+            &format!("role_arn={role}"),
+            &format!("sts_endpoint={}", moto.url),
+            &format!("mfa_serial={serial}"),
+            &format!("mfa_otp={from}"),
+        ])
+        .ok();
+    };
+    session("mfa-deploy", "base");
+    let run = vh.vault(["aws-process", "mfa-deploy"]);
+    run.ok().never_prints(&seed);
+    assert!(
+        run.json()["AccessKeyId"]
+            .as_str()
+            .unwrap()
+            .starts_with("ASIA"),
+        "{run}"
+    );
+    let rec = vh.root().join("moto.rec");
+    let sent = python_json(&vh, &python, SENT_CODES, &[rec.to_str().unwrap()]);
+    let sent = sent.as_array().unwrap();
+    assert_eq!(sent.len(), 1, "one AssumeRole with a code: {sent:?}");
+    assert_eq!(sent[0]["serial"], serial);
+    let mut cmd = Command::new(&oathtool);
+    cmd.args([
+        "--totp",
+        "-b",
+        "--now",
+        sent[0]["at"].as_str().unwrap(),
+        &seed,
+    ]);
+    let theirs = run_command(cmd, None, Duration::from_secs(10));
+    theirs.ok();
+    assert_eq!(sent[0]["code"].as_str().unwrap(), theirs.stdout.trim());
+    assert!(!std::fs::read_to_string(&rec).unwrap().contains(&seed));
+
+    // A record without a seed mints nothing, and status says what to add.
+    vh.vault_in(["add", "plain", "--type", "token", "token=-"], b"t")
+        .ok();
+    session("no-seed", "plain");
+    vh.vault(["aws-process", "no-seed"]).code(1);
+    let status = vh.vault(["status", "--json"]).ok().json();
+    let errors = status["refresh"].to_string();
+    assert!(errors.contains("vault set plain otp=-"), "{status}");
 }

@@ -60,14 +60,23 @@ pub struct StsPlan {
     pub role_arn: Option<String>,
     /// `RoleSessionName`.
     pub session_name: String,
-    /// The MFA device and the command printing its current code.
-    pub mfa: Option<(String, String)>,
+    /// The MFA device and where its current code comes from.
+    pub mfa: Option<(String, Mfa)>,
     /// Requested lifetime.
     pub duration: Duration,
     /// The endpoint URL.
     pub endpoint: String,
     /// The signing region.
     pub region: String,
+}
+
+/// Where an STS call's MFA code comes from.
+#[derive(Debug)]
+pub enum Mfa {
+    /// `mfa_command`: a command that prints it.
+    Command(String),
+    /// `mfa_otp`: the seed in another record's `otp` field.
+    Otp(vault_protocol::otp::Otp),
 }
 
 impl std::fmt::Debug for StsPlan {
@@ -289,11 +298,42 @@ impl Engine {
             session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
             role_arn: field("role_arn"),
             session_name: field("session_name").unwrap_or_else(|| session_name(&body.name)),
-            mfa: field("mfa_serial").zip(field("mfa_command")),
+            mfa: match field("mfa_serial") {
+                Some(serial) => Some((serial, self.mfa_source(body)?)),
+                None => None,
+            },
             duration,
             endpoint,
             region: region.unwrap_or_else(|| "us-east-1".to_owned()),
         })))
+    }
+
+    /// Where the code for `body`'s MFA device comes from: `mfa_command`,
+    /// or the seed in the `otp` field of the record `mfa_otp` names.
+    fn mfa_source(&self, body: &RecordBody) -> std::result::Result<Mfa, String> {
+        let field = |f: &str| body.fields.get(f).map(|v| v.expose_secret().to_owned());
+        if let Some(command) = field("mfa_command") {
+            return Ok(Mfa::Command(command));
+        }
+        let Some(name) = field("mfa_otp") else {
+            return Err("it has mfa_serial but neither mfa_otp nor mfa_command".into());
+        };
+        let record = self
+            .load(&name)
+            .ok()
+            .filter(|(_, r)| r.kind != CredentialType::Generic);
+        let seed = record
+            .as_ref()
+            .and_then(|(_, r)| r.fields.get(vault_protocol::otp::FIELD))
+            .ok_or_else(|| {
+                format!(
+                    "its mfa_otp '{name}' does not exist or has no otp field: add the MFA \
+                     device's seed with vault set {name} otp=-"
+                )
+            })?;
+        vault_protocol::otp::Otp::parse(seed.expose_secret())
+            .map(Mfa::Otp)
+            .map_err(|e| format!("its mfa_otp '{name}': {e}"))
     }
 
     /// Names of records bound to an emitted file that are due: refreshed in

@@ -12,7 +12,11 @@ use serde::Deserialize;
 use vault_protocol::SecretValue;
 use vault_protocol::timefmt::Timestamp;
 
-use crate::engine::refresh::{Minted, StsPlan as Plan};
+use crate::engine::refresh::{Mfa, Minted, StsPlan as Plan};
+
+/// An MFA code this close to the end of its step is not sent: STS could
+/// see it expire on the way.
+const OTP_MARGIN: Duration = Duration::from_secs(2);
 use crate::remote::http::{Http, describe};
 use crate::remote::sigv4::{self, Keys};
 
@@ -80,6 +84,18 @@ fn body(plan: &Plan, code: Option<&str>) -> String {
     }
 }
 
+/// The current code of an `mfa_otp` seed, with time to reach STS: in the
+/// last [`OTP_MARGIN`] of its step, the next step's code is awaited.
+async fn otp_code(otp: &vault_protocol::otp::Otp) -> String {
+    let now = || Timestamp::now().unix().max(0) as u64;
+    let (code, left) = otp.code(now());
+    if left > OTP_MARGIN.as_secs() {
+        return code;
+    }
+    tokio::time::sleep(Duration::from_secs(left)).await;
+    otp.code(now()).0
+}
+
 /// Runs the plan's `mfa_command` and reads the code it prints: six digits.
 /// Blocking.
 fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
@@ -113,13 +129,14 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
         "GetSessionToken"
     };
     let code = match &plan.mfa {
-        Some((_, command)) => {
+        Some((_, Mfa::Command(command))) => {
             let command = command.clone();
             let code = tokio::task::spawn_blocking(move || mfa_code(&command, timeout))
                 .await
                 .map_err(|_| "the mfa_command task failed".to_owned())??;
             Some(zeroize::Zeroizing::new(code))
         }
+        Some((_, Mfa::Otp(otp))) => Some(zeroize::Zeroizing::new(otp_code(otp).await)),
         None => None,
     };
     let form = body(plan, code.as_deref().map(String::as_str));
@@ -281,7 +298,7 @@ mod tests {
             region: "us-east-1".into(),
         };
         let with_mfa = Plan {
-            mfa: Some(("arn:aws:iam::1:mfa/me".into(), "true".into())),
+            mfa: Some(("arn:aws:iam::1:mfa/me".into(), Mfa::Command("true".into()))),
             role_arn: None,
             session_name: String::new(),
             access_key_id: String::new(),
