@@ -355,6 +355,30 @@ pub struct AddArgs {
     /// How long the credential stays valid, from now (e.g. 1h, 30m)
     #[arg(long, value_name = "DUR")]
     pub ttl: Option<String>,
+
+    /// Fill FIELD with a random password (default: password, or token for
+    /// a token)
+    #[arg(
+        long,
+        value_name = "FIELD",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub generate: Option<String>,
+
+    /// Length of the generated password [default: 24]
+    #[arg(long, value_name = "N", requires = "generate")]
+    pub length: Option<usize>,
+
+    /// Character classes of the generated password, comma-separated:
+    /// letters, upper, lower, digits, symbols [default: letters,digits,symbols]
+    #[arg(long, value_name = "CLASSES", requires = "generate")]
+    pub charset: Option<String>,
+
+    /// Print the generated password on stdout (else 'vault get' shows it)
+    #[arg(long, requires = "generate")]
+    pub print: bool,
 }
 
 /// `vault set`.

@@ -14,6 +14,7 @@ mod client;
 mod commands;
 mod error;
 mod exec;
+mod generate;
 mod helpers;
 mod input;
 mod names;

@@ -158,6 +158,14 @@ impl VaultHome {
         cmd
     }
 
+    /// `vault get NAME --field F`, which must succeed: the value without
+    /// its newline.
+    pub fn field(&self, name: &str, field: &str) -> String {
+        let run = self.vault(["get", name, "--field", field]);
+        run.ok();
+        run.stdout.trim_end_matches('\n').to_owned()
+    }
+
     /// `vault ARGS` with stdin from /dev/null.
     pub fn vault<I, S>(&self, args: I) -> Run
     where

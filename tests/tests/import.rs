@@ -8,12 +8,6 @@ use std::fs;
 
 use vault_e2e::{MARK, VaultHome, secret};
 
-fn field(vh: &VaultHome, name: &str, f: &str) -> String {
-    let run = vh.vault(["get", name, "--field", f]);
-    run.ok();
-    run.stdout.trim_end_matches('\n').to_owned()
-}
-
 #[test]
 fn aws_profiles_with_keys_come_in_and_the_file_is_untouched() {
     let vh = VaultHome::new();
@@ -57,10 +51,10 @@ fn aws_profiles_with_keys_come_in_and_the_file_is_untouched() {
         vh.vault(["list", "--format", "json"]).names(),
         ["aws-default", "aws-prod"]
     );
-    assert_eq!(field(&vh, "aws-default", "secret_access_key"), s1);
-    assert_eq!(field(&vh, "aws-default", "region"), "us-east-2");
-    assert_eq!(field(&vh, "aws-prod", "session_token"), token);
-    assert_eq!(field(&vh, "aws-prod", "region"), "eu-west-3");
+    assert_eq!(vh.field("aws-default", "secret_access_key"), s1);
+    assert_eq!(vh.field("aws-default", "region"), "us-east-2");
+    assert_eq!(vh.field("aws-prod", "session_token"), token);
+    assert_eq!(vh.field("aws-prod", "region"), "eu-west-3");
     assert_eq!(
         fs::read_to_string(aws.join("credentials")).unwrap(),
         credentials,
@@ -81,7 +75,7 @@ fn aws_profiles_with_keys_come_in_and_the_file_is_untouched() {
         run.ok().json()["replaced"],
         serde_json::json!(["aws-default"])
     );
-    assert_eq!(field(&vh, "aws-default", "secret_access_key"), s3);
+    assert_eq!(vh.field("aws-default", "secret_access_key"), s3);
     let history = vh.vault(["--json", "history", "aws-default"]);
     assert_eq!(history.ok().json().as_array().unwrap().len(), 2);
 }
@@ -108,9 +102,9 @@ fn docker_logins_and_dotenv_files_come_in() {
             .contains("index.docker.io/v1/: its password is kept by desktop"),
         "{run}"
     );
-    assert_eq!(field(&vh, "nvcr.io", "username"), "$oauthtoken");
-    assert_eq!(field(&vh, "nvcr.io", "auth"), pass);
-    assert_eq!(field(&vh, "nvcr.io", "registry"), "nvcr.io");
+    assert_eq!(vh.field("nvcr.io", "username"), "$oauthtoken");
+    assert_eq!(vh.field("nvcr.io", "auth"), pass);
+    assert_eq!(vh.field("nvcr.io", "registry"), "nvcr.io");
 
     let api = secret("env");
     let project = vh.user_home.join("myproj");
@@ -125,9 +119,9 @@ fn docker_logins_and_dotenv_files_come_in() {
     vh.vault(["import", "env", project.join(".env").to_str().unwrap()])
         .ok()
         .never_prints(MARK);
-    assert_eq!(field(&vh, "myproj-env", "API_KEY"), api);
-    assert_eq!(field(&vh, "myproj-env", "DEBUG"), "1");
-    assert_eq!(field(&vh, "myproj-env", "QUOTED"), "a b");
+    assert_eq!(vh.field("myproj-env", "API_KEY"), api);
+    assert_eq!(vh.field("myproj-env", "DEBUG"), "1");
+    assert_eq!(vh.field("myproj-env", "QUOTED"), "a b");
 }
 
 #[test]

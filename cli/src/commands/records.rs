@@ -20,6 +20,7 @@ use super::Ctx;
 use crate::args::{AddArgs, GetArgs, ListArgs, ListFormat, OtpArgs, RmArgs, SetArgs, SortKey};
 use crate::client::list_all;
 use crate::error::{CliResult, failed, unexpected, usage};
+use crate::generate;
 use crate::input::{self, FieldArg, Source};
 use crate::output::{Color, Table, csv_row, relative, truncate, tsv_row};
 
@@ -32,7 +33,8 @@ pub fn add(ctx: &mut Ctx, args: AddArgs) -> CliResult<()> {
     validate_name(&args.name).map_err(usage)?;
     check_attributes(args.description.as_deref(), &args.tags)?;
     let fields = input::parse_fields(args.fields.iter().chain(&args.payload))?;
-    check_field_names(kind, &fields)?;
+    let generate = generate_plan(&args, &fields)?;
+    check_field_names(kind, &fields, generate.as_ref().map(|g| g.field.as_str()))?;
     let flag_expiry = expiry_from_flags(args.expires_at.as_deref(), args.ttl.as_deref())?;
     if flag_expiry.is_some() && fields.iter().any(|f| f.name == EXPIRES_FIELD) {
         return Err(usage(
@@ -46,6 +48,14 @@ pub fn add(ctx: &mut Ctx, args: AddArgs) -> CliResult<()> {
     let expires_at = match values.remove(EXPIRES_FIELD) {
         Some(ts) => Some(parse_timestamp(ts.expose_secret())?),
         None => flag_expiry,
+    };
+    let generated = match &generate {
+        Some(g) => {
+            let value = generate::password(g.length, &g.classes).map_err(failed)?;
+            values.insert(g.field.clone(), SecretValue::from(value.as_str()));
+            Some(value)
+        }
+        None => None,
     };
     validate_fields(kind, &values).map_err(usage)?;
 
@@ -62,7 +72,61 @@ pub fn add(ctx: &mut Ctx, args: AddArgs) -> CliResult<()> {
     let summary = changed(ctx.call_unlocked(&build)?, "add")?;
     ctx.out
         .info(&format!("added {} ({})", summary.name, summary.kind));
+    if let (Some(value), Some(Generate { field, .. })) = (&generated, &generate) {
+        if args.print && !ctx.out.json {
+            ctx.out.line(value);
+        } else {
+            ctx.out.info(&format!(
+                "generated {field}: see it with 'vault get {} --field {field}'",
+                summary.name
+            ));
+        }
+    }
     print_summary(ctx, &summary)
+}
+
+/// What `--generate` fills; the field is not also given a value.
+fn generate_plan(args: &AddArgs, fields: &[FieldArg]) -> CliResult<Option<Generate>> {
+    let Some(named) = &args.generate else {
+        return Ok(None);
+    };
+    let field = match (named.as_str(), args.kind) {
+        ("", CredentialType::Password) => "password".to_owned(),
+        ("", CredentialType::Token) => "token".to_owned(),
+        ("", kind) => {
+            return Err(usage(format!(
+                "name the field to generate for a {kind} credential: --generate=FIELD"
+            )));
+        }
+        (f, _) => f.to_owned(),
+    };
+    if fields.iter().any(|f| f.name == field) {
+        return Err(usage(format!(
+            "field '{field}' is both given and generated: drop one"
+        )));
+    }
+    let classes = generate::classes(args.charset.as_deref().unwrap_or(generate::DEFAULT_CHARSET))
+        .map_err(usage)?;
+    let length = args.length.unwrap_or(generate::DEFAULT_LENGTH);
+    if !generate::LENGTHS.contains(&length) {
+        return Err(usage(format!(
+            "--length {length} is out of range: use {} to {}",
+            generate::LENGTHS.start(),
+            generate::LENGTHS.end()
+        )));
+    }
+    Ok(Some(Generate {
+        field,
+        length,
+        classes,
+    }))
+}
+
+/// A field `vault add --generate` fills.
+struct Generate {
+    field: String,
+    length: usize,
+    classes: Vec<&'static [u8]>,
 }
 
 /// `vault set`.
@@ -543,37 +607,40 @@ fn check_attributes(description: Option<&str>, tags: &[String]) -> CliResult<()>
 /// Which fields a type accepts and requires, from the field names alone, so
 /// every missing field is reported before any value is read or asked for.
 /// (`validate_fields` checks the values themselves afterwards.)
-fn check_field_names(kind: CredentialType, fields: &[FieldArg]) -> CliResult<()> {
+fn check_field_names(
+    kind: CredentialType,
+    fields: &[FieldArg],
+    generated: Option<&str>,
+) -> CliResult<()> {
     let given: Vec<&FieldArg> = fields.iter().filter(|f| f.name != EXPIRES_FIELD).collect();
+    let names = || given.iter().map(|f| f.name.as_str()).chain(generated);
     if kind == CredentialType::Generic {
-        if given.is_empty() {
+        if names().next().is_none() {
             return Err(usage("a generic credential needs at least one KEY=VALUE"));
         }
-        if let Some(bad) = given.iter().find(|f| !is_generic_key(&f.name)) {
+        if let Some(bad) = names().find(|n| !is_generic_key(n)) {
             return Err(usage(format!(
                 "'{}' is not a valid key: use 1-253 characters of A-Z a-z 0-9 - . _ (workload \
                  platforms turn keys into Kubernetes secret keys)",
-                bad.name.escape_debug()
+                bad.escape_debug()
             )));
         }
         return Ok(());
     }
     let specs = kind.fields();
-    if let Some(unknown) = given
-        .iter()
-        .find(|f| !specs.iter().any(|s| s.name == f.name))
-    {
+    if let Some(unknown) = names().find(|n| !specs.iter().any(|s| s.name == *n)) {
         let known: Vec<_> = specs.iter().map(|s| s.name).collect();
         return Err(usage(format!(
             "unknown field '{}' for type {kind}: its fields are {}",
-            unknown.name.escape_debug(),
+            unknown.escape_debug(),
             known.join(", ")
         )));
     }
     let present = |name: &str| {
-        given
-            .iter()
-            .any(|f| f.name == name && !matches!(&f.source, Source::Literal(v) if v.is_empty()))
+        generated == Some(name)
+            || given
+                .iter()
+                .any(|f| f.name == name && !matches!(&f.source, Source::Literal(v) if v.is_empty()))
     };
     // A record with a refresh command gets its values from the first refresh.
     let refreshed = refreshes_itself(present);
@@ -650,6 +717,19 @@ fn duplicate(values: &BTreeMap<String, SecretValue>) -> BTreeMap<String, SecretV
 mod tests {
     use super::*;
 
+    fn check_names(kind: CredentialType, fields: &[FieldArg]) -> CliResult<()> {
+        check_field_names(kind, fields, None)
+    }
+
+    #[test]
+    fn a_generated_field_counts_as_given() {
+        let given = fields(&["username=u"]);
+        assert!(check_field_names(CredentialType::Password, &given, Some("password")).is_ok());
+        assert!(check_field_names(CredentialType::Password, &given, Some("pin")).is_err());
+        assert!(check_field_names(CredentialType::Generic, &[], Some("DB_PASSWORD")).is_ok());
+        assert!(check_field_names(CredentialType::Generic, &[], Some("a/b")).is_err());
+    }
+
     fn fields(list: &[&str]) -> Vec<FieldArg> {
         let owned: Vec<String> = list.iter().map(|s| s.to_string()).collect();
         input::parse_fields(&owned).unwrap()
@@ -672,7 +752,7 @@ mod tests {
 
     #[test]
     fn every_missing_field_is_listed_before_reading_values() {
-        let err = check_field_names(CredentialType::Aws, &fields(&["region=x"])).unwrap_err();
+        let err = check_names(CredentialType::Aws, &fields(&["region=x"])).unwrap_err();
         assert_eq!(err.code.exit_code(), 2);
         assert!(
             err.message
@@ -682,14 +762,14 @@ mod tests {
         );
         // Sources that are not read yet count as present; empty literals do not.
         assert!(
-            check_field_names(
+            check_names(
                 CredentialType::Aws,
                 &fields(&["access_key_id=AK", "secret_access_key=-"])
             )
             .is_ok()
         );
         assert!(
-            check_field_names(
+            check_names(
                 CredentialType::Aws,
                 &fields(&["access_key_id=", "secret_access_key"])
             )
@@ -699,22 +779,21 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_generic_names() {
-        let err =
-            check_field_names(CredentialType::Token, &fields(&["token=t", "tok=x"])).unwrap_err();
+        let err = check_names(CredentialType::Token, &fields(&["token=t", "tok=x"])).unwrap_err();
         assert!(
             err.message.contains("unknown field 'tok'"),
             "{}",
             err.message
         );
-        assert!(check_field_names(CredentialType::Generic, &fields(&[])).is_err());
-        assert!(check_field_names(CredentialType::Generic, &fields(&["a/b=v"])).is_err());
+        assert!(check_names(CredentialType::Generic, &fields(&[])).is_err());
+        assert!(check_names(CredentialType::Generic, &fields(&["a/b=v"])).is_err());
         // What a platform takes, also when it is no variable name.
-        assert!(check_field_names(CredentialType::Generic, &fields(&["other.key=v"])).is_ok());
-        assert!(check_field_names(CredentialType::Generic, &fields(&["1X=v"])).is_ok());
-        assert!(check_field_names(CredentialType::Generic, &fields(&["API_KEY=-"])).is_ok());
+        assert!(check_names(CredentialType::Generic, &fields(&["other.key=v"])).is_ok());
+        assert!(check_names(CredentialType::Generic, &fields(&["1X=v"])).is_ok());
+        assert!(check_names(CredentialType::Generic, &fields(&["API_KEY=-"])).is_ok());
         // expires_at is the record's expiry, not a field.
         assert!(
-            check_field_names(
+            check_names(
                 CredentialType::Token,
                 &fields(&["token=-", "expires_at=2030-01-01T00:00:00Z"])
             )
