@@ -105,7 +105,8 @@ pub fn check_prompts(fields: &[FieldArg], have_terminal: bool) -> CliResult<()> 
     }
 }
 
-/// Reads every value from its source. `prompt` asks for one hidden value.
+/// Reads every value from its source. `prompt` asks for the named field's
+/// value on the terminal.
 pub fn resolve(
     fields: Vec<FieldArg>,
     stdin: &mut dyn Read,
@@ -115,7 +116,7 @@ pub fn resolve(
     for FieldArg { name, source } in fields {
         let value = match source {
             Source::Literal(v) => v,
-            Source::Prompt => prompt(&format!("{name}: "))?,
+            Source::Prompt => prompt(&name)?,
             Source::Stdin => {
                 let mut bytes = Zeroizing::new(Vec::new());
                 stdin.read_to_end(&mut bytes).map_err(|e| {
@@ -240,6 +241,17 @@ pub fn read_passphrase_file(path: &Path) -> CliResult<SecretValue> {
     let mut text = utf8(bytes, || format!("the passphrase file {}", path.display()))?;
     strip_newline(&mut text);
     Ok(SecretValue::new(std::mem::take(&mut *text)))
+}
+
+/// Asks for a value that is no secret (a user name, a URL) on the
+/// terminal: it is echoed as typed.
+pub fn prompt_visible(prompt: &str) -> CliResult<SecretValue> {
+    let err = |e: io::Error| failed(format!("cannot read from the terminal: {e}"));
+    eprint!("{prompt}");
+    let mut line = Zeroizing::new(String::new());
+    io::stdin().lock().read_line(&mut line).map_err(err)?;
+    strip_newline(&mut line);
+    Ok(SecretValue::new(std::mem::take(&mut *line)))
 }
 
 /// Asks for a hidden value on the terminal.
@@ -373,7 +385,7 @@ mod tests {
             Ok(SecretValue::from("typed"))
         })
         .unwrap();
-        assert_eq!(asked, ["password: "]);
+        assert_eq!(asked, ["password"]);
         assert_eq!(values["password"].expose_secret(), "typed");
     }
 

@@ -34,7 +34,12 @@ pub fn add(ctx: &mut Ctx, args: AddArgs) -> CliResult<()> {
     check_attributes(args.description.as_deref(), &args.tags)?;
     let fields = input::parse_fields(args.fields.iter().chain(&args.payload))?;
     let generate = generate_plan(&args, &fields)?;
-    check_field_names(kind, &fields, generate.as_ref().map(|g| g.field.as_str()))?;
+    let generated = generate.as_ref().map(|g| g.field.as_str());
+    let mut fields = fields;
+    if io::stdin().is_terminal() {
+        ask_for_missing(kind, &mut fields, generated);
+    }
+    check_field_names(kind, &fields, generated)?;
     let flag_expiry = expiry_from_flags(args.expires_at.as_deref(), args.ttl.as_deref())?;
     if flag_expiry.is_some() && fields.iter().any(|f| f.name == EXPIRES_FIELD) {
         return Err(usage(
@@ -44,7 +49,7 @@ pub fn add(ctx: &mut Ctx, args: AddArgs) -> CliResult<()> {
     input::check_prompts(&fields, io::stdin().is_terminal())?;
     warn_about_literals(ctx, &fields, |f| kind.is_secret(f));
 
-    let mut values = read_values(fields)?;
+    let mut values = read_values(fields, &|f| kind.is_secret(f))?;
     let expires_at = match values.remove(EXPIRES_FIELD) {
         Some(ts) => Some(parse_timestamp(ts.expose_secret())?),
         None => flag_expiry,
@@ -181,7 +186,7 @@ pub fn set(ctx: &mut Ctx, args: SetArgs) -> CliResult<()> {
     input::check_prompts(&fields, io::stdin().is_terminal())?;
     warn_about_literals(ctx, &fields, maybe_secret);
 
-    let mut values = read_values(fields)?;
+    let mut values = read_values(fields, &maybe_secret)?;
     let expires_at = match values.remove(EXPIRES_FIELD) {
         Some(ts) if ts.is_empty() => Some(None),
         Some(ts) => Some(Some(parse_timestamp(ts.expose_secret())?)),
@@ -685,10 +690,40 @@ fn warn_about_literals(ctx: &Ctx, fields: &[FieldArg], is_secret: impl Fn(&str) 
     }
 }
 
-fn read_values(fields: Vec<FieldArg>) -> CliResult<BTreeMap<String, SecretValue>> {
-    input::resolve(fields, &mut io::stdin().lock(), &mut |prompt| {
-        input::prompt_hidden(prompt)
+/// Every field's value; one asked for on the terminal is hidden as typed
+/// when `secret` says it holds a secret, echoed otherwise.
+fn read_values(
+    fields: Vec<FieldArg>,
+    secret: &dyn Fn(&str) -> bool,
+) -> CliResult<BTreeMap<String, SecretValue>> {
+    // Stdin unlocked: a visible prompt reads it too.
+    input::resolve(fields, &mut io::stdin(), &mut |name| {
+        let prompt = format!("{name}: ");
+        if secret(name) {
+            input::prompt_hidden(&prompt)
+        } else {
+            input::prompt_visible(&prompt)
+        }
     })
+}
+
+/// On a terminal, the required fields not given are asked for, in the
+/// type's order (`vault add github --type token` asks for the token).
+fn ask_for_missing(kind: CredentialType, fields: &mut Vec<FieldArg>, generated: Option<&str>) {
+    let present = |name: &str| generated == Some(name) || fields.iter().any(|f| f.name == name);
+    if kind == CredentialType::Generic || refreshes_itself(present) {
+        return;
+    }
+    let missing: Vec<&str> = kind
+        .fields()
+        .iter()
+        .filter(|s| s.required && !present(s.name))
+        .map(|s| s.name)
+        .collect();
+    fields.extend(missing.into_iter().map(|name| FieldArg {
+        name: name.to_owned(),
+        source: Source::Prompt,
+    }));
 }
 
 fn expiry_from_flags(expires_at: Option<&str>, ttl: Option<&str>) -> CliResult<Option<Timestamp>> {
