@@ -52,6 +52,8 @@ pub enum Command {
     Set(SetArgs),
     /// Print a credential
     Get(GetArgs),
+    /// Edit a credential's fields in $VISUAL or $EDITOR (makes a new revision)
+    Edit(EditArgs),
     /// Print the current one-time code (TOTP) of a credential's otp field
     #[command(after_help = OTP_HELP)]
     Otp(OtpArgs),
@@ -576,6 +578,13 @@ pub struct GetArgs {
     /// Print only this field's raw value and a newline
     #[arg(long, short, value_name = "FIELD")]
     pub field: Option<String>,
+}
+
+/// `vault edit`.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The credential
+    pub name: String,
 }
 
 /// `vault otp`.

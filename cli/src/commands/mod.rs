@@ -5,6 +5,7 @@
 mod aws_process;
 mod daemon;
 mod doctor;
+mod edit;
 mod emit;
 mod import;
 mod publish;
@@ -96,6 +97,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Set(args) => records::set(&mut ctx, args),
         Command::Get(args) => records::get(&mut ctx, &args),
         Command::Otp(args) => records::otp(&mut ctx, &args),
+        Command::Edit(args) => edit::edit(&mut ctx, &args),
         Command::List(args) => records::list(&mut ctx, &args),
         Command::Rm(args) => records::rm(&mut ctx, &args),
         Command::Rename { old, new } => records::rename(&mut ctx, &old, &new),

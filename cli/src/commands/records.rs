@@ -211,15 +211,20 @@ pub fn set(ctx: &mut Ctx, args: SetArgs) -> CliResult<()> {
     print_summary(ctx, &summary)
 }
 
+/// One record with its values, the vault unlocked first if need be.
+pub(super) fn fetch(ctx: &mut Ctx, name: &str) -> CliResult<RecordView> {
+    validate_name(name).map_err(usage)?;
+    match ctx.call_unlocked(&|| Request::Get {
+        name: name.to_owned(),
+    })? {
+        Response::Record(view) => Ok(view),
+        _ => Err(unexpected("get")),
+    }
+}
+
 /// `vault get`.
 pub fn get(ctx: &mut Ctx, args: &GetArgs) -> CliResult<()> {
-    validate_name(&args.name).map_err(usage)?;
-    let view = match ctx.call_unlocked(&|| Request::Get {
-        name: args.name.clone(),
-    })? {
-        Response::Record(view) => view,
-        _ => return Err(unexpected("get")),
-    };
+    let view = fetch(ctx, &args.name)?;
     let expired_at = view
         .expires_at
         .filter(|t| view.expired || *t <= Timestamp::now());

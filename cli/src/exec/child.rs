@@ -44,6 +44,11 @@ impl Folder {
         Ok(Self { path })
     }
 
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The folder's path as text (it is built from our own dirs, so UTF-8
     /// unless the home dir is not; then lossily).
     pub fn path_str(&self) -> String {

@@ -9,6 +9,8 @@ mod mask;
 pub mod plan;
 mod server;
 
+pub use child::Folder;
+
 use std::ffi::OsString;
 
 use vault_protocol::message::RecordView;
