@@ -20,11 +20,9 @@ fn edit(vh: &VaultHome, name: &str, script: &str) -> (Run, PathBuf) {
     let path = log.join("editor.sh");
     std::fs::write(&path, script).unwrap();
     let mut cmd = vh.command(&vh.vault_bin, ["edit", name]);
-    cmd.env(
-        "EDITOR",
-        format!("LOG={} sh {}", log.display(), path.display()),
-    )
-    .env_remove("VISUAL");
+    cmd.env("EDITOR", format!("sh {}", path.display()))
+        .env("LOG", &log)
+        .env_remove("VISUAL");
     let run = vault_e2e::run_command(cmd, None, Duration::from_secs(60));
     (run, log)
 }
@@ -128,24 +126,51 @@ fn a_file_that_does_not_parse_comes_back_with_the_error() {
     vh.init();
     vh.vault_in(["add", "api", "--type", "token", "token=-"], b"t1")
         .ok();
-    // First round: breaks the file. Second: shows what it was given, fixes it.
+    // Round 1 breaks the file; round 2 finds the error on top, pointing at
+    // the bad line, and writes a field a token does not have; round 3 finds
+    // that refusal and fixes it.
     let script = r#"
-if [ ! -e "$LOG/round1" ]; then
-    touch "$LOG/round1"
-    echo 'token = unquoted' > "$1"
-else
-    head -n 1 "$1" > "$LOG/first-line"
-    echo 'token = "t2"' > "$1"
-fi
+n=$(cat "$LOG/n" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$LOG/n"
+case $n in
+1) printf '# comment\ntoken = unquoted\n' > "$1" ;;
+2) head -n 1 "$1" > "$LOG/error2"; sed -n 4p "$1" > "$LOG/line4"; echo 'tokn = "t2"' > "$1" ;;
+*) head -n 1 "$1" > "$LOG/error3"; echo 'token = "t2"' > "$1" ;;
+esac
 "#;
     let (run, log) = edit(&vh, "api", script);
     run.ok().stderr_has("saved api");
+    let error2 = read(&log, "error2");
     assert!(
-        read(&log, "first-line").starts_with("# ERROR: this is not valid TOML at line 1"),
+        error2.starts_with("# ERROR at line 4: this is not valid TOML"),
+        "{error2}"
+    );
+    assert_eq!(read(&log, "line4").trim(), "token = unquoted");
+    assert!(
+        read(&log, "error3").contains("unknown field 'tokn'"),
         "{}",
-        read(&log, "first-line")
+        read(&log, "error3")
     );
     assert_eq!(vh.field("api", "token"), "t2");
+    assert_eq!(revisions(&vh, "api"), 2);
+
+    // Changed by someone else while the editor is open: asked again, then
+    // the second save is taken.
+    let script = r#"
+if [ ! -e "$LOG/once" ]; then
+    touch "$LOG/once"; vault set api token=meanwhile >/dev/null 2>&1
+    echo 'token = "mine"' > "$1"
+else
+    head -n 1 "$1" > "$LOG/error"; echo 'token = "mine"' > "$1"
+fi
+"#;
+    let (run, log) = edit(&vh, "api", script);
+    run.ok().stderr_has("saved api as revision 4");
+    assert!(
+        read(&log, "error").contains("changed since you opened it"),
+        "{}",
+        read(&log, "error")
+    );
+    assert_eq!(vh.field("api", "token"), "mine");
 
     // A value that is no string, then an emptied file: cancelled.
     let (run, _) = edit(
@@ -154,7 +179,7 @@ fi
         "echo 'token = 5' > \"$1\"; [ -e \"$LOG/r\" ] && : > \"$1\"; touch \"$LOG/r\"\n",
     );
     run.ok().stderr_has("emptied: nothing changed");
-    assert_eq!(vh.field("api", "token"), "t2");
+    assert_eq!(vh.field("api", "token"), "mine");
 }
 
 #[test]

@@ -156,3 +156,41 @@ fn without_a_terminal_add_names_what_is_missing() {
         .stderr_has("missing required fields for type password: username, password");
     assert!(vh.vault(["list", "--format", "json"]).names().is_empty());
 }
+
+#[test]
+fn ctrl_c_in_the_editor_is_the_editors() {
+    let vh = VaultHome::new();
+    vh.init();
+    let Some(term) = Tmux::start(&vh, "ctrl_c_in_the_editor_is_the_editors") else {
+        return;
+    };
+    vh.vault_in(["add", "api", "--type", "token", "token=-"], b"before")
+        .ok();
+    // An editor that, like vim, takes Ctrl-C as a key and goes on.
+    let dir = vh.root().join("ctrl-c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("ed.sh"),
+        format!(
+            "trap 'touch {d}/int' INT\ntouch {d}/started\n\
+             while [ ! -e {d}/go ]; do sleep 0.1; done\n\
+             sed -i 's/^token = .*/token = \"after\"/' \"$1\"\n"
+        ),
+    )
+    .unwrap();
+    term.type_line(&format!("EDITOR='sh {d}/ed.sh' vault edit api"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("started").exists() {
+        assert!(Instant::now() < deadline, "the editor never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    term.run(&["send-keys", "-t", "t", "C-c"]).ok();
+    while !dir.join("int").exists() {
+        assert!(Instant::now() < deadline, "the editor never saw Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(dir.join("go"), "").unwrap();
+    term.wait_for("saved api as revision 2");
+    assert_eq!(vh.field("api", "token"), "after");
+}

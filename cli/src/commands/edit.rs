@@ -10,7 +10,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vault_protocol::{Request, Response, SecretValue};
+use vault_protocol::credential::validate_fields;
+use vault_protocol::message::RecordView;
+use vault_protocol::{ErrorCode, Request, Response, SecretValue};
 use zeroize::Zeroizing;
 
 use super::Ctx;
@@ -23,51 +25,79 @@ const ROUNDS: usize = 10;
 
 /// `vault edit`.
 pub fn edit(ctx: &mut Ctx, args: &EditArgs) -> CliResult<()> {
-    let view = super::records::fetch(ctx, &args.name)?;
+    let mut base = super::records::fetch(ctx, &args.name)?;
     let editor = editor();
     let folder = Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
     let file = EditFile(folder.path().join("fields.toml"));
     let mut text = Zeroizing::new(format!(
         "# vault edit {} ({}), revision {}\n{HELP}\n{}",
-        view.name,
-        view.kind,
-        view.revision,
-        render(&view.fields)?.as_str()
+        base.name,
+        base.kind,
+        base.revision,
+        render(&base.fields)?.as_str()
     ));
-    let edited = 'rounds: {
-        for _ in 0..ROUNDS {
-            file.write(&text)?;
-            run_editor(&editor, &file.0)?;
-            let after = file.read()?;
-            if after.trim().is_empty() {
-                ctx.out.info("the file was emptied: nothing changed");
-                return Ok(());
-            }
-            match parse(&after) {
-                Ok(fields) => break 'rounds fields,
-                // Shown at the top of the file, with what was written.
-                Err(why) => {
-                    text = Zeroizing::new(format!(
-                        "# ERROR: {}\n# Fix it and save, or empty the file to cancel.\n{}",
-                        why.replace('\n', "\n# "),
-                        strip_error(&after)
-                    ));
-                }
-            }
+    // Ctrl-C is the editor's while it runs, as with system(3).
+    let _calm = Calm::install()?;
+    for _ in 0..ROUNDS {
+        file.write(&text)?;
+        run_editor(&editor, &file.0)?;
+        let body = strip_error(&file.read()?);
+        if body.trim().is_empty() {
+            ctx.out.info("the file was emptied: nothing changed");
+            return Ok(());
         }
-        return Err(usage(format!(
-            "the file still did not parse after {ROUNDS} rounds: nothing changed"
-        )));
-    };
-    drop(file);
-    drop(folder);
-    let (fields, unset) = changes(&view.fields, edited);
+        // Anything wrong comes back on top of what was written: nothing
+        // typed is lost until the save is taken or cancelled.
+        let problem = match parse(&body) {
+            Err(problem) => problem,
+            Ok(edited) => match save(ctx, &mut base, edited)? {
+                None => return Ok(()),
+                Some(why) => Problem { line: None, why },
+            },
+        };
+        let header = 2 + problem.why.matches('\n').count();
+        let at = problem
+            .line
+            .map_or(String::new(), |l| format!(" at line {}", l + header));
+        text = Zeroizing::new(format!(
+            "# ERROR{at}: {}\n# Fix it and save, or empty the file to cancel.\n{}",
+            problem.why.replace('\n', "\n# "),
+            body.as_str()
+        ));
+    }
+    Err(usage(format!(
+        "the file still could not be saved after {ROUNDS} rounds: nothing changed"
+    )))
+}
+
+/// Saves the edited fields as a new revision of `base`; `None` when done
+/// (saved, or nothing to save), else why not, for the user to fix. A
+/// record changed meanwhile is re-read, and the user asked again.
+fn save(
+    ctx: &mut Ctx,
+    base: &mut RecordView,
+    edited: BTreeMap<String, SecretValue>,
+) -> CliResult<Option<String>> {
+    if let Err(why) = validate_fields(base.kind, &edited) {
+        return Ok(Some(why));
+    }
+    let now = super::records::fetch(ctx, &base.name)?;
+    if now.revision != base.revision {
+        let why = format!(
+            "{} changed since you opened it (it is at revision {} now): what you saved is \
+             below; save again to put it over that change",
+            base.name, now.revision
+        );
+        *base = now;
+        return Ok(Some(why));
+    }
+    let (fields, unset) = changes(&base.fields, edited);
     if fields.is_empty() && unset.is_empty() {
         ctx.out.info("no changes: nothing saved");
-        return Ok(());
+        return Ok(None);
     }
-    let summary = match ctx.call_unlocked(&|| Request::Set {
-        name: args.name.clone(),
+    let answer = ctx.call_unlocked(&|| Request::Set {
+        name: base.name.clone(),
         fields: fields
             .iter()
             .map(|(k, v)| (k.clone(), v.duplicate()))
@@ -76,9 +106,13 @@ pub fn edit(ctx: &mut Ctx, args: &EditArgs) -> CliResult<()> {
         description: None,
         tags: None,
         expires_at: None,
-    })? {
-        Response::Changed(summary) => summary,
-        _ => return Err(unexpected("set")),
+    });
+    let summary = match answer {
+        Ok(Response::Changed(summary)) => summary,
+        Ok(_) => return Err(unexpected("set")),
+        // Refused as it stands (a field the daemon will not take).
+        Err(e) if e.code == ErrorCode::Usage => return Ok(Some(e.message)),
+        Err(e) => return Err(e),
     };
     ctx.out.info(&format!(
         "saved {} as revision {} ({} changed, {} removed)",
@@ -90,7 +124,39 @@ pub fn edit(ctx: &mut Ctx, args: &EditArgs) -> CliResult<()> {
     if ctx.out.json {
         ctx.out.json(&summary)?;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// SIGINT and SIGQUIT caught (and dropped) while alive: the editor, which
+/// gets the default handling back when it starts, decides what they mean.
+struct Calm(Vec<signal_hook::SigId>);
+
+impl Calm {
+    fn install() -> CliResult<Self> {
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT]
+            .into_iter()
+            .map(|sig| signal_hook::flag::register(sig, std::sync::Arc::clone(&seen)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Calm)
+            .map_err(|e| failed(format!("cannot set up signal handling: {e}")))
+    }
+}
+
+impl Drop for Calm {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// Why an edited file cannot be saved, and on which of its lines (never
+/// a value).
+#[derive(Debug)]
+struct Problem {
+    line: Option<usize>,
+    why: String,
 }
 
 const HELP: &str = "\
@@ -111,7 +177,9 @@ fn editor() -> String {
 fn run_editor(editor: &str, file: &Path) -> CliResult<()> {
     let status = Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("{editor} \"$1\""))
+        // exec: the editor is our child, with no shell between to die of
+        // a Ctrl-C the editor takes as a key.
+        .arg(format!("exec {editor} \"$1\""))
         .arg("vault-edit")
         .arg(file)
         .status()
@@ -147,34 +215,42 @@ fn render(fields: &BTreeMap<String, SecretValue>) -> CliResult<Zeroizing<String>
 
 /// The edited fields; every value must be a string. The error never
 /// quotes a value (TOML's own messages show the line; ours do not).
-fn parse(text: &str) -> Result<BTreeMap<String, SecretValue>, String> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let at = e
+fn parse(text: &str) -> Result<BTreeMap<String, SecretValue>, Problem> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Problem {
+        line: e
             .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .map_or(String::new(), |line| format!(" at line {line}"));
-        format!("this is not valid TOML{at}: {}", e.message())
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        why: format!("this is not valid TOML: {}", e.message()),
     })?;
     table
         .into_iter()
         .map(|(k, v)| match v {
             toml::Value::String(s) => Ok((k, SecretValue::new(s))),
-            _ => Err(format!(
-                "'{k}' must be a string: put its value in quotes, \"like this\""
-            )),
+            _ => Err(Problem {
+                line: None,
+                why: format!("'{k}' must be a string: put its value in quotes, \"like this\""),
+            }),
         })
         .collect()
 }
 
-/// An earlier round's error lines, so they do not pile up.
-fn strip_error(text: &str) -> String {
-    text.lines()
-        .skip_while(|l| l.starts_with("# ERROR: ") || l.starts_with("# Fix it and save"))
-        .fold(String::new(), |mut out, l| {
-            out.push_str(l);
-            out.push('\n');
-            out
-        })
+/// The text without an earlier round's error lines (from `# ERROR` through
+/// `# Fix it and save…`), so they do not pile up.
+fn strip_error(text: &str) -> Zeroizing<String> {
+    let mut lines = text.lines().peekable();
+    if lines.peek().is_some_and(|l| l.starts_with("# ERROR")) {
+        for l in lines.by_ref() {
+            if l.starts_with("# Fix it and save") {
+                break;
+            }
+        }
+    }
+    let mut out = Zeroizing::new(String::with_capacity(text.len()));
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 /// What to send: the fields that are new or changed, and those removed.
@@ -286,11 +362,13 @@ mod tests {
     #[test]
     fn bad_files_say_where_and_never_quote_a_value() {
         let err = parse("token = \"s3cret\"\nurl = unquoted-s3cret\n").unwrap_err();
-        assert!(err.contains("line 2"), "{err}");
-        assert!(!err.contains("s3cret"), "{err}");
+        assert_eq!(err.line, Some(2));
+        assert!(!err.why.contains("s3cret"), "{}", err.why);
         let err = parse("token = 5\n").unwrap_err();
-        assert!(err.contains("'token' must be a string"), "{err}");
-        let again = strip_error("# ERROR: x\n# Fix it and save, or empty\ntoken = \"a\"\n");
-        assert_eq!(again, "token = \"a\"\n");
+        assert!(err.why.contains("'token' must be a string"), "{}", err.why);
+        let again = strip_error(
+            "# ERROR at line 4: x\n# more of x\n# Fix it and save, or empty\n# vault edit\ntoken = \"a\"\n",
+        );
+        assert_eq!(again.as_str(), "# vault edit\ntoken = \"a\"\n");
     }
 }
