@@ -602,7 +602,7 @@ login it belongs to:
   vault set github otp=-        (paste the URI or secret, then Ctrl-D)
   vault otp github              (prints the code; on a terminal, how long it holds)
 
-The daemon computes the code; the seed never leaves it.";
+The daemon computes the code: 'vault otp' never receives the seed.";
 
 /// `vault list`.
 #[derive(Debug, Args)]

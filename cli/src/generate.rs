@@ -65,7 +65,13 @@ fn password_from(
             LENGTHS.end()
         ));
     }
-    let pool: Vec<u8> = classes.iter().flat_map(|c| c.iter().copied()).collect();
+    // Each character once, however the classes overlap (letters,upper).
+    let pool: Vec<u8> = classes
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect::<std::collections::BTreeSet<u8>>()
+        .into_iter()
+        .collect();
     // Bytes at or above this would make some characters likelier.
     let limit = 256 - 256 % pool.len();
     let mut bytes = Zeroizing::new(vec![0u8; 64]);
@@ -112,6 +118,15 @@ mod tests {
             assert!(p.bytes().any(|b| DIGITS.contains(&b)));
             assert!(p.bytes().any(|b| LETTERS.contains(&b)));
         }
+        // Overlapping classes do not weigh their shared characters twice.
+        let upper = classes("letters,upper").unwrap();
+        let mut counts = [0usize; 2];
+        for _ in 0..50 {
+            for b in password(1000, &upper).unwrap().bytes() {
+                counts[usize::from(b.is_ascii_uppercase())] += 1;
+            }
+        }
+        assert!((23_500..=26_500).contains(&counts[1]), "{counts:?}");
         let digits = password(40, &[DIGITS]).unwrap();
         assert!(digits.bytes().all(|b| b.is_ascii_digit()));
         assert!(password(7, &all).unwrap_err().contains("8 to 1024"));

@@ -1007,9 +1007,11 @@ impl Engine {
             .filter(|_| body.kind != CredentialType::Generic)
         else {
             let hint = if body.kind == CredentialType::Generic {
-                "a generic record's keys are all variables for exec, so none is a seed: keep                  the seed on the password or token record it belongs to"
+                "a generic record's keys are all variables for exec, so none is a seed: keep \
+                 the seed on the password or token record it belongs to"
             } else {
-                "add one with 'vault set NAME otp=-' (the otpauth://totp/… URI or the base32                  secret the site shows)"
+                "add one with 'vault set NAME otp=-' (the otpauth://totp/… URI or the base32 \
+                 secret the site shows)"
             };
             return Err(err(
                 ErrorCode::NotFound,

@@ -1,7 +1,7 @@
 //! One-time codes (RFC 6238, time-based) from a record's `otp` field: the
 //! `otpauth://totp/…` URI a site shows as a QR code, or the bare base32
-//! secret it shows beside it. The daemon computes the code, so the seed
-//! never leaves it (`vault otp`, docs/user-guide.md).
+//! secret it shows beside it. The daemon computes the code, so `vault otp`
+//! never receives the seed (docs/user-guide.md).
 //!
 //! Messages never quote the value: it is the seed.
 
@@ -56,6 +56,12 @@ impl Otp {
     /// Seconds each code holds.
     pub fn period(&self) -> u64 {
         self.0.step
+    }
+
+    /// Whether the codes are 6 digits of HMAC-SHA1 every 30 s, the only
+    /// kind AWS MFA devices use.
+    pub fn is_standard(&self) -> bool {
+        matches!(self.0.algorithm, Algorithm::SHA1) && self.0.digits == 6 && self.0.step == 30
     }
 }
 
@@ -183,6 +189,9 @@ mod tests {
         assert_eq!(plain.code(60).1, 30);
         let padded = Otp::parse("JBSWY3DPEHPK3PXPJBSWY3DP====").unwrap();
         assert_eq!(padded.period(), 30);
+        assert!(padded.is_standard());
+        let long = Otp::parse("otpauth://totp/x?secret=JBSWY3DPEHPK3PXP&period=60").unwrap();
+        assert!(!long.is_standard());
     }
 
     #[test]

@@ -236,13 +236,14 @@ pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
             (endpoint.to_owned(), json!({ "data_credential": inner }))
         }
         _ => {
-            // Token and password records publish their fields as keys; a
-            // refresh command is local machinery and a one-time-code seed
-            // stays in the vault: neither is published.
+            // Generic, token and password records publish their fields as
+            // keys; a refresh command is local machinery, and a typed
+            // record's one-time-code seed stays in the vault (a generic
+            // record's `otp` is an ordinary key): neither is published.
             let mut map = BTreeMap::new();
             for (k, v) in &body.fields {
                 if k == vault_protocol::credential::REFRESH_COMMAND
-                    || k == vault_protocol::otp::FIELD
+                    || (k == vault_protocol::otp::FIELD && body.kind != CredentialType::Generic)
                     || (body.kind == CredentialType::Token && k == "env")
                 {
                     continue;
@@ -1049,6 +1050,23 @@ mod tests {
         assert_eq!(
             json_of(&tok),
             json!({"generic_credential": {"credential": {"token": "t"}}})
+        );
+        // A typed record's seed stays home; a generic record's `otp` is its
+        // own key.
+        let with_seed = envelope(&body(
+            CredentialType::Password,
+            &[
+                ("username", "u"),
+                ("password", "p"),
+                ("otp", "JBSWY3DPEHPK3PXP"),
+            ],
+        ))
+        .unwrap();
+        assert!(!json_of(&with_seed).to_string().contains("JBSW"));
+        let generic = envelope(&body(CredentialType::Generic, &[("otp", "x")])).unwrap();
+        assert_eq!(
+            json_of(&generic),
+            json!({"generic_credential": {"credential": {"otp": "x"}}})
         );
     }
 

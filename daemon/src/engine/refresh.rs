@@ -75,8 +75,8 @@ pub struct StsPlan {
 pub enum Mfa {
     /// `mfa_command`: a command that prints it.
     Command(String),
-    /// `mfa_otp`: the seed in another record's `otp` field.
-    Otp(vault_protocol::otp::Otp),
+    /// `mfa_otp`: the seed in the named record's `otp` field.
+    Otp(String, vault_protocol::otp::Otp),
 }
 
 impl std::fmt::Debug for StsPlan {
@@ -331,9 +331,15 @@ impl Engine {
                      device's seed with vault set {name} otp=-"
                 )
             })?;
-        vault_protocol::otp::Otp::parse(seed.expose_secret())
-            .map(Mfa::Otp)
-            .map_err(|e| format!("its mfa_otp '{name}': {e}"))
+        let otp = vault_protocol::otp::Otp::parse(seed.expose_secret())
+            .map_err(|e| format!("its mfa_otp '{name}': {e}"))?;
+        if !otp.is_standard() {
+            return Err(format!(
+                "its mfa_otp '{name}' holds a seed for codes AWS does not take: an MFA device's \
+                 codes are 6 digits of SHA1 every 30 s"
+            ));
+        }
+        Ok(Mfa::Otp(name, otp))
     }
 
     /// Names of records bound to an emitted file that are due: refreshed in

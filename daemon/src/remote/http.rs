@@ -20,7 +20,7 @@ pub const POOL_IDLE: Duration = Duration::from_secs(4);
 const REDIRECTS: usize = 5;
 /// A JWT is renewed this share of its life before it runs out...
 const RENEW_SHARE: u32 = 5;
-/// ...or this long before, whichever is sooner.
+/// ...or this long before, whichever is later (the smaller margin).
 const RENEW_MARGIN: Duration = Duration::from_secs(60);
 
 /// The daemon's HTTP client: [`TIMEOUT`], redirects only within the origin
@@ -38,10 +38,10 @@ impl Default for Http {
             .pool_idle_timeout(POOL_IDLE)
             .redirect(reqwest::redirect::Policy::custom(same_origin))
             .build()
-            // Fails only when the TLS backend cannot start, which the
-            // tests would show at once; a client without the limits still
-            // works.
-            .unwrap_or_default();
+            // Fails only when the TLS backend cannot start (rustls with
+            // its own roots: no system state), which every test would show.
+            // Never a fallback client: it would follow redirects anywhere.
+            .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"));
         Self { client }
     }
 }

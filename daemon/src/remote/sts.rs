@@ -84,16 +84,33 @@ fn body(plan: &Plan, code: Option<&str>) -> String {
     }
 }
 
-/// The current code of an `mfa_otp` seed, with time to reach STS: in the
-/// last [`OTP_MARGIN`] of its step, the next step's code is awaited.
-async fn otp_code(otp: &vault_protocol::otp::Otp) -> String {
-    let now = || Timestamp::now().unix().max(0) as u64;
-    let (code, left) = otp.code(now());
-    if left > OTP_MARGIN.as_secs() {
-        return code;
+/// The time step whose code each `mfa_otp` record last sent: AWS refuses
+/// a code it has seen, so two sessions minted from one device within a
+/// step wait for the next code.
+static SENT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The current code of `record`'s seed, with time to reach STS (in the
+/// last [`OTP_MARGIN`] of its step the next code is awaited), and never
+/// one this daemon has sent before.
+async fn otp_code(record: &str, otp: &vault_protocol::otp::Otp) -> String {
+    loop {
+        let now = Timestamp::now().unix().max(0) as u64;
+        let step = now / otp.period();
+        let (code, left) = otp.code(now);
+        let fresh = {
+            let mut sent = SENT.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = left > OTP_MARGIN.as_secs() && sent.get(record).is_none_or(|s| *s < step);
+            if fresh {
+                sent.insert(record.to_owned(), step);
+            }
+            fresh
+        };
+        if fresh {
+            return code;
+        }
+        tokio::time::sleep(Duration::from_secs(left)).await;
     }
-    tokio::time::sleep(Duration::from_secs(left)).await;
-    otp.code(now()).0
 }
 
 /// Runs the plan's `mfa_command` and reads the code it prints: six digits.
@@ -136,7 +153,9 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
                 .map_err(|_| "the mfa_command task failed".to_owned())??;
             Some(zeroize::Zeroizing::new(code))
         }
-        Some((_, Mfa::Otp(otp))) => Some(zeroize::Zeroizing::new(otp_code(otp).await)),
+        Some((_, Mfa::Otp(record, otp))) => {
+            Some(zeroize::Zeroizing::new(otp_code(record, otp).await))
+        }
         None => None,
     };
     let form = body(plan, code.as_deref().map(String::as_str));
