@@ -4,6 +4,8 @@
 //! - whole-process time of `vault get NAME --field F` against `pass show NAME`
 //!   and `age -d -i key.txt file.age` on the same machine (median and p90 of
 //!   N runs, each as a ratio to `vault get`);
+//! - `vault otp NAME` against `oathtool --totp -b SEED` (issue 26), the tool
+//!   users would otherwise run with the seed in argv;
 //! - in-daemon figures at 1k / 10k / 100k records, populated with
 //!   `Request::AddMany` over the socket: get p50/p99 (one round trip), list,
 //!   unlock (Lock then Unlock, scrypt included; then again without the
@@ -44,6 +46,8 @@ mod sync;
 const PASSPHRASE: &str = "vault-bench-passphrase";
 /// The value every tool decrypts.
 const VALUE: &str = "bench-value-0123456789abcdef0123456789abcdef";
+/// A one-time-code seed for the `vault otp` rows (160 bits, base32).
+const OTP_SEED: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 /// Records per `AddMany`.
 const BATCH: usize = 1000;
 /// Round trips per in-daemon get measurement.
@@ -248,6 +252,52 @@ fn bench_all(
         "≤ vault get + 3 ms",
         Some(over_get <= Duration::from_millis(3)),
     ));
+
+    // One-time codes: `vault otp` against `oathtool`, which users would
+    // otherwise run with the seed in argv.
+    let seed_file = tmp.join("otp-seed");
+    write_private(&seed_file, OTP_SEED)?;
+    vault.cli_ok(
+        &[
+            "set",
+            "bench-token",
+            &format!("otp=@{}", seed_file.display()),
+        ],
+        None,
+    )?;
+    let otp = time_runs(opts.runs, || {
+        let mut c = vault.command(&vault.bins.vault);
+        c.args(["otp", "bench-token"]);
+        c
+    })?;
+    rows.push(Row::process(
+        "`vault otp NAME`",
+        1,
+        &otp,
+        &vault_get,
+        "",
+        None,
+    ));
+    match which("oathtool") {
+        Some(tool) => {
+            let theirs = time_runs(opts.runs, || {
+                let mut c = Command::new(&tool);
+                c.args(["--totp", "-b", OTP_SEED]);
+                c
+            })?;
+            rows.push(Row::process(
+                "`oathtool --totp -b SEED`",
+                1,
+                &theirs,
+                &vault_get,
+                "",
+                None,
+            ));
+        }
+        None => {
+            notes.push("`oathtool` skipped: not installed (apt-get install oathtool)".to_owned())
+        }
+    }
 
     // In-daemon figures, growing one vault.
     let mut populated = 1usize; // bench-token
