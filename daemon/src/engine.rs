@@ -1001,11 +1001,7 @@ impl Engine {
     pub fn otp(&self, name: &str, now: Timestamp) -> Result<vault_protocol::Response> {
         let (_, body) = self.load(name)?;
         let field = vault_protocol::otp::FIELD;
-        let Some(seed) = body
-            .fields
-            .get(field)
-            .filter(|_| body.kind != CredentialType::Generic)
-        else {
+        let Some(seed) = vault_protocol::otp::seed_of(body.kind, &body.fields) else {
             let hint = if body.kind == CredentialType::Generic {
                 "a generic record's keys are all variables for exec, so none is a seed: keep \
                  the seed on the password or token record it belongs to"

@@ -5,10 +5,26 @@
 //!
 //! Messages never quote the value: it is the seed.
 
+use std::collections::BTreeMap;
+
 use totp_rs::{Algorithm, TOTP};
+
+use crate::CredentialType;
 
 /// The field that holds the seed, on any typed record.
 pub const FIELD: &str = "otp";
+
+/// Whether `key` of a `kind` record is its one-time-code seed: the `otp`
+/// field of any typed record. A generic record's keys are all variables
+/// for `exec` and keys on the platform, so its `otp` is an ordinary key.
+pub fn is_seed(kind: CredentialType, key: &str) -> bool {
+    key == FIELD && kind != CredentialType::Generic
+}
+
+/// The seed of a `kind` record with these fields ([`is_seed`]).
+pub fn seed_of<V>(kind: CredentialType, fields: &BTreeMap<String, V>) -> Option<&V> {
+    fields.get(FIELD).filter(|_| is_seed(kind, FIELD))
+}
 
 /// Fewest seed bytes taken: 80 bits, the shortest any service issues
 /// (RFC 4226 asks for 128); shorter is a typo.
@@ -192,6 +208,16 @@ mod tests {
         assert!(padded.is_standard());
         let long = Otp::parse("otpauth://totp/x?secret=JBSWY3DPEHPK3PXP&period=60").unwrap();
         assert!(!long.is_standard());
+    }
+
+    #[test]
+    fn only_a_typed_records_otp_field_is_a_seed() {
+        let fields: BTreeMap<String, u8> = [("otp".to_owned(), 1)].into();
+        assert_eq!(seed_of(CredentialType::Password, &fields), Some(&1));
+        assert_eq!(seed_of(CredentialType::Generic, &fields), None);
+        assert!(is_seed(CredentialType::Token, "otp"));
+        assert!(!is_seed(CredentialType::Token, "token"));
+        assert!(!is_seed(CredentialType::Generic, "otp"));
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
             let mut map = BTreeMap::new();
             for (k, v) in &body.fields {
                 if k == vault_protocol::credential::REFRESH_COMMAND
-                    || (k == vault_protocol::otp::FIELD && body.kind != CredentialType::Generic)
+                    || vault_protocol::otp::is_seed(body.kind, k)
                     || (body.kind == CredentialType::Token && k == "env")
                 {
                     continue;

@@ -318,13 +318,10 @@ impl Engine {
         let Some(name) = field("mfa_otp") else {
             return Err("it has mfa_serial but neither mfa_otp nor mfa_command".into());
         };
-        let record = self
-            .load(&name)
-            .ok()
-            .filter(|(_, r)| r.kind != CredentialType::Generic);
+        let record = self.load(&name).ok();
         let seed = record
             .as_ref()
-            .and_then(|(_, r)| r.fields.get(vault_protocol::otp::FIELD))
+            .and_then(|(_, r)| vault_protocol::otp::seed_of(r.kind, &r.fields))
             .ok_or_else(|| {
                 format!(
                     "its mfa_otp '{name}' does not exist or has no otp field: add the MFA \
