@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 /// default classes are about 150 bits.
 pub const DEFAULT_LENGTH: usize = 24;
 /// The range `--length` takes.
-pub const LENGTHS: std::ops::RangeInclusive<usize> = 8..=1024;
+const LENGTHS: std::ops::RangeInclusive<usize> = 8..=1024;
 /// The classes when `--charset` is not given.
 pub const DEFAULT_CHARSET: &str = "letters,digits,symbols";
 
@@ -46,6 +46,18 @@ pub fn classes(charset: &str) -> Result<Vec<&'static [u8]>, String> {
     Ok(out)
 }
 
+/// Whether `--length` is in range, checked before anything is asked.
+pub fn check_length(length: usize) -> Result<(), String> {
+    if LENGTHS.contains(&length) {
+        return Ok(());
+    }
+    Err(format!(
+        "--length {length} is out of range: use {} to {}",
+        LENGTHS.start(),
+        LENGTHS.end()
+    ))
+}
+
 /// A password of `length` characters from `classes`.
 pub fn password(length: usize, classes: &[&[u8]]) -> Result<Zeroizing<String>, String> {
     password_from(length, classes, &mut |buf| {
@@ -58,13 +70,7 @@ fn password_from(
     classes: &[&[u8]],
     fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
 ) -> Result<Zeroizing<String>, String> {
-    if !LENGTHS.contains(&length) {
-        return Err(format!(
-            "--length {length} is out of range: use {} to {}",
-            LENGTHS.start(),
-            LENGTHS.end()
-        ));
-    }
+    check_length(length)?;
     // Each character once, however the classes overlap (letters,upper).
     let pool: Vec<u8> = classes
         .iter()

@@ -71,6 +71,24 @@ pub const REFRESH_COMMAND: &str = "refresh_command";
 /// GetSessionToken). Like a refresh command, it makes the keys optional.
 pub const SOURCE: &str = "source";
 
+/// The required fields of `ty` not `present`, in the type's order; none
+/// when the record is `refreshed` ([`refreshes_itself`]: the first refresh
+/// fills them).
+pub fn missing_required(
+    ty: CredentialType,
+    refreshed: bool,
+    present: impl Fn(&str) -> bool,
+) -> Vec<&'static str> {
+    if refreshed {
+        return Vec::new();
+    }
+    ty.fields()
+        .iter()
+        .filter(|s| s.required && !present(s.name))
+        .map(|s| s.name)
+        .collect()
+}
+
 /// Whether a record with these field names gets its values from a refresh
 /// (a `refresh_command`, or an STS session minted from a `source`): its
 /// required fields may then be missing until the first refresh.
@@ -519,7 +537,6 @@ fn check_known_fields(
             known.join(", ")
         ));
     }
-    let refreshed = refreshes_itself(|f| fields.contains_key(f));
     if let Some(cmd) = fields.get(REFRESH_COMMAND)
         && cmd.expose_secret().trim().is_empty()
     {
@@ -527,12 +544,9 @@ fn check_known_fields(
             "{REFRESH_COMMAND} is empty: give the command that prints credential_process JSON"
         ));
     }
-    let missing: Vec<_> = specs
-        .iter()
-        .filter(|_| !refreshed)
-        .filter(|s| s.required && fields.get(s.name).is_none_or(|v| v.is_empty()))
-        .map(|s| s.name)
-        .collect();
+    let missing = missing_required(ty, refreshes_itself(|f| fields.contains_key(f)), |f| {
+        fields.get(f).is_some_and(|v| !v.is_empty())
+    });
     if !missing.is_empty() {
         return Err(format!(
             "missing required field{} for type {ty}: {}",

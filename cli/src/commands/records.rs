@@ -9,8 +9,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use serde_json::json;
 use vault_protocol::credential::{
-    CredentialType, MAX_DESCRIPTION, is_generic_key, refreshes_itself, validate_fields,
-    validate_tag,
+    CredentialType, MAX_DESCRIPTION, is_generic_key, missing_required, refreshes_itself,
+    validate_fields, validate_tag,
 };
 use vault_protocol::message::{ListFilter, NewRecord, RecordState, RecordSummary, RecordView};
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -113,13 +113,7 @@ fn generate_plan(args: &AddArgs, fields: &[FieldArg]) -> CliResult<Option<Genera
     let classes = generate::classes(args.charset.as_deref().unwrap_or(generate::DEFAULT_CHARSET))
         .map_err(usage)?;
     let length = args.length.unwrap_or(generate::DEFAULT_LENGTH);
-    if !generate::LENGTHS.contains(&length) {
-        return Err(usage(format!(
-            "--length {length} is out of range: use {} to {}",
-            generate::LENGTHS.start(),
-            generate::LENGTHS.end()
-        )));
-    }
+    generate::check_length(length).map_err(usage)?;
     Ok(Some(Generate {
         field,
         length,
@@ -653,12 +647,7 @@ fn check_field_names(
                 .any(|f| f.name == name && !matches!(&f.source, Source::Literal(v) if v.is_empty()))
     };
     // A record with a refresh command gets its values from the first refresh.
-    let refreshed = refreshes_itself(present);
-    let missing: Vec<_> = specs
-        .iter()
-        .filter(|s| s.required && !refreshed && !present(s.name))
-        .map(|s| s.name)
-        .collect();
+    let missing = missing_required(kind, refreshes_itself(present), present);
     if !missing.is_empty() {
         return Err(usage(format!(
             "missing required field{} for type {kind}: {}",
@@ -715,16 +704,11 @@ fn read_values(
 /// On a terminal, the required fields not given are asked for, in the
 /// type's order (`vault add github --type token` asks for the token).
 fn ask_for_missing(kind: CredentialType, fields: &mut Vec<FieldArg>, generated: Option<&str>) {
-    let present = |name: &str| generated == Some(name) || fields.iter().any(|f| f.name == name);
-    if kind == CredentialType::Generic || refreshes_itself(present) {
+    if kind == CredentialType::Generic {
         return;
     }
-    let missing: Vec<&str> = kind
-        .fields()
-        .iter()
-        .filter(|s| s.required && !present(s.name))
-        .map(|s| s.name)
-        .collect();
+    let present = |name: &str| generated == Some(name) || fields.iter().any(|f| f.name == name);
+    let missing = missing_required(kind, refreshes_itself(present), present);
     fields.extend(missing.into_iter().map(|name| FieldArg {
         name: name.to_owned(),
         source: Source::Prompt,
