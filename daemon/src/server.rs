@@ -466,8 +466,9 @@ impl Daemon {
                 path,
                 force,
                 process,
+                config,
             } => engine
-                .emit_aws(&name, &profile, &path, force, process, now)
+                .emit_aws(&name, &profile, &path, force, process, config, now)
                 .map(Response::Emitted),
             Request::EmitFile {
                 name,

@@ -150,6 +150,21 @@ CREATE TABLE approvals (
     PRIMARY KEY (record_id, field, digest)
 );
 "#,
+    // The region of an emitted AWS profile (issue 26, docs/emit.md): a keys
+    // binding also keeps `region` in `[profile P]` of the config file at
+    // `config_path`; `config_region` says it owns that key there (else the
+    // user's own line is left alone), `config_made` that it made the
+    // section (which then goes once empty). `rendering` is the version of
+    // what a binding writes (1: before the region line, 2: with it): rows
+    // from before are 1, so an older binding is never called drifted for a
+    // line it never wrote, and the daemon moves it to 2 where its file
+    // still holds exactly what version 1 wrote.
+    r#"
+ALTER TABLE emitters ADD COLUMN config_path TEXT;
+ALTER TABLE emitters ADD COLUMN config_region INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE emitters ADD COLUMN config_made INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE emitters ADD COLUMN rendering INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The one definition of an open conflict (docs/sync.md), as SQL over a
@@ -344,6 +359,15 @@ pub struct EmitterRow {
     pub program: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// For `aws` (keys): the config file whose `[profile P]` gets the
+    /// credential's `region` (`None`: a binding made before that).
+    pub config_path: Option<String>,
+    /// The binding owns the `region` key in that section.
+    pub config_region: bool,
+    /// The binding made that section (it goes once nothing else is in it).
+    pub config_made: bool,
+    /// The version of what it writes (1: before `region`, 2: with it).
+    pub rendering: i64,
 }
 
 /// The vault database.
@@ -887,10 +911,13 @@ impl Store {
     /// section is replaced.
     pub fn put_emitter(&mut self, e: &EmitterRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO emitters (id, record_id, kind, path, section, program, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+            "INSERT INTO emitters (id, record_id, kind, path, section, program, created_at, \
+             config_path, config_region, config_made, rendering) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (path, section) DO UPDATE SET record_id = excluded.record_id, \
-             kind = excluded.kind, program = excluded.program",
+             kind = excluded.kind, program = excluded.program, \
+             config_path = excluded.config_path, config_region = excluded.config_region, \
+             config_made = excluded.config_made, rendering = excluded.rendering",
             params![
                 e.id,
                 e.record_id,
@@ -898,8 +925,21 @@ impl Store {
                 e.path,
                 e.section,
                 e.program,
-                e.created_at
+                e.created_at,
+                e.config_path,
+                e.config_region,
+                e.config_made,
+                e.rendering
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a file binding to another version of what it writes.
+    pub fn set_emitter_rendering(&mut self, id: &str, rendering: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emitters SET rendering = ?2 WHERE id = ?1",
+            params![id, rendering],
         )?;
         Ok(())
     }
@@ -907,8 +947,8 @@ impl Store {
     /// Every file binding, oldest first.
     pub fn emitters(&self) -> Result<Vec<EmitterRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, record_id, kind, path, section, program, created_at FROM emitters \
-             ORDER BY created_at, id",
+            "SELECT id, record_id, kind, path, section, program, created_at, config_path, \
+             config_region, config_made, rendering FROM emitters ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], |r| {
             let kind: String = r.get(2)?;
@@ -931,6 +971,10 @@ impl Store {
                 section: r.get(4)?,
                 program: r.get(5)?,
                 created_at: r.get(6)?,
+                config_path: r.get(7)?,
+                config_region: r.get(8)?,
+                config_made: r.get(9)?,
+                rendering: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -1309,6 +1353,10 @@ mod tests {
                 section: "s".into(),
                 program: None,
                 created_at: i as i64,
+                config_path: None,
+                config_region: false,
+                config_made: false,
+                rendering: 2,
             })
             .unwrap();
         }

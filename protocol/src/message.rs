@@ -229,6 +229,11 @@ pub enum Request {
         /// keys; this is the absolute path of `vault`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         process: Option<String>,
+        /// With keys: the absolute path of the config file whose
+        /// `[profile P]` gets the credential's `region` (`None`: no region
+        /// is written, as before this field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<String>,
     },
     /// Keep a whole file (a gcloud/ADC JSON key, a `file` credential's
     /// content) in sync with a credential (`vault emit gcloud|file`).

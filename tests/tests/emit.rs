@@ -531,3 +531,325 @@ fn drift_is_seen_by_the_watch_and_shown_in_status() {
         e.as_array().unwrap().len() == 1 && e[0]["state"] == "missing"
     });
 }
+
+/// The user's `~/.aws/config`: their own `[profile dev]` (with a comment,
+/// odd spacing and a nested block) and `[default]` with their region.
+const USER_CONFIG: &str = "# my config, keep this comment\n[profile dev]\n; set by hand\noutput=json   \ns3 =\n    addressing_style = path\ncli_pager =\n\n[default]\nregion = us-east-1\n";
+
+fn emitted(vh: &VaultHome) -> serde_json::Value {
+    vh.vault(["--json", "emit", "list"]).ok().json()
+}
+
+/// The state of the binding of credential `name`.
+fn state_of(vh: &VaultHome, name: &str) -> String {
+    let list = emitted(vh);
+    let found = list.as_array().unwrap().iter().find(|e| e["name"] == name);
+    found
+        .and_then(|e| e["state"].as_str())
+        .unwrap_or_else(|| panic!("no binding of {name}: {list}"))
+        .to_owned()
+}
+
+/// Issue 26: `vault emit aws` (keys) writes the credential's `region` into
+/// the user's own `[profile P]` of `~/.aws/config`, owning that one key:
+/// the user's lines stay byte for byte, a region change reaches the file,
+/// a hand edit of our line is drift (of the user's keys, not), and the
+/// binding's removal takes out only our line.
+#[test]
+fn the_region_goes_into_the_users_config_profile_and_leaves_with_the_binding() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    fs::write(&config, USER_CONFIG).unwrap();
+    vh.add_aws(
+        "dev",
+        "AKIAVAULT",
+        &secret("region-1"),
+        &["region=eu-west-1"],
+    );
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"])
+        .ok()
+        .never_prints(MARK);
+    let ours = USER_CONFIG.replace("cli_pager =\n", "cli_pager =\nregion = eu-west-1\n");
+    assert_eq!(fs::read_to_string(&config).unwrap(), ours);
+    assert!(
+        fs::read_to_string(aws.join("credentials"))
+            .unwrap()
+            .contains("[dev]\naws_access_key_id = AKIAVAULT\n")
+    );
+    let list = emitted(&vh);
+    assert_eq!(list[0]["state"], "ok", "{list}");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+
+    // The user's own keys in that section are theirs: no drift.
+    let user_edit = ours.replace("output=json   ", "output = text");
+    fs::write(&config, &user_edit).unwrap();
+    assert_eq!(emitted(&vh)[0]["state"], "ok");
+
+    // A new region in the vault reaches the file, where our line stands.
+    vh.vault(["set", "dev", "region=ap-south-1"]).ok();
+    let moved = user_edit.replace("eu-west-1", "ap-south-1");
+    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
+
+    // Our line edited by hand: drift, and repair puts back only it.
+    fs::write(&config, moved.replace("ap-south-1", "us-west-2")).unwrap();
+    assert_eq!(emitted(&vh)[0]["state"], "drifted");
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
+
+    // A region that is not one (as a synced record could carry) is never
+    // written; the list says why; the keys still follow the vault.
+    vh.vault(["set", "dev", "region=eu-west-1\n[evil]"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
+    let state = emitted(&vh)[0]["state"].as_str().unwrap().to_owned();
+    assert!(
+        state.starts_with("error: ") && state.contains("not an AWS region name"),
+        "{state}"
+    );
+    vh.vault(["set", "dev", "region=ap-south-1"]).ok();
+
+    // No region in the credential: no region line.
+    vh.vault(["set", "dev", "--unset", "region"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        user_edit.replace("region = eu-west-1\n", "")
+    );
+    vh.vault(["set", "dev", "region=ap-south-1"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
+
+    // The profile bound to another credential: the line stays the vault's.
+    vh.add_aws(
+        "dev2",
+        "AKIAVAULT2",
+        &secret("region-2"),
+        &["region=eu-north-1"],
+    );
+    vh.vault(["emit", "aws", "dev2", "--profile", "dev"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        moved.replace("ap-south-1", "eu-north-1")
+    );
+
+    // Removing the binding removes our line and nothing else.
+    vh.vault(["emit", "rm", &id]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        user_edit.replace("region = eu-west-1\n", "")
+    );
+}
+
+/// A section the vault made for the region goes with the credential; a
+/// user's own different `region` is not overwritten without `--force`
+/// (which keeps a backup), and a user's equal one stays theirs.
+#[test]
+fn a_made_section_goes_and_a_users_region_is_not_taken() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    fs::write(&config, USER_CONFIG).unwrap();
+
+    // No [profile fresh] yet: made, then removed with the credential.
+    vh.add_aws(
+        "fresh",
+        "AKIAFRESH",
+        &secret("fresh"),
+        &["region=eu-north-1"],
+    );
+    vh.vault(["emit", "aws", "fresh", "--profile", "fresh"])
+        .ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{USER_CONFIG}\n[profile fresh]\nregion = eu-north-1\n")
+    );
+    vh.vault(["rm", "fresh", "--force"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{USER_CONFIG}\n"),
+        "the section we made goes; the user's text is whole"
+    );
+    fs::write(&config, USER_CONFIG).unwrap();
+
+    // [default] (never `[profile default]`) has the user's us-east-1.
+    vh.add_aws(
+        "other",
+        "AKIAOTHER",
+        &secret("other"),
+        &["region=eu-west-3"],
+    );
+    vh.vault(["emit", "aws", "other", "--profile", "default"])
+        .code(5)
+        .stderr_has("[default] already has region = us-east-1")
+        .stderr_has("--force");
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    assert!(
+        !fs::read_to_string(aws.join("credentials"))
+            .unwrap()
+            .contains("[default]"),
+        "a refused emit writes nothing at all"
+    );
+    vh.vault(["emit", "aws", "other", "--profile", "default", "--force"])
+        .ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        USER_CONFIG.replace("us-east-1", "eu-west-3")
+    );
+    let backups: Vec<_> = fs::read_dir(&aws)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.vault-backup-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1, "--force keeps a backup");
+    assert_eq!(fs::read_to_string(backups[0].path()).unwrap(), USER_CONFIG);
+    vh.vault(["rm", "other", "--force"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        USER_CONFIG.replace("region = us-east-1\n", ""),
+        "a forced key is ours: it goes with the binding, the section stays"
+    );
+
+    // The user's region already says ours: it stays theirs, and stays.
+    fs::write(&config, USER_CONFIG).unwrap();
+    vh.add_aws("same", "AKIASAME", &secret("same"), &["region=us-east-1"]);
+    vh.vault(["emit", "aws", "same", "--profile", "default"])
+        .ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    assert_eq!(state_of(&vh, "same"), "ok");
+    // The credential moves to another region: reported, the user's line
+    // untouched.
+    vh.vault(["set", "same", "region=eu-west-1"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    let state = state_of(&vh, "same");
+    assert!(
+        state.contains("has the user's region = us-east-1") && state.contains("--force"),
+        "{state}"
+    );
+    vh.vault(["rm", "same", "--force"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+
+    // A region that is not one is refused before anything is written.
+    vh.add_aws("bad", "AKIABAD", &secret("bad"), &["region=EU West"]);
+    vh.vault(["emit", "aws", "bad", "--profile", "bad"])
+        .code(2)
+        .stderr_has("not an AWS region name");
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    assert!(
+        !fs::read_to_string(aws.join("credentials"))
+            .unwrap_or_default()
+            .contains("[bad]")
+    );
+}
+
+/// `--process` owns its whole `[profile P]`: the region is a line of it.
+/// A binding made before the region existed is not drift: the daemon
+/// quietly moves it to the new rendering where the file still holds
+/// exactly the old one; one the user changed is compared with the old
+/// rendering until `vault emit repair`.
+#[test]
+fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
+    let vh = VaultHome::new();
+    vh.init();
+    vh.add_aws(
+        "cp",
+        "AKIAVAULT",
+        &secret("proc-region"),
+        &["region=eu-central-1"],
+    );
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    let user = "[profile mine]\noutput = json\n";
+    fs::write(&config, user).unwrap();
+    vh.vault(["emit", "aws", "cp", "--profile", "p1", "--process"])
+        .ok();
+    vh.vault(["emit", "aws", "cp", "--profile", "p2", "--process"])
+        .ok();
+    let vault_bin = vault_e2e::binaries().vault.display().to_string();
+    let v2 = |p: &str| {
+        format!(
+            "[profile {p}]\ncredential_process = {vault_bin} aws-process cp\nregion = eu-central-1\n"
+        )
+    };
+    let v1 = |p: &str| format!("[profile {p}]\ncredential_process = {vault_bin} aws-process cp\n");
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{user}\n{}\n{}", v2("p1"), v2("p2"))
+    );
+    let states = |vh: &VaultHome| -> Vec<String> {
+        let mut s: Vec<String> = emitted(vh)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["section"].as_str().unwrap(),
+                    e["state"].as_str().unwrap()
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(states(&vh), ["profile p1 ok", "profile p2 ok"]);
+
+    // Make it an older vault: the schema before the region (as the last
+    // release left it) and the file as that release wrote it; p2 was
+    // since edited by the user.
+    vh.vault(["daemon", "stop"]).ok();
+    {
+        let db = rusqlite::Connection::open(vh.paths().db()).unwrap();
+        db.execute_batch(
+            "ALTER TABLE emitters DROP COLUMN config_path;
+             ALTER TABLE emitters DROP COLUMN config_region;
+             ALTER TABLE emitters DROP COLUMN config_made;
+             ALTER TABLE emitters DROP COLUMN rendering;
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    }
+    let p2_edited = v1("p2") + "output = text\n";
+    let old = format!("{user}\n{}\n{p2_edited}", v1("p1"));
+    fs::write(&config, &old).unwrap();
+    vh.unlock();
+    assert!(
+        !states(&vh).iter().any(|s| s == "profile p1 drifted"),
+        "an upgraded binding is not drift"
+    );
+    // The daemon's ticker moves p1 (exactly the old rendering) on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let upgraded = format!("{user}\n{}\n{p2_edited}", v2("p1"));
+    while fs::read_to_string(&config).unwrap() != upgraded {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "p1 never got its region:\n{}",
+            fs::read_to_string(&config).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // p2 holds the user's edit: drift against what was written then (not
+    // the region line it never had), and left alone.
+    assert_eq!(states(&vh), ["profile p1 ok", "profile p2 drifted"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(fs::read_to_string(&config).unwrap(), upgraded);
+    // Repair writes the current rendering.
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{user}\n{}\n{}", v2("p1"), v2("p2"))
+    );
+    assert_eq!(states(&vh), ["profile p1 ok", "profile p2 ok"]);
+    // A new region reaches both.
+    vh.vault(["set", "cp", "region=sa-east-1"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{user}\n{}\n{}", v2("p1"), v2("p2")).replace("eu-central-1", "sa-east-1")
+    );
+}

@@ -1,7 +1,9 @@
 //! Issue 4's churn test: a credentials file with 50 user profiles, comments
 //! and a nested `s3 =` block; 1,000 rotate/expire/renew cycles of an emitted
 //! profile while a concurrent reader keeps parsing the file. The reader never
-//! sees a partial file, and every user line survives every write.
+//! sees a partial file, and every user line survives every write. The
+//! credential's region comes and goes in the user's `[profile churn]` of
+//! `~/.aws/config` with it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -72,6 +74,12 @@ fn churn_with_a_concurrent_reader() {
     let file = aws.join("credentials");
     let original = user_file();
     fs::write(&file, &original).unwrap();
+    // The profile's region goes into the user's own [profile churn] of
+    // ~/.aws/config, and out again at each expiry.
+    let user_config =
+        "# mine\n[profile churn]\noutput = json\n\n[profile other]\nregion = us-east-1\n";
+    let config = aws.join("config");
+    fs::write(&config, user_config).unwrap();
     vh.vault_in(
         [
             "add",
@@ -80,6 +88,7 @@ fn churn_with_a_concurrent_reader() {
             "aws",
             "access_key_id=AKIACHURN",
             "secret_access_key=-",
+            "region=eu-west-1",
         ],
         b"rot-0",
     )
@@ -142,6 +151,11 @@ fn churn_with_a_concurrent_reader() {
         text.ends_with(&format!(
             "[churn]\naws_access_key_id = AKIACHURN\naws_secret_access_key = rot-{CYCLES}\n"
         )) || !text.contains("[churn]")
+    );
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        user_config.replace("output = json\n", "output = json\nregion = eu-west-1\n"),
+        "only the region line of the config changed, and it is back"
     );
     eprintln!("churn: {CYCLES} cycles, {reads} concurrent reads, all whole");
 }

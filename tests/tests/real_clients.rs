@@ -341,3 +341,106 @@ print(json.dumps({{"email": creds.service_account_email, "project": project}}))
     assert_eq!(got["email"], "emit@emitted-proj.iam.gserviceaccount.com");
     assert_eq!(got["project"], "emitted-proj");
 }
+
+/// Whether `python` has the aws CLI (v1, `python -m awscli`; `bash
+/// .ci/run` installs it in its venv and sets `VAULT_TEST_REQUIRE_AWSCLI`).
+fn has_aws_cli(python: &Path, test: &str) -> bool {
+    let ok = Command::new(python)
+        .args(["-c", "import awscli"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("VAULT_TEST_REQUIRE_AWSCLI").is_none(),
+            "{test}: {} cannot import awscli (VAULT_TEST_REQUIRE_AWSCLI is set)",
+            python.display()
+        );
+        eprintln!(
+            "SKIP {test} (the aws CLI part): {} cannot import awscli: pip install awscli",
+            python.display()
+        );
+    }
+    ok
+}
+
+/// Issue 26: the region of an emitted profile, as botocore and the `aws`
+/// CLI read it: a keys binding puts it in the user's own `[profile P]` of
+/// `~/.aws/config` (their `output` stays), `--process` in its own section.
+#[test]
+fn botocore_and_the_aws_cli_read_the_emitted_region() {
+    let Some(python) = test_python("emitted region") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    vh.add_aws(
+        "aws-keys",
+        "AKIAREGIONKEYS",
+        &secret("region-keys"),
+        &["region=eu-central-1"],
+    );
+    vh.add_aws(
+        "aws-proc",
+        "AKIAREGIONPROC",
+        &secret("region-proc"),
+        &["region=ap-northeast-2"],
+    );
+    let aws = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(aws.join("config"), "[profile keys]\noutput = json\n").unwrap();
+    vh.vault(["emit", "aws", "aws-keys", "--profile", "keys"])
+        .ok();
+    vh.vault(["emit", "aws", "aws-proc", "--profile", "proc", "--process"])
+        .ok();
+    let script = r#"
+import json, botocore.session
+out = {}
+for p in ("keys", "proc"):
+    s = botocore.session.Session(profile=p)
+    out[p] = {"region": s.get_config_variable("region"),
+              "output": s.get_scoped_config().get("output"),
+              "key": s.get_credentials().get_frozen_credentials().access_key}
+print(json.dumps(out))
+"#;
+    let got = run_python(&vh, &python, script);
+    assert_eq!(
+        got["keys"],
+        serde_json::json!({"region": "eu-central-1", "output": "json", "key": "AKIAREGIONKEYS"})
+    );
+    assert_eq!(
+        got["proc"],
+        serde_json::json!({"region": "ap-northeast-2", "output": null, "key": "AKIAREGIONPROC"})
+    );
+
+    if !has_aws_cli(&python, "emitted region") {
+        return;
+    }
+    let aws_cli = |args: &[&str]| {
+        let mut all = vec!["-m", "awscli"];
+        all.extend_from_slice(args);
+        let run = run_command(vh.command(&python, all), None, Duration::from_secs(120));
+        run.ok();
+        run.stdout.clone()
+    };
+    for (profile, region) in [("keys", "eu-central-1"), ("proc", "ap-northeast-2")] {
+        let got = aws_cli(&["configure", "get", "region", "--profile", profile]);
+        assert_eq!(
+            got.trim(),
+            region,
+            "aws configure get region --profile {profile}"
+        );
+        // `configure list` resolves the profile as every command does
+        // (for proc, through `vault aws-process`): the region comes from
+        // the config file.
+        let list = aws_cli(&["configure", "list", "--profile", profile]);
+        let line = list
+            .lines()
+            .find(|l| l.trim_start().starts_with("region"))
+            .unwrap_or_else(|| panic!("no region row:\n{list}"));
+        assert!(
+            line.contains(region) && line.contains("config-file"),
+            "aws configure list --profile {profile}:\n{list}"
+        );
+        assert!(!list.contains(MARK), "the secret key is masked");
+    }
+}

@@ -35,12 +35,19 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 None
             };
             let path = absolute(&path)?;
+            // With keys, the profile's region goes to the config file.
+            let config = if process {
+                None
+            } else {
+                Some(absolute(&default_aws_file("AWS_CONFIG_FILE", "config")?)?)
+            };
             let req = || Request::EmitAws {
                 name: name.clone(),
                 profile: profile.clone(),
                 path: path.clone(),
                 force,
                 process: program.clone(),
+                config: config.clone(),
             };
             emitted(ctx, &req, |info| {
                 format!(

@@ -106,11 +106,7 @@ pub fn section_names(text: &str) -> Result<Vec<String>, MergeError> {
 fn render(section: &Section) -> Result<String, MergeError> {
     let mut out = format!("[{}]\n", section.name);
     for (key, value) in &section.entries {
-        let ok = |s: &str| s.is_ascii() && !s.contains(['\n', '\r']);
-        if key.is_empty() || !ok(key) || !ok(value) || value.trim() != value {
-            return Err(MergeError::BadValue { key: key.clone() });
-        }
-        out.push_str(&format!("{} = {value}\n", key.to_ascii_lowercase()));
+        out.push_str(&render_entry(key, value)?);
     }
     Ok(out)
 }
@@ -210,6 +206,178 @@ pub fn merge(
     Ok(out)
 }
 
+/// Keys the vault owns inside one section that may be the user's (the
+/// `region` of a keys binding's `[profile P]` in `~/.aws/config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedKeys {
+    /// The name between the brackets.
+    pub section: String,
+    /// Each key the vault owns there, with the value it must have; `None`:
+    /// no line for it.
+    pub keys: Vec<(String, Option<String>)>,
+    /// The vault created the section: it goes once nothing but blank lines
+    /// is left in it.
+    pub drop_empty: bool,
+}
+
+/// The key of a `key = value` line of a section's body, lower-cased as
+/// botocore reads it; `None` for comments, blank and indented lines.
+fn key_of(line: &Line<'_>) -> Option<String> {
+    let body = line.text.trim_end_matches(['\n', '\r']);
+    if line.header.is_some() || body.starts_with([' ', '\t']) {
+        return None;
+    }
+    let trimmed = body.trim();
+    if trimmed.is_empty() || trimmed.starts_with(['#', ';']) {
+        return None;
+    }
+    let (key, _) = trimmed.split_once('=')?;
+    Some(key.trim().to_ascii_lowercase())
+}
+
+/// The line range of the first section named `name`: its header's index
+/// and the index after its last line.
+fn section_range(parsed: &[Line<'_>], name: &str) -> Option<(usize, usize)> {
+    let start = parsed.iter().position(|l| l.header == Some(name))?;
+    let end = parsed[start + 1..]
+        .iter()
+        .position(|l| l.header.is_some())
+        .map_or(parsed.len(), |n| start + 1 + n);
+    Some((start, end))
+}
+
+/// What `key` says in section `name` of `text`: `None` when there is no
+/// such section, `Some(None)` when the section has no such key, else its
+/// (first) value, trimmed.
+pub fn key_value(text: &str, name: &str, key: &str) -> Result<Option<Option<String>>, MergeError> {
+    let parsed = lines(text)?;
+    let Some((start, end)) = section_range(&parsed, name) else {
+        return Ok(None);
+    };
+    let key = key.to_ascii_lowercase();
+    Ok(Some(parsed[start + 1..end].iter().find_map(|l| {
+        (key_of(l).as_deref() == Some(key.as_str())).then(|| {
+            let body = l.text.trim_end_matches(['\n', '\r']);
+            body.split_once('=')
+                .map_or("", |(_, v)| v)
+                .trim()
+                .to_owned()
+        })
+    })))
+}
+
+/// Writes the vault's keys into one section, leaving every other line of
+/// it, and of the file, byte for byte where it is. A line of an owned key
+/// is replaced where it stands (a second one of the same key, and lines
+/// indented under it, go); a missing one is added after the section's last
+/// key (or its header); a key whose value is `None` loses its lines. A
+/// section that does not exist is appended (after one blank line) when
+/// there is something to write. With `drop_empty`, a section left with
+/// nothing but blank lines goes.
+pub fn merge_keys(text: &str, owned: &OwnedKeys) -> Result<String, MergeError> {
+    let parsed = lines(text)?;
+    let mut rendered: Vec<(String, Option<String>)> = Vec::new();
+    for (key, value) in &owned.keys {
+        let line = match value {
+            Some(v) => Some(render_entry(key, v)?),
+            None => None,
+        };
+        rendered.push((key.to_ascii_lowercase(), line));
+    }
+    let Some((start, end)) = section_range(&parsed, &owned.section) else {
+        if rendered.iter().all(|(_, l)| l.is_none()) {
+            return Ok(text.to_owned());
+        }
+        let mut out = text.to_owned();
+        if !out.is_empty() {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            if !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+        }
+        out.push_str(&format!("[{}]\n", owned.section));
+        for line in rendered.iter().filter_map(|(_, l)| l.as_deref()) {
+            out.push_str(line);
+        }
+        return Ok(out);
+    };
+    // The section's body with the owned lines taken out (and each kept
+    // line's index), then the owned lines put back.
+    let mut body: Vec<String> = Vec::new();
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    // After the last key or indented line: where a new key goes.
+    let mut insert_at = 0;
+    let mut under_owned = false;
+    for line in &parsed[start + 1..end] {
+        let text = line.text;
+        let indented = text.starts_with([' ', '\t']) && !text.trim().is_empty();
+        if indented && under_owned {
+            continue;
+        }
+        under_owned = false;
+        let key = key_of(line);
+        if let Some((k, new)) = key
+            .as_ref()
+            .and_then(|key| rendered.iter().find(|(k, _)| k == key))
+        {
+            under_owned = true;
+            if let Some(new) = new.as_deref().filter(|_| placed.insert(k.as_str())) {
+                body.push(new.to_owned());
+                insert_at = body.len();
+            }
+            continue;
+        }
+        body.push(text.to_owned());
+        if indented || key.is_some() {
+            insert_at = body.len();
+        }
+    }
+    let missing: Vec<String> = rendered
+        .iter()
+        .filter(|(k, l)| l.is_some() && !placed.contains(k.as_str()))
+        .filter_map(|(_, l)| l.clone())
+        .collect();
+    if !missing.is_empty() {
+        // A line before ours that has no newline (the end of the file).
+        if insert_at > 0 && !body[insert_at - 1].ends_with('\n') {
+            body[insert_at - 1].push('\n');
+        }
+        body.splice(insert_at..insert_at, missing);
+    }
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in &parsed[..start] {
+        out.push_str(line.text);
+    }
+    let empty = body.iter().all(|l| l.trim().is_empty());
+    if !(owned.drop_empty && empty) {
+        let header = parsed[start].text;
+        out.push_str(header);
+        if !header.ends_with('\n') && !body.is_empty() {
+            out.push('\n');
+        }
+        for line in &body {
+            out.push_str(line);
+        }
+    }
+    for line in &parsed[end..] {
+        out.push_str(line.text);
+    }
+    Ok(out)
+}
+
+/// `key = value\n`, or why the grammar cannot carry it.
+fn render_entry(key: &str, value: &str) -> Result<String, MergeError> {
+    let ok = |s: &str| s.is_ascii() && !s.contains(['\n', '\r']);
+    if key.is_empty() || !ok(key) || !ok(value) || value.trim() != value {
+        return Err(MergeError::BadValue {
+            key: key.to_owned(),
+        });
+    }
+    Ok(format!("{} = {value}\n", key.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +467,139 @@ mod tests {
         ));
     }
 
+    fn region(section: &str, value: Option<&str>, drop_empty: bool) -> OwnedKeys {
+        OwnedKeys {
+            section: section.to_owned(),
+            keys: vec![("region".to_owned(), value.map(str::to_owned))],
+            drop_empty,
+        }
+    }
+
+    const CONFIG: &str = "# my config\n[default]\nregion = us-east-1\n\n[profile dev]\n; kept by hand\noutput=json   \ns3 =\n    addressing_style = path\ncli_pager =\n\n[profile other]\noutput = text\n";
+
+    #[test]
+    fn our_key_is_added_to_a_users_section_and_only_it_changes() {
+        let added = merge_keys(CONFIG, &region("profile dev", Some("eu-west-1"), false)).unwrap();
+        // After the section's last key (and the block under `s3`), before
+        // its trailing blank line; every user byte where it was.
+        assert_eq!(
+            added,
+            CONFIG.replace("cli_pager =\n", "cli_pager =\nregion = eu-west-1\n")
+        );
+        assert_eq!(
+            key_value(&added, "profile dev", "region").unwrap(),
+            Some(Some("eu-west-1".into()))
+        );
+        // Idempotent: the file now holds what we would write.
+        let again = merge_keys(&added, &region("profile dev", Some("eu-west-1"), false)).unwrap();
+        assert_eq!(again, added);
+        // A new value replaces our line where it stands.
+        let moved = added.replace("region = eu-west-1\n", "region = eu-west-1\noutput2 = x\n");
+        let updated =
+            merge_keys(&moved, &region("profile dev", Some("ap-south-1"), false)).unwrap();
+        assert_eq!(updated, moved.replace("eu-west-1", "ap-south-1"));
+        // Removing our key gives the user's bytes back exactly.
+        assert_eq!(
+            merge_keys(&added, &region("profile dev", None, false)).unwrap(),
+            CONFIG
+        );
+        // The user's own keys in the section (and [default]'s region) are
+        // never ours: changing them changes nothing we compare.
+        let user_edit = added.replace("output=json   ", "output = yaml");
+        assert_eq!(
+            merge_keys(&user_edit, &region("profile dev", Some("eu-west-1"), false)).unwrap(),
+            user_edit
+        );
+    }
+
+    #[test]
+    fn our_section_is_made_when_absent_and_goes_when_emptied() {
+        let made = merge_keys(CONFIG, &region("profile new", Some("eu-west-1"), true)).unwrap();
+        assert_eq!(
+            made,
+            format!("{CONFIG}\n[profile new]\nregion = eu-west-1\n")
+        );
+        assert_eq!(
+            merge_keys(&made, &region("profile new", None, true)).unwrap(),
+            format!("{CONFIG}\n"),
+            "the section goes with our key (one blank line stays, as for sections)"
+        );
+        // Nothing to write: nothing made.
+        assert_eq!(
+            merge_keys(CONFIG, &region("profile new", None, true)).unwrap(),
+            CONFIG
+        );
+        // The user added a key to the section we made: only our key goes.
+        let shared = made.clone() + "output = json\n";
+        assert_eq!(
+            merge_keys(&shared, &region("profile new", None, true)).unwrap(),
+            format!("{CONFIG}\n[profile new]\noutput = json\n")
+        );
+        // A new file.
+        assert_eq!(
+            merge_keys("", &region("default", Some("us-west-2"), true)).unwrap(),
+            "[default]\nregion = us-west-2\n"
+        );
+    }
+
+    #[test]
+    fn drift_of_our_key_shows_as_a_difference_and_duplicates_go() {
+        let ours = merge_keys(CONFIG, &region("profile dev", Some("eu-west-1"), false)).unwrap();
+        for edited in [
+            ours.replace("region = eu-west-1", "region = us-east-2"),
+            ours.replace("region = eu-west-1\n", ""),
+            ours.replace("region = eu-west-1", "Region=eu-west-1"),
+        ] {
+            let merged =
+                merge_keys(&edited, &region("profile dev", Some("eu-west-1"), false)).unwrap();
+            assert_ne!(merged, edited, "drift is a difference: {edited:?}");
+            assert_eq!(merged, ours, "and a repair puts ours back");
+        }
+        // A second region line in the section (ours is the key) goes.
+        let twice = ours.replace("output=json", "region = x\noutput=json");
+        assert_eq!(
+            merge_keys(&twice, &region("profile dev", Some("eu-west-1"), false)).unwrap(),
+            CONFIG.replace("output=json", "region = eu-west-1\noutput=json")
+        );
+    }
+
+    #[test]
+    fn a_users_region_is_read_and_crlf_and_bad_values_are_handled() {
+        assert_eq!(
+            key_value(CONFIG, "default", "region").unwrap(),
+            Some(Some("us-east-1".into()))
+        );
+        assert_eq!(
+            key_value(CONFIG, "profile other", "region").unwrap(),
+            Some(None)
+        );
+        assert_eq!(key_value(CONFIG, "profile nope", "region").unwrap(), None);
+        assert!(matches!(
+            key_value("[a]\nwords\n", "a", "region"),
+            Err(MergeError::Unparseable { line: 2 })
+        ));
+        let crlf = "[profile c]\r\noutput = json\r\n";
+        let merged = merge_keys(crlf, &region("profile c", Some("eu-west-1"), false)).unwrap();
+        assert_eq!(merged, format!("{crlf}region = eu-west-1\n"));
+        assert_eq!(
+            merge_keys(&merged, &region("profile c", None, false)).unwrap(),
+            crlf
+        );
+        // No newline at the end of the file.
+        let cut = "[profile c]\noutput = json";
+        assert_eq!(
+            merge_keys(cut, &region("profile c", Some("eu-west-1"), false)).unwrap(),
+            "[profile c]\noutput = json\nregion = eu-west-1\n"
+        );
+        assert!(matches!(
+            merge_keys(
+                CONFIG,
+                &region("profile dev", Some("eu-west-1\n[x]"), false)
+            ),
+            Err(MergeError::BadValue { .. })
+        ));
+    }
+
     /// A user's file: sections with keys, comments, blank lines and nested
     /// blocks, in arbitrary order; names never start with `vault`.
     fn user_file() -> impl Strategy<Value = String> {
@@ -348,6 +649,46 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn an_owned_key_comes_and_goes_leaving_every_user_byte(
+            file in user_file(),
+            pick in any::<prop::sample::Index>(),
+            fresh in any::<bool>(),
+            v1 in "[a-z]{2}-[a-z]{4,9}-[0-9]",
+            v2 in "[a-z]{2}-[a-z]{4,9}-[0-9]",
+        ) {
+            let names = section_names(&file).unwrap();
+            let section = if fresh || names.is_empty() {
+                "profile vault-p".to_owned()
+            } else {
+                names[pick.index(names.len())].clone()
+            };
+            let existed = names.contains(&section);
+            // A key the user file never has (no digits in its keys).
+            let owned = |v: Option<&str>| OwnedKeys {
+                section: section.clone(),
+                keys: vec![("key0".to_owned(), v.map(str::to_owned))],
+                drop_empty: !existed,
+            };
+            let t1 = merge_keys(&file, &owned(Some(&v1))).unwrap();
+            prop_assert_eq!(key_value(&t1, &section, "key0").unwrap(), Some(Some(v1.clone())));
+            prop_assert_eq!(&merge_keys(&t1, &owned(Some(&v1))).unwrap(), &t1, "idempotent");
+            let ours = format!("key0 = {v1}\n");
+            let without: String = t1.split_inclusive('\n').filter(|l| *l != ours).collect();
+            if existed {
+                prop_assert_eq!(without.trim_end_matches('\n'), file.trim_end_matches('\n'));
+            } else {
+                prop_assert!(without.starts_with(file.trim_end_matches('\n')));
+            }
+            let t2 = merge_keys(&t1, &owned(Some(&v2))).unwrap();
+            prop_assert_eq!(&t2, &t1.replace(&ours, &format!("key0 = {v2}\n")));
+            let t3 = merge_keys(&t2, &owned(None)).unwrap();
+            prop_assert_eq!(t3.trim_end_matches('\n'), file.trim_end_matches('\n'));
+            if existed && file.ends_with('\n') {
+                prop_assert_eq!(&t3, &file, "the user's bytes back exactly");
+            }
+        }
+
         #[test]
         fn user_lines_survive_any_sequence_of_emits_and_removes(file in user_file(), ops in ops()) {
             let user_lines: Vec<String> = file.split_inclusive('\n').map(|l| l.trim_end_matches('\n').to_owned()).collect();

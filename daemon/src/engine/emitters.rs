@@ -16,7 +16,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, WireError};
 
 use super::{Engine, Result, err, random_hex, store_err};
-use crate::emit::aws_ini::{self, MergeError, Section};
+use crate::emit::aws_ini::{self, MergeError, OwnedKeys, Section};
 use crate::emit::docker_json;
 use crate::fsutil;
 use crate::record::RecordBody;
@@ -24,6 +24,92 @@ use crate::store::{EmitterRow, RecordRow};
 
 /// The section of a whole-file binding: the whole file.
 const WHOLE: &str = "(whole file)";
+
+/// The version of what a binding writes (`EmitterRow::rendering`): 2 added
+/// `region` to an `aws-process` section. A binding of an older version is
+/// compared with what that version wrote, and moved on by
+/// `Engine::upgrade_renderings` where its file still holds exactly that.
+const RENDERING: i64 = 2;
+
+/// An AWS region name as the SDKs take it: `eu-west-1`, `us-gov-west-1`,
+/// `eusc-de-east-1`: a lower-case prefix, one to three lower-case words and
+/// a number of one or two digits, joined by `-`.
+/// Records arrive by sync from other devices, so the value is checked
+/// before it goes into a file other tools parse.
+fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let word = |p: &str, max: usize| {
+        (1..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase())
+    };
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    (3..=5).contains(&parts.len())
+        && first.len() >= 2
+        && word(first, 10)
+        && parts[1..parts.len() - 1].iter().all(|p| word(p, 12))
+        && (1..=2).contains(&last.len())
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The credential's `region`, checked; `None` when it has none.
+fn region_of(body: &RecordBody) -> Result<Option<String>> {
+    let Some(v) = body.fields.get("region").map(|v| v.expose_secret().trim()) else {
+        return Ok(None);
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if !is_region(v) {
+        // Not echoed: it may come from another device, and is not a region.
+        return Err(err(
+            ErrorCode::Usage,
+            format!(
+                "the region of '{}' is not an AWS region name (like eu-west-1), so it is not \
+                 written: 'vault set {} region=eu-west-1' fixes it",
+                body.name, body.name
+            ),
+        ));
+    }
+    Ok(Some(v.to_owned()))
+}
+
+/// A profile's section in the config file: `[profile P]`, but `[default]`.
+fn config_section(profile: &str) -> String {
+    if profile == "default" {
+        profile.to_owned()
+    } else {
+        format!("profile {profile}")
+    }
+}
+
+/// The key-level part of a keys binding (`aws`): its config file and the
+/// `region` it owns in `[profile P]` there, with the value it must have
+/// (`None` when the credential has none or has expired: no line).
+/// `None` when the binding owns no key there.
+fn config_keys(
+    e: &EmitterRow,
+    body: &RecordBody,
+    now: Timestamp,
+) -> Result<Option<(String, OwnedKeys)>> {
+    let Some(path) = e.config_path.clone().filter(|_| e.config_region) else {
+        return Ok(None);
+    };
+    let live = body.expires_at.is_none_or(|t| t > now);
+    let region = if live { region_of(body)? } else { None };
+    Ok(Some((
+        path,
+        owned_region(&e.section, region, e.config_made),
+    )))
+}
+
+fn owned_region(profile: &str, region: Option<String>, made: bool) -> OwnedKeys {
+    OwnedKeys {
+        section: config_section(profile),
+        keys: vec![("region".to_owned(), region)],
+        drop_empty: made,
+    }
+}
 
 /// The top-level object of the docker config a docker binding writes in.
 fn docker_object(kind: EmitterKind) -> &'static str {
@@ -105,18 +191,32 @@ fn shell_word(s: &str) -> String {
 
 /// What binding `e` puts in its file for the record `name` with `body`;
 /// `None` when its section must go (an expired key is never handed out).
-fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Option<Section> {
+/// A region that is not one is refused, never written.
+fn render(
+    e: &EmitterRow,
+    name: &str,
+    body: &RecordBody,
+    now: Timestamp,
+) -> Result<Option<Section>> {
     match (e.kind, &e.program) {
         // credential_process names the credential; `vault aws-process`
         // itself refuses an expired one with a message the SDK shows.
-        (EmitterKind::AwsProcess, Some(program)) => Some(Section {
-            name: e.section.clone(),
-            entries: vec![(
+        (EmitterKind::AwsProcess, Some(program)) => {
+            let mut entries = vec![(
                 "credential_process".to_owned(),
                 format!("{} aws-process {name}", shell_word(program)),
-            )],
-        }),
-        _ => aws_section(&e.section, body, now),
+            )];
+            if e.rendering >= 2
+                && let Some(region) = region_of(body)?
+            {
+                entries.push(("region".to_owned(), region));
+            }
+            Ok(Some(Section {
+                name: e.section.clone(),
+                entries,
+            }))
+        }
+        _ => Ok(aws_section(&e.section, body, now)),
     }
 }
 
@@ -280,7 +380,9 @@ impl Engine {
     }
 
     /// `vault emit aws NAME --profile P`: writes the profile now and keeps
-    /// it in sync from then on.
+    /// it in sync from then on. With keys (no `process`), `config` is the
+    /// config file whose `[profile P]` gets the credential's `region`.
+    #[allow(clippy::too_many_arguments)]
     pub fn emit_aws(
         &mut self,
         name: &str,
@@ -288,6 +390,7 @@ impl Engine {
         path: &str,
         force: bool,
         process: Option<String>,
+        config: Option<String>,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
         if !valid_profile(profile) {
@@ -300,13 +403,34 @@ impl Engine {
         }
         check_absolute(path)?;
         let (row, body) = self.load_as(name, CredentialType::Aws, "aws")?;
+        let region = region_of(&body)?;
         // In the config file a profile is `[profile P]`, except `[default]`.
         let (kind, section_name) = match &process {
-            Some(_) if profile == "default" => (EmitterKind::AwsProcess, profile.to_owned()),
-            Some(_) => (EmitterKind::AwsProcess, format!("profile {profile}")),
+            Some(_) => (EmitterKind::AwsProcess, config_section(profile)),
             None => (EmitterKind::Aws, profile.to_owned()),
         };
         let existing = self.find_emitter(|e| e.path == path && e.section == section_name)?;
+        let config = config.filter(|_| process.is_none());
+        let (config_region, config_made) = match &config {
+            Some(c) => {
+                check_absolute(c)?;
+                // A binding of a live credential keeps the key it owns (its
+                // line is the vault's); one whose credential was deleted had
+                // its line taken out, and the file is asked again.
+                let prior = existing
+                    .as_ref()
+                    .filter(|e| e.record_id == row.id || self.name_of(&e.record_id).is_some());
+                self.claim_region(prior, c, profile, region.as_deref(), force)?
+            }
+            None => (false, false),
+        };
+        if let Some(old) = existing.as_ref().filter(|e| e.config_path != config) {
+            // The config file moved ($AWS_CONFIG_FILE changed): our key
+            // leaves the old one.
+            if let Err(error) = self.unwrite_region(old) {
+                warn!(emitter = %old.id, error = %error.message, "cannot remove the region of an emitted profile");
+            }
+        }
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
@@ -315,10 +439,90 @@ impl Engine {
             section: section_name,
             program: process,
             created_at: now.unix(),
+            config_path: config,
+            config_region,
+            config_made,
+            rendering: RENDERING,
         };
-        let section = render(&emitter, name, &body, now).ok_or_else(|| expired(name))?;
+        let section = render(&emitter, name, &body, now)?.ok_or_else(|| expired(name))?;
         self.write_sections(path, &[section], &BTreeSet::new(), force)?;
-        self.bind(emitter, name)
+        let info = self.bind(emitter.clone(), name)?;
+        // The keys are bound; a region that cannot be written now shows in
+        // `vault emit list` and is retried by `vault emit repair`.
+        if let Some((config, keys)) = config_keys(&emitter, &body, now)? {
+            write_keys(&config, &keys)?;
+        }
+        Ok(info)
+    }
+
+    /// Whether a keys binding for `profile` owns `region` in `[profile P]`
+    /// of `config`, and whether it makes that section: a section that does
+    /// not exist, or has no `region`, is ours to write; a user's `region`
+    /// with the credential's value (or with the credential having none) is
+    /// theirs and stays theirs; one with another value is refused unless
+    /// `force`, which keeps a backup of the file first. A binding that
+    /// already owned the key keeps it. A section an `aws-process` binding
+    /// writes is that binding's (it writes the region itself). `existing`
+    /// is the profile's binding of a live credential, if any.
+    fn claim_region(
+        &self,
+        existing: Option<&EmitterRow>,
+        config: &str,
+        profile: &str,
+        region: Option<&str>,
+        force: bool,
+    ) -> Result<(bool, bool)> {
+        let section = config_section(profile);
+        if let Some(e) =
+            existing.filter(|e| e.config_region && e.config_path.as_deref() == Some(config))
+        {
+            return Ok((true, e.config_made));
+        }
+        if self
+            .find_emitter(|e| {
+                e.kind == EmitterKind::AwsProcess && e.path == config && e.section == section
+            })?
+            .is_some()
+        {
+            return Ok((false, false));
+        }
+        let _lock = lock(config)?;
+        let text = read_file(config)?;
+        let theirs = match aws_ini::key_value(&text, &section, "region") {
+            // Nothing of ours to write yet: claim the key, never the
+            // section, and say nothing of a file we cannot read.
+            Err(_) if region.is_none() => return Ok((true, false)),
+            Err(e) => return Err(merge_error(config, &e)),
+            Ok(None) => return Ok((true, true)),
+            Ok(Some(None)) => return Ok((true, false)),
+            Ok(Some(Some(theirs))) => theirs,
+        };
+        match region {
+            Some(ours) if ours != theirs => {
+                if !force {
+                    return Err(err(
+                        ErrorCode::Conflict,
+                        format!(
+                            "{config}: [{section}] already has region = {theirs}, not vault's \
+                             {ours}: remove that line, or --force to let vault write it (a \
+                             backup is kept)"
+                        ),
+                    ));
+                }
+                keep_backup(config, &text)?;
+                Ok((true, false))
+            }
+            _ => Ok((false, false)),
+        }
+    }
+
+    /// Takes a keys binding's `region` out of its config file (and the
+    /// section, if the binding made it and nothing else is left).
+    fn unwrite_region(&self, e: &EmitterRow) -> Result<()> {
+        match e.config_path.as_deref().filter(|_| e.config_region) {
+            Some(config) => write_keys(config, &owned_region(&e.section, None, e.config_made)),
+            None => Ok(()),
+        }
     }
 
     /// `vault emit docker NAME [--helper]`: the registry's login in
@@ -366,6 +570,10 @@ impl Engine {
             section: registry,
             program: None,
             created_at: now.unix(),
+            config_path: None,
+            config_region: false,
+            config_made: false,
+            rendering: RENDERING,
         };
         self.bind(emitter, name)
     }
@@ -438,6 +646,10 @@ impl Engine {
             section: WHOLE.to_owned(),
             program: None,
             created_at: now.unix(),
+            config_path: None,
+            config_region: false,
+            config_made: false,
+            rendering: RENDERING,
         };
         self.bind(emitter, name)
     }
@@ -451,7 +663,8 @@ impl Engine {
         } else if e.kind.is_docker() {
             self.write_docker(&e.path, e.kind, None, &remove, false)
         } else {
-            self.write_sections(&e.path, &[], &remove, false)
+            self.write_sections(&e.path, &[], &remove, false)?;
+            self.unwrite_region(e)
         }
     }
 
@@ -487,8 +700,14 @@ impl Engine {
                 _ => self.unwrite(e),
             };
         }
-        match render(e, &body.name, body, now) {
-            Some(s) => self.write_sections(&e.path, &[s], &BTreeSet::new(), false),
+        match render(e, &body.name, body, now)? {
+            Some(s) => {
+                self.write_sections(&e.path, &[s], &BTreeSet::new(), false)?;
+                match config_keys(e, body, now)? {
+                    Some((config, keys)) => write_keys(&config, &keys),
+                    None => Ok(()),
+                }
+            }
             None => self.unwrite(e),
         }
     }
@@ -505,13 +724,21 @@ impl Engine {
     /// `vault emit repair`: rewrites every binding from the vault (a drifted
     /// section or file gets the vault's content back; the user's other lines
     /// stay). Returns the bindings with their state afterwards.
-    pub fn emit_repair(&self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
+    /// A binding written by an older version is rewritten in the current
+    /// one.
+    pub fn emit_repair(&mut self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
         let names = self.names_by_id();
-        for e in self.store()?.emitters().map_err(store_err)? {
+        for mut e in self.store()?.emitters().map_err(store_err)? {
             let Some(name) = names.get(&e.record_id).cloned() else {
                 continue;
             };
             let (_, body) = self.load(&name)?;
+            if e.rendering < RENDERING {
+                self.store_mut()?
+                    .set_emitter_rendering(&e.id, RENDERING)
+                    .map_err(store_err)?;
+                e.rendering = RENDERING;
+            }
             self.write_binding(&e, &body, false, now)?;
         }
         self.emit_list(now)
@@ -593,12 +820,14 @@ impl Engine {
                 None => EmitState::Expired(Removed::File),
             };
         }
-        let Some(section) = render(e, name, &body, now) else {
-            return EmitState::Expired(Removed::Section);
+        let section = match render(e, name, &body, now) {
+            Ok(Some(section)) => section,
+            Ok(None) => return EmitState::Expired(Removed::Section),
+            Err(error) => return EmitState::Error(error.message),
         };
         let owned: BTreeSet<String> = [e.section.clone()].into();
         match aws_ini::merge(&text, &[section], &BTreeSet::new(), &owned, false) {
-            Ok(merged) if merged == text => EmitState::Ok,
+            Ok(merged) if merged == text => self.region_state(e, name, &body),
             Ok(_) => {
                 if aws_ini::section_names(&text).is_ok_and(|n| n.contains(&e.section)) {
                     EmitState::Drifted
@@ -607,6 +836,53 @@ impl Engine {
                 }
             }
             Err(error) => EmitState::Error(error.to_string()),
+        }
+    }
+
+    /// How the `region` of a keys binding stands in its config file: ours
+    /// compared with what we would write (`drifted`, or `missing` when the
+    /// section is gone); a user's own line must say the credential's
+    /// region, else the user is told what to do.
+    fn region_state(&self, e: &EmitterRow, name: &str, body: &RecordBody) -> EmitState {
+        let Some(config) = e.config_path.as_deref() else {
+            return EmitState::Ok;
+        };
+        let region = match region_of(body) {
+            Ok(r) => r,
+            Err(error) => return EmitState::Error(error.message),
+        };
+        let text = match fsutil::read_text(Path::new(config)) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(error) => return EmitState::Unreadable(format!("{config}: {error}")),
+        };
+        let section = config_section(&e.section);
+        let found = match aws_ini::key_value(&text, &section, "region") {
+            Ok(found) => found,
+            Err(error) if region.is_some() || e.config_region => {
+                return EmitState::Error(format!("{config}: {error}"));
+            }
+            Err(_) => return EmitState::Ok,
+        };
+        if e.config_region {
+            let keys = owned_region(&e.section, region, false);
+            return match aws_ini::merge_keys(&text, &keys) {
+                Ok(merged) if merged == text => EmitState::Ok,
+                Ok(_) if found.is_none() => EmitState::Missing,
+                Ok(_) => EmitState::Drifted,
+                Err(error) => EmitState::Error(format!("{config}: {error}")),
+            };
+        }
+        let again = format!("vault emit aws {name} --profile {}", e.section);
+        match (region, found.flatten()) {
+            (Some(ours), None) => EmitState::Error(format!(
+                "{config}: [{section}] has no region (the line there was the user's): run \
+                 '{again}' to let vault write {ours}"
+            )),
+            (Some(ours), Some(theirs)) if theirs != ours => EmitState::Error(format!(
+                "{config}: [{section}] has the user's region = {theirs}, not the credential's \
+                 {ours}: remove that line and run '{again}', or add --force"
+            )),
+            _ => EmitState::Ok,
         }
     }
 
@@ -670,8 +946,14 @@ impl Engine {
         let Ok(bound) = self.store().and_then(|s| s.emitters().map_err(store_err)) else {
             return;
         };
+        if !self.is_locked() && bound.iter().any(|e| e.rendering < RENDERING) {
+            self.upgrade_renderings(&bound, now);
+        }
         let watch = self.watch.get_or_insert_with(crate::watch::DriftWatch::new);
-        let set_changed = watch.set_files(bound.iter().map(|e| e.path.as_str()));
+        let files = bound
+            .iter()
+            .flat_map(|e| std::iter::once(e.path.as_str()).chain(e.config_path.as_deref()));
+        let set_changed = watch.set_files(files);
         if watch.take_changed() || set_changed {
             self.drift_stale = true;
         }
@@ -702,6 +984,65 @@ impl Engine {
             }
         }
         self.drift = trouble;
+    }
+
+    /// Moves bindings written by an older version of the renderer to the
+    /// current one, quietly, where their file still holds exactly what the
+    /// old version wrote: an `aws-process` section of before `region` gets
+    /// its region line (if the credential has one). A file someone changed
+    /// since is left as it is, and compared with the old rendering (so the
+    /// new line is never drift) until `vault emit repair` or a new `vault
+    /// emit aws`. Other kinds wrote then what they write now.
+    fn upgrade_renderings(&mut self, bound: &[EmitterRow], now: Timestamp) {
+        let names = self.names_by_id();
+        for e in bound.iter().filter(|e| e.rendering < RENDERING) {
+            let Some(name) = names.get(&e.record_id) else {
+                continue;
+            };
+            let upgraded = EmitterRow {
+                rendering: RENDERING,
+                ..e.clone()
+            };
+            let moved = (|| -> Result<bool> {
+                if e.kind != EmitterKind::AwsProcess {
+                    return Ok(true);
+                }
+                let (_, body) = self.load(name)?;
+                let (Some(old), Some(new)) = (
+                    render(e, name, &body, now)?,
+                    render(&upgraded, name, &body, now)?,
+                ) else {
+                    return Ok(false);
+                };
+                let _lock = lock(&e.path)?;
+                let text = read_file(&e.path)?;
+                let owned: BTreeSet<String> = [e.section.clone()].into();
+                let none = BTreeSet::new();
+                let as_old = aws_ini::merge(&text, &[old], &none, &owned, false);
+                if as_old.ok().as_ref() != Some(&text) {
+                    return Ok(false);
+                }
+                let merged = aws_ini::merge(&text, &[new], &none, &owned, false)
+                    .map_err(|x| merge_error(&e.path, &x))?;
+                if merged != text {
+                    write_file(&e.path, merged.as_bytes())?;
+                }
+                Ok(true)
+            })();
+            let result = match moved {
+                Ok(true) => self
+                    .store_mut()
+                    .and_then(|s| s.set_emitter_rendering(&e.id, RENDERING).map_err(store_err)),
+                Ok(false) => continue,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => info!(emitter = %e.id, "emitted section moved to the current rendering"),
+                Err(error) => {
+                    warn!(emitter = %e.id, error = %error.message, "cannot upgrade an emitted section");
+                }
+            }
+        }
     }
 
     /// After a change to `row`: re-renders its sections, or removes them
@@ -742,6 +1083,18 @@ fn read_file(path: &str) -> Result<String> {
     Ok(fsutil::read_text(Path::new(path))
         .map_err(|e| err(ErrorCode::Failed, format!("cannot read {path}: {e}")))?
         .unwrap_or_default())
+}
+
+/// Merges the keys a binding owns into their section of an AWS file
+/// (`vault emit aws`'s `region` in `~/.aws/config`) and writes it.
+fn write_keys(path: &str, keys: &OwnedKeys) -> Result<()> {
+    let _lock = lock(path)?;
+    let text = read_file(path)?;
+    let merged = aws_ini::merge_keys(&text, keys).map_err(|e| merge_error(path, &e))?;
+    if merged == text {
+        return Ok(());
+    }
+    write_file(path, merged.as_bytes())
 }
 
 /// The advisory lock on a file other tools read, held while the vault reads
@@ -798,5 +1151,45 @@ fn info_of(e: &EmitterRow, name: Option<String>, state: EmitState) -> EmitterInf
         path: e.path.clone(),
         section: e.section.clone(),
         state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_names_are_checked_before_any_file_gets_one() {
+        for ok in [
+            "us-east-1",
+            "eu-west-3",
+            "ap-southeast-2",
+            "us-gov-west-1",
+            "cn-northwest-1",
+            "us-isob-east-1",
+            "eusc-de-east-1",
+            "il-central-1",
+        ] {
+            assert!(is_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "eu",
+            "EU-WEST-1",
+            "eu-west",
+            "eu-west-",
+            "-west-1",
+            "eu-west-123",
+            "eu west 1",
+            "eu-west-1\n[evil]",
+            "eu-west-1 ",
+            "eu-wést-1",
+            "e-west-1",
+            "a-b-c-d-e-1",
+        ] {
+            assert!(!is_region(bad), "{bad:?}");
+        }
+        assert_eq!(config_section("default"), "default");
+        assert_eq!(config_section("dev"), "profile dev");
     }
 }
