@@ -6,6 +6,9 @@
 //!   N runs, each as a ratio to `vault get`);
 //! - `vault otp NAME` against `oathtool --totp -b SEED` (issue 26), the tool
 //!   users would otherwise run with the seed in argv;
+//! - what one Tab costs (issue 26): the `vault` process a shell's completion
+//!   runs, for names and fields at each size, and on a locked vault or with
+//!   no daemon;
 //! - in-daemon figures at 1k / 10k / 100k records, populated with
 //!   `Request::AddMany` over the socket: get p50/p99 (one round trip), list,
 //!   unlock (Lock then Unlock, scrypt included; then again without the
@@ -54,6 +57,32 @@ const BATCH: usize = 1000;
 const GETS: usize = 5000;
 
 type BenchResult<T> = Result<T, String>;
+
+/// What completion may add to a Tab press (issue 26).
+const TAB_BUDGET: Duration = Duration::from_millis(20);
+
+/// What one Tab offers, one word per line (checked before it is timed).
+fn tab_words(vault: &BenchVault, words: &[&str]) -> BenchResult<String> {
+    let out = tab(vault, words)
+        .stdout(Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The process a shell runs on Tab after `vault WORDS` (the last word is
+/// the one being completed), as bash's script calls it.
+fn tab(vault: &BenchVault, words: &[&str]) -> Command {
+    let mut c = vault.command(&vault.bins.vault);
+    c.env("VAULT_COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "true")
+        .env("_CLAP_IFS", "\n")
+        .args(["--", "vault"])
+        .args(words);
+    c
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -282,7 +311,7 @@ fn bench_all(
         Some(tool) => {
             let theirs = time_runs(opts.runs, || {
                 let mut c = Command::new(&tool);
-                c.args(["--totp", "-b", OTP_SEED]);
+                c.args(["--totp", "-b", OTP_SEED]).stdout(Stdio::null());
                 c
             })?;
             rows.push(Row::process(
@@ -298,6 +327,37 @@ fn bench_all(
             notes.push("`oathtool` skipped: not installed (apt-get install oathtool)".to_owned())
         }
     }
+
+    // A Tab on a locked vault and with no daemon: no names, quickly.
+    vault.cli_ok(&["lock"], None)?;
+    let offered = tab_words(vault, &["get", "bench-"])?;
+    if !offered.is_empty() {
+        return Err(format!("a Tab on a locked vault offered {offered:?}"));
+    }
+    let tab_locked = time_runs(opts.runs, || tab(vault, &["get", "bench-"]))?;
+    rows.push(Row::process(
+        "Tab `vault get bench-` on a locked vault",
+        1,
+        &tab_locked,
+        &vault_get,
+        "≤ 20 ms",
+        Some(tab_locked.median() <= TAB_BUDGET),
+    ));
+    let nobody = tmp.join("no-daemon.sock");
+    let tab_stopped = time_runs(opts.runs, || {
+        let mut c = tab(vault, &["get", "bench-"]);
+        c.env("VAULT_SOCKET", &nobody);
+        c
+    })?;
+    rows.push(Row::process(
+        "Tab `vault get bench-` with no daemon",
+        1,
+        &tab_stopped,
+        &vault_get,
+        "≤ 20 ms",
+        Some(tab_stopped.median() <= TAB_BUDGET),
+    ));
+    vault.cli_ok(&["unlock", "--passphrase-stdin"], Some(PASSPHRASE))?;
 
     // In-daemon figures, growing one vault.
     let mut populated = 1usize; // bench-token
@@ -425,6 +485,38 @@ fn bench_all(
             "",
             None,
         ));
+
+        // Tab completion (issue 26): what one Tab costs, as the shell runs
+        // it. `bench-` matches every record; the daemon answers the first
+        // COMPLETE_MAX.
+        for (what, words) in [
+            ("Tab `vault get bench-` (names)", &["get", "bench-"][..]),
+            (
+                "Tab `vault get NAME --field ` (fields)",
+                &["get", "bench-000001", "--field", ""][..],
+            ),
+        ] {
+            let offered = tab_words(vault, words)?;
+            let expect = if words.len() == 2 {
+                "bench-000001"
+            } else {
+                "token"
+            };
+            if !offered.lines().any(|w| w == expect) {
+                return Err(format!(
+                    "Tab after {words:?} offered {offered:?}, not {expect}"
+                ));
+            }
+            let tabs = time_runs(opts.runs.min(100), || tab(vault, words))?;
+            rows.push(Row::process(
+                what,
+                size,
+                &tabs,
+                &vault_get,
+                "≤ 20 ms",
+                Some(tabs.median() <= TAB_BUDGET),
+            ));
+        }
 
         // unlock: Lock (which writes the index snapshot), then time Unlock
         // (scrypt + the snapshot + whatever it lacks). Then the same with the

@@ -133,6 +133,7 @@ pub enum Command {
     /// Print a shell completion script
     Completions {
         /// The shell
+        #[arg(value_parser = shell_parser())]
         shell: Shell,
     },
 }
@@ -676,6 +677,12 @@ pub enum DaemonAction {
     Restart,
     /// Show whether vaultd is running; exit 6 when it is not
     Status,
+}
+
+/// The shells `vault completions` writes for.
+fn shell_parser() -> impl TypedValueParser<Value = Shell> {
+    PossibleValuesParser::new(["bash", "zsh", "fish"])
+        .map(|s| <Shell as ValueEnum>::from_str(&s, false).unwrap_or(Shell::Bash))
 }
 
 /// Type names for completion and help; upper case accepted.

@@ -12,6 +12,8 @@
 mod args;
 mod client;
 mod commands;
+mod complete;
+mod completion_script;
 mod error;
 mod exec;
 mod generate;
@@ -47,6 +49,8 @@ fn main() -> ExitCode {
     if let Some(helper) = argv.first().and_then(|a| helpers::which(a)) {
         return ExitCode::from(u8::try_from(helper(&argv[1..])).unwrap_or(1));
     }
+    // A shell's Tab (VAULT_COMPLETE=SHELL vault -- WORDS): answered and gone.
+    complete::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),

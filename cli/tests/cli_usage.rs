@@ -64,12 +64,65 @@ fn version() {
 
 #[test]
 fn completions_for_each_shell() {
+    // Run by a path, the script calls this very binary on each Tab.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_vault")).unwrap();
     for shell in ["bash", "zsh", "fish"] {
         let o = vault(&["completions", shell]);
         assert!(o.status.success(), "{shell}: {}", stderr(&o));
-        assert!(stdout(&o).contains("vault"), "{shell}");
-        assert!(stdout(&o).len() > 500, "{shell}");
+        let script = stdout(&o);
+        assert!(script.contains("VAULT_COMPLETE="), "{shell}:\n{script}");
+        assert!(
+            script.contains(exe.to_str().unwrap()),
+            "{shell} does not call {}:\n{script}",
+            exe.display()
+        );
     }
+    let o = vault(&["completions", "elvish"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn a_tab_without_a_daemon_offers_every_subcommand_and_starts_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vault"))
+        .args(["--", "vault", ""])
+        .env("VAULT_HOME", home.path())
+        .env("VAULT_COMPLETE", "fish")
+        .env_remove("VAULT_SOCKET")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let words: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect();
+    for name in ["get", "exec", "otp", "edit", "emit", "completions"] {
+        assert!(words.contains(&name.to_owned()), "{name} not in {words:?}");
+    }
+    // Names need the daemon: none offered, none started.
+    let o = Command::new(env!("CARGO_BIN_EXE_vault"))
+        .args(["--", "vault", "get", ""])
+        .env("VAULT_HOME", home.path())
+        .env("VAULT_COMPLETE", "fish")
+        .env_remove("VAULT_SOCKET")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert!(
+        !stdout(&o).lines().any(|l| !l.starts_with('-')),
+        "names without a daemon: {}",
+        stdout(&o)
+    );
+    assert!(
+        !home.path().join("vaultd.lock").exists(),
+        "a daemon was started"
+    );
 }
 
 #[test]

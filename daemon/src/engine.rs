@@ -24,6 +24,7 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 mod approve;
+mod complete;
 mod emitters;
 pub mod publish;
 pub mod refresh;

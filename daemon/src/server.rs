@@ -444,6 +444,9 @@ impl Daemon {
                 .map(Response::Changed),
             Request::Get { name } => engine.get(&name, now).map(Response::Record),
             Request::Otp { name } => engine.otp(&name, now),
+            Request::Complete { what, prefix } => engine
+                .complete(&what, &prefix)
+                .map(|items| Response::Completions { items }),
             Request::Resolve { names } => engine
                 .resolve(&names, now)
                 .map(|records| Response::Resolved { records }),
@@ -695,6 +698,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Set { .. } => "set",
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
+        Request::Complete { .. } => "complete",
         Request::List { .. } => "list",
         Request::Resolve { .. } => "resolve",
         Request::Remove { .. } => "remove",
@@ -817,7 +821,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 39] = [
+    const EVERY_REQUEST: [&str; 40] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -855,6 +859,7 @@ mod tests {
         r#"{"op":"publish_repair","remote":"r"}"#,
         r#"{"op":"unpublish","name":"a"}"#,
         r#"{"op":"otp","name":"a"}"#,
+        r#"{"op":"complete","what":{"of":"credential"},"prefix":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -900,8 +905,9 @@ mod tests {
             Request::PublishRepair { .. } => 34,
             Request::Unpublish { .. } => 35,
             Request::Otp { .. } => 36,
-            Request::Lock => 37,
-            Request::Shutdown => 38,
+            Request::Complete { .. } => 37,
+            Request::Lock => 38,
+            Request::Shutdown => 39,
         }
     }
 

@@ -170,6 +170,16 @@ pub enum Request {
         /// The record.
         name: String,
     },
+    /// Words for a shell's Tab (docs/user-guide.md, "Completion"): the
+    /// names of one kind that start with `prefix`, in order, at most
+    /// [`COMPLETE_MAX`]. Never values. Answered by [`Response::Completions`].
+    Complete {
+        /// What to complete.
+        what: Completable,
+        /// What the user typed so far.
+        #[serde(default)]
+        prefix: String,
+    },
     /// Several records with their values, all or none (`vault exec`).
     Resolve {
         /// The records, in the order wanted.
@@ -433,10 +443,44 @@ impl Request {
             | Request::Lock
             | Request::PromptLease
             | Request::WaitUnlocked { .. }
+            | Request::Complete { .. }
             | Request::Join { .. }
             | Request::Shutdown => false,
         }
     }
+}
+
+/// The most words one [`Request::Complete`] answers with: more than a
+/// shell shows usefully, few enough to stay inside a Tab's budget.
+pub const COMPLETE_MAX: usize = 500;
+
+/// What [`Request::Complete`] completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum Completable {
+    /// Credential names.
+    Credential,
+    /// Tags in use.
+    Tag,
+    /// Remote (platform) names.
+    Remote,
+    /// Emitter (binding) ids, each with its credential and file as help.
+    Emitter,
+    /// The field names of one credential.
+    Field {
+        /// The credential.
+        name: String,
+    },
+}
+
+/// One word of a [`Response::Completions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The word.
+    pub value: String,
+    /// A short description the shell may show beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
 }
 
 /// A record to create.
@@ -525,6 +569,11 @@ pub enum Response {
         valid_for_secs: u64,
         /// Seconds each code holds.
         period_secs: u64,
+    },
+    /// Answer to `Complete`, in order.
+    Completions {
+        /// The words.
+        items: Vec<Completion>,
     },
     /// Answer to `Resolve`, in the order asked.
     Resolved {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use vault_protocol::message::{ListFilter, NewRecord};
+use vault_protocol::message::{Completable, Completion, ListFilter, NewRecord};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{
     CredentialType, ErrorCode, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame,
@@ -494,5 +494,53 @@ fn otp_frames() {
         back.into_result(),
         Ok(Response::Otp { code, valid_for_secs: 17, period_secs: 30 })
             if code.expose_secret() == "287082"
+    ));
+}
+
+#[test]
+fn complete_frames() {
+    let req = RequestFrame {
+        id: 12,
+        req: Request::Complete {
+            what: Completable::Field {
+                name: "github".into(),
+            },
+            prefix: "to".into(),
+        },
+    };
+    let expected =
+        r#"{"id":12,"req":{"op":"complete","what":{"of":"field","name":"github"},"prefix":"to"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let req = RequestFrame {
+        id: 13,
+        req: Request::Complete {
+            what: Completable::Credential,
+            prefix: String::new(),
+        },
+    };
+    let expected = r#"{"id":13,"req":{"op":"complete","what":{"of":"credential"},"prefix":""}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let answer = ResponseFrame {
+        id: 13,
+        ok: Some(Response::Completions {
+            items: vec![
+                Completion {
+                    value: "github".into(),
+                    help: Some("token: personal".into()),
+                },
+                Completion {
+                    value: "ci".into(),
+                    help: None,
+                },
+            ],
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":13,"ok":{"kind":"completions","items":[{"value":"github","help":"token: personal"},{"value":"ci"}]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+    let back: ResponseFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(
+        back.into_result(),
+        Ok(Response::Completions { items }) if items.len() == 2 && items[1].help.is_none()
     ));
 }

@@ -18,8 +18,8 @@
 //! Modules, all re-exported here: `binaries` (build and find the binaries),
 //! `home` ([`VaultHome`] and the socket), `process` ([`Run`], servers on
 //! loopback, [`poll_until`]), `server` ([`RemoteServer`]), `samples` (one
-//! record of each type), `files` (small helpers); [`leak`], [`osmo`] and
-//! [`osmo_real`] are used by name.
+//! record of each type), `files` (small helpers); [`leak`], [`osmo`],
+//! [`osmo_real`] and [`tmux`] are used by name.
 
 // A test harness reports failure by panicking with context.
 #![allow(clippy::unwrap_used)]
@@ -33,6 +33,7 @@ pub mod osmo_real;
 mod process;
 mod samples;
 mod server;
+pub mod tmux;
 
 pub use binaries::*;
 pub use files::*;

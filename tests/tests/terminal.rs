@@ -8,96 +8,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vault_e2e::{Run, VaultHome, run_command, secret, which};
-
-/// A detached tmux session on a private socket, killed on drop.
-struct Tmux<'a> {
-    vh: &'a VaultHome,
-    tmux: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for Tmux<'_> {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
-impl<'a> Tmux<'a> {
-    /// A 160x40 session running bash with the vault's environment, or `None`
-    /// (after `SKIP`) without tmux.
-    fn start(vh: &'a VaultHome, test: &str) -> Option<Self> {
-        let Some(tmux) = which("tmux") else {
-            let why =
-                format!("SKIP {test}: needs tmux (apt install tmux; bash .ci/run installs it)");
-            assert!(
-                std::env::var_os("VAULT_TEST_REQUIRE_TMUX").is_none(),
-                "{why}"
-            );
-            eprintln!("{why}");
-            return None;
-        };
-        let t = Tmux {
-            vh,
-            tmux,
-            socket: vh.root().join("tmux.sock"),
-        };
-        t.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "160",
-            "-y",
-            "40",
-            "env PS1='term$ ' bash --norc --noprofile",
-        ])
-        .ok();
-        t.wait_for("term$");
-        Some(t)
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = vec!["-S", self.socket.to_str().unwrap(), "-f", "/dev/null"];
-        all.extend_from_slice(args);
-        let mut cmd = self.vh.command(&self.tmux, all);
-        cmd.env("TERM", "xterm-256color");
-        run_command(cmd, None, Duration::from_secs(10))
-    }
-
-    /// Types `text` and Enter.
-    fn type_line(&self, text: &str) {
-        self.run(&["send-keys", "-t", "t", "-l", text]).ok();
-        self.run(&["send-keys", "-t", "t", "Enter"]).ok();
-    }
-
-    fn screen(&self) -> String {
-        let run = self.run(&["capture-pane", "-p", "-t", "t"]);
-        run.ok();
-        run.stdout.clone()
-    }
-
-    /// The screen once it shows `needle` (tmux drops trailing spaces).
-    fn wait_for(&self, needle: &str) -> String {
-        let needle = needle.trim_end();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(needle) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the terminal never showed {needle:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+use vault_e2e::tmux::Tmux;
+use vault_e2e::{VaultHome, secret};
 
 #[test]
 fn add_asks_for_the_fields_it_was_not_given() {
@@ -185,7 +99,7 @@ fn ctrl_c_in_the_editor_is_the_editors() {
         assert!(Instant::now() < deadline, "the editor never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    term.run(&["send-keys", "-t", "t", "C-c"]).ok();
+    term.press("C-c");
     while !dir.join("int").exists() {
         assert!(Instant::now() < deadline, "the editor never saw Ctrl-C");
         std::thread::sleep(Duration::from_millis(50));

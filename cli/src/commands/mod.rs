@@ -13,11 +13,10 @@ mod records;
 mod sync;
 mod vault;
 
-use clap::CommandFactory;
 use clap_complete::Shell;
 use vault_protocol::{ErrorCode, Request, Response};
 
-use crate::args::{Cli, Command};
+use crate::args::Command;
 use crate::client::{Client, Target};
 use crate::error::CliResult;
 use crate::output::Output;
@@ -126,10 +125,22 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
     Ok(ctx.exit_code)
 }
 
-/// `vault completions SHELL`: the script on stdout (never JSON).
+/// `vault completions SHELL`: the script on stdout (never JSON). It runs
+/// `vault` on each Tab: the one on PATH, or this very program when it was
+/// started by a path (`./target/release/vault completions bash`).
 pub fn completions(out: &mut Output, shell: Shell) -> CliResult<()> {
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "vault", &mut script);
-    out.text(&String::from_utf8_lossy(&script));
+    let by_path = std::env::args_os()
+        .next()
+        .is_some_and(|a| a.to_string_lossy().contains('/'));
+    let completer = match std::env::current_exe() {
+        Ok(exe) if by_path => exe.to_string_lossy().into_owned(),
+        _ => "vault".to_owned(),
+    };
+    let script = crate::completion_script::script(shell, &completer).ok_or_else(|| {
+        crate::error::usage(format!(
+            "no completion for {shell}: bash, zsh and fish are supported"
+        ))
+    })?;
+    out.text(&script);
     Ok(())
 }
