@@ -50,7 +50,8 @@ pub enum Command {
     Add(AddArgs),
     /// Change fields or attributes of a credential (makes a new revision)
     Set(SetArgs),
-    /// Print a credential
+    /// Print a credential, or copy one of its fields to the clipboard (--clip)
+    #[command(after_help = GET_HELP)]
     Get(GetArgs),
     /// Edit a credential's fields in $VISUAL or $EDITOR (makes a new revision)
     Edit(EditArgs),
@@ -576,10 +577,29 @@ pub struct GetArgs {
     /// The credential
     pub name: String,
 
-    /// Print only this field's raw value and a newline
+    /// Print only this field's raw value and a newline (with --clip: copy it)
     #[arg(long, short, value_name = "FIELD")]
     pub field: Option<String>,
+
+    /// Copy the value to the clipboard instead of printing it; cleared after
+    /// --clear-after unless something else was copied meanwhile
+    #[arg(long, short = 'c')]
+    pub clip: bool,
+
+    /// With --clip: how long the value stays on the clipboard, in seconds or
+    /// as a duration (90s, 2m), 1 s to 1 h [default: $VAULT_CLIP_CLEAR_AFTER,
+    /// else 45]
+    #[arg(long, value_name = "SECS", requires = "clip")]
+    pub clear_after: Option<String>,
 }
+
+const GET_HELP: &str = "\
+With --clip, nothing is printed: the field (--field, else the password of a
+password, the token of a token, the auth of a registry, or a record's only
+field) goes to the clipboard and is cleared after 45 s (--clear-after, or
+VAULT_CLIP_CLEAR_AFTER), unless something else was copied meanwhile. Every
+program of your graphical session can read the clipboard while it holds the
+value. Needs a graphical session: X11, Wayland or macOS.";
 
 /// `vault edit`.
 #[derive(Debug, Args)]

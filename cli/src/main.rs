@@ -11,6 +11,7 @@
 
 mod args;
 mod client;
+mod clip;
 mod commands;
 mod complete;
 mod completion_script;
@@ -48,6 +49,10 @@ fn main() -> ExitCode {
         .collect();
     if let Some(helper) = argv.first().and_then(|a| helpers::which(a)) {
         return ExitCode::from(u8::try_from(helper(&argv[1..])).unwrap_or(1));
+    }
+    // `vault get --clip`'s detached holder (clip.rs), started by that name.
+    if argv.first().is_some_and(|a| a == clip::HOLDER_NAME) {
+        return ExitCode::from(u8::try_from(clip::hold(&argv[1..])).unwrap_or(1));
     }
     // A shell's Tab (VAULT_COMPLETE=SHELL vault -- WORDS): answered and gone.
     complete::answer_if_asked();

@@ -3,7 +3,7 @@
 //!
 //! - the stdout and stderr of every process a test runs through the harness
 //!   (`runs.log` per test process), except the outputs whose job is to print
-//!   a secret ([`asks_for_secrets`]: `vault get`, `vault aws-process`, `vault
+//!   a secret ([`asks_for_secrets`]: `vault get` (not with `--clip`), `vault aws-process`, `vault
 //!   exec`'s child, a helper's `get`, tools the test runs to read what vault
 //!   wrote);
 //! - each vault's `vaultd.log`, and any `core*` file found under its temp
@@ -102,6 +102,9 @@ pub fn asks_for_secrets(program: &Path, args: &[String]) -> (bool, bool) {
                 }
             }
             match sub {
+                // `get --clip` puts the value on the clipboard and must
+                // print nothing of it: both streams are kept and scanned.
+                Some("get") if args.iter().any(|a| a == "--clip" || a == "-c") => (false, false),
                 // `get` prints the values (stdout only: its errors are kept).
                 Some("get" | "aws-process") => (true, false),
                 // The child's own output, on both streams.
@@ -378,6 +381,10 @@ mod tests {
         };
         assert_eq!(v(&["get", "n", "--field", "token"]), (true, false));
         assert_eq!(v(&["--socket", "/s", "--json", "get", "n"]), (true, false));
+        assert_eq!(
+            v(&["get", "n", "--clip", "--clear-after", "2"]),
+            (false, false)
+        );
         assert_eq!(v(&["exec", "-c", "n", "--", "env"]), (true, true));
         assert_eq!(v(&["add", "get", "--type", "token"]), (false, false));
         assert_eq!(v(&["--socket", "get", "list"]), (false, false));

@@ -19,6 +19,7 @@ use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError, valid
 use super::Ctx;
 use crate::args::{AddArgs, GetArgs, ListArgs, ListFormat, OtpArgs, RmArgs, SetArgs, SortKey};
 use crate::client::list_all;
+use crate::clip;
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::generate;
 use crate::input::{self, FieldArg, Source};
@@ -218,32 +219,14 @@ pub(super) fn fetch(ctx: &mut Ctx, name: &str) -> CliResult<RecordView> {
 
 /// `vault get`.
 pub fn get(ctx: &mut Ctx, args: &GetArgs) -> CliResult<()> {
+    if args.clip {
+        return get_clip(ctx, args);
+    }
     let view = fetch(ctx, &args.name)?;
-    let expired_at = view
-        .expires_at
-        .filter(|t| view.expired || *t <= Timestamp::now());
+    let expired_at = expired_at(&view);
 
     if let Some(field) = &args.field {
-        let Some(value) = view.fields.get(field) else {
-            let known: Vec<_> = view.fields.keys().map(String::as_str).collect();
-            return Err(WireError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "'{}' has no field '{field}': its fields are {}",
-                    view.name,
-                    known.join(", ")
-                ),
-            ));
-        };
-        if let Some(t) = expired_at {
-            return Err(WireError::new(
-                ErrorCode::Expired,
-                format!(
-                    "{} expired at {t}: renew it with 'vault set {} FIELD=...' (or --ttl)",
-                    view.name, view.name
-                ),
-            ));
-        }
+        let value = field_value(&view, field)?;
         if ctx.out.json {
             return ctx.out.json(&json!({
                 "name": view.name,
@@ -264,6 +247,70 @@ pub fn get(ctx: &mut Ctx, args: &GetArgs) -> CliResult<()> {
     }
     print_record(ctx, &view);
     Ok(())
+}
+
+/// `vault get --clip`: one field to the clipboard (clip.rs), nothing
+/// secret printed. Whether a clipboard can be reached and the clear time
+/// are checked first, so a copy that cannot happen costs no unlock prompt.
+fn get_clip(ctx: &mut Ctx, args: &GetArgs) -> CliResult<()> {
+    let clear_after = clip::clear_after(args.clear_after.as_deref())?;
+    clip::reachable()?;
+    let view = fetch(ctx, &args.name)?;
+    let field = match &args.field {
+        Some(field) => field.clone(),
+        None => clip::default_field(&view)?,
+    };
+    let value = field_value(&view, &field)?;
+    // The holder must not inherit the daemon connection.
+    ctx.disconnect();
+    clip::copy(value, clear_after)?;
+    let secs = clear_after.as_secs();
+    if ctx.out.json {
+        return ctx.out.json(&json!({
+            "name": view.name,
+            "field": field,
+            "clipboard": true,
+            "clears_after_secs": secs,
+        }));
+    }
+    ctx.out.info(&format!(
+        "copied {}'s {field}; clears in {secs} s",
+        view.name
+    ));
+    Ok(())
+}
+
+/// When the record expired, if it has.
+fn expired_at(view: &RecordView) -> Option<Timestamp> {
+    view.expires_at
+        .filter(|t| view.expired || *t <= Timestamp::now())
+}
+
+/// One field's value for a script or the clipboard: not found (exit 4)
+/// names the fields there are; an expired record is exit 7, since a script
+/// must not silently use an expired key.
+fn field_value<'v>(view: &'v RecordView, field: &str) -> CliResult<&'v SecretValue> {
+    let Some(value) = view.fields.get(field) else {
+        let known: Vec<_> = view.fields.keys().map(String::as_str).collect();
+        return Err(WireError::new(
+            ErrorCode::NotFound,
+            format!(
+                "'{}' has no field '{field}': its fields are {}",
+                view.name,
+                known.join(", ")
+            ),
+        ));
+    };
+    if let Some(t) = expired_at(view) {
+        return Err(WireError::new(
+            ErrorCode::Expired,
+            format!(
+                "{} expired at {t}: renew it with 'vault set {} FIELD=...' (or --ttl)",
+                view.name, view.name
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// `vault otp`: the code on stdout; on a terminal, with how long it holds.
