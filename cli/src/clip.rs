@@ -221,6 +221,16 @@ pub fn copy(value: &SecretValue, clear_after: Duration) -> CliResult<()> {
 /// The holder's `main`: `vault-clip-hold --clear-after SECS`, the value on
 /// stdin. Its exit code is seen by nobody once it has answered.
 pub fn hold(args: &[String]) -> i32 {
+    // As vaultd: no core dump and no ptrace by the user's other processes,
+    // for the value this process holds until the deadline.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
     // A session of its own: no terminal's hangup or Ctrl-C reaches it, and
     // it outlives the `vault` that started it.
     let _ = rustix::process::setsid();
@@ -344,14 +354,33 @@ fn sleep_until(deadline: SystemTime) {
 
 /// Clears the clipboard when it still holds `value`: a value copied since
 /// (by anyone) is the user's, and stays.
-fn clear_if_ours(clipboard: &mut arboard::Clipboard, value: &str) {
-    let now = match clipboard.get_text() {
-        Ok(text) => Zeroizing::new(text),
+fn clear_if_ours(clipboard: &mut impl Board, value: &str) {
+    let Some(now) = clipboard.text() else {
         // Empty, an image, or no longer readable: nothing of ours to clear.
-        Err(_) => return,
+        return;
     };
     if now.as_str() == value {
-        let _ = clipboard.clear();
+        clipboard.clear();
+    }
+}
+
+/// What [`clear_if_ours`] needs of a clipboard (a fake in the tests: on
+/// X11 the holder's exit drops the selection anyway, so only a unit test
+/// can show the comparison).
+trait Board {
+    /// The text on it, if any.
+    fn text(&mut self) -> Option<Zeroizing<String>>;
+    /// Empties it.
+    fn clear(&mut self);
+}
+
+impl Board for arboard::Clipboard {
+    fn text(&mut self) -> Option<Zeroizing<String>> {
+        self.get_text().ok().map(Zeroizing::new)
+    }
+
+    fn clear(&mut self) {
+        let _ = arboard::Clipboard::clear(self);
     }
 }
 
@@ -363,6 +392,33 @@ mod tests {
 
     use super::*;
     use vault_protocol::timefmt::Timestamp;
+
+    /// A clipboard in memory, counting clears.
+    struct Fake(Option<&'static str>, usize);
+
+    impl Board for Fake {
+        fn text(&mut self) -> Option<Zeroizing<String>> {
+            self.0.map(|t| Zeroizing::new(t.to_owned()))
+        }
+
+        fn clear(&mut self) {
+            self.0 = None;
+            self.1 += 1;
+        }
+    }
+
+    #[test]
+    fn only_our_own_value_is_cleared() {
+        let mut ours = Fake(Some("s3cret"), 0);
+        clear_if_ours(&mut ours, "s3cret");
+        assert_eq!((ours.0, ours.1), (None, 1));
+        let mut theirs = Fake(Some("copied later"), 0);
+        clear_if_ours(&mut theirs, "s3cret");
+        assert_eq!((theirs.0, theirs.1), (Some("copied later"), 0));
+        let mut empty = Fake(None, 0);
+        clear_if_ours(&mut empty, "s3cret");
+        assert_eq!(empty.1, 0);
+    }
 
     #[test]
     fn clear_after_takes_seconds_or_a_duration() {

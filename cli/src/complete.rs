@@ -126,8 +126,25 @@ fn candidates(kind: Kind, current: &OsStr) -> Vec<CompletionCandidate> {
     };
     ask(what, prefix.to_owned())
         .into_iter()
-        .map(|c| CompletionCandidate::new(c.value).help(c.help.map(Into::into)))
+        .filter(|c| well_formed(kind, &c.value))
+        .map(|c| {
+            let help = c.help.map(|h| h.replace(|ch: char| ch.is_control(), " "));
+            CompletionCandidate::new(c.value).help(help.map(Into::into))
+        })
         .collect()
+}
+
+/// Whether `word` keeps the rule of its kind. The shell puts words on the
+/// command line as they are (bash unquoted), and tags and field names may
+/// come by sync from another device: a word with a space, `;`, `$(`, a
+/// glob or a control character is never offered.
+fn well_formed(kind: Kind, word: &str) -> bool {
+    match kind {
+        Kind::Credential | Kind::Remote => vault_protocol::validate_name(word).is_ok(),
+        Kind::Tag => vault_protocol::credential::validate_tag(word).is_ok(),
+        Kind::Field => vault_protocol::credential::is_generic_key(word),
+        Kind::Emitter => !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric()),
+    }
 }
 
 /// The daemon's words, or none: within [`PATIENCE`], never starting it.
@@ -266,6 +283,28 @@ mod tests {
         );
         assert_eq!(credential_in(&words("vault get --field")), None);
         assert_eq!(credential_in(&words("vault list")), None);
+    }
+
+    #[test]
+    fn words_a_shell_would_interpret_are_never_offered() {
+        assert!(well_formed(Kind::Credential, "me@github.com/work"));
+        assert!(well_formed(Kind::Tag, "env=prod"));
+        assert!(well_formed(Kind::Field, "DB_PASSWORD"));
+        assert!(well_formed(Kind::Emitter, "3f9c0a1b22de"));
+        for bad in [
+            "a;rm -rf ~",
+            "$(id)",
+            "a b",
+            "x*",
+            "a\nb",
+            "`id`",
+            "",
+            "a|b",
+        ] {
+            for kind in [Kind::Credential, Kind::Tag, Kind::Field, Kind::Emitter] {
+                assert!(!well_formed(kind, bad), "{kind:?} {bad:?}");
+            }
+        }
     }
 
     #[test]

@@ -58,6 +58,17 @@ fn vault_with_names(shell: &str) -> VaultHome {
         "prod",
     ])
     .ok();
+    vh.vault([
+        "add",
+        "me@site.example",
+        "--type",
+        "password",
+        "username=me",
+        &format!("password={token}"),
+        "--tag",
+        "env=stage",
+    ])
+    .ok();
     let script = vh.vault(["completions", shell]);
     script.ok();
     let home = &vh.user_home;
@@ -182,6 +193,15 @@ fn completes_names(shell: &str, test: &str) {
     clear(&term, shell);
     // Tags.
     tab_until(&term, "vault list --tag pr", "vault list --tag prod ");
+    clear(&term, shell);
+    // Characters bash breaks words at, or that names and tags may hold.
+    tab_until(&term, "vault get me@s", "vault get me@site.example ");
+    clear(&term, shell);
+    tab_until(
+        &term,
+        "vault list --tag env=st",
+        "vault list --tag env=stage ",
+    );
     clear(&term, shell);
     // Two matches: both offered.
     term.type_text("vault edit git");
