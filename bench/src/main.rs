@@ -61,6 +61,73 @@ type BenchResult<T> = Result<T, String>;
 /// What completion may add to a Tab press (issue 26).
 const TAB_BUDGET: Duration = Duration::from_millis(20);
 
+/// pass's bash completion, where Debian puts it.
+const PASS_COMPLETION: &str = "/usr/share/bash-completion/completions/pass";
+
+/// One Tab through bash's completion functions, vault's (`vault completions
+/// bash`) and pass's, on `size` names each (pass: empty `.gpg` files, which
+/// is all its completion reads); `None` without pass's script.
+fn tab_in_bash(
+    vault: &BenchVault,
+    tmp: &Path,
+    size: usize,
+    runs: usize,
+) -> BenchResult<Option<(Samples, Samples)>> {
+    if !Path::new(PASS_COMPLETION).is_file() {
+        return Ok(None);
+    }
+    let script = tmp.join("vault.bash");
+    if !script.exists() {
+        let out = vault.cli_ok(&["completions", "bash"], None)?;
+        write_private(&script, &out)?;
+    }
+    let store = tmp.join("pass-tab");
+    fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+    for i in 0..size {
+        let entry = store.join(format!("bench-{i:06}.gpg"));
+        if !entry.exists() {
+            fs::write(&entry, b"").map_err(|e| format!("{}: {e}", entry.display()))?;
+        }
+    }
+    let bash = |program: &str, sub: &str, source: &Path, func: &str| {
+        let line = format!(
+            "source {}; COMP_WORDS=({program} {sub} bench-0001); COMP_CWORD=2; \
+             COMP_LINE='{program} {sub} bench-0001'; COMP_POINT=${{#COMP_LINE}}; COMP_TYPE=9; \
+             {func} {program} bench-0001 {sub}; echo ${{#COMPREPLY[@]}}",
+            source.display()
+        );
+        let mut c = vault.command(Path::new("/bin/bash"));
+        c.args(["--norc", "--noprofile", "-c", &line])
+            .env("PASSWORD_STORE_DIR", &store);
+        c
+    };
+    let count = |mut c: Command| -> BenchResult<String> {
+        let out = c
+            .stdout(Stdio::piped())
+            .output()
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let pass_script = Path::new(PASS_COMPLETION);
+    for (what, c) in [
+        (
+            "vault",
+            bash("vault", "get", &script, "_clap_complete_vault"),
+        ),
+        ("pass", bash("pass", "show", pass_script, "_pass")),
+    ] {
+        let n = count(c)?;
+        if n != "100" {
+            return Err(format!("{what}'s Tab offered {n} names, not 100"));
+        }
+    }
+    let ours = time_runs(runs, || {
+        bash("vault", "get", &script, "_clap_complete_vault")
+    })?;
+    let theirs = time_runs(runs, || bash("pass", "show", pass_script, "_pass"))?;
+    Ok(Some((ours, theirs)))
+}
+
 /// What one Tab offers, one word per line (checked before it is timed).
 fn tab_words(vault: &BenchVault, words: &[&str]) -> BenchResult<String> {
     let out = tab(vault, words)
@@ -516,6 +583,41 @@ fn bench_all(
                 "≤ 20 ms",
                 Some(tabs.median() <= TAB_BUDGET),
             ));
+        }
+
+        // The same Tab as bash runs it, against pass's completion of an
+        // entry name in a store of as many entries: a prefix that matches
+        // 100 names (bench-0001xx) in both, bash started each time.
+        if size >= 1000 {
+            match tab_in_bash(vault, tmp, size, opts.runs.min(50)) {
+                Ok(Some((ours, theirs))) => {
+                    rows.push(Row::process(
+                        "bash Tab `vault get bench-0001` (100 matches)",
+                        size,
+                        &ours,
+                        &vault_get,
+                        "",
+                        None,
+                    ));
+                    rows.push(Row::process(
+                        &format!(
+                            "bash Tab `pass show bench-0001` (100 matches; {:.2}× vault's)",
+                            ratio(&theirs, &ours)
+                        ),
+                        size,
+                        &theirs,
+                        &vault_get,
+                        "",
+                        None,
+                    ));
+                }
+                Ok(None) => notes.push(
+                    "bash Tab rows skipped: pass's bash completion not installed \
+                     (apt-get install pass bash-completion)"
+                        .to_owned(),
+                ),
+                Err(e) => notes.push(format!("bash Tab rows skipped: {e}")),
+            }
         }
 
         // unlock: Lock (which writes the index snapshot), then time Unlock
