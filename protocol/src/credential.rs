@@ -557,6 +557,21 @@ fn check_known_fields(
     Ok(())
 }
 
+/// Whether an `aws` credential's `region` can go into an AWS config file:
+/// a letter or digit, then up to 63 letters, digits, `.`, `_` or `-`. Only
+/// what the file format needs (one token, no spaces, brackets, `=`, `:`,
+/// `#`, `;` or newlines), not AWS's own names: S3-compatible services use
+/// others (`auto` for Cloudflare R2, `us-west-004` for Backblaze, `nyc3`
+/// for DigitalOcean, `fr-par` for Scaleway). Records arrive by sync from
+/// other devices, so the daemon checks it before writing one.
+pub fn is_config_region(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
 /// An aws credential: a source for STS or a refresh command, never both,
 /// and the STS settings only with a source, each in range.
 fn check_aws<'a>(
@@ -686,6 +701,42 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
             .collect()
+    }
+
+    #[test]
+    fn a_config_region_is_one_token_of_the_file_format_not_an_aws_name() {
+        for ok in [
+            "eu-west-1",
+            "us-gov-west-1",
+            "eusc-de-east-1",
+            "auto",
+            "us-west-004",
+            "nyc3",
+            "fr-par",
+            "garage",
+            "local_1.a",
+            &"a".repeat(64),
+        ] {
+            assert!(is_config_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-west-1",
+            ".x",
+            "eu west 1",
+            "eu-west-1\n[evil]",
+            "eu-west-1 ",
+            " eu-west-1",
+            "eu-wést-1",
+            "a=b",
+            "a:b",
+            "a#b",
+            "a;b",
+            "[x]",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_config_region(bad), "{bad:?}");
+        }
     }
 
     #[test]

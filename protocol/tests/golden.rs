@@ -544,3 +544,42 @@ fn complete_frames() {
         Ok(Response::Completions { items }) if items.len() == 2 && items[1].help.is_none()
     ));
 }
+
+#[test]
+fn emit_aws_frames_with_and_without_config() {
+    let keys = RequestFrame {
+        id: 14,
+        req: Request::EmitAws {
+            name: "dev".into(),
+            profile: "dev".into(),
+            path: "/home/u/.aws/credentials".into(),
+            force: false,
+            process: None,
+            config: Some("/home/u/.aws/config".into()),
+        },
+    };
+    let expected = r#"{"id":14,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/credentials","force":false,"config":"/home/u/.aws/config"}}"#;
+    assert_eq!(frame_of(&keys), with_header(expected));
+    let back: RequestFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(
+        back.req,
+        Request::EmitAws { config: Some(c), process: None, .. } if c == "/home/u/.aws/config"
+    ));
+    // Without `config` (a CLI of before it, or --process): absent on the
+    // wire, and read back as `None`.
+    let process = RequestFrame {
+        id: 15,
+        req: Request::EmitAws {
+            name: "dev".into(),
+            profile: "dev".into(),
+            path: "/home/u/.aws/config".into(),
+            force: true,
+            process: Some("/usr/bin/vault".into()),
+            config: None,
+        },
+    };
+    let expected = r#"{"id":15,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/config","force":true,"process":"/usr/bin/vault"}}"#;
+    assert_eq!(frame_of(&process), with_header(expected));
+    let back: RequestFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(back.req, Request::EmitAws { config: None, .. }));
+}

@@ -599,16 +599,22 @@ fn the_region_goes_into_the_users_config_profile_and_leaves_with_the_binding() {
     vh.vault(["emit", "repair"]).ok();
     assert_eq!(fs::read_to_string(&config).unwrap(), moved);
 
-    // A region that is not one (as a synced record could carry) is never
-    // written; the list says why; the keys still follow the vault.
+    // A region the file cannot carry (as a synced record could) is never
+    // written: no region line; the list says why without showing it; the
+    // keys still follow the vault.
     vh.vault(["set", "dev", "region=eu-west-1\n[evil]"]).ok();
-    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        user_edit.replace("region = eu-west-1\n", "")
+    );
     let state = emitted(&vh)[0]["state"].as_str().unwrap().to_owned();
     assert!(
-        state.starts_with("error: ") && state.contains("not an AWS region name"),
+        state.starts_with("error: ") && state.contains("not a region name"),
         "{state}"
     );
+    assert!(!state.contains("evil"), "{state}");
     vh.vault(["set", "dev", "region=ap-south-1"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), moved);
 
     // No region in the credential: no region line.
     vh.vault(["set", "dev", "--unset", "region"]).ok();
@@ -668,8 +674,8 @@ fn a_made_section_goes_and_a_users_region_is_not_taken() {
     vh.vault(["rm", "fresh", "--force"]).ok();
     assert_eq!(
         fs::read_to_string(&config).unwrap(),
-        format!("{USER_CONFIG}\n"),
-        "the section we made goes; the user's text is whole"
+        USER_CONFIG,
+        "the section we made goes, with the blank line we put before it"
     );
     fs::write(&config, USER_CONFIG).unwrap();
 
@@ -734,16 +740,27 @@ fn a_made_section_goes_and_a_users_region_is_not_taken() {
     vh.vault(["rm", "same", "--force"]).ok();
     assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
 
-    // A region that is not one is refused before anything is written.
+    // A region the file cannot carry: the keys are written, the region is
+    // not, and the binding says why (without the value).
     vh.add_aws("bad", "AKIABAD", &secret("bad"), &["region=EU West"]);
-    vh.vault(["emit", "aws", "bad", "--profile", "bad"])
-        .code(2)
-        .stderr_has("not an AWS region name");
+    let out = vh
+        .vault(["--json", "emit", "aws", "bad", "--profile", "bad"])
+        .ok()
+        .json();
+    assert!(
+        out["state"].as_str().unwrap().contains("not a region name"),
+        "{out}"
+    );
     assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
     assert!(
-        !fs::read_to_string(aws.join("credentials"))
-            .unwrap_or_default()
-            .contains("[bad]")
+        fs::read_to_string(aws.join("credentials"))
+            .unwrap()
+            .contains("[bad]\naws_access_key_id = AKIABAD\n")
+    );
+    let state = state_of(&vh, "bad");
+    assert!(
+        state.contains("not a region name") && !state.contains("West"),
+        "{state}"
     );
 }
 
@@ -852,4 +869,259 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
         fs::read_to_string(&config).unwrap(),
         format!("{user}\n{}\n{}", v2("p1"), v2("p2")).replace("eu-central-1", "sa-east-1")
     );
+}
+
+/// Review of issue 26: regions of S3-compatible services (`auto` for R2,
+/// `us-west-004`, `nyc3`, `fr-par`) are written like AWS's; a region the
+/// file cannot carry never blocks the keys, the `credential_process` line
+/// (which follows a rename), or `vault emit repair`.
+#[test]
+fn s3_compatible_regions_are_written_and_a_bad_one_blocks_nothing() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    vh.add_aws("r2", "AKIAR2", &secret("r2"), &["region=auto"]);
+    vh.vault(["emit", "aws", "r2", "--profile", "r2"]).ok();
+    vh.vault(["emit", "aws", "r2", "--profile", "r2p", "--process"])
+        .ok();
+    let vault_bin = vault_e2e::binaries().vault.display().to_string();
+    let expect = |name: &str, region: &str| {
+        format!(
+            "[profile r2]\nregion = {region}\n\n[profile r2p]\ncredential_process = {vault_bin} \
+             aws-process {name}\nregion = {region}\n"
+        )
+    };
+    assert_eq!(fs::read_to_string(&config).unwrap(), expect("r2", "auto"));
+    for region in ["us-west-004", "nyc3", "fr-par"] {
+        vh.vault(["set", "r2", &format!("region={region}")]).ok();
+        assert_eq!(fs::read_to_string(&config).unwrap(), expect("r2", region));
+        assert!(
+            emitted(&vh)
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["state"] == "ok")
+        );
+    }
+
+    // A bad one: no region line anywhere, and both bindings say why.
+    vh.vault(["set", "r2", "region=fr par"]).ok();
+    let no_region = format!("[profile r2p]\ncredential_process = {vault_bin} aws-process r2\n");
+    assert_eq!(fs::read_to_string(&config).unwrap(), no_region);
+    // The credential_process line still follows a rename.
+    vh.vault(["rename", "r2", "r2b"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        no_region.replace("aws-process r2\n", "aws-process r2b\n")
+    );
+    for e in emitted(&vh).as_array().unwrap() {
+        let state = e["state"].as_str().unwrap();
+        assert!(
+            state.contains("not a region name") && !state.contains("fr par"),
+            "{state}"
+        );
+    }
+    vh.vault(["emit", "repair"]).ok();
+    // Emitting it again succeeds, and says on stderr what it could not write.
+    let again = vh.vault(["emit", "aws", "r2b", "--profile", "r2p", "--process"]);
+    again.ok();
+    assert!(
+        again.stderr.contains("warning:") && again.stderr.contains("not a region name"),
+        "{}",
+        again.stderr
+    );
+    // And a good one again comes back in both ([profile r2] made anew,
+    // after the other).
+    vh.vault(["set", "r2b", "region=auto"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!(
+            "[profile r2p]\ncredential_process = {vault_bin} aws-process r2b\nregion = auto\n\n\
+             [profile r2]\nregion = auto\n"
+        )
+    );
+    assert!(
+        emitted(&vh)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["state"] == "ok")
+    );
+}
+
+/// Review of issue 26: while the credential has no region the vault claims
+/// no `region` and never touches the config file; a line the user writes
+/// there is theirs (not drift, and never deleted). When a region appears,
+/// the file decides: no line, ours; the user's equal line, theirs; the
+/// user's other value, an error and nothing written.
+#[test]
+fn no_region_claims_nothing_and_a_region_that_appears_asks_the_file() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    fs::write(&config, USER_CONFIG).unwrap();
+    vh.add_aws("np", "AKIANP", &secret("np"), &[]);
+    vh.vault(["emit", "aws", "np", "--profile", "np"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    let id = emitted(&vh)[0]["id"].as_str().unwrap().to_owned();
+
+    // The user's own region for the profile.
+    let theirs = format!("{USER_CONFIG}\n[profile np]\nregion = us-west-2\n");
+    fs::write(&config, &theirs).unwrap();
+    assert_eq!(state_of(&vh, "np"), "ok");
+    vh.vault(["set", "np", "--description", "x"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), theirs);
+    // The credential gets the same region: the line stays the user's.
+    vh.vault(["set", "np", "region=us-west-2"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), theirs);
+    assert_eq!(state_of(&vh, "np"), "ok");
+    // Another one: said, not written.
+    vh.vault(["set", "np", "region=eu-west-1"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), theirs);
+    let state = state_of(&vh, "np");
+    assert!(
+        state.contains("has the user's region = us-west-2"),
+        "{state}"
+    );
+    vh.vault(["set", "np", "--unset", "region"]).ok();
+    vh.vault(["emit", "rm", &id]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), theirs);
+
+    // No section yet, and a region appears later: the section is made,
+    // and goes with the region, leaving the file as it was.
+    fs::write(&config, USER_CONFIG).unwrap();
+    vh.add_aws("late", "AKIALATE", &secret("late"), &[]);
+    vh.vault(["emit", "aws", "late", "--profile", "late"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    vh.vault(["set", "late", "region=eu-north-1"]).ok();
+    assert_eq!(
+        fs::read_to_string(&config).unwrap(),
+        format!("{USER_CONFIG}\n[profile late]\nregion = eu-north-1\n")
+    );
+    assert_eq!(state_of(&vh, "late"), "ok");
+    vh.vault(["set", "late", "--unset", "region"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), USER_CONFIG);
+    // Our line gone with the region, a line the user writes is theirs.
+    let theirs = format!("{USER_CONFIG}\n[profile late]\nregion = sa-east-1\n");
+    fs::write(&config, &theirs).unwrap();
+    assert_eq!(state_of(&vh, "late"), "ok");
+    vh.vault(["rm", "late", "--force"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), theirs);
+}
+
+/// Review of issue 26: `key: value` lines (configparser, so botocore, read
+/// them) are the user's and break nothing; once the keys are written, a
+/// config file that cannot be parsed is a state, not a failed command;
+/// `emit rm` forgets the binding even if the region cannot be taken out.
+#[test]
+fn colon_lines_are_read_and_a_broken_config_never_fails_a_written_emit() {
+    let vh = VaultHome::new();
+    vh.init();
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let config = aws.join("config");
+    let user = "[profile np]\noutput: json\n";
+    fs::write(&config, user).unwrap();
+    vh.add_aws("np", "AKIANP", &secret("np"), &[]);
+    vh.vault(["emit", "aws", "np", "--profile", "np"]).ok();
+    let id = emitted(&vh)[0]["id"].as_str().unwrap().to_owned();
+    vh.vault(["emit", "rm", &id]).ok();
+    assert_eq!(emitted(&vh).as_array().unwrap().len(), 0);
+    vh.vault(["set", "np", "region=eu-west-1"]).ok();
+    vh.vault(["emit", "aws", "np", "--profile", "np"]).ok();
+    let ours = format!("{user}region = eu-west-1\n");
+    assert_eq!(fs::read_to_string(&config).unwrap(), ours);
+    assert_eq!(state_of(&vh, "np"), "ok");
+
+    // The user breaks the file: the binding goes anyway, and says so.
+    let broken = format!("{ours}not a key line\n");
+    fs::write(&config, &broken).unwrap();
+    assert!(state_of(&vh, "np").starts_with("error: "));
+    let id = emitted(&vh)[0]["id"].as_str().unwrap().to_owned();
+    let out = vh.vault(["--json", "emit", "rm", &id]).ok().json();
+    assert!(out["state"].as_str().unwrap().contains("by hand"), "{out}");
+    assert_eq!(emitted(&vh).as_array().unwrap().len(), 0);
+    assert_eq!(fs::read_to_string(&config).unwrap(), broken);
+    assert!(
+        !fs::read_to_string(aws.join("credentials"))
+            .unwrap()
+            .contains("[np]")
+    );
+
+    // Emitting into a broken config: the keys are written, the region
+    // waits and the binding says why.
+    let out = vh
+        .vault(["--json", "emit", "aws", "np", "--profile", "np"])
+        .ok()
+        .json();
+    assert!(
+        out["state"].as_str().unwrap().starts_with("error: "),
+        "{out}"
+    );
+    assert!(
+        fs::read_to_string(aws.join("credentials"))
+            .unwrap()
+            .contains("[np]\naws_access_key_id = AKIANP\n")
+    );
+    assert!(state_of(&vh, "np").starts_with("error: "));
+    // Fixed by the user: repair writes the region.
+    fs::write(&config, user).unwrap();
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(fs::read_to_string(&config).unwrap(), ours);
+}
+
+/// Review of issue 26: `vault emit repair` records a binding's new
+/// rendering only once it is in the file, and one binding it cannot
+/// repair does not stop the others.
+#[test]
+fn repair_goes_on_past_a_failure_and_records_only_what_it_wrote() {
+    let vh = VaultHome::new();
+    vh.init();
+    vh.add_aws("cp", "AKIACP", &secret("cp"), &["region=eu-central-1"]);
+    let aws = vh.user_home.join(".aws");
+    fs::create_dir_all(&aws).unwrap();
+    let (a, b) = (aws.join("a"), aws.join("b"));
+    for (f, p) in [(&a, "pa"), (&b, "pb")] {
+        let path = f.display().to_string();
+        vh.vault([
+            "emit",
+            "aws",
+            "cp",
+            "--profile",
+            p,
+            "--process",
+            "--path",
+            &path,
+        ])
+        .ok();
+    }
+    let vault_bin = vault_e2e::binaries().vault.display().to_string();
+    let v1 = |p: &str| format!("[profile {p}]\ncredential_process = {vault_bin} aws-process cp\n");
+    let v2 = |p: &str| v1(p) + "region = eu-central-1\n";
+    // As an older vault left them: rendering 1; a's file then broken by
+    // the user, b's section edited.
+    vh.vault(["daemon", "stop"]).ok();
+    {
+        let db = rusqlite::Connection::open(vh.paths().db()).unwrap();
+        db.execute_batch("UPDATE emitters SET rendering = 1;")
+            .unwrap();
+    }
+    fs::write(&a, v1("pa") + "not a key line\n").unwrap();
+    fs::write(&b, v1("pb") + "output = text\n").unwrap();
+    vh.unlock();
+    vh.vault(["emit", "repair"]).code(1).stderr_has("line 3");
+    assert_eq!(fs::read_to_string(&b).unwrap(), v2("pb"), "b is repaired");
+    // a was not written: it is still compared with rendering 1.
+    fs::write(&a, v1("pa")).unwrap();
+    let states: Vec<String> = emitted(&vh)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["ok", "ok"]);
 }

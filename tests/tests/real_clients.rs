@@ -365,7 +365,8 @@ fn has_aws_cli(python: &Path, test: &str) -> bool {
 
 /// Issue 26: the region of an emitted profile, as botocore and the `aws`
 /// CLI read it: a keys binding puts it in the user's own `[profile P]` of
-/// `~/.aws/config` (their `output` stays), `--process` in its own section.
+/// `~/.aws/config` (their `output: json` stays), `--process` in its own
+/// section.
 #[test]
 fn botocore_and_the_aws_cli_read_the_emitted_region() {
     let Some(python) = test_python("emitted region") else {
@@ -387,7 +388,9 @@ fn botocore_and_the_aws_cli_read_the_emitted_region() {
     );
     let aws = vh.user_home.join(".aws");
     std::fs::create_dir_all(&aws).unwrap();
-    std::fs::write(aws.join("config"), "[profile keys]\noutput = json\n").unwrap();
+    // `key: value`, as configparser (so botocore) reads it too: the
+    // user's line, which the vault must read and keep.
+    std::fs::write(aws.join("config"), "[profile keys]\noutput: json\n").unwrap();
     vh.vault(["emit", "aws", "aws-keys", "--profile", "keys"])
         .ok();
     vh.vault(["emit", "aws", "aws-proc", "--profile", "proc", "--process"])

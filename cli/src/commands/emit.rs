@@ -152,6 +152,11 @@ fn emitted(
         _ => return Err(unexpected("emit")),
     };
     ctx.out.info(&said(&info));
+    // Written, but something next to it could not be (a region the config
+    // file cannot take): said, as `emit list` will say it.
+    if info.state.needs_attention() {
+        ctx.out.warn(&format!("{}: {}", info.id, info.state));
+    }
     if ctx.out.json {
         ctx.out.json(&info)?;
     }

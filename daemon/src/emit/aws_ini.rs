@@ -4,7 +4,9 @@
 //! other byte — comments, order, blank lines, unknown keys, indented nested
 //! blocks such as `s3 =` — stays identical. What the vault writes follows the
 //! grammar botocore accepts: ASCII, LF, `key = value` in lower case, no
-//! inline comments, one section per name.
+//! inline comments, one section per name. What it reads is what botocore's
+//! parser (Python's configparser) reads: a key line is split at its first
+//! `=` or `:`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -85,7 +87,7 @@ fn lines(text: &str) -> Result<Vec<Line<'_>>, MergeError> {
         } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             seen_section = true;
             Some(name.trim())
-        } else if trimmed.contains('=') && seen_section {
+        } else if split_entry(trimmed).is_some() && seen_section {
             None
         } else {
             return Err(MergeError::Unparseable { line: n + 1 });
@@ -93,6 +95,13 @@ fn lines(text: &str) -> Result<Vec<Line<'_>>, MergeError> {
         out.push(Line { text, header });
     }
     Ok(out)
+}
+
+/// A `key = value` (or `key: value`) line split at its first `=` or `:`,
+/// as configparser splits it; `None` when it has neither.
+fn split_entry(line: &str) -> Option<(&str, &str)> {
+    let at = line.find(['=', ':'])?;
+    Some((&line[..at], &line[at + 1..]))
 }
 
 /// The section names of `text`, in order (duplicates kept).
@@ -231,7 +240,7 @@ fn key_of(line: &Line<'_>) -> Option<String> {
     if trimmed.is_empty() || trimmed.starts_with(['#', ';']) {
         return None;
     }
-    let (key, _) = trimmed.split_once('=')?;
+    let (key, _) = split_entry(trimmed)?;
     Some(key.trim().to_ascii_lowercase())
 }
 
@@ -258,10 +267,7 @@ pub fn key_value(text: &str, name: &str, key: &str) -> Result<Option<Option<Stri
     Ok(Some(parsed[start + 1..end].iter().find_map(|l| {
         (key_of(l).as_deref() == Some(key.as_str())).then(|| {
             let body = l.text.trim_end_matches(['\n', '\r']);
-            body.split_once('=')
-                .map_or("", |(_, v)| v)
-                .trim()
-                .to_owned()
+            split_entry(body).map_or("", |(_, v)| v).trim().to_owned()
         })
     })))
 }
@@ -271,9 +277,12 @@ pub fn key_value(text: &str, name: &str, key: &str) -> Result<Option<Option<Stri
 /// is replaced where it stands (a second one of the same key, and lines
 /// indented under it, go); a missing one is added after the section's last
 /// key (or its header); a key whose value is `None` loses its lines. A
-/// section that does not exist is appended (after one blank line) when
-/// there is something to write. With `drop_empty`, a section left with
-/// nothing but blank lines goes.
+/// section that does not exist is appended (after one blank line of ours)
+/// when there is something to write. With `drop_empty` (the vault made the
+/// section), a section left with nothing but blank lines goes, with that
+/// blank line before it: the file is as it was before (byte for byte when
+/// it ended with a newline); blank lines after its keys, before a section
+/// someone wrote after it, stay.
 pub fn merge_keys(text: &str, owned: &OwnedKeys) -> Result<String, MergeError> {
     let parsed = lines(text)?;
     let mut rendered: Vec<(String, Option<String>)> = Vec::new();
@@ -293,9 +302,8 @@ pub fn merge_keys(text: &str, owned: &OwnedKeys) -> Result<String, MergeError> {
             if !out.ends_with('\n') {
                 out.push('\n');
             }
-            if !out.ends_with("\n\n") {
-                out.push('\n');
-            }
+            // Always exactly one: the one taken out with the section.
+            out.push('\n');
         }
         out.push_str(&format!("[{}]\n", owned.section));
         for line in rendered.iter().filter_map(|(_, l)| l.as_deref()) {
@@ -347,19 +355,27 @@ pub fn merge_keys(text: &str, owned: &OwnedKeys) -> Result<String, MergeError> {
         body.splice(insert_at..insert_at, missing);
     }
     let mut out = String::with_capacity(text.len() + 64);
-    for line in &parsed[..start] {
+    let drop = owned.drop_empty && body.iter().all(|l| l.trim().is_empty());
+    // The blank line the vault put before a section it made goes with it
+    // (one after it, when the section opened the file: the blank line put
+    // before whatever came next).
+    let (before, body) = match parsed[..start].split_last() {
+        Some((last, rest)) if drop && last.text.trim().is_empty() => (rest, &body[..]),
+        None if drop => (&parsed[..0], body.get(1..).unwrap_or_default()),
+        _ => (&parsed[..start], &body[..]),
+    };
+    for line in before {
         out.push_str(line.text);
     }
-    let empty = body.iter().all(|l| l.trim().is_empty());
-    if !(owned.drop_empty && empty) {
+    if !drop {
         let header = parsed[start].text;
         out.push_str(header);
         if !header.ends_with('\n') && !body.is_empty() {
             out.push('\n');
         }
-        for line in &body {
-            out.push_str(line);
-        }
+    }
+    for line in body {
+        out.push_str(line);
     }
     for line in &parsed[end..] {
         out.push_str(line.text);
@@ -521,8 +537,33 @@ mod tests {
         );
         assert_eq!(
             merge_keys(&made, &region("profile new", None, true)).unwrap(),
-            format!("{CONFIG}\n"),
-            "the section goes with our key (one blank line stays, as for sections)"
+            CONFIG,
+            "the section goes with our key, and with the blank line we put before it"
+        );
+        // Whatever blank lines the file ended with, it gets them back.
+        for end in ["", "\n", "\n\n", "\r\n\r\n"] {
+            let file = format!("{CONFIG}{end}");
+            let made = merge_keys(&file, &region("profile new", Some("auto"), true)).unwrap();
+            assert!(
+                made.ends_with("\n\n[profile new]\nregion = auto\n"),
+                "{made:?}"
+            );
+            assert_eq!(
+                merge_keys(&made, &region("profile new", None, true)).unwrap(),
+                file
+            );
+        }
+        // A section someone wrote after ours keeps its blank line.
+        let after = format!("{made}\n[profile later]\noutput = json\n");
+        assert_eq!(
+            merge_keys(&after, &region("profile new", None, true)).unwrap(),
+            format!("{CONFIG}\n[profile later]\noutput = json\n")
+        );
+        // Ours opened the file: the blank line after it goes instead.
+        let first = "[profile new]\nregion = auto\n\n[profile later]\noutput = json\n";
+        assert_eq!(
+            merge_keys(first, &region("profile new", None, true)).unwrap(),
+            "[profile later]\noutput = json\n"
         );
         // Nothing to write: nothing made.
         assert_eq!(
@@ -540,6 +581,46 @@ mod tests {
             merge_keys("", &region("default", Some("us-west-2"), true)).unwrap(),
             "[default]\nregion = us-west-2\n"
         );
+    }
+
+    #[test]
+    fn key_colon_value_lines_are_read_as_configparser_reads_them() {
+        // botocore's parser (configparser) splits a line at its first `=`
+        // or `:`; such a file is the user's and must not stop a merge.
+        let colon = "[profile dev]\noutput: json\nregion: us-east-1\nurl: http://x?a=b\n";
+        assert_eq!(
+            key_value(colon, "profile dev", "region").unwrap(),
+            Some(Some("us-east-1".into()))
+        );
+        assert_eq!(
+            key_value(colon, "profile dev", "url").unwrap(),
+            Some(Some("http://x?a=b".into()))
+        );
+        assert_eq!(
+            key_value("[p]\na=b: c\n", "p", "a").unwrap(),
+            Some(Some("b: c".into())),
+            "the first delimiter splits"
+        );
+        let mine = "[profile np]\noutput: json\n";
+        let added = merge_keys(mine, &region("profile np", Some("eu-west-1"), false)).unwrap();
+        assert_eq!(added, format!("{mine}region = eu-west-1\n"));
+        assert_eq!(
+            merge_keys(&added, &region("profile np", None, false)).unwrap(),
+            mine
+        );
+        // Our key written `region:` by hand is still our key: replaced.
+        assert_eq!(
+            merge_keys(
+                "[profile np]\nregion: x\n",
+                &region("profile np", Some("auto"), false)
+            )
+            .unwrap(),
+            "[profile np]\nregion = auto\n"
+        );
+        // The whole-section merge keeps such lines byte for byte.
+        let merged = merge(colon, &[section("v", "s")], &set(&[]), &set(&[]), false).unwrap();
+        assert!(merged.starts_with(colon));
+        assert_eq!(section_names(&merged).unwrap(), ["profile dev", "v"]);
     }
 
     #[test]
@@ -608,6 +689,7 @@ mod tests {
         let body_line = prop_oneof![
             (key, value).prop_map(|(k, v)| format!("{k} = {v}\n")),
             (key, value).prop_map(|(k, v)| format!("{k}={v}\n")),
+            (key, value).prop_map(|(k, v)| format!("{k}: {v}\n")),
             value.prop_map(|v| format!("# {v}\n")),
             value.prop_map(|v| format!("; {v}\n")),
             Just("\n".to_owned()),
@@ -684,7 +766,7 @@ mod tests {
             prop_assert_eq!(&t2, &t1.replace(&ours, &format!("key0 = {v2}\n")));
             let t3 = merge_keys(&t2, &owned(None)).unwrap();
             prop_assert_eq!(t3.trim_end_matches('\n'), file.trim_end_matches('\n'));
-            if existed && file.ends_with('\n') {
+            if file.ends_with('\n') || file.is_empty() {
                 prop_assert_eq!(&t3, &file, "the user's bytes back exactly");
             }
         }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use tracing::{info, warn};
+use vault_protocol::credential::is_config_region;
 use vault_protocol::message::EmitterKind;
 use vault_protocol::message::{EmitState, EmitterInfo, Removed};
 use vault_protocol::timefmt::Timestamp;
@@ -31,47 +32,53 @@ const WHOLE: &str = "(whole file)";
 /// `Engine::upgrade_renderings` where its file still holds exactly that.
 const RENDERING: i64 = 2;
 
-/// An AWS region name as the SDKs take it: `eu-west-1`, `us-gov-west-1`,
-/// `eusc-de-east-1`: a lower-case prefix, one to three lower-case words and
-/// a number of one or two digits, joined by `-`.
-/// Records arrive by sync from other devices, so the value is checked
-/// before it goes into a file other tools parse.
-fn is_region(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let word = |p: &str, max: usize| {
-        (1..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase())
-    };
-    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
-        return false;
-    };
-    (3..=5).contains(&parts.len())
-        && first.len() >= 2
-        && word(first, 10)
-        && parts[1..parts.len() - 1].iter().all(|p| word(p, 12))
-        && (1..=2).contains(&last.len())
-        && last.bytes().all(|b| b.is_ascii_digit())
+/// The credential's `region` as an AWS config file gets it.
+enum Region {
+    /// None (or empty): no line.
+    None,
+    /// One the file format cannot carry
+    /// (`vault_protocol::credential::is_config_region`): no line, and the
+    /// binding's state says why.
+    Bad,
+    /// One to write.
+    Is(String),
 }
 
-/// The credential's `region`, checked; `None` when it has none.
-fn region_of(body: &RecordBody) -> Result<Option<String>> {
-    let Some(v) = body.fields.get("region").map(|v| v.expose_secret().trim()) else {
-        return Ok(None);
-    };
-    if v.is_empty() {
-        return Ok(None);
+impl Region {
+    /// What to write: nothing for a bad one.
+    fn value(self) -> Option<String> {
+        match self {
+            Region::Is(r) => Some(r),
+            Region::None | Region::Bad => None,
+        }
     }
-    if !is_region(v) {
-        // Not echoed: it may come from another device, and is not a region.
-        return Err(err(
-            ErrorCode::Usage,
-            format!(
-                "the region of '{}' is not an AWS region name (like eu-west-1), so it is not \
-                 written: 'vault set {} region=eu-west-1' fixes it",
-                body.name, body.name
-            ),
-        ));
+}
+
+/// The credential's `region`. Records arrive by sync from other devices,
+/// so it is checked before it goes into a file other tools parse.
+fn region_of(body: &RecordBody) -> Region {
+    match body.fields.get("region").map(|v| v.expose_secret().trim()) {
+        None | Some("") => Region::None,
+        Some(v) if is_config_region(v) => Region::Is(v.to_owned()),
+        Some(_) => Region::Bad,
     }
-    Ok(Some(v.to_owned()))
+}
+
+/// Why a bad region is not written. Never the value: it may come from
+/// another device, and is not one.
+fn bad_region(name: &str) -> String {
+    format!(
+        "the region of '{name}' is not a region name an AWS config file can carry (one word of \
+         letters, digits, '.', '_' and '-'), so no region line is written: 'vault set {name} \
+         region=eu-west-1' fixes it"
+    )
+}
+
+/// The region a keys binding's config file should hold for `body` now:
+/// none when the credential has none (or a bad one), or has expired.
+fn wanted_region(body: &RecordBody, now: Timestamp) -> Option<String> {
+    let live = body.expires_at.is_none_or(|t| t > now);
+    if live { region_of(body).value() } else { None }
 }
 
 /// A profile's section in the config file: `[profile P]`, but `[default]`.
@@ -81,26 +88,6 @@ fn config_section(profile: &str) -> String {
     } else {
         format!("profile {profile}")
     }
-}
-
-/// The key-level part of a keys binding (`aws`): its config file and the
-/// `region` it owns in `[profile P]` there, with the value it must have
-/// (`None` when the credential has none or has expired: no line).
-/// `None` when the binding owns no key there.
-fn config_keys(
-    e: &EmitterRow,
-    body: &RecordBody,
-    now: Timestamp,
-) -> Result<Option<(String, OwnedKeys)>> {
-    let Some(path) = e.config_path.clone().filter(|_| e.config_region) else {
-        return Ok(None);
-    };
-    let live = body.expires_at.is_none_or(|t| t > now);
-    let region = if live { region_of(body)? } else { None };
-    Ok(Some((
-        path,
-        owned_region(&e.section, region, e.config_made),
-    )))
 }
 
 fn owned_region(profile: &str, region: Option<String>, made: bool) -> OwnedKeys {
@@ -191,13 +178,9 @@ fn shell_word(s: &str) -> String {
 
 /// What binding `e` puts in its file for the record `name` with `body`;
 /// `None` when its section must go (an expired key is never handed out).
-/// A region that is not one is refused, never written.
-fn render(
-    e: &EmitterRow,
-    name: &str,
-    body: &RecordBody,
-    now: Timestamp,
-) -> Result<Option<Section>> {
+/// A region the file cannot carry gets no line (`vault emit list` says
+/// why); it never keeps the rest of the section from being written.
+fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Option<Section> {
     match (e.kind, &e.program) {
         // credential_process names the credential; `vault aws-process`
         // itself refuses an expired one with a message the SDK shows.
@@ -207,16 +190,16 @@ fn render(
                 format!("{} aws-process {name}", shell_word(program)),
             )];
             if e.rendering >= 2
-                && let Some(region) = region_of(body)?
+                && let Region::Is(region) = region_of(body)
             {
                 entries.push(("region".to_owned(), region));
             }
-            Ok(Some(Section {
+            Some(Section {
                 name: e.section.clone(),
                 entries,
-            }))
+            })
         }
-        _ => Ok(aws_section(&e.section, body, now)),
+        _ => aws_section(&e.section, body, now),
     }
 }
 
@@ -403,7 +386,9 @@ impl Engine {
         }
         check_absolute(path)?;
         let (row, body) = self.load_as(name, CredentialType::Aws, "aws")?;
-        let region = region_of(&body)?;
+        let region = region_of(&body);
+        let bad = matches!(region, Region::Bad) && (process.is_some() || config.is_some());
+        let region = region.value();
         // In the config file a profile is `[profile P]`, except `[default]`.
         let (kind, section_name) = match &process {
             Some(_) => (EmitterKind::AwsProcess, config_section(profile)),
@@ -444,13 +429,17 @@ impl Engine {
             config_made,
             rendering: RENDERING,
         };
-        let section = render(&emitter, name, &body, now)?.ok_or_else(|| expired(name))?;
+        let section = render(&emitter, name, &body, now).ok_or_else(|| expired(name))?;
         self.write_sections(path, &[section], &BTreeSet::new(), force)?;
-        let info = self.bind(emitter.clone(), name)?;
-        // The keys are bound; a region that cannot be written now shows in
-        // `vault emit list` and is retried by `vault emit repair`.
-        if let Some((config, keys)) = config_keys(&emitter, &body, now)? {
-            write_keys(&config, &keys)?;
+        let mut info = self.bind(emitter.clone(), name)?;
+        // The keys are bound: the region is second to them. One that cannot
+        // be written now is a warning and the binding's state (in `vault
+        // emit list`, retried by `vault emit repair`), not a failed command.
+        if let Err(error) = self.sync_region(&emitter, region.as_deref()) {
+            warn!(emitter = %emitter.id, error = %error.message, "cannot write the region of an emitted profile");
+            info.state = EmitState::Error(error.message);
+        } else if bad {
+            info.state = EmitState::Error(bad_region(name));
         }
         Ok(info)
     }
@@ -458,12 +447,15 @@ impl Engine {
     /// Whether a keys binding for `profile` owns `region` in `[profile P]`
     /// of `config`, and whether it makes that section: a section that does
     /// not exist, or has no `region`, is ours to write; a user's `region`
-    /// with the credential's value (or with the credential having none) is
-    /// theirs and stays theirs; one with another value is refused unless
-    /// `force`, which keeps a backup of the file first. A binding that
-    /// already owned the key keeps it. A section an `aws-process` binding
-    /// writes is that binding's (it writes the region itself). `existing`
-    /// is the profile's binding of a live credential, if any.
+    /// with the credential's value is theirs and stays theirs; one with
+    /// another value is refused unless `force`, which keeps a backup of the
+    /// file first. A binding that already owned the key keeps it. While
+    /// the credential has no region nothing is claimed, and the file is not
+    /// read (`Engine::sync_region` decides when one appears). A section an
+    /// `aws-process` binding writes is that binding's (it writes the region
+    /// itself). A file that cannot be parsed does not stop the keys: it is
+    /// asked again once they are written, and shows in `vault emit list`.
+    /// `existing` is the profile's binding of a live credential, if any.
     fn claim_region(
         &self,
         existing: Option<&EmitterRow>,
@@ -478,27 +470,22 @@ impl Engine {
         {
             return Ok((true, e.config_made));
         }
-        if self
-            .find_emitter(|e| {
-                e.kind == EmitterKind::AwsProcess && e.path == config && e.section == section
-            })?
-            .is_some()
-        {
+        let Some(region) = region else {
+            return Ok((false, false));
+        };
+        if self.process_section(config, &section)? {
             return Ok((false, false));
         }
         let _lock = lock(config)?;
         let text = read_file(config)?;
         let theirs = match aws_ini::key_value(&text, &section, "region") {
-            // Nothing of ours to write yet: claim the key, never the
-            // section, and say nothing of a file we cannot read.
-            Err(_) if region.is_none() => return Ok((true, false)),
-            Err(e) => return Err(merge_error(config, &e)),
+            Err(_) => return Ok((false, false)),
             Ok(None) => return Ok((true, true)),
             Ok(Some(None)) => return Ok((true, false)),
             Ok(Some(Some(theirs))) => theirs,
         };
         match region {
-            Some(ours) if ours != theirs => {
+            ours if ours != theirs => {
                 if !force {
                     return Err(err(
                         ErrorCode::Conflict,
@@ -516,6 +503,16 @@ impl Engine {
         }
     }
 
+    /// Whether an `aws-process` binding writes `[section]` of `config`
+    /// (then the region there is its line).
+    fn process_section(&self, config: &str, section: &str) -> Result<bool> {
+        Ok(self
+            .find_emitter(|e| {
+                e.kind == EmitterKind::AwsProcess && e.path == config && e.section == section
+            })?
+            .is_some())
+    }
+
     /// Takes a keys binding's `region` out of its config file (and the
     /// section, if the binding made it and nothing else is left).
     fn unwrite_region(&self, e: &EmitterRow) -> Result<()> {
@@ -523,6 +520,64 @@ impl Engine {
             Some(config) => write_keys(config, &owned_region(&e.section, None, e.config_made)),
             None => Ok(()),
         }
+    }
+
+    /// Puts the `region` of keys binding `e` in its config file in line
+    /// with `region` (`None`: no line) and says what the binding owns there
+    /// afterwards, `(config_region, config_made)`. The vault owns the key
+    /// only while its line is there: an owned line gets the new value, or
+    /// goes (and the section, if the vault made it), and then nothing is
+    /// owned, so a line the user writes later is theirs. While nothing is
+    /// owned and there is no region, the file is neither read nor written;
+    /// with a region, the file decides: no section, it is made; no region
+    /// line, the key is claimed; the user's own line stays theirs (another
+    /// value than the credential's shows in `vault emit list`).
+    fn place_region(&self, e: &EmitterRow, region: Option<&str>) -> Result<(bool, bool)> {
+        let Some(config) = e.config_path.as_deref() else {
+            return Ok((false, false));
+        };
+        if e.config_region {
+            let keys = owned_region(&e.section, region.map(str::to_owned), e.config_made);
+            write_keys(config, &keys)?;
+            return Ok(match region {
+                Some(_) => (true, e.config_made),
+                None => (false, false),
+            });
+        }
+        let Some(region) = region else {
+            return Ok((false, false));
+        };
+        let section = config_section(&e.section);
+        if self.process_section(config, &section)? {
+            return Ok((false, false));
+        }
+        let _lock = lock(config)?;
+        let text = read_file(config)?;
+        let made = match aws_ini::key_value(&text, &section, "region")
+            .map_err(|x| merge_error(config, &x))?
+        {
+            None => true,
+            Some(None) => false,
+            Some(Some(_)) => return Ok((false, false)),
+        };
+        let keys = owned_region(&e.section, Some(region.to_owned()), made);
+        let merged = aws_ini::merge_keys(&text, &keys).map_err(|x| merge_error(config, &x))?;
+        write_file(config, merged.as_bytes())?;
+        Ok((true, made))
+    }
+
+    /// [`Self::place_region`], with what the binding owns recorded.
+    fn sync_region(&mut self, e: &EmitterRow, region: Option<&str>) -> Result<()> {
+        let (owned, made) = self.place_region(e, region)?;
+        if (owned, made) != (e.config_region, e.config_made) {
+            let row = EmitterRow {
+                config_region: owned,
+                config_made: made,
+                ..e.clone()
+            };
+            self.store_mut()?.put_emitter(&row).map_err(store_err)?;
+        }
+        Ok(())
     }
 
     /// `vault emit docker NAME [--helper]`: the registry's login in
@@ -654,8 +709,8 @@ impl Engine {
         self.bind(emitter, name)
     }
 
-    /// Takes out of its file what binding `e` wrote there; a whole file is
-    /// removed.
+    /// Takes out of its file what binding `e` wrote there (a whole file is
+    /// removed); not the region of a keys binding's config file.
     fn unwrite(&self, e: &EmitterRow) -> Result<()> {
         let remove: BTreeSet<String> = [e.section.clone()].into();
         if e.kind.is_whole_file() {
@@ -663,8 +718,7 @@ impl Engine {
         } else if e.kind.is_docker() {
             self.write_docker(&e.path, e.kind, None, &remove, false)
         } else {
-            self.write_sections(&e.path, &[], &remove, false)?;
-            self.unwrite_region(e)
+            self.write_sections(&e.path, &[], &remove, false)
         }
     }
 
@@ -672,7 +726,7 @@ impl Engine {
     /// the record was deleted or has expired (a whole file only if nobody
     /// changed it since).
     fn write_binding(
-        &self,
+        &mut self,
         e: &EmitterRow,
         body: &RecordBody,
         deleted: bool,
@@ -700,24 +754,23 @@ impl Engine {
                 _ => self.unwrite(e),
             };
         }
-        match render(e, &body.name, body, now)? {
+        match render(e, &body.name, body, now) {
             Some(s) => {
                 self.write_sections(&e.path, &[s], &BTreeSet::new(), false)?;
-                match config_keys(e, body, now)? {
-                    Some((config, keys)) => write_keys(&config, &keys),
-                    None => Ok(()),
-                }
+                self.sync_region(e, wanted_region(body, now).as_deref())
             }
-            None => self.unwrite(e),
+            None => self.take_out(e, body),
         }
     }
 
-    /// Takes binding `e` out for a record that is gone or expired.
-    fn take_out(&self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
+    /// Takes binding `e` out for a record that is gone or expired (with
+    /// its region line, if it owns one).
+    fn take_out(&mut self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
         if e.kind.is_whole_file() {
             remove_if_ours(&e.path, body)
         } else {
-            self.unwrite(e)
+            self.unwrite(e)?;
+            self.sync_region(e, None)
         }
     }
 
@@ -725,23 +778,53 @@ impl Engine {
     /// section or file gets the vault's content back; the user's other lines
     /// stay). Returns the bindings with their state afterwards.
     /// A binding written by an older version is rewritten in the current
-    /// one.
+    /// one (and recorded as such once that write succeeded). One binding
+    /// that cannot be repaired does not stop the others: every failure is
+    /// reported at the end.
     pub fn emit_repair(&mut self, now: Timestamp) -> Result<Vec<EmitterInfo>> {
         let names = self.names_by_id();
-        for mut e in self.store()?.emitters().map_err(store_err)? {
-            let Some(name) = names.get(&e.record_id).cloned() else {
+        let mut failed: Vec<WireError> = Vec::new();
+        for e in self.store()?.emitters().map_err(store_err)? {
+            let Some(name) = names.get(&e.record_id) else {
                 continue;
             };
-            let (_, body) = self.load(&name)?;
-            if e.rendering < RENDERING {
-                self.store_mut()?
-                    .set_emitter_rendering(&e.id, RENDERING)
-                    .map_err(store_err)?;
-                e.rendering = RENDERING;
+            if let Err(error) = self.repair_one(&e, name, now) {
+                warn!(emitter = %e.id, error = %error.message, "cannot repair an emitted file");
+                failed.push(err(error.code, format!("{}: {}", e.id, error.message)));
             }
-            self.write_binding(&e, &body, false, now)?;
         }
-        self.emit_list(now)
+        match failed.len() {
+            0 => self.emit_list(now),
+            1 => Err(failed.remove(0)),
+            n => Err(err(
+                failed[0].code,
+                format!(
+                    "{n} emitted files could not be repaired (the others were): {}",
+                    failed
+                        .iter()
+                        .map(|e| e.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )),
+        }
+    }
+
+    /// Rewrites one binding in the current rendering, and records that
+    /// rendering once it is in the file.
+    fn repair_one(&mut self, e: &EmitterRow, name: &str, now: Timestamp) -> Result<()> {
+        let (_, body) = self.load(name)?;
+        let current = EmitterRow {
+            rendering: RENDERING,
+            ..e.clone()
+        };
+        self.write_binding(&current, &body, false, now)?;
+        if e.rendering < RENDERING {
+            self.store_mut()?
+                .set_emitter_rendering(&e.id, RENDERING)
+                .map_err(store_err)?;
+        }
+        Ok(())
     }
 
     /// Record id → name, for looking up many (empty while locked).
@@ -820,10 +903,8 @@ impl Engine {
                 None => EmitState::Expired(Removed::File),
             };
         }
-        let section = match render(e, name, &body, now) {
-            Ok(Some(section)) => section,
-            Ok(None) => return EmitState::Expired(Removed::Section),
-            Err(error) => return EmitState::Error(error.message),
+        let Some(section) = render(e, name, &body, now) else {
+            return EmitState::Expired(Removed::Section);
         };
         let owned: BTreeSet<String> = [e.section.clone()].into();
         match aws_ini::merge(&text, &[section], &BTreeSet::new(), &owned, false) {
@@ -842,15 +923,19 @@ impl Engine {
     /// How the `region` of a keys binding stands in its config file: ours
     /// compared with what we would write (`drifted`, or `missing` when the
     /// section is gone); a user's own line must say the credential's
-    /// region, else the user is told what to do.
+    /// region, else the user is told what to do. A region the file cannot
+    /// carry (of a binding that writes one) is an error, whatever the file.
     fn region_state(&self, e: &EmitterRow, name: &str, body: &RecordBody) -> EmitState {
+        let region = region_of(body);
+        let writes_region = e.config_path.is_some()
+            || (e.kind == EmitterKind::AwsProcess && e.rendering >= RENDERING);
+        if writes_region && matches!(region, Region::Bad) {
+            return EmitState::Error(bad_region(name));
+        }
         let Some(config) = e.config_path.as_deref() else {
             return EmitState::Ok;
         };
-        let region = match region_of(body) {
-            Ok(r) => r,
-            Err(error) => return EmitState::Error(error.message),
-        };
+        let region = region.value();
         let text = match fsutil::read_text(Path::new(config)) {
             Ok(t) => t.unwrap_or_default(),
             Err(error) => return EmitState::Unreadable(format!("{config}: {error}")),
@@ -875,8 +960,8 @@ impl Engine {
         let again = format!("vault emit aws {name} --profile {}", e.section);
         match (region, found.flatten()) {
             (Some(ours), None) => EmitState::Error(format!(
-                "{config}: [{section}] has no region (the line there was the user's): run \
-                 '{again}' to let vault write {ours}"
+                "{config}: [{section}] has no region line: run '{again}' to let vault write \
+                 {ours}"
             )),
             (Some(ours), Some(theirs)) if theirs != ours => EmitState::Error(format!(
                 "{config}: [{section}] has the user's region = {theirs}, not the credential's \
@@ -896,16 +981,29 @@ impl Engine {
             ));
         };
         self.unwrite(&e)?;
+        // The keys are out: the binding goes even if its region line cannot
+        // be taken out, which is reported.
+        let region = self.unwrite_region(&e);
         self.store_mut()?.delete_emitter(id).map_err(store_err)?;
         info!(emitter = %id, "stopped emitting");
-        Ok(info_of(&e, None, EmitState::Removed))
+        let state = match region {
+            Ok(()) => EmitState::Removed,
+            Err(error) => {
+                warn!(emitter = %id, error = %error.message, "cannot remove the region of an emitted profile");
+                EmitState::Error(format!(
+                    "{}; the binding is removed: take that region line out by hand",
+                    error.message
+                ))
+            }
+        };
+        Ok(info_of(&e, None, state))
     }
 
     /// Takes out what was written for credentials that have expired since
     /// (called by the daemon's ticker), so no tool is handed a dead key. A
     /// no-op when the file no longer has it. `credential_process` lines
     /// stay: `vault aws-process` itself refuses an expired credential.
-    pub fn expire_emitted(&self, now: Timestamp) {
+    pub fn expire_emitted(&mut self, now: Timestamp) {
         let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
             return;
         };
@@ -917,11 +1015,11 @@ impl Engine {
         if bound.peek().is_none() {
             return;
         }
-        let expired: std::collections::BTreeMap<&str, &str> = sess
+        let expired: std::collections::BTreeMap<String, String> = sess
             .index
             .iter()
             .filter(|(_, e)| e.expires_at.is_some_and(|t| t <= now))
-            .map(|(name, e)| (e.id.as_str(), name.as_str()))
+            .map(|(name, e)| (e.id.clone(), name.clone()))
             .collect();
         for e in bound {
             let Some(name) = expired.get(e.record_id.as_str()) else {
@@ -1009,8 +1107,8 @@ impl Engine {
                 }
                 let (_, body) = self.load(name)?;
                 let (Some(old), Some(new)) = (
-                    render(e, name, &body, now)?,
-                    render(&upgraded, name, &body, now)?,
+                    render(e, name, &body, now),
+                    render(&upgraded, name, &body, now),
                 ) else {
                     return Ok(false);
                 };
@@ -1159,36 +1257,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn region_names_are_checked_before_any_file_gets_one() {
-        for ok in [
-            "us-east-1",
-            "eu-west-3",
-            "ap-southeast-2",
-            "us-gov-west-1",
-            "cn-northwest-1",
-            "us-isob-east-1",
-            "eusc-de-east-1",
-            "il-central-1",
-        ] {
-            assert!(is_region(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "eu",
-            "EU-WEST-1",
-            "eu-west",
-            "eu-west-",
-            "-west-1",
-            "eu-west-123",
-            "eu west 1",
-            "eu-west-1\n[evil]",
-            "eu-west-1 ",
-            "eu-wést-1",
-            "e-west-1",
-            "a-b-c-d-e-1",
-        ] {
-            assert!(!is_region(bad), "{bad:?}");
-        }
+    fn a_bad_region_is_named_by_its_credential_never_shown() {
+        let message = bad_region("r2");
+        assert!(message.contains("'r2'") && message.contains("no region line"));
         assert_eq!(config_section("default"), "default");
         assert_eq!(config_section("dev"), "profile dev");
     }
