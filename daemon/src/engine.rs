@@ -998,6 +998,36 @@ impl Engine {
         })
     }
 
+    /// The `private_key` of every live, complete and unexpired `ssh`
+    /// record, with the record's name and id, for the SSH agent
+    /// (`crate::agent`): the key is used there and never leaves the daemon.
+    /// A record that cannot be read is left out (and logged by id).
+    pub fn ssh_private_keys(&self, now: Timestamp) -> Result<Vec<(String, String, SecretValue)>> {
+        let sess = self.session()?;
+        let names: Vec<String> = sess
+            .index
+            .iter()
+            .filter(|(_, e)| e.kind == CredentialType::Ssh && !e.incomplete)
+            .filter(|(_, e)| e.expires_at.is_none_or(|t| t > now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut keys = Vec::with_capacity(names.len());
+        for name in names {
+            match self.load(&name) {
+                Ok((row, mut body)) => {
+                    if let Some(key) = body.fields.remove("private_key") {
+                        keys.push((name, row.id, key));
+                    }
+                }
+                Err(e) => {
+                    let id = sess.index.get(&name).map(|e| e.id.clone());
+                    warn!(id = ?id, code = ?e.code, "ssh agent: record not readable");
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// The current code of `name`'s one-time-code seed (its `otp` field).
     pub fn otp(&self, name: &str, now: Timestamp) -> Result<vault_protocol::Response> {
         let (_, body) = self.load(name)?;

@@ -1,6 +1,7 @@
 //! `vaultd`, the per-user daemon that owns the vault (docs/architecture.md): the
 //! encrypted store, the unlocked key in memory, and the local socket.
 
+pub mod agent;
 pub mod config;
 pub mod crypto;
 pub mod emit;

@@ -280,18 +280,20 @@ fn clear_stale_socket(socket: &Path) -> Result<(), Fatal> {
     }
 }
 
-fn start(
-    args: &Args,
-    inherited: Option<Inherited>,
-) -> Result<
-    (
-        Arc<Daemon>,
-        interprocess::local_socket::tokio::Listener,
-        std::fs::File,
-        Option<PathBuf>,
-    ),
-    Fatal,
-> {
+/// A listening socket and, when we bound it (not the service manager),
+/// its path, removed at exit.
+type Listening = (interprocess::local_socket::tokio::Listener, Option<PathBuf>);
+
+/// What start() leaves running: the daemon, its socket, the held daemon
+/// lock, and the SSH agent's socket when it could be bound.
+struct Started {
+    daemon: Arc<Daemon>,
+    main: Listening,
+    lock: std::fs::File,
+    agent: Option<(interprocess::local_socket::tokio::Listener, PathBuf)>,
+}
+
+fn start(args: &Args, inherited: Option<Inherited>) -> Result<Started, Fatal> {
     let paths = VaultPaths::from_env(args.socket.clone())?;
     verify_paths(&paths)?;
     if let Some(dir) = paths.socket.parent() {
@@ -335,7 +337,42 @@ fn start(
             }
         };
     let daemon = Daemon::new(engine, paths.socket.display().to_string());
-    Ok((daemon, listener, lock, owned_socket))
+    let agent = listen_agent(&paths.agent_socket());
+    Ok(Started {
+        daemon,
+        main: (listener, owned_socket),
+        lock,
+        agent,
+    })
+}
+
+/// The SSH agent's socket (issue 25), bound here even under socket
+/// activation, 0600 from the start in the runtime directory start() has
+/// checked. A failure is logged and the daemon serves without an agent:
+/// the vault itself must not depend on it.
+fn listen_agent(path: &Path) -> Option<(interprocess::local_socket::tokio::Listener, PathBuf)> {
+    let bound = clear_stale_socket(path)
+        .map_err(|Fatal(_, msg)| msg)
+        .and_then(|()| {
+            let name = path
+                .to_fs_name::<GenericFilePath>()
+                .map_err(|e| e.to_string())?;
+            ListenerOptions::new()
+                .name(name)
+                .mode(0o600)
+                .create_tokio()
+                .map_err(|e| e.to_string())
+        });
+    match bound {
+        Ok(listener) => {
+            info!("ssh agent listening");
+            Some((listener, path.to_path_buf()))
+        }
+        Err(e) => {
+            error!("no ssh agent: cannot listen on {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Every heap block is wiped as it is freed, and the old block of a buffer
@@ -377,7 +414,12 @@ fn main() -> ExitCode {
         Err(e) => return report(&args, Fatal(1, format!("cannot start runtime: {e}"))),
     };
     let _guard = runtime.enter();
-    let (daemon, listener, lock, socket) = match start(&args, inherited) {
+    let Started {
+        daemon,
+        main: (listener, socket),
+        lock,
+        agent,
+    } = match start(&args, inherited) {
         Ok(v) => v,
         Err(fatal) => return report(&args, fatal),
     };
@@ -387,7 +429,7 @@ fn main() -> ExitCode {
         let _ = out.flush();
         detach_stdio();
     }
-    runtime.block_on(async {
+    let agent_socket = runtime.block_on(async {
         let d = Arc::clone(&daemon);
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -410,14 +452,19 @@ fn main() -> ExitCode {
             info!("signal received");
             d.request_shutdown();
         });
+        let agent_socket = agent.map(|(agent, path)| {
+            tokio::spawn(vault_daemon::agent::serve(Arc::clone(&daemon), agent));
+            path
+        });
         server::run(daemon, listener).await;
+        agent_socket
     });
     // Dropping the runtime drops every task, and with them the last handle
     // on the engine: the key is wiped and the database closed (its WAL
     // checkpointed) before anyone can see us gone.
     drop(_guard);
     drop(runtime);
-    if let Some(socket) = &socket {
+    for socket in socket.iter().chain(agent_socket.iter()) {
         let _ = std::fs::remove_file(socket);
     }
     info!("vaultd stopped");

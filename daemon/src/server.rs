@@ -142,6 +142,23 @@ impl Daemon {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Whether the peer of `stream` runs as our uid; a connection from
+    /// another user is logged and must be dropped unanswered. The one check
+    /// of both the main socket and the SSH agent's (`crate::agent`).
+    pub(crate) fn is_owner(&self, stream: &Stream) -> bool {
+        let peer = stream.peer_creds().ok().and_then(|c| c.euid());
+        if peer != Some(self.euid) {
+            warn!(peer_uid = ?peer, "connection from another user dropped");
+            return false;
+        }
+        true
+    }
+
+    /// Becomes true when the daemon is asked to stop.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     /// Asks the accept loop and every connection to stop.
     pub fn request_shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -589,9 +606,7 @@ fn salvage_id(body: &[u8]) -> u64 {
 }
 
 async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
-    let peer = stream.peer_creds().ok().and_then(|c| c.euid());
-    if peer != Some(daemon.euid) {
-        warn!(conn, peer_uid = ?peer, "connection from another user dropped");
+    if !daemon.is_owner(&stream) {
         return;
     }
     let mut shutdown = daemon.shutdown.subscribe();
@@ -729,6 +744,29 @@ fn op_name(req: &Request) -> &'static str {
     }
 }
 
+/// The next connection on `listener` (the `what` socket), or `None` once
+/// shutdown is requested. A failed accept is logged and retried after a
+/// pause. Shared by the main socket and the SSH agent's.
+pub(crate) async fn next_connection(
+    listener: &Listener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<Stream> {
+    loop {
+        let stream = tokio::select! {
+            s = listener.accept() => s,
+            _ = shutdown.wait_for(|v| *v) => return None,
+        };
+        match stream {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                warn!(error = %e, socket = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves `listener` until shutdown is requested.
 pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -769,19 +807,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
         &daemon.shared,
     )));
     let mut shutdown = daemon.shutdown.subscribe();
-    loop {
-        let stream = tokio::select! {
-            s = listener.accept() => s,
-            _ = shutdown.wait_for(|v| *v) => break,
-        };
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some(stream) = next_connection(&listener, &mut shutdown, "vaultd").await {
         // Every slot taken: close the connection idle longest (a silent or
         // dribbling client first) rather than keep the new one waiting;
         // when all are mid-request, wait for one to finish.

@@ -77,6 +77,12 @@ impl VaultPaths {
         })
     }
 
+    /// The SSH agent's socket (issue 25), beside the daemon's in the same
+    /// private directory: `SSH_AUTH_SOCK` for ssh, printed by `vault ssh-agent`.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.socket.with_file_name("ssh-agent.sock")
+    }
+
     /// `vault exec`'s per-child folders (`<wrapper pid>-<random>`), swept by
     /// the daemon when their wrapper is gone.
     pub fn exec_dir(&self) -> PathBuf {

@@ -1,0 +1,666 @@
+//! The SSH agent (issue 25, docs/architecture.md "The SSH agent"): vaultd
+//! serves the ssh-agent protocol (draft-miller-ssh-agent) on
+//! `ssh-agent.sock` beside its own socket, 0600 in the same 0700 runtime
+//! directory, and drops a connection from another uid exactly as the main
+//! socket does ([`Daemon::is_owner`]).
+//!
+//! This module owns the agent's message parser (pure, unit-tested with
+//! truncated, malformed and oversized input), the signing with an `ssh`
+//! credential's key, and the connection loop. It must never hand a private
+//! key out, write one anywhere, log one or a credential's name, or wait for
+//! an unlock: a locked vault lists no identities and refuses to sign at
+//! once, so `ssh` falls back to its other methods.
+//!
+//! In this slice only `REQUEST_IDENTITIES` and `SIGN_REQUEST` are served.
+//! Adding, removing and agent-locking keys (`ssh-add KEY`, `-d`, `-D`, `-x`)
+//! and extensions answer `SSH_AGENT_FAILURE` and change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{Listener, Stream};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+use ssh_encoding::{Decode, Encode, Reader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+use vault_protocol::timefmt::Timestamp;
+use zeroize::Zeroizing;
+
+use crate::server::Daemon;
+
+/// The largest agent message accepted (its length field); a longer one
+/// closes the connection. OpenSSH's own agent allows 256 KiB too.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// How long a client may take to send the rest of a message once started.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most agent connections served at once; a further one is closed.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Message numbers of draft-miller-ssh-agent.
+mod msg {
+    pub const FAILURE: u8 = 5;
+    pub const IDENTITIES_ANSWER: u8 = 12;
+    pub const SIGN_RESPONSE: u8 = 14;
+    pub const REQUEST_IDENTITIES: u8 = 11;
+    pub const SIGN_REQUEST: u8 = 13;
+    pub const ADD_IDENTITY: u8 = 17;
+    pub const REMOVE_IDENTITY: u8 = 18;
+    pub const REMOVE_ALL_IDENTITIES: u8 = 19;
+    pub const ADD_SMARTCARD_KEY: u8 = 20;
+    pub const REMOVE_SMARTCARD_KEY: u8 = 21;
+    pub const LOCK: u8 = 22;
+    pub const UNLOCK: u8 = 23;
+    pub const ADD_ID_CONSTRAINED: u8 = 25;
+    pub const ADD_SMARTCARD_KEY_CONSTRAINED: u8 = 26;
+    pub const EXTENSION: u8 = 27;
+}
+
+/// `SIGN_REQUEST` flags: which RSA signature is asked for.
+const RSA_SHA2_256: u32 = 2;
+const RSA_SHA2_512: u32 = 4;
+
+/// One parsed agent request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// List the keys.
+    Identities,
+    /// Sign `data` with the key whose public blob is `key_blob`.
+    Sign {
+        /// The public key blob, as `Identities` listed it.
+        key_blob: Vec<u8>,
+        /// What to sign (not secret: the session hash and user name).
+        data: Vec<u8>,
+        /// `SSH_AGENT_RSA_SHA2_*`.
+        flags: u32,
+    },
+    /// A request this slice understands but refuses (add, remove, lock,
+    /// unlock, smartcard, extension): answered with a failure.
+    Refused(u8),
+}
+
+/// Why a message could not be parsed. Every one is answered with
+/// `SSH_AGENT_FAILURE`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// No message type byte.
+    Empty,
+    /// A message number the protocol does not define for a client.
+    Unknown(u8),
+    /// Fields missing, too long for the message, or extra bytes after them.
+    Malformed,
+}
+
+/// The body length of a message from its 4-byte header, or `None` when it
+/// is zero or over [`MAX_MESSAGE`] (the connection is then closed: what
+/// follows cannot be trusted to be a message boundary).
+pub fn message_len(header: [u8; 4]) -> Option<usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    (1..=MAX_MESSAGE).contains(&len).then_some(len)
+}
+
+/// Parses one message body (after its length).
+pub fn parse(body: &[u8]) -> Result<AgentRequest, ParseError> {
+    let (&kind, mut rest) = body.split_first().ok_or(ParseError::Empty)?;
+    let req = match kind {
+        msg::REQUEST_IDENTITIES => AgentRequest::Identities,
+        msg::SIGN_REQUEST => {
+            let key_blob = Vec::<u8>::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
+            let data = Vec::<u8>::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
+            let flags = u32::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
+            AgentRequest::Sign {
+                key_blob,
+                data,
+                flags,
+            }
+        }
+        msg::ADD_IDENTITY
+        | msg::REMOVE_IDENTITY
+        | msg::REMOVE_ALL_IDENTITIES
+        | msg::ADD_SMARTCARD_KEY
+        | msg::REMOVE_SMARTCARD_KEY
+        | msg::LOCK
+        | msg::UNLOCK
+        | msg::ADD_ID_CONSTRAINED
+        | msg::ADD_SMARTCARD_KEY_CONSTRAINED
+        | msg::EXTENSION => return Ok(AgentRequest::Refused(kind)),
+        other => return Err(ParseError::Unknown(other)),
+    };
+    if !rest.is_finished() {
+        return Err(ParseError::Malformed);
+    }
+    Ok(req)
+}
+
+/// Why an `ssh` credential's key is not offered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// Not an OpenSSH private key we could read.
+    Unreadable,
+    /// Protected by a passphrase (store it without one: the vault is its
+    /// protection).
+    Encrypted,
+    /// A type the agent does not sign with (DSA, P-384/521, security keys).
+    Unsupported,
+    /// ring refused the key's numbers.
+    Rejected,
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unreadable => "not an OpenSSH private key",
+            Self::Encrypted => "passphrase-protected (not supported by the agent yet)",
+            Self::Unsupported => "key type not supported (ed25519, ecdsa P-256, rsa only)",
+            Self::Rejected => "key rejected as inconsistent",
+        })
+    }
+}
+
+enum Signer {
+    Ed25519(Ed25519KeyPair),
+    EcdsaP256(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+/// One identity the agent offers: an `ssh` credential's key, ready to sign.
+pub struct AgentKey {
+    /// The credential's name (the identity's comment).
+    pub comment: String,
+    /// The public key blob (the wire encoding `ssh-add -L` shows in base64).
+    pub blob: Vec<u8>,
+    signer: Signer,
+}
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentKey([redacted])")
+    }
+}
+
+/// Big-endian bytes as ring wants them: no leading zeros.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
+}
+
+/// `d mod (p - 1)`: an RSA CRT exponent, which OpenSSH keys do not store
+/// and ring needs. Constant-time arithmetic on 4096-bit numbers (ring signs
+/// with moduli up to that size).
+fn crt_exponent(d: &[u8], p: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use crypto_bigint::{Encoding as _, NonZero, U4096};
+    const SIZE: usize = 512;
+    let (d, p) = (trim(d), trim(p));
+    if d.len() > SIZE || p.len() > SIZE {
+        return None;
+    }
+    let mut buf = Zeroizing::new([0u8; SIZE]);
+    buf[SIZE - d.len()..].copy_from_slice(d);
+    let d = Zeroizing::new(U4096::from_be_slice(&buf[..]));
+    buf.fill(0);
+    buf[SIZE - p.len()..].copy_from_slice(p);
+    let p = Zeroizing::new(U4096::from_be_slice(&buf[..]));
+    let p_minus_1: Option<NonZero<U4096>> = NonZero::new(p.wrapping_sub(&U4096::ONE)).into();
+    let reduced = Zeroizing::new(d.rem(&p_minus_1?));
+    let bytes = Zeroizing::new(reduced.to_be_bytes());
+    Some(Zeroizing::new(trim(&bytes[..]).to_vec()))
+}
+
+/// Reads an OpenSSH private key (the `private_key` field of an `ssh`
+/// credential) into a signer. `comment` is the credential's name.
+pub fn load_key(comment: &str, openssh: &str) -> Result<AgentKey, KeyError> {
+    use ssh_key::private::{EcdsaKeypair, KeypairData};
+    let key = ssh_key::PrivateKey::from_openssh(openssh.trim().as_bytes())
+        .map_err(|_| KeyError::Unreadable)?;
+    if key.is_encrypted() {
+        return Err(KeyError::Encrypted);
+    }
+    let blob = key
+        .public_key()
+        .to_bytes()
+        .map_err(|_| KeyError::Unreadable)?;
+    let rng = SystemRandom::new();
+    let signer = match key.key_data() {
+        KeypairData::Ed25519(kp) => {
+            let seed = Zeroizing::new(kp.private.to_bytes());
+            Signer::Ed25519(
+                Ed25519KeyPair::from_seed_and_public_key(&seed[..], &kp.public.0)
+                    .map_err(|_| KeyError::Rejected)?,
+            )
+        }
+        KeypairData::Ecdsa(EcdsaKeypair::NistP256 { public, private }) => Signer::EcdsaP256(
+            EcdsaKeyPair::from_private_key_and_public_key(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                private.as_slice(),
+                public.as_bytes(),
+                &rng,
+            )
+            .map_err(|_| KeyError::Rejected)?,
+        ),
+        KeypairData::Rsa(kp) => {
+            fn part(m: &ssh_key::Mpint) -> Result<&[u8], KeyError> {
+                m.as_positive_bytes().ok_or(KeyError::Rejected)
+            }
+            let (d, p, q) = (
+                part(&kp.private.d)?,
+                part(&kp.private.p)?,
+                part(&kp.private.q)?,
+            );
+            let dp = crt_exponent(d, p).ok_or(KeyError::Rejected)?;
+            let dq = crt_exponent(d, q).ok_or(KeyError::Rejected)?;
+            let components = ring::rsa::KeyPairComponents {
+                public_key: ring::rsa::PublicKeyComponents {
+                    n: trim(part(&kp.public.n)?),
+                    e: trim(part(&kp.public.e)?),
+                },
+                d: trim(d),
+                p: trim(p),
+                q: trim(q),
+                dP: &dp[..],
+                dQ: &dq[..],
+                qInv: trim(part(&kp.private.iqmp)?),
+            };
+            Signer::Rsa(RsaKeyPair::from_components(&components).map_err(|_| KeyError::Rejected)?)
+        }
+        KeypairData::Encrypted(_) => return Err(KeyError::Encrypted),
+        _ => return Err(KeyError::Unsupported),
+    };
+    Ok(AgentKey {
+        comment: comment.to_owned(),
+        blob,
+        signer,
+    })
+}
+
+/// Why a signature was refused (answered with `SSH_AGENT_FAILURE`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignError {
+    /// An RSA signature without `rsa-sha2-256`/`-512`: SHA-1 is never used.
+    Sha1Refused,
+    /// ring failed.
+    Failed,
+}
+
+impl AgentKey {
+    /// The SSH signature blob (algorithm name and signature) of `data`.
+    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Vec<u8>, SignError> {
+        let rng = SystemRandom::new();
+        let (alg, sig): (&str, Vec<u8>) = match &self.signer {
+            Signer::Ed25519(kp) => ("ssh-ed25519", kp.sign(data).as_ref().to_vec()),
+            Signer::EcdsaP256(kp) => {
+                let fixed = kp.sign(&rng, data).map_err(|_| SignError::Failed)?;
+                let (r, s) = fixed.as_ref().split_at(fixed.as_ref().len() / 2);
+                let mut inner = Vec::new();
+                for half in [r, s] {
+                    ssh_key::Mpint::from_positive_bytes(half)
+                        .and_then(|m| Ok(m.encode(&mut inner)?))
+                        .map_err(|_| SignError::Failed)?;
+                }
+                ("ecdsa-sha2-nistp256", inner)
+            }
+            Signer::Rsa(kp) => {
+                let (alg, padding): (&str, &'static dyn signature::RsaEncoding) =
+                    if flags & RSA_SHA2_512 != 0 {
+                        ("rsa-sha2-512", &signature::RSA_PKCS1_SHA512)
+                    } else if flags & RSA_SHA2_256 != 0 {
+                        ("rsa-sha2-256", &signature::RSA_PKCS1_SHA256)
+                    } else {
+                        return Err(SignError::Sha1Refused);
+                    };
+                let mut sig = vec![0u8; kp.public().modulus_len()];
+                kp.sign(padding, &rng, data, &mut sig)
+                    .map_err(|_| SignError::Failed)?;
+                (alg, sig)
+            }
+        };
+        let mut blob = Vec::new();
+        alg.encode(&mut blob).map_err(|_| SignError::Failed)?;
+        sig.as_slice()
+            .encode(&mut blob)
+            .map_err(|_| SignError::Failed)?;
+        Ok(blob)
+    }
+
+    /// The public key as ring sees it (tests compare it with the blob).
+    #[cfg(test)]
+    fn ring_public(&self) -> Vec<u8> {
+        use ring::signature::KeyPair as _;
+        match &self.signer {
+            Signer::Ed25519(kp) => kp.public_key().as_ref().to_vec(),
+            Signer::EcdsaP256(kp) => kp.public_key().as_ref().to_vec(),
+            Signer::Rsa(kp) => kp.public_key().as_ref().to_vec(),
+        }
+    }
+}
+
+/// A whole message (length and body) of type `kind` with `payload`.
+fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len() + 1).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `SSH_AGENT_FAILURE`.
+pub fn failure() -> Vec<u8> {
+    message(msg::FAILURE, &[])
+}
+
+/// `SSH_AGENT_IDENTITIES_ANSWER` listing `keys`.
+pub fn identities_answer(keys: &[AgentKey]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    let ok = count.encode(&mut payload).is_ok()
+        && keys.iter().all(|k| {
+            k.blob.as_slice().encode(&mut payload).is_ok()
+                && k.comment.as_str().encode(&mut payload).is_ok()
+        });
+    if !ok {
+        return failure();
+    }
+    message(msg::IDENTITIES_ANSWER, &payload)
+}
+
+/// `SSH_AGENT_SIGN_RESPONSE` carrying `signature` (a signature blob).
+pub fn sign_response(signature: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    if signature.encode(&mut payload).is_err() {
+        return failure();
+    }
+    message(msg::SIGN_RESPONSE, &payload)
+}
+
+/// The vault's `ssh` credentials as agent keys; none when the vault is
+/// locked (never waits for an unlock). Decrypting and parsing happen on the
+/// blocking pool, under the engine lock only for the decryption.
+async fn keys(daemon: &Arc<Daemon>) -> Vec<AgentKey> {
+    let d = Arc::clone(daemon);
+    let loaded = tokio::task::spawn_blocking(move || {
+        let secrets = {
+            let mut engine = d.engine();
+            engine.check_deadlines(Timestamp::now());
+            engine.ssh_private_keys(Timestamp::now())
+        };
+        let Ok(secrets) = secrets else {
+            return Vec::new();
+        };
+        secrets
+            .into_iter()
+            .filter_map(
+                |(name, id, secret)| match load_key(&name, secret.expose_secret()) {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        // By id: logs never name a record.
+                        info!(id, reason = %e, "ssh agent: key not offered");
+                        None
+                    }
+                },
+            )
+            .collect()
+    })
+    .await;
+    loaded.unwrap_or_default()
+}
+
+/// The answer to one message body.
+async fn answer(daemon: &Arc<Daemon>, body: &[u8], conn: u64) -> Vec<u8> {
+    match parse(body) {
+        Ok(AgentRequest::Identities) => identities_answer(&keys(daemon).await),
+        Ok(AgentRequest::Sign {
+            key_blob,
+            data,
+            flags,
+        }) => {
+            let keys = keys(daemon).await;
+            let Some(key) = keys.iter().find(|k| k.blob == key_blob) else {
+                debug!(conn, "ssh agent: sign request for a key we do not hold");
+                return failure();
+            };
+            match key.sign(&data, flags) {
+                Ok(sig) => {
+                    debug!(conn, "ssh agent: signed");
+                    sign_response(&sig)
+                }
+                Err(e) => {
+                    info!(conn, error = ?e, "ssh agent: signature refused");
+                    failure()
+                }
+            }
+        }
+        Ok(AgentRequest::Refused(kind)) => {
+            debug!(conn, kind, "ssh agent: request not supported");
+            failure()
+        }
+        Err(e) => {
+            debug!(conn, error = ?e, "ssh agent: bad message");
+            failure()
+        }
+    }
+}
+
+/// Serves one agent connection: messages answered in order until the
+/// client closes, sends an oversized length, stalls mid-message, or the
+/// daemon shuts down.
+async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
+    if !daemon.is_owner(&stream) {
+        return;
+    }
+    let mut shutdown = daemon.shutdown_signal();
+    let mut s = &stream;
+    loop {
+        let mut header = [0u8; 4];
+        let first = tokio::select! {
+            r = s.read(&mut header[..1]) => r,
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        match first {
+            Ok(1) => {}
+            _ => break,
+        }
+        let rest = async {
+            s.read_exact(&mut header[1..]).await?;
+            let Some(len) = message_len(header) else {
+                return Ok(None);
+            };
+            let mut body = Zeroizing::new(vec![0u8; len]);
+            s.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>(Some(body))
+        };
+        let body = match tokio::time::timeout(MESSAGE_TIMEOUT, rest).await {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => {
+                debug!(conn, "ssh agent: message length out of bounds: closing");
+                let _ = s.write_all(&failure()).await;
+                break;
+            }
+            Ok(Err(_)) | Err(_) => break,
+        };
+        let reply = answer(&daemon, &body, conn).await;
+        if s.write_all(&reply).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Serves the agent socket until shutdown.
+pub async fn serve(daemon: Arc<Daemon>, listener: Listener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = daemon.shutdown_signal();
+    let mut next: u64 = 1;
+    while let Some(stream) =
+        crate::server::next_connection(&listener, &mut shutdown, "ssh-agent").await
+    {
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!("ssh agent: every connection slot is taken: closing the new one");
+            continue;
+        };
+        let conn = next;
+        next += 1;
+        let d = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            serve_connection(d, stream, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(bytes: &[u8]) -> Vec<u8> {
+        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn sign_body(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
+        let mut body = vec![msg::SIGN_REQUEST];
+        body.extend(string(blob));
+        body.extend(string(data));
+        body.extend(flags.to_be_bytes());
+        body
+    }
+
+    #[test]
+    fn well_formed_requests_parse() {
+        assert_eq!(parse(&[11]), Ok(AgentRequest::Identities));
+        assert_eq!(
+            parse(&sign_body(b"blob", b"data", 4)),
+            Ok(AgentRequest::Sign {
+                key_blob: b"blob".to_vec(),
+                data: b"data".to_vec(),
+                flags: 4
+            })
+        );
+        for refused in [17, 18, 19, 20, 21, 22, 23, 25, 26, 27] {
+            assert_eq!(parse(&[refused, 0, 0]), Ok(AgentRequest::Refused(refused)));
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_errors_not_panics() {
+        assert_eq!(parse(&[]), Err(ParseError::Empty));
+        assert_eq!(parse(&[0]), Err(ParseError::Unknown(0)));
+        assert_eq!(parse(&[5]), Err(ParseError::Unknown(5)));
+        assert_eq!(parse(&[255, 1, 2]), Err(ParseError::Unknown(255)));
+        // Trailing bytes after a complete request.
+        assert_eq!(parse(&[11, 0]), Err(ParseError::Malformed));
+        let good = sign_body(b"blob", b"data", 2);
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(parse(&long), Err(ParseError::Malformed));
+        // Every truncation of a good sign request.
+        for cut in 1..good.len() {
+            assert_eq!(parse(&good[..cut]), Err(ParseError::Malformed), "cut {cut}");
+        }
+        // A string length far past the end of the message.
+        let mut huge = vec![msg::SIGN_REQUEST];
+        huge.extend(u32::MAX.to_be_bytes());
+        huge.extend([1, 2, 3]);
+        assert_eq!(parse(&huge), Err(ParseError::Malformed));
+    }
+
+    #[test]
+    fn parser_survives_noise() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|i| (x >> ((i % 8) * 8)) as u8 ^ i as u8)
+                .collect();
+            let mut body = body;
+            if let Some(first) = body.first_mut() {
+                *first = [11, 13, 17, 255][(x % 4) as usize];
+            }
+            let _ = parse(&body);
+        }
+    }
+
+    #[test]
+    fn lengths_are_bounded() {
+        assert_eq!(message_len(0u32.to_be_bytes()), None);
+        assert_eq!(message_len(1u32.to_be_bytes()), Some(1));
+        assert_eq!(
+            message_len((MAX_MESSAGE as u32).to_be_bytes()),
+            Some(MAX_MESSAGE)
+        );
+        assert_eq!(message_len((MAX_MESSAGE as u32 + 1).to_be_bytes()), None);
+        assert_eq!(message_len(u32::MAX.to_be_bytes()), None);
+    }
+
+    #[test]
+    fn garbage_keys_are_refused_not_panics() {
+        assert_eq!(load_key("x", "").err(), Some(KeyError::Unreadable));
+        assert_eq!(
+            load_key(
+                "x",
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
+            )
+            .err(),
+            Some(KeyError::Unreadable)
+        );
+    }
+
+    #[test]
+    fn crt_exponent_reduces() {
+        // 100 mod (7 - 1) = 4; 255 mod (16 - 1) = 0 → empty (zero).
+        let reduced = |d: &[u8], p: &[u8]| crt_exponent(d, p).map(|v| v.to_vec());
+        assert_eq!(reduced(&[100], &[7]), Some(vec![4]));
+        assert_eq!(reduced(&[0, 0, 255], &[16]), Some(vec![]));
+        assert!(crt_exponent(&[1], &[1]).is_none(), "p - 1 = 0");
+        assert!(crt_exponent(&[1; 513], &[7]).is_none());
+    }
+
+    /// Keys made by ssh-keygen when it is installed (the end-to-end test
+    /// checks the signatures with real ssh; here: they load and sign).
+    #[test]
+    fn ssh_keygen_keys_load_and_sign() {
+        let Some(keygen) = ["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]
+            .iter()
+            .find(|p| std::path::Path::new(p).is_file())
+        else {
+            eprintln!("SKIP: ssh-keygen not installed (apt-get install openssh-client)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (t, bits, alg) in [
+            ("ed25519", "256", "ssh-ed25519"),
+            ("ecdsa", "256", "ecdsa-sha2-nistp256"),
+            ("rsa", "2048", "rsa-sha2-256"),
+        ] {
+            let path = dir.path().join(t);
+            let out = std::process::Command::new(keygen)
+                .args(["-q", "-t", t, "-b", bits, "-N", "", "-C", "c", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let key = load_key("name", &text).unwrap();
+            assert!(!key.ring_public().is_empty());
+            let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+            let b64 = public.split_whitespace().nth(1).unwrap();
+            use base64::Engine as _;
+            let want = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            assert_eq!(key.blob, want, "{t}: blob matches the .pub file");
+            let sig = key.sign(b"data", RSA_SHA2_256).unwrap();
+            let mut r = sig.as_slice();
+            assert_eq!(String::decode(&mut r).unwrap(), alg);
+            if t == "rsa" {
+                assert_eq!(key.sign(b"data", 0), Err(SignError::Sha1Refused));
+                let sig = key.sign(b"data", RSA_SHA2_512).unwrap();
+                let mut r = sig.as_slice();
+                assert_eq!(String::decode(&mut r).unwrap(), "rsa-sha2-512");
+            }
+            assert!(format!("{key:?}").contains("redacted"));
+        }
+    }
+}
