@@ -131,6 +131,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Delete a published credential from the platform (the vault keeps it)
     Unpublish(UnpublishArgs),
+    /// Print the SSH_AUTH_SOCK line that points ssh at the vault's SSH agent
+    #[command(name = "ssh-agent", after_help = SSH_AGENT_HELP)]
+    SshAgent(SshAgentArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -531,6 +534,28 @@ pub enum ImportSource {
     Env,
 }
 
+/// `vault ssh-agent`.
+#[derive(Debug, Args)]
+pub struct SshAgentArgs {
+    /// Print it for fish (set -gx) instead of sh
+    #[arg(long, conflicts_with = "csh")]
+    pub fish: bool,
+
+    /// Print it for csh/tcsh (setenv) instead of sh
+    #[arg(long)]
+    pub csh: bool,
+}
+
+const SSH_AGENT_HELP: &str = "\
+Example: eval \"$(vault ssh-agent)\"; ssh-add -l
+
+vaultd serves the vault's ssh credentials (ed25519, ecdsa P-256, rsa) as an
+SSH agent on its own socket; keys sign inside the daemon and never leave it.
+This starts the daemon if needed and prints the line that sets SSH_AUTH_SOCK.
+A locked vault lists no keys, so ssh falls back to its other methods:
+run 'vault unlock' first. Keys cannot be added or removed through the agent
+(ssh-add KEY, -d, -D fail): use 'vault add NAME --type ssh private_key=@FILE'.";
+
 /// `vault exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -555,6 +580,11 @@ pub struct ExecArgs {
     /// credentials) instead of static keys, so SDKs refresh it
     #[arg(long)]
     pub server: bool,
+
+    /// Set SSH_AUTH_SOCK to the vault's SSH agent (see 'vault ssh-agent'),
+    /// so the command's ssh signs with the vault's keys
+    #[arg(long)]
+    pub ssh_agent: bool,
 
     /// The command and its arguments, after --
     #[arg(last = true, required = true, value_name = "COMMAND")]

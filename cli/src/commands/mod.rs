@@ -13,6 +13,8 @@ mod records;
 mod sync;
 mod vault;
 
+pub use vault::agent_socket;
+
 use clap_complete::Shell;
 use vault_protocol::{ErrorCode, Request, Response};
 
@@ -120,6 +122,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Remote { action } => publish::remote(&mut ctx, &action),
         Command::Publish(args) => publish::publish(&mut ctx, &args),
         Command::Unpublish(args) => publish::unpublish(&mut ctx, &args),
+        Command::SshAgent(args) => vault::ssh_agent(&mut ctx, &args),
         Command::Completions { shell } => completions(ctx.out, shell),
     }?;
     Ok(ctx.exit_code)

@@ -346,3 +346,53 @@ pub fn unlock_for_retry(ctx: &mut Ctx) -> CliResult<()> {
         _ => Err(unexpected("prompt_lease")),
     }
 }
+
+/// The SSH agent's socket of the running daemon, starting the daemon if
+/// needed; an error when the daemon serves none (its log says why).
+pub fn agent_socket(ctx: &mut Ctx) -> CliResult<std::path::PathBuf> {
+    ctx.client()?.hello()?;
+    let path = ctx.target.paths.agent_socket();
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(path),
+        _ => Err(vault_protocol::WireError::new(
+            vault_protocol::ErrorCode::Failed,
+            format!(
+                "vaultd serves no SSH agent at {}: see {} for why, then run 'vault daemon restart'",
+                path.display(),
+                ctx.target.paths.log().display()
+            ),
+        )),
+    }
+}
+
+/// `vault ssh-agent`: the line that points a shell's ssh at the agent.
+pub fn ssh_agent(ctx: &mut Ctx, args: &crate::args::SshAgentArgs) -> CliResult<()> {
+    let path = agent_socket(ctx)?;
+    let path = path.to_string_lossy();
+    if ctx.out.json {
+        return ctx.out.json(&json!({ "SSH_AUTH_SOCK": path }));
+    }
+    let quoted = shell_quote(&path);
+    let line = if args.fish {
+        format!("set -gx SSH_AUTH_SOCK {quoted};")
+    } else if args.csh {
+        format!("setenv SSH_AUTH_SOCK {quoted};")
+    } else {
+        format!("SSH_AUTH_SOCK={quoted}; export SSH_AUTH_SOCK;")
+    };
+    ctx.out.line(&line);
+    Ok(())
+}
+
+/// `path` as one word for sh, csh and fish: bare when it is only safe
+/// characters, else in single quotes, a quote in it written `'\''` (which
+/// all three read as a literal quote).
+fn shell_quote(path: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,".contains(c);
+    if !path.is_empty() && path.chars().all(safe) {
+        path.to_owned()
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    }
+}

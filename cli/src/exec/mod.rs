@@ -64,6 +64,11 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
         }
     };
     refuse_expired(&records, Timestamp::now())?;
+    let agent = if args.ssh_agent {
+        Some(crate::commands::agent_socket(ctx)?)
+    } else {
+        None
+    };
     // The child must not inherit our connection, and the daemon need not
     // keep it open while the child runs.
     ctx.disconnect();
@@ -77,6 +82,17 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     let prefixes = parse_prefixes(&args.prefix, &records)?;
     let mut plan =
         plan::build(&records, &overrides, &prefixes, &folder.path_str()).map_err(usage)?;
+    if let Some(agent) = &agent
+        && !overrides.iter().any(|(k, _)| k == "SSH_AUTH_SOCK")
+    {
+        plan.set.insert(
+            "SSH_AUTH_SOCK".to_owned(),
+            plan::EnvValue {
+                value: agent.to_string_lossy().as_ref().into(),
+                from: None,
+            },
+        );
+    }
     let endpoint = match served.clone() {
         Some(name) => {
             let token = zeroize::Zeroizing::new(child::random_hex(32).map_err(failed)?);
