@@ -1,4 +1,5 @@
-//! Small file and byte helpers: walking a tree, base64, `which`, the test Python.
+//! Small file and byte helpers: walking a tree, base64, `which`, the test Python;
+//! and a throwaway second user ([`TempUser`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -108,4 +109,77 @@ pub fn test_python(test: &str) -> Option<PathBuf> {
         return None;
     }
     Some(python)
+}
+
+/// A throwaway system user, deleted on drop: the "another uid" of the
+/// permission tests (`other_user.rs`, `ssh_agent.rs`). Needs root.
+#[derive(Debug)]
+pub struct TempUser {
+    /// Login name.
+    pub name: String,
+    /// Its uid (never 0).
+    pub uid: u32,
+    /// Its own group.
+    pub gid: u32,
+}
+
+impl TempUser {
+    /// A new user, or `None` after printing `SKIP test: ...` when not root
+    /// or without useradd.
+    pub fn create(test: &str) -> Option<Self> {
+        if crate::my_uid() != 0 {
+            eprintln!("SKIP {test}: not running as root, cannot create a second user");
+            return None;
+        }
+        let Some(useradd) = which("useradd").or_else(|| {
+            ["/usr/sbin/useradd", "/sbin/useradd"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        }) else {
+            eprintln!("SKIP {test}: useradd is not installed (apt-get install passwd)");
+            return None;
+        };
+        // Tests run in parallel: one user each.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ve2e{}u{n}", std::process::id());
+        let out = Command::new(&useradd)
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg("--user-group")
+            .arg(&name)
+            .output()
+            .expect("run useradd");
+        assert!(
+            out.status.success(),
+            "useradd {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .arg(flag)
+                .arg(&name)
+                .output()
+                .expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        assert_ne!(uid, 0);
+        Some(Self { name, uid, gid })
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let userdel = which("userdel").unwrap_or_else(|| "/usr/sbin/userdel".into());
+        let _ = Command::new(userdel).arg(&self.name).output();
+    }
 }

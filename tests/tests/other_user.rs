@@ -16,79 +16,12 @@
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-use vault_e2e::{MARK, Run, VaultHome, hello, run_command, which};
-
-/// A throwaway system user, deleted on drop.
-struct TempUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TempUser {
-    fn create() -> Option<Self> {
-        if vault_e2e::my_uid() != 0 {
-            eprintln!("SKIP other_user: not running as root, cannot create a second user");
-            return None;
-        }
-        let Some(useradd) = which("useradd").or_else(|| {
-            ["/usr/sbin/useradd", "/sbin/useradd"]
-                .iter()
-                .map(std::path::PathBuf::from)
-                .find(|p| p.is_file())
-        }) else {
-            eprintln!("SKIP other_user: useradd is not installed (apt-get install passwd)");
-            return None;
-        };
-        // Tests in this file run in parallel: one user each.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("ve2e{}u{n}", std::process::id());
-        let out = Command::new(&useradd)
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg("--user-group")
-            .arg(&name)
-            .output()
-            .expect("run useradd");
-        assert!(
-            out.status.success(),
-            "useradd {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .arg(flag)
-                .arg(&name)
-                .output()
-                .expect("id");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("numeric id")
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        assert_ne!(uid, 0);
-        Some(Self { name, uid, gid })
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        let userdel = which("userdel").unwrap_or_else(|| "/usr/sbin/userdel".into());
-        let _ = Command::new(userdel).arg(&self.name).output();
-    }
-}
+use vault_e2e::{MARK, Run, TempUser, VaultHome, hello, run_command};
 
 #[test]
 fn a_second_uid_cannot_talk_to_the_daemon() {
-    let Some(user) = TempUser::create() else {
+    let Some(user) = TempUser::create("other_user") else {
         return;
     };
 
@@ -220,7 +153,7 @@ fn run_as(
 
 #[test]
 fn a_second_uid_cannot_read_the_files_or_use_a_helper() {
-    let Some(user) = TempUser::create() else {
+    let Some(user) = TempUser::create("other_user") else {
         return;
     };
     let root_vault = VaultHome::new();
