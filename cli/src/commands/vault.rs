@@ -369,30 +369,136 @@ pub fn agent_socket(ctx: &mut Ctx) -> CliResult<std::path::PathBuf> {
 /// `vault ssh-agent`: the line that points a shell's ssh at the agent.
 pub fn ssh_agent(ctx: &mut Ctx, args: &crate::args::SshAgentArgs) -> CliResult<()> {
     let path = agent_socket(ctx)?;
-    let path = path.to_string_lossy();
+    let Some(path) = path.to_str() else {
+        return Err(vault_protocol::WireError::new(
+            vault_protocol::ErrorCode::Usage,
+            format!(
+                "the agent's socket path {} is not UTF-8, which a shell line cannot carry: set \
+                 VAULT_SOCKET (or XDG_RUNTIME_DIR) to a plain path",
+                path.display()
+            ),
+        ));
+    };
     if ctx.out.json {
         return ctx.out.json(&json!({ "SSH_AUTH_SOCK": path }));
     }
-    let quoted = shell_quote(&path);
-    let line = if args.fish {
-        format!("set -gx SSH_AUTH_SOCK {quoted};")
+    let shell = if args.fish {
+        Shell::Fish
     } else if args.csh {
-        format!("setenv SSH_AUTH_SOCK {quoted};")
+        Shell::Csh
     } else {
-        format!("SSH_AUTH_SOCK={quoted}; export SSH_AUTH_SOCK;")
+        Shell::Sh
+    };
+    let quoted = shell_quote(path, shell).map_err(|why| {
+        vault_protocol::WireError::new(
+            vault_protocol::ErrorCode::Usage,
+            format!(
+                "the agent's socket path {path:?} {why}: set VAULT_SOCKET (or XDG_RUNTIME_DIR) to \
+                 a plain path, or use --json"
+            ),
+        )
+    })?;
+    let line = match shell {
+        Shell::Fish => format!("set -gx SSH_AUTH_SOCK {quoted};"),
+        Shell::Csh => format!("setenv SSH_AUTH_SOCK {quoted};"),
+        Shell::Sh => format!("SSH_AUTH_SOCK={quoted}; export SSH_AUTH_SOCK;"),
     };
     ctx.out.line(&line);
     Ok(())
 }
 
-/// `path` as one word for sh, csh and fish: bare when it is only safe
-/// characters, else in single quotes, a quote in it written `'\''` (which
-/// all three read as a literal quote).
-fn shell_quote(path: &str) -> String {
+/// The shells `vault ssh-agent` prints for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shell {
+    Sh,
+    Fish,
+    Csh,
+}
+
+/// `path` as one word for `shell`: bare when it is only safe characters,
+/// else in single quotes. sh and csh: a quote is written `'\''`. fish reads
+/// `\\` and `\'` inside single quotes as escapes, so those are escaped.
+/// csh cannot quote a newline, and expands `!` even inside quotes: such a
+/// path is refused for it.
+fn shell_quote(path: &str, shell: Shell) -> Result<String, &'static str> {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,".contains(c);
     if !path.is_empty() && path.chars().all(safe) {
-        path.to_owned()
-    } else {
-        format!("'{}'", path.replace('\'', r"'\''"))
+        return Ok(path.to_owned());
+    }
+    match shell {
+        Shell::Sh => Ok(format!("'{}'", path.replace('\'', r"'\''"))),
+        Shell::Fish => Ok(format!(
+            "'{}'",
+            path.replace('\\', r"\\").replace('\'', r"\'")
+        )),
+        Shell::Csh if path.contains(['\n', '!']) => {
+            Err("has a newline or '!', which csh cannot take quoted")
+        }
+        Shell::Csh => Ok(format!("'{}'", path.replace('\'', r"'\''"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AWKWARD: [&str; 6] = [
+        "/run/user/1000/vault/ssh-agent.sock",
+        "/tmp/with space/ssh-agent.sock",
+        "/tmp/it's/ssh-agent.sock",
+        r"/tmp/back\slash/ssh-agent.sock",
+        r"/tmp/ends\",
+        "/tmp/$HOME;`x`/ssh-agent.sock",
+    ];
+
+    /// What `shell` makes of `SSH_AUTH_SOCK` after running the line; `None`
+    /// when that shell is not installed.
+    fn through(shell: &str, line: &str) -> Option<String> {
+        let script = match shell {
+            "fish" => format!("{line}\nprintf '%s' $SSH_AUTH_SOCK"),
+            _ => format!("{line}\nprintf '%s' \"$SSH_AUTH_SOCK\""),
+        };
+        let out = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(script)
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .ok()?;
+        assert!(out.status.success(), "{shell}: {line}: {out:?}");
+        Some(String::from_utf8(out.stdout).unwrap_or_default())
+    }
+
+    #[test]
+    fn every_shell_reads_back_the_exact_path() {
+        for path in AWKWARD {
+            let sh = shell_quote(path, Shell::Sh).unwrap_or_default();
+            let line = format!("SSH_AUTH_SOCK={sh}; export SSH_AUTH_SOCK;");
+            assert_eq!(through("sh", &line).as_deref(), Some(path), "{line}");
+            let fish = shell_quote(path, Shell::Fish).unwrap_or_default();
+            let line = format!("set -gx SSH_AUTH_SOCK {fish};");
+            if let Some(got) = through("fish", &line) {
+                assert_eq!(got, path, "{line}");
+            }
+            let csh = shell_quote(path, Shell::Csh).unwrap_or_default();
+            for tcsh in ["tcsh", "csh"] {
+                let line = format!("setenv SSH_AUTH_SOCK {csh};");
+                if let Some(got) = through(tcsh, &line) {
+                    assert_eq!(got, path, "{tcsh}: {line}");
+                }
+            }
+        }
+        assert_eq!(
+            shell_quote("/run/user/1000/vault/ssh-agent.sock", Shell::Fish).as_deref(),
+            Ok("/run/user/1000/vault/ssh-agent.sock"),
+            "a plain path stays bare"
+        );
+    }
+
+    #[test]
+    fn csh_refuses_what_it_cannot_quote() {
+        for path in ["/tmp/a\nb", "/tmp/bang!/x"] {
+            assert!(shell_quote(path, Shell::Csh).is_err(), "{path:?}");
+            assert!(shell_quote(path, Shell::Sh).is_ok());
+        }
     }
 }
