@@ -78,9 +78,20 @@ impl VaultPaths {
     }
 
     /// The SSH agent's socket (issue 25), beside the daemon's in the same
-    /// private directory: `SSH_AUTH_SOCK` for ssh, printed by `vault ssh-agent`.
+    /// private directory: `SSH_AUTH_SOCK` for ssh, printed by `vault
+    /// ssh-agent`. `ssh-agent.sock` beside the default `vaultd.sock`; beside
+    /// another socket (`VAULT_SOCKET=…/work.sock`) it carries that one's
+    /// name (`work.ssh-agent.sock`), so two vaults sharing a directory never
+    /// share an agent.
     pub fn agent_socket(&self) -> PathBuf {
-        self.socket.with_file_name("ssh-agent.sock")
+        match self.socket.file_stem() {
+            Some(stem) if stem != "vaultd" => {
+                let mut name = stem.to_os_string();
+                name.push(".ssh-agent.sock");
+                self.socket.with_file_name(name)
+            }
+            _ => self.socket.with_file_name("ssh-agent.sock"),
+        }
     }
 
     /// `vault exec`'s per-child folders (`<wrapper pid>-<random>`), swept by
@@ -165,5 +176,21 @@ mod tests {
         assert_eq!(p.config(), Path::new("/tmp/vh/config.toml"));
         assert_eq!(p.socket, Path::new("/tmp/vh/run/vaultd.sock"));
         assert_eq!(p.log(), Path::new("/tmp/vh/vaultd.log"));
+        assert_eq!(p.agent_socket(), Path::new("/tmp/vh/run/ssh-agent.sock"));
+    }
+
+    #[test]
+    fn two_sockets_in_one_dir_have_two_agents() {
+        let mut p = VaultPaths::under_home(Path::new("/tmp/vh"));
+        p.socket = PathBuf::from("/run/user/1/vault/work.sock");
+        assert_eq!(
+            p.agent_socket(),
+            Path::new("/run/user/1/vault/work.ssh-agent.sock")
+        );
+        p.socket = PathBuf::from("/run/user/1/vault/personal");
+        assert_eq!(
+            p.agent_socket(),
+            Path::new("/run/user/1/vault/personal.ssh-agent.sock")
+        );
     }
 }
