@@ -30,14 +30,18 @@ struct Args {
     socket: Option<PathBuf>,
 }
 
-/// A listening socket handed over by the service manager.
-struct Inherited(std::os::unix::net::UnixListener);
+/// The listening sockets handed over by the service manager: the vault's
+/// socket and, when the socket unit lists it too, the SSH agent's.
+struct Inherited(Vec<UnixListener>);
 
-/// Takes the socket passed by systemd (`LISTEN_PID` is ours and
-/// `LISTEN_FDS` ≥ 1: fd 3). Must run before any thread starts, because it
-/// clears those variables from the environment (so no child of ours takes
-/// them for its own). `listenfd` does the fd handling so that this crate
-/// keeps `unsafe_code` forbidden.
+type UnixListener = std::os::unix::net::UnixListener;
+
+/// Takes the sockets passed by systemd (`LISTEN_PID` is ours and
+/// `LISTEN_FDS` ≥ 1: fds 3, 4…; at most two are used). Must run before any
+/// thread starts, because it clears those variables from the environment
+/// (so no child of ours takes them for its own). `listenfd` does the fd
+/// handling so that this crate keeps `unsafe_code` forbidden. Which socket
+/// is which is told by its path, in start().
 fn take_inherited_socket() -> Result<Option<Inherited>, Fatal> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
@@ -45,7 +49,7 @@ fn take_inherited_socket() -> Result<Option<Inherited>, Fatal> {
         == Some(std::process::id());
     let count = std::env::var("LISTEN_FDS")
         .ok()
-        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
     if !ours || count == 0 {
         // Not for us (LISTEN_PID names another process, or no LISTEN_PID:
@@ -53,44 +57,98 @@ fn take_inherited_socket() -> Result<Option<Inherited>, Fatal> {
         // missing LISTEN_PID, so it is not asked.
         return Ok(None);
     }
-    let mut fds = listenfd::ListenFd::from_env();
-    match fds.take_unix_listener(0) {
-        Ok(Some(listener)) => Ok(Some(Inherited(listener))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(Fatal(
+    if count > 2 {
+        return Err(Fatal(
             1,
             format!(
-                "the service manager passed fd 3 but it is not a listening unix socket ({e}): \
-                 check ListenStream= in vaultd.socket"
+                "the service manager passed {count} sockets; vaultd takes two at most (vaultd.sock \
+                 and ssh-agent.sock): check ListenStream= in vaultd.socket"
             ),
-        )),
+        ));
     }
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut listeners = Vec::with_capacity(count);
+    for i in 0..count {
+        match fds.take_unix_listener(i) {
+            Ok(Some(listener)) => listeners.push(listener),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Fatal(
+                    1,
+                    format!(
+                        "the service manager passed fd {} but it is not a listening unix socket \
+                         ({e}): check ListenStream= in vaultd.socket",
+                        3 + i
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((!listeners.is_empty()).then_some(Inherited(listeners)))
 }
 
-/// Checks an inherited socket as strictly as one we bind: it must be the
-/// vault's socket path (else `vault` would never find it), owned by us, 0600
-/// or tighter, in a directory that is ours and 0700.
-fn check_inherited(inherited: &Inherited, paths: &VaultPaths) -> Result<(), Fatal> {
-    let addr = inherited.0.local_addr()?;
-    let Some(path) = addr.as_pathname() else {
-        return Err(Fatal(
-            1,
-            "the service manager passed an unnamed or abstract socket: set ListenStream= in \
-             vaultd.socket to a path (%t/vault/vaultd.sock)"
-                .to_owned(),
-        ));
-    };
-    if path != paths.socket {
-        return Err(Fatal(
+/// Sorts the inherited sockets by path into the vault's and the agent's;
+/// any other path is refused.
+fn sort_inherited(
+    inherited: Inherited,
+    paths: &VaultPaths,
+) -> Result<(UnixListener, Option<UnixListener>), Fatal> {
+    let (mut main, mut agent) = (None, None);
+    for listener in inherited.0 {
+        let addr = listener.local_addr()?;
+        let Some(path) = addr.as_pathname() else {
+            return Err(Fatal(
+                1,
+                "the service manager passed an unnamed or abstract socket: set ListenStream= in \
+                 vaultd.socket to a path (%t/vault/vaultd.sock)"
+                    .to_owned(),
+            ));
+        };
+        let slot = if path == paths.socket {
+            &mut main
+        } else if path == paths.agent_socket() {
+            &mut agent
+        } else {
+            return Err(Fatal(
+                1,
+                format!(
+                    "the service manager passed a socket at {} but this vault's socket is {} (and \
+                     its SSH agent's {}): make ListenStream= in vaultd.socket and \
+                     VAULT_SOCKET/VAULT_HOME agree",
+                    path.display(),
+                    paths.socket.display(),
+                    paths.agent_socket().display()
+                ),
+            ));
+        };
+        check_inherited(path)?;
+        *slot = Some(listener);
+    }
+    let main = main.ok_or_else(|| {
+        Fatal(
             1,
             format!(
-                "the service manager passed a socket at {} but this vault's socket is {}: make \
-                 ListenStream= in vaultd.socket and VAULT_SOCKET/VAULT_HOME agree",
-                path.display(),
+                "the service manager passed no socket at {}: add ListenStream=%t/vault/vaultd.sock \
+                 to vaultd.socket",
                 paths.socket.display()
             ),
-        ));
-    }
+        )
+    })?;
+    Ok((main, agent))
+}
+
+/// A tokio listener on a socket the service manager made.
+fn adopt(listener: UnixListener) -> Result<interprocess::local_socket::tokio::Listener, Fatal> {
+    let listener = interprocess::os::unix::uds_local_socket::Listener::from(listener);
+    let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(listener)
+        .map_err(|e| Fatal(1, format!("cannot use the inherited socket: {e}")))?;
+    Ok(listener.into())
+}
+
+/// Checks an inherited socket as strictly as one we bind: at one of the
+/// vault's paths (sort_inherited), owned by us, 0600 or tighter, in a
+/// directory that is ours and 0700.
+fn check_inherited(path: &Path) -> Result<(), Fatal> {
     // Its directory was checked by start() (ensure_private_dir of the
     // socket's parent), and the path is this vault's socket.
     let meta = std::fs::symlink_metadata(path)?;
@@ -290,7 +348,7 @@ struct Started {
     daemon: Arc<Daemon>,
     main: Listening,
     lock: std::fs::File,
-    agent: Option<(interprocess::local_socket::tokio::Listener, PathBuf)>,
+    agent: Option<Listening>,
 }
 
 fn start(args: &Args, inherited: Option<Inherited>) -> Result<Started, Fatal> {
@@ -303,21 +361,23 @@ fn start(args: &Args, inherited: Option<Inherited>) -> Result<Started, Fatal> {
     let lock = take_daemon_lock(&paths)?;
     let config = Config::load(&paths.config())?;
     let engine = Engine::open(paths.clone(), config)?;
+    let (inherited, inherited_agent) = match inherited {
+        Some(i) => {
+            let (main, agent) = sort_inherited(i, &paths)?;
+            (Some(main), agent)
+        }
+        None => (None, None),
+    };
     let (listener, owned_socket): (interprocess::local_socket::tokio::Listener, Option<PathBuf>) =
         match inherited {
             Some(inherited) => {
-                check_inherited(&inherited, &paths)?;
-                let listener =
-                    interprocess::os::unix::uds_local_socket::Listener::from(inherited.0);
-                let listener =
-                    interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(listener)
-                        .map_err(|e| Fatal(1, format!("cannot use the inherited socket: {e}")))?;
+                let listener = adopt(inherited)?;
                 info!(
                     pid = std::process::id(),
                     "vaultd serving a socket passed by the service manager"
                 );
                 // The service manager made the socket file and removes it.
-                (listener.into(), None)
+                (listener, None)
             }
             None => {
                 clear_stale_socket(&paths.socket)?;
@@ -337,7 +397,13 @@ fn start(args: &Args, inherited: Option<Inherited>) -> Result<Started, Fatal> {
             }
         };
     let daemon = Daemon::new(engine, paths.socket.display().to_string());
-    let agent = listen_agent(&paths.agent_socket());
+    let agent = match inherited_agent {
+        Some(inherited) => {
+            info!("ssh agent serving a socket passed by the service manager");
+            Some((adopt(inherited)?, None))
+        }
+        None => listen_agent(&paths.agent_socket()),
+    };
     Ok(Started {
         daemon,
         main: (listener, owned_socket),
@@ -350,7 +416,7 @@ fn start(args: &Args, inherited: Option<Inherited>) -> Result<Started, Fatal> {
 /// activation, 0600 from the start in the runtime directory start() has
 /// checked. A failure is logged and the daemon serves without an agent:
 /// the vault itself must not depend on it.
-fn listen_agent(path: &Path) -> Option<(interprocess::local_socket::tokio::Listener, PathBuf)> {
+fn listen_agent(path: &Path) -> Option<Listening> {
     let bound = clear_stale_socket(path)
         .map_err(|Fatal(_, msg)| msg)
         .and_then(|()| {
@@ -366,7 +432,7 @@ fn listen_agent(path: &Path) -> Option<(interprocess::local_socket::tokio::Liste
     match bound {
         Ok(listener) => {
             info!("ssh agent listening");
-            Some((listener, path.to_path_buf()))
+            Some((listener, Some(path.to_path_buf())))
         }
         Err(e) => {
             error!("no ssh agent: cannot listen on {}: {e}", path.display());
@@ -452,7 +518,7 @@ fn main() -> ExitCode {
             info!("signal received");
             d.request_shutdown();
         });
-        let agent_socket = agent.map(|(agent, path)| {
+        let agent_socket = agent.and_then(|(agent, path)| {
             tokio::spawn(vault_daemon::agent::serve(Arc::clone(&daemon), agent));
             path
         });
