@@ -173,7 +173,7 @@ Types and their fields (* = required):
   registry  registry*, username*, auth*
   gcp       json* (key file: json=@key.json), project
   password  username*, password*, url
-  ssh       private_key*, public_key, known_hosts
+  ssh       private_key*, public_key, known_hosts, confirm (yes: the agent asks first)
   file      content*, path*, mode, env
   token     token*, url, env
   any type  expires_at=TS (the same as --expires-at)

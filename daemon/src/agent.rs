@@ -11,9 +11,19 @@
 //! an unlock: a locked vault lists no identities and refuses to sign at
 //! once, so `ssh` falls back to its other methods.
 //!
-//! In this slice only `REQUEST_IDENTITIES` and `SIGN_REQUEST` are served.
-//! Adding, removing and agent-locking keys (`ssh-add KEY`, `-d`, `-D`, `-x`)
-//! and extensions answer `SSH_AGENT_FAILURE` and change nothing.
+//! Served: `REQUEST_IDENTITIES`, `SIGN_REQUEST` (asking through
+//! `SSH_ASKPASS` first for a key marked `confirm`), and `ADD_IDENTITY` /
+//! `ADD_ID_CONSTRAINED` (`ssh-add KEY`, with `-t` and `-c`), which store the
+//! key as a new `ssh` credential. Removing and agent-locking keys (`ssh-add
+//! -d`, `-D`, `-x`), smartcards and extensions answer `SSH_AGENT_FAILURE`
+//! and change nothing: the vault's credentials are removed with `vault rm`.
+//!
+//! Parsed keys are cached by the vault's version ([`Engine::version`]): an
+//! RSA key takes milliseconds to check, which a signature must not pay
+//! again. The cache is dropped the moment the agent finds the vault
+//! locked.
+//!
+//! [`Engine::version`]: crate::engine::Engine::version
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +44,17 @@ use crate::server::Daemon;
 pub const MAX_MESSAGE: usize = 256 * 1024;
 /// How long a client may take to send the rest of a message once started.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most agent connections served at once; a further one is closed.
+/// Most agent connections served at once; a further one closes the one
+/// idle longest (as the main socket does), or waits while all are busy.
 const MAX_CONNECTIONS: usize = 64;
+/// How long `SSH_ASKPASS` may take to answer a confirmation; no answer is
+/// a no.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Message numbers of draft-miller-ssh-agent.
 mod msg {
     pub const FAILURE: u8 = 5;
+    pub const SUCCESS: u8 = 6;
     pub const IDENTITIES_ANSWER: u8 = 12;
     pub const SIGN_RESPONSE: u8 = 14;
     pub const REQUEST_IDENTITIES: u8 = 11;
@@ -60,6 +75,33 @@ mod msg {
 const RSA_SHA2_256: u32 = 2;
 const RSA_SHA2_512: u32 = 4;
 
+/// Key constraints of `ADD_ID_CONSTRAINED`.
+const CONSTRAIN_LIFETIME: u8 = 1;
+const CONSTRAIN_CONFIRM: u8 = 2;
+
+/// A key `ssh-add` hands over, with what it asks of it.
+#[derive(PartialEq, Eq)]
+pub struct NewIdentity {
+    /// The key pair (its private parts zeroized on drop by `ssh-key`).
+    pub key: ssh_key::private::KeypairData,
+    /// The key's comment (usually `user@host` or the file it came from).
+    pub comment: String,
+    /// `ssh-add -t`: seconds the key may be used for.
+    pub lifetime: Option<u32>,
+    /// `ssh-add -c`: ask before each signature.
+    pub confirm: bool,
+}
+
+impl std::fmt::Debug for NewIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewIdentity")
+            .field("key", &"[redacted]")
+            .field("lifetime", &self.lifetime)
+            .field("confirm", &self.confirm)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One parsed agent request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AgentRequest {
@@ -74,8 +116,10 @@ pub enum AgentRequest {
         /// `SSH_AGENT_RSA_SHA2_*`.
         flags: u32,
     },
-    /// A request this slice understands but refuses (add, remove, lock,
-    /// unlock, smartcard, extension): answered with a failure.
+    /// Store a key (`ssh-add KEY`).
+    Add(Box<NewIdentity>),
+    /// A request the agent understands but refuses (remove, lock, unlock,
+    /// smartcard, extension): answered with a failure.
     Refused(u8),
 }
 
@@ -89,6 +133,10 @@ pub enum ParseError {
     Unknown(u8),
     /// Fields missing, too long for the message, or extra bytes after them.
     Malformed,
+    /// A key constraint the agent cannot keep (an extension such as
+    /// `restrict-destination-v00@openssh.com`): the key is not added, as
+    /// the protocol requires.
+    Constraint(u8),
 }
 
 /// The body length of a message from its 4-byte header, or `None` when it
@@ -114,14 +162,36 @@ pub fn parse(body: &[u8]) -> Result<AgentRequest, ParseError> {
                 flags,
             }
         }
-        msg::ADD_IDENTITY
-        | msg::REMOVE_IDENTITY
+        msg::ADD_IDENTITY | msg::ADD_ID_CONSTRAINED => {
+            let key = ssh_key::private::KeypairData::decode(&mut rest)
+                .map_err(|_| ParseError::Malformed)?;
+            let comment = String::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
+            let mut new = NewIdentity {
+                key,
+                comment,
+                lifetime: None,
+                confirm: false,
+            };
+            if kind == msg::ADD_ID_CONSTRAINED {
+                while !rest.is_finished() {
+                    match u8::decode(&mut rest).map_err(|_| ParseError::Malformed)? {
+                        CONSTRAIN_LIFETIME => {
+                            let secs = u32::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
+                            new.lifetime = Some(new.lifetime.map_or(secs, |l| l.min(secs)));
+                        }
+                        CONSTRAIN_CONFIRM => new.confirm = true,
+                        other => return Err(ParseError::Constraint(other)),
+                    }
+                }
+            }
+            AgentRequest::Add(Box::new(new))
+        }
+        msg::REMOVE_IDENTITY
         | msg::REMOVE_ALL_IDENTITIES
         | msg::ADD_SMARTCARD_KEY
         | msg::REMOVE_SMARTCARD_KEY
         | msg::LOCK
         | msg::UNLOCK
-        | msg::ADD_ID_CONSTRAINED
         | msg::ADD_SMARTCARD_KEY_CONSTRAINED
         | msg::EXTENSION => return Ok(AgentRequest::Refused(kind)),
         other => return Err(ParseError::Unknown(other)),
@@ -152,7 +222,10 @@ impl std::fmt::Display for KeyError {
             Self::Unreadable => "not an OpenSSH private key",
             Self::Encrypted => "passphrase-protected (not supported by the agent yet)",
             Self::Unsupported => "key type not supported (ed25519, ecdsa P-256, rsa only)",
-            Self::Rejected => "key rejected as inconsistent",
+            Self::Rejected => {
+                "key rejected by ring (RSA must be 2048-4096 bits with e >= 65537), or its \
+                 numbers are inconsistent"
+            }
         })
     }
 }
@@ -169,6 +242,8 @@ pub struct AgentKey {
     pub comment: String,
     /// The public key blob (the wire encoding `ssh-add -L` shows in base64).
     pub blob: Vec<u8>,
+    /// `SHA256:…`, as `ssh-add -l` shows it.
+    pub fingerprint: String,
     signer: Signer,
 }
 
@@ -268,6 +343,10 @@ pub fn load_key(comment: &str, openssh: &str) -> Result<AgentKey, KeyError> {
     Ok(AgentKey {
         comment: comment.to_owned(),
         blob,
+        fingerprint: key
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string(),
         signer,
     })
 }
@@ -349,7 +428,7 @@ pub fn failure() -> Vec<u8> {
 }
 
 /// `SSH_AGENT_IDENTITIES_ANSWER` listing `keys`.
-pub fn identities_answer(keys: &[AgentKey]) -> Vec<u8> {
+pub fn identities_answer(keys: &[&AgentKey]) -> Vec<u8> {
     let mut payload = Vec::new();
     let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     let ok = count.encode(&mut payload).is_ok()
@@ -372,63 +451,349 @@ pub fn sign_response(signature: &[u8]) -> Vec<u8> {
     message(msg::SIGN_RESPONSE, &payload)
 }
 
-/// The vault's `ssh` credentials as agent keys; none when the vault is
-/// locked (never waits for an unlock). Decrypting and parsing happen on the
-/// blocking pool, under the engine lock only for the decryption.
-async fn keys(daemon: &Arc<Daemon>) -> Vec<AgentKey> {
-    let d = Arc::clone(daemon);
+/// An `ssh` credential's key as the agent holds it while the vault is
+/// unlocked.
+struct Held {
+    key: AgentKey,
+    /// The record's id: what logs name.
+    id: String,
+    expires_at: Option<Timestamp>,
+    confirm: bool,
+}
+
+impl Held {
+    fn live(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// The parsed keys of one version of the vault ([`Engine::version`]).
+///
+/// [`Engine::version`]: crate::engine::Engine::version
+#[derive(Default)]
+struct KeyCache(std::sync::Mutex<Option<Cached>>);
+
+/// The vault's version and the keys parsed from it.
+type Cached = ((u64, u64), Arc<Vec<Held>>);
+
+impl KeyCache {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        // A panic while holding it leaves nothing half-written: at worst a
+        // stale version, which the next request replaces.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What the agent shares between its connections.
+struct Agent {
+    daemon: Arc<Daemon>,
+    cache: KeyCache,
+    /// Connections waiting for their client's next message.
+    idle: crate::server::IdleConnections,
+}
+
+/// The vault's `ssh` credentials as agent keys (expired ones included:
+/// callers skip them with [`Held::live`]); none when the vault is locked
+/// (never waits for an unlock). Keys are parsed again only when the vault
+/// changed; decrypting happens under the engine lock, parsing after it, on
+/// the blocking pool.
+async fn keys(agent: &Arc<Agent>) -> Arc<Vec<Held>> {
+    let a = Arc::clone(agent);
     let loaded = tokio::task::spawn_blocking(move || {
-        let secrets = {
-            let mut engine = d.engine();
+        let (version, records) = {
+            let mut engine = a.daemon.engine();
             engine.check_deadlines(Timestamp::now());
-            engine.ssh_private_keys(Timestamp::now())
+            let Some(version) = engine.version() else {
+                // Locked: nothing parsed stays in memory.
+                *a.cache.slot() = None;
+                return Arc::new(Vec::new());
+            };
+            if let Some((v, held)) = &*a.cache.slot()
+                && *v == version
+            {
+                return Arc::clone(held);
+            }
+            (version, engine.ssh_private_keys().unwrap_or_default())
         };
-        let Ok(secrets) = secrets else {
-            return Vec::new();
-        };
-        secrets
+        let held: Vec<Held> = records
             .into_iter()
-            .filter_map(
-                |(name, id, secret)| match load_key(&name, secret.expose_secret()) {
-                    Ok(key) => Some(key),
-                    Err(e) => {
-                        // By id: logs never name a record.
-                        info!(id, reason = %e, "ssh agent: key not offered");
-                        None
-                    }
-                },
-            )
-            .collect()
+            .filter_map(|r| match load_key(&r.name, r.private_key.expose_secret()) {
+                Ok(key) => Some(Held {
+                    key,
+                    id: r.id,
+                    expires_at: r.expires_at,
+                    confirm: r.confirm,
+                }),
+                Err(e) => {
+                    // By id: logs never name a record.
+                    info!(id = %r.id, reason = %e, "ssh agent: key not offered");
+                    None
+                }
+            })
+            .collect();
+        let held = Arc::new(held);
+        *a.cache.slot() = Some((version, Arc::clone(&held)));
+        held
     })
     .await;
     loaded.unwrap_or_default()
 }
 
+/// The peer of an agent connection, for the log line of each signature.
+struct Peer {
+    pid: Option<i32>,
+    exe: Option<std::path::PathBuf>,
+}
+
+impl Peer {
+    fn of(stream: &Stream) -> Self {
+        use interprocess::local_socket::traits::StreamCommon as _;
+        let pid = stream.peer_creds().ok().and_then(|c| c.pid());
+        let exe = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
+        Self { pid, exe }
+    }
+}
+
+/// Asks the user, through `SSH_ASKPASS` as OpenSSH's agent does
+/// (`SSH_ASKPASS_PROMPT=confirm`), whether `key` may sign now. Yes is an
+/// exit status of 0 with an empty or "yes" answer; anything else, no
+/// askpass, or no answer within [`CONFIRM_TIMEOUT`] is a no.
+async fn confirmed(held: &Held, conn: u64) -> bool {
+    let Some(askpass) = std::env::var_os("SSH_ASKPASS").filter(|v| !v.is_empty()) else {
+        warn!(
+            conn,
+            key = %held.id,
+            "ssh agent: key needs confirmation but vaultd has no SSH_ASKPASS: refused"
+        );
+        return false;
+    };
+    let prompt = format!(
+        "Allow use of key {}?\nKey fingerprint {}.",
+        held.key.comment, held.key.fingerprint
+    );
+    let child = tokio::process::Command::new(askpass)
+        .arg(prompt)
+        .env("SSH_ASKPASS_PROMPT", "confirm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(conn, error = %e, "ssh agent: cannot run SSH_ASKPASS: refused");
+            return false;
+        }
+    };
+    match tokio::time::timeout(CONFIRM_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => {
+            let answer = String::from_utf8_lossy(&out.stdout);
+            let answer = answer.trim();
+            out.status.success() && (answer.is_empty() || answer.eq_ignore_ascii_case("yes"))
+        }
+        Ok(Err(e)) => {
+            warn!(conn, error = %e, "ssh agent: SSH_ASKPASS failed: refused");
+            false
+        }
+        Err(_) => {
+            info!(conn, "ssh agent: no confirmation in time: refused");
+            false
+        }
+    }
+}
+
+/// Answers a signature request.
+async fn sign(
+    agent: &Arc<Agent>,
+    peer: &Peer,
+    conn: u64,
+    key_blob: &[u8],
+    data: &[u8],
+    flags: u32,
+) -> Vec<u8> {
+    let keys = keys(agent).await;
+    let now = Timestamp::now();
+    let Some(held) = keys.iter().find(|k| k.key.blob == key_blob && k.live(now)) else {
+        debug!(conn, "ssh agent: sign request for a key we do not hold");
+        return failure();
+    };
+    if held.confirm && !confirmed(held, conn).await {
+        info!(conn, key = %held.id, "ssh agent: signature not confirmed");
+        return failure();
+    }
+    match held.key.sign(data, flags) {
+        Ok(sig) => {
+            // The local record of who used which key: by record id, with the
+            // process that asked (the audit log of issue 24 takes it over).
+            info!(
+                conn,
+                key = %held.id,
+                pid = ?peer.pid,
+                exe = ?peer.exe,
+                "ssh agent: signed"
+            );
+            sign_response(&sig)
+        }
+        Err(e) => {
+            info!(conn, key = %held.id, error = ?e, "ssh agent: signature refused");
+            failure()
+        }
+    }
+}
+
+/// A credential name for a key `ssh-add` hands over, from its comment:
+/// the file name of a path (ssh-add sends the path when a key has no
+/// comment), other characters than a name allows made `-`, `ssh-key` when
+/// nothing is left.
+pub fn name_for(comment: &str) -> String {
+    let base = comment.trim().rsplit('/').next().unwrap_or_default();
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(100)
+        .collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    if name.is_empty() {
+        name = "ssh-key".to_owned();
+    }
+    name
+}
+
+/// The fields of the `ssh` credential that stores a key from `ssh-add`
+/// (`private_key` in OpenSSH's format, `public_key`, `confirm` for `-c`),
+/// and the key as the agent will offer it: a key the agent cannot sign
+/// with is refused here, before anything is stored.
+pub fn stored_fields(
+    new: NewIdentity,
+) -> Result<
+    (
+        AgentKey,
+        std::collections::BTreeMap<String, vault_protocol::SecretValue>,
+    ),
+    KeyError,
+> {
+    use vault_protocol::SecretValue;
+    let private =
+        ssh_key::PrivateKey::new(new.key, new.comment.clone()).map_err(|_| KeyError::Rejected)?;
+    let openssh = private
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|_| KeyError::Rejected)?;
+    let key = load_key(&new.comment, &openssh)?;
+    let public = private
+        .public_key()
+        .to_openssh()
+        .map_err(|_| KeyError::Rejected)?;
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        "private_key".to_owned(),
+        SecretValue::new(openssh.as_str().to_owned()),
+    );
+    fields.insert("public_key".to_owned(), SecretValue::new(public));
+    if new.confirm {
+        fields.insert(
+            vault_protocol::credential::SSH_CONFIRM.to_owned(),
+            SecretValue::new("yes".to_owned()),
+        );
+    }
+    Ok((key, fields))
+}
+
+/// Stores a key from `ssh-add` as a new `ssh` credential, named after its
+/// comment (`NAME-2`, `NAME-3`… when that is taken). A key the vault
+/// already offers is not stored twice. Fails (changing nothing) when the
+/// vault is locked or the key is one the agent cannot sign with.
+async fn add(agent: &Arc<Agent>, new: NewIdentity, conn: u64) -> Vec<u8> {
+    use vault_protocol::message::{NewRecord, Request};
+    use vault_protocol::{ErrorCode, SecretValue};
+    let (lifetime, base) = (new.lifetime, name_for(&new.comment));
+    let (held, fields) = match stored_fields(new) {
+        Ok(v) => v,
+        Err(e) => {
+            info!(conn, reason = %e, "ssh agent: key from ssh-add not stored");
+            return failure();
+        }
+    };
+    let now = Timestamp::now();
+    if keys(agent)
+        .await
+        .iter()
+        .any(|k| k.key.blob == held.blob && k.live(now))
+    {
+        debug!(
+            conn,
+            "ssh agent: ssh-add of a key the vault holds: nothing to store"
+        );
+        return message(msg::SUCCESS, &[]);
+    }
+    let expires_at = lifetime.map(|secs| now.plus(Duration::from_secs(u64::from(secs))));
+    for n in 1..=20u32 {
+        let name = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let record = NewRecord {
+            name,
+            kind: vault_protocol::CredentialType::Ssh,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), SecretValue::new(v.expose_secret().to_owned())))
+                .collect(),
+            description: Some("added through the SSH agent (ssh-add)".to_owned()),
+            tags: Vec::new(),
+            expires_at,
+        };
+        let d = Arc::clone(&agent.daemon);
+        let result =
+            tokio::task::spawn_blocking(move || d.dispatch_blocking(Request::Add { record })).await;
+        match result {
+            Ok(Ok(_)) => {
+                info!(conn, "ssh agent: key from ssh-add stored");
+                return message(msg::SUCCESS, &[]);
+            }
+            Ok(Err(e)) if e.code == ErrorCode::AlreadyExists => continue,
+            Ok(Err(e)) => {
+                info!(conn, code = ?e.code, "ssh agent: key from ssh-add not stored");
+                return failure();
+            }
+            Err(_) => return failure(),
+        }
+    }
+    info!(conn, "ssh agent: no free name for the key from ssh-add");
+    failure()
+}
+
 /// The answer to one message body.
-async fn answer(daemon: &Arc<Daemon>, body: &[u8], conn: u64) -> Vec<u8> {
+async fn answer(agent: &Arc<Agent>, peer: &Peer, body: &[u8], conn: u64) -> Vec<u8> {
     match parse(body) {
-        Ok(AgentRequest::Identities) => identities_answer(&keys(daemon).await),
+        Ok(AgentRequest::Identities) => {
+            let keys = keys(agent).await;
+            let now = Timestamp::now();
+            let live: Vec<&AgentKey> = keys
+                .iter()
+                .filter(|k| k.live(now))
+                .map(|k| &k.key)
+                .collect();
+            identities_answer(&live)
+        }
         Ok(AgentRequest::Sign {
             key_blob,
             data,
             flags,
-        }) => {
-            let keys = keys(daemon).await;
-            let Some(key) = keys.iter().find(|k| k.blob == key_blob) else {
-                debug!(conn, "ssh agent: sign request for a key we do not hold");
-                return failure();
-            };
-            match key.sign(&data, flags) {
-                Ok(sig) => {
-                    debug!(conn, "ssh agent: signed");
-                    sign_response(&sig)
-                }
-                Err(e) => {
-                    info!(conn, error = ?e, "ssh agent: signature refused");
-                    failure()
-                }
-            }
-        }
+        }) => sign(agent, peer, conn, &key_blob, &data, flags).await,
+        Ok(AgentRequest::Add(new)) => add(agent, *new, conn).await,
         Ok(AgentRequest::Refused(kind)) => {
             debug!(conn, kind, "ssh agent: request not supported");
             failure()
@@ -443,18 +808,23 @@ async fn answer(daemon: &Arc<Daemon>, body: &[u8], conn: u64) -> Vec<u8> {
 /// Serves one agent connection: messages answered in order until the
 /// client closes, sends an oversized length, stalls mid-message, or the
 /// daemon shuts down.
-async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
-    if !daemon.is_owner(&stream) {
+async fn serve_connection(agent: Arc<Agent>, stream: Stream, conn: u64) {
+    if !agent.daemon.is_owner(&stream) {
         return;
     }
-    let mut shutdown = daemon.shutdown_signal();
+    let peer = Peer::of(&stream);
+    let mut shutdown = agent.daemon.shutdown_signal();
     let mut s = &stream;
+    let evict = Arc::new(tokio::sync::Notify::new());
     loop {
         let mut header = [0u8; 4];
+        let waiting = crate::server::IdleEntry::enter(&agent.idle, conn, &evict);
         let first = tokio::select! {
             r = s.read(&mut header[..1]) => r,
+            _ = evict.notified() => break,
             _ = shutdown.wait_for(|v| *v) => break,
         };
+        drop(waiting);
         match first {
             Ok(1) => {}
             _ => break,
@@ -472,13 +842,18 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
             Ok(Ok(Some(body))) => body,
             Ok(Ok(None)) => {
                 debug!(conn, "ssh agent: message length out of bounds: closing");
-                let _ = s.write_all(&failure()).await;
+                let _ = tokio::time::timeout(MESSAGE_TIMEOUT, s.write_all(&failure())).await;
                 break;
             }
             Ok(Err(_)) | Err(_) => break,
         };
-        let reply = answer(&daemon, &body, conn).await;
-        if s.write_all(&reply).await.is_err() {
+        let reply = answer(&agent, &peer, &body, conn).await;
+        // A client that does not read its answer is dropped like one that
+        // stalls mid-message.
+        if !matches!(
+            tokio::time::timeout(MESSAGE_TIMEOUT, s.write_all(&reply)).await,
+            Ok(Ok(()))
+        ) {
             break;
         }
     }
@@ -488,19 +863,24 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
 pub async fn serve(daemon: Arc<Daemon>, listener: Listener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = daemon.shutdown_signal();
+    let agent = Arc::new(Agent {
+        daemon,
+        cache: KeyCache::default(),
+        idle: crate::server::IdleConnections::default(),
+    });
     let mut next: u64 = 1;
     while let Some(stream) =
         crate::server::next_connection(&listener, &mut shutdown, "ssh-agent").await
     {
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!("ssh agent: every connection slot is taken: closing the new one");
-            continue;
+        let Some(permit) = crate::server::take_slot(&slots, &agent.idle, &mut shutdown).await
+        else {
+            break;
         };
         let conn = next;
         next += 1;
-        let d = Arc::clone(&daemon);
+        let a = Arc::clone(&agent);
         tokio::spawn(async move {
-            serve_connection(d, stream, conn).await;
+            serve_connection(a, stream, conn).await;
             drop(permit);
         });
     }
@@ -535,7 +915,7 @@ mod tests {
                 flags: 4
             })
         );
-        for refused in [17, 18, 19, 20, 21, 22, 23, 25, 26, 27] {
+        for refused in [18, 19, 20, 21, 22, 23, 26, 27] {
             assert_eq!(parse(&[refused, 0, 0]), Ok(AgentRequest::Refused(refused)));
         }
     }

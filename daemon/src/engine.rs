@@ -333,6 +333,32 @@ pub struct Engine {
     enrolled: bool,
     /// The head of this device's chain of authenticated entries.
     chain: Option<store::ChainHead>,
+    /// Unlocks so far: with the store's change count, a version of what
+    /// the vault holds ([`Engine::version`]).
+    unlocks: u64,
+}
+
+/// An `ssh` record's private key, for the SSH agent.
+pub struct SshKeyRecord {
+    /// The record's name.
+    pub name: String,
+    /// The record's id (what logs name).
+    pub id: String,
+    /// When the record stops being offered.
+    pub expires_at: Option<Timestamp>,
+    /// The `private_key` field.
+    pub private_key: SecretValue,
+    /// The `confirm` field says to ask before each signature.
+    pub confirm: bool,
+}
+
+impl std::fmt::Debug for SshKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshKeyRecord")
+            .field("id", &self.id)
+            .field("private_key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -388,6 +414,7 @@ impl Engine {
             clock,
             enrolled: false,
             chain,
+            unlocks: 0,
         })
     }
 
@@ -732,6 +759,7 @@ impl Engine {
             snapshot_stale,
         } = built;
         info!(records = index.len(), decrypted, "unlocked");
+        self.unlocks += 1;
         let mut claims: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for e in index.values() {
             if let Some(n) = &e.claims {
@@ -998,25 +1026,46 @@ impl Engine {
         })
     }
 
-    /// The `private_key` of every live, complete and unexpired `ssh`
-    /// record, with the record's name and id, for the SSH agent
-    /// (`crate::agent`): the key is used there and never leaves the daemon.
-    /// A record that cannot be read is left out (and logged by id).
-    pub fn ssh_private_keys(&self, now: Timestamp) -> Result<Vec<(String, String, SecretValue)>> {
+    /// What the unlocked vault holds, as a value that changes whenever a
+    /// record may have (a write, or another unlock); `None` while locked.
+    /// Cheap: for caches of decrypted records, such as the SSH agent's.
+    pub fn version(&self) -> Option<(u64, u64)> {
+        match &self.vault {
+            Vault::Unlocked(store, _) => Some((self.unlocks, store.total_changes())),
+            _ => None,
+        }
+    }
+
+    /// The `private_key` of every live and complete `ssh` record, with the
+    /// record's name, id and expiry, for the SSH agent (`crate::agent`):
+    /// the key is used there and never leaves the daemon. Expired records
+    /// are included (the agent skips them at each use, so a cached list
+    /// stays right as time passes). A record that cannot be read is left
+    /// out (and logged by id).
+    pub fn ssh_private_keys(&self) -> Result<Vec<SshKeyRecord>> {
         let sess = self.session()?;
         let names: Vec<String> = sess
             .index
             .iter()
             .filter(|(_, e)| e.kind == CredentialType::Ssh && !e.incomplete)
-            .filter(|(_, e)| e.expires_at.is_none_or(|t| t > now))
             .map(|(name, _)| name.clone())
             .collect();
         let mut keys = Vec::with_capacity(names.len());
         for name in names {
             match self.load(&name) {
                 Ok((row, mut body)) => {
-                    if let Some(key) = body.fields.remove("private_key") {
-                        keys.push((name, row.id, key));
+                    let confirm = body
+                        .fields
+                        .get(vault_protocol::credential::SSH_CONFIRM)
+                        .is_some_and(|v| vault_protocol::credential::is_yes(v.expose_secret()));
+                    if let Some(private_key) = body.fields.remove("private_key") {
+                        keys.push(SshKeyRecord {
+                            name,
+                            id: row.id,
+                            expires_at: body.expires_at,
+                            private_key,
+                            confirm,
+                        });
                     }
                 }
                 Err(e) => {

@@ -48,7 +48,7 @@ const TICK: Duration = Duration::from_secs(2);
 /// Connections waiting for their client's next frame, keyed by when they
 /// started waiting: the eviction candidates when every slot is taken.
 #[derive(Debug, Default)]
-struct IdleConnections {
+pub(crate) struct IdleConnections {
     waiting: Mutex<BTreeMap<(Instant, u64), Arc<Notify>>>,
 }
 
@@ -76,13 +76,13 @@ impl IdleConnections {
 }
 
 /// A connection's entry in [`IdleConnections`], removed on drop.
-struct IdleEntry<'a> {
+pub(crate) struct IdleEntry<'a> {
     idle: &'a IdleConnections,
     key: (Instant, u64),
 }
 
 impl<'a> IdleEntry<'a> {
-    fn enter(idle: &'a IdleConnections, conn: u64, evict: &Arc<Notify>) -> Self {
+    pub(crate) fn enter(idle: &'a IdleConnections, conn: u64, evict: &Arc<Notify>) -> Self {
         let key = (Instant::now(), conn);
         idle.waiting().insert(key, Arc::clone(evict));
         Self { idle, key }
@@ -428,7 +428,7 @@ impl Daemon {
     }
 
     /// Requests that touch the store; run on the blocking pool.
-    fn dispatch_blocking(&self, req: Request) -> Result<Response, WireError> {
+    pub(crate) fn dispatch_blocking(&self, req: Request) -> Result<Response, WireError> {
         let now = Timestamp::now();
         let mut engine = self.engine();
         engine.check_deadlines(now);
@@ -535,6 +535,30 @@ impl Daemon {
             self.shared.publisher.kick();
         }
         result
+    }
+}
+
+/// A connection slot for a new connection. Every slot taken: close the
+/// connection idle longest (a silent or dribbling client first) rather than
+/// keep the new one waiting; when all are mid-request, wait for one to
+/// finish. `None` at shutdown. The main socket's and the SSH agent's.
+pub(crate) async fn take_slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    idle: &IdleConnections,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(p) => return Some(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        idle.evict_oldest();
+        tokio::select! {
+            p = Arc::clone(slots).acquire_owned() => return p.ok(),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = shutdown.wait_for(|v| *v) => return None,
+        }
     }
 }
 
@@ -808,23 +832,9 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     )));
     let mut shutdown = daemon.shutdown.subscribe();
     while let Some(stream) = next_connection(&listener, &mut shutdown, "vaultd").await {
-        // Every slot taken: close the connection idle longest (a silent or
-        // dribbling client first) rather than keep the new one waiting;
-        // when all are mid-request, wait for one to finish.
-        let permit = loop {
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => break Some(p),
-                Err(tokio::sync::TryAcquireError::Closed) => break None,
-                Err(tokio::sync::TryAcquireError::NoPermits) => {}
-            }
-            daemon.idle.evict_oldest();
-            tokio::select! {
-                p = Arc::clone(&slots).acquire_owned() => break p.ok(),
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = shutdown.wait_for(|v| *v) => break None,
-            }
+        let Some(permit) = take_slot(&slots, &daemon.idle, &mut shutdown).await else {
+            break;
         };
-        let Some(permit) = permit else { break };
         let conn = next.fetch_add(1, Ordering::Relaxed);
         let d = Arc::clone(&daemon);
         tokio::spawn(async move {

@@ -71,6 +71,25 @@ pub const REFRESH_COMMAND: &str = "refresh_command";
 /// GetSessionToken). Like a refresh command, it makes the keys optional.
 pub const SOURCE: &str = "source";
 
+/// An `ssh` credential's field that makes the SSH agent ask before each
+/// signature with its key (`yes` or `no`).
+pub const SSH_CONFIRM: &str = "confirm";
+
+/// A yes/no field's value: `yes`, `true`, `on` or `1` (any case) are yes.
+pub fn is_yes(value: &str) -> bool {
+    ["yes", "true", "on", "1"]
+        .iter()
+        .any(|y| value.trim().eq_ignore_ascii_case(y))
+}
+
+/// Whether `value` is a yes or a no ([`is_yes`]).
+fn is_yes_or_no(value: &str) -> bool {
+    is_yes(value)
+        || ["no", "false", "off", "0"]
+            .iter()
+            .any(|n| value.trim().eq_ignore_ascii_case(n))
+}
+
 /// The required fields of `ty` not `present`, in the type's order; none
 /// when the record is `refreshed` ([`refreshes_itself`]: the first refresh
 /// fills them).
@@ -335,6 +354,7 @@ impl CredentialType {
                         req("private_key", true),
                         opt("public_key", false),
                         opt("known_hosts", false),
+                        opt(SSH_CONFIRM, false),
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
                     ]
@@ -500,6 +520,13 @@ pub fn validate_fields(
             check_env(&get)
         }
         CredentialType::Token => check_env(&get),
+        CredentialType::Ssh => match get(SSH_CONFIRM) {
+            Some(v) if !is_yes_or_no(v) => Err(format!(
+                "field '{SSH_CONFIRM}' must be yes or no, not '{}'",
+                v.escape_debug()
+            )),
+            _ => Ok(()),
+        },
         _ => Ok(()),
     }
 }

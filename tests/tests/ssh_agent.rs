@@ -197,12 +197,9 @@ fn ssh_add_lists_the_vaults_keys_of_every_type() {
     }
     big_l.never_prints("PRIVATE KEY");
 
-    // Not in this slice: adding and removing keys through the agent fail
-    // and change nothing.
-    let add = ssh_add(&vh, &t, &[vh.files.join("id_ed25519").to_str().unwrap()]);
-    assert_ne!(add.code, 0, "ssh-add KEY must fail:\n{add}");
-    let remove_all = ssh_add(&vh, &t, &["-D"]);
-    assert_ne!(remove_all.code, 0, "ssh-add -D must fail:\n{remove_all}");
+    // ssh-add of a key the vault already holds stores nothing twice.
+    let again = ssh_add(&vh, &t, &[vh.files.join("id_ed25519").to_str().unwrap()]);
+    again.ok();
     assert_eq!(ssh_add(&vh, &t, &["-l"]).stdout.lines().count(), 3);
 
     // vault exec --ssh-agent hands the socket to the child.
@@ -508,7 +505,20 @@ fn hostile_agent_messages_get_a_failure_and_the_daemon_keeps_serving() {
             body.extend(2u32.to_be_bytes());
             message(&body)
         }),
-        ("add identity", message(&[17, 0, 0, 0, 0])),
+        ("add identity, no key", message(&[17, 0, 0, 0, 0])),
+        ("add identity, unknown key type", {
+            let mut body = vec![17];
+            body.extend(string(b"ssh-dss"));
+            body.extend(string(&[1; 20]));
+            message(&body)
+        }),
+        ("add identity, truncated ed25519", {
+            let mut body = vec![17];
+            body.extend(string(b"ssh-ed25519"));
+            body.extend(string(&[1; 32]));
+            body.extend(string(&[2; 10]));
+            message(&body)
+        }),
         ("remove all", message(&[19])),
         ("lock", message(&[22, 0, 0, 0, 1, b'x'])),
         ("extension", message(&[27, 0, 0, 0, 1, b'x'])),
@@ -610,4 +620,334 @@ fn another_uid_is_refused_by_the_agent() {
     probe.env("SSH_AUTH_SOCK", agent_socket(&root_vault));
     let run = run_command(probe, None, Duration::from_secs(30));
     assert_ne!(run.code, 0, "uid {} used root's agent:\n{run}", user.uid);
+}
+
+/// `ssh-keygen ARGS -N '' -C COMMENT -f FILE` (a new key at `file`).
+fn keygen(vh: &VaultHome, t: &Tools, args: &[&str], comment: &str, file: &Path) {
+    let mut c = vh.command(&t.ssh_keygen, args);
+    c.args(["-q", "-N", "", "-C", comment, "-f"]).arg(file);
+    run_command(c, None, vault_e2e::DEFAULT_TIMEOUT).ok();
+}
+
+/// The `TYPE BASE64` of a `.pub` file.
+fn public_of(file: &Path) -> String {
+    let line = std::fs::read_to_string(file.with_extension("pub")).unwrap();
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Names in `vault list --json`.
+fn names(vh: &VaultHome) -> Vec<String> {
+    let list = vh.vault(["list", "--json"]);
+    list.ok();
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let records = v.as_array().or_else(|| v["records"].as_array()).unwrap();
+    let mut out: Vec<String> = records
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn ssh_add_stores_keys_in_the_vault_and_removal_changes_nothing() {
+    let Some(t) = tools("ssh_add_stores_keys_in_the_vault_and_removal_changes_nothing") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    // A key with a comment is named after it; one without is sent with its
+    // path as the comment and named after the file.
+    let alice = vh.files.join("id_alice");
+    keygen(&vh, &t, &["-t", "ed25519"], "alice@laptop", &alice);
+    let plain = vh.files.join("id_rsa");
+    keygen(&vh, &t, &["-t", "rsa", "-b", "3072"], "", &plain);
+    for file in [&alice, &plain] {
+        let add = ssh_add(&vh, &t, &[file.to_str().unwrap()]);
+        add.ok().stderr_has("Identity added");
+        add.never_prints("PRIVATE KEY");
+    }
+    assert_eq!(names(&vh), ["alice@laptop", "id_rsa"]);
+    assert_eq!(
+        vh.field("alice@laptop", "public_key")
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "),
+        public_of(&alice)
+    );
+    // The stored key is the file's key: the vault's copy signs in its stead
+    // once the file is gone.
+    let stored = vh.field("id_rsa", "private_key");
+    assert!(stored.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    std::fs::remove_file(&alice).unwrap();
+    std::fs::remove_file(&plain).unwrap();
+    let l = ssh_add(&vh, &t, &["-L"]);
+    l.ok();
+    assert!(
+        l.stdout.contains(&public_of(&vh.files.join("id_alice"))),
+        "{l}"
+    );
+
+    // ssh-add twice stores once; a second key with the same comment gets
+    // the next free name.
+    let again = vh.files.join("id_again");
+    keygen(
+        &vh,
+        &t,
+        &["-t", "ecdsa", "-b", "256"],
+        "alice@laptop",
+        &again,
+    );
+    ssh_add(&vh, &t, &[again.to_str().unwrap()]).ok();
+    ssh_add(&vh, &t, &[again.to_str().unwrap()]).ok();
+    assert_eq!(names(&vh), ["alice@laptop", "alice@laptop-2", "id_rsa"]);
+
+    // -c marks the key confirm=yes; -t makes it expire (and the agent
+    // stops offering it then).
+    let brief = vh.files.join("id_brief");
+    keygen(&vh, &t, &["-t", "ed25519"], "brief", &brief);
+    ssh_add(&vh, &t, &["-c", "-t", "3", brief.to_str().unwrap()]).ok();
+    assert_eq!(vh.field("brief", "confirm"), "yes");
+    let get = vh.vault(["get", "brief", "--json"]);
+    get.ok();
+    assert!(get.stdout.contains("expires_at"), "{get}");
+    assert!(ssh_add(&vh, &t, &["-l"]).stdout.contains("brief"));
+    std::thread::sleep(Duration::from_secs(5));
+    let l = ssh_add(&vh, &t, &["-l"]);
+    assert!(
+        !l.stdout.contains("brief"),
+        "offered after its lifetime:\n{l}"
+    );
+    assert_eq!(l.stdout.lines().count(), 3, "{l}");
+
+    // Removal through the agent fails and deletes nothing: keys leave the
+    // vault with `vault rm`.
+    for args in [&["-D"][..], &["-d", brief.to_str().unwrap()][..]] {
+        let rm = ssh_add(&vh, &t, args);
+        assert_ne!(rm.code, 0, "ssh-add {args:?} must fail:\n{rm}");
+    }
+    assert_eq!(names(&vh).len(), 4);
+    assert_eq!(ssh_add(&vh, &t, &["-l"]).stdout.lines().count(), 3);
+
+    // A locked vault stores nothing.
+    let late = vh.files.join("id_late");
+    keygen(&vh, &t, &["-t", "ed25519"], "late", &late);
+    vh.vault(["lock"]).ok();
+    let refused = ssh_add(&vh, &t, &[late.to_str().unwrap()]);
+    assert_ne!(refused.code, 0, "{refused}");
+    vh.unlock();
+    assert!(!names(&vh).contains(&"late".to_owned()));
+    // An RSA key under 2048 bits is refused (ring signs with none).
+    let weak = vh.files.join("id_weak");
+    keygen(&vh, &t, &["-t", "rsa", "-b", "1024"], "weak", &weak);
+    let refused = ssh_add(&vh, &t, &[weak.to_str().unwrap()]);
+    assert_ne!(refused.code, 0, "{refused}");
+    assert!(!names(&vh).contains(&"weak".to_owned()));
+}
+
+/// `ssh-keygen -Y sign` of `data` with the public key `pub_file` through
+/// the agent at `agent`: the signature file, or the failed run.
+fn sign_file(
+    vh: &VaultHome,
+    t: &Tools,
+    agent: &Path,
+    pub_file: &Path,
+    data: &Path,
+) -> Result<String, Run> {
+    // ssh-keygen appends `.sig` to the file name.
+    let sig = PathBuf::from(format!("{}.sig", data.display()));
+    let _ = std::fs::remove_file(&sig);
+    let mut c = vh.command(&t.ssh_keygen, ["-Y", "sign", "-n", "file", "-f"]);
+    c.arg(pub_file).arg(data).env("SSH_AUTH_SOCK", agent);
+    let run = run_command(c, None, Duration::from_secs(90));
+    if run.code == 0 {
+        Ok(std::fs::read_to_string(&sig).unwrap())
+    } else {
+        Err(run)
+    }
+}
+
+#[test]
+fn a_key_marked_confirm_asks_ssh_askpass_before_each_signature() {
+    let Some(t) = tools("a_key_marked_confirm_asks_ssh_askpass_before_each_signature") else {
+        return;
+    };
+    let mut vh = VaultHome::new();
+    // The askpass the daemon runs: logs what it was asked, answers with the
+    // exit status in `answer`.
+    let askpass = vh.root().join("askpass");
+    let log = vh.root().join("askpass.log");
+    let answer = vh.root().join("answer");
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\nprintf '%s|%s\\n' \"$SSH_ASKPASS_PROMPT\" \"$1\" >> '{}'\nexit $(cat '{}')\n",
+            log.display(),
+            answer.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vh.env
+        .insert("SSH_ASKPASS".into(), askpass.display().to_string());
+    vh.init();
+    let guarded = vh.files.join("id_guarded");
+    keygen(&vh, &t, &["-t", "ed25519"], "c", &guarded);
+    let open = vh.files.join("id_open");
+    keygen(&vh, &t, &["-t", "ed25519"], "c", &open);
+    for (name, file, extra) in [
+        ("guarded", &guarded, Some("confirm=yes")),
+        ("open", &open, None),
+    ] {
+        let key = format!("private_key=@{}", file.display());
+        let mut args = vec!["add", name, "--type", "ssh", key.as_str()];
+        args.extend(extra);
+        vh.vault(args).ok();
+        std::fs::remove_file(file).unwrap();
+    }
+    let agent = agent_socket(&vh);
+    let data = vh.root().join("data.txt");
+    std::fs::write(&data, "to be signed\n").unwrap();
+    let asked = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("confirm|")
+            .count()
+    };
+
+    // Yes: signed, after one question naming the key and its fingerprint.
+    std::fs::write(&answer, "0").unwrap();
+    let sig = sign_file(&vh, &t, &agent, &guarded.with_extension("pub"), &data)
+        .unwrap_or_else(|run| panic!("confirmed signature failed:\n{run}"));
+    assert_eq!(asked(), 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Allow use of key guarded?"), "{text}");
+    let fp = {
+        let mut c = vh.command(&t.ssh_keygen, ["-l", "-f"]);
+        c.arg(guarded.with_extension("pub"));
+        let run = run_command(c, None, vault_e2e::DEFAULT_TIMEOUT);
+        run.ok();
+        run.stdout.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    assert!(text.contains(&fp), "fingerprint {fp} in {text}");
+    // The signature is good: ssh-keygen verifies it.
+    let signers = vh.root().join("allowed_signers");
+    std::fs::write(&signers, format!("me@example {}\n", public_of(&guarded))).unwrap();
+    std::fs::write(data.with_extension("sig"), &sig).unwrap();
+    let mut verify = vh.command(
+        &t.ssh_keygen,
+        ["-Y", "verify", "-n", "file", "-I", "me@example", "-f"],
+    );
+    verify
+        .arg(&signers)
+        .arg("-s")
+        .arg(data.with_extension("sig"));
+    let run = run_command(verify, Some(b"to be signed\n"), vault_e2e::DEFAULT_TIMEOUT);
+    run.ok().stdout_has("Good \"file\" signature");
+
+    // No: refused, and asked again (every signature asks).
+    std::fs::write(&answer, "1").unwrap();
+    let refused = sign_file(&vh, &t, &agent, &guarded.with_extension("pub"), &data);
+    assert!(refused.is_err(), "signed although the user said no");
+    assert_eq!(asked(), 2);
+
+    // A key without `confirm` signs without asking.
+    sign_file(&vh, &t, &agent, &open.with_extension("pub"), &data)
+        .unwrap_or_else(|run| panic!("{run}"));
+    assert_eq!(asked(), 2);
+}
+
+#[test]
+fn git_signs_and_verifies_commits_through_the_agent() {
+    let Some((_, vh, keys)) = vault_with_keys("git_signs_and_verifies_commits_through_the_agent")
+    else {
+        return;
+    };
+    let Some(git) = which("git") else {
+        let why = "SKIP git_signs_and_verifies_commits_through_the_agent: needs git \
+                   (apt-get install git; bash .ci/run installs it)";
+        assert!(
+            std::env::var_os("VAULT_TEST_REQUIRE_SSHD").is_none_or(|v| v != "1"),
+            "{why}"
+        );
+        eprintln!("{why}");
+        return;
+    };
+    let agent = agent_socket(&vh);
+    let repo = vh.root().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let signers = vh.root().join("allowed_signers");
+    let git_run = |args: &[&str]| {
+        let mut c = vh.command(&git, args);
+        c.current_dir(&repo).env("SSH_AUTH_SOCK", &agent);
+        run_command(c, None, Duration::from_secs(60))
+    };
+    git_run(&["init", "-q"]).ok();
+    git_run(&["config", "user.name", "Vault Test"]).ok();
+    git_run(&["config", "user.email", "me@example.com"]).ok();
+    git_run(&["config", "gpg.format", "ssh"]).ok();
+    git_run(&[
+        "config",
+        "gpg.ssh.allowedSignersFile",
+        signers.to_str().unwrap(),
+    ])
+    .ok();
+    // ed25519 and rsa (git asks for rsa-sha2-512); the key file is not on
+    // disk: `user.signingkey` is the public key itself.
+    for key in [&keys[0], &keys[2]] {
+        let _ = std::fs::remove_file(vh.files.join(format!("id_{}", key.kind)));
+        std::fs::write(&signers, format!("me@example.com {}\n", key.public)).unwrap();
+        git_run(&["config", "user.signingkey", &format!("key::{}", key.public)]).ok();
+        let commit = git_run(&[
+            "commit",
+            "-q",
+            "-S",
+            "--allow-empty",
+            "-m",
+            &format!("signed with {}", key.kind),
+        ]);
+        commit.ok();
+        let verify = git_run(&["verify-commit", "HEAD"]);
+        verify.ok();
+        assert!(
+            format!("{}{}", verify.stdout, verify.stderr).contains("Good \"git\" signature"),
+            "{} commit:\n{verify}",
+            key.kind
+        );
+        let show = git_run(&["log", "-1", "--format=%G?"]);
+        assert_eq!(show.stdout.trim(), "G", "{show}");
+    }
+    // Locked: the commit cannot be signed, and says so.
+    vh.vault(["lock"]).ok();
+    let locked = git_run(&["commit", "-q", "-S", "--allow-empty", "-m", "locked"]);
+    assert_ne!(locked.code, 0, "signed with a locked vault:\n{locked}");
+}
+
+/// A remote end of `ssh -A` (or a leaky tool) holding every agent
+/// connection open and idle does not lock the user out: the one idle
+/// longest is closed for a new one.
+#[test]
+fn idle_connections_cannot_lock_the_user_out_of_the_agent() {
+    let Some((t, vh, _)) =
+        vault_with_keys("idle_connections_cannot_lock_the_user_out_of_the_agent")
+    else {
+        return;
+    };
+    let idle: Vec<UnixStream> = (0..64).map(|_| connect(&vh)).collect();
+    // Each is served (so each holds a slot) and then sits idle.
+    let mut first = idle;
+    for s in &mut first {
+        assert_eq!(exchange(s, &message(&[11])), Some(IDENTITIES_ANSWER));
+    }
+    let started = Instant::now();
+    let l = ssh_add(&vh, &t, &["-l"]);
+    assert_eq!(l.ok().stdout.lines().count(), 3, "{l}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{l}");
+    // The oldest idle one was closed to make room.
+    assert_eq!(exchange(&mut first[0], &message(&[11])), None);
 }
