@@ -6,6 +6,8 @@
 //!   N runs, each as a ratio to `vault get`);
 //! - `vault otp NAME` against `oathtool --totp -b SEED` (issue 26), the tool
 //!   users would otherwise run with the seed in argv;
+//! - one signature through vaultd's SSH agent against OpenSSH's `ssh-agent`
+//!   holding the same key, per key type (issue 25, `agent.rs`);
 //! - what one Tab costs (issue 26): the `vault` process a shell's completion
 //!   runs, for names and fields at each size, and on a locked vault or with
 //!   no daemon;
@@ -42,6 +44,7 @@ use vault_protocol::message::{
 use vault_protocol::paths::VaultPaths;
 use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
+mod agent;
 mod publish;
 mod sync;
 
@@ -168,6 +171,8 @@ struct Options {
     sizes: Vec<usize>,
     /// Only the publishing figures (`--only-publish`).
     only_publish: bool,
+    /// Only the SSH agent figures (`--only-agent`).
+    only_agent: bool,
 }
 
 fn parse_args() -> BenchResult<Options> {
@@ -175,6 +180,7 @@ fn parse_args() -> BenchResult<Options> {
         runs: 200,
         sizes: vec![1_000, 10_000, 100_000],
         only_publish: false,
+        only_agent: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -195,9 +201,10 @@ fn parse_args() -> BenchResult<Options> {
                 opts.sizes.sort_unstable();
             }
             "--only-publish" => opts.only_publish = true,
+            "--only-agent" => opts.only_agent = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish]\n\
+                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent]\n\
                      The real OSMO service's row needs VAULT_TEST_OSMO_URL and VAULT_TEST_OSMO_ADMIN_TOKEN_FILE\n\
                      (bash ../shared/osmo/run.sh); without them it is skipped."
                 );
@@ -222,6 +229,18 @@ fn run() -> BenchResult<()> {
     let mut notes: Vec<String> = Vec::new();
 
     let mut result = Ok(());
+    if opts.only_agent {
+        let vault = BenchVault::new(&bins, tmp.path())?;
+        result = vault
+            .init()
+            .and_then(|()| agent::bench(&vault, tmp.path(), opts.runs, &mut rows, &mut notes));
+        vault.shutdown();
+        if let Err(e) = &result {
+            notes.push(format!("stopped early: {e}"));
+        }
+        print_table(&opts, &rows, &notes);
+        return result;
+    }
     if !opts.only_publish {
         let vault = BenchVault::new(&bins, tmp.path())?;
         result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
@@ -394,6 +413,9 @@ fn bench_all(
             notes.push("`oathtool` skipped: not installed (apt-get install oathtool)".to_owned())
         }
     }
+
+    // One signature through our SSH agent against OpenSSH's (issue 25).
+    agent::bench(vault, tmp, opts.runs, rows, notes)?;
 
     // A Tab on a locked vault and with no daemon: no names, quickly.
     vault.cli_ok(&["lock"], None)?;
