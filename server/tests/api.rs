@@ -1056,3 +1056,92 @@ async fn issued_secrets_never_reach_the_log() {
         assert!(!list.to_string().contains(s.as_str()));
     }
 }
+
+/// `GET /api/v1/ready`: without a token, 200 while the database answers
+/// and is migrated; 503 with `Retry-After` and a reason, and nothing else,
+/// when its schema is not this server's. Liveness stays 200 throughout.
+#[tokio::test]
+async fn ready_says_whether_the_database_is_migrated() {
+    let (_dir, url) = temp_sqlite();
+    let srv = server().database(&url).admin().start();
+    let api = srv.client();
+    let (s, body) = api.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "ready"}));
+
+    // Behind the server's back the schema version goes back, as if its
+    // migrations had not run on this database.
+    let path = url.strip_prefix("sqlite:").unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "user_version", 0).unwrap();
+    let raw = api
+        .http
+        .get(format!("{}/ready", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        raw.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body["status"], "not ready");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("version 0"), "{reason}");
+    assert!(!reason.contains(path), "no path in {reason}");
+    let (s, _) = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK, "alive while not ready");
+    conn.pragma_update(None, "user_version", {
+        // Put back what the server migrated to.
+        let known: i64 = body["reason"]
+            .as_str()
+            .and_then(|r| r.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        known
+    })
+    .unwrap();
+    let (s, _) = api.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "ready again");
+}
+
+/// The same on PostgreSQL: a database whose schema table is gone answers
+/// 503, without the database's error text.
+#[tokio::test]
+async fn ready_on_postgres_fails_when_the_schema_is_gone() {
+    let Ok(base) = std::env::var("VAULT_TEST_POSTGRES_URL") else {
+        println!(
+            "SKIP ready_on_postgres: set VAULT_TEST_POSTGRES_URL=postgres://… (bash .ci/run starts one)"
+        );
+        return;
+    };
+    let url = fresh_postgres_schema(&base, "ready").await;
+    let schema = url.rsplit("%3D").next().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let srv = server().database(&url).admin().start();
+    let api = srv.client();
+    let (s, body) = api.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    client
+        .batch_execute(&format!("DROP TABLE {schema}.vault_schema"))
+        .await
+        .unwrap();
+    let (s, body) = api.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "not ready", "reason": "the database did not answer the readiness check"})
+    );
+    let (s, _) = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

@@ -29,26 +29,6 @@ async fn story_postgres() {
     story(&url).await;
 }
 
-/// Creates a uniquely named schema and returns `base` with its
-/// `search_path` set to it.
-pub async fn fresh_postgres_schema(base: &str, tag: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .expect("connect to VAULT_TEST_POSTGRES_URL");
-    tokio::spawn(conn);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!("vt_{tag}_{}_{nanos}", std::process::id());
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
 async fn story(database: &str) {
     let mut a = server().database(database).admin().start();
     let api = a.client();

@@ -168,6 +168,11 @@ pub trait Store: Send + Sync + 'static {
     /// Short backend name for logs (`sqlite`, `postgres`).
     fn backend(&self) -> &'static str;
 
+    /// The database's schema version and the one this server's migrations
+    /// reach: equal when the database is reachable and migrated (`GET
+    /// /api/v1/ready`).
+    async fn schema_version(&self) -> StoreResult<(i64, i64)>;
+
     /// The JWT signing secret, created (32 random bytes) on first use. Shared
     /// by every server on this database.
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>>;

@@ -340,6 +340,16 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    async fn schema_version(&self) -> StoreResult<(i64, i64)> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let version: i32 = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM vault_schema", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        Ok((i64::from(version), MIGRATIONS.len() as i64))
+    }
+
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {
         let fresh = crate::crypto::random_bytes(32).map_err(StoreError::Internal)?;
         let client = self.pool.get().await.map_err(pool_err)?;

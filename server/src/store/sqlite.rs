@@ -381,6 +381,16 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn schema_version(&self) -> StoreResult<(i64, i64)> {
+        let version: i64 = self
+            .read(|conn| {
+                conn.pragma_query_value(None, "user_version", |r| r.get(0))
+                    .map_err(sql_err)
+            })
+            .await?;
+        Ok((version, MIGRATIONS.len() as i64))
+    }
+
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {
         let fresh = crate::crypto::random_bytes(32).map_err(StoreError::Internal)?;
         self.write(move |conn| {
