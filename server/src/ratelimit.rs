@@ -3,38 +3,30 @@
 //! fixed windows. While a key is over its limit every login attempt under it
 //! is refused with 429, right or wrong, so guessing cannot continue.
 //!
-//! State is per process: with several servers behind a balancer each keeps
-//! its own count (documented in docs/server.md).
+//! The counts live in the database (`login_failures`, issue 23), so every
+//! server on it shares them: N replicas behind a balancer allow the limit
+//! once, not N times. Windows are on the wall clock, in seconds.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Keep at most this many tracked keys; beyond it, expired windows are swept.
-const SWEEP_AT: usize = 10_000;
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    failures: u32,
-}
+use crate::error::StoreResult;
+use crate::store::Store;
 
 /// Counts failed logins; see the module docs.
 #[derive(Debug)]
 pub struct LoginLimiter {
-    max_failures: u32,
-    window: Duration,
-    windows: Mutex<HashMap<String, Window>>,
+    max_failures: i64,
+    window: i64,
 }
 
 impl LoginLimiter {
-    /// At most `max_failures` failures per address and per prefix per `window`.
+    /// At most `max_failures` failures per address and per prefix per
+    /// `window` (whole seconds, at least one).
     pub fn new(max_failures: u32, window: Duration) -> Self {
         LoginLimiter {
-            max_failures: max_failures.max(1),
-            window,
-            windows: Mutex::new(HashMap::new()),
+            max_failures: i64::from(max_failures.max(1)),
+            window: window.as_secs().clamp(1, i64::MAX as u64) as i64,
         }
     }
 
@@ -42,48 +34,39 @@ impl LoginLimiter {
         [format!("addr:{addr}"), format!("prefix:{prefix}")]
     }
 
-    /// `Err(retry_after)` when `addr` or `prefix` is over the limit.
-    pub fn check(&self, addr: IpAddr, prefix: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let Ok(windows) = self.windows.lock() else {
-            return Ok(());
-        };
-        let mut wait = None;
-        for key in Self::keys(addr, prefix) {
-            if let Some(w) = windows.get(&key) {
-                let elapsed = now.saturating_duration_since(w.start);
-                if elapsed < self.window && w.failures >= self.max_failures {
-                    let left = self.window - elapsed;
-                    wait = Some(wait.map_or(left, |w: Duration| w.max(left)));
-                }
-            }
-        }
-        wait.map_or(Ok(()), Err)
+    /// `Ok(Err(retry_after))` when `addr` or `prefix` is over the limit at
+    /// `now` (unix seconds).
+    pub async fn check(
+        &self,
+        store: &dyn Store,
+        addr: IpAddr,
+        prefix: &str,
+        now: i64,
+    ) -> StoreResult<Result<(), Duration>> {
+        let since = now.saturating_sub(self.window) + 1;
+        let windows = store
+            .login_failures(&Self::keys(addr, prefix), since)
+            .await?;
+        let wait = windows
+            .iter()
+            .filter(|(_, failures)| *failures >= self.max_failures)
+            .map(|(start, _)| start.saturating_add(self.window).saturating_sub(now).max(1))
+            .max();
+        Ok(wait.map_or(Ok(()), |secs| Err(Duration::from_secs(secs as u64))))
     }
 
-    /// Counts one failed login for `addr` and `prefix`.
-    pub fn record_failure(&self, addr: IpAddr, prefix: &str) {
-        let now = Instant::now();
-        let Ok(mut windows) = self.windows.lock() else {
-            return;
-        };
-        if windows.len() >= SWEEP_AT {
-            let window = self.window;
-            windows.retain(|_, w| now.saturating_duration_since(w.start) < window);
-        }
-        for key in Self::keys(addr, prefix) {
-            let w = windows.entry(key).or_insert(Window {
-                start: now,
-                failures: 0,
-            });
-            if now.saturating_duration_since(w.start) >= self.window {
-                *w = Window {
-                    start: now,
-                    failures: 0,
-                };
-            }
-            w.failures = w.failures.saturating_add(1);
-        }
+    /// Counts one failed login for `addr` and `prefix` at `now`.
+    pub async fn record_failure(
+        &self,
+        store: &dyn Store,
+        addr: IpAddr,
+        prefix: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let since = now.saturating_sub(self.window) + 1;
+        store
+            .record_login_failure(&Self::keys(addr, prefix), now, since)
+            .await
     }
 }
 
@@ -91,21 +74,47 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_per_address_and_prefix() {
+    #[tokio::test]
+    async fn limits_per_address_and_prefix_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&db).await.unwrap();
         let l = LoginLimiter::new(2, Duration::from_secs(60));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(l.check(a, "vlt_aaaa").is_ok());
-        l.record_failure(a, "vlt_aaaa");
-        l.record_failure(a, "vlt_bbbb");
-        assert!(l.check(a, "vlt_cccc").is_err(), "address over limit");
-        assert!(l.check(b, "vlt_cccc").is_ok());
-        l.record_failure(b, "vlt_aaaa");
-        assert!(l.check(b, "vlt_aaaa").is_err(), "prefix over limit");
-        let short = LoginLimiter::new(1, Duration::from_millis(1));
-        short.record_failure(a, "p");
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(short.check(a, "p").is_ok(), "window expired");
+        let t = 1_000_000;
+        assert_eq!(l.check(&*store, a, "vlt_aaaa", t).await.unwrap(), Ok(()));
+        l.record_failure(&*store, a, "vlt_aaaa", t).await.unwrap();
+        l.record_failure(&*store, a, "vlt_bbbb", t + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            l.check(&*store, a, "vlt_cccc", t + 1).await.unwrap(),
+            Err(Duration::from_secs(59)),
+            "address over limit until its window ends"
+        );
+        assert!(
+            l.check(&*store, b, "vlt_cccc", t + 1)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        l.record_failure(&*store, b, "vlt_aaaa", t + 2)
+            .await
+            .unwrap();
+        assert!(
+            l.check(&*store, b, "vlt_aaaa", t + 2)
+                .await
+                .unwrap()
+                .is_err(),
+            "prefix over limit"
+        );
+        // Another limiter on the same database (another replica) sees it.
+        let other = LoginLimiter::new(2, Duration::from_secs(60));
+        assert!(other.check(&*store, a, "x", t + 3).await.unwrap().is_err());
+        // The window ends; a failure after it starts a new one.
+        assert!(l.check(&*store, a, "x", t + 60).await.unwrap().is_ok());
+        l.record_failure(&*store, a, "x", t + 61).await.unwrap();
+        assert!(l.check(&*store, a, "x", t + 61).await.unwrap().is_ok());
     }
 }

@@ -1145,3 +1145,47 @@ async fn ready_on_postgres_fails_when_the_schema_is_gone() {
         .await
         .unwrap();
 }
+
+/// Two replicas on one database share the failed-login counts: guesses
+/// spread over both are limited once, not once per replica. On PostgreSQL
+/// when `VAULT_TEST_POSTGRES_URL` is set, and always on one SQLite file.
+#[tokio::test]
+async fn two_replicas_share_the_failed_login_limit() {
+    let (_dir, sqlite) = temp_sqlite();
+    let mut databases = vec![sqlite];
+    match std::env::var("VAULT_TEST_POSTGRES_URL") {
+        Ok(base) => databases.push(fresh_postgres_schema(&base, "limits").await),
+        Err(_) => println!(
+            "SKIP two_replicas_share_the_failed_login_limit on postgres: set \
+             VAULT_TEST_POSTGRES_URL=postgres://… (bash .ci/run starts one)"
+        ),
+    }
+    for db in databases {
+        let replica = || {
+            server()
+                .database(&db)
+                .admin()
+                .arg("--login-failure-limit")
+                .arg("4")
+                .start()
+        };
+        let (a, b) = (replica(), replica());
+        let (api_a, api_b) = (a.client(), b.client());
+        let admin = api_a.jwt(ADMIN_PASSWORD).await;
+        let good = api_a.token(&admin, json!({"name": "good"})).await;
+        // Four wrong guesses, alternating replicas: each sees only two.
+        for i in 0..4 {
+            let api = if i % 2 == 0 { &api_a } else { &api_b };
+            let got = api
+                .exchange(&format!("vlt_replicaguess{i}zzzzzzzzzzzzzzzzzzzzz"))
+                .await;
+            assert_error(&got, 401, "unauthorized");
+        }
+        // Now both refuse this address, even the good token.
+        for api in [&api_a, &api_b] {
+            assert_error(&api.exchange(&good).await, 429, "rate_limited");
+        }
+        // Issued JWTs keep working on either.
+        assert_eq!(api_b.get("/whoami", &admin).await.0, StatusCode::OK);
+    }
+}

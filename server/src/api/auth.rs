@@ -20,7 +20,8 @@ pub(super) async fn exchange_token(
 ) -> Result<axum::Json<JwtResponse>, ApiFailure> {
     let presented = bearer(&headers)?;
     let prefix = crypto::shown_prefix(presented);
-    if let Err(wait) = st.limiter.check(peer.ip(), &prefix) {
+    let at = now();
+    if let Err(wait) = st.limiter.check(&*st.store, peer.ip(), &prefix, at).await? {
         let mut f = ApiFailure::new(
             ApiErrorCode::RateLimited,
             format!(
@@ -49,7 +50,14 @@ pub(super) async fn exchange_token(
         .map_err(ApiFailure::internal)?
     };
     let Some(token) = token else {
-        st.limiter.record_failure(peer.ip(), &prefix);
+        if let Err(e) = st
+            .limiter
+            .record_failure(&*st.store, peer.ip(), &prefix, at)
+            .await
+        {
+            // Still a 401; the count is lost, which the log says.
+            tracing::warn!(error = %e, "cannot count a failed login");
+        }
         tracing::info!(peer = %peer.ip(), "failed login with an unknown credential");
         return Err(ApiFailure::unauthorized(
             "access token not recognised: it is mistyped or was revoked",

@@ -173,6 +173,16 @@ pub trait Store: Send + Sync + 'static {
     /// /api/v1/ready`).
     async fn schema_version(&self) -> StoreResult<(i64, i64)>;
 
+    /// The failed-login windows of `keys` that started at or after `since`:
+    /// `(window_start, failures)` each. Shared by every server on this
+    /// database (`crate::ratelimit`).
+    async fn login_failures(&self, keys: &[String], since: i64) -> StoreResult<Vec<(i64, i64)>>;
+
+    /// Counts one failed login at `now` under each of `keys`; a window that
+    /// started before `since` starts again at `now`. Windows that ended are
+    /// removed. Atomic per key, so concurrent servers never lose a count.
+    async fn record_login_failure(&self, keys: &[String], now: i64, since: i64) -> StoreResult<()>;
+
     /// The JWT signing secret, created (32 random bytes) on first use. Shared
     /// by every server on this database.
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>>;

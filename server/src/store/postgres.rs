@@ -25,7 +25,8 @@ use super::{
 };
 use crate::error::{StoreError, StoreResult};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (
     key   TEXT COLLATE "C" PRIMARY KEY,
     value BYTEA NOT NULL
@@ -85,7 +86,16 @@ CREATE TABLE records (
     PRIMARY KEY (vault_id, device_id, idx),
     FOREIGN KEY (vault_id, device_id) REFERENCES logs(vault_id, device_id) ON DELETE CASCADE
 );
-"#];
+"#,
+    r#"
+CREATE TABLE login_failures (
+    key          TEXT COLLATE "C" PRIMARY KEY,
+    window_start BIGINT NOT NULL,
+    failures     BIGINT NOT NULL
+);
+CREATE INDEX login_failures_start ON login_failures (window_start);
+"#,
+];
 
 // Arbitrary constant naming our migration lock among the database's
 // advisory locks.
@@ -348,6 +358,48 @@ impl Store for PostgresStore {
             .map_err(pg_err)?
             .get(0);
         Ok((i64::from(version), MIGRATIONS.len() as i64))
+    }
+
+    async fn login_failures(&self, keys: &[String], since: i64) -> StoreResult<Vec<(i64, i64)>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT window_start, failures FROM login_failures \
+                 WHERE key = ANY($1) AND window_start >= $2",
+                &[&keys, &since],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn record_login_failure(&self, keys: &[String], now: i64, since: i64) -> StoreResult<()> {
+        // One statement per key, each atomic on its own, always in the
+        // caller's order, and the sweep last: no transaction holds one row
+        // while waiting for another, so replicas cannot deadlock here.
+        let client = self.pool.get().await.map_err(pool_err)?;
+        for key in keys {
+            client
+                .execute(
+                    "INSERT INTO login_failures (key, window_start, failures) VALUES ($1, $2, 1) \
+                 ON CONFLICT (key) DO UPDATE SET \
+                 failures = CASE WHEN login_failures.window_start < $3 THEN 1 \
+                                 ELSE login_failures.failures + 1 END, \
+                 window_start = CASE WHEN login_failures.window_start < $3 THEN $2 \
+                                     ELSE login_failures.window_start END",
+                    &[key, &now, &since],
+                )
+                .await
+                .map_err(pg_err)?;
+        }
+        client
+            .execute(
+                "DELETE FROM login_failures WHERE window_start < $1",
+                &[&since],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {

@@ -19,7 +19,8 @@ use super::{
 };
 use crate::error::{StoreError, StoreResult};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -79,7 +80,16 @@ CREATE TABLE records (
     PRIMARY KEY (vault_id, device_id, idx),
     FOREIGN KEY (vault_id, device_id) REFERENCES logs(vault_id, device_id) ON DELETE CASCADE
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE login_failures (
+    key          TEXT PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    failures     INTEGER NOT NULL
+);
+CREATE INDEX login_failures_start ON login_failures (window_start);
+"#,
+];
 
 /// Most reader connections, and so most reads running at once; more
 /// concurrent reads wait for a permit instead of opening connections (each
@@ -219,6 +229,15 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// One more failed login under `?1` at `?2`; a window started before `?3`
+/// starts again. Both SET expressions read the row as it was.
+const LOGIN_FAILURE_UPSERT: &str = "INSERT INTO login_failures (key, window_start, failures) \
+     VALUES (?1, ?2, 1) ON CONFLICT (key) DO UPDATE SET \
+     failures = CASE WHEN login_failures.window_start < ?3 THEN 1 \
+                     ELSE login_failures.failures + 1 END, \
+     window_start = CASE WHEN login_failures.window_start < ?3 THEN ?2 \
+                         ELSE login_failures.window_start END";
 
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     let version: i64 = conn
@@ -389,6 +408,49 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok((version, MIGRATIONS.len() as i64))
+    }
+
+    async fn login_failures(&self, keys: &[String], since: i64) -> StoreResult<Vec<(i64, i64)>> {
+        let keys = keys.to_vec();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT window_start, failures FROM login_failures \
+                     WHERE key = ?1 AND window_start >= ?2",
+                )
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for key in &keys {
+                let rows = stmt
+                    .query_map(params![key, since], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(sql_err)?;
+                for row in rows {
+                    out.push(row.map_err(sql_err)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_login_failure(&self, keys: &[String], now: i64, since: i64) -> StoreResult<()> {
+        let keys = keys.to_vec();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            tx.execute(
+                "DELETE FROM login_failures WHERE window_start < ?1",
+                [since],
+            )
+            .map_err(sql_err)?;
+            for key in &keys {
+                tx.execute(LOGIN_FAILURE_UPSERT, params![key, now, since])
+                    .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)
+        })
+        .await
     }
 
     async fn jwt_secret(&self) -> StoreResult<Vec<u8>> {
