@@ -1,9 +1,11 @@
 //! The daemon's fuzz targets (`fuzz/`: `aws_ini_merge`, `docker_json_merge`,
-//! `record_body`) replayed in the normal test suite: every seed and every
+//! `record_body`, `agent_message`) replayed in the normal test suite: every seed and every
 //! input that once crashed goes through the very checks the targets run
 //! (`fuzz/checks/*.rs`, included by path), so a regression fails
 //! `cargo test`, no fuzzer needed.
 
+#[path = "../../fuzz/checks/agent.rs"]
+mod agent;
 #[path = "../../fuzz/checks/aws_ini.rs"]
 mod aws_ini;
 #[path = "../../fuzz/checks/docker_json.rs"]
@@ -28,4 +30,9 @@ fn docker_json_merge_inputs_replay() {
 #[test]
 fn record_body_inputs_replay() {
     replay::replay("record_body", record_body::check);
+}
+
+#[test]
+fn agent_message_inputs_replay() {
+    replay::replay("agent_message", agent::check);
 }
