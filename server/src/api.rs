@@ -65,6 +65,9 @@ pub struct ApiConfig {
     pub jwt_ttl: Duration,
     /// Expiry of a token created without `expires_at`.
     pub default_token_ttl: Duration,
+    /// How long a request may take before it is answered 503 (and each
+    /// database call's bound, `store::open_with`).
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +75,7 @@ impl Default for ApiConfig {
         ApiConfig {
             jwt_ttl: Duration::from_secs(10 * 60),
             default_token_ttl: Duration::from_secs(90 * 24 * 3600),
+            request_timeout: crate::store::DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -155,12 +159,45 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
 
 /// The whole API with `state` applied.
 pub fn router(state: Shared) -> Router {
+    let limit = state.config.request_timeout;
     build()
         .router
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                within(limit, req, next)
+            },
+        ))
         .with_state(state)
+}
+
+/// Answers 503 with `Retry-After` when a request takes longer than `limit`.
+/// The handler is dropped there: a PostgreSQL transaction it held is rolled
+/// back, and every database call is bounded by the same limit on its own
+/// (`store::open_with`), so a change is applied whole or not at all.
+async fn within(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(request = %what, "request timed out after {}s", limit.as_secs_f64());
+            let mut f = ApiFailure::new(
+                ApiErrorCode::Unavailable,
+                format!(
+                    "the request took longer than {}s; the server is busy: try again",
+                    limit.as_secs_f64()
+                ),
+            );
+            f.retry_after = Some(5);
+            f.into_response()
+        }
+    }
 }
 
 async fn no_route(method: Method, OriginalUri(uri): OriginalUri) -> ApiFailure {

@@ -62,7 +62,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct ApiFailure {
     /// The typed body.
     pub error: ApiError,
-    /// Seconds for `Retry-After` (429 only).
+    /// Seconds for `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
 }
 
@@ -154,10 +154,12 @@ impl From<StoreError> for ApiFailure {
             StoreError::Invalid(m) => ApiFailure::bad_request(m),
             StoreError::Unavailable(m) => {
                 tracing::error!("storage unavailable: {m}");
-                ApiFailure::new(
+                let mut f = ApiFailure::new(
                     ApiErrorCode::Unavailable,
-                    "storage is unavailable; try again later",
-                )
+                    "storage is unavailable or busy; try again later",
+                );
+                f.retry_after = Some(5);
+                f
             }
             StoreError::Internal(m) => ApiFailure::internal(m),
         }

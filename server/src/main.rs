@@ -69,6 +69,11 @@ struct Cli {
     #[arg(long, default_value = "1m", value_parser = duration)]
     login_failure_window: Duration,
 
+    /// How long a request may take before it is answered 503 with
+    /// Retry-After; also the bound of each database call.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -143,6 +148,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         default_admin,
         api: ApiConfig {
             jwt_ttl: cli.jwt_ttl,
+            request_timeout: cli.request_timeout,
             ..ApiConfig::default()
         },
         login_failure_limit: cli.login_failure_limit,

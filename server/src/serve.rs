@@ -25,6 +25,9 @@ pub const ADMIN_ROLE: &str = "admin";
 /// Name of the bootstrap password's token row.
 pub const BOOTSTRAP_TOKEN: &str = "bootstrap-password";
 
+/// How long requests in flight at SIGTERM/SIGINT get to finish.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
 /// Everything `vault-server` (without a subcommand) needs.
 #[derive(Debug)]
 pub struct ServeOptions {
@@ -124,7 +127,7 @@ pub async fn resolve_listen(listen: &str, tls: bool) -> Result<SocketAddr, Strin
 /// stdout once the socket accepts connections.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let addr = resolve_listen(&opts.listen, opts.tls.is_some()).await?;
-    let store = store::open(&opts.database).await?;
+    let store = store::open_with(&opts.database, opts.api.request_timeout).await?;
     let jwt_secret = store
         .jwt_secret()
         .await
@@ -170,10 +173,23 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             announce(bound, "http", store.backend());
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-                .map_err(|e| format!("server failed: {e}"))
+            let stopping = Arc::new(tokio::sync::Notify::new());
+            let stop = Arc::clone(&stopping);
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                stop.notify_one();
+            });
+            // Requests in flight at SIGTERM get DRAIN to finish, as over TLS.
+            tokio::select! {
+                r = serving => r.map_err(|e| format!("server failed: {e}")),
+                () = async {
+                    stopping.notified().await;
+                    tokio::time::sleep(DRAIN).await;
+                } => {
+                    tracing::warn!("requests still in flight after {}s: stopping anyway", DRAIN.as_secs());
+                    Ok(())
+                }
+            }
         }
         Some((cert, key)) => {
             // ring, not aws-lc: one crypto stack, no C toolchain beyond ring's.
@@ -191,7 +207,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             let stopper = handle.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                stopper.graceful_shutdown(Some(DRAIN));
             });
             announce(bound, "https", store.backend());
             axum_server::from_tcp_rustls(listener, config)

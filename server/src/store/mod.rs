@@ -262,9 +262,26 @@ impl std::fmt::Debug for dyn Store {
     }
 }
 
+/// How long one database call may take by default: a statement (PostgreSQL
+/// `statement_timeout`), a wait for a pooled connection, or a wait for
+/// SQLite's write lock (`busy_timeout`). `vault-server --request-timeout`
+/// sets it to the request timeout.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens (and migrates) the database named by `--database`:
-/// `sqlite:PATH` or `postgres://…` / `postgresql://…`.
+/// `sqlite:PATH` or `postgres://…` / `postgresql://…`, with
+/// [`DEFAULT_CALL_TIMEOUT`].
 pub async fn open(database: &str) -> Result<Arc<dyn Store>, String> {
+    open_with(database, DEFAULT_CALL_TIMEOUT).await
+}
+
+/// [`open`] with every database call bounded by `call_timeout`; a call
+/// that runs out fails as `Unavailable` (503), and its transaction is
+/// rolled back by the database.
+pub async fn open_with(
+    database: &str,
+    call_timeout: std::time::Duration,
+) -> Result<Arc<dyn Store>, String> {
     if let Some(path) = database.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
@@ -273,11 +290,12 @@ pub async fn open(database: &str) -> Result<Arc<dyn Store>, String> {
                     .into(),
             );
         }
-        let store = sqlite::SqliteStore::open(std::path::Path::new(path)).await?;
+        let store =
+            sqlite::SqliteStore::open_with(std::path::Path::new(path), call_timeout).await?;
         return Ok(Arc::new(store));
     }
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        let store = postgres::PostgresStore::connect(database).await?;
+        let store = postgres::PostgresStore::connect_with(database, call_timeout).await?;
         return Ok(Arc::new(store));
     }
     Err(format!(

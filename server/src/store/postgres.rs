@@ -116,7 +116,11 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+    if e.is_closed()
+        || e.as_db_error().is_none() && e.code().is_none()
+        // statement_timeout ran out (the call timeout): rolled back.
+        || e.code() == Some(&SqlState::QUERY_CANCELED)
+    {
         return StoreError::Unavailable(format!("postgres: {e}"));
     }
     StoreError::Internal(format!("postgres: {e}"))
@@ -132,17 +136,32 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 
 impl PostgresStore {
     /// Connects to `url`, checks the connection and migrates the schema.
-    pub async fn connect(url: &str) -> Result<Self, String> {
+    /// Every statement runs under `statement_timeout = call_timeout`, and a
+    /// wait for a pooled connection is bounded by it too.
+    pub async fn connect_with(
+        url: &str,
+        call_timeout: std::time::Duration,
+    ) -> Result<Self, String> {
         let shown = redact_url(url);
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("bad --database URL {shown}: {e}"))?;
+        // Kept with what the URL's own `options` say (a search_path…).
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or_default(),
+            call_timeout.as_millis().max(1)
+        );
+        config.options(options.trim_start());
         let mc = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = Manager::from_config(config, NoTls, mc);
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(call_timeout))
+            .create_timeout(Some(call_timeout))
             .build()
             .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
         let store = PostgresStore { pool };

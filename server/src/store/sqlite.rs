@@ -100,6 +100,8 @@ const MAX_READERS: usize = 8;
 #[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    /// SQLite's `busy_timeout`: how long a call waits for the write lock.
+    busy: std::time::Duration,
     writer: Arc<Mutex<Connection>>,
     /// One permit: writes queue here, not on blocking threads.
     write_permit: Arc<tokio::sync::Semaphore>,
@@ -116,6 +118,15 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn sql_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        )
+    {
+        // The write lock was not free within the call timeout.
+        return StoreError::Unavailable(format!("sqlite: {e}"));
+    }
     StoreError::Internal(format!("sqlite: {e}"))
 }
 
@@ -125,9 +136,9 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+fn connect(path: &Path, busy: std::time::Duration) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(busy)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
     )?;
@@ -135,22 +146,24 @@ fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
 }
 
 impl SqliteStore {
-    /// Opens or creates the database at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self, String> {
+    /// Opens or creates the database at `path` and brings its schema up to
+    /// date; a call waits at most `busy` for the write lock.
+    pub async fn open_with(path: &Path, busy: std::time::Duration) -> Result<Self, String> {
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, busy))
             .await
             .map_err(|e| format!("cannot open the database: {e}"))?
     }
 
-    fn open_blocking(path: PathBuf) -> Result<Self, String> {
+    fn open_blocking(path: PathBuf, busy: std::time::Duration) -> Result<Self, String> {
         let shown = path.display().to_string();
         create_private(&path).map_err(|e| format!("cannot create SQLite database {shown}: {e}"))?;
-        let mut conn =
-            connect(&path).map_err(|e| format!("cannot open SQLite database {shown}: {e}"))?;
+        let mut conn = connect(&path, busy)
+            .map_err(|e| format!("cannot open SQLite database {shown}: {e}"))?;
         migrate(&mut conn).map_err(|e| format!("cannot migrate SQLite database {shown}: {e}"))?;
         Ok(SqliteStore {
             path,
+            busy,
             writer: Arc::new(Mutex::new(conn)),
             write_permit: Arc::new(tokio::sync::Semaphore::new(1)),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -188,6 +201,7 @@ impl SqliteStore {
     {
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
+        let busy = self.busy;
         let _permit = self
             .read_permits
             .acquire()
@@ -200,7 +214,7 @@ impl SqliteStore {
                 .pop();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => connect(&path).map_err(sql_err)?,
+                None => connect(&path, busy).map_err(sql_err)?,
             };
             let out = f(&mut conn);
             if let Ok(mut idle) = readers.lock()
