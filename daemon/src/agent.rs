@@ -150,6 +150,7 @@ pub fn message_len(header: [u8; 4]) -> Option<usize> {
 /// Parses one message body (after its length).
 pub fn parse(body: &[u8]) -> Result<AgentRequest, ParseError> {
     let (&kind, mut rest) = body.split_first().ok_or(ParseError::Empty)?;
+    let padded: Zeroizing<Vec<u8>>;
     let req = match kind {
         msg::REQUEST_IDENTITIES => AgentRequest::Identities,
         msg::SIGN_REQUEST => {
@@ -163,6 +164,14 @@ pub fn parse(body: &[u8]) -> Result<AgentRequest, ParseError> {
             }
         }
         msg::ADD_IDENTITY | msg::ADD_ID_CONSTRAINED => {
+            // A short ECDSA scalar, as ssh-add sends about one key in 256,
+            // padded first (pad_ecdsa_scalar).
+            if let Some((keypair, used)) = pad_ecdsa_scalar(rest) {
+                let mut joined = keypair;
+                joined.extend_from_slice(&rest[used..]);
+                padded = joined;
+                rest = &padded[..];
+            }
             let key = ssh_key::private::KeypairData::decode(&mut rest)
                 .map_err(|_| ParseError::Malformed)?;
             let comment = String::decode(&mut rest).map_err(|_| ParseError::Malformed)?;
@@ -281,12 +290,89 @@ fn crt_exponent(d: &[u8], p: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     Some(Zeroizing::new(trim(&bytes[..]).to_vec()))
 }
 
+/// The ECDSA P-256 key pair at the start of `keypair` (its wire encoding:
+/// key type, curve, point, scalar) with the scalar left-padded to 32 bytes,
+/// and how many bytes of `keypair` it took; `None` for any other key or a
+/// scalar that needs no padding. OpenSSH writes the scalar as an mpint,
+/// shorter than 32 bytes when its top byte is zero (about one key in 256),
+/// and ssh-key 0.6 reads only 32 bytes (or 33 with a leading zero).
+fn pad_ecdsa_scalar(keypair: &[u8]) -> Option<(Zeroizing<Vec<u8>>, usize)> {
+    let mut r = keypair;
+    let kind = Vec::<u8>::decode(&mut r).ok()?;
+    if kind != b"ecdsa-sha2-nistp256" {
+        return None;
+    }
+    let curve = Vec::<u8>::decode(&mut r).ok()?;
+    let point = Vec::<u8>::decode(&mut r).ok()?;
+    let scalar = Zeroizing::new(Vec::<u8>::decode(&mut r).ok()?);
+    let short = trim(&scalar);
+    if short.len() >= 32 {
+        return None;
+    }
+    let mut padded = Zeroizing::new([0u8; 32]);
+    padded[32 - short.len()..].copy_from_slice(short);
+    let mut out = Zeroizing::new(Vec::with_capacity(keypair.len() + 32));
+    let encoded = kind.as_slice().encode(&mut *out).is_ok()
+        && curve.as_slice().encode(&mut *out).is_ok()
+        && point.as_slice().encode(&mut *out).is_ok()
+        && padded[..].encode(&mut *out).is_ok();
+    encoded.then_some((out, keypair.len() - r.len()))
+}
+
+/// An unencrypted OpenSSH private key file whose ECDSA scalar ssh-key 0.6
+/// cannot read ([`pad_ecdsa_scalar`]), as the binary key format with the
+/// scalar padded; `None` when that is not the trouble.
+fn padded_openssh(openssh: &str) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let text = openssh.trim();
+    let body = text
+        .strip_prefix("-----BEGIN OPENSSH PRIVATE KEY-----")?
+        .strip_suffix("-----END OPENSSH PRIVATE KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    let raw = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+    const MAGIC: &[u8] = b"openssh-key-v1\0";
+    let mut r = raw.strip_prefix(MAGIC)?;
+    let cipher = Vec::<u8>::decode(&mut r).ok()?;
+    let kdf = Vec::<u8>::decode(&mut r).ok()?;
+    let kdf_options = Vec::<u8>::decode(&mut r).ok()?;
+    let count = u32::decode(&mut r).ok()?;
+    if cipher != b"none" || count != 1 {
+        return None;
+    }
+    let public = Vec::<u8>::decode(&mut r).ok()?;
+    let private = Zeroizing::new(Vec::<u8>::decode(&mut r).ok()?);
+    let (checks, rest) = private.split_at_checked(8)?;
+    let (keypair, used) = pad_ecdsa_scalar(rest)?;
+    let mut after = &rest[used..];
+    let comment = String::decode(&mut after).ok()?;
+    let mut section = Zeroizing::new(checks.to_vec());
+    section.extend_from_slice(&keypair);
+    comment.encode(&mut *section).ok()?;
+    let mut pad = 1u8;
+    while section.len() % 8 != 0 {
+        section.push(pad);
+        pad += 1;
+    }
+    let mut out = Zeroizing::new(MAGIC.to_vec());
+    let encoded = cipher.as_slice().encode(&mut *out).is_ok()
+        && kdf.as_slice().encode(&mut *out).is_ok()
+        && kdf_options.as_slice().encode(&mut *out).is_ok()
+        && count.encode(&mut *out).is_ok()
+        && public.as_slice().encode(&mut *out).is_ok()
+        && section.as_slice().encode(&mut *out).is_ok();
+    encoded.then_some(out)
+}
+
 /// Reads an OpenSSH private key (the `private_key` field of an `ssh`
 /// credential) into a signer. `comment` is the credential's name.
 pub fn load_key(comment: &str, openssh: &str) -> Result<AgentKey, KeyError> {
     use ssh_key::private::{EcdsaKeypair, KeypairData};
-    let key = ssh_key::PrivateKey::from_openssh(openssh.trim().as_bytes())
-        .map_err(|_| KeyError::Unreadable)?;
+    let key = match ssh_key::PrivateKey::from_openssh(openssh.trim().as_bytes()) {
+        Ok(key) => key,
+        Err(_) => padded_openssh(openssh)
+            .and_then(|bytes| ssh_key::PrivateKey::from_bytes(&bytes).ok())
+            .ok_or(KeyError::Unreadable)?,
+    };
     if key.is_encrypted() {
         return Err(KeyError::Encrypted);
     }
@@ -995,6 +1081,77 @@ mod tests {
         assert_eq!(reduced(&[0, 0, 255], &[16]), Some(vec![]));
         assert!(crt_exponent(&[1], &[1]).is_none(), "p - 1 = 0");
         assert!(crt_exponent(&[1; 513], &[7]).is_none());
+    }
+
+    /// About one ECDSA key in 256 has a scalar shorter than 32 bytes, which
+    /// ssh-key 0.6 cannot read: such a key (found by making keys until one
+    /// trips it) still loads from its file, signs, and is taken from
+    /// ssh-add's wire form.
+    #[test]
+    fn ecdsa_keys_with_a_short_scalar_load_and_add() {
+        let Some(keygen) = ["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]
+            .iter()
+            .find(|p| std::path::Path::new(p).is_file())
+        else {
+            eprintln!("SKIP: ssh-keygen not installed (apt-get install openssh-client)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let text = (0..4000)
+            .find_map(|_| {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("pub"));
+                let out = std::process::Command::new(keygen)
+                    .args([
+                        "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-C", "short", "-f",
+                    ])
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                let text = std::fs::read_to_string(&path).unwrap();
+                ssh_key::PrivateKey::from_openssh(text.trim().as_bytes())
+                    .is_err()
+                    .then_some(text)
+            })
+            .expect("no short scalar in 4000 keys (expected about one in 256)");
+        let key = load_key("short", &text).expect("padded and loaded");
+        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        use base64::Engine as _;
+        let want = base64::engine::general_purpose::STANDARD
+            .decode(public.split_whitespace().nth(1).unwrap())
+            .unwrap();
+        assert_eq!(key.blob, want);
+        assert!(key.sign(b"data", 0).is_ok());
+
+        // What ssh-add sends for it: the key pair and comment of the file's
+        // private section, after its two check words.
+        let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let mut r = &raw[b"openssh-key-v1\0".len()..];
+        for _ in 0..3 {
+            Vec::<u8>::decode(&mut r).unwrap();
+        }
+        u32::decode(&mut r).unwrap();
+        Vec::<u8>::decode(&mut r).unwrap();
+        let private = Vec::<u8>::decode(&mut r).unwrap();
+        let mut k = &private[8..];
+        let start = k;
+        for _ in 0..4 {
+            Vec::<u8>::decode(&mut k).unwrap();
+        }
+        String::decode(&mut k).unwrap();
+        let used = start.len() - k.len();
+        let mut body = vec![msg::ADD_IDENTITY];
+        body.extend_from_slice(&start[..used]);
+        let Ok(AgentRequest::Add(new)) = parse(&body) else {
+            panic!("ssh-add of a short-scalar key is refused");
+        };
+        let (added, _) = stored_fields(*new).unwrap();
+        assert_eq!(added.blob, want);
     }
 
     /// Keys made by ssh-keygen when it is installed (the end-to-end test
