@@ -700,16 +700,36 @@ async fn sign(
     data: &[u8],
     flags: u32,
 ) -> Vec<u8> {
-    let keys = keys(agent).await;
+    let held_keys = keys(agent).await;
     let now = Timestamp::now();
-    let Some(held) = keys.iter().find(|k| k.key.blob == key_blob && k.live(now)) else {
+    let Some(held) = held_keys
+        .iter()
+        .find(|k| k.key.blob == key_blob && k.live(now))
+    else {
         debug!(conn, "ssh agent: sign request for a key we do not hold");
         return failure();
     };
-    if held.confirm && !confirmed(held, conn).await {
-        info!(conn, key = %held.id, "ssh agent: signature not confirmed");
-        return failure();
-    }
+    let fresh;
+    let held = if held.confirm {
+        if !confirmed(held, conn).await {
+            info!(conn, key = %held.id, "ssh agent: signature not confirmed");
+            return failure();
+        }
+        // The prompt may have been up for a minute: a lock, `vault rm` or
+        // the key's expiry meanwhile wins over the yes.
+        fresh = keys(agent).await;
+        let now = Timestamp::now();
+        let Some(still) = fresh.iter().find(|k| k.key.blob == key_blob && k.live(now)) else {
+            info!(
+                conn,
+                "ssh agent: key gone or locked while confirming: refused"
+            );
+            return failure();
+        };
+        still
+    } else {
+        held
+    };
     match held.key.sign(data, flags) {
         Ok(sig) => {
             // The local record of who used which key: by record id, with the
