@@ -1103,17 +1103,24 @@ mod tests {
         assert!(crt_exponent(&[1; 513], &[7]).is_none());
     }
 
+    /// ssh-keygen where Debian puts it, or `None` after saying how to get it.
+    fn ssh_keygen() -> Option<&'static str> {
+        let found = ["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file());
+        if found.is_none() {
+            eprintln!("SKIP: ssh-keygen not installed (apt-get install openssh-client)");
+        }
+        found
+    }
+
     /// About one ECDSA key in 256 has a scalar shorter than 32 bytes, which
     /// ssh-key 0.6 cannot read: such a key (found by making keys until one
     /// trips it) still loads from its file, signs, and is taken from
     /// ssh-add's wire form.
     #[test]
     fn ecdsa_keys_with_a_short_scalar_load_and_add() {
-        let Some(keygen) = ["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]
-            .iter()
-            .find(|p| std::path::Path::new(p).is_file())
-        else {
-            eprintln!("SKIP: ssh-keygen not installed (apt-get install openssh-client)");
+        let Some(keygen) = ssh_keygen() else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -1178,11 +1185,7 @@ mod tests {
     /// checks the signatures with real ssh; here: they load and sign).
     #[test]
     fn ssh_keygen_keys_load_and_sign() {
-        let Some(keygen) = ["/usr/bin/ssh-keygen", "/bin/ssh-keygen"]
-            .iter()
-            .find(|p| std::path::Path::new(p).is_file())
-        else {
-            eprintln!("SKIP: ssh-keygen not installed (apt-get install openssh-client)");
+        let Some(keygen) = ssh_keygen() else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
