@@ -34,6 +34,7 @@ use vault_protocol::timefmt::Timestamp;
 use crate::crypto::{JwtError, JwtKey, TOKEN_PREFIX};
 use crate::error::ApiFailure;
 use crate::ratelimit::LoginLimiter;
+use crate::store::gate::CommitGate;
 use crate::store::{Principal, Store};
 
 mod auth;
@@ -173,31 +174,72 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 with `Retry-After` when a request takes longer than `limit`.
-/// The handler is dropped there: a PostgreSQL transaction it held is rolled
-/// back, and every database call is bounded by the same limit on its own
-/// (`store::open_with`), so a change is applied whole or not at all.
+/// Shortest time a request body may take to arrive, whatever `limit` is: a
+/// full push over a slow link is not the server being busy.
+const MIN_UPLOAD_TIME: Duration = Duration::from_secs(120);
+
+/// Bounds one request. The body is read first, on its own clock
+/// (`max(limit, MIN_UPLOAD_TIME)`, capped at the route's size limit); then
+/// the handler gets `limit`. A handler still running then is answered 503
+/// with `Retry-After` and dropped, unless it has started committing a change
+/// ([`CommitGate`]): then its own answer is awaited, so a 503 always means
+/// nothing was applied. Every database call is bounded by the same limit on
+/// its own (`store::open_with`), which bounds that wait too.
 async fn within(
     limit: Duration,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let what = format!("{} {}", req.method(), req.uri().path());
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => {
-            tracing::warn!(request = %what, "request timed out after {}s", limit.as_secs_f64());
-            let mut f = ApiFailure::new(
-                ApiErrorCode::Unavailable,
-                format!(
-                    "the request took longer than {}s; the server is busy: try again",
-                    limit.as_secs_f64()
-                ),
-            );
-            f.retry_after = Some(5);
-            f.into_response()
+    let ceiling = if req.uri().path().ends_with("/push") {
+        MAX_PUSH_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    let (parts, body) = req.into_parts();
+    let upload = limit.max(MIN_UPLOAD_TIME);
+    let body = match tokio::time::timeout(upload, axum::body::to_bytes(body, ceiling)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiFailure::too_large("request body too large for this call").into_response()
+            } else {
+                ApiFailure::bad_request(format!("could not read the request body: {e}"))
+                    .into_response()
+            };
         }
+        Err(_) => {
+            return ApiFailure::bad_request(format!(
+                "the request body did not arrive within {}s; check the connection and try again",
+                upload.as_secs()
+            ))
+            .into_response();
+        }
+    };
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+    let gate = CommitGate::new();
+    let handler = gate.clone().scope(next.run(req));
+    tokio::pin!(handler);
+    tokio::select! {
+        resp = &mut handler => return resp,
+        () = tokio::time::sleep(limit) => {}
     }
+    if !gate.abandon() {
+        tracing::info!(request = %what, "over {}s, but its change is committed: answering it", limit.as_secs_f64());
+        return handler.await;
+    }
+    tracing::warn!(request = %what, "request timed out after {}s", limit.as_secs_f64());
+    let mut f = ApiFailure::new(
+        ApiErrorCode::Unavailable,
+        format!(
+            "the request took longer than {}s; the server is busy: try again",
+            limit.as_secs_f64()
+        ),
+    );
+    f.retry_after = Some(5);
+    f.into_response()
 }
 
 async fn no_route(method: Method, OriginalUri(uri): OriginalUri) -> ApiFailure {

@@ -1279,3 +1279,37 @@ async fn a_request_out_of_time_answers_503_and_applies_nothing() {
         api.role(&admin, "late", policies).await;
     }
 }
+
+/// The request timeout starts once the body is in: a body that takes longer
+/// than `--request-timeout` to arrive (a big push over a slow link) is
+/// served, not answered 503; the handler alone is held to the limit.
+#[tokio::test]
+async fn a_slow_upload_is_not_counted_against_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server().admin().arg("--request-timeout").arg("1s").start();
+    let api = srv.client();
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    let policies = json!([{"actions": ["vault:read"], "resources": ["x"]}]);
+    let body = json!({"name": "trickled", "description": "", "policies": policies}).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut conn = tokio::net::TcpStream::connect(&srv.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/roles HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        srv.addr,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    conn.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "a slow upload was refused: {answer}"
+    );
+    let (s, roles) = api.get("/roles", &admin).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(roles.to_string().contains("\"trickled\""), "{roles}");
+}

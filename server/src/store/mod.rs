@@ -16,6 +16,7 @@ use vault_protocol::server_api::Role;
 
 use crate::error::{StoreError, StoreResult};
 
+pub mod gate;
 pub mod postgres;
 pub mod sqlite;
 

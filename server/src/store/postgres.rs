@@ -19,6 +19,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 use vault_protocol::server_api::Role;
 
+use super::gate::{self, CommitGate};
 use super::{
     Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
     VaultRow, assemble_page, continue_log, policies_to_json, redact_url, role_from_row,
@@ -124,6 +125,14 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Unavailable(format!("postgres: {e}"));
     }
     StoreError::Internal(format!("postgres: {e}"))
+}
+
+/// Commits `tx` unless its request was answered 503 meanwhile
+/// ([`CommitGate`]); then it is rolled back (dropped).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+    let gate = CommitGate::current();
+    let _ticket = gate::begin(gate.as_ref())?;
+    tx.commit().await.map_err(pg_err)
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
@@ -474,7 +483,7 @@ impl Store for PostgresStore {
         .await
         .map_err(pg_err)?;
         insert_token(&tx, password).await?;
-        tx.commit().await.map_err(pg_err)?;
+        commit(tx).await?;
         Ok(Bootstrap::Created)
     }
 
@@ -504,7 +513,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         }
-        tx.commit().await.map_err(pg_err)
+        commit(tx).await
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
@@ -540,15 +549,16 @@ impl Store for PostgresStore {
     }
 
     async fn delete_user(&self, name: &str) -> StoreResult<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let n = client
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let n = tx
             .execute("DELETE FROM users WHERE name = $1", &[&name])
             .await
             .map_err(pg_err)?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no user '{name}'")));
         }
-        Ok(())
+        commit(tx).await
     }
 
     async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()> {
@@ -566,7 +576,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
+        commit(tx).await
     }
 
     async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()> {
@@ -591,12 +601,14 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
+        commit(tx).await
     }
 
     async fn create_role(&self, role: &Role, now: i64) -> StoreResult<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        insert_role(&client, role, now).await
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        insert_role(&tx, role, now).await?;
+        commit(tx).await
     }
 
     async fn list_roles(&self) -> StoreResult<Vec<Role>> {
@@ -614,22 +626,23 @@ impl Store for PostgresStore {
     }
 
     async fn delete_role(&self, name: &str) -> StoreResult<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let n = client
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let n = tx
             .execute("DELETE FROM roles WHERE name = $1", &[&name])
             .await
             .map_err(pg_err)?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("no role '{name}'")));
         }
-        Ok(())
+        commit(tx).await
     }
 
     async fn create_token(&self, token: &TokenRow) -> StoreResult<()> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         insert_token(&tx, token).await?;
-        tx.commit().await.map_err(pg_err)
+        commit(tx).await
     }
 
     async fn list_tokens(&self, user: Option<&str>) -> StoreResult<Vec<TokenRow>> {
@@ -652,8 +665,9 @@ impl Store for PostgresStore {
     }
 
     async fn delete_token(&self, user: &str, name: &str) -> StoreResult<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let n = client
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let n = tx
             .execute(
                 "DELETE FROM tokens WHERE user_name = $1 AND name = $2",
                 &[&user, &name],
@@ -665,7 +679,7 @@ impl Store for PostgresStore {
                 "user '{user}' has no token named '{name}'"
             )));
         }
-        Ok(())
+        commit(tx).await
     }
 
     async fn find_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
@@ -733,28 +747,28 @@ impl Store for PostgresStore {
     }
 
     async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        client
-            .execute(
-                "INSERT INTO vaults (id, key_id, identity, created_by, created_at)
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO vaults (id, key_id, identity, created_by, created_at)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &vault.id,
-                    &vault.key_id,
-                    &vault.identity,
-                    &vault.created_by,
-                    &vault.created_at,
-                ],
-            )
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::AlreadyExists(format!("vault '{}' already exists", vault.id))
-                } else {
-                    pg_err(e)
-                }
-            })?;
-        Ok(())
+            &[
+                &vault.id,
+                &vault.key_id,
+                &vault.identity,
+                &vault.created_by,
+                &vault.created_at,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::AlreadyExists(format!("vault '{}' already exists", vault.id))
+            } else {
+                pg_err(e)
+            }
+        })?;
+        commit(tx).await
     }
 
     async fn get_vault(&self, id: &str) -> StoreResult<VaultRow> {
@@ -852,7 +866,7 @@ impl Store for PostgresStore {
         tx.execute(&update, &[&vault_id, &device_id, &(new_head as i64)])
             .await
             .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
+        commit(tx).await?;
         Ok(new_head)
     }
 

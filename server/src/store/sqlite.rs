@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use vault_protocol::server_api::Role;
 
+use super::gate::{self, CommitGate};
 use super::{
     Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
     VaultRow, assemble_page, continue_log, policies_to_json, role_from_row,
@@ -171,23 +172,34 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` on the writer connection, off the async runtime.
+    /// Runs `f` in one `IMMEDIATE` transaction on the writer connection, off
+    /// the async runtime, and commits it unless `f` fails or the request was
+    /// answered 503 meanwhile ([`CommitGate`]). The writer permit stays held
+    /// by the blocking task, so an abandoned request's write still counts
+    /// until its connection is free again.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
         let writer = Arc::clone(&self.writer);
-        let _permit = self
-            .write_permit
-            .acquire()
+        let gate = CommitGate::current();
+        let permit = Arc::clone(&self.write_permit)
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Internal("sqlite writer closed".into()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut conn = writer
                 .lock()
                 .map_err(|_| StoreError::Internal("sqlite writer lock poisoned".into()))?;
-            f(&mut conn)
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let out = f(&tx)?;
+            let _ticket = gate::begin(gate.as_ref())?;
+            tx.commit().map_err(sql_err)?;
+            Ok(out)
         })
         .await
         .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
@@ -449,10 +461,7 @@ impl Store for SqliteStore {
 
     async fn record_login_failure(&self, keys: &[String], now: i64, since: i64) -> StoreResult<()> {
         let keys = keys.to_vec();
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+        self.write(move |tx| {
             tx.execute(
                 "DELETE FROM login_failures WHERE window_start < ?1",
                 [since],
@@ -462,7 +471,7 @@ impl Store for SqliteStore {
                 tx.execute(LOGIN_FAILURE_UPSERT, params![key, now, since])
                     .map_err(sql_err)?;
             }
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
@@ -493,18 +502,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Bootstrap> {
         let role = admin_role.clone();
         let token = password.clone();
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+        self.write(move |tx| {
             let users: i64 = tx
                 .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
                 .map_err(sql_err)?;
             if users > 0 {
                 return Ok(Bootstrap::AlreadyDone);
             }
-            if !role_exists(&tx, &role.name)? {
-                insert_role(&tx, &role, now)?;
+            if !role_exists(tx, &role.name)? {
+                insert_role(tx, &role, now)?;
             }
             tx.execute(
                 "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
@@ -516,8 +522,7 @@ impl Store for SqliteStore {
                 params![token.user, role.name],
             )
             .map_err(sql_err)?;
-            insert_token(&tx, &token)?;
-            tx.commit().map_err(sql_err)?;
+            insert_token(tx, &token)?;
             Ok(Bootstrap::Created)
         })
         .await
@@ -526,8 +531,7 @@ impl Store for SqliteStore {
     async fn create_user(&self, name: &str, roles: &[String], now: i64) -> StoreResult<()> {
         let name = name.to_owned();
         let roles = roles.to_vec();
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
+        self.write(move |tx| {
             tx.execute(
                 "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
                 params![name, now],
@@ -540,7 +544,7 @@ impl Store for SqliteStore {
                 }
             })?;
             for role in &roles {
-                if !role_exists(&tx, role)? {
+                if !role_exists(tx, role)? {
                     return Err(StoreError::Invalid(format!("no role '{role}'")));
                 }
                 tx.execute(
@@ -549,7 +553,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(sql_err)?;
             }
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
@@ -615,12 +619,11 @@ impl Store for SqliteStore {
 
     async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()> {
         let (user, role) = (user.to_owned(), role.to_owned());
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
-            if !user_exists(&tx, &user)? {
+        self.write(move |tx| {
+            if !user_exists(tx, &user)? {
                 return Err(StoreError::NotFound(format!("no user '{user}'")));
             }
-            if !role_exists(&tx, &role)? {
+            if !role_exists(tx, &role)? {
                 return Err(StoreError::NotFound(format!("no role '{role}'")));
             }
             tx.execute(
@@ -628,15 +631,14 @@ impl Store for SqliteStore {
                 params![user, role],
             )
             .map_err(sql_err)?;
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
 
     async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()> {
         let (user, role) = (user.to_owned(), role.to_owned());
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
+        self.write(move |tx| {
             let n = tx
                 .execute(
                     "DELETE FROM user_roles WHERE user_name = ?1 AND role = ?2",
@@ -654,7 +656,7 @@ impl Store for SqliteStore {
                 params![user, role],
             )
             .map_err(sql_err)?;
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
@@ -703,10 +705,9 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, token: &TokenRow) -> StoreResult<()> {
         let token = token.clone();
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
-            insert_token(&tx, &token)?;
-            tx.commit().map_err(sql_err)
+        self.write(move |tx| {
+            insert_token(tx, &token)?;
+            Ok(())
         })
         .await
     }
@@ -897,10 +898,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<u64> {
         let (vault_id, device_id) = (vault_id.to_owned(), device_id.to_owned());
-        self.write(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+        self.write(move |tx| {
             let key_id: Option<String> = tx
                 .prepare_cached("SELECT key_id FROM vaults WHERE id = ?1")
                 .map_err(sql_err)?
@@ -944,7 +942,6 @@ impl Store for SqliteStore {
                         .map_err(sql_err)?;
                 }
             }
-            tx.commit().map_err(sql_err)?;
             Ok(new_head)
         })
         .await
@@ -1011,4 +1008,67 @@ fn read_heads(conn: &Connection, vault_id: &str) -> StoreResult<BTreeMap<String,
         .collect::<Result<BTreeMap<_, _>, _>>()
         .map_err(sql_err)?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn role(name: &str) -> Role {
+        Role {
+            name: name.into(),
+            description: String::new(),
+            policies: Vec::new(),
+        }
+    }
+
+    /// Starts `create_role(name)` while another connection holds the write
+    /// lock, gives up on it after 200 ms (as the request timeout does, with
+    /// `gate`, or without one), releases the lock and says whether the role
+    /// was created anyway.
+    async fn created_after_giving_up(gate: Option<CommitGate>, name: &str) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        // The call's own bound is far longer than the request's.
+        let store = SqliteStore::open_with(&path, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let write = {
+            let store = store.clone();
+            let role = role(name);
+            async move { store.create_role(&role, 0).await }
+        };
+        let gave_up = match gate.clone() {
+            Some(g) => tokio::time::timeout(Duration::from_millis(200), g.scope(write)).await,
+            None => tokio::time::timeout(Duration::from_millis(200), write).await,
+        };
+        assert!(gave_up.is_err(), "the write finished under a held lock");
+        if let Some(g) = &gate {
+            assert!(g.abandon(), "nothing was committing yet");
+        }
+        holder.execute_batch("COMMIT").unwrap();
+        // The blocking task gets the lock now; wait for the writer to be free.
+        let _permit = store.write_permit.acquire().await.unwrap();
+        let roles = store.list_roles().await.unwrap();
+        roles.iter().any(|r| r.name == name)
+    }
+
+    /// A 503'd request's write, already running on its blocking thread, rolls
+    /// back instead of committing once the lock frees. The control shows the
+    /// same write without a gate does commit: the test can fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_write_is_rolled_back_not_committed_late() {
+        assert!(
+            !created_after_giving_up(Some(CommitGate::new()), "late").await,
+            "the abandoned write was committed after its 503"
+        );
+        assert!(
+            created_after_giving_up(None, "ungated").await,
+            "control: without a gate the write lands after the caller left"
+        );
+    }
 }
