@@ -91,8 +91,14 @@ enum Command {
     Token(TokenCmd),
 }
 
+/// A duration flag; none of them means anything at zero.
 fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "{s:?} is zero; give a positive duration such as 30s"
+        )),
+        d => Ok(d),
+    }
 }
 
 fn admin_password(file: Option<&PathBuf>) -> Result<SecretValue, String> {

@@ -1313,3 +1313,19 @@ async fn a_slow_upload_is_not_counted_against_the_request_timeout() {
     assert_eq!(s, StatusCode::OK);
     assert!(roles.to_string().contains("\"trickled\""), "{roles}");
 }
+
+/// A zero duration is refused at start with the flag named, not served as
+/// "every request times out at once".
+#[test]
+fn zero_durations_are_refused() {
+    let (_dir, db) = temp_sqlite();
+    for flag in ["--request-timeout", "--jwt-ttl", "--login-failure-window"] {
+        let out = cli(&db, &[flag, "0s", "user", "list"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(flag) && stderr(&out).contains("positive duration"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
