@@ -171,6 +171,7 @@ pub fn router(state: Shared) -> Router {
                 within(limit, req, next)
             },
         ))
+        .layer(axum::middleware::from_fn(crate::telemetry::track))
         .with_state(state)
 }
 
@@ -231,6 +232,7 @@ async fn within(
         return handler.await;
     }
     tracing::warn!(request = %what, "request timed out after {}s", limit.as_secs_f64());
+    metrics::counter!(crate::telemetry::TIMEOUTS).increment(1);
     let mut f = ApiFailure::new(
         ApiErrorCode::Unavailable,
         format!(

@@ -13,3 +13,4 @@ pub mod error;
 pub mod ratelimit;
 pub mod serve;
 pub mod store;
+pub mod telemetry;

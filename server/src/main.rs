@@ -74,6 +74,12 @@ struct Cli {
     #[arg(long, default_value = "30s", value_parser = duration)]
     request_timeout: Duration,
 
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP) on this
+    /// HOST:PORT. Off by default; keep it on loopback or a monitoring-only
+    /// network.
+    #[arg(long, env = "VAULT_SERVER_METRICS_LISTEN", value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -159,6 +165,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         },
         login_failure_limit: cli.login_failure_limit,
         login_failure_window: cli.login_failure_window,
+        metrics_listen: cli.metrics_listen,
     };
     serve(opts).await.map_err(|e| (e, 1))
 }

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub login_failure_limit: u32,
     /// The rate-limit window.
     pub login_failure_window: Duration,
+    /// `--metrics-listen`: where `GET /metrics` is served, if anywhere.
+    pub metrics_listen: Option<String>,
 }
 
 /// The role the bootstrap gives the default admin: every action everywhere.
@@ -158,6 +160,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         limiter: LoginLimiter::new(opts.login_failure_limit, opts.login_failure_window),
         config: opts.api.clone(),
     });
+    // Metrics first: its address is announced before the API's, whose line
+    // tells supervisors the service is up.
+    let _metrics_listener = match &opts.metrics_listen {
+        Some(listen) => {
+            let handle = crate::telemetry::install()?;
+            let (listener, at) = crate::telemetry::bind(listen).await?;
+            announce_line(&format!("metrics on {at}"));
+            tracing::info!("serving http://{at}/metrics");
+            let task = tokio::spawn(crate::telemetry::serve(
+                listener,
+                handle,
+                Arc::clone(&store),
+                std::future::pending(),
+            ));
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -220,12 +240,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
 }
 
 fn announce(bound: SocketAddr, scheme: &str, backend: &str) {
-    use std::io::Write as _;
-    // The one line tests and supervisors read; everything else goes to stderr.
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {bound}");
-    let _ = out.flush();
+    // The line tests and supervisors read; everything else goes to stderr.
+    announce_line(&format!("listening on {bound}"));
     tracing::info!("serving {scheme}://{bound}/api/v1 on {backend}");
+}
+
+fn announce_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Stops the metrics listener when serving ends.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), String>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,21 @@ use vault_protocol::timefmt::Timestamp;
 
 const KEY: &str = "age1vaultkey";
 
+/// A fresh SQLite database, and a fresh PostgreSQL schema (named after `tag`)
+/// when `VAULT_TEST_POSTGRES_URL` is set; else says that `test` skipped it.
+async fn sqlite_and_postgres(test: &str, tag: &str) -> (tempfile::TempDir, Vec<String>) {
+    let (dir, sqlite) = temp_sqlite();
+    let mut databases = vec![sqlite];
+    match std::env::var("VAULT_TEST_POSTGRES_URL") {
+        Ok(base) => databases.push(fresh_postgres_schema(&base, tag).await),
+        Err(_) => println!(
+            "SKIP {test} on postgres: set VAULT_TEST_POSTGRES_URL=postgres://… \
+             (bash .ci/run starts one)"
+        ),
+    }
+    (dir, databases)
+}
+
 /// A server with the default admin, a vault `v1`, and the admin's JWT.
 async fn with_vault() -> (Server, Api, String) {
     let srv = server().admin().start();
@@ -1151,15 +1166,7 @@ async fn ready_on_postgres_fails_when_the_schema_is_gone() {
 /// when `VAULT_TEST_POSTGRES_URL` is set, and always on one SQLite file.
 #[tokio::test]
 async fn two_replicas_share_the_failed_login_limit() {
-    let (_dir, sqlite) = temp_sqlite();
-    let mut databases = vec![sqlite];
-    match std::env::var("VAULT_TEST_POSTGRES_URL") {
-        Ok(base) => databases.push(fresh_postgres_schema(&base, "limits").await),
-        Err(_) => println!(
-            "SKIP two_replicas_share_the_failed_login_limit on postgres: set \
-             VAULT_TEST_POSTGRES_URL=postgres://… (bash .ci/run starts one)"
-        ),
-    }
+    let (_dir, databases) = sqlite_and_postgres("two_replicas_share…", "limits").await;
     for db in databases {
         let replica = || {
             server()
@@ -1198,16 +1205,8 @@ async fn two_replicas_share_the_failed_login_limit() {
 /// (the test locks the roles table).
 #[tokio::test]
 async fn a_request_out_of_time_answers_503_and_applies_nothing() {
-    let (_dir, sqlite) = temp_sqlite();
-    let mut databases = vec![sqlite];
+    let (_dir, databases) = sqlite_and_postgres("a_request_out_of_time…", "timeout").await;
     let pg_base = std::env::var("VAULT_TEST_POSTGRES_URL").ok();
-    match &pg_base {
-        Some(base) => databases.push(fresh_postgres_schema(base, "timeout").await),
-        None => println!(
-            "SKIP a_request_out_of_time… on postgres: set VAULT_TEST_POSTGRES_URL=postgres://… \
-             (bash .ci/run starts one)"
-        ),
-    }
     for db in databases {
         let srv = server()
             .database(&db)
@@ -1328,4 +1327,141 @@ fn zero_durations_are_refused() {
             stderr(&out)
         );
     }
+}
+
+/// Reads one sample from a Prometheus exposition: the line of `name` whose
+/// labels include every `labels` pair.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `--metrics-listen`: `GET /metrics` on its own listener reports requests
+/// by route template and status, latency buckets, pushes, pulls, records
+/// stored, pool use and failed logins, and names no vault, user, device or
+/// token. The API listener has no `/metrics`; without the flag there is no
+/// listener. SQLite always, PostgreSQL when `VAULT_TEST_POSTGRES_URL` is set.
+#[tokio::test]
+async fn metrics_report_the_service_without_naming_anyone() {
+    let (_dir, databases) = sqlite_and_postgres("metrics_report…", "metrics").await;
+    for db in databases {
+        let srv = server()
+            .database(&db)
+            .admin()
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .start();
+        let metrics_url = format!(
+            "http://{}/metrics",
+            srv.metrics_addr
+                .as_deref()
+                .expect("metrics address announced")
+        );
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        let (s, b) = api
+            .post(
+                "/vaults",
+                &admin,
+                json!({"id": "secretvaultid", "key_id": KEY, "identity": b64(b"identity")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let push = push_body("secretdeviceid", KEY, 1, 5);
+        let (s, b) = api.post("/vaults/secretvaultid/push", &admin, push).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = api
+            .post("/vaults/secretvaultid/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["records"].as_array().unwrap().len(), 5);
+        assert_eq!(api.exchange("vlt_wrongtokenwrongtoken").await.0, 401);
+        assert_eq!(api.get("/no/such/route", &admin).await.0, 404);
+
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let push_route = [
+            ("method", "POST"),
+            ("route", "/api/v1/vaults/{id}/push"),
+            ("status", "200"),
+        ];
+        assert_eq!(
+            sample(&text, "vault_server_http_requests_total", &push_route),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vault_server_http_requests_total",
+                &[("route", "/api/v1/auth/token"), ("status", "401")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vault_server_http_requests_total",
+                &[("route", "unmatched"), ("status", "404")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            sample(
+                &text,
+                "vault_server_http_request_duration_seconds_bucket",
+                &[("route", "/api/v1/vaults/{id}/pull"), ("le", "+Inf")]
+            ) == Some(1.0),
+            "latency histogram: {text}"
+        );
+        for (name, want) in [
+            ("vault_server_pushes_total", 1.0),
+            ("vault_server_pushed_records_total", 5.0),
+            ("vault_server_pulls_total", 1.0),
+            ("vault_server_pulled_records_total", 5.0),
+            ("vault_server_records_stored", 5.0),
+            ("vault_server_failed_logins_total", 1.0),
+            ("vault_server_database_up", 1.0),
+        ] {
+            assert_eq!(sample(&text, name, &[]), Some(want), "{name}: {text}");
+        }
+        let max = sample(&text, "vault_server_db_pool_max", &[]).unwrap();
+        assert!(max >= 1.0, "{text}");
+        assert!(sample(&text, "vault_server_db_pool_in_use", &[]).is_some());
+        for private in [
+            "secretvaultid",
+            "secretdeviceid",
+            "admin",
+            "vlt_",
+            "wrongtoken",
+            ADMIN_PASSWORD,
+        ] {
+            assert!(!text.contains(private), "/metrics shows {private:?}");
+        }
+        // Only /metrics there, and no /metrics on the API's listener.
+        let other = reqwest::get(metrics_url.replace("/metrics", "/api/v1/health"))
+            .await
+            .unwrap();
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+        let api_side = reqwest::get(format!("http://{}/metrics", srv.addr))
+            .await
+            .unwrap();
+        assert_eq!(api_side.status(), StatusCode::NOT_FOUND);
+    }
+    // Off by default.
+    let plain = server().start();
+    assert!(plain.metrics_addr.is_none());
 }

@@ -30,6 +30,7 @@ pub(super) async fn exchange_token(
             ),
         );
         f.retry_after = Some(wait.as_secs().max(1));
+        metrics::counter!(crate::telemetry::RATE_LIMITED_LOGINS).increment(1);
         return Err(f);
     }
     let token = if presented.starts_with(TOKEN_PREFIX) {
@@ -59,6 +60,7 @@ pub(super) async fn exchange_token(
             tracing::warn!(error = %e, "cannot count a failed login");
         }
         tracing::info!(peer = %peer.ip(), "failed login with an unknown credential");
+        metrics::counter!(crate::telemetry::FAILED_LOGINS).increment(1);
         return Err(ApiFailure::unauthorized(
             "access token not recognised: it is mistyped or was revoked",
         ));

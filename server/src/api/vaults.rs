@@ -13,6 +13,7 @@ use vault_protocol::timefmt::Timestamp;
 
 use crate::error::ApiFailure;
 use crate::store::{NewRecord, VaultRow};
+use crate::telemetry;
 
 use super::*;
 
@@ -139,7 +140,10 @@ pub(super) async fn push(
     caller.require(Action::VaultWrite, &id)?;
     let device_id = req.device_id.clone();
     let records = decode_push(req)?;
+    let count = records.len() as u64;
     let head = st.store.push(&id, &device_id, records, now()).await?;
+    metrics::counter!(telemetry::PUSHES).increment(1);
+    metrics::counter!(telemetry::PUSHED_RECORDS).increment(count);
     Ok(axum::Json(PushResponse { device_id, head }))
 }
 
@@ -159,6 +163,8 @@ pub(super) async fn pull(
         .store
         .pull(&id, &req.since, limit as usize, MAX_PULL_BYTES)
         .await?;
+    metrics::counter!(telemetry::PULLS).increment(1);
+    metrics::counter!(telemetry::PULLED_RECORDS).increment(page.records.len() as u64);
     Ok(axum::Json(PullResponse {
         records: page
             .records

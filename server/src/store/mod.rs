@@ -163,6 +163,17 @@ pub enum Bootstrap {
     AlreadyDone,
 }
 
+/// A connection pool's use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Most connections the pool opens.
+    pub max: usize,
+    /// Connections (or SQLite permits) held by calls now.
+    pub in_use: usize,
+    /// Calls waiting for one.
+    pub waiting: usize,
+}
+
 /// Storage backend. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -173,6 +184,14 @@ pub trait Store: Send + Sync + 'static {
     /// reach: equal when the database is reachable and migrated (`GET
     /// /api/v1/ready`).
     async fn schema_version(&self) -> StoreResult<(i64, i64)>;
+
+    /// Records stored, in every vault: the sum of the device logs' heads
+    /// (records are never deleted but with their vault), so it reads one
+    /// small table, not the records (`/metrics`).
+    async fn records_stored(&self) -> StoreResult<u64>;
+
+    /// How busy the connection pool is now (`/metrics`).
+    fn pool_status(&self) -> PoolStatus;
 
     /// The failed-login windows of `keys` that started at or after `since`:
     /// `(window_start, failures)` each. Shared by every server on this

@@ -21,8 +21,9 @@ use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
 use super::{
-    Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
-    VaultRow, assemble_page, continue_log, policies_to_json, redact_url, role_from_row,
+    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, Store, StoredRecord, TokenKind,
+    TokenRow, UserRow, VaultRow, assemble_page, continue_log, policies_to_json, redact_url,
+    role_from_row,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -386,6 +387,25 @@ impl Store for PostgresStore {
             .map_err(pg_err)?
             .get(0);
         Ok((i64::from(version), MIGRATIONS.len() as i64))
+    }
+
+    async fn records_stored(&self) -> StoreResult<u64> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let n: i64 = client
+            .query_one("SELECT COALESCE(SUM(head), 0)::BIGINT FROM logs", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        Ok(n.max(0) as u64)
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus {
+            max: s.max_size,
+            in_use: s.size.saturating_sub(s.available),
+            waiting: s.waiting,
+        }
     }
 
     async fn login_failures(&self, keys: &[String], since: i64) -> StoreResult<Vec<(i64, i64)>> {

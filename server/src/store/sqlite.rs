@@ -15,8 +15,8 @@ use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
 use super::{
-    Bootstrap, NewRecord, Principal, PullPage, Store, StoredRecord, TokenKind, TokenRow, UserRow,
-    VaultRow, assemble_page, continue_log, policies_to_json, role_from_row,
+    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, Store, StoredRecord, TokenKind,
+    TokenRow, UserRow, VaultRow, assemble_page, continue_log, policies_to_json, role_from_row,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -108,6 +108,24 @@ pub struct SqliteStore {
     write_permit: Arc<tokio::sync::Semaphore>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// Calls waiting for a permit (`pool_status`).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one caller waiting for a permit, until dropped.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -169,6 +187,7 @@ impl SqliteStore {
             write_permit: Arc::new(tokio::sync::Semaphore::new(1)),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            waiting: Arc::default(),
         })
     }
 
@@ -184,10 +203,12 @@ impl SqliteStore {
     {
         let writer = Arc::clone(&self.writer);
         let gate = CommitGate::current();
+        let waiting = Waiting::new(&self.waiting);
         let permit = Arc::clone(&self.write_permit)
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Internal("sqlite writer closed".into()))?;
+        drop(waiting);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut conn = writer
@@ -214,11 +235,13 @@ impl SqliteStore {
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
         let busy = self.busy;
+        let waiting = Waiting::new(&self.waiting);
         let _permit = self
             .read_permits
             .acquire()
             .await
             .map_err(|_| StoreError::Internal("sqlite readers closed".into()))?;
+        drop(waiting);
         tokio::task::spawn_blocking(move || {
             let pooled = readers
                 .lock()
@@ -434,6 +457,28 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok((version, MIGRATIONS.len() as i64))
+    }
+
+    async fn records_stored(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            conn.query_row("SELECT COALESCE(SUM(head), 0) FROM logs", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(sql_err)
+        })
+        .await
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        // One writer plus the readers; a call holds a permit while it runs.
+        let writing = 1 - self.write_permit.available_permits();
+        let reading = MAX_READERS - self.read_permits.available_permits();
+        PoolStatus {
+            max: 1 + MAX_READERS,
+            in_use: writing + reading,
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     async fn login_failures(&self, keys: &[String], since: i64) -> StoreResult<Vec<(i64, i64)>> {

@@ -26,6 +26,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub base: String,
+    /// `metrics on ADDR`, with `--metrics-listen`.
+    pub metrics_addr: Option<String>,
     pub database: String,
     log: Arc<Mutex<String>>,
     log_reader: Option<std::thread::JoinHandle<()>>,
@@ -161,6 +163,12 @@ impl ServerBuilder {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
+        // `--metrics-listen` announces its address first.
+        let metrics_addr = line.trim().strip_prefix("metrics on ").map(str::to_owned);
+        if metrics_addr.is_some() {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+        }
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
@@ -181,6 +189,7 @@ impl ServerBuilder {
             child,
             base,
             addr,
+            metrics_addr,
             database: self.database.take().unwrap(),
             log,
             log_reader: Some(log_reader),
