@@ -17,6 +17,7 @@ use vault_protocol::server_api::Role;
 use crate::error::{StoreError, StoreResult};
 
 pub mod gate;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

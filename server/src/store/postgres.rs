@@ -20,6 +20,7 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
+use super::pg_tls;
 use super::{
     Bootstrap, NewRecord, PoolStatus, Principal, PullPage, Store, StoredRecord, TokenKind,
     TokenRow, UserRow, VaultRow, assemble_page, continue_log, policies_to_json, redact_url,
@@ -136,6 +137,18 @@ async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
     tx.commit().await.map_err(pg_err)
 }
 
+/// `e` and what caused it, as one line ("error connecting…: Connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}
+
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -153,9 +166,11 @@ impl PostgresStore {
         call_timeout: std::time::Duration,
     ) -> Result<Self, String> {
         let shown = redact_url(url);
+        let (url, tls) = pg_tls::split_url(url).map_err(|e| format!("{e} ({shown})"))?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("bad --database URL {shown}: {e}"))?;
+        config.ssl_mode(tls.ssl_mode());
         // Kept with what the URL's own `options` say (a search_path…).
         let options = format!(
             "{} -c statement_timeout={}",
@@ -166,7 +181,14 @@ impl PostgresStore {
         let mc = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = Manager::from_config(config, NoTls, mc);
+        let manager = match pg_tls::client_config(&tls)? {
+            None => Manager::from_config(config, NoTls, mc),
+            Some(rustls) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(rustls),
+                mc,
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -175,6 +197,16 @@ impl PostgresStore {
             .build()
             .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
         let store = PostgresStore { pool };
+        // One connection first, so that a TLS refusal is told as one.
+        if let Err(e) = store.pool.get().await {
+            let why = match &e {
+                deadpool_postgres::PoolError::Backend(pg) => pg_tls::explain(pg, &tls)
+                    .or_else(|| pg.as_db_error().map(ToString::to_string))
+                    .unwrap_or_else(|| with_causes(pg)),
+                other => other.to_string(),
+            };
+            return Err(format!("cannot connect to PostgreSQL {shown}: {why}"));
+        }
         store
             .migrate()
             .await
