@@ -10,6 +10,7 @@ use vault_protocol::SecretValue;
 use vault_protocol::timefmt::parse_duration;
 use vault_server::admin::{self, RoleCmd, TokenCmd, UserCmd};
 use vault_server::api::ApiConfig;
+use vault_server::backup;
 use vault_server::serve::{ServeOptions, serve};
 use vault_server::store;
 
@@ -22,7 +23,8 @@ const ADMIN_PASSWORD_ENV: &str = "VAULT_SERVER_ADMIN_PASSWORD";
     version,
     about = "The vault remote service: accounts, roles, access tokens and an encrypted record store.",
     after_help = "Serve: vault-server --listen 127.0.0.1:8443 --database sqlite:/var/lib/vault-server/vault.db\n\
-                  Administer: vault-server --database ... user|role|token add|list|rm"
+                  Administer: vault-server --database ... user|role|token add|list|rm\n\
+                  Back up: vault-server --database sqlite:PATH backup --to FILE"
 )]
 struct Cli {
     /// Database: sqlite:PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
@@ -95,6 +97,23 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Copy a SQLite database to a new file while servers keep serving
+    /// (PostgreSQL: use pg_dump; the message says how).
+    Backup {
+        /// The new backup file (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Replace a SQLite database with a backup, then migrate it. Stop every
+    /// server on it first.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Replace a database that holds users or records.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// A duration flag; none of them means anything at zero.
@@ -132,11 +151,15 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         )
     })?;
     if let Some(command) = cli.command {
-        let store = store::open(&database).await.map_err(|e| (e, 1))?;
+        let open = || async { store::open(&database).await.map_err(|e| (e, 1)) };
         let result = match command {
-            Command::User(c) => admin::user(store.as_ref(), c, cli.json).await,
-            Command::Role(c) => admin::role(store.as_ref(), c, cli.json).await,
-            Command::Token(c) => admin::token(store.as_ref(), c, cli.json).await,
+            Command::Backup { to } => return backup::backup(&database, to, cli.json).await,
+            Command::Restore { from, force } => {
+                return backup::restore(&database, from, force, cli.json).await;
+            }
+            Command::User(c) => admin::user(open().await?.as_ref(), c, cli.json).await,
+            Command::Role(c) => admin::role(open().await?.as_ref(), c, cli.json).await,
+            Command::Token(c) => admin::token(open().await?.as_ref(), c, cli.json).await,
         };
         return result.map_err(|e| (e.message, e.exit_code));
     }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -30,19 +31,24 @@ async fn sqlite_and_postgres(test: &str, tag: &str) -> (tempfile::TempDir, Vec<S
     (dir, databases)
 }
 
+/// Creates vault `id` with key [`KEY`] as `admin`.
+async fn create_vault(api: &Api, admin: &str, id: &str) {
+    let (s, b) = api
+        .post(
+            "/vaults",
+            admin,
+            json!({"id": id, "key_id": KEY, "identity": b64(b"identity")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+}
+
 /// A server with the default admin, a vault `v1`, and the admin's JWT.
 async fn with_vault() -> (Server, Api, String) {
     let srv = server().admin().start();
     let api = srv.client();
     let admin = api.jwt(ADMIN_PASSWORD).await;
-    let (s, b) = api
-        .post(
-            "/vaults",
-            &admin,
-            json!({"id": "v1", "key_id": KEY, "identity": b64(b"identity")}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    create_vault(&api, &admin, "v1").await;
     (srv, api, admin)
 }
 
@@ -1366,14 +1372,7 @@ async fn metrics_report_the_service_without_naming_anyone() {
         );
         let api = srv.client();
         let admin = api.jwt(ADMIN_PASSWORD).await;
-        let (s, b) = api
-            .post(
-                "/vaults",
-                &admin,
-                json!({"id": "secretvaultid", "key_id": KEY, "identity": b64(b"identity")}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
+        create_vault(&api, &admin, "secretvaultid").await;
         let push = push_body("secretdeviceid", KEY, 1, 5);
         let (s, b) = api.post("/vaults/secretvaultid/push", &admin, push).await;
         assert_eq!(s, StatusCode::OK, "{b}");
@@ -1557,4 +1556,179 @@ async fn postgres_over_tls_checks_the_servers_certificate() {
         assert!(err.contains(&want), "{db}: wanted {want:?} in:\n{err}");
         assert!(!err.contains("hunter2"), "the URL's password leaked: {err}");
     }
+}
+
+/// Backup and restore on PostgreSQL (issue 23) is PostgreSQL's own
+/// `pg_dump`/`pg_restore`, as docs/server.md says: a dump taken while a
+/// device keeps pushing restores into a fresh database as one consistent
+/// snapshot (every device log whole, no gap), the restored server accepts
+/// the old admin token and JWT key, and the device's log continues from
+/// the restored head. `vault-server backup` on PostgreSQL names pg_dump.
+#[tokio::test]
+async fn postgres_is_backed_up_with_pg_dump_while_serving() {
+    let Ok(base) = std::env::var("VAULT_TEST_POSTGRES_URL") else {
+        println!(
+            "SKIP postgres_is_backed_up…: set VAULT_TEST_POSTGRES_URL (bash .ci/run starts one)"
+        );
+        return;
+    };
+    let db = fresh_postgres_schema(&base, "dump").await;
+    let schema = db.rsplit("%3D").next().unwrap().to_owned();
+    let out = cli(&db, &["backup", "--to", "/nonexistent/x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pg_dump"), "{}", stderr(&out));
+
+    let srv = server().database(&db).admin().start();
+    let api = srv.client();
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    create_vault(&api, &admin, "v1").await;
+    // Load: two devices push one record at a time while the dump runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pushers = Vec::new();
+    for device in ["d1", "d2"] {
+        let (api, admin, stop) = (srv.client(), admin.clone(), Arc::clone(&stop));
+        pushers.push(tokio::spawn(async move {
+            let mut next = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || next < 5 {
+                let (s, b) = api
+                    .post("/vaults/v1/push", &admin, push_body(device, KEY, next, 1))
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+                next += 1;
+            }
+            next - 1
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("vault.dump");
+    let out = tokio::process::Command::new("pg_dump")
+        .args(["--format=custom", "--schema", &schema, "--file"])
+        .arg(&dump)
+        .arg(&base)
+        .output()
+        .await
+        .expect("pg_dump (postgresql-client)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pushed = Vec::new();
+    for p in pushers {
+        pushed.push(p.await.unwrap());
+    }
+    drop(srv);
+
+    // Into a fresh database.
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let fresh = format!("{schema}_restored");
+    client
+        .batch_execute(&format!("CREATE DATABASE {fresh}"))
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let fresh_url = format!("{prefix}/{fresh}");
+    let out = tokio::process::Command::new("pg_restore")
+        .args(["--no-owner", "--dbname", &fresh_url])
+        .arg(&dump)
+        .output()
+        .await
+        .expect("pg_restore (postgresql-client)");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let restored = server()
+        .database(&format!("{fresh_url}?options=-csearch_path%3D{schema}"))
+        .start();
+    let api = restored.client();
+    // The same admin token and JWT key: an old JWT still works.
+    assert_eq!(api.get("/whoami", &admin).await.0, StatusCode::OK);
+    let (s, page) = api
+        .post(
+            "/vaults/v1/pull",
+            &admin,
+            json!({"since": {}, "limit": 10000}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    for (i, device) in ["d1", "d2"].into_iter().enumerate() {
+        let head = page["heads"][device].as_u64().unwrap_or(0);
+        let indexes: Vec<u64> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["device_id"] == device)
+            .map(|r| r["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            indexes,
+            (1..=head).collect::<Vec<_>>(),
+            "{device}: a whole log"
+        );
+        assert!(head <= pushed[i], "{device}: {head} > {}", pushed[i]);
+        // The device's log goes on from the restored head.
+        let (s, b) = api
+            .post(
+                "/vaults/v1/push",
+                &admin,
+                push_body(device, KEY, head + 1, 1),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    drop(restored);
+    client
+        .batch_execute(&format!("DROP DATABASE {fresh} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+/// `backup`/`restore` on SQLite refuse what would lose data or mislead: an
+/// existing backup file is never overwritten, a database in use is replaced
+/// only with --force, and a file that is not a vault-server backup is
+/// refused before anything is touched. The backup is 0600 and restores.
+#[test]
+fn sqlite_backup_and_restore_refuse_what_would_lose_data() {
+    let (dir, db) = temp_sqlite();
+    assert!(cli(&db, &["user", "add", "carol"]).status.success());
+    let backup = dir.path().join("b.db");
+    let b = backup.to_str().unwrap();
+    let out = cli(&db, &["backup", "--to", b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 users"), "{}", stdout(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = cli(&db, &["backup", "--to", b]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("never overwrites"),
+        "{}",
+        stderr(&again)
+    );
+
+    let in_use = cli(&db, &["restore", "--from", b]);
+    assert_eq!(in_use.status.code(), Some(5), "{}", stderr(&in_use));
+    assert!(stderr(&in_use).contains("--force"), "{}", stderr(&in_use));
+    assert!(
+        cli(&db, &["restore", "--from", b, "--force"])
+            .status
+            .success()
+    );
+
+    let junk = temp_file(dir.path(), "junk", "not a database\n");
+    let fresh = format!("sqlite:{}", dir.path().join("fresh.db").display());
+    let out = cli(&fresh, &["restore", "--from", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a SQLite database"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("fresh.db").exists(), "nothing was created");
+
+    let out = cli(&fresh, &["restore", "--from", b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let users = stdout(&cli(&fresh, &["user", "list"]));
+    assert!(users.contains("carol"), "{users}");
 }

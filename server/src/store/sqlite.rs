@@ -279,6 +279,152 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// What a backup or a restore holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contents {
+    /// Schema version of the copy.
+    pub schema_version: i64,
+    /// Users.
+    pub users: i64,
+    /// Vaults.
+    pub vaults: i64,
+    /// Records, every vault.
+    pub records: i64,
+}
+
+fn contents(conn: &Connection) -> Result<Contents, rusqlite::Error> {
+    let count = |table: &str| -> Result<i64, rusqlite::Error> {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+    };
+    Ok(Contents {
+        schema_version: conn.pragma_query_value(None, "user_version", |r| r.get(0))?,
+        users: count("users")?,
+        vaults: count("vaults")?,
+        records: count("records")?,
+    })
+}
+
+/// Copies every page of `from` into `to` in one step: one read transaction
+/// on the source, so the copy is one consistent snapshot, and (WAL) the
+/// server's writers are not held up meanwhile.
+fn copy_pages(from: &Connection, to: &mut Connection) -> Result<(), rusqlite::Error> {
+    use rusqlite::backup::{Backup, StepResult};
+    let backup = Backup::new(from, to)?;
+    for _ in 0..200 {
+        match backup.step(-1)? {
+            StepResult::Done => return Ok(()),
+            // A writer holds a lock the copy needs: wait and try again.
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some("the database stayed locked for 10s".into()),
+    ))
+}
+
+/// Checks that `conn` is a sound vault-server database this build can use.
+fn check_copy(conn: &Connection, shown: &str) -> Result<Contents, String> {
+    let ok: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| format!("{shown} is not a SQLite database: {e}"))?;
+    if ok != "ok" {
+        return Err(format!("{shown} is damaged (SQLite quick_check: {ok})"));
+    }
+    let c = contents(conn).map_err(|e| format!("{shown} is not a vault-server database ({e})"))?;
+    if c.schema_version < 1 || c.schema_version > MIGRATIONS.len() as i64 {
+        return Err(format!(
+            "{shown} has schema version {}; this vault-server reads 1 to {}",
+            c.schema_version,
+            MIGRATIONS.len()
+        ));
+    }
+    Ok(c)
+}
+
+/// `vault-server backup`: a consistent copy of the database at `db` into the
+/// new file `to` (0600), taken while servers keep serving. It is written
+/// under a temporary name, checked, synced and then renamed, so `to` is
+/// either whole or absent.
+pub fn backup(db: &Path, to: &Path) -> Result<Contents, String> {
+    let shown = db.display().to_string();
+    if !db.exists() {
+        return Err(format!("no database at {shown}"));
+    }
+    if to.exists() {
+        return Err(format!(
+            "{} exists already; choose a new file (a backup never overwrites)",
+            to.display()
+        ));
+    }
+    let from = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(10))
+                .map(|()| c)
+        })
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let partial = to.with_file_name(format!(
+        ".{}.partial",
+        to.file_name().and_then(|n| n.to_str()).unwrap_or("backup")
+    ));
+    let _ = std::fs::remove_file(&partial);
+    create_private(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let result = (|| {
+        let mut copy = Connection::open(&partial)
+            .map_err(|e| format!("cannot open {}: {e}", partial.display()))?;
+        copy_pages(&from, &mut copy).map_err(|e| format!("cannot copy {shown}: {e}"))?;
+        // A backup is one self-contained file.
+        copy.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(|e| format!("cannot finish the backup: {e}"))?;
+        let c = check_copy(&copy, &partial.display().to_string())?;
+        drop(copy);
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot sync the backup: {e}"))?;
+        std::fs::rename(&partial, to)
+            .map_err(|e| format!("cannot move the backup to {}: {e}", to.display()))?;
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(c)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// `vault-server restore`: replaces the database at `db` with the backup
+/// `from`, then brings its schema up to date. A database that holds users or
+/// records is replaced only with `force` (every server on it must be
+/// stopped first: they would keep serving what they had read).
+pub fn restore(from: &Path, db: &Path, force: bool) -> Result<Contents, String> {
+    let shown_from = from.display().to_string();
+    let src = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open the backup {shown_from}: {e}"))?;
+    check_copy(&src, &shown_from)?;
+    let shown = db.display().to_string();
+    create_private(db).map_err(|e| format!("cannot create {shown}: {e}"))?;
+    let mut dst = connect(db, std::time::Duration::from_secs(10))
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let version: i64 = dst
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if version > 0 && !force {
+        let c = contents(&dst).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        if c.users > 0 || c.records > 0 {
+            return Err(format!(
+                "{shown} is in use ({} users, {} records): restoring replaces all of it. Stop \
+                 every vault-server on it, then add --force",
+                c.users, c.records
+            ));
+        }
+    }
+    copy_pages(&src, &mut dst).map_err(|e| format!("cannot restore into {shown}: {e}"))?;
+    migrate(&mut dst).map_err(|e| format!("cannot migrate the restored {shown}: {e}"))?;
+    contents(&dst).map_err(|e| format!("cannot read the restored {shown}: {e}"))
+}
+
 /// One more failed login under `?1` at `?2`; a window started before `?3`
 /// starts again. Both SET expressions read the row as it was.
 const LOGIN_FAILURE_UPSERT: &str = "INSERT INTO login_failures (key, window_start, failures) \
