@@ -53,6 +53,28 @@ impl RemoteServer {
         self.server.stop();
     }
 
+    /// Stops it and starts it again on the same address with `database`
+    /// (a server restored into a new database).
+    pub fn restart_on(&mut self, database: String) {
+        self.stop();
+        self.database = database;
+        self.resume();
+    }
+
+    /// Runs `vault-server --database THIS ARGS…` (an admin command) to its
+    /// end, with the server running or not.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        let out = std::process::Command::new(&binaries().server)
+            .args(["--database", &self.database])
+            .args(args)
+            .env_remove("VAULT_SERVER_DATABASE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run vault-server");
+        crate::leak::keep_log("vault-server", &String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
     /// Starts it again on the same address and database.
     pub fn resume(&mut self) {
         self.server.start(&binaries().server, |cmd| {

@@ -213,6 +213,9 @@ pub fn now(ctx: &mut Ctx) -> CliResult<()> {
                 ));
             }
             ctx.out.info(&line);
+            for n in &report.notes {
+                ctx.out.warn(n);
+            }
             for r in &report.refused {
                 ctx.out.warn(r);
             }

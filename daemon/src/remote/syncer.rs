@@ -597,15 +597,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| WireError::new(ErrorCode::Internal, "sync failed; see vaultd.log"))?
 }
 
-/// Pushes this device's log from where the server's copy ends. Returns
-/// how far the server holds it.
+/// Pushes this device's log from `from`, where the server's copy is
+/// believed to end. Returns how far the server holds it.
 async fn push(
     d: &Arc<Shared>,
     session: &Session<'_>,
     t: &Target,
+    from: u64,
     report: &mut SyncReport,
 ) -> Result<u64, WireError> {
-    let mut pushed = t.pushed;
+    let mut pushed = from;
     let mut conflicts_seen = 0;
     loop {
         let after = pushed;
@@ -667,6 +668,9 @@ async fn push(
                         && !holds_ours(session, d, t, after, server_head).await?)
                 {
                     return Err(log_ahead(&t.url, server_head, local));
+                }
+                if server_head < after {
+                    report.notes.push(lost_entries(&t.url, server_head, after));
                 }
                 pushed = server_head;
                 info!(
@@ -782,15 +786,36 @@ async fn check_pulled(
     Ok(())
 }
 
+/// Says, and logs, that the server lost entries `held+1..=pushed` of this
+/// device's log, which are pushed again.
+fn lost_entries(url: &str, held: u64, pushed: u64) -> String {
+    let note = format!(
+        "{url} had lost entries {}..{pushed} of this device's log (restored from a backup?); \
+         they are pushed again",
+        held + 1
+    );
+    warn!(held, pushed, "{note}");
+    note
+}
+
 async fn run(d: &Arc<Shared>, t: Target) -> Result<SyncReport, WireError> {
     let session = Session::new(d, &t.url, &t.token);
     let started = Instant::now();
     session.ensure_vault(&t).await?;
     let checked = started.elapsed();
     let mut report = SyncReport::default();
-    let pushed = push(d, &session, &t, &mut report).await?;
+    let pushed = push(d, &session, &t, t.pushed, &mut report).await?;
     let pushed_in = started.elapsed();
     let (heads, stopped) = pull(d, &session, &t, pushed, &mut report).await?;
+    // The server may hold less of this device's log than it once took (a
+    // restored backup): with nothing new to push, only its heads tell.
+    // Push the lost entries again, now, from this device's own log.
+    let held = heads.get(&t.device).copied().unwrap_or(0);
+    if held < pushed {
+        report.notes.push(lost_entries(&t.url, held, pushed));
+        blocking(d, move |e| e.set_pushed(held)).await?;
+        push(d, &session, &t, held, &mut report).await?;
+    }
     check_pulled(d, &t, heads, stopped, &mut report).await?;
     let pulled_in = started.elapsed();
     report.conflicts = blocking(d, |e| e.conflict_count()).await?;

@@ -18,6 +18,10 @@ pub struct SyncReport {
     /// Pulled entries that were refused (why), never applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// What the sync found and mended on its own, worth telling the user
+    /// (e.g. entries the server had lost, pushed again). Not failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One device's log as seen here and on the server (`vault sync verify`).
