@@ -27,6 +27,8 @@ pub enum StoreError {
     Invalid(String),
     /// The database cannot be reached.
     Unavailable(String),
+    /// The database's disk is full: nothing was stored.
+    StorageFull(String),
     /// Anything else: a bug, corruption, an unexpected SQL error.
     Internal(String),
 }
@@ -38,6 +40,7 @@ impl std::fmt::Display for StoreError {
             | StoreError::AlreadyExists(m)
             | StoreError::Invalid(m)
             | StoreError::Unavailable(m)
+            | StoreError::StorageFull(m)
             | StoreError::Internal(m) => f.write_str(m),
             StoreError::IndexConflict { expected } => {
                 write!(
@@ -159,6 +162,19 @@ impl From<StoreError> for ApiFailure {
                     "storage is unavailable or busy; try again later",
                 );
                 f.retry_after = Some(5);
+                f
+            }
+            StoreError::StorageFull(m) => {
+                tracing::error!(
+                    "the database's disk is full ({m}): free space on its volume; \
+                     the failed call stored nothing"
+                );
+                let mut f = ApiFailure::new(
+                    ApiErrorCode::Unavailable,
+                    "the server's storage is full, so nothing was stored; try again later \
+                     (its operator must free disk space)",
+                );
+                f.retry_after = Some(60);
                 f
             }
             StoreError::Internal(m) => ApiFailure::internal(m),

@@ -33,14 +33,7 @@ async fn sqlite_and_postgres(test: &str, tag: &str) -> (tempfile::TempDir, Vec<S
 
 /// Creates vault `id` with key [`KEY`] as `admin`.
 async fn create_vault(api: &Api, admin: &str, id: &str) {
-    let (s, b) = api
-        .post(
-            "/vaults",
-            admin,
-            json!({"id": id, "key_id": KEY, "identity": b64(b"identity")}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    create_vault_with(api, admin, id, KEY).await;
 }
 
 /// A server with the default admin, a vault `v1`, and the admin's JWT.
@@ -1651,15 +1644,13 @@ async fn postgres_is_backed_up_with_pg_dump_while_serving() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{page}");
+    let logs = by_device(&page);
     for (i, device) in ["d1", "d2"].into_iter().enumerate() {
         let head = page["heads"][device].as_u64().unwrap_or(0);
-        let indexes: Vec<u64> = page["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["device_id"] == device)
-            .map(|r| r["index"].as_u64().unwrap())
-            .collect();
+        let indexes: Vec<u64> = logs
+            .get(device)
+            .map(|l| l.iter().map(|(i, _)| *i).collect())
+            .unwrap_or_default();
         assert_eq!(
             indexes,
             (1..=head).collect::<Vec<_>>(),

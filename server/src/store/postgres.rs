@@ -123,8 +123,18 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         || e.as_db_error().is_none() && e.code().is_none()
         // statement_timeout ran out (the call timeout): rolled back.
         || e.code() == Some(&SqlState::QUERY_CANCELED)
+        // The database is going down, starting up or out of connections
+        // (class 57P, 08, 53300), or a transaction lost a race it may run
+        // again (40001, 40P01): all rolled back, all worth a retry.
+        || e.code().is_some_and(|c| {
+            let c = c.code();
+            c.starts_with("57P") || c.starts_with("08") || matches!(c, "53300" | "40001" | "40P01")
+        })
     {
         return StoreError::Unavailable(format!("postgres: {e}"));
+    }
+    if e.code() == Some(&SqlState::DISK_FULL) {
+        return StoreError::StorageFull(format!("postgres: {e}"));
     }
     StoreError::Internal(format!("postgres: {e}"))
 }

@@ -146,6 +146,11 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
         // The write lock was not free within the call timeout.
         return StoreError::Unavailable(format!("sqlite: {e}"));
     }
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::DiskFull
+    {
+        return StoreError::StorageFull(format!("sqlite: {e}"));
+    }
     StoreError::Internal(format!("sqlite: {e}"))
 }
 

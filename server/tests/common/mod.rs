@@ -341,6 +341,32 @@ pub fn unb64(s: &str) -> Vec<u8> {
 }
 
 /// A push body of records `from..from+n` for `device`.
+/// Creates vault `id` with key id `key` as `admin`.
+pub async fn create_vault_with(api: &Api, admin: &str, id: &str, key: &str) {
+    let (s, b) = api
+        .post(
+            "/vaults",
+            admin,
+            json!({"id": id, "key_id": key, "identity": b64(b"identity")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+}
+
+/// A pull page's records by device: (index, data as text), in page order.
+pub fn by_device(page: &Value) -> std::collections::BTreeMap<String, Vec<(u64, String)>> {
+    let mut logs: std::collections::BTreeMap<String, Vec<(u64, String)>> = Default::default();
+    for r in page["records"].as_array().expect("records") {
+        logs.entry(r["device_id"].as_str().expect("device_id").to_owned())
+            .or_default()
+            .push((
+                r["index"].as_u64().expect("index"),
+                String::from_utf8(unb64(r["data"].as_str().expect("data"))).expect("text"),
+            ));
+    }
+    logs
+}
+
 pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
     let records: Vec<Value> = (from..from + n)
         .map(|i| json!({"index": i, "key_id": key_id, "data": b64(format!("{device}#{i}").as_bytes())}))

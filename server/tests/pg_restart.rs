@@ -1,0 +1,164 @@
+//! PostgreSQL restarted under load (issue 23). A binary of its own: it stops
+//! and starts the shared test cluster, which no other test may be using
+//! meanwhile (cargo runs test binaries one after another).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const KEY: &str = "age1restartkey";
+const DEVICES: usize = 4;
+const RECORDS: u64 = 80;
+
+fn pg_ctl(bin: &str, data: &str, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(format!("{bin}/pg_ctl"))
+        .args(["-D", data, "-w", "-t", "60"])
+        .args(args)
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What one device saw: the longest a 503 took to come back, and how many.
+#[derive(Debug, Default)]
+struct Seen {
+    unavailable: u32,
+    slowest_503: Duration,
+}
+
+async fn push_all(api: Api, admin: String, device: String, done: Arc<AtomicU64>) -> Seen {
+    let mut seen = Seen::default();
+    let mut next = 1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next <= RECORDS {
+        assert!(Instant::now() < deadline, "{device}: no progress in 120s");
+        let started = Instant::now();
+        let resp = api
+            .http
+            .post(format!("{}/vaults/v1/push", api.base))
+            .bearer_auth(&admin)
+            .json(&push_body(&device, KEY, next, 1))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the server itself stays up");
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").is_some();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match status {
+            StatusCode::OK => {
+                next = body["head"].as_u64().unwrap() + 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            // An answer lost with the database: the push had landed.
+            StatusCode::CONFLICT => next = body["error"]["expected_index"].as_u64().unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after, "{device}: a 503 without Retry-After: {body}");
+                seen.unavailable += 1;
+                seen.slowest_503 = seen.slowest_503.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{device}: push answered {other}: {body}"),
+        }
+    }
+    seen
+}
+
+/// Devices push while the database is stopped (fast shutdown) and started
+/// again: meanwhile pushes fail fast with 503 and Retry-After (the server
+/// stays up, no request hangs), then succeed again on fresh connections,
+/// and every device's log ends whole: each record once, with its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_under_load_fails_fast_then_loses_nothing() {
+    let (Ok(base), Ok(data), Ok(bin)) = (
+        std::env::var("VAULT_TEST_POSTGRES_URL"),
+        std::env::var("VAULT_TEST_POSTGRES_DATA"),
+        std::env::var("VAULT_TEST_POSTGRES_BIN"),
+    ) else {
+        println!(
+            "SKIP a_postgres_restart…: set VAULT_TEST_POSTGRES_URL, VAULT_TEST_POSTGRES_DATA and \
+             VAULT_TEST_POSTGRES_BIN to a cluster this test may stop and start (bash .ci/run \
+             does)"
+        );
+        return;
+    };
+    let db = fresh_postgres_schema(&base, "restart").await;
+    let srv = server()
+        .database(&db)
+        .admin()
+        .arg("--request-timeout")
+        .arg("10s")
+        .start();
+    let api = srv.client();
+    let admin = api.jwt(ADMIN_PASSWORD).await;
+    create_vault_with(&api, &admin, "v1", KEY).await;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|d| {
+            tokio::spawn(push_all(
+                api.clone(),
+                admin.clone(),
+                format!("dev{d}"),
+                Arc::clone(&done),
+            ))
+        })
+        .collect();
+    while done.load(Ordering::Relaxed) < (DEVICES as u64 * RECORDS) / 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = format!("{data}/../restart.log");
+    pg_ctl(&bin, &data, &["-m", "fast", "stop"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = done.load(Ordering::Relaxed);
+    pg_ctl(&bin, &data, &["-l", &log, "start"]);
+
+    let mut unavailable = 0;
+    for d in devices {
+        let seen = d.await.unwrap();
+        unavailable += seen.unavailable;
+        assert!(
+            seen.slowest_503 < Duration::from_secs(3),
+            "a 503 took {:?}: not failing fast",
+            seen.slowest_503
+        );
+    }
+    assert!(unavailable > 0, "no push met the stopped database");
+    assert!(
+        done.load(Ordering::Relaxed) > during,
+        "nothing succeeded after the restart"
+    );
+
+    let (s, page) = api
+        .post(
+            "/vaults/v1/pull",
+            &admin,
+            json!({"since": {}, "limit": 10000}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let logs = by_device(&page);
+    assert_eq!(logs.len(), DEVICES);
+    for (device, log) in logs {
+        let want: Vec<(u64, String)> = (1..=RECORDS)
+            .map(|i| (i, format!("{device}#{i}")))
+            .collect();
+        assert_eq!(log, want, "{device}'s log");
+    }
+}
