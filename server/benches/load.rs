@@ -7,6 +7,8 @@
 //!
 //! Bounded: each phase runs `VAULT_BENCH_SECS` seconds (default 3) or until
 //! `VAULT_BENCH_MAX_OPS` operations (default 30000), whichever comes first.
+//! Then 256 devices on one PostgreSQL, through one replica and through two
+//! (issue 23's budget); `-- --only-replicas` runs just those rows.
 //! Run: `cargo bench -p vault-server --bench load`.
 
 #![allow(clippy::unwrap_used)]
@@ -251,6 +253,57 @@ async fn run_backend(backend: &'static str, database: &str, rows: &mut Vec<Row>)
     }
 }
 
+/// Pushes/s with `REPLICA_DEVICES` devices spread over 1 and then 2
+/// replicas on one PostgreSQL schema (device d talks to replica d mod N).
+async fn run_replicas(base: &str, rows: &mut Vec<(usize, Phase)>) {
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![0x5a; RECORD_BYTES]);
+    for replicas in [1usize, 2] {
+        let url = fresh_postgres_schema(base).await;
+        let servers: Vec<Server> = (0..replicas).map(|_| start(&url)).collect();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(REPLICA_DEVICES)
+            .build()
+            .unwrap();
+        let resp: Value = http
+            .post(format!("{}/auth/token", servers[0].base))
+            .bearer_auth(PASSWORD)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let jwt: Arc<str> = resp["jwt"].as_str().unwrap().into();
+        let created = post(
+            &http,
+            format!("{}/vaults", servers[0].base),
+            &jwt,
+            &json!({"id": "fleet", "key_id": KEY, "identity": "aWRlbnRpdHk="}),
+        )
+        .await;
+        assert!(created.is_some(), "cannot create the bench vault");
+        let urls: Arc<Vec<String>> = Arc::new(
+            servers
+                .iter()
+                .map(|s| format!("{}/vaults/fleet/push", s.base))
+                .collect(),
+        );
+        let data = data.clone();
+        let push = phase(REPLICA_DEVICES, move |dev, n| {
+            let (h, j) = (http.clone(), Arc::clone(&jwt));
+            let url = urls[dev % urls.len()].clone();
+            let body = json!({"device_id": format!("dev{dev}"),
+                              "records": [{"index": n, "key_id": KEY, "data": data}]});
+            async move { post(&h, url, &j, &body).await.is_some() }
+        })
+        .await;
+        rows.push((replicas, push));
+    }
+}
+
+/// Devices in the replica rows (issue 23's budget).
+const REPLICA_DEVICES: usize = 256;
+
 async fn fresh_postgres_schema(base: &str) -> String {
     let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await
@@ -279,15 +332,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `--only-replicas`: just the 256-device replica rows.
+    let only_replicas = std::env::args().any(|a| a == "--only-replicas");
     rt.block_on(async {
         let mut rows = Vec::new();
+        let mut replica_rows = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let sqlite = format!("sqlite:{}", dir.path().join("bench.db").display());
-        run_backend("SQLite", &sqlite, &mut rows).await;
+        if !only_replicas {
+            run_backend("SQLite", &sqlite, &mut rows).await;
+        }
         match std::env::var("VAULT_TEST_POSTGRES_URL") {
             Ok(base) => {
-                let url = fresh_postgres_schema(&base).await;
-                run_backend("PostgreSQL", &url, &mut rows).await;
+                if !only_replicas {
+                    let url = fresh_postgres_schema(&base).await;
+                    run_backend("PostgreSQL", &url, &mut rows).await;
+                }
+                run_replicas(&base, &mut replica_rows).await;
             }
             Err(_) => eprintln!(
                 "SKIP PostgreSQL rows: set VAULT_TEST_POSTGRES_URL=postgres://… (bash .ci/run starts one)"
@@ -311,6 +372,23 @@ fn main() {
                 r.pull.p50_ms,
                 r.pull.p99_ms,
             );
+        }
+        if !replica_rows.is_empty() {
+            println!(
+                "\n{REPLICA_DEVICES} devices on one PostgreSQL, spread over the replicas; one record per push\n"
+            );
+            println!("| replicas | pushes/s | push p50 ms | push p99 ms | vs 1 replica |");
+            println!("|---:|---:|---:|---:|---:|");
+            let one = replica_rows[0].1.ops as f64 / replica_rows[0].1.secs;
+            for (n, p) in &replica_rows {
+                let rate = p.ops as f64 / p.secs;
+                println!(
+                    "| {n} | {rate:.0} | {:.1} | {:.1} | {:.2}× |",
+                    p.p50_ms,
+                    p.p99_ms,
+                    rate / one
+                );
+            }
         }
     });
 }

@@ -179,53 +179,86 @@ pub fn router(state: Shared) -> Router {
 /// full push over a slow link is not the server being busy.
 const MIN_UPLOAD_TIME: Duration = Duration::from_secs(120);
 
-/// Bounds one request. The body is read first, on its own clock
-/// (`max(limit, MIN_UPLOAD_TIME)`, capped at the route's size limit); then
+/// When a request's body finished arriving. [`ApiJson`] sets it once it has
+/// read the body (so after the caller was authenticated: an anonymous body
+/// is never read); [`within`] counts the request timeout from then.
+#[derive(Debug, Clone, Default)]
+pub struct BodyClock(Arc<BodyClockInner>);
+
+#[derive(Debug, Default)]
+struct BodyClockInner {
+    done: std::sync::Mutex<Option<tokio::time::Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl BodyClock {
+    fn at(at: Option<tokio::time::Instant>) -> Self {
+        let clock = Self::default();
+        if let Ok(mut done) = clock.0.done.lock() {
+            *done = at;
+        }
+        clock
+    }
+
+    /// Marks the body as read, now.
+    pub fn finish(&self) {
+        if let Ok(mut done) = self.0.done.lock() {
+            done.get_or_insert_with(tokio::time::Instant::now);
+        }
+        self.0.changed.notify_one();
+    }
+
+    fn done(&self) -> Option<tokio::time::Instant> {
+        self.0.done.lock().ok().and_then(|d| *d)
+    }
+}
+
+/// Bounds one request. Its body (read by [`ApiJson`] after authentication,
+/// within the route's size limit) may take `max(limit, MIN_UPLOAD_TIME)` to
+/// arrive; from the moment it is in (at once for a request without a body)
 /// the handler gets `limit`. A handler still running then is answered 503
 /// with `Retry-After` and dropped, unless it has started committing a change
 /// ([`CommitGate`]): then its own answer is awaited, so a 503 always means
-/// nothing was applied. Every database call is bounded by the same limit on
-/// its own (`store::open_with`), which bounds that wait too.
+/// nothing was applied. Every database call is bounded on its own
+/// (`store::open_with`; a PostgreSQL COMMIT by the same limit), which bounds
+/// that wait too.
 async fn within(
     limit: Duration,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let what = format!("{} {}", req.method(), req.uri().path());
-    let ceiling = if req.uri().path().ends_with("/push") {
-        MAX_PUSH_BODY_BYTES
-    } else {
-        MAX_BODY_BYTES
-    };
-    let (parts, body) = req.into_parts();
+    let started = tokio::time::Instant::now();
+    let bodiless = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0")
+        || (!req.headers().contains_key(header::CONTENT_LENGTH)
+            && !req.headers().contains_key(header::TRANSFER_ENCODING));
+    let clock = BodyClock::at(bodiless.then_some(started));
+    req.extensions_mut().insert(clock.clone());
     let upload = limit.max(MIN_UPLOAD_TIME);
-    let body = match tokio::time::timeout(upload, axum::body::to_bytes(body, ceiling)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiFailure::too_large("request body too large for this call").into_response()
-            } else {
-                ApiFailure::bad_request(format!("could not read the request body: {e}"))
-                    .into_response()
-            };
-        }
-        Err(_) => {
-            return ApiFailure::bad_request(format!(
-                "the request body did not arrive within {}s; check the connection and try again",
-                upload.as_secs()
-            ))
-            .into_response();
-        }
-    };
-    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
     let gate = CommitGate::new();
     let handler = gate.clone().scope(next.run(req));
     tokio::pin!(handler);
-    tokio::select! {
-        resp = &mut handler => return resp,
-        () = tokio::time::sleep(limit) => {}
+    loop {
+        let deadline = clock.done().map_or(started + upload, |done| done + limit);
+        tokio::select! {
+            resp = &mut handler => return resp,
+            () = tokio::time::sleep_until(deadline) => {
+                if clock.done().is_none_or(|done| done + limit <= tokio::time::Instant::now()) {
+                    break;
+                }
+            }
+            () = clock.0.changed.notified() => {}
+        }
+    }
+    if clock.done().is_none() {
+        return ApiFailure::bad_request(format!(
+            "the request body did not arrive within {}s; check the connection and try again",
+            upload.as_secs()
+        ))
+        .into_response();
     }
     if !gate.abandon() {
         tracing::info!(request = %what, "over {}s, but its change is committed: answering it", limit.as_secs_f64());
@@ -272,7 +305,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiFailure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let clock = req.extensions().get::<BodyClock>().cloned();
+        let parsed = axum::Json::<T>::from_request(req, state).await;
+        // Read (or refused): the request timeout counts from here.
+        if let Some(clock) = clock {
+            clock.finish();
+        }
+        match parsed {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }

@@ -1376,6 +1376,15 @@ async fn metrics_report_the_service_without_naming_anyone() {
         assert_eq!(b["records"].as_array().unwrap().len(), 5);
         assert_eq!(api.exchange("vlt_wrongtokenwrongtoken").await.0, 401);
         assert_eq!(api.get("/no/such/route", &admin).await.0, 404);
+        // An invented method is counted as "other", not as a new series.
+        let odd = reqwest::Method::from_bytes(b"FOOBARMETHOD").unwrap();
+        let resp = api
+            .http
+            .request(odd, format!("{}/health", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 
         let text = reqwest::get(&metrics_url)
             .await
@@ -1433,7 +1442,17 @@ async fn metrics_report_the_service_without_naming_anyone() {
         let max = sample(&text, "vault_server_db_pool_max", &[]).unwrap();
         assert!(max >= 1.0, "{text}");
         assert!(sample(&text, "vault_server_db_pool_in_use", &[]).is_some());
+        assert_eq!(
+            sample(
+                &text,
+                "vault_server_http_requests_total",
+                &[("method", "other"), ("status", "405")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
         for private in [
+            "FOOBARMETHOD",
             "secretvaultid",
             "secretdeviceid",
             "admin",
@@ -1722,4 +1741,27 @@ fn sqlite_backup_and_restore_refuse_what_would_lose_data() {
     assert!(out.status.success(), "{}", stderr(&out));
     let users = stdout(&cli(&fresh, &["user", "list"]));
     assert!(users.contains("carol"), "{users}");
+}
+
+/// An anonymous push's body is never read: the caller is refused (401) as
+/// soon as the headers are in, not after the server has waited for and
+/// buffered up to a push's size limit from someone it does not know.
+#[tokio::test]
+async fn an_anonymous_body_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = server().admin().start();
+    let mut conn = tokio::net::TcpStream::connect(&srv.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/vaults/v1/push HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{",
+        srv.addr
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("the server waited for the body of an anonymous push")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }

@@ -59,6 +59,8 @@ async fn push_all(apis: Vec<Api>, admin: String, device: String, batches: Arc<At
     let mut via = 0;
     let mut failovers = 0;
     let mut attempts = 0;
+    // Only a push without an answer may have landed; a 503 may not.
+    let mut maybe_applied = false;
     while next <= RECORDS {
         attempts += 1;
         assert!(attempts < 10_000, "{device}: no progress");
@@ -75,6 +77,7 @@ async fn push_all(apis: Vec<Api>, admin: String, device: String, batches: Arc<At
             Err(_) => {
                 via = (via + 1) % apis.len();
                 failovers += 1;
+                maybe_applied = true;
                 continue;
             }
         };
@@ -84,9 +87,15 @@ async fn push_all(apis: Vec<Api>, admin: String, device: String, batches: Arc<At
             StatusCode::OK => {
                 next = body["head"].as_u64().unwrap() + 1;
                 batches.fetch_add(1, Ordering::Relaxed);
+                maybe_applied = false;
             }
             StatusCode::CONFLICT => {
+                assert!(
+                    maybe_applied,
+                    "{device}: a push answered 503 had been applied: {body}"
+                );
                 next = body["error"]["expected_index"].as_u64().unwrap();
+                maybe_applied = false;
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -45,6 +45,9 @@ struct Seen {
 async fn push_all(api: Api, admin: String, device: String, done: Arc<AtomicU64>) -> Seen {
     let mut seen = Seen::default();
     let mut next = 1;
+    // Whether the last failed push may have landed: only a 500 "outcome
+    // unknown" (a COMMIT cut off) allows it; a 503 means it did not.
+    let mut maybe_applied = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     while next <= RECORDS {
         assert!(Instant::now() < deadline, "{device}: no progress in 120s");
@@ -65,9 +68,20 @@ async fn push_all(api: Api, admin: String, device: String, done: Arc<AtomicU64>)
             StatusCode::OK => {
                 next = body["head"].as_u64().unwrap() + 1;
                 done.fetch_add(1, Ordering::Relaxed);
+                maybe_applied = false;
             }
-            // An answer lost with the database: the push had landed.
-            StatusCode::CONFLICT => next = body["error"]["expected_index"].as_u64().unwrap(),
+            StatusCode::CONFLICT => {
+                assert!(
+                    maybe_applied,
+                    "{device}: a push answered 503 had been applied: {body}"
+                );
+                next = body["error"]["expected_index"].as_u64().unwrap();
+                maybe_applied = false;
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                maybe_applied = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert!(retry_after, "{device}: a 503 without Retry-After: {body}");
                 seen.unavailable += 1;
@@ -120,7 +134,12 @@ async fn a_postgres_restart_under_load_fails_fast_then_loses_nothing() {
             ))
         })
         .collect();
+    let quarter = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::Relaxed) < (DEVICES as u64 * RECORDS) / 4 {
+        assert!(
+            Instant::now() < quarter && !devices.iter().any(|d| d.is_finished()),
+            "the pushes stopped before a quarter was in"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let log = format!("{data}/../restart.log");

@@ -51,13 +51,21 @@ pub(super) async fn exchange_token(
         .map_err(ApiFailure::internal)?
     };
     let Some(token) = token else {
-        if let Err(e) = st
-            .limiter
-            .record_failure(&*st.store, peer.ip(), &prefix, at)
-            .await
-        {
+        // Counted in a task of its own: outside the request's commit gate
+        // (a guess answered 503 still counts, so a busy server is no way
+        // around the limit) and finished even if this request is dropped.
+        let (shared, ip) = (Arc::clone(&st), peer.ip());
+        let counted = tokio::spawn(async move {
+            shared
+                .limiter
+                .record_failure(&*shared.store, ip, &prefix, at)
+                .await
+        });
+        match counted.await {
+            Ok(Ok(())) => {}
             // Still a 401; the count is lost, which the log says.
-            tracing::warn!(error = %e, "cannot count a failed login");
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot count a failed login"),
+            Err(e) => tracing::warn!(error = %e, "cannot count a failed login"),
         }
         tracing::info!(peer = %peer.ip(), "failed login with an unknown credential");
         metrics::counter!(crate::telemetry::FAILED_LOGINS).increment(1);

@@ -110,6 +110,8 @@ const POOL_SIZE: usize = 16;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Bound of one database call; also of a COMMIT's answer.
+    call_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -141,10 +143,32 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 
 /// Commits `tx` unless its request was answered 503 meanwhile
 /// ([`CommitGate`]); then it is rolled back (dropped).
-async fn commit(tx: deadpool_postgres::Transaction<'_>) -> StoreResult<()> {
+///
+/// A COMMIT that the database refused was rolled back: its error maps as any
+/// other. One whose connection broke, or that got no answer within `limit`
+/// (a network partition is not bounded by `statement_timeout`), may or may
+/// not have been applied: that is a 500 saying so, never a 503, which would
+/// tell the client that nothing was applied.
+async fn commit(
+    tx: deadpool_postgres::Transaction<'_>,
+    limit: std::time::Duration,
+) -> StoreResult<()> {
     let gate = CommitGate::current();
     let _ticket = gate::begin(gate.as_ref())?;
-    tx.commit().await.map_err(pg_err)
+    let unknown = |why: String| {
+        StoreError::Internal(format!(
+            "postgres: the outcome of a COMMIT is unknown ({why}); the change may have been applied"
+        ))
+    };
+    match tokio::time::timeout(limit, tx.commit()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.as_db_error().is_some() => Err(pg_err(e)),
+        Ok(Err(e)) => Err(unknown(e.to_string())),
+        Err(_) => Err(unknown(format!(
+            "no answer within {}s",
+            limit.as_secs_f64()
+        ))),
+    }
 }
 
 /// `e` and what caused it, as one line ("error connecting…: Connection refused").
@@ -206,7 +230,7 @@ impl PostgresStore {
             .create_timeout(Some(call_timeout))
             .build()
             .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore { pool, call_timeout };
         // One connection first, so that a TLS refusal is told as one.
         if let Err(e) = store.pool.get().await {
             let why = match &e {
@@ -545,7 +569,7 @@ impl Store for PostgresStore {
         .await
         .map_err(pg_err)?;
         insert_token(&tx, password).await?;
-        commit(tx).await?;
+        commit(tx, self.call_timeout).await?;
         Ok(Bootstrap::Created)
     }
 
@@ -575,7 +599,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg_err)?;
         }
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
@@ -620,7 +644,7 @@ impl Store for PostgresStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("no user '{name}'")));
         }
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn grant_role(&self, user: &str, role: &str) -> StoreResult<()> {
@@ -638,7 +662,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(pg_err)?;
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn revoke_role(&self, user: &str, role: &str) -> StoreResult<()> {
@@ -663,14 +687,14 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(pg_err)?;
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn create_role(&self, role: &Role, now: i64) -> StoreResult<()> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         insert_role(&tx, role, now).await?;
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn list_roles(&self) -> StoreResult<Vec<Role>> {
@@ -697,14 +721,14 @@ impl Store for PostgresStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("no role '{name}'")));
         }
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn create_token(&self, token: &TokenRow) -> StoreResult<()> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         insert_token(&tx, token).await?;
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn list_tokens(&self, user: Option<&str>) -> StoreResult<Vec<TokenRow>> {
@@ -741,7 +765,7 @@ impl Store for PostgresStore {
                 "user '{user}' has no token named '{name}'"
             )));
         }
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn find_token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
@@ -830,7 +854,7 @@ impl Store for PostgresStore {
                 pg_err(e)
             }
         })?;
-        commit(tx).await
+        commit(tx, self.call_timeout).await
     }
 
     async fn get_vault(&self, id: &str) -> StoreResult<VaultRow> {
@@ -928,7 +952,7 @@ impl Store for PostgresStore {
         tx.execute(&update, &[&vault_id, &device_id, &(new_head as i64)])
             .await
             .map_err(pg_err)?;
-        commit(tx).await?;
+        commit(tx, self.call_timeout).await?;
         Ok(new_head)
     }
 

@@ -369,8 +369,9 @@ pub fn backup(db: &Path, to: &Path) -> Result<Contents, String> {
         })
         .map_err(|e| format!("cannot open {shown}: {e}"))?;
     let partial = to.with_file_name(format!(
-        ".{}.partial",
-        to.file_name().and_then(|n| n.to_str()).unwrap_or("backup")
+        ".{}.{}.partial",
+        to.file_name().and_then(|n| n.to_str()).unwrap_or("backup"),
+        std::process::id()
     ));
     let _ = std::fs::remove_file(&partial);
     create_private(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
@@ -386,8 +387,10 @@ pub fn backup(db: &Path, to: &Path) -> Result<Contents, String> {
         std::fs::File::open(&partial)
             .and_then(|f| f.sync_all())
             .map_err(|e| format!("cannot sync the backup: {e}"))?;
-        std::fs::rename(&partial, to)
-            .map_err(|e| format!("cannot move the backup to {}: {e}", to.display()))?;
+        // A link, not a rename: it fails if FILE appeared meanwhile.
+        std::fs::hard_link(&partial, to)
+            .map_err(|e| format!("cannot put the backup at {}: {e}", to.display()))?;
+        let _ = std::fs::remove_file(&partial);
         if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
