@@ -328,13 +328,25 @@ pub async fn open_with(
 /// `database` with any password replaced, for messages and logs.
 pub fn redact_url(database: &str) -> String {
     // scheme://user:password@host → scheme://user:***@host
+    let mut out = database.to_owned();
     if let Some((scheme, rest)) = database.split_once("://")
         && let Some((userinfo, host)) = rest.split_once('@')
         && let Some((user, _)) = userinfo.split_once(':')
     {
-        return format!("{scheme}://{user}:***@{host}");
+        out = format!("{scheme}://{user}:***@{host}");
     }
-    database.to_owned()
+    // …?password=secret&… → …?password=***&…
+    if let Some((base, query)) = out.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{base}?{}", query.join("&"));
+    }
+    out
 }
 
 /// The push rule, written once for both stores (docs/server.md): every
@@ -424,6 +436,19 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_url_hides_every_password() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db?sslmode=require"),
+            "postgres://u:***@h/db?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=pw&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("sqlite:/x.db"), "sqlite:/x.db");
+    }
+
     use super::*;
 
     #[test]
