@@ -400,6 +400,9 @@ fn a_withheld_truncated_or_dropped_log_is_found() {
     b.vault_in(["add", "npm", "--type", "token", "token=-"], b"npm-token")
         .ok();
     b.vault(["sync"]).ok();
+    // a stays away meanwhile: its next sync would push back what the server
+    // lost (below), before the other devices could be shown noticing.
+    s.a.stop_daemons();
     let a_dev: String = rusqlite::Connection::open(s.server.sqlite_path().unwrap())
         .unwrap()
         .query_row("SELECT device_id FROM records WHERE idx = 3", [], |r| {
@@ -453,8 +456,10 @@ fn a_withheld_truncated_or_dropped_log_is_found() {
     // Nothing was lost on b: its values are what it had.
     assert_eq!(token_of(&b, "gh", "token"), "gh-real-token-2");
     assert_eq!(token_of(&b, "npm", "token"), "npm-token");
-    // a pushes its log again on its next sync once the server lost it
-    // (the log is kept locally for ever), and b is whole again.
-    s.a.vault(["sync", "repair"]).no_panic();
+    // a pushes its log again on its next sync, finding from the server's
+    // heads that the server lost it (the log is kept locally for ever), says
+    // so, and b is whole again.
+    s.a.unlock();
+    s.a.vault(["sync"]).ok().stderr_has("had lost entries 1..3");
     b.vault(["sync"]).ok();
 }
