@@ -239,8 +239,13 @@ impl VaultHome {
 
     /// `vault login` to `server` with its admin token, read from a file.
     pub fn login(&self, server: &RemoteServer) -> Run {
+        self.login_at(&server.url())
+    }
+
+    /// [`VaultHome::login`] to `url`, a server reached through a proxy.
+    pub fn login_at(&self, url: &str) -> Run {
         let token = self.at_file("server-token", SERVER_ADMIN_TOKEN);
-        self.vault(["login", &server.url(), "--token-file", &token[1..]])
+        self.vault(["login", url, "--token-file", &token[1..]])
     }
 
     /// A second device of this vault: a new home that logs in to `server`

@@ -17,7 +17,8 @@
 //!
 //! Modules, all re-exported here: `binaries` (build and find the binaries),
 //! `home` ([`VaultHome`] and the socket), `process` ([`Run`], servers on
-//! loopback, [`poll_until`]), `server` ([`RemoteServer`]), `samples` (one
+//! loopback, [`poll_until`]), `server` ([`RemoteServer`]), `proxy`
+//! ([`RewritingProxy`], a server that lies), `samples` (one
 //! record of each type), `files` (small helpers); [`leak`], [`osmo`],
 //! [`osmo_real`] and [`tmux`] are used by name.
 
@@ -31,6 +32,7 @@ pub mod leak;
 pub mod osmo;
 pub mod osmo_real;
 mod process;
+mod proxy;
 mod samples;
 mod server;
 pub mod tmux;
@@ -39,6 +41,7 @@ pub use binaries::*;
 pub use files::*;
 pub use home::*;
 pub use process::*;
+pub use proxy::*;
 pub use samples::*;
 pub use server::*;
 

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use vault_e2e::{PASSPHRASE, RemoteServer, VaultHome, secret};
+use vault_e2e::{PASSPHRASE, RemoteServer, RewritingProxy, VaultHome, secret};
 
 fn add_token(vh: &VaultHome, name: &str, value: &str) {
     vh.vault_in(
@@ -555,4 +555,54 @@ fn a_server_restored_from_a_backup_taken_under_load_loses_nothing() {
     sync(&b);
     sync(&a);
     assert_eq!(token_of(&a, "b02"), b02);
+}
+
+/// A server (or something between it and the device) that answers a push
+/// with a head past what was sent claims entries the device never pushed.
+/// Believing it would mark queued changes stored; the device refuses the
+/// answer, keeps them queued, and pushes them once the answers are honest.
+#[test]
+fn a_push_answer_claiming_unsent_entries_is_refused() {
+    let server = RemoteServer::start();
+    let proxy = RewritingProxy::start(
+        &server.url(),
+        Box::new(|request, status, body| {
+            if status != 200 || !request.contains("/push ") {
+                return None;
+            }
+            let mut answer: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let head = answer["head"].as_u64().unwrap();
+            answer["head"] = (head + 2).into();
+            Some(serde_json::to_vec(&answer).unwrap())
+        }),
+    );
+    let a = VaultHome::new();
+    a.write_config("[sync]\nauto = false\n");
+    a.init().ok();
+    proxy.arm(false);
+    a.login_at(&proxy.url()).ok();
+    for name in ["t1", "t2", "t3"] {
+        add_token(&a, name, &secret(name));
+    }
+    let queued = a.vault(["sync", "status", "--json"]).json()["queued"].clone();
+    proxy.arm(true);
+    let lied = a.vault(["sync"]);
+    lied.code(1)
+        .no_panic()
+        .stderr_has("entries this device never sent")
+        .stderr_has("changes stay queued");
+    assert_eq!(proxy.rewritten().len(), 1, "{:?}", proxy.rewritten());
+    assert_eq!(
+        a.vault(["sync", "status", "--json"]).json()["queued"],
+        queued
+    );
+    // Honest again: the entries the server did take are recognised as
+    // this device's own, the rest pushed, and a second device gets all.
+    proxy.arm(false);
+    add_token(&a, "t4", &secret("t4"));
+    sync(&a);
+    assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 0);
+    a.vault(["sync", "verify"]).ok();
+    let b = join(&a, &server);
+    assert_eq!(names(&b), ["t1", "t2", "t3", "t4"]);
 }

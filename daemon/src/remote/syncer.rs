@@ -372,6 +372,20 @@ fn log_ahead(url: &str, server_head: u64, local: u64) -> WireError {
     )
 }
 
+fn overclaim(url: &str, after: u64, n: u64, head: u64) -> WireError {
+    WireError::new(
+        ErrorCode::Failed,
+        format!(
+            "{url} answered a push of entries {}..={} with head {head}, entries this device \
+             never sent: the server, or something between it and this machine, is faulty. \
+             Nothing was marked as stored and the changes stay queued; check the server \
+             ('vault sync verify') and try again",
+            after + 1,
+            after + n
+        ),
+    )
+}
+
 fn not_logged_in() -> WireError {
     WireError::new(
         ErrorCode::Usage,
@@ -640,9 +654,15 @@ async fn push(
             .call::<PushResponse>(reqwest::Method::POST, &path, Some(&req))
             .await
         {
+            // An answer past what was sent claims entries this device never
+            // pushed (a push beyond the server's head is a 409, never a 200):
+            // believing it would mark local changes stored that are not.
+            Ok(resp) if resp.head > after + n => {
+                return Err(overclaim(&t.url, after, n, resp.head));
+            }
             Ok(resp) if resp.head > after => {
+                report.pushed += resp.head - after;
                 pushed = resp.head;
-                report.pushed += n;
             }
             Ok(resp) => {
                 return Err(WireError::new(
