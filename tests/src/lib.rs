@@ -19,7 +19,7 @@
 //! `home` ([`VaultHome`] and the socket), `process` ([`Run`], servers on
 //! loopback, [`poll_until`]), `server` ([`RemoteServer`]), `proxy`
 //! ([`RewritingProxy`], a server that lies), `samples` (one
-//! record of each type), `files` (small helpers); [`leak`], [`osmo`],
+//! record of each type), `files` (small helpers); [`leak`], [`moto`], [`osmo`],
 //! [`osmo_real`] and [`tmux`] are used by name.
 
 // A test harness reports failure by panicking with context.
@@ -29,6 +29,7 @@ mod binaries;
 mod files;
 mod home;
 pub mod leak;
+pub mod moto;
 pub mod osmo;
 pub mod osmo_real;
 mod process;
