@@ -58,6 +58,9 @@ pub enum Command {
     /// Print the current one-time code (TOTP) of a credential's otp field
     #[command(after_help = OTP_HELP)]
     Otp(OtpArgs),
+    /// Check that credentials still work, each against its own service
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
     /// List credentials (never prints values)
     List(ListArgs),
     /// Delete a credential (its history is kept)
@@ -654,6 +657,32 @@ login it belongs to:
   vault otp github              (prints the code; on a terminal, how long it holds)
 
 The daemon computes the code: 'vault otp' never receives the seed.";
+
+/// `vault check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The credentials to check
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<String>,
+
+    /// Check every credential
+    #[arg(long)]
+    pub all: bool,
+
+    /// Each check's limit (e.g. 5s)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub timeout: String,
+}
+
+const CHECK_HELP: &str = "\
+Each credential is asked of its own service, all at once:
+  aws       STS GetCallerIdentity (prints the account and ARN); the endpoint
+            is the record's sts_endpoint, else config.toml's, else its region's
+  token     a GET of its url with the token as the bearer (no url: skipped)
+  registry  the registry's /v2/ with the login (basic, or its token service)
+Other types are skipped for now. Results are kept: 'vault list' shows a
+failed one as check-failed, 'vault doctor' says why. Exits 1 when any check
+fails. No value is ever printed.";
 
 /// `vault list`.
 #[derive(Debug, Args)]

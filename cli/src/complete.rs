@@ -41,6 +41,7 @@ const COMPLETERS: &[(&[&str], &str, Kind)] = &[
     (&["add"], "tags", Kind::Tag),
     (&["edit"], "name", Kind::Credential),
     (&["otp"], "name", Kind::Credential),
+    (&["check"], "names", Kind::Credential),
     (&["rm"], "name", Kind::Credential),
     (&["rename"], "old", Kind::Credential),
     (&["history"], "name", Kind::Credential),

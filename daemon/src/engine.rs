@@ -24,6 +24,7 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 mod approve;
+pub mod checks;
 mod complete;
 mod emitters;
 pub mod publish;
@@ -255,6 +256,7 @@ impl IndexEntry {
             expired: state == RecordState::Expired,
             state,
             revision: self.revision,
+            checked: None,
         }
     }
 
@@ -474,6 +476,7 @@ impl Engine {
             remotes: Vec::new(),
             emitters: self.drift.clone(),
             refresh: Vec::new(),
+            failed_checks: self.failed_checks(),
         })
     }
 
@@ -1165,6 +1168,7 @@ impl Engine {
         let mut out = Vec::new();
         let mut budget = LIST_PAGE_BYTES;
         let refused = self.refused_records();
+        let checks = self.check_marks();
         while let Some((name, e)) = matching.peek() {
             let cost = e.listed_size(name);
             // One record always fits: a page never comes back empty.
@@ -1175,6 +1179,13 @@ impl Engine {
             let mut summary = e.summary(name, now);
             if refused.contains(&e.id) && summary.state != RecordState::Expired {
                 summary.state = RecordState::PublishFailed;
+            }
+            if let Some((revision, mark)) = checks.get(&e.id) {
+                summary.checked = Some(*mark);
+                // A failure of an older revision says nothing of this one.
+                if !mark.ok && *revision == e.revision && summary.state == RecordState::Ok {
+                    summary.state = RecordState::CheckFailed;
+                }
             }
             out.push(summary);
             matching.next();

@@ -363,6 +363,16 @@ impl Daemon {
             Request::SyncVerify { repair } => {
                 crate::remote::syncer::verify(&self.shared, repair).await
             }
+            Request::Check { names, timeout_ms } => {
+                // Keys go to the endpoints their records name: a field from
+                // another device waits for `vault approve` (docs/sync.md).
+                crate::remote::checker::check(
+                    &self.shared,
+                    names,
+                    timeout_ms.map(Duration::from_millis),
+                )
+                .await
+            }
             Request::SyncNow => crate::remote::syncer::sync_now(&self.shared)
                 .await
                 .map(Response::Synced),
@@ -737,6 +747,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Set { .. } => "set",
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
+        Request::Check { .. } => "check",
         Request::Complete { .. } => "complete",
         Request::List { .. } => "list",
         Request::Resolve { .. } => "resolve",
@@ -857,7 +868,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 40] = [
+    const EVERY_REQUEST: [&str; 41] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -896,6 +907,7 @@ mod tests {
         r#"{"op":"unpublish","name":"a"}"#,
         r#"{"op":"otp","name":"a"}"#,
         r#"{"op":"complete","what":{"of":"credential"},"prefix":"a"}"#,
+        r#"{"op":"check","names":["a"]}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -942,8 +954,9 @@ mod tests {
             Request::Unpublish { .. } => 35,
             Request::Otp { .. } => 36,
             Request::Complete { .. } => 37,
-            Request::Lock => 38,
-            Request::Shutdown => 39,
+            Request::Check { .. } => 38,
+            Request::Lock => 39,
+            Request::Shutdown => 40,
         }
     }
 

@@ -11,8 +11,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod checks;
 mod publish;
 
+pub use checks::CheckRow;
 pub use publish::{Presence, PubKey, PubRow, RemoteRow};
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
@@ -164,6 +166,18 @@ ALTER TABLE emitters ADD COLUMN config_path TEXT;
 ALTER TABLE emitters ADD COLUMN config_region INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE emitters ADD COLUMN config_made INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE emitters ADD COLUMN rendering INTEGER NOT NULL DEFAULT 1;
+"#,
+    // Health checks (issue 24, docs/lifecycle.md): each record's last
+    // `vault check`, of which revision, and what the service said (age
+    // ciphertext). Local state, never synced.
+    r#"
+CREATE TABLE checks (
+    record_id  TEXT PRIMARY KEY REFERENCES records(id),
+    revision   INTEGER NOT NULL,
+    checked_at INTEGER NOT NULL,
+    ok         INTEGER NOT NULL,
+    detail     BLOB NOT NULL
+);
 "#,
 ];
 

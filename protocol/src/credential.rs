@@ -226,6 +226,12 @@ const STS_ONLY: [&str; 5] = [
 /// Checks an STS endpoint: HTTPS anywhere, plain HTTP only on loopback
 /// (tests and local emulators).
 pub fn check_sts_endpoint(url: &str) -> Result<(), String> {
+    check_endpoint_url("sts_endpoint", url)
+}
+
+/// Checks a URL the vault sends a credential to (the `field` named in
+/// the message): HTTPS anywhere, plain HTTP only on loopback.
+pub fn check_endpoint_url(field: &str, url: &str) -> Result<(), String> {
     if url.starts_with("https://") && url.len() > "https://".len() {
         return Ok(());
     }
@@ -244,7 +250,7 @@ pub fn check_sts_endpoint(url: &str) -> Result<(), String> {
         }
     }
     Err(format!(
-        "sts_endpoint '{url}' must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)"
+        "{field} '{url}' must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)"
     ))
 }
 

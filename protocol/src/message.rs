@@ -164,6 +164,17 @@ pub enum Request {
         /// The record.
         name: String,
     },
+    /// Checks credentials against their own services (`vault check`,
+    /// docs/lifecycle.md): all of them when `names` is empty. Answered by
+    /// [`Response::Checked`].
+    Check {
+        /// The records; empty: every record.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+        /// Each check's limit, in milliseconds (default 10 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
     /// The current one-time code of a record's `otp` field (`vault otp`);
     /// the seed stays in the daemon. Answered by [`Response::Otp`].
     Otp {
@@ -411,6 +422,7 @@ impl Request {
             | Request::Set { .. }
             | Request::Get { .. }
             | Request::Otp { .. }
+            | Request::Check { .. }
             | Request::Resolve { .. }
             | Request::List { .. }
             | Request::Remove { .. }
@@ -561,6 +573,11 @@ pub enum Response {
     },
     /// Answer to `Get`.
     Record(RecordView),
+    /// Answer to `Check`, in name order.
+    Checked {
+        /// One per record asked.
+        results: Vec<CheckResult>,
+    },
     /// Answer to `Otp`.
     Otp {
         /// The code, digits only.

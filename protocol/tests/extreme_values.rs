@@ -60,6 +60,11 @@ fn summary() -> impl Strategy<Value = RecordSummary> {
                     expired,
                     state: RecordState::Ok,
                     revision,
+                    // Extreme times in a check mark too.
+                    checked: expired.then_some(vault_protocol::message::CheckMark {
+                        at: created_at,
+                        ok: false,
+                    }),
                 }
             },
         )

@@ -583,3 +583,38 @@ fn emit_aws_frames_with_and_without_config() {
     let back: RequestFrame = frame::decode(expected.as_bytes()).unwrap();
     assert!(matches!(back.req, Request::EmitAws { config: None, .. }));
 }
+
+#[test]
+fn check_frames() {
+    let req = RequestFrame {
+        id: 12,
+        req: Request::Check {
+            names: vec!["aws-dev".into()],
+            timeout_ms: Some(5000),
+        },
+    };
+    let expected = r#"{"id":12,"req":{"op":"check","names":["aws-dev"],"timeout_ms":5000}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    // Every record, the daemon's limit: both fields left out.
+    let all: RequestFrame = frame::decode(br#"{"id":1,"req":{"op":"check"}}"#).unwrap();
+    assert!(matches!(
+        all.req,
+        Request::Check { names, timeout_ms: None } if names.is_empty()
+    ));
+    let answer = ResponseFrame {
+        id: 12,
+        ok: Some(Response::Checked {
+            results: vec![vault_protocol::message::CheckResult {
+                name: "aws-dev".into(),
+                kind: vault_protocol::CredentialType::Aws,
+                outcome: vault_protocol::message::CheckOutcome::Failed,
+                detail: "no answer within 5 s".into(),
+                checked_at: Timestamp(1_700_000_000),
+                elapsed_ms: 5001,
+            }],
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":12,"ok":{"kind":"checked","results":[{"name":"aws-dev","type":"aws","outcome":"failed","detail":"no answer within 5 s","checked_at":"2023-11-14T22:13:20Z","elapsed_ms":5001}]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+}

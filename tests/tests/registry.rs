@@ -237,3 +237,52 @@ fn skopeo_reads_the_emitted_login_and_the_helper() {
     let log = fs::read_to_string(&reg.log).unwrap_or_default();
     assert!(!log.contains(MARK), "the registry log has the password");
 }
+
+/// `vault check` logs in to the real docker-registry's `/v2/` (htpasswd:
+/// a Basic challenge): the right password passes, a wrong one is refused
+/// and shown as check-failed, and neither is printed.
+#[test]
+fn check_logs_in_to_the_registry() {
+    let Some(t) = tools("check_logs_in_to_the_registry") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init().ok();
+    let password = secret("registry-password");
+    let reg = start_registry(&t, vh.root(), "dev", &password);
+    vh.add_registry("reg", &reg.addr, "dev", &password);
+    vh.add_registry("reg-old", &reg.addr, "dev", &secret("old-password"));
+    let run = vh.vault(["check", "reg", "reg-old"]);
+    run.code(1).no_panic();
+    assert!(
+        !run.stdout.contains(MARK) && !run.stderr.contains(MARK),
+        "{run}"
+    );
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "reg\tregistry\tok\thttp://{} took the login for dev",
+            reg.addr
+        )
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "reg-old\tregistry\tfailed\thttp://{} refused the login for dev (HTTP 401)",
+            reg.addr
+        )
+    );
+    let listed = vh.vault(["list", "--json"]).json();
+    let state = |n: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state("reg"), "ok");
+    assert_eq!(state("reg-old"), "check-failed");
+}

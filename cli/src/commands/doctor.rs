@@ -121,6 +121,7 @@ pub fn run(ctx: &mut Ctx) -> CliResult<()> {
     check_vault(ctx, &mut report, status.as_ref());
     check_emitted(ctx, &mut report, status.as_ref());
     check_refresh(&mut report, status.as_ref());
+    check_health(&mut report, status.as_ref());
     check_approvals(ctx, &mut report, status.as_ref());
     check_helpers(&mut report);
     check_remote(&mut report, status.as_ref());
@@ -671,6 +672,29 @@ fn check_refresh(report: &mut Report, status: Option<&StatusInfo>) {
                 "fix what the error names (the command or the source: vault set {} FIELD=...); \
                  the daemon retries at {}",
                 r.name, r.retry_at
+            ),
+        );
+    }
+}
+
+/// The credentials whose last `vault check` failed: they may not work.
+fn check_health(report: &mut Report, status: Option<&StatusInfo>) {
+    let Some(status) = status.filter(|s| s.initialized && !s.locked) else {
+        return;
+    };
+    if status.failed_checks.is_empty() {
+        report.add("checks", Verdict::Ok, "no failed credential check");
+        return;
+    }
+    for c in &status.failed_checks {
+        report.problem(
+            "checks",
+            Verdict::Warn,
+            format!("{}: check failed at {}: {}", c.name, c.checked_at, c.detail),
+            format!(
+                "renew it ('vault set {} FIELD=-') or fix what the check names, then \
+                 'vault check {}'",
+                c.name, c.name
             ),
         );
     }

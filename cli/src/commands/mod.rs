@@ -3,6 +3,7 @@
 //! turns "the vault is locked" into an unlock and a retry.
 
 mod aws_process;
+mod check;
 mod daemon;
 mod doctor;
 mod edit;
@@ -98,6 +99,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Set(args) => records::set(&mut ctx, args),
         Command::Get(args) => records::get(&mut ctx, &args),
         Command::Otp(args) => records::otp(&mut ctx, &args),
+        Command::Check(args) => check::run(&mut ctx, &args),
         Command::Edit(args) => edit::edit(&mut ctx, &args),
         Command::List(args) => records::list(&mut ctx, &args),
         Command::Rm(args) => records::rm(&mut ctx, &args),

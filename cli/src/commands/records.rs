@@ -458,7 +458,8 @@ fn records_table(records: &[RecordSummary], now: Timestamp) -> Table {
             RecordState::Expired
             | RecordState::Conflict
             | RecordState::Drifted
-            | RecordState::PublishFailed => Some(Color::Red),
+            | RecordState::PublishFailed
+            | RecordState::CheckFailed => Some(Color::Red),
             RecordState::Ok => None,
         };
         table.row(vec![
@@ -517,6 +518,7 @@ fn state_name(state: RecordState) -> &'static str {
         RecordState::Conflict => "conflict",
         RecordState::Drifted => "drifted",
         RecordState::PublishFailed => "publish-failed",
+        RecordState::CheckFailed => "check-failed",
     }
 }
 
@@ -818,6 +820,7 @@ mod tests {
             expired: false,
             state: RecordState::Ok,
             revision: 1,
+            checked: None,
         }
     }
 

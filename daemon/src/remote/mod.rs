@@ -2,6 +2,7 @@
 //! to something outside the vault, each named after what it defines. They
 //! reach the vault only through the engine (docs/architecture.md).
 
+pub mod checker;
 pub mod http;
 pub mod publisher;
 pub mod refresher;

@@ -129,17 +129,6 @@ fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
 /// Calls STS and returns the session as `aws` fields.
 pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted, String> {
     check_endpoint(&plan.endpoint)?;
-    let url = reqwest::Url::parse(&plan.endpoint)
-        .map_err(|e| format!("sts_endpoint '{}' is not a URL: {e}", plan.endpoint))?;
-    let host = match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_owned(),
-        (None, _) => return Err(format!("sts_endpoint '{}' has no host", plan.endpoint)),
-    };
-    let path = match url.path() {
-        "" => "/",
-        p => p,
-    };
     let action = if plan.role_arn.is_some() {
         "AssumeRole"
     } else {
@@ -159,52 +148,22 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
         None => None,
     };
     let form = body(plan, code.as_deref().map(String::as_str));
-    let amz_date = amz_date(Timestamp::now());
-    let headers = sigv4::sign(
-        &sigv4::Request {
-            method: "POST",
-            host: &host,
-            path,
-            query: "",
-            body: form.as_bytes(),
-            amz_date: &amz_date,
-            region: &plan.region,
-            service: "sts",
-        },
-        &Keys {
-            access_key_id: &plan.access_key_id,
-            secret_access_key: &plan.secret_access_key,
-            session_token: plan.session_token.as_ref(),
-        },
-    );
-    // The endpoint was checked above; the client follows no redirect out
-    // of its origin, so https stays https.
-    let mut request = http.post(url.as_str()).timeout(timeout).body(form);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach STS at {}: {}", plan.endpoint, describe(&e)))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| format!("cannot read STS's answer: {e}"))?;
+    let keys = Keys {
+        access_key_id: &plan.access_key_id,
+        secret_access_key: &plan.secret_access_key,
+        session_token: plan.session_token.as_ref(),
+    };
+    let text = call(
+        http,
+        &plan.endpoint,
+        &plan.region,
+        &keys,
+        form,
+        action,
+        timeout,
+    )
+    .await?;
     let answer: Option<Answer> = quick_xml::de::from_str(&text).ok();
-    if !status.is_success() {
-        // An error answer holds no secret: its text may be shown when it
-        // is not the XML STS speaks.
-        let (code, message) = answer
-            .and_then(|a| a.error.or(a.errors.map(|e| e.error)))
-            .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
-            .unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
-        return Err(format!(
-            "STS refused {action} ({} {code}): {message}",
-            status.as_u16()
-        ));
-    }
     let creds = answer
         .and_then(|a| a.assume_role_result)
         .map(|r| r.credentials)
@@ -219,6 +178,114 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
         fields,
         expires_at: Some(expires_at),
     })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IdentityAnswer {
+    get_caller_identity_result: Identity,
+}
+
+/// Who a set of keys is, as `GetCallerIdentity` says (`vault check`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Identity {
+    /// The account id.
+    pub account: String,
+    /// The user's or role session's ARN.
+    pub arn: String,
+}
+
+/// `GetCallerIdentity` with `keys` at `endpoint`: whether AWS takes them.
+pub async fn caller_identity(
+    http: &Http,
+    endpoint: &str,
+    region: &str,
+    keys: &Keys<'_>,
+    timeout: Duration,
+) -> Result<Identity, String> {
+    let form = "Action=GetCallerIdentity&Version=2011-06-15".to_owned();
+    let text = call(
+        http,
+        endpoint,
+        region,
+        keys,
+        form,
+        "GetCallerIdentity",
+        timeout,
+    )
+    .await?;
+    quick_xml::de::from_str::<IdentityAnswer>(&text)
+        .map(|a| a.get_caller_identity_result)
+        .map_err(|_| "STS's answer to GetCallerIdentity names no account".to_owned())
+}
+
+/// Sends one STS form call signed with `keys` (SigV4) and returns the
+/// text of a successful answer, or why it failed: never a key.
+async fn call(
+    http: &Http,
+    endpoint: &str,
+    region: &str,
+    keys: &Keys<'_>,
+    form: String,
+    action: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    check_endpoint(endpoint)?;
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| format!("sts_endpoint '{endpoint}' is not a URL: {e}"))?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(format!("sts_endpoint '{endpoint}' has no host")),
+    };
+    let path = match url.path() {
+        "" => "/",
+        p => p,
+    };
+    let amz_date = amz_date(Timestamp::now());
+    let headers = sigv4::sign(
+        &sigv4::Request {
+            method: "POST",
+            host: &host,
+            path,
+            query: "",
+            body: form.as_bytes(),
+            amz_date: &amz_date,
+            region,
+            service: "sts",
+        },
+        keys,
+    );
+    // The endpoint was checked above; the client follows no redirect out
+    // of its origin, so https stays https.
+    let mut request = http.post(url.as_str()).timeout(timeout).body(form);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach STS at {endpoint}: {}", describe(&e)))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("cannot read STS's answer: {e}"))?;
+    if !status.is_success() {
+        // An error answer holds no secret: its text may be shown when it
+        // is not the XML STS speaks.
+        let answer: Option<Answer> = quick_xml::de::from_str(&text).ok();
+        let (code, message) = answer
+            .and_then(|a| a.error.or(a.errors.map(|e| e.error)))
+            .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
+            .unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
+        return Err(format!(
+            "STS refused {action} ({} {code}): {message}",
+            status.as_u16()
+        ));
+    }
+    Ok(text)
 }
 
 /// `20261123T120000Z`.

@@ -601,7 +601,7 @@ pub(crate) fn doubling(first: Duration, failures: u32, max: Duration) -> Duratio
         .min(max)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     d: &Arc<Shared>,
     f: impl FnOnce(&mut crate::engine::Engine) -> Result<T, WireError> + Send + 'static,
 ) -> Result<T, WireError> {

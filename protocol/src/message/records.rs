@@ -44,6 +44,20 @@ pub struct StatusInfo {
     /// serving their still-valid value and retries after `retry_at`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refresh: Vec<RefreshInfo>,
+    /// Records whose last `vault check`, of their current value, failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_checks: Vec<FailedCheck>,
+}
+
+/// A record whose last check failed, within [`StatusInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedCheck {
+    /// The record.
+    pub name: String,
+    /// When it was checked.
+    pub checked_at: Timestamp,
+    /// Why it failed (never a secret value).
+    pub detail: String,
 }
 
 /// A record whose refresh is failing, within [`StatusInfo`].
@@ -79,6 +93,49 @@ pub enum RecordState {
     Drifted,
     /// A platform refused this credential when it was published.
     PublishFailed,
+    /// Its last `vault check` failed.
+    CheckFailed,
+}
+
+/// The last `vault check` of a record, as `list --json` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckMark {
+    /// When it ran.
+    pub at: Timestamp,
+    /// Whether the service accepted the credential.
+    pub ok: bool,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckOutcome {
+    /// The service accepted the credential.
+    Ok,
+    /// It refused it, or could not be asked.
+    Failed,
+    /// Nothing to ask: no check for this type, or no endpoint to ask.
+    Skipped,
+}
+
+/// One record's check (`vault check`). `detail` never holds a secret:
+/// what the service says the credential is (account and ARN, a user), or
+/// why it failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The record.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// What the check found.
+    pub outcome: CheckOutcome,
+    /// What the service said, or why it failed or was skipped.
+    pub detail: String,
+    /// When it ran.
+    pub checked_at: Timestamp,
+    /// How long it took, in milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// A record without its values.
@@ -105,6 +162,9 @@ pub struct RecordSummary {
     pub state: RecordState,
     /// Current revision number.
     pub revision: u64,
+    /// Its last `vault check`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<CheckMark>,
 }
 
 /// A record with its values (`vault get`).

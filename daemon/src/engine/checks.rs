@@ -1,0 +1,245 @@
+//! Health checks (`vault check`, docs/lifecycle.md): what each record's
+//! check asks of its own service, and the last result of each, kept in
+//! the `checks` table (local, never synced; what the service said is
+//! sealed to the vault key).
+
+use std::collections::{BTreeMap, HashMap};
+
+use vault_protocol::message::{CheckMark, CheckOutcome, CheckResult, FailedCheck};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{CredentialType, SecretValue};
+
+use super::refresh::endpoint_for;
+use super::{Engine, Result, store_err};
+use crate::store::CheckRow;
+
+/// What to ask, with the values the question needs. Values stay
+/// [`SecretValue`]s: `Debug` never shows them.
+#[derive(Debug)]
+pub enum Probe {
+    /// STS `GetCallerIdentity` signed with the keys.
+    Aws {
+        /// Where to send it (HTTPS, or HTTP on loopback).
+        endpoint: String,
+        /// The signing region.
+        region: String,
+        /// The access key id.
+        access_key_id: String,
+        /// The secret key.
+        secret_access_key: SecretValue,
+        /// The session token of temporary keys.
+        session_token: Option<SecretValue>,
+    },
+    /// A GET of the token's own `url` with it as the bearer.
+    Bearer {
+        /// The record's `url`.
+        url: String,
+        /// The token.
+        token: SecretValue,
+    },
+    /// The registry's `/v2/` with the login (basic, or the token service
+    /// its challenge names).
+    Registry {
+        /// `host[:port]`.
+        registry: String,
+        /// The user.
+        username: String,
+        /// The password or token.
+        password: SecretValue,
+    },
+    /// Nothing to ask; why.
+    Skip(String),
+    /// Cannot be asked; why (a failure).
+    Fail(String),
+}
+
+/// One record to check.
+#[derive(Debug)]
+pub struct Target {
+    /// Listed name.
+    pub name: String,
+    /// Record id.
+    pub id: String,
+    /// The revision checked.
+    pub revision: u64,
+    /// Type.
+    pub kind: CredentialType,
+    /// What to ask.
+    pub probe: Probe,
+}
+
+/// A field's value, taken out of the body; `None` when empty.
+fn take(fields: &mut BTreeMap<String, SecretValue>, f: &str) -> Option<SecretValue> {
+    fields.remove(f).filter(|v| !v.is_empty())
+}
+
+/// [`take`] for a field that is not secret.
+fn take_text(fields: &mut BTreeMap<String, SecretValue>, f: &str) -> Option<String> {
+    take(fields, f).map(|v| v.expose_secret().to_owned())
+}
+
+impl Engine {
+    /// The names a check of `names` covers: all records when empty, else
+    /// each one asked (unknown names fail the request).
+    pub fn check_names(&self, names: &[String]) -> Result<Vec<String>> {
+        let sess = self.session()?;
+        if names.is_empty() {
+            return Ok(sess.index.keys().cloned().collect());
+        }
+        for name in names {
+            if !sess.index.contains_key(name) {
+                return Err(super::not_found(name));
+            }
+        }
+        let mut out = names.to_vec();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// What to ask for each of `names` (from [`Engine::check_names`]).
+    pub fn check_targets(&self, names: &[String]) -> Result<Vec<Target>> {
+        names
+            .iter()
+            .map(|name| {
+                let (row, body) = self.load(name)?;
+                let blocked = self.refresh_blocked(&row, &body);
+                let kind = body.kind;
+                let mut fields = body.fields;
+                let probe = if let Some(why) = blocked {
+                    Probe::Fail(why)
+                } else {
+                    match kind {
+                        CredentialType::Aws => match (
+                            take_text(&mut fields, "access_key_id"),
+                            take(&mut fields, "secret_access_key"),
+                        ) {
+                            (Some(id), Some(secret)) => {
+                                let region = take_text(&mut fields, "region");
+                                Probe::Aws {
+                                    endpoint: endpoint_for(
+                                        take_text(&mut fields, "sts_endpoint").as_deref(),
+                                        self.config().sts_endpoint.as_deref(),
+                                        region.as_deref(),
+                                    ),
+                                    region: region.unwrap_or_else(|| "us-east-1".into()),
+                                    access_key_id: id,
+                                    secret_access_key: secret,
+                                    session_token: take(&mut fields, "session_token"),
+                                }
+                            }
+                            _ => Probe::Fail(format!(
+                                "'{name}' has no keys yet; 'vault get {name}' says why"
+                            )),
+                        },
+                        CredentialType::Token => {
+                            match (take_text(&mut fields, "url"), take(&mut fields, "token")) {
+                                (Some(url), Some(token)) => Probe::Bearer { url, token },
+                                _ => Probe::Skip(format!(
+                                    "no url to check it against; 'vault set {name} url=https://…' \
+                                 names an endpoint that takes the token"
+                                )),
+                            }
+                        }
+                        CredentialType::Registry => {
+                            match (
+                                take_text(&mut fields, "registry"),
+                                take_text(&mut fields, "username"),
+                                take(&mut fields, "auth"),
+                            ) {
+                                (Some(registry), Some(username), Some(password)) => {
+                                    Probe::Registry {
+                                        registry,
+                                        username,
+                                        password,
+                                    }
+                                }
+                                _ => Probe::Fail(format!("'{name}' lacks its login")),
+                            }
+                        }
+                        other => {
+                            Probe::Skip(format!("no check for {} credentials yet", other.as_str()))
+                        }
+                    }
+                };
+                Ok(Target {
+                    name: name.clone(),
+                    id: row.id.clone(),
+                    revision: row.revision,
+                    kind,
+                    probe,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps what was checked (skipped ones are not results) as each
+    /// record's last check.
+    pub fn record_checks(&mut self, done: &[(String, u64, CheckResult)]) -> Result<()> {
+        let mut rows = Vec::new();
+        for (id, revision, r) in done {
+            if r.outcome == CheckOutcome::Skipped {
+                continue;
+            }
+            rows.push(CheckRow {
+                record_id: id.clone(),
+                revision: *revision,
+                checked_at: r.checked_at.unix(),
+                ok: r.outcome == CheckOutcome::Ok,
+                detail: self.seal(&r.detail)?,
+            });
+        }
+        self.store_mut()?.put_checks(&rows).map_err(store_err)
+    }
+
+    /// Each record's last check, by record id, with the revision checked.
+    pub fn check_marks(&self) -> HashMap<String, (u64, CheckMark)> {
+        let Ok(store) = self.store() else {
+            return HashMap::new();
+        };
+        store
+            .checks()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let mark = CheckMark {
+                    at: Timestamp(c.checked_at),
+                    ok: c.ok,
+                };
+                (c.record_id, (c.revision, mark))
+            })
+            .collect()
+    }
+
+    /// The records whose last check, of their current revision, failed,
+    /// for `vault status` and `vault doctor`.
+    pub fn failed_checks(&self) -> Vec<FailedCheck> {
+        let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
+            return Vec::new();
+        };
+        let failed: HashMap<String, CheckRow> = store
+            .checks()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.record_id.clone(), c))
+            .collect();
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        sess.index
+            .iter()
+            .filter_map(|(name, e)| {
+                let c = failed.get(&e.id).filter(|c| c.revision == e.revision)?;
+                let why = self
+                    .unseal(&c.detail)
+                    .unwrap_or_else(|| "(unreadable)".into());
+                Some(FailedCheck {
+                    name: name.clone(),
+                    checked_at: Timestamp(c.checked_at),
+                    detail: why,
+                })
+            })
+            .collect()
+    }
+}

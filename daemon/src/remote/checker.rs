@@ -1,0 +1,350 @@
+//! `vault check` (docs/lifecycle.md): asks each credential's own service
+//! whether it still takes the credential, all at once, each within its
+//! limit, and keeps the results. Nothing said here names a secret.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vault_protocol::message::{CheckOutcome, CheckResult};
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{Response, SecretValue, WireError};
+
+use super::Shared;
+use super::http::{Http, describe};
+use super::sigv4::Keys;
+use super::syncer::blocking;
+use crate::engine::checks::Probe;
+
+/// Each check's limit unless the request sets one.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Most checks in flight at once.
+const PARALLEL: usize = 16;
+
+/// Checks `names` (every record when empty) and keeps the results.
+pub async fn check(
+    d: &Arc<Shared>,
+    names: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<Response, WireError> {
+    let timeout = timeout.unwrap_or(TIMEOUT);
+    let names = blocking(d, move |e| e.check_names(&names)).await?;
+    // Temporary credentials are checked as they would be handed out: fresh.
+    crate::remote::refresher::ensure_fresh(d, &names).await;
+    let targets = blocking(d, move |e| e.check_targets(&names)).await?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, target) in targets.into_iter().enumerate() {
+        let (http, gate) = (d.http.clone(), Arc::clone(&gate));
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let checked_at = Timestamp::now();
+            let started = Instant::now();
+            // The calls' own limit is later, so a silent service is told
+            // the same way whichever call it stalls.
+            let late = timeout + Duration::from_secs(1);
+            let (outcome, detail) =
+                match tokio::time::timeout(timeout, probe(&http, &target.probe, late)).await {
+                    Ok(Ok(said)) => (CheckOutcome::Ok, said),
+                    Ok(Err(Skipped(why))) => (CheckOutcome::Skipped, why),
+                    Ok(Err(Failed(why))) => (CheckOutcome::Failed, why),
+                    Err(_) => (
+                        CheckOutcome::Failed,
+                        format!("no answer within {} s", timeout.as_secs_f64()),
+                    ),
+                };
+            let result = CheckResult {
+                name: target.name.clone(),
+                kind: target.kind,
+                outcome,
+                detail,
+                checked_at,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            };
+            (i, target.id, target.revision, result)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(one) = joined {
+            done.push(one);
+        }
+    }
+    done.sort_by_key(|(i, ..)| *i);
+    let done: Vec<_> = done
+        .into_iter()
+        .map(|(_, id, rev, r)| (id, rev, r))
+        .collect();
+    let results = done.iter().map(|(.., r)| r.clone()).collect();
+    blocking(d, move |e| e.record_checks(&done)).await?;
+    Ok(Response::Checked { results })
+}
+
+/// Why a probe gave no "ok".
+enum NotOk {
+    Skipped(String),
+    Failed(String),
+}
+use NotOk::{Failed, Skipped};
+
+/// Asks the service; what it says the credential is.
+async fn probe(http: &Http, probe: &Probe, timeout: Duration) -> Result<String, NotOk> {
+    match probe {
+        Probe::Skip(why) => Err(Skipped(why.clone())),
+        Probe::Fail(why) => Err(Failed(why.clone())),
+        Probe::Aws {
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let keys = Keys {
+                access_key_id,
+                secret_access_key,
+                session_token: session_token.as_ref(),
+            };
+            let who = super::sts::caller_identity(http, endpoint, region, &keys, timeout)
+                .await
+                .map_err(Failed)?;
+            Ok(format!("account {}, {}", who.account, who.arn))
+        }
+        Probe::Bearer { url, token } => bearer(http, url, token, timeout).await,
+        Probe::Registry {
+            registry,
+            username,
+            password,
+        } => registry_login(http, registry, username, password, timeout).await,
+    }
+}
+
+async fn bearer(
+    http: &Http,
+    url: &str,
+    token: &SecretValue,
+    timeout: Duration,
+) -> Result<String, NotOk> {
+    vault_protocol::credential::check_endpoint_url("url", url).map_err(Failed)?;
+    let answer = http
+        .get(url)
+        .timeout(timeout)
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .map_err(|e| Failed(format!("cannot reach {url}: {}", describe(&e))))?;
+    match answer.status() {
+        s if s.is_success() => Ok(format!("{url} took it (HTTP {})", s.as_u16())),
+        s @ (reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => Err(Failed(
+            format!("{url} refused the token (HTTP {})", s.as_u16()),
+        )),
+        s => Err(Failed(format!(
+            "{url} answered HTTP {}, so the token could not be checked",
+            s.as_u16()
+        ))),
+    }
+}
+
+/// The registry's API origin: HTTPS, or HTTP for a registry on loopback
+/// (as docker treats `localhost`); Docker Hub's login key names its API
+/// host.
+fn registry_origin(registry: &str) -> Result<String, String> {
+    let bare = registry
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = bare.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("registry '{registry}' names no host"));
+    }
+    let host = match host {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        h => h,
+    };
+    let plain = format!("http://{host}");
+    if vault_protocol::credential::check_endpoint_url("registry", &plain).is_ok() {
+        Ok(plain)
+    } else {
+        Ok(format!("https://{host}"))
+    }
+}
+
+/// Whether a token service at `realm` may get the login for `origin`: the
+/// same host, or (for a named host of three labels or more) the host's
+/// parent domain or a sibling under it: GitLab's gitlab.com for
+/// registry.gitlab.com, Docker Hub's auth.docker.io for
+/// registry-1.docker.io. HTTPS, or HTTP on loopback. The registry names
+/// the realm, so the vault bounds where it points.
+fn realm_allowed(origin: &str, realm: &str) -> bool {
+    let host = |u: &str| reqwest::Url::parse(u).ok()?.host_str().map(str::to_owned);
+    let (Some(a), Some(b)) = (host(origin), host(realm)) else {
+        return false;
+    };
+    if vault_protocol::credential::check_endpoint_url("realm", realm).is_err() {
+        return false;
+    }
+    if a == b {
+        return true;
+    }
+    let named = |h: &str| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[');
+    let parent = a.split_once('.').map(|(_, p)| p).unwrap_or("");
+    named(&a) && parent.contains('.') && (b == parent || b.ends_with(&format!(".{parent}")))
+}
+
+/// One `key="value"` parameter of a `WWW-Authenticate` challenge.
+fn challenge_param(challenge: &str, key: &str) -> Option<String> {
+    challenge.split(',').find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        let k = k.rsplit(' ').next()?;
+        k.eq_ignore_ascii_case(key)
+            .then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+async fn registry_login(
+    http: &Http,
+    registry: &str,
+    username: &str,
+    password: &SecretValue,
+    timeout: Duration,
+) -> Result<String, NotOk> {
+    let origin = registry_origin(registry).map_err(Failed)?;
+    let ping = format!("{origin}/v2/");
+    let reach = |e: reqwest::Error| Failed(format!("cannot reach {origin}: {}", describe(&e)));
+    let first = http
+        .get(&ping)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(reach)?;
+    let challenge = first
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let refused = |s: reqwest::StatusCode| {
+        Failed(format!(
+            "{origin} refused the login for {username} (HTTP {})",
+            s.as_u16()
+        ))
+    };
+    let scheme = challenge.split(' ').next().unwrap_or("");
+    let answer = if scheme.eq_ignore_ascii_case("bearer") {
+        let realm = challenge_param(&challenge, "realm")
+            .ok_or_else(|| Failed(format!("{origin} asked for a token but named no realm")))?;
+        if !realm_allowed(&origin, &realm) {
+            return Err(Failed(format!(
+                "{origin} sends logins to {realm}, outside its own domain; vault does not \
+                 send the password there"
+            )));
+        }
+        let mut url = reqwest::Url::parse(&realm)
+            .map_err(|_| Failed(format!("{origin} named a realm that is not a URL")))?;
+        if let Some(service) = challenge_param(&challenge, "service") {
+            url.query_pairs_mut().append_pair("service", &service);
+        }
+        url.query_pairs_mut().append_pair("account", username);
+        let got = http
+            .get(url.as_str())
+            .timeout(timeout)
+            .basic_auth(username, Some(password.expose_secret()))
+            .send()
+            .await
+            .map_err(reach)?;
+        if !got.status().is_success() {
+            return Err(refused(got.status()));
+        }
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            token: Option<SecretValue>,
+            access_token: Option<SecretValue>,
+        }
+        let body = got.bytes().await.map_err(reach)?;
+        let issued: Issued = serde_json::from_slice(&body)
+            .map_err(|_| Failed(format!("{realm} answered without a token")))?;
+        let token = issued
+            .token
+            .or(issued.access_token)
+            .ok_or_else(|| Failed(format!("{realm} answered without a token")))?;
+        http.get(&ping)
+            .timeout(timeout)
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .map_err(reach)?
+    } else {
+        http.get(&ping)
+            .timeout(timeout)
+            .basic_auth(username, Some(password.expose_secret()))
+            .send()
+            .await
+            .map_err(reach)?
+    };
+    match answer.status() {
+        s if s.is_success() => Ok(format!("{origin} took the login for {username}")),
+        s @ (reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => Err(refused(s)),
+        s => Err(Failed(format!(
+            "{origin}/v2/ answered HTTP {}, so the login could not be checked",
+            s.as_u16()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_origins() {
+        assert_eq!(registry_origin("ghcr.io").unwrap(), "https://ghcr.io");
+        assert_eq!(
+            registry_origin("https://index.docker.io/v1/").unwrap(),
+            "https://registry-1.docker.io"
+        );
+        assert_eq!(
+            registry_origin("127.0.0.1:5000").unwrap(),
+            "http://127.0.0.1:5000"
+        );
+        assert!(registry_origin("https:///x").is_err());
+    }
+
+    #[test]
+    fn realms_stay_in_the_registrys_domain() {
+        let hub = "https://registry-1.docker.io";
+        assert!(realm_allowed(hub, "https://auth.docker.io/token"));
+        assert!(realm_allowed("https://ghcr.io", "https://ghcr.io/token"));
+        assert!(!realm_allowed(
+            "https://ghcr.io",
+            "https://evil.example/token"
+        ));
+        assert!(!realm_allowed(hub, "http://auth.docker.io/token"));
+        assert!(!realm_allowed(
+            "https://ghcr.io",
+            "https://ghcr.io.evil.example/t"
+        ));
+        assert!(realm_allowed(
+            "https://registry.gitlab.com",
+            "https://gitlab.com/jwt/auth"
+        ));
+        assert!(realm_allowed(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.1:5001/auth"
+        ));
+        assert!(!realm_allowed(
+            "https://10.0.0.1",
+            "https://192.168.0.1/auth"
+        ));
+    }
+
+    #[test]
+    fn challenge_params() {
+        let c = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#;
+        assert_eq!(
+            challenge_param(c, "realm").as_deref(),
+            Some("https://auth.docker.io/token")
+        );
+        assert_eq!(
+            challenge_param(c, "service").as_deref(),
+            Some("registry.docker.io")
+        );
+        assert_eq!(challenge_param(c, "scope"), None);
+    }
+}

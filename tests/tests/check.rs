@@ -1,0 +1,159 @@
+//! `vault check` (issue 24, docs/lifecycle.md) against real services: aws
+//! keys against moto's STS with authentication on (so a wrong secret is
+//! refused by signature), tokens against a local endpoint that takes one
+//! bearer and refuses others, and one that never answers. Registries are
+//! checked in tests/registry.rs, against docker-registry.
+//!
+//! Needs `VAULT_TEST_PYTHON` with botocore and `moto[server]` (`.ci/run`
+//! installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+
+use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
+use vault_e2e::{MARK, VaultHome, secret};
+
+/// A loopback endpoint that answers 200 to `Bearer GOOD` and 401 to
+/// anything else; its URL.
+fn token_endpoint(good: &str) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/me", server.server_addr().to_ip().unwrap());
+    let want = format!("Bearer {good}");
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let ok = req
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("Authorization") && h.value.as_str() == want);
+            let code = if ok { 200 } else { 401 };
+            let _ = req.respond(tiny_http::Response::empty(code));
+        }
+    });
+    url
+}
+
+fn by_name(results: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+fn token(vh: &VaultHome, name: &str, value: &str, url: Option<&str>) {
+    let mut args = vec!["add", name, "--type", "token", "token=-"];
+    let url = url.map(|u| format!("url={u}"));
+    if let Some(u) = &url {
+        args.push(u);
+    }
+    vh.vault_in(args, value.as_bytes()).ok();
+}
+
+#[test]
+fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
+    let Some(python) = moto_python("check") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let moto = Moto::start(&python, vh.root());
+    // config.toml names the endpoint of keys that have none of their own.
+    vh.write_config(&format!("[refresh]\nsts_endpoint = \"{}\"\n", moto.url));
+    vh.init().ok();
+    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+    let id = setup["id"].as_str().unwrap();
+    vh.add_aws("aws-good", id, setup["secret"].as_str().unwrap(), &[]);
+    let wrong = secret("wrong-secret");
+    vh.add_aws("aws-bad", id, &wrong, &[]);
+
+    let good = secret("api-token");
+    let url = token_endpoint(&good);
+    token(&vh, "api", &good, Some(&url));
+    token(&vh, "api-revoked", &secret("old-token"), Some(&url));
+    // Takes connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    token(&vh, "api-silent", &secret("t"), Some(&silent_url));
+    token(&vh, "no-url", &secret("t"), None);
+    vh.vault_in(
+        [
+            "add",
+            "pw",
+            "--type",
+            "password",
+            "username=me",
+            "password=-",
+        ],
+        secret("pw").as_bytes(),
+    )
+    .ok();
+
+    let run = vh.vault(["check", "--all", "--timeout", "2s", "--json"]);
+    run.code(1).no_panic();
+    assert!(
+        !run.stdout.contains(MARK) && !run.stderr.contains(MARK),
+        "{run}"
+    );
+    let got = by_name(&serde_json::from_str(&run.stdout).unwrap());
+    let outcome = |n: &str| got[n]["outcome"].as_str().unwrap().to_owned();
+    let detail = |n: &str| got[n]["detail"].as_str().unwrap().to_owned();
+    assert_eq!(outcome("aws-good"), "ok", "{}", detail("aws-good"));
+    assert!(
+        detail("aws-good").contains(":user/dev"),
+        "{}",
+        detail("aws-good")
+    );
+    assert!(
+        detail("aws-good").starts_with("account "),
+        "{}",
+        detail("aws-good")
+    );
+    assert_eq!(outcome("aws-bad"), "failed");
+    assert!(
+        detail("aws-bad").contains("STS refused GetCallerIdentity (403"),
+        "{}",
+        detail("aws-bad")
+    );
+    assert_eq!(outcome("api"), "ok", "{}", detail("api"));
+    assert_eq!(outcome("api-revoked"), "failed");
+    assert!(detail("api-revoked").contains("refused the token (HTTP 401)"));
+    assert_eq!(outcome("api-silent"), "failed");
+    assert!(
+        detail("api-silent").contains("no answer within 2 s"),
+        "{}",
+        detail("api-silent")
+    );
+    assert_eq!(outcome("no-url"), "skipped");
+    assert!(detail("no-url").contains("vault set no-url url="));
+    assert_eq!(outcome("pw"), "skipped");
+    assert!(run.stderr.contains("2 ok, 3 failed, 2 skipped"), "{run}");
+
+    // Kept: list shows the failures, doctor says why.
+    let listed = by_name(&vh.vault(["list", "--json"]).json());
+    assert_eq!(listed["aws-bad"]["state"], "check-failed");
+    assert_eq!(listed["api-silent"]["state"], "check-failed");
+    assert_eq!(listed["aws-good"]["state"], "ok");
+    assert_eq!(listed["aws-good"]["checked"]["ok"], true);
+    assert!(listed["no-url"].get("checked").is_none());
+    let doctor = vh.vault(["doctor"]);
+    let said = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(said.contains("aws-bad: check failed at"), "{said}");
+    assert!(said.contains("vault check aws-bad"), "{said}");
+    assert!(!said.contains(MARK), "{said}");
+
+    // One name; a working one exits 0. A changed value is no longer
+    // called failed by its old check.
+    vh.vault(["check", "aws-good"]).ok();
+    let f = vh.at_file("right", setup["secret"].as_str().unwrap());
+    vh.vault(["set", "aws-bad", &format!("secret_access_key={f}")])
+        .ok();
+    let listed = by_name(&vh.vault(["list", "--json"]).json());
+    assert_eq!(listed["aws-bad"]["state"], "ok");
+    vh.vault(["check", "aws-bad", "api"])
+        .ok()
+        .stdout_has("aws-bad");
+    vh.vault(["check", "nope"]).code(4);
+    vh.vault(["check"]).code(2);
+}
