@@ -680,6 +680,9 @@ Each credential is asked of its own service, all at once:
             is the record's sts_endpoint, else config.toml's, else its region's
   token     a GET of its url with the token as the bearer (no url: skipped)
   registry  the registry's /v2/ with the login (basic, or its token service)
+  data      S3 ListObjectsV2 on the bucket (s3://, tos://, gs:// HMAC keys)
+  generic   its check_command (sh -c), the values in its environment;
+            exit 0 means ok (no check_command: skipped)
 Other types are skipped for now. Results are kept: 'vault list' shows a
 failed one as check-failed, 'vault doctor' says why. Exits 1 when any check
 fails. No value is ever printed.";

@@ -66,6 +66,11 @@ const fn opt(name: &'static str, secret: bool) -> FieldSpec {
 /// required fields may be missing (the first refresh fills them).
 pub const REFRESH_COMMAND: &str = "refresh_command";
 
+/// The `generic` key naming a command `vault check` runs (sh -c) with the
+/// record's other keys in its environment: exit 0 means the credential
+/// works (docs/lifecycle.md). Never injected, published or emitted.
+pub const CHECK_COMMAND: &str = "check_command";
+
 /// The `aws` field naming the long-term `aws` record whose keys mint this
 /// record's STS sessions (with `role_arn`: AssumeRole; without:
 /// GetSessionToken). Like a refresh command, it makes the keys optional.
@@ -192,6 +197,7 @@ pub fn gated_fields<'a, V>(
             (CredentialType::Aws, "mfa_command" | "sts_endpoint") => true,
             (CredentialType::File, "path") => true,
             (CredentialType::File | CredentialType::Token, "env") => is_code_env(value(v)),
+            (CredentialType::Generic, CHECK_COMMAND) => true,
             (CredentialType::Generic, n) => is_code_env(n),
             _ => false,
         })
@@ -205,6 +211,9 @@ pub fn gated_meaning(kind: CredentialType, field: &str) -> &'static str {
     match (kind, field) {
         (_, REFRESH_COMMAND) => "runs this command (sh -c) to refresh the values",
         (_, "mfa_command") => "runs this command (sh -c) for an MFA code",
+        (CredentialType::Generic, CHECK_COMMAND) => {
+            "vault check runs this command (sh -c) with the values in its environment"
+        }
         (_, "sts_endpoint") => "sends the source's signed STS requests to this endpoint",
         (CredentialType::File, "path") => "vault emit file writes the file here",
         (_, "env") => {
@@ -795,6 +804,14 @@ mod tests {
         assert_eq!(
             gated(CredentialType::File, &[("content", "c"), ("path", "~/.x")]),
             ["path"]
+        );
+        // vault check runs a generic record's check_command.
+        assert_eq!(
+            gated(
+                CredentialType::Generic,
+                &[("API_KEY", "k"), (CHECK_COMMAND, "curl …")]
+            ),
+            [CHECK_COMMAND]
         );
         // A token's variable only when it can make the child run code.
         let token = |env| gated(CredentialType::Token, &[("env", env), ("token", "t")]);

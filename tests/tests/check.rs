@@ -34,6 +34,17 @@ fn token_endpoint(good: &str) -> String {
     url
 }
 
+/// Makes bucket `checked-bucket` with the keys in argv[2], argv[3].
+const MAKE_BUCKET: &str = r#"
+import json, sys
+import botocore.session
+s3 = botocore.session.get_session().create_client(
+    "s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])
+s3.create_bucket(Bucket="checked-bucket")
+print(json.dumps({"ok": True}))
+"#;
+
 fn by_name(results: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
     results
         .as_array()
@@ -90,6 +101,67 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
     )
     .ok();
 
+    // S3 on moto: a bucket made with the user's keys (signed: moto checks).
+    python_json(
+        &vh,
+        &python,
+        MAKE_BUCKET,
+        &[&moto.url, id, setup["secret"].as_str().unwrap()],
+    );
+    let data = |name: &str, bucket: &str, key: &str| {
+        let f = vh.at_file(&format!("{name}-key"), key);
+        vh.vault([
+            "add",
+            name,
+            "--type",
+            "data",
+            &format!("endpoint=s3://{bucket}"),
+            &format!("access_key_id={id}"),
+            &format!("access_key={f}"),
+            &format!("override_url={}", moto.url),
+            "region=us-east-1",
+        ])
+        .ok();
+    };
+    data(
+        "data-good",
+        "checked-bucket",
+        setup["secret"].as_str().unwrap(),
+    );
+    data("data-bad", "checked-bucket", &secret("wrong-data-key"));
+    data(
+        "data-missing",
+        "no-such-bucket",
+        setup["secret"].as_str().unwrap(),
+    );
+
+    // Generic records check with their own command, values in its env.
+    let api_key = secret("generic-key");
+    let generic = |name: &str, command: Option<&str>| {
+        let mut args = vec![
+            "add".to_owned(),
+            name.to_owned(),
+            "--type".to_owned(),
+            "generic".to_owned(),
+            "API_KEY=-".to_owned(),
+        ];
+        if let Some(c) = command {
+            args.push(format!("check_command={c}"));
+        }
+        vh.vault_in(args, api_key.as_bytes()).ok();
+    };
+    generic(
+        "gen-ok",
+        Some(&format!(
+            "test \"$API_KEY\" = '{api_key}' && test -z \"$check_command\""
+        )),
+    );
+    generic(
+        "gen-bad",
+        Some("echo \"the service says no to $API_KEY\" >&2; exit 3"),
+    );
+    generic("gen-plain", None);
+
     let run = vh.vault(["check", "--all", "--timeout", "2s", "--json"]);
     run.code(1).no_panic();
     assert!(
@@ -128,7 +200,28 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
     assert_eq!(outcome("no-url"), "skipped");
     assert!(detail("no-url").contains("vault set no-url url="));
     assert_eq!(outcome("pw"), "skipped");
-    assert!(run.stderr.contains("2 ok, 3 failed, 2 skipped"), "{run}");
+    assert_eq!(outcome("data-good"), "ok", "{}", detail("data-good"));
+    assert!(detail("data-good").contains("listed bucket checked-bucket"));
+    assert_eq!(outcome("data-bad"), "failed");
+    assert!(
+        detail("data-bad").contains("refused ListObjectsV2 on bucket checked-bucket (403"),
+        "{}",
+        detail("data-bad")
+    );
+    assert_eq!(outcome("data-missing"), "failed");
+    assert!(
+        detail("data-missing").contains("(404 NoSuchBucket)"),
+        "{}",
+        detail("data-missing")
+    );
+    assert_eq!(outcome("gen-ok"), "ok", "{}", detail("gen-ok"));
+    assert_eq!(outcome("gen-bad"), "failed");
+    assert_eq!(
+        detail("gen-bad"),
+        "check_command failed (exit status: 3): the service says no to …"
+    );
+    assert_eq!(outcome("gen-plain"), "skipped");
+    assert!(run.stderr.contains("4 ok, 6 failed, 3 skipped"), "{run}");
 
     // Kept: list shows the failures, doctor says why.
     let listed = by_name(&vh.vault(["list", "--json"]).json());
@@ -154,6 +247,17 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
     vh.vault(["check", "aws-bad", "api"])
         .ok()
         .stdout_has("aws-bad");
+    // The command is local machinery: exec never hands it to the child.
+    vh.vault([
+        "exec",
+        "-c",
+        "gen-ok",
+        "--",
+        "sh",
+        "-c",
+        "test -n \"$API_KEY\" && test -z \"${check_command+set}\"",
+    ])
+    .ok();
     vh.vault(["check", "nope"]).code(4);
     vh.vault(["check"]).code(2);
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
-use vault_protocol::credential::{REFRESH_COMMAND, is_env_name};
+use vault_protocol::credential::{CHECK_COMMAND, REFRESH_COMMAND, is_env_name};
 use vault_protocol::message::RecordView;
 use vault_protocol::{CredentialType, SecretValue};
 use zeroize::Zeroizing;
@@ -225,10 +225,11 @@ fn env_of(
     Ok(vars)
 }
 
-/// Every key but `refresh_command`, as itself; a key that is no variable name stops exec.
+/// Every key but `refresh_command` and `check_command`, as itself; a key
+/// that is no variable name stops exec.
 fn generic_env(record: &RecordView, vars: &mut Vars) -> Result<(), String> {
     for (key, value) in &record.fields {
-        if key == REFRESH_COMMAND {
+        if key == REFRESH_COMMAND || key == CHECK_COMMAND {
             continue;
         }
         if !is_env_name(key) {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use vault_protocol::credential::{CHECK_COMMAND, REFRESH_COMMAND, is_env_name};
 use vault_protocol::message::{CheckMark, CheckOutcome, CheckResult, FailedCheck};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, SecretValue};
@@ -47,6 +48,30 @@ pub enum Probe {
         /// The password or token.
         password: SecretValue,
     },
+    /// A generic record's `check_command` (sh -c), its other keys in the
+    /// environment; exit 0 is ok.
+    Command {
+        /// The command.
+        command: String,
+        /// The record's keys that are variable names, with their values.
+        env: Vec<(String, SecretValue)>,
+    },
+    /// S3 `ListObjectsV2` (at most one key) on the bucket, signed with the
+    /// keys: an S3-compatible `data` record (s3, tos, gs HMAC).
+    Bucket {
+        /// The service's origin (`https://host[:port]`).
+        origin: String,
+        /// The bucket.
+        bucket: String,
+        /// Virtual-hosted (`bucket.host`) rather than path style.
+        virtual_host: bool,
+        /// The signing region.
+        region: String,
+        /// The access key id.
+        access_key_id: String,
+        /// The secret key.
+        secret_access_key: SecretValue,
+    },
     /// Nothing to ask; why.
     Skip(String),
     /// Cannot be asked; why (a failure).
@@ -76,6 +101,50 @@ fn take(fields: &mut BTreeMap<String, SecretValue>, f: &str) -> Option<SecretVal
 /// [`take`] for a field that is not secret.
 fn take_text(fields: &mut BTreeMap<String, SecretValue>, f: &str) -> Option<String> {
     take(fields, f).map(|v| v.expose_secret().to_owned())
+}
+
+/// The S3 call that checks a `data` record, or why there is none.
+fn data_probe(name: &str, fields: &mut BTreeMap<String, SecretValue>) -> Probe {
+    let endpoint = take_text(fields, "endpoint").unwrap_or_default();
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", ""));
+    let bucket = rest.split('/').next().unwrap_or("").to_owned();
+    let region = take_text(fields, "region");
+    let override_url = take_text(fields, "override_url");
+    let style = take_text(fields, "addressing_style");
+    let origin = match (scheme, override_url, region.as_deref()) {
+        ("s3" | "tos" | "gs", Some(url), _) => url.trim_end_matches('/').to_owned(),
+        ("s3", None, Some(r)) => format!("https://s3.{r}.amazonaws.com"),
+        ("s3", None, None) => "https://s3.amazonaws.com".to_owned(),
+        ("tos", None, Some(r)) => format!("https://tos-s3-{r}.volces.com"),
+        ("gs", None, _) => "https://storage.googleapis.com".to_owned(),
+        ("tos", None, None) => {
+            return Probe::Fail(format!(
+                "'{name}' names no region: 'vault set {name} region=…' says which TOS endpoint"
+            ));
+        }
+        (other, ..) => return Probe::Skip(format!("no check for {other}:// storage yet")),
+    };
+    let (Some(access_key_id), Some(secret_access_key)) = (
+        take_text(fields, "access_key_id"),
+        take(fields, "access_key"),
+    ) else {
+        return Probe::Fail(format!("'{name}' lacks its keys"));
+    };
+    // Path style where asked, and for an endpoint on loopback (a local
+    // emulator), which has no per-bucket host names.
+    let virtual_host = match style.as_deref() {
+        Some("virtual") => true,
+        Some("path") => false,
+        _ => !origin.contains("://127.") && !origin.contains("://localhost"),
+    };
+    Probe::Bucket {
+        origin,
+        bucket,
+        virtual_host,
+        region: region.unwrap_or_else(|| "us-east-1".into()),
+        access_key_id,
+        secret_access_key,
+    }
 }
 
 impl Engine {
@@ -157,6 +226,20 @@ impl Engine {
                                 _ => Probe::Fail(format!("'{name}' lacks its login")),
                             }
                         }
+                        CredentialType::Generic => match take_text(&mut fields, CHECK_COMMAND) {
+                            Some(command) => Probe::Command {
+                                command,
+                                env: fields
+                                    .into_iter()
+                                    .filter(|(k, _)| is_env_name(k) && k != REFRESH_COMMAND)
+                                    .collect(),
+                            },
+                            None => Probe::Skip(format!(
+                                "no check_command; 'vault set {name} check_command=CMD' names \
+                                 one that exits 0 when the values work"
+                            )),
+                        },
+                        CredentialType::Data => data_probe(name, &mut fields),
                         other => {
                             Probe::Skip(format!("no check for {} credentials yet", other.as_str()))
                         }

@@ -237,12 +237,14 @@ pub fn envelope(body: &RecordBody) -> std::result::Result<Envelope, String> {
         }
         _ => {
             // Generic, token and password records publish their fields as
-            // keys; a refresh command is local machinery, and a typed
+            // keys; a refresh or check command is local machinery, and a typed
             // record's one-time-code seed stays in the vault (a generic
             // record's `otp` is an ordinary key): neither is published.
             let mut map = BTreeMap::new();
             for (k, v) in &body.fields {
                 if k == vault_protocol::credential::REFRESH_COMMAND
+                    || (body.kind == CredentialType::Generic
+                        && k == vault_protocol::credential::CHECK_COMMAND)
                     || vault_protocol::otp::is_seed(body.kind, k)
                     || (body.kind == CredentialType::Token && k == "env")
                 {

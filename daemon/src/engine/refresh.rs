@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, is_generic_key, validate_fields};
+use vault_protocol::credential::{
+    CHECK_COMMAND, REFRESH_COMMAND, SOURCE, is_generic_key, validate_fields,
+};
 use vault_protocol::message::RecordSummary;
 use vault_protocol::timefmt::{Timestamp, parse_duration};
 use vault_protocol::{CredentialType, ErrorCode, SecretValue};
@@ -197,7 +199,7 @@ pub fn parse_output(kind: CredentialType, bytes: &[u8]) -> std::result::Result<M
         } else {
             kind.fields().iter().find(|f| f.name == key).map(|f| f.name)
         };
-        let Some(field) = field.filter(|f| *f != REFRESH_COMMAND) else {
+        let Some(field) = field.filter(|f| *f != REFRESH_COMMAND && *f != CHECK_COMMAND) else {
             return Err(format!(
                 "the refresh command's output has the key '{}', which is not a field of a {kind} credential",
                 key.escape_debug()

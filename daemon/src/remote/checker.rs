@@ -10,7 +10,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{Response, SecretValue, WireError};
 
 use super::Shared;
-use super::http::{Http, describe};
+use super::http::{Http, describe, read_capped};
 use super::sigv4::Keys;
 use super::syncer::blocking;
 use crate::engine::checks::Probe;
@@ -109,6 +109,22 @@ async fn probe(http: &Http, probe: &Probe, timeout: Duration) -> Result<String, 
             Ok(format!("account {}, {}", who.account, who.arn))
         }
         Probe::Bearer { url, token } => bearer(http, url, token, timeout).await,
+        Probe::Command { command, env } => run_check_command(command, env).await,
+        Probe::Bucket {
+            origin,
+            bucket,
+            virtual_host,
+            region,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let keys = Keys {
+                access_key_id,
+                secret_access_key,
+                session_token: None,
+            };
+            list_bucket(http, origin, bucket, *virtual_host, region, &keys, timeout).await
+        }
         Probe::Registry {
             registry,
             username,
@@ -141,6 +157,138 @@ async fn bearer(
             s.as_u16()
         ))),
     }
+}
+
+/// The longest answer body read from a checked service.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// Runs a generic record's `check_command` with its values in the
+/// environment: exit 0 is ok. Its stdout is dropped; the first line of its
+/// stderr is shown with every value of the record blanked out, in case the
+/// command echoes one. The outer timeout drops the child, which kills it.
+async fn run_check_command(command: &str, env: &[(String, SecretValue)]) -> Result<String, NotOk> {
+    use tokio::io::AsyncReadExt;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v.expose_secret());
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failed(format!("cannot start check_command: {e}")))?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    // The first 4 KiB are kept, the rest drained so the child never
+    // blocks on a full pipe.
+    let drain = async move {
+        let mut said = Vec::new();
+        let _ = (&mut stderr).take(4096).read_to_end(&mut said).await;
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        said
+    };
+    let (said, status) = tokio::join!(drain, child.wait());
+    let status = status.map_err(|e| Failed(format!("cannot wait for check_command: {e}")))?;
+    if status.success() {
+        return Ok("check_command exited 0".to_owned());
+    }
+    let mut line = String::from_utf8_lossy(&said)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    for (_, v) in env {
+        if !v.expose_secret().is_empty() {
+            line = line.replace(v.expose_secret(), "…");
+        }
+    }
+    Err(Failed(match line.trim() {
+        "" => format!("check_command failed ({status})"),
+        l => format!("check_command failed ({status}): {l}"),
+    }))
+}
+
+/// `ListObjectsV2` of at most one key on `bucket`, signed with `keys`:
+/// whether the storage takes them.
+async fn list_bucket(
+    http: &Http,
+    origin: &str,
+    bucket: &str,
+    virtual_host: bool,
+    region: &str,
+    keys: &Keys<'_>,
+    timeout: Duration,
+) -> Result<String, NotOk> {
+    vault_protocol::credential::check_endpoint_url("override_url", origin).map_err(Failed)?;
+    if bucket.is_empty()
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(Failed(format!(
+            "'{bucket}' is not a bucket name the check can ask for"
+        )));
+    }
+    let base =
+        reqwest::Url::parse(origin).map_err(|_| Failed(format!("'{origin}' is not a URL")))?;
+    let host = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(Failed(format!("'{origin}' names no host"))),
+    };
+    let (host, path) = if virtual_host {
+        (format!("{bucket}.{host}"), "/".to_owned())
+    } else {
+        (host, format!("/{bucket}"))
+    };
+    let query = "list-type=2&max-keys=1";
+    let url = format!("{}://{host}{path}?{query}", base.scheme());
+    let amz_date = Timestamp::now().to_rfc3339().replace(['-', ':'], "");
+    let headers = super::sigv4::sign(
+        &super::sigv4::Request {
+            method: "GET",
+            host: &host,
+            path: &path,
+            query,
+            body: b"",
+            amz_date: &amz_date,
+            region,
+            service: "s3",
+        },
+        keys,
+    );
+    let mut request = http.get(&url).timeout(timeout);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| Failed(format!("cannot reach {origin}: {}", describe(&e))))?;
+    let status = answer.status();
+    if status.is_success() {
+        return Ok(format!("{origin} listed bucket {bucket}"));
+    }
+    let body = read_capped(answer, MAX_ANSWER).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    // S3's error XML: <Error><Code>…</Code>…; its code holds no secret.
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.chars().take(64).collect::<String>())
+        .unwrap_or_default();
+    Err(Failed(
+        format!(
+            "{origin} refused ListObjectsV2 on bucket {bucket} ({} {code})",
+            status.as_u16()
+        )
+        .replace(" )", ")"),
+    ))
 }
 
 /// The registry's API origin: HTTPS, or HTTP for a registry on loopback
@@ -257,7 +405,7 @@ async fn registry_login(
             token: Option<SecretValue>,
             access_token: Option<SecretValue>,
         }
-        let body = got.bytes().await.map_err(reach)?;
+        let body = read_capped(got, MAX_ANSWER).await.map_err(Failed)?;
         let issued: Issued = serde_json::from_slice(&body)
             .map_err(|_| Failed(format!("{realm} answered without a token")))?;
         let token = issued

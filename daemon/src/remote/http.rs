@@ -90,6 +90,23 @@ fn same_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Ac
     attempt.follow()
 }
 
+/// Reads an answer's body, refusing one longer than `max` bytes: a
+/// remote's answer is hostile input, and memory is not its to take.
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("the answer broke off: {}", describe(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is longer than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Why a call got no answer, without its URL: a publisher's URL names a
 /// credential, and the caller says which server it was.
 pub fn describe(e: &reqwest::Error) -> String {

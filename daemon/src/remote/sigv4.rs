@@ -1,7 +1,9 @@
-//! AWS Signature Version 4 for the daemon's STS calls (docs/refresh.md).
-//! Only what a form POST to STS needs: the caller gives the canonical query
-//! (empty for a POST) and the body; the signed headers are `content-type`,
-//! `host`, `x-amz-date` and, with a session, `x-amz-security-token`.
+//! AWS Signature Version 4 for the daemon's STS and S3 calls (docs/refresh.md,
+//! docs/lifecycle.md).
+//! Only what a form POST to STS and a GET to S3 need: the caller gives the
+//! canonical query (empty for a POST) and the body; the signed headers are
+//! `content-type`, `host`, `x-amz-content-sha256` (S3), `x-amz-date`
+//! and, with a session, `x-amz-security-token`.
 //! Written over `ring` (HMAC-SHA256, SHA-256) rather than pulling in the
 //! AWS SDK's signer and its runtime for one request type.
 
@@ -63,11 +65,17 @@ fn hmac(key: &[u8], data: &str) -> hmac::Tag {
 /// and it must equal `req.host`.
 pub fn sign(req: &Request<'_>, keys: &Keys<'_>) -> Vec<(&'static str, String)> {
     let date = &req.amz_date[..8.min(req.amz_date.len())];
+    let payload = sha256_hex(req.body);
+    // Sorted by name, as the canonical request lists them.
     let mut headers: Vec<(&'static str, String)> = vec![
         ("content-type", FORM.to_owned()),
         ("host", req.host.to_owned()),
-        ("x-amz-date", req.amz_date.to_owned()),
     ];
+    // S3 wants the payload's hash as a header too.
+    if req.service == "s3" {
+        headers.push(("x-amz-content-sha256", payload.clone()));
+    }
+    headers.push(("x-amz-date", req.amz_date.to_owned()));
     if let Some(token) = keys.session_token {
         headers.push(("x-amz-security-token", token.expose_secret().to_owned()));
     }
@@ -79,10 +87,7 @@ pub fn sign(req: &Request<'_>, keys: &Keys<'_>) -> Vec<(&'static str, String)> {
         .collect();
     let canonical = format!(
         "{}\n{}\n{}\n{canonical_headers}\n{signed}\n{}",
-        req.method,
-        req.path,
-        req.query,
-        sha256_hex(req.body)
+        req.method, req.path, req.query, payload
     );
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
     let to_sign = format!(
@@ -158,6 +163,37 @@ mod tests {
              Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
         );
         assert!(headers.iter().all(|(k, _)| *k != "host"));
+    }
+
+    /// S3 signs the payload's hash as a header too (the empty body's
+    /// SHA-256 for a GET).
+    #[test]
+    fn s3_signs_the_payload_hash() {
+        let secret = SecretValue::from("s");
+        let keys = Keys {
+            access_key_id: "AKID",
+            secret_access_key: &secret,
+            session_token: None,
+        };
+        let req = Request {
+            method: "GET",
+            host: "b.s3.amazonaws.com",
+            path: "/",
+            query: "list-type=2&max-keys=1",
+            body: b"",
+            amz_date: "20150830T123600Z",
+            region: "us-east-1",
+            service: "s3",
+        };
+        let headers = sign(&req, &keys);
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(headers.contains(&("x-amz-content-sha256", empty.to_owned())));
+        let auth = &headers
+            .iter()
+            .find(|(k, _)| *k == "authorization")
+            .unwrap()
+            .1;
+        assert!(auth.contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date,"));
     }
 
     #[test]

@@ -17,7 +17,10 @@ use crate::engine::refresh::{Mfa, Minted, StsPlan as Plan};
 /// An MFA code this close to the end of its step is not sent: STS could
 /// see it expire on the way.
 const OTP_MARGIN: Duration = Duration::from_secs(2);
-use crate::remote::http::{Http, describe};
+use crate::remote::http::{Http, describe, read_capped};
+
+/// The longest answer read from STS (its answers are a few KiB).
+const MAX_ANSWER: usize = 64 << 10;
 use crate::remote::sigv4::{self, Keys};
 
 /// Whether `url` may be used: HTTPS anywhere, HTTP only on loopback.
@@ -268,10 +271,10 @@ async fn call(
         .await
         .map_err(|e| format!("cannot reach STS at {endpoint}: {}", describe(&e)))?;
     let status = response.status();
-    let text = response
-        .text()
+    let body = read_capped(response, MAX_ANSWER)
         .await
         .map_err(|e| format!("cannot read STS's answer: {e}"))?;
+    let text = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
         // An error answer holds no secret: its text may be shown when it
         // is not the XML STS speaks.
