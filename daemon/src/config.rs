@@ -17,6 +17,9 @@
 //!
 //! [publish]
 //! retry = "5m"     # longest wait between retries when a platform is down
+//!
+//! [check]
+//! interval = "6h"  # re-check credentials this often in the background (default: never)
 //! ```
 
 use std::path::Path;
@@ -44,6 +47,9 @@ pub struct Config {
     pub sync_auto: bool,
     /// The longest backoff between publish retries (issue 10).
     pub publish_retry: Duration,
+    /// Re-check credentials in the background this often (`vault check`,
+    /// docs/lifecycle.md); `None`: never.
+    pub check_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -57,6 +63,7 @@ impl Default for Config {
             sync_interval: Duration::from_secs(300),
             sync_auto: true,
             publish_retry: Duration::from_secs(300),
+            check_interval: None,
         }
     }
 }
@@ -72,6 +79,14 @@ struct File {
     sync: Sync,
     #[serde(default)]
     publish: Publish,
+    #[serde(default)]
+    check: Check,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Check {
+    interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -149,6 +164,13 @@ impl Config {
                 return Err("publish.retry must be at least 1s".into());
             }
         }
+        if let Some(v) = &file.check.interval {
+            let every = dur("check.interval", v)?;
+            if every < Duration::from_secs(10) {
+                return Err("check.interval must be at least 10s".into());
+            }
+            config.check_interval = Some(every);
+        }
         if let Some(auto) = file.sync.auto {
             config.sync_auto = auto;
         }
@@ -178,6 +200,14 @@ mod tests {
                 .contains("lock.idle")
         );
         assert!(Config::parse("[lokc]\n").is_err());
+        assert_eq!(c.check_interval, None);
+        let c = Config::parse("[check]\ninterval = \"6h\"\n").unwrap();
+        assert_eq!(c.check_interval, Some(Duration::from_secs(6 * 3600)));
+        assert!(
+            Config::parse("[check]\ninterval = \"1s\"\n")
+                .unwrap_err()
+                .contains("at least 10s")
+        );
         let c = Config::parse("[refresh]\nahead = \"5m\"\ntimeout = \"10s\"\n").unwrap();
         assert_eq!(c.refresh_ahead, Duration::from_secs(300));
         assert_eq!(c.refresh_timeout, Duration::from_secs(10));

@@ -841,6 +841,9 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     let publishing = tokio::spawn(crate::remote::publisher::background(Arc::clone(
         &daemon.shared,
     )));
+    let checking = tokio::spawn(crate::remote::checker::background(Arc::clone(
+        &daemon.shared,
+    )));
     let mut shutdown = daemon.shutdown.subscribe();
     while let Some(stream) = next_connection(&listener, &mut shutdown, "vaultd").await {
         let Some(permit) = take_slot(&slots, &daemon.idle, &mut shutdown).await else {
@@ -856,6 +859,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     ticker.abort();
     syncing.abort();
     publishing.abort();
+    checking.abort();
     info!("shutting down");
 }
 

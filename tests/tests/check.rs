@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::time::Duration;
 
 use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
 use vault_e2e::{MARK, VaultHome, secret};
@@ -260,4 +261,43 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
     .ok();
     vh.vault(["check", "nope"]).code(4);
     vh.vault(["check"]).code(2);
+}
+
+/// `[check] interval` re-checks in the background, with no `vault check`:
+/// the results show up in `list` and `status` by themselves.
+#[test]
+fn a_background_interval_checks_without_being_asked() {
+    let vh = VaultHome::new();
+    vh.write_config("[check]\ninterval = \"10s\"\n");
+    vh.init().ok();
+    let good = secret("bg-token");
+    let url = token_endpoint(&good);
+    token(&vh, "bg-good", &good, Some(&url));
+    token(&vh, "bg-revoked", &secret("bg-old"), Some(&url));
+    token(&vh, "bg-no-url", &secret("bg-t"), None);
+    let listed = vault_e2e::poll_until(
+        Duration::from_secs(45),
+        Duration::from_millis(500),
+        "checked in the background",
+        || by_name(&vh.vault(["list", "--json"]).json()),
+        |listed| {
+            ["bg-good", "bg-revoked"]
+                .iter()
+                .all(|n| listed[*n].get("checked").is_some())
+        },
+    );
+    assert_eq!(listed["bg-good"]["state"], "ok");
+    assert_eq!(listed["bg-good"]["checked"]["ok"], true);
+    assert_eq!(listed["bg-revoked"]["state"], "check-failed");
+    assert!(listed["bg-no-url"].get("checked").is_none());
+    let status = vh.vault(["status", "--json"]).json();
+    let failed = status["failed_checks"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{status}");
+    assert_eq!(failed[0]["name"], "bg-revoked");
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused the token (HTTP 401)")
+    );
 }

@@ -256,6 +256,35 @@ impl Engine {
             .collect()
     }
 
+    /// The names due for a background check: never checked, or last
+    /// checked `interval` or longer ago; not those found to have nothing
+    /// to check at the revision in `nothing` (record id → revision).
+    pub fn check_due(
+        &self,
+        interval: std::time::Duration,
+        now: Timestamp,
+        nothing: &HashMap<String, u64>,
+    ) -> Vec<String> {
+        let Ok(sess) = self.session() else {
+            return Vec::new();
+        };
+        let last: HashMap<String, i64> = self
+            .store()
+            .ok()
+            .and_then(|s| s.checks().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.record_id, c.checked_at))
+            .collect();
+        let every = interval.as_secs() as i64;
+        sess.index
+            .iter()
+            .filter(|(_, e)| nothing.get(&e.id) != Some(&e.revision))
+            .filter(|(_, e)| last.get(&e.id).is_none_or(|t| now.unix() - t >= every))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Keeps what was checked (skipped ones are not results) as each
     /// record's last check.
     pub fn record_checks(&mut self, done: &[(String, u64, CheckResult)]) -> Result<()> {

@@ -2,9 +2,11 @@
 //! whether it still takes the credential, all at once, each within its
 //! limit, and keeps the results. Nothing said here names a secret.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::info;
 use vault_protocol::message::{CheckOutcome, CheckResult};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{Response, SecretValue, WireError};
@@ -19,6 +21,50 @@ use crate::engine::checks::Probe;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Most checks in flight at once.
 const PARALLEL: usize = 16;
+
+/// The background re-check's memory: the records found to have nothing to
+/// check, at which revision, so they are not decrypted again each round.
+#[derive(Debug, Default)]
+pub struct Checker {
+    nothing: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Checker {
+    fn nothing(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.nothing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Re-checks, while unlocked, every record whose last check is older than
+/// `[check] interval` (docs/lifecycle.md); does nothing when it is unset.
+pub async fn background(d: Arc<Shared>) {
+    let Some(interval) = d.engine().config().check_interval else {
+        return;
+    };
+    let round = interval.min(Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(round).await;
+        let due = {
+            let nothing = d.checker.nothing().clone();
+            d.engine().check_due(interval, Timestamp::now(), &nothing)
+        };
+        if due.is_empty() {
+            continue;
+        }
+        match check(&d, due, None).await {
+            Ok(Response::Checked { results }) => {
+                let failed = results
+                    .iter()
+                    .filter(|r| r.outcome == CheckOutcome::Failed)
+                    .count();
+                info!(checked = results.len(), failed, "background check");
+            }
+            Ok(_) => {}
+            // Locked meanwhile, or a record went away: the next round.
+            Err(e) => info!(error = %e.message, "background check did not run"),
+        }
+    }
+}
 
 /// Checks `names` (every record when empty) and keeps the results.
 pub async fn check(
@@ -70,6 +116,16 @@ pub async fn check(
         }
     }
     done.sort_by_key(|(i, ..)| *i);
+    {
+        let mut nothing = d.checker.nothing();
+        for (_, id, revision, r) in &done {
+            if r.outcome == CheckOutcome::Skipped {
+                nothing.insert(id.clone(), *revision);
+            } else {
+                nothing.remove(id);
+            }
+        }
+    }
     let done: Vec<_> = done
         .into_iter()
         .map(|(_, id, rev, r)| (id, rev, r))

@@ -29,6 +29,8 @@ pub struct Shared {
     pub syncer: syncer::Syncer,
     /// Publishing to workload platforms (docs/publish.md).
     pub publisher: publisher::Publisher,
+    /// The background re-check (docs/lifecycle.md).
+    pub checker: checker::Checker,
 }
 
 impl Shared {
@@ -40,6 +42,7 @@ impl Shared {
             refresher: refresher::Refresher::default(),
             syncer: syncer::Syncer::default(),
             publisher: publisher::Publisher::default(),
+            checker: checker::Checker::default(),
         }
     }
 
