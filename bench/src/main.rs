@@ -45,6 +45,7 @@ use vault_protocol::paths::VaultPaths;
 use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
 mod agent;
+mod audit;
 mod publish;
 mod sync;
 
@@ -173,6 +174,8 @@ struct Options {
     only_publish: bool,
     /// Only the SSH agent figures (`--only-agent`).
     only_agent: bool,
+    /// Only the audit log figures (`--only-audit`).
+    only_audit: bool,
 }
 
 fn parse_args() -> BenchResult<Options> {
@@ -181,6 +184,7 @@ fn parse_args() -> BenchResult<Options> {
         sizes: vec![1_000, 10_000, 100_000],
         only_publish: false,
         only_agent: false,
+        only_audit: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -202,9 +206,10 @@ fn parse_args() -> BenchResult<Options> {
             }
             "--only-publish" => opts.only_publish = true,
             "--only-agent" => opts.only_agent = true,
+            "--only-audit" => opts.only_audit = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent]\n\
+                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent | --only-audit]\n\
                      The real OSMO service's row needs VAULT_TEST_OSMO_URL and VAULT_TEST_OSMO_ADMIN_TOKEN_FILE\n\
                      (bash ../shared/osmo/run.sh); without them it is skipped."
                 );
@@ -241,12 +246,23 @@ fn run() -> BenchResult<()> {
         print_table(&opts, &rows, &notes);
         return result;
     }
+    if opts.only_audit {
+        result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
+        if let Err(e) = &result {
+            notes.push(format!("stopped early: {e}"));
+        }
+        print_table(&opts, &rows, &notes);
+        return result;
+    }
     if !opts.only_publish {
         let vault = BenchVault::new(&bins, tmp.path())?;
         result = bench_all(&vault, tmp.path(), &opts, &mut rows, &mut notes);
         vault.shutdown();
         if result.is_ok() {
             result = sync::bench(&bins, tmp.path(), &mut rows);
+        }
+        if result.is_ok() {
+            result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
         }
     }
     if result.is_ok() {
@@ -274,18 +290,7 @@ fn bench_all(
         tmp.display()
     );
     vault.init()?;
-    let value_file = tmp.join("value");
-    write_private(&value_file, VALUE)?;
-    vault.cli_ok(
-        &[
-            "add",
-            "bench-token",
-            "--type",
-            "token",
-            &format!("token=@{}", value_file.display()),
-        ],
-        None,
-    )?;
+    vault.add_bench_token(tmp)?;
     let out = vault.cli_ok(&["get", "bench-token", "--field", "token"], None)?;
     if out.trim_end() != VALUE {
         return Err(format!("vault get printed {out:?}, expected the value"));
@@ -859,6 +864,23 @@ impl BenchVault {
         self.cli_ok(
             &["init", "--passphrase-stdin"],
             Some(&format!("{PASSPHRASE}\n")),
+        )?;
+        Ok(())
+    }
+
+    /// Adds `bench-token` holding [`VALUE`], read from a file in `dir`.
+    fn add_bench_token(&self, dir: &Path) -> BenchResult<()> {
+        let value_file = dir.join("value");
+        write_private(&value_file, VALUE)?;
+        self.cli_ok(
+            &[
+                "add",
+                "bench-token",
+                "--type",
+                "token",
+                &format!("token=@{}", value_file.display()),
+            ],
+            None,
         )?;
         Ok(())
     }

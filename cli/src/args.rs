@@ -58,6 +58,9 @@ pub enum Command {
     /// Print the current one-time code (TOTP) of a credential's otp field
     #[command(after_help = OTP_HELP)]
     Otp(OtpArgs),
+    /// Show who was handed which credential's value (the audit log)
+    #[command(after_help = AUDIT_HELP)]
+    Audit(AuditArgs),
     /// Check that credentials still work, each against its own service
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
@@ -657,6 +660,25 @@ login it belongs to:
   vault otp github              (prints the code; on a terminal, how long it holds)
 
 The daemon computes the code: 'vault otp' never receives the seed.";
+
+/// `vault audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this credential's entries
+    pub name: Option<String>,
+
+    /// Only entries this recent (e.g. 1h, 7d) or since this time (RFC 3339)
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+}
+
+const AUDIT_HELP: &str = "\
+Every value vaultd hands out is recorded: get, exec and the credential
+helpers (resolve), aws-process, otp, emit, publish. Each entry names the
+client process (pid, executable, command line) and up to three parents.
+The log is kept in vault.db, encrypted and chained: an entry deleted,
+changed or cut off is reported, and the command exits 1. Settings:
+[audit] enabled, keep in config.toml (docs/lifecycle.md).";
 
 /// `vault check`.
 #[derive(Debug, Args)]

@@ -20,6 +20,10 @@
 //!
 //! [check]
 //! interval = "6h"  # re-check credentials this often in the background (default: never)
+//!
+//! [audit]
+//! enabled = true   # record every value handed out (default)
+//! keep = "90d"     # drop entries older than this
 //! ```
 
 use std::path::Path;
@@ -50,6 +54,10 @@ pub struct Config {
     /// Re-check credentials in the background this often (`vault check`,
     /// docs/lifecycle.md); `None`: never.
     pub check_interval: Option<Duration>,
+    /// Record every value handed out (docs/lifecycle.md).
+    pub audit: bool,
+    /// Drop audit entries older than this.
+    pub audit_keep: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +72,8 @@ impl Default for Config {
             sync_auto: true,
             publish_retry: Duration::from_secs(300),
             check_interval: None,
+            audit: true,
+            audit_keep: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -81,6 +91,15 @@ struct File {
     publish: Publish,
     #[serde(default)]
     check: Check,
+    #[serde(default)]
+    audit: Audit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Audit {
+    enabled: Option<bool>,
+    keep: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +189,15 @@ impl Config {
                 return Err("check.interval must be at least 10s".into());
             }
             config.check_interval = Some(every);
+        }
+        if let Some(on) = file.audit.enabled {
+            config.audit = on;
+        }
+        if let Some(v) = &file.audit.keep {
+            config.audit_keep = dur("audit.keep", v)?;
+            if config.audit_keep < Duration::from_secs(3600) {
+                return Err("audit.keep must be at least 1h".into());
+            }
         }
         if let Some(auto) = file.sync.auto {
             config.sync_auto = auto;

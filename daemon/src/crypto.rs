@@ -47,8 +47,11 @@ pub struct VaultKey {
     entry_mac: hmac::Key,
     /// Digests approved values (`approvals` table): local only.
     approval_mac: hmac::Key,
-    /// Seals this device's local caches (the index snapshot): never sent.
+    /// Seals this device's local caches (the index snapshot, the audit
+    /// log's entries): never sent.
     local_seal: aead::LessSafeKey,
+    /// Chains the audit log's entries (docs/lifecycle.md): local only.
+    audit_mac: hmac::Key,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -83,6 +86,10 @@ impl VaultKey {
             .expand(&[b"local-seal"], &aead::CHACHA20_POLY1305)
             .expect("a ChaCha20-Poly1305 key is a valid HKDF output length");
         let local_seal = aead::LessSafeKey::new(aead::UnboundKey::from(okm));
+        let okm = prk
+            .expand(&[b"local-audit-chain"], hmac::HMAC_SHA256)
+            .expect("HMAC_SHA256 is a valid HKDF output length");
+        let audit_mac = hmac::Key::from(okm);
         let recipient = identity.to_public();
         Self {
             identity,
@@ -91,6 +98,7 @@ impl VaultKey {
             entry_mac,
             approval_mac,
             local_seal,
+            audit_mac,
         }
     }
 
@@ -185,6 +193,19 @@ impl VaultKey {
         for part in [record_id, field, value] {
             ctx.update(&(part.len() as u64).to_be_bytes());
             ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// The audit chain's MAC over `parts`, each prefixed by its length so
+    /// no two lists share their bytes.
+    pub fn audit_mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.audit_mac);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.sign().as_ref());

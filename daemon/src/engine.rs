@@ -24,6 +24,7 @@ use crate::record::{BODY_VERSION, RecordBody};
 use crate::store::{self, RecordRow, Store, StoreError};
 
 mod approve;
+pub mod audit;
 pub mod checks;
 mod complete;
 mod emitters;
@@ -338,6 +339,8 @@ pub struct Engine {
     /// Unlocks so far: with the store's change count, a version of what
     /// the vault holds ([`Engine::version`]).
     unlocks: u64,
+    /// Hand-outs not written to the audit log yet ([`audit`]).
+    audit_pending: Vec<audit::Pending>,
 }
 
 /// An `ssh` record's private key, for the SSH agent.
@@ -417,6 +420,7 @@ impl Engine {
             enrolled: false,
             chain,
             unlocks: 0,
+            audit_pending: Vec::new(),
         })
     }
 
@@ -833,6 +837,10 @@ impl Engine {
 
     /// Forgets the key and index (zeroized on drop).
     pub fn lock(&mut self, why: &str) {
+        // The key is needed to seal what waits for the audit log.
+        if let Err(e) = self.flush_audit() {
+            warn!(error = %e.message, "cannot write the audit log");
+        }
         self.save_snapshot();
         if self.vault.lock().is_some() {
             info!(reason = why, "locked");

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod emit;
 pub mod engine;
 pub mod fsutil;
+pub mod peer;
 pub mod record;
 pub mod remote;
 pub mod server;

@@ -317,16 +317,26 @@ impl Daemon {
     /// else: a request that [`Request::extends_idle`] extends it once it is
     /// handled, whether it succeeded or not (a failed `get` is still the
     /// user at work; docs/decisions.md).
-    async fn handle(self: &Arc<Self>, req: Request, conn: u64) -> Result<Response, WireError> {
+    async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+        conn: u64,
+        peer: &PeerCell,
+    ) -> Result<Response, WireError> {
         let extends = req.extends_idle();
-        let result = self.route(req, conn).await;
+        let result = self.route(req, conn, peer).await;
         if extends {
             self.engine().touch(Timestamp::now());
         }
         result
     }
 
-    async fn route(self: &Arc<Self>, req: Request, conn: u64) -> Result<Response, WireError> {
+    async fn route(
+        self: &Arc<Self>,
+        req: Request,
+        conn: u64,
+        peer: &PeerCell,
+    ) -> Result<Response, WireError> {
         match req {
             Request::Hello { .. } => {
                 Err(WireError::new(ErrorCode::Usage, "hello was already sent"))
@@ -396,13 +406,34 @@ impl Daemon {
                 remote,
                 remote_name,
             } => {
-                crate::remote::publisher::publish(
+                let r = crate::remote::publisher::publish(
                     &self.shared,
                     &name,
                     &remote,
                     remote_name.as_deref(),
                 )
+                .await;
+                if r.is_ok() {
+                    self.engine()
+                        .audit(std::slice::from_ref(&name), "publish", &peer.get());
+                }
+                r
+            }
+            Request::Audit { name, since, after } => {
+                let me = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    let (entries, problems, next) =
+                        me.engine().audit_log(name.as_deref(), since, after)?;
+                    Ok(Response::Audit {
+                        entries,
+                        problems,
+                        next,
+                    })
+                })
                 .await
+                .map_err(|_| {
+                    WireError::new(ErrorCode::Internal, "request failed; see vaultd.log")
+                })?
             }
             Request::PublishRepair { remote } => {
                 crate::remote::publisher::status(&self.shared, &remote, true).await
@@ -420,6 +451,14 @@ impl Daemon {
                     Request::Resolve { names } => names,
                     _ => &[],
                 };
+                // What the audit log records (docs/lifecycle.md): every
+                // value handed out, the one-time code included.
+                let audited = match &other {
+                    Request::Otp { name } => Some(std::slice::from_ref(name)),
+                    _ if !handed_out.is_empty() => Some(handed_out),
+                    _ => None,
+                }
+                .map(|names| (op_name(&other), names.to_vec()));
                 // Before anything is refreshed, handed out or written: a
                 // field from another device that runs or writes waits for
                 // `vault approve` (docs/sync.md).
@@ -428,11 +467,16 @@ impl Daemon {
                 }
                 crate::remote::refresher::ensure_fresh(&self.shared, handed_out).await;
                 let me = Arc::clone(self);
-                tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
+                let result = tokio::task::spawn_blocking(move || me.dispatch_blocking(other))
                     .await
                     .map_err(|_| {
                         WireError::new(ErrorCode::Internal, "request failed; see vaultd.log")
-                    })?
+                    })?;
+                if let (Ok(_), Some((op, names))) = (&result, audited) {
+                    let peer = peer.get();
+                    self.engine().audit(&names, op, &peer);
+                }
+                result
             }
         }
     }
@@ -639,10 +683,58 @@ fn salvage_id(body: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// The client of one connection, for the audit log: its pid and uid from
+/// the socket at once; the rest (`/proc`) is read on the blocking pool
+/// while the client sends its first requests, so a hand-out seldom waits
+/// for it.
+pub(crate) struct PeerCell {
+    pid: Option<u32>,
+    uid: u32,
+    described: Arc<std::sync::OnceLock<Arc<crate::peer::Peer>>>,
+}
+
+impl PeerCell {
+    fn of(stream: &Stream, uid: u32, audit: bool) -> Self {
+        let pid = stream
+            .peer_creds()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        let cell = Self {
+            pid,
+            uid,
+            described: Arc::default(),
+        };
+        if audit {
+            let (described, pid) = (Arc::clone(&cell.described), cell.pid);
+            tokio::task::spawn_blocking(move || {
+                described.get_or_init(|| Arc::new(describe(pid, uid)));
+            });
+        }
+        cell
+    }
+
+    fn get(&self) -> Arc<crate::peer::Peer> {
+        Arc::clone(
+            self.described
+                .get_or_init(|| Arc::new(describe(self.pid, self.uid))),
+        )
+    }
+}
+
+fn describe(pid: Option<u32>, uid: u32) -> crate::peer::Peer {
+    match pid {
+        Some(pid) => crate::peer::Peer::of(pid, uid),
+        None => crate::peer::Peer::unknown(uid),
+    }
+}
+
 async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
     if !daemon.is_owner(&stream) {
         return;
     }
+    let audit = daemon.engine().config().audit;
+    let peer = PeerCell::of(&stream, daemon.euid, audit);
     let mut shutdown = daemon.shutdown.subscribe();
     let mut s = &stream;
     let mut greeted = false;
@@ -715,7 +807,7 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
         let id = frame.id;
         let op = op_name(&frame.req);
         let started = Instant::now();
-        let result = daemon.handle(frame.req, conn).await;
+        let result = daemon.handle(frame.req, conn, &peer).await;
         if let Err(e) = &result {
             debug!(conn, op, code = ?e.code, "request failed");
         } else {
@@ -748,6 +840,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
         Request::Check { .. } => "check",
+        Request::Audit { .. } => "audit",
         Request::Complete { .. } => "complete",
         Request::List { .. } => "list",
         Request::Resolve { .. } => "resolve",
@@ -824,6 +917,9 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                     engine.check_deadlines(now);
                     engine.expire_emitted(now);
                     engine.watch_emitted(now);
+                    if let Err(e) = engine.flush_audit() {
+                        warn!(error = %e.message, "cannot write the audit log");
+                    }
                     !was_locked && engine.is_locked()
                 })
                 .await
@@ -872,7 +968,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 41] = [
+    const EVERY_REQUEST: [&str; 42] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -912,6 +1008,7 @@ mod tests {
         r#"{"op":"otp","name":"a"}"#,
         r#"{"op":"complete","what":{"of":"credential"},"prefix":"a"}"#,
         r#"{"op":"check","names":["a"]}"#,
+        r#"{"op":"audit"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -959,8 +1056,9 @@ mod tests {
             Request::Otp { .. } => 36,
             Request::Complete { .. } => 37,
             Request::Check { .. } => 38,
-            Request::Lock => 39,
-            Request::Shutdown => 40,
+            Request::Audit { .. } => 39,
+            Request::Lock => 40,
+            Request::Shutdown => 41,
         }
     }
 
@@ -984,7 +1082,16 @@ mod tests {
                 e.touch(Timestamp(now.unix() - 30));
                 e.idle_deadline()
             };
-            let outcome = daemon.handle(req, 1).await.map(|_| ()).map_err(|e| e.code);
+            let peer = PeerCell {
+                pid: Some(std::process::id()),
+                uid: 0,
+                described: Arc::default(),
+            };
+            let outcome = daemon
+                .handle(req, 1, &peer)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code);
             let after = daemon.engine().idle_deadline();
             let extended = match (before, after) {
                 (Some(b), Some(a)) => a > b,

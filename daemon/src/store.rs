@@ -11,9 +11,11 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod audit;
 mod checks;
 mod publish;
 
+pub use audit::AuditRow;
 pub use checks::CheckRow;
 pub use publish::{Presence, PubKey, PubRow, RemoteRow};
 
@@ -178,6 +180,20 @@ CREATE TABLE checks (
     ok         INTEGER NOT NULL,
     detail     BLOB NOT NULL
 );
+"#,
+    // The audit log (issue 24, docs/lifecycle.md): one row per value
+    // handed out, numbered from 1 without gaps. `body` is sealed to the
+    // vault key with the row's number bound in; `mac` chains each row to
+    // the one before. Local state, never synced.
+    r#"
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    body      BLOB NOT NULL,
+    mac       BLOB NOT NULL
+);
+CREATE INDEX audit_record ON audit(record_id, seq);
 "#,
 ];
 

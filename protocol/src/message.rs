@@ -164,6 +164,20 @@ pub enum Request {
         /// The record.
         name: String,
     },
+    /// The audit log (`vault audit`, docs/lifecycle.md): who was handed
+    /// which value. Answered by [`Response::Audit`].
+    Audit {
+        /// Only this record's entries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Only entries at or after this time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Timestamp>,
+        /// The next page: entries after this one (the last answer's `next`).
+        /// The first page alone carries the check of the whole log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
     /// Checks credentials against their own services (`vault check`,
     /// docs/lifecycle.md): all of them when `names` is empty. Answered by
     /// [`Response::Checked`].
@@ -423,6 +437,7 @@ impl Request {
             | Request::Get { .. }
             | Request::Otp { .. }
             | Request::Check { .. }
+            | Request::Audit { .. }
             | Request::Resolve { .. }
             | Request::List { .. }
             | Request::Remove { .. }
@@ -573,6 +588,17 @@ pub enum Response {
     },
     /// Answer to `Get`.
     Record(RecordView),
+    /// Answer to `Audit`, oldest first.
+    Audit {
+        /// The entries asked for.
+        entries: Vec<AuditEntry>,
+        /// What the check of the whole log found wrong (an entry missing,
+        /// changed or cut off); empty when it is whole. First page only.
+        problems: Vec<String>,
+        /// More entries follow: ask again with `after` = this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
+    },
     /// Answer to `Check`, in name order.
     Checked {
         /// One per record asked.

@@ -618,3 +618,45 @@ fn check_frames() {
     let expected = r#"{"id":12,"ok":{"kind":"checked","results":[{"name":"aws-dev","type":"aws","outcome":"failed","detail":"no answer within 5 s","checked_at":"2023-11-14T22:13:20Z","elapsed_ms":5001}]}}"#;
     assert_eq!(frame_of(&answer), with_header(expected));
 }
+
+#[test]
+fn audit_frames() {
+    let req = RequestFrame {
+        id: 13,
+        req: Request::Audit {
+            name: Some("gh".into()),
+            since: Some(Timestamp(1_700_000_000)),
+            after: Some(40),
+        },
+    };
+    let expected =
+        r#"{"id":13,"req":{"op":"audit","name":"gh","since":"2023-11-14T22:13:20Z","after":40}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let answer = ResponseFrame {
+        id: 13,
+        ok: Some(Response::Audit {
+            entries: vec![vault_protocol::message::AuditEntry {
+                seq: 41,
+                at: Timestamp(1_700_000_000),
+                name: Some("gh".into()),
+                op: "get".into(),
+                uid: 1000,
+                client: vault_protocol::message::AuditProcess {
+                    pid: 4242,
+                    exe: Some("/usr/bin/vault".into()),
+                    cmdline: "vault get gh".into(),
+                },
+                parents: vec![vault_protocol::message::AuditProcess {
+                    pid: 4000,
+                    exe: None,
+                    cmdline: "bash".into(),
+                }],
+            }],
+            problems: vec!["entry 3 is missing".into()],
+            next: None,
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":13,"ok":{"kind":"audit","entries":[{"seq":41,"at":"2023-11-14T22:13:20Z","name":"gh","op":"get","uid":1000,"client":{"pid":4242,"exe":"/usr/bin/vault","cmdline":"vault get gh"},"parents":[{"pid":4000,"cmdline":"bash"}]}],"problems":["entry 3 is missing"]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+}

@@ -2,6 +2,7 @@
 //! holding the output and a lazily opened connection, and the one place that
 //! turns "the vault is locked" into an unlock and a retry.
 
+mod audit;
 mod aws_process;
 mod check;
 mod daemon;
@@ -100,6 +101,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Get(args) => records::get(&mut ctx, &args),
         Command::Otp(args) => records::otp(&mut ctx, &args),
         Command::Check(args) => check::run(&mut ctx, &args),
+        Command::Audit(args) => audit::run(&mut ctx, &args),
         Command::Edit(args) => edit::edit(&mut ctx, &args),
         Command::List(args) => records::list(&mut ctx, &args),
         Command::Rm(args) => records::rm(&mut ctx, &args),

@@ -205,3 +205,37 @@ pub struct RevisionInfo {
     /// What the change was: `add`, `set`, `rename`, `restore`, `remove`.
     pub change: String,
 }
+
+/// A process, as the audit log saw it (from `/proc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its executable, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Its command line, arguments joined by spaces (cut at 512 bytes).
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// One value handed out (`vault audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its place in the log, from 1.
+    pub seq: u64,
+    /// When.
+    pub at: Timestamp,
+    /// The record's name now (`None`: deleted since).
+    pub name: Option<String>,
+    /// What handed it out: the request (`get`, `resolve`, `otp`,
+    /// `emit_aws`…).
+    pub op: String,
+    /// The client's uid.
+    pub uid: u32,
+    /// The client process.
+    pub client: AuditProcess,
+    /// Its parent, grandparent and great-grandparent, as far as they exist.
+    #[serde(default)]
+    pub parents: Vec<AuditProcess>,
+}

@@ -1,0 +1,365 @@
+//! The audit log (`vault audit`, docs/lifecycle.md): every value handed
+//! out, to whom. Entries wait in memory (a hand-out costs no write) and
+//! are written by the daemon's 2 s tick, at lock and at shutdown, each
+//! sealed to the vault key with its number bound in and chained to the
+//! one before by a MAC. The chain's ends are kept in `vault_meta`
+//! (`audit_state`) under a MAC too, so an entry deleted, changed, added or
+//! cut off the end is found and reported.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use vault_protocol::ErrorCode;
+use vault_protocol::message::{AuditEntry, AuditProcess};
+use vault_protocol::timefmt::Timestamp;
+
+use super::{Engine, Result, err, store_err};
+use crate::peer::Peer;
+use crate::store::AuditRow;
+
+const STATE: &str = "audit_state";
+
+/// A hand-out not written yet.
+#[derive(Debug)]
+pub struct Pending {
+    at: Timestamp,
+    record_id: String,
+    op: &'static str,
+    peer: Arc<Peer>,
+}
+
+/// What an entry's sealed body holds.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    op: String,
+    uid: u32,
+    client: AuditProcess,
+    parents: Vec<AuditProcess>,
+}
+
+/// The chain's ends: entries after `base` (pruned up to it) through
+/// `head`, with their MACs; `tag` vouches for all four.
+#[derive(Serialize, Deserialize, Default, Clone)]
+struct State {
+    base_seq: u64,
+    base_mac: String,
+    head_seq: u64,
+    head_mac: String,
+    tag: String,
+}
+
+fn label(seq: u64) -> Vec<u8> {
+    let mut l = b"vault audit entry ".to_vec();
+    l.extend_from_slice(&seq.to_be_bytes());
+    l
+}
+
+impl Engine {
+    /// Notes that `names` were handed out by `op` to `peer` (nothing when
+    /// the audit log is off; names not in the index are skipped).
+    pub fn audit(&mut self, names: &[String], op: &'static str, peer: &Arc<Peer>) {
+        if !self.config.audit {
+            return;
+        }
+        let Ok(sess) = self.session() else {
+            return;
+        };
+        let at = Timestamp::now();
+        let ids: Vec<String> = names
+            .iter()
+            .filter_map(|n| sess.index.get(n).map(|e| e.id.clone()))
+            .collect();
+        for record_id in ids {
+            self.audit_pending.push(Pending {
+                at,
+                record_id,
+                op,
+                peer: Arc::clone(peer),
+            });
+        }
+    }
+
+    fn state_tag(&self, s: &State) -> Result<String> {
+        let key = &self.session()?.key;
+        let tag = key.audit_mac(&[
+            b"state",
+            &s.base_seq.to_be_bytes(),
+            s.base_mac.as_bytes(),
+            &s.head_seq.to_be_bytes(),
+            s.head_mac.as_bytes(),
+        ]);
+        Ok(hex::encode(tag))
+    }
+
+    fn audit_state(&self) -> Result<Option<State>> {
+        let raw = self.store()?.meta(STATE).map_err(store_err)?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    fn write_state(&self, mut s: State) -> Result<String> {
+        s.tag = self.state_tag(&s)?;
+        serde_json::to_string(&s).map_err(|e| err(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// Writes the waiting entries, in one transaction; then drops what is
+    /// older than `[audit] keep`. Needs the key: called while unlocked.
+    pub fn flush_audit(&mut self) -> Result<()> {
+        if self.audit_pending.is_empty() || self.session().is_err() {
+            return self.prune_audit();
+        }
+        let pending = std::mem::take(&mut self.audit_pending);
+        let mut state = self.audit_state()?.unwrap_or_default();
+        let mut prev = hex::decode(&state.head_mac).unwrap_or_default();
+        let mut rows = Vec::with_capacity(pending.len());
+        {
+            let key = &self.session()?.key;
+            for p in pending {
+                let seq = state.head_seq + 1;
+                let body = Body {
+                    op: p.op.to_owned(),
+                    uid: p.peer.uid,
+                    client: p.peer.client.clone(),
+                    parents: p.peer.parents.clone(),
+                };
+                let plain = serde_json::to_vec(&body)
+                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+                let sealed = key.seal_local(&label(seq), &plain);
+                let mac = key.audit_mac(&[
+                    b"entry",
+                    &prev,
+                    &seq.to_be_bytes(),
+                    &p.at.unix().to_be_bytes(),
+                    p.record_id.as_bytes(),
+                    &sealed,
+                ]);
+                prev = mac.to_vec();
+                state.head_seq = seq;
+                rows.push(AuditRow {
+                    seq,
+                    at: p.at.unix(),
+                    record_id: p.record_id,
+                    body: sealed,
+                    mac: mac.to_vec(),
+                });
+            }
+        }
+        state.head_mac = hex::encode(&prev);
+        let text = self.write_state(state)?;
+        self.store_mut()?
+            .append_audit(&rows, &text)
+            .map_err(store_err)?;
+        self.prune_audit()
+    }
+
+    /// Drops entries older than `[audit] keep`, moving the chain's base
+    /// to the last one dropped.
+    fn prune_audit(&mut self) -> Result<()> {
+        let Ok(store) = self.store() else {
+            return Ok(());
+        };
+        let cutoff = Timestamp::now().unix() - self.config.audit_keep.as_secs() as i64;
+        match store.audit_oldest().map_err(store_err)? {
+            Some((_, at)) if at < cutoff && self.session().is_ok() => {}
+            _ => return Ok(()),
+        }
+        let rows = store.audit_rows().map_err(store_err)?;
+        let Some(last_old) = rows.iter().take_while(|r| r.at < cutoff).last() else {
+            return Ok(());
+        };
+        let mut state = self.audit_state()?.unwrap_or_default();
+        state.base_seq = last_old.seq;
+        state.base_mac = hex::encode(&last_old.mac);
+        let through = last_old.seq;
+        let text = self.write_state(state)?;
+        self.store_mut()?
+            .prune_audit(through, &text)
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// A page of the log's entries (of `name`, from `since`, after entry
+    /// `after`), oldest first; what the check of the whole chain found
+    /// wrong (first page only); and where the next page starts.
+    pub fn audit_log(
+        &mut self,
+        name: Option<&str>,
+        since: Option<Timestamp>,
+        after: Option<u64>,
+    ) -> Result<(Vec<AuditEntry>, Vec<String>, Option<u64>)> {
+        self.flush_audit()?;
+        let only = match name {
+            Some(n) => Some(
+                self.session()?
+                    .index
+                    .get(n)
+                    .map(|e| e.id.clone())
+                    .ok_or_else(|| super::not_found(n))?,
+            ),
+            None => None,
+        };
+        let names: std::collections::HashMap<String, String> = self
+            .session()?
+            .index
+            .iter()
+            .map(|(n, e)| (e.id.clone(), n.clone()))
+            .collect();
+        let wanted = |row: &AuditRow| {
+            only.as_ref().is_none_or(|id| *id == row.record_id)
+                && since.is_none_or(|t| row.at >= t.unix())
+        };
+        if let Some(after) = after {
+            let rows = self.store()?.audit_rows_after(after).map_err(store_err)?;
+            let key = &self.session()?.key;
+            let mut page = Page::default();
+            for row in rows.iter().filter(|r| wanted(r)) {
+                let body = key
+                    .open_local(&label(row.seq), &row.body)
+                    .and_then(|b| serde_json::from_slice::<Body>(&b).ok());
+                if let Some(b) = body
+                    && !page.push(entry(row, b, &names))
+                {
+                    break;
+                }
+            }
+            return Ok((page.entries, Vec::new(), page.next));
+        }
+        let rows = self.store()?.audit_rows().map_err(store_err)?;
+        let state = self.audit_state()?;
+        let mut problems = Vec::new();
+        let state = match state {
+            Some(s) if self.state_tag(&s)? == s.tag => s,
+            Some(_) => {
+                problems.push(
+                    "the audit log's state in vault.db was changed outside vaultd: no entry \
+                     can be vouched for"
+                        .to_owned(),
+                );
+                State::default()
+            }
+            None if rows.is_empty() => State::default(),
+            None => {
+                problems.push(
+                    "the audit log's state is missing from vault.db: its entries cannot be \
+                     vouched for"
+                        .to_owned(),
+                );
+                State::default()
+            }
+        };
+        let key = &self.session()?.key;
+        let mut expected = state.base_seq + 1;
+        let mut prev = hex::decode(&state.base_mac).unwrap_or_default();
+        let mut page = Page::default();
+        for row in &rows {
+            let mut linked = true;
+            if row.seq > expected {
+                problems.push(missing(expected, row.seq - 1));
+                linked = false;
+            } else if row.seq < expected {
+                problems.push(format!(
+                    "entry {} is older than the log's start ({}): it was put back",
+                    row.seq, expected
+                ));
+                linked = false;
+            }
+            let mac = key.audit_mac(&[
+                b"entry",
+                &prev,
+                &row.seq.to_be_bytes(),
+                &row.at.to_be_bytes(),
+                row.record_id.as_bytes(),
+                &row.body,
+            ]);
+            let opened = key.open_local(&label(row.seq), &row.body);
+            let body: Option<Body> = opened.as_ref().and_then(|b| serde_json::from_slice(b).ok());
+            if body.is_none() || (linked && mac[..] != row.mac[..]) {
+                problems.push(format!(
+                    "entry {} was changed outside vaultd (time {}, record id {})",
+                    row.seq,
+                    Timestamp(row.at),
+                    row.record_id
+                ));
+            }
+            prev = row.mac.clone();
+            expected = row.seq + 1;
+            // The whole log is checked; the page stops filling when full.
+            if let (true, Some(b)) = (wanted(row) && page.next.is_none(), body) {
+                page.push(entry(row, b, &names));
+            }
+        }
+        if expected <= state.head_seq {
+            problems.push(format!(
+                "{}: the log was cut off",
+                missing(expected, state.head_seq)
+            ));
+        } else if expected - 1 > state.head_seq {
+            problems.push(format!(
+                "entries {}..={} were added outside vaultd",
+                state.head_seq + 1,
+                expected - 1
+            ));
+        } else if state.head_seq > 0 && hex::encode(&prev) != state.head_mac {
+            problems.push(format!(
+                "entry {} was changed outside vaultd",
+                state.head_seq
+            ));
+        }
+        problems.dedup();
+        if !problems.is_empty() {
+            warn!(problems = problems.len(), "the audit log is not whole");
+        }
+        Ok((page.entries, problems, page.next))
+    }
+}
+
+/// Most bytes of entries in one answer (a frame is at most 1 MiB).
+const PAGE_BYTES: usize = 768 * 1024;
+
+/// A page of entries being filled.
+#[derive(Default)]
+struct Page {
+    entries: Vec<AuditEntry>,
+    bytes: usize,
+    /// Set once full: the last entry that fit.
+    next: Option<u64>,
+}
+
+impl Page {
+    /// Adds `e` if it fits; `false` (and `next` set) once full.
+    fn push(&mut self, e: AuditEntry) -> bool {
+        let size = 256
+            + e.client.cmdline.len()
+            + e.parents
+                .iter()
+                .map(|p| p.cmdline.len() + 128)
+                .sum::<usize>();
+        if self.bytes + size > PAGE_BYTES && !self.entries.is_empty() {
+            self.next = self.entries.last().map(|l| l.seq);
+            return false;
+        }
+        self.bytes += size;
+        self.entries.push(e);
+        true
+    }
+}
+
+fn entry(row: &AuditRow, b: Body, names: &std::collections::HashMap<String, String>) -> AuditEntry {
+    AuditEntry {
+        seq: row.seq,
+        at: Timestamp(row.at),
+        name: names.get(&row.record_id).cloned(),
+        op: b.op,
+        uid: b.uid,
+        client: b.client,
+        parents: b.parents,
+    }
+}
+
+fn missing(from: u64, to: u64) -> String {
+    if from == to {
+        format!("entry {from} is missing")
+    } else {
+        format!("entries {from}..={to} are missing")
+    }
+}

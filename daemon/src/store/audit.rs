@@ -1,0 +1,90 @@
+//! The audit log's rows (docs/lifecycle.md): who was handed which record's
+//! value. Plaintext is the row number, the time and the record id; what
+//! was handed to whom is sealed, and each row's MAC chains it to the last.
+
+use rusqlite::params;
+
+use super::{Result, Store};
+
+/// One row of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// From 1, without gaps.
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    /// The record handed out.
+    pub record_id: String,
+    /// The sealed entry.
+    pub body: Vec<u8>,
+    /// The chain MAC.
+    pub mac: Vec<u8>,
+}
+
+impl Store {
+    /// Appends `rows` and sets the log's sealed state (a `vault_meta`
+    /// value), in one transaction.
+    pub fn append_audit(&mut self, rows: &[AuditRow], state: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO audit (seq, at, record_id, body, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rows {
+                stmt.execute(params![r.seq as i64, r.at, r.record_id, r.body, r.mac])?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO vault_meta (key, value) VALUES ('audit_state', ?1)",
+                [state],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every row, in order (the chain is checked whole).
+    pub fn audit_rows(&self) -> Result<Vec<AuditRow>> {
+        self.audit_rows_after(0)
+    }
+
+    /// The rows after `seq`, in order.
+    pub fn audit_rows_after(&self, seq: u64) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, record_id, body, mac FROM audit WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([seq as i64], |r| {
+            Ok(AuditRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                record_id: r.get(2)?,
+                body: r.get(3)?,
+                mac: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Drops the rows up to `through` and sets the log's state, in one
+    /// transaction (retention).
+    pub fn prune_audit(&mut self, through: u64, state: &str) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM audit WHERE seq <= ?1", [through as i64])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO vault_meta (key, value) VALUES ('audit_state', ?1)",
+            [state],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The row that holds the oldest entry, if any: (seq, at).
+    pub fn audit_oldest(&self) -> Result<Option<(u64, i64)>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row("SELECT seq, at FROM audit ORDER BY seq LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+    }
+}
