@@ -728,6 +728,10 @@ pub struct ListArgs {
     #[arg(long)]
     pub expired: bool,
 
+    /// Show when each was last handed out, and to what (from the audit log)
+    #[arg(long)]
+    pub used: bool,
+
     /// Order of the rows
     #[arg(long, value_enum, default_value_t = SortKey::Name)]
     pub sort: SortKey,

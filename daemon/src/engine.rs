@@ -258,6 +258,7 @@ impl IndexEntry {
             state,
             revision: self.revision,
             checked: None,
+            last_used: None,
         }
     }
 
@@ -1177,6 +1178,11 @@ impl Engine {
         let mut budget = LIST_PAGE_BYTES;
         let refused = self.refused_records();
         let checks = self.check_marks();
+        let uses = if filter.used {
+            self.last_uses()
+        } else {
+            Default::default()
+        };
         while let Some((name, e)) = matching.peek() {
             let cost = e.listed_size(name);
             // One record always fits: a page never comes back empty.
@@ -1188,6 +1194,7 @@ impl Engine {
             if refused.contains(&e.id) && summary.state != RecordState::Expired {
                 summary.state = RecordState::PublishFailed;
             }
+            summary.last_used = uses.get(&e.id).cloned();
             if let Some((revision, mark)) = checks.get(&e.id) {
                 summary.checked = Some(*mark);
                 // A failure of an older revision says nothing of this one.

@@ -521,9 +521,17 @@ impl Daemon {
             Request::Resolve { names } => engine
                 .resolve(&names, now)
                 .map(|records| Response::Resolved { records }),
-            Request::List { filter, after } => engine
-                .list(&filter, after.as_deref(), now)
-                .map(|(records, next)| Response::Records { records, next }),
+            Request::List { filter, after } => {
+                // `--used` reads the audit log: what waits is written first.
+                if filter.used
+                    && let Err(e) = engine.flush_audit()
+                {
+                    warn!(error = %e.message, "cannot write the audit log");
+                }
+                engine
+                    .list(&filter, after.as_deref(), now)
+                    .map(|(records, next)| Response::Records { records, next })
+            }
             Request::Remove { name, force } => {
                 engine.remove(&name, force, now).map(Response::Changed)
             }

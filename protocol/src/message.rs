@@ -546,6 +546,9 @@ pub struct ListFilter {
     /// Only expired records.
     #[serde(default)]
     pub expired: bool,
+    /// Fill in each record's `last_used` from the audit log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub used: bool,
 }
 
 /// Everything the daemon answers with.

@@ -65,6 +65,7 @@ fn summary() -> impl Strategy<Value = RecordSummary> {
                         at: created_at,
                         ok: false,
                     }),
+                    last_used: None,
                 }
             },
         )

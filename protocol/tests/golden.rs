@@ -88,8 +88,9 @@ fn list_request_decodes_with_defaults() {
         tag,
         expiring_within_secs,
         expired,
+        used,
     } = filter;
-    assert!(kind.is_none() && tag.is_none() && expiring_within_secs.is_none() && !expired);
+    assert!(kind.is_none() && tag.is_none() && expiring_within_secs.is_none() && !expired && !used);
 }
 
 #[test]

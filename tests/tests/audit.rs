@@ -96,6 +96,40 @@ fn every_hand_out_names_its_client_and_a_changed_log_is_reported() {
     assert_eq!(entries.len(), 4, "{entries:#?}");
     let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
+    // list --used: each record's last hand-out, and by what.
+    let listed = vh.vault(["list", "--used", "--json"]).json();
+    let used = |n: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()["last_used"]
+            .clone()
+    };
+    assert_eq!(used("gh")["op"], "resolve");
+    assert!(
+        used("gh")["by"]
+            .as_str()
+            .unwrap()
+            .ends_with("exec -c gh -- true")
+    );
+    assert!(
+        used("ngc")["by"]
+            .as_str()
+            .unwrap()
+            .contains("docker-credential-vault get")
+    );
+    let plain = vh.vault(["list"]).ok().stdout.clone();
+    assert!(!plain.contains("exec -c gh"), "{plain}");
+    let tsv = vh.vault(["list", "--used"]).ok().stdout.clone();
+    let gh_line = tsv
+        .lines()
+        .find(|l| l.starts_with("gh\t"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(gh_line.split('\t').count(), 6, "{gh_line}");
+    assert!(gh_line.ends_with("exec -c gh -- true"), "{gh_line}");
     // One credential's entries; a window.
     let (gh, ..) = audit(&vh, &["gh"]);
     assert_eq!(gh.len(), 2);

@@ -390,6 +390,7 @@ pub fn list(ctx: &mut Ctx, args: &ListArgs) -> CliResult<()> {
         tag: args.tag.clone(),
         expiring_within_secs,
         expired: args.expired,
+        used: args.used,
     };
     let mut records = list_all(&filter, |req| ctx.call_unlocked(req))?;
     sort_records(&mut records, args.sort);
@@ -401,12 +402,22 @@ pub fn list(ctx: &mut Ctx, args: &ListArgs) -> CliResult<()> {
         None => {
             for r in &records {
                 let expires = r.expires_at.map(|t| t.to_string());
-                ctx.out.text(&tsv_row(&[
-                    &r.name,
-                    r.kind.as_str(),
-                    state_name(r.state),
-                    expires.as_deref().unwrap_or("-"),
-                ]));
+                let mut cells = vec![
+                    r.name.clone(),
+                    r.kind.as_str().to_owned(),
+                    state_name(r.state).to_owned(),
+                    expires.unwrap_or_else(|| "-".into()),
+                ];
+                // --used adds when and by what, '-' for never.
+                if args.used {
+                    let (at, by) = r.last_used.as_ref().map_or_else(
+                        || ("-".to_owned(), "-".to_owned()),
+                        |u| (u.at.to_string(), u.by.clone()),
+                    );
+                    cells.extend([at, by]);
+                }
+                let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+                ctx.out.text(&tsv_row(&cells));
             }
             return Ok(());
         }
@@ -416,7 +427,7 @@ pub fn list(ctx: &mut Ctx, args: &ListArgs) -> CliResult<()> {
         ListFormat::Csv => ctx.out.text(&records_csv(&records)),
         ListFormat::Table if records.is_empty() => ctx.out.info("no credentials"),
         ListFormat::Table => {
-            let table = records_table(&records, Timestamp::now());
+            let table = records_table(&records, Timestamp::now(), args.used);
             let color = ctx.out.color;
             ctx.out.text(&table.render(color));
         }
@@ -442,16 +453,13 @@ fn sort_records(records: &mut [RecordSummary], key: SortKey) {
     }
 }
 
-fn records_table(records: &[RecordSummary], now: Timestamp) -> Table {
-    let mut table = Table::new(&[
-        "NAME",
-        "TYPE",
-        "STATUS",
-        "EXPIRES",
-        "UPDATED",
-        "TAGS",
-        "DESCRIPTION",
-    ]);
+fn records_table(records: &[RecordSummary], now: Timestamp, used: bool) -> Table {
+    let mut headers = vec!["NAME", "TYPE", "STATUS", "EXPIRES", "UPDATED"];
+    if used {
+        headers.push("LAST USED");
+    }
+    headers.extend(["TAGS", "DESCRIPTION"]);
+    let mut table = Table::new(&headers);
     for r in records {
         let color = match r.state {
             RecordState::Expiring | RecordState::PendingSync => Some(Color::Yellow),
@@ -462,7 +470,7 @@ fn records_table(records: &[RecordSummary], now: Timestamp) -> Table {
             | RecordState::CheckFailed => Some(Color::Red),
             RecordState::Ok => None,
         };
-        table.row(vec![
+        let mut row = vec![
             (r.name.clone(), None),
             (r.kind.to_string(), None),
             (state_name(r.state).to_owned(), color),
@@ -472,9 +480,19 @@ fn records_table(records: &[RecordSummary], now: Timestamp) -> Table {
                 None,
             ),
             (relative(r.updated_at, now), None),
+        ];
+        if used {
+            let last = r.last_used.as_ref().map_or_else(
+                || "never".to_owned(),
+                |u| format!("{} by {}", relative(u.at, now), truncate(&u.by, 40)),
+            );
+            row.push((last, None));
+        }
+        row.extend([
             (r.tags.join(","), None),
             (truncate(r.description.as_deref().unwrap_or(""), 50), None),
         ]);
+        table.row(row);
     }
     table
 }
@@ -821,6 +839,7 @@ mod tests {
             state: RecordState::Ok,
             revision: 1,
             checked: None,
+            last_used: None,
         }
     }
 
@@ -923,7 +942,7 @@ mod tests {
     fn table_shows_status_and_no_values() {
         let mut r = summary("aws-sts", 0, Some(3600));
         r.state = RecordState::Expiring;
-        let text = records_table(&[r], Timestamp(0)).render(false);
+        let text = records_table(&[r], Timestamp(0), false).render(false);
         let mut lines = text.lines();
         assert!(
             lines

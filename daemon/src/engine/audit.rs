@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 use vault_protocol::ErrorCode;
-use vault_protocol::message::{AuditEntry, AuditProcess};
+use vault_protocol::message::{AuditEntry, AuditProcess, LastUse};
 use vault_protocol::timefmt::Timestamp;
 
 use super::{Engine, Result, err, store_err};
@@ -310,6 +310,40 @@ impl Engine {
             warn!(problems = problems.len(), "the audit log is not whole");
         }
         Ok((page.entries, problems, page.next))
+    }
+}
+
+impl Engine {
+    /// Each record's last hand-out, by record id, from the audit log
+    /// (written entries only: the caller flushes first).
+    pub fn last_uses(&self) -> std::collections::HashMap<String, LastUse> {
+        let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
+            return Default::default();
+        };
+        store
+            .audit_latest()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| {
+                let body: Body = sess
+                    .key
+                    .open_local(&label(row.seq), &row.body)
+                    .and_then(|b| serde_json::from_slice(&b).ok())?;
+                let by = match body.client.cmdline.as_str() {
+                    "" => body
+                        .client
+                        .exe
+                        .unwrap_or_else(|| format!("pid {}", body.client.pid)),
+                    c => c.to_owned(),
+                };
+                let last = LastUse {
+                    at: Timestamp(row.at),
+                    op: body.op,
+                    by,
+                };
+                Some((row.record_id, last))
+            })
+            .collect()
     }
 }
 

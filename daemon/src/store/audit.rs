@@ -21,6 +21,17 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
+/// A row of `SELECT seq, at, record_id, body, mac`.
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        at: r.get(1)?,
+        record_id: r.get(2)?,
+        body: r.get(3)?,
+        mac: r.get(4)?,
+    })
+}
+
 impl Store {
     /// Appends `rows` and sets the log's sealed state (a `vault_meta`
     /// value), in one transaction.
@@ -52,15 +63,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT seq, at, record_id, body, mac FROM audit WHERE seq > ?1 ORDER BY seq",
         )?;
-        let rows = stmt.query_map([seq as i64], |r| {
-            Ok(AuditRow {
-                seq: r.get::<_, i64>(0)? as u64,
-                at: r.get(1)?,
-                record_id: r.get(2)?,
-                body: r.get(3)?,
-                mac: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([seq as i64], row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -75,6 +78,17 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Each record's latest row.
+    pub fn audit_latest(&self) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.seq, a.at, a.record_id, a.body, a.mac FROM audit a
+             JOIN (SELECT record_id, MAX(seq) AS last FROM audit GROUP BY record_id) l
+               ON a.seq = l.last",
+        )?;
+        let rows = stmt.query_map([], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The row that holds the oldest entry, if any: (seq, at).

@@ -165,6 +165,20 @@ pub struct RecordSummary {
     /// Its last `vault check`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<CheckMark>,
+    /// Its last hand-out in the audit log (asked for with `used`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<LastUse>,
+}
+
+/// A record's last hand-out, as `vault list --used` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastUse {
+    /// When.
+    pub at: Timestamp,
+    /// The request (`get`, `resolve`…).
+    pub op: String,
+    /// The client's command line.
+    pub by: String,
 }
 
 /// A record with its values (`vault get`).
