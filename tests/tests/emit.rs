@@ -817,8 +817,8 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
     };
     assert_eq!(states(&vh), ["profile p1 ok", "profile p2 ok"]);
 
-    // Make it an older vault: the schema before the region (as the last
-    // release left it) and the file as that release wrote it; p2 was
+    // Make it an older vault: the schema before the region (as that
+    // release left it; later versions' tables go too) and the file as that release wrote it; p2 was
     // since edited by the user.
     vh.vault(["daemon", "stop"]).ok();
     {
@@ -828,6 +828,8 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
              ALTER TABLE emitters DROP COLUMN config_region;
              ALTER TABLE emitters DROP COLUMN config_made;
              ALTER TABLE emitters DROP COLUMN rendering;
+             DROP TABLE checks;
+             DROP TABLE audit;
              PRAGMA user_version = 6;",
         )
         .unwrap();
