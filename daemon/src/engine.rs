@@ -545,7 +545,7 @@ impl Engine {
                 // Made with authenticated entries and approvals: nothing
                 // to upgrade.
                 (sync::AUTH_MARK, "1"),
-                (approve::APPROVAL_MARK, "1"),
+                (approve::APPROVAL_MARK, approve::APPROVALS_V),
             ])
             .map_err(store_err)?;
         // A snapshot left by a vault that was here before is no use to this
@@ -1198,7 +1198,12 @@ impl Engine {
             if let Some((revision, mark)) = checks.get(&e.id) {
                 summary.checked = Some(*mark);
                 // A failure of an older revision says nothing of this one.
-                if !mark.ok && *revision == e.revision && summary.state == RecordState::Ok {
+                // Above `expiring`: a minted session is always within the
+                // hour, and a failed check says more.
+                if !mark.ok
+                    && *revision == e.revision
+                    && matches!(summary.state, RecordState::Ok | RecordState::Expiring)
+                {
                     summary.state = RecordState::CheckFailed;
                 }
             }

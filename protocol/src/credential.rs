@@ -205,6 +205,26 @@ pub fn gated_fields<'a, V>(
         .collect()
 }
 
+/// The fields only `vault check` sends a credential to (docs/lifecycle.md):
+/// a token's `url`, a registry's host, a data record's `override_url`.
+/// `exec` never uses them, so they do not hold up a hand-out; the check
+/// uses one only with its value approved on this device, like
+/// [`gated_fields`].
+pub fn check_gated_fields<V>(kind: CredentialType, fields: &BTreeMap<String, V>) -> Vec<&str> {
+    fields
+        .keys()
+        .filter(|name| {
+            matches!(
+                (kind, name.as_str()),
+                (CredentialType::Token, "url")
+                    | (CredentialType::Registry, "registry")
+                    | (CredentialType::Data, "override_url")
+            )
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 /// What a gated field ([`gated_fields`]) makes this machine do, for the
 /// approval prompt.
 pub fn gated_meaning(kind: CredentialType, field: &str) -> &'static str {
@@ -216,6 +236,11 @@ pub fn gated_meaning(kind: CredentialType, field: &str) -> &'static str {
         }
         (_, "sts_endpoint") => "sends the source's signed STS requests to this endpoint",
         (CredentialType::File, "path") => "vault emit file writes the file here",
+        (CredentialType::Token, "url") => "vault check sends the token to this URL",
+        (CredentialType::Registry, "registry") => "vault check sends the login to this registry",
+        (CredentialType::Data, "override_url") => {
+            "vault check sends requests signed with the keys to this endpoint"
+        }
         (_, "env") => {
             "vault exec puts the value in this variable, which can make the child run code"
         }

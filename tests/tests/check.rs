@@ -169,6 +169,9 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
         !run.stdout.contains(MARK) && !run.stderr.contains(MARK),
         "{run}"
     );
+    // moto's working secret carries no MARK: looked for by value.
+    let working = setup["secret"].as_str().unwrap();
+    assert!(!run.stdout.contains(working) && !run.stderr.contains(working));
     let got = by_name(&serde_json::from_str(&run.stdout).unwrap());
     let outcome = |n: &str| got[n]["outcome"].as_str().unwrap().to_owned();
     let detail = |n: &str| got[n]["detail"].as_str().unwrap().to_owned();
@@ -300,4 +303,36 @@ fn a_background_interval_checks_without_being_asked() {
             .unwrap()
             .contains("refused the token (HTTP 401)")
     );
+}
+
+/// A token's `url` that arrived by sync from another device is an endpoint
+/// this machine never approved: `vault check` does not send the token there
+/// until `vault approve`; exec of the token is not held up meanwhile.
+#[test]
+fn a_synced_url_is_checked_only_once_approved_here() {
+    let server = vault_e2e::RemoteServer::start();
+    let a = VaultHome::new();
+    a.write_config("[sync]\nauto = false\n");
+    a.init().ok();
+    a.login(&server).ok();
+    let good = secret("synced-token");
+    let url = token_endpoint(&good);
+    token(&a, "api", &good, Some(&url));
+    a.vault(["sync"]).ok();
+    a.vault(["check", "api"]).ok();
+    let b = a.join(&server);
+    let held = b.vault(["--json", "check", "api"]);
+    held.code(1);
+    let got = by_name(&serde_json::from_str(&held.stdout).unwrap());
+    assert_eq!(got["api"]["outcome"], "failed");
+    assert!(
+        got["api"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("vault approve api"),
+        "{held}"
+    );
+    b.vault(["exec", "-c", "api", "--", "true"]).ok();
+    b.vault(["approve", "api", "--yes"]).ok();
+    b.vault(["check", "api"]).ok().stdout_has("took it");
 }

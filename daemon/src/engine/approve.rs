@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use tracing::info;
-use vault_protocol::credential::{gated_fields, gated_meaning};
+use vault_protocol::credential::{check_gated_fields, gated_fields, gated_meaning};
 use vault_protocol::message::{ApprovalInfo, GatedField};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, SecretValue};
@@ -21,27 +21,60 @@ use crate::store::RecordRow;
 /// unlock after the upgrade ([`Engine::seed_approvals`]).
 pub const APPROVAL_MARK: &str = "approvals";
 
-/// The gated fields of `body`, with their values.
-fn gated(body: &RecordBody) -> Vec<(&str, &str)> {
+/// The mark's value since the fields only `vault check` uses became gated
+/// (1: before). A vault marked 1 is seeded once more: values this device
+/// first wrote are approved, values from other devices wait.
+pub const APPROVALS_V: &str = "2";
+
+/// Whether records of `kind` may hold a field only `vault check` uses.
+fn has_check_gated_kind(kind: vault_protocol::CredentialType) -> bool {
+    use vault_protocol::CredentialType::{Data, Registry, Token};
+    matches!(kind, Token | Registry | Data)
+}
+
+/// The gated fields of `body` that hold up a hand-out, with their values.
+fn exec_gated(body: &RecordBody) -> Vec<(&str, &str)> {
     gated_fields(body.kind, &body.fields, SecretValue::expose_secret)
         .into_iter()
         .filter_map(|f| body.fields.get(f).map(|v| (f, v.expose_secret())))
         .collect()
 }
 
-/// Whether `body` has a gated field at all (kept in the index, so records
-/// without one never cost a decryption).
+/// Every gated field of `body`: those of [`exec_gated`] and those only
+/// `vault check` uses ([`check_gated_fields`]). Approved, listed and
+/// seeded alike.
+fn gated(body: &RecordBody) -> Vec<(&str, &str)> {
+    let mut all = exec_gated(body);
+    all.extend(
+        check_gated_fields(body.kind, &body.fields)
+            .into_iter()
+            .filter_map(|f| body.fields.get(f).map(|v| (f, v.expose_secret()))),
+    );
+    all
+}
+
+/// Whether `body` has a field that holds up a hand-out (kept in the
+/// index, so records without one never cost a decryption at a hand-out).
 pub fn has_gated(body: &RecordBody) -> bool {
-    !gated(body).is_empty()
+    !exec_gated(body).is_empty()
 }
 
 impl Engine {
     /// The gated fields of record `id` (as `body`) not approved here.
     fn unapproved<'b>(&self, id: &str, body: &'b RecordBody) -> Result<Vec<(&'b str, &'b str)>> {
+        self.unapproved_of(id, gated(body))
+    }
+
+    /// Of `fields` of record `id`, those not approved here.
+    fn unapproved_of<'b>(
+        &self,
+        id: &str,
+        fields: Vec<(&'b str, &'b str)>,
+    ) -> Result<Vec<(&'b str, &'b str)>> {
         let key = &self.session()?.key;
         let store = self.store()?;
         let mut out = Vec::new();
-        for (field, value) in gated(body) {
+        for (field, value) in fields {
             let digest = key.approval_digest(id, field, value);
             if !store.approved(id, field, &digest).map_err(store_err)? {
                 out.push((field, value));
@@ -60,7 +93,7 @@ impl Engine {
                 continue;
             }
             let (row, body) = self.load(name)?;
-            let waiting = self.unapproved(&row.id, &body)?;
+            let waiting = self.unapproved_of(&row.id, exec_gated(&body))?;
             if !waiting.is_empty() {
                 return Err(not_approved(name, &waiting));
             }
@@ -70,6 +103,16 @@ impl Engine {
 
     /// The reason a refresh of `row` must not run, if it must not.
     pub(super) fn refresh_blocked(&self, row: &RecordRow, body: &RecordBody) -> Option<String> {
+        match self.unapproved_of(&row.id, exec_gated(body)) {
+            Ok(w) if w.is_empty() => None,
+            Ok(w) => Some(not_approved(&body.name, &w).message),
+            Err(e) => Some(e.message),
+        }
+    }
+
+    /// The reason `vault check` must not use `row`: a gated field it
+    /// would run or send to, not approved here.
+    pub(super) fn check_blocked(&self, row: &RecordRow, body: &RecordBody) -> Option<String> {
         match self.unapproved(&row.id, body) {
             Ok(w) if w.is_empty() => None,
             Ok(w) => Some(not_approved(&body.name, &w).message),
@@ -83,7 +126,7 @@ impl Engine {
         let wanted: Vec<String> = if names.is_empty() {
             sess.index
                 .iter()
-                .filter(|(_, e)| e.gated)
+                .filter(|(_, e)| e.gated || has_check_gated_kind(e.kind))
                 .map(|(n, _)| n.clone())
                 .collect()
         } else {
@@ -186,7 +229,8 @@ impl Engine {
             .store()?
             .meta(APPROVAL_MARK)
             .map_err(store_err)?
-            .is_some()
+            .as_deref()
+            == Some(APPROVALS_V)
         {
             return Ok(());
         }
@@ -194,7 +238,7 @@ impl Engine {
             .session()?
             .index
             .iter()
-            .filter(|(_, e)| e.gated)
+            .filter(|(_, e)| e.gated || has_check_gated_kind(e.kind))
             .map(|(n, _)| n.clone())
             .collect();
         let mut items = Vec::new();
@@ -241,7 +285,9 @@ impl Engine {
         }
         let store = self.store_mut()?;
         store.approve(&items, now.unix()).map_err(store_err)?;
-        store.set_meta(&[(APPROVAL_MARK, "1")]).map_err(store_err)?;
+        store
+            .set_meta(&[(APPROVAL_MARK, APPROVALS_V)])
+            .map_err(store_err)?;
         info!(
             approved = items.len(),
             "approvals seeded from this device's own revisions"

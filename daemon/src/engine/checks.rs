@@ -111,6 +111,9 @@ fn data_probe(name: &str, fields: &mut BTreeMap<String, SecretValue>) -> Probe {
     let region = take_text(fields, "region");
     let override_url = take_text(fields, "override_url");
     let style = take_text(fields, "addressing_style");
+    if let Some(Err(why)) = region.as_deref().map(super::refresh::check_region) {
+        return Probe::Fail(why);
+    }
     let origin = match (scheme, override_url, region.as_deref()) {
         ("s3" | "tos" | "gs", Some(url), _) => url.trim_end_matches('/').to_owned(),
         ("s3", None, Some(r)) => format!("https://s3.{r}.amazonaws.com"),
@@ -166,13 +169,42 @@ impl Engine {
         Ok(out)
     }
 
+    /// Of `names`, those of `kind`.
+    pub fn of_kind(&self, names: &[String], kind: CredentialType) -> Vec<String> {
+        let Ok(sess) = self.session() else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter(|n| sess.index.get(*n).is_some_and(|e| e.kind == kind))
+            .cloned()
+            .collect()
+    }
+
     /// What to ask for each of `names` (from [`Engine::check_names`]).
     pub fn check_targets(&self, names: &[String]) -> Result<Vec<Target>> {
         names
             .iter()
             .map(|name| {
-                let (row, body) = self.load(name)?;
-                let blocked = self.refresh_blocked(&row, &body);
+                let (row, body) = match self.load(name) {
+                    Ok(loaded) => loaded,
+                    // One unreadable record fails its own check, not all.
+                    Err(e) => {
+                        let entry = self
+                            .session()?
+                            .index
+                            .get(name)
+                            .ok_or_else(|| super::not_found(name))?;
+                        return Ok(Target {
+                            name: name.clone(),
+                            id: entry.id.clone(),
+                            revision: entry.revision,
+                            kind: entry.kind,
+                            probe: Probe::Fail(e.message),
+                        });
+                    }
+                };
+                let blocked = self.check_blocked(&row, &body);
                 let kind = body.kind;
                 let mut fields = body.fields;
                 let probe = if let Some(why) = blocked {
@@ -185,16 +217,19 @@ impl Engine {
                         ) {
                             (Some(id), Some(secret)) => {
                                 let region = take_text(&mut fields, "region");
-                                Probe::Aws {
-                                    endpoint: endpoint_for(
-                                        take_text(&mut fields, "sts_endpoint").as_deref(),
-                                        self.config().sts_endpoint.as_deref(),
-                                        region.as_deref(),
-                                    ),
-                                    region: region.unwrap_or_else(|| "us-east-1".into()),
-                                    access_key_id: id,
-                                    secret_access_key: secret,
-                                    session_token: take(&mut fields, "session_token"),
+                                match endpoint_for(
+                                    take_text(&mut fields, "sts_endpoint").as_deref(),
+                                    self.config().sts_endpoint.as_deref(),
+                                    region.as_deref(),
+                                ) {
+                                    Ok(endpoint) => Probe::Aws {
+                                        endpoint,
+                                        region: region.unwrap_or_else(|| "us-east-1".into()),
+                                        access_key_id: id,
+                                        secret_access_key: secret,
+                                        session_token: take(&mut fields, "session_token"),
+                                    },
+                                    Err(why) => Probe::Fail(why),
                                 }
                             }
                             _ => Probe::Fail(format!(

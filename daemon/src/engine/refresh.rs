@@ -94,11 +94,34 @@ impl std::fmt::Debug for StsPlan {
 
 /// The endpoint a record uses: its own, else `config.toml`'s, else the
 /// regional one for its region, else the global one.
-pub fn endpoint_for(own: Option<&str>, configured: Option<&str>, region: Option<&str>) -> String {
-    match (own, configured, region) {
+pub fn endpoint_for(
+    own: Option<&str>,
+    configured: Option<&str>,
+    region: Option<&str>,
+) -> std::result::Result<String, String> {
+    Ok(match (own, configured, region) {
         (Some(e), _, _) | (None, Some(e), _) => e.to_owned(),
-        (None, None, Some(r)) => format!("https://sts.{r}.amazonaws.com"),
+        (None, None, Some(r)) => format!("https://sts.{}.amazonaws.com", check_region(r)?),
         (None, None, None) => GLOBAL_ENDPOINT.to_owned(),
+    })
+}
+
+/// A region that may go into a host name: lower-case letters, digits and
+/// dashes, as every AWS (and S3-compatible) region is. Anything else could
+/// make the host another one (`x.evil.example/`, `a@evil.example#`).
+pub fn check_region(region: &str) -> std::result::Result<&str, String> {
+    let ok = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(region)
+    } else {
+        Err(format!(
+            "region '{}' is not a region name (lower-case letters, digits, dashes): fix it with \
+             'vault set NAME region=…'",
+            region.escape_debug()
+        ))
     }
 }
 
@@ -289,7 +312,7 @@ impl Engine {
             field("sts_endpoint").as_deref(),
             self.config.sts_endpoint.as_deref(),
             region.as_deref(),
-        );
+        )?;
         let duration = match field("duration") {
             Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
             None => DEFAULT_SESSION,

@@ -74,8 +74,15 @@ pub async fn check(
 ) -> Result<Response, WireError> {
     let timeout = timeout.unwrap_or(TIMEOUT);
     let names = blocking(d, move |e| e.check_names(&names)).await?;
-    // Temporary credentials are checked as they would be handed out: fresh.
-    crate::remote::refresher::ensure_fresh(d, &names).await;
+    // AWS sessions are checked as they would be handed out: fresh.
+    let sessions = {
+        let names = names.clone();
+        blocking(d, move |e| {
+            Ok(e.of_kind(&names, vault_protocol::CredentialType::Aws))
+        })
+        .await?
+    };
+    crate::remote::refresher::ensure_fresh(d, &sessions).await;
     let targets = blocking(d, move |e| e.check_targets(&names)).await?;
     let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
@@ -102,7 +109,7 @@ pub async fn check(
                 name: target.name.clone(),
                 kind: target.kind,
                 outcome,
-                detail,
+                detail: clean(&detail),
                 checked_at,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             };
@@ -133,6 +140,20 @@ pub async fn check(
     let results = done.iter().map(|(.., r)| r.clone()).collect();
     blocking(d, move |e| e.record_checks(&done)).await?;
     Ok(Response::Checked { results })
+}
+
+/// A detail as it may be kept and shown: a remote chose part of it, so
+/// no control character (a terminal escape) and at most 300 characters.
+fn clean(detail: &str) -> String {
+    let mut out: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    if detail.chars().count() > 300 {
+        out.push('…');
+    }
+    out
 }
 
 /// Why a probe gave no "ok".
@@ -351,22 +372,31 @@ async fn list_bucket(
 /// (as docker treats `localhost`); Docker Hub's login key names its API
 /// host.
 fn registry_origin(registry: &str) -> Result<String, String> {
-    let bare = registry
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
+    let (scheme, bare) = match registry.split_once("://") {
+        Some((s @ ("https" | "http"), rest)) => (Some(s), rest),
+        Some(_) => return Err(format!("registry '{registry}' is not a registry host")),
+        None => (None, registry),
+    };
     let host = bare.split('/').next().unwrap_or("");
-    if host.is_empty() {
-        return Err(format!("registry '{registry}' names no host"));
+    if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+        return Err(format!(
+            "registry '{registry}' names no plain host (HOST or HOST:PORT)"
+        ));
     }
     let host = match host {
         "docker.io" | "index.docker.io" => "registry-1.docker.io",
         h => h,
     };
     let plain = format!("http://{host}");
-    if vault_protocol::credential::check_endpoint_url("registry", &plain).is_ok() {
-        Ok(plain)
-    } else {
-        Ok(format!("https://{host}"))
+    let loopback = vault_protocol::credential::check_endpoint_url("registry", &plain).is_ok();
+    match (scheme, loopback) {
+        // As docker: plain HTTP for a registry on loopback, unless asked.
+        (None | Some("http"), true) => Ok(plain),
+        (Some("http"), false) => Err(format!(
+            "registry '{registry}' is plain http:// off this machine: vault sends logins \
+             over HTTPS only"
+        )),
+        _ => Ok(format!("https://{host}")),
     }
 }
 
@@ -418,6 +448,11 @@ async fn registry_login(
         .send()
         .await
         .map_err(reach)?;
+    if first.status().is_success() {
+        return Err(Skipped(format!(
+            "{origin} does not ask for a login, so the login could not be checked"
+        )));
+    }
     let challenge = first
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
@@ -453,8 +488,17 @@ async fn registry_login(
             .send()
             .await
             .map_err(reach)?;
-        if !got.status().is_success() {
-            return Err(refused(got.status()));
+        match got.status() {
+            s if s.is_success() => {}
+            s @ (reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => {
+                return Err(refused(s));
+            }
+            s => {
+                return Err(Failed(format!(
+                    "the token service {realm} answered HTTP {}, so the login could not be checked",
+                    s.as_u16()
+                )));
+            }
         }
         #[derive(serde::Deserialize)]
         struct Issued {
@@ -508,6 +552,13 @@ mod tests {
             "http://127.0.0.1:5000"
         );
         assert!(registry_origin("https:///x").is_err());
+        assert_eq!(
+            registry_origin("https://localhost:5000").unwrap(),
+            "https://localhost:5000"
+        );
+        assert!(registry_origin("user:pw@ghcr.io").is_err());
+        assert!(registry_origin("http://ghcr.io").is_err());
+        assert!(registry_origin("ftp://ghcr.io").is_err());
     }
 
     #[test]

@@ -303,19 +303,30 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(endpoint_for(None, None, None), GLOBAL_ENDPOINT);
+        assert_eq!(endpoint_for(None, None, None).unwrap(), GLOBAL_ENDPOINT);
         assert_eq!(
-            endpoint_for(None, None, Some("eu-west-1")),
+            endpoint_for(None, None, Some("eu-west-1")).unwrap(),
             "https://sts.eu-west-1.amazonaws.com"
         );
         assert_eq!(
-            endpoint_for(Some("https://a"), Some("https://b"), None),
+            endpoint_for(Some("https://a"), Some("https://b"), None).unwrap(),
             "https://a"
         );
         assert_eq!(
-            endpoint_for(None, Some("https://b"), Some("x")),
+            endpoint_for(None, Some("https://b"), Some("x")).unwrap(),
             "https://b"
         );
+        // A region never chooses the host.
+        for bad in [
+            "x.evil.example/",
+            "a@evil.example#",
+            "EU-WEST-1",
+            "",
+            "eu west",
+        ] {
+            let e = endpoint_for(None, None, Some(bad)).unwrap_err();
+            assert!(e.contains("is not a region name"), "{e}");
+        }
         for ok in [
             "https://sts.amazonaws.com",
             "http://127.0.0.1:5000",

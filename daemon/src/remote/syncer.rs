@@ -378,8 +378,8 @@ fn overclaim(url: &str, after: u64, n: u64, head: u64) -> WireError {
         format!(
             "{url} answered a push of entries {}..={} with head {head}, entries this device \
              never sent: the server, or something between it and this machine, is faulty. \
-             Nothing was marked as stored and the changes stay queued; check the server \
-             ('vault sync verify') and try again",
+             Nothing of this batch was marked as stored and its changes stay queued; check \
+             the server ('vault sync verify') and try again",
             after + 1,
             after + n
         ),

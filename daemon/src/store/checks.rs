@@ -27,8 +27,13 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare(
-                "INSERT OR REPLACE INTO checks (record_id, revision, checked_at, ok, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                // A check of an older revision never replaces a newer one's
+                // (two checks at once, or one racing a change).
+                "INSERT INTO checks (record_id, revision, checked_at, ok, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(record_id) DO UPDATE SET revision = excluded.revision,
+                    checked_at = excluded.checked_at, ok = excluded.ok, detail = excluded.detail
+                 WHERE excluded.revision >= checks.revision",
             )?;
             for r in rows {
                 stmt.execute(params![
