@@ -340,7 +340,6 @@ pub fn unb64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
 
-/// A push body of records `from..from+n` for `device`.
 /// Creates vault `id` with key id `key` as `admin`.
 pub async fn create_vault_with(api: &Api, admin: &str, id: &str, key: &str) {
     let (s, b) = api
@@ -367,6 +366,7 @@ pub fn by_device(page: &Value) -> std::collections::BTreeMap<String, Vec<(u64, S
     logs
 }
 
+/// A push body of records `from..from+n` for `device`.
 pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
     let records: Vec<Value> = (from..from + n)
         .map(|i| json!({"index": i, "key_id": key_id, "data": b64(format!("{device}#{i}").as_bytes())}))
