@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const KEY: &str = "age1faultkey";
 const DEVICES: usize = 6;
@@ -50,62 +50,6 @@ async fn everything(api: &Api, admin: &str) -> BTreeMap<String, BTreeMap<u64, St
     }
 }
 
-/// One device's pushes, as a device does them: a batch that gets no answer
-/// (the replica died) is sent again through the next replica; a 409 says
-/// where the log really ends (the lost answer's batch had landed); a 503 is
-/// retried. Returns how many times it failed over.
-async fn push_all(apis: Vec<Api>, admin: String, device: String, batches: Arc<AtomicU64>) -> u32 {
-    let mut next = 1;
-    let mut via = 0;
-    let mut failovers = 0;
-    let mut attempts = 0;
-    // Only a push without an answer may have landed; a 503 may not.
-    let mut maybe_applied = false;
-    while next <= RECORDS {
-        attempts += 1;
-        assert!(attempts < 10_000, "{device}: no progress");
-        let resp = apis[via]
-            .http
-            .post(format!("{}/vaults/v1/push", apis[via].base))
-            .bearer_auth(&admin)
-            .json(&push_body(&device, KEY, next, BATCH))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(_) => {
-                via = (via + 1) % apis.len();
-                failovers += 1;
-                maybe_applied = true;
-                continue;
-            }
-        };
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        match status {
-            StatusCode::OK => {
-                next = body["head"].as_u64().unwrap() + 1;
-                batches.fetch_add(1, Ordering::Relaxed);
-                maybe_applied = false;
-            }
-            StatusCode::CONFLICT => {
-                assert!(
-                    maybe_applied,
-                    "{device}: a push answered 503 had been applied: {body}"
-                );
-                next = body["error"]["expected_index"].as_u64().unwrap();
-                maybe_applied = false;
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("{device}: push answered {other}: {body}"),
-        }
-    }
-    failovers
-}
-
 fn expected_log(device: &str) -> BTreeMap<u64, String> {
     (1..=RECORDS)
         .map(|i| (i, format!("{device}#{i}")))
@@ -137,12 +81,20 @@ async fn killing_a_replica_mid_push_loses_and_duplicates_nothing() {
         let batches = Arc::new(AtomicU64::new(0));
         let devices: Vec<_> = (0..DEVICES)
             .map(|d| {
-                tokio::spawn(push_all(
-                    apis.clone(),
-                    admin.clone(),
-                    format!("dev{d}"),
-                    Arc::clone(&batches),
-                ))
+                tokio::spawn(
+                    DevicePush {
+                        apis: apis.clone(),
+                        jwt: admin.clone(),
+                        vault: "v1",
+                        device: format!("dev{d}"),
+                        key: KEY,
+                        records: RECORDS,
+                        batch: BATCH,
+                        timeout: Duration::from_secs(10),
+                        acknowledged: Arc::clone(&batches),
+                    }
+                    .push_all(),
+                )
             })
             .collect();
         // Mid-way: a third of the batches are in.
@@ -156,7 +108,9 @@ async fn killing_a_replica_mid_push_loses_and_duplicates_nothing() {
         first.stop();
         let mut failovers = 0;
         for d in devices {
-            failovers += d.await.unwrap();
+            let seen = d.await.unwrap();
+            assert_eq!(seen.unknown, 0, "{db}: a push answered 500");
+            failovers += seen.failovers;
         }
         assert!(failovers >= 1, "{db}: no device noticed the kill");
         let all = everything(&apis[1], &admin).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const KEY: &str = "age1restartkey";
 const DEVICES: usize = 4;
@@ -33,65 +33,6 @@ fn pg_ctl(bin: &str, data: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// What one device saw: the longest a 503 took to come back, and how many.
-#[derive(Debug, Default)]
-struct Seen {
-    unavailable: u32,
-    slowest_503: Duration,
-}
-
-async fn push_all(api: Api, admin: String, device: String, done: Arc<AtomicU64>) -> Seen {
-    let mut seen = Seen::default();
-    let mut next = 1;
-    // Whether the last failed push may have landed: only a 500 "outcome
-    // unknown" (a COMMIT cut off) allows it; a 503 means it did not.
-    let mut maybe_applied = false;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while next <= RECORDS {
-        assert!(Instant::now() < deadline, "{device}: no progress in 120s");
-        let started = Instant::now();
-        let resp = api
-            .http
-            .post(format!("{}/vaults/v1/push", api.base))
-            .bearer_auth(&admin)
-            .json(&push_body(&device, KEY, next, 1))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .expect("the server itself stays up");
-        let status = resp.status();
-        let retry_after = resp.headers().get("retry-after").is_some();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        match status {
-            StatusCode::OK => {
-                next = body["head"].as_u64().unwrap() + 1;
-                done.fetch_add(1, Ordering::Relaxed);
-                maybe_applied = false;
-            }
-            StatusCode::CONFLICT => {
-                assert!(
-                    maybe_applied,
-                    "{device}: a push answered 503 had been applied: {body}"
-                );
-                next = body["error"]["expected_index"].as_u64().unwrap();
-                maybe_applied = false;
-            }
-            StatusCode::INTERNAL_SERVER_ERROR => {
-                maybe_applied = true;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(retry_after, "{device}: a 503 without Retry-After: {body}");
-                seen.unavailable += 1;
-                seen.slowest_503 = seen.slowest_503.max(started.elapsed());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("{device}: push answered {other}: {body}"),
-        }
-    }
-    seen
 }
 
 /// Devices push while the database is stopped (fast shutdown) and started
@@ -126,12 +67,20 @@ async fn a_postgres_restart_under_load_fails_fast_then_loses_nothing() {
     let done = Arc::new(AtomicU64::new(0));
     let devices: Vec<_> = (0..DEVICES)
         .map(|d| {
-            tokio::spawn(push_all(
-                api.clone(),
-                admin.clone(),
-                format!("dev{d}"),
-                Arc::clone(&done),
-            ))
+            tokio::spawn(
+                DevicePush {
+                    apis: vec![api.clone()],
+                    jwt: admin.clone(),
+                    vault: "v1",
+                    device: format!("dev{d}"),
+                    key: KEY,
+                    records: RECORDS,
+                    batch: 1,
+                    timeout: Duration::from_secs(30),
+                    acknowledged: Arc::clone(&done),
+                }
+                .push_all(),
+            )
         })
         .collect();
     let quarter = Instant::now() + Duration::from_secs(60);

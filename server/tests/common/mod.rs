@@ -9,8 +9,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -372,6 +373,117 @@ pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
         .map(|i| json!({"index": i, "key_id": key_id, "data": b64(format!("{device}#{i}").as_bytes())}))
         .collect();
     json!({"device_id": device, "records": records})
+}
+
+/// One device pushing records `1..=records` (as [`push_body`] writes them)
+/// to `vault`, `batch` at a time, as a device does under faults: a push
+/// that gets no answer (its replica died) is sent again through the next of
+/// `apis` (with only one, the server itself must stay up); a 409 says where
+/// the log really ends, and is allowed only after a push that may have
+/// landed (no answer, or 500 "outcome unknown"); a 503 must carry
+/// Retry-After, and nothing it answered may have landed.
+pub struct DevicePush {
+    pub apis: Vec<Api>,
+    pub jwt: String,
+    pub vault: &'static str,
+    pub device: String,
+    pub key: &'static str,
+    pub records: u64,
+    pub batch: u64,
+    /// Each push's own time limit.
+    pub timeout: Duration,
+    /// Counts the pushes answered 200, for the test to watch.
+    pub acknowledged: Arc<AtomicU64>,
+}
+
+/// What one device saw while pushing.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Pushes without an answer, sent again through the next replica.
+    pub failovers: u32,
+    /// Pushes answered 500 (outcome unknown).
+    pub unknown: u32,
+    /// Pushes answered 503, and the longest one took to be answered.
+    pub unavailable: u32,
+    pub slowest_503: Duration,
+}
+
+impl DevicePush {
+    /// Pushes until the device's log is whole; panics on an answer a device
+    /// must never get, or on no progress in 120 s.
+    pub async fn push_all(self) -> Pushed {
+        let DevicePush {
+            apis,
+            jwt,
+            vault,
+            device,
+            key,
+            records,
+            batch,
+            timeout,
+            acknowledged,
+        } = self;
+        let mut seen = Pushed::default();
+        let mut next = 1;
+        let mut via = 0;
+        // Whether the last failed push may have landed: one without an
+        // answer or answered 500 may; one answered 503 may not.
+        let mut maybe_applied = false;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while next <= records {
+            assert!(Instant::now() < deadline, "{device}: no progress in 120s");
+            let started = Instant::now();
+            let resp = apis[via]
+                .http
+                .post(format!("{}/vaults/{vault}/push", apis[via].base))
+                .bearer_auth(&jwt)
+                .json(&push_body(&device, key, next, batch))
+                .timeout(timeout)
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(_) if apis.len() > 1 => {
+                    via = (via + 1) % apis.len();
+                    seen.failovers += 1;
+                    maybe_applied = true;
+                    continue;
+                }
+                Err(e) => panic!("{device}: the server itself stays up: {e}"),
+            };
+            let status = resp.status();
+            let retry_after = resp.headers().get("retry-after").is_some();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            match status {
+                StatusCode::OK => {
+                    next = body["head"].as_u64().unwrap() + 1;
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    maybe_applied = false;
+                }
+                StatusCode::CONFLICT => {
+                    assert!(
+                        maybe_applied,
+                        "{device}: a push answered 503 had been applied: {body}"
+                    );
+                    next = body["error"]["expected_index"].as_u64().unwrap();
+                    maybe_applied = false;
+                }
+                StatusCode::INTERNAL_SERVER_ERROR => {
+                    seen.unknown += 1;
+                    maybe_applied = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(retry_after, "{device}: a 503 without Retry-After: {body}");
+                    seen.unavailable += 1;
+                    seen.slowest_503 = seen.slowest_503.max(started.elapsed());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!("{device}: push answered {other}: {body}"),
+            }
+        }
+        seen
+    }
 }
 
 /// Runs `vault-server ARGS` (admin CLI) on `database`.
