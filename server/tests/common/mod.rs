@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -353,20 +354,6 @@ pub async fn create_vault_with(api: &Api, admin: &str, id: &str, key: &str) {
     assert_eq!(s, StatusCode::CREATED, "{b}");
 }
 
-/// A pull page's records by device: (index, data as text), in page order.
-pub fn by_device(page: &Value) -> std::collections::BTreeMap<String, Vec<(u64, String)>> {
-    let mut logs: std::collections::BTreeMap<String, Vec<(u64, String)>> = Default::default();
-    for r in page["records"].as_array().expect("records") {
-        logs.entry(r["device_id"].as_str().expect("device_id").to_owned())
-            .or_default()
-            .push((
-                r["index"].as_u64().expect("index"),
-                String::from_utf8(unb64(r["data"].as_str().expect("data"))).expect("text"),
-            ));
-    }
-    logs
-}
-
 /// A push body of records `from..from+n` for `device`.
 pub fn push_body(device: &str, key_id: &str, from: u64, n: u64) -> Value {
     let records: Vec<Value> = (from..from + n)
@@ -484,6 +471,51 @@ impl DevicePush {
         }
         seen
     }
+}
+
+/// Pulls every record of `vault`, page by page, and checks that each
+/// device's log is whole: indexes `1..=head`, each once and in order, each
+/// record with the bytes [`push_body`] gave it, and `head` the one the pull
+/// reports. Returns each device's head.
+pub async fn whole_logs(api: &Api, jwt: &str, vault: &str) -> BTreeMap<String, u64> {
+    let mut since = json!({});
+    let mut logs: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    let heads = loop {
+        let (s, page) = api
+            .post(
+                &format!("/vaults/{vault}/pull"),
+                jwt,
+                json!({"since": since}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        for r in page["records"].as_array().expect("records") {
+            let device = r["device_id"].as_str().expect("device_id");
+            let index = r["index"].as_u64().expect("index");
+            let data = String::from_utf8(unb64(r["data"].as_str().expect("data"))).expect("text");
+            logs.entry(device.to_owned())
+                .or_default()
+                .push((index, data));
+            since[device] = json!(index);
+        }
+        if page["more"] != true {
+            break page["heads"].clone();
+        }
+    };
+    let heads: BTreeMap<String, u64> = serde_json::from_value(heads).expect("heads");
+    for (device, &head) in &heads {
+        let want: Vec<(u64, String)> = (1..=head).map(|i| (i, format!("{device}#{i}"))).collect();
+        assert_eq!(
+            logs.remove(device).unwrap_or_default(),
+            want,
+            "{device}'s log"
+        );
+    }
+    assert!(
+        logs.is_empty(),
+        "records of devices without a head: {logs:?}"
+    );
+    heads
 }
 
 /// Runs `vault-server ARGS` (admin CLI) on `database`.
