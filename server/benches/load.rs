@@ -161,14 +161,15 @@ struct Row {
     pull: Phase,
 }
 
-async fn run_backend(backend: &'static str, database: &str, rows: &mut Vec<Row>) {
-    let srv = start(database);
+/// A client keeping up to `pool` idle connections, and the bench admin's
+/// JWT from the server at `base`.
+async fn setup(base: &str, pool: usize) -> (reqwest::Client, Arc<str>) {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
+        .pool_max_idle_per_host(pool)
         .build()
         .unwrap();
     let resp: Value = http
-        .post(format!("{}/auth/token", srv.base))
+        .post(format!("{base}/auth/token"))
         .bearer_auth(PASSWORD)
         .send()
         .await
@@ -177,17 +178,28 @@ async fn run_backend(backend: &'static str, database: &str, rows: &mut Vec<Row>)
         .await
         .unwrap();
     let jwt: Arc<str> = resp["jwt"].as_str().unwrap().into();
+    (http, jwt)
+}
+
+/// Creates the bench vault `id` on the server at `base`.
+async fn create_vault(http: &reqwest::Client, base: &str, jwt: &str, id: &str) {
+    let created = post(
+        http,
+        format!("{base}/vaults"),
+        jwt,
+        &json!({"id": id, "key_id": KEY, "identity": "aWRlbnRpdHk="}),
+    )
+    .await;
+    assert!(created.is_some(), "cannot create the bench vault");
+}
+
+async fn run_backend(backend: &'static str, database: &str, rows: &mut Vec<Row>) {
+    let srv = start(database);
+    let (http, jwt) = setup(&srv.base, 128).await;
     let data = base64::engine::general_purpose::STANDARD.encode(vec![0x5a; RECORD_BYTES]);
     for devices in [1usize, 8, 64] {
         let vault = format!("bench-{devices}");
-        let created = post(
-            &http,
-            format!("{}/vaults", srv.base),
-            &jwt,
-            &json!({"id": vault, "key_id": KEY, "identity": "aWRlbnRpdHk="}),
-        )
-        .await;
-        assert!(created.is_some(), "cannot create the bench vault");
+        create_vault(&http, &srv.base, &jwt, &vault).await;
         let push_url: Arc<str> = format!("{}/vaults/{vault}/push", srv.base).into();
         let pull_url: Arc<str> = format!("{}/vaults/{vault}/pull", srv.base).into();
 
@@ -260,28 +272,8 @@ async fn run_replicas(base: &str, rows: &mut Vec<(usize, Phase)>) {
     for replicas in [1usize, 2] {
         let url = fresh_postgres_schema(base).await;
         let servers: Vec<Server> = (0..replicas).map(|_| start(&url)).collect();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(REPLICA_DEVICES)
-            .build()
-            .unwrap();
-        let resp: Value = http
-            .post(format!("{}/auth/token", servers[0].base))
-            .bearer_auth(PASSWORD)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let jwt: Arc<str> = resp["jwt"].as_str().unwrap().into();
-        let created = post(
-            &http,
-            format!("{}/vaults", servers[0].base),
-            &jwt,
-            &json!({"id": "fleet", "key_id": KEY, "identity": "aWRlbnRpdHk="}),
-        )
-        .await;
-        assert!(created.is_some(), "cannot create the bench vault");
+        let (http, jwt) = setup(&servers[0].base, REPLICA_DEVICES).await;
+        create_vault(&http, &servers[0].base, &jwt, "fleet").await;
         let urls: Arc<Vec<String>> = Arc::new(
             servers
                 .iter()
