@@ -13,6 +13,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The integration tests' helpers: here for `fresh_postgres_schema`.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -270,7 +274,7 @@ async fn run_backend(backend: &'static str, database: &str, rows: &mut Vec<Row>)
 async fn run_replicas(base: &str, rows: &mut Vec<(usize, Phase)>) {
     let data = base64::engine::general_purpose::STANDARD.encode(vec![0x5a; RECORD_BYTES]);
     for replicas in [1usize, 2] {
-        let url = fresh_postgres_schema(base).await;
+        let url = common::fresh_postgres_schema(base, "bench").await;
         let servers: Vec<Server> = (0..replicas).map(|_| start(&url)).collect();
         let (http, jwt) = setup(&servers[0].base, REPLICA_DEVICES).await;
         create_vault(&http, &servers[0].base, &jwt, "fleet").await;
@@ -296,24 +300,6 @@ async fn run_replicas(base: &str, rows: &mut Vec<(usize, Phase)>) {
 /// Devices in the replica rows (issue 23's budget).
 const REPLICA_DEVICES: usize = 256;
 
-async fn fresh_postgres_schema(base: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .expect("connect to VAULT_TEST_POSTGRES_URL");
-    tokio::spawn(conn);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!("vt_bench_{}_{nanos}", std::process::id());
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not: then
     // only check that the harness builds.
@@ -337,7 +323,7 @@ fn main() {
         match std::env::var("VAULT_TEST_POSTGRES_URL") {
             Ok(base) => {
                 if !only_replicas {
-                    let url = fresh_postgres_schema(&base).await;
+                    let url = common::fresh_postgres_schema(&base, "bench").await;
                     run_backend("PostgreSQL", &url, &mut rows).await;
                 }
                 run_replicas(&base, &mut replica_rows).await;

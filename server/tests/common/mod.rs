@@ -3,6 +3,7 @@
 //! (stderr) for the secret scan, and talk to it with reqwest. On drop the
 //! log is also written where the workspace's secret-leak scan reads it
 //! (`vault_e2e::leak::keep_log`), as are the stderr of `fail()` and `cli()`.
+//! The load bench (benches/load.rs) includes it for `fresh_postgres_schema`.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
