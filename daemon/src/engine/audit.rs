@@ -15,6 +15,7 @@ use vault_protocol::message::{AuditEntry, AuditProcess, LastUse};
 use vault_protocol::timefmt::Timestamp;
 
 use super::{Engine, Result, err, store_err};
+use crate::crypto::VaultKey;
 use crate::peer::Peer;
 use crate::store::AuditRow;
 
@@ -47,6 +48,32 @@ struct State {
     head_seq: u64,
     head_mac: String,
     tag: String,
+}
+
+/// The chain MAC of one row: over the row before's MAC, its number, time,
+/// record id and sealed body. Written by the flush, checked by the reader.
+fn entry_mac(
+    key: &VaultKey,
+    prev: &[u8],
+    seq: u64,
+    at: i64,
+    record_id: &str,
+    sealed: &[u8],
+) -> [u8; 32] {
+    key.audit_mac(&[
+        b"entry",
+        prev,
+        &seq.to_be_bytes(),
+        &at.to_be_bytes(),
+        record_id.as_bytes(),
+        sealed,
+    ])
+}
+
+/// A row's entry, opened; `None` when it does not open or parse (changed).
+fn open_body(key: &VaultKey, row: &AuditRow) -> Option<Body> {
+    let plain = key.open_local(&label(row.seq), &row.body)?;
+    serde_json::from_slice(&plain).ok()
 }
 
 fn label(seq: u64) -> Vec<u8> {
@@ -125,14 +152,7 @@ impl Engine {
                 let plain = serde_json::to_vec(&body)
                     .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
                 let sealed = key.seal_local(&label(seq), &plain);
-                let mac = key.audit_mac(&[
-                    b"entry",
-                    &prev,
-                    &seq.to_be_bytes(),
-                    &p.at.unix().to_be_bytes(),
-                    p.record_id.as_bytes(),
-                    &sealed,
-                ]);
+                let mac = entry_mac(key, &prev, seq, p.at.unix(), &p.record_id, &sealed);
                 prev = mac.to_vec();
                 state.head_seq = seq;
                 rows.push(AuditRow {
@@ -213,9 +233,7 @@ impl Engine {
             let key = &self.session()?.key;
             let mut page = Page::default();
             for row in rows.iter().filter(|r| wanted(r)) {
-                let body = key
-                    .open_local(&label(row.seq), &row.body)
-                    .and_then(|b| serde_json::from_slice::<Body>(&b).ok());
+                let body = open_body(key, row);
                 if let Some(b) = body
                     && !page.push(entry(row, b, &names))
                 {
@@ -263,16 +281,8 @@ impl Engine {
                 ));
                 linked = false;
             }
-            let mac = key.audit_mac(&[
-                b"entry",
-                &prev,
-                &row.seq.to_be_bytes(),
-                &row.at.to_be_bytes(),
-                row.record_id.as_bytes(),
-                &row.body,
-            ]);
-            let opened = key.open_local(&label(row.seq), &row.body);
-            let body: Option<Body> = opened.as_ref().and_then(|b| serde_json::from_slice(b).ok());
+            let mac = entry_mac(key, &prev, row.seq, row.at, &row.record_id, &row.body);
+            let body = open_body(key, row);
             if body.is_none() || (linked && mac[..] != row.mac[..]) {
                 problems.push(format!(
                     "entry {} was changed outside vaultd (time {}, record id {})",
@@ -325,10 +335,7 @@ impl Engine {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|row| {
-                let body: Body = sess
-                    .key
-                    .open_local(&label(row.seq), &row.body)
-                    .and_then(|b| serde_json::from_slice(&b).ok())?;
+                let body = open_body(&sess.key, &row)?;
                 let by = match body.client.cmdline.as_str() {
                     "" => body
                         .client
