@@ -28,6 +28,7 @@ pub mod audit;
 pub mod checks;
 mod complete;
 mod emitters;
+pub use emitters::AwsTarget;
 pub mod publish;
 pub mod refresh;
 mod snapshot;

@@ -31,7 +31,7 @@ use vault_protocol::{
     BUILD_VERSION, ErrorCode, PROTOCOL_VERSION, Request, Response, ResponseFrame, WireError,
 };
 
-use crate::engine::Engine;
+use crate::engine::{AwsTarget, Engine};
 
 /// How long a client may take to send the rest of a frame once it started.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -549,8 +549,20 @@ impl Daemon {
                 force,
                 process,
                 config,
+                adopt,
             } => engine
-                .emit_aws(&name, &profile, &path, force, process, config, now)
+                .emit_aws(
+                    &name,
+                    &profile,
+                    &path,
+                    AwsTarget {
+                        force,
+                        process,
+                        config,
+                        adopt,
+                    },
+                    now,
+                )
                 .map(Response::Emitted),
             Request::EmitFile {
                 name,
@@ -565,8 +577,9 @@ impl Daemon {
                 path,
                 force,
                 helper,
+                adopt,
             } => engine
-                .emit_docker(&name, &path, force, helper, now)
+                .emit_docker(&name, &path, force, helper, adopt, now)
                 .map(Response::Emitted),
             Request::EmitRepair => engine
                 .emit_repair(now)
@@ -574,7 +587,9 @@ impl Daemon {
             Request::EmitList => engine
                 .emit_list(now)
                 .map(|emitters| Response::Emitters { emitters }),
-            Request::EmitRemove { id } => engine.emit_remove(&id).map(Response::Emitted),
+            Request::EmitRemove { id, keep } => {
+                engine.emit_remove(&id, keep).map(Response::Emitted)
+            }
             Request::Approvals { names } => engine
                 .approvals(&names)
                 .map(|approvals| Response::Approvals { approvals }),

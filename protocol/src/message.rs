@@ -269,6 +269,13 @@ pub enum Request {
         /// is written, as before this field).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         config: Option<String>,
+        /// `vault import aws --adopt`: with `process`, `path` is the
+        /// shared-credentials file, and the user's `[P]` there (whose keys
+        /// are now in the vault) is replaced by the vault's section with
+        /// `credential_process`. No backup is kept by the daemon: the caller
+        /// kept one of the file before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        adopt: bool,
     },
     /// Keep a whole file (a gcloud/ADC JSON key, a `file` credential's
     /// content) in sync with a credential (`vault emit gcloud|file`).
@@ -299,6 +306,11 @@ pub enum Request {
         /// asks `docker-credential-vault`) instead of the login in `auths`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         helper: bool,
+        /// `vault import docker --adopt`: with `helper`, the user's
+        /// `auths[registry]` entry (whose login is now in the vault) goes in
+        /// the same write. The caller kept a backup of the file before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        adopt: bool,
     },
     /// Every emitted file binding.
     EmitList,
@@ -308,6 +320,10 @@ pub enum Request {
     EmitRemove {
         /// The binding's id (see `EmitList`).
         id: String,
+        /// Leave what the binding wrote in the file, as the user's own
+        /// (`vault import … --undo`); only the binding is forgotten.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep: bool,
     },
     /// Stop the daemon (locks first).
     Shutdown,

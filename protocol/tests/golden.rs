@@ -259,6 +259,7 @@ fn emit_docker_frames_with_and_without_helper() {
             path: "/home/u/.docker/config.json".into(),
             force: false,
             helper: false,
+            adopt: false,
         },
     };
     let expected = r#"{"id":12,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false}}"#;
@@ -270,10 +271,55 @@ fn emit_docker_frames_with_and_without_helper() {
             path: "/home/u/.docker/config.json".into(),
             force: false,
             helper: true,
+            adopt: false,
         },
     };
     let expected = r#"{"id":13,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false,"helper":true}}"#;
     assert_eq!(frame_of(&helper), with_header(expected));
+}
+
+#[test]
+fn adoption_and_keep_frames() {
+    // `vault import … --adopt` and `--undo`: the new fields appear only
+    // when set, so every earlier frame is unchanged.
+    let docker = RequestFrame {
+        id: 16,
+        req: Request::EmitDocker {
+            name: "ngc".into(),
+            path: "/home/u/.docker/config.json".into(),
+            force: false,
+            helper: true,
+            adopt: true,
+        },
+    };
+    let expected = r#"{"id":16,"req":{"op":"emit_docker","name":"ngc","path":"/home/u/.docker/config.json","force":false,"helper":true,"adopt":true}}"#;
+    assert_eq!(frame_of(&docker), with_header(expected));
+    let aws = RequestFrame {
+        id: 17,
+        req: Request::EmitAws {
+            name: "aws-dev".into(),
+            profile: "dev".into(),
+            path: "/home/u/.aws/credentials".into(),
+            force: false,
+            process: Some("/usr/bin/vault".into()),
+            config: None,
+            adopt: true,
+        },
+    };
+    let expected = r#"{"id":17,"req":{"op":"emit_aws","name":"aws-dev","profile":"dev","path":"/home/u/.aws/credentials","force":false,"process":"/usr/bin/vault","adopt":true}}"#;
+    assert_eq!(frame_of(&aws), with_header(expected));
+    let keep = RequestFrame {
+        id: 18,
+        req: Request::EmitRemove {
+            id: "a1b2c3".into(),
+            keep: true,
+        },
+    };
+    let expected = r#"{"id":18,"req":{"op":"emit_remove","id":"a1b2c3","keep":true}}"#;
+    assert_eq!(frame_of(&keep), with_header(expected));
+    let back: RequestFrame =
+        frame::decode(br#"{"id":19,"req":{"op":"emit_remove","id":"a1b2c3"}}"#).unwrap();
+    assert!(matches!(back.req, Request::EmitRemove { keep: false, .. }));
 }
 
 #[test]
@@ -557,6 +603,7 @@ fn emit_aws_frames_with_and_without_config() {
             force: false,
             process: None,
             config: Some("/home/u/.aws/config".into()),
+            adopt: false,
         },
     };
     let expected = r#"{"id":14,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/credentials","force":false,"config":"/home/u/.aws/config"}}"#;
@@ -577,6 +624,7 @@ fn emit_aws_frames_with_and_without_config() {
             force: true,
             process: Some("/usr/bin/vault".into()),
             config: None,
+            adopt: false,
         },
     };
     let expected = r#"{"id":15,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/config","force":true,"process":"/usr/bin/vault"}}"#;

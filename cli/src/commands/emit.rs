@@ -48,6 +48,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 force,
                 process: program.clone(),
                 config: config.clone(),
+                adopt: false,
             };
             emitted(ctx, &req, |info| {
                 format!(
@@ -92,6 +93,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 path: path.clone(),
                 force,
                 helper,
+                adopt: false,
             };
             let object = if helper { "credHelpers" } else { "auths" };
             emitted(ctx, &req, |info| {
@@ -129,7 +131,10 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             Ok(())
         }
         EmitAction::Rm { id } => {
-            let req = || Request::EmitRemove { id: id.clone() };
+            let req = || Request::EmitRemove {
+                id: id.clone(),
+                keep: false,
+            };
             emitted(ctx, &req, |info| {
                 format!(
                     "removed [{}] from {}; no longer emitted",
@@ -164,7 +169,7 @@ fn emitted(
 }
 
 /// Sends a request answered by every binding.
-fn emitters(ctx: &mut Ctx, req: fn() -> Request) -> CliResult<Vec<EmitterInfo>> {
+pub(super) fn emitters(ctx: &mut Ctx, req: fn() -> Request) -> CliResult<Vec<EmitterInfo>> {
     match ctx.call_unlocked(&req)? {
         Response::Emitters { emitters } => Ok(emitters),
         _ => Err(unexpected("emit")),
@@ -172,7 +177,7 @@ fn emitters(ctx: &mut Ctx, req: fn() -> Request) -> CliResult<Vec<EmitterInfo>> 
 }
 
 /// `path` made absolute, as the daemon (another working directory) needs.
-fn absolute(path: &Path) -> CliResult<String> {
+pub(super) fn absolute(path: &Path) -> CliResult<String> {
     std::path::absolute(path)
         .map(|p| p.to_string_lossy().into_owned())
         .map_err(|e| failed(format!("{}: {e}", path.display())))

@@ -26,6 +26,28 @@ use crate::store::{EmitterRow, RecordRow};
 /// The section of a whole-file binding: the whole file.
 const WHOLE: &str = "(whole file)";
 
+/// Where `vault emit aws` writes, and how (see `Engine::emit_aws`).
+#[derive(Debug, Default)]
+pub struct AwsTarget {
+    /// Replace a section the user wrote (a backup is kept).
+    pub force: bool,
+    /// `credential_process` with this `vault` program instead of keys.
+    pub process: Option<String>,
+    /// With keys: the config file that gets the `region`.
+    pub config: Option<String>,
+    /// Take over the user's `[P]` of the credentials file (with `process`).
+    pub adopt: bool,
+}
+
+/// Whether a `--force` write keeps a copy of what it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backup {
+    /// The daemon keeps `FILE.vault-backup-TIME`.
+    Keep,
+    /// The caller kept one already.
+    Kept,
+}
+
 /// The version of what a binding writes (`EmitterRow::rendering`): 2 added
 /// `region` to an `aws-process` section. A binding of an older version is
 /// compared with what that version wrote, and moved on by
@@ -312,6 +334,7 @@ impl Engine {
         sections: &[Section],
         remove: &BTreeSet<String>,
         force: bool,
+        backup: Backup,
     ) -> Result<()> {
         let _lock = lock(path)?;
         let text = read_file(path)?;
@@ -324,7 +347,7 @@ impl Engine {
         let taken = sections.iter().any(|s| !owned.contains(&s.name))
             && aws_ini::section_names(&text)
                 .is_ok_and(|names| sections.iter().any(|s| names.contains(&s.name)));
-        if force && taken {
+        if force && taken && backup == Backup::Keep {
             keep_backup(path, &text)?;
         }
         write_file(path, merged.as_bytes())
@@ -332,6 +355,8 @@ impl Engine {
 
     /// Merges a registry entry of a `kind` binding into / out of a docker
     /// config and writes it.
+    /// With `adopt`, the user's `auths` entry of the registry set goes in
+    /// the same write (no backup: the caller kept one).
     fn write_docker(
         &self,
         path: &str,
@@ -339,24 +364,33 @@ impl Engine {
         set: Option<(String, String)>,
         remove: &BTreeSet<String>,
         force: bool,
+        adopt: bool,
     ) -> Result<()> {
         let _lock = lock(path)?;
         let text = read_file(path)?;
         let owned = self.owned_sections(path, Some(kind))?;
         let entries: Vec<(String, String)> = set.into_iter().collect();
         let object = docker_object(kind);
-        let merged = docker_json::merge_in(&text, object, &entries, remove, &owned, force)
-            .map_err(|e| {
-                let code = match e {
-                    docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
-                    docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
-                };
-                err(code, format!("{path}: {object} {e}"))
-            })?;
+        let merge_error = |object: &str, e: docker_json::DockerError| {
+            let code = match e {
+                docker_json::DockerError::NotOwned(_) => ErrorCode::Conflict,
+                docker_json::DockerError::Unparseable(_) => ErrorCode::Failed,
+            };
+            err(code, format!("{path}: {object} {e}"))
+        };
+        let mut merged = docker_json::merge_in(&text, object, &entries, remove, &owned, force)
+            .map_err(|e| merge_error(object, e))?;
+        if adopt {
+            let theirs: BTreeSet<String> = entries.iter().map(|(r, _)| r.clone()).collect();
+            merged =
+                docker_json::merge_in(&merged, docker_json::AUTHS, &[], &theirs, &theirs, false)
+                    .map_err(|e| merge_error(docker_json::AUTHS, e))?;
+        }
         if merged == text {
             return Ok(());
         }
-        if force && entries.iter().any(|(r, _)| !owned.contains(r)) && !text.is_empty() {
+        let taken = entries.iter().any(|(r, _)| !owned.contains(r)) && !text.is_empty();
+        if force && taken && !adopt {
             keep_backup(path, &text)?;
         }
         write_file(path, merged.as_bytes())
@@ -365,17 +399,30 @@ impl Engine {
     /// `vault emit aws NAME --profile P`: writes the profile now and keeps
     /// it in sync from then on. With keys (no `process`), `config` is the
     /// config file whose `[profile P]` gets the credential's `region`.
-    #[allow(clippy::too_many_arguments)]
+    /// Adopting (`vault import aws --adopt`) puts `credential_process` in
+    /// `[P]` of the shared-credentials file itself, in place of the user's
+    /// section there (SDKs read a profile from both files, the credentials
+    /// file first), without a backup: the CLI kept one.
     pub fn emit_aws(
         &mut self,
         name: &str,
         profile: &str,
         path: &str,
-        force: bool,
-        process: Option<String>,
-        config: Option<String>,
+        target: AwsTarget,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
+        let AwsTarget {
+            force,
+            process,
+            config,
+            adopt,
+        } = target;
+        if adopt && process.is_none() {
+            return Err(err(
+                ErrorCode::Usage,
+                "adopting a profile writes credential_process: give the vault program",
+            ));
+        }
         if !valid_profile(profile) {
             return Err(err(
                 ErrorCode::Usage,
@@ -391,6 +438,7 @@ impl Engine {
         let region = region.value();
         // In the config file a profile is `[profile P]`, except `[default]`.
         let (kind, section_name) = match &process {
+            Some(_) if adopt => (EmitterKind::AwsProcess, profile.to_owned()),
             Some(_) => (EmitterKind::AwsProcess, config_section(profile)),
             None => (EmitterKind::Aws, profile.to_owned()),
         };
@@ -430,7 +478,8 @@ impl Engine {
             rendering: RENDERING,
         };
         let section = render(&emitter, name, &body, now).ok_or_else(|| expired(name))?;
-        self.write_sections(path, &[section], &BTreeSet::new(), force)?;
+        let backup = if adopt { Backup::Kept } else { Backup::Keep };
+        self.write_sections(path, &[section], &BTreeSet::new(), force || adopt, backup)?;
         let mut info = self.bind(emitter.clone(), name)?;
         // The keys are bound: the region is second to them. One that cannot
         // be written now is a warning and the binding's state (in `vault
@@ -588,9 +637,16 @@ impl Engine {
         path: &str,
         force: bool,
         helper: bool,
+        adopt: bool,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
         check_absolute(path)?;
+        if adopt && !helper {
+            return Err(err(
+                ErrorCode::Usage,
+                "adopting a registry login writes credHelpers: ask for the helper",
+            ));
+        }
         let (row, body) = self.load_as(name, CredentialType::Registry, "docker")?;
         let kind = if helper {
             EmitterKind::DockerHelper
@@ -608,15 +664,20 @@ impl Engine {
                     format!("'{name}' has no registry field: 'vault set {name} registry=HOST'"),
                 )
             })?;
-        let existing =
-            self.find_emitter(|e| e.path == path && e.kind == kind && e.section == registry)?;
+        // One binding per registry and file: switching between `auths` and
+        // `credHelpers` writes the new entry, then takes the old one out.
+        let existing = self.find_emitter(|e| e.path == path && e.section == registry)?;
         self.write_docker(
             path,
             kind,
             Some((registry.clone(), entry)),
             &BTreeSet::new(),
             force,
+            adopt,
         )?;
+        if let Some(old) = existing.as_ref().filter(|e| e.kind != kind) {
+            self.unwrite(old)?;
+        }
         let emitter = EmitterRow {
             id: existing.map_or_else(|| random_hex(6), |e| e.id),
             record_id: row.id,
@@ -716,9 +777,9 @@ impl Engine {
         if e.kind.is_whole_file() {
             remove_file(&e.path)
         } else if e.kind.is_docker() {
-            self.write_docker(&e.path, e.kind, None, &remove, false)
+            self.write_docker(&e.path, e.kind, None, &remove, false, false)
         } else {
-            self.write_sections(&e.path, &[], &remove, false)
+            self.write_sections(&e.path, &[], &remove, false, Backup::Keep)
         }
     }
 
@@ -749,14 +810,14 @@ impl Engine {
             // binding's entry goes, the current one is written.
             return match docker_render(e.kind, body, now) {
                 Some(entry) if entry.0 == e.section => {
-                    self.write_docker(&e.path, e.kind, Some(entry), &BTreeSet::new(), false)
+                    self.write_docker(&e.path, e.kind, Some(entry), &BTreeSet::new(), false, false)
                 }
                 _ => self.unwrite(e),
             };
         }
         match render(e, &body.name, body, now) {
             Some(s) => {
-                self.write_sections(&e.path, &[s], &BTreeSet::new(), false)?;
+                self.write_sections(&e.path, &[s], &BTreeSet::new(), false, Backup::Keep)?;
                 self.sync_region(e, wanted_region(body, now).as_deref())
             }
             None => self.take_out(e, body),
@@ -972,14 +1033,20 @@ impl Engine {
     }
 
     /// `vault emit rm ID`: removes the vault's section and forgets the
-    /// binding.
-    pub fn emit_remove(&mut self, id: &str) -> Result<EmitterInfo> {
+    /// binding. With `keep`, what it wrote stays in the file as the user's
+    /// own (`vault import … --undo`), region line included.
+    pub fn emit_remove(&mut self, id: &str, keep: bool) -> Result<EmitterInfo> {
         let Some(e) = self.find_emitter(|e| e.id == id)? else {
             return Err(err(
                 ErrorCode::NotFound,
                 format!("no emitter '{id}': see 'vault emit list'"),
             ));
         };
+        if keep {
+            self.store_mut()?.delete_emitter(id).map_err(store_err)?;
+            info!(emitter = %id, "stopped emitting; the file keeps what was written");
+            return Ok(info_of(&e, None, EmitState::Removed));
+        }
         self.unwrite(&e)?;
         // The keys are out: the binding goes even if its region line cannot
         // be taken out, which is reported.
@@ -1209,7 +1276,16 @@ fn write_file(path: &str, content: &[u8]) -> Result<()> {
 
 /// Keeps the whole file before `--force` replaces a part the user wrote.
 fn keep_backup(path: &str, text: &str) -> Result<()> {
-    let backup = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+    // Two backups within a second must not overwrite the first, which holds
+    // the user's text.
+    let stem = format!("{path}.vault-backup-{}", Timestamp::now().unix());
+    let backup = (1..)
+        .map(|n| match n {
+            1 => stem.clone(),
+            n => format!("{stem}-{n}"),
+        })
+        .find(|b| !Path::new(b).exists())
+        .unwrap_or(stem);
     write_file(&backup, text.as_bytes())?;
     info!("kept a backup before --force");
     Ok(())
