@@ -103,6 +103,7 @@ pub enum Command {
         name: String,
     },
     /// Bring credentials in from ~/.aws/credentials, ~/.docker/config.json or a .env file
+    #[command(after_help = IMPORT_HELP)]
     Import(ImportArgs),
     /// Start, stop or inspect the daemon (vaultd)
     Daemon {
@@ -527,7 +528,29 @@ pub struct ImportArgs {
     /// A tag for every imported credential (repeatable)
     #[arg(long)]
     pub tag: Vec<String>,
+
+    /// Move off the plaintext: after importing, each imported profile
+    /// (aws) or login (docker) in the file asks the vault instead; a 0600
+    /// backup of the file is kept first
+    #[arg(long, conflicts_with = "undo")]
+    pub adopt: bool,
+
+    /// Undo --adopt: the values go back into the file in plain text and the
+    /// vault stops managing those entries
+    #[arg(long, conflicts_with_all = ["force", "name", "tag", "dry_run"])]
+    pub undo: bool,
 }
+
+const IMPORT_HELP: &str = "\
+Examples:
+  vault import aws --adopt     # keys into the vault; [PROFILE] in ~/.aws/credentials
+                               # becomes credential_process = vault aws-process NAME
+  vault import docker --adopt  # logins into the vault; auths become credHelpers
+  vault import aws --undo      # the keys back in the file, as before
+
+--adopt never touches a profile or login it did not import, and keeps the
+file as FILE.vault-adopt-TIME (0600) before changing it. Afterwards no
+imported secret is left in the file (remove the backup once satisfied).";
 
 /// What `vault import` reads.
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -447,3 +447,143 @@ print(json.dumps(out))
         assert!(!list.contains(MARK), "the secret key is masked");
     }
 }
+
+/// Issue 24: `vault import aws --adopt` takes the plaintext keys out of
+/// `~/.aws/credentials`; botocore and the aws CLI then get the same keys
+/// through `credential_process`, the region and output still from the
+/// user's config. Entries it cannot take over whole stay as they were, and
+/// `--undo` puts the keys back.
+#[test]
+fn botocore_and_the_aws_cli_use_an_adopted_profile() {
+    let Some(python) = test_python("adopted profile") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init();
+    let (s_default, s_dev, s_kept) = (
+        secret("adopt-default"),
+        secret("adopt-dev"),
+        secret("adopt-kept"),
+    );
+    let aws = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let credentials = format!(
+        "# my keys\n[default]\naws_access_key_id = AKIAADOPTDEFAULT\naws_secret_access_key = {s_default}\n\n\
+         [dev]\naws_access_key_id=AKIAADOPTDEV\naws_secret_access_key={s_dev}\n\n\
+         [kept]\naws_access_key_id = AKIAKEPT\naws_secret_access_key = {s_kept}\nregion = us-west-1\n\n\
+         [other]\nsso_session = corp\n"
+    );
+    let creds_file = aws.join("credentials");
+    std::fs::write(&creds_file, &credentials).unwrap();
+    let config =
+        "[default]\nregion = us-east-2\noutput = json\n[profile dev]\nregion = eu-west-1\n";
+    std::fs::write(aws.join("config"), config).unwrap();
+
+    let run = vh.vault(["--json", "import", "aws", "--adopt"]);
+    run.ok().never_prints(MARK);
+    let report = run.json();
+    assert_eq!(
+        report["adopted"],
+        serde_json::json!(["aws-default", "aws-dev"]),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("aws-kept was imported but not adopted: [kept] also holds region"),
+        "{run}"
+    );
+    let now = std::fs::read_to_string(&creds_file).unwrap();
+    for s in [&s_default, &s_dev] {
+        assert!(
+            !now.contains(s.as_str()),
+            "an adopted secret is still in the file:\n{now}"
+        );
+    }
+    assert!(now.contains("# my keys\n") && now.contains(&format!("[kept]\naws_access_key_id = AKIAKEPT\naws_secret_access_key = {s_kept}\nregion = us-west-1\n")) && now.contains("[other]\nsso_session = corp\n"), "{now}");
+    assert_eq!(
+        std::fs::read_to_string(aws.join("config")).unwrap(),
+        config,
+        "the config file is not touched"
+    );
+    let backup = report["backup"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(backup).unwrap(), credentials);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let script = r#"
+import json, botocore.session
+out = {}
+for p in ("default", "dev", "kept"):
+    s = botocore.session.Session(profile=p)
+    c = s.get_credentials()
+    f = c.get_frozen_credentials()
+    out[p] = {"method": c.method, "key": f.access_key, "secret": f.secret_key,
+              "region": s.get_config_variable("region"), "output": s.get_scoped_config().get("output")}
+print(json.dumps(out))
+"#;
+    let got = run_python(&vh, &python, script);
+    assert_eq!(
+        got["default"],
+        serde_json::json!({"method": "custom-process", "key": "AKIAADOPTDEFAULT", "secret": s_default, "region": "us-east-2", "output": "json"})
+    );
+    assert_eq!(got["dev"]["method"], "custom-process");
+    assert_eq!(got["dev"]["secret"], s_dev.as_str());
+    assert_eq!(got["dev"]["region"], "eu-west-1");
+    assert_eq!(got["kept"]["method"], "shared-credentials-file");
+
+    // Again: nothing left to adopt, nothing changes.
+    vh.vault(["import", "aws", "--adopt"]).ok();
+    assert_eq!(std::fs::read_to_string(&creds_file).unwrap(), now);
+
+    if has_aws_cli(&python, "adopted profile") {
+        let run = run_command(
+            vh.command(
+                &python,
+                ["-m", "awscli", "configure", "list", "--profile", "default"],
+            ),
+            None,
+            Duration::from_secs(120),
+        );
+        run.ok().never_prints(MARK);
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("access_key"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("AULT") && line.contains("custom-process"),
+            "{run}"
+        );
+    }
+
+    // Undo: the keys are back in plain text, botocore reads them there,
+    // and the vault keeps the credentials but no longer the sections.
+    let run = vh.vault(["--json", "import", "aws", "--undo"]);
+    run.ok();
+    assert_eq!(
+        run.json()["undone"],
+        serde_json::json!(["aws-default", "aws-dev"]),
+        "{run}"
+    );
+    let back = std::fs::read_to_string(&creds_file).unwrap();
+    assert!(
+        back.contains(&format!("aws_secret_access_key = {s_default}")),
+        "{back}"
+    );
+    let got = run_python(&vh, &python, script);
+    assert_eq!(got["default"]["method"], "shared-credentials-file");
+    assert_eq!(got["default"]["secret"], s_default.as_str());
+    assert_eq!(got["dev"]["secret"], s_dev.as_str());
+    let emitted = vh.vault(["--json", "emit", "list"]).ok().json();
+    assert_eq!(emitted, serde_json::json!([]), "no binding is left");
+    vh.vault(["rm", "aws-dev"]).ok();
+    assert!(
+        std::fs::read_to_string(&creds_file)
+            .unwrap()
+            .contains(s_dev.as_str()),
+        "the file is the user's again"
+    );
+}

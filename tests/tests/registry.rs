@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vault_e2e::{MARK, Run, VaultHome, run_command, secret, which};
+use vault_e2e::{MARK, Run, VaultHome, base64, run_command, secret, which};
 
 struct Tools {
     skopeo: PathBuf,
@@ -164,6 +164,19 @@ fn oci_layout(dir: &Path) -> PathBuf {
     layout
 }
 
+/// docker-credential-vault on PATH, as the install links it.
+fn helper_on_path(vh: &mut VaultHome) {
+    let links = vh.root().join("links");
+    fs::create_dir_all(&links).unwrap();
+    symlink(&vh.vault_bin, links.join("docker-credential-vault")).unwrap();
+    let path = format!(
+        "{}:{}:/usr/local/bin:/usr/bin:/bin",
+        links.display(),
+        vh.vault_bin.parent().unwrap().display()
+    );
+    vh.env.insert("PATH".into(), path);
+}
+
 fn skopeo(vh: &VaultHome, t: &Tools, args: &[&str]) -> Run {
     let cmd = vh.command(&t.skopeo, args);
     run_command(cmd, None, Duration::from_secs(120))
@@ -182,16 +195,7 @@ fn skopeo_reads_the_emitted_login_and_the_helper() {
     let reg = start_registry(&t, &dir, "alice", &password);
     let layout = oci_layout(&dir);
 
-    // docker-credential-vault on PATH, as the install links it.
-    let links = vh.root().join("links");
-    fs::create_dir_all(&links).unwrap();
-    symlink(&vh.vault_bin, links.join("docker-credential-vault")).unwrap();
-    let path = format!(
-        "{}:{}:/usr/local/bin:/usr/bin:/bin",
-        links.display(),
-        vh.vault_bin.parent().unwrap().display()
-    );
-    vh.env.insert("PATH".into(), path);
+    helper_on_path(&mut vh);
 
     vh.add_registry("reg", &reg.addr, "alice", &password);
     let src = format!("oci:{}:v1", layout.display());
@@ -285,4 +289,74 @@ fn check_logs_in_to_the_registry() {
     };
     assert_eq!(state("reg"), "ok");
     assert_eq!(state("reg-old"), "check-failed");
+}
+
+/// Issue 24: `vault import docker --adopt` turns the user's plaintext
+/// `auths` login into `credHelpers`; skopeo still logs in (through
+/// docker-credential-vault), no password is left in the file, the user's
+/// other entries stay, and `--undo` puts the login back.
+#[test]
+fn an_adopted_login_moves_to_the_helper_and_back() {
+    let Some(t) = tools("an_adopted_login_moves_to_the_helper_and_back") else {
+        return;
+    };
+    let mut vh = VaultHome::new();
+    vh.init();
+    let dir = vh.root().join("registry");
+    fs::create_dir_all(&dir).unwrap();
+    let password = secret("adopt-registry");
+    let reg = start_registry(&t, &dir, "bob", &password);
+    helper_on_path(&mut vh);
+    let layout = oci_layout(&dir);
+    let dest = format!("docker://{}/demo:v1", reg.addr);
+    let src = format!("oci:{}:v1", layout.display());
+    let auth = base64(&format!("bob:{password}"));
+    let docker = vh.user_home.join(".docker");
+    fs::create_dir_all(&docker).unwrap();
+    let file = docker.join("config.json");
+    let original = format!(
+        "{{\n  \"auths\": {{\n    \"{}\": {{\"auth\": \"{auth}\"}},\n    \"https://index.docker.io/v1/\": {{\"auth\": \"{}\"}}\n  }},\n  \"psFormat\": \"table\"\n}}\n",
+        reg.addr,
+        base64("hub:not-adopted")
+    );
+    fs::write(&file, &original).unwrap();
+    skopeo(&vh, &t, &["copy", "--dest-tls-verify=false", &src, &dest]).ok();
+
+    let run = vh.vault(["--json", "import", "docker", "--adopt"]);
+    run.ok().never_prints(MARK);
+    let name = reg.addr.replace(':', "-");
+    assert_eq!(run.json()["adopted"], serde_json::json!([name]), "{run}");
+    assert!(run.stderr.contains("is a URL, not a host"), "{run}");
+    let now = fs::read_to_string(&file).unwrap();
+    assert!(
+        !now.contains(&auth),
+        "the adopted login is still in the file:\n{now}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&now).unwrap();
+    assert_eq!(config["credHelpers"][&reg.addr], "vault", "{now}");
+    assert!(
+        config["auths"]["https://index.docker.io/v1/"]["auth"].is_string(),
+        "{now}"
+    );
+    assert_eq!(config["psFormat"], "table");
+    let backup = run.json()["backup"].as_str().unwrap().to_owned();
+    assert_eq!(fs::read_to_string(&backup).unwrap(), original);
+    skopeo(&vh, &t, &["inspect", "--tls-verify=false", &dest])
+        .ok()
+        .never_prints(MARK);
+
+    vh.vault(["import", "docker", "--undo"]).ok();
+    let back: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        back.get("credHelpers")
+            .is_none_or(|h| h.get(&reg.addr).is_none()),
+        "{back}"
+    );
+    assert!(back["auths"][&reg.addr]["auth"].is_string(), "{back}");
+    assert_eq!(
+        vh.vault(["--json", "emit", "list"]).ok().json(),
+        serde_json::json!([])
+    );
+    skopeo(&vh, &t, &["inspect", "--tls-verify=false", &dest]).ok();
 }

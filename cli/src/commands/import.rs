@@ -1,8 +1,9 @@
 //! `vault import aws|docker|env [FILE]`: bring credentials that sit in
-//! plaintext files into the vault. The source file is only read, never
-//! changed; `--dry-run` shows what would be created; names that exist are
-//! skipped unless `--force`, which makes a new revision (the old value stays
-//! in the history).
+//! plaintext files into the vault. Without `--adopt` the source file is
+//! only read, never changed; `--dry-run` shows what would be created; names
+//! that exist are skipped unless `--force`, which makes a new revision (the
+//! old value stays in the history). `--adopt` then moves the file off the
+//! plaintext (`super::adopt`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,69 +16,118 @@ use vault_protocol::message::NewRecord;
 use vault_protocol::{CredentialType, ErrorCode, Request, Response, SecretValue, validate_name};
 use zeroize::Zeroizing;
 
-use super::Ctx;
+use super::{Ctx, adopt};
 use crate::args::{ImportArgs, ImportSource};
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::names::{host_of, name_from};
+
+/// A credential found in the file: where it sits there (the aws profile,
+/// the docker `auths` key), the record it becomes, and why `--adopt` would
+/// leave it alone, if it would.
+pub(super) struct Found {
+    pub key: String,
+    pub record: NewRecord,
+    pub not_adoptable: Option<String>,
+}
+
+impl Found {
+    fn new(key: &str, record: NewRecord) -> Self {
+        Found {
+            key: key.to_owned(),
+            record,
+            not_adoptable: None,
+        }
+    }
+}
+
+/// What importing did with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Added,
+    Replaced,
+    /// It exists with these values already.
+    Unchanged,
+    Skipped,
+}
+
+/// Where the source file is: the one given, the tool's variable, or the
+/// tool's default.
+fn source_path(args: &ImportArgs, home: &Path) -> PathBuf {
+    let env_path = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(file) = &args.file {
+        return file.clone();
+    }
+    match args.source {
+        ImportSource::Aws => {
+            env_path("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|| home.join(".aws/credentials"))
+        }
+        ImportSource::Docker => env_path("DOCKER_CONFIG")
+            .unwrap_or_else(|| home.join(".docker"))
+            .join("config.json"),
+        ImportSource::Env => PathBuf::from(".env"),
+    }
+}
 
 /// `vault import`.
 pub fn run(ctx: &mut Ctx, args: &ImportArgs) -> CliResult<()> {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    let env_path = |var: &str| std::env::var_os(var).map(PathBuf::from);
-    let (path, records) = match args.source {
+    let path = source_path(args, &home);
+    if args.undo {
+        return adopt::undo(ctx, args.source, &path);
+    }
+    let found = match args.source {
         ImportSource::Aws => {
-            let path = args
-                .file
-                .clone()
-                .or_else(|| env_path("AWS_SHARED_CREDENTIALS_FILE"))
-                .unwrap_or_else(|| home.join(".aws/credentials"));
-            let config = env_path("AWS_CONFIG_FILE").unwrap_or_else(|| home.join(".aws/config"));
+            let config = std::env::var_os("AWS_CONFIG_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".aws/config"));
             let text = read(&path)?;
-            let regions = match std::fs::read_to_string(&config) {
-                Ok(c) => parse_ini(&c, &config)
-                    .map(|s| aws_regions(&s))
-                    .unwrap_or_default(),
-                Err(_) => BTreeMap::new(),
+            let config = match std::fs::read_to_string(&config) {
+                Ok(c) => parse_ini(&c, &config).unwrap_or_default(),
+                Err(_) => Vec::new(),
             };
             let sections = parse_ini(&text, &path).map_err(failed)?;
-            (path, aws_records(&sections, &regions))
+            aws_records(&sections, &config)
         }
         ImportSource::Docker => {
-            let path = args.file.clone().unwrap_or_else(|| {
-                env_path("DOCKER_CONFIG")
-                    .unwrap_or_else(|| home.join(".docker"))
-                    .join("config.json")
-            });
             let text = read(&path)?;
             let (records, notes) = docker_records(&text, &path).map_err(failed)?;
             for note in notes {
                 ctx.out.warn(&note);
             }
-            (path, records)
+            records
         }
         ImportSource::Env => {
-            let path = args.file.clone().unwrap_or_else(|| PathBuf::from(".env"));
+            if args.adopt {
+                return Err(usage(
+                    "--adopt takes aws and docker files; for a .env file, run its command with \
+                     'vault exec -c NAME -- …' and delete the file",
+                ));
+            }
             let text = read(&path)?;
             let name = match &args.name {
                 Some(n) => n.clone(),
                 None => default_env_name(&path),
             };
-            (
-                path.clone(),
-                vec![env_record(&text, &path, &name).map_err(failed)?],
-            )
+            let record = env_record(&text, &path, &name).map_err(failed)?;
+            vec![Found::new(&name, record)]
         }
     };
-    let mut records = records;
-    for r in &mut records {
+    let mut found = found;
+    for f in &mut found {
+        let r = &mut f.record;
         validate_name(&r.name).map_err(usage)?;
         validate_fields(r.kind, &r.fields).map_err(|e| failed(format!("{}: {e}", r.name)))?;
         r.tags.extend(args.tag.iter().cloned());
         r.description = Some(format!("imported from {}", path.display()));
     }
-    if records.is_empty() {
+    if found.is_empty() {
         ctx.out
             .info(&format!("nothing to import from {}", path.display()));
         return ctx
@@ -85,57 +135,93 @@ pub fn run(ctx: &mut Ctx, args: &ImportArgs) -> CliResult<()> {
             .json(&json!({"added": [], "replaced": [], "skipped": [], "dry_run": args.dry_run}));
     }
 
-    let (mut added, mut replaced, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for record in records {
-        let name = record.name.clone();
-        let kind = record.kind;
-        let exists = match ctx.call_unlocked(&|| Request::Get { name: name.clone() }) {
-            Ok(_) => true,
-            Err(e) if e.code == ErrorCode::NotFound => false,
-            Err(e) => return Err(e),
-        };
-        let verb = match (exists, args.force, args.dry_run) {
-            (true, false, _) => {
-                ctx.out.info(&format!("skipped {name}: it exists (--force replaces it, keeping the old value in its history)"));
-                skipped.push(name);
-                continue;
-            }
-            (false, _, true) => "would add",
-            (true, true, true) => "would replace",
-            (false, _, false) => {
-                let answer = ctx.call_unlocked(&|| Request::Add {
-                    record: dup(&record),
-                })?;
-                if !matches!(answer, Response::Changed(_)) {
-                    return Err(unexpected("add"));
-                }
-                "added"
-            }
-            (true, true, false) => {
-                let answer = ctx.call_unlocked(&|| Request::Set {
-                    name: name.clone(),
-                    fields: dup_fields(&record.fields),
-                    unset: vec![],
-                    description: record.description.clone(),
-                    tags: None,
-                    expires_at: None,
-                })?;
-                if !matches!(answer, Response::Changed(_)) {
-                    return Err(unexpected("set"));
-                }
-                "replaced"
-            }
-        };
-        ctx.out.info(&format!("{verb} {name} ({kind})"));
-        if exists {
-            replaced.push(name)
-        } else {
-            added.push(name)
-        }
+    let mut outcomes = Vec::new();
+    for f in &found {
+        outcomes.push(import_one(ctx, &f.record, args)?);
     }
-    ctx.out.json(
-        &json!({"added": added, "replaced": replaced, "skipped": skipped, "dry_run": args.dry_run}),
-    )
+    let names = |which: Outcome| -> Vec<&str> {
+        found
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == which)
+            .map(|(f, _)| f.record.name.as_str())
+            .collect()
+    };
+    let mut report = json!({
+        "added": names(Outcome::Added),
+        "replaced": names(Outcome::Replaced),
+        "unchanged": names(Outcome::Unchanged),
+        "skipped": names(Outcome::Skipped),
+        "dry_run": args.dry_run,
+    });
+    if args.adopt {
+        let done = adopt::adopt(ctx, args.source, &path, &found, &outcomes, args.dry_run)?;
+        report["adopted"] = json!(done.adopted);
+        report["backup"] = json!(done.backup);
+        ctx.out.json(&report)?;
+        return done.result;
+    }
+    ctx.out.json(&report)
+}
+
+/// Adds, replaces or skips one record (or says what it would do).
+fn import_one(ctx: &mut Ctx, record: &NewRecord, args: &ImportArgs) -> CliResult<Outcome> {
+    let name = record.name.clone();
+    let kind = record.kind;
+    let existing = match ctx.call_unlocked(&|| Request::Get { name: name.clone() }) {
+        Ok(Response::Record(view)) => Some(view),
+        Ok(_) => return Err(unexpected("get")),
+        Err(e) if e.code == ErrorCode::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let same = existing.as_ref().is_some_and(|v| {
+        v.kind == kind
+            && record.fields.iter().all(|(k, val)| {
+                v.fields
+                    .get(k)
+                    .is_some_and(|x| x.expose_secret() == val.expose_secret())
+            })
+    });
+    if same {
+        ctx.out.info(&format!(
+            "{name} is in the vault already, with these values"
+        ));
+        return Ok(Outcome::Unchanged);
+    }
+    let exists = existing.is_some();
+    let (verb, outcome) = match (exists, args.force, args.dry_run) {
+        (true, false, _) => {
+            ctx.out.info(&format!("skipped {name}: it exists with other values (--force replaces it, keeping the old value in its history)"));
+            return Ok(Outcome::Skipped);
+        }
+        (false, _, true) => ("would add", Outcome::Added),
+        (true, true, true) => ("would replace", Outcome::Replaced),
+        (false, _, false) => {
+            let answer = ctx.call_unlocked(&|| Request::Add {
+                record: dup(record),
+            })?;
+            if !matches!(answer, Response::Changed(_)) {
+                return Err(unexpected("add"));
+            }
+            ("added", Outcome::Added)
+        }
+        (true, true, false) => {
+            let answer = ctx.call_unlocked(&|| Request::Set {
+                name: name.clone(),
+                fields: dup_fields(&record.fields),
+                unset: vec![],
+                description: record.description.clone(),
+                tags: None,
+                expires_at: None,
+            })?;
+            if !matches!(answer, Response::Changed(_)) {
+                return Err(unexpected("set"));
+            }
+            ("replaced", Outcome::Replaced)
+        }
+    };
+    ctx.out.info(&format!("{verb} {name} ({kind})"));
+    Ok(outcome)
 }
 
 /// A copy of `r` (requests hold secrets and are not `Clone`; a request is
@@ -171,6 +257,32 @@ fn read(path: &Path) -> CliResult<Zeroizing<String>> {
 /// part of no key we use and skipped.
 type Sections = Vec<(String, BTreeMap<String, SecretValue>)>;
 
+/// The key a section gets when it has indented lines (never a real key: a
+/// key is trimmed).
+const NESTED: &str = " nested";
+
+/// The keys a profile of `~/.aws/credentials` may hold to be adopted: its
+/// section is replaced by the vault's, so anything else would be lost.
+const ADOPTABLE_KEYS: [&str; 3] = [
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+];
+
+/// Keys of `~/.aws/config` that give a profile its credentials another way;
+/// a profile with one is left alone by --adopt (its plaintext keys may be a
+/// role's source, which `credential_process` there would change).
+const OTHER_SOURCES: [&str; 8] = [
+    "credential_process",
+    "role_arn",
+    "source_profile",
+    "credential_source",
+    "web_identity_token_file",
+    "sso_start_url",
+    "sso_session",
+    "sso_account_id",
+];
+
 fn parse_ini(text: &str, path: &Path) -> Result<Sections, String> {
     let mut sections: Sections = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -179,7 +291,12 @@ fn parse_ini(text: &str, path: &Path) -> Result<Sections, String> {
             continue;
         }
         if raw.starts_with([' ', '\t']) {
-            continue; // a nested block's line
+            // A nested block's line (`s3 =`): no key we import, but it is
+            // part of the section, which --adopt then leaves alone.
+            if let Some((_, fields)) = sections.last_mut() {
+                fields.insert(NESTED.to_owned(), SecretValue::from(""));
+            }
+            continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             sections.push((name.trim().to_owned(), BTreeMap::new()));
@@ -202,20 +319,32 @@ fn parse_ini(text: &str, path: &Path) -> Result<Sections, String> {
     Ok(sections)
 }
 
-/// `region` of each profile in `~/.aws/config` (`[default]`, `[profile X]`).
-fn aws_regions(sections: &Sections) -> BTreeMap<String, String> {
-    sections
-        .iter()
-        .filter_map(|(name, fields)| {
-            let profile = name.strip_prefix("profile ").unwrap_or(name).trim();
-            let region = fields.get("region")?.expose_secret().to_owned();
-            Some((profile.to_owned(), region))
-        })
-        .collect()
+/// A profile's section name in `~/.aws/config`: `[profile X]`, but
+/// `[default]`.
+fn config_section(profile: &str) -> String {
+    if profile == "default" {
+        profile.to_owned()
+    } else {
+        format!("profile {profile}")
+    }
 }
 
-/// One `aws` record per profile with keys, named `aws-PROFILE`.
-fn aws_records(sections: &Sections, regions: &BTreeMap<String, String>) -> Vec<NewRecord> {
+/// One `aws` record per profile with keys, named `aws-PROFILE` (its region
+/// from the section or `~/.aws/config`).
+fn aws_records(sections: &Sections, config: &Sections) -> Vec<Found> {
+    let config_of = |profile: &str| {
+        let wanted = config_section(profile);
+        config
+            .iter()
+            .filter(|(name, _)| {
+                *name == wanted
+                    || name
+                        .strip_prefix("profile ")
+                        .is_some_and(|p| p.trim() == profile)
+            })
+            .map(|(_, fields)| fields)
+            .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     for (profile, fields) in sections {
         let (Some(id), Some(secret)) = (
@@ -230,28 +359,58 @@ fn aws_records(sections: &Sections, regions: &BTreeMap<String, String>) -> Vec<N
         if let Some(token) = fields.get("aws_session_token").filter(|t| !t.is_empty()) {
             f.insert("session_token".to_owned(), token.duplicate());
         }
+        let configs = config_of(profile);
         let region = fields
             .get("region")
-            .map(|r| r.expose_secret().to_owned())
-            .or_else(|| regions.get(profile).cloned());
+            .or_else(|| configs.iter().find_map(|c| c.get("region")))
+            .map(|r| r.expose_secret().to_owned());
         if let Some(region) = region {
             f.insert("region".to_owned(), SecretValue::from(region.as_str()));
         }
-        out.push(NewRecord {
+        let record = NewRecord {
             name: format!("aws-{}", name_from(profile)),
             kind: CredentialType::Aws,
             fields: f,
             description: None,
             tags: vec!["imported".to_owned()],
             expires_at: None,
-        });
+        };
+        let mut found = Found::new(profile, record);
+        let other_key = fields
+            .keys()
+            .find(|k| !ADOPTABLE_KEYS.contains(&k.as_str()));
+        let source = configs
+            .iter()
+            .find_map(|c| OTHER_SOURCES.iter().find(|k| c.contains_key(**k)));
+        found.not_adoptable = if sections.iter().filter(|(n, _)| n == profile).count() > 1 {
+            Some(format!("[{profile}] appears more than once in the file"))
+        } else if let Some(key) = other_key {
+            let key = if key == NESTED {
+                "indented lines"
+            } else {
+                key.as_str()
+            };
+            Some(format!(
+                "[{profile}] also holds {key}, which the vault's section would drop: move it to \
+                 ~/.aws/config and retry"
+            ))
+        } else {
+            source.map(|key| {
+                format!(
+                    "its [{}] in ~/.aws/config has {key}, so its keys may feed another \
+                     profile's credentials",
+                    config_section(profile)
+                )
+            })
+        };
+        out.push(found);
     }
     out
 }
 
 /// One `registry` record per `auths` entry with an inline `auth`; entries
 /// kept by a credential helper are named in the notes.
-fn docker_records(text: &str, path: &Path) -> Result<(Vec<NewRecord>, Vec<String>), String> {
+fn docker_records(text: &str, path: &Path) -> Result<(Vec<Found>, Vec<String>), String> {
     #[derive(serde::Deserialize)]
     struct Config {
         #[serde(default)]
@@ -262,6 +421,8 @@ fn docker_records(text: &str, path: &Path) -> Result<(Vec<NewRecord>, Vec<String
     #[derive(serde::Deserialize)]
     struct Entry {
         auth: Option<SecretValue>,
+        #[serde(flatten)]
+        other: BTreeMap<String, serde_json::Value>,
     }
     let config: Config = serde_json::from_str(text).map_err(|e| {
         format!(
@@ -299,14 +460,28 @@ fn docker_records(text: &str, path: &Path) -> Result<(Vec<NewRecord>, Vec<String
         f.insert("registry".to_owned(), SecretValue::from(host.as_str()));
         f.insert("username".to_owned(), SecretValue::from(user));
         f.insert("auth".to_owned(), SecretValue::from(pass));
-        out.push(NewRecord {
+        let record = NewRecord {
             name: name_from(&host),
             kind: CredentialType::Registry,
             fields: f,
             description: None,
             tags: vec!["imported".to_owned()],
             expires_at: None,
-        });
+        };
+        let mut found = Found::new(&registry, record);
+        // docker asks credHelpers by the same key as auths; the vault's
+        // helper entry is keyed by the host.
+        found.not_adoptable = if registry != host {
+            Some(format!(
+                "its key {registry} is a URL, not a host (Docker Hub's is): the vault's \
+                 credHelpers entry is keyed by host"
+            ))
+        } else {
+            entry.other.keys().next().map(|k| {
+                format!("its entry also holds {k}, which the vault's helper would not give")
+            })
+        };
+        out.push(found);
     }
     Ok((out, notes))
 }

@@ -2,6 +2,7 @@
 //! holding the output and a lazily opened connection, and the one place that
 //! turns "the vault is locked" into an unlock and a retry.
 
+mod adopt;
 mod audit;
 mod aws_process;
 mod check;
