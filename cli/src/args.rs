@@ -546,6 +546,8 @@ Examples:
   vault import aws --adopt     # keys into the vault; [PROFILE] in ~/.aws/credentials
                                # becomes credential_process = vault aws-process NAME
   vault import docker --adopt  # logins into the vault; auths become credHelpers
+  vault import env --adopt     # .env values become vault://NAME/KEY references,
+                               # resolved by 'vault exec --env-file .env -- CMD'
   vault import aws --undo      # the keys back in the file, as before
 
 --adopt never touches a profile or login it did not import, and keeps the
@@ -595,6 +597,11 @@ pub struct ExecArgs {
     /// Set a variable; always wins over a credential's (repeatable)
     #[arg(long, value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+
+    /// Variables from a .env file (repeatable); a value vault://NAME/FIELD
+    /// is that field of a credential. Wins over -c, --env wins over it
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
 
     /// Variable prefix of a password credential: PREFIX_USERNAME,
     /// PREFIX_PASSWORD (default: its name upper-cased)

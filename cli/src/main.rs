@@ -15,6 +15,7 @@ mod clip;
 mod commands;
 mod complete;
 mod completion_script;
+mod dotenv;
 mod error;
 mod exec;
 mod generate;

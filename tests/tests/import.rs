@@ -154,3 +154,96 @@ fn unparseable_files_get_a_clear_error_and_nothing_is_imported() {
         .stderr_has("cannot read /nonexistent/.env");
     assert!(vh.vault(["list", "--format", "json"]).names().is_empty());
 }
+
+/// Issue 24: `vault import env --adopt` turns each value of a `.env` file
+/// into a reference, `vault exec --env-file` resolves them for the child,
+/// and `--undo` writes the values back.
+#[test]
+fn an_adopted_dotenv_file_holds_references_that_exec_resolves() {
+    let vh = VaultHome::new();
+    vh.init();
+    let api = secret("dotenv-adopt");
+    let project = vh.user_home.join("app");
+    fs::create_dir_all(&project).unwrap();
+    let env = project.join(".env");
+    let original = format!(
+        "# app settings\nexport API_KEY=\"{api}\"\nDEBUG=1 # inline comment\nGREETING='hello world'\n"
+    );
+    fs::write(&env, &original).unwrap();
+    let env_arg = env.to_str().unwrap();
+
+    let run = vh.vault(["--json", "import", "env", env_arg, "--adopt"]);
+    run.ok().never_prints(MARK);
+    assert_eq!(
+        run.json()["adopted"],
+        serde_json::json!(["app-env"]),
+        "{run}"
+    );
+    let adopted = fs::read_to_string(&env).unwrap();
+    assert_eq!(
+        adopted,
+        "# app settings\nexport API_KEY=vault://app-env/API_KEY\nDEBUG=vault://app-env/DEBUG # inline comment\nGREETING=vault://app-env/GREETING\n"
+    );
+    let backup = run.json()["backup"].as_str().unwrap().to_owned();
+    assert_eq!(fs::read_to_string(&backup).unwrap(), original);
+    assert_eq!(vh.field("app-env", "GREETING"), "hello world");
+
+    // The child gets the values; its piped output has the secret masked;
+    // --env still wins, and a literal line passes as it is.
+    let extra = project.join("extra.env");
+    fs::write(&extra, "MODE=dev\n").unwrap();
+    let script = "printf '%s|%s|%s|%s|%s' \"$API_KEY\" \"$DEBUG\" \"$GREETING\" \"$MODE\" \"$API_KEY\" >&2; printf '%s' \"$API_KEY\"";
+    let run = vh.vault([
+        "exec",
+        "--env-file",
+        env_arg,
+        "--env-file",
+        extra.to_str().unwrap(),
+        "--env",
+        "DEBUG=0",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    run.ok();
+    assert_eq!(run.stdout, "<redacted:app-env>");
+    assert_eq!(
+        run.stderr,
+        "<redacted:app-env>|0|<redacted:app-env>|dev|<redacted:app-env>"
+    );
+    let run = vh.vault([
+        "exec",
+        "--no-mask",
+        "--env-file",
+        env_arg,
+        "--",
+        "sh",
+        "-c",
+        "printf '%s' \"$API_KEY\"",
+    ]);
+    assert_eq!(run.ok().stdout, api);
+
+    // A reference to a field the credential lacks: refused before the
+    // command runs, the line named.
+    fs::write(&extra, "X=vault://app-env/NOPE\n").unwrap();
+    vh.vault(["exec", "--env-file", extra.to_str().unwrap(), "--", "true"])
+        .code(2)
+        .stderr_has("line 1: 'app-env' has no field NOPE");
+
+    // Importing the adopted file again finds nothing new.
+    let run = vh.vault(["--json", "import", "env", env_arg, "--adopt"]);
+    assert_eq!(run.ok().json()["adopted"], serde_json::json!(null));
+    assert_eq!(fs::read_to_string(&env).unwrap(), adopted);
+
+    vh.vault(["import", "env", env_arg, "--undo"])
+        .ok()
+        .never_prints(MARK);
+    let back = fs::read_to_string(&env).unwrap();
+    assert_eq!(
+        back,
+        format!(
+            "# app settings\nexport API_KEY={api}\nDEBUG=1 # inline comment\nGREETING='hello world'\n"
+        )
+    );
+}

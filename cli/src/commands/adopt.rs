@@ -1,9 +1,11 @@
-//! `vault import aws|docker --adopt` and `--undo` (docs/lifecycle.md): move
-//! a plaintext file off its secrets once they are in the vault, and put
-//! them back. Each adopted entry becomes an emitter binding the daemon
-//! keeps: a `[PROFILE]` of `~/.aws/credentials` holding only
-//! `credential_process = vault aws-process NAME`, a docker
-//! `credHelpers[registry] = "vault"` in place of its `auths` entry. The
+//! `vault import aws|docker|env --adopt` and `--undo` (docs/lifecycle.md):
+//! move a plaintext file off its secrets once they are in the vault, and
+//! put them back. Each adopted aws or docker entry becomes an emitter
+//! binding the daemon keeps: a `[PROFILE]` of `~/.aws/credentials` holding
+//! only `credential_process = vault aws-process NAME`, a docker
+//! `credHelpers[registry] = "vault"` in place of its `auths` entry. A
+//! `.env` file's values become `vault://NAME/KEY` references, which `vault
+//! exec --env-file` resolves. The
 //! credential is tagged `adopted`, which is how `--undo` knows it. Nothing
 //! the user wrote that was not imported is touched, and the file is copied
 //! first to `FILE.vault-adopt-TIME` (0600, never overwritten).
@@ -14,13 +16,15 @@ use std::path::Path;
 
 use vault_protocol::message::{EmitterInfo, EmitterKind};
 use vault_protocol::timefmt::Timestamp;
-use vault_protocol::{Request, Response, WireError};
+use vault_protocol::{ErrorCode, Request, Response, WireError};
+use zeroize::Zeroizing;
 
 use super::Ctx;
 use super::emit::{absolute, emitters};
 use super::import::{Found, Outcome};
 use crate::args::ImportSource;
-use crate::error::{CliResult, failed, unexpected, usage};
+use crate::dotenv;
+use crate::error::{CliResult, failed, unexpected};
 
 /// The tag of a credential whose file entry the vault took over.
 pub const ADOPTED: &str = "adopted";
@@ -82,6 +86,20 @@ pub(super) fn adopt(
         "kept the file as {backup} (0600); remove it once you are satisfied"
     ));
     done.backup = Some(backup);
+    if matches!(source, ImportSource::Env) {
+        for f in chosen {
+            adopt_env(path, &f.record.name)?;
+            retag(ctx, &f.record.name, true)?;
+            ctx.out.info(&format!(
+                "adopted {file}: its values are references to {} now; run with 'vault exec \
+                 --env-file {} -- …'",
+                f.record.name,
+                path.display()
+            ));
+            done.adopted.push(f.record.name.clone());
+        }
+        return Ok(done);
+    }
     let program = if matches!(source, ImportSource::Aws) {
         let exe = std::env::current_exe()
             .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
@@ -155,7 +173,7 @@ pub(super) fn undo(ctx: &mut Ctx, source: ImportSource, path: &Path) -> CliResul
     let kind = match source {
         ImportSource::Aws => EmitterKind::AwsProcess,
         ImportSource::Docker => EmitterKind::DockerHelper,
-        ImportSource::Env => return Err(usage("--undo takes aws and docker files")),
+        ImportSource::Env => return undo_env(ctx, path),
     };
     let file = absolute(path)?;
     let mut undone = Vec::new();
@@ -271,6 +289,7 @@ fn retag(ctx: &mut Ctx, name: &str, on: bool) -> CliResult<()> {
 fn entry(source: ImportSource, key: &str) -> String {
     match source {
         ImportSource::Docker => format!("the login of {key}"),
+        ImportSource::Env => key.to_owned(),
         _ => format!("[{key}]"),
     }
 }
@@ -320,4 +339,125 @@ fn keep_backup(path: &Path) -> CliResult<String> {
         "cannot find a free name for a backup beside {}; nothing was adopted",
         path.display()
     )))
+}
+
+/// The `.env` file with each value (not a reference already) replaced by
+/// the reference to its field of `name`.
+fn adopt_env(path: &Path, name: &str) -> CliResult<()> {
+    let text = read_text(path)?;
+    let entries = dotenv::parse(&text, &path.display().to_string()).map_err(failed)?;
+    let edits: Vec<_> = entries
+        .iter()
+        .filter(|e| dotenv::reference(&e.value).is_none())
+        .map(|e| (e.span.clone(), dotenv::reference_to(name, &e.key)))
+        .collect();
+    replace_file(path, &dotenv::replace(&text, &edits))
+}
+
+/// `vault import env --undo`: every reference in the file gets its value
+/// back (quoted as needed); one that cannot be resolved or written stays,
+/// and is named.
+fn undo_env(ctx: &mut Ctx, path: &Path) -> CliResult<()> {
+    let text = read_text(path)?;
+    let entries = dotenv::parse(&text, &path.display().to_string()).map_err(failed)?;
+    let mut records = std::collections::BTreeMap::new();
+    let mut edits = Vec::new();
+    let mut undone = Vec::new();
+    let mut left = 0;
+    for e in &entries {
+        let Some((name, field)) = dotenv::reference(&e.value) else {
+            continue;
+        };
+        if !records.contains_key(name) {
+            let view = match ctx.call_unlocked(&|| Request::Get {
+                name: name.to_owned(),
+            }) {
+                Ok(Response::Record(view)) => Some(view),
+                Ok(_) => return Err(unexpected("get")),
+                Err(x) if x.code == ErrorCode::NotFound => None,
+                Err(x) => return Err(x),
+            };
+            records.insert(name.to_owned(), view);
+        }
+        let value = records
+            .get(name)
+            .and_then(|v| v.as_ref())
+            .and_then(|v| v.fields.get(field))
+            .map(|v| v.expose_secret());
+        match value.map(dotenv::quoted) {
+            Some(Some(q)) => {
+                edits.push((e.span.clone(), q));
+                undone.push(e.key.clone());
+            }
+            Some(None) => {
+                left += 1;
+                ctx.out.warn(&format!(
+                    "line {}: {} holds both kinds of quotes or a newline, which a .env value \
+                     cannot; left as the reference",
+                    e.line, e.key
+                ));
+            }
+            None => {
+                left += 1;
+                ctx.out.warn(&format!(
+                    "line {}: the vault has no {field} in '{name}'; left as the reference",
+                    e.line
+                ));
+            }
+        }
+    }
+    if !edits.is_empty() {
+        replace_file(path, &Zeroizing::new(dotenv::replace(&text, &edits)))?;
+    }
+    for (name, view) in &records {
+        if view
+            .as_ref()
+            .is_some_and(|v| v.tags.iter().any(|t| t == ADOPTED))
+        {
+            retag(ctx, name, false)?;
+        }
+    }
+    ctx.out.info(&format!(
+        "{} value(s) back in {}{}",
+        undone.len(),
+        path.display(),
+        if left > 0 {
+            format!("; {left} left as references (see above)")
+        } else {
+            String::new()
+        }
+    ));
+    ctx.out
+        .json(&serde_json::json!({"undone": undone, "path": path, "left": left}))
+}
+
+fn read_text(path: &Path) -> CliResult<Zeroizing<String>> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Replaces the file atomically (a temporary file beside it, renamed over
+/// it), keeping its permissions.
+fn replace_file(path: &Path, text: &str) -> CliResult<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fail = |e: std::io::Error| {
+        failed(format!(
+            "cannot write {}: {e}; it is as it was",
+            path.display()
+        ))
+    };
+    let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode() & 0o7777;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(fail)?;
+    tmp.write_all(text.as_bytes()).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
 }

@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
-use vault_protocol::credential::{is_env_name, validate_fields};
+use vault_protocol::credential::validate_fields;
 use vault_protocol::message::NewRecord;
 use vault_protocol::{CredentialType, ErrorCode, Request, Response, SecretValue, validate_name};
 use zeroize::Zeroizing;
 
 use super::{Ctx, adopt};
 use crate::args::{ImportArgs, ImportSource};
+use crate::dotenv;
 use crate::error::{CliResult, failed, unexpected, usage};
 use crate::names::{host_of, name_from};
 
@@ -104,19 +105,17 @@ pub fn run(ctx: &mut Ctx, args: &ImportArgs) -> CliResult<()> {
             records
         }
         ImportSource::Env => {
-            if args.adopt {
-                return Err(usage(
-                    "--adopt takes aws and docker files; for a .env file, run its command with \
-                     'vault exec -c NAME -- …' and delete the file",
-                ));
-            }
             let text = read(&path)?;
             let name = match &args.name {
                 Some(n) => n.clone(),
                 None => default_env_name(&path),
             };
             let record = env_record(&text, &path, &name).map_err(failed)?;
-            vec![Found::new(&name, record)]
+            if record.fields.is_empty() {
+                Vec::new()
+            } else {
+                vec![Found::new(&name, record)]
+            }
         }
     };
     let mut found = found;
@@ -502,37 +501,14 @@ fn default_env_name(path: &Path) -> String {
 /// One `generic` record with every `KEY=VALUE` of a `.env` file (`export`,
 /// comments, single and double quotes understood).
 fn env_record(text: &str, path: &Path, name: &str) -> Result<NewRecord, String> {
-    let mut fields = BTreeMap::new();
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "{} line {}: expected KEY=VALUE; nothing was imported — fix the line and retry",
-                path.display(),
-                n + 1
-            ));
-        };
-        let key = key.trim();
-        if !is_env_name(key) {
-            return Err(format!(
-                "{} line {}: '{key}' is not a variable name; nothing was imported",
-                path.display(),
-                n + 1
-            ));
-        }
-        let value = value.trim();
-        let value = match (value.chars().next(), value.chars().last()) {
-            (Some(q @ ('"' | '\'')), Some(e)) if value.len() >= 2 && q == e => {
-                &value[1..value.len() - 1]
-            }
-            _ => value.split(" #").next().unwrap_or(value).trim_end(),
-        };
-        fields.insert(key.to_owned(), SecretValue::from(value));
-    }
+    let entries = dotenv::parse(text, &path.display().to_string())
+        .map_err(|e| format!("{e}; nothing was imported — fix the line and retry"))?;
+    // A reference (an adopted file) is the vault's already.
+    let fields = entries
+        .iter()
+        .filter(|e| dotenv::reference(&e.value).is_none())
+        .map(|e| (e.key.clone(), SecretValue::from(e.value.as_str())))
+        .collect();
     Ok(NewRecord {
         name: name.to_owned(),
         kind: CredentialType::Generic,

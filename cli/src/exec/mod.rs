@@ -15,10 +15,11 @@ use std::ffi::OsString;
 
 use vault_protocol::message::RecordView;
 use vault_protocol::timefmt::Timestamp;
-use vault_protocol::{ErrorCode, Request, Response, WireError, validate_name};
+use vault_protocol::{ErrorCode, Request, Response, SecretValue, WireError, validate_name};
 
 use crate::args::ExecArgs;
 use crate::commands::Ctx;
+use crate::dotenv;
 use crate::error::{CliResult, failed, unexpected, usage};
 
 /// Set in the child: the credentials it was given, comma-separated.
@@ -53,17 +54,35 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
         ));
     };
 
-    let records = if names.is_empty() {
+    let env_files = read_env_files(&args.env_file)?;
+    let mut wanted = names.clone();
+    for (_, entries) in &env_files {
+        for (name, _) in entries.iter().filter_map(|e| dotenv::reference(&e.value)) {
+            validate_name(name).map_err(usage)?;
+            if !wanted.iter().any(|w| w == name) {
+                wanted.push(name.to_owned());
+            }
+        }
+    }
+    let resolved = if wanted.is_empty() {
         Vec::new()
     } else {
         match ctx.call_unlocked(&|| Request::Resolve {
-            names: names.clone(),
+            names: wanted.clone(),
         })? {
             Response::Resolved { records } => records,
             _ => return Err(unexpected("resolve")),
         }
     };
-    refuse_expired(&records, Timestamp::now())?;
+    refuse_expired(&resolved, Timestamp::now())?;
+    let file_vars = env_file_vars(&env_files, &resolved)?;
+    drop(env_files);
+    // Only the -c credentials give all their variables; the others were
+    // asked for one field each.
+    let records: Vec<RecordView> = resolved
+        .into_iter()
+        .filter(|r| names.contains(&r.name))
+        .collect();
     let agent = if args.ssh_agent {
         Some(crate::commands::agent_socket(ctx)?)
     } else {
@@ -82,6 +101,17 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     let prefixes = parse_prefixes(&args.prefix, &records)?;
     let mut plan =
         plan::build(&records, &overrides, &prefixes, &folder.path_str()).map_err(usage)?;
+    for var in &file_vars {
+        if !overrides.iter().any(|(k, _)| *k == var.key) {
+            plan.set.insert(
+                var.key.clone(),
+                plan::EnvValue {
+                    value: var.value.duplicate(),
+                    from: var.from.clone(),
+                },
+            );
+        }
+    }
     if let Some(agent) = &agent
         && !overrides.iter().any(|(k, _)| k == "SSH_AUTH_SOCK")
     {
@@ -113,6 +143,14 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
             }
         }
     }
+    if !args.no_mask {
+        for var in file_vars.iter().filter(|v| v.secret) {
+            if let Some(from) = &var.from {
+                masker.add(var.value.expose_secret(), from);
+            }
+        }
+    }
+    drop(file_vars);
     if let Some(endpoint) = &endpoint {
         masker.add(&endpoint.token, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
     }
@@ -253,6 +291,78 @@ fn parse_overrides(pairs: &[String]) -> CliResult<Vec<(String, String)>> {
                 .ok_or_else(|| usage(format!("--env {pair}: use --env NAME=VALUE")))
         })
         .collect()
+}
+
+/// Each `--env-file` with its entries.
+fn read_env_files(files: &[std::path::PathBuf]) -> CliResult<Vec<(String, Vec<dotenv::Entry>)>> {
+    files
+        .iter()
+        .map(|path| {
+            let what = path.display().to_string();
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                failed(format!(
+                    "--env-file {what}: cannot read it ({e}); nothing was run"
+                ))
+            })?);
+            let entries = dotenv::parse(&text, &what)
+                .map_err(|e| usage(format!("{e}; nothing was run — fix the line and retry")))?;
+            Ok((what, entries))
+        })
+        .collect()
+}
+
+/// A variable from an `--env-file`.
+struct FileVar {
+    key: String,
+    value: SecretValue,
+    /// The credential a reference named.
+    from: Option<String>,
+    /// A secret field (masked in the child's piped output).
+    secret: bool,
+}
+
+/// The `--env-file` variables in order (a later file or line wins), each
+/// reference replaced by its credential's field.
+fn env_file_vars(
+    files: &[(String, Vec<dotenv::Entry>)],
+    resolved: &[RecordView],
+) -> CliResult<Vec<FileVar>> {
+    let mut out = Vec::new();
+    for (what, entries) in files {
+        for e in entries {
+            let var = match dotenv::reference(&e.value) {
+                None => FileVar {
+                    key: e.key.clone(),
+                    value: SecretValue::from(e.value.as_str()),
+                    from: None,
+                    secret: false,
+                },
+                Some((name, field)) => {
+                    let record = resolved
+                        .iter()
+                        .find(|r| r.name == name)
+                        .ok_or_else(|| unexpected("resolve"))?;
+                    let value = record.fields.get(field).ok_or_else(|| {
+                        usage(format!(
+                            "{what} line {}: '{name}' has no field {field} (it has: {}); nothing \
+                             was run",
+                            e.line,
+                            record.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ))
+                    })?;
+                    FileVar {
+                        key: e.key.clone(),
+                        value: value.duplicate(),
+                        from: Some(name.to_owned()),
+                        secret: record.kind.is_secret(field),
+                    }
+                }
+            };
+            out.retain(|v: &FileVar| v.key != var.key);
+            out.push(var);
+        }
+    }
+    Ok(out)
 }
 
 /// Exit 7 before anything starts when a credential has expired, naming it

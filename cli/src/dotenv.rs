@@ -1,0 +1,198 @@
+//! `.env` files: `KEY=VALUE` lines, `export ` allowed, `#` comments (whole
+//! lines, or after ` #` in an unquoted value), a value in single or double
+//! quotes taken as it is between them. Read by `vault import env` and
+//! `vault exec --env-file`, and rewritten in place (value by value) by
+//! `vault import env --adopt/--undo`. A value may be a reference,
+//! `vault://NAME/FIELD`, which `vault exec --env-file` resolves.
+
+use std::ops::Range;
+
+use vault_protocol::credential::is_env_name;
+use zeroize::Zeroizing;
+
+/// The scheme of a reference.
+pub const SCHEME: &str = "vault://";
+
+/// One `KEY=VALUE` line.
+pub struct Entry {
+    /// 1-based line number.
+    pub line: usize,
+    pub key: String,
+    /// The value (quotes taken off); wiped on drop.
+    pub value: Zeroizing<String>,
+    /// Where the value stands in the file's text, quotes included, inline
+    /// comment not.
+    pub span: Range<usize>,
+}
+
+/// Never the value.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("line", &self.line)
+            .field("key", &self.key)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The entries of a `.env` file, in order, or which line is wrong (`what`
+/// names the file in the message; the caller says what follows from it).
+pub fn parse(text: &str, what: &str) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (n, raw) in text.split_inclusive('\n').enumerate() {
+        let start = at;
+        at += raw.len();
+        let body = raw.trim_end_matches(['\n', '\r']);
+        let lead = body.len() - body.trim_start().len();
+        let line = body.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let after_export = match line.strip_prefix("export ") {
+            Some(rest) => lead + "export ".len() + (rest.len() - rest.trim_start().len()),
+            None => lead,
+        };
+        let rest = &body[after_export..];
+        let Some((key, value)) = rest.split_once('=') else {
+            return Err(format!("{what} line {}: expected KEY=VALUE", n + 1));
+        };
+        let key = key.trim();
+        if !is_env_name(key) {
+            return Err(format!(
+                "{what} line {}: '{key}' is not a variable name",
+                n + 1
+            ));
+        }
+        let value_at = after_export + rest.len() - value.len();
+        let trimmed = value.trim();
+        let v_start = value_at + (value.len() - value.trim_start().len());
+        let (inner, span_len) = match (trimmed.chars().next(), trimmed.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if trimmed.len() >= 2 && q == e => {
+                (&trimmed[1..trimmed.len() - 1], trimmed.len())
+            }
+            _ => {
+                let v = trimmed.split(" #").next().unwrap_or(trimmed).trim_end();
+                (v, v.len())
+            }
+        };
+        out.push(Entry {
+            line: n + 1,
+            key: key.to_owned(),
+            value: Zeroizing::new(inner.to_owned()),
+            span: start + v_start..start + v_start + span_len,
+        });
+    }
+    Ok(out)
+}
+
+/// `vault://NAME/FIELD` → `(NAME, FIELD)` (a name may hold `/`; a field
+/// does not).
+pub fn reference(value: &str) -> Option<(&str, &str)> {
+    let rest = value.strip_prefix(SCHEME)?;
+    let (name, field) = rest.rsplit_once('/')?;
+    (!name.is_empty() && !field.is_empty()).then_some((name, field))
+}
+
+/// The reference to `field` of credential `name`.
+pub fn reference_to(name: &str, field: &str) -> String {
+    format!("{SCHEME}{name}/{field}")
+}
+
+/// `value` as a `.env` value reads it back, here and in a shell that
+/// sources the file: bare when every character is plain, else in single
+/// quotes (literal everywhere), else in double quotes when nothing in it
+/// means something there; `None` when neither can carry it (or it has a
+/// newline).
+pub fn quoted(value: &str) -> Option<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        return Some(value.to_owned());
+    }
+    if value.contains(['\n', '\r']) {
+        return None;
+    }
+    if !value.contains('\'') {
+        Some(format!("'{value}'"))
+    } else if !value.contains(['"', '$', '`', '\\']) {
+        Some(format!("\"{value}\""))
+    } else {
+        None
+    }
+}
+
+/// `text` with each `(span, new)` put in place of its span (spans in
+/// order, not overlapping).
+pub fn replace(text: &str, edits: &[(Range<usize>, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (span, new) in edits {
+        out.push_str(&text[at..span.start]);
+        out.push_str(new);
+        at = span.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_found_where_they_stand_and_read_back_the_same() {
+        let text = "# settings\r\nexport API_KEY=\"a b\"\nDEBUG=1 # inline\n  EMPTY=\nQ='x # y'\n";
+        let entries = parse(text, ".env").unwrap();
+        let got: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str(), &text[e.span.clone()]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("API_KEY", "a b", "\"a b\""),
+                ("DEBUG", "1", "1"),
+                ("EMPTY", "", ""),
+                ("Q", "x # y", "'x # y'"),
+            ]
+        );
+        // Each value replaced by its quoted form parses to the same value.
+        let edits: Vec<_> = entries
+            .iter()
+            .map(|e| (e.span.clone(), quoted(&e.value).unwrap()))
+            .collect();
+        let again = replace(text, &edits);
+        let back: Vec<String> = parse(&again, ".env")
+            .unwrap()
+            .iter()
+            .map(|e| e.value.to_string())
+            .collect();
+        assert_eq!(back, ["a b", "1", "", "x # y"]);
+        assert!(again.starts_with("# settings\r\n") && again.contains("DEBUG=1 # inline\n"));
+    }
+
+    #[test]
+    fn references_and_bad_lines() {
+        assert_eq!(
+            reference("vault://team/app-env/DB_URL"),
+            Some(("team/app-env", "DB_URL"))
+        );
+        assert_eq!(reference("vault://app-env"), None);
+        assert_eq!(reference("https://x/y"), None);
+        assert!(
+            parse("A=1\nnot a line\n", ".env")
+                .unwrap_err()
+                .contains("line 2")
+        );
+        assert!(
+            parse("1A=1\n", ".env")
+                .unwrap_err()
+                .contains("not a variable name")
+        );
+        assert_eq!(quoted("both \" and '"), None);
+        assert_eq!(quoted("it's"), Some("\"it's\"".to_owned()));
+        assert_eq!(quoted("a b"), Some("'a b'".to_owned()));
+        assert_eq!(quoted(""), Some("''".to_owned()));
+    }
+}
