@@ -51,6 +51,19 @@ impl Peer {
         }
     }
 
+    /// The daemon itself, for what it hands out on its own: an emitted
+    /// file rewritten after a change, a publication sent in the
+    /// background. Read once.
+    pub fn daemon() -> std::sync::Arc<Self> {
+        static ME: std::sync::OnceLock<std::sync::Arc<Peer>> = std::sync::OnceLock::new();
+        std::sync::Arc::clone(ME.get_or_init(|| {
+            std::sync::Arc::new(Peer::of(
+                std::process::id(),
+                rustix::process::geteuid().as_raw(),
+            ))
+        }))
+    }
+
     /// A client whose pid the socket did not give.
     pub fn unknown(uid: u32) -> Self {
         Self {

@@ -192,3 +192,30 @@ fn a_log_turned_off_records_nothing() {
     let (entries, problems, status) = audit(&vh, &[]);
     assert!(entries.is_empty() && problems.is_empty() && status == 0);
 }
+
+/// What the daemon hands out on its own is recorded with the daemon as the
+/// client: an emitted file rewritten after a change (`emit_rewrite`).
+#[test]
+fn a_file_the_daemon_rewrites_is_recorded_as_its_own_hand_out() {
+    let vh = VaultHome::new();
+    vh.init().ok();
+    vh.add_aws("dev", "AKIAREWRITE", &secret("rewrite-1"), &[]);
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
+    vh.vault_in(
+        ["set", "dev", "secret_access_key=-"],
+        secret("rewrite-2").as_bytes(),
+    )
+    .ok();
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    let (entries, problems, _) = audit(&vh, &["dev"]);
+    assert!(problems.is_empty(), "{problems:?}");
+    let ops: Vec<&str> = entries.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["emit_aws", "emit_rewrite"], "{entries:#?}");
+    let rewrite = &entries[1];
+    assert_eq!(
+        rewrite["client"]["exe"],
+        canonical(&vault_e2e::binaries().vaultd).as_str(),
+        "{rewrite:#}"
+    );
+}

@@ -197,6 +197,25 @@ fn publishes_queue_while_the_platform_is_down_and_arrive_in_order() {
         credential(s, "ngc").is_some_and(|c| c["body"]["auth"] == json!(auth))
     });
 
+    // The audit log: who asked (`publish`, by vault) and what left the
+    // machine (`publish_sent`, by vaultd, in the background pass).
+    vh.vault(["lock"]).ok();
+    vh.unlock();
+    let audit = vh.vault(["--json", "audit", "team.ngc"]).ok().json();
+    let entries = audit["entries"].as_array().unwrap();
+    let by = |op: &str| {
+        entries
+            .iter()
+            .find(|e| e["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} entry in {audit:#}"))["client"]["exe"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    assert_eq!(by("publish"), canonical(&vault_e2e::binaries().vault));
+    assert_eq!(by("publish_sent"), canonical(&vault_e2e::binaries().vaultd));
+
     // The platform token is nowhere in plaintext outside the input file:
     // not in vault.db, config, logs, or anything the daemon wrote.
     vh.stop_daemons();

@@ -1213,14 +1213,23 @@ impl Engine {
     /// After a change to `row`: re-renders its sections, or removes them
     /// when it was deleted or has expired. Never fails the change: a file
     /// that cannot be written is logged and shows in `vault emit list`.
+    /// A file rewritten with the record's values is a hand-out by the
+    /// daemon itself, and goes in the audit log as `emit_rewrite`.
     pub(super) fn rerender(&mut self, row: &RecordRow, body: &RecordBody, now: Timestamp) {
         let Ok(store) = self.store() else { return };
         let Ok(bound) = store.emitters() else { return };
+        let mut written = false;
         for e in bound.into_iter().filter(|e| e.record_id == row.id) {
-            let result = self.write_binding(&e, body, row.deleted, now);
-            if let Err(error) = result {
-                warn!(emitter = %e.id, error = %error.message, "cannot update an emitted file");
+            match self.write_binding(&e, body, row.deleted, now) {
+                Ok(()) => written = true,
+                Err(error) => {
+                    warn!(emitter = %e.id, error = %error.message, "cannot update an emitted file");
+                }
             }
+        }
+        if written && !row.deleted && body.expires_at.is_none_or(|t| t > now) {
+            let name = [body.name.clone()];
+            self.audit(&name, "emit_rewrite", &crate::peer::Peer::daemon());
         }
     }
 }

@@ -925,7 +925,14 @@ fn created(
     let key = &job.key;
     match sent {
         Ok(_) => {
-            record(d.engine().publish_done(key, revision));
+            let mut engine = d.engine();
+            record(engine.publish_done(key, revision));
+            // The value left this machine: a hand-out by the daemon itself
+            // (the client that asked, if one did, has its own `publish`).
+            if let Some(name) = engine.name_of(&key.record_id) {
+                engine.audit(&[name], "publish_sent", &crate::peer::Peer::daemon());
+            }
+            drop(engine);
             info!(remote = %remote, revision, "published");
             Ok(())
         }
