@@ -24,6 +24,9 @@
 //! [audit]
 //! enabled = true   # record every value handed out (default)
 //! keep = "90d"     # drop entries older than this
+//!
+//! [tls]
+//! ca = "/etc/ssl/corp-ca.pem"  # also trust these roots (PEM), besides the built-in ones
 //! ```
 
 use std::path::Path;
@@ -58,6 +61,10 @@ pub struct Config {
     pub audit: bool,
     /// Drop audit entries older than this.
     pub audit_keep: Duration,
+    /// `[tls] ca`: more roots to trust over HTTPS (PEM), besides the
+    /// built-in Mozilla ones: a team's own CA for vault-server, a
+    /// company's token endpoints. Read when the config is loaded.
+    pub tls_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for Config {
@@ -74,6 +81,7 @@ impl Default for Config {
             check_interval: None,
             audit: true,
             audit_keep: Duration::from_secs(90 * 86_400),
+            tls_roots: Vec::new(),
         }
     }
 }
@@ -93,6 +101,14 @@ struct File {
     check: Check,
     #[serde(default)]
     audit: Audit,
+    #[serde(default)]
+    tls: Tls,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    ca: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -136,6 +152,23 @@ struct Lock {
     max: Option<String>,
 }
 
+/// The certificates of a PEM file, at least one.
+fn read_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    if !path.is_absolute() {
+        return Err(format!("{} is not an absolute path", path.display()));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
 impl Config {
     /// Reads `path`; a missing file means defaults.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -144,7 +177,13 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut config = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: File = toml::from_str(&text).map_err(|e| e.to_string())?;
+        if let Some(ca) = &file.tls.ca {
+            config.tls_roots = read_roots(Path::new(ca))
+                .map_err(|e| format!("{}: tls.ca: {e}", path.display()))?;
+        }
+        Ok(config)
     }
 
     /// Parses the TOML text.

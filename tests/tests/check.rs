@@ -336,3 +336,112 @@ fn a_synced_url_is_checked_only_once_approved_here() {
     b.vault(["approve", "api", "--yes"]).ok();
     b.vault(["check", "api"]).ok().stdout_has("took it");
 }
+
+/// The HTTPS token endpoint of a team, under its own CA: serves `/v1/me`,
+/// 200 for `Bearer TOKEN` and 401 otherwise (Python's http.server with
+/// `ssl`, the certificate made here). Returns its URL and the CA's PEM
+/// file; the server stops with the test.
+struct HttpsEndpoint {
+    child: std::process::Child,
+    url: String,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for HttpsEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+token = sys.stdin.readline().strip()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.headers.get("Authorization") == "Bearer " + token
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+fn https_endpoint(python: &std::path::Path, dir: &std::path::Path, good: &str) -> HttpsEndpoint {
+    use std::io::{BufRead as _, Write as _};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (ca, key) = (dir.join("ca.pem"), dir.join("key.pem"));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    let mut child = std::process::Command::new(python)
+        .args(["-c", HTTPS_SERVER])
+        .arg(&ca)
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The token on stdin, never in argv.
+    writeln!(child.stdin.take().unwrap(), "{good}").unwrap();
+    let mut port = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let url = format!("https://localhost:{}/v1/me", port.trim());
+    HttpsEndpoint { child, url, ca }
+}
+
+/// Issue 24: a token endpoint over HTTPS under a team's own CA. Without
+/// `[tls] ca` the certificate is refused (the token is not sent); with it,
+/// the right token passes and a revoked one is refused.
+#[test]
+fn a_token_endpoint_over_https_is_checked_with_the_teams_ca() {
+    let Some(python) = vault_e2e::test_python("https token endpoint") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    vh.init().ok();
+    let good = secret("https-token");
+    let server = https_endpoint(&python, vh.root(), &good);
+    token(&vh, "api", &good, Some(&server.url));
+    token(&vh, "api-revoked", &secret("https-old"), Some(&server.url));
+
+    let run = vh.vault(["--json", "check", "api", "--timeout", "10s"]);
+    run.code(1).never_prints(MARK);
+    let got = by_name(&serde_json::from_str(&run.stdout).unwrap());
+    let detail = got["api"]["detail"].as_str().unwrap().to_owned();
+    assert!(detail.to_lowercase().contains("certificate"), "{detail}");
+
+    vh.write_config(&format!("[tls]\nca = \"{}\"\n", server.ca.display()));
+    vh.stop_daemons();
+    vh.unlock().ok();
+    let run = vh.vault(["--json", "check", "api", "api-revoked", "--timeout", "10s"]);
+    run.code(1).never_prints(MARK);
+    let got = by_name(&serde_json::from_str(&run.stdout).unwrap());
+    assert_eq!(got["api"]["outcome"], "ok", "{run}");
+    assert_eq!(got["api-revoked"]["outcome"], "failed");
+    assert!(
+        got["api-revoked"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused the token (HTTP 401)"),
+        "{run}"
+    );
+
+    // A CA file that is not one: the daemon says so at start.
+    let not_pem = vh.root().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    vh.write_config(&format!("[tls]\nca = \"{}\"\n", not_pem.display()));
+    vh.stop_daemons();
+    let run = vh.vault(["status"]);
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("tls.ca"),
+        "{run}"
+    );
+}

@@ -33,10 +33,21 @@ pub struct Http {
 
 impl Default for Http {
     fn default() -> Self {
-        let client = reqwest::Client::builder()
+        Self::trusting(&[])
+    }
+}
+
+impl Http {
+    /// The client, trusting `roots` besides the built-in roots (`[tls] ca`).
+    pub fn trusting(roots: &[reqwest::Certificate]) -> Self {
+        let mut builder = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .pool_idle_timeout(POOL_IDLE)
-            .redirect(reqwest::redirect::Policy::custom(same_origin))
+            .redirect(reqwest::redirect::Policy::custom(same_origin));
+        for root in roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let client = builder
             .build()
             // Fails only when the TLS backend cannot start (rustls with
             // its own roots: no system state), which every test would show.

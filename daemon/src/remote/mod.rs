@@ -36,9 +36,10 @@ pub struct Shared {
 impl Shared {
     /// Wraps an opened engine.
     pub fn new(engine: Engine) -> Self {
+        let http = http::Http::trusting(&engine.config().tls_roots);
         Self {
             engine: Mutex::new(engine),
-            http: http::Http::default(),
+            http,
             refresher: refresher::Refresher::default(),
             syncer: syncer::Syncer::default(),
             publisher: publisher::Publisher::default(),
