@@ -96,6 +96,11 @@ pub enum Command {
         #[command(subcommand)]
         action: EmitAction,
     },
+    /// Google Cloud: access tokens minted from a gcp service-account key
+    Gcp {
+        #[command(subcommand)]
+        action: GcpAction,
+    },
     /// Print an aws credential for ~/.aws/config's credential_process
     #[command(name = "aws-process")]
     AwsProcess {
@@ -866,3 +871,26 @@ mod tests {
         assert!(r.is_err());
     }
 }
+
+/// `vault gcp ...`.
+#[derive(Debug, Subcommand)]
+pub enum GcpAction {
+    /// Print an OAuth2 access token (like 'gcloud auth print-access-token');
+    /// with --json, its expiry too
+    #[command(after_help = GCP_TOKEN_HELP)]
+    Token {
+        /// The gcp credential (a service-account key)
+        name: String,
+        /// An OAuth2 scope (repeatable) [default: https://www.googleapis.com/auth/cloud-platform]
+        #[arg(long = "scope", value_name = "URL")]
+        scopes: Vec<String>,
+    },
+}
+
+const GCP_TOKEN_HELP: &str = "\
+Example: curl -H \"Authorization: Bearer $(vault gcp token sa-dev)\" https://storage.googleapis.com/storage/v1/b?project=P
+
+The daemon signs a JWT with the key and exchanges it at the key's token_uri
+(Google's; another only when listed in config.toml [gcp] token_uris). The
+token is kept in the daemon's memory and handed out again until 5 minutes
+before it expires; the vault locking drops it.";

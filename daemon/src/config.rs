@@ -27,6 +27,9 @@
 //!
 //! [tls]
 //! ca = "/etc/ssl/corp-ca.pem"  # also trust these roots (PEM), besides the built-in ones
+//!
+//! [gcp]
+//! token_uris = ["https://oauth2.example.internal/token"]  # besides Google's (docs/gcp.md)
 //! ```
 
 use std::path::Path;
@@ -65,6 +68,9 @@ pub struct Config {
     /// built-in Mozilla ones: a team's own CA for vault-server, a
     /// company's token endpoints. Read when the config is loaded.
     pub tls_roots: Vec<reqwest::Certificate>,
+    /// `[gcp] token_uris`: token endpoints a service-account key may name
+    /// besides Google's (docs/gcp.md).
+    pub gcp_token_uris: Vec<String>,
 }
 
 impl Default for Config {
@@ -82,6 +88,7 @@ impl Default for Config {
             audit: true,
             audit_keep: Duration::from_secs(90 * 86_400),
             tls_roots: Vec::new(),
+            gcp_token_uris: Vec::new(),
         }
     }
 }
@@ -103,6 +110,15 @@ struct File {
     audit: Audit,
     #[serde(default)]
     tls: Tls,
+    #[serde(default)]
+    gcp: Gcp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Gcp {
+    #[serde(default)]
+    token_uris: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -238,6 +254,21 @@ impl Config {
                 return Err("audit.keep must be at least 1h".into());
             }
         }
+        for uri in &file.gcp.token_uris {
+            let url =
+                reqwest::Url::parse(uri).map_err(|e| format!("gcp.token_uris: {uri}: {e}"))?;
+            let loopback = url.host_str().is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(format!(
+                    "gcp.token_uris: {uri} must be https (plain http only on loopback)"
+                ));
+            }
+        }
+        config.gcp_token_uris = file.gcp.token_uris.clone();
         if let Some(auto) = file.sync.auto {
             config.sync_auto = auto;
         }

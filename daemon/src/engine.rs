@@ -1091,6 +1091,36 @@ impl Engine {
     }
 
     /// The current code of `name`'s one-time-code seed (its `otp` field).
+    /// The key JSON of gcp credential `name`, with its id and revision
+    /// (what a token minted from it is cached under): not expired, and its
+    /// gated fields approved here.
+    pub fn gcp_key(&self, name: &str, now: Timestamp) -> Result<(String, u64, SecretValue)> {
+        self.check_approved(&[name.to_owned()])?;
+        let (row, body) = self.load(name)?;
+        if body.kind != CredentialType::Gcp {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is a {} credential: tokens come from a gcp one",
+                    body.kind
+                ),
+            ));
+        }
+        if body.expires_at.is_some_and(|t| t <= now) {
+            return Err(err(
+                ErrorCode::Expired,
+                format!("'{name}' has expired: renew it before minting tokens from it"),
+            ));
+        }
+        let json = body.fields.get("json").ok_or_else(|| {
+            err(
+                ErrorCode::Failed,
+                format!("'{name}' has no json yet: 'vault set {name} json=@key.json'"),
+            )
+        })?;
+        Ok((row.id, row.revision, json.duplicate()))
+    }
+
     pub fn otp(&self, name: &str, now: Timestamp) -> Result<vault_protocol::Response> {
         let (_, body) = self.load(name)?;
         let field = vault_protocol::otp::FIELD;

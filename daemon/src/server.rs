@@ -345,6 +345,7 @@ impl Daemon {
             Request::Unlock { passphrase } => self.unlock(passphrase).await,
             Request::Lock => {
                 self.engine().lock("lock requested");
+                self.shared.gcp_tokens.clear();
                 self.bump();
                 self.status()
             }
@@ -356,6 +357,7 @@ impl Daemon {
             }
             Request::Shutdown => {
                 self.engine().lock("shutdown");
+                self.shared.gcp_tokens.clear();
                 self.request_shutdown();
                 Ok(Response::Done)
             }
@@ -372,6 +374,14 @@ impl Daemon {
             }
             Request::SyncVerify { repair } => {
                 crate::remote::syncer::verify(&self.shared, repair).await
+            }
+            Request::GcpToken { name, scopes } => {
+                let r = crate::remote::gcp::token(&self.shared, &name, scopes).await;
+                if r.is_ok() {
+                    self.engine()
+                        .audit(std::slice::from_ref(&name), "gcp_token", &peer.get());
+                }
+                r
             }
             Request::Check { names, timeout_ms } => {
                 // Keys go to the endpoints their records name: a field from
@@ -862,6 +872,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Set { .. } => "set",
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
+        Request::GcpToken { .. } => "gcp_token",
         Request::Check { .. } => "check",
         Request::Audit { .. } => "audit",
         Request::Complete { .. } => "complete",
@@ -948,6 +959,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 .await
                 .unwrap_or(false);
                 if became_locked {
+                    d.shared.gcp_tokens.clear();
                     d.bump();
                 }
                 crate::remote::refresher::refresh_bound(&d.shared);
@@ -991,7 +1003,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 42] = [
+    const EVERY_REQUEST: [&str; 43] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1032,6 +1044,7 @@ mod tests {
         r#"{"op":"complete","what":{"of":"credential"},"prefix":"a"}"#,
         r#"{"op":"check","names":["a"]}"#,
         r#"{"op":"audit"}"#,
+        r#"{"op":"gcp_token","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1080,8 +1093,9 @@ mod tests {
             Request::Complete { .. } => 37,
             Request::Check { .. } => 38,
             Request::Audit { .. } => 39,
-            Request::Lock => 40,
-            Request::Shutdown => 41,
+            Request::GcpToken { .. } => 40,
+            Request::Lock => 41,
+            Request::Shutdown => 42,
         }
     }
 

@@ -189,6 +189,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// An OAuth2 access token minted from a `gcp` service-account key
+    /// (`vault gcp token`, docs/gcp.md); cached by the daemon until 5
+    /// minutes before it expires. Answered by [`Response::AccessToken`].
+    GcpToken {
+        /// The gcp credential.
+        name: String,
+        /// OAuth2 scopes; empty: `https://www.googleapis.com/auth/cloud-platform`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
+    },
     /// The current one-time code of a record's `otp` field (`vault otp`);
     /// the seed stays in the daemon. Answered by [`Response::Otp`].
     Otp {
@@ -452,6 +462,7 @@ impl Request {
             | Request::Set { .. }
             | Request::Get { .. }
             | Request::Otp { .. }
+            | Request::GcpToken { .. }
             | Request::Check { .. }
             | Request::Audit { .. }
             | Request::Resolve { .. }
@@ -622,6 +633,13 @@ pub enum Response {
     Checked {
         /// One per record asked.
         results: Vec<CheckResult>,
+    },
+    /// Answer to `GcpToken`.
+    AccessToken {
+        /// The bearer token.
+        token: SecretValue,
+        /// When it stops working.
+        expires_at: Timestamp,
     },
     /// Answer to `Otp`.
     Otp {

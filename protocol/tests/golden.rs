@@ -545,6 +545,44 @@ fn otp_frames() {
 }
 
 #[test]
+fn gcp_token_frames() {
+    let req = RequestFrame {
+        id: 20,
+        req: Request::GcpToken {
+            name: "sa-dev".into(),
+            scopes: vec![],
+        },
+    };
+    let expected = r#"{"id":20,"req":{"op":"gcp_token","name":"sa-dev"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let scoped = RequestFrame {
+        id: 21,
+        req: Request::GcpToken {
+            name: "sa-dev".into(),
+            scopes: vec!["https://www.googleapis.com/auth/devstorage.read_only".into()],
+        },
+    };
+    let expected = r#"{"id":21,"req":{"op":"gcp_token","name":"sa-dev","scopes":["https://www.googleapis.com/auth/devstorage.read_only"]}}"#;
+    assert_eq!(frame_of(&scoped), with_header(expected));
+    let answer = ResponseFrame {
+        id: 21,
+        ok: Some(Response::AccessToken {
+            token: SecretValue::from("ya29.token"),
+            expires_at: Timestamp(1_796_000_000),
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":21,"ok":{"kind":"access_token","token":"ya29.token","expires_at":"2026-11-30T00:53:20Z"}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+    let back: ResponseFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(
+        back.into_result(),
+        Ok(Response::AccessToken { token, expires_at: Timestamp(1_796_000_000) })
+            if token.expose_secret() == "ya29.token"
+    ));
+}
+
+#[test]
 fn complete_frames() {
     let req = RequestFrame {
         id: 12,

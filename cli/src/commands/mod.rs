@@ -10,6 +10,7 @@ mod daemon;
 mod doctor;
 mod edit;
 mod emit;
+mod gcp;
 mod import;
 mod publish;
 mod records;
@@ -112,6 +113,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Exec(args) => crate::exec::run(&mut ctx, args),
         Command::Import(args) => import::run(&mut ctx, &args),
         Command::Emit { action } => emit::run(&mut ctx, action),
+        Command::Gcp { action } => gcp::run(&mut ctx, action),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Doctor => doctor::run(&mut ctx),

@@ -3,6 +3,7 @@
 //! reach the vault only through the engine (docs/architecture.md).
 
 pub mod checker;
+pub mod gcp;
 pub mod http;
 pub mod publisher;
 pub mod refresher;
@@ -31,6 +32,8 @@ pub struct Shared {
     pub publisher: publisher::Publisher,
     /// The background re-check (docs/lifecycle.md).
     pub checker: checker::Checker,
+    /// GCP access tokens minted, until the vault locks (docs/gcp.md).
+    pub gcp_tokens: gcp::Tokens,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
             syncer: syncer::Syncer::default(),
             publisher: publisher::Publisher::default(),
             checker: checker::Checker::default(),
+            gcp_tokens: gcp::Tokens::default(),
         }
     }
 

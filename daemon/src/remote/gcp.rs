@@ -1,0 +1,449 @@
+//! OAuth2 access tokens from a `gcp` service-account key (docs/gcp.md): a
+//! JWT-bearer grant (RFC 7523) to the key's `token_uri`, the assertion
+//! signed RS256 by `ring`, the way google-auth does it. Tokens are kept in
+//! the daemon's memory per key revision and scopes, served until 5 minutes
+//! before they expire, and minted once however many clients ask at the
+//! same time. The token endpoint is Google's unless `config.toml` lists
+//! another (`[gcp] token_uris`): a key that arrived from another device
+//! never chooses where its assertion goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde::Deserialize;
+use vault_protocol::timefmt::Timestamp;
+use vault_protocol::{ErrorCode, SecretValue, WireError};
+use zeroize::Zeroizing;
+
+use super::http::{Http, describe, read_capped};
+
+/// The scope when none is asked for (what gcloud asks).
+pub const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// Google's token endpoints, always allowed.
+pub const GOOGLE_TOKEN_URIS: [&str; 2] = [
+    "https://oauth2.googleapis.com/token",
+    "https://accounts.google.com/o/oauth2/token",
+];
+/// A cached token is served while it has more than this left.
+pub const AHEAD: Duration = Duration::from_secs(5 * 60);
+/// The assertion's life (Google accepts at most an hour).
+const ASSERTION_LIFE: i64 = 3600;
+/// Most bytes of a token endpoint's answer.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// What minting needs from a service-account key.
+pub struct Key {
+    pub client_email: String,
+    pub private_key_id: Option<String>,
+    /// PKCS#8 DER; wiped on drop.
+    pub pkcs8: Zeroizing<Vec<u8>>,
+    pub token_uri: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyFile {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    client_email: Option<String>,
+    private_key_id: Option<String>,
+    private_key: Option<SecretValue>,
+    token_uri: Option<String>,
+}
+
+/// Reads a key file's JSON; `name` is the credential, for the messages
+/// (which never carry a key).
+pub fn parse_key(json: &str, name: &str) -> Result<Key, String> {
+    let file: KeyFile = serde_json::from_str(json)
+        .map_err(|_| format!("the json of '{name}' is not a key file (JSON object)"))?;
+    if file.kind.as_deref() != Some("service_account") {
+        return Err(format!(
+            "'{name}' is a {} key, not a service_account one: only service-account keys mint \
+             tokens here",
+            file.kind.as_deref().unwrap_or("typeless")
+        ));
+    }
+    let missing = |f: &str| format!("the service-account key of '{name}' has no {f}");
+    let pem = file.private_key.ok_or_else(|| missing("private_key"))?;
+    let (label, der) = pem_rfc7468::decode_vec(pem.expose_secret().as_bytes())
+        .map_err(|_| format!("the private_key of '{name}' is not PEM"))?;
+    let der = Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(format!(
+            "the private_key of '{name}' is a {label}, not a PKCS#8 PRIVATE KEY"
+        ));
+    }
+    Ok(Key {
+        client_email: file.client_email.ok_or_else(|| missing("client_email"))?,
+        private_key_id: file.private_key_id,
+        pkcs8: der,
+        token_uri: file
+            .token_uri
+            .unwrap_or_else(|| GOOGLE_TOKEN_URIS[0].to_owned()),
+    })
+}
+
+/// Whether the key may send its assertion to its `token_uri`: Google's,
+/// or one this machine's `config.toml` lists.
+pub fn check_token_uri(key: &Key, allowed: &[String], name: &str) -> Result<(), String> {
+    let uri = key.token_uri.as_str();
+    if GOOGLE_TOKEN_URIS.contains(&uri) || allowed.iter().any(|a| a == uri) {
+        return Ok(());
+    }
+    Err(format!(
+        "the key of '{name}' names the token endpoint {uri}, which is not Google's: list it \
+         in config.toml ([gcp] token_uris = [\"{uri}\"]) on this machine to use it"
+    ))
+}
+
+/// The signed JWT assertion for `scopes`, issued at `now`.
+pub fn assertion(key: &Key, scopes: &[String], now: i64) -> Result<Zeroizing<String>, String> {
+    let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    if let Some(kid) = &key.private_key_id {
+        header["kid"] = kid.clone().into();
+    }
+    let claims = serde_json::json!({
+        "iss": key.client_email,
+        "scope": scopes.join(" "),
+        // google-auth's audience whatever the token_uri: Google's token
+        // endpoint checks for it (tests/tests/gcp.rs pins this).
+        "aud": GOOGLE_TOKEN_URIS[0],
+        "iat": now,
+        "exp": now + ASSERTION_LIFE,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string())
+    );
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&key.pkcs8)
+        .map_err(|e| format!("the private key is not an RSA key ring accepts ({e})"))?;
+    let mut sig = vec![0; pair.public().modulus_len()];
+    pair.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut sig,
+    )
+    .map_err(|_| "signing the assertion failed".to_owned())?;
+    Ok(Zeroizing::new(format!(
+        "{signing_input}.{}",
+        B64URL.encode(sig)
+    )))
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    access_token: Option<SecretValue>,
+    expires_in: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Exchanges the assertion for a token at the key's `token_uri`.
+pub async fn mint(
+    http: &Http,
+    key: &Key,
+    scopes: &[String],
+    timeout: Duration,
+    name: &str,
+) -> Result<(SecretValue, Timestamp), WireError> {
+    let now = Timestamp::now();
+    let jwt = assertion(key, scopes, now.unix()).map_err(|e| failed(name, &e))?;
+    let form = Zeroizing::new(format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
+        jwt.as_str()
+    ));
+    let sent = http
+        .post(&key.token_uri)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.as_bytes().to_vec())
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| {
+            WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "cannot reach {} for a token for '{name}': {}",
+                    key.token_uri,
+                    describe(&e)
+                ),
+            )
+        })?;
+    let status = sent.status().as_u16();
+    let body = read_capped(sent, MAX_ANSWER)
+        .await
+        .map_err(|e| failed(name, &format!("{}: {e}", key.token_uri)))?;
+    if status != 200 {
+        return Err(refused(name, status, &body));
+    }
+    let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
+        failed(
+            name,
+            &format!("{} answered 200 with no token JSON", key.token_uri),
+        )
+    })?;
+    let (Some(token), Some(expires_in)) = (answer.access_token, answer.expires_in) else {
+        return Err(failed(
+            name,
+            &format!(
+                "{}'s answer has no access_token or expires_in",
+                key.token_uri
+            ),
+        ));
+    };
+    // A token is used for at most a day, whatever the endpoint claims.
+    if token.is_empty() || !(1..=86_400).contains(&expires_in) {
+        return Err(failed(
+            name,
+            &format!(
+                "{}'s answer has an empty token or an expiry out of range",
+                key.token_uri
+            ),
+        ));
+    }
+    Ok((token, Timestamp(now.unix() + expires_in)))
+}
+
+fn failed(name: &str, why: &str) -> WireError {
+    WireError::new(ErrorCode::Failed, format!("no token for '{name}': {why}"))
+}
+
+/// A refusal by the token endpoint, told as the user can act on it: a key
+/// deleted or disabled in IAM, a clock out of step, a scope refused.
+fn refused(name: &str, status: u16, body: &[u8]) -> WireError {
+    let e: ErrorAnswer = serde_json::from_slice(body).unwrap_or(ErrorAnswer {
+        error: None,
+        error_description: None,
+    });
+    let clean = |s: Option<String>| {
+        s.map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+        })
+    };
+    let (error, description) = (clean(e.error), clean(e.error_description));
+    let said = match (&error, &description) {
+        (Some(e), Some(d)) => format!("{e}: {d}"),
+        (Some(e), None) => e.clone(),
+        _ => "no reason given".to_owned(),
+    };
+    let hint = match description.as_deref().unwrap_or_default() {
+        d if d.contains("Invalid JWT Signature") || d.contains("account not found") => {
+            " — the key was deleted or disabled in IAM (or the account was): create a new key \
+             and 'vault set NAME json=@key.json'"
+        }
+        d if d.contains("iat") || d.contains("exp") || d.contains("timeframe") => {
+            " — the token endpoint rejects the assertion's time: check this machine's clock \
+             (vault doctor)"
+        }
+        _ => "",
+    };
+    WireError::new(
+        ErrorCode::Failed,
+        format!("no token for '{name}': the token endpoint refused it ({status} {said}){hint}")
+            .replace("NAME", name),
+    )
+}
+
+/// `vault gcp token NAME`: a token for the gcp credential `name`, from
+/// the cache or minted now. The key is read under the engine's lock; the
+/// call to the token endpoint is made without it.
+pub async fn token(
+    d: &std::sync::Arc<super::Shared>,
+    name: &str,
+    scopes: Vec<String>,
+) -> Result<vault_protocol::Response, WireError> {
+    let scopes = if scopes.is_empty() {
+        vec![DEFAULT_SCOPE.to_owned()]
+    } else {
+        scopes
+    };
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            format!(
+                "'{}' is not a scope: give one URL per --scope",
+                bad.escape_debug()
+            ),
+        ));
+    }
+    let (id, revision, key, allowed, timeout) = {
+        let engine = d.engine();
+        let (id, revision, json) = engine.gcp_key(name, Timestamp::now())?;
+        let key = parse_key(json.expose_secret(), name)
+            .map_err(|e| WireError::new(ErrorCode::Failed, e))?;
+        let config = engine.config();
+        (
+            id,
+            revision,
+            key,
+            config.gcp_token_uris.clone(),
+            config.refresh_timeout,
+        )
+    };
+    check_token_uri(&key, &allowed, name).map_err(|e| WireError::new(ErrorCode::Failed, e))?;
+    let (token, expires_at, stale) = d
+        .gcp_tokens
+        .get(
+            &id,
+            revision,
+            &scopes,
+            mint(&d.http, &key, &scopes, timeout, name),
+        )
+        .await?;
+    if let Some(why) = stale {
+        tracing::warn!(error = %why, "serving the cached token: minting a new one failed");
+    }
+    if d.engine().is_locked() {
+        // Locked while the endpoint answered: nothing stays in memory.
+        d.gcp_tokens.clear();
+        return Err(WireError::new(
+            ErrorCode::Locked,
+            "the vault was locked: unlock it and ask again",
+        ));
+    }
+    Ok(vault_protocol::Response::AccessToken { token, expires_at })
+}
+
+/// Tokens minted, per key revision and scopes, and the flight of each.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    slots: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+/// A record id, its revision, and the scopes.
+type CacheKey = (String, u64, String);
+
+#[derive(Debug)]
+struct Cached {
+    token: SecretValue,
+    expires_at: Timestamp,
+}
+
+impl Tokens {
+    fn slot(&self, key: CacheKey) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // A new revision of a key makes its old tokens unreachable: drop
+        // them so a rotated key's tokens do not linger.
+        slots.retain(|(id, rev, _), _| id != &key.0 || *rev >= key.1);
+        Arc::clone(slots.entry(key).or_default())
+    }
+
+    /// Drops every token (the vault locked).
+    pub fn clear(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A token for record `id` at `revision`: the cached one while it has
+    /// more than [`AHEAD`] left, else a new one (one mint at a time per
+    /// slot). When minting fails, a cached token that still works is
+    /// served, with the failure as the second value.
+    pub async fn get(
+        &self,
+        id: &str,
+        revision: u64,
+        scopes: &[String],
+        mint: impl std::future::Future<Output = Result<(SecretValue, Timestamp), WireError>>,
+    ) -> Result<(SecretValue, Timestamp, Option<String>), WireError> {
+        let slot = self.slot((id.to_owned(), revision, scopes.join(" ")));
+        let mut cached = slot.lock().await;
+        let now = Timestamp::now();
+        if let Some(c) = cached.as_ref()
+            && c.expires_at.unix() - now.unix() > AHEAD.as_secs() as i64
+        {
+            return Ok((c.token.duplicate(), c.expires_at, None));
+        }
+        match mint.await {
+            Ok((token, expires_at)) => {
+                *cached = Some(Cached {
+                    token: token.duplicate(),
+                    expires_at,
+                });
+                Ok((token, expires_at, None))
+            }
+            Err(e) => match cached.as_ref().filter(|c| c.expires_at > now) {
+                Some(c) => Ok((c.token.duplicate(), c.expires_at, Some(e.message))),
+                None => Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_that_cannot_mint_say_why_without_the_key() {
+        let e = parse_key(
+            r#"{"type":"authorized_user","refresh_token":"SECRET"}"#,
+            "me",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("authorized_user") && !e.contains("SECRET"),
+            "{e}"
+        );
+        let e = parse_key(
+            r#"{"type":"service_account","client_email":"a@b","private_key":"SECRET"}"#,
+            "sa",
+        )
+        .unwrap_err();
+        assert!(e.contains("not PEM") && !e.contains("SECRET"), "{e}");
+        let e = parse_key("SECRET", "x").unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn only_googles_endpoints_or_listed_ones_get_the_assertion() {
+        let key = |uri: &str| Key {
+            client_email: "a@b".into(),
+            private_key_id: None,
+            pkcs8: Zeroizing::new(vec![]),
+            token_uri: uri.into(),
+        };
+        assert!(check_token_uri(&key(GOOGLE_TOKEN_URIS[0]), &[], "k").is_ok());
+        let other = "https://evil.example/token";
+        let e = check_token_uri(&key(other), &[], "k").unwrap_err();
+        assert!(e.contains("[gcp] token_uris"), "{e}");
+        assert!(check_token_uri(&key(other), &[other.to_owned()], "k").is_ok());
+    }
+
+    #[test]
+    fn refusals_are_explained() {
+        let e = refused(
+            "sa",
+            400,
+            br#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
+        );
+        assert!(e.message.contains("deleted or disabled") && e.message.contains("vault set sa"));
+        let e = refused(
+            "sa",
+            400,
+            br#"{"error":"invalid_grant","error_description":"Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim."}"#,
+        );
+        assert!(e.message.contains("clock"), "{}", e.message);
+    }
+}

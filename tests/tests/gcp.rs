@@ -1,0 +1,373 @@
+//! GCP access tokens (issue 22, docs/gcp.md) through the real binaries:
+//! `vault gcp token` mints from a service-account key at a local token
+//! endpoint that checks the assertion as Google's does (RS256 signature by
+//! the key's public key, issuer, audience, scope, a short life, the time),
+//! caches it, mints once for many callers, and says why when the key is
+//! revoked, the clock is off or the endpoint is down (serving the cached
+//! token while it works). google-auth's own assertion is accepted by the
+//! same endpoint, which pins it to the real client.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use vault_e2e::{MARK, VaultHome, run_command, secret, which};
+
+/// What the token endpoint knows and does.
+#[derive(Debug, Default)]
+struct State {
+    /// The PKCS#1 DER of the public key it accepts.
+    public_key: Vec<u8>,
+    client_email: String,
+    /// Its clock's offset from the real one, seconds.
+    skew: i64,
+    /// `expires_in` of the tokens it issues.
+    expires_in: i64,
+    /// The scopes of each token issued.
+    issued: Vec<String>,
+    /// Why the last assertion was refused.
+    refusals: Vec<String>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Checks one JWT-bearer grant; the token on success, else the OAuth2
+/// error description Google gives for it.
+fn grant(state: &mut State, form: &str) -> Result<String, String> {
+    let field = |k: &str| {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if field("grant_type") != "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" {
+        return Err(format!("Invalid grant_type: {}", field("grant_type")));
+    }
+    let jwt = field("assertion");
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [head, body, sig] = parts.as_slice() else {
+        return Err("Invalid JWT: not three parts".into());
+    };
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &state.public_key,
+    );
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| "Invalid JWT Signature.")?;
+    key.verify(format!("{head}.{body}").as_bytes(), &sig)
+        .map_err(|_| "Invalid JWT Signature.")?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
+    if header["alg"] != "RS256" {
+        return Err("Invalid JWT: alg".into());
+    }
+    // Google's endpoint wants its own URL as the audience, wherever the
+    // grant is sent (google-auth always sends that).
+    if claims["iss"] != state.client_email.as_str()
+        || claims["aud"] != "https://oauth2.googleapis.com/token"
+    {
+        return Err(format!("Invalid JWT: iss or aud ({claims})"));
+    }
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    let here = now() + state.skew;
+    if exp - iat > 3600 || (iat - here).abs() > 300 || exp < here {
+        return Err(
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a \
+                    reasonable timeframe. Check your iat and exp values in the JWT claim."
+                .into(),
+        );
+    }
+    let scope = claims["scope"].as_str().unwrap_or_default().to_owned();
+    if scope.is_empty() {
+        return Err("Invalid JWT: no scope".into());
+    }
+    state.issued.push(scope);
+    Ok(format!(
+        "ya29.{}",
+        secret(&format!("gcp-{}", state.issued.len()))
+    ))
+}
+
+/// The token endpoint on loopback; stops with the test.
+fn token_endpoint(state: Arc<Mutex<State>>) -> (String, Arc<tiny_http::Server>) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let url = format!("http://{}/token", server.server_addr().to_ip().unwrap());
+    let s = Arc::clone(&server);
+    std::thread::spawn(move || {
+        for mut req in s.incoming_requests() {
+            let mut form = String::new();
+            req.as_reader().read_to_string(&mut form).unwrap();
+            let mut st = state.lock().unwrap();
+            let (code, body) = match grant(&mut st, &form) {
+                Ok(token) => (
+                    200,
+                    serde_json::json!({"access_token": token, "expires_in": st.expires_in,
+                                       "token_type": "Bearer"}),
+                ),
+                Err(why) => {
+                    st.refusals.push(why.clone());
+                    (
+                        400,
+                        serde_json::json!({"error": "invalid_grant", "error_description": why}),
+                    )
+                }
+            };
+            drop(st);
+            let _ = req
+                .respond(tiny_http::Response::from_string(body.to_string()).with_status_code(code));
+        }
+    });
+    (url, server)
+}
+
+/// An RSA key made by ssh-keygen: (PKCS#8 PEM private key, PKCS#1 DER
+/// public key).
+fn rsa_key(dir: &Path, name: &str) -> (String, Vec<u8>) {
+    let file = dir.join(name);
+    let keygen = |args: &[&str]| {
+        let mut c = Command::new("ssh-keygen");
+        c.args(args);
+        let run = run_command(c, None, Duration::from_secs(60));
+        run.ok();
+        run.stdout.clone()
+    };
+    let f = file.to_str().unwrap();
+    keygen(&[
+        "-q", "-t", "rsa", "-b", "2048", "-m", "PKCS8", "-N", "", "-f", f,
+    ]);
+    let public = keygen(&["-e", "-m", "PEM", "-f", &format!("{f}.pub")]);
+    let b64: String = public.lines().filter(|l| !l.starts_with("-----")).collect();
+    (
+        std::fs::read_to_string(&file).unwrap(),
+        STANDARD.decode(b64).unwrap(),
+    )
+}
+
+fn key_json(private_key: &str, email: &str, token_uri: &str) -> String {
+    serde_json::json!({
+        "type": "service_account",
+        "project_id": "vault-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": private_key,
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+#[test]
+fn tokens_are_minted_cached_and_refused_with_a_reason() {
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gcp tokens: needs ssh-keygen (apt install openssh-client)");
+        return;
+    }
+    let vh = VaultHome::new();
+    vh.init().ok();
+    let (private_key, public_key) = rsa_key(vh.root(), "sa-key");
+    let email = "builder@vault-test.iam.gserviceaccount.com";
+    let state = Arc::new(Mutex::new(State {
+        public_key,
+        client_email: email.into(),
+        expires_in: 3599,
+        ..State::default()
+    }));
+    let (url, server) = token_endpoint(Arc::clone(&state));
+    let json = key_json(&private_key, email, &url);
+    vh.vault_in(["add", "sa", "--type", "gcp", "json=-"], json.as_bytes())
+        .ok();
+
+    // Not Google's endpoint, not listed on this machine: refused, nothing
+    // sent.
+    vh.vault(["gcp", "token", "sa"])
+        .code(1)
+        .stderr_has("[gcp] token_uris");
+    assert!(state.lock().unwrap().issued.is_empty());
+    vh.write_config(&format!("[gcp]\ntoken_uris = [\"{url}\"]\n"));
+    vh.stop_daemons();
+    vh.unlock().ok();
+
+    let first = vh.vault(["gcp", "token", "sa"]);
+    first.ok();
+    let token = first.stdout.trim().to_owned();
+    assert!(
+        token.starts_with("ya29.") && token.contains(MARK),
+        "{first}"
+    );
+    let json_run = vh.vault(["--json", "gcp", "token", "sa"]);
+    let doc = json_run.ok().json();
+    assert_eq!(doc["token"], token.as_str(), "cached: the same token");
+    let expires = vault_protocol::timefmt::Timestamp::parse(doc["expires_at"].as_str().unwrap())
+        .unwrap()
+        .unix();
+    assert!((expires - now() - 3599).abs() < 30, "{doc}");
+    assert_eq!(
+        state.lock().unwrap().issued,
+        ["https://www.googleapis.com/auth/cloud-platform"]
+    );
+
+    // Many callers at once after a lock (the cache is gone): one mint.
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = vh.command(&vault_e2e::binaries().vault, ["gcp", "token", "sa"]);
+            c.stdout(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let tokens: std::collections::BTreeSet<String> = callers
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(state.lock().unwrap().issued.len(), 2);
+    // Another scope is another token.
+    let scoped = vh.vault([
+        "gcp",
+        "token",
+        "sa",
+        "--scope",
+        "https://www.googleapis.com/auth/devstorage.read_only",
+    ]);
+    assert_ne!(scoped.ok().stdout.trim(), token);
+    assert_eq!(
+        state.lock().unwrap().issued[2],
+        "https://www.googleapis.com/auth/devstorage.read_only"
+    );
+
+    // The endpoint's clock two hours ahead: the assertion is refused, and
+    // the message points at the clock.
+    {
+        let mut st = state.lock().unwrap();
+        st.skew = 7200;
+    }
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    let run = vh.vault(["gcp", "token", "sa"]);
+    run.code(1).stderr_has("clock").never_prints(MARK);
+    state.lock().unwrap().skew = 0;
+
+    // The key deleted in IAM: the endpoint no longer knows its public key.
+    let (_, other_public) = rsa_key(vh.root(), "other-key");
+    let known = std::mem::replace(&mut state.lock().unwrap().public_key, other_public);
+    let run = vh.vault(["gcp", "token", "sa"]);
+    run.code(1)
+        .stderr_has("Invalid JWT Signature")
+        .stderr_has("deleted or disabled");
+    assert!(
+        state
+            .lock()
+            .unwrap()
+            .refusals
+            .iter()
+            .any(|r| r == "Invalid JWT Signature."),
+        "the endpoint checked the signature"
+    );
+    state.lock().unwrap().public_key = known;
+
+    // Short-lived tokens (under the 5-minute margin) are minted on every
+    // call; with the endpoint down, the one that still works is served.
+    state.lock().unwrap().expires_in = 200;
+    let short = vh.vault(["gcp", "token", "sa"]);
+    let short = short.ok().stdout.trim().to_owned();
+    server.unblock();
+    drop(server);
+    std::thread::sleep(Duration::from_millis(200));
+    let run = vh.vault(["gcp", "token", "sa"]);
+    assert_eq!(
+        run.ok().stdout.trim(),
+        short,
+        "the cached token, still valid"
+    );
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    vh.vault(["gcp", "token", "sa"])
+        .code(1)
+        .stderr_has("cannot reach");
+
+    // Not a gcp credential; one that does not exist.
+    vh.vault_in(["add", "tok", "--type", "token", "token=-"], b"x")
+        .ok();
+    vh.vault(["gcp", "token", "tok"])
+        .code(2)
+        .stderr_has("tokens come from a gcp one");
+    vh.vault(["gcp", "token", "nope"]).code(4);
+    // Every hand-out is in the audit log.
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    let audit = vh.vault(["--json", "audit", "sa"]).ok().json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["op"] == "gcp_token"),
+        "{audit}"
+    );
+}
+
+/// The endpoint accepts google-auth's own JWT-bearer grant: what it checks
+/// is what the real client sends.
+#[test]
+fn google_auth_gets_a_token_from_the_same_endpoint() {
+    let Some(python) = vault_e2e::test_python("gcp token endpoint contract") else {
+        return;
+    };
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gcp token endpoint contract: needs ssh-keygen");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (private_key, public_key) = rsa_key(dir.path(), "sa-key");
+    let email = "contract@vault-test.iam.gserviceaccount.com";
+    let state = Arc::new(Mutex::new(State {
+        public_key,
+        client_email: email.into(),
+        expires_in: 3599,
+        ..State::default()
+    }));
+    let (url, _server) = token_endpoint(Arc::clone(&state));
+    let key = dir.path().join("key.json");
+    std::fs::write(&key, key_json(&private_key, email, &url)).unwrap();
+    let script = r#"
+import json, sys
+import google.auth.transport.requests
+from google.oauth2 import service_account
+c = service_account.Credentials.from_service_account_file(
+    sys.argv[1], scopes=["https://www.googleapis.com/auth/cloud-platform"])
+c.refresh(google.auth.transport.requests.Request())
+print(json.dumps({"token": c.token, "valid": c.valid}))
+"#;
+    let mut cmd = Command::new(&python);
+    cmd.args(["-c", script]).arg(&key);
+    let run = run_command(cmd, None, Duration::from_secs(60));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["valid"], true, "{run}");
+    assert!(got["token"].as_str().unwrap().starts_with("ya29."));
+    assert_eq!(
+        state.lock().unwrap().issued,
+        ["https://www.googleapis.com/auth/cloud-platform"]
+    );
+}
