@@ -46,6 +46,7 @@ use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
 mod agent;
 mod audit;
+mod gcp;
 mod publish;
 mod sync;
 
@@ -176,6 +177,8 @@ struct Options {
     only_agent: bool,
     /// Only the audit log figures (`--only-audit`).
     only_audit: bool,
+    /// Only the GCP token figures (`--only-gcp`).
+    only_gcp: bool,
 }
 
 fn parse_args() -> BenchResult<Options> {
@@ -185,6 +188,7 @@ fn parse_args() -> BenchResult<Options> {
         only_publish: false,
         only_agent: false,
         only_audit: false,
+        only_gcp: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -207,9 +211,10 @@ fn parse_args() -> BenchResult<Options> {
             "--only-publish" => opts.only_publish = true,
             "--only-agent" => opts.only_agent = true,
             "--only-audit" => opts.only_audit = true,
+            "--only-gcp" => opts.only_gcp = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent | --only-audit]\n\
+                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent | --only-audit | --only-gcp]\n\
                      The real OSMO service's row needs VAULT_TEST_OSMO_URL and VAULT_TEST_OSMO_ADMIN_TOKEN_FILE\n\
                      (bash ../shared/osmo/run.sh); without them it is skipped."
                 );
@@ -246,6 +251,14 @@ fn run() -> BenchResult<()> {
         print_table(&opts, &rows, &notes);
         return result;
     }
+    if opts.only_gcp {
+        result = gcp::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
+        if let Err(e) = &result {
+            notes.push(format!("stopped early: {e}"));
+        }
+        print_table(&opts, &rows, &notes);
+        return result;
+    }
     if opts.only_audit {
         result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
         if let Err(e) = &result {
@@ -263,6 +276,9 @@ fn run() -> BenchResult<()> {
         }
         if result.is_ok() {
             result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
+        }
+        if result.is_ok() {
+            result = gcp::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
         }
     }
     if result.is_ok() {

@@ -1,0 +1,285 @@
+//! GCP access token figures (issue 22): a cached `vault gcp token` against
+//! `vault get` of a token record (target: within ±20%), in the daemon and
+//! as whole processes, interleaved; and, when `gcloud` is installed,
+//! `gcloud auth print-access-token` with its own cached token, in the same
+//! run, as a ratio. Both mint from the same service-account key at a local
+//! token endpoint, so neither reaches Google.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vault_protocol::message::{Request, Response};
+
+use super::{BenchResult, BenchVault, Binaries, GETS, Row, Samples, ms, time_runs, write_private};
+
+/// Rounds of (get, token) whole-process runs.
+const ROUNDS: usize = 20;
+/// Rounds of (get, token) in-daemon calls.
+const CALL_ROUNDS: usize = 100;
+/// `gcloud auth print-access-token` runs (each ~1 s).
+const GCLOUD_RUNS: usize = 5;
+
+/// A token endpoint that grants every assertion (the tests' endpoint
+/// checks them; here only the time matters). Stops with the process.
+fn token_endpoint() -> BenchResult<String> {
+    let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let url = format!(
+        "http://{}/token",
+        server
+            .server_addr()
+            .to_ip()
+            .ok_or("the token endpoint has no address")?
+    );
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let body =
+                r#"{"access_token":"ya29.vault-bench","expires_in":3599,"token_type":"Bearer"}"#;
+            let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
+                .unwrap_or_else(|()| unreachable!("a valid header"));
+            let _ = req.respond(tiny_http::Response::from_string(body).with_header(header));
+        }
+    });
+    Ok(url)
+}
+
+/// A service-account key file (an RSA key from ssh-keygen) whose
+/// `token_uri` is `url`.
+fn key_file(dir: &Path, url: &str) -> BenchResult<std::path::PathBuf> {
+    let key = dir.join("sa-key");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q", "-t", "rsa", "-b", "2048", "-m", "PKCS8", "-N", "", "-f",
+        ])
+        .arg(&key)
+        .output()
+        .map_err(|e| format!("ssh-keygen: {e} (the GCP rows need openssh-client)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let private_key = fs::read_to_string(&key).map_err(|e| e.to_string())?;
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "vault-bench",
+        "private_key_id": "0123",
+        "private_key": private_key,
+        "client_email": "bench@vault-bench.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": url,
+    });
+    let file = dir.join("sa-key.json");
+    write_private(&file, &json.to_string())?;
+    Ok(file)
+}
+
+fn calls(
+    vault: &BenchVault,
+    req: fn() -> Request,
+    n: usize,
+    out: &mut Vec<Duration>,
+) -> BenchResult<()> {
+    let mut conn = vault.connect()?;
+    for _ in 0..n {
+        let t = Instant::now();
+        match conn.call(req())? {
+            Response::Record(_) | Response::AccessToken { .. } => {}
+            other => return Err(format!("answered {other:?}")),
+        }
+        out.push(t.elapsed());
+    }
+    Ok(())
+}
+
+pub fn bench(
+    bins: &Binaries,
+    tmp: &Path,
+    runs: usize,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> BenchResult<()> {
+    let base = tmp.join("gcp");
+    fs::create_dir(&base).map_err(|e| e.to_string())?;
+    let url = token_endpoint()?;
+    let key = key_file(&base, &url)?;
+    let vault = BenchVault::new(bins, &base)?;
+    fs::create_dir_all(&vault.home).map_err(|e| e.to_string())?;
+    fs::set_permissions(&vault.home, fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    write_private(
+        &vault.home.join("config.toml"),
+        &format!("[gcp]\ntoken_uris = [\"{url}\"]\n"),
+    )?;
+    let result = vault
+        .init()
+        .and_then(|()| vault.add_bench_token(&base))
+        .and_then(|()| {
+            vault
+                .cli_ok(
+                    &[
+                        "add",
+                        "sa",
+                        "--type",
+                        "gcp",
+                        &format!("json=@{}", key.display()),
+                    ],
+                    None,
+                )
+                .map(drop)
+        })
+        .and_then(|()| measure(&vault, &base, &key, runs, rows, notes));
+    vault.shutdown();
+    result
+}
+
+fn measure(
+    vault: &BenchVault,
+    base: &Path,
+    key: &Path,
+    runs: usize,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> BenchResult<()> {
+    // The first call mints; every one measured is served from the cache.
+    let first = vault.cli_ok(&["gcp", "token", "sa"], None)?;
+    if first.trim() != "ya29.vault-bench" {
+        return Err(format!("vault gcp token printed {first:?}"));
+    }
+    let get = || Request::Get {
+        name: "bench-token".to_owned(),
+    };
+    let token = || Request::GcpToken {
+        name: "sa".to_owned(),
+        scopes: vec![],
+    };
+    let (mut in_get, mut in_token) = (Vec::new(), Vec::new());
+    for _ in 0..CALL_ROUNDS {
+        calls(vault, get, GETS / CALL_ROUNDS, &mut in_get)?;
+        calls(vault, token, GETS / CALL_ROUNDS, &mut in_token)?;
+    }
+    let (mut proc_get, mut proc_token) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let n = (2 * runs / ROUNDS).max(1);
+        proc_get.extend(
+            time_runs(n, || {
+                let mut c = vault.command(&vault.bins.vault);
+                c.args(["get", "bench-token", "--field", "token"]);
+                c
+            })?
+            .0,
+        );
+        proc_token.extend(
+            time_runs(n, || {
+                let mut c = vault.command(&vault.bins.vault);
+                c.args(["gcp", "token", "sa"]);
+                c
+            })?
+            .0,
+        );
+    }
+    let (in_get, in_token) = (Samples::new(in_get), Samples::new(in_token));
+    let (proc_get, proc_token) = (Samples::new(proc_get), Samples::new(proc_token));
+    let row = |rows: &mut Vec<Row>, what: &str, base: &Samples, s: &Samples, judged: bool| {
+        let ratio = s.median().as_secs_f64() / base.median().as_secs_f64().max(1e-9);
+        rows.push(Row {
+            what: what.to_owned(),
+            records: 1,
+            result: format!("{} / {} ({ratio:.2}× get)", ms(s.median()), ms(s.pct(90.0))),
+            target: if judged {
+                "0.80–1.20× get".to_owned()
+            } else {
+                "the base".to_owned()
+            },
+            ok: judged.then_some((0.8..=1.2).contains(&ratio)),
+        });
+    };
+    row(rows, "in-daemon get p50 / p90", &in_get, &in_get, false);
+    row(
+        rows,
+        "in-daemon cached gcp token p50 / p90",
+        &in_get,
+        &in_token,
+        true,
+    );
+    row(
+        rows,
+        "`vault get` whole process p50 / p90",
+        &proc_get,
+        &proc_get,
+        false,
+    );
+    row(
+        rows,
+        "`vault gcp token` whole process, cached, p50 / p90",
+        &proc_get,
+        &proc_token,
+        true,
+    );
+
+    gcloud(base, key, &proc_token, rows, notes)
+}
+
+/// `gcloud auth print-access-token` with its token cached, against the
+/// same endpoint (gcloud's own config dir, the key activated first).
+fn gcloud(
+    base: &Path,
+    key: &Path,
+    vault_token: &Samples,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> BenchResult<()> {
+    let config = base.join("gcloud");
+    let gcloud = |args: &[&str]| {
+        let mut c = Command::new("gcloud");
+        c.args(args)
+            .env("CLOUDSDK_CONFIG", &config)
+            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let key = key.display().to_string();
+    match gcloud(&["auth", "activate-service-account", "--key-file", &key]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            notes.push(format!(
+                "gcloud row skipped: activate-service-account failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return Ok(());
+        }
+        Err(_) => {
+            notes.push("gcloud row skipped: gcloud is not installed".to_owned());
+            return Ok(());
+        }
+    }
+    // The first print mints; the ones measured read gcloud's cache.
+    let out = gcloud(&["auth", "print-access-token"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "ya29.vault-bench" {
+        return Err(format!(
+            "gcloud auth print-access-token gave {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let samples =
+        Samples::new(time_runs(GCLOUD_RUNS, || gcloud(&["auth", "print-access-token"]))?.0);
+    let ratio = samples.median().as_secs_f64() / vault_token.median().as_secs_f64().max(1e-9);
+    rows.push(Row {
+        what: "`gcloud auth print-access-token`, cached, p50 / p90".to_owned(),
+        records: 1,
+        result: format!(
+            "{} / {} ({ratio:.0}× vault gcp token)",
+            ms(samples.median()),
+            ms(samples.pct(90.0))
+        ),
+        target: "for comparison".to_owned(),
+        ok: None,
+    });
+    Ok(())
+}
