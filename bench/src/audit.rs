@@ -5,13 +5,12 @@
 //! `vault get` within 5%.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vault_protocol::message::{Request, Response};
 
-use super::{BenchResult, BenchVault, Binaries, GETS, Row, Samples, ms, time_runs, write_private};
+use super::{BenchResult, BenchVault, Binaries, GETS, Row, Samples, ms, time_runs};
 
 /// Rounds of (off, on) whole-process runs, `4 × runs / ROUNDS` each (four
 /// times the main bench's runs, for the same reason as [`AUDIT_GETS`]).
@@ -25,14 +24,7 @@ const GET_ROUNDS: usize = 200;
 fn vault(bins: &Binaries, tmp: &Path, dir: &str, audit: bool) -> BenchResult<BenchVault> {
     let base = tmp.join(dir);
     fs::create_dir(&base).map_err(|e| e.to_string())?;
-    let vault = BenchVault::new(bins, &base)?;
-    fs::create_dir_all(&vault.home).map_err(|e| e.to_string())?;
-    fs::set_permissions(&vault.home, fs::Permissions::from_mode(0o700))
-        .map_err(|e| e.to_string())?;
-    write_private(
-        &vault.home.join("config.toml"),
-        &format!("[audit]\nenabled = {audit}\n"),
-    )?;
+    let vault = BenchVault::with_config(bins, &base, &format!("[audit]\nenabled = {audit}\n"))?;
     vault.init()?;
     vault.add_bench_token(&base)?;
     Ok(vault)

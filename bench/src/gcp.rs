@@ -6,7 +6,6 @@
 //! token endpoint, so neither reaches Google.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -106,14 +105,8 @@ pub fn bench(
     fs::create_dir(&base).map_err(|e| e.to_string())?;
     let url = token_endpoint()?;
     let key = key_file(&base, &url)?;
-    let vault = BenchVault::new(bins, &base)?;
-    fs::create_dir_all(&vault.home).map_err(|e| e.to_string())?;
-    fs::set_permissions(&vault.home, fs::Permissions::from_mode(0o700))
-        .map_err(|e| e.to_string())?;
-    write_private(
-        &vault.home.join("config.toml"),
-        &format!("[gcp]\ntoken_uris = [\"{url}\"]\n"),
-    )?;
+    let vault =
+        BenchVault::with_config(bins, &base, &format!("[gcp]\ntoken_uris = [\"{url}\"]\n"))?;
     let result = vault
         .init()
         .and_then(|()| vault.add_bench_token(&base))

@@ -876,6 +876,17 @@ impl BenchVault {
         Ok(out)
     }
 
+    /// A vault under `base` whose `config.toml` is `config` (written
+    /// before the daemon first starts).
+    fn with_config(bins: &Binaries, base: &Path, config: &str) -> BenchResult<Self> {
+        let vault = Self::new(bins, base)?;
+        fs::create_dir_all(&vault.home).map_err(|e| e.to_string())?;
+        fs::set_permissions(&vault.home, fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        write_private(&vault.home.join("config.toml"), config)?;
+        Ok(vault)
+    }
+
     fn init(&self) -> BenchResult<()> {
         self.cli_ok(
             &["init", "--passphrase-stdin"],
