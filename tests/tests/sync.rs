@@ -606,3 +606,37 @@ fn a_push_answer_claiming_unsent_entries_is_refused() {
     let b = join(&a, &server);
     assert_eq!(names(&b), ["t1", "t2", "t3", "t4"]);
 }
+
+/// A server that answers with more than any honest answer holds (40 MiB,
+/// valid JSON) is not read on: the sync fails saying so, nothing of it is
+/// applied, and the next honest sync goes on.
+#[test]
+fn an_answer_larger_than_any_honest_one_is_refused() {
+    let server = RemoteServer::start();
+    let proxy = RewritingProxy::start(
+        &server.url(),
+        Box::new(|_, status, body| {
+            if status != 200 {
+                return None;
+            }
+            let mut padded = vec![b' '; 40 << 20];
+            padded.extend_from_slice(body);
+            Some(padded)
+        }),
+    );
+    let a = VaultHome::new();
+    a.write_config("[sync]\nauto = false\n");
+    a.init().ok();
+    proxy.arm(false);
+    a.login_at(&proxy.url()).ok();
+    add_token(&a, "t1", &secret("big-1"));
+    proxy.arm(true);
+    a.vault(["sync"])
+        .code(1)
+        .no_panic()
+        .stderr_has("longer than");
+    assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 1);
+    proxy.arm(false);
+    sync(&a);
+    assert_eq!(a.vault(["sync", "status", "--json"]).json()["queued"], 0);
+}

@@ -505,7 +505,9 @@ async fn registry_login(
             token: Option<SecretValue>,
             access_token: Option<SecretValue>,
         }
-        let body = read_capped(got, MAX_ANSWER).await.map_err(Failed)?;
+        let body = read_capped(got, MAX_ANSWER)
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
         let issued: Issued = serde_json::from_slice(&body)
             .map_err(|_| Failed(format!("{realm} answered without a token")))?;
         let token = issued

@@ -101,17 +101,38 @@ fn same_origin(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Ac
     attempt.follow()
 }
 
+/// Why [`read_capped`] has no body.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The connection broke off (a transport failure).
+    Broken(String),
+    /// More than the limit came: a broken or hostile remote.
+    TooLong(usize),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Broken(why) => write!(f, "the answer broke off: {why}"),
+            ReadError::TooLong(max) => write!(f, "the answer is longer than {max} bytes"),
+        }
+    }
+}
+
 /// Reads an answer's body, refusing one longer than `max` bytes: a
 /// remote's answer is hostile input, and memory is not its to take.
-pub async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("the answer broke off: {}", describe(&e)))?
+        .map_err(|e| ReadError::Broken(describe(&e)))?
     {
         if body.len() + chunk.len() > max {
-            return Err(format!("the answer is longer than {max} bytes"));
+            return Err(ReadError::TooLong(max));
         }
         body.extend_from_slice(&chunk);
     }

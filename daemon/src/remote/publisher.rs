@@ -29,7 +29,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use super::Shared;
-use super::http::{Http, Issued, JwtCache, describe};
+use super::http::{Http, Issued, JwtCache, describe, read_capped};
 use crate::engine::Engine;
 use crate::engine::publish::{Job, JobOp};
 use crate::store::{Presence, RemoteRow};
@@ -50,6 +50,9 @@ const TOKEN_CHECK: Duration = Duration::from_secs(6 * 3600);
 /// How long `vault publish` waits for the first push before answering
 /// "queued".
 const INLINE: Duration = Duration::from_secs(10);
+/// Most bytes of one answer of a platform (its credential list included);
+/// more is a broken or hostile platform, not read on.
+const MAX_ANSWER: usize = 16 << 20;
 /// The header OSMO answers with base64 warnings (`WARNING: …` lines), and
 /// only when the request says which client version it is.
 const WARNING_HEADER: &str = "x-osmo-warning";
@@ -449,11 +452,10 @@ impl Osmo<'_> {
         if versioned && status != 401 && status < 500 {
             self.note_warnings(&resp);
         }
-        let body = resp
-            .bytes()
+        let body = read_capped(resp, MAX_ANSWER)
             .await
-            .map_err(|e| Fail::Lost(format!("{}: {}", self.url, describe(&e))))?;
-        Ok((status, body.to_vec()))
+            .map_err(|e| Fail::Lost(format!("{}: {e}", self.url)))?;
+        Ok((status, body))
     }
 
     /// A JWT with time left, exchanging the access token when needed; one

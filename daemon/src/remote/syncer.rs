@@ -25,7 +25,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use super::Shared;
-use super::http::{Http, Issued, JwtCache, describe};
+use super::http::{Http, Issued, JwtCache, ReadError, describe, read_capped};
 use crate::engine::sync::{Joined, Pulled, Target};
 
 /// The longest backoff after failures.
@@ -37,6 +37,10 @@ const BACKOFF: Duration = Duration::from_secs(2);
 /// Push at most this many bytes of ciphertext per request (the server
 /// takes 8 MiB of records, base64 makes them a third bigger).
 const PUSH_BYTES: usize = 6 << 20;
+/// Most bytes of one answer of the server: a pull page holds at most
+/// `MAX_PULL_BYTES` (8 MiB) of ciphertext plus one record (1 MiB), base64
+/// in JSON. A server that sends more is not believed, and not read on.
+const MAX_ANSWER: usize = 32 << 20;
 
 #[derive(Debug, Default)]
 struct State {
@@ -174,10 +178,13 @@ async fn call<T: DeserializeOwned>(
         .await
         .map_err(|e| CallError::Unreachable(describe(&e)))?;
     let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| CallError::Unreachable(describe(&e)))?;
+    let bytes = read_capped(resp, MAX_ANSWER).await.map_err(|e| match e {
+        ReadError::Broken(_) => CallError::Unreachable(e.to_string()),
+        ReadError::TooLong(_) => CallError::Api(
+            status,
+            api_error(format!("{e}, more than any honest answer; not read")),
+        ),
+    })?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Api(
