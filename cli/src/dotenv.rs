@@ -60,23 +60,17 @@ pub fn parse(text: &str, what: &str) -> Result<Vec<Entry>, String> {
         };
         let key = key.trim();
         if !is_env_name(key) {
+            // Never the text itself: a line of a PEM or base64 value that
+            // lost its quotes would be shown.
             return Err(format!(
-                "{what} line {}: '{key}' is not a variable name",
+                "{what} line {}: what stands before '=' is not a variable name",
                 n + 1
             ));
         }
         let value_at = after_export + rest.len() - value.len();
-        let trimmed = value.trim();
-        let v_start = value_at + (value.len() - value.trim_start().len());
-        let (inner, span_len) = match (trimmed.chars().next(), trimmed.chars().last()) {
-            (Some(q @ ('"' | '\'')), Some(e)) if trimmed.len() >= 2 && q == e => {
-                (&trimmed[1..trimmed.len() - 1], trimmed.len())
-            }
-            _ => {
-                let v = trimmed.split(" #").next().unwrap_or(trimmed).trim_end();
-                (v, v.len())
-            }
-        };
+        let trimmed = value.trim_matches([' ', '\t']);
+        let v_start = value_at + (value.len() - value.trim_start_matches([' ', '\t']).len());
+        let (inner, span_len) = split_value(trimmed);
         out.push(Entry {
             line: n + 1,
             key: key.to_owned(),
@@ -85,6 +79,35 @@ pub fn parse(text: &str, what: &str) -> Result<Vec<Entry>, String> {
         });
     }
     Ok(out)
+}
+
+/// A value as written (spaces and tabs around it taken off) → the value
+/// and how long its written form is: `"…"` or `'…'` taken as it is between
+/// the quotes, then an optional ` # comment`; unquoted, up to a `#` at its
+/// start or after a space or tab.
+fn split_value(v: &str) -> (&str, usize) {
+    let comment_at = |s: &str| {
+        s.char_indices()
+            .find(|&(i, c)| c == '#' && (i == 0 || s[..i].ends_with([' ', '\t'])))
+            .map(|(i, _)| i)
+    };
+    if let Some(q @ ('"' | '\'')) = v.chars().next()
+        && let Some(close) = v[1..].find(q).map(|j| j + 1)
+    {
+        let after = &v[close + 1..];
+        let after_trimmed = after.trim_start_matches([' ', '\t']);
+        if after.is_empty() || (after_trimmed.starts_with('#') && after_trimmed.len() < after.len())
+        {
+            return (&v[1..close], close + 1);
+        }
+        // `"a"b"`: quoted from the first character to the last.
+        if v.len() >= 2 && v.ends_with(q) {
+            return (&v[1..v.len() - 1], v.len());
+        }
+    }
+    let cut = comment_at(v).map_or(v, |i| &v[..i]);
+    let value = cut.trim_end_matches([' ', '\t']);
+    (value, value.len())
 }
 
 /// `vault://NAME/FIELD` → `(NAME, FIELD)` (a name may hold `/`; a field
@@ -130,6 +153,11 @@ pub fn replace(text: &str, edits: &[(Range<usize>, String)]) -> String {
     for (span, new) in edits {
         out.push_str(&text[at..span.start]);
         out.push_str(new);
+        // `K= # c` has an empty value right before its comment: a value
+        // put there must not run into the `#`.
+        if span.is_empty() && text[span.end..].starts_with('#') {
+            out.push(' ');
+        }
         at = span.end;
     }
     out.push_str(&text[at..]);
@@ -170,6 +198,48 @@ mod tests {
             .collect();
         assert_eq!(back, ["a b", "1", "", "x # y"]);
         assert!(again.starts_with("# settings\r\n") && again.contains("DEBUG=1 # inline\n"));
+    }
+
+    #[test]
+    fn quotes_and_comments_read_as_sh_reads_them() {
+        let text =
+            "A=\"tok en\" # prod\nB='x' #c\nC=v\t# tab\nD= # only a comment\nE=\"a\"b\"\nF=a#b\n";
+        let entries = parse(text, ".env").unwrap();
+        let got: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str(), &text[e.span.clone()]))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "tok en", "\"tok en\""),
+                ("B", "x", "'x'"),
+                ("C", "v", "v"),
+                ("D", "", ""),
+                ("E", "a\"b", "\"a\"b\""),
+                ("F", "a#b", "a#b"),
+            ]
+        );
+        // A value written back in place of a reference, comment kept,
+        // reads back the same.
+        let edits: Vec<_> = entries
+            .iter()
+            .map(|e| (e.span.clone(), quoted(&e.value).unwrap()))
+            .collect();
+        let again = replace(text, &edits);
+        assert!(again.contains("A='tok en' # prod\n"), "{again}");
+        let back: Vec<String> = parse(&again, ".env")
+            .unwrap()
+            .iter()
+            .map(|e| e.value.to_string())
+            .collect();
+        assert_eq!(back, ["tok en", "x", "v", "", "a\"b", "a#b"]);
+    }
+
+    #[test]
+    fn a_bad_line_is_named_never_shown() {
+        let e = parse("MIIEv+QIB/ADAN==\n", ".env").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("MIIE"), "{e}");
     }
 
     #[test]

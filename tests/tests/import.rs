@@ -165,11 +165,15 @@ fn an_adopted_dotenv_file_holds_references_that_exec_resolves() {
     let api = secret("dotenv-adopt");
     let project = vh.user_home.join("app");
     fs::create_dir_all(&project).unwrap();
+    // The project's .env is a link to the file the user keeps: that file
+    // is the one rewritten.
     let env = project.join(".env");
+    let kept = vh.user_home.join("app.env");
     let original = format!(
-        "# app settings\nexport API_KEY=\"{api}\"\nDEBUG=1 # inline comment\nGREETING='hello world'\n"
+        "# app settings\nexport API_KEY=\"{api}\"\nDEBUG=1 # inline comment\nGREETING=\"hello world\" # quoted, then a comment\n"
     );
-    fs::write(&env, &original).unwrap();
+    fs::write(&kept, &original).unwrap();
+    std::os::unix::fs::symlink(&kept, &env).unwrap();
     let env_arg = env.to_str().unwrap();
 
     let run = vh.vault(["--json", "import", "env", env_arg, "--adopt"]);
@@ -179,11 +183,12 @@ fn an_adopted_dotenv_file_holds_references_that_exec_resolves() {
         serde_json::json!(["app-env"]),
         "{run}"
     );
-    let adopted = fs::read_to_string(&env).unwrap();
+    let adopted = fs::read_to_string(&kept).unwrap();
     assert_eq!(
         adopted,
-        "# app settings\nexport API_KEY=vault://app-env/API_KEY\nDEBUG=vault://app-env/DEBUG # inline comment\nGREETING=vault://app-env/GREETING\n"
+        "# app settings\nexport API_KEY=vault://app-env/API_KEY\nDEBUG=vault://app-env/DEBUG # inline comment\nGREETING=vault://app-env/GREETING # quoted, then a comment\n"
     );
+    assert!(fs::symlink_metadata(&env).unwrap().file_type().is_symlink());
     let backup = run.json()["backup"].as_str().unwrap().to_owned();
     assert_eq!(fs::read_to_string(&backup).unwrap(), original);
     assert_eq!(vh.field("app-env", "GREETING"), "hello world");
@@ -234,16 +239,31 @@ fn an_adopted_dotenv_file_holds_references_that_exec_resolves() {
     // Importing the adopted file again finds nothing new.
     let run = vh.vault(["--json", "import", "env", env_arg, "--adopt"]);
     assert_eq!(run.ok().json()["adopted"], serde_json::json!(null));
-    assert_eq!(fs::read_to_string(&env).unwrap(), adopted);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), adopted);
 
     vh.vault(["import", "env", env_arg, "--undo"])
         .ok()
         .never_prints(MARK);
-    let back = fs::read_to_string(&env).unwrap();
+    let back = fs::read_to_string(&kept).unwrap();
     assert_eq!(
         back,
         format!(
-            "# app settings\nexport API_KEY={api}\nDEBUG=1 # inline comment\nGREETING='hello world'\n"
+            "# app settings\nexport API_KEY={api}\nDEBUG=1 # inline comment\nGREETING='hello world' # quoted, then a comment\n"
         )
     );
+
+    // A key set twice is imported, not adopted (one reference would stand
+    // for two values).
+    let twice = project.join("twice.env");
+    fs::write(&twice, "A=1\nA=2\n").unwrap();
+    let run = vh.vault([
+        "import",
+        "env",
+        twice.to_str().unwrap(),
+        "--name",
+        "twice",
+        "--adopt",
+    ]);
+    run.ok().stderr_has("A is set twice in the file (line 2)");
+    assert_eq!(fs::read_to_string(&twice).unwrap(), "A=1\nA=2\n");
 }

@@ -470,7 +470,7 @@ fn botocore_and_the_aws_cli_use_an_adopted_profile() {
     let credentials = format!(
         "# my keys\n[default]\naws_access_key_id = AKIAADOPTDEFAULT\naws_secret_access_key = {s_default}\n\n\
          [dev]\naws_access_key_id=AKIAADOPTDEV\naws_secret_access_key={s_dev}\n\n\
-         [kept]\naws_access_key_id = AKIAKEPT\naws_secret_access_key = {s_kept}\nregion = us-west-1\n\n\
+         # PRODUCTION: do not use\n[kept]\naws_access_key_id = AKIAKEPT\naws_secret_access_key = {s_kept}\nregion = us-west-1\n\n\
          [other]\nsso_session = corp\n"
     );
     let creds_file = aws.join("credentials");
@@ -499,6 +499,10 @@ fn botocore_and_the_aws_cli_use_an_adopted_profile() {
             "an adopted secret is still in the file:\n{now}"
         );
     }
+    assert!(
+        now.contains("\n# PRODUCTION: do not use\n[kept]\n"),
+        "{now}"
+    );
     assert!(now.contains("# my keys\n") && now.contains(&format!("[kept]\naws_access_key_id = AKIAKEPT\naws_secret_access_key = {s_kept}\nregion = us-west-1\n")) && now.contains("[other]\nsso_session = corp\n"), "{now}");
     assert_eq!(
         std::fs::read_to_string(aws.join("config")).unwrap(),

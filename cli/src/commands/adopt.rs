@@ -85,11 +85,22 @@ pub(super) fn adopt(
     ctx.out.info(&format!(
         "kept the file as {backup} (0600); remove it once you are satisfied"
     ));
+    if let Some(repo) = git_work_tree(Path::new(&backup)) {
+        ctx.out.warn(&format!(
+            "the backup holds the plaintext and is inside the git work tree {}: a .gitignore \
+             that lists only the file does not cover it; remove it, or ignore \
+             '*.vault-adopt-*'",
+            repo.display()
+        ));
+    }
     done.backup = Some(backup);
     if matches!(source, ImportSource::Env) {
         for f in chosen {
-            adopt_env(path, &f.record.name)?;
             retag(ctx, &f.record.name, true)?;
+            if let Err(e) = adopt_env(path, &f.record.name) {
+                let _ = retag(ctx, &f.record.name, false);
+                return Err(e);
+            }
             ctx.out.info(&format!(
                 "adopted {file}: its values are references to {} now; run with 'vault exec \
                  --env-file {} -- …'",
@@ -128,13 +139,17 @@ pub(super) fn adopt(
                 adopt: true,
             },
         };
-        let result = ctx
-            .call_unlocked(&req)
-            .and_then(|answer| match answer {
+        // Tagged first: an entry taken over is always one --undo finds.
+        let result = retag(ctx, &name, true).and_then(|()| {
+            let emitted = ctx.call_unlocked(&req).and_then(|answer| match answer {
                 Response::Emitted(_) => Ok(()),
                 _ => Err(unexpected("emit")),
-            })
-            .and_then(|()| retag(ctx, &name, true));
+            });
+            if emitted.is_err() {
+                let _ = retag(ctx, &name, false);
+            }
+            emitted
+        });
         match result {
             Ok(()) => {
                 ctx.out.info(&format!(
@@ -409,10 +424,17 @@ fn undo_env(ctx: &mut Ctx, path: &Path) -> CliResult<()> {
     if !edits.is_empty() {
         replace_file(path, &Zeroizing::new(dotenv::replace(&text, &edits)))?;
     }
+    // A credential still referenced stays tagged: --undo may run again.
     for (name, view) in &records {
-        if view
-            .as_ref()
-            .is_some_and(|v| v.tags.iter().any(|t| t == ADOPTED))
+        let still = left > 0
+            && entries
+                .iter()
+                .filter_map(|e| dotenv::reference(&e.value))
+                .any(|(n, _)| n == name);
+        if !still
+            && view
+                .as_ref()
+                .is_some_and(|v| v.tags.iter().any(|t| t == ADOPTED))
         {
             retag(ctx, name, false)?;
         }
@@ -428,7 +450,14 @@ fn undo_env(ctx: &mut Ctx, path: &Path) -> CliResult<()> {
         }
     ));
     ctx.out
-        .json(&serde_json::json!({"undone": undone, "path": path, "left": left}))
+        .json(&serde_json::json!({"undone": undone, "path": path, "left": left}))?;
+    if left > 0 {
+        return Err(failed(format!(
+            "{left} reference(s) in {} could not be written back (see above)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn read_text(path: &Path) -> CliResult<Zeroizing<String>> {
@@ -441,6 +470,11 @@ fn read_text(path: &Path) -> CliResult<Zeroizing<String>> {
 /// it), keeping its permissions.
 fn replace_file(path: &Path, text: &str) -> CliResult<()> {
     use std::os::unix::fs::PermissionsExt as _;
+    // A link is followed: its target is the file the user keeps (renaming
+    // over the link would leave the plaintext in the target).
+    let target = std::fs::canonicalize(path)
+        .map_err(|e| failed(format!("cannot resolve {}: {e}", path.display())))?;
+    let path = target.as_path();
     let fail = |e: std::io::Error| {
         failed(format!(
             "cannot write {}: {e}; it is as it was",
@@ -459,5 +493,18 @@ fn replace_file(path: &Path, text: &str) -> CliResult<()> {
     tmp.write_all(text.as_bytes()).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;
+    // The rename itself reaches the disk.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
     Ok(())
+}
+
+/// The git work tree `file` is in, if any.
+fn git_work_tree(file: &Path) -> Option<std::path::PathBuf> {
+    let file = std::path::absolute(file).ok()?;
+    file.ancestors()
+        .skip(1)
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf)
 }

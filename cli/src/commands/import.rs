@@ -114,7 +114,21 @@ pub fn run(ctx: &mut Ctx, args: &ImportArgs) -> CliResult<()> {
             if record.fields.is_empty() {
                 Vec::new()
             } else {
-                vec![Found::new(&name, record)]
+                let mut found = Found::new(&name, record);
+                // A key set twice: both lines would become one reference,
+                // and the first value would be lost.
+                let entries = dotenv::parse(&text, "").unwrap_or_default();
+                found.not_adoptable = entries
+                    .iter()
+                    .enumerate()
+                    .find(|(i, e)| entries[..*i].iter().any(|p| p.key == e.key))
+                    .map(|(_, e)| {
+                        format!(
+                            "{} is set twice in the file (line {}): keep one",
+                            e.key, e.line
+                        )
+                    });
+                vec![found]
             }
         }
     };

@@ -122,8 +122,9 @@ fn render(section: &Section) -> Result<String, MergeError> {
 
 /// Writes `sections` into `text`: a section the vault owns (named in
 /// `owned`) is replaced where it stands, with everything up to the next
-/// header (so its own trailing blank lines and comments go too, and are
-/// written again as one blank line); a new one is appended. A section that
+/// header but the comments after its last key line (they usually belong to
+/// what follows, and stay, after one blank line); its blank lines are
+/// written again as one; a new one is appended. A section that
 /// exists and is not owned is an error unless `force`. Sections named in
 /// `remove` that the vault owns are dropped. Everything else is copied byte
 /// for byte.
@@ -170,8 +171,34 @@ pub fn merge(
             out.push('\n');
         }
     };
+    // Comment and blank lines met while skipping, since its last key line:
+    // the comments at a skipped section's end are kept (they usually
+    // belong to what follows, `# production` above `[prod]`).
+    let mut pending: Vec<&str> = Vec::new();
+    let keep_trailing = |out: &mut String, pending: &mut Vec<&str>, separate: &mut bool| {
+        let first = pending.iter().position(|l| !l.trim().is_empty());
+        if let Some(first) = first {
+            separator(out, separate);
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            for l in &pending[first..] {
+                out.push_str(l);
+            }
+            *separate = false;
+        }
+        pending.clear();
+        first.is_some()
+    };
     for line in &parsed {
         if let Some(name) = line.header {
+            if skipping {
+                separate |= replaced;
+                if keep_trailing(&mut out, &mut pending, &mut separate) {
+                    replaced = false;
+                }
+            }
+            pending.clear();
             separate |= replaced;
             skipping = false;
             replaced = false;
@@ -193,10 +220,22 @@ pub fn merge(
                 continue;
             }
         }
-        if !skipping {
-            separator(&mut out, &mut separate);
-            out.push_str(line.text);
+        if skipping {
+            let body = line.text.trim();
+            let indented = line.text.starts_with([' ', '\t']) && !body.is_empty();
+            if !indented && (body.is_empty() || body.starts_with(['#', ';'])) {
+                pending.push(line.text);
+            } else {
+                pending.clear();
+            }
+            continue;
         }
+        separator(&mut out, &mut separate);
+        out.push_str(line.text);
+    }
+    if skipping {
+        separate |= replaced;
+        keep_trailing(&mut out, &mut pending, &mut separate);
     }
     for (name, r) in &rendered {
         if written.contains(name) {
@@ -434,6 +473,40 @@ mod tests {
         assert_eq!(twice, once.replace("= s1", "= s2"));
         let gone = merge(&twice, &[], &owned, &owned, false).unwrap();
         assert_eq!(gone, format!("{USER}\n"));
+    }
+
+    #[test]
+    fn comments_after_a_replaced_or_removed_section_stay() {
+        let text = "# mine\n[dev]\naws_access_key_id = A\n# inner\naws_secret_access_key = S\n\n\
+                    # PRODUCTION: do not use\n\n[prod]\nregion = x\n";
+        let taken = merge(text, &[section("dev", "V")], &set(&[]), &set(&[]), true).unwrap();
+        assert_eq!(
+            taken,
+            "# mine\n[dev]\naws_access_key_id = AKIAVAULT\naws_secret_access_key = V\n\n\
+             # PRODUCTION: do not use\n\n[prod]\nregion = x\n"
+        );
+        // Idempotent once owned; removal keeps them too.
+        let again = merge(
+            &taken,
+            &[section("dev", "V")],
+            &set(&[]),
+            &set(&["dev"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(again, taken);
+        let removed = merge(&taken, &[], &set(&["dev"]), &set(&["dev"]), false).unwrap();
+        assert_eq!(
+            removed,
+            "# mine\n# PRODUCTION: do not use\n\n[prod]\nregion = x\n"
+        );
+        // At the end of the file as well.
+        let last = "[dev]\naws_access_key_id = A\n\n# the end\n";
+        let taken = merge(last, &[section("dev", "V")], &set(&[]), &set(&[]), true).unwrap();
+        assert!(
+            taken.ends_with("aws_secret_access_key = V\n\n# the end\n"),
+            "{taken:?}"
+        );
     }
 
     #[test]
