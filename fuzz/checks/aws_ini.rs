@@ -274,7 +274,12 @@ fn check_state(
                 "[{name}] has a line that is not ASCII/LF: {line:?}"
             );
         }
-        let body: String = lines.into_iter().filter(|l| *l != "\n").collect();
+        // Comments after its keys are the user's (a replaced section keeps
+        // them: they belong to what follows).
+        let body: String = lines
+            .into_iter()
+            .filter(|l| *l != "\n" && !l.trim_start().starts_with(['#', ';']))
+            .collect();
         assert_eq!(&body, expected, "[{name}] does not hold what was written");
     }
 }
