@@ -64,6 +64,9 @@ pub enum Command {
     /// Check that credentials still work, each against its own service
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
+    /// Rotate a credential: a new AWS access key from IAM, or new values, in every file and platform that has it
+    #[command(after_help = ROTATE_HELP)]
+    Rotate(RotateArgs),
     /// List credentials (never prints values)
     List(ListArgs),
     /// Delete a credential (its history is kept)
@@ -743,6 +746,48 @@ Each credential is asked of its own service, all at once:
 Other types are skipped for now. Results are kept: 'vault list' shows a
 failed one as check-failed, 'vault doctor' says why. Exits 1 when any check
 fails. No value is ever printed.";
+
+/// `vault rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The credential
+    pub name: String,
+
+    /// New values (any type): FIELD=-, FIELD=@PATH or FIELD; none for an
+    /// aws key rotation
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+
+    /// aws: keep the old key, inactive, this long before deleting it (e.g. 24h) [default: 0]
+    #[arg(long, value_name = "DURATION", conflicts_with = "fields")]
+    pub grace: Option<String>,
+
+    /// aws: how long to wait for IAM to let the new key in
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub wait: String,
+
+    /// aws: finish a rotation that stopped part way: check the stored key,
+    /// then deactivate and delete the old one now
+    #[arg(long, conflicts_with_all = ["fields", "grace"])]
+    pub finish: bool,
+}
+
+const ROTATE_HELP: &str = "\
+aws (no FIELD=VALUE): the daemon, with the stored key, checks it (STS
+GetCallerIdentity) and that the IAM user has room for a second key, creates
+one (IAM CreateAccessKey), stores it (the old one stays in 'vault history'),
+waits until STS takes it (--wait), then rewrites every emitted file, and
+deactivates and deletes the old key (after --grace, if given). A failure
+before the new key works puts the old key back and deletes the new one; one
+after leaves the new key stored and working, and 'vault rotate NAME --finish'
+completes it. IAM is asked at https://iam.amazonaws.com unless config.toml's
+[rotate] iam_endpoint names another.
+
+Any type: 'vault rotate NAME FIELD=-' replaces that field's value (from
+stdin) and reports every emitted file and platform updated. Processes started
+with 'vault exec' keep the old value: restart them.
+
+Exits 1 when a step failed; the report says how to finish or undo.";
 
 /// `vault list`.
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@ const COMPLETERS: &[(&[&str], &str, Kind)] = &[
     (&["edit"], "name", Kind::Credential),
     (&["otp"], "name", Kind::Credential),
     (&["check"], "names", Kind::Credential),
+    (&["rotate"], "name", Kind::Credential),
     (&["audit"], "name", Kind::Credential),
     (&["rm"], "name", Kind::Credential),
     (&["rename"], "old", Kind::Credential),

@@ -30,6 +30,9 @@
 //!
 //! [gcp]
 //! token_uris = ["https://oauth2.example.internal/token"]  # besides Google's (docs/gcp.md)
+//!
+//! [rotate]
+//! iam_endpoint = "https://iam.amazonaws.com"  # where `vault rotate` asks IAM (default)
 //! ```
 
 use std::path::Path;
@@ -71,6 +74,8 @@ pub struct Config {
     /// `[gcp] token_uris`: token endpoints a service-account key may name
     /// besides Google's (docs/gcp.md).
     pub gcp_token_uris: Vec<String>,
+    /// Where `vault rotate` asks IAM (default: AWS's one endpoint).
+    pub iam_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -89,6 +94,7 @@ impl Default for Config {
             audit_keep: Duration::from_secs(90 * 86_400),
             tls_roots: Vec::new(),
             gcp_token_uris: Vec::new(),
+            iam_endpoint: None,
         }
     }
 }
@@ -112,6 +118,8 @@ struct File {
     tls: Tls,
     #[serde(default)]
     gcp: Gcp,
+    #[serde(default)]
+    rotate: Rotate,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,6 +133,12 @@ struct Gcp {
 #[serde(deny_unknown_fields)]
 struct Tls {
     ca: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    iam_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -226,6 +240,10 @@ impl Config {
                 .map_err(|e| format!("refresh.{e}"))?;
             config.sts_endpoint = Some(url.clone());
         }
+        if let Some(url) = &file.rotate.iam_endpoint {
+            vault_protocol::credential::check_endpoint_url("rotate.iam_endpoint", url)?;
+            config.iam_endpoint = Some(url.clone());
+        }
         if let Some(v) = &file.sync.interval {
             config.sync_interval = dur("sync.interval", v)?;
             if config.sync_interval < Duration::from_secs(10) {
@@ -299,6 +317,14 @@ mod tests {
         );
         assert!(Config::parse("[lokc]\n").is_err());
         assert_eq!(c.check_interval, None);
+        assert_eq!(c.iam_endpoint, None);
+        let c = Config::parse("[rotate]\niam_endpoint = \"http://127.0.0.1:5000\"\n").unwrap();
+        assert_eq!(c.iam_endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(
+            Config::parse("[rotate]\niam_endpoint = \"http://iam.example\"\n")
+                .unwrap_err()
+                .contains("rotate.iam_endpoint")
+        );
         let c = Config::parse("[check]\ninterval = \"6h\"\n").unwrap();
         assert_eq!(c.check_interval, Some(Duration::from_secs(6 * 3600)));
         assert!(

@@ -31,6 +31,7 @@ mod emitters;
 pub use emitters::AwsTarget;
 pub mod publish;
 pub mod refresh;
+pub mod rotate;
 mod snapshot;
 pub mod sync;
 

@@ -78,7 +78,8 @@ impl Peer {
     }
 }
 
-fn process(pid: u32) -> AuditProcess {
+/// A process as `/proc` describes it now (gone: no exe, empty command line).
+pub(crate) fn process(pid: u32) -> AuditProcess {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());

@@ -393,6 +393,29 @@ impl Daemon {
                 )
                 .await
             }
+            Request::Rotate {
+                name,
+                fields,
+                grace_secs,
+                verify_ms,
+                finish,
+            } => {
+                // The keys go to IAM and STS at endpoints approved here;
+                // the new value reaches every file and platform it is
+                // bound to (docs/lifecycle.md).
+                let plan = crate::remote::rotator::Asked {
+                    fields,
+                    grace: grace_secs.map(Duration::from_secs),
+                    verify: verify_ms.map(Duration::from_millis),
+                    finish,
+                };
+                let r = crate::remote::rotator::rotate(&self.shared, &name, plan).await;
+                if r.is_ok() {
+                    self.engine()
+                        .audit(std::slice::from_ref(&name), "rotate", &peer.get());
+                }
+                r
+            }
             Request::SyncNow => crate::remote::syncer::sync_now(&self.shared)
                 .await
                 .map(Response::Synced),
@@ -874,6 +897,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Otp { .. } => "otp",
         Request::GcpToken { .. } => "gcp_token",
         Request::Check { .. } => "check",
+        Request::Rotate { .. } => "rotate",
         Request::Audit { .. } => "audit",
         Request::Complete { .. } => "complete",
         Request::List { .. } => "list",
@@ -975,6 +999,9 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     let checking = tokio::spawn(crate::remote::checker::background(Arc::clone(
         &daemon.shared,
     )));
+    let rotating = tokio::spawn(crate::remote::rotator::background(Arc::clone(
+        &daemon.shared,
+    )));
     let mut shutdown = daemon.shutdown.subscribe();
     while let Some(stream) = next_connection(&listener, &mut shutdown, "vaultd").await {
         let Some(permit) = take_slot(&slots, &daemon.idle, &mut shutdown).await else {
@@ -991,6 +1018,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
     syncing.abort();
     publishing.abort();
     checking.abort();
+    rotating.abort();
     info!("shutting down");
 }
 
@@ -1003,7 +1031,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 43] = [
+    const EVERY_REQUEST: [&str; 44] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1045,6 +1073,7 @@ mod tests {
         r#"{"op":"check","names":["a"]}"#,
         r#"{"op":"audit"}"#,
         r#"{"op":"gcp_token","name":"a"}"#,
+        r#"{"op":"rotate","name":"a","fields":{"token":"v"}}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1094,8 +1123,9 @@ mod tests {
             Request::Check { .. } => 38,
             Request::Audit { .. } => 39,
             Request::GcpToken { .. } => 40,
-            Request::Lock => 41,
-            Request::Shutdown => 42,
+            Request::Rotate { .. } => 41,
+            Request::Lock => 42,
+            Request::Shutdown => 43,
         }
     }
 

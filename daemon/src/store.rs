@@ -14,10 +14,12 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 mod audit;
 mod checks;
 mod publish;
+mod rotations;
 
 pub use audit::AuditRow;
 pub use checks::CheckRow;
 pub use publish::{Presence, PubKey, PubRow, RemoteRow};
+pub use rotations::RotationRow;
 
 /// Schema migrations; index + 1 is the `user_version` after applying.
 const MIGRATIONS: &[&str] = &[
@@ -194,6 +196,18 @@ CREATE TABLE audit (
     mac       BLOB NOT NULL
 );
 CREATE INDEX audit_record ON audit(record_id, seq);
+"#,
+    // Rotations not finished yet (`vault rotate`, docs/lifecycle.md): the
+    // old access key of a record, still to be deactivated or deleted, and
+    // when. `stage` and `due_at` are bookkeeping; `body` (the key ids, the
+    // last error) is sealed to the vault key. Local state, never synced.
+    r#"
+CREATE TABLE rotations (
+    record_id TEXT PRIMARY KEY,
+    stage     TEXT NOT NULL,
+    due_at    INTEGER NOT NULL,
+    body      BLOB NOT NULL
+);
 "#,
 ];
 

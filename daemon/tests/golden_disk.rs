@@ -73,11 +73,13 @@ fn frozen_records_decrypt_with_every_revision() {
     // the sync bookkeeping, v4 remotes and publications, v5 the chain,
     // claims and refused entries of authenticated sync, v6 approvals, v7
     // where an AWS keys binding writes its region and the rendering
-    // version of every binding, v8 health checks, v9 the audit log).
-    assert_eq!(SCHEMA_VERSION, 9, "a new schema: check its migration here");
+    // version of every binding, v8 health checks, v9 the audit log, v10
+    // unfinished rotations).
+    assert_eq!(SCHEMA_VERSION, 10, "a new schema: check its migration here");
     assert!(store.emitters().unwrap().is_empty());
     assert!(store.checks().unwrap().is_empty());
     assert!(store.audit_rows().unwrap().is_empty());
+    assert!(store.rotations().unwrap().is_empty());
     assert!(!store.approved("any", "refresh_command", &[0; 32]).unwrap());
     assert!(store.remotes().unwrap().is_empty());
     assert!(store.publications(None).unwrap().is_empty());

@@ -12,7 +12,8 @@
 //!
 //! This file holds the frames, [`Request`] and [`Response`]; the types the
 //! answers carry are in submodules by feature, all re-exported here:
-//! `records` (list, get, history, status), `sync`, `publish` and `emit`.
+//! `records` (list, get, history, status), `sync`, `publish`, `emit` and
+//! `rotate`.
 
 use std::collections::BTreeMap;
 
@@ -26,11 +27,13 @@ use crate::timefmt::Timestamp;
 mod emit;
 mod publish;
 mod records;
+mod rotate;
 mod sync;
 
 pub use emit::*;
 pub use publish::*;
 pub use records::*;
+pub use rotate::*;
 pub use sync::*;
 
 /// A request with its id.
@@ -198,6 +201,30 @@ pub enum Request {
         /// OAuth2 scopes; empty: `https://www.googleapis.com/auth/cloud-platform`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         scopes: Vec<String>,
+    },
+    /// Rotates a credential (`vault rotate`, docs/lifecycle.md). With no
+    /// `fields`, an `aws` record gets a new access key from IAM, verified,
+    /// stored and emitted, and its old key is deactivated and deleted;
+    /// with `fields`, those values are replaced. Answered by
+    /// [`Response::Rotated`].
+    Rotate {
+        /// The record.
+        name: String,
+        /// The new values (each field must exist already).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        fields: BTreeMap<String, SecretValue>,
+        /// aws: how long the old key stays, inactive, before it is deleted,
+        /// in seconds (default 0: at once).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_secs: Option<u64>,
+        /// aws: how long to wait for IAM to let the new key in, in
+        /// milliseconds (default 30 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verify_ms: Option<u64>,
+        /// aws: finish a rotation that stopped part way (deactivate and
+        /// delete the old key now, whatever the grace).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        finish: bool,
     },
     /// The current one-time code of a record's `otp` field (`vault otp`);
     /// the seed stays in the daemon. Answered by [`Response::Otp`].
@@ -464,6 +491,7 @@ impl Request {
             | Request::Otp { .. }
             | Request::GcpToken { .. }
             | Request::Check { .. }
+            | Request::Rotate { .. }
             | Request::Audit { .. }
             | Request::Resolve { .. }
             | Request::List { .. }
@@ -641,6 +669,8 @@ pub enum Response {
         /// When it stops working.
         expires_at: Timestamp,
     },
+    /// Answer to `Rotate`.
+    Rotated(RotateReport),
     /// Answer to `Otp`.
     Otp {
         /// The code, digits only.

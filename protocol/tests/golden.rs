@@ -747,3 +747,64 @@ fn audit_frames() {
     let expected = r#"{"id":13,"ok":{"kind":"audit","entries":[{"seq":41,"at":"2023-11-14T22:13:20Z","name":"gh","op":"get","uid":1000,"client":{"pid":4242,"exe":"/usr/bin/vault","cmdline":"vault get gh"},"parents":[{"pid":4000,"cmdline":"bash"}]}],"problems":["entry 3 is missing"]}}"#;
     assert_eq!(frame_of(&answer), with_header(expected));
 }
+
+#[test]
+fn rotate_frames() {
+    let req = RequestFrame {
+        id: 14,
+        req: Request::Rotate {
+            name: "aws-dev".into(),
+            fields: BTreeMap::new(),
+            grace_secs: Some(86_400),
+            verify_ms: Some(30_000),
+            finish: false,
+        },
+    };
+    let expected =
+        r#"{"id":14,"req":{"op":"rotate","name":"aws-dev","grace_secs":86400,"verify_ms":30000}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let mut fields = BTreeMap::new();
+    fields.insert("token".to_string(), SecretValue::from("t1"));
+    let generic = RequestFrame {
+        id: 15,
+        req: Request::Rotate {
+            name: "gh".into(),
+            fields,
+            grace_secs: None,
+            verify_ms: None,
+            finish: false,
+        },
+    };
+    let expected = r#"{"id":15,"req":{"op":"rotate","name":"gh","fields":{"token":"t1"}}}"#;
+    assert_eq!(frame_of(&generic), with_header(expected));
+    let finish: RequestFrame =
+        frame::decode(br#"{"id":1,"req":{"op":"rotate","name":"a","finish":true}}"#).unwrap();
+    assert!(matches!(
+        finish.req,
+        Request::Rotate { finish: true, grace_secs: None, verify_ms: None, ref fields, .. }
+            if fields.is_empty()
+    ));
+    use vault_protocol::message::{RotateReport, RotateStep, StepOutcome};
+    let answer = ResponseFrame {
+        id: 14,
+        ok: Some(Response::Rotated(RotateReport {
+            name: "aws-dev".into(),
+            kind: CredentialType::Aws,
+            complete: false,
+            steps: vec![
+                RotateStep::new("create", StepOutcome::Ok, "IAM made access key AKIANEW"),
+                RotateStep::new("deactivate", StepOutcome::Failed, "no answer"),
+            ],
+            revision: 4,
+            live_key: Some("AKIANEW".into()),
+            old_key: Some("AKIAOLD".into()),
+            files: vec![],
+            publications: vec![],
+            running: vec![],
+            next: Some("'vault rotate aws-dev --finish'".into()),
+        })),
+        err: None,
+    };
+    let expected = r#"{"id":14,"ok":{"kind":"rotated","name":"aws-dev","type":"aws","complete":false,"steps":[{"step":"create","outcome":"ok","detail":"IAM made access key AKIANEW"},{"step":"deactivate","outcome":"failed","detail":"no answer"}],"revision":4,"live_key":"AKIANEW","old_key":"AKIAOLD","files":[],"publications":[],"running":[],"next":"'vault rotate aws-dev --finish'"}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+}

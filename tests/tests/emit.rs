@@ -830,6 +830,7 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
              ALTER TABLE emitters DROP COLUMN rendering;
              DROP TABLE checks;
              DROP TABLE audit;
+             DROP TABLE rotations;
              PRAGMA user_version = 6;",
         )
         .unwrap();

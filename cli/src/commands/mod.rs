@@ -14,6 +14,7 @@ mod gcp;
 mod import;
 mod publish;
 mod records;
+mod rotate;
 mod sync;
 mod vault;
 
@@ -105,6 +106,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Check(args) => check::run(&mut ctx, &args),
         Command::Audit(args) => audit::run(&mut ctx, &args),
         Command::Edit(args) => edit::edit(&mut ctx, &args),
+        Command::Rotate(args) => rotate::run(&mut ctx, args),
         Command::List(args) => records::list(&mut ctx, &args),
         Command::Rm(args) => records::rm(&mut ctx, &args),
         Command::Rename { old, new } => records::rename(&mut ctx, &old, &new),

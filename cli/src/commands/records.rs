@@ -727,7 +727,7 @@ fn check_field_names(
 
 /// A field of unknown type (`vault set`) counts as secret unless it is a
 /// non-secret field of some type (`region`, `username`, ...).
-fn maybe_secret(field: &str) -> bool {
+pub(super) fn maybe_secret(field: &str) -> bool {
     !CredentialType::ALL
         .iter()
         .flat_map(|t| t.fields())
@@ -736,7 +736,11 @@ fn maybe_secret(field: &str) -> bool {
 
 /// One warning line for secret values typed on the command line; the values
 /// themselves are never echoed.
-fn warn_about_literals(ctx: &Ctx, fields: &[FieldArg], is_secret: impl Fn(&str) -> bool) {
+pub(super) fn warn_about_literals(
+    ctx: &Ctx,
+    fields: &[FieldArg],
+    is_secret: impl Fn(&str) -> bool,
+) {
     let names: Vec<_> = fields
         .iter()
         .filter(|f| f.is_literal() && f.name != EXPIRES_FIELD && is_secret(&f.name))
@@ -753,7 +757,7 @@ fn warn_about_literals(ctx: &Ctx, fields: &[FieldArg], is_secret: impl Fn(&str) 
 
 /// Every field's value; one asked for on the terminal is hidden as typed
 /// when `secret` says it holds a secret, echoed otherwise.
-fn read_values(
+pub(super) fn read_values(
     fields: Vec<FieldArg>,
     secret: &dyn Fn(&str) -> bool,
 ) -> CliResult<BTreeMap<String, SecretValue>> {
@@ -797,7 +801,7 @@ fn parse_timestamp(ts: &str) -> CliResult<Timestamp> {
     Timestamp::parse(ts).map_err(usage)
 }
 
-fn duplicate(values: &BTreeMap<String, SecretValue>) -> BTreeMap<String, SecretValue> {
+pub(super) fn duplicate(values: &BTreeMap<String, SecretValue>) -> BTreeMap<String, SecretValue> {
     values
         .iter()
         .map(|(k, v)| (k.clone(), v.duplicate()))

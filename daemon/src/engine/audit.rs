@@ -324,6 +324,41 @@ impl Engine {
 }
 
 impl Engine {
+    /// The `vault exec` processes (entries `resolve`) that were handed
+    /// `name`'s value and still run: the same pid with the same executable
+    /// and command line in `/proc` now. They hold the value they were
+    /// given until restarted (`vault rotate` says so); only hand-outs at
+    /// or before `before` count. Empty when the log
+    /// is off or unreadable.
+    pub fn exec_holders(&mut self, name: &str, before: Timestamp) -> Vec<AuditProcess> {
+        if let Err(e) = self.flush_audit() {
+            warn!(error = %e.message, "cannot write the audit log");
+        }
+        let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
+            return Vec::new();
+        };
+        let Some(id) = sess.index.get(name).map(|e| e.id.clone()) else {
+            return Vec::new();
+        };
+        let rows = store.audit_rows_of(&id).unwrap_or_default();
+        let mut seen = std::collections::BTreeMap::new();
+        for row in rows.iter().filter(|r| r.at <= before.unix()) {
+            let Some(body) = open_body(&sess.key, row) else {
+                continue;
+            };
+            if body.op == "resolve" && body.client.pid != 0 && body.client.pid != std::process::id()
+            {
+                seen.insert(body.client.pid, body.client);
+            }
+        }
+        seen.into_values()
+            .filter(|p| {
+                let now = crate::peer::process(p.pid);
+                !now.cmdline.is_empty() && now.cmdline == p.cmdline && now.exe == p.exe
+            })
+            .collect()
+    }
+
     /// Each record's last hand-out, by record id, from the audit log
     /// (written entries only: the caller flushes first).
     pub fn last_uses(&self) -> std::collections::HashMap<String, LastUse> {

@@ -5,8 +5,10 @@
 pub mod checker;
 pub mod gcp;
 pub mod http;
+pub mod iam;
 pub mod publisher;
 pub mod refresher;
+pub mod rotator;
 pub mod sigv4;
 pub mod sts;
 pub mod syncer;
@@ -34,6 +36,8 @@ pub struct Shared {
     pub checker: checker::Checker,
     /// GCP access tokens minted, until the vault locks (docs/gcp.md).
     pub gcp_tokens: gcp::Tokens,
+    /// One rotation at a time (docs/lifecycle.md).
+    pub rotator: rotator::Rotator,
 }
 
 impl Shared {
@@ -48,6 +52,7 @@ impl Shared {
             publisher: publisher::Publisher::default(),
             checker: checker::Checker::default(),
             gcp_tokens: gcp::Tokens::default(),
+            rotator: rotator::Rotator::default(),
         }
     }
 

@@ -1035,6 +1035,40 @@ pub async fn publish(
     Ok(Response::Publications { publications })
 }
 
+/// After a change of `name` (`vault rotate`): pushes it now to every
+/// remote it is published to (each pass waits at most as long as `vault
+/// publish` does), and returns its publications as they stand then. A
+/// push that did not go through stays queued, as after any change.
+pub async fn push_now(d: &Arc<Shared>, name: &str) -> Vec<PublicationInfo> {
+    let mine = |d: &Arc<Shared>| -> Vec<PublicationInfo> {
+        d.engine()
+            .publications(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.name.as_deref() == Some(name))
+            .collect()
+    };
+    let mut remotes: Vec<String> = mine(d).into_iter().map(|p| p.remote).collect();
+    remotes.sort_unstable();
+    remotes.dedup();
+    for r in &remotes {
+        let failed = match tokio::time::timeout(INLINE, spawn_pass(d, r)).await {
+            Ok(Ok(Err(e))) => Some(e.message),
+            _ => None,
+        };
+        if let Some(why) = failed {
+            warn!(remote = %r, error = %why, "a push after a rotation did not go through");
+        }
+    }
+    let mut now = mine(d);
+    for p in &mut now {
+        if p.state != PublishState::Published && p.error.is_none() {
+            p.error = remote_error(d, &p.remote);
+        }
+    }
+    now
+}
+
 fn remote_error(d: &Arc<Shared>, remote: &str) -> Option<String> {
     d.publisher.remote(remote).state().last_error.clone()
 }

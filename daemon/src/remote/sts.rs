@@ -158,6 +158,7 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
     };
     let text = call(
         http,
+        "sts",
         &plan.endpoint,
         &plan.region,
         &keys,
@@ -210,6 +211,7 @@ pub async fn caller_identity(
     let form = "Action=GetCallerIdentity&Version=2011-06-15".to_owned();
     let text = call(
         http,
+        "sts",
         endpoint,
         region,
         keys,
@@ -223,10 +225,15 @@ pub async fn caller_identity(
         .map_err(|_| "STS's answer to GetCallerIdentity names no account".to_owned())
 }
 
-/// Sends one STS form call signed with `keys` (SigV4) and returns the
-/// text of a successful answer, or why it failed: never a key.
-async fn call(
+/// Sends one form call of AWS's query API to `service` (`sts`, `iam`)
+/// signed with `keys` (SigV4) and returns the text of a successful
+/// answer, or why it failed: never a key. The answer is hostile input:
+/// read up to 64 KiB, and its error XML (AWS's, or moto's wrapped form)
+/// only quoted for its code and message.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call(
     http: &Http,
+    service: &str,
     endpoint: &str,
     region: &str,
     keys: &Keys<'_>,
@@ -234,13 +241,14 @@ async fn call(
     action: &str,
     timeout: Duration,
 ) -> Result<String, String> {
+    let label = service.to_ascii_uppercase();
     check_endpoint(endpoint)?;
     let url = reqwest::Url::parse(endpoint)
-        .map_err(|e| format!("sts_endpoint '{endpoint}' is not a URL: {e}"))?;
+        .map_err(|e| format!("{service} endpoint '{endpoint}' is not a URL: {e}"))?;
     let host = match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
-        (None, _) => return Err(format!("sts_endpoint '{endpoint}' has no host")),
+        (None, _) => return Err(format!("{service} endpoint '{endpoint}' has no host")),
     };
     let path = match url.path() {
         "" => "/",
@@ -256,7 +264,7 @@ async fn call(
             body: form.as_bytes(),
             amz_date: &amz_date,
             region,
-            service: "sts",
+            service,
         },
         keys,
     );
@@ -269,26 +277,32 @@ async fn call(
     let response = request
         .send()
         .await
-        .map_err(|e| format!("cannot reach STS at {endpoint}: {}", describe(&e)))?;
+        .map_err(|e| format!("cannot reach {label} at {endpoint}: {}", describe(&e)))?;
     let status = response.status();
     let body = read_capped(response, MAX_ANSWER)
         .await
-        .map_err(|e| format!("cannot read STS's answer: {e}"))?;
+        .map_err(|e| format!("cannot read {label}'s answer: {e}"))?;
     let text = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
         // An error answer holds no secret: its text may be shown when it
-        // is not the XML STS speaks.
-        let answer: Option<Answer> = quick_xml::de::from_str(&text).ok();
-        let (code, message) = answer
-            .and_then(|a| a.error.or(a.errors.map(|e| e.error)))
-            .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
-            .unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
+        // is not the XML AWS speaks.
+        let (code, message) =
+            error_of(&text).unwrap_or_else(|| (String::new(), text.chars().take(300).collect()));
         return Err(format!(
-            "STS refused {action} ({} {code}): {message}",
+            "{label} refused {action} ({} {code}): {message}",
             status.as_u16()
         ));
     }
     Ok(text)
+}
+
+/// The code and message of an AWS error answer (`<ErrorResponse><Error>`,
+/// or moto's `<Errors><Error>`), if it is one.
+pub(crate) fn error_of(text: &str) -> Option<(String, String)> {
+    let answer: Option<Answer> = quick_xml::de::from_str(text).ok();
+    answer
+        .and_then(|a| a.error.or(a.errors.map(|e| e.error)))
+        .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
 }
 
 /// `20261123T120000Z`.

@@ -67,6 +67,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The rows of one record, in order (by the `audit_record` index).
+    pub fn audit_rows_of(&self, record_id: &str) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, record_id, body, mac FROM audit WHERE record_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([record_id], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Drops the rows up to `through` and sets the log's state, in one
     /// transaction (retention).
     pub fn prune_audit(&mut self, through: u64, state: &str) -> Result<usize> {

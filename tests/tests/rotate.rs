@@ -1,0 +1,328 @@
+//! `vault rotate` (issue 24, docs/lifecycle.md). An aws key rotation
+//! against moto's IAM and STS with authentication on, through a man in
+//! the middle that fails one step at a time (a key that STS never takes,
+//! a deactivation whose answer is lost): the user keeps a working key at
+//! every step, the emitted `~/.aws/credentials` section follows, botocore
+//! reading it is the same user, and the old key ends deleted. Then a
+//! plain `FIELD=-` rotation of a token updating its emitted file and
+//! naming the `vault exec` still holding the old value.
+//!
+//! The aws test needs `VAULT_TEST_PYTHON` with botocore and `moto[server]`
+//! (`.ci/run` installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
+
+use vault_e2e::{MARK, RewritingProxy, VaultHome, poll_until, secret};
+
+/// IAM as the user with keys argv[2], argv[3] sees it: `list` (the keys
+/// and their status), `create` (a second key), `delete KEY`; and STS
+/// `who`, with the `dev` profile of the emitted credentials file when
+/// argv[2] is `profile`.
+const IAM: &str = r#"
+import json, sys
+import botocore.session
+url, key, secret, op = sys.argv[1:5]
+if key == "profile":
+    s = botocore.session.Session(profile="dev")
+    kw = dict(endpoint_url=url, region_name="us-east-1")
+else:
+    s = botocore.session.get_session()
+    kw = dict(endpoint_url=url, region_name="us-east-1",
+              aws_access_key_id=key, aws_secret_access_key=secret)
+if op == "who":
+    print(json.dumps(s.create_client("sts", **kw).get_caller_identity()["Arn"]))
+    sys.exit(0)
+iam = s.create_client("iam", **kw)
+if op == "list":
+    keys = iam.list_access_keys()["AccessKeyMetadata"]
+    print(json.dumps({k["AccessKeyId"]: k["Status"] for k in keys}))
+elif op == "create":
+    print(json.dumps(iam.create_access_key()["AccessKey"]["AccessKeyId"]))
+elif op == "delete":
+    iam.delete_access_key(AccessKeyId=sys.argv[5])
+    print(json.dumps(True))
+"#;
+
+fn steps(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["step"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
+    let Some(python) = moto_python("rotate") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let moto = Moto::start(&python, vh.root());
+    // Armed by each phase: GetCallerIdentity answers after the first of a
+    // rotation (the new key's) fail, or UpdateAccessKey's answer is lost.
+    let sts_seen = Arc::new(AtomicUsize::new(0));
+    let fail = Arc::new(AtomicUsize::new(0));
+    let proxy = {
+        let (seen, fail) = (Arc::clone(&sts_seen), Arc::clone(&fail));
+        RewritingProxy::start(
+            &moto.url,
+            Box::new(move |_, _, body| {
+                let text = String::from_utf8_lossy(body);
+                match fail.load(Ordering::SeqCst) {
+                    1 if text.contains("<GetCallerIdentityResponse")
+                        && seen.fetch_add(1, Ordering::SeqCst) >= 1 =>
+                    {
+                        Some(b"<ErrorResponse><Error><Code>InvalidClientTokenId</Code><Message>not yet</Message></Error></ErrorResponse>".to_vec())
+                    }
+                    2 if text.contains("<UpdateAccessKeyResponse") => {
+                        Some(b"<html>gateway timeout</html>".to_vec())
+                    }
+                    _ => None,
+                }
+            }),
+        )
+    };
+    vh.write_config(&format!(
+        "[refresh]\nsts_endpoint = \"{0}\"\n[rotate]\niam_endpoint = \"{0}\"\n",
+        proxy.url()
+    ));
+    vh.init().ok();
+    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+    let (first, first_secret) = (
+        setup["id"].as_str().unwrap().to_owned(),
+        setup["secret"].as_str().unwrap().to_owned(),
+    );
+    let mut secrets = vec![first_secret.clone()];
+    let mut said = String::new();
+    vh.add_aws("dev", &first, &first_secret, &[]);
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
+    let emitted = |id: &str| {
+        std::fs::read_to_string(vh.user_home.join(".aws/credentials"))
+            .unwrap()
+            .contains(&format!("aws_access_key_id = {id}"))
+    };
+    let iam = |key: &str, op: &str, more: &[&str]| -> Value {
+        let secret = if key == "profile" {
+            String::new()
+        } else {
+            vh.field("dev", "secret_access_key")
+        };
+        let mut args = vec![moto.url.as_str(), key, secret.as_str(), op];
+        args.extend_from_slice(more);
+        python_json(&vh, &python, IAM, &args)
+    };
+
+    // 1. Every step: the old key inactive for the grace, then deleted by
+    // the daemon; botocore reading the emitted file is the same user.
+    let run = vh.vault(["--json", "rotate", "dev", "--grace", "3s"]);
+    run.ok();
+    said.push_str(&run.to_string());
+    let report = run.json();
+    assert_eq!(
+        steps(&report),
+        [
+            "check ok",
+            "create ok",
+            "store ok",
+            "verify ok",
+            "file ok",
+            "deactivate ok",
+            "delete pending"
+        ],
+        "{report}"
+    );
+    let second = vh.field("dev", "access_key_id");
+    secrets.push(vh.field("dev", "secret_access_key"));
+    assert_ne!(second, first);
+    assert_eq!(report["live_key"], second.as_str());
+    assert_eq!(report["old_key"], first.as_str());
+    assert!(
+        report["next"].as_str().unwrap().contains("--finish"),
+        "{report}"
+    );
+    let listed = iam(&second, "list", &[]);
+    assert_eq!(listed[&first], "Inactive", "{listed}");
+    assert_eq!(listed[&second], "Active", "{listed}");
+    assert!(emitted(&second));
+    assert!(
+        iam("profile", "who", &[])
+            .as_str()
+            .unwrap()
+            .ends_with(":user/dev")
+    );
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        "the old key deleted after its grace",
+        || iam(&second, "list", &[]),
+        |l| l.get(&first).is_none(),
+    );
+    let history = vh.vault(["history", "dev"]);
+    history.ok().stdout_has("rotate");
+
+    // 2. Two keys already: refused up front, naming the other one.
+    let extra = iam(&second, "create", &[]);
+    let extra = extra.as_str().unwrap();
+    let refused = vh.vault(["rotate", "dev"]);
+    said.push_str(&refused.to_string());
+    refused
+        .code(1)
+        .stderr_has(extra)
+        .stderr_has("delete-access-key");
+    assert_eq!(vh.field("dev", "access_key_id"), second);
+    iam(&second, "delete", &[extra]);
+
+    // 3. STS never takes the new key: the old one goes back into the
+    // record and the files, the new one is deleted at IAM.
+    fail.store(1, Ordering::SeqCst);
+    let run = vh.vault(["--json", "rotate", "dev", "--wait", "3s"]);
+    run.code(1);
+    said.push_str(&run.to_string());
+    let report = run.json();
+    assert_eq!(
+        steps(&report),
+        [
+            "check ok",
+            "create ok",
+            "store ok",
+            "verify failed",
+            "undo ok",
+            "delete ok",
+            "file ok"
+        ],
+        "{report}"
+    );
+    assert_eq!(report["live_key"], second.as_str());
+    assert_eq!(vh.field("dev", "access_key_id"), second);
+    let listed = iam(&second, "list", &[]);
+    assert_eq!(listed.as_object().unwrap().len(), 1, "{listed}");
+    assert!(emitted(&second));
+    fail.store(0, Ordering::SeqCst);
+
+    // 4. The deactivation's answer is lost: the new key is stored and
+    // works, the old one is left; a new rotation is refused until
+    // --finish completes this one.
+    fail.store(2, Ordering::SeqCst);
+    let run = vh.vault(["--json", "rotate", "dev"]);
+    run.code(1);
+    said.push_str(&run.to_string());
+    let report = run.json();
+    let third = vh.field("dev", "access_key_id");
+    secrets.push(vh.field("dev", "secret_access_key"));
+    assert_ne!(third, second);
+    assert!(
+        steps(&report).ends_with(&["deactivate failed".to_owned(), "delete skipped".to_owned()]),
+        "{report}"
+    );
+    assert!(
+        report["next"]
+            .as_str()
+            .unwrap()
+            .contains("vault rotate dev --finish")
+    );
+    assert!(
+        iam("profile", "who", &[])
+            .as_str()
+            .unwrap()
+            .ends_with(":user/dev")
+    );
+    assert!(iam(&third, "list", &[]).get(&second).is_some());
+    vh.vault(["rotate", "dev"]).code(5).stderr_has("--finish");
+    fail.store(0, Ordering::SeqCst);
+    let run = vh.vault(["--json", "rotate", "dev", "--finish"]);
+    run.ok();
+    said.push_str(&run.to_string());
+    assert_eq!(
+        steps(&run.json()),
+        ["verify ok", "deactivate ok", "delete ok"],
+        "{run}"
+    );
+    let listed = iam(&third, "list", &[]);
+    assert_eq!(
+        listed.as_object().unwrap().keys().collect::<Vec<_>>(),
+        [&third]
+    );
+    vh.vault(["rotate", "dev", "--finish"]).ok();
+    assert!(!proxy.rewritten().is_empty());
+
+    // No key in anything vault printed or logged.
+    let log = std::fs::read_to_string(vh.paths().log()).unwrap_or_default();
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "a secret in vaultd.log");
+        assert!(!said.contains(s.as_str()), "a secret in vault's output");
+    }
+}
+
+#[test]
+fn a_field_rotation_updates_every_file_and_names_the_exec_holding_the_old_value() {
+    let vh = VaultHome::new();
+    vh.init().ok();
+    let old = secret("content-before");
+    let path = vh.user_home.join("app.key");
+    vh.vault_in(
+        [
+            "add",
+            "gh",
+            "--type",
+            "file",
+            "content=-",
+            &format!("path={}", path.display()),
+        ],
+        old.as_bytes(),
+    )
+    .ok();
+    vh.vault(["emit", "file", "gh"]).ok();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), old);
+    // A long-running `vault exec` holding the old value.
+    let mut holder = vh
+        .command(&vh.vault_bin, ["exec", "-c", "gh", "--", "sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        "the exec in the audit log",
+        || vh.vault(["--json", "audit", "gh"]).json(),
+        |a| {
+            a["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["op"] == "resolve")
+        },
+    );
+    let new = secret("content-after");
+    let run = vh.vault_in(["--json", "rotate", "gh", "content=-"], new.as_bytes());
+    run.ok().never_prints(MARK);
+    let report = run.json();
+    assert_eq!(steps(&report), ["set ok", "file ok"], "{report}");
+    assert_eq!(report["complete"], true);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+    let running = report["running"].as_array().unwrap();
+    assert_eq!(running.len(), 1, "{report}");
+    assert_eq!(running[0]["pid"], holder.id());
+    let text = vh.vault_in(["rotate", "gh", "content=-"], secret("third").as_bytes());
+    text.ok().stderr_has("restart").stderr_has("sleep 60");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    vh.vault(["rotate", "gh", "nope=-"]).code(2);
+    vh.vault(["rotate", "gh"]).code(2).stderr_has("FIELD=-");
+    vh.vault_in(["rotate", "missing", "content=-"], b"x")
+        .code(4);
+}
