@@ -1,11 +1,12 @@
 //! `vault rotate` (issue 24, docs/lifecycle.md). An aws key rotation
 //! against moto's IAM and STS with authentication on, through a man in
 //! the middle that fails one step at a time (a key that STS never takes,
-//! a deactivation whose answer is lost): the user keeps a working key at
-//! every step, the emitted `~/.aws/credentials` section follows, botocore
-//! reading it is the same user, and the old key ends deleted. Then a
-//! plain `FIELD=-` rotation of a token updating its emitted file and
-//! naming the `vault exec` still holding the old value.
+//! a deactivation or a creation whose answer is lost): the user keeps a
+//! working key at every step, the emitted `~/.aws/credentials` section
+//! follows, botocore reading it is the same user, and the old key ends
+//! deleted. Then a plain `FIELD=-` rotation of a `file` credential
+//! updating its emitted file and naming the `vault exec` still holding
+//! the old value.
 //!
 //! The aws test needs `VAULT_TEST_PYTHON` with botocore and `moto[server]`
 //! (`.ci/run` installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`).
@@ -73,7 +74,8 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
     let vh = VaultHome::new();
     let moto = Moto::start(&python, vh.root());
     // Armed by each phase: GetCallerIdentity answers after the first of a
-    // rotation (the new key's) fail, or UpdateAccessKey's answer is lost.
+    // rotation (the new key's) fail, or UpdateAccessKey's or
+    // CreateAccessKey's answer is lost.
     let sts_seen = Arc::new(AtomicUsize::new(0));
     let fail = Arc::new(AtomicUsize::new(0));
     let proxy = {
@@ -89,6 +91,9 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
                         Some(b"<ErrorResponse><Error><Code>InvalidClientTokenId</Code><Message>not yet</Message></Error></ErrorResponse>".to_vec())
                     }
                     2 if text.contains("<UpdateAccessKeyResponse") => {
+                        Some(b"<html>gateway timeout</html>".to_vec())
+                    }
+                    3 if text.contains("<CreateAccessKeyResponse") => {
                         Some(b"<html>gateway timeout</html>".to_vec())
                     }
                     _ => None,
@@ -257,6 +262,24 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
         [&third]
     );
     vh.vault(["rotate", "dev", "--finish"]).ok();
+
+    // 5. CreateAccessKey's answer is lost (IAM made a key all the same):
+    // nothing changed, and the next rotation names the stray key.
+    fail.store(3, Ordering::SeqCst);
+    let run = vh.vault(["rotate", "dev"]);
+    run.code(1).stderr_has("nothing was changed");
+    said.push_str(&run.to_string());
+    fail.store(0, Ordering::SeqCst);
+    assert_eq!(vh.field("dev", "access_key_id"), third);
+    let listed = iam(&third, "list", &[]);
+    let stray = listed
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| **k != third)
+        .unwrap()
+        .clone();
+    vh.vault(["rotate", "dev"]).code(1).stderr_has(&stray);
     assert!(!proxy.rewritten().is_empty());
 
     // No key in anything vault printed or logged.

@@ -371,3 +371,128 @@ impl Engine {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use vault_protocol::message::NewRecord;
+    use vault_protocol::paths::VaultPaths;
+
+    fn aws(name: &str, id: &str, secret: &str) -> NewRecord {
+        let mut fields = BTreeMap::new();
+        fields.insert("access_key_id".to_string(), SecretValue::from(id));
+        fields.insert("secret_access_key".to_string(), SecretValue::from(secret));
+        NewRecord {
+            name: name.into(),
+            kind: CredentialType::Aws,
+            fields,
+            description: None,
+            tags: vec![],
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_key_is_unfinished_until_dropped_and_an_undo_puts_the_old_one_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(VaultPaths::under_home(tmp.path()), Config::default()).unwrap();
+        let now = Timestamp(1_000_000);
+        e.init(&SecretValue::from("pw"), now).unwrap();
+        e.add(vec![aws("dev", "AKIAOLDOLDOLDOLD", "old-secret")], now)
+            .unwrap();
+        let plan = e.aws_rotation("dev").unwrap();
+        assert!(plan.pending.is_none());
+        assert_eq!(plan.iam_endpoint, crate::remote::iam::ENDPOINT);
+        assert_eq!(plan.sts_endpoint, super::super::refresh::GLOBAL_ENDPOINT);
+        assert!(!format!("{plan:?}").contains("old-secret"));
+
+        let store_new = |e: &mut Engine, plan: &AwsPlan| {
+            e.store_rotated(
+                plan,
+                "dev",
+                "AKIANEWNEWNEWNEW",
+                SecretValue::from("new"),
+                now,
+            )
+        };
+        let stored = store_new(&mut e, &plan).unwrap();
+        assert_eq!(stored.revision, plan.revision + 1);
+        assert_eq!(
+            e.get("dev", now).unwrap().fields["access_key_id"].expose_secret(),
+            "AKIANEWNEWNEWNEW"
+        );
+        let again = e.aws_rotation("dev").unwrap();
+        let pending = again.pending.as_ref().unwrap();
+        assert_eq!(pending.stage, Stage::Deactivate);
+        assert_eq!(pending.keys.old_key, "AKIAOLDOLDOLDOLD");
+        // The plan is stale now: a second store is refused.
+        let stale = e.store_rotated(
+            &plan,
+            "dev",
+            "AKIAXXXXXXXXXXXX",
+            SecretValue::from("x"),
+            now,
+        );
+        assert_eq!(stale.unwrap_err().code, ErrorCode::Conflict);
+
+        e.undo_rotated(&plan, "dev", "AKIANEWNEWNEWNEW", now)
+            .unwrap();
+        let back = e.get("dev", now).unwrap();
+        assert_eq!(
+            back.fields["secret_access_key"].expose_secret(),
+            "old-secret"
+        );
+        assert!(e.aws_rotation("dev").unwrap().pending.is_none());
+        let changes: Vec<String> = e
+            .history("dev")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.change)
+            .collect();
+        assert_eq!(changes[..2], ["rotate", "rotate"]);
+
+        // A grace: due only once over, and only while the record lives.
+        let plan = e.aws_rotation("dev").unwrap();
+        store_new(&mut e, &plan).unwrap();
+        let mut p = e.aws_rotation("dev").unwrap().pending.unwrap();
+        p.stage = Stage::Delete;
+        p.due_at = Timestamp(now.unix() + 60);
+        e.save_rotation(&plan.id, &p).unwrap();
+        assert!(e.due_rotations(now).is_empty());
+        assert_eq!(e.due_rotations(Timestamp(now.unix() + 60)), ["dev"]);
+        e.drop_rotation(&plan.id).unwrap();
+        assert!(e.due_rotations(Timestamp(now.unix() + 60)).is_empty());
+
+        // Not an aws record with its own long-term keys: refused.
+        let mut fields = BTreeMap::new();
+        fields.insert("token".to_string(), SecretValue::from("t"));
+        e.add(
+            vec![NewRecord {
+                name: "gh".into(),
+                kind: CredentialType::Token,
+                fields,
+                description: None,
+                tags: vec![],
+                expires_at: None,
+            }],
+            now,
+        )
+        .unwrap();
+        let refused = e.aws_rotation("gh").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Usage);
+        assert!(refused.message.contains("vault rotate gh FIELD=-"));
+        let mut session = aws("sess", "ASIASESSIONSESSI", "s");
+        session
+            .fields
+            .insert("session_token".into(), SecretValue::from("tok"));
+        e.add(vec![session], now).unwrap();
+        assert_eq!(e.aws_rotation("sess").unwrap_err().code, ErrorCode::Usage);
+        let mut f = BTreeMap::new();
+        f.insert("nope".to_string(), SecretValue::from("v"));
+        assert_eq!(
+            e.rotate_fields("gh", f, now).unwrap_err().code,
+            ErrorCode::Usage
+        );
+    }
+}
