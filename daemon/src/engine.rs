@@ -484,6 +484,7 @@ impl Engine {
             emitters: self.drift.clone(),
             refresh: Vec::new(),
             failed_checks: self.failed_checks(),
+            rotations: self.pending_rotations(),
         })
     }
 

@@ -247,6 +247,16 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
     );
     assert!(iam(&third, "list", &[]).get(&second).is_some());
     vh.vault(["rotate", "dev"]).code(5).stderr_has("--finish");
+    let status = vh.vault(["status", "--json"]).json();
+    assert_eq!(status["rotations"][0]["name"], "dev", "{status}");
+    assert_eq!(status["rotations"][0]["stage"], "deactivate");
+    assert_eq!(status["rotations"][0]["old_key"], second.as_str());
+    let doctor = vh.vault(["doctor"]);
+    let told = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(
+        told.contains("still active") && told.contains("--finish"),
+        "{told}"
+    );
     fail.store(0, Ordering::SeqCst);
     let run = vh.vault(["--json", "rotate", "dev", "--finish"]);
     run.ok();
@@ -260,6 +270,12 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
     assert_eq!(
         listed.as_object().unwrap().keys().collect::<Vec<_>>(),
         [&third]
+    );
+    assert!(
+        vh.vault(["status", "--json"])
+            .json()
+            .get("rotations")
+            .is_none()
     );
     vh.vault(["rotate", "dev", "--finish"]).ok();
 

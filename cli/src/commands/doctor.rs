@@ -122,6 +122,7 @@ pub fn run(ctx: &mut Ctx) -> CliResult<()> {
     check_emitted(ctx, &mut report, status.as_ref());
     check_refresh(&mut report, status.as_ref());
     check_health(&mut report, status.as_ref());
+    check_rotations(&mut report, status.as_ref());
     check_approvals(ctx, &mut report, status.as_ref());
     check_helpers(&mut report);
     check_remote(&mut report, status.as_ref());
@@ -697,6 +698,48 @@ fn check_health(report: &mut Report, status: Option<&StatusInfo>) {
                 c.name, c.name
             ),
         );
+    }
+}
+
+/// Key rotations that stopped part way (`vault rotate`): an old key that
+/// still works, or is still to be deleted.
+fn check_rotations(report: &mut Report, status: Option<&StatusInfo>) {
+    let Some(status) = status.filter(|s| s.initialized && !s.locked) else {
+        return;
+    };
+    for r in &status.rotations {
+        let fix = format!("'vault rotate {} --finish' finishes it now", r.name);
+        match (r.stage.as_str(), r.error.as_deref()) {
+            ("delete", None) => report.add(
+                "rotation",
+                Verdict::Ok,
+                format!(
+                    "{}: the old key {} is inactive; vaultd deletes it at {}",
+                    r.name, r.old_key, r.due_at
+                ),
+            ),
+            ("delete", Some(e)) => report.problem(
+                "rotation",
+                Verdict::Warn,
+                format!(
+                    "{}: the old key {} is inactive but could not be deleted: {e}",
+                    r.name, r.old_key
+                ),
+                fix,
+            ),
+            (_, e) => report.problem(
+                "rotation",
+                Verdict::Warn,
+                format!(
+                    "{}: holds {}, but the old key {} is still active{}",
+                    r.name,
+                    r.live_key,
+                    r.old_key,
+                    e.map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+                fix,
+            ),
+        }
     }
 }
 

@@ -215,6 +215,24 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
             ),
         ));
     }
+    for r in &status.rotations {
+        let left = if r.stage == "delete" {
+            format!(
+                "{} inactive, deleted {}",
+                r.old_key,
+                relative(r.due_at, now)
+            )
+        } else {
+            format!("{} still active", r.old_key)
+        };
+        lines.push((
+            "rotation",
+            format!(
+                "{}: {} is live, {left} ('vault rotate {} --finish')",
+                r.name, r.live_key, r.name
+            ),
+        ));
+    }
     lines.push(("sync", sync_line(&status, now)));
     for r in &status.remotes {
         let mut line = format!(

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields};
-use vault_protocol::message::{EmitterInfo, RecordSummary};
+use vault_protocol::message::{EmitterInfo, PendingRotation, RecordSummary};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 
@@ -360,6 +360,34 @@ impl Engine {
                 tracing::warn!(record = %id, error = %e.message, "cannot keep a rotation's state");
             }
         }
+    }
+
+    /// Every unfinished rotation of a live record, for `vault status` and
+    /// `vault doctor` (empty while locked).
+    pub fn pending_rotations(&self) -> Vec<PendingRotation> {
+        let (Ok(_), Ok(store)) = (self.session(), self.store()) else {
+            return Vec::new();
+        };
+        let names = self.names_by_id();
+        let mut out: Vec<PendingRotation> = store
+            .rotations()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let name = names.get(&r.record_id)?.clone();
+                let p = self.pending_rotation(&r.record_id).ok().flatten()?;
+                Some(PendingRotation {
+                    name,
+                    live_key: p.keys.new_key,
+                    old_key: p.keys.old_key,
+                    stage: r.stage,
+                    due_at: p.due_at,
+                    error: p.keys.error,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// The emitted files of `name`, as they stand now.

@@ -47,6 +47,29 @@ pub struct StatusInfo {
     /// Records whose last `vault check`, of their current value, failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_checks: Vec<FailedCheck>,
+    /// Key rotations not finished yet (`vault rotate`): an old key still
+    /// to be deactivated or deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<PendingRotation>,
+}
+
+/// An unfinished key rotation, within [`StatusInfo`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRotation {
+    /// The record.
+    pub name: String,
+    /// The key it holds now.
+    pub live_key: String,
+    /// The key still to be taken away.
+    pub old_key: String,
+    /// `deactivate` (it may still be active) or `delete` (it is inactive).
+    pub stage: String,
+    /// When vaultd deletes it (`delete`), or since when it waits
+    /// (`deactivate`: only `vault rotate NAME --finish` goes on).
+    pub due_at: Timestamp,
+    /// Why the last try failed, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A record whose last check failed, within [`StatusInfo`].
