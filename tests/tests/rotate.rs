@@ -6,7 +6,8 @@
 //! follows, botocore reading it is the same user, and the old key ends
 //! deleted. Then a plain `FIELD=-` rotation of a `file` credential
 //! updating its emitted file and naming the `vault exec` still holding
-//! the old value.
+//! the old value, and of a token published to a platform (the OSMO
+//! double), pushed in the same answer.
 //!
 //! The aws test needs `VAULT_TEST_PYTHON` with botocore and `moto[server]`
 //! (`.ci/run` installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`).
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
+use vault_e2e::osmo::{OsmoDouble, free_addr, remote_add_args};
 
 use vault_e2e::{MARK, RewritingProxy, VaultHome, poll_until, secret};
 
@@ -50,6 +52,11 @@ elif op == "delete":
     iam.delete_access_key(AccessKeyId=sys.argv[5])
     print(json.dumps(True))
 "#;
+
+/// The double's access token (it takes this one only).
+fn pat() -> String {
+    format!("osmo-pat-{MARK}-0123456789abcdefghijklmnopqrstu")
+}
 
 fn steps(report: &Value) -> Vec<String> {
     report["steps"]
@@ -360,6 +367,29 @@ fn a_field_rotation_updates_every_file_and_names_the_exec_holding_the_old_value(
     text.ok().stderr_has("restart").stderr_has("sleep 60");
     let _ = holder.kill();
     let _ = holder.wait();
+    // A published token: the new value is pushed in the same answer.
+    let double = OsmoDouble::start_on(&free_addr(), &["--token", &pat()]);
+    let f = vh.at_file("osmo-token", &pat());
+    vh.vault(remote_add_args(&double.url(), &f[1..])).ok();
+    vh.vault_in(
+        ["add", "api", "--type", "token", "token=-"],
+        secret("api-before").as_bytes(),
+    )
+    .ok();
+    vh.vault(["publish", "api", "--to", "osmo"]).ok();
+    let rotated = secret("api-after");
+    let run = vh.vault_in(["--json", "rotate", "api", "token=-"], rotated.as_bytes());
+    run.ok().never_prints(MARK);
+    let report = run.json();
+    assert_eq!(steps(&report), ["set ok", "publish ok"], "{report}");
+    assert_eq!(report["publications"][0]["state"], "published", "{report}");
+    let held = double.state();
+    // Compared, never printed: it is a secret.
+    assert!(
+        held["credentials"]["api"]["body"]["credential"]["token"] == rotated.as_str(),
+        "the platform does not hold the new token"
+    );
+
     vh.vault(["rotate", "gh", "nope=-"]).code(2);
     vh.vault(["rotate", "gh"]).code(2).stderr_has("FIELD=-");
     vh.vault_in(["rotate", "missing", "content=-"], b"x")
