@@ -87,6 +87,9 @@ fn report(name: &str, kind: CredentialType, revision: u64) -> RotateReport {
 /// Runs a rotation.
 pub async fn rotate(d: &Arc<Shared>, name: &str, asked: Asked) -> Result<Response, WireError> {
     let _one = d.rotator.one.lock().await;
+    // The user is at work: the idle lock must not fall between storing a
+    // key and verifying it (the undo needs the vault unlocked).
+    d.engine().touch(Timestamp::now());
     if !asked.fields.is_empty() {
         if asked.finish || asked.grace.is_some() {
             return Err(WireError::new(
@@ -424,6 +427,7 @@ async fn undo(
     r: &mut RotateReport,
 ) {
     let old_id = plan.access_key_id.clone();
+    d.engine().touch(Timestamp::now());
     let put_back = {
         let (plan, n, id) = (Arc::clone(plan), name.to_owned(), new_id.to_owned());
         blocking(d, move |e| e.undo_rotated(&plan, &n, &id, Timestamp::now())).await
