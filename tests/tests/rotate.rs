@@ -140,7 +140,7 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
 
     // 1. Every step: the old key inactive for the grace, then deleted by
     // the daemon; botocore reading the emitted file is the same user.
-    let run = vh.vault(["--json", "rotate", "dev", "--grace", "3s"]);
+    let run = vh.vault(["--json", "rotate", "dev", "--grace", "6s"]);
     run.ok();
     said.push_str(&run.to_string());
     let report = run.json();
@@ -177,7 +177,7 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
             .ends_with(":user/dev")
     );
     poll_until(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         Duration::from_millis(500),
         "the old key deleted after its grace",
         || iam(&second, "list", &[]),
