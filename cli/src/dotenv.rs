@@ -168,34 +168,58 @@ pub fn replace(text: &str, edits: &[(Range<usize>, String)]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn values_are_found_where_they_stand_and_read_back_the_same() {
-        let text = "# settings\r\nexport API_KEY=\"a b\"\nDEBUG=1 # inline\n  EMPTY=\nQ='x # y'\n";
-        let entries = parse(text, ".env").unwrap();
-        let got: Vec<(&str, &str, &str)> = entries
+    /// Each entry as (key, value, the text its span covers).
+    fn spans(text: &str) -> Vec<(String, String, String)> {
+        parse(text, ".env")
+            .unwrap()
             .iter()
-            .map(|e| (e.key.as_str(), e.value.as_str(), &text[e.span.clone()]))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("API_KEY", "a b", "\"a b\""),
-                ("DEBUG", "1", "1"),
-                ("EMPTY", "", ""),
-                ("Q", "x # y", "'x # y'"),
-            ]
-        );
-        // Each value replaced by its quoted form parses to the same value.
-        let edits: Vec<_> = entries
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    e.value.to_string(),
+                    text[e.span.clone()].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every value put back in its quoted form: the new text, and the
+    /// values it reads as.
+    fn written_back(text: &str) -> (String, Vec<String>) {
+        let edits: Vec<_> = parse(text, ".env")
+            .unwrap()
             .iter()
             .map(|e| (e.span.clone(), quoted(&e.value).unwrap()))
             .collect();
         let again = replace(text, &edits);
-        let back: Vec<String> = parse(&again, ".env")
+        let values = parse(&again, ".env")
             .unwrap()
             .iter()
             .map(|e| e.value.to_string())
             .collect();
+        (again, values)
+    }
+
+    fn triples(t: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+        t.iter()
+            .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn values_are_found_where_they_stand_and_read_back_the_same() {
+        let text = "# settings\r\nexport API_KEY=\"a b\"\nDEBUG=1 # inline\n  EMPTY=\nQ='x # y'\n";
+        assert_eq!(
+            spans(text),
+            triples(&[
+                ("API_KEY", "a b", "\"a b\""),
+                ("DEBUG", "1", "1"),
+                ("EMPTY", "", ""),
+                ("Q", "x # y", "'x # y'"),
+            ])
+        );
+        // Each value replaced by its quoted form parses to the same value.
+        let (again, back) = written_back(text);
         assert_eq!(back, ["a b", "1", "", "x # y"]);
         assert!(again.starts_with("# settings\r\n") && again.contains("DEBUG=1 # inline\n"));
     }
@@ -204,35 +228,21 @@ mod tests {
     fn quotes_and_comments_read_as_sh_reads_them() {
         let text =
             "A=\"tok en\" # prod\nB='x' #c\nC=v\t# tab\nD= # only a comment\nE=\"a\"b\"\nF=a#b\n";
-        let entries = parse(text, ".env").unwrap();
-        let got: Vec<(&str, &str, &str)> = entries
-            .iter()
-            .map(|e| (e.key.as_str(), e.value.as_str(), &text[e.span.clone()]))
-            .collect();
         assert_eq!(
-            got,
-            [
+            spans(text),
+            triples(&[
                 ("A", "tok en", "\"tok en\""),
                 ("B", "x", "'x'"),
                 ("C", "v", "v"),
                 ("D", "", ""),
                 ("E", "a\"b", "\"a\"b\""),
                 ("F", "a#b", "a#b"),
-            ]
+            ])
         );
         // A value written back in place of a reference, comment kept,
         // reads back the same.
-        let edits: Vec<_> = entries
-            .iter()
-            .map(|e| (e.span.clone(), quoted(&e.value).unwrap()))
-            .collect();
-        let again = replace(text, &edits);
+        let (again, back) = written_back(text);
         assert!(again.contains("A='tok en' # prod\n"), "{again}");
-        let back: Vec<String> = parse(&again, ".env")
-            .unwrap()
-            .iter()
-            .map(|e| e.value.to_string())
-            .collect();
         assert_eq!(back, ["tok en", "x", "v", "", "a\"b", "a#b"]);
     }
 
