@@ -221,6 +221,14 @@ fn tokens_are_minted_cached_and_refused_with_a_reason() {
         state.lock().unwrap().issued,
         ["https://www.googleapis.com/auth/cloud-platform"]
     );
+    // `vault check` mints one too (issue 24's gcp check), and says whose.
+    let run = vh.vault(["--json", "check", "sa"]);
+    let result = &run.ok().json()[0];
+    assert_eq!(result["outcome"], "ok", "{result}");
+    assert!(
+        result["detail"].as_str().unwrap().contains(email),
+        "{result}"
+    );
 
     // Many callers at once after a lock (the cache is gone): one mint.
     vh.vault(["lock"]).ok();
@@ -241,7 +249,7 @@ fn tokens_are_minted_cached_and_refused_with_a_reason() {
         })
         .collect();
     assert_eq!(tokens.len(), 1, "{tokens:?}");
-    assert_eq!(state.lock().unwrap().issued.len(), 2);
+    assert_eq!(state.lock().unwrap().issued.len(), 3);
     // Another scope is another token.
     let scoped = vh.vault([
         "gcp",
@@ -252,7 +260,7 @@ fn tokens_are_minted_cached_and_refused_with_a_reason() {
     ]);
     assert_ne!(scoped.ok().stdout.trim(), token);
     assert_eq!(
-        state.lock().unwrap().issued[2],
+        state.lock().unwrap().issued[3],
         "https://www.googleapis.com/auth/devstorage.read_only"
     );
 
@@ -275,6 +283,17 @@ fn tokens_are_minted_cached_and_refused_with_a_reason() {
     run.code(1)
         .stderr_has("Invalid JWT Signature")
         .stderr_has("deleted or disabled");
+    let run = vh.vault(["--json", "check", "sa"]);
+    run.code(1).never_prints(MARK);
+    let result = &run.json()[0];
+    assert_eq!(result["outcome"], "failed");
+    assert!(
+        result["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deleted or disabled"),
+        "{result}"
+    );
     assert!(
         state
             .lock()

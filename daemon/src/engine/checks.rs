@@ -72,6 +72,14 @@ pub enum Probe {
         /// The secret key.
         secret_access_key: SecretValue,
     },
+    /// An OAuth2 token minted from a service-account key (docs/gcp.md);
+    /// the token itself is dropped.
+    Gcp {
+        /// The key file's JSON.
+        json: SecretValue,
+        /// `[gcp] token_uris` of this machine.
+        token_uris: Vec<String>,
+    },
     /// Nothing to ask; why.
     Skip(String),
     /// Cannot be asked; why (a failure).
@@ -275,6 +283,13 @@ impl Engine {
                             )),
                         },
                         CredentialType::Data => data_probe(name, &mut fields),
+                        CredentialType::Gcp => match take(&mut fields, "json") {
+                            Some(json) => Probe::Gcp {
+                                json,
+                                token_uris: self.config().gcp_token_uris.clone(),
+                            },
+                            None => Probe::Fail(format!("'{name}' has no json (the key file)")),
+                        },
                         other => {
                             Probe::Skip(format!("no check for {} credentials yet", other.as_str()))
                         }

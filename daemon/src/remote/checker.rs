@@ -95,16 +95,20 @@ pub async fn check(
             // The calls' own limit is later, so a silent service is told
             // the same way whichever call it stalls.
             let late = timeout + Duration::from_secs(1);
-            let (outcome, detail) =
-                match tokio::time::timeout(timeout, probe(&http, &target.probe, late)).await {
-                    Ok(Ok(said)) => (CheckOutcome::Ok, said),
-                    Ok(Err(Skipped(why))) => (CheckOutcome::Skipped, why),
-                    Ok(Err(Failed(why))) => (CheckOutcome::Failed, why),
-                    Err(_) => (
-                        CheckOutcome::Failed,
-                        format!("no answer within {} s", timeout.as_secs_f64()),
-                    ),
-                };
+            let (outcome, detail) = match tokio::time::timeout(
+                timeout,
+                probe(&http, &target.probe, &target.name, late),
+            )
+            .await
+            {
+                Ok(Ok(said)) => (CheckOutcome::Ok, said),
+                Ok(Err(Skipped(why))) => (CheckOutcome::Skipped, why),
+                Ok(Err(Failed(why))) => (CheckOutcome::Failed, why),
+                Err(_) => (
+                    CheckOutcome::Failed,
+                    format!("no answer within {} s", timeout.as_secs_f64()),
+                ),
+            };
             let result = CheckResult {
                 name: target.name.clone(),
                 kind: target.kind,
@@ -164,7 +168,7 @@ enum NotOk {
 use NotOk::{Failed, Skipped};
 
 /// Asks the service; what it says the credential is.
-async fn probe(http: &Http, probe: &Probe, timeout: Duration) -> Result<String, NotOk> {
+async fn probe(http: &Http, probe: &Probe, name: &str, timeout: Duration) -> Result<String, NotOk> {
     match probe {
         Probe::Skip(why) => Err(Skipped(why.clone())),
         Probe::Fail(why) => Err(Failed(why.clone())),
@@ -207,6 +211,20 @@ async fn probe(http: &Http, probe: &Probe, timeout: Duration) -> Result<String, 
             username,
             password,
         } => registry_login(http, registry, username, password, timeout).await,
+        Probe::Gcp { json, token_uris } => {
+            let key = super::gcp::parse_key(json.expose_secret(), name).map_err(Failed)?;
+            super::gcp::check_token_uri(&key, token_uris, name).map_err(Failed)?;
+            let scopes = [super::gcp::DEFAULT_SCOPE.to_owned()];
+            let (_, expires_at) = super::gcp::mint(http, &key, &scopes, timeout, name)
+                .await
+                .map_err(|e| Failed(e.message))?;
+            let left = expires_at.unix() - vault_protocol::timefmt::Timestamp::now().unix();
+            Ok(format!(
+                "minted a token for {} (valid {} min)",
+                key.client_email,
+                left.max(0) / 60
+            ))
+        }
     }
 }
 
