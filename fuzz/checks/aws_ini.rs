@@ -284,18 +284,19 @@ fn check_state(
             .filter(|(s, _)| *s == Some(name.as_str()))
             .map(|(_, l)| l)
             .collect();
-        for line in &lines {
+        // Comments after its keys are the user's, as they wrote them (a
+        // replaced section keeps them: they belong to what follows).
+        let ours: Vec<&str> = lines
+            .into_iter()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with(['#', ';']))
+            .collect();
+        for line in &ours {
             assert!(
                 line.is_ascii() && !line.contains('\r') && line.ends_with('\n'),
                 "[{name}] has a line that is not ASCII/LF: {line:?}"
             );
         }
-        // Comments after its keys are the user's (a replaced section keeps
-        // them: they belong to what follows).
-        let body: String = lines
-            .into_iter()
-            .filter(|l| *l != "\n" && !l.trim_start().starts_with(['#', ';']))
-            .collect();
+        let body: String = ours.into_iter().collect();
         assert_eq!(&body, expected, "[{name}] does not hold what was written");
     }
 }
