@@ -7,6 +7,10 @@
 
 use std::collections::BTreeMap;
 
+/// IAM's one endpoint (signed for us-east-1), unless `config.toml`'s
+/// `[rotate] iam_endpoint` names another.
+pub const IAM_ENDPOINT: &str = "https://iam.amazonaws.com";
+
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vault_protocol::credential::{REFRESH_COMMAND, SOURCE, validate_fields};
@@ -156,7 +160,7 @@ impl Engine {
             .config()
             .iam_endpoint
             .clone()
-            .unwrap_or_else(|| crate::remote::iam::ENDPOINT.to_owned());
+            .unwrap_or_else(|| IAM_ENDPOINT.to_owned());
         let pending = self.pending_rotation(&row.id)?;
         Ok(AwsPlan {
             id: row.id,
@@ -431,7 +435,7 @@ mod tests {
             .unwrap();
         let plan = e.aws_rotation("dev").unwrap();
         assert!(plan.pending.is_none());
-        assert_eq!(plan.iam_endpoint, crate::remote::iam::ENDPOINT);
+        assert_eq!(plan.iam_endpoint, IAM_ENDPOINT);
         assert_eq!(plan.sts_endpoint, super::super::refresh::GLOBAL_ENDPOINT);
         assert!(!format!("{plan:?}").contains("old-secret"));
 

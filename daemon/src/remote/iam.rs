@@ -16,7 +16,7 @@ use super::http::Http;
 use super::sigv4::{self, Keys};
 
 /// IAM's one endpoint (the `aws` partition).
-pub const ENDPOINT: &str = "https://iam.amazonaws.com";
+pub use crate::engine::rotate::IAM_ENDPOINT as ENDPOINT;
 /// The region IAM signs for.
 pub const REGION: &str = "us-east-1";
 /// IAM's API version.
