@@ -192,7 +192,10 @@ pub(super) fn undo(ctx: &mut Ctx, source: ImportSource, path: &Path) -> CliResul
     };
     let file = absolute(path)?;
     let mut undone = Vec::new();
-    for e in emitters(ctx, || Request::EmitList)? {
+    // In name order: the binding ids (the daemon's order) are random.
+    let mut bound = emitters(ctx, || Request::EmitList)?;
+    bound.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in bound {
         let Some(name) = e.name.clone() else {
             continue;
         };
