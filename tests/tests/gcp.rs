@@ -159,6 +159,23 @@ fn rsa_key(dir: &Path, name: &str) -> (String, Vec<u8>) {
     )
 }
 
+/// A key for `email` (its private PEM) and a token endpoint that knows
+/// its public half: the endpoint's state, URL and server.
+fn key_and_endpoint(
+    dir: &Path,
+    email: &str,
+) -> (String, Arc<Mutex<State>>, String, Arc<tiny_http::Server>) {
+    let (private_key, public_key) = rsa_key(dir, "sa-key");
+    let state = Arc::new(Mutex::new(State {
+        public_key,
+        client_email: email.into(),
+        expires_in: 3599,
+        ..State::default()
+    }));
+    let (url, server) = token_endpoint(Arc::clone(&state));
+    (private_key, state, url, server)
+}
+
 fn key_json(private_key: &str, email: &str, token_uri: &str) -> String {
     serde_json::json!({
         "type": "service_account",
@@ -180,15 +197,8 @@ fn tokens_are_minted_cached_and_refused_with_a_reason() {
     }
     let vh = VaultHome::new();
     vh.init().ok();
-    let (private_key, public_key) = rsa_key(vh.root(), "sa-key");
     let email = "builder@vault-test.iam.gserviceaccount.com";
-    let state = Arc::new(Mutex::new(State {
-        public_key,
-        client_email: email.into(),
-        expires_in: 3599,
-        ..State::default()
-    }));
-    let (url, server) = token_endpoint(Arc::clone(&state));
+    let (private_key, state, url, server) = key_and_endpoint(vh.root(), email);
     let json = key_json(&private_key, email, &url);
     vh.vault_in(["add", "sa", "--type", "gcp", "json=-"], json.as_bytes())
         .ok();
@@ -358,15 +368,8 @@ fn google_auth_gets_a_token_from_the_same_endpoint() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (private_key, public_key) = rsa_key(dir.path(), "sa-key");
     let email = "contract@vault-test.iam.gserviceaccount.com";
-    let state = Arc::new(Mutex::new(State {
-        public_key,
-        client_email: email.into(),
-        expires_in: 3599,
-        ..State::default()
-    }));
-    let (url, _server) = token_endpoint(Arc::clone(&state));
+    let (private_key, state, url, _server) = key_and_endpoint(dir.path(), email);
     let key = dir.path().join("key.json");
     std::fs::write(&key, key_json(&private_key, email, &url)).unwrap();
     let script = r#"
