@@ -643,6 +643,9 @@ impl Daemon {
         if engine.log_last() != log_before {
             self.shared.syncer.kick();
             self.shared.publisher.kick();
+            // A record put back to a rotation's old key during its grace
+            // gets that key turned on again now, not at the next sweep.
+            self.shared.rotator.kick();
         }
         result
     }

@@ -14,8 +14,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -108,35 +109,15 @@ fn an_aws_key_rotation_keeps_a_working_key_whichever_step_fails() {
             }),
         )
     };
-    vh.write_config(&format!(
-        "[refresh]\nsts_endpoint = \"{0}\"\n[rotate]\niam_endpoint = \"{0}\"\n",
-        proxy.url()
-    ));
-    vh.init().ok();
-    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
-    let (first, first_secret) = (
-        setup["id"].as_str().unwrap().to_owned(),
-        setup["secret"].as_str().unwrap().to_owned(),
-    );
+    let (first, first_secret) = dev_user(&vh, &python, &moto, &proxy);
     let mut secrets = vec![first_secret.clone()];
     let mut said = String::new();
-    vh.add_aws("dev", &first, &first_secret, &[]);
-    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
     let emitted = |id: &str| {
         std::fs::read_to_string(vh.user_home.join(".aws/credentials"))
             .unwrap()
             .contains(&format!("aws_access_key_id = {id}"))
     };
-    let iam = |key: &str, op: &str, more: &[&str]| -> Value {
-        let secret = if key == "profile" {
-            String::new()
-        } else {
-            vh.field("dev", "secret_access_key")
-        };
-        let mut args = vec![moto.url.as_str(), key, secret.as_str(), op];
-        args.extend_from_slice(more);
-        python_json(&vh, &python, IAM, &args)
-    };
+    let iam = |key: &str, op: &str, more: &[&str]| iam_as(&vh, &python, &moto, key, op, more);
 
     // 1. Every step: the old key inactive for the grace, then deleted by
     // the daemon; botocore reading the emitted file is the same user.
@@ -394,4 +375,238 @@ fn a_field_rotation_updates_every_file_and_names_the_exec_holding_the_old_value(
     vh.vault(["rotate", "gh"]).code(2).stderr_has("FIELD=-");
     vh.vault_in(["rotate", "missing", "content=-"], b"x")
         .code(4);
+}
+
+/// A vault whose STS and IAM are `proxy` (in front of moto), with IAM
+/// user `dev`'s first key as record `dev`, emitted as profile `dev`: that
+/// key (id, secret).
+fn dev_user(
+    vh: &VaultHome,
+    python: &Path,
+    moto: &Moto,
+    proxy: &RewritingProxy,
+) -> (String, String) {
+    vh.write_config(&format!(
+        "[refresh]\nsts_endpoint = \"{0}\"\n[rotate]\niam_endpoint = \"{0}\"\n",
+        proxy.url()
+    ));
+    vh.init().ok();
+    let setup = python_json(vh, python, SETUP, &[&moto.url]);
+    let key = (
+        setup["id"].as_str().unwrap().to_owned(),
+        setup["secret"].as_str().unwrap().to_owned(),
+    );
+    vh.add_aws("dev", &key.0, &key.1, &[]);
+    vh.vault(["emit", "aws", "dev", "--profile", "dev"]).ok();
+    key
+}
+
+/// [`IAM`]'s `op` signed with `key` (the secret `dev` holds), or with
+/// the emitted profile when `key` is `profile`.
+fn iam_as(vh: &VaultHome, python: &Path, moto: &Moto, key: &str, op: &str, more: &[&str]) -> Value {
+    let secret = if key == "profile" {
+        String::new()
+    } else {
+        vh.field("dev", "secret_access_key")
+    };
+    let mut args = vec![moto.url.as_str(), key, secret.as_str(), op];
+    args.extend_from_slice(more);
+    python_json(vh, python, IAM, &args)
+}
+
+/// The revision `name` is at now.
+fn revision(vh: &VaultHome, name: &str) -> String {
+    let revs = vh.vault(["--json", "history", name]).json();
+    let newest = revs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_u64().unwrap())
+        .max();
+    newest.unwrap().to_string()
+}
+
+#[test]
+fn a_key_a_record_holds_again_or_shares_is_never_left_switched_off() {
+    let Some(python) = moto_python("rotate") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let moto = Moto::start(&python, vh.root());
+    // Armed by a phase: a `vault` command run while STS's answer to the
+    // GetCallerIdentity after the first `skip` is held back, i.e. while
+    // the rotation verifies the key it just stored.
+    let hook: Arc<Mutex<Option<(usize, std::process::Command)>>> = Arc::default();
+    let proxy = {
+        let hook = Arc::clone(&hook);
+        RewritingProxy::start(
+            &moto.url,
+            Box::new(move |_, _, body| {
+                if !String::from_utf8_lossy(body).contains("<GetCallerIdentityResponse") {
+                    return None;
+                }
+                let mut armed = hook.lock().unwrap();
+                match armed.as_mut() {
+                    Some((skip, _)) if *skip > 0 => *skip -= 1,
+                    Some(_) => {
+                        let (_, mut cmd) = armed.take().unwrap();
+                        let out = cmd.output().unwrap();
+                        assert!(out.status.success(), "{out:?}");
+                    }
+                    None => {}
+                }
+                None
+            }),
+        )
+    };
+    let (first, first_secret) = dev_user(&vh, &python, &moto, &proxy);
+    let iam = |key: &str, op: &str, more: &[&str]| iam_as(&vh, &python, &moto, key, op, more);
+    let works = || {
+        iam("profile", "who", &[])
+            .as_str()
+            .unwrap()
+            .ends_with(":user/dev")
+    };
+    let mut said = String::new();
+
+    // 1. Another record holds the same key: refused before anything
+    // changes, naming it.
+    vh.add_aws("dev-copy", &first, &first_secret, &[]);
+    let run = vh.vault(["rotate", "dev"]);
+    said.push_str(&run.to_string());
+    run.code(1)
+        .stderr_has("'dev-copy'")
+        .stderr_has("vault rm dev-copy")
+        .stderr_has("nothing was changed");
+    assert_eq!(iam(&first, "list", &[]).as_object().unwrap().len(), 1);
+    vh.vault(["rm", "dev-copy"]).ok();
+
+    // 2. Put back to the old key during the grace: vaultd turns the old
+    // key on again at once (signed with the new one), and drops the
+    // rotation. A `vault exec` holding the old key is named; a `vault
+    // exec --server`, whose child asks afresh, is not.
+    let spawn = |args: &[&str]| {
+        vh.command(&vh.vault_bin, args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let plain = spawn(&["exec", "-c", "dev", "--", "sleep", "60"]);
+    let served = spawn(&["exec", "--server", "-c", "dev", "--", "sleep", "60"]);
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        "both execs in the audit log",
+        || vh.vault(["--json", "audit", "dev"]).json(),
+        |a| {
+            let pids: Vec<u64> = a["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["client"]["pid"].as_u64())
+                .collect();
+            [plain.id(), served.id()]
+                .iter()
+                .all(|p| pids.contains(&u64::from(*p)))
+        },
+    );
+    let before = revision(&vh, "dev");
+    let run = vh.vault(["--json", "rotate", "dev", "--grace", "1h"]);
+    run.ok();
+    said.push_str(&run.to_string());
+    let report = run.json();
+    assert!(
+        steps(&report).ends_with(&["deactivate ok".to_owned(), "delete pending".to_owned()]),
+        "{report}"
+    );
+    let running: Vec<u64> = report["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(running, [u64::from(plain.id())], "{report}");
+    for mut c in [plain, served] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let second = vh.field("dev", "access_key_id");
+    let second_secret = vh.field("dev", "secret_access_key");
+    assert_eq!(iam(&second, "list", &[])[&first], "Inactive");
+    vh.vault(["restore", "dev", "--revision", &before]).ok();
+    assert_eq!(vh.field("dev", "access_key_id"), first);
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+        "the restored old key active again",
+        || iam(&first, "list", &[]),
+        |l| l[&first] == "Active" && l[&second] == "Active",
+    );
+    assert!(works(), "botocore reads the restored key from the file");
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        "the rotation dropped",
+        || vh.vault(["status", "--json"]).json(),
+        |s| s.get("rotations").is_none(),
+    );
+    let log = std::fs::read_to_string(vh.paths().log()).unwrap_or_default();
+    assert!(log.contains("finished in the background"), "{log}");
+    iam(&first, "delete", &[&second]);
+
+    // 3. Put back to the old key while the new one is verified (after it
+    // was stored): the old key is not switched off, and --finish drops
+    // the rotation, naming the unused new key.
+    let before = revision(&vh, "dev");
+    *hook.lock().unwrap() = Some((
+        1,
+        vh.command(&vh.vault_bin, ["restore", "dev", "--revision", &before]),
+    ));
+    let run = vh.vault(["--json", "rotate", "dev"]);
+    said.push_str(&run.to_string());
+    run.code(1);
+    assert!(hook.lock().unwrap().is_none(), "the restore ran");
+    let report = run.json();
+    assert!(
+        steps(&report).ends_with(&["deactivate failed".to_owned(), "delete skipped".to_owned()]),
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("changed during the rotation"),
+        "{report}"
+    );
+    assert_eq!(vh.field("dev", "access_key_id"), first);
+    let listed = iam(&first, "list", &[]);
+    assert_eq!(listed[&first], "Active", "{listed}");
+    let third = listed
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| **k != first)
+        .unwrap()
+        .clone();
+    assert!(works());
+    let run = vh.vault(["--json", "rotate", "dev", "--finish"]);
+    run.ok();
+    said.push_str(&run.to_string());
+    let report = run.json();
+    assert_eq!(steps(&report), ["finish skipped"], "{report}");
+    assert!(
+        report["next"].as_str().unwrap().contains(&third),
+        "{report}"
+    );
+    assert!(
+        vh.vault(["status", "--json"])
+            .json()
+            .get("rotations")
+            .is_none()
+    );
+    iam(&first, "delete", &[&third]);
+
+    let log = std::fs::read_to_string(vh.paths().log()).unwrap_or_default();
+    for s in [&first_secret, &second_secret] {
+        assert!(!log.contains(s.as_str()), "a secret in vaultd.log");
+        assert!(!said.contains(s.as_str()), "a secret in vault's output");
+    }
 }

@@ -718,6 +718,21 @@ fn check_rotations(report: &mut Report, status: Option<&StatusInfo>) {
                     r.name, r.old_key, r.due_at
                 ),
             ),
+            ("reactivate", e) => report.problem(
+                "rotation",
+                Verdict::Fail,
+                format!(
+                    "{}: holds the old key {} again, which is inactive at IAM{}",
+                    r.name,
+                    r.old_key,
+                    e.map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+                format!(
+                    "'aws iam update-access-key --access-key-id {} --status Active', or 'vault \
+                     rotate {} --finish'",
+                    r.old_key, r.name
+                ),
+            ),
             ("delete", Some(e)) => report.problem(
                 "rotation",
                 Verdict::Warn,

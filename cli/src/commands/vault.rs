@@ -216,14 +216,24 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
         ));
     }
     for r in &status.rotations {
-        let left = if r.stage == "delete" {
-            format!(
+        let left = match r.stage.as_str() {
+            "delete" => format!(
                 "{} inactive, deleted {}",
                 r.old_key,
                 relative(r.due_at, now)
-            )
-        } else {
-            format!("{} still active", r.old_key)
+            ),
+            "reactivate" => {
+                lines.push((
+                    "rotation",
+                    format!(
+                        "{}: holds the old key {} again, which is inactive at IAM ('vault rotate \
+                         {} --finish')",
+                        r.name, r.old_key, r.name
+                    ),
+                ));
+                continue;
+            }
+            _ => format!("{} still active", r.old_key),
         };
         lines.push((
             "rotation",

@@ -328,9 +328,16 @@ impl Engine {
     /// `name`'s value and still run: the same pid with the same executable
     /// and command line in `/proc` now. They hold the value they were
     /// given until restarted (`vault rotate` says so); only hand-outs at
-    /// or before `before` count. Empty when the log
-    /// is off or unreadable.
-    pub fn exec_holders(&mut self, name: &str, before: Timestamp) -> Vec<AuditProcess> {
+    /// or before `before` count. With `served_fresh` (an aws key, which a
+    /// `vault exec --server` serves afresh to each request of its child)
+    /// such a process is not counted. Empty when the log is off or
+    /// unreadable.
+    pub fn exec_holders(
+        &mut self,
+        name: &str,
+        before: Timestamp,
+        served_fresh: bool,
+    ) -> Vec<AuditProcess> {
         if let Err(e) = self.flush_audit() {
             warn!(error = %e.message, "cannot write the audit log");
         }
@@ -346,7 +353,10 @@ impl Engine {
             let Some(body) = open_body(&sess.key, row) else {
                 continue;
             };
-            if body.op == "resolve" && body.client.pid != 0 && body.client.pid != std::process::id()
+            if body.op == "resolve"
+                && body.client.pid != 0
+                && body.client.pid != std::process::id()
+                && !(served_fresh && serves_fresh(&body.client.cmdline))
             {
                 seen.insert(body.client.pid, body.client);
             }
@@ -387,6 +397,17 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Whether `cmdline` is a `vault exec --server`: its child asks for the
+/// aws credential afresh (and gets a rotated key) instead of holding one.
+fn serves_fresh(cmdline: &str) -> bool {
+    let words: Vec<&str> = cmdline
+        .split_whitespace()
+        .skip(1)
+        .take_while(|w| *w != "--")
+        .collect();
+    words.contains(&"exec") && words.contains(&"--server")
 }
 
 /// Most bytes of entries in one answer (a frame is at most 1 MiB).
@@ -437,5 +458,23 @@ fn missing(from: u64, to: u64) -> String {
         format!("entry {from} is missing")
     } else {
         format!("entries {from}..={to} are missing")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves_fresh;
+
+    #[test]
+    fn a_vault_exec_server_is_told_apart_from_its_child() {
+        assert!(serves_fresh("/usr/bin/vault exec --server -c dev -- make"));
+        assert!(serves_fresh(
+            "vault --json exec -c dev --server -- aws s3 ls"
+        ));
+        assert!(!serves_fresh("/usr/bin/vault exec -c dev -- make"));
+        // The child's own arguments are not vault's.
+        assert!(!serves_fresh("/usr/bin/vault exec -c dev -- tool --server"));
+        assert!(!serves_fresh("/usr/bin/vault-server --server"));
+        assert!(!serves_fresh(""));
     }
 }

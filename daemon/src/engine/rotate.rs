@@ -61,6 +61,9 @@ pub enum Stage {
     Deactivate,
     /// The old key is inactive: delete it once due.
     Delete,
+    /// The record was put back to the old key, which is inactive: turn
+    /// it on again (an earlier try failed).
+    Reactivate,
 }
 
 impl Stage {
@@ -68,6 +71,7 @@ impl Stage {
         match self {
             Stage::Deactivate => "deactivate",
             Stage::Delete => "delete",
+            Stage::Reactivate => "reactivate",
         }
     }
 }
@@ -84,15 +88,36 @@ pub struct Pending {
 }
 
 /// The sealed part of a [`RotationRow`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PendingKeys {
     /// The key to take away.
     pub old_key: String,
     /// The key that replaced it.
     pub new_key: String,
+    /// The IAM user both belong to, as STS named it (rows written before
+    /// it was kept have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_arn: Option<String>,
+    /// The new key's secret: once the old key is inactive, the one key
+    /// that can turn it back on when the record is put back to it (`vault
+    /// restore`). Sealed like the record; `Debug` never shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_secret: Option<SecretValue>,
     /// Why the last try failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Clone for PendingKeys {
+    fn clone(&self) -> Self {
+        PendingKeys {
+            old_key: self.old_key.clone(),
+            new_key: self.new_key.clone(),
+            user_arn: self.user_arn.clone(),
+            new_secret: self.new_secret.as_ref().map(SecretValue::duplicate),
+            error: self.error.clone(),
+        }
+    }
 }
 
 fn usage(msg: String) -> vault_protocol::WireError {
@@ -180,6 +205,7 @@ impl Engine {
         };
         let keys: PendingKeys = self
             .unseal(&row.body)
+            .map(zeroize::Zeroizing::new)
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| {
                 err(
@@ -187,11 +213,10 @@ impl Engine {
                     format!("the unfinished rotation of record {record_id} cannot be read"),
                 )
             })?;
-        let stage = if row.stage == Stage::Delete.as_str() {
-            Stage::Delete
-        } else {
-            Stage::Deactivate
-        };
+        let stage = [Stage::Delete, Stage::Reactivate]
+            .into_iter()
+            .find(|s| s.as_str() == row.stage)
+            .unwrap_or(Stage::Deactivate);
         Ok(Some(Pending {
             stage,
             due_at: Timestamp(row.due_at),
@@ -201,8 +226,10 @@ impl Engine {
 
     /// Keeps (or replaces) the unfinished rotation of record `id`.
     pub fn save_rotation(&mut self, id: &str, pending: &Pending) -> Result<()> {
-        let text = serde_json::to_string(&pending.keys)
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let text = zeroize::Zeroizing::new(
+            serde_json::to_string(&pending.keys)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?,
+        );
         let row = RotationRow {
             record_id: id.to_owned(),
             stage: pending.stage.as_str().to_owned(),
@@ -224,10 +251,12 @@ impl Engine {
         &mut self,
         plan: &AwsPlan,
         name: &str,
-        new_id: &str,
-        new_secret: SecretValue,
+        keys: PendingKeys,
         now: Timestamp,
     ) -> Result<RecordSummary> {
+        let (new_id, Some(new_secret)) = (keys.new_key.as_str(), keys.new_secret.as_ref()) else {
+            return Err(err(ErrorCode::Internal, "a rotation without its new key"));
+        };
         let (row, mut body) = self.load(name)?;
         if row.id != plan.id || row.revision != plan.revision {
             return Err(err(
@@ -237,7 +266,8 @@ impl Engine {
         }
         body.fields
             .insert("access_key_id".into(), SecretValue::from(new_id));
-        body.fields.insert("secret_access_key".into(), new_secret);
+        body.fields
+            .insert("secret_access_key".into(), new_secret.duplicate());
         validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Failed, e))?;
         let id = row.id.clone();
         let summary = self.commit(row, body, name, "rotate", now)?;
@@ -248,11 +278,7 @@ impl Engine {
         let pending = Pending {
             stage: Stage::Deactivate,
             due_at: now,
-            keys: PendingKeys {
-                old_key: plan.access_key_id.clone(),
-                new_key: new_id.to_owned(),
-                error: None,
-            },
+            keys,
         };
         if let Err(e) = self.save_rotation(&id, &pending) {
             tracing::warn!(record = %id, error = %e.message, "cannot keep a rotation's state");
@@ -296,8 +322,10 @@ impl Engine {
         Ok(summary)
     }
 
-    /// The names of records whose old key is due for deletion.
-    pub fn due_rotations(&self, now: Timestamp) -> Vec<String> {
+    /// The records (id, name) whose old key is due for deletion or to be
+    /// turned on again, or inactive though the record holds it again (a
+    /// `vault restore` during the grace: it is turned back on at once).
+    pub fn due_rotations(&self, now: Timestamp) -> Vec<(String, String)> {
         let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
             return Vec::new();
         };
@@ -305,15 +333,59 @@ impl Engine {
         let names = self.names_by_id();
         let mut due = Vec::new();
         for r in rows {
-            if r.stage != Stage::Delete.as_str() || r.due_at > now.unix() {
+            if r.stage == Stage::Deactivate.as_str() {
                 continue;
             }
-            match names.get(&r.record_id) {
-                Some(n) if sess.index.contains_key(n) => due.push(n.clone()),
-                _ => {}
+            let Some(n) = names
+                .get(&r.record_id)
+                .filter(|n| sess.index.contains_key(*n))
+            else {
+                continue;
+            };
+            let restored = || {
+                let old = self
+                    .pending_rotation(&r.record_id)
+                    .ok()
+                    .flatten()?
+                    .keys
+                    .old_key;
+                Some(self.aws_key_of(&r.record_id)? == old)
+            };
+            let grace = r.stage == Stage::Delete.as_str();
+            if r.due_at <= now.unix() || (grace && restored() == Some(true)) {
+                due.push((r.record_id.clone(), n.clone()));
             }
         }
         due
+    }
+
+    /// The access key id the live record `id` holds now.
+    pub fn aws_key_of(&self, id: &str) -> Option<String> {
+        let name = self.name_of(id)?;
+        let (row, body) = self.load(&name).ok()?;
+        if row.id != id {
+            return None;
+        }
+        body.fields
+            .get("access_key_id")
+            .map(|v| v.expose_secret().to_owned())
+    }
+
+    /// The other live `aws` records that hold access key `key` (a copy:
+    /// switching the key off would break them).
+    pub fn copies_of(&self, id: &str, key: &str) -> Vec<String> {
+        let Ok(sess) = self.session() else {
+            return Vec::new();
+        };
+        sess.index
+            .iter()
+            .filter(|(_, e)| e.kind == CredentialType::Aws && e.id != id)
+            .filter_map(|(n, _)| {
+                let (_, body) = self.load(n).ok()?;
+                let held = body.fields.get("access_key_id")?;
+                (held.expose_secret() == key).then(|| n.clone())
+            })
+            .collect()
     }
 
     /// `vault rotate NAME FIELD=-`: replaces the values of fields the
@@ -349,18 +421,10 @@ impl Engine {
 
     /// Moves the next try of `name`'s unfinished rotation `by` later (a
     /// background try that failed).
-    pub fn delay_rotation(&mut self, name: &str, by: std::time::Duration, now: Timestamp) {
-        let Some(id) = self
-            .session()
-            .ok()
-            .and_then(|s| s.index.get(name))
-            .map(|e| e.id.clone())
-        else {
-            return;
-        };
-        if let Ok(Some(mut p)) = self.pending_rotation(&id) {
+    pub fn delay_rotation(&mut self, id: &str, by: std::time::Duration, now: Timestamp) {
+        if let Ok(Some(mut p)) = self.pending_rotation(id) {
             p.due_at = now.plus(by);
-            if let Err(e) = self.save_rotation(&id, &p) {
+            if let Err(e) = self.save_rotation(id, &p) {
                 tracing::warn!(record = %id, error = %e.message, "cannot keep a rotation's state");
             }
         }
@@ -439,12 +503,18 @@ mod tests {
         assert_eq!(plan.sts_endpoint, super::super::refresh::GLOBAL_ENDPOINT);
         assert!(!format!("{plan:?}").contains("old-secret"));
 
+        let keys = |old: &str, new: &str| PendingKeys {
+            old_key: old.into(),
+            new_key: new.into(),
+            user_arn: Some("arn:aws:iam::123456789012:user/dev".into()),
+            new_secret: Some(SecretValue::from("new-secret")),
+            error: None,
+        };
         let store_new = |e: &mut Engine, plan: &AwsPlan| {
             e.store_rotated(
                 plan,
                 "dev",
-                "AKIANEWNEWNEWNEW",
-                SecretValue::from("new"),
+                keys(&plan.access_key_id, "AKIANEWNEWNEWNEW"),
                 now,
             )
         };
@@ -458,12 +528,22 @@ mod tests {
         let pending = again.pending.as_ref().unwrap();
         assert_eq!(pending.stage, Stage::Deactivate);
         assert_eq!(pending.keys.old_key, "AKIAOLDOLDOLDOLD");
+        // Kept sealed, read back whole; never in Debug.
+        assert_eq!(
+            pending.keys.new_secret.as_ref().unwrap().expose_secret(),
+            "new-secret"
+        );
+        assert_eq!(
+            pending.keys.user_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:user/dev")
+        );
+        assert!(!format!("{pending:?}").contains("new-secret"));
+        assert_eq!(e.aws_key_of(&plan.id).unwrap(), "AKIANEWNEWNEWNEW");
         // The plan is stale now: a second store is refused.
         let stale = e.store_rotated(
             &plan,
             "dev",
-            "AKIAXXXXXXXXXXXX",
-            SecretValue::from("x"),
+            keys("AKIAOLDOLDOLDOLD", "AKIAXXXXXXXXXXXX"),
             now,
         );
         assert_eq!(stale.unwrap_err().code, ErrorCode::Conflict);
@@ -492,9 +572,22 @@ mod tests {
         p.due_at = Timestamp(now.unix() + 60);
         e.save_rotation(&plan.id, &p).unwrap();
         assert!(e.due_rotations(now).is_empty());
-        assert_eq!(e.due_rotations(Timestamp(now.unix() + 60)), ["dev"]);
+        let due = [(plan.id.clone(), "dev".to_owned())];
+        assert_eq!(e.due_rotations(Timestamp(now.unix() + 60)), due);
+        // Put back to the old key during the grace: due at once.
+        let before = e.history("dev").unwrap()[1].revision;
+        e.restore("dev", before, now).unwrap();
+        assert_eq!(e.aws_key_of(&plan.id).unwrap(), "AKIAOLDOLDOLDOLD");
+        assert_eq!(e.due_rotations(now), due);
         e.drop_rotation(&plan.id).unwrap();
         assert!(e.due_rotations(Timestamp(now.unix() + 60)).is_empty());
+
+        // A copy of the key in another record is found; the record itself
+        // and other types are not.
+        e.add(vec![aws("copy", "AKIAOLDOLDOLDOLD", "old-secret")], now)
+            .unwrap();
+        assert_eq!(e.copies_of(&plan.id, "AKIAOLDOLDOLDOLD"), ["copy"]);
+        assert!(e.copies_of(&plan.id, "AKIANEWNEWNEWNEW").is_empty());
 
         // Not an aws record with its own long-term keys: refused.
         let mut fields = BTreeMap::new();

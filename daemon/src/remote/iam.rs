@@ -242,9 +242,20 @@ pub async fn delete_key(
     .map(drop)
 }
 
-/// Whether an IAM refusal says the key is not there (deleted already).
+/// Whether an IAM refusal says the key is not there (deleted already):
+/// its error code, not its message or anything else in the text, is
+/// `NoSuchEntity`.
 pub fn is_gone(why: &str) -> bool {
-    why.contains("NoSuchEntity")
+    error_code(why) == Some("NoSuchEntity")
+}
+
+/// The error code of a refusal as `call` words it: `IAM refused ACTION
+/// (STATUS CODE): MESSAGE`.
+fn error_code(why: &str) -> Option<&str> {
+    let (_, rest) = why.strip_prefix("IAM refused ")?.split_once(" (")?;
+    let (inside, _) = rest.split_once("): ")?;
+    let (status, code) = inside.split_once(' ')?;
+    (status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit())).then_some(code)
 }
 
 #[cfg(test)]
@@ -296,5 +307,15 @@ mod tests {
         assert!(is_gone(
             "IAM refused DeleteAccessKey (404 NoSuchEntity): gone"
         ));
+        // Only the code counts: not a message, a name or another code.
+        for not in [
+            "IAM refused DeleteAccessKey (403 AccessDenied): NoSuchEntity",
+            "IAM refused DeleteAccessKey (403 AccessDenied): x (404 NoSuchEntity): y",
+            "'NoSuchEntity' changed during the rotation",
+            "cannot reach IAM at https://NoSuchEntity.example: refused",
+            "IAM refused DeleteAccessKey (404 NoSuchEntityX): gone",
+        ] {
+            assert!(!is_gone(not), "{not}");
+        }
     }
 }

@@ -47,6 +47,13 @@ pub struct Rotator {
     wake: tokio::sync::Notify,
 }
 
+impl Rotator {
+    /// Looks for due rotations now (a record changed).
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+}
+
 /// What `vault rotate` asked.
 #[derive(Debug)]
 pub struct Asked {
@@ -116,6 +123,7 @@ async fn rotate_fields(
 ) -> Result<Response, WireError> {
     let changed: Vec<String> = fields.keys().cloned().collect();
     let n = name.to_owned();
+    let before = Timestamp::now();
     let summary = blocking(d, move |e| e.rotate_fields(&n, fields, Timestamp::now())).await?;
     d.syncer.kick();
     let mut r = report(name, summary.kind, summary.revision);
@@ -129,19 +137,21 @@ async fn rotate_fields(
             changed.join(", ")
         ),
     );
-    consumers(d, name, &mut r).await;
+    consumers(d, name, &mut r, before).await;
     conclude(&mut r);
     Ok(Response::Rotated(r))
 }
 
 /// Where the new value went: every emitted file (rewritten by the
 /// change itself), every platform (pushed now), and the `vault exec`
-/// processes still holding the old value.
-async fn consumers(d: &Arc<Shared>, name: &str, r: &mut RotateReport) {
+/// processes still holding the old value: handed it at or before
+/// `before`, the time just before the new value was stored.
+async fn consumers(d: &Arc<Shared>, name: &str, r: &mut RotateReport, before: Timestamp) {
     let n = name.to_owned();
     let now = Timestamp::now();
+    let aws = r.kind == CredentialType::Aws;
     let (files, running) = blocking(d, move |e| {
-        Ok((e.files_of(&n, now), e.exec_holders(&n, now)))
+        Ok((e.files_of(&n, now), e.exec_holders(&n, before, aws)))
     })
     .await
     .unwrap_or_default();
@@ -250,6 +260,7 @@ async fn rotate_aws(
         let what = match p.stage {
             Stage::Deactivate => "deactivated and deleted",
             Stage::Delete => "deleted",
+            Stage::Reactivate => "turned on again (the record holds it)",
         };
         return Err(WireError::new(
             ErrorCode::Conflict,
@@ -268,8 +279,11 @@ async fn rotate_aws(
         session_token: None,
     };
     let unchanged = format!("nothing was changed: '{name}' still holds {old_id}");
-    // Before anything changes: the key works, STS answers, and IAM has
-    // room for a second key.
+    // Before anything changes: no other record holds the key, the key
+    // works, STS answers, and IAM has room for a second key.
+    if let Some(why) = copies_refusal(d, name, &plan.id, &old_id).await {
+        return Err(failed(format!("{why}; {unchanged}")));
+    }
     let who = super::sts::caller_identity(&http, &plan.sts_endpoint, &plan.region, &old, CALL)
         .await
         .map_err(|e| {
@@ -327,6 +341,14 @@ async fn rotate_aws(
                  shows it"
             ))
         })?;
+    if new.id == old_id || keys.iter().any(|k| k.id == new.id) {
+        // Never taken as new: the undo would delete a key in use.
+        return Err(failed(format!(
+            "IAM's answer to CreateAccessKey names {}, a key the user had already: it is not \
+             taken; {unchanged}",
+            new.id
+        )));
+    }
     let new_id = new.id.clone();
     step(
         &mut r,
@@ -334,15 +356,18 @@ async fn rotate_aws(
         StepOutcome::Ok,
         format!("IAM made access key {new_id}"),
     );
+    let pending = PendingKeys {
+        old_key: old_id.clone(),
+        new_key: new_id.clone(),
+        user_arn: Some(who.arn.clone()),
+        new_secret: Some(new.secret.duplicate()),
+        error: None,
+    };
+    let before = Timestamp::now();
     let stored = {
-        let (plan, n, id, secret) = (
-            Arc::clone(&plan),
-            name.to_owned(),
-            new_id.clone(),
-            new.secret.duplicate(),
-        );
+        let (plan, n, keys) = (Arc::clone(&plan), name.to_owned(), pending.clone());
         blocking(d, move |e| {
-            e.store_rotated(&plan, &n, &id, secret, Timestamp::now())
+            e.store_rotated(&plan, &n, keys, Timestamp::now())
         })
         .await
     };
@@ -388,24 +413,19 @@ async fn rotate_aws(
         Err(why) => {
             step(&mut r, "verify", StepOutcome::Failed, why);
             undo(d, &http, name, &plan, &old, &new_id, &mut r).await;
-            consumers(d, name, &mut r).await;
+            consumers(d, name, &mut r, before).await;
             conclude(&mut r);
             r.complete = false;
             return Ok(r);
         }
     }
-    consumers(d, name, &mut r).await;
-    let keys = PendingKeys {
-        old_key: old_id,
-        new_key: new_id.clone(),
-        error: None,
-    };
+    consumers(d, name, &mut r, before).await;
     take_old_away(
         d,
         name,
         &plan,
         Stage::Deactivate,
-        keys,
+        pending,
         &new_keys,
         grace,
         &mut r,
@@ -437,11 +457,18 @@ async fn undo(
         Err(e) => {
             // The record may still hold the new key: it is not deleted.
             step(r, "undo", StepOutcome::Failed, e.message);
+            let holds = match held_key(d, &plan.id).await {
+                Some(k) if k == new_id => {
+                    format!("'{name}' holds the new key {new_id}, which STS did not take yet")
+                }
+                Some(k) => format!("'{name}' holds {k} now"),
+                None => format!("what '{name}' holds cannot be read now"),
+            };
             r.next = Some(format!(
-                "'{name}' holds the new key {new_id}, which STS did not take yet, and the old key \
-                 {old_id} could not be put back: 'vault rotate {name} --finish' checks the new \
-                 key again and, once it works, takes the old one away; 'vault history {name}' \
-                 and 'vault restore' go back by hand"
+                "{holds}, and the old key {old_id} could not be put back; neither key was \
+                 deleted: 'vault rotate {name} --finish' checks the key '{name}' holds and, \
+                 once it works, takes the old one away; 'vault history {name}' and 'vault \
+                 restore' go back by hand"
             ));
             return;
         }
@@ -488,25 +515,84 @@ async fn undo(
     }
 }
 
-/// Keeps the state of an unfinished rotation (logged, not failed: the
-/// report says what is left).
-async fn keep(d: &Arc<Shared>, id: &str, pending: Pending) {
-    let id = id.to_owned();
-    if let Err(e) = blocking(d, move |e| e.save_rotation(&id, &pending)).await {
-        warn!(error = %e.message, "cannot keep a rotation's state");
+/// Keeps the state of an unfinished rotation, or says why it cannot (a
+/// vault locked meanwhile).
+async fn keep(d: &Arc<Shared>, id: &str, pending: Pending) -> Result<(), String> {
+    let rid = id.to_owned();
+    let kept = blocking(d, move |e| e.save_rotation(&rid, &pending)).await;
+    kept.map_err(|e| {
+        warn!(record = %id, error = %e.message, "cannot keep a rotation's state");
+        e.message
+    })
+}
+
+/// `detail`, with why the state could not be kept, if it was not.
+fn kept_or(detail: String, kept: Result<(), String>) -> String {
+    match kept {
+        Ok(()) => detail,
+        Err(why) => format!("{detail} (and this could not be recorded: {why})"),
     }
 }
 
 async fn forget(d: &Arc<Shared>, id: &str) {
+    let rid = id.to_owned();
+    if let Err(e) = blocking(d, move |e| e.drop_rotation(&rid)).await {
+        warn!(record = %id, error = %e.message, "cannot forget a finished rotation");
+    }
+}
+
+/// The access key id record `id` holds now (`None` when it cannot be
+/// read: locked, deleted).
+async fn held_key(d: &Arc<Shared>, id: &str) -> Option<String> {
     let id = id.to_owned();
-    if let Err(e) = blocking(d, move |e| e.drop_rotation(&id)).await {
-        warn!(error = %e.message, "cannot forget a finished rotation");
+    blocking(d, move |e| Ok(e.aws_key_of(&id)))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Why `key` must not be switched off: another record holds it too.
+async fn copies_refusal(d: &Arc<Shared>, name: &str, id: &str, key: &str) -> Option<String> {
+    let (rid, k) = (id.to_owned(), key.to_owned());
+    let copies = blocking(d, move |e| Ok(e.copies_of(&rid, &k)))
+        .await
+        .unwrap_or_default();
+    let first = copies.first()?;
+    let quoted: Vec<String> = copies.iter().map(|c| format!("'{c}'")).collect();
+    Some(format!(
+        "{} hold{} {key} too, which switching it off for '{name}' would break: delete the \
+         copy ('vault rm {first}') or give it a key of its own, then run this again",
+        quoted.join(", "),
+        if copies.len() == 1 { "s" } else { "" }
+    ))
+}
+
+/// Why the old key must not be touched now: the record no longer holds
+/// the live key (a `vault set`, `restore` or sync meanwhile), or another
+/// record holds the old one.
+async fn refusal(
+    d: &Arc<Shared>,
+    name: &str,
+    plan: &AwsPlan,
+    old: &str,
+    live: &str,
+) -> Option<String> {
+    match held_key(d, &plan.id).await {
+        Some(k) if k == live => copies_refusal(d, name, &plan.id, old).await,
+        Some(k) => Some(format!(
+            "'{name}' changed during the rotation: it holds {k} now, not the new key {live}"
+        )),
+        None => Some(format!(
+            "what '{name}' holds cannot be read now (locked, or deleted)"
+        )),
     }
 }
 
 /// Deactivates the old key (from stage `Deactivate`) and deletes it, now
-/// or, with a `grace`, later; signed with the live key. What is left is
-/// kept for `--finish` and the background.
+/// or, with a `grace`, later; signed with the live key. Before each IAM
+/// call the record is read again: the old key is touched only while the
+/// record holds the live key and no other record holds the old one. What
+/// is left is kept for `--finish` and the background.
 #[allow(clippy::too_many_arguments)]
 async fn take_old_away(
     d: &Arc<Shared>,
@@ -523,7 +609,10 @@ async fn take_old_away(
     let live_id = live.access_key_id.to_owned();
     let finish = format!("'vault rotate {name} --finish'");
     if stage == Stage::Deactivate {
-        let done = iam::set_status(&http, &plan.iam_endpoint, live, &old, "Inactive", CALL).await;
+        let done = match refusal(d, name, plan, &old, &live_id).await {
+            Some(why) => Err(why),
+            None => iam::set_status(&http, &plan.iam_endpoint, live, &old, "Inactive", CALL).await,
+        };
         match done {
             Ok(()) => step(
                 r,
@@ -542,23 +631,23 @@ async fn take_old_away(
                 return;
             }
             Err(e) => {
-                step(r, "deactivate", StepOutcome::Failed, e.clone());
+                keys.error = Some(e.clone());
+                let pending = Pending {
+                    stage: Stage::Deactivate,
+                    due_at: Timestamp::now(),
+                    keys,
+                };
+                let kept = keep(d, &plan.id, pending).await;
+                step(r, "deactivate", StepOutcome::Failed, kept_or(e, kept));
                 step(
                     r,
                     "delete",
                     StepOutcome::Skipped,
                     format!("{old} is still active"),
                 );
-                keys.error = Some(e);
-                let pending = Pending {
-                    stage: Stage::Deactivate,
-                    due_at: Timestamp::now(),
-                    keys,
-                };
-                keep(d, &plan.id, pending).await;
                 r.next = Some(format!(
-                    "'{name}' holds the new key {live_id}, which works; the old key {old} is \
-                     still active: {finish} deactivates and deletes it"
+                    "the old key {old} of '{name}' is still active: {finish} deactivates and \
+                     deletes it once '{name}' holds {live_id} and nothing else holds {old}"
                 ));
                 return;
             }
@@ -566,7 +655,7 @@ async fn take_old_away(
     }
     if !grace.is_zero() {
         let due = Timestamp::now().plus(grace);
-        keep(
+        let kept = keep(
             d,
             &plan.id,
             Pending {
@@ -576,6 +665,20 @@ async fn take_old_away(
             },
         )
         .await;
+        if let Err(why) = kept {
+            // The row the store left says "deactivate": --finish does
+            // both again.
+            step(
+                r,
+                "delete",
+                StepOutcome::Failed,
+                format!("{old} is inactive, but its deletion could not be scheduled: {why}"),
+            );
+            r.next = Some(format!(
+                "{old} is inactive and nothing will delete it by itself: {finish} deletes it"
+            ));
+            return;
+        }
         step(
             r,
             "delete",
@@ -584,17 +687,21 @@ async fn take_old_away(
         );
         r.next = Some(format!(
             "{old} stays, inactive, until {due}: vaultd deletes it then (while the vault is \
-             unlocked); {finish} deletes it now; 'aws iam update-access-key --access-key-id \
-             {old} --status Active' turns it back on meanwhile"
+             unlocked); {finish} deletes it now; a 'vault restore' of a revision holding {old} \
+             turns it back on"
         ));
         let d = Arc::clone(d);
         tokio::spawn(async move {
-            tokio::time::sleep(grace + Duration::from_millis(1200)).await;
+            tokio::time::sleep(grace.saturating_add(Duration::from_millis(1200))).await;
             d.rotator.wake.notify_one();
         });
         return;
     }
-    match iam::delete_key(&http, &plan.iam_endpoint, live, &old, CALL).await {
+    let deleted = match refusal(d, name, plan, &old, &live_id).await {
+        Some(why) => Err(why),
+        None => iam::delete_key(&http, &plan.iam_endpoint, live, &old, CALL).await,
+    };
+    match deleted {
         Ok(()) => {
             step(r, "delete", StepOutcome::Ok, format!("{old} is deleted"));
             forget(d, &plan.id).await;
@@ -609,24 +716,27 @@ async fn take_old_away(
             forget(d, &plan.id).await;
         }
         Err(e) => {
-            step(r, "delete", StepOutcome::Failed, e.clone());
-            keys.error = Some(e);
+            keys.error = Some(e.clone());
             let pending = Pending {
                 stage: Stage::Delete,
                 due_at: Timestamp::now().plus(BACKOFF),
                 keys,
             };
-            keep(d, &plan.id, pending).await;
+            let kept = keep(d, &plan.id, pending).await;
+            step(r, "delete", StepOutcome::Failed, kept_or(e, kept));
             r.next = Some(format!(
-                "'{name}' holds the new key {live_id}, which works; the old key {old} is \
-                 inactive but not deleted: {finish} deletes it (vaultd also tries again later)"
+                "the old key {old} of '{name}' is inactive but not deleted: {finish} deletes it \
+                 (vaultd also tries again later)"
             ));
         }
     }
 }
 
 /// `vault rotate NAME --finish`: what an earlier rotation left, done now
-/// once the key the record holds works.
+/// once the key the record holds is the rotation's new key and works as
+/// the same IAM user. A record put back to the old key keeps it (turned
+/// on again if the grace had turned it off); a record holding a third key
+/// ends the rotation with both keys left as they are.
 async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateReport, WireError> {
     let n = name.to_owned();
     let plan = blocking(d, move |e| e.aws_rotation(&n)).await?;
@@ -642,18 +752,36 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
         r.complete = true;
         return Ok(r);
     };
-    let old = pending.keys.old_key.clone();
+    let (old, new) = (pending.keys.old_key.clone(), pending.keys.new_key.clone());
     r.old_key = Some(old.clone());
+    let stray = format!(
+        "the new key {new} stays at IAM, unused by '{name}': once nothing uses it, delete it \
+         ('aws iam delete-access-key --access-key-id {new}')"
+    );
     if plan.access_key_id == old {
-        // The old key was put back (`vault restore`): it stays.
+        put_back(d, name, &plan, pending, &stray, &mut r).await;
+        return Ok(r);
+    }
+    if plan.access_key_id != new {
         forget(d, &plan.id).await;
+        let state = match pending.stage {
+            Stage::Deactivate => "active",
+            Stage::Delete | Stage::Reactivate => "inactive",
+        };
         step(
             &mut r,
             "finish",
-            StepOutcome::Skipped,
-            format!("'{name}' holds {old} again: it is left as it is, and the rotation dropped"),
+            StepOutcome::Failed,
+            format!(
+                "'{name}' holds {}, neither the rotation's new key {new} nor its old key {old}: \
+                 the rotation is dropped and neither key is touched",
+                plan.access_key_id
+            ),
         );
-        r.complete = true;
+        r.next = Some(format!(
+            "both keys stay at IAM ({old} {state}, {new} active): delete the ones nothing uses \
+             with 'aws iam delete-access-key --access-key-id KEY'"
+        ));
         return Ok(r);
     }
     let live = Keys {
@@ -662,15 +790,15 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
         session_token: None,
     };
     let http = d.http.clone();
-    match verify_key(&http, &plan, &live, None, verify).await {
+    let want = pending.keys.user_arn.as_deref();
+    match verify_key(&http, &plan, &live, want, verify).await {
         Ok(said) => step(&mut r, "verify", StepOutcome::Ok, said),
         Err(why) => {
             step(&mut r, "verify", StepOutcome::Failed, why);
             r.next = Some(format!(
-                "the key '{name}' holds, {}, does not work: {old} was left as it is. Put a \
+                "the key '{name}' holds, {new}, does not work: {old} was left as it is. Put a \
                  working key in ('vault history {name}', 'vault restore'), then run 'vault \
-                 rotate {name} --finish' again",
-                plan.access_key_id
+                 rotate {name} --finish' again"
             ));
             return Ok(r);
         }
@@ -690,23 +818,102 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
     Ok(r)
 }
 
-/// Deletes the old keys whose grace is over (while unlocked).
+/// The record holds the rotation's old key again (`vault restore`): it
+/// stays, turned back on (signed with the new key) if the grace had
+/// turned it off, and the rotation ends.
+async fn put_back(
+    d: &Arc<Shared>,
+    name: &str,
+    plan: &AwsPlan,
+    mut pending: Pending,
+    stray: &str,
+    r: &mut RotateReport,
+) {
+    let old = pending.keys.old_key.clone();
+    if pending.stage == Stage::Deactivate {
+        forget(d, &plan.id).await;
+        step(
+            r,
+            "finish",
+            StepOutcome::Skipped,
+            format!(
+                "'{name}' holds {old} again, never deactivated: it stays, and the rotation is dropped"
+            ),
+        );
+        r.next = Some(stray.to_owned());
+        r.complete = true;
+        return;
+    }
+    let turned_on = match &pending.keys.new_secret {
+        Some(secret) => {
+            let signer = Keys {
+                access_key_id: &pending.keys.new_key,
+                secret_access_key: secret,
+                session_token: None,
+            };
+            iam::set_status(&d.http, &plan.iam_endpoint, &signer, &old, "Active", CALL).await
+        }
+        None => Err("this rotation kept no key to sign with".to_owned()),
+    };
+    match turned_on {
+        Ok(()) => {
+            forget(d, &plan.id).await;
+            step(
+                r,
+                "reactivate",
+                StepOutcome::Ok,
+                format!(
+                    "'{name}' holds {old} again: it is active again, and the rotation is dropped"
+                ),
+            );
+            r.next = Some(stray.to_owned());
+            r.complete = true;
+        }
+        Err(e) => {
+            let gone = iam::is_gone(&e);
+            pending.keys.error = Some(e.clone());
+            pending.stage = Stage::Reactivate;
+            pending.due_at = Timestamp::now().plus(BACKOFF);
+            let kept = keep(d, &plan.id, pending).await;
+            step(r, "reactivate", StepOutcome::Failed, kept_or(e, kept));
+            r.next = Some(if gone {
+                format!(
+                    "'{name}' holds {old}, which IAM no longer has: put a working key back \
+                     ('vault history {name}', 'vault restore'), then run 'vault rotate {name} \
+                     --finish'"
+                )
+            } else {
+                format!(
+                    "'{name}' holds {old}, which is inactive at IAM: turn it on with 'aws iam \
+                     update-access-key --access-key-id {old} --status Active' (vaultd tries \
+                     again later; 'vault rotate {name} --finish' now)"
+                )
+            });
+        }
+    }
+}
+
+/// Finishes the unfinished rotations that are due: an old key whose grace
+/// is over, or one the record was put back to (while unlocked).
 async fn sweep(d: &Arc<Shared>) {
     let due = {
         let e = d.engine();
         e.due_rotations(Timestamp::now())
     };
-    for name in due {
+    for (id, name) in due {
         let _one = d.rotator.one.lock().await;
         let outcome = finish(d, &name, BACKGROUND_VERIFY).await;
-        let done = matches!(&outcome, Ok(r) if r.complete);
-        if done {
-            info!("an old access key was deleted after its grace");
+        if matches!(&outcome, Ok(r) if r.complete) {
+            info!(record = %id, "an unfinished rotation was finished in the background");
         } else {
-            warn!("an old access key could not be deleted after its grace; trying again later");
-            let n = name.clone();
+            warn!(
+                record = %id,
+                "an unfinished rotation could not be finished in the background; trying again \
+                 later ('vault status' and 'vault rotate NAME --finish' say why)"
+            );
+            let rid = id.clone();
             let _ = blocking(d, move |e| {
-                e.delay_rotation(&n, BACKOFF, Timestamp::now());
+                e.delay_rotation(&rid, BACKOFF, Timestamp::now());
                 Ok(())
             })
             .await;
@@ -714,8 +921,7 @@ async fn sweep(d: &Arc<Shared>) {
     }
 }
 
-/// Looks for old keys due for deletion every minute, and when a grace
-/// ends.
+/// Looks for due rotations every minute, and when a grace ends.
 pub async fn background(d: Arc<Shared>) {
     loop {
         tokio::select! {
