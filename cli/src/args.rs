@@ -104,6 +104,11 @@ pub enum Command {
         #[command(subcommand)]
         action: GcpAction,
     },
+    /// Amazon EKS: kubectl tokens signed with an aws credential
+    Eks {
+        #[command(subcommand)]
+        action: EksAction,
+    },
     /// Print an aws credential for ~/.aws/config's credential_process
     #[command(name = "aws-process")]
     AwsProcess {
@@ -931,6 +936,44 @@ pub enum GcpAction {
         scopes: Vec<String>,
     },
 }
+
+/// `vault eks ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum EksAction {
+    /// Print a kubectl ExecCredential for an EKS cluster (like 'aws eks get-token')
+    #[command(after_help = EKS_TOKEN_HELP)]
+    Token {
+        /// The aws credential
+        name: String,
+        /// The cluster's name
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        /// The STS region [default: the credential's region, else us-east-1]
+        #[arg(long)]
+        region: Option<String>,
+        /// client.authentication.k8s.io/v1beta1 or /v1 [default: what kubectl asks
+        /// for in KUBERNETES_EXEC_INFO, else v1beta1]
+        #[arg(long, value_name = "VERSION")]
+        api_version: Option<String>,
+    },
+}
+
+const EKS_TOKEN_HELP: &str = "\
+In ~/.kube/config (then 'kubectl config set-context --current --user vault-aws-dev'):
+
+  users:
+  - name: vault-aws-dev
+    user:
+      exec:
+        apiVersion: client.authentication.k8s.io/v1beta1
+        command: vault
+        args: [eks, token, aws-dev, --cluster, my-cluster]
+        interactiveMode: Never
+
+The daemon presigns STS GetCallerIdentity with the credential's keys (its
+sts_endpoint, config.toml's [refresh] sts_endpoint, or the region's); the
+keys never leave it. The token is good for 14 minutes, less when the keys
+expire sooner.";
 
 const GCP_TOKEN_HELP: &str = "\
 Example: curl -H \"Authorization: Bearer $(vault gcp token sa-dev)\" https://storage.googleapis.com/storage/v1/b?project=P

@@ -27,6 +27,7 @@ mod approve;
 pub mod audit;
 pub mod checks;
 mod complete;
+pub mod eks;
 mod emitters;
 pub use emitters::AwsTarget;
 pub mod publish;

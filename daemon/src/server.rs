@@ -383,6 +383,22 @@ impl Daemon {
                 }
                 r
             }
+            Request::EksToken {
+                name,
+                cluster,
+                region,
+            } => {
+                let names = std::slice::from_ref(&name);
+                // Keys whose STS endpoint came from another device wait
+                // for `vault approve`, as for any hand-out.
+                self.engine().check_approved(names)?;
+                crate::remote::refresher::ensure_fresh(&self.shared, names).await;
+                let r = crate::remote::eks::token(&self.shared, &name, &cluster, region);
+                if r.is_ok() {
+                    self.engine().audit(names, "eks_token", &peer.get());
+                }
+                r
+            }
             Request::Check { names, timeout_ms } => {
                 // Keys go to the endpoints their records name: a field from
                 // another device waits for `vault approve` (docs/sync.md).
@@ -899,6 +915,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
         Request::GcpToken { .. } => "gcp_token",
+        Request::EksToken { .. } => "eks_token",
         Request::Check { .. } => "check",
         Request::Rotate { .. } => "rotate",
         Request::Audit { .. } => "audit",
@@ -1034,7 +1051,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 44] = [
+    const EVERY_REQUEST: [&str; 45] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1077,6 +1094,7 @@ mod tests {
         r#"{"op":"audit"}"#,
         r#"{"op":"gcp_token","name":"a"}"#,
         r#"{"op":"rotate","name":"a","fields":{"token":"v"}}"#,
+        r#"{"op":"eks_token","name":"a","cluster":"c"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1127,8 +1145,9 @@ mod tests {
             Request::Audit { .. } => 39,
             Request::GcpToken { .. } => 40,
             Request::Rotate { .. } => 41,
-            Request::Lock => 42,
-            Request::Shutdown => 43,
+            Request::EksToken { .. } => 42,
+            Request::Lock => 43,
+            Request::Shutdown => 44,
         }
     }
 

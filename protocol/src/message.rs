@@ -202,6 +202,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         scopes: Vec<String>,
     },
+    /// A bearer token for an EKS cluster from an `aws` credential (`vault
+    /// eks token`, docs/eks.md): `k8s-aws-v1.` and a presigned STS
+    /// `GetCallerIdentity` URL that signs the cluster's name. Answered by
+    /// [`Response::AccessToken`].
+    EksToken {
+        /// The aws credential.
+        name: String,
+        /// The cluster's name (signed as `x-k8s-aws-id`).
+        cluster: String,
+        /// The STS region; default: the record's `region`, else us-east-1
+        /// (the global endpoint).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+    },
     /// Rotates a credential (`vault rotate`, docs/lifecycle.md). With no
     /// `fields`, an `aws` record gets a new access key from IAM, verified,
     /// stored and emitted, and its old key is deactivated and deleted;
@@ -490,6 +504,7 @@ impl Request {
             | Request::Get { .. }
             | Request::Otp { .. }
             | Request::GcpToken { .. }
+            | Request::EksToken { .. }
             | Request::Check { .. }
             | Request::Rotate { .. }
             | Request::Audit { .. }
@@ -662,7 +677,7 @@ pub enum Response {
         /// One per record asked.
         results: Vec<CheckResult>,
     },
-    /// Answer to `GcpToken`.
+    /// Answer to `GcpToken` and `EksToken`.
     AccessToken {
         /// The bearer token.
         token: SecretValue,

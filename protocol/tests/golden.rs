@@ -545,6 +545,30 @@ fn otp_frames() {
 }
 
 #[test]
+fn eks_token_frames() {
+    let req = RequestFrame {
+        id: 22,
+        req: Request::EksToken {
+            name: "aws-dev".into(),
+            cluster: "demo".into(),
+            region: None,
+        },
+    };
+    let expected = r#"{"id":22,"req":{"op":"eks_token","name":"aws-dev","cluster":"demo"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let regional = RequestFrame {
+        id: 23,
+        req: Request::EksToken {
+            name: "aws-dev".into(),
+            cluster: "demo".into(),
+            region: Some("eu-west-1".into()),
+        },
+    };
+    let expected = r#"{"id":23,"req":{"op":"eks_token","name":"aws-dev","cluster":"demo","region":"eu-west-1"}}"#;
+    assert_eq!(frame_of(&regional), with_header(expected));
+}
+
+#[test]
 fn gcp_token_frames() {
     let req = RequestFrame {
         id: 20,

@@ -102,6 +102,18 @@ impl Moto {
     }
 }
 
+/// A new vault under `vh` whose STS is `moto` (`[refresh] sts_endpoint`
+/// in config.toml, plus `extra` lines), and IAM user `dev` made there
+/// ([`SETUP`]'s answer: `id`, `secret`, `role`).
+pub fn vault_on_moto(vh: &VaultHome, python: &Path, moto: &Moto, extra: &str) -> serde_json::Value {
+    vh.write_config(&format!(
+        "[refresh]\nsts_endpoint = \"{}\"\n{extra}",
+        moto.url
+    ));
+    vh.init().ok();
+    python_json(vh, python, SETUP, &[&moto.url])
+}
+
 /// Runs a Python script with the moto URL as `argv[1]`; its JSON output.
 pub fn python_json(
     vh: &VaultHome,

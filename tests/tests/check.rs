@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
+use vault_e2e::moto::{Moto, moto_python, python_json, vault_on_moto};
 use vault_e2e::{MARK, VaultHome, secret};
 
 /// A loopback endpoint that answers 200 to `Bearer GOOD` and 401 to
@@ -72,9 +72,7 @@ fn check_asks_each_service_keeps_the_result_and_prints_no_secret() {
     let vh = VaultHome::new();
     let moto = Moto::start(&python, vh.root());
     // config.toml names the endpoint of keys that have none of their own.
-    vh.write_config(&format!("[refresh]\nsts_endpoint = \"{}\"\n", moto.url));
-    vh.init().ok();
-    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+    let setup = vault_on_moto(&vh, &python, &moto, "");
     let id = setup["id"].as_str().unwrap();
     vh.add_aws("aws-good", id, setup["secret"].as_str().unwrap(), &[]);
     let wrong = secret("wrong-secret");

@@ -9,6 +9,7 @@ mod check;
 mod daemon;
 mod doctor;
 mod edit;
+mod eks;
 mod emit;
 mod gcp;
 mod import;
@@ -116,6 +117,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Import(args) => import::run(&mut ctx, &args),
         Command::Emit { action } => emit::run(&mut ctx, action),
         Command::Gcp { action } => gcp::run(&mut ctx, action),
+        Command::Eks { action } => eks::run(&mut ctx, action),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Doctor => doctor::run(&mut ctx),

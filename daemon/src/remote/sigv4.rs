@@ -1,9 +1,12 @@
-//! AWS Signature Version 4 for the daemon's STS and S3 calls (docs/refresh.md,
-//! docs/lifecycle.md).
+//! AWS Signature Version 4 for the daemon's STS, IAM and S3 calls
+//! (docs/refresh.md, docs/lifecycle.md) and presigned EKS tokens
+//! (docs/eks.md).
 //! Only what a form POST to STS and a GET to S3 need: the caller gives the
 //! canonical query (empty for a POST) and the body; the signed headers are
 //! `content-type`, `host`, `x-amz-content-sha256` (S3), `x-amz-date`
-//! and, with a session, `x-amz-security-token`.
+//! and, with a session, `x-amz-security-token`. A presigned GET
+//! ([`presign`]) signs `host` and the headers the caller names, and puts
+//! the rest in the query.
 //! Written over `ring` (HMAC-SHA256, SHA-256) rather than pulling in the
 //! AWS SDK's signer and its runtime for one request type.
 
@@ -95,12 +98,7 @@ pub fn sign(req: &Request<'_>, keys: &Keys<'_>) -> Vec<(&'static str, String)> {
         req.amz_date,
         sha256_hex(canonical.as_bytes())
     );
-    let secret = zeroize::Zeroizing::new(format!("AWS4{}", keys.secret_access_key.expose_secret()));
-    let k_date = hmac(secret.as_bytes(), date);
-    let k_region = hmac(k_date.as_ref(), req.region);
-    let k_service = hmac(k_region.as_ref(), req.service);
-    let k_signing = hmac(k_service.as_ref(), "aws4_request");
-    let signature = hex::encode(hmac(k_signing.as_ref(), &to_sign));
+    let signature = signature(keys, date, req.region, req.service, &to_sign);
     headers.retain(|(k, _)| *k != "host");
     headers.push((
         "authorization",
@@ -110,6 +108,95 @@ pub fn sign(req: &Request<'_>, keys: &Keys<'_>) -> Vec<(&'static str, String)> {
         ),
     ));
     headers
+}
+
+/// The hex signature of `to_sign` under the key derived from `keys`'
+/// secret for `date`, `region` and `service`.
+fn signature(keys: &Keys<'_>, date: &str, region: &str, service: &str, to_sign: &str) -> String {
+    let secret = zeroize::Zeroizing::new(format!("AWS4{}", keys.secret_access_key.expose_secret()));
+    let k_date = hmac(secret.as_bytes(), date);
+    let k_region = hmac(k_date.as_ref(), region);
+    let k_service = hmac(k_region.as_ref(), service);
+    let k_signing = hmac(k_service.as_ref(), "aws4_request");
+    hex::encode(hmac(k_signing.as_ref(), to_sign))
+}
+
+/// A GET to presign (query-string authentication, as `aws eks get-token`
+/// and botocore's `SigV4QueryAuth` make them).
+#[derive(Debug)]
+pub struct Presign<'a> {
+    /// `host[:port]`, as the request will send it.
+    pub host: &'a str,
+    /// The absolute path, already URI-encoded.
+    pub path: &'a str,
+    /// The operation's parameters (`Action`, `Version`), unencoded.
+    pub params: &'a [(&'a str, &'a str)],
+    /// Headers signed besides `host`, names in lower case; the request
+    /// must carry them (EKS: `x-k8s-aws-id`).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// `20150830T123600Z`.
+    pub amz_date: &'a str,
+    /// `X-Amz-Expires`, in seconds.
+    pub expires_secs: u64,
+    /// Signing region.
+    pub region: &'a str,
+    /// Signing service.
+    pub service: &'a str,
+}
+
+/// The query string of a presigned GET: the operation's parameters, then
+/// the `X-Amz-*` ones (a session token among them), `X-Amz-Signature`
+/// last; the same bytes botocore makes.
+pub fn presign(req: &Presign<'_>, keys: &Keys<'_>) -> String {
+    let date = &req.amz_date[..8.min(req.amz_date.len())];
+    let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
+    let mut headers: Vec<(String, String)> = std::iter::once(("host", req.host))
+        .chain(req.headers.iter().copied())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    headers.sort();
+    let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+    let signed = signed.join(";");
+    let credential = format!("{}/{scope}", keys.access_key_id);
+    let expires = req.expires_secs.to_string();
+    let mut params: Vec<(&str, &str)> = req.params.to_vec();
+    params.extend([
+        ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+        ("X-Amz-Credential", credential.as_str()),
+        ("X-Amz-Date", req.amz_date),
+        ("X-Amz-Expires", expires.as_str()),
+        ("X-Amz-SignedHeaders", signed.as_str()),
+    ]);
+    if let Some(token) = keys.session_token {
+        params.push(("X-Amz-Security-Token", token.expose_secret()));
+    }
+    let encoded: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (form_encode(k), form_encode(v)))
+        .collect();
+    let mut sorted = encoded.clone();
+    sorted.sort();
+    let join = |pairs: &[(String, String)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let canonical = format!(
+        "GET\n{}\n{}\n{canonical_headers}\n{signed}\n{}",
+        req.path,
+        join(&sorted),
+        sha256_hex(b"")
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{}\n{scope}\n{}",
+        req.amz_date,
+        sha256_hex(canonical.as_bytes())
+    );
+    let signature = signature(keys, date, req.region, req.service, &to_sign);
+    format!("{}&X-Amz-Signature={signature}", join(&encoded))
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value, with the
@@ -223,6 +310,51 @@ mod tests {
             .1;
         assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-security-token"));
         assert!(format!("{keys:?}").contains("ASIA") && !format!("{keys:?}").contains("tok"));
+    }
+
+    /// The URLs botocore's `SigV4QueryAuth` made for the same request
+    /// (long-term keys, then a session), as `aws eks get-token` signs it.
+    #[test]
+    fn presigns_as_botocore_does() {
+        let secret = SecretValue::from("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        let token = SecretValue::from("session/token+x=");
+        let req = Presign {
+            host: "sts.eu-west-1.amazonaws.com",
+            path: "/",
+            params: &[("Action", "GetCallerIdentity"), ("Version", "2011-06-15")],
+            headers: &[("x-k8s-aws-id", "demo-cluster")],
+            amz_date: "20261205T013000Z",
+            expires_secs: 60,
+            region: "eu-west-1",
+            service: "sts",
+        };
+        let head = "Action=GetCallerIdentity&Version=2011-06-15&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                    &X-Amz-Credential=AKIDEXAMPLE%2F20261205%2Feu-west-1%2Fsts%2Faws4_request\
+                    &X-Amz-Date=20261205T013000Z&X-Amz-Expires=60\
+                    &X-Amz-SignedHeaders=host%3Bx-k8s-aws-id";
+        let long_term = Keys {
+            access_key_id: "AKIDEXAMPLE",
+            secret_access_key: &secret,
+            session_token: None,
+        };
+        assert_eq!(
+            presign(&req, &long_term),
+            format!(
+                "{head}&X-Amz-Signature=\
+                 e608790aa800f82c5378036645a595da2b140a1c2d198c520428bd4559e1ab2e"
+            )
+        );
+        let session = Keys {
+            session_token: Some(&token),
+            ..long_term
+        };
+        assert_eq!(
+            presign(&req, &session),
+            format!(
+                "{head}&X-Amz-Security-Token=session%2Ftoken%2Bx%3D&X-Amz-Signature=\
+                 b9e979e206fb0c28970c40d6b10d531ac42af7d3c516f48d73cca989acc78eae"
+            )
+        );
     }
 
     #[test]
