@@ -8,11 +8,12 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use vault_protocol::message::{Request, Response};
+use vault_protocol::message::Request;
 
-use super::{BenchResult, BenchVault, Binaries, GETS, Row, Samples, ms, time_runs, write_private};
+use super::{
+    BenchResult, BenchVault, Binaries, GETS, Row, Samples, calls, ms, time_runs, write_private,
+};
 
 /// Rounds of (get, token) whole-process runs.
 const ROUNDS: usize = 20;
@@ -74,24 +75,6 @@ fn key_file(dir: &Path, url: &str) -> BenchResult<std::path::PathBuf> {
     let file = dir.join("sa-key.json");
     write_private(&file, &json.to_string())?;
     Ok(file)
-}
-
-fn calls(
-    vault: &BenchVault,
-    req: fn() -> Request,
-    n: usize,
-    out: &mut Vec<Duration>,
-) -> BenchResult<()> {
-    let mut conn = vault.connect()?;
-    for _ in 0..n {
-        let t = Instant::now();
-        match conn.call(req())? {
-            Response::Record(_) | Response::AccessToken { .. } => {}
-            other => return Err(format!("answered {other:?}")),
-        }
-        out.push(t.elapsed());
-    }
-    Ok(())
 }
 
 pub fn bench(

@@ -46,6 +46,7 @@ use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
 mod agent;
 mod audit;
+mod eks;
 mod gcp;
 mod publish;
 mod sync;
@@ -179,6 +180,8 @@ struct Options {
     only_audit: bool,
     /// Only the GCP token figures (`--only-gcp`).
     only_gcp: bool,
+    /// Only the EKS token figures (`--only-eks`).
+    only_eks: bool,
 }
 
 fn parse_args() -> BenchResult<Options> {
@@ -189,6 +192,7 @@ fn parse_args() -> BenchResult<Options> {
         only_agent: false,
         only_audit: false,
         only_gcp: false,
+        only_eks: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -212,9 +216,10 @@ fn parse_args() -> BenchResult<Options> {
             "--only-agent" => opts.only_agent = true,
             "--only-audit" => opts.only_audit = true,
             "--only-gcp" => opts.only_gcp = true,
+            "--only-eks" => opts.only_eks = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent | --only-audit | --only-gcp]\n\
+                    "usage: cargo run --release -p vault-bench -- [--runs N] [--sizes 1000,10000,100000] [--only-publish | --only-agent | --only-audit | --only-gcp | --only-eks]\n\
                      The real OSMO service's row needs VAULT_TEST_OSMO_URL and VAULT_TEST_OSMO_ADMIN_TOKEN_FILE\n\
                      (bash ../shared/osmo/run.sh); without them it is skipped."
                 );
@@ -251,6 +256,14 @@ fn run() -> BenchResult<()> {
         print_table(&opts, &rows, &notes);
         return result;
     }
+    if opts.only_eks {
+        result = eks::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
+        if let Err(e) = &result {
+            notes.push(format!("stopped early: {e}"));
+        }
+        print_table(&opts, &rows, &notes);
+        return result;
+    }
     if opts.only_gcp {
         result = gcp::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
         if let Err(e) = &result {
@@ -279,6 +292,9 @@ fn run() -> BenchResult<()> {
         }
         if result.is_ok() {
             result = gcp::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
+        }
+        if result.is_ok() {
+            result = eks::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);
         }
     }
     if result.is_ok() {
@@ -1203,6 +1219,26 @@ fn time_runs(runs: usize, mut make: impl FnMut() -> Command) -> BenchResult<Samp
         }
     }
     Ok(Samples::new(v))
+}
+
+/// `n` in-daemon calls of `req` on one connection, each timed into `out`;
+/// the answer must be a record or a token.
+fn calls(
+    vault: &BenchVault,
+    req: fn() -> Request,
+    n: usize,
+    out: &mut Vec<Duration>,
+) -> BenchResult<()> {
+    let mut conn = vault.connect()?;
+    for _ in 0..n {
+        let t = Instant::now();
+        match conn.call(req())? {
+            Response::Record(_) | Response::AccessToken { .. } => {}
+            other => return Err(format!("answered {other:?}")),
+        }
+        out.push(t.elapsed());
+    }
+    Ok(())
 }
 
 fn ratio(a: &Samples, base: &Samples) -> f64 {
