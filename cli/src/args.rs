@@ -109,6 +109,21 @@ pub enum Command {
         #[command(subcommand)]
         action: EksAction,
     },
+    /// Print a sign-in URL for the AWS console (like 'aws-vault login')
+    #[command(after_help = CONSOLE_HELP)]
+    Console {
+        /// The aws credential
+        name: String,
+        /// The console page to open [default: the console's home, in the region]
+        #[arg(long, value_name = "URL")]
+        destination: Option<String>,
+        /// The console's (and STS's) region [default: the credential's]
+        #[arg(long)]
+        region: Option<String>,
+        /// How long the console session lasts, 15m to 12h
+        #[arg(long, default_value = "1h", value_name = "DUR")]
+        duration: String,
+    },
     /// Print an aws credential for ~/.aws/config's credential_process
     #[command(name = "aws-process")]
     AwsProcess {
@@ -936,6 +951,15 @@ pub enum GcpAction {
         scopes: Vec<String>,
     },
 }
+
+const CONSOLE_HELP: &str = "\
+Example: xdg-open \"$(vault console aws-dev --region eu-west-1)\"
+
+The URL signs whoever opens it in, for 15 minutes: it is printed, never put
+in a file or a command line by vault. Long-term keys are exchanged for a
+federation session first (STS GetFederationToken: the IAM user needs that
+permission); a role's keys (a credential with role_arn) are used as they are.
+config.toml [console] federation_endpoint names another sign-in endpoint.";
 
 /// `vault eks ...`.
 #[derive(Debug, Clone, Subcommand)]

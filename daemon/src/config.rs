@@ -33,6 +33,9 @@
 //!
 //! [rotate]
 //! iam_endpoint = "https://iam.amazonaws.com"  # where `vault rotate` asks IAM (default)
+//!
+//! [console]
+//! federation_endpoint = "https://signin.aws.amazon.com/federation"  # `vault console` (default)
 //! ```
 
 use std::path::Path;
@@ -76,6 +79,8 @@ pub struct Config {
     pub gcp_token_uris: Vec<String>,
     /// Where `vault rotate` asks IAM (default: AWS's one endpoint).
     pub iam_endpoint: Option<String>,
+    /// Where `vault console` gets sign-in tokens (default: AWS's).
+    pub federation_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             tls_roots: Vec::new(),
             gcp_token_uris: Vec::new(),
             iam_endpoint: None,
+            federation_endpoint: None,
         }
     }
 }
@@ -120,6 +126,8 @@ struct File {
     gcp: Gcp,
     #[serde(default)]
     rotate: Rotate,
+    #[serde(default)]
+    console: Console,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +141,12 @@ struct Gcp {
 #[serde(deny_unknown_fields)]
 struct Tls {
     ca: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Console {
+    federation_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +257,10 @@ impl Config {
         if let Some(url) = &file.rotate.iam_endpoint {
             vault_protocol::credential::check_endpoint_url("rotate.iam_endpoint", url)?;
             config.iam_endpoint = Some(url.clone());
+        }
+        if let Some(url) = &file.console.federation_endpoint {
+            vault_protocol::credential::check_endpoint_url("console.federation_endpoint", url)?;
+            config.federation_endpoint = Some(url.clone());
         }
         if let Some(v) = &file.sync.interval {
             config.sync_interval = dur("sync.interval", v)?;

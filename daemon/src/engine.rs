@@ -25,9 +25,9 @@ use crate::store::{self, RecordRow, Store, StoreError};
 
 mod approve;
 pub mod audit;
+pub mod aws_keys;
 pub mod checks;
 mod complete;
-pub mod eks;
 mod emitters;
 pub use emitters::AwsTarget;
 pub mod publish;

@@ -399,6 +399,26 @@ impl Daemon {
                 }
                 r
             }
+            Request::ConsoleUrl {
+                name,
+                destination,
+                region,
+                duration_secs,
+            } => {
+                let names = std::slice::from_ref(&name);
+                self.engine().check_approved(names)?;
+                crate::remote::refresher::ensure_fresh(&self.shared, names).await;
+                let asked = crate::remote::console::Asked {
+                    destination,
+                    region,
+                    duration: duration_secs.map(Duration::from_secs),
+                };
+                let r = crate::remote::console::sign_in(&self.shared, &name, asked).await;
+                if r.is_ok() {
+                    self.engine().audit(names, "console_url", &peer.get());
+                }
+                r
+            }
             Request::Check { names, timeout_ms } => {
                 // Keys go to the endpoints their records name: a field from
                 // another device waits for `vault approve` (docs/sync.md).
@@ -916,6 +936,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Otp { .. } => "otp",
         Request::GcpToken { .. } => "gcp_token",
         Request::EksToken { .. } => "eks_token",
+        Request::ConsoleUrl { .. } => "console_url",
         Request::Check { .. } => "check",
         Request::Rotate { .. } => "rotate",
         Request::Audit { .. } => "audit",
@@ -1051,7 +1072,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 45] = [
+    const EVERY_REQUEST: [&str; 46] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1095,6 +1116,7 @@ mod tests {
         r#"{"op":"gcp_token","name":"a"}"#,
         r#"{"op":"rotate","name":"a","fields":{"token":"v"}}"#,
         r#"{"op":"eks_token","name":"a","cluster":"c"}"#,
+        r#"{"op":"console_url","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1146,8 +1168,9 @@ mod tests {
             Request::GcpToken { .. } => 40,
             Request::Rotate { .. } => 41,
             Request::EksToken { .. } => 42,
-            Request::Lock => 43,
-            Request::Shutdown => 44,
+            Request::ConsoleUrl { .. } => 43,
+            Request::Lock => 44,
+            Request::Shutdown => 45,
         }
     }
 

@@ -216,6 +216,25 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         region: Option<String>,
     },
+    /// An AWS console sign-in URL from an `aws` credential (`vault
+    /// console`, docs/console.md): long-term keys are exchanged for a
+    /// federation session first (STS `GetFederationToken`), then the
+    /// sign-in endpoint's `getSigninToken` makes the URL. Answered by
+    /// [`Response::AccessToken`] (`token`: the URL, good for 15 minutes).
+    ConsoleUrl {
+        /// The aws credential.
+        name: String,
+        /// Where the console opens; default: its home page (of `region`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destination: Option<String>,
+        /// The console's and STS's region; default: the record's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// How long the console session lasts, seconds (15 min to 12 h;
+        /// default 1 h).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u64>,
+    },
     /// Rotates a credential (`vault rotate`, docs/lifecycle.md). With no
     /// `fields`, an `aws` record gets a new access key from IAM, verified,
     /// stored and emitted, and its old key is deactivated and deleted;
@@ -505,6 +524,7 @@ impl Request {
             | Request::Otp { .. }
             | Request::GcpToken { .. }
             | Request::EksToken { .. }
+            | Request::ConsoleUrl { .. }
             | Request::Check { .. }
             | Request::Rotate { .. }
             | Request::Audit { .. }
@@ -677,7 +697,7 @@ pub enum Response {
         /// One per record asked.
         results: Vec<CheckResult>,
     },
-    /// Answer to `GcpToken` and `EksToken`.
+    /// Answer to `GcpToken`, `EksToken` and `ConsoleUrl`.
     AccessToken {
         /// The bearer token.
         token: SecretValue,

@@ -569,6 +569,32 @@ fn eks_token_frames() {
 }
 
 #[test]
+fn console_url_frames() {
+    let req = RequestFrame {
+        id: 24,
+        req: Request::ConsoleUrl {
+            name: "aws-dev".into(),
+            destination: None,
+            region: None,
+            duration_secs: None,
+        },
+    };
+    let expected = r#"{"id":24,"req":{"op":"console_url","name":"aws-dev"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    let full = RequestFrame {
+        id: 25,
+        req: Request::ConsoleUrl {
+            name: "aws-dev".into(),
+            destination: Some("https://console.aws.amazon.com/s3/".into()),
+            region: Some("eu-west-1".into()),
+            duration_secs: Some(7200),
+        },
+    };
+    let expected = r#"{"id":25,"req":{"op":"console_url","name":"aws-dev","destination":"https://console.aws.amazon.com/s3/","region":"eu-west-1","duration_secs":7200}}"#;
+    assert_eq!(frame_of(&full), with_header(expected));
+}
+
+#[test]
 fn gcp_token_frames() {
     let req = RequestFrame {
         id: 20,

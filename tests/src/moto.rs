@@ -114,6 +114,20 @@ pub fn vault_on_moto(vh: &VaultHome, python: &Path, moto: &Moto, extra: &str) ->
     python_json(vh, python, SETUP, &[&moto.url])
 }
 
+/// Adds aws credential `name` minted by vaultd from `source` with
+/// AssumeRole of `role` (an ARN).
+pub fn add_role(vh: &VaultHome, name: &str, source: &str, role: &str) {
+    vh.vault([
+        "add",
+        name,
+        "--type",
+        "aws",
+        &format!("source={source}"),
+        &format!("role_arn={role}"),
+    ])
+    .ok();
+}
+
 /// Runs a Python script with the moto URL as `argv[1]`; its JSON output.
 pub fn python_json(
     vh: &VaultHome,

@@ -367,3 +367,20 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn my_uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
+
+/// Starts a server that prints the port it listens on as its first line
+/// of stdout: the child, and that port.
+pub fn spawn_with_port(mut cmd: Command) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut port = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut port);
+    }
+    let port = port.trim().to_owned();
+    assert!(!port.is_empty(), "{cmd:?} printed no port");
+    (child, port)
+}

@@ -16,15 +16,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
-use vault_e2e::moto::{Moto, moto_python, vault_on_moto};
-use vault_e2e::{MARK, Run, VaultHome, run_command, which};
+use vault_e2e::moto::{Moto, add_role, moto_python, vault_on_moto};
+use vault_e2e::{MARK, Run, VaultHome, run_command, spawn_with_port, which};
 
 /// The API server: `GET /whoami` answers `{"arn": ...}` for a token STS
 /// would take for cluster argv[4], else 401 with the reason on stderr.
@@ -127,20 +126,14 @@ impl ApiServer {
         std::fs::write(&ca, cert.cert.pem()).unwrap();
         std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
         std::fs::write(&secrets, "{}").unwrap();
-        let mut child = std::process::Command::new(python)
-            .args(["-c", API_SERVER])
+        let mut cmd = std::process::Command::new(python);
+        cmd.args(["-c", API_SERVER])
             .arg(&ca)
             .arg(&key)
             .args([sts_url, cluster])
-            .arg(&secrets)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut port = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut port)
-            .unwrap();
-        let url = format!("https://localhost:{}", port.trim());
+            .arg(&secrets);
+        let (child, port) = spawn_with_port(cmd);
+        let url = format!("https://localhost:{port}");
         ApiServer {
             child,
             url,
@@ -323,15 +316,7 @@ fn kubectl_reaches_an_eks_api_server_with_a_token_from_the_vault() {
     // Temporary keys (an assumed role, minted by vaultd from dev): the
     // session token is in the signed URL, and the role is who comes in.
     let role = setup["role"].as_str().unwrap();
-    vh.vault([
-        "add",
-        "deploy",
-        "--type",
-        "aws",
-        "source=dev",
-        &format!("role_arn={role}"),
-    ])
-    .ok();
+    add_role(&vh, "deploy", "dev", role);
     let run = vh.vault([
         "eks",
         "token",

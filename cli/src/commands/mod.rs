@@ -6,6 +6,7 @@ mod adopt;
 mod audit;
 mod aws_process;
 mod check;
+mod console;
 mod daemon;
 mod doctor;
 mod edit;
@@ -118,6 +119,12 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Emit { action } => emit::run(&mut ctx, action),
         Command::Gcp { action } => gcp::run(&mut ctx, action),
         Command::Eks { action } => eks::run(&mut ctx, action),
+        Command::Console {
+            name,
+            destination,
+            region,
+            duration,
+        } => console::run(&mut ctx, name, destination, region, &duration),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Doctor => doctor::run(&mut ctx),

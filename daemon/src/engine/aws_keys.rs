@@ -1,7 +1,8 @@
-//! The engine's side of `vault eks token` (docs/eks.md): the keys of an
-//! `aws` record and where its presigned `GetCallerIdentity` points, read
-//! from this machine's record and `config.toml` (`remote/eks.rs` signs).
-//! Nothing here logs a name or a value.
+//! The keys of an `aws` record and its STS endpoint, read from this
+//! machine's record and `config.toml`, for what the daemon signs with
+//! them: `vault eks token` (docs/eks.md, `remote/eks.rs`) and `vault
+//! console` (docs/console.md, `remote/console.rs`). Nothing here logs a
+//! name or a value.
 
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, SecretValue};
@@ -9,8 +10,8 @@ use vault_protocol::{CredentialType, ErrorCode, SecretValue};
 use super::refresh::{check_region, endpoint_for};
 use super::{Engine, Result, err};
 
-/// What an EKS token is signed with, and for where.
-pub struct EksPlan {
+/// An `aws` record's keys, and its STS.
+pub struct AwsKeys {
     /// The STS endpoint the URL points at.
     pub endpoint: String,
     /// The signing region.
@@ -23,11 +24,14 @@ pub struct EksPlan {
     pub session_token: Option<SecretValue>,
     /// When temporary keys expire.
     pub expires_at: Option<Timestamp>,
+    /// The keys are a role's, minted with AssumeRole (the record has a
+    /// `role_arn`).
+    pub assumed: bool,
 }
 
-impl std::fmt::Debug for EksPlan {
+impl std::fmt::Debug for AwsKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EksPlan")
+        f.debug_struct("AwsKeys")
             .field("endpoint", &self.endpoint)
             .field("access_key_id", &self.access_key_id)
             .finish_non_exhaustive()
@@ -37,13 +41,19 @@ impl std::fmt::Debug for EksPlan {
 impl Engine {
     /// The keys of `aws` record `name` and the STS endpoint of `region`
     /// (given, else the record's, else the global endpoint), or why not.
-    pub fn eks_plan(&self, name: &str, region: Option<&str>, now: Timestamp) -> Result<EksPlan> {
+    pub fn aws_keys(
+        &self,
+        name: &str,
+        region: Option<&str>,
+        now: Timestamp,
+        what: &str,
+    ) -> Result<AwsKeys> {
         let (row, body) = self.load(name)?;
         if body.kind != CredentialType::Aws {
             return Err(err(
                 ErrorCode::Usage,
                 format!(
-                    "'{name}' is a {} credential: an EKS token is signed with an aws one",
+                    "'{name}' is a {} credential: {what} needs an aws one",
                     body.kind
                 ),
             ));
@@ -93,13 +103,14 @@ impl Engine {
             region.as_deref(),
         )
         .map_err(|e| err(ErrorCode::Failed, e))?;
-        Ok(EksPlan {
+        Ok(AwsKeys {
             endpoint,
             region: region.unwrap_or_else(|| "us-east-1".into()),
             access_key_id,
             secret_access_key,
             session_token: secret("session_token"),
             expires_at: body.expires_at,
+            assumed: field("role_arn").is_some(),
         })
     }
 }

@@ -51,7 +51,9 @@ pub fn token(
         ));
     }
     let now = Timestamp::now();
-    let plan = d.engine().eks_plan(name, region.as_deref(), now)?;
+    let plan = d
+        .engine()
+        .aws_keys(name, region.as_deref(), now, "an EKS token")?;
     let url = reqwest::Url::parse(&plan.endpoint).map_err(|e| {
         WireError::new(
             ErrorCode::Failed,

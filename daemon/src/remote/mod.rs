@@ -3,6 +3,7 @@
 //! reach the vault only through the engine (docs/architecture.md).
 
 pub mod checker;
+pub mod console;
 pub mod eks;
 pub mod gcp;
 pub mod http;

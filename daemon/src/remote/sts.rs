@@ -29,7 +29,7 @@ pub use vault_protocol::credential::check_sts_endpoint as check_endpoint;
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Answer {
-    #[serde(alias = "GetSessionTokenResult")]
+    #[serde(alias = "GetSessionTokenResult", alias = "GetFederationTokenResult")]
     assume_role_result: Option<Outcome>,
     /// AWS's form.
     error: Option<ErrorBody>,
@@ -127,6 +127,68 @@ fn mfa_code(command: &str, timeout: Duration) -> Result<String, String> {
     } else {
         Err("mfa_command did not print a 6-digit code".into())
     }
+}
+
+/// A federation session (`GetFederationToken`, `vault console`); `Debug`
+/// shows no key.
+#[derive(Debug)]
+pub struct Federated {
+    /// Its access key id.
+    pub access_key_id: SecretValue,
+    /// Its secret key.
+    pub secret_access_key: SecretValue,
+    /// Its session token.
+    pub session_token: SecretValue,
+}
+
+/// The policy of a console session made from long-term keys: everything
+/// the user may do (a federation session gets the intersection of this
+/// and the user's own policies; without one it gets nothing).
+const CONSOLE_POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+
+/// `GetFederationToken` for `name` (2–32 of `\w+=,.@-`), lasting
+/// `duration`, signed with long-term `keys`.
+pub async fn federation_token(
+    http: &Http,
+    endpoint: &str,
+    region: &str,
+    keys: &Keys<'_>,
+    name: &str,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<Federated, String> {
+    check_endpoint(endpoint)?;
+    let form = format!(
+        "Action=GetFederationToken&DurationSeconds={}&Name={}&Policy={}&Version=2011-06-15",
+        duration.as_secs(),
+        sigv4::form_encode(name),
+        sigv4::form_encode(CONSOLE_POLICY)
+    );
+    let action = "GetFederationToken";
+    let text = call(http, "sts", endpoint, region, keys, form, action, timeout).await?;
+    let answer: Option<Answer> = quick_xml::de::from_str(&text).ok();
+    let creds = answer
+        .and_then(|a| a.assume_role_result)
+        .map(|r| r.credentials)
+        .ok_or_else(|| format!("STS's answer to {action} holds no credentials"))?;
+    let sane = |v: &SecretValue, max: usize| {
+        (1..=max).contains(&v.expose_secret().len())
+            && v.expose_secret().bytes().all(|b| b.is_ascii_graphic())
+    };
+    if !sane(&creds.access_key_id, 128)
+        || !sane(&creds.secret_access_key, 256)
+        || !sane(&creds.session_token, 8192)
+    {
+        return Err(format!(
+            "STS's answer to {action} holds keys that cannot be ones"
+        ));
+    }
+    Ok(Federated {
+        access_key_id: creds.access_key_id,
+        secret_access_key: creds.secret_access_key,
+        session_token: creds.session_token,
+    })
 }
 
 /// Calls STS and returns the session as `aws` fields.
