@@ -2,7 +2,8 @@
 //! with authentication on (`INITIAL_NO_AUTH_ACTION_COUNT`), so every
 //! AssumeRole the daemon sends is signature-checked by moto, and the minted
 //! `ASIA…` session then passes `sts get-caller-identity` through botocore.
-//! Also: an MFA code from `mfa_command`; a wrong source key is refused by
+//! Also: an MFA code from a seed; a chain of roles minted hop by hop with
+//! one MFA code; a wrong source key is refused by
 //! moto and shown in `vault status`;
 //! 50 concurrent `aws-process` callers on an about-to-expire session make
 //! exactly one STS call.
@@ -159,9 +160,11 @@ fn assume_role_is_signed_checked_by_moto_and_single_flight() {
     );
 }
 
-/// The MFA codes STS was sent, from moto's recording (`argv[1]`), each with
-/// the time its request was signed, as oathtool's `--now` takes it.
-const SENT_CODES: &str = r#"
+/// The STS calls moto was sent (`AssumeRole`, `GetSessionToken`), from its
+/// recording (`argv[1]`), in order: the action and, with an MFA code, the
+/// code, the device and the time its request was signed (as oathtool's
+/// `--now` takes it).
+const STS_CALLS: &str = r#"
 import base64, json, sys, urllib.parse
 out = []
 for line in open(sys.argv[1]):
@@ -170,10 +173,16 @@ for line in open(sys.argv[1]):
     if r.get("body_encoded"):
         body = base64.b64decode(body).decode()
     form = urllib.parse.parse_qs(body)
+    action = form.get("Action", [""])[0]
+    if action not in ("AssumeRole", "GetSessionToken"):
+        continue
+    call = {"action": action}
     if "TokenCode" in form:
         d = {k.lower(): v for k, v in r["headers"].items()}["x-amz-date"]
-        at = f"{d[0:4]}-{d[4:6]}-{d[6:8]} {d[9:11]}:{d[11:13]}:{d[13:15]} UTC"
-        out.append({"code": form["TokenCode"][0], "serial": form["SerialNumber"][0], "at": at})
+        call["at"] = f"{d[0:4]}-{d[4:6]}-{d[6:8]} {d[9:11]}:{d[11:13]}:{d[13:15]} UTC"
+        call["code"] = form["TokenCode"][0]
+        call["serial"] = form["SerialNumber"][0]
+    out.append(call)
 print(json.dumps(out))
 "#;
 
@@ -218,10 +227,15 @@ fn an_mfa_code_from_a_seed_in_the_vault_is_what_oathtool_computes() {
     session("mfa-other", "base");
     vh.vault(["aws-process", "mfa-other"]).ok();
     let rec = vh.root().join("moto.rec");
-    let sent = python_json(&vh, &python, SENT_CODES, &[rec.to_str().unwrap()]);
-    let sent = sent.as_array().unwrap();
+    let calls = python_json(&vh, &python, STS_CALLS, &[rec.to_str().unwrap()]);
+    let sent: Vec<&serde_json::Value> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("code").is_some())
+        .collect();
     assert_eq!(sent.len(), 2, "two AssumeRoles with a code: {sent:?}");
-    for one in sent {
+    for one in &sent {
         assert_eq!(one["serial"], serial);
         let mut cmd = Command::new(&oathtool);
         cmd.args(["--totp", "-b", "--now", one["at"].as_str().unwrap(), &seed]);
@@ -240,4 +254,121 @@ fn an_mfa_code_from_a_seed_in_the_vault_is_what_oathtool_computes() {
     let status = vh.vault(["status", "--json"]).ok().json();
     let errors = status["refresh"].to_string();
     assert!(errors.contains("vault set plain otp=-"), "{status}");
+}
+
+/// A second role, `admin`, that any principal may assume (moto does not
+/// check trust policies): its ARN. Signed by the setup user.
+const ADMIN_ROLE: &str = r#"
+import json, sys
+import botocore.session
+s = botocore.session.get_session()
+iam = s.create_client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                      aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])
+trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+allow = json.dumps({"Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+role = iam.create_role(RoleName="admin", AssumeRolePolicyDocument=trust)["Role"]
+iam.put_role_policy(RoleName="admin", PolicyName="all", PolicyDocument=allow)
+print(json.dumps(role["Arn"]))
+"#;
+
+#[test]
+fn a_role_chain_reuses_one_mfa_session_for_every_hop() {
+    let Some(python) = moto_python("sts") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let (moto, id, role) = moto_with_base(&vh, &python);
+    let seed = otp_seed();
+    vh.vault_in(["set", "base", "otp=-"], seed.as_bytes()).ok();
+    let base_secret = vh.field("base", "secret_access_key");
+    let admin = python_json(&vh, &python, ADMIN_ROLE, &[&moto.url, &id, &base_secret]);
+    let admin = admin.as_str().unwrap();
+    let endpoint = format!("sts_endpoint={}", moto.url);
+    let add = |name: &str, source: &str, role: &str, more: &[&str]| {
+        let mut args = vec![
+            "add".to_owned(),
+            name.to_owned(),
+            "--type".to_owned(),
+            "aws".to_owned(),
+            format!("source={source}"),
+            format!("role_arn={role}"),
+            endpoint.clone(),
+        ];
+        args.extend(more.iter().map(|m| (*m).to_owned()));
+        vh.vault(&args).ok();
+    };
+    // The MFA session: the first hop, with the device's code; two roles
+    // chained from it, without one.
+    add(
+        "deploy",
+        "base",
+        &role,
+        &[
+            "mfa_serial=arn:aws:iam::123456789012:mfa/dev",
+            "mfa_otp=base",
+        ],
+    );
+    add("admin", "deploy", admin, &["duration=2h"]);
+    add("ops", "deploy", admin, &["session_name=ops"]);
+
+    let run = vh.vault(["aws-process", "admin"]);
+    run.ok().never_prints(&seed);
+    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, run.stdout.trim()]);
+    assert!(
+        who["arn"]
+            .as_str()
+            .unwrap()
+            .contains(":assumed-role/admin/"),
+        "{who}"
+    );
+    vh.vault(["aws-process", "ops"]).ok();
+    let rec = vh.root().join("moto.rec");
+    let sent = python_json(&vh, &python, STS_CALLS, &[rec.to_str().unwrap()]);
+    let sent: Vec<(String, bool)> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a.get("code").is_some(),
+            )
+        })
+        .collect();
+    // deploy (with the code), then admin from it; ops from the same
+    // deploy session: one code for the whole chain.
+    assert_eq!(
+        sent,
+        [
+            ("AssumeRole".to_owned(), true),
+            ("AssumeRole".to_owned(), false),
+            ("AssumeRole".to_owned(), false),
+        ],
+        "{sent:?}"
+    );
+    // Role chaining: AWS gives the chained hop one hour at most.
+    let admin_rec = vh.vault(["--json", "get", "admin"]).json();
+    let expires =
+        vault_protocol::timefmt::Timestamp::parse(admin_rec["expires_at"].as_str().unwrap())
+            .unwrap()
+            .unix();
+    let left = expires - vault_protocol::timefmt::Timestamp::now().unix();
+    assert!((0..=3600).contains(&left), "admin expires in {left} s");
+
+    // GetSessionToken from temporary keys, a loop: refused, saying why.
+    vh.vault(["add", "sess", "--type", "aws", "source=deploy", &endpoint])
+        .ok();
+    vh.vault(["aws-process", "sess"]).code(1);
+    add("loop-a", "loop-b", admin, &[]);
+    add("loop-b", "loop-a", admin, &[]);
+    vh.vault(["aws-process", "loop-a"]).code(1);
+    let status = vh.vault(["status", "--json"]).ok().json();
+    let errors = status["refresh"].to_string();
+    assert!(
+        errors.contains("GetSessionToken takes long-term"),
+        "{status}"
+    );
+    assert!(errors.contains("loop"), "{status}");
 }

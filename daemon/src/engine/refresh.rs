@@ -144,6 +144,13 @@ pub fn session_name(record: &str) -> String {
 /// Session length when a record with a `source` names no `duration`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
 
+/// The longest session AWS gives a role assumed with another role's keys
+/// (role chaining).
+const CHAINED_SESSION: Duration = Duration::from_secs(3600);
+
+/// The most sources a chain may go through (base → … → the record).
+pub const MAX_CHAIN: usize = 5;
+
 /// What a refresh produced.
 #[derive(Debug)]
 pub struct Minted {
@@ -294,17 +301,25 @@ impl Engine {
             )
         };
         let (_, src) = self.load(&source).map_err(|_| missing())?;
-        if src.kind != CredentialType::Aws || src.fields.contains_key(SOURCE) {
-            return Err(format!(
-                "its source '{source}' must be a long-term aws credential, not one minted from \
-                 another source"
-            ));
+        if src.kind != CredentialType::Aws {
+            return Err(missing());
         }
+        self.check_chain(body)?;
+        // A source may itself be minted (a chain: the refresher mints it
+        // first); its keys must be there and live.
         if src.expires_at.is_some_and(|t| t <= now) {
-            return Err(format!("its source '{source}' has expired: renew it"));
+            return Err(format!(
+                "its source '{source}' has expired and could not be renewed: 'vault status' \
+                 says why"
+            ));
         }
         let key = |f: &str| src.fields.get(f).filter(|v| !v.is_empty());
         let (Some(id), Some(secret)) = (key("access_key_id"), key("secret_access_key")) else {
+            if vault_protocol::credential::refreshes_itself(|f| src.fields.contains_key(f)) {
+                return Err(format!(
+                    "its source '{source}' has no keys yet: 'vault status' says why"
+                ));
+            }
             return Err(missing());
         };
         let region = field("region");
@@ -313,15 +328,29 @@ impl Engine {
             self.config.sts_endpoint.as_deref(),
             region.as_deref(),
         )?;
-        let duration = match field("duration") {
+        let mut duration = match field("duration") {
             Some(d) => parse_duration(&d).map_err(|e| format!("duration: {e}"))?,
             None => DEFAULT_SESSION,
         };
+        let src_session = key("session_token").is_some();
+        let role = field("role_arn");
+        if src_session && role.is_none() {
+            return Err(format!(
+                "its source '{source}' holds temporary keys, and GetSessionToken takes long-term \
+                 ones: give '{}' a role_arn (AssumeRole), or a long-term source",
+                body.name
+            ));
+        }
+        // Role chaining: AWS gives a role assumed with a role's keys one
+        // hour at most.
+        if src_session && src.fields.contains_key("role_arn") {
+            duration = duration.min(CHAINED_SESSION);
+        }
         Ok(Plan::Sts(Box::new(StsPlan {
             access_key_id: id.expose_secret().to_owned(),
             secret_access_key: SecretValue::from(secret.expose_secret()),
             session_token: key("session_token").map(|t| SecretValue::from(t.expose_secret())),
-            role_arn: field("role_arn"),
+            role_arn: role,
             session_name: field("session_name").unwrap_or_else(|| session_name(&body.name)),
             mfa: match field("mfa_serial") {
                 Some(serial) => Some((serial, self.mfa_source(body)?)),
@@ -331,6 +360,47 @@ impl Engine {
             endpoint,
             region: region.unwrap_or_else(|| "us-east-1".to_owned()),
         })))
+    }
+
+    /// Refuses a chain of sources that loops back or is longer than
+    /// [`MAX_CHAIN`].
+    fn check_chain(&self, body: &RecordBody) -> std::result::Result<(), String> {
+        let mut seen = vec![body.name.clone()];
+        let mut at = body
+            .fields
+            .get(SOURCE)
+            .map(|v| v.expose_secret().to_owned());
+        while let Some(name) = at {
+            if seen.contains(&name) {
+                seen.push(name);
+                return Err(format!(
+                    "its sources loop ({}): make one of them long-term",
+                    seen.join(" → ")
+                ));
+            }
+            if seen.len() > MAX_CHAIN {
+                return Err(format!(
+                    "its chain of sources is longer than {MAX_CHAIN} ({} → …)",
+                    seen.join(" → ")
+                ));
+            }
+            seen.push(name.clone());
+            at = self
+                .load(&name)
+                .ok()
+                .and_then(|(_, b)| b.fields.get(SOURCE).map(|v| v.expose_secret().to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The source of `name` when that source is itself minted (a chain):
+    /// what the refresher renews first.
+    pub fn minted_source(&self, name: &str) -> Option<String> {
+        let (_, body) = self.load(name).ok()?;
+        let source = body.fields.get(SOURCE)?.expose_secret().to_owned();
+        let (_, src) = self.load(&source).ok()?;
+        vault_protocol::credential::refreshes_itself(|f| src.fields.contains_key(f))
+            .then_some(source)
     }
 
     /// Where the code for `body`'s MFA device comes from: `mfa_command`,

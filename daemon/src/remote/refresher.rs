@@ -24,6 +24,7 @@ use vault_protocol::timefmt::Timestamp;
 
 use super::Shared;
 use super::http::Http;
+use crate::engine::refresh::MAX_CHAIN;
 use crate::engine::refresh::{Job, Minted, Plan, parse_output};
 
 /// Most stdout a refresh command may print.
@@ -248,6 +249,13 @@ pub fn refresh_bound(daemon: &Arc<Shared>) {
 }
 
 async fn refresh_one(daemon: &Arc<Shared>, name: &str) {
+    refresh_chain(daemon, name, 0).await;
+}
+
+/// Refreshes `name` if it is due, after its source when that is minted
+/// too (a chain of roles: each hop signs the next), at most
+/// [`MAX_CHAIN`] deep; a loop is refused by the plan.
+async fn refresh_chain(daemon: &Arc<Shared>, name: &str, depth: usize) {
     let (ahead, timeout) = {
         let c = daemon.engine();
         (c.config().refresh_ahead, c.config().refresh_timeout)
@@ -258,6 +266,12 @@ async fn refresh_one(daemon: &Arc<Shared>, name: &str) {
     let Some(id) = due_id else {
         return;
     };
+    if depth < MAX_CHAIN {
+        let source = daemon.engine().minted_source(name);
+        if let Some(source) = source {
+            Box::pin(refresh_chain(daemon, &source, depth + 1)).await;
+        }
+    }
     let flight = daemon.refresher.flight(&id);
     let _flying = flight.lock().await;
     // Whoever held the flight before us may have refreshed it already.
