@@ -124,6 +124,11 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_name = "DUR")]
         duration: String,
     },
+    /// Google Kubernetes Engine: kubectl tokens from a gcp credential
+    Gke {
+        #[command(subcommand)]
+        action: GkeAction,
+    },
     /// Print an aws credential for ~/.aws/config's credential_process
     #[command(name = "aws-process")]
     AwsProcess {
@@ -960,6 +965,39 @@ in a file or a command line by vault. Long-term keys are exchanged for a
 federation session first (STS GetFederationToken: the IAM user needs that
 permission); a role's keys (a credential with role_arn) are used as they are.
 config.toml [console] federation_endpoint names another sign-in endpoint.";
+
+/// `vault gke ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GkeAction {
+    /// Print a kubectl ExecCredential (like gke-gcloud-auth-plugin)
+    #[command(after_help = GKE_TOKEN_HELP)]
+    Token {
+        /// The gcp credential (a service-account key)
+        name: String,
+        /// An OAuth2 scope (repeatable) [default: https://www.googleapis.com/auth/cloud-platform]
+        #[arg(long = "scope", value_name = "URL")]
+        scopes: Vec<String>,
+        /// client.authentication.k8s.io/v1beta1 or /v1 [default: what kubectl asks
+        /// for in KUBERNETES_EXEC_INFO, else v1beta1]
+        #[arg(long, value_name = "VERSION")]
+        api_version: Option<String>,
+    },
+}
+
+const GKE_TOKEN_HELP: &str = "\
+In ~/.kube/config, in place of gke-gcloud-auth-plugin:
+
+  users:
+  - name: vault-sa-dev
+    user:
+      exec:
+        apiVersion: client.authentication.k8s.io/v1beta1
+        command: vault
+        args: [gke, token, sa-dev]
+        interactiveMode: Never
+
+The token is the one 'vault gcp token' hands out (minted by the daemon,
+cached until 5 minutes before it expires).";
 
 /// `vault eks ...`.
 #[derive(Debug, Clone, Subcommand)]

@@ -107,9 +107,10 @@ pub fn asks_for_secrets(program: &Path, args: &[String]) -> (bool, bool) {
                 Some("get") if args.iter().any(|a| a == "--clip" || a == "-c") => (false, false),
                 // `get` prints the values (stdout only: its errors are kept).
                 Some("get" | "aws-process") => (true, false),
-                // `gcp token`, `eks token` print a bearer token, `console`
+                // `gcp token`, `gke token`, `eks token` print a bearer
+                // token, `console`
                 // a sign-in URL (stdout only).
-                Some("gcp" | "eks" | "console") => (true, false),
+                Some("gcp" | "gke" | "eks" | "console") => (true, false),
                 // The child's own output, on both streams.
                 Some("exec") => (true, true),
                 _ => (false, false),
@@ -395,6 +396,7 @@ mod tests {
         assert_eq!(v(&["--json", "gcp", "token", "sa"]), (true, false));
         assert_eq!(v(&["eks", "token", "n", "--cluster", "c"]), (true, false));
         assert_eq!(v(&["console", "n"]), (true, false));
+        assert_eq!(v(&["gke", "token", "sa"]), (true, false));
         assert_eq!(
             asks_for_secrets(Path::new("/x/vaultd"), &["--foreground".to_owned()]),
             (false, false)

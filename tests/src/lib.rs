@@ -28,6 +28,8 @@
 mod binaries;
 mod files;
 mod home;
+pub mod https;
+pub mod kube;
 pub mod leak;
 pub mod moto;
 pub mod osmo;

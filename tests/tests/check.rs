@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use vault_e2e::https::https_endpoint;
 use vault_e2e::moto::{Moto, moto_python, python_json, vault_on_moto};
 use vault_e2e::{MARK, VaultHome, secret};
 
@@ -333,66 +334,6 @@ fn a_synced_url_is_checked_only_once_approved_here() {
     b.vault(["exec", "-c", "api", "--", "true"]).ok();
     b.vault(["approve", "api", "--yes"]).ok();
     b.vault(["check", "api"]).ok().stdout_has("took it");
-}
-
-/// The HTTPS token endpoint of a team, under its own CA: serves `/v1/me`,
-/// 200 for `Bearer TOKEN` and 401 otherwise (Python's http.server with
-/// `ssl`, the certificate made here). Returns its URL and the CA's PEM
-/// file; the server stops with the test.
-struct HttpsEndpoint {
-    child: std::process::Child,
-    url: String,
-    ca: std::path::PathBuf,
-}
-
-impl Drop for HttpsEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const HTTPS_SERVER: &str = r#"
-import http.server, ssl, sys
-token = sys.stdin.readline().strip()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ok = self.headers.get("Authorization") == "Bearer " + token
-        self.send_response(200 if ok else 401)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
-fn https_endpoint(python: &std::path::Path, dir: &std::path::Path, good: &str) -> HttpsEndpoint {
-    use std::io::{BufRead as _, Write as _};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (ca, key) = (dir.join("ca.pem"), dir.join("key.pem"));
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
-    let mut child = std::process::Command::new(python)
-        .args(["-c", HTTPS_SERVER])
-        .arg(&ca)
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The token on stdin, never in argv.
-    writeln!(child.stdin.take().unwrap(), "{good}").unwrap();
-    let mut port = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    let url = format!("https://localhost:{}/v1/me", port.trim());
-    HttpsEndpoint { child, url, ca }
 }
 
 /// Issue 24: a token endpoint over HTTPS under a team's own CA. Without

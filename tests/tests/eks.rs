@@ -23,7 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use vault_e2e::moto::{Moto, add_role, moto_python, vault_on_moto};
-use vault_e2e::{MARK, Run, VaultHome, run_command, spawn_with_port, which};
+use vault_e2e::{MARK, Run, VaultHome, kube, run_command, spawn_with_port};
 
 /// The API server: `GET /whoami` answers `{"arn": ...}` for a token STS
 /// would take for cluster argv[4], else 401 with the reason on stderr.
@@ -151,48 +151,22 @@ impl ApiServer {
     }
 }
 
-/// `kubectl`, or `None` after printing why the test is skipped (a failure
-/// under `VAULT_TEST_REQUIRE_KUBECTL`).
-fn kubectl(test: &str) -> Option<PathBuf> {
-    if let Some(k) = which("kubectl") {
-        return Some(k);
-    }
-    let why = format!("SKIP {test}: needs kubectl (bash .ci/run installs one)");
-    assert!(
-        std::env::var_os("VAULT_TEST_REQUIRE_KUBECTL").is_none(),
-        "{why}"
-    );
-    eprintln!("{why}");
-    None
-}
-
-/// A kubeconfig whose one user is `user` (YAML of its `user:` value).
+/// A kubeconfig for the API server whose one user is `user`.
 fn kubeconfig(vh: &VaultHome, api: &ApiServer, file: &str, user: &str) -> PathBuf {
-    let path = vh.root().join(file);
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster:\n    server: {}\n    \
-         certificate-authority: {}\ncontexts:\n- name: demo\n  context:\n    cluster: demo\n    \
-         user: me\ncurrent-context: demo\nusers:\n- name: me\n  user:\n{user}",
-        api.url,
-        api.ca.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    kube::kubeconfig(&vh.root().join(file), &api.url, &api.ca, user)
 }
 
 /// The `user:` of an exec entry running `vault eks token NAME --cluster C`.
 fn exec_user(vault: &Path, name: &str, cluster: &str, version: &str) -> String {
-    format!(
-        "    exec:\n      apiVersion: client.authentication.k8s.io/{version}\n      command: {}\n      \
-         args: [eks, token, {name}, --cluster, {cluster}]\n      interactiveMode: Never\n",
-        vault.display()
+    kube::exec_user(
+        vault,
+        &["eks", "token", name, "--cluster", cluster],
+        version,
     )
 }
 
 fn whoami(vh: &VaultHome, kubectl: &Path, config: &Path) -> Run {
-    let mut cmd = vh.command(kubectl, ["get", "--raw", "/whoami"]);
-    cmd.arg("--kubeconfig").arg(config);
-    run_command(cmd, None, Duration::from_secs(60))
+    kube::get_raw(vh, kubectl, config, "/whoami")
 }
 
 /// kubectl v1.22 and later take the v1 exec API.
@@ -222,7 +196,7 @@ fn kubectl_reaches_an_eks_api_server_with_a_token_from_the_vault() {
     let Some(python) = moto_python("eks") else {
         return;
     };
-    let Some(kubectl) = kubectl("eks") else {
+    let Some(kubectl) = kube::kubectl("eks") else {
         return;
     };
     let vh = VaultHome::new();

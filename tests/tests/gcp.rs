@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use vault_e2e::{MARK, VaultHome, run_command, secret, which};
+use vault_e2e::{MARK, VaultHome, kube, run_command, secret, which};
 
 /// What the token endpoint knows and does.
 #[derive(Debug, Default)]
@@ -392,4 +392,62 @@ print(json.dumps({"token": c.token, "valid": c.valid}))
         state.lock().unwrap().issued,
         ["https://www.googleapis.com/auth/cloud-platform"]
     );
+}
+
+/// GKE (issue 22): kubectl runs `vault gke token` as its exec plugin (in
+/// place of gke-gcloud-auth-plugin) and sends the token the daemon minted
+/// to an HTTPS API server that takes that token only; a wrong one is
+/// refused there.
+#[test]
+fn kubectl_reaches_a_gke_api_server_with_the_minted_token() {
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gke: needs ssh-keygen (apt install openssh-client)");
+        return;
+    }
+    let Some(python) = vault_e2e::test_python("gke") else {
+        return;
+    };
+    let Some(kubectl) = kube::kubectl("gke") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let email = "gke@vault-test.iam.gserviceaccount.com";
+    let (private_key, _state, url, _server) = key_and_endpoint(vh.root(), email);
+    vh.write_config(&format!("[gcp]\ntoken_uris = [\"{url}\"]\n"));
+    vh.init().ok();
+    let json = key_json(&private_key, email, &url);
+    vh.vault_in(["add", "sa", "--type", "gcp", "json=-"], json.as_bytes())
+        .ok();
+    let token = vh.vault(["gcp", "token", "sa"]);
+    let token = token.ok().stdout.trim().to_owned();
+
+    // The ExecCredential holds the cached token and its expiry.
+    let cred = vh.vault(["gke", "token", "sa"]).ok().json();
+    assert_eq!(cred["kind"], "ExecCredential");
+    assert_eq!(cred["apiVersion"], "client.authentication.k8s.io/v1beta1");
+    assert!(
+        cred["status"]["token"] == token.as_str(),
+        "not the cached token"
+    );
+    let expires = vault_protocol::timefmt::Timestamp::parse(
+        cred["status"]["expirationTimestamp"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!((expires.unix() - now() - 3599).abs() < 60, "{expires}");
+
+    let api = vault_e2e::https::https_endpoint(&python, vh.root(), &token);
+    let server = api.url.trim_end_matches("/v1/me");
+    let exec = kube::exec_user(&vh.vault_bin, &["gke", "token", "sa"], "v1beta1");
+    let config = kube::kubeconfig(&vh.root().join("kube-gke"), server, &api.ca, &exec);
+    kube::get_raw(&vh, &kubectl, &config, "/v1/me").ok();
+    // A token the server does not take: kubectl is refused.
+    let wrong = kube::kubeconfig(
+        &vh.root().join("kube-wrong"),
+        server,
+        &api.ca,
+        "    token: ya29.not-the-token\n",
+    );
+    let run = kube::get_raw(&vh, &kubectl, &wrong, "/v1/me");
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("must be logged in"), "{run}");
 }

@@ -14,6 +14,7 @@ mod eks;
 mod emit;
 mod gcp;
 mod import;
+mod kube;
 mod publish;
 mod records;
 mod rotate;
@@ -119,6 +120,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
         Command::Emit { action } => emit::run(&mut ctx, action),
         Command::Gcp { action } => gcp::run(&mut ctx, action),
         Command::Eks { action } => eks::run(&mut ctx, action),
+        Command::Gke { action } => gcp::gke(&mut ctx, action),
         Command::Console {
             name,
             destination,
