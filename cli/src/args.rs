@@ -123,6 +123,10 @@ pub enum Command {
         /// How long the console session lasts, 15m to 12h
         #[arg(long, default_value = "1h", value_name = "DUR")]
         duration: String,
+        /// Open it in the browser (xdg-open, or open on macOS) through a private
+        /// page, instead of printing it
+        #[arg(long)]
+        open: bool,
     },
     /// Google Kubernetes Engine: kubectl tokens from a gcp credential
     Gke {
@@ -958,10 +962,12 @@ pub enum GcpAction {
 }
 
 const CONSOLE_HELP: &str = "\
-Example: xdg-open \"$(vault console aws-dev --region eu-west-1)\"
+Example: vault console aws-dev --region eu-west-1 --open
 
-The URL signs whoever opens it in, for 15 minutes: it is printed, never put
-in a file or a command line by vault. Long-term keys are exchanged for a
+The URL signs whoever opens it in, for 15 minutes. Printed, it is yours to
+paste; with --open, vault writes it into a page only you can read (0600, in
+its private runtime folder), opens that page, and removes it 10 s later: the
+URL is never on a command line, where other users could read it. Long-term keys are exchanged for a
 federation session first (STS GetFederationToken: the IAM user needs that
 permission); a role's keys (a credential with role_arn) are used as they are.
 config.toml [console] federation_endpoint names another sign-in endpoint.";

@@ -251,6 +251,46 @@ fn console_sign_in_urls_from_long_term_keys_and_from_a_role() {
     vh.vault(["console", "gh"]).code(2).stderr_has("aws one");
     vh.vault(["console", "nope"]).code(4);
 
+    // --open: the page goes to the opener by its path, never the URL on a
+    // command line; it is private while it lives and gone afterwards.
+    let bin = vh.root().join("fake-bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = vh.root().join("opened");
+    let opener = bin.join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" > {0}.argv\nstat -c %a \"$1\" > {0}.mode\ncat \"$1\" > {0}.page\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = vh.command(&vh.vault_bin, ["console", "dev", "--open"]);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env(
+        "PATH",
+        format!("{}:{path}", vh.vault_bin.parent().unwrap().display()),
+    );
+    let run = run_command(cmd, None, Duration::from_secs(60));
+    run.ok().stderr_has("opened");
+    assert!(!run.stdout.contains("SigninToken"), "{run}");
+    let read = |ext: &str| std::fs::read_to_string(seen.with_extension(ext)).unwrap();
+    let argv = read("argv");
+    assert!(
+        !argv.contains("SigninToken") && argv.trim().ends_with("aws-console.html"),
+        "{argv}"
+    );
+    assert_eq!(read("mode").trim(), "600");
+    let page = read("page");
+    assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("Action=login&amp;Issuer=vault"), "{page}");
+    assert!(!Path::new(argv.trim()).exists(), "the page is removed");
+
     // The sign-in endpoint down: a clear error, nothing else changes.
     let _ = fed.child.kill();
     let _ = fed.child.wait();

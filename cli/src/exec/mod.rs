@@ -4,7 +4,7 @@
 //! folder, run the child with its environment, forward signals, remove the
 //! folder whatever way the child ends, and exit with the child's code.
 
-mod child;
+pub(crate) mod child;
 mod mask;
 pub mod plan;
 mod server;
