@@ -30,6 +30,7 @@
 //!
 //! [gcp]
 //! token_uris = ["https://oauth2.example.internal/token"]  # besides Google's (docs/gcp.md)
+//! iam_endpoint = "https://iamcredentials.googleapis.com"  # where `impersonate` goes (default)
 //!
 //! [rotate]
 //! iam_endpoint = "https://iam.amazonaws.com"  # where `vault rotate` asks IAM (default)
@@ -77,6 +78,10 @@ pub struct Config {
     /// `[gcp] token_uris`: token endpoints a service-account key may name
     /// besides Google's (docs/gcp.md).
     pub gcp_token_uris: Vec<String>,
+    /// `[gcp] iam_endpoint`: IAM Credentials, where a key asks to act as
+    /// the service account its record's `impersonate` names (default:
+    /// Google's).
+    pub gcp_iam_endpoint: Option<String>,
     /// Where `vault rotate` asks IAM (default: AWS's one endpoint).
     pub iam_endpoint: Option<String>,
     /// Where `vault console` gets sign-in tokens (default: AWS's).
@@ -99,6 +104,7 @@ impl Default for Config {
             audit_keep: Duration::from_secs(90 * 86_400),
             tls_roots: Vec::new(),
             gcp_token_uris: Vec::new(),
+            gcp_iam_endpoint: None,
             iam_endpoint: None,
             federation_endpoint: None,
         }
@@ -135,6 +141,7 @@ struct File {
 struct Gcp {
     #[serde(default)]
     token_uris: Vec<String>,
+    iam_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +312,10 @@ impl Config {
             }
         }
         config.gcp_token_uris = file.gcp.token_uris.clone();
+        if let Some(url) = &file.gcp.iam_endpoint {
+            vault_protocol::credential::check_endpoint_url("gcp.iam_endpoint", url)?;
+            config.gcp_iam_endpoint = Some(url.trim_end_matches('/').to_owned());
+        }
         if let Some(auto) = file.sync.auto {
             config.sync_auto = auto;
         }

@@ -77,6 +77,20 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// What `vault gcp token` mints from (`Engine::gcp_key`); `Debug` shows
+/// no key.
+#[derive(Debug)]
+pub struct GcpKey {
+    /// The record's id.
+    pub id: String,
+    /// Its revision.
+    pub revision: u64,
+    /// The service-account key JSON.
+    pub json: SecretValue,
+    /// The service account to act as (`impersonate`), if any.
+    pub impersonate: Option<String>,
+}
+
 /// What the index keeps of a live record: enough for list/status, no values.
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
@@ -1093,11 +1107,11 @@ impl Engine {
         Ok(keys)
     }
 
-    /// The current code of `name`'s one-time-code seed (its `otp` field).
     /// The key JSON of gcp credential `name`, with its id and revision
-    /// (what a token minted from it is cached under): not expired, and its
-    /// gated fields approved here.
-    pub fn gcp_key(&self, name: &str, now: Timestamp) -> Result<(String, u64, SecretValue)> {
+    /// (what a token minted from it is cached under) and the service
+    /// account it acts as (`impersonate`): not expired, and its gated
+    /// fields approved here.
+    pub fn gcp_key(&self, name: &str, now: Timestamp) -> Result<GcpKey> {
         self.check_approved(&[name.to_owned()])?;
         let (row, body) = self.load(name)?;
         if body.kind != CredentialType::Gcp {
@@ -1121,9 +1135,19 @@ impl Engine {
                 format!("'{name}' has no json yet: 'vault set {name} json=@key.json'"),
             )
         })?;
-        Ok((row.id, row.revision, json.duplicate()))
+        Ok(GcpKey {
+            id: row.id,
+            revision: row.revision,
+            json: json.duplicate(),
+            impersonate: body
+                .fields
+                .get(vault_protocol::credential::IMPERSONATE)
+                .map(|v| v.expose_secret().to_owned())
+                .filter(|v| !v.is_empty()),
+        })
     }
 
+    /// The current code of `name`'s one-time-code seed (its `otp` field).
     pub fn otp(&self, name: &str, now: Timestamp) -> Result<vault_protocol::Response> {
         let (_, body) = self.load(name)?;
         let field = vault_protocol::otp::FIELD;

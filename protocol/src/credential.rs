@@ -372,6 +372,7 @@ impl CredentialType {
                     &[
                         req("json", true),
                         opt("project", false),
+                        opt(IMPERSONATE, false),
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
                     ]
@@ -719,7 +720,32 @@ fn check_data<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> 
 }
 
 /// A gcp credential: JSON of a kind google-auth loads.
+/// A `gcp` credential's service account to act as (IAM Credentials
+/// `generateAccessToken`, docs/gcp.md).
+pub const IMPERSONATE: &str = "impersonate";
+
+/// Whether `email` can be a service account's: `NAME@DOMAIN`, at most 254
+/// of letters, digits, `.`, `_`, `-` (it goes into a URL path).
+pub fn is_service_account(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    email.len() <= 254 && word(local) && word(domain) && domain.contains('.')
+}
+
 fn check_gcp<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+    if let Some(who) = get(IMPERSONATE).filter(|w| !is_service_account(w)) {
+        return Err(format!(
+            "field '{IMPERSONATE}' is not a service account's email ('{}'): give one like \
+             deploy@PROJECT.iam.gserviceaccount.com",
+            who.escape_debug()
+        ));
+    }
     let json = get("json").unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(json).map_err(|_| {
         "field 'json' is not valid JSON: pass the key file with json=@key.json".to_owned()
@@ -762,6 +788,29 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_accounts() {
+        for ok in [
+            "deploy@proj.iam.gserviceaccount.com",
+            "a-b_c.d@x.y",
+            "123456789-compute@developer.gserviceaccount.com",
+        ] {
+            assert!(is_service_account(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "deploy",
+            "@x.y",
+            "a@",
+            "a@localhost",
+            "a b@x.y",
+            "a@x.y/../z",
+            "a@x.y:gen",
+        ] {
+            assert!(!is_service_account(bad), "{bad}");
+        }
+    }
 
     fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
         pairs

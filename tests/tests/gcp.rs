@@ -32,6 +32,12 @@ struct State {
     issued: Vec<String>,
     /// Why the last assertion was refused.
     refusals: Vec<String>,
+    /// Every token issued (what IAM Credentials takes as a caller's).
+    tokens: Vec<String>,
+    /// The service accounts the key's account may act as.
+    may_act_as: Vec<String>,
+    /// Each token made for another account: (the account, its scopes).
+    impersonated: Vec<(String, Vec<String>)>,
 }
 
 fn now() -> i64 {
@@ -98,10 +104,63 @@ fn grant(state: &mut State, form: &str) -> Result<String, String> {
         return Err("Invalid JWT: no scope".into());
     }
     state.issued.push(scope);
-    Ok(format!(
-        "ya29.{}",
-        secret(&format!("gcp-{}", state.issued.len()))
-    ))
+    let token = format!("ya29.{}", secret(&format!("gcp-{}", state.issued.len())));
+    state.tokens.push(token.clone());
+    Ok(token)
+}
+
+/// IAM Credentials' `generateAccessToken` as Google's API reference gives
+/// it: `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`,
+/// the caller's token as the bearer, `{"scope": [...], "lifetime": "Ns"}`;
+/// `{"accessToken", "expireTime"}`, or 403 when the caller may not act as
+/// EMAIL, 401 for a token it did not issue. The status and JSON answer.
+fn generate(state: &mut State, path: &str, bearer: &str, body: &str) -> (u16, serde_json::Value) {
+    let denied = |code: u16, status: &str, message: &str| {
+        (
+            code,
+            serde_json::json!({"error": {"code": code, "message": message, "status": status}}),
+        )
+    };
+    let Some(target) = path
+        .strip_prefix("/v1/projects/-/serviceAccounts/")
+        .and_then(|p| p.strip_suffix(":generateAccessToken"))
+    else {
+        return denied(404, "NOT_FOUND", "no such method");
+    };
+    if !state.tokens.iter().any(|t| format!("Bearer {t}") == bearer) {
+        return denied(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        );
+    }
+    let asked: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let scopes: Vec<String> = asked["scope"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if scopes.is_empty() {
+        return denied(400, "INVALID_ARGUMENT", "Scope required.");
+    }
+    if !state.may_act_as.iter().any(|a| a == target) {
+        return denied(
+            403,
+            "PERMISSION_DENIED",
+            "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+        );
+    }
+    state.impersonated.push((target.to_owned(), scopes));
+    let expires = vault_protocol::timefmt::Timestamp(now() + 3600).to_rfc3339();
+    let token = format!("ya29.{}", secret(&format!("as-{target}")));
+    state.tokens.push(token.clone());
+    (
+        200,
+        serde_json::json!({"accessToken": token, "expireTime": expires}),
+    )
 }
 
 /// The token endpoint on loopback; stops with the test.
@@ -114,6 +173,20 @@ fn token_endpoint(state: Arc<Mutex<State>>) -> (String, Arc<tiny_http::Server>) 
             let mut form = String::new();
             req.as_reader().read_to_string(&mut form).unwrap();
             let mut st = state.lock().unwrap();
+            if req.url() != "/token" {
+                let bearer = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                let (code, body) = generate(&mut st, req.url(), &bearer, &form);
+                drop(st);
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body.to_string()).with_status_code(code),
+                );
+                continue;
+            }
             let (code, body) = match grant(&mut st, &form) {
                 Ok(token) => (
                     200,
@@ -392,6 +465,105 @@ print(json.dumps({"token": c.token, "valid": c.valid}))
         state.lock().unwrap().issued,
         ["https://www.googleapis.com/auth/cloud-platform"]
     );
+
+    // google-auth's impersonated credentials against the same double's
+    // generateAccessToken: what it sends is what the double takes.
+    let target = "deploy@vault-test.iam.gserviceaccount.com";
+    state.lock().unwrap().may_act_as.push(target.into());
+    let base = url.trim_end_matches("/token");
+    let script = r#"
+import json, sys
+import google.auth.transport.requests
+from google.auth import impersonated_credentials
+from google.oauth2 import service_account
+src = service_account.Credentials.from_service_account_file(
+    sys.argv[1], scopes=["https://www.googleapis.com/auth/cloud-platform"])
+c = impersonated_credentials.Credentials(
+    source_credentials=src, target_principal=sys.argv[2],
+    target_scopes=["https://www.googleapis.com/auth/devstorage.read_only"], lifetime=3600,
+    iam_endpoint_override=sys.argv[3] + "/v1/projects/-/serviceAccounts/" + sys.argv[2]
+        + ":generateAccessToken")
+c.refresh(google.auth.transport.requests.Request())
+print(json.dumps({"token": c.token, "valid": c.valid}))
+"#;
+    let mut cmd = Command::new(&python);
+    cmd.args(["-c", script]).arg(&key).args([target, base]);
+    let run = run_command(cmd, None, Duration::from_secs(60));
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["valid"], true, "{run}");
+    assert_eq!(
+        state.lock().unwrap().impersonated,
+        [(
+            target.to_owned(),
+            vec!["https://www.googleapis.com/auth/devstorage.read_only".to_owned()]
+        )]
+    );
+}
+
+/// A service-account key that acts as another account (`impersonate`):
+/// the daemon's token is that account's, from IAM Credentials, with the
+/// scopes asked; an account the key may not act as is refused, saying
+/// which role is missing; a value that is no account's is refused.
+#[test]
+fn a_key_acts_as_the_account_it_names() {
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gcp impersonation: needs ssh-keygen (apt install openssh-client)");
+        return;
+    }
+    let vh = VaultHome::new();
+    let email = "ci@vault-test.iam.gserviceaccount.com";
+    let (private_key, state, url, _server) = key_and_endpoint(vh.root(), email);
+    let base = url.trim_end_matches("/token");
+    vh.write_config(&format!(
+        "[gcp]\ntoken_uris = [\"{url}\"]\niam_endpoint = \"{base}\"\n"
+    ));
+    vh.init().ok();
+    let target = "deploy@vault-test.iam.gserviceaccount.com";
+    state.lock().unwrap().may_act_as.push(target.into());
+    let json = key_json(&private_key, email, &url);
+    vh.vault_in(
+        [
+            "add",
+            "sa",
+            "--type",
+            "gcp",
+            "json=-",
+            &format!("impersonate={target}"),
+        ],
+        json.as_bytes(),
+    )
+    .ok();
+    let scope = "https://www.googleapis.com/auth/devstorage.read_only";
+    let run = vh.vault(["gcp", "token", "sa", "--scope", scope]);
+    run.ok();
+    assert!(run.stdout.contains("as-deploy@"), "the target's token");
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(
+            st.impersonated,
+            [(target.to_owned(), vec![scope.to_owned()])]
+        );
+        // The key's own token was for cloud-platform.
+        assert_eq!(
+            st.issued,
+            ["https://www.googleapis.com/auth/cloud-platform"]
+        );
+    }
+    // Cached like any token: no second call.
+    vh.vault(["gcp", "token", "sa", "--scope", scope]).ok();
+    assert_eq!(state.lock().unwrap().impersonated.len(), 1);
+
+    let other = "prod@vault-test.iam.gserviceaccount.com";
+    vh.vault(["set", "sa", &format!("impersonate={other}")])
+        .ok();
+    vh.vault(["gcp", "token", "sa"])
+        .code(1)
+        .stderr_has(other)
+        .stderr_has("roles/iam.serviceAccountTokenCreator");
+    vh.vault(["set", "sa", "impersonate=not an account/../x"])
+        .code(2)
+        .stderr_has("service account");
 }
 
 /// GKE (issue 22): kubectl runs `vault gke token` as its exec plugin (in

@@ -221,6 +221,131 @@ pub async fn mint(
     Ok((token, Timestamp(now.unix() + expires_in)))
 }
 
+/// IAM Credentials, where a key asks for another service account's token.
+pub const IAM_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
+/// The lifetime asked of an impersonated token (IAM's default and most,
+/// without an org policy raising it).
+const IMPERSONATED_LIFETIME: &str = "3600s";
+
+/// One `generateAccessToken` call.
+struct Impersonation<'a> {
+    /// IAM Credentials' base URL.
+    endpoint: &'a str,
+    /// The service account acted as.
+    target: &'a str,
+    /// The key's own account (for messages).
+    by: &'a str,
+    /// The scopes of the token asked.
+    scopes: &'a [String],
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImpersonatedAnswer {
+    access_token: Option<SecretValue>,
+    expire_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GoogleError {
+    error: Option<GoogleErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct GoogleErrorBody {
+    message: Option<String>,
+}
+
+/// A token of `asked.target`, asked of IAM Credentials with the key's own
+/// token `own` (`generateAccessToken`, as google-auth's impersonated
+/// credentials ask it).
+async fn impersonate(
+    http: &Http,
+    asked: &Impersonation<'_>,
+    own: &SecretValue,
+    timeout: Duration,
+    name: &str,
+) -> Result<(SecretValue, Timestamp), WireError> {
+    let target = asked.target;
+    if !vault_protocol::credential::is_service_account(target) {
+        return Err(failed(
+            name,
+            &format!(
+                "'{}' is not a service account to act as",
+                target.escape_debug()
+            ),
+        ));
+    }
+    let url = format!(
+        "{}/v1/projects/-/serviceAccounts/{target}:generateAccessToken",
+        asked.endpoint
+    );
+    let body = serde_json::json!({"scope": asked.scopes, "lifetime": IMPERSONATED_LIFETIME});
+    let bearer = Zeroizing::new(format!("Bearer {}", own.expose_secret()));
+    let sent = http
+        .post(&url)
+        .header("Authorization", bearer.as_str())
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| {
+            failed(
+                name,
+                &format!(
+                    "cannot reach {} to act as {target}: {}",
+                    asked.endpoint,
+                    describe(&e)
+                ),
+            )
+        })?;
+    let status = sent.status().as_u16();
+    let body = read_capped(sent, MAX_ANSWER)
+        .await
+        .map_err(|e| failed(name, &format!("{}: {e}", asked.endpoint)))?;
+    if status != 200 {
+        let said = serde_json::from_slice::<GoogleError>(&body)
+            .ok()
+            .and_then(|e| e.error?.message)
+            .map(|m| {
+                m.chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+            })
+            .unwrap_or_else(|| "no reason given".to_owned());
+        return Err(failed(
+            name,
+            &format!(
+                "IAM Credentials refused to let {} act as {target} ({status} {said}): it needs \
+                 roles/iam.serviceAccountTokenCreator on {target}",
+                asked.by
+            ),
+        ));
+    }
+    let answer: ImpersonatedAnswer = serde_json::from_slice(&body)
+        .map_err(|_| failed(name, "IAM Credentials answered 200 with no token JSON"))?;
+    let now = Timestamp::now();
+    let (Some(token), Some(expires)) = (answer.access_token, answer.expire_time) else {
+        return Err(failed(
+            name,
+            "IAM Credentials' answer has no accessToken or expireTime",
+        ));
+    };
+    let expires_at = Timestamp::parse(&expires)
+        .ok()
+        .filter(|t| t.unix() > now.unix() && t.unix() <= now.unix() + 86_400);
+    let printable = token.expose_secret().bytes().all(|b| b.is_ascii_graphic());
+    let (Some(expires_at), true, false) = (expires_at, printable, token.is_empty()) else {
+        return Err(failed(
+            name,
+            "IAM Credentials' answer has an empty token or an expiry out of range",
+        ));
+    };
+    Ok((token, expires_at))
+}
+
 fn failed(name: &str, why: &str) -> WireError {
     WireError::new(ErrorCode::Failed, format!("no token for '{name}': {why}"))
 }
@@ -289,29 +414,45 @@ pub async fn token(
             ),
         ));
     }
-    let (id, revision, key, allowed, timeout) = {
+    let (got, key, allowed, iam, timeout) = {
         let engine = d.engine();
-        let (id, revision, json) = engine.gcp_key(name, Timestamp::now())?;
-        let key = parse_key(json.expose_secret(), name)
+        let got = engine.gcp_key(name, Timestamp::now())?;
+        let key = parse_key(got.json.expose_secret(), name)
             .map_err(|e| WireError::new(ErrorCode::Failed, e))?;
         let config = engine.config();
         (
-            id,
-            revision,
+            got,
             key,
             config.gcp_token_uris.clone(),
+            config
+                .gcp_iam_endpoint
+                .clone()
+                .unwrap_or_else(|| IAM_ENDPOINT.to_owned()),
             config.refresh_timeout,
         )
     };
     check_token_uri(&key, &allowed, name).map_err(|e| WireError::new(ErrorCode::Failed, e))?;
+    let minted = async {
+        match &got.impersonate {
+            None => mint(&d.http, &key, &scopes, timeout, name).await,
+            Some(target) => {
+                // The key's own token (cloud-platform) asks IAM Credentials
+                // for one of the target's, with the scopes asked.
+                let base = [DEFAULT_SCOPE.to_owned()];
+                let (own, _) = mint(&d.http, &key, &base, timeout, name).await?;
+                let asked = Impersonation {
+                    endpoint: &iam,
+                    target,
+                    by: &key.client_email,
+                    scopes: &scopes,
+                };
+                impersonate(&d.http, &asked, &own, timeout, name).await
+            }
+        }
+    };
     let (token, expires_at, stale) = d
         .gcp_tokens
-        .get(
-            &id,
-            revision,
-            &scopes,
-            mint(&d.http, &key, &scopes, timeout, name),
-        )
+        .get(&got.id, got.revision, &scopes, minted)
         .await?;
     if let Some(why) = stale {
         tracing::warn!(error = %why, "serving the cached token: minting a new one failed");
