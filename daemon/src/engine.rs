@@ -77,6 +77,10 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// IAM Credentials, where a gcp key asks to act as its record's
+/// `impersonate` account, unless `config.toml` names another.
+pub const GCP_IAM_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
+
 /// What `vault gcp token` mints from (`Engine::gcp_key`); `Debug` shows
 /// no key.
 #[derive(Debug)]

@@ -553,6 +553,18 @@ fn a_key_acts_as_the_account_it_names() {
     // Cached like any token: no second call.
     vh.vault(["gcp", "token", "sa", "--scope", scope]).ok();
     assert_eq!(state.lock().unwrap().impersonated.len(), 1);
+    // `vault check` acts as the account too, and says so.
+    let run = vh.vault(["--json", "check", "sa"]);
+    let result = &run.ok().json()[0];
+    assert_eq!(result["outcome"], "ok", "{result}");
+    assert!(
+        result["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{target} (as {email})")),
+        "{result}"
+    );
+    assert_eq!(state.lock().unwrap().impersonated.len(), 2);
 
     let other = "prod@vault-test.iam.gserviceaccount.com";
     vh.vault(["set", "sa", &format!("impersonate={other}")])
@@ -561,6 +573,7 @@ fn a_key_acts_as_the_account_it_names() {
         .code(1)
         .stderr_has(other)
         .stderr_has("roles/iam.serviceAccountTokenCreator");
+    vh.vault(["check", "sa"]).code(1);
     vh.vault(["set", "sa", "impersonate=not an account/../x"])
         .code(2)
         .stderr_has("service account");

@@ -11,7 +11,7 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, SecretValue};
 
 use super::refresh::endpoint_for;
-use super::{Engine, Result, store_err};
+use super::{Engine, GCP_IAM_ENDPOINT as IAM_ENDPOINT, Result, store_err};
 use crate::store::CheckRow;
 
 /// What to ask, with the values the question needs. Values stay
@@ -79,6 +79,9 @@ pub enum Probe {
         json: SecretValue,
         /// `[gcp] token_uris` of this machine.
         token_uris: Vec<String>,
+        /// The account it acts as (`impersonate`) and IAM Credentials'
+        /// URL, when it does.
+        impersonate: Option<(String, String)>,
     },
     /// Nothing to ask; why.
     Skip(String),
@@ -287,6 +290,14 @@ impl Engine {
                             Some(json) => Probe::Gcp {
                                 json,
                                 token_uris: self.config().gcp_token_uris.clone(),
+                                impersonate: take_text(
+                                    &mut fields,
+                                    vault_protocol::credential::IMPERSONATE,
+                                )
+                                .map(|who| {
+                                    let iam = self.config().gcp_iam_endpoint.clone();
+                                    (who, iam.unwrap_or_else(|| IAM_ENDPOINT.to_owned()))
+                                }),
                             },
                             None => Probe::Fail(format!("'{name}' has no json (the key file)")),
                         },

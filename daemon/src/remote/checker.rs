@@ -211,17 +211,34 @@ async fn probe(http: &Http, probe: &Probe, name: &str, timeout: Duration) -> Res
             username,
             password,
         } => registry_login(http, registry, username, password, timeout).await,
-        Probe::Gcp { json, token_uris } => {
+        Probe::Gcp {
+            json,
+            token_uris,
+            impersonate,
+        } => {
             let key = super::gcp::parse_key(json.expose_secret(), name).map_err(Failed)?;
             super::gcp::check_token_uri(&key, token_uris, name).map_err(Failed)?;
             let scopes = [super::gcp::DEFAULT_SCOPE.to_owned()];
-            let (_, expires_at) = super::gcp::mint(http, &key, &scopes, timeout, name)
+            let (own, mut expires_at) = super::gcp::mint(http, &key, &scopes, timeout, name)
                 .await
                 .map_err(|e| Failed(e.message))?;
+            let mut whose = key.client_email.clone();
+            // Acting as another account is part of what the record does.
+            if let Some((target, endpoint)) = impersonate {
+                let asked = super::gcp::Impersonation {
+                    endpoint,
+                    target,
+                    by: &key.client_email,
+                    scopes: &scopes,
+                };
+                (_, expires_at) = super::gcp::impersonate(http, &asked, &own, timeout, name)
+                    .await
+                    .map_err(|e| Failed(e.message))?;
+                whose = format!("{target} (as {})", key.client_email);
+            }
             let left = expires_at.unix() - vault_protocol::timefmt::Timestamp::now().unix();
             Ok(format!(
-                "minted a token for {} (valid {} min)",
-                key.client_email,
+                "minted a token for {whose} (valid {} min)",
                 left.max(0) / 60
             ))
         }

@@ -222,21 +222,22 @@ pub async fn mint(
 }
 
 /// IAM Credentials, where a key asks for another service account's token.
-pub const IAM_ENDPOINT: &str = "https://iamcredentials.googleapis.com";
+pub use crate::engine::GCP_IAM_ENDPOINT as IAM_ENDPOINT;
 /// The lifetime asked of an impersonated token (IAM's default and most,
 /// without an org policy raising it).
 const IMPERSONATED_LIFETIME: &str = "3600s";
 
 /// One `generateAccessToken` call.
-struct Impersonation<'a> {
+#[derive(Debug)]
+pub struct Impersonation<'a> {
     /// IAM Credentials' base URL.
-    endpoint: &'a str,
+    pub endpoint: &'a str,
     /// The service account acted as.
-    target: &'a str,
+    pub target: &'a str,
     /// The key's own account (for messages).
-    by: &'a str,
+    pub by: &'a str,
     /// The scopes of the token asked.
-    scopes: &'a [String],
+    pub scopes: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -259,7 +260,7 @@ struct GoogleErrorBody {
 /// A token of `asked.target`, asked of IAM Credentials with the key's own
 /// token `own` (`generateAccessToken`, as google-auth's impersonated
 /// credentials ask it).
-async fn impersonate(
+pub async fn impersonate(
     http: &Http,
     asked: &Impersonation<'_>,
     own: &SecretValue,
