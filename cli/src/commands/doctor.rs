@@ -718,6 +718,19 @@ fn check_rotations(report: &mut Report, status: Option<&StatusInfo>) {
                     r.name, r.old_key, r.due_at
                 ),
             ),
+            ("ended", e) => report.problem(
+                "rotation",
+                Verdict::Warn,
+                format!(
+                    "{}: vaultd ended its rotation: {}",
+                    r.name,
+                    e.unwrap_or("no reason kept")
+                ),
+                format!(
+                    "once done, 'vault rotate {} --finish' clears this note",
+                    r.name
+                ),
+            ),
             ("reactivate", e) => report.problem(
                 "rotation",
                 Verdict::Fail,

@@ -222,6 +222,18 @@ pub fn status(ctx: &mut Ctx) -> CliResult<()> {
                 r.old_key,
                 relative(r.due_at, now)
             ),
+            "ended" => {
+                lines.push((
+                    "rotation",
+                    format!(
+                        "{}: {} ('vault rotate {} --finish' clears this)",
+                        r.name,
+                        r.error.as_deref().unwrap_or("ended by vaultd"),
+                        r.name
+                    ),
+                ));
+                continue;
+            }
             "reactivate" => {
                 lines.push((
                     "rotation",

@@ -64,6 +64,10 @@ pub enum Stage {
     /// The record was put back to the old key, which is inactive: turn
     /// it on again (an earlier try failed).
     Reactivate,
+    /// Over, ended by vaultd in the background with something left for
+    /// the user (an unused new key at IAM), said in the row's `error`
+    /// until `vault rotate NAME --finish` or the next rotation clears it.
+    Ended,
 }
 
 impl Stage {
@@ -72,6 +76,7 @@ impl Stage {
             Stage::Deactivate => "deactivate",
             Stage::Delete => "delete",
             Stage::Reactivate => "reactivate",
+            Stage::Ended => "ended",
         }
     }
 }
@@ -213,7 +218,7 @@ impl Engine {
                     format!("the unfinished rotation of record {record_id} cannot be read"),
                 )
             })?;
-        let stage = [Stage::Delete, Stage::Reactivate]
+        let stage = [Stage::Delete, Stage::Reactivate, Stage::Ended]
             .into_iter()
             .find(|s| s.as_str() == row.stage)
             .unwrap_or(Stage::Deactivate);
@@ -323,8 +328,9 @@ impl Engine {
     }
 
     /// The records (id, name) whose old key is due for deletion or to be
-    /// turned on again, or inactive though the record holds it again (a
-    /// `vault restore` during the grace: it is turned back on at once).
+    /// turned on again, or that hold the old key again (a `vault
+    /// restore` during the grace, or after a deactivation whose answer
+    /// was lost: it is turned back on at once).
     pub fn due_rotations(&self, now: Timestamp) -> Vec<(String, String)> {
         let (Ok(sess), Ok(store)) = (self.session(), self.store()) else {
             return Vec::new();
@@ -333,7 +339,7 @@ impl Engine {
         let names = self.names_by_id();
         let mut due = Vec::new();
         for r in rows {
-            if r.stage == Stage::Deactivate.as_str() {
+            if r.stage == Stage::Ended.as_str() {
                 continue;
             }
             let Some(n) = names
@@ -351,8 +357,11 @@ impl Engine {
                     .old_key;
                 Some(self.aws_key_of(&r.record_id)? == old)
             };
-            let grace = r.stage == Stage::Delete.as_str();
-            if r.due_at <= now.unix() || (grace && restored() == Some(true)) {
+            // A `deactivate` row waits for `--finish` unless the record
+            // went back to the old key, which may have been switched off.
+            let timed = r.stage != Stage::Deactivate.as_str() && r.due_at <= now.unix();
+            let may_restore = r.stage != Stage::Reactivate.as_str();
+            if timed || (may_restore && restored() == Some(true)) {
                 due.push((r.record_id.clone(), n.clone()));
             }
         }

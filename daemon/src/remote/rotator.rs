@@ -10,7 +10,7 @@
 //! Keys go only to endpoints of this machine (`config.toml`, or a record
 //! field approved here); nothing said here holds a secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,12 +45,23 @@ pub struct Rotator {
     one: tokio::sync::Mutex<()>,
     /// Wakes the background look for due deletions (a grace ended).
     wake: tokio::sync::Notify,
+    /// Records whose background try failed, and when: left alone for
+    /// [`BACKOFF`] unless a record changes meanwhile.
+    failed: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Rotator {
-    /// Looks for due rotations now (a record changed).
+    /// Looks for due rotations now (a record changed: whatever stopped
+    /// an earlier try may be gone).
     pub fn kick(&self) {
+        self.failed_tries().clear();
         self.wake.notify_one();
+    }
+
+    fn failed_tries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -108,7 +119,7 @@ pub async fn rotate(d: &Arc<Shared>, name: &str, asked: Asked) -> Result<Respons
     }
     let verify = asked.verify.unwrap_or(VERIFY);
     let r = if asked.finish {
-        finish(d, name, verify).await?
+        finish(d, name, verify, false).await?
     } else {
         rotate_aws(d, name, asked.grace.unwrap_or_default(), verify).await?
     };
@@ -256,11 +267,12 @@ async fn rotate_aws(
 ) -> Result<RotateReport, WireError> {
     let n = name.to_owned();
     let plan = Arc::new(blocking(d, move |e| e.aws_rotation(&n)).await?);
-    if let Some(p) = &plan.pending {
+    // An ended rotation's note is replaced by this one's row.
+    if let Some(p) = plan.pending.as_ref().filter(|p| p.stage != Stage::Ended) {
         let what = match p.stage {
             Stage::Deactivate => "deactivated and deleted",
             Stage::Delete => "deleted",
-            Stage::Reactivate => "turned on again (the record holds it)",
+            Stage::Reactivate | Stage::Ended => "turned on again (the record holds it)",
         };
         return Err(WireError::new(
             ErrorCode::Conflict,
@@ -735,9 +747,16 @@ async fn take_old_away(
 /// `vault rotate NAME --finish`: what an earlier rotation left, done now
 /// once the key the record holds is the rotation's new key and works as
 /// the same IAM user. A record put back to the old key keeps it (turned
-/// on again if the grace had turned it off); a record holding a third key
-/// ends the rotation with both keys left as they are.
-async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateReport, WireError> {
+/// on again: it may have been turned off); a record holding a third key
+/// ends the rotation with both keys left as they are. In the background
+/// (`by_vaultd`), a rotation ended so leaves a note (stage `ended`) for
+/// `vault status` and `vault doctor`, since nobody reads the report.
+async fn finish(
+    d: &Arc<Shared>,
+    name: &str,
+    verify: Duration,
+    by_vaultd: bool,
+) -> Result<RotateReport, WireError> {
     let n = name.to_owned();
     let plan = blocking(d, move |e| e.aws_rotation(&n)).await?;
     let mut r = report(name, CredentialType::Aws, plan.revision);
@@ -754,19 +773,35 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
     };
     let (old, new) = (pending.keys.old_key.clone(), pending.keys.new_key.clone());
     r.old_key = Some(old.clone());
+    if pending.stage == Stage::Ended {
+        forget(d, &plan.id).await;
+        let note = pending.keys.error.unwrap_or_default();
+        step(
+            &mut r,
+            "finish",
+            StepOutcome::Ok,
+            format!("the note vaultd left is cleared: {note}"),
+        );
+        r.complete = true;
+        return Ok(r);
+    }
     let stray = format!(
         "the new key {new} stays at IAM, unused by '{name}': once nothing uses it, delete it \
          ('aws iam delete-access-key --access-key-id {new}')"
     );
+    let end = Ending {
+        by_vaultd,
+        id: &plan.id,
+        keys: &pending.keys,
+    };
     if plan.access_key_id == old {
-        put_back(d, name, &plan, pending, &stray, &mut r).await;
+        put_back(d, name, &plan, pending.clone(), &stray, end, &mut r).await;
         return Ok(r);
     }
     if plan.access_key_id != new {
-        forget(d, &plan.id).await;
         let state = match pending.stage {
             Stage::Deactivate => "active",
-            Stage::Delete | Stage::Reactivate => "inactive",
+            Stage::Delete | Stage::Reactivate | Stage::Ended => "inactive",
         };
         step(
             &mut r,
@@ -778,10 +813,14 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
                 plan.access_key_id
             ),
         );
-        r.next = Some(format!(
-            "both keys stay at IAM ({old} {state}, {new} active): delete the ones nothing uses \
-             with 'aws iam delete-access-key --access-key-id KEY'"
-        ));
+        let next = format!(
+            "'{name}' holds {}, not a key of its rotation: both keys stay at IAM ({old} \
+             {state}, {new} active): delete the ones nothing uses with 'aws iam \
+             delete-access-key --access-key-id KEY'",
+            plan.access_key_id
+        );
+        end.over(d, &next).await;
+        r.next = Some(next);
         return Ok(r);
     }
     let live = Keys {
@@ -818,32 +857,50 @@ async fn finish(d: &Arc<Shared>, name: &str, verify: Duration) -> Result<RotateR
     Ok(r)
 }
 
+/// How a rotation that is over is let go: forgotten when the user
+/// ran `--finish` (the report says what is left), kept as a note
+/// (stage `ended`) when vaultd ended it in the background.
+struct Ending<'a> {
+    by_vaultd: bool,
+    id: &'a str,
+    keys: &'a PendingKeys,
+}
+
+impl Ending<'_> {
+    async fn over(&self, d: &Arc<Shared>, note: &str) {
+        if !self.by_vaultd {
+            return forget(d, self.id).await;
+        }
+        let mut keys = self.keys.clone();
+        keys.new_secret = None;
+        keys.error = Some(note.to_owned());
+        let ended = Pending {
+            stage: Stage::Ended,
+            due_at: Timestamp::now(),
+            keys,
+        };
+        if keep(d, self.id, ended).await.is_err() {
+            forget(d, self.id).await;
+        }
+    }
+}
+
 /// The record holds the rotation's old key again (`vault restore`): it
-/// stays, turned back on (signed with the new key) if the grace had
-/// turned it off, and the rotation ends.
+/// stays, and is turned on again, signed with the new key: whatever the
+/// stage says, a deactivation whose answer was lost may have switched it
+/// off (turning on an active key changes nothing). A rotation that kept
+/// no new key (rows from before it was kept) asks STS whether the old
+/// key works instead, and waits for the user to turn it on if not.
 async fn put_back(
     d: &Arc<Shared>,
     name: &str,
     plan: &AwsPlan,
     mut pending: Pending,
     stray: &str,
+    end: Ending<'_>,
     r: &mut RotateReport,
 ) {
     let old = pending.keys.old_key.clone();
-    if pending.stage == Stage::Deactivate {
-        forget(d, &plan.id).await;
-        step(
-            r,
-            "finish",
-            StepOutcome::Skipped,
-            format!(
-                "'{name}' holds {old} again, never deactivated: it stays, and the rotation is dropped"
-            ),
-        );
-        r.next = Some(stray.to_owned());
-        r.complete = true;
-        return;
-    }
     let turned_on = match &pending.keys.new_secret {
         Some(secret) => {
             let signer = Keys {
@@ -853,42 +910,57 @@ async fn put_back(
             };
             iam::set_status(&d.http, &plan.iam_endpoint, &signer, &old, "Active", CALL).await
         }
-        None => Err("this rotation kept no key to sign with".to_owned()),
+        None => {
+            let holds = Keys {
+                access_key_id: &plan.access_key_id,
+                secret_access_key: &plan.secret,
+                session_token: None,
+            };
+            super::sts::caller_identity(&d.http, &plan.sts_endpoint, &plan.region, &holds, CALL)
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    format!(
+                        "STS does not take it ({e}), and this rotation kept no key to turn it \
+                         on with"
+                    )
+                })
+        }
     };
     match turned_on {
         Ok(()) => {
-            forget(d, &plan.id).await;
+            end.over(d, &format!("'{name}' went back to {old}; {stray}"))
+                .await;
             step(
                 r,
                 "reactivate",
                 StepOutcome::Ok,
-                format!(
-                    "'{name}' holds {old} again: it is active again, and the rotation is dropped"
-                ),
+                format!("'{name}' holds {old} again: it is active, and the rotation is dropped"),
             );
             r.next = Some(stray.to_owned());
             r.complete = true;
         }
+        Err(e) if iam::is_gone(&e) => {
+            // Trying again cannot bring it back.
+            let next = format!(
+                "'{name}' holds {old}, which IAM no longer has: put a working key back ('vault \
+                 history {name}', 'vault restore'); {stray}"
+            );
+            end.over(d, &next).await;
+            step(r, "reactivate", StepOutcome::Failed, e);
+            r.next = Some(next);
+        }
         Err(e) => {
-            let gone = iam::is_gone(&e);
             pending.keys.error = Some(e.clone());
             pending.stage = Stage::Reactivate;
             pending.due_at = Timestamp::now().plus(BACKOFF);
             let kept = keep(d, &plan.id, pending).await;
             step(r, "reactivate", StepOutcome::Failed, kept_or(e, kept));
-            r.next = Some(if gone {
-                format!(
-                    "'{name}' holds {old}, which IAM no longer has: put a working key back \
-                     ('vault history {name}', 'vault restore'), then run 'vault rotate {name} \
-                     --finish'"
-                )
-            } else {
-                format!(
-                    "'{name}' holds {old}, which is inactive at IAM: turn it on with 'aws iam \
-                     update-access-key --access-key-id {old} --status Active' (vaultd tries \
-                     again later; 'vault rotate {name} --finish' now)"
-                )
-            });
+            r.next = Some(format!(
+                "'{name}' holds {old}, which may be inactive at IAM: turn it on with 'aws iam \
+                 update-access-key --access-key-id {old} --status Active' (vaultd tries again \
+                 later; 'vault rotate {name} --finish' now)"
+            ));
         }
     }
 }
@@ -901,11 +973,20 @@ async fn sweep(d: &Arc<Shared>) {
         e.due_rotations(Timestamp::now())
     };
     for (id, name) in due {
+        let recent = d
+            .rotator
+            .failed_tries()
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < BACKOFF);
+        if recent {
+            continue;
+        }
         let _one = d.rotator.one.lock().await;
-        let outcome = finish(d, &name, BACKGROUND_VERIFY).await;
+        let outcome = finish(d, &name, BACKGROUND_VERIFY, true).await;
         if matches!(&outcome, Ok(r) if r.complete) {
             info!(record = %id, "an unfinished rotation was finished in the background");
         } else {
+            d.rotator.failed_tries().insert(id.clone(), Instant::now());
             warn!(
                 record = %id,
                 "an unfinished rotation could not be finished in the background; trying again \

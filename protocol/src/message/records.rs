@@ -62,7 +62,10 @@ pub struct PendingRotation {
     pub live_key: String,
     /// The key still to be taken away.
     pub old_key: String,
-    /// `deactivate` (it may still be active) or `delete` (it is inactive).
+    /// `deactivate` (it may still be active), `delete` (it is inactive),
+    /// `reactivate` (the record holds it again, and it may be inactive)
+    /// or `ended` (vaultd ended the rotation; `error` says what is left
+    /// to do by hand).
     pub stage: String,
     /// When vaultd deletes it (`delete`), or since when it waits
     /// (`deactivate`: only `vault rotate NAME --finish` goes on).
