@@ -530,6 +530,30 @@ pub enum EmitAction {
         #[arg(long)]
         force: bool,
     },
+    /// Add a user to ~/.kube/config whose token kubectl gets from vault
+    /// (EKS from an aws credential, GKE from a gcp one), and keep it
+    Kube {
+        /// The aws or gcp credential
+        name: String,
+        /// The user's name in the kubeconfig (default: vault-NAME)
+        #[arg(long)]
+        user: Option<String>,
+        /// aws: the EKS cluster's name
+        #[arg(long)]
+        cluster: Option<String>,
+        /// aws: the cluster's region (default: the credential's)
+        #[arg(long)]
+        region: Option<String>,
+        /// gcp: an OAuth scope (repeatable; default: cloud-platform)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The kubeconfig (default: the first file of $KUBECONFIG, or ~/.kube/config)
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Replace a user that vault did not write (a backup is kept)
+        #[arg(long)]
+        force: bool,
+    },
     /// List emitted files and whether they still hold what vault wrote
     List,
     /// Rewrite every emitted file that drifted from what vault wrote

@@ -29,7 +29,7 @@ pub mod aws_keys;
 pub mod checks;
 mod complete;
 mod emitters;
-pub use emitters::AwsTarget;
+pub use emitters::{AwsTarget, KubeTarget};
 pub mod publish;
 pub mod refresh;
 pub mod rotate;

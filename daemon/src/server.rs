@@ -31,7 +31,7 @@ use vault_protocol::{
     BUILD_VERSION, ErrorCode, PROTOCOL_VERSION, Request, Response, ResponseFrame, WireError,
 };
 
-use crate::engine::{AwsTarget, Engine};
+use crate::engine::{AwsTarget, Engine, KubeTarget};
 
 /// How long a client may take to send the rest of a frame once it started.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -650,6 +650,30 @@ impl Daemon {
             } => engine
                 .emit_docker(&name, &path, force, helper, adopt, now)
                 .map(Response::Emitted),
+            Request::EmitKube {
+                name,
+                path,
+                user,
+                program,
+                cluster,
+                region,
+                scopes,
+                force,
+            } => engine
+                .emit_kube(
+                    &name,
+                    &path,
+                    KubeTarget {
+                        user,
+                        program,
+                        cluster,
+                        region,
+                        scopes,
+                        force,
+                    },
+                    now,
+                )
+                .map(Response::Emitted),
             Request::EmitRepair => engine
                 .emit_repair(now)
                 .map(|emitters| Response::Emitters { emitters }),
@@ -952,6 +976,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::EmitFile { .. } => "emit_file",
         Request::EmitRepair => "emit_repair",
         Request::EmitDocker { .. } => "emit_docker",
+        Request::EmitKube { .. } => "emit_kube",
         Request::EmitRemove { .. } => "emit_remove",
         Request::Shutdown => "shutdown",
         Request::Login { .. } => "login",
@@ -1072,7 +1097,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 46] = [
+    const EVERY_REQUEST: [&str; 47] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1117,6 +1142,7 @@ mod tests {
         r#"{"op":"rotate","name":"a","fields":{"token":"v"}}"#,
         r#"{"op":"eks_token","name":"a","cluster":"c"}"#,
         r#"{"op":"console_url","name":"a"}"#,
+        r#"{"op":"emit_kube","name":"a","path":"/k","program":"/v","cluster":"c"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1169,8 +1195,9 @@ mod tests {
             Request::Rotate { .. } => 41,
             Request::EksToken { .. } => 42,
             Request::ConsoleUrl { .. } => 43,
-            Request::Lock => 44,
-            Request::Shutdown => 45,
+            Request::EmitKube { .. } => 44,
+            Request::Lock => 45,
+            Request::Shutdown => 46,
         }
     }
 

@@ -209,6 +209,13 @@ CREATE TABLE rotations (
     body      BLOB NOT NULL
 );
 "#,
+    // Kubeconfig users (`vault emit kube`, docs/kube.md): a binding of
+    // kind `kube` runs `program eks|gke token NAME` with these arguments
+    // after the name (a JSON array of strings: `--cluster C`, `--region
+    // R`, `--scope S`). A new kind, so an older vaultd never meets one.
+    r#"
+ALTER TABLE emitters ADD COLUMN exec_args TEXT;
+"#,
 ];
 
 /// The one definition of an open conflict (docs/sync.md), as SQL over a
@@ -412,6 +419,8 @@ pub struct EmitterRow {
     pub config_made: bool,
     /// The version of what it writes (1: before `region`, 2: with it).
     pub rendering: i64,
+    /// For `kube`: the arguments after the credential's name.
+    pub exec_args: Vec<String>,
 }
 
 /// The vault database.
@@ -954,14 +963,19 @@ impl Store {
     /// Records a file binding; an existing one for the same file and
     /// section is replaced.
     pub fn put_emitter(&mut self, e: &EmitterRow) -> Result<()> {
+        let exec_args = (!e.exec_args.is_empty())
+            .then(|| serde_json::to_string(&e.exec_args))
+            .transpose()
+            .map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.conn.execute(
             "INSERT INTO emitters (id, record_id, kind, path, section, program, created_at, \
-             config_path, config_region, config_made, rendering) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             config_path, config_region, config_made, rendering, exec_args) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
              ON CONFLICT (path, section) DO UPDATE SET record_id = excluded.record_id, \
              kind = excluded.kind, program = excluded.program, \
              config_path = excluded.config_path, config_region = excluded.config_region, \
-             config_made = excluded.config_made, rendering = excluded.rendering",
+             config_made = excluded.config_made, rendering = excluded.rendering, \
+             exec_args = excluded.exec_args",
             params![
                 e.id,
                 e.record_id,
@@ -973,7 +987,8 @@ impl Store {
                 e.config_path,
                 e.config_region,
                 e.config_made,
-                e.rendering
+                e.rendering,
+                exec_args
             ],
         )?;
         Ok(())
@@ -992,7 +1007,8 @@ impl Store {
     pub fn emitters(&self) -> Result<Vec<EmitterRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, record_id, kind, path, section, program, created_at, config_path, \
-             config_region, config_made, rendering FROM emitters ORDER BY created_at, id",
+             config_region, config_made, rendering, exec_args FROM emitters \
+             ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], |r| {
             let kind: String = r.get(2)?;
@@ -1019,6 +1035,16 @@ impl Store {
                 config_region: r.get(8)?,
                 config_made: r.get(9)?,
                 rendering: r.get(10)?,
+                exec_args: match r.get::<_, Option<String>>(11)? {
+                    None => Vec::new(),
+                    Some(text) => serde_json::from_str(&text).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            11,
+                            rusqlite::types::Type::Text,
+                            format!("a kubeconfig binding's arguments do not read: {e}").into(),
+                        )
+                    })?,
+                },
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -1401,6 +1427,7 @@ mod tests {
                 config_region: false,
                 config_made: false,
                 rendering: 2,
+                exec_args: Vec::new(),
             })
             .unwrap();
         }

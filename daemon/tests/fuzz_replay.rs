@@ -1,4 +1,5 @@
 //! The daemon's fuzz targets (`fuzz/`: `aws_ini_merge`, `docker_json_merge`,
+//! `kube_yaml_merge`,
 //! `record_body`, `agent_message`) replayed in the normal test suite: every seed and every
 //! input that once crashed goes through the very checks the targets run
 //! (`fuzz/checks/*.rs`, included by path), so a regression fails
@@ -12,6 +13,8 @@ mod aws_ini;
 mod docker_json;
 #[path = "../../fuzz/checks/input.rs"]
 mod input;
+#[path = "../../fuzz/checks/kube_yaml.rs"]
+mod kube_yaml;
 #[path = "../../fuzz/checks/record_body.rs"]
 mod record_body;
 #[path = "../../fuzz/checks/replay.rs"]
@@ -25,6 +28,11 @@ fn aws_ini_merge_inputs_replay() {
 #[test]
 fn docker_json_merge_inputs_replay() {
     replay::replay("docker_json_merge", docker_json::check);
+}
+
+#[test]
+fn kube_yaml_merge_inputs_replay() {
+    replay::replay("kube_yaml_merge", kube_yaml::check);
 }
 
 #[test]

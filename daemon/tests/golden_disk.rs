@@ -75,7 +75,7 @@ fn frozen_records_decrypt_with_every_revision() {
     // where an AWS keys binding writes its region and the rendering
     // version of every binding, v8 health checks, v9 the audit log, v10
     // unfinished rotations).
-    assert_eq!(SCHEMA_VERSION, 10, "a new schema: check its migration here");
+    assert_eq!(SCHEMA_VERSION, 11, "a new schema: check its migration here");
     assert!(store.emitters().unwrap().is_empty());
     assert!(store.checks().unwrap().is_empty());
     assert!(store.audit_rows().unwrap().is_empty());

@@ -625,6 +625,19 @@ fn check_known_fields(
     Ok(())
 }
 
+/// Longest EKS cluster name taken (EKS allows 100).
+pub const MAX_EKS_CLUSTER: usize = 100;
+
+/// Whether `name` can be an EKS cluster name: letters, digits, `-` and
+/// `_`, starting with a letter or digit, at most 100.
+pub fn is_eks_cluster(name: &str) -> bool {
+    (1..=MAX_EKS_CLUSTER).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Whether an `aws` credential's `region` can go into an AWS config file:
 /// a letter or digit, then up to 63 letters, digits, `.`, `_` or `-`. Only
 /// what the file format needs (one token, no spaces, brackets, `=`, `:`,

@@ -382,6 +382,32 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         adopt: bool,
     },
+    /// Keep a `users[]` entry of a kubeconfig that runs `vault eks token
+    /// NAME …` (aws) or `vault gke token NAME …` (gcp) in sync with the
+    /// credential (`vault emit kube`, docs/kube.md). It holds no secret.
+    EmitKube {
+        /// The aws or gcp credential.
+        name: String,
+        /// The absolute path of the kubeconfig.
+        path: String,
+        /// The `users[].name` to write (`None`: `vault-NAME`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The absolute path of `vault`, which kubectl runs.
+        program: String,
+        /// aws: the EKS cluster's name (required).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
+        /// aws: the cluster's region (`None`: the credential's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// gcp: OAuth scopes (empty: the command's default).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
+        /// Replace an entry the vault did not write (a backup is kept).
+        #[serde(default)]
+        force: bool,
+    },
     /// Every emitted file binding.
     EmitList,
     /// Rewrite every emitted file that drifted from what the vault wrote.
@@ -537,6 +563,7 @@ impl Request {
             | Request::EmitAws { .. }
             | Request::EmitFile { .. }
             | Request::EmitDocker { .. }
+            | Request::EmitKube { .. }
             | Request::EmitRepair
             | Request::EmitList
             | Request::EmitRemove { .. }

@@ -433,6 +433,7 @@ fn emitter_kinds_keep_their_strings_on_the_wire() {
         "docker",
         "docker-helper",
         "file",
+        "kube",
     ];
     assert_eq!(EmitterKind::ALL.len(), spelled.len());
     for (kind, text) in EmitterKind::ALL.into_iter().zip(spelled) {
@@ -857,4 +858,38 @@ fn rotate_frames() {
     };
     let expected = r#"{"id":14,"ok":{"kind":"rotated","name":"aws-dev","type":"aws","complete":false,"steps":[{"step":"create","outcome":"ok","detail":"IAM made access key AKIANEW"},{"step":"deactivate","outcome":"failed","detail":"no answer"}],"revision":4,"live_key":"AKIANEW","old_key":"AKIAOLD","files":[],"publications":[],"running":[],"next":"'vault rotate aws-dev --finish'"}}"#;
     assert_eq!(frame_of(&answer), with_header(expected));
+}
+
+#[test]
+fn emit_kube_frames() {
+    let eks = RequestFrame {
+        id: 26,
+        req: Request::EmitKube {
+            name: "aws-dev".into(),
+            path: "/home/u/.kube/config".into(),
+            user: None,
+            program: "/usr/bin/vault".into(),
+            cluster: Some("prod".into()),
+            region: Some("eu-west-1".into()),
+            scopes: Vec::new(),
+            force: false,
+        },
+    };
+    let expected = r#"{"id":26,"req":{"op":"emit_kube","name":"aws-dev","path":"/home/u/.kube/config","program":"/usr/bin/vault","cluster":"prod","region":"eu-west-1","force":false}}"#;
+    assert_eq!(frame_of(&eks), with_header(expected));
+    let gke = RequestFrame {
+        id: 27,
+        req: Request::EmitKube {
+            name: "gcp-dev".into(),
+            path: "/home/u/.kube/config".into(),
+            user: Some("me-gke".into()),
+            program: "/usr/bin/vault".into(),
+            cluster: None,
+            region: None,
+            scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
+            force: true,
+        },
+    };
+    let expected = r#"{"id":27,"req":{"op":"emit_kube","name":"gcp-dev","path":"/home/u/.kube/config","user":"me-gke","program":"/usr/bin/vault","scopes":["https://www.googleapis.com/auth/cloud-platform"],"force":true}}"#;
+    assert_eq!(frame_of(&gke), with_header(expected));
 }

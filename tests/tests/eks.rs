@@ -151,6 +151,42 @@ impl ApiServer {
     }
 }
 
+/// What each test here starts from: moto with IAM user `dev` (whose key
+/// the record `dev` holds) and the API server of cluster `demo`, which
+/// knows that key.
+struct World {
+    kubectl: PathBuf,
+    vh: VaultHome,
+    moto: Moto,
+    setup: Value,
+    api: ApiServer,
+}
+
+impl World {
+    /// `None` (after printing why) without python+moto or kubectl.
+    fn start(test: &str) -> Option<World> {
+        let python = moto_python(test)?;
+        let kubectl = kube::kubectl(test)?;
+        let vh = VaultHome::new();
+        let moto = Moto::start(&python, vh.root());
+        let setup = vault_on_moto(&vh, &python, &moto, "");
+        let (id, key) = (
+            setup["id"].as_str().unwrap(),
+            setup["secret"].as_str().unwrap(),
+        );
+        vh.add_aws("dev", id, key, &[]);
+        let api = ApiServer::start(&python, vh.root(), &moto.url, "demo");
+        api.knows(id, key);
+        Some(World {
+            kubectl,
+            vh,
+            moto,
+            setup,
+            api,
+        })
+    }
+}
+
 /// A kubeconfig for the API server whose one user is `user`.
 fn kubeconfig(vh: &VaultHome, api: &ApiServer, file: &str, user: &str) -> PathBuf {
     kube::kubeconfig(&vh.root().join(file), &api.url, &api.ca, user)
@@ -193,22 +229,21 @@ fn url_of(token: &str) -> String {
 
 #[test]
 fn kubectl_reaches_an_eks_api_server_with_a_token_from_the_vault() {
-    let Some(python) = moto_python("eks") else {
+    let Some(w) = World::start("eks") else {
         return;
     };
-    let Some(kubectl) = kube::kubectl("eks") else {
-        return;
-    };
-    let vh = VaultHome::new();
-    let moto = Moto::start(&python, vh.root());
-    let setup = vault_on_moto(&vh, &python, &moto, "");
+    let World {
+        kubectl,
+        vh,
+        moto,
+        setup,
+        api,
+        ..
+    } = w;
     let (id, key) = (
         setup["id"].as_str().unwrap(),
         setup["secret"].as_str().unwrap(),
     );
-    vh.add_aws("dev", id, key, &[]);
-    let api = ApiServer::start(&python, vh.root(), &moto.url, "demo");
-    api.knows(id, key);
     let vault = vh.vault_bin.clone();
     let exec_config = |file: &str, name: &str, cluster: &str, version: &str| {
         kubeconfig(&vh, &api, file, &exec_user(&vault, name, cluster, version))
@@ -348,4 +383,119 @@ fn kubectl_reaches_an_eks_api_server_with_a_token_from_the_vault() {
     let log = std::fs::read_to_string(vh.paths().log()).unwrap_or_default();
     assert!(!log.contains(key), "a secret in vaultd.log");
     assert!(!log.contains(&token), "a token in vaultd.log");
+}
+
+/// `kubectl config view -o jsonpath=…` of `config`.
+fn view(vh: &VaultHome, kubectl: &Path, config: &Path, jsonpath: &str) -> String {
+    let mut cmd = vh.command(kubectl, ["config", "view", "--raw", "-o"]);
+    cmd.arg(format!("jsonpath={jsonpath}"))
+        .arg("--kubeconfig")
+        .arg(config);
+    let run = run_command(cmd, None, Duration::from_secs(30));
+    run.ok();
+    run.stdout.clone()
+}
+
+/// The state `vault emit list` gives binding `id`.
+fn emit_state(vh: &VaultHome, id: &str) -> String {
+    let list = vh.vault(["--json", "emit", "list"]).ok().json();
+    let found = list.as_array().unwrap().iter().find(|e| e["id"] == id);
+    found.unwrap()["state"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_emitted_kube_user_serves_kubectl_beside_the_users_own_entries() {
+    let Some(w) = World::start("emit kube") else {
+        return;
+    };
+    let World {
+        kubectl,
+        vh,
+        setup,
+        api,
+        ..
+    } = w;
+    let key = setup["secret"].as_str().unwrap();
+    // The user's own file: a comment, a cluster, a context, a user.
+    let config = vh.root().join("kube-own");
+    kube::kubeconfig(&config, &api.url, &api.ca, "    token: the-users-own\n");
+    let original = format!(
+        "# my clusters\n{}",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    std::fs::write(&config, &original).unwrap();
+    let path = config.to_str().unwrap();
+    let emit = |more: &[&str]| {
+        let mut args = vec!["--json", "emit", "kube", "dev", "--kubeconfig", path];
+        args.extend_from_slice(more);
+        vh.vault(&args)
+    };
+
+    // What it needs is asked for; a user vault did not write is not taken.
+    emit(&[]).code(2).stderr_has("--cluster");
+    emit(&["--cluster", "a/b"])
+        .code(2)
+        .stderr_has("cluster name");
+    emit(&["--cluster", "demo", "--user", "me"])
+        .code(5)
+        .stderr_has("--force");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+
+    // Added after the user's entries, every byte of theirs kept, no secret.
+    let run = emit(&["--cluster", "demo"]);
+    run.ok();
+    let info = run.json();
+    assert_eq!(info["section"], "vault-dev", "{info}");
+    assert_eq!(info["type"], "kube", "{info}");
+    let emitter = info["id"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with(&original), "{text}");
+    assert!(!text.contains(key), "a secret in the kubeconfig");
+    assert_eq!(emit_state(&vh, &emitter), "ok");
+    // Emitting again changes nothing.
+    emit(&["--cluster", "demo"]).ok();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+
+    // kubectl itself points the context at it (rewriting the whole file
+    // its own way): the entry still reads as the vault's, and works.
+    let mut cmd = vh.command(
+        &kubectl,
+        ["config", "set-context", "demo", "--user=vault-dev"],
+    );
+    cmd.arg("--kubeconfig").arg(&config);
+    run_command(cmd, None, Duration::from_secs(30)).ok();
+    assert_eq!(emit_state(&vh, &emitter), "ok");
+    let run = whoami(&vh, &kubectl, &config);
+    run.ok();
+    assert!(
+        run.json()["arn"].as_str().unwrap().ends_with(":user/dev"),
+        "{run}"
+    );
+    assert_eq!(
+        view(
+            &vh,
+            &kubectl,
+            &config,
+            "{.users[?(@.name==\"me\")].user.token}"
+        ),
+        "the-users-own"
+    );
+
+    // An edit of the vault's entry is drift, reported and repaired.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("interactiveMode: Never"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("interactiveMode: Never", "interactiveMode: Always"),
+    )
+    .unwrap();
+    assert_eq!(emit_state(&vh, &emitter), "drifted");
+    vh.vault(["emit", "repair"]).ok();
+    assert_eq!(emit_state(&vh, &emitter), "ok");
+    whoami(&vh, &kubectl, &config).ok().stdout_has(":user/dev");
+
+    // Stopping takes out the vault's user only.
+    vh.vault(["emit", "rm", &emitter]).ok();
+    assert_eq!(view(&vh, &kubectl, &config, "{.users[*].name}"), "me");
+    assert_eq!(view(&vh, &kubectl, &config, "{.clusters[*].name}"), "demo");
 }

@@ -625,6 +625,38 @@ fn kubectl_reaches_a_gke_api_server_with_the_minted_token() {
     let exec = kube::exec_user(&vh.vault_bin, &["gke", "token", "sa"], "v1beta1");
     let config = kube::kubeconfig(&vh.root().join("kube-gke"), server, &api.ca, &exec);
     kube::get_raw(&vh, &kubectl, &config, "/v1/me").ok();
+    // The same through a user `vault emit kube` adds to a kubeconfig of
+    // the user's, which kubectl then points its context at.
+    let own = kube::kubeconfig(
+        &vh.root().join("kube-own"),
+        server,
+        &api.ca,
+        "    token: ya29.not-the-token\n",
+    );
+    let run = vh.vault(["emit", "kube", "sa", "--kubeconfig", own.to_str().unwrap()]);
+    run.ok();
+    assert!(
+        !std::fs::read_to_string(&own).unwrap().contains(&token),
+        "a token in the kubeconfig"
+    );
+    let mut cmd = vh.command(
+        &kubectl,
+        ["config", "set-context", "demo", "--user=vault-sa"],
+    );
+    cmd.arg("--kubeconfig").arg(&own);
+    vault_e2e::run_command(cmd, None, std::time::Duration::from_secs(30)).ok();
+    kube::get_raw(&vh, &kubectl, &own, "/v1/me").ok();
+    vh.vault([
+        "emit",
+        "kube",
+        "sa",
+        "--kubeconfig",
+        own.to_str().unwrap(),
+        "--cluster",
+        "c",
+    ])
+    .code(2)
+    .stderr_has("aws credential");
     // A token the server does not take: kubectl is refused.
     let wrong = kube::kubeconfig(
         &vh.root().join("kube-wrong"),

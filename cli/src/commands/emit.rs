@@ -1,4 +1,4 @@
-//! `vault emit aws|docker|gcloud|file|list|repair|rm` (docs/emit.md): files
+//! `vault emit aws|docker|gcloud|file|kube|list|repair|rm` (docs/emit.md): files
 //! other tools read, kept in sync by the daemon.
 
 use std::path::{Path, PathBuf};
@@ -99,6 +99,41 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             emitted(ctx, &req, |info| {
                 format!(
                     "emitting {name} as {object}[{}] in {} (id {}); vault keeps it in sync",
+                    info.section, info.path, info.id
+                )
+            })
+        }
+        EmitAction::Kube {
+            name,
+            user,
+            cluster,
+            region,
+            scopes,
+            kubeconfig,
+            force,
+        } => {
+            validate_name(&name).map_err(usage)?;
+            let path = match kubeconfig {
+                Some(p) => p,
+                None => default_kubeconfig()?,
+            };
+            let path = absolute(&path)?;
+            let exe = std::env::current_exe()
+                .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
+            let req = || Request::EmitKube {
+                name: name.clone(),
+                path: path.clone(),
+                user: user.clone(),
+                program: exe.to_string_lossy().into_owned(),
+                cluster: cluster.clone(),
+                region: region.clone(),
+                scopes: scopes.clone(),
+                force,
+            };
+            emitted(ctx, &req, |info| {
+                format!(
+                    "emitting {name} as user '{0}' in {1} (id {2}); vault keeps it in sync. Use \
+                     it with 'kubectl config set-context CONTEXT --user={0}'",
                     info.section, info.path, info.id
                 )
             })
@@ -223,6 +258,17 @@ fn default_aws_file(var: &str, file: &str) -> CliResult<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     Ok(home()?.join(".aws").join(file))
+}
+
+/// Where kubectl adds new entries: the first file of `$KUBECONFIG` (a
+/// list split by `:`), else `~/.kube/config`.
+fn default_kubeconfig() -> CliResult<PathBuf> {
+    let listed = std::env::var_os("KUBECONFIG")
+        .and_then(|list| std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()));
+    match listed {
+        Some(p) => Ok(p),
+        None => Ok(home()?.join(".kube/config")),
+    }
 }
 
 /// The user's home directory.

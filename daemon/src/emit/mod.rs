@@ -5,3 +5,4 @@
 
 pub mod aws_ini;
 pub mod docker_json;
+pub mod kube_yaml;

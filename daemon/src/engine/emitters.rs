@@ -19,6 +19,7 @@ use vault_protocol::{CredentialType, ErrorCode, WireError};
 use super::{Engine, Result, err, random_hex, store_err};
 use crate::emit::aws_ini::{self, MergeError, OwnedKeys, Section};
 use crate::emit::docker_json;
+use crate::emit::kube_yaml::{self, ExecUser, KubeError};
 use crate::fsutil;
 use crate::record::RecordBody;
 use crate::store::{EmitterRow, RecordRow};
@@ -37,6 +38,24 @@ pub struct AwsTarget {
     pub config: Option<String>,
     /// Take over the user's `[P]` of the credentials file (with `process`).
     pub adopt: bool,
+}
+
+/// Where `vault emit kube` writes, and what its user runs (see
+/// `Engine::emit_kube`).
+#[derive(Debug, Default)]
+pub struct KubeTarget {
+    /// The `users[].name` (`None`: `vault-NAME`).
+    pub user: Option<String>,
+    /// The absolute path of `vault`.
+    pub program: String,
+    /// aws: the EKS cluster.
+    pub cluster: Option<String>,
+    /// aws: its region (`None`: the credential's).
+    pub region: Option<String>,
+    /// gcp: OAuth scopes.
+    pub scopes: Vec<String>,
+    /// Replace a user the vault did not write (a backup is kept).
+    pub force: bool,
 }
 
 /// Whether a `--force` write keeps a copy of what it replaces.
@@ -476,6 +495,7 @@ impl Engine {
             config_region,
             config_made,
             rendering: RENDERING,
+            exec_args: Vec::new(),
         };
         let section = render(&emitter, name, &body, now).ok_or_else(|| expired(name))?;
         let backup = if adopt { Backup::Kept } else { Backup::Keep };
@@ -690,6 +710,7 @@ impl Engine {
             config_region: false,
             config_made: false,
             rendering: RENDERING,
+            exec_args: Vec::new(),
         };
         self.bind(emitter, name)
     }
@@ -766,6 +787,7 @@ impl Engine {
             config_region: false,
             config_made: false,
             rendering: RENDERING,
+            exec_args: Vec::new(),
         };
         self.bind(emitter, name)
     }
@@ -776,6 +798,8 @@ impl Engine {
         let remove: BTreeSet<String> = [e.section.clone()].into();
         if e.kind.is_whole_file() {
             remove_file(&e.path)
+        } else if e.kind.is_kube() {
+            self.write_kube(&e.path, None, &remove, false)
         } else if e.kind.is_docker() {
             self.write_docker(&e.path, e.kind, None, &remove, false, false)
         } else {
@@ -805,6 +829,10 @@ impl Engine {
                 None => self.take_out(e, body),
             };
         }
+        if e.kind.is_kube() {
+            let user = kube_render(e, &body.name, body)?;
+            return self.write_kube(&e.path, Some(user), &BTreeSet::new(), false);
+        }
         if e.kind.is_docker() {
             // The registry may have been renamed in the credential: the
             // binding's entry goes, the current one is written.
@@ -829,6 +857,8 @@ impl Engine {
     fn take_out(&mut self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
         if e.kind.is_whole_file() {
             remove_if_ours(&e.path, body)
+        } else if e.kind.is_kube() {
+            self.unwrite(e)
         } else {
             self.unwrite(e)?;
             self.sync_region(e, None)
@@ -936,6 +966,17 @@ impl Engine {
             Ok(None) => return EmitState::Missing,
             Err(error) => return EmitState::Unreadable(error.to_string()),
         };
+        if e.kind.is_kube() {
+            let Ok(want) = kube_render(e, name, &body) else {
+                return EmitState::CredentialUnreadable;
+            };
+            return match kube_yaml::exec_user(&text, &e.section) {
+                Ok(None) => EmitState::Missing,
+                Ok(Some(Some(found))) if found == want => EmitState::Ok,
+                Ok(Some(_)) => EmitState::Drifted,
+                Err(error) => EmitState::Error(error.to_string()),
+            };
+        }
         if e.kind.is_docker() {
             let owned: BTreeSet<String> = [e.section.clone()].into();
             let object = docker_object(e.kind);
@@ -1231,6 +1272,194 @@ impl Engine {
             let name = [body.name.clone()];
             self.audit(&name, "emit_rewrite", &crate::peer::Peer::daemon());
         }
+    }
+}
+
+/// The subcommand of `vault` that prints a kubectl credential from a
+/// credential of type `kind`.
+fn kube_command(kind: CredentialType) -> Option<&'static str> {
+    match kind {
+        CredentialType::Aws => Some("eks"),
+        CredentialType::Gcp => Some("gke"),
+        _ => None,
+    }
+}
+
+/// The `users[]` entry binding `e` writes for the credential `name`: it
+/// runs `PROGRAM eks|gke token NAME ARGS…`, whatever the credential's
+/// values (it holds none, and stays when the credential expires: the
+/// command itself then says so, through kubectl).
+fn kube_render(e: &EmitterRow, name: &str, body: &RecordBody) -> Result<ExecUser> {
+    let (Some(program), Some(sub)) = (&e.program, kube_command(body.kind)) else {
+        return Err(err(
+            ErrorCode::Failed,
+            format!("the kubeconfig binding {} cannot be written", e.id),
+        ));
+    };
+    let mut args = vec![sub.to_owned(), "token".to_owned(), name.to_owned()];
+    args.extend(e.exec_args.iter().cloned());
+    Ok(ExecUser {
+        name: e.section.clone(),
+        command: program.clone(),
+        args,
+        api_version: kube_yaml::EXEC_API_VERSION.to_owned(),
+    })
+}
+
+fn kube_error(path: &str, e: &KubeError) -> WireError {
+    let code = match e {
+        KubeError::NotOwned(_) => ErrorCode::Conflict,
+        KubeError::Unparseable(_) => ErrorCode::Failed,
+    };
+    err(code, format!("{path}: {e}"))
+}
+
+/// Whether `user` can be a kubeconfig user name the vault writes: 1–253
+/// printable characters, no spaces at either end.
+fn valid_kube_user(user: &str) -> bool {
+    (1..=253).contains(&user.len()) && user.trim() == user && !user.chars().any(char::is_control)
+}
+
+/// Whether `scope` can be an OAuth scope on a command line kubectl runs.
+fn valid_scope(scope: &str) -> bool {
+    (1..=512).contains(&scope.len()) && scope.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl Engine {
+    /// Merges a `users[]` entry into / out of a kubeconfig and writes it.
+    fn write_kube(
+        &self,
+        path: &str,
+        set: Option<ExecUser>,
+        remove: &BTreeSet<String>,
+        force: bool,
+    ) -> Result<()> {
+        let _lock = lock(path)?;
+        let text = read_file(path)?;
+        let owned = self.owned_sections(path, Some(EmitterKind::Kube))?;
+        let set: Vec<ExecUser> = set.into_iter().collect();
+        let merged = kube_yaml::merge(&text, &set, remove, &owned, force)
+            .map_err(|e| kube_error(path, &e))?;
+        if merged == text {
+            return Ok(());
+        }
+        let taken = set.iter().any(|u| !owned.contains(&u.name))
+            && set
+                .iter()
+                .any(|u| kube_yaml::exec_user(&text, &u.name).is_ok_and(|f| f.is_some()));
+        if force && taken {
+            keep_backup(path, &text)?;
+        }
+        write_file(path, merged.as_bytes())
+    }
+
+    /// `vault emit kube NAME`: a `users[]` entry of the kubeconfig at
+    /// `path` that runs `vault eks token NAME --cluster C [--region R]`
+    /// (an aws credential) or `vault gke token NAME [--scope S]…` (gcp),
+    /// kept from then on (docs/kube.md). It names the credential and holds
+    /// no secret; a user of that name the vault did not write is replaced
+    /// only with `force` (a backup is kept).
+    pub fn emit_kube(
+        &mut self,
+        name: &str,
+        path: &str,
+        target: KubeTarget,
+        now: Timestamp,
+    ) -> Result<EmitterInfo> {
+        let KubeTarget {
+            user,
+            program,
+            cluster,
+            region,
+            scopes,
+            force,
+        } = target;
+        check_absolute(path)?;
+        check_absolute(&program)?;
+        let (row, body) = self.load(name)?;
+        let usage = |m: String| err(ErrorCode::Usage, m);
+        let exec_args = match body.kind {
+            CredentialType::Aws => {
+                let cluster = cluster.ok_or_else(|| {
+                    usage(format!(
+                        "an EKS user needs the cluster: 'vault emit kube {name} --cluster NAME'"
+                    ))
+                })?;
+                if !vault_protocol::credential::is_eks_cluster(&cluster) {
+                    return Err(usage(format!(
+                        "'{cluster}' is not an EKS cluster name (letters, digits, '-' and '_')"
+                    )));
+                }
+                if !scopes.is_empty() {
+                    return Err(usage("--scope belongs to a gcp credential".into()));
+                }
+                let mut args = vec!["--cluster".to_owned(), cluster];
+                if let Some(r) = region {
+                    if !is_config_region(&r) {
+                        return Err(usage(format!("'{r}' is not a region name")));
+                    }
+                    args.extend(["--region".to_owned(), r]);
+                }
+                args
+            }
+            CredentialType::Gcp => {
+                if cluster.is_some() || region.is_some() {
+                    return Err(usage(
+                        "--cluster and --region belong to an aws credential (EKS); a GKE user \
+                         works for every cluster the account may reach"
+                            .into(),
+                    ));
+                }
+                let mut args = Vec::new();
+                for s in scopes {
+                    if !valid_scope(&s) {
+                        return Err(usage("a scope is one word of printable characters".into()));
+                    }
+                    args.extend(["--scope".to_owned(), s]);
+                }
+                args
+            }
+            other => {
+                return Err(usage(format!(
+                    "'{name}' is a {other} credential: emit kube needs an aws (EKS) or gcp \
+                     (GKE) one"
+                )));
+            }
+        };
+        let user = user.unwrap_or_else(|| format!("vault-{name}"));
+        if !valid_kube_user(&user) {
+            return Err(usage(format!(
+                "'{user}' cannot be a kubeconfig user name: 1 to 253 printable characters"
+            )));
+        }
+        let existing = self.find_emitter(|e| e.path == path && e.section == user)?;
+        if let Some(other) = existing.as_ref().filter(|e| !e.kind.is_kube()) {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{path} already has vault sections of another kind (emitter {}): choose \
+                     another file",
+                    other.id
+                ),
+            ));
+        }
+        let emitter = EmitterRow {
+            id: existing.map_or_else(|| random_hex(6), |e| e.id),
+            record_id: row.id,
+            kind: EmitterKind::Kube,
+            path: path.to_owned(),
+            section: user,
+            program: Some(program),
+            created_at: now.unix(),
+            config_path: None,
+            config_region: false,
+            config_made: false,
+            rendering: RENDERING,
+            exec_args,
+        };
+        let entry = kube_render(&emitter, name, &body)?;
+        self.write_kube(path, Some(entry), &BTreeSet::new(), force)?;
+        self.bind(emitter, name)
     }
 }
 

@@ -20,18 +20,7 @@ const URL_EXPIRES: u64 = 60;
 /// How long the token is announced for: EKS takes a URL signed up to 15
 /// minutes ago; the aws CLI says 14, to leave a minute.
 pub const LIFETIME: Duration = Duration::from_secs(14 * 60);
-/// Longest cluster name taken (EKS allows 100).
-const MAX_CLUSTER: usize = 100;
-
-/// Whether `name` can be an EKS cluster name: letters, digits, `-` and
-/// `_`, starting with a letter or digit, at most 100.
-pub fn valid_cluster(name: &str) -> bool {
-    (1..=MAX_CLUSTER).contains(&name.len())
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+use vault_protocol::credential::{MAX_EKS_CLUSTER as MAX_CLUSTER, is_eks_cluster as valid_cluster};
 
 /// A token for `cluster` from aws record `name`.
 pub fn token(

@@ -25,7 +25,7 @@ pub struct EmitterInfo {
 /// What kind of file a binding writes (docs/emit.md). On the wire, in
 /// `vault.db` and in `vault emit list --json` it is the string users have
 /// always read (`aws`, `aws-process`, `gcloud`, `docker`, `docker-helper`,
-/// `file`): the typed value changed no byte of the protocol. A new kind
+/// `file`, and `kube` from schema 11): the typed value changed no byte of the protocol. A new kind
 /// needs a new schema version of `vault.db`, so an older build never meets
 /// one it does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,17 +43,20 @@ pub enum EmitterKind {
     DockerHelper,
     /// A whole file with a `file` credential's content.
     File,
+    /// A `users[]` entry of a kubeconfig running `vault eks|gke token`.
+    Kube,
 }
 
 impl EmitterKind {
     /// Every kind.
-    pub const ALL: [EmitterKind; 6] = [
+    pub const ALL: [EmitterKind; 7] = [
         EmitterKind::Aws,
         EmitterKind::AwsProcess,
         EmitterKind::Gcloud,
         EmitterKind::Docker,
         EmitterKind::DockerHelper,
         EmitterKind::File,
+        EmitterKind::Kube,
     ];
 
     /// Its string.
@@ -65,6 +68,7 @@ impl EmitterKind {
             EmitterKind::Docker => "docker",
             EmitterKind::DockerHelper => "docker-helper",
             EmitterKind::File => "file",
+            EmitterKind::Kube => "kube",
         }
     }
 
@@ -78,6 +82,11 @@ impl EmitterKind {
         matches!(self, EmitterKind::Docker | EmitterKind::DockerHelper)
     }
 
+    /// It writes a `users[]` entry of a kubeconfig.
+    pub fn is_kube(self) -> bool {
+        self == EmitterKind::Kube
+    }
+
     /// It owns its whole file.
     pub fn is_whole_file(self) -> bool {
         matches!(self, EmitterKind::Gcloud | EmitterKind::File)
@@ -86,7 +95,10 @@ impl EmitterKind {
     /// What it writes is a pointer at the vault, never a secret: nothing to
     /// take out when the credential expires.
     pub fn points_at_vault(self) -> bool {
-        matches!(self, EmitterKind::AwsProcess | EmitterKind::DockerHelper)
+        matches!(
+            self,
+            EmitterKind::AwsProcess | EmitterKind::DockerHelper | EmitterKind::Kube
+        )
     }
 }
 
