@@ -828,6 +828,7 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
              ALTER TABLE emitters DROP COLUMN config_region;
              ALTER TABLE emitters DROP COLUMN config_made;
              ALTER TABLE emitters DROP COLUMN rendering;
+             ALTER TABLE emitters DROP COLUMN exec_args;
              DROP TABLE checks;
              DROP TABLE audit;
              DROP TABLE rotations;
