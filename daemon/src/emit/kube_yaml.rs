@@ -425,7 +425,12 @@ pub fn merge(
     {
         return Err(bad("its top-level keys are indented"));
     }
-    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    // The file's own line end, as its first line has it (never changed
+    // by a merge, so the choice holds from one merge to the next).
+    let eol = match text.find('\n') {
+        Some(i) if text[..i].ends_with('\r') => "\r\n",
+        _ => "\n",
+    };
     let mut out = if text.trim().is_empty() {
         NEW_FILE.replace('\n', eol)
     } else {
