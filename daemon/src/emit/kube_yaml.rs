@@ -265,6 +265,10 @@ struct Line {
 }
 
 fn lines(text: &str) -> Result<Vec<Line>, KubeError> {
+    // YAML ends a line at a lone CR too; these lines end at LF only.
+    if text.replace("\r\n", "\n").contains('\r') {
+        return Err(bad("it has a carriage return inside a line"));
+    }
     let mut out = Vec::new();
     let mut start = 0;
     for piece in text.split_inclusive('\n') {
