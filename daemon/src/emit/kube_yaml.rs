@@ -140,6 +140,68 @@ impl MarkedEventReceiver for Plain {
     }
 }
 
+/// Where the parser sees the top-level `users` key and the start of each
+/// of its items (1-based lines), to hold the line editor to the same
+/// reading of the file.
+#[derive(Default)]
+struct Layout {
+    /// Open containers: `true` for a mapping, with whether the next
+    /// scalar there is a key.
+    stack: Vec<(bool, bool)>,
+    /// The next node is the value of the top-level `users`.
+    users_next: bool,
+    /// The depth of the `users` sequence, once open.
+    users_depth: Option<usize>,
+    key_line: Option<usize>,
+    item_lines: Vec<usize>,
+}
+
+impl Layout {
+    /// A node starts at `line`: an item of `users`, or its value.
+    fn node(&mut self, line: usize, opens: Option<bool>) {
+        if self.users_depth == Some(self.stack.len()) {
+            self.item_lines.push(line);
+        }
+        if let Some((true, next_is_key)) = self.stack.last_mut() {
+            *next_is_key = !*next_is_key;
+        }
+        if self.users_next {
+            self.users_next = false;
+            if opens == Some(false) {
+                self.users_depth = Some(self.stack.len() + 1);
+            }
+        }
+        if let Some(is_map) = opens {
+            self.stack.push((is_map, true));
+        }
+    }
+}
+
+impl MarkedEventReceiver for Layout {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(value, ..) => {
+                let top_key = self.stack.len() == 1 && self.stack[0].0 && self.stack[0].1;
+                self.node(mark.line(), None);
+                if top_key && value == "users" {
+                    self.key_line = Some(mark.line());
+                    self.users_next = true;
+                }
+            }
+            Event::Alias(_) => self.node(mark.line(), None),
+            Event::SequenceStart(..) => self.node(mark.line(), Some(false)),
+            Event::MappingStart(..) => self.node(mark.line(), Some(true)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                if self.users_depth == Some(self.stack.len()) {
+                    self.users_depth = None;
+                }
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The document of `text`: one mapping (an empty file has none), with no
 /// anchors, aliases or tags.
 fn document(text: &str) -> Result<Option<yaml_rust2::yaml::Hash>, KubeError> {
@@ -383,6 +445,30 @@ fn find_users(text: &str, ls: &[Line]) -> Result<Option<Users>, KubeError> {
     }))
 }
 
+/// [`find_users`], held to the parser's reading of the file: the key and
+/// every item must start on the lines the parser says (a layout the line
+/// editor would misread is refused, never edited).
+fn users_block(text: &str, ls: &[Line]) -> Result<Option<Users>, KubeError> {
+    let found = find_users(text, ls)?;
+    let mut layout = Layout::default();
+    Parser::new_from_str(text)
+        .load(&mut layout, false)
+        .map_err(|e| bad(format!("YAML error at line {}", e.marker().line())))?;
+    let agrees = match &found {
+        None => layout.key_line.is_none(),
+        Some(u) => {
+            layout.key_line == Some(u.key + 1)
+                && layout.item_lines == u.items.iter().map(|(a, _)| a + 1).collect::<Vec<_>>()
+        }
+    };
+    if !agrees {
+        return Err(bad(
+            "its users list is laid out in a way vault does not edit",
+        ));
+    }
+    Ok(found)
+}
+
 /// The lines of `rendered` indented by `by` spaces, with `eol` endings.
 fn indented(rendered: &str, by: usize, eol: &str) -> String {
     rendered
@@ -469,7 +555,7 @@ fn item_names(text: &str, ls: &[Line], users: &Users) -> Vec<Option<String>> {
 fn set_one(text: &str, user: &ExecUser, eol: &str) -> Result<String, KubeError> {
     let ls = lines(text)?;
     let rendered = render(user);
-    let Some(users) = find_users(text, &ls)? else {
+    let Some(users) = users_block(text, &ls)? else {
         let mut out = text.to_owned();
         if !out.is_empty() && !out.ends_with('\n') {
             out.push_str(eol);
@@ -531,7 +617,7 @@ fn set_one(text: &str, user: &ExecUser, eol: &str) -> Result<String, KubeError> 
 
 fn remove_one(text: &str, name: &str) -> Result<String, KubeError> {
     let ls = lines(text)?;
-    let Some(users) = find_users(text, &ls)? else {
+    let Some(users) = users_block(text, &ls)? else {
         return Ok(text.to_owned());
     };
     let names = item_names(text, &ls, &users);
