@@ -662,7 +662,8 @@ fn check(
 ) -> Result<(), KubeError> {
     let wrong = || bad("the result would not parse as intended");
     let old = document(before)?.unwrap_or_default();
-    let new = document(after).map_err(|_| wrong())?.ok_or_else(wrong)?;
+    // An empty result is wrong only if something was set (checked below).
+    let new = document(after).map_err(|_| wrong())?.unwrap_or_default();
     let users = Yaml::String("users".into());
     for (k, v) in &old {
         if *k != users && new.get(k) != Some(v) {
