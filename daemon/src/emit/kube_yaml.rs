@@ -324,6 +324,8 @@ struct Line {
     end: usize,
     /// Its indentation (spaces), or `None` for a blank or comment line.
     indent: Option<usize>,
+    /// Its leading spaces, whatever it is (0 for a blank line).
+    spaces: usize,
 }
 
 fn lines(text: &str) -> Result<Vec<Line>, KubeError> {
@@ -348,6 +350,11 @@ fn lines(text: &str) -> Result<Vec<Line>, KubeError> {
             start,
             end: start + piece.len(),
             indent,
+            spaces: if rest.is_empty() {
+                0
+            } else {
+                body.len() - rest.len()
+            },
         });
         start += piece.len();
     }
@@ -425,8 +432,17 @@ fn find_users(text: &str, ls: &[Line]) -> Result<Option<Users>, KubeError> {
         }
     };
     let mut items: Vec<(usize, usize)> = Vec::new();
-    for &i in &content {
-        let indent = ls[i].indent.unwrap_or(0);
+    for (i, line) in ls.iter().enumerate().take(end).skip(key + 1) {
+        let Some(indent) = line.indent else {
+            // A comment right of the dash is the item's (it may be a line
+            // of a block scalar that starts with '#').
+            if line.spaces > dash
+                && let Some(last) = items.last_mut()
+            {
+                last.1 = i;
+            }
+            continue;
+        };
         if is_item(i) {
             items.push((i, i));
         } else if indent > dash && !items.is_empty() {
@@ -998,6 +1014,17 @@ users:
             let text = merge("", std::slice::from_ref(&u), &set(&[]), &set(&[]), false).unwrap();
             assert_eq!(exec_user(&text, v).unwrap(), Some(Some(u)), "{v:?}: {text}");
         }
+    }
+
+    #[test]
+    fn a_block_scalar_line_that_looks_like_a_comment_stays_in_its_item() {
+        let base = "users:\n- name: a\n  user:\n    token: |\n      abc\n      # tail\n# after\n";
+        let u = user("vault-dev", "demo");
+        let added = merge(base, std::slice::from_ref(&u), &set(&[]), &set(&[]), false).unwrap();
+        assert!(added.starts_with("users:\n- name: a\n  user:\n    token: |\n      abc\n      # tail\n- name: vault-dev\n"), "{added}");
+        assert!(added.ends_with("# after\n"), "{added}");
+        let owned = set(&["vault-dev"]);
+        assert_eq!(merge(&added, &[], &owned, &owned, false).unwrap(), base);
     }
 
     #[test]
