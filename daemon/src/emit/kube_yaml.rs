@@ -623,11 +623,23 @@ fn set_one(text: &str, user: &ExecUser, eol: &str) -> Result<String, KubeError> 
     } else {
         format!("{head}{tail}")
     };
+    // Comments right of column 0 under the key stay above the entry:
+    // after it, they would read as the entry's own.
+    let lead_end = ls[users.key + 1..]
+        .iter()
+        .take_while(|l| l.indent.is_none())
+        .filter(|l| l.spaces > 0)
+        .last()
+        .map_or(key.end, |l| l.end);
+    let mut lead = text[key.end..lead_end].to_owned();
+    if !lead.is_empty() && !lead.ends_with('\n') {
+        lead.push_str(eol);
+    }
     Ok(format!(
-        "{}{line}{eol}{}{}",
+        "{}{line}{eol}{lead}{}{}",
         &text[..key.start],
         indented(&rendered, 0, eol),
-        &text[key.end..]
+        &text[lead_end..]
     ))
 }
 
