@@ -19,6 +19,8 @@ use super::{
 const ROUNDS: usize = 20;
 /// Rounds of (get, token) in-daemon calls.
 const CALL_ROUNDS: usize = 100;
+/// `vault exec --server` children asking the metadata endpoint once each.
+const METADATA_CHILDREN: usize = 30;
 /// `gcloud auth print-access-token` runs (each ~1 s).
 const GCLOUD_RUNS: usize = 5;
 
@@ -196,7 +198,46 @@ fn measure(
         true,
     );
 
+    metadata(vault, rows, notes)?;
     gcloud(base, key, &proc_token, rows, notes)
+}
+
+/// `vault exec --server` children: each asks its metadata endpoint for a
+/// token once, with curl, which reports the time from its start to the
+/// answer's end (connect, the uid check, the daemon's cached token).
+fn metadata(vault: &BenchVault, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> BenchResult<()> {
+    if super::which("curl").is_none() {
+        notes.push("metadata-endpoint row skipped: curl is not installed".to_owned());
+        return Ok(());
+    }
+    let probe = "curl -s -o /dev/null -w '%{http_code} %{time_total}\\n' \
+                 -H 'Metadata-Flavor: Google' \
+                 \"http://$GCE_METADATA_HOST/computeMetadata/v1/instance/service-accounts/default/token\"";
+    let mut first = Vec::new();
+    for _ in 0..METADATA_CHILDREN {
+        let out = vault.cli_ok(
+            &["exec", "--server", "-c", "sa", "--", "sh", "-c", probe],
+            None,
+        )?;
+        let (code, secs) = out
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("curl printed {out:?}"))?;
+        if code != "200" {
+            return Err(format!("the metadata endpoint answered {code}"));
+        }
+        let secs: f64 = secs.parse().map_err(|_| format!("curl printed {out:?}"))?;
+        first.push(std::time::Duration::from_secs_f64(secs));
+    }
+    let first = Samples::new(first);
+    rows.push(Row {
+        what: "`exec --server` child's first metadata token p50 / p90".to_owned(),
+        records: 1,
+        result: format!("{} / {}", ms(first.median()), ms(first.pct(90.0))),
+        target: "< 10 ms".to_owned(),
+        ok: Some(first.pct(90.0) < std::time::Duration::from_millis(10)),
+    });
+    Ok(())
 }
 
 /// `gcloud auth print-access-token` with its token cached, against the

@@ -673,8 +673,9 @@ pub struct ExecArgs {
     #[arg(long)]
     pub no_mask: bool,
 
-    /// Serve the aws credential on a loopback endpoint (container
-    /// credentials) instead of static keys, so SDKs refresh it
+    /// Serve the aws credential (container credentials) and the gcp key
+    /// (a GCE metadata endpoint) on loopback instead of keys, so SDKs
+    /// fetch fresh credentials and no gcp key file is written
     #[arg(long)]
     pub server: bool,
 

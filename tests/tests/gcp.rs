@@ -668,3 +668,153 @@ fn kubectl_reaches_a_gke_api_server_with_the_minted_token() {
     assert_ne!(run.code, 0, "{run}");
     assert!(run.stderr.contains("must be logged in"), "{run}");
 }
+
+/// What the child of `vault exec --server -c sa` runs: google-auth finds
+/// the metadata endpoint by itself and gets a token, email and project
+/// through it; the endpoint's rules are probed directly; and no file in
+/// the exec folder (argv[1]) holds anything.
+const METADATA_CHILD: &str = r#"
+import json, os, subprocess, sys, urllib.error, urllib.request
+import google.auth, google.auth.transport.requests
+out = {"gac": os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
+       "host": os.environ.get("GCE_METADATA_HOST"), "ip": os.environ.get("GCE_METADATA_IP")}
+creds, project = google.auth.default()
+creds.refresh(google.auth.transport.requests.Request())
+out.update(token=creds.token, project=project, email=creds.service_account_email,
+           valid=creds.valid)
+out["files"] = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs]
+base = "http://" + os.environ["GCE_METADATA_HOST"]
+def probe(path, headers):
+    req = urllib.request.Request(base + path, headers=headers)
+    try:
+        with urllib.request.urlopen(req) as r:
+            return [r.status, r.headers.get("Metadata-Flavor"), r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.headers.get("Metadata-Flavor"), e.read().decode()]
+tok = "/computeMetadata/v1/instance/service-accounts/default/token"
+google = {"Metadata-Flavor": "Google"}
+out["no_flavor"] = probe(tok, {})
+out["proxied"] = probe(tok, dict(google, **{"X-Forwarded-For": "10.0.0.1"}))
+out["scoped"] = probe(tok + "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only", google)
+out["identity"] = probe("/computeMetadata/v1/instance/service-accounts/default/identity", google)
+if sys.argv[2] != "none":
+    uid, gid = sys.argv[2].split(":")
+    run = subprocess.run(["setpriv", "--reuid", uid, "--regid", gid, "--clear-groups",
+                          "curl", "-s", "-w", " %{http_code}", "-H", "Metadata-Flavor: Google",
+                          base + tok], capture_output=True, text=True, timeout=30)
+    out["other_uid"] = run.stdout
+print(json.dumps(out))
+"#;
+
+/// `vault exec --server` with a gcp key (issue 22): the child gets a
+/// metadata endpoint in place of the key file, and google-auth's own
+/// Compute Engine credentials take their token from it, which is the
+/// daemon's cached token; a request without `Metadata-Flavor`, through a
+/// proxy, or from another uid is refused.
+#[test]
+fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gcp metadata: needs ssh-keygen (apt install openssh-client)");
+        return;
+    }
+    let Some(python) = vault_e2e::test_python("gcp metadata") else {
+        return;
+    };
+    let mut vh = VaultHome::new();
+    let email = "meta@vault-test.iam.gserviceaccount.com";
+    let (private_key, state, url, _server) = key_and_endpoint(vh.root(), email);
+    vh.write_config(&format!("[gcp]\ntoken_uris = [\"{url}\"]\n"));
+    vh.init().ok();
+    let json = key_json(&private_key, email, &url);
+    vh.vault_in(["add", "sa", "--type", "gcp", "json=-"], json.as_bytes())
+        .ok();
+    // An inherited key file would win in google-auth: exec removes it.
+    vh.env.insert(
+        "GOOGLE_APPLICATION_CREDENTIALS".into(),
+        "/nonexistent/key.json".into(),
+    );
+    let other = vault_e2e::TempUser::create("gcp metadata, a second uid");
+    let uid_arg = match (&other, which("curl"), which("setpriv")) {
+        (Some(u), Some(_), Some(_)) => format!("{}:{}", u.uid, u.gid),
+        (Some(_), _, _) => {
+            eprintln!("SKIP gcp metadata, a second uid: needs curl and setpriv");
+            "none".into()
+        }
+        (None, _, _) => "none".into(),
+    };
+    let exec_dir = vh.paths().exec_dir();
+    let run = vh.vault([
+        "exec",
+        "--server",
+        "-c",
+        "sa",
+        "--",
+        python.to_str().unwrap(),
+        "-c",
+        METADATA_CHILD,
+        exec_dir.to_str().unwrap(),
+        &uid_arg,
+    ]);
+    run.ok();
+    let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(got["gac"], serde_json::Value::Null, "{got}");
+    assert!(got["host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(got["host"], got["ip"]);
+    assert_eq!(got["valid"], true, "{got}");
+    assert_eq!(got["email"], email);
+    assert_eq!(got["project"], "vault-test");
+    assert_eq!(
+        got["files"],
+        serde_json::json!([]),
+        "no key file is written"
+    );
+    let token = got["token"].as_str().unwrap();
+    assert!(token.starts_with("ya29.") && token.contains(MARK), "{got}");
+
+    // The token is the daemon's: the same one comes from its cache.
+    let cached = vh.vault(["gcp", "token", "sa"]);
+    assert_eq!(cached.ok().stdout.trim(), token);
+
+    let status = |k: &str| got[k][0].as_i64().unwrap();
+    assert_eq!(status("no_flavor"), 403, "{}", got["no_flavor"]);
+    assert!(
+        got["no_flavor"][2]
+            .as_str()
+            .unwrap()
+            .contains("Metadata-Flavor")
+    );
+    assert_eq!(status("proxied"), 403, "{}", got["proxied"]);
+    assert_eq!(status("identity"), 404);
+    for k in ["no_flavor", "proxied", "scoped"] {
+        assert_eq!(got[k][1], "Google", "{k} answers with the header");
+    }
+    assert_eq!(status("scoped"), 200, "{}", got["scoped"]);
+    let scoped: serde_json::Value =
+        serde_json::from_str(got["scoped"][2].as_str().unwrap()).unwrap();
+    assert_eq!(scoped["token_type"], "Bearer");
+    let left = scoped["expires_in"].as_i64().unwrap();
+    assert!((3000..=3599).contains(&left), "{scoped}");
+    assert_ne!(
+        scoped["access_token"], token,
+        "another scope, another token"
+    );
+    assert_eq!(
+        state.lock().unwrap().issued,
+        [
+            "https://www.googleapis.com/auth/cloud-platform",
+            "https://www.googleapis.com/auth/devstorage.read_only"
+        ]
+    );
+    if let Some(user) = &other
+        && uid_arg != "none"
+    {
+        let answer = got["other_uid"].as_str().unwrap();
+        assert!(answer.ends_with(" 403"), "uid {} got: {answer}", user.uid);
+        assert!(
+            answer.contains(&format!("not uid {}", user.uid)),
+            "{answer}"
+        );
+        assert!(!answer.contains("ya29."));
+    }
+    run.never_prints(&private_key[40..80]);
+}

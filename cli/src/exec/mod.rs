@@ -6,6 +6,7 @@
 
 pub(crate) mod child;
 mod mask;
+mod metadata;
 pub mod plan;
 mod server;
 
@@ -93,9 +94,9 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     ctx.disconnect();
 
     let served = if args.server {
-        Some(served_credential(&records)?)
+        served_credentials(&records)?
     } else {
-        None
+        Served::default()
     };
     let folder = child::Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
     let prefixes = parse_prefixes(&args.prefix, &records)?;
@@ -123,13 +124,23 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
             },
         );
     }
-    let endpoint = match served.clone() {
+    let endpoint = match served.aws.clone() {
         Some(name) => {
             let token = zeroize::Zeroizing::new(child::random_hex(32).map_err(failed)?);
             let endpoint = server::CredServer::start(ctx.target.clone(), name.clone(), token)
                 .map_err(failed)?;
             serve_instead_of_keys(&mut plan, &name, &endpoint, &overrides);
             Some(endpoint)
+        }
+        None => None,
+    };
+    let metadata = match served.gcp.clone() {
+        Some((name, identity)) => {
+            let server =
+                metadata::MetadataServer::start(ctx.target.clone(), name.clone(), identity)
+                    .map_err(failed)?;
+            serve_instead_of_key_file(&mut plan, &name, &server, &overrides);
+            Some(server)
         }
         None => None,
     };
@@ -154,7 +165,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     if let Some(endpoint) = &endpoint {
         masker.add(&endpoint.token, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
     }
-    if let Some((name, at)) = unrefreshable_expiry(&records, served.as_deref()) {
+    if let Some((name, at)) = unrefreshable_expiry(&records, &served) {
         warn_before_expiry(name, at);
     }
     drop(records);
@@ -171,6 +182,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     let code = child::run(program, program_args, &plan, &exec_names, &masker);
     drop(plan);
     drop(endpoint);
+    drop(metadata);
     drop(folder);
     match code {
         Ok(code) => {
@@ -185,21 +197,90 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     }
 }
 
-/// The one `aws` credential `--server` serves.
-fn served_credential(records: &[RecordView]) -> CliResult<String> {
-    let aws: Vec<&RecordView> = records
-        .iter()
-        .filter(|r| r.kind == vault_protocol::CredentialType::Aws)
-        .collect();
-    match aws.as_slice() {
-        [one] => Ok(one.name.clone()),
-        [] => Err(usage(
-            "--server serves an aws credential: add -c NAME of one",
-        )),
-        _ => Err(usage(format!(
-            "--server serves one aws credential, not {}: keep one -c of type aws",
-            aws.len()
-        ))),
+/// What `--server` serves: at most one `aws` credential (container
+/// credentials) and one `gcp` service-account key (a metadata endpoint).
+#[derive(Debug, Default)]
+struct Served {
+    aws: Option<String>,
+    gcp: Option<(String, metadata::Identity)>,
+}
+
+impl Served {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.aws
+            .as_deref()
+            .into_iter()
+            .chain(self.gcp.as_ref().map(|(n, _)| n.as_str()))
+    }
+}
+
+fn served_credentials(records: &[RecordView]) -> CliResult<Served> {
+    let of = |kind| -> CliResult<Option<&RecordView>> {
+        let found: Vec<&RecordView> = records.iter().filter(|r| r.kind == kind).collect();
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            _ => Err(usage(format!(
+                "--server serves one {kind} credential, not {}: keep one -c of type {kind}",
+                found.len()
+            ))),
+        }
+    };
+    let aws = of(vault_protocol::CredentialType::Aws)?.map(|r| r.name.clone());
+    let gcp = match of(vault_protocol::CredentialType::Gcp)? {
+        Some(r) => {
+            let (email, project) = plan::gcp_identity(r).map_err(usage)?;
+            Some((r.name.clone(), metadata::Identity { email, project }))
+        }
+        None => None,
+    };
+    if aws.is_none() && gcp.is_none() {
+        return Err(usage(
+            "--server serves an aws credential or a gcp service-account key: add -c NAME of one",
+        ));
+    }
+    Ok(Served { aws, gcp })
+}
+
+/// With `--server`, a `gcp` credential's child gets the metadata endpoint
+/// instead of the key file: no key is written, the file variables (also
+/// inherited ones, which google-auth would prefer) are removed, and the
+/// project stays; `--env` still wins.
+fn serve_instead_of_key_file(
+    plan: &mut plan::Plan,
+    name: &str,
+    server: &metadata::MetadataServer,
+    overrides: &[(String, String)],
+) {
+    let key_file = plan::gcp_key_file(name);
+    plan.files.retain(|f| f.rel != key_file);
+    for key in [
+        plan::GOOGLE_APPLICATION_CREDENTIALS,
+        plan::CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE,
+    ] {
+        if plan
+            .set
+            .get(key)
+            .is_some_and(|v| v.from.as_deref() == Some(name))
+        {
+            plan.set.remove(key);
+        }
+        if !overrides.iter().any(|(k, _)| k == key) {
+            plan.unset.push(key);
+        }
+    }
+    // google-auth reads GCE_METADATA_HOST (GCE_METADATA_ROOT before it),
+    // and pings GCE_METADATA_IP; gcloud reads GCE_METADATA_ROOT.
+    for key in ["GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP"] {
+        if !overrides.iter().any(|(k, _)| k == key) {
+            plan.set.insert(
+                key.to_owned(),
+                plan::EnvValue {
+                    value: server.host.as_str().into(),
+                    from: Some(name.to_owned()),
+                },
+            );
+        }
     }
 }
 
@@ -392,14 +473,11 @@ const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(5 * 6
 /// will renew for it: every value in its environment or files is fixed for
 /// its life; only the one served with `--server` is re-read (and refreshed
 /// by the daemon, when it refreshes itself: a refresh command or a source).
-fn unrefreshable_expiry(
-    records: &[RecordView],
-    served: Option<&str>,
-) -> Option<(String, Timestamp)> {
+fn unrefreshable_expiry(records: &[RecordView], served: &Served) -> Option<(String, Timestamp)> {
     records
         .iter()
         .filter(|r| {
-            Some(r.name.as_str()) != served
+            !served.names().any(|n| n == r.name)
                 || !vault_protocol::credential::refreshes_itself(|f| r.fields.contains_key(f))
         })
         .filter_map(|r| Some((r.name.clone(), r.expires_at?)))
@@ -461,24 +539,31 @@ mod tests {
         }
     }
 
+    fn served(name: &str) -> Served {
+        Served {
+            aws: Some(name.to_owned()),
+            gcp: None,
+        }
+    }
+
     #[test]
     fn only_a_served_self_refreshing_credential_is_renewed_for_the_child() {
         for refresher in ["refresh_command", "source"] {
             let records = [aws("served", refresher, 100), aws("static", "", 200)];
             assert_eq!(
-                unrefreshable_expiry(&records, Some("served")),
+                unrefreshable_expiry(&records, &served("served")),
                 Some(("static".to_owned(), Timestamp(200))),
                 "{refresher}"
             );
             // In the environment, even a self-refreshing one is fixed.
             assert_eq!(
-                unrefreshable_expiry(&records, None),
+                unrefreshable_expiry(&records, &Served::default()),
                 Some(("served".to_owned(), Timestamp(100)))
             );
         }
         let records = [aws("served", "", 100)];
         assert_eq!(
-            unrefreshable_expiry(&records, Some("served")),
+            unrefreshable_expiry(&records, &served("served")),
             Some(("served".to_owned(), Timestamp(100)))
         );
     }

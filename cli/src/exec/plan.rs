@@ -182,6 +182,59 @@ struct GcpKeyInfo {
     kind: Option<String>,
     project_id: Option<String>,
     quota_project_id: Option<String>,
+    client_email: Option<String>,
+}
+
+fn gcp_key_info(record: &RecordView) -> Result<GcpKeyInfo, String> {
+    let json = required(record, "json")?;
+    let info: GcpKeyInfo = serde_json::from_str(json.expose_secret()).map_err(|_| {
+        format!(
+            "'{}' holds a json field that is not a JSON object: replace it with \
+             'vault set {} json=@key.json'",
+            record.name, record.name
+        )
+    })?;
+    if info.kind.is_none() {
+        return Err(format!(
+            "'{}' holds JSON without a \"type\": use a service-account key or ADC file",
+            record.name
+        ));
+    }
+    Ok(info)
+}
+
+/// The project a `gcp` credential's child works in: the record's
+/// `project`, else the key's.
+fn gcp_project(record: &RecordView, info: &GcpKeyInfo) -> Option<String> {
+    field(record, "project")
+        .map(|p| p.expose_secret().to_owned())
+        .or_else(|| info.project_id.clone())
+        .or_else(|| info.quota_project_id.clone())
+}
+
+/// The key file `exec` writes for a `gcp` credential, in the folder.
+pub fn gcp_key_file(name: &str) -> String {
+    format!("gcp-{}.json", file_stem(name))
+}
+
+/// The account a `gcp` credential's tokens are for (`impersonate`, else
+/// the key's `client_email`) and its project, for `--server`'s metadata
+/// endpoint. Only a service-account key has an account.
+pub fn gcp_identity(record: &RecordView) -> Result<(String, Option<String>), String> {
+    let info = gcp_key_info(record)?;
+    if info.kind.as_deref() != Some("service_account") {
+        return Err(format!(
+            "--server serves tokens of a service-account key, and '{}' holds a {} file: \
+             run without --server to give the child the file",
+            record.name,
+            info.kind.as_deref().unwrap_or_default()
+        ));
+    }
+    let email = field(record, vault_protocol::credential::IMPERSONATE)
+        .map(|v| v.expose_secret().to_owned())
+        .or_else(|| info.client_email.clone())
+        .ok_or_else(|| format!("'{}' holds a key without a client_email", record.name))?;
+    Ok((email, gcp_project(record, &info)))
 }
 
 fn aws_vars(
@@ -297,40 +350,28 @@ fn registry_env(
 
 /// The key file, the variables google-auth and gcloud read, and the project.
 fn gcp_env(record: &RecordView, vars: &mut Vars, plan: &mut Plan, dir: &str) -> Result<(), String> {
-    let stem = file_stem(&record.name);
     let json = required(record, "json")?;
-    let info: GcpKeyInfo = serde_json::from_str(json.expose_secret()).map_err(|_| {
-        format!(
-            "'{}' holds a json field that is not a JSON object: replace it with \
-             'vault set {} json=@key.json'",
-            record.name, record.name
-        )
-    })?;
-    if info.kind.is_none() {
-        return Err(format!(
-            "'{}' holds JSON without a \"type\": use a service-account key or ADC file",
-            record.name
-        ));
-    }
-    let rel = format!("gcp-{stem}.json");
+    let info = gcp_key_info(record)?;
+    let rel = gcp_key_file(&record.name);
     plan.files.push(FileSpec {
         rel: rel.clone(),
         content: Zeroizing::new(json.expose_secret().as_bytes().to_vec()),
         mode: 0o600,
     });
     let path = in_dir(dir, &rel);
-    vars.push(text("GOOGLE_APPLICATION_CREDENTIALS", &path));
-    vars.push(text("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", &path));
-    let project = field(record, "project")
-        .map(|p| p.expose_secret().to_owned())
-        .or(info.project_id)
-        .or(info.quota_project_id);
-    if let Some(project) = project {
+    vars.push(text(GOOGLE_APPLICATION_CREDENTIALS, &path));
+    vars.push(text(CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE, &path));
+    if let Some(project) = gcp_project(record, &info) {
         vars.push(text("GOOGLE_CLOUD_PROJECT", &project));
         vars.push(text("CLOUDSDK_CORE_PROJECT", &project));
     }
     Ok(())
 }
+
+/// Where google-auth finds a credential file.
+pub const GOOGLE_APPLICATION_CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+/// Where gcloud finds one.
+pub const CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE: &str = "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE";
 
 /// `PREFIX_USERNAME` and `PREFIX_PASSWORD`.
 fn password_env(
