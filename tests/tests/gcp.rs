@@ -38,6 +38,53 @@ struct State {
     may_act_as: Vec<String>,
     /// Each token made for another account: (the account, its scopes).
     impersonated: Vec<(String, Vec<String>)>,
+    /// A user's login it accepts: (client_id, client_secret, refresh_token).
+    login: Option<(String, String, String)>,
+    /// The login was signed out (its refresh token revoked).
+    revoked: bool,
+}
+
+/// `application/x-www-form-urlencoded` value decoding.
+fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A refresh-token grant (RFC 6749 §6) as Google's endpoint takes it: the
+/// client and the refresh token it issued; `scope` optional (at most what
+/// was granted). The token, else Google's error description.
+fn refresh_grant(state: &mut State, field: &dyn Fn(&str) -> String) -> Result<String, String> {
+    let Some((id, secret_, refresh)) = state.login.clone() else {
+        return Err("no logins here".into());
+    };
+    if form_decode(&field("client_id")) != id || form_decode(&field("client_secret")) != secret_ {
+        return Err("Unauthorized (invalid_client)".into());
+    }
+    if form_decode(&field("refresh_token")) != refresh || state.revoked {
+        return Err("Token has been expired or revoked.".into());
+    }
+    let scope = form_decode(&field("scope"));
+    state.issued.push(if scope.is_empty() {
+        "(as granted)".to_owned()
+    } else {
+        scope
+    });
+    let token = format!("ya29.{}", secret(&format!("user-{}", state.issued.len())));
+    state.tokens.push(token.clone());
+    Ok(token)
 }
 
 fn now() -> i64 {
@@ -56,6 +103,9 @@ fn grant(state: &mut State, form: &str) -> Result<String, String> {
             .unwrap_or_default()
             .to_owned()
     };
+    if field("grant_type") == "refresh_token" {
+        return refresh_grant(state, &field);
+    }
     if field("grant_type") != "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" {
         return Err(format!("Invalid grant_type: {}", field("grant_type")));
     }
@@ -817,4 +867,127 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
         assert!(!answer.contains("ya29."));
     }
     run.never_prints(&private_key[40..80]);
+}
+
+/// A person's own login as the source (issue 22): gcloud's
+/// `authorized_user` ADC file kept in the vault mints by its refresh
+/// token (the default scope left to the grant, a narrower one asked by
+/// name), is checked, acts as a service account and serves a `--server`
+/// child; once signed out at Google the error says to sign in again.
+/// google-auth's own user credentials are accepted by the same endpoint.
+#[test]
+fn a_user_login_mints_by_its_refresh_token_and_says_when_it_is_signed_out() {
+    if which("ssh-keygen").is_none() {
+        eprintln!("SKIP gcp user login: needs ssh-keygen (apt install openssh-client)");
+        return;
+    }
+    let vh = VaultHome::new();
+    let (_key, state, url, _server) =
+        key_and_endpoint(vh.root(), "unused@vault-test.iam.gserviceaccount.com");
+    let client_id = "764086051850-vault.apps.googleusercontent.com";
+    let client_secret = secret("client-secret");
+    let refresh = format!("1//{}", secret("refresh"));
+    state.lock().unwrap().login =
+        Some((client_id.to_owned(), client_secret.clone(), refresh.clone()));
+    let base = url.trim_end_matches("/token");
+    vh.write_config(&format!(
+        "[gcp]\ntoken_uris = [\"{url}\"]\niam_endpoint = \"{base}\"\n"
+    ));
+    vh.init().ok();
+    let login = serde_json::json!({
+        "type": "authorized_user",
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "refresh_token": refresh,
+        "token_uri": url,
+        "quota_project_id": "vault-test",
+    })
+    .to_string();
+    vh.vault_in(["add", "me", "--type", "gcp", "json=-"], login.as_bytes())
+        .ok();
+
+    let first = vh.vault(["gcp", "token", "me"]);
+    let token = first.ok().stdout.trim().to_owned();
+    assert!(
+        token.starts_with("ya29.") && token.contains(MARK),
+        "{first}"
+    );
+    let again = vh.vault(["gcp", "token", "me"]);
+    assert_eq!(again.ok().stdout.trim(), token, "cached");
+    let read_only = "https://www.googleapis.com/auth/devstorage.read_only";
+    vh.vault(["gcp", "token", "me", "--scope", read_only]).ok();
+    assert_eq!(state.lock().unwrap().issued, ["(as granted)", read_only]);
+    let checked = vh.vault(["--json", "check", "me"]).ok().json();
+    assert_eq!(checked[0]["outcome"], "ok", "{checked}");
+    assert!(
+        checked[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("user login of client"),
+        "{checked}"
+    );
+
+    let python = vault_e2e::test_python("gcp user login, google-auth");
+    if let Some(python) = &python {
+        // google-auth's user credentials against the same endpoint: what
+        // it sends is what the double takes. (Its from_authorized_user_info
+        // always sends to Google's endpoint, so the credentials are built
+        // as it builds them, with the double's URL.)
+        let script = r#"
+import json, sys
+import google.auth.transport.requests
+from google.oauth2 import credentials
+i = json.loads(sys.argv[1])
+c = credentials.Credentials(token=None, refresh_token=i["refresh_token"], token_uri=i["token_uri"],
+                            client_id=i["client_id"], client_secret=i["client_secret"])
+c.refresh(google.auth.transport.requests.Request())
+print(json.dumps({"valid": c.valid}))
+"#;
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", script, &login]);
+        let run = run_command(cmd, None, Duration::from_secs(60));
+        run.ok();
+        assert!(run.stdout.contains("\"valid\": true"), "{run}");
+    }
+
+    // The login acts as a service account, and serves it to a child.
+    let deploy = "deploy@vault-test.iam.gserviceaccount.com";
+    state.lock().unwrap().may_act_as.push(deploy.into());
+    vh.vault(["set", "me", &format!("impersonate={deploy}")])
+        .ok();
+    let acting = vh.vault(["gcp", "token", "me"]);
+    assert!(acting.ok().stdout.contains(MARK));
+    assert_eq!(state.lock().unwrap().impersonated.last().unwrap().0, deploy);
+    if let Some(python) = &python {
+        let script = r#"
+import json, google.auth, google.auth.transport.requests
+c, project = google.auth.default()
+c.refresh(google.auth.transport.requests.Request())
+print(json.dumps({"email": c.service_account_email, "project": project, "valid": c.valid}))
+"#;
+        let run = vh.vault([
+            "exec",
+            "--server",
+            "-c",
+            "me",
+            "--",
+            python.to_str().unwrap(),
+            "-c",
+            script,
+        ]);
+        let got: serde_json::Value = serde_json::from_str(run.ok().stdout.trim()).unwrap();
+        assert_eq!(got["email"], deploy, "{got}");
+        assert_eq!(got["project"], "vault-test");
+        assert_eq!(got["valid"], true);
+    }
+
+    // Signed out at Google: no token, and the way back.
+    state.lock().unwrap().revoked = true;
+    vh.vault(["lock"]).ok();
+    vh.unlock().ok();
+    let out = vh.vault(["gcp", "token", "me"]);
+    out.code(1)
+        .stderr_has("sign in again")
+        .never_prints(&refresh)
+        .never_prints(&client_secret);
 }

@@ -222,18 +222,25 @@ pub fn gcp_key_file(name: &str) -> String {
 /// endpoint. Only a service-account key has an account.
 pub fn gcp_identity(record: &RecordView) -> Result<(String, Option<String>), String> {
     let info = gcp_key_info(record)?;
-    if info.kind.as_deref() != Some("service_account") {
-        return Err(format!(
-            "--server serves tokens of a service-account key, and '{}' holds a {} file: \
-             run without --server to give the child the file",
-            record.name,
-            info.kind.as_deref().unwrap_or_default()
-        ));
-    }
-    let email = field(record, vault_protocol::credential::IMPERSONATE)
+    let acts_as = field(record, vault_protocol::credential::IMPERSONATE)
         .map(|v| v.expose_secret().to_owned())
-        .or_else(|| info.client_email.clone())
-        .ok_or_else(|| format!("'{}' holds a key without a client_email", record.name))?;
+        .filter(|v| !v.is_empty());
+    let email = match (acts_as, info.kind.as_deref()) {
+        (Some(account), _) => account,
+        (None, Some("service_account")) => info
+            .client_email
+            .clone()
+            .ok_or_else(|| format!("'{}' holds a key without a client_email", record.name))?,
+        (None, kind) => {
+            return Err(format!(
+                "--server serves a service account's tokens, and '{}' holds a {} file with \
+                 none: set 'impersonate' to the account to act as, or run without --server \
+                 to give the child the file",
+                record.name,
+                kind.unwrap_or_default()
+            ));
+        }
+    };
     Ok((email, gcp_project(record, &info)))
 }
 

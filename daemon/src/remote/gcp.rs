@@ -1,6 +1,8 @@
-//! OAuth2 access tokens from a `gcp` service-account key (docs/gcp.md): a
-//! JWT-bearer grant (RFC 7523) to the key's `token_uri`, the assertion
-//! signed RS256 by `ring`, the way google-auth does it. Tokens are kept in
+//! OAuth2 access tokens from a `gcp` credential (docs/gcp.md): for a
+//! service-account key, a JWT-bearer grant (RFC 7523) to the key's
+//! `token_uri`, the assertion signed RS256 by `ring`; for a user's login
+//! (`authorized_user`, gcloud's ADC file), a refresh-token grant (RFC 6749
+//! §6) with its client; both the way google-auth does them. Tokens are kept in
 //! the daemon's memory per key revision and scopes, served until 5 minutes
 //! before they expire, and minted once however many clients ask at the
 //! same time. The token endpoint is Google's unless `config.toml` lists
@@ -34,13 +36,40 @@ const ASSERTION_LIFE: i64 = 3600;
 /// Most bytes of a token endpoint's answer.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// What minting needs from a service-account key.
+/// What minting needs from a key file.
 pub struct Key {
+    /// Whose tokens these are, for messages: the service account's email,
+    /// or for a user login its `account` (else "the user login of client
+    /// ID").
     pub client_email: String,
-    pub private_key_id: Option<String>,
-    /// PKCS#8 DER; wiped on drop.
-    pub pkcs8: Zeroizing<Vec<u8>>,
     pub token_uri: String,
+    pub grant: Grant,
+}
+
+/// How a token is asked for.
+pub enum Grant {
+    /// A service-account key: a signed JWT assertion.
+    Assertion {
+        private_key_id: Option<String>,
+        /// PKCS#8 DER; wiped on drop.
+        pkcs8: Zeroizing<Vec<u8>>,
+    },
+    /// A user's login (`authorized_user`): its refresh token and the OAuth
+    /// client it was issued to.
+    Refresh {
+        client_id: String,
+        client_secret: SecretValue,
+        refresh_token: SecretValue,
+    },
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Grant::Assertion { .. } => "Assertion([redacted])",
+            Grant::Refresh { .. } => "Refresh([redacted])",
+        })
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -60,6 +89,10 @@ struct KeyFile {
     private_key_id: Option<String>,
     private_key: Option<SecretValue>,
     token_uri: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<SecretValue>,
+    refresh_token: Option<SecretValue>,
+    account: Option<String>,
 }
 
 /// Reads a key file's JSON; `name` is the credential, for the messages
@@ -67,12 +100,34 @@ struct KeyFile {
 pub fn parse_key(json: &str, name: &str) -> Result<Key, String> {
     let file: KeyFile = serde_json::from_str(json)
         .map_err(|_| format!("the json of '{name}' is not a key file (JSON object)"))?;
-    if file.kind.as_deref() != Some("service_account") {
-        return Err(format!(
-            "'{name}' is a {} key, not a service_account one: only service-account keys mint \
-             tokens here",
-            file.kind.as_deref().unwrap_or("typeless")
-        ));
+    let token_uri = file
+        .token_uri
+        .clone()
+        .unwrap_or_else(|| GOOGLE_TOKEN_URIS[0].to_owned());
+    match file.kind.as_deref() {
+        Some("service_account") => {}
+        Some("authorized_user") => {
+            let missing = |f: &str| format!("the user login of '{name}' has no {f}");
+            let client_id = file.client_id.ok_or_else(|| missing("client_id"))?;
+            return Ok(Key {
+                client_email: file.account.filter(|a| !a.is_empty()).unwrap_or_else(|| {
+                    format!("the user login of client {}", client_id.escape_debug())
+                }),
+                token_uri,
+                grant: Grant::Refresh {
+                    client_id,
+                    client_secret: file.client_secret.ok_or_else(|| missing("client_secret"))?,
+                    refresh_token: file.refresh_token.ok_or_else(|| missing("refresh_token"))?,
+                },
+            });
+        }
+        other => {
+            return Err(format!(
+                "'{name}' is a {} file: tokens are minted here from a service_account key or \
+                 an authorized_user login",
+                other.unwrap_or("typeless")
+            ));
+        }
     }
     let missing = |f: &str| format!("the service-account key of '{name}' has no {f}");
     let pem = file.private_key.ok_or_else(|| missing("private_key"))?;
@@ -86,11 +141,11 @@ pub fn parse_key(json: &str, name: &str) -> Result<Key, String> {
     }
     Ok(Key {
         client_email: file.client_email.ok_or_else(|| missing("client_email"))?,
-        private_key_id: file.private_key_id,
-        pkcs8: der,
-        token_uri: file
-            .token_uri
-            .unwrap_or_else(|| GOOGLE_TOKEN_URIS[0].to_owned()),
+        token_uri,
+        grant: Grant::Assertion {
+            private_key_id: file.private_key_id,
+            pkcs8: der,
+        },
     })
 }
 
@@ -107,14 +162,21 @@ pub fn check_token_uri(key: &Key, allowed: &[String], name: &str) -> Result<(), 
     ))
 }
 
-/// The signed JWT assertion for `scopes`, issued at `now`.
-pub fn assertion(key: &Key, scopes: &[String], now: i64) -> Result<Zeroizing<String>, String> {
+/// The signed JWT assertion of `email`'s key for `scopes`, issued at
+/// `now`.
+fn assertion(
+    email: &str,
+    kid: Option<&str>,
+    pkcs8: &[u8],
+    scopes: &[String],
+    now: i64,
+) -> Result<Zeroizing<String>, String> {
     let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
-    if let Some(kid) = &key.private_key_id {
-        header["kid"] = kid.clone().into();
+    if let Some(kid) = kid {
+        header["kid"] = kid.into();
     }
     let claims = serde_json::json!({
-        "iss": key.client_email,
+        "iss": email,
         "scope": scopes.join(" "),
         // google-auth's audience whatever the token_uri: Google's token
         // endpoint checks for it (tests/tests/gcp.rs pins this).
@@ -127,7 +189,7 @@ pub fn assertion(key: &Key, scopes: &[String], now: i64) -> Result<Zeroizing<Str
         B64URL.encode(header.to_string()),
         B64URL.encode(claims.to_string())
     );
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(&key.pkcs8)
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(pkcs8)
         .map_err(|e| format!("the private key is not an RSA key ring accepts ({e})"))?;
     let mut sig = vec![0; pair.public().modulus_len()];
     pair.sign(
@@ -155,7 +217,67 @@ struct ErrorAnswer {
     error_description: Option<String>,
 }
 
-/// Exchanges the assertion for a token at the key's `token_uri`.
+/// The form body that asks the key's `token_uri` for a token.
+fn grant_form(key: &Key, scopes: &[String], now: i64) -> Result<Zeroizing<String>, String> {
+    match &key.grant {
+        Grant::Assertion {
+            private_key_id,
+            pkcs8,
+        } => {
+            let jwt = assertion(
+                &key.client_email,
+                private_key_id.as_deref(),
+                pkcs8,
+                scopes,
+                now,
+            )?;
+            Ok(Zeroizing::new(format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
+                jwt.as_str()
+            )))
+        }
+        Grant::Refresh {
+            client_id,
+            client_secret,
+            refresh_token,
+        } => {
+            let mut form = Zeroizing::new(String::from("grant_type=refresh_token"));
+            for (k, v) in [
+                ("client_id", client_id.as_str()),
+                ("client_secret", client_secret.expose_secret()),
+                ("refresh_token", refresh_token.expose_secret()),
+            ] {
+                form.push_str(&format!("&{k}="));
+                push_form_encoded(&mut form, v);
+            }
+            // A login keeps the scopes it was granted; narrower ones are
+            // asked by name, the default by leaving scope out (as
+            // google-auth does for an ADC login without scopes).
+            if scopes != [DEFAULT_SCOPE] {
+                form.push_str("&scope=");
+                push_form_encoded(&mut form, &scopes.join(" "));
+            }
+            Ok(form)
+        }
+    }
+}
+
+/// Appends `s` form-encoded (`application/x-www-form-urlencoded`) in
+/// place, so no unwiped copy of a secret is made.
+fn push_form_encoded(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+}
+
+/// Asks the key's `token_uri` for a token: the assertion of a
+/// service-account key, or a login's refresh token.
 pub async fn mint(
     http: &Http,
     key: &Key,
@@ -164,11 +286,7 @@ pub async fn mint(
     name: &str,
 ) -> Result<(SecretValue, Timestamp), WireError> {
     let now = Timestamp::now();
-    let jwt = assertion(key, scopes, now.unix()).map_err(|e| failed(name, &e))?;
-    let form = Zeroizing::new(format!(
-        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={}",
-        jwt.as_str()
-    ));
+    let form = grant_form(key, scopes, now.unix()).map_err(|e| failed(name, &e))?;
     let sent = http
         .post(&key.token_uri)
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -377,6 +495,15 @@ fn refused(name: &str, status: u16, body: &[u8]) -> WireError {
             " — the key was deleted or disabled in IAM (or the account was): create a new key \
              and 'vault set NAME json=@key.json'"
         }
+        d if d.contains("expired or revoked") => {
+            " — the login was signed out, revoked or has expired: sign in again (gcloud auth \
+             application-default login), 'vault set NAME json=@FILE' with the file it wrote, and \
+             delete that file"
+        }
+        _ if error.as_deref() == Some("invalid_client") => {
+            " — the login's client_id or client_secret is not accepted: sign in again and \
+             replace the json with 'vault set NAME json=@FILE'"
+        }
         d if d.contains("iat") || d.contains("exp") || d.contains("timeframe") => {
             " — the token endpoint rejects the assertion's time: check this machine's clock \
              (vault doctor)"
@@ -544,8 +671,10 @@ mod tests {
             "me",
         )
         .unwrap_err();
+        assert!(e.contains("client_id") && !e.contains("SECRET"), "{e}");
+        let e = parse_key(r#"{"type":"external_account","audience":"SECRET"}"#, "ext").unwrap_err();
         assert!(
-            e.contains("authorized_user") && !e.contains("SECRET"),
+            e.contains("external_account") && !e.contains("SECRET"),
             "{e}"
         );
         let e = parse_key(
@@ -562,15 +691,40 @@ mod tests {
     fn only_googles_endpoints_or_listed_ones_get_the_assertion() {
         let key = |uri: &str| Key {
             client_email: "a@b".into(),
-            private_key_id: None,
-            pkcs8: Zeroizing::new(vec![]),
             token_uri: uri.into(),
+            grant: Grant::Assertion {
+                private_key_id: None,
+                pkcs8: Zeroizing::new(vec![]),
+            },
         };
         assert!(check_token_uri(&key(GOOGLE_TOKEN_URIS[0]), &[], "k").is_ok());
         let other = "https://evil.example/token";
         let e = check_token_uri(&key(other), &[], "k").unwrap_err();
         assert!(e.contains("[gcp] token_uris"), "{e}");
         assert!(check_token_uri(&key(other), &[other.to_owned()], "k").is_ok());
+    }
+
+    #[test]
+    fn a_login_asks_with_its_refresh_token_and_only_narrower_scopes_by_name() {
+        let key = parse_key(
+            r#"{"type":"authorized_user","client_id":"c.apps","client_secret":"s+/=",
+                "refresh_token":"1//r t","account":"me@example.com"}"#,
+            "me",
+        )
+        .unwrap();
+        assert_eq!(key.client_email, "me@example.com");
+        assert_eq!(key.token_uri, GOOGLE_TOKEN_URIS[0]);
+        let form = grant_form(&key, &[DEFAULT_SCOPE.to_owned()], 0).unwrap();
+        assert_eq!(
+            form.as_str(),
+            "grant_type=refresh_token&client_id=c.apps&client_secret=s%2B%2F%3D&refresh_token=1%2F%2Fr+t"
+        );
+        let narrow = ["https://www.googleapis.com/auth/devstorage.read_only".to_owned()];
+        let form = grant_form(&key, &narrow, 0).unwrap();
+        assert!(
+            form.ends_with("&scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only")
+        );
+        assert!(!format!("{key:?}").contains("1//r"));
     }
 
     #[test]
@@ -587,5 +741,11 @@ mod tests {
             br#"{"error":"invalid_grant","error_description":"Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim."}"#,
         );
         assert!(e.message.contains("clock"), "{}", e.message);
+        let e = refused(
+            "me",
+            400,
+            br#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+        );
+        assert!(e.message.contains("sign in again"), "{}", e.message);
     }
 }
