@@ -746,6 +746,7 @@ google = {"Metadata-Flavor": "Google"}
 out["no_flavor"] = probe(tok, {})
 out["proxied"] = probe(tok, dict(google, **{"X-Forwarded-For": "10.0.0.1"}))
 out["scoped"] = probe(tok + "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only", google)
+out["rebound"] = probe(tok, dict(google, Host="vault-test.example:80"))
 out["identity"] = probe("/computeMetadata/v1/instance/service-accounts/default/identity", google)
 if sys.argv[2] != "none":
     uid, gid = sys.argv[2].split(":")
@@ -834,6 +835,8 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
             .contains("Metadata-Flavor")
     );
     assert_eq!(status("proxied"), 403, "{}", got["proxied"]);
+    assert_eq!(status("rebound"), 403, "{}", got["rebound"]);
+    assert!(got["rebound"][2].as_str().unwrap().contains("127.0.0.1:"));
     assert_eq!(status("identity"), 404);
     for k in ["no_flavor", "proxied", "scoped"] {
         assert_eq!(got[k][1], "Google", "{k} answers with the header");

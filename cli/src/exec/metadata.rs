@@ -9,8 +9,10 @@
 //! ask. So every connection is mapped to the uid that owns its socket
 //! (`/proc/net/tcp`) and only ours is answered; `Metadata-Flavor: Google`
 //! must be sent (a browser page cannot send it without a preflight, which
-//! is refused), a request that went through a proxy (`X-Forwarded-For`) is
-//! refused as GCE refuses it, and every answer carries the header back.
+//! is refused), the `Host` must be this endpoint's own address (a page
+//! whose name was rebound to 127.0.0.1 sends its own name), a request that
+//! went through a proxy (`X-Forwarded-For`) is refused as GCE refuses it,
+//! and every answer carries the header back.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -65,7 +67,7 @@ impl MetadataServer {
                         _ => None,
                     };
                     let (status, kind, body) = if owner == Some(uid) {
-                        answer(&request, &target, &name, &identity)
+                        answer(&request, &target, &name, &identity, local.port())
                     } else {
                         let why = match owner {
                             Some(other) => {
@@ -121,7 +123,13 @@ fn text(status: u16, body: impl Into<String>) -> Answer {
 }
 
 /// The status, content type and body for one request of our uid.
-fn answer(request: &tiny_http::Request, target: &Target, name: &str, id: &Identity) -> Answer {
+fn answer(
+    request: &tiny_http::Request,
+    target: &Target,
+    name: &str,
+    id: &Identity,
+    port: u16,
+) -> Answer {
     let header = |field: &'static str| {
         request
             .headers()
@@ -129,6 +137,13 @@ fn answer(request: &tiny_http::Request, target: &Target, name: &str, id: &Identi
             .find(|h| h.field.equiv(field))
             .map(|h| h.value.as_str())
     };
+    let host = header("Host").unwrap_or_default();
+    if host != format!("127.0.0.1:{port}") && host != format!("localhost:{port}") {
+        return text(
+            403,
+            format!("this endpoint answers requests for 127.0.0.1:{port} only"),
+        );
+    }
     if header("X-Forwarded-For").is_some() {
         return text(
             403,
