@@ -430,6 +430,12 @@ fn ended_naming(vh: &VaultHome, new: &str) -> String {
         note.contains(new) && note.contains("delete-access-key"),
         "{status}"
     );
+    // The live key is the one the record holds.
+    assert_eq!(
+        status["rotations"][0]["live_key"],
+        vh.field("dev", "access_key_id").as_str(),
+        "{status}"
+    );
     let doctor = vh.vault(["doctor"]);
     assert!(doctor.to_string().contains(new), "{doctor}");
     let run = vh.vault(["--json", "rotate", "dev", "--finish"]);

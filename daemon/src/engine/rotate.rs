@@ -453,9 +453,14 @@ impl Engine {
             .filter_map(|r| {
                 let name = names.get(&r.record_id)?.clone();
                 let p = self.pending_rotation(&r.record_id).ok().flatten()?;
+                // What the record holds now: the new key, or the old one
+                // again after a rotation put back or ended.
+                let held = self.load(&name).ok().and_then(|(_, body)| {
+                    Some(body.fields.get("access_key_id")?.expose_secret().to_owned())
+                });
                 Some(PendingRotation {
                     name,
-                    live_key: p.keys.new_key,
+                    live_key: held.unwrap_or(p.keys.new_key),
                     old_key: p.keys.old_key,
                     stage: r.stage,
                     due_at: p.due_at,
