@@ -742,12 +742,29 @@ def probe(path, headers):
     except urllib.error.HTTPError as e:
         return [e.code, e.headers.get("Metadata-Flavor"), e.read().decode()]
 tok = "/computeMetadata/v1/instance/service-accounts/default/token"
-google = {"Metadata-Flavor": "Google"}
+flavor = {"Metadata-Flavor": "Google"}
 out["no_flavor"] = probe(tok, {})
-out["proxied"] = probe(tok, dict(google, **{"X-Forwarded-For": "10.0.0.1"}))
-out["scoped"] = probe(tok + "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only", google)
-out["rebound"] = probe(tok, dict(google, Host="vault-test.example:80"))
-out["identity"] = probe("/computeMetadata/v1/instance/service-accounts/default/identity", google)
+out["proxied"] = probe(tok, dict(flavor, **{"X-Forwarded-For": "10.0.0.1"}))
+out["scoped"] = probe(tok + "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only", flavor)
+out["rebound"] = probe(tok, dict(flavor, Host="vault-test.example:80"))
+# Two scopes, as google-auth sends them (`scopes=A%2CB`).
+two, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_only",
+                                     "https://www.googleapis.com/auth/pubsub"])
+two.refresh(google.auth.transport.requests.Request())
+out["two_scopes"] = two.token
+# A dual-stack socket (IPv4-mapped IPv6, Java's default) is ours too.
+import http.client, socket
+port = int(os.environ["GCE_METADATA_HOST"].rsplit(":", 1)[1])
+try:
+    conn = http.client.HTTPConnection("::ffff:127.0.0.1", port, timeout=10)
+    conn.putrequest("GET", tok, skip_host=True)
+    conn.putheader("Host", os.environ["GCE_METADATA_HOST"])
+    conn.putheader("Metadata-Flavor", "Google")
+    conn.endheaders()
+    out["mapped"] = conn.getresponse().status
+except OSError as e:
+    out["mapped"] = "no IPv6 here: " + str(e)
+out["identity"] = probe("/computeMetadata/v1/instance/service-accounts/default/identity", flavor)
 if sys.argv[2] != "none":
     uid, gid = sys.argv[2].split(":")
     run = subprocess.run(["setpriv", "--reuid", uid, "--regid", gid, "--clear-groups",
@@ -855,9 +872,19 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
         state.lock().unwrap().issued,
         [
             "https://www.googleapis.com/auth/cloud-platform",
-            "https://www.googleapis.com/auth/devstorage.read_only"
+            "https://www.googleapis.com/auth/devstorage.read_only",
+            "https://www.googleapis.com/auth/devstorage.read_only \
+             https://www.googleapis.com/auth/pubsub"
         ]
     );
+    assert!(got["two_scopes"].as_str().unwrap().starts_with("ya29."));
+    match &got["mapped"] {
+        serde_json::Value::String(why) => eprintln!("SKIP gcp metadata, IPv6 client: {why}"),
+        status => assert_eq!(
+            status, 200,
+            "a dual-stack client socket of ours is answered"
+        ),
+    }
     if let Some(user) = &other
         && uid_arg != "none"
     {

@@ -232,11 +232,12 @@ fn account_item(
 /// An access token from the daemon, as GCE gives it:
 /// `{"access_token","expires_in","token_type"}`.
 fn token(target: &Target, name: &str, scopes: Option<&str>) -> Answer {
-    let scopes: Vec<String> = scopes
-        .unwrap_or_default()
+    // google-auth sends `scopes=A%2CB`: decode the value first, then split.
+    let scopes: Vec<String> = percent_decode(scopes.unwrap_or_default())
         .split(',')
+        .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(str::to_owned)
         .collect();
     let minted = Client::connect_or_start(target).and_then(|mut client| {
         client.call(Request::GcpToken {
@@ -263,7 +264,8 @@ fn token(target: &Target, name: &str, scopes: Option<&str>) -> Answer {
     }
 }
 
-/// `%2F` and the like in a scope; anything that does not decode stays.
+/// A query value: `%2F` and the like decoded, `+` as a space; anything
+/// that does not decode stays.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -278,6 +280,10 @@ fn percent_decode(s: &str) -> String {
                 out.push(b);
                 i += 3;
             }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
             (b, _) => {
                 out.push(b);
                 i += 1;
@@ -290,9 +296,14 @@ fn percent_decode(s: &str) -> String {
 /// The uid that owns the TCP socket at `client` connected to our `server`
 /// address, from the kernel's table of this network namespace; `None` when
 /// it is not there (gone already) or cannot be read.
+///
+/// A client that opened an IPv6 socket to our IPv4 address (Java's
+/// default, any dual-stack socket) is listed in `/proc/net/tcp6` with
+/// IPv4-mapped addresses, so both tables are read.
 pub fn loopback_owner(client: SocketAddrV4, server: SocketAddrV4) -> Option<u32> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    owner_in(&table, client, server)
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .find_map(|table| owner_in(&std::fs::read_to_string(table).ok()?, client, server))
 }
 
 /// `ADDR:PORT` as `/proc/net/tcp` prints it: the address's four bytes as
@@ -305,12 +316,33 @@ fn proc_addr(a: SocketAddrV4) -> String {
     )
 }
 
+/// The same address as `/proc/net/tcp6` prints an IPv4-mapped one
+/// (`::ffff:a.b.c.d`): four native-endian words.
+fn proc_addr6(a: SocketAddrV4) -> String {
+    let octets = a.ip().to_ipv6_mapped().octets();
+    let words: String = octets
+        .chunks_exact(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{words}:{:04X}", a.port())
+}
+
+/// The uid column of the row whose local end is `client` and remote end
+/// `server`, in either table's notation.
 fn owner_in(table: &str, client: SocketAddrV4, server: SocketAddrV4) -> Option<u32> {
-    let (local, remote) = (proc_addr(client), proc_addr(server));
+    let pairs = [
+        (proc_addr(client), proc_addr(server)),
+        (proc_addr6(client), proc_addr6(server)),
+    ];
     table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // sl local rem st tx:rx tr:when retrnsmt uid ...
-        (cols.get(1) == Some(&local.as_str()) && cols.get(2) == Some(&remote.as_str()))
+        let (Some(local), Some(remote)) = (cols.get(1), cols.get(2)) else {
+            return None;
+        };
+        pairs
+            .iter()
+            .any(|(l, r)| l == local && r == remote)
             .then(|| cols.get(7)?.parse().ok())
             .flatten()
     })
@@ -353,11 +385,53 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_client_socket_is_found_in_the_ipv6_table() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(server) = listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let mapped = SocketAddr::new(server.ip().to_ipv6_mapped().into(), server.port());
+        let stream = match std::net::TcpStream::connect(mapped) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipped: this kernel cannot open an IPv6 socket ({e})");
+                return;
+            }
+        };
+        let SocketAddr::V6(client) = stream.local_addr().unwrap() else {
+            panic!("an IPv6 socket")
+        };
+        let (_accepted, peer) = listener.accept().unwrap();
+        // The server side sees an IPv4 peer; the client's row is in tcp6.
+        let SocketAddr::V4(peer) = peer else {
+            panic!("v4 peer")
+        };
+        assert_eq!(peer.port(), client.port());
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(loopback_owner(peer, server), Some(me));
+        let v4_only = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        assert_eq!(owner_in(&v4_only, peer, server), None);
+    }
+
+    #[test]
+    fn the_ipv6_table_notation_of_a_mapped_address_is_read() {
+        let table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0000000000000000FFFF00000100007F:A000 0000000000000000FFFF00000100007F:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 1 1\n";
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let (client, server) = (SocketAddrV4::new(ip, 0xA000), SocketAddrV4::new(ip, 0x1F90));
+        if cfg!(target_endian = "little") {
+            assert_eq!(owner_in(table, client, server), Some(1001));
+            assert_eq!(owner_in(table, server, client), None);
+        }
+    }
+
+    #[test]
     fn scopes_are_percent_decoded() {
         assert_eq!(
             percent_decode("https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fx"),
             "https://www.googleapis.com/auth/x"
         );
         assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
+        assert_eq!(percent_decode("a+b%2Cc"), "a b,c");
     }
 }
