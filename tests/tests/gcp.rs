@@ -727,7 +727,8 @@ const METADATA_CHILD: &str = r#"
 import json, os, subprocess, sys, urllib.error, urllib.request
 import google.auth, google.auth.transport.requests
 out = {"gac": os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
-       "host": os.environ.get("GCE_METADATA_HOST"), "ip": os.environ.get("GCE_METADATA_IP")}
+       "host": os.environ.get("GCE_METADATA_HOST"), "ip": os.environ.get("GCE_METADATA_IP"),
+       "sdk_config": os.environ.get("CLOUDSDK_CONFIG")}
 creds, project = google.auth.default()
 creds.refresh(google.auth.transport.requests.Request())
 out.update(token=creds.token, project=project, email=creds.service_account_email,
@@ -801,6 +802,14 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
         "GOOGLE_APPLICATION_CREDENTIALS".into(),
         "/nonexistent/key.json".into(),
     );
+    // gcloud's ADC file (the user's own login) would win over the
+    // metadata endpoint in google-auth: exec hides it from the child.
+    let gcloud = vh.user_home.join(".config/gcloud");
+    std::fs::create_dir_all(&gcloud).unwrap();
+    let adc = serde_json::json!({"type": "authorized_user", "client_id": "c",
+        "client_secret": "s", "refresh_token": secret("own-login")})
+    .to_string();
+    std::fs::write(gcloud.join("application_default_credentials.json"), &adc).unwrap();
     let other = vault_e2e::TempUser::create("gcp metadata, a second uid");
     let uid_arg = match (&other, which("curl"), which("setpriv")) {
         (Some(u), Some(_), Some(_)) => format!("{}:{}", u.uid, u.gid),
@@ -826,6 +835,16 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
     run.ok();
     let got: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(got["gac"], serde_json::Value::Null, "{got}");
+    let sdk_config = got["sdk_config"].as_str().unwrap();
+    assert!(sdk_config.starts_with(exec_dir.to_str().unwrap()), "{got}");
+    assert!(
+        run.stderr
+            .contains("application_default_credentials.json would win")
+    );
+    assert_eq!(
+        std::fs::read_to_string(gcloud.join("application_default_credentials.json")).unwrap(),
+        adc
+    );
     assert!(got["host"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(got["host"], got["ip"]);
     assert_eq!(got["valid"], true, "{got}");

@@ -162,6 +162,16 @@ fn botocore_fetches_fresh_credentials_from_the_exec_server() {
     let rotated = secret("srv-rotated");
     vh.add_aws("aws-srv", "AKIASERVED", &first, &["region=eu-north-1"]);
     let rotated_file = vh.at_file("rotated", &rotated);
+    // The user's own default profile would win over the endpoint in
+    // botocore's chain: exec hides the shared files from the child.
+    let aws = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let plain = secret("plaintext-default");
+    let credentials =
+        format!("[default]\naws_access_key_id = AKIAPLAINTEXT\naws_secret_access_key = {plain}\n");
+    let config = "[default]\nregion = ap-south-1\ncredential_process = false\n";
+    std::fs::write(aws.join("credentials"), &credentials).unwrap();
+    std::fs::write(aws.join("config"), config).unwrap();
     // Inside the child: botocore through the endpoint; a request without
     // the token; a rotation in the vault, seen by the next fetch.
     let script = format!(
@@ -200,6 +210,11 @@ print(json.dumps({{"method": c.method, "key": f.access_key, "secret": f.secret_k
         "each fetch reads the vault afresh"
     );
     assert!(got["expiration"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        std::fs::read_to_string(aws.join("credentials")).unwrap(),
+        credentials
+    );
+    assert_eq!(std::fs::read_to_string(aws.join("config")).unwrap(), config);
     // The endpoint stops with the child.
     let url = got["url"].as_str().unwrap();
     let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();

@@ -9,6 +9,7 @@ mod mask;
 mod metadata;
 pub mod plan;
 mod server;
+mod shadow;
 
 pub use child::Folder;
 
@@ -130,6 +131,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
             let endpoint = server::CredServer::start(ctx.target.clone(), name.clone(), token)
                 .map_err(failed)?;
             serve_instead_of_keys(&mut plan, &name, &endpoint, &overrides);
+            shadow::hide_default_aws_profile(&mut plan, folder.path(), &overrides);
             Some(endpoint)
         }
         None => None,
@@ -140,6 +142,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
                 metadata::MetadataServer::start(ctx.target.clone(), name.clone(), identity)
                     .map_err(failed)?;
             serve_instead_of_key_file(&mut plan, &name, &server, &overrides);
+            shadow::hide_gcloud_adc(&mut plan, folder.path(), &overrides);
             Some(server)
         }
         None => None,
@@ -307,6 +310,11 @@ fn serve_instead_of_keys(
         }
     }
     plan.unset.push("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+    for key in shadow::AWS_AHEAD_OF_ENDPOINT {
+        if !overrides.iter().any(|(k, _)| k == key) {
+            plan.unset.push(key);
+        }
+    }
     for (key, value) in [
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url.as_str()),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", endpoint.token.as_str()),
