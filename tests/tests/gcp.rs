@@ -802,6 +802,11 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
         "GOOGLE_APPLICATION_CREDENTIALS".into(),
         "/nonexistent/key.json".into(),
     );
+    // Inherited settings that turn google-auth away from the endpoint
+    // are removed too.
+    vh.env
+        .insert("GCE_METADATA_MTLS_MODE".into(), "strict".into());
+    vh.env.insert("NO_GCE_CHECK".into(), "true".into());
     // gcloud's ADC file (the user's own login) would win over the
     // metadata endpoint in google-auth: exec hides it from the child.
     let gcloud = vh.user_home.join(".config/gcloud");
@@ -998,6 +1003,27 @@ print(json.dumps({"valid": c.valid}))
         run.ok();
         assert!(run.stdout.contains("\"valid\": true"), "{run}");
     }
+
+    // Without `impersonate` a login has no account to serve: --server
+    // alone refuses, beside a served aws credential it goes as a file.
+    vh.vault(["exec", "--server", "-c", "me", "--", "true"])
+        .code(2)
+        .stderr_has("set 'impersonate'");
+    vh.add_aws("aws-beside", "AKIABESIDE", &secret("beside"), &[]);
+    let both = vh.vault([
+        "exec",
+        "--server",
+        "-c",
+        "aws-beside",
+        "-c",
+        "me",
+        "--",
+        "sh",
+        "-c",
+        "test -f \"$GOOGLE_APPLICATION_CREDENTIALS\" && echo \"file $AWS_CONTAINER_CREDENTIALS_FULL_URI\"",
+    ]);
+    both.ok().stderr_has("is given as a file instead");
+    assert!(both.stdout.starts_with("file http://127.0.0.1:"), "{both}");
 
     // The login acts as a service account, and serves it to a child.
     let deploy = "deploy@vault-test.iam.gserviceaccount.com";

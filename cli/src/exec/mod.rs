@@ -231,10 +231,19 @@ fn served_credentials(records: &[RecordView]) -> CliResult<Served> {
     };
     let aws = of(vault_protocol::CredentialType::Aws)?.map(|r| r.name.clone());
     let gcp = match of(vault_protocol::CredentialType::Gcp)? {
-        Some(r) => {
-            let (email, project) = plan::gcp_identity(r).map_err(usage)?;
-            Some((r.name.clone(), metadata::Identity { email, project }))
-        }
+        Some(r) => match plan::gcp_identity(r) {
+            Ok((email, project)) => Some((r.name.clone(), metadata::Identity { email, project })),
+            // The aws credential is still served; this one goes to the
+            // child as without --server.
+            Err(why) if aws.is_some() => {
+                eprintln!(
+                    "vault: note: {why}; '{}' is given as a file instead",
+                    r.name
+                );
+                None
+            }
+            Err(why) => return Err(usage(why)),
+        },
         None => None,
     };
     if aws.is_none() && gcp.is_none() {
@@ -244,6 +253,16 @@ fn served_credentials(records: &[RecordView]) -> CliResult<Served> {
     }
     Ok(Served { aws, gcp })
 }
+
+/// Inherited variables that would turn google-auth away from a plain-HTTP
+/// metadata endpoint: mTLS to it (`strict` refuses a custom host), no
+/// metadata check at all, certificate-bound (agent identity) tokens.
+const GCE_AWAY_FROM_ENDPOINT: [&str; 4] = [
+    "GCE_METADATA_MTLS_MODE",
+    "NO_GCE_CHECK",
+    "GOOGLE_API_CERTIFICATE_CONFIG",
+    "GOOGLE_API_ENABLE_RUNTIME_BOUND_TOKEN",
+];
 
 /// With `--server`, a `gcp` credential's child gets the metadata endpoint
 /// instead of the key file: no key is written, the file variables (also
@@ -268,6 +287,11 @@ fn serve_instead_of_key_file(
         {
             plan.set.remove(key);
         }
+        if !overrides.iter().any(|(k, _)| k == key) {
+            plan.unset.push(key);
+        }
+    }
+    for key in GCE_AWAY_FROM_ENDPOINT {
         if !overrides.iter().any(|(k, _)| k == key) {
             plan.unset.push(key);
         }
