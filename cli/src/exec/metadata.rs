@@ -16,13 +16,13 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use tiny_http::{Header, Method, Response as HttpResponse, Server};
+use tiny_http::Method;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Request, Response};
 use zeroize::Zeroizing;
 
+use super::loopback::{Loopback, Reply};
 use crate::client::{Client, Target};
 
 /// The scope a token has when the child names none (the daemon's default).
@@ -40,8 +40,7 @@ pub struct Identity {
 
 /// The running endpoint; stopped on drop.
 pub struct MetadataServer {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
+    _server: Loopback,
     /// `127.0.0.1:PORT`, what `GCE_METADATA_HOST` holds.
     pub host: String,
 }
@@ -50,49 +49,42 @@ impl MetadataServer {
     /// Serves credential `name` of the vault at `target` on a free loopback
     /// port, to processes of this uid only.
     pub fn start(target: Target, name: String, identity: Identity) -> Result<Self, String> {
-        let server = Server::http("127.0.0.1:0")
-            .map_err(|e| format!("cannot listen on 127.0.0.1 for --server: {e}"))?;
-        let local = match server.server_addr().to_ip() {
-            Some(SocketAddr::V4(a)) => a,
-            _ => return Err("the --server metadata endpoint has no IPv4 TCP port".into()),
-        };
         let uid = rustix::process::geteuid().as_raw();
-        let server = Arc::new(server);
-        let thread = {
-            let server = Arc::clone(&server);
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let owner = match request.remote_addr() {
-                        Some(SocketAddr::V4(peer)) => loopback_owner(*peer, local),
-                        _ => None,
-                    };
-                    let (status, kind, body) = if owner == Some(uid) {
-                        answer(&request, &target, &name, &identity, local.port())
-                    } else {
-                        let why = match owner {
-                            Some(other) => {
-                                format!("this endpoint serves uid {uid} only, not uid {other}")
-                            }
-                            None => "cannot tell which user opened this connection".into(),
-                        };
-                        (403, TEXT, Zeroizing::new(why))
-                    };
-                    let mut response =
-                        HttpResponse::from_data(body.as_bytes().to_vec()).with_status_code(status);
-                    for (field, value) in [("Metadata-Flavor", "Google"), ("Content-Type", kind)] {
-                        if let Ok(h) = Header::from_bytes(field, value) {
-                            response.add_header(h);
-                        }
-                    }
-                    let _ = request.respond(response);
-                }
-            })
+        let handler = move |request: &tiny_http::Request, local: SocketAddrV4| {
+            let owner = match request.remote_addr() {
+                Some(SocketAddr::V4(peer)) => loopback_owner(*peer, local),
+                _ => None,
+            };
+            let (status, kind, body) = if owner == Some(uid) {
+                answer(request, &target, &name, &identity, local.port())
+            } else {
+                let why = match owner {
+                    Some(other) => format!("this endpoint serves uid {uid} only, not uid {other}"),
+                    None => "cannot tell which user opened this connection".into(),
+                };
+                (403, TEXT, Zeroizing::new(why))
+            };
+            reply(status, kind, body)
         };
+        let server = Loopback::start(Arc::new(handler), || {
+            reply(
+                503,
+                TEXT,
+                Zeroizing::new("too many requests at once: try again".into()),
+            )
+        })?;
         Ok(Self {
-            server,
-            thread: Some(thread),
-            host: local.to_string(),
+            host: server.addr.to_string(),
+            _server: server,
         })
+    }
+}
+
+fn reply(status: u16, kind: &'static str, body: Zeroizing<String>) -> Reply {
+    Reply {
+        status,
+        headers: vec![("Metadata-Flavor", "Google"), ("Content-Type", kind)],
+        body,
     }
 }
 
@@ -101,15 +93,6 @@ impl std::fmt::Debug for MetadataServer {
         f.debug_struct("MetadataServer")
             .field("host", &self.host)
             .finish()
-    }
-}
-
-impl Drop for MetadataServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

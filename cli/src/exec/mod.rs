@@ -5,6 +5,7 @@
 //! folder whatever way the child ends, and exit with the child's code.
 
 pub(crate) mod child;
+mod loopback;
 mod mask;
 mod metadata;
 pub mod plan;

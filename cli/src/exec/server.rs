@@ -7,15 +7,15 @@
 //! endpoint stops when the child exits.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use serde_json::json;
-use tiny_http::{Header, Method, Response as HttpResponse, Server};
+use tiny_http::Method;
 use vault_protocol::message::RecordView;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Request, Response};
 use zeroize::Zeroizing;
 
+use super::loopback::{Loopback, Reply};
 use crate::client::{Client, Target};
 
 /// How long credentials without an expiry are announced for: SDKs come back
@@ -24,8 +24,7 @@ const STATIC_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 *
 
 /// The running endpoint; stopped on drop.
 pub struct CredServer {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
+    _server: Loopback,
     /// `http://127.0.0.1:PORT/credentials`.
     pub url: String,
     /// The value the child must send in `Authorization`.
@@ -36,34 +35,23 @@ impl CredServer {
     /// Serves credential `name` of the vault at `target` on a free loopback
     /// port.
     pub fn start(target: Target, name: String, token: Zeroizing<String>) -> Result<Self, String> {
-        let server = Server::http("127.0.0.1:0")
-            .map_err(|e| format!("cannot listen on 127.0.0.1 for --server: {e}"))?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .ok_or("the --server endpoint has no TCP port")?;
-        let server = Arc::new(server);
-        let thread = {
-            let server = Arc::clone(&server);
-            let token = token.clone();
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let (status, body) = answer(&request, &target, &name, &token);
-                    let json = Header::from_bytes("Content-Type", "application/json").ok();
-                    let mut response =
-                        HttpResponse::from_data(body.as_bytes().to_vec()).with_status_code(status);
-                    if let Some(h) = json {
-                        response.add_header(h);
-                    }
-                    let _ = request.respond(response);
-                }
-            })
+        let expected = token.clone();
+        let handler = move |request: &tiny_http::Request, _: std::net::SocketAddrV4| {
+            let (status, body) = answer(request, &target, &name, &expected);
+            Reply {
+                status,
+                headers: vec![("Content-Type", "application/json")],
+                body,
+            }
         };
+        let server = Loopback::start(Arc::new(handler), || Reply {
+            status: 503,
+            headers: vec![("Content-Type", "application/json")],
+            body: error_body("Busy", "too many requests at once: try again"),
+        })?;
         Ok(Self {
-            server,
-            thread: Some(thread),
-            url: format!("http://127.0.0.1:{port}/credentials"),
+            url: format!("http://127.0.0.1:{}/credentials", server.addr.port()),
+            _server: server,
             token,
         })
     }
@@ -75,15 +63,6 @@ impl std::fmt::Debug for CredServer {
             .field("url", &self.url)
             .field("token", &"[redacted]")
             .finish()
-    }
-}
-
-impl Drop for CredServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
