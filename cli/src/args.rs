@@ -503,6 +503,10 @@ pub enum EmitAction {
         /// Replace a file that vault did not write (a backup is kept)
         #[arg(long)]
         force: bool,
+        /// For an issuer credential ('vault gcp issuer'): an external_account
+        /// file whose executable asks this vault for subject tokens (no key in it)
+        #[arg(long)]
+        external_account: bool,
     },
     /// Write a registry credential's login into ~/.docker/config.json (auths), and keep it in sync
     Docker {
@@ -984,7 +988,63 @@ pub enum GcpAction {
         #[arg(long = "scope", value_name = "URL")]
         scopes: Vec<String>,
     },
+    /// Make an issuer credential: a key kept in the vault whose short-lived
+    /// tokens a workload identity pool trusts (no service-account key anywhere)
+    #[command(after_help = GCP_ISSUER_HELP)]
+    Issuer(IssuerArgs),
+    /// Print an issuer credential's public key as a JWKS, to upload to its
+    /// workload identity provider
+    Jwks {
+        /// The issuer credential
+        name: String,
+    },
+    /// Print a subject token of an issuer credential in the executable-source
+    /// format (what an external_account file runs)
+    SubjectToken {
+        /// The issuer credential
+        name: String,
+    },
 }
+
+/// `vault gcp issuer`.
+#[derive(Debug, Args)]
+pub struct IssuerArgs {
+    /// The new gcp credential
+    pub name: String,
+    /// The workload identity provider:
+    /// //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER
+    #[arg(long)]
+    pub audience: String,
+    /// The issuer URL the provider trusts [default: https://vault.invalid/issuer/RANDOM]
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// A service account to act as (clients get its tokens, not federated ones)
+    #[arg(long, value_name = "EMAIL")]
+    pub impersonate: Option<String>,
+    /// Where clients exchange subject tokens [default: https://sts.googleapis.com/v1/token]
+    #[arg(long, value_name = "URL")]
+    pub token_url: Option<String>,
+    /// IAM Credentials, for --impersonate [default: https://iamcredentials.googleapis.com]
+    #[arg(long, value_name = "URL")]
+    pub iam_endpoint: Option<String>,
+    /// The project id clients use by default
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+const GCP_ISSUER_HELP: &str = "\
+Example:
+  vault gcp issuer laptop --audience //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dev/providers/vault \\
+      --impersonate deploy@my-project.iam.gserviceaccount.com
+  vault gcp jwks laptop > jwks.json
+  gcloud iam workload-identity-pools providers create-oidc vault --location=global \\
+      --workload-identity-pool=dev --issuer-uri=ISSUER --jwk-json-path=jwks.json \\
+      --attribute-mapping=google.subject=assertion.sub
+  vault emit gcloud laptop --external-account --adc
+
+Client libraries then run 'vault gcp subject-token laptop' for a token the
+vault signs (ES256, 10 minutes, sub = the credential's name) and exchange it
+at Google's STS; set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 for them.";
 
 const CONSOLE_HELP: &str = "\
 Example: vault console aws-dev --region eu-west-1 --open

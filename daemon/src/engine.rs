@@ -35,6 +35,7 @@ pub mod refresh;
 pub mod rotate;
 mod snapshot;
 pub mod sync;
+mod wif_file;
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -93,6 +94,8 @@ pub struct GcpKey {
     pub json: SecretValue,
     /// The service account to act as (`impersonate`), if any.
     pub impersonate: Option<String>,
+    /// For an issuer credential: its `issuer` and `issuer_key`.
+    pub issuer: Option<(String, SecretValue)>,
 }
 
 /// What the index keeps of a live record: enough for list/status, no values.
@@ -1116,6 +1119,39 @@ impl Engine {
     /// account it acts as (`impersonate`): not expired, and its gated
     /// fields approved here.
     pub fn gcp_key(&self, name: &str, now: Timestamp) -> Result<GcpKey> {
+        let (row, body) = self.gcp_record(name, now)?;
+        let json = body.fields.get("json").ok_or_else(|| {
+            err(
+                ErrorCode::Failed,
+                format!("'{name}' has no json yet: 'vault set {name} json=@key.json'"),
+            )
+        })?;
+        Ok(GcpKey {
+            id: row.id,
+            revision: row.revision,
+            json: json.duplicate(),
+            impersonate: body
+                .fields
+                .get(vault_protocol::credential::IMPERSONATE)
+                .map(|v| v.expose_secret().to_owned())
+                .filter(|v| !v.is_empty()),
+            issuer: match (
+                body.fields.get(vault_protocol::credential::ISSUER),
+                body.fields.get(vault_protocol::credential::ISSUER_KEY),
+            ) {
+                (Some(iss), Some(key)) => Some((iss.expose_secret().to_owned(), key.duplicate())),
+                _ => None,
+            },
+        })
+    }
+
+    /// The fields of gcp credential `name` (approved, not expired), for
+    /// an issuer's subject token (`remote::wif`).
+    pub fn gcp_fields(&self, name: &str, now: Timestamp) -> Result<BTreeMap<String, SecretValue>> {
+        Ok(self.gcp_record(name, now)?.1.fields)
+    }
+
+    fn gcp_record(&self, name: &str, now: Timestamp) -> Result<(RecordRow, RecordBody)> {
         self.check_approved(&[name.to_owned()])?;
         let (row, body) = self.load(name)?;
         if body.kind != CredentialType::Gcp {
@@ -1133,22 +1169,7 @@ impl Engine {
                 format!("'{name}' has expired: renew it before minting tokens from it"),
             ));
         }
-        let json = body.fields.get("json").ok_or_else(|| {
-            err(
-                ErrorCode::Failed,
-                format!("'{name}' has no json yet: 'vault set {name} json=@key.json'"),
-            )
-        })?;
-        Ok(GcpKey {
-            id: row.id,
-            revision: row.revision,
-            json: json.duplicate(),
-            impersonate: body
-                .fields
-                .get(vault_protocol::credential::IMPERSONATE)
-                .map(|v| v.expose_secret().to_owned())
-                .filter(|v| !v.is_empty()),
-        })
+        Ok((row, body))
     }
 
     /// The current code of `name`'s one-time-code seed (its `otp` field).

@@ -383,6 +383,18 @@ impl Daemon {
                 }
                 r
             }
+            Request::GcpSubjectToken { name } => {
+                let mut engine = self.engine();
+                let r = crate::remote::wif::subject_token(&engine, &name, Timestamp::now());
+                if r.is_ok() {
+                    engine.audit(
+                        std::slice::from_ref(&name),
+                        "gcp_subject_token",
+                        &peer.get(),
+                    );
+                }
+                r
+            }
             Request::EksToken {
                 name,
                 cluster,
@@ -638,8 +650,9 @@ impl Daemon {
                 kind,
                 path,
                 force,
+                program,
             } => engine
-                .emit_file(&name, &kind, path, force, now)
+                .emit_file(&name, &kind, path, force, program, now)
                 .map(Response::Emitted),
             Request::EmitDocker {
                 name,
@@ -959,6 +972,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Get { .. } => "get",
         Request::Otp { .. } => "otp",
         Request::GcpToken { .. } => "gcp_token",
+        Request::GcpSubjectToken { .. } => "gcp_subject_token",
         Request::EksToken { .. } => "eks_token",
         Request::ConsoleUrl { .. } => "console_url",
         Request::Check { .. } => "check",
@@ -1097,7 +1111,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 47] = [
+    const EVERY_REQUEST: [&str; 48] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1143,6 +1157,7 @@ mod tests {
         r#"{"op":"eks_token","name":"a","cluster":"c"}"#,
         r#"{"op":"console_url","name":"a"}"#,
         r#"{"op":"emit_kube","name":"a","path":"/k","program":"/v","cluster":"c"}"#,
+        r#"{"op":"gcp_subject_token","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1196,8 +1211,9 @@ mod tests {
             Request::EksToken { .. } => 42,
             Request::ConsoleUrl { .. } => 43,
             Request::EmitKube { .. } => 44,
-            Request::Lock => 45,
-            Request::Shutdown => 46,
+            Request::GcpSubjectToken { .. } => 45,
+            Request::Lock => 46,
+            Request::Shutdown => 47,
         }
     }
 

@@ -373,6 +373,8 @@ impl CredentialType {
                         req("json", true),
                         opt("project", false),
                         opt(IMPERSONATE, false),
+                        opt(ISSUER, false),
+                        opt(ISSUER_KEY, true),
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
                     ]
@@ -737,6 +739,43 @@ fn check_data<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> 
 /// `generateAccessToken`, docs/gcp.md).
 pub const IMPERSONATE: &str = "impersonate";
 
+/// A `gcp` issuer credential's `iss` claim: the issuer URL a workload
+/// identity pool's OIDC provider trusts (docs/gcp.md).
+pub const ISSUER: &str = "issuer";
+
+/// A `gcp` issuer credential's signing key: a P-256 key, PKCS#8 DER in
+/// standard base64, that signs its subject tokens (ES256).
+pub const ISSUER_KEY: &str = "issuer_key";
+
+/// The subject token type of an issuer's tokens, in its external_account file.
+pub const GCP_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Google's STS, where client libraries exchange subject tokens (RFC 8693).
+pub const GCP_STS_TOKEN_URL: &str = "https://sts.googleapis.com/v1/token";
+
+/// The service account an `external_account` file's
+/// `service_account_impersonation_url` acts as
+/// (`…/serviceAccounts/EMAIL:generateAccessToken`).
+pub fn impersonated_account(url: &str) -> Option<String> {
+    url.rsplit('/')
+        .next()?
+        .strip_suffix(":generateAccessToken")
+        .filter(|e| is_service_account(e))
+        .map(str::to_owned)
+}
+
+/// The `kid` of an issuer's ES256 key, from its public point (SEC1
+/// uncompressed, 65 bytes): the first 8 bytes of `x` in hex. Stable for
+/// the key, the same in the JWKS the user uploads and in every token.
+pub fn es256_kid(public_point: &[u8]) -> String {
+    public_point
+        .get(1..9)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Whether `email` can be a service account's: `NAME@DOMAIN`, at most 254
 /// of letters, digits, `.`, `_`, `-` (it goes into a URL path).
 pub fn is_service_account(email: &str) -> bool {
@@ -775,6 +814,42 @@ fn check_gcp<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
             "field 'json' has \"type\": \"{kind}\"; expected one of {}",
             known.join(", ")
         ));
+    }
+    if get(ISSUER_KEY).is_some() || get(ISSUER).is_some() {
+        if kind != "external_account" {
+            return Err(format!(
+                "fields '{ISSUER}' and '{ISSUER_KEY}' belong to an issuer credential, whose json \
+                 is an external_account file: make one with 'vault gcp issuer NAME --audience AUD'"
+            ));
+        }
+        match get(ISSUER) {
+            Some(url)
+                if url.starts_with("https://")
+                    && url.len() > 8
+                    && !url.contains(char::is_whitespace) => {}
+            _ => {
+                return Err(format!(
+                    "an issuer credential needs '{ISSUER}', an https:// URL without spaces \
+                     (the issuer its workload identity provider trusts)"
+                ));
+            }
+        }
+        if get(ISSUER_KEY).is_none() {
+            return Err(format!(
+                "an issuer credential needs '{ISSUER_KEY}': make one with 'vault gcp issuer'"
+            ));
+        }
+        if doc
+            .get("audience")
+            .and_then(|a| a.as_str())
+            .is_none_or(str::is_empty)
+        {
+            return Err(
+                "the json of an issuer credential names no \"audience\" (its workload identity \
+                 provider: //iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/R)"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }

@@ -202,6 +202,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         scopes: Vec<String>,
     },
+    /// A subject token for workload identity federation from a `gcp`
+    /// issuer credential (`vault gcp subject-token`, the executable of an
+    /// `external_account` file, docs/gcp.md): a short-lived JWT the daemon
+    /// signs (ES256) with the credential's `issuer_key`, for the audience
+    /// its `json` names. Answered by [`Response::AccessToken`].
+    GcpSubjectToken {
+        /// The gcp issuer credential.
+        name: String,
+    },
     /// A bearer token for an EKS cluster from an `aws` credential (`vault
     /// eks token`, docs/eks.md): `k8s-aws-v1.` and a presigned STS
     /// `GetCallerIdentity` URL that signs the cluster's name. Answered by
@@ -361,6 +370,11 @@ pub enum Request {
         /// Replace a file the vault did not write (a backup is kept).
         #[serde(default)]
         force: bool,
+        /// For `gcloud` from an issuer credential: this machine's `vault`
+        /// program, which the written `external_account` file runs for
+        /// subject tokens (`vault emit gcloud --external-account`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<String>,
     },
     /// Keep a registry login in `~/.docker/config.json` (`auths`) in sync
     /// with a registry credential (`vault emit docker`).
@@ -549,6 +563,7 @@ impl Request {
             | Request::Get { .. }
             | Request::Otp { .. }
             | Request::GcpToken { .. }
+            | Request::GcpSubjectToken { .. }
             | Request::EksToken { .. }
             | Request::ConsoleUrl { .. }
             | Request::Check { .. }
@@ -724,7 +739,7 @@ pub enum Response {
         /// One per record asked.
         results: Vec<CheckResult>,
     },
-    /// Answer to `GcpToken`, `EksToken` and `ConsoleUrl`.
+    /// Answer to `GcpToken`, `GcpSubjectToken`, `EksToken` and `ConsoleUrl`.
     AccessToken {
         /// The bearer token.
         token: SecretValue,

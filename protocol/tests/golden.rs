@@ -634,6 +634,47 @@ fn gcp_token_frames() {
 }
 
 #[test]
+fn gcp_subject_token_frames() {
+    let req = RequestFrame {
+        id: 22,
+        req: Request::GcpSubjectToken {
+            name: "wif-laptop".into(),
+        },
+    };
+    let expected = r#"{"id":22,"req":{"op":"gcp_subject_token","name":"wif-laptop"}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+}
+
+#[test]
+fn emit_file_frames() {
+    // Without a program: the frame every build before --external-account sent.
+    let plain = RequestFrame {
+        id: 30,
+        req: Request::EmitFile {
+            name: "sa-dev".into(),
+            kind: "gcloud".into(),
+            path: Some("/home/me/.config/gcloud/application_default_credentials.json".into()),
+            force: false,
+            program: None,
+        },
+    };
+    let expected = r#"{"id":30,"req":{"op":"emit_file","name":"sa-dev","kind":"gcloud","path":"/home/me/.config/gcloud/application_default_credentials.json","force":false}}"#;
+    assert_eq!(frame_of(&plain), with_header(expected));
+    let external = RequestFrame {
+        id: 31,
+        req: Request::EmitFile {
+            name: "wif-laptop".into(),
+            kind: "gcloud".into(),
+            path: Some("/home/me/wif.json".into()),
+            force: true,
+            program: Some("/usr/bin/vault".into()),
+        },
+    };
+    let expected = r#"{"id":31,"req":{"op":"emit_file","name":"wif-laptop","kind":"gcloud","path":"/home/me/wif.json","force":true,"program":"/usr/bin/vault"}}"#;
+    assert_eq!(frame_of(&external), with_header(expected));
+}
+
+#[test]
 fn complete_frames() {
     let req = RequestFrame {
         id: 12,

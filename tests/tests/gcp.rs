@@ -42,6 +42,11 @@ struct State {
     login: Option<(String, String, String)>,
     /// The login was signed out (its refresh token revoked).
     revoked: bool,
+    /// A workload identity provider: (its audience, the issuer it trusts,
+    /// the JWKS uploaded to it).
+    provider: Option<(String, String, serde_json::Value)>,
+    /// The `sub` of each subject token exchanged.
+    exchanged: Vec<String>,
 }
 
 /// `application/x-www-form-urlencoded` value decoding.
@@ -159,6 +164,85 @@ fn grant(state: &mut State, form: &str) -> Result<String, String> {
     Ok(token)
 }
 
+/// Google STS's token exchange (RFC 8693) as its API reference gives it,
+/// for an OIDC provider with an uploaded JWKS: the form's grant and token
+/// types and `audience` must be the provider's; the subject token a JWT
+/// signed by a key of the JWKS (ES256 here), its `iss` the provider's
+/// issuer, its `aud` `https:` + the audience, not expired and short-lived.
+/// The federated token, else the error description.
+fn sts_exchange(state: &mut State, form: &str) -> Result<String, String> {
+    let field = |k: &str| {
+        form_decode(
+            form.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default(),
+        )
+    };
+    let Some((audience, issuer, jwks)) = state.provider.clone() else {
+        return Err("no workload identity provider here".into());
+    };
+    if field("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange"
+        || field("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token"
+        || field("subject_token_type") != "urn:ietf:params:oauth:token-type:jwt"
+    {
+        return Err(format!("unsupported exchange: {form}"));
+    }
+    if field("audience") != audience {
+        return Err("The audience in the request is not a valid provider.".into());
+    }
+    let jwt = field("subject_token");
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [head, body, sig] = parts.as_slice() else {
+        return Err("Invalid JWT: not three parts".into());
+    };
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
+    if header["alg"] != "ES256" {
+        return Err("Invalid JWT: alg".into());
+    }
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .ok_or("The key ID in the JWT header is not in the provider's JWKS.")?;
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(key["y"].as_str().unwrap()).unwrap());
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| "Invalid JWT signature.")?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(format!("{head}.{body}").as_bytes(), &sig)
+        .map_err(|_| "Invalid JWT signature.")?;
+    if claims["iss"] != issuer.as_str() {
+        return Err(format!(
+            "The issuer in the token is not the provider's: {}",
+            claims["iss"]
+        ));
+    }
+    if claims["aud"] != format!("https:{audience}") {
+        return Err(format!(
+            "The audience in the token is not allowed: {}",
+            claims["aud"]
+        ));
+    }
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    if exp < now() || exp - iat > 3600 {
+        return Err("The token has expired or lives too long.".into());
+    }
+    let sub = claims["sub"].as_str().unwrap_or_default().to_owned();
+    state.exchanged.push(sub);
+    let token = format!("ya29.{}", secret(&format!("fed-{}", state.exchanged.len())));
+    state.tokens.push(token.clone());
+    Ok(token)
+}
+
 /// IAM Credentials' `generateAccessToken` as Google's API reference gives
 /// it: `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`,
 /// the caller's token as the bearer, `{"scope": [...], "lifetime": "Ns"}`;
@@ -223,6 +307,28 @@ fn token_endpoint(state: Arc<Mutex<State>>) -> (String, Arc<tiny_http::Server>) 
             let mut form = String::new();
             req.as_reader().read_to_string(&mut form).unwrap();
             let mut st = state.lock().unwrap();
+            if req.url() == "/v1/token" {
+                let (code, body) = match sts_exchange(&mut st, &form) {
+                    Ok(token) => (
+                        200,
+                        serde_json::json!({"access_token": token, "expires_in": 3600,
+                            "token_type": "Bearer",
+                            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+                    ),
+                    Err(why) => {
+                        st.refusals.push(why.clone());
+                        (
+                            400,
+                            serde_json::json!({"error": "invalid_grant", "error_description": why}),
+                        )
+                    }
+                };
+                drop(st);
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body.to_string()).with_status_code(code),
+                );
+                continue;
+            }
             if req.url() != "/token" {
                 let bearer = req
                     .headers()
@@ -1065,4 +1171,200 @@ print(json.dumps({"email": c.service_account_email, "project": project, "valid":
         .stderr_has("sign in again")
         .never_prints(&refresh)
         .never_prints(&client_secret);
+}
+
+/// What google-auth runs for the `external_account` file (argv[1]):
+/// `default()` finds it, runs the vault for a subject token, exchanges it
+/// at the file's STS and impersonates the file's account.
+const EXTERNAL_CHILD: &str = r#"
+import json, sys
+import google.auth, google.auth.transport.requests
+creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+try:
+    creds.refresh(google.auth.transport.requests.Request())
+    print(json.dumps({"kind": type(creds).__module__, "token": creds.token,
+                      "email": creds.service_account_email}))
+except Exception as e:
+    print(json.dumps({"kind": type(creds).__module__, "error": str(e)}))
+"#;
+
+/// The vault as a workload identity issuer (issue 22): `vault gcp issuer`
+/// keeps a P-256 key, `vault gcp jwks` gives its public half to the
+/// provider, `vault emit gcloud --external-account` writes an
+/// `external_account` file with no key in it, and google-auth, reading that
+/// file, runs the vault for a signed subject token, exchanges it at the STS
+/// double (which verifies the signature against the uploaded JWKS) and
+/// impersonates the account. Another issuer's key is refused, an endpoint
+/// not allowed on this machine is not written, a key file is no issuer.
+#[test]
+fn google_auth_gets_tokens_through_an_external_account_file_with_no_key() {
+    let Some(python) = vault_e2e::test_python("gcp external_account") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let state = Arc::new(Mutex::new(State::default()));
+    let (url, _server) = token_endpoint(Arc::clone(&state));
+    let base = url.trim_end_matches("/token").to_owned();
+    let sts = format!("{base}/v1/token");
+    vh.write_config(&format!(
+        "[gcp]\ntoken_uris = [\"{sts}\"]\niam_endpoint = \"{base}\"\n"
+    ));
+    vh.init().ok();
+    let audience = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/dev/providers/vault";
+    let issuer = "https://vault.example/issuer/e2e";
+    let deploy = "deploy@vault-test.iam.gserviceaccount.com";
+    state.lock().unwrap().may_act_as.push(deploy.into());
+    let make = |name: &str, token_url: &str| {
+        vh.vault([
+            "gcp",
+            "issuer",
+            name,
+            "--audience",
+            audience,
+            "--issuer",
+            issuer,
+            "--impersonate",
+            deploy,
+            "--token-url",
+            token_url,
+            "--iam-endpoint",
+            &base,
+        ])
+    };
+    make("wif", &sts).ok().stderr_has("vault gcp jwks wif");
+    let jwks: serde_json::Value =
+        serde_json::from_str(vh.vault(["gcp", "jwks", "wif"]).ok().stdout.trim()).unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private part: {jwks}"
+    );
+    state.lock().unwrap().provider = Some((audience.into(), issuer.into(), jwks));
+    let private = vh.field("wif", "issuer_key");
+
+    let file = vh.user_home.join("wif.json");
+    let emit = vh.vault([
+        "emit",
+        "gcloud",
+        "wif",
+        "--external-account",
+        "--path",
+        file.to_str().unwrap(),
+    ]);
+    emit.ok();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(&private[10..40]),
+        "the key is not in the file"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["type"], "external_account");
+    assert_eq!(doc["token_url"], sts.as_str());
+    let command = doc["credential_source"]["executable"]["command"]
+        .as_str()
+        .unwrap();
+    assert!(command.ends_with(" gcp subject-token wif"), "{command}");
+    let listed = vh.vault(["emit", "list"]);
+    assert!(listed.ok().stdout.contains("ok"), "{listed}");
+
+    let run_child = |path: &Path| {
+        let mut cmd = vh.command(&python, ["-c", EXTERNAL_CHILD]);
+        cmd.env("GOOGLE_APPLICATION_CREDENTIALS", path)
+            .env("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+            // Else default() asks Cloud Resource Manager for the project.
+            .env("GOOGLE_CLOUD_PROJECT", "vault-test");
+        let run = run_command(cmd, None, Duration::from_secs(60));
+        run.ok();
+        serde_json::from_str::<serde_json::Value>(run.stdout.trim()).unwrap()
+    };
+    let got = run_child(&file);
+    assert_eq!(got["kind"], "google.auth.pluggable", "{got}");
+    assert!(got["token"].as_str().unwrap().contains(MARK), "{got}");
+    assert_eq!(got["email"], deploy);
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(st.exchanged, ["wif"], "{:?}", st.refusals);
+        assert_eq!(st.impersonated.last().unwrap().0, deploy);
+    }
+
+    // The daemon mints from the issuer itself, by the same exchange: a
+    // token, a check, and a --server child; a plain exec has no file to give.
+    let minted = vh.vault(["gcp", "token", "wif"]);
+    assert!(minted.ok().stdout.contains(MARK));
+    vh.vault(["check", "wif"]).ok();
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(st.exchanged, ["wif", "wif", "wif"], "{:?}", st.refusals);
+        assert_eq!(st.impersonated.len(), 3);
+    }
+    let served = vh.vault([
+        "exec",
+        "--server",
+        "-c",
+        "wif",
+        "--",
+        python.to_str().unwrap(),
+        "-c",
+        "import google.auth, google.auth.transport.requests as r\n\
+         c, _ = google.auth.default()\nc.refresh(r.Request())\n\
+         print(c.service_account_email, c.token[:5])",
+    ]);
+    assert_eq!(served.ok().stdout.trim(), format!("{deploy} ya29."));
+    vh.vault(["exec", "-c", "wif", "--", "true"])
+        .code(2)
+        .stderr_has("--server -c wif");
+
+    // Another issuer's key (its JWKS never uploaded) is refused at STS.
+    make("wif-other", &sts).ok();
+    let other = vh.user_home.join("other.json");
+    vh.vault([
+        "emit",
+        "gcloud",
+        "wif-other",
+        "--external-account",
+        "--path",
+        other.to_str().unwrap(),
+    ])
+    .ok();
+    let refused = run_child(&other);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the provider's JWKS"),
+        "{refused}"
+    );
+
+    // An exchange endpoint this machine did not list is not written.
+    make("wif-elsewhere", "https://sts.example.net/v1/token").ok();
+    let elsewhere = vh.user_home.join("elsewhere.json");
+    vh.vault([
+        "emit",
+        "gcloud",
+        "wif-elsewhere",
+        "--external-account",
+        "--path",
+        elsewhere.to_str().unwrap(),
+    ])
+    .code(2)
+    .stderr_has("not Google's STS");
+    assert!(!elsewhere.exists());
+
+    // A subject token is only an issuer's; the token printed is the format
+    // executables answer in, and never lands in an error.
+    let (private_key, _) = rsa_key(vh.root(), "k");
+    let json = key_json(&private_key, "sa@vault-test.iam.gserviceaccount.com", &url);
+    vh.vault_in(["add", "sa", "--type", "gcp", "json=-"], json.as_bytes())
+        .ok();
+    vh.vault(["gcp", "subject-token", "sa"])
+        .code(2)
+        .stderr_has("not an issuer credential");
+    let answer = vh.vault(["gcp", "subject-token", "wif"]);
+    let answer: serde_json::Value = serde_json::from_str(answer.ok().stdout.trim()).unwrap();
+    assert_eq!(answer["version"], 1);
+    assert_eq!(answer["success"], true);
+    assert_eq!(answer["token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    let left = answer["expiration_time"].as_i64().unwrap() - now();
+    assert!((500..=600).contains(&left), "{answer}");
+    emit.never_prints(&private[10..40]);
 }

@@ -27,13 +27,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 None if process => default_aws_file("AWS_CONFIG_FILE", "config")?,
                 None => default_aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials")?,
             };
-            let program = if process {
-                let exe = std::env::current_exe()
-                    .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
-                Some(exe.to_string_lossy().into_owned())
-            } else {
-                None
-            };
+            let program = if process { Some(this_program()?) } else { None };
             let path = absolute(&path)?;
             // With keys, the profile's region goes to the config file.
             let config = if process {
@@ -62,6 +56,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             adc,
             path,
             force,
+            external_account,
         } => {
             let path = match (path, adc) {
                 (Some(p), _) => p,
@@ -70,9 +65,14 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                     return Err(usage("say where: --adc, or --path FILE"));
                 }
             };
-            emit_file(ctx, &name, "gcloud", Some(path), force)
+            let program = if external_account {
+                Some(this_program()?)
+            } else {
+                None
+            };
+            emit_file(ctx, &name, "gcloud", Some(path), force, program)
         }
-        EmitAction::File { name, path, force } => emit_file(ctx, &name, "file", path, force),
+        EmitAction::File { name, path, force } => emit_file(ctx, &name, "file", path, force, None),
         EmitAction::Docker {
             name,
             path,
@@ -118,13 +118,12 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 None => default_kubeconfig()?,
             };
             let path = absolute(&path)?;
-            let exe = std::env::current_exe()
-                .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
+            let program = this_program()?;
             let req = || Request::EmitKube {
                 name: name.clone(),
                 path: path.clone(),
                 user: user.clone(),
-                program: exe.to_string_lossy().into_owned(),
+                program: program.clone(),
                 cluster: cluster.clone(),
                 region: region.clone(),
                 scopes: scopes.clone(),
@@ -225,6 +224,7 @@ fn emit_file(
     kind: &str,
     path: Option<PathBuf>,
     force: bool,
+    program: Option<String>,
 ) -> CliResult<()> {
     validate_name(name).map_err(usage)?;
     let path = path.as_deref().map(absolute).transpose()?;
@@ -233,6 +233,7 @@ fn emit_file(
         kind: kind.to_owned(),
         path: path.clone(),
         force,
+        program: program.clone(),
     };
     emitted(ctx, &req, |info| {
         format!(
@@ -240,6 +241,13 @@ fn emit_file(
             info.path, info.id
         )
     })
+}
+
+/// This `vault` program's path, which an emitted file runs.
+fn this_program() -> CliResult<String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| failed(format!("cannot find the vault program: {e}")))?;
+    Ok(exe.to_string_lossy().into_owned())
 }
 
 /// gcloud's ADC file: `$CLOUDSDK_CONFIG` or `~/.config/gcloud`, then

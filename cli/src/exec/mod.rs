@@ -100,6 +100,19 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
     } else {
         Served::default()
     };
+    if !args.server
+        && let Some(issuer) = records.iter().find(|r| {
+            r.fields
+                .contains_key(vault_protocol::credential::ISSUER_KEY)
+        })
+    {
+        return Err(usage(format!(
+            "'{0}' is a workload identity issuer, which has no key file to give: run the child \
+             with 'vault exec --server -c {0}' (a metadata endpoint with its tokens), or write \
+             its external_account file with 'vault emit gcloud {0} --external-account'",
+            issuer.name
+        )));
+    }
     let folder = child::Folder::create(&ctx.target.paths.exec_dir()).map_err(failed)?;
     let prefixes = parse_prefixes(&args.prefix, &records)?;
     let mut plan =

@@ -183,6 +183,8 @@ struct GcpKeyInfo {
     project_id: Option<String>,
     quota_project_id: Option<String>,
     client_email: Option<String>,
+    /// An external_account file's account to act as (an issuer's).
+    service_account_impersonation_url: Option<String>,
 }
 
 fn gcp_key_info(record: &RecordView) -> Result<GcpKeyInfo, String> {
@@ -225,7 +227,11 @@ pub fn gcp_identity(record: &RecordView) -> Result<(String, Option<String>), Str
     let acts_as = field(record, vault_protocol::credential::IMPERSONATE)
         .map(|v| v.expose_secret().to_owned())
         .filter(|v| !v.is_empty());
-    let email = match (acts_as, info.kind.as_deref()) {
+    let from_file = info
+        .service_account_impersonation_url
+        .as_deref()
+        .and_then(vault_protocol::credential::impersonated_account);
+    let email = match (acts_as.or(from_file), info.kind.as_deref()) {
         (Some(account), _) => account,
         (None, Some("service_account")) => info
             .client_email

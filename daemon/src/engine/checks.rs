@@ -77,11 +77,14 @@ pub enum Probe {
     Gcp {
         /// The key file's JSON.
         json: SecretValue,
+        /// An issuer credential's `issuer` and `issuer_key`.
+        issuer: Option<(String, SecretValue)>,
         /// `[gcp] token_uris` of this machine.
         token_uris: Vec<String>,
-        /// The account it acts as (`impersonate`) and IAM Credentials'
-        /// URL, when it does.
-        impersonate: Option<(String, String)>,
+        /// The account it acts as (`impersonate`), if any.
+        impersonate: Option<String>,
+        /// IAM Credentials' URL, where it acts as another account.
+        iam_endpoint: String,
     },
     /// Nothing to ask; why.
     Skip(String),
@@ -289,15 +292,18 @@ impl Engine {
                         CredentialType::Gcp => match take(&mut fields, "json") {
                             Some(json) => Probe::Gcp {
                                 json,
+                                issuer: take_text(&mut fields, vault_protocol::credential::ISSUER)
+                                    .zip(take(&mut fields, vault_protocol::credential::ISSUER_KEY)),
                                 token_uris: self.config().gcp_token_uris.clone(),
                                 impersonate: take_text(
                                     &mut fields,
                                     vault_protocol::credential::IMPERSONATE,
-                                )
-                                .map(|who| {
-                                    let iam = self.config().gcp_iam_endpoint.clone();
-                                    (who, iam.unwrap_or_else(|| IAM_ENDPOINT.to_owned()))
-                                }),
+                                ),
+                                iam_endpoint: self
+                                    .config()
+                                    .gcp_iam_endpoint
+                                    .clone()
+                                    .unwrap_or_else(|| IAM_ENDPOINT.to_owned()),
                             },
                             None => Probe::Fail(format!("'{name}' has no json (the key file)")),
                         },

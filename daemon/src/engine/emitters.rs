@@ -161,9 +161,20 @@ fn docker_render(kind: EmitterKind, body: &RecordBody, now: Timestamp) -> Option
 }
 
 /// The content a whole-file binding writes; `None` when it must go.
-fn whole_content(kind: EmitterKind, body: &RecordBody, now: Timestamp) -> Option<Vec<u8>> {
+fn whole_content(
+    engine: &Engine,
+    kind: EmitterKind,
+    program: Option<&str>,
+    body: &RecordBody,
+    now: Timestamp,
+) -> Option<Vec<u8>> {
     if body.expires_at.is_some_and(|t| t <= now) {
         return None;
+    }
+    if let (EmitterKind::Gcloud, Some(program)) = (kind, program) {
+        // An issuer's external_account file; one that can no longer be
+        // written (its key or an allowed endpoint gone) is taken out.
+        return external_content(engine, body, program).ok();
     }
     let field = if kind == EmitterKind::Gcloud {
         "json"
@@ -173,6 +184,23 @@ fn whole_content(kind: EmitterKind, body: &RecordBody, now: Timestamp) -> Option
     body.fields
         .get(field)
         .map(|v| v.expose_secret().as_bytes().to_vec())
+}
+
+/// The `external_account` file of issuer credential `body`, whose
+/// executable is `program` (`vault emit gcloud --external-account`).
+fn external_content(
+    engine: &Engine,
+    body: &RecordBody,
+    program: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    super::wif_file::external_account_file(
+        engine,
+        &body.name,
+        body.fields.get("json").map(|j| j.expose_secret()),
+        body.fields
+            .contains_key(vault_protocol::credential::ISSUER_KEY),
+        program,
+    )
 }
 
 /// The `auths` entry of a registry credential: its registry and the entry
@@ -724,6 +752,7 @@ impl Engine {
         kind: &str,
         path: Option<String>,
         force: bool,
+        program: Option<String>,
         now: Timestamp,
     ) -> Result<EmitterInfo> {
         let (kind, wanted) = match EmitterKind::parse(kind) {
@@ -746,7 +775,22 @@ impl Engine {
                 .ok_or_else(|| err(ErrorCode::Usage, "give the file with --path"))?,
         };
         check_absolute(&path)?;
-        let content = whole_content(kind, &body, now).ok_or_else(|| expired(name))?;
+        let content = match &program {
+            Some(program) if kind == EmitterKind::Gcloud => {
+                check_absolute(program)?;
+                if body.expires_at.is_some_and(|t| t <= now) {
+                    return Err(expired(name));
+                }
+                external_content(self, &body, program).map_err(|m| err(ErrorCode::Usage, m))?
+            }
+            Some(_) => {
+                return Err(err(
+                    ErrorCode::Usage,
+                    "a program goes with an external_account gcloud file only",
+                ));
+            }
+            None => whole_content(self, kind, None, &body, now).ok_or_else(|| expired(name))?,
+        };
         let existing = self.find_emitter(|e| e.path == path)?;
         if let Some(other) = existing.as_ref().filter(|e| !e.kind.is_whole_file()) {
             return Err(err(
@@ -781,7 +825,7 @@ impl Engine {
             kind,
             path,
             section: WHOLE.to_owned(),
-            program: None,
+            program,
             created_at: now.unix(),
             config_path: None,
             config_region: false,
@@ -821,7 +865,7 @@ impl Engine {
             return self.take_out(e, body);
         }
         if e.kind.is_whole_file() {
-            return match whole_content(e.kind, body, now) {
+            return match whole_content(self, e.kind, e.program.as_deref(), body, now) {
                 Some(content) => {
                     let _lock = lock(&e.path)?;
                     write_file(&e.path, &content)
@@ -999,7 +1043,7 @@ impl Engine {
             };
         }
         if e.kind.is_whole_file() {
-            return match whole_content(e.kind, &body, now) {
+            return match whole_content(self, e.kind, e.program.as_deref(), &body, now) {
                 Some(c) if c == text.as_bytes() => EmitState::Ok,
                 Some(_) => EmitState::Drifted,
                 None => EmitState::Expired(Removed::File),

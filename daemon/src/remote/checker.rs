@@ -213,10 +213,13 @@ async fn probe(http: &Http, probe: &Probe, name: &str, timeout: Duration) -> Res
         } => registry_login(http, registry, username, password, timeout).await,
         Probe::Gcp {
             json,
+            issuer,
             token_uris,
             impersonate,
+            iam_endpoint,
         } => {
-            let key = super::gcp::parse_key(json.expose_secret(), name).map_err(Failed)?;
+            let issuer = issuer.as_ref().map(|(i, k)| (i.as_str(), k));
+            let key = super::gcp::key_of(name, json.expose_secret(), issuer).map_err(Failed)?;
             super::gcp::check_token_uri(&key, token_uris, name).map_err(Failed)?;
             let scopes = [super::gcp::DEFAULT_SCOPE.to_owned()];
             let (own, mut expires_at) = super::gcp::mint(http, &key, &scopes, timeout, name)
@@ -224,10 +227,10 @@ async fn probe(http: &Http, probe: &Probe, name: &str, timeout: Duration) -> Res
                 .map_err(|e| Failed(e.message))?;
             let mut whose = key.client_email.clone();
             // Acting as another account is part of what the record does.
-            if let Some((target, endpoint)) = impersonate {
+            if let Some(target) = key.acts_as(impersonate.clone()) {
                 let asked = super::gcp::Impersonation {
-                    endpoint,
-                    target,
+                    endpoint: iam_endpoint,
+                    target: &target,
                     by: &key.client_email,
                     scopes: &scopes,
                 };

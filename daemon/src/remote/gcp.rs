@@ -61,6 +61,9 @@ pub enum Grant {
         client_secret: SecretValue,
         refresh_token: SecretValue,
     },
+    /// An issuer credential: a subject token it signs, exchanged at
+    /// Google's STS (RFC 8693) for a federated token.
+    Exchange(Box<super::wif::Issuer>),
 }
 
 impl std::fmt::Debug for Grant {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Grant {
         f.write_str(match self {
             Grant::Assertion { .. } => "Assertion([redacted])",
             Grant::Refresh { .. } => "Refresh([redacted])",
+            Grant::Exchange(_) => "Exchange([redacted])",
         })
     }
 }
@@ -93,6 +97,31 @@ struct KeyFile {
     client_secret: Option<SecretValue>,
     refresh_token: Option<SecretValue>,
     account: Option<String>,
+}
+
+impl Key {
+    /// The account its tokens are minted for: `impersonate`, else the one
+    /// an issuer's file names, else its own.
+    pub fn acts_as(&self, impersonate: Option<String>) -> Option<String> {
+        match &self.grant {
+            Grant::Exchange(issuer) => impersonate.or_else(|| issuer.acts_as.clone()),
+            _ => impersonate,
+        }
+    }
+}
+
+/// How gcp credential `name` mints: as an issuer when it has `issuer` and
+/// `issuer_key`, else from its key file's JSON.
+pub fn key_of(name: &str, json: &str, issuer: Option<(&str, &SecretValue)>) -> Result<Key, String> {
+    let Some((issuer, key)) = issuer else {
+        return parse_key(json, name);
+    };
+    let issuer = super::wif::Issuer::new(name, Some(json), issuer, key)?;
+    Ok(Key {
+        client_email: format!("the workload identity of '{name}'"),
+        token_uri: issuer.token_url.clone(),
+        grant: Grant::Exchange(Box::new(issuer)),
+    })
 }
 
 /// Reads a key file's JSON; `name` is the credential, for the messages
@@ -153,7 +182,11 @@ pub fn parse_key(json: &str, name: &str) -> Result<Key, String> {
 /// or one this machine's `config.toml` lists.
 pub fn check_token_uri(key: &Key, allowed: &[String], name: &str) -> Result<(), String> {
     let uri = key.token_uri.as_str();
-    if GOOGLE_TOKEN_URIS.contains(&uri) || allowed.iter().any(|a| a == uri) {
+    let google = match key.grant {
+        Grant::Exchange(_) => uri == vault_protocol::credential::GCP_STS_TOKEN_URL,
+        _ => GOOGLE_TOKEN_URIS.contains(&uri),
+    };
+    if google || allowed.iter().any(|a| a == uri) {
         return Ok(());
     }
     Err(format!(
@@ -248,30 +281,30 @@ fn grant_form(key: &Key, scopes: &[String], now: i64) -> Result<Zeroizing<String
                 ("refresh_token", refresh_token.expose_secret()),
             ] {
                 form.push_str(&format!("&{k}="));
-                push_form_encoded(&mut form, v);
+                super::sigv4::push_form_encoded(&mut form, v);
             }
             // A login keeps the scopes it was granted; narrower ones are
             // asked by name, the default by leaving scope out (as
             // google-auth does for an ADC login without scopes).
             if scopes != [DEFAULT_SCOPE] {
                 form.push_str("&scope=");
-                push_form_encoded(&mut form, &scopes.join(" "));
+                super::sigv4::push_form_encoded(&mut form, &scopes.join(" "));
             }
             Ok(form)
         }
-    }
-}
-
-/// Appends `s` form-encoded (`application/x-www-form-urlencoded`) in
-/// place, so no unwiped copy of a secret is made.
-fn push_form_encoded(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            b => out.push_str(&format!("%{b:02X}")),
+        Grant::Exchange(issuer) => {
+            let (subject, _) = issuer.sign(now)?;
+            let mut form = Zeroizing::new(String::from(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+                 &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+                 &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&audience=",
+            ));
+            super::sigv4::push_form_encoded(&mut form, &issuer.audience);
+            form.push_str("&scope=");
+            super::sigv4::push_form_encoded(&mut form, &scopes.join(" "));
+            form.push_str("&subject_token=");
+            form.push_str(&subject);
+            Ok(form)
         }
     }
 }
@@ -545,7 +578,8 @@ pub async fn token(
     let (got, key, allowed, iam, timeout) = {
         let engine = d.engine();
         let got = engine.gcp_key(name, Timestamp::now())?;
-        let key = parse_key(got.json.expose_secret(), name)
+        let issuer = got.issuer.as_ref().map(|(i, k)| (i.as_str(), k));
+        let key = key_of(name, got.json.expose_secret(), issuer)
             .map_err(|e| WireError::new(ErrorCode::Failed, e))?;
         let config = engine.config();
         (
@@ -560,8 +594,9 @@ pub async fn token(
         )
     };
     check_token_uri(&key, &allowed, name).map_err(|e| WireError::new(ErrorCode::Failed, e))?;
+    let acts_as = key.acts_as(got.impersonate.clone());
     let minted = async {
-        match &got.impersonate {
+        match &acts_as {
             None => mint(&d.http, &key, &scopes, timeout, name).await,
             Some(target) => {
                 // The key's own token (cloud-platform) asks IAM Credentials
@@ -717,7 +752,7 @@ mod tests {
         let form = grant_form(&key, &[DEFAULT_SCOPE.to_owned()], 0).unwrap();
         assert_eq!(
             form.as_str(),
-            "grant_type=refresh_token&client_id=c.apps&client_secret=s%2B%2F%3D&refresh_token=1%2F%2Fr+t"
+            "grant_type=refresh_token&client_id=c.apps&client_secret=s%2B%2F%3D&refresh_token=1%2F%2Fr%20t"
         );
         let narrow = ["https://www.googleapis.com/auth/devstorage.read_only".to_owned()];
         let form = grant_form(&key, &narrow, 0).unwrap();

@@ -14,6 +14,7 @@ pub mod rotator;
 pub mod sigv4;
 pub mod sts;
 pub mod syncer;
+pub mod wif;
 
 use std::sync::{Mutex, MutexGuard};
 

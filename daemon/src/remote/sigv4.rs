@@ -203,6 +203,14 @@ pub fn presign(req: &Presign<'_>, keys: &Keys<'_>) -> String {
 /// unreserved set SigV4 uses (`A-Z a-z 0-9 - _ . ~`).
 pub fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
+    push_form_encoded(&mut out, value);
+    out
+}
+
+/// Appends `value` percent-encoded as [`form_encode`] does, in place, so
+/// a secret (a refresh token, a client secret) is never copied into a
+/// buffer that is not wiped.
+pub fn push_form_encoded(out: &mut String, value: &str) {
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(char::from(b));
@@ -210,7 +218,6 @@ pub fn form_encode(value: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{Request, Response, SecretValue, validate_name};
 
 use super::{Ctx, kube};
+
+mod issuer;
 use crate::args::{GcpAction, GkeAction};
 use crate::error::{CliResult, unexpected, usage};
 
@@ -23,7 +25,12 @@ fn token(ctx: &mut Ctx, name: &str, scopes: &[String]) -> CliResult<(SecretValue
 }
 
 pub fn run(ctx: &mut Ctx, action: GcpAction) -> CliResult<()> {
-    let GcpAction::Token { name, scopes } = action;
+    let (name, scopes) = match action {
+        GcpAction::Token { name, scopes } => (name, scopes),
+        GcpAction::Issuer(args) => return issuer::create(ctx, args),
+        GcpAction::Jwks { name } => return issuer::jwks(ctx, &name),
+        GcpAction::SubjectToken { name } => return issuer::subject_token(ctx, &name),
+    };
     let (token, expires_at) = token(ctx, &name, &scopes)?;
     if ctx.out.json {
         return ctx.out.json(&json!({
