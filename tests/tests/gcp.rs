@@ -1243,6 +1243,9 @@ fn google_auth_gets_tokens_through_an_external_account_file_with_no_key() {
     let private = vh.field("wif", "issuer_key");
 
     let file = vh.user_home.join("wif.json");
+    vh.vault(["emit", "gcloud", "wif", "--path", file.to_str().unwrap()])
+        .code(2)
+        .stderr_has("add --external-account");
     let emit = vh.vault([
         "emit",
         "gcloud",

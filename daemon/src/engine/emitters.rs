@@ -789,6 +789,19 @@ impl Engine {
                     "a program goes with an external_account gcloud file only",
                 ));
             }
+            None if kind == EmitterKind::Gcloud
+                && body
+                    .fields
+                    .contains_key(vault_protocol::credential::ISSUER_KEY) =>
+            {
+                return Err(err(
+                    ErrorCode::Usage,
+                    format!(
+                        "'{name}' is a workload identity issuer: its file runs the vault for \
+                         tokens, add --external-account"
+                    ),
+                ));
+            }
             None => whole_content(self, kind, None, &body, now).ok_or_else(|| expired(name))?,
         };
         let existing = self.find_emitter(|e| e.path == path)?;
