@@ -1372,6 +1372,10 @@ fn google_auth_gets_tokens_through_an_external_account_file_with_no_key() {
             .contains("not in the provider's JWKS"),
         "{refused}"
     );
+    vh.vault(["gcp", "token", "wif-other"])
+        .code(1)
+        .stderr_has("not in the provider's JWKS")
+        .stderr_has("upload 'vault gcp jwks wif-other'");
 
     // An exchange endpoint this machine did not list is not written.
     make("wif-elsewhere", "https://sts.example.net/v1/token").ok();

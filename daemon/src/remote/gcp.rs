@@ -342,7 +342,15 @@ pub async fn mint(
         .await
         .map_err(|e| failed(name, &format!("{}: {e}", key.token_uri)))?;
     if status != 200 {
-        return Err(refused(name, status, &body));
+        let mut refusal = refused(name, status, &body);
+        if matches!(key.grant, Grant::Exchange(_)) {
+            refusal.message.push_str(&format!(
+                " — the workload identity provider refused the vault's subject token: upload \
+                 'vault gcp jwks {name}' to it, and check that its issuer URI is 'vault get \
+                 {name} --field issuer' and its audience the json's"
+            ));
+        }
+        return Err(refusal);
     }
     let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
         failed(
