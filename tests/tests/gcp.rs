@@ -878,6 +878,14 @@ if sys.argv[2] != "none":
                           "curl", "-s", "-w", " %{http_code}", "-H", "Metadata-Flavor: Google",
                           base + tok], capture_output=True, text=True, timeout=30)
     out["other_uid"] = run.stdout
+    # Another uid holding many idle connections takes none of our slots.
+    import time
+    hold = subprocess.Popen(["setpriv", "--reuid", uid, "--regid", gid, "--clear-groups",
+                             "bash", "-c", "for i in $(seq 60); do exec {fd}<>/dev/tcp/127.0.0.1/%d; done; sleep 4" % port])
+    time.sleep(1)
+    out["while_held"] = probe(tok, flavor)[0]
+    hold.wait(timeout=30)
+    out["after_held"] = probe(tok, flavor)[0]
 print(json.dumps(out))
 "#;
 
@@ -1025,6 +1033,8 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
             "{answer}"
         );
         assert!(!answer.contains("ya29."));
+        assert_eq!(got["while_held"], 200, "another uid's idle connections block us");
+        assert_eq!(got["after_held"], 200);
     }
     run.never_prints(&private_key[40..80]);
 }

@@ -1,20 +1,35 @@
 //! The HTTP server under both `vault exec --server` endpoints (AWS
-//! container credentials, GCE metadata): a free port on 127.0.0.1, each
-//! request answered on its own thread (a token being minted must not hold
-//! up google-auth's 3-second ping), at most [`MAX_IN_FLIGHT`] at once, and
-//! stopped when dropped, with the child.
+//! container credentials, GCE metadata): a free port on 127.0.0.1, stopped
+//! when dropped, with the child. Our own small HTTP/1.1 (one GET per
+//! connection, `Connection: close`) rather than tiny_http's, because the
+//! port is reachable by every user of the machine: tiny_http starts a
+//! thread per connection without bound or read timeout and stops serving
+//! for good at the first accept error, so another uid holding ~1,000 idle
+//! connections (the fd limit) ended the endpoint (review, 2026-12-05).
+//!
+//! Here every connection is mapped to the uid that owns its socket at
+//! accept (`/proc/net/tcp`, `tcp6`). Our uid's connections get up to
+//! [`MAX_IN_FLIGHT`] threads and 5 s to send their request; any other
+//! uid's share [`MAX_STRANGERS`] threads and 1 s, so strangers can never
+//! take our slots. An accept error (fds exhausted) waits and goes on.
+//! Each request is answered on its own thread, so a token being minted
+//! does not hold up google-auth's 3-second ping.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use tiny_http::{Header, Response as HttpResponse, Server};
 use zeroize::Zeroizing;
 
-/// Requests answered at once; more get 503 at once (a flood from another
-/// uid cannot make us spawn threads without end).
+/// Requests of our uid answered at once; more get the busy reply.
 pub const MAX_IN_FLIGHT: usize = 16;
+/// Connections of other uids handled at once; more are closed unread.
+pub const MAX_STRANGERS: usize = 4;
+/// The most bytes of a request line and headers.
+const MAX_HEAD: usize = 16 * 1024;
 
 /// One answer: status, headers, body (wiped once sent).
 pub struct Reply {
@@ -23,12 +38,45 @@ pub struct Reply {
     pub body: Zeroizing<String>,
 }
 
+/// A request as read: its method, target, headers, and who sent it.
+#[derive(Debug)]
+pub struct Request {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    owner: Option<u32>,
+}
+
+impl Request {
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The request target (`/path?query`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A header's value, its name matched without case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The uid that owns the client's socket, when it could be told.
+    pub fn owner(&self) -> Option<u32> {
+        self.owner
+    }
+}
+
 /// What answers a request, given the server's own address.
-pub type Handler = dyn Fn(&tiny_http::Request, SocketAddrV4) -> Reply + Send + Sync;
+pub type Handler = dyn Fn(&Request, SocketAddrV4) -> Reply + Send + Sync;
 
 /// A running endpoint; stopped on drop.
 pub struct Loopback {
-    server: Arc<Server>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// The address it listens on.
     pub addr: SocketAddrV4,
@@ -38,68 +86,159 @@ impl Loopback {
     /// Listens on a free 127.0.0.1 port and answers with `handler`;
     /// `busy` is the reply when [`MAX_IN_FLIGHT`] requests are in hand.
     pub fn start(handler: Arc<Handler>, busy: fn() -> Reply) -> Result<Self, String> {
-        let server = Server::http("127.0.0.1:0")
+        let listener = TcpListener::bind("127.0.0.1:0")
             .map_err(|e| format!("cannot listen on 127.0.0.1 for --server: {e}"))?;
-        let addr = match server.server_addr().to_ip() {
-            Some(SocketAddr::V4(a)) => a,
+        let addr = match listener.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
             _ => return Err("the --server endpoint has no IPv4 TCP port".into()),
         };
-        let server = Arc::new(server);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let server = Arc::clone(&server);
-            std::thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                        respond(request, busy());
-                        continue;
-                    }
-                    let (handler, done) = (Arc::clone(&handler), Arc::clone(&in_flight));
-                    let spawned = std::thread::Builder::new().spawn(move || {
-                        let reply = handler(&request, addr);
-                        respond(request, reply);
-                        done.fetch_sub(1, Ordering::AcqRel);
-                    });
-                    if spawned.is_err() {
-                        // The request went with the closure; its client
-                        // sees the connection close.
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-            })
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || serve(&listener, addr, &handler, busy, &stop))
         };
         Ok(Self {
-            server,
+            stop,
             thread: Some(thread),
             addr,
         })
     }
 }
 
-/// Sends `reply`; its body moves into a reader that is wiped when the
-/// response is dropped (no unwiped copy of a token stays behind).
-fn respond(request: tiny_http::Request, mut reply: Reply) {
-    let body = Zeroizing::new(std::mem::take(&mut *reply.body).into_bytes());
-    let len = body.len();
-    let headers = reply
-        .headers
-        .into_iter()
-        .filter_map(|(field, value)| Header::from_bytes(field, value).ok())
+fn serve(
+    listener: &TcpListener,
+    addr: SocketAddrV4,
+    handler: &Arc<Handler>,
+    busy: fn() -> Reply,
+    stop: &AtomicBool,
+) {
+    let uid = rustix::process::geteuid().as_raw();
+    let ours = Arc::new(AtomicUsize::new(0));
+    let strangers = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::Acquire) {
+        let (stream, peer) = match listener.accept() {
+            Ok(conn) => conn,
+            Err(_) => {
+                // Out of fds, or a connection reset before accept: wait
+                // and serve on.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let owner = match peer {
+            SocketAddr::V4(p) => super::metadata::loopback_owner(p, addr),
+            SocketAddr::V6(_) => None,
+        };
+        let mine = owner == Some(uid);
+        let (slots, cap, wait) = if mine {
+            (&ours, MAX_IN_FLIGHT, Duration::from_secs(5))
+        } else {
+            (&strangers, MAX_STRANGERS, Duration::from_secs(1))
+        };
+        if slots.fetch_add(1, Ordering::AcqRel) >= cap {
+            slots.fetch_sub(1, Ordering::AcqRel);
+            if mine {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                respond(stream, busy());
+            }
+            continue;
+        }
+        let (handler, done) = (Arc::clone(handler), Arc::clone(slots));
+        let spawned = std::thread::Builder::new().spawn(move || {
+            let _ = stream.set_read_timeout(Some(wait));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            if let Some(request) = read_request(&stream, owner) {
+                let reply = handler(&request, addr);
+                respond(stream, reply);
+            }
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            slots.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The request line and headers; `None` when the client sent none in
+/// time, too much, or not HTTP.
+fn read_request(mut stream: &TcpStream, owner: Option<u32>) -> Option<Request> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+    let text = std::str::from_utf8(&head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, url, version) = (first.next()?, first.next()?, first.next()?);
+    if !version.starts_with("HTTP/1.") || first.next().is_some() {
+        return None;
+    }
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
         .collect();
-    let response = HttpResponse::new(
-        reply.status.into(),
+    Some(Request {
+        method: method.to_owned(),
+        url: url.to_owned(),
         headers,
-        std::io::Cursor::new(body),
-        Some(len),
-        None,
+        owner,
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Sends `reply` and closes; the body is written from its own wiped
+/// buffer (no copy of a token stays behind).
+fn respond(mut stream: TcpStream, reply: Reply) {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.body.len()
     );
-    let _ = request.respond(response);
+    for (field, value) in &reply.headers {
+        head.push_str(&format!("{field}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(reply.body.as_bytes()))
+        .and_then(|()| stream.flush());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Let the client read the answer before the socket goes (closing with
+    // unread input would reset it).
+    let mut rest = [0u8; 256];
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
 }
 
 impl Drop for Loopback {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept.
+        let _ = TcpStream::connect_timeout(&SocketAddr::V4(self.addr), Duration::from_secs(1));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -142,7 +281,7 @@ mod tests {
         let held = Arc::new(Mutex::new(held));
         let begun = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&begun);
-        let handler = move |r: &tiny_http::Request, _: SocketAddrV4| {
+        let handler = move |r: &Request, _: SocketAddrV4| {
             if r.url() == "/slow" {
                 counter.fetch_add(1, Ordering::AcqRel);
                 let _ = held.lock().unwrap().recv();

@@ -14,15 +14,14 @@
 //! went through a proxy (`X-Forwarded-For`) is refused as GCE refuses it,
 //! and every answer carries the header back.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 
-use tiny_http::Method;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Request, Response};
 use zeroize::Zeroizing;
 
-use super::loopback::{Loopback, Reply};
+use super::loopback::{Loopback, Reply, Request as HttpRequest};
 use crate::client::{Client, Target};
 
 /// The scope a token has when the child names none (the daemon's default).
@@ -50,11 +49,8 @@ impl MetadataServer {
     /// port, to processes of this uid only.
     pub fn start(target: Target, name: String, identity: Identity) -> Result<Self, String> {
         let uid = rustix::process::geteuid().as_raw();
-        let handler = move |request: &tiny_http::Request, local: SocketAddrV4| {
-            let owner = match request.remote_addr() {
-                Some(SocketAddr::V4(peer)) => loopback_owner(*peer, local),
-                _ => None,
-            };
+        let handler = move |request: &HttpRequest, local: SocketAddrV4| {
+            let owner = request.owner();
             let (status, kind, body) = if owner == Some(uid) {
                 answer(request, &target, &name, &identity, local.port())
             } else {
@@ -106,20 +102,8 @@ fn text(status: u16, body: impl Into<String>) -> Answer {
 }
 
 /// The status, content type and body for one request of our uid.
-fn answer(
-    request: &tiny_http::Request,
-    target: &Target,
-    name: &str,
-    id: &Identity,
-    port: u16,
-) -> Answer {
-    let header = |field: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(field))
-            .map(|h| h.value.as_str())
-    };
+fn answer(request: &HttpRequest, target: &Target, name: &str, id: &Identity, port: u16) -> Answer {
+    let header = |field: &'static str| request.header(field);
     let host = header("Host").unwrap_or_default();
     if host != format!("127.0.0.1:{port}") && host != format!("localhost:{port}") {
         return text(
@@ -136,7 +120,7 @@ fn answer(
     if header("Metadata-Flavor") != Some("Google") {
         return text(403, "missing the header Metadata-Flavor: Google");
     }
-    if *request.method() != Method::Get {
+    if request.method() != "GET" {
         return text(405, "use GET");
     }
     let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
@@ -334,6 +318,7 @@ fn owner_in(table: &str, client: SocketAddrV4, server: SocketAddrV4) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn a_socket_of_ours_is_found_as_ours_and_its_server_side_is_not_taken_for_it() {

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tiny_http::Method;
 use vault_protocol::message::RecordView;
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{ErrorCode, Request, Response};
 use zeroize::Zeroizing;
 
-use super::loopback::{Loopback, Reply};
+use super::loopback::{Loopback, Reply, Request as HttpRequest};
 use crate::client::{Client, Target};
 
 /// How long credentials without an expiry are announced for: SDKs come back
@@ -36,7 +35,7 @@ impl CredServer {
     /// port.
     pub fn start(target: Target, name: String, token: Zeroizing<String>) -> Result<Self, String> {
         let expected = token.clone();
-        let handler = move |request: &tiny_http::Request, _: std::net::SocketAddrV4| {
+        let handler = move |request: &HttpRequest, _: std::net::SocketAddrV4| {
             let (status, body) = answer(request, &target, &name, &expected);
             Reply {
                 status,
@@ -77,16 +76,14 @@ fn error_body(code: &str, message: &str) -> Zeroizing<String> {
 
 /// The status and JSON body for one request.
 fn answer(
-    request: &tiny_http::Request,
+    request: &HttpRequest,
     target: &Target,
     name: &str,
     token: &str,
 ) -> (u16, Zeroizing<String>) {
     let authorized = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .is_some_and(|h| same(h.value.as_str().as_bytes(), token.as_bytes()));
+        .header("Authorization")
+        .is_some_and(|h| same(h.as_bytes(), token.as_bytes()));
     if !authorized {
         return (
             401,
@@ -96,7 +93,7 @@ fn answer(
             ),
         );
     }
-    if *request.method() != Method::Get {
+    if request.method() != "GET" {
         return (405, error_body("MethodNotAllowed", "use GET"));
     }
     let fetched = Client::connect_or_start(target).and_then(|mut client| {
