@@ -1033,7 +1033,10 @@ fn a_child_gets_tokens_from_a_metadata_endpoint_and_no_key_file() {
             "{answer}"
         );
         assert!(!answer.contains("ya29."));
-        assert_eq!(got["while_held"], 200, "another uid's idle connections block us");
+        assert_eq!(
+            got["while_held"], 200,
+            "another uid's idle connections block us"
+        );
         assert_eq!(got["after_held"], 200);
     }
     run.never_prints(&private_key[40..80]);

@@ -284,7 +284,9 @@ fn home() -> CliResult<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .ok_or_else(|| usage("HOME is not set: give the file with --path"))
+        .ok_or_else(|| {
+            usage("HOME is not set: give the file with --path (--kubeconfig for emit kube)")
+        })
 }
 
 fn table(emitters: &[EmitterInfo]) -> Table {

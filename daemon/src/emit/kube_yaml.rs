@@ -202,9 +202,33 @@ impl MarkedEventReceiver for Layout {
     }
 }
 
+/// The largest kubeconfig read.
+const MAX_KUBECONFIG: usize = 4 << 20;
+/// The most columns of indentation and `- ` before a line's content.
+const MAX_NESTING_COLUMNS: usize = 256;
+
 /// The document of `text`: one mapping (an empty file has none), with no
 /// anchors, aliases or tags.
 fn document(text: &str) -> Result<Option<yaml_rust2::yaml::Hash>, KubeError> {
+    // The parser recurses once per level of block nesting, without a
+    // bound: 20,000 levels of `- ` overflowed the daemon's stack (review,
+    // 2026-12-05). No kubeconfig nests deeper than a few levels.
+    if text.len() > MAX_KUBECONFIG {
+        return Err(bad("it is larger than 4 MiB"));
+    }
+    let deep = text.lines().position(|l| {
+        l.bytes()
+            .take_while(|b| matches!(b, b' ' | b'-' | b'?' | b':'))
+            .count()
+            > MAX_NESTING_COLUMNS
+    });
+    if let Some(line) = deep {
+        return Err(bad(format!(
+            "line {} nests deeper than vault reads (over {MAX_NESTING_COLUMNS} columns of \
+             indentation and '- ')",
+            line + 1
+        )));
+    }
     let mut plain = Plain::default();
     Parser::new_from_str(text)
         .load(&mut plain, true)
@@ -733,6 +757,20 @@ fn check(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn deep_nesting_and_huge_files_are_refused_not_parsed() {
+        let deep = format!("clusters:\n- {}x\n", "- ".repeat(20_000));
+        let e = exec_user(&deep, "vault-dev").unwrap_err();
+        assert!(e.to_string().contains("nests deeper"), "{e}");
+        let huge = format!("clusters: []\n#{}\n", "x".repeat(5 << 20));
+        assert!(
+            exec_user(&huge, "vault-dev")
+                .unwrap_err()
+                .to_string()
+                .contains("4 MiB")
+        );
+    }
 
     /// As kubectl writes a config (`kubectl config view --raw` shape).
     const KUBECTL: &str = "apiVersion: v1
