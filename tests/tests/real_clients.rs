@@ -172,6 +172,9 @@ fn botocore_fetches_fresh_credentials_from_the_exec_server() {
     let config = "[default]\nregion = ap-south-1\ncredential_process = false\n";
     std::fs::write(aws.join("credentials"), &credentials).unwrap();
     std::fs::write(aws.join("config"), config).unwrap();
+    let boto =
+        format!("[Credentials]\naws_access_key_id = AKIABOTO\naws_secret_access_key = {plain}\n");
+    std::fs::write(vh.user_home.join(".boto"), &boto).unwrap();
     // Inside the child: botocore through the endpoint; a request without
     // the token; a rotation in the vault, seen by the next fetch.
     let script = format!(

@@ -146,6 +146,7 @@ pub fn run(ctx: &mut Ctx, args: ExecArgs) -> CliResult<()> {
                 .map_err(failed)?;
             serve_instead_of_keys(&mut plan, &name, &endpoint, &overrides);
             shadow::hide_default_aws_profile(&mut plan, folder.path(), &overrides);
+            shadow::hide_boto_config(&mut plan, folder.path(), &overrides);
             Some(endpoint)
         }
         None => None,

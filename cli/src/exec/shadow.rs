@@ -146,6 +146,43 @@ pub fn hide_default_aws_profile(plan: &mut Plan, folder: &Path, overrides: &[(St
     }
 }
 
+/// Hides a boto2 config with keys (`BOTO_CONFIG`, else `/etc/boto.cfg`
+/// and `~/.boto`, `[Credentials] aws_access_key_id`), which botocore also
+/// reads before the container endpoint.
+pub fn hide_boto_config(plan: &mut Plan, folder: &Path, overrides: &[(String, String)]) {
+    let files: Vec<PathBuf> = match child_env(plan, "BOTO_CONFIG") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => std::iter::once(PathBuf::from("/etc/boto.cfg"))
+            .chain(home_path(plan, ".boto"))
+            .collect(),
+    };
+    let Some(found) = files.into_iter().find(|f| {
+        std::fs::read_to_string(f).is_ok_and(|text| {
+            section_keys(&text, &["Credentials"])
+                .iter()
+                .any(|(k, _)| k == "aws_access_key_id")
+        })
+    }) else {
+        return;
+    };
+    if overrides.iter().any(|(k, _)| k == "BOTO_CONFIG") {
+        eprintln!(
+            "vault: warning: botocore in the child will use the keys of {} before the endpoint (--env BOTO_CONFIG keeps it)",
+            found.display()
+        );
+        return;
+    }
+    set(
+        plan,
+        "BOTO_CONFIG",
+        &folder.join("boto.cfg").to_string_lossy(),
+    );
+    eprintln!(
+        "vault: note: the keys of {} would win over the endpoint in botocore; the child gets an empty BOTO_CONFIG",
+        found.display()
+    );
+}
+
 /// The `key = value` pairs of the INI sections named `sections` (keys
 /// lowercased; a value's secret is never kept past the caller's check).
 fn section_keys(text: &str, sections: &[&str]) -> Vec<(String, String)> {
