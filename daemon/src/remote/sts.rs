@@ -172,6 +172,17 @@ pub async fn federation_token(
         .and_then(|a| a.assume_role_result)
         .map(|r| r.credentials)
         .ok_or_else(|| format!("STS's answer to {action} holds no credentials"))?;
+    check_keys(&creds, action)?;
+    Ok(Federated {
+        access_key_id: creds.access_key_id,
+        secret_access_key: creds.secret_access_key,
+        session_token: creds.session_token,
+    })
+}
+
+/// STS's keys look like keys: printable ASCII of AWS's lengths (a
+/// hostile or broken endpoint's values would go into files and env vars).
+fn check_keys(creds: &Credentials, action: &str) -> Result<(), String> {
     let sane = |v: &SecretValue, max: usize| {
         (1..=max).contains(&v.expose_secret().len())
             && v.expose_secret().bytes().all(|b| b.is_ascii_graphic())
@@ -184,11 +195,26 @@ pub async fn federation_token(
             "STS's answer to {action} holds keys that cannot be ones"
         ));
     }
-    Ok(Federated {
-        access_key_id: creds.access_key_id,
-        secret_access_key: creds.secret_access_key,
-        session_token: creds.session_token,
-    })
+    Ok(())
+}
+
+/// A session ends after `now` and at most `duration` later (plus 5
+/// minutes for clocks): a past one would be refreshed on every access, a
+/// far one never.
+fn check_expiry(
+    expires_at: Timestamp,
+    now: Timestamp,
+    duration: Duration,
+    action: &str,
+) -> Result<(), String> {
+    let asked = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 2);
+    if expires_at.unix() <= now.unix() || expires_at.unix() > now.unix() + asked + 300 {
+        return Err(format!(
+            "STS's answer to {action} expires at {}, outside now .. now + {asked} s",
+            expires_at.to_rfc3339()
+        ));
+    }
+    Ok(())
 }
 
 /// Calls STS and returns the session as `aws` fields.
@@ -234,8 +260,10 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
         .and_then(|a| a.assume_role_result)
         .map(|r| r.credentials)
         .ok_or_else(|| format!("STS's answer to {action} holds no credentials"))?;
+    check_keys(&creds, action)?;
     let expires_at =
         Timestamp::parse(&creds.expiration).map_err(|e| format!("STS's Expiration: {e}"))?;
+    check_expiry(expires_at, Timestamp::now(), plan.duration, action)?;
     let mut fields = BTreeMap::new();
     fields.insert("access_key_id".to_owned(), creds.access_key_id);
     fields.insert("secret_access_key".to_owned(), creds.secret_access_key);
@@ -375,6 +403,17 @@ fn amz_date(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_must_end_after_now_and_within_what_was_asked() {
+        let now = Timestamp(1_800_000_000);
+        let hour = Duration::from_secs(3600);
+        assert!(check_expiry(Timestamp(now.0 + 3600), now, hour, "AssumeRole").is_ok());
+        assert!(check_expiry(Timestamp(now.0 + 3900), now, hour, "AssumeRole").is_ok());
+        assert!(check_expiry(now, now, hour, "AssumeRole").is_err());
+        let far = check_expiry(Timestamp(253_402_300_799), now, hour, "AssumeRole");
+        assert!(far.unwrap_err().contains("outside now"));
+    }
     use crate::engine::refresh::{GLOBAL_ENDPOINT, endpoint_for, session_name};
 
     #[test]
