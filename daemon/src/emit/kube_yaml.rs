@@ -567,7 +567,7 @@ pub fn merge(
         text.to_owned()
     };
     for u in set {
-        out = set_one(&out, u, eol)?;
+        out = set_one(&out, u, eol, owned.contains(&u.name))?;
     }
     for name in remove.iter().filter(|n| owned.contains(*n)) {
         out = remove_one(&out, name)?;
@@ -592,7 +592,16 @@ fn item_names(text: &str, ls: &[Line], users: &Users) -> Vec<Option<String>> {
         .collect()
 }
 
-fn set_one(text: &str, user: &ExecUser, eol: &str) -> Result<String, KubeError> {
+/// The last line of item `(a, b)` that is not blank or a comment: where an
+/// item the vault wrote ends. Comments after it are the user's (about the
+/// next item, or the end of the file) and stay when it is replaced or
+/// removed. The vault writes no block scalars, so none of those lines is
+/// part of a value; a user's item keeps its whole range.
+fn content_end(ls: &[Line], (a, b): (usize, usize)) -> usize {
+    (a..=b).rev().find(|&i| ls[i].indent.is_some()).unwrap_or(a)
+}
+
+fn set_one(text: &str, user: &ExecUser, eol: &str, ours: bool) -> Result<String, KubeError> {
     let ls = lines(text)?;
     let rendered = render(user);
     let Some(users) = users_block(text, &ls)? else {
@@ -611,7 +620,10 @@ fn set_one(text: &str, user: &ExecUser, eol: &str) -> Result<String, KubeError> 
     let unterminated = !text.ends_with('\n');
     let last_entry = || entry.strip_suffix(eol).unwrap_or(&entry).to_owned();
     if let Some(at) = names.iter().position(|n| n.as_deref() == Some(&user.name)) {
-        let (a, b) = users.items[at];
+        let (a, mut b) = users.items[at];
+        if ours {
+            b = content_end(&ls, (a, b));
+        }
         let entry = if unterminated && ls[b].end == text.len() {
             last_entry()
         } else {
@@ -676,7 +688,9 @@ fn remove_one(text: &str, name: &str) -> Result<String, KubeError> {
     let Some(at) = names.iter().position(|n| n.as_deref() == Some(name)) else {
         return Ok(text.to_owned());
     };
+    // Only the vault's own items are removed.
     let (a, b) = users.items[at];
+    let b = content_end(&ls, (a, b));
     let mut start = ls[a].start;
     if ls[b].end == text.len() && !text.ends_with('\n') && users.items.len() > 1 {
         // It ends a file without a final newline: the line break before
@@ -1075,6 +1089,39 @@ users:
         assert!(added.ends_with("# after\n"), "{added}");
         let owned = set(&["vault-dev"]);
         assert_eq!(merge(&added, &[], &owned, &owned, false).unwrap(), base);
+    }
+
+    #[test]
+    fn comments_after_the_vaults_entry_stay_when_it_is_replaced_or_removed() {
+        let u = user("vault-dev", "demo");
+        let owned = set(&["vault-dev"]);
+        let ours = indented(&render(&u), 0, "\n");
+        for (head, tail) in [
+            (
+                "users:\n",
+                "  # the prod user, ask ops\n- name: prod\n  user:\n    token: t\n",
+            ),
+            (
+                "users:\n- name: prod\n  user:\n    token: t\n",
+                "  # last words\n",
+            ),
+            ("users:\n", "  # end, no newline"),
+        ] {
+            let base = format!("{head}{ours}{tail}");
+            let moved = merge(
+                &base,
+                &[user("vault-dev", "other")],
+                &set(&[]),
+                &owned,
+                false,
+            )
+            .unwrap();
+            assert!(moved.ends_with(tail), "{moved}");
+            assert!(moved.contains("other"), "{moved}");
+            let gone = merge(&base, &[], &owned, &owned, false).unwrap();
+            assert!(gone.contains(tail.trim_end()), "{gone}");
+            assert!(!gone.contains("vault-dev"), "{gone}");
+        }
     }
 
     #[test]
