@@ -6,7 +6,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A vault path that is not safe to use, with the fix.
 #[derive(Debug)]
@@ -224,6 +224,56 @@ pub fn lock_file(path: &Path, wait: std::time::Duration) -> io::Result<Option<Fi
     }
 }
 
+/// client-go's lock on a kubeconfig: `PATH.lock`, created with `O_EXCL`
+/// while kubectl changes `PATH` (which it rewrites in place), removed when
+/// done. Held by the vault around its read, merge and rename of the file,
+/// so neither overwrites the other's change; removed when dropped.
+#[derive(Debug)]
+pub struct DotLock {
+    path: PathBuf,
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Creates `PATH.lock` (see [`DotLock`]), waiting up to `wait` for one that
+/// exists to go. `None` when the directory does not exist yet (no kubectl
+/// can be writing there).
+pub fn dot_lock(path: &Path, wait: std::time::Duration) -> io::Result<Option<DotLock>> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&lock)
+        {
+            Ok(_) => return Ok(Some(DotLock { path: lock })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} exists: kubectl is changing the file; retry when it is done, or \
+                             remove that file if no kubectl is running",
+                            lock.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Replaces the content of a file other tools read, the way a user's
 /// dotfile must be treated: a temp file in the same directory, fsync,
 /// rename, fsync of the directory, so a reader sees the old file or the new
@@ -292,6 +342,37 @@ pub fn sweep_exec_dirs(exec_dir: &Path) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_kubectl_lock_file_is_waited_for_then_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("config");
+        let short = std::time::Duration::from_millis(100);
+        let held = dot_lock(&f, short).unwrap().unwrap();
+        assert!(tmp.path().join("config.lock").exists());
+        let e = dot_lock(&f, short).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("config.lock exists"), "{e}");
+        drop(held);
+        assert!(!tmp.path().join("config.lock").exists());
+        // Released while waited for: taken.
+        let held = dot_lock(&f, short).unwrap().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(held);
+        });
+        assert!(
+            dot_lock(&f, std::time::Duration::from_secs(5))
+                .unwrap()
+                .is_some()
+        );
+        t.join().unwrap();
+        assert!(
+            dot_lock(&tmp.path().join("no/config"), short)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn a_held_lock_is_waited_for_and_a_replaced_file_is_locked_anew() {

@@ -441,6 +441,16 @@ fn an_emitted_kube_user_serves_kubectl_beside_the_users_own_entries() {
         .stderr_has("--force");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
 
+    // While kubectl holds its lock (it rewrites the file in place), the
+    // vault waits, then says so and leaves the file alone.
+    let kubectl_lock = vh.root().join("kube-own.lock");
+    std::fs::write(&kubectl_lock, "").unwrap();
+    emit(&["--cluster", "demo"])
+        .code(1)
+        .stderr_has("kube-own.lock exists");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+    std::fs::remove_file(&kubectl_lock).unwrap();
+
     // Added after the user's entries, every byte of theirs kept, no secret.
     let run = emit(&["--cluster", "demo"]);
     run.ok();
@@ -455,6 +465,10 @@ fn an_emitted_kube_user_serves_kubectl_beside_the_users_own_entries() {
     // Emitting again changes nothing.
     emit(&["--cluster", "demo"]).ok();
     assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    assert!(
+        !kubectl_lock.exists(),
+        "the vault left kubectl's lock behind"
+    );
 
     // kubectl itself points the context at it (rewriting the whole file
     // its own way): the entry still reads as the vault's, and works.

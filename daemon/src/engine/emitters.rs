@@ -1392,6 +1392,9 @@ impl Engine {
         force: bool,
     ) -> Result<()> {
         let _lock = lock(path)?;
+        // kubectl's own lock too: it rewrites the file in place.
+        let _kubectl = fsutil::dot_lock(Path::new(path), fsutil::LOCK_WAIT)
+            .map_err(|e| err(ErrorCode::Failed, format!("cannot lock {path}: {e}")))?;
         let text = read_file(path)?;
         let owned = self.owned_sections(path, Some(EmitterKind::Kube))?;
         let set: Vec<ExecUser> = set.into_iter().collect();
