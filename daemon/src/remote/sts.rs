@@ -87,33 +87,79 @@ fn body(plan: &Plan, code: Option<&str>) -> String {
     }
 }
 
-/// The time step whose code each `mfa_otp` record last sent: AWS refuses
-/// a code it has seen, so two sessions minted from one device within a
-/// step wait for the next code.
-static SENT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+/// The step of the codes AWS takes (RFC 6238's 30 s).
+const MFA_STEP: u64 = 30;
+
+/// The code each MFA device (`mfa_serial`) was last sent, and when: AWS
+/// takes a code once, so a second session minted from one device within a
+/// step waits for the next code, whether the codes come from a seed
+/// (`mfa_otp`) or from `mfa_command`.
+#[derive(Default)]
+struct Sent(std::collections::HashMap<String, (u64, String)>);
+
+impl Sent {
+    /// Records `code` as sent to `serial` at `now`, unless it was sent
+    /// within the last four steps (then `false`: wait for the next one).
+    fn take(&mut self, serial: &str, code: &str, now: u64, step: u64) -> bool {
+        if let Some((at, last)) = self.0.get(serial)
+            && last == code
+            && now < at + 4 * step
+        {
+            return false;
+        }
+        self.0.insert(serial.to_owned(), (now, code.to_owned()));
+        true
+    }
+}
+
+static SENT: std::sync::LazyLock<std::sync::Mutex<Sent>> =
     std::sync::LazyLock::new(Default::default);
 
-/// The current code of `record`'s seed, with time to reach STS (in the
-/// last [`OTP_MARGIN`] of its step the next code is awaited), and never
-/// one this daemon has sent before.
-async fn otp_code(record: &str, otp: &vault_protocol::otp::Otp) -> String {
+fn take_code(serial: &str, code: &str, step: u64) -> bool {
+    let now = Timestamp::now().unix().max(0) as u64;
+    SENT.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(serial, code, now, step)
+}
+
+/// The current code of the seed, with time to reach STS (in the last
+/// [`OTP_MARGIN`] of its step the next code is awaited), and never one
+/// this daemon has sent the device before.
+async fn otp_code(serial: &str, otp: &vault_protocol::otp::Otp) -> String {
     loop {
         let now = Timestamp::now().unix().max(0) as u64;
-        let step = now / otp.period();
         let (code, left) = otp.code(now);
-        let fresh = {
-            let mut sent = SENT.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = left > OTP_MARGIN.as_secs() && sent.get(record).is_none_or(|s| *s < step);
-            if fresh {
-                sent.insert(record.to_owned(), step);
-            }
-            fresh
-        };
-        if fresh {
+        if left > OTP_MARGIN.as_secs() && take_code(serial, &code, otp.period()) {
             return code;
         }
         tokio::time::sleep(Duration::from_secs(left)).await;
     }
+}
+
+/// The code `mfa_command` prints, never one this daemon has sent the
+/// device before: a repeated one is asked for again at the next `step`,
+/// three times at most.
+async fn command_code(
+    serial: &str,
+    command: &str,
+    timeout: Duration,
+    step: u64,
+) -> Result<String, String> {
+    for _ in 0..3 {
+        let run = command.to_owned();
+        let code = tokio::task::spawn_blocking(move || mfa_code(&run, timeout))
+            .await
+            .map_err(|_| "the mfa_command task failed".to_owned())??;
+        if take_code(serial, &code, step) {
+            return Ok(code);
+        }
+        let now = Timestamp::now().unix().max(0) as u64;
+        tokio::time::sleep(Duration::from_secs(step - now % step)).await;
+    }
+    Err(format!(
+        "mfa_command printed a code already sent to AWS for {serial}, three steps running; \
+         AWS takes each code once: make it print the device's current code"
+    ))
 }
 
 /// Runs the plan's `mfa_command` and reads the code it prints: six digits.
@@ -226,15 +272,11 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
         "GetSessionToken"
     };
     let code = match &plan.mfa {
-        Some((_, Mfa::Command(command))) => {
-            let command = command.clone();
-            let code = tokio::task::spawn_blocking(move || mfa_code(&command, timeout))
-                .await
-                .map_err(|_| "the mfa_command task failed".to_owned())??;
-            Some(zeroize::Zeroizing::new(code))
-        }
-        Some((_, Mfa::Otp(record, otp))) => {
-            Some(zeroize::Zeroizing::new(otp_code(record, otp).await))
+        Some((serial, Mfa::Command(command))) => Some(zeroize::Zeroizing::new(
+            command_code(serial, command, timeout, MFA_STEP).await?,
+        )),
+        Some((serial, Mfa::Otp(_, otp))) => {
+            Some(zeroize::Zeroizing::new(otp_code(serial, otp).await))
         }
         None => None,
     };
@@ -497,6 +539,36 @@ mod tests {
             a.errors.unwrap().error.code.as_deref(),
             Some("SignatureDoesNotMatch")
         );
+    }
+
+    #[test]
+    fn a_code_sent_to_a_device_is_not_sent_to_it_again() {
+        let mut sent = Sent::default();
+        assert!(sent.take("mfa/a", "123456", 1000, 30));
+        assert!(!sent.take("mfa/a", "123456", 1010, 30));
+        assert!(sent.take("mfa/b", "123456", 1010, 30), "another device");
+        assert!(sent.take("mfa/a", "654321", 1031, 30), "the next code");
+        assert!(sent.take("mfa/a", "123456", 1100, 30), "long after");
+    }
+
+    #[tokio::test]
+    async fn an_mfa_command_repeating_itself_is_asked_again_then_refused() {
+        let t = Duration::from_secs(5);
+        let serial = "arn:aws:iam::1:mfa/repeating";
+        assert_eq!(
+            command_code(serial, "echo 111111", t, 1).await.unwrap(),
+            "111111"
+        );
+        // The same code again: asked at the next steps, then refused.
+        let e = command_code(serial, "echo 111111", t, 1).await.unwrap_err();
+        assert!(e.contains("already sent") && e.contains(serial), "{e}");
+        // A command that moves on is taken at its next code.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            "f={}; if [ -s $f ]; then echo 222222; else echo x > $f; echo 111111; fi",
+            file.path().display()
+        );
+        assert_eq!(command_code(serial, &script, t, 1).await.unwrap(), "222222");
     }
 
     #[test]
