@@ -109,6 +109,11 @@ pub enum Command {
         #[command(subcommand)]
         action: EksAction,
     },
+    /// AWS IAM Identity Center (SSO): sign in with a device code
+    Sso {
+        #[command(subcommand)]
+        action: SsoAction,
+    },
     /// Print a sign-in URL for the AWS console (like 'aws-vault login')
     #[command(after_help = CONSOLE_HELP)]
     Console {
@@ -1056,6 +1061,20 @@ URL is never on a command line, where other users could read it. Long-term keys 
 federation session first (STS GetFederationToken: the IAM user needs that
 permission); a role's keys (a credential with role_arn) are used as they are.
 config.toml [console] federation_endpoint names another sign-in endpoint.";
+
+/// `vault sso ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SsoAction {
+    /// Sign in an SSO credential: prints the page and code to approve, opens the
+    /// browser when there is one, waits, and keeps the session (docs/sso.md)
+    Login {
+        /// The aws credential with sso_start_url
+        name: String,
+        /// Do not open a browser; only print the page to open (on any device)
+        #[arg(long)]
+        no_browser: bool,
+    },
+}
 
 /// `vault gke ...`.
 #[derive(Debug, Clone, Subcommand)]

@@ -71,6 +71,12 @@ impl Output {
         }
     }
 
+    /// What the user must do now (open a page, type a code), on stderr
+    /// even with `-q`.
+    pub fn prompt(&self, message: &str) {
+        eprintln!("{message}");
+    }
+
     /// A warning on stderr, even with `-q`.
     pub fn warn(&self, message: &str) {
         eprintln!("warning: {message}");

@@ -37,6 +37,10 @@
 //!
 //! [console]
 //! federation_endpoint = "https://signin.aws.amazon.com/federation"  # `vault console` (default)
+//!
+//! [sso]
+//! oidc_endpoint = "https://oidc.us-east-1.amazonaws.com"  # default: the credential's sso_region's
+//! portal_endpoint = "https://portal.sso.us-east-1.amazonaws.com"  # likewise (docs/sso.md)
 //! ```
 
 use std::path::Path;
@@ -86,6 +90,11 @@ pub struct Config {
     pub iam_endpoint: Option<String>,
     /// Where `vault console` gets sign-in tokens (default: AWS's).
     pub federation_endpoint: Option<String>,
+    /// `[sso] oidc_endpoint`: IAM Identity Center's OIDC service, for
+    /// every SSO credential (default: its `sso_region`'s).
+    pub sso_oidc_endpoint: Option<String>,
+    /// `[sso] portal_endpoint`: the access portal's API (likewise).
+    pub sso_portal_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -107,6 +116,8 @@ impl Default for Config {
             gcp_iam_endpoint: None,
             iam_endpoint: None,
             federation_endpoint: None,
+            sso_oidc_endpoint: None,
+            sso_portal_endpoint: None,
         }
     }
 }
@@ -134,6 +145,15 @@ struct File {
     rotate: Rotate,
     #[serde(default)]
     console: Console,
+    #[serde(default)]
+    sso: Sso,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Sso {
+    oidc_endpoint: Option<String>,
+    portal_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -268,6 +288,14 @@ impl Config {
         if let Some(url) = &file.console.federation_endpoint {
             vault_protocol::credential::check_endpoint_url("console.federation_endpoint", url)?;
             config.federation_endpoint = Some(url.clone());
+        }
+        if let Some(url) = &file.sso.oidc_endpoint {
+            vault_protocol::credential::check_endpoint_url("sso.oidc_endpoint", url)?;
+            config.sso_oidc_endpoint = Some(url.trim_end_matches('/').to_owned());
+        }
+        if let Some(url) = &file.sso.portal_endpoint {
+            vault_protocol::credential::check_endpoint_url("sso.portal_endpoint", url)?;
+            config.sso_portal_endpoint = Some(url.trim_end_matches('/').to_owned());
         }
         if let Some(v) = &file.sync.interval {
             config.sync_interval = dur("sync.interval", v)?;

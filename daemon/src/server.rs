@@ -431,6 +431,17 @@ impl Daemon {
                 }
                 r
             }
+            Request::SsoLogin { name } => {
+                crate::remote::sso::login_start(&self.shared, &name).await
+            }
+            Request::SsoWait { name } => {
+                let r = crate::remote::sso::login_wait(&self.shared, &name).await;
+                if r.is_ok() {
+                    self.engine()
+                        .audit(std::slice::from_ref(&name), "sso_login", &peer.get());
+                }
+                r
+            }
             Request::Check { names, timeout_ms } => {
                 // Keys go to the endpoints their records name: a field from
                 // another device waits for `vault approve` (docs/sync.md).
@@ -992,6 +1003,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::EmitDocker { .. } => "emit_docker",
         Request::EmitKube { .. } => "emit_kube",
         Request::EmitRemove { .. } => "emit_remove",
+        Request::SsoLogin { .. } => "sso_login",
+        Request::SsoWait { .. } => "sso_wait",
         Request::Shutdown => "shutdown",
         Request::Login { .. } => "login",
         Request::Join { .. } => "join",
@@ -1111,7 +1124,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 48] = [
+    const EVERY_REQUEST: [&str; 50] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1158,6 +1171,8 @@ mod tests {
         r#"{"op":"console_url","name":"a"}"#,
         r#"{"op":"emit_kube","name":"a","path":"/k","program":"/v","cluster":"c"}"#,
         r#"{"op":"gcp_subject_token","name":"a"}"#,
+        r#"{"op":"sso_login","name":"a"}"#,
+        r#"{"op":"sso_wait","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1212,8 +1227,10 @@ mod tests {
             Request::ConsoleUrl { .. } => 43,
             Request::EmitKube { .. } => 44,
             Request::GcpSubjectToken { .. } => 45,
-            Request::Lock => 46,
-            Request::Shutdown => 47,
+            Request::SsoLogin { .. } => 46,
+            Request::SsoWait { .. } => 47,
+            Request::Lock => 48,
+            Request::Shutdown => 49,
         }
     }
 

@@ -117,7 +117,88 @@ pub fn missing_required(
 /// (a `refresh_command`, or an STS session minted from a `source`): its
 /// required fields may then be missing until the first refresh.
 pub fn refreshes_itself(has_field: impl Fn(&str) -> bool) -> bool {
-    has_field(REFRESH_COMMAND) || has_field(SOURCE)
+    has_field(REFRESH_COMMAND) || has_field(SOURCE) || has_field(SSO_START_URL)
+}
+
+/// An `aws` credential minted through AWS IAM Identity Center (SSO): the
+/// portal's start URL (docs/sso.md). With it, `sso_region`,
+/// `sso_account_id` and `sso_role_name` say which role; `vault sso login`
+/// writes the session (`sso_client_*`, `sso_access_token`,
+/// `sso_token_expires`, `sso_refresh_token`).
+pub const SSO_START_URL: &str = "sso_start_url";
+
+/// The fields of an SSO credential that `vault sso login` and the daemon
+/// write: the registered client and the session's tokens.
+pub const SSO_SESSION_FIELDS: [&str; 6] = [
+    "sso_client_id",
+    "sso_client_secret",
+    "sso_client_expires",
+    "sso_access_token",
+    "sso_token_expires",
+    "sso_refresh_token",
+];
+
+/// An SSO credential's fields: the start URL (https), the region of the
+/// Identity Center instance, a 12-digit account and a role name; and
+/// neither a `source` nor a `refresh_command`, which would mint it too.
+fn check_sso<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
+    let any = ["sso_region", "sso_account_id", "sso_role_name"]
+        .iter()
+        .chain(SSO_SESSION_FIELDS.iter())
+        .any(|f| get(f).is_some());
+    let Some(url) = get(SSO_START_URL) else {
+        if any {
+            return Err(format!(
+                "the sso_ fields belong to an SSO credential: add {SSO_START_URL}=https://…/start"
+            ));
+        }
+        return Ok(());
+    };
+    if !url.starts_with("https://") || url.len() <= 8 || url.contains(char::is_whitespace) {
+        return Err(format!(
+            "{SSO_START_URL} '{url}' is not an https:// URL (the AWS access portal's, as \
+             https://my-org.awsapps.com/start)"
+        ));
+    }
+    if get(SOURCE).is_some() || get(REFRESH_COMMAND).is_some() || get("role_arn").is_some() {
+        return Err(format!(
+            "an SSO credential is minted from its {SSO_START_URL}: drop {SOURCE}, \
+             {REFRESH_COMMAND} and role_arn (to assume a role from it, add another aws \
+             credential with {SOURCE}=THIS and role_arn)"
+        ));
+    }
+    let region = get("sso_region").unwrap_or_default();
+    let region_ok = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(format!(
+            "an SSO credential needs sso_region, the region of its IAM Identity Center (as \
+             us-east-1), not '{}'",
+            region.escape_debug()
+        ));
+    }
+    let account = get("sso_account_id").unwrap_or_default();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "an SSO credential needs sso_account_id, a 12-digit AWS account id, not '{}'",
+            account.escape_debug()
+        ));
+    }
+    let role = get("sso_role_name").unwrap_or_default();
+    let role_ok = (1..=64).contains(&role.len())
+        && role
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c));
+    if !role_ok {
+        return Err(format!(
+            "an SSO credential needs sso_role_name, its permission set's role (1-64 of A-Z a-z \
+             0-9 _ + = , . @ -), not '{}'",
+            role.escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// Environment variables that make a program load or run other code, or
@@ -339,6 +420,16 @@ impl CredentialType {
                         opt("mfa_otp", false),
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
+                        opt(SSO_START_URL, false),
+                        opt("sso_region", false),
+                        opt("sso_account_id", false),
+                        opt("sso_role_name", false),
+                        opt("sso_client_id", false),
+                        opt("sso_client_secret", true),
+                        opt("sso_client_expires", false),
+                        opt("sso_access_token", true),
+                        opt("sso_token_expires", false),
+                        opt("sso_refresh_token", true),
                     ]
                 }
             }
@@ -661,6 +752,7 @@ fn check_aws<'a>(
     fields: &BTreeMap<String, SecretValue>,
     get: &impl Fn(&str) -> Option<&'a str>,
 ) -> Result<(), String> {
+    check_sso(get)?;
     if fields.contains_key(SOURCE) && fields.contains_key(REFRESH_COMMAND) {
         return Err(format!(
             "give either {SOURCE} (STS mints the session) or {REFRESH_COMMAND}, not both"

@@ -244,6 +244,22 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_secs: Option<u64>,
     },
+    /// Starts signing in an SSO credential (`vault sso login`,
+    /// docs/sso.md): the daemon registers a client with IAM Identity
+    /// Center when it has none, and starts a device authorization. Answered
+    /// by [`Response::SsoDevice`]; then [`Request::SsoWait`].
+    SsoLogin {
+        /// The aws credential with `sso_start_url`.
+        name: String,
+    },
+    /// Waits until the user approved the sign-in [`Request::SsoLogin`]
+    /// started (the daemon polls `CreateToken`), keeps the session in the
+    /// record and mints its role credentials. Answered by
+    /// [`Response::Changed`]; fails when the code expires or is denied.
+    SsoWait {
+        /// The credential whose sign-in was started.
+        name: String,
+    },
     /// Rotates a credential (`vault rotate`, docs/lifecycle.md). With no
     /// `fields`, an `aws` record gets a new access key from IAM, verified,
     /// stored and emitted, and its old key is deactivated and deleted;
@@ -566,6 +582,8 @@ impl Request {
             | Request::GcpSubjectToken { .. }
             | Request::EksToken { .. }
             | Request::ConsoleUrl { .. }
+            | Request::SsoLogin { .. }
+            | Request::SsoWait { .. }
             | Request::Check { .. }
             | Request::Rotate { .. }
             | Request::Audit { .. }
@@ -744,6 +762,18 @@ pub enum Response {
         /// The bearer token.
         token: SecretValue,
         /// When it stops working.
+        expires_at: Timestamp,
+    },
+    /// Answer to `SsoLogin`: where the user approves the sign-in.
+    SsoDevice {
+        /// The page to open (`https://device.sso.REGION.amazonaws.com/`).
+        verification_uri: String,
+        /// The same page with the code filled in, when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification_uri_complete: Option<String>,
+        /// The code the user checks on that page.
+        user_code: String,
+        /// When the code stops working.
         expires_at: Timestamp,
     },
     /// Answer to `Rotate`.

@@ -596,6 +596,40 @@ fn console_url_frames() {
 }
 
 #[test]
+fn sso_frames() {
+    let login = RequestFrame {
+        id: 26,
+        req: Request::SsoLogin {
+            name: "aws-sso".into(),
+        },
+    };
+    let expected = r#"{"id":26,"req":{"op":"sso_login","name":"aws-sso"}}"#;
+    assert_eq!(frame_of(&login), with_header(expected));
+    let wait = RequestFrame {
+        id: 27,
+        req: Request::SsoWait {
+            name: "aws-sso".into(),
+        },
+    };
+    let expected = r#"{"id":27,"req":{"op":"sso_wait","name":"aws-sso"}}"#;
+    assert_eq!(frame_of(&wait), with_header(expected));
+    let device = ResponseFrame {
+        id: 26,
+        ok: Some(Response::SsoDevice {
+            verification_uri: "https://device.sso.eu-west-1.amazonaws.com/".into(),
+            verification_uri_complete: Some(
+                "https://device.sso.eu-west-1.amazonaws.com/?user_code=ABCD-EFGH".into(),
+            ),
+            user_code: "ABCD-EFGH".into(),
+            expires_at: Timestamp(1_796_000_000),
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":26,"ok":{"kind":"sso_device","verification_uri":"https://device.sso.eu-west-1.amazonaws.com/","verification_uri_complete":"https://device.sso.eu-west-1.amazonaws.com/?user_code=ABCD-EFGH","user_code":"ABCD-EFGH","expires_at":"2026-11-30T00:53:20Z"}}"#;
+    assert_eq!(frame_of(&device), with_header(expected));
+}
+
+#[test]
 fn gcp_token_frames() {
     let req = RequestFrame {
         id: 20,

@@ -162,3 +162,16 @@ role = iam.create_role(RoleName="deploy", AssumeRolePolicyDocument=trust)["Role"
 iam.put_role_policy(RoleName="deploy", PolicyName="all", PolicyDocument=allow)
 print(json.dumps({"id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role["Arn"]}))
 "#;
+
+/// `sts get-caller-identity` at moto (`argv[1]`) with the session
+/// `credential_process` JSON in `argv[2]`: its ARN, checked by moto.
+pub const WHOAMI: &str = r#"
+import json, sys
+import botocore.session
+doc = json.loads(sys.argv[2])
+sts = botocore.session.get_session().create_client(
+    "sts", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=doc["AccessKeyId"], aws_secret_access_key=doc["SecretAccessKey"],
+    aws_session_token=doc["SessionToken"])
+print(json.dumps({"arn": sts.get_caller_identity()["Arn"]}))
+"#;

@@ -18,20 +18,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vault_e2e::moto::{Moto, SETUP, moto_python, python_json};
+use vault_e2e::moto::{Moto, SETUP, WHOAMI, moto_python, python_json};
 use vault_e2e::{VaultHome, oathtool, otp_seed, run_command, secret};
-
-/// `sts get-caller-identity` with the given session, checked by moto.
-const WHOAMI: &str = r#"
-import json, sys
-import botocore.session
-doc = json.loads(sys.argv[2])
-sts = botocore.session.get_session().create_client(
-    "sts", endpoint_url=sys.argv[1], region_name="us-east-1",
-    aws_access_key_id=doc["AccessKeyId"], aws_secret_access_key=doc["SecretAccessKey"],
-    aws_session_token=doc["SessionToken"])
-print(json.dumps({"arn": sts.get_caller_identity()["Arn"]}))
-"#;
 
 /// A vault, moto with a user and a role (SETUP), and that user's keys as
 /// the long-term source `base` (its secret only ever in a file). The

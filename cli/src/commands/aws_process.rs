@@ -30,9 +30,18 @@ pub fn run(ctx: &mut Ctx, name: &str) -> CliResult<()> {
     // The daemon refreshed it before answering if it could; when it has a
     // refresh command and still is not usable, that refresh failed.
     let hint = if refreshes_itself(|f| record.fields.contains_key(f)) {
-        "its refresh failed; 'vault status' shows why"
+        // Why, as `vault status` has it (never a value): what the SDK
+        // shows its user, who then knows what to run.
+        let why = match ctx.call(Request::Status) {
+            Ok(Response::Status(s)) => s.refresh.into_iter().find(|r| r.name == name),
+            _ => None,
+        };
+        match why {
+            Some(r) => format!("its refresh failed: {}", r.error),
+            None => "its refresh failed; 'vault status' shows why".to_owned(),
+        }
     } else {
-        "renew it in the vault"
+        "renew it in the vault".to_owned()
     };
     if let Some(t) = record.expires_at.filter(|t| *t <= Timestamp::now()) {
         return Err(WireError::new(

@@ -56,7 +56,7 @@ fn failed(msg: String) -> WireError {
 }
 
 /// The program that opens a file in the user's browser.
-fn opener() -> Option<PathBuf> {
+pub(super) fn opener() -> Option<PathBuf> {
     let name = if cfg!(target_os = "macos") {
         "open"
     } else {

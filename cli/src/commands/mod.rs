@@ -18,6 +18,7 @@ mod kube;
 mod publish;
 mod records;
 mod rotate;
+mod sso;
 mod sync;
 mod vault;
 
@@ -128,6 +129,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
             duration,
             open,
         } => console::run(&mut ctx, name, destination, region, &duration, open),
+        Command::Sso { action } => sso::run(&mut ctx, action),
         Command::AwsProcess { name } => aws_process::run(&mut ctx, &name),
         Command::Daemon { action } => daemon::run(&mut ctx, action),
         Command::Doctor => doctor::run(&mut ctx),

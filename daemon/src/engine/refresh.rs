@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vault_protocol::credential::{
-    CHECK_COMMAND, REFRESH_COMMAND, SOURCE, is_generic_key, validate_fields,
+    CHECK_COMMAND, REFRESH_COMMAND, SOURCE, SSO_START_URL, is_generic_key, validate_fields,
 };
 use vault_protocol::message::RecordSummary;
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -42,6 +42,9 @@ pub enum Plan {
     Command(String),
     /// An STS call signed with a source record's keys.
     Sts(Box<StsPlan>),
+    /// IAM Identity Center's `GetRoleCredentials` with the record's SSO
+    /// session (docs/sso.md).
+    Sso(Box<SsoPlan>),
     /// The record names a refresh that cannot run; the reason.
     Broken(String),
 }
@@ -70,6 +73,39 @@ pub struct StsPlan {
     pub endpoint: String,
     /// The signing region.
     pub region: String,
+}
+
+/// What minting an SSO credential needs: its role, its session and where
+/// IAM Identity Center answers.
+pub struct SsoPlan {
+    /// The record's name (for messages: "run vault sso login NAME").
+    pub name: String,
+    /// `sso_account_id`.
+    pub account_id: String,
+    /// `sso_role_name`.
+    pub role_name: String,
+    /// The registered client: id, secret.
+    pub client: Option<(String, SecretValue)>,
+    /// The session's access token and when it expires.
+    pub access_token: Option<(SecretValue, Timestamp)>,
+    /// The session's refresh token.
+    pub refresh_token: Option<SecretValue>,
+    /// The OIDC service (`https://oidc.REGION.amazonaws.com`).
+    pub oidc: String,
+    /// The portal API (`https://portal.sso.REGION.amazonaws.com`).
+    pub portal: String,
+}
+
+impl std::fmt::Debug for SsoPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsoPlan")
+            .field("name", &self.name)
+            .field("account_id", &self.account_id)
+            .field("role_name", &self.role_name)
+            .field("oidc", &self.oidc)
+            .field("portal", &self.portal)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where an STS call's MFA code comes from.
@@ -275,6 +311,9 @@ impl Engine {
         ) {
             (Some(why), _) => Plan::Broken(why),
             (None, Some(command)) => Plan::Command(command.expose_secret().to_owned()),
+            (None, None) if body.fields.contains_key(SSO_START_URL) => {
+                self.sso_plan(&body).unwrap_or_else(Plan::Broken)
+            }
             (None, None) => self.sts_plan(&body, now).unwrap_or_else(Plan::Broken),
         };
         Some(Job {
@@ -285,6 +324,89 @@ impl Engine {
             expires_at: body.expires_at,
             plan,
         })
+    }
+
+    /// The endpoints of IAM Identity Center for `region`: `config.toml`'s
+    /// `[sso]`, else AWS's.
+    pub fn sso_endpoints(&self, region: &str) -> std::result::Result<(String, String), String> {
+        let region = check_region(region)?;
+        Ok((
+            self.config
+                .sso_oidc_endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://oidc.{region}.amazonaws.com")),
+            self.config
+                .sso_portal_endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://portal.sso.{region}.amazonaws.com")),
+        ))
+    }
+
+    /// SSO credential `name` as a sign-in starts it: its id, type and
+    /// fields.
+    pub fn sso_record(
+        &self,
+        name: &str,
+    ) -> Result<(String, CredentialType, BTreeMap<String, SecretValue>)> {
+        let (row, body) = self.load(name)?;
+        Ok((row.id, body.kind, body.fields))
+    }
+
+    /// Keeps a new SSO session (`vault sso login`) in record `name`, if it
+    /// is still the record `id` the sign-in started from. The keys of the
+    /// previous session go, so the next use mints from this one.
+    pub fn keep_sso_session(
+        &mut self,
+        name: &str,
+        id: &str,
+        session: BTreeMap<String, SecretValue>,
+        now: Timestamp,
+    ) -> Result<RecordSummary> {
+        let (row, mut body) = self.load(name)?;
+        if row.id != id || !body.fields.contains_key(SSO_START_URL) {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("'{name}' changed while signing in: run 'vault sso login {name}' again"),
+            ));
+        }
+        for f in ["access_key_id", "secret_access_key", "session_token"] {
+            body.fields.remove(f);
+        }
+        body.fields.extend(session);
+        body.expires_at = None;
+        validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Failed, e))?;
+        self.commit(row, body, name, "sso login", now)
+    }
+
+    /// The summary of record `name` as the index has it.
+    pub fn summary_of(&self, name: &str, now: Timestamp) -> Result<RecordSummary> {
+        let sess = self.session()?;
+        let entry = sess
+            .index
+            .get(name)
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no credential named '{name}'")))?;
+        Ok(entry.summary(name, now))
+    }
+
+    /// The `GetRoleCredentials` call that mints SSO credential `body`.
+    fn sso_plan(&self, body: &RecordBody) -> std::result::Result<Plan, String> {
+        let field = |f: &str| body.fields.get(f).filter(|v| !v.is_empty());
+        let text = |f: &str| field(f).map(|v| v.expose_secret().to_owned());
+        let (oidc, portal) = self.sso_endpoints(&text("sso_region").unwrap_or_default())?;
+        let expires = text("sso_token_expires").and_then(|t| Timestamp::parse(&t).ok());
+        Ok(Plan::Sso(Box::new(SsoPlan {
+            name: body.name.clone(),
+            account_id: text("sso_account_id").unwrap_or_default(),
+            role_name: text("sso_role_name").unwrap_or_default(),
+            client: text("sso_client_id")
+                .zip(field("sso_client_secret").map(SecretValue::duplicate)),
+            access_token: field("sso_access_token")
+                .map(SecretValue::duplicate)
+                .zip(expires),
+            refresh_token: field("sso_refresh_token").map(SecretValue::duplicate),
+            oidc,
+            portal,
+        })))
     }
 
     /// The STS call that mints `body`'s session from its `source`.

@@ -12,6 +12,7 @@ pub mod publisher;
 pub mod refresher;
 pub mod rotator;
 pub mod sigv4;
+pub mod sso;
 pub mod sts;
 pub mod syncer;
 pub mod wif;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub gcp_tokens: gcp::Tokens,
     /// One rotation at a time (docs/lifecycle.md).
     pub rotator: rotator::Rotator,
+    /// SSO sign-ins waiting for the user's approval (docs/sso.md).
+    pub sso_logins: sso::Logins,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
             checker: checker::Checker::default(),
             gcp_tokens: gcp::Tokens::default(),
             rotator: rotator::Rotator::default(),
+            sso_logins: sso::Logins::default(),
         }
     }
 

@@ -45,6 +45,7 @@ pub async fn execute(http: &Http, job: &Job, timeout: Duration) -> Result<Minted
                 .map_err(|_| "the refresh command's task failed".to_owned())?
         }
         Plan::Sts(plan) => crate::remote::sts::mint(http, plan, timeout).await,
+        Plan::Sso(plan) => crate::remote::sso::mint(http, plan).await,
         Plan::Broken(why) => Err(why.clone()),
     }
 }
@@ -195,6 +196,11 @@ impl Refresher {
                 expires_at: job.expires_at,
             },
         );
+    }
+
+    /// Why the last refresh of record `id` failed, if it did.
+    pub fn error_of(&self, id: &str) -> Option<String> {
+        locked(&self.failures).get(id).map(|f| f.error.clone())
     }
 
     /// Forgets the failures of record `id` (it was refreshed).

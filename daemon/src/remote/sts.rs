@@ -229,19 +229,26 @@ pub async fn federation_token(
 /// STS's keys look like keys: printable ASCII of AWS's lengths (a
 /// hostile or broken endpoint's values would go into files and env vars).
 fn check_keys(creds: &Credentials, action: &str) -> Result<(), String> {
-    let sane = |v: &SecretValue, max: usize| {
-        (1..=max).contains(&v.expose_secret().len())
-            && v.expose_secret().bytes().all(|b| b.is_ascii_graphic())
-    };
-    if !sane(&creds.access_key_id, 128)
-        || !sane(&creds.secret_access_key, 256)
-        || !sane(&creds.session_token, 8192)
-    {
+    if !keys_look_real(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        &creds.session_token,
+    ) {
         return Err(format!(
             "STS's answer to {action} holds keys that cannot be ones"
         ));
     }
     Ok(())
+}
+
+/// Whether a session's keys look like AWS's: printable ASCII of AWS's
+/// lengths (also what IAM Identity Center hands out).
+pub(crate) fn keys_look_real(id: &SecretValue, secret: &SecretValue, token: &SecretValue) -> bool {
+    let sane = |v: &SecretValue, max: usize| {
+        (1..=max).contains(&v.expose_secret().len())
+            && v.expose_secret().bytes().all(|b| b.is_ascii_graphic())
+    };
+    sane(id, 128) && sane(secret, 256) && sane(token, 8192)
 }
 
 /// A session ends after `now` and at most `duration` later (plus 5

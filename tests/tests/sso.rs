@@ -1,0 +1,513 @@
+//! AWS IAM Identity Center (SSO) through the real binaries (issue 21,
+//! docs/sso.md): `vault sso login` registers a client, starts a device
+//! authorization and waits for the approval at a double of SSO OIDC and the
+//! portal API (moto has neither); the role credentials the portal hands out
+//! are a real session of moto (authentication on), so botocore's
+//! `GetCallerIdentity` with what `vault aws-process` prints is checked by
+//! moto. A refused token is renewed with the refresh token, without a
+//! browser; a revoked session, a denied or expired sign-in and a role the
+//! session may not use each end with a clear message and exit code.
+//!
+//! The double is pinned to botocore's own `sso-oidc` and `sso` clients
+//! (their service models parse every answer it gives, errors included).
+//!
+//! Needs `VAULT_TEST_PYTHON` with botocore and `moto[server]` (`.ci/run`
+//! installs both and sets `VAULT_TEST_REQUIRE_MOTO=1`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vault_e2e::VaultHome;
+use vault_e2e::moto::{Moto, SETUP, WHOAMI, moto_python, python_json};
+
+const START_URL: &str = "https://d-test.awsapps.com/start";
+const ACCOUNT: &str = "123456789012";
+
+/// How the next device authorization ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    /// Approved after two polls.
+    Approve,
+    Deny,
+    Expire,
+}
+
+#[derive(Debug)]
+struct State {
+    ending: Ending,
+    /// The role session the portal hands out (moto's).
+    role: serde_json::Value,
+    /// How long each role session lasts, seconds.
+    role_life: i64,
+    clients: Vec<(String, String)>,
+    /// Device codes and how often each was polled.
+    devices: Vec<(String, u32)>,
+    access: Vec<String>,
+    refresh: Vec<String>,
+    refreshes: u32,
+    portal_calls: u32,
+    /// The role the session may use.
+    role_name: String,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An error as AWS's restJson1 services send one: the type in
+/// `x-amzn-ErrorType`, OIDC's `error` in the body.
+fn refused(status: u16, kind: &str, body: serde_json::Value) -> (u16, Option<String>, String) {
+    (status, Some(kind.to_owned()), body.to_string())
+}
+
+fn oidc_error(kind: &str, error: &str) -> (u16, Option<String>, String) {
+    refused(
+        400,
+        kind,
+        serde_json::json!({"error": error, "error_description": null}),
+    )
+}
+
+fn answer(
+    st: &mut State,
+    method: &str,
+    url: &str,
+    bearer: &str,
+    body: &str,
+) -> (u16, Option<String>, String) {
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let s = |k: &str| doc[k].as_str().unwrap_or_default().to_owned();
+    let known_client = |st: &State| st.clients.contains(&(s("clientId"), s("clientSecret")));
+    match (method, url.split('?').next().unwrap()) {
+        ("POST", "/client/register") => {
+            if s("clientType") != "public"
+                || !doc["scopes"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|v| v == "sso:account:access"))
+            {
+                return oidc_error("InvalidClientMetadataException", "invalid_client_metadata");
+            }
+            let client = (
+                format!("client-{}", st.clients.len()),
+                format!("csecret-{}", st.clients.len()),
+            );
+            st.clients.push(client.clone());
+            (
+                200,
+                None,
+                serde_json::json!({
+                    "clientId": client.0, "clientSecret": client.1,
+                    "clientIdIssuedAt": now(), "clientSecretExpiresAt": now() + 90 * 86400,
+                })
+                .to_string(),
+            )
+        }
+        ("POST", "/device_authorization") => {
+            if !known_client(st) {
+                return oidc_error("InvalidClientException", "invalid_client");
+            }
+            if s("startUrl") != START_URL {
+                return oidc_error("InvalidRequestException", "invalid_request");
+            }
+            let code = format!("device-{}", st.devices.len());
+            st.devices.push((code.clone(), 0));
+            (200, None, serde_json::json!({
+                "deviceCode": code, "userCode": "ABCD-EFGH",
+                "verificationUri": "https://device.sso.us-east-1.amazonaws.com/",
+                "verificationUriComplete": "https://device.sso.us-east-1.amazonaws.com/?user_code=ABCD-EFGH",
+                "expiresIn": 600, "interval": 1,
+            }).to_string())
+        }
+        ("POST", "/token") => {
+            if !known_client(st) {
+                return oidc_error("InvalidClientException", "invalid_client");
+            }
+            match s("grantType").as_str() {
+                "urn:ietf:params:oauth:grant-type:device_code" => {
+                    let ending = st.ending;
+                    let Some(dev) = st.devices.iter_mut().find(|d| d.0 == s("deviceCode")) else {
+                        return oidc_error("InvalidGrantException", "invalid_grant");
+                    };
+                    dev.1 += 1;
+                    match ending {
+                        Ending::Deny => {
+                            return oidc_error("AccessDeniedException", "access_denied");
+                        }
+                        Ending::Expire => {
+                            return oidc_error("ExpiredTokenException", "expired_token");
+                        }
+                        Ending::Approve if dev.1 < 2 => {
+                            return oidc_error(
+                                "AuthorizationPendingException",
+                                "authorization_pending",
+                            );
+                        }
+                        Ending::Approve => {}
+                    }
+                }
+                "refresh_token" => {
+                    if !st.refresh.contains(&s("refreshToken")) {
+                        return oidc_error("InvalidGrantException", "invalid_grant");
+                    }
+                    st.refreshes += 1;
+                }
+                _ => return oidc_error("UnsupportedGrantTypeException", "unsupported_grant_type"),
+            }
+            let (a, r) = (
+                format!("access-{}", st.access.len()),
+                format!("refresh-{}", st.refresh.len()),
+            );
+            st.access.push(a.clone());
+            st.refresh.push(r.clone());
+            (
+                200,
+                None,
+                serde_json::json!({
+                    "accessToken": a, "tokenType": "Bearer", "expiresIn": 28800, "refreshToken": r,
+                })
+                .to_string(),
+            )
+        }
+        ("GET", "/federation/credentials") => {
+            st.portal_calls += 1;
+            if !st.access.iter().any(|a| a == bearer) {
+                return refused(
+                    401,
+                    "UnauthorizedException",
+                    serde_json::json!({"message": "Session token not found or invalid"}),
+                );
+            }
+            let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let wanted = format!("role_name={}", st.role_name);
+            if !query.split('&').any(|kv| kv == wanted)
+                || !query
+                    .split('&')
+                    .any(|kv| kv == format!("account_id={ACCOUNT}"))
+            {
+                return refused(
+                    403,
+                    "ForbiddenException",
+                    serde_json::json!({"message": "No access"}),
+                );
+            }
+            let r = &st.role;
+            (
+                200,
+                None,
+                serde_json::json!({"roleCredentials": {
+                    "accessKeyId": r["AccessKeyId"], "secretAccessKey": r["SecretAccessKey"],
+                    "sessionToken": r["SessionToken"], "expiration": (now() + st.role_life) * 1000,
+                }})
+                .to_string(),
+            )
+        }
+        _ => (404, None, "{}".into()),
+    }
+}
+
+/// The double on loopback; stops with the process.
+fn double(state: Arc<Mutex<State>>) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = req.as_reader().read_to_string(&mut body);
+            let bearer = req
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("x-amz-sso_bearer_token"))
+                .map(|h| h.value.to_string())
+                .unwrap_or_default();
+            let (code, kind, text) = answer(
+                &mut state.lock().unwrap(),
+                req.method().as_str(),
+                req.url(),
+                &bearer,
+                &body,
+            );
+            let mut resp = tiny_http::Response::from_string(text)
+                .with_status_code(code)
+                .with_header(
+                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap(),
+                );
+            if let Some(k) = kind {
+                resp.add_header(tiny_http::Header::from_bytes("x-amzn-ErrorType", k).unwrap());
+            }
+            let _ = req.respond(resp);
+        }
+    });
+    url
+}
+
+/// A session of moto's role `deploy`, assumed by user `dev` (SETUP).
+const ASSUME: &str = r#"
+import json, sys
+import botocore.session
+sts = botocore.session.get_session().create_client(
+    "sts", endpoint_url=sys.argv[1], region_name="us-east-1",
+    aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.stdin.readline().strip())
+c = sts.assume_role(RoleArn=sys.argv[3], RoleSessionName="sso-dev")["Credentials"]
+print(json.dumps({"AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
+                  "SessionToken": c["SessionToken"]}))
+"#;
+
+/// botocore's own SSO clients against the double: every answer parses by
+/// their service models, errors by their codes.
+const CONTRACT: &str = r#"
+import json, sys
+import botocore.session
+from botocore.exceptions import ClientError
+s = botocore.session.get_session()
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1")
+oidc = s.create_client("sso-oidc", **kw)
+c = oidc.register_client(clientName="contract", clientType="public", scopes=["sso:account:access"])
+d = oidc.start_device_authorization(clientId=c["clientId"], clientSecret=c["clientSecret"], startUrl=sys.argv[2])
+grant = dict(clientId=c["clientId"], clientSecret=c["clientSecret"],
+             grantType="urn:ietf:params:oauth:grant-type:device_code", deviceCode=d["deviceCode"])
+try:
+    oidc.create_token(**grant)
+    pending = None
+except ClientError as e:
+    pending = e.response["Error"]["Code"]
+t = oidc.create_token(**grant)
+r = oidc.create_token(clientId=c["clientId"], clientSecret=c["clientSecret"],
+                      grantType="refresh_token", refreshToken=t["refreshToken"])
+sso = s.create_client("sso", **kw)
+creds = sso.get_role_credentials(roleName="deploy", accountId=sys.argv[3], accessToken=r["accessToken"])["roleCredentials"]
+try:
+    sso.get_role_credentials(roleName="deploy", accountId=sys.argv[3], accessToken="nope")
+    unauthorized = None
+except ClientError as e:
+    unauthorized = e.response["Error"]["Code"]
+print(json.dumps({"pending": pending, "user_code": d["userCode"], "interval": d["interval"],
+                  "expires_in": t["expiresIn"], "key": creds["accessKeyId"],
+                  "expiration": creds["expiration"], "unauthorized": unauthorized}))
+"#;
+
+/// Whether RFC 3339 time `t` (UTC, `Z`) has passed.
+fn past(t: &str) -> bool {
+    let secs = std::process::Command::new("date")
+        .args(["-u", "-d", t, "+%s"])
+        .output()
+        .unwrap();
+    let at: i64 = String::from_utf8_lossy(&secs.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    now() > at
+}
+
+fn python_stdin(
+    vh: &VaultHome,
+    python: &std::path::Path,
+    script: &str,
+    args: &[&str],
+    input: &str,
+) -> serde_json::Value {
+    let mut all = vec!["-c", script];
+    all.extend_from_slice(args);
+    let run = vault_e2e::run_command(
+        vh.command(python, all),
+        Some(input.as_bytes()),
+        Duration::from_secs(120),
+    );
+    run.ok();
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
+}
+
+#[test]
+fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() {
+    let Some(python) = moto_python("sso") else {
+        return;
+    };
+    let vh = VaultHome::new();
+    let moto = Moto::start(&python, vh.root());
+    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+    let role = python_stdin(
+        &vh,
+        &python,
+        ASSUME,
+        &[
+            &moto.url,
+            setup["id"].as_str().unwrap(),
+            setup["role"].as_str().unwrap(),
+        ],
+        &format!("{}\n", setup["secret"].as_str().unwrap()),
+    );
+    let state = Arc::new(Mutex::new(State {
+        ending: Ending::Approve,
+        role: role.clone(),
+        // Short sessions: minted again a few seconds after each mint.
+        role_life: 5,
+        clients: Vec::new(),
+        devices: Vec::new(),
+        access: Vec::new(),
+        refresh: Vec::new(),
+        refreshes: 0,
+        portal_calls: 0,
+        role_name: "deploy".into(),
+    }));
+    let url = double(Arc::clone(&state));
+
+    // The double answers as botocore's models expect.
+    let contract = python_json(&vh, &python, CONTRACT, &[&url, START_URL, ACCOUNT]);
+    assert_eq!(
+        contract["pending"], "AuthorizationPendingException",
+        "{contract}"
+    );
+    assert_eq!(
+        contract["unauthorized"], "UnauthorizedException",
+        "{contract}"
+    );
+    assert_eq!(contract["key"], role["AccessKeyId"], "{contract}");
+    assert!(
+        contract["expiration"].as_i64().unwrap() > now() * 1000,
+        "{contract}"
+    );
+
+    vh.write_config(&format!(
+        "[sso]\noidc_endpoint = \"{url}\"\nportal_endpoint = \"{url}\"\n"
+    ));
+    vh.init().ok();
+    let add = |name: &str, start: &str, role: &str| {
+        vh.vault([
+            "add",
+            name,
+            "--type",
+            "aws",
+            &format!("sso_start_url={start}"),
+            "sso_region=us-east-1",
+            &format!("sso_account_id={ACCOUNT}"),
+            &format!("sso_role_name={role}"),
+        ])
+    };
+    add("sso-dev", START_URL, "deploy").ok();
+    add("bad", "http://d-test.awsapps.com/start", "deploy")
+        .code(2)
+        .stderr_has("https://");
+
+    // Before the sign-in: what to run, at once.
+    vh.vault(["aws-process", "sso-dev"])
+        .code(1)
+        .stderr_has("vault sso login sso-dev");
+
+    // The sign-in: the page and code, no browser, the approval polled.
+    let run = vh.vault(["sso", "login", "sso-dev", "--no-browser"]);
+    run.ok()
+        .stderr_has("ABCD-EFGH")
+        .stderr_has("https://device.sso.us-east-1.amazonaws.com/?user_code=ABCD-EFGH")
+        .stderr_has("Signed in");
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(st.devices.last().unwrap().1, 2, "polled until approved");
+        assert_eq!(st.refreshes, 1, "only the contract check renewed so far");
+    }
+    // The session is in the record (secret fields), not in the listing.
+    let (access, refresh) = {
+        let st = state.lock().unwrap();
+        (
+            st.access.last().unwrap().clone(),
+            st.refresh.last().unwrap().clone(),
+        )
+    };
+    let shown = vh.vault(["list", "--json"]).ok().stdout.clone();
+    assert!(
+        !shown.contains(&access) && !shown.contains(&refresh),
+        "{shown}"
+    );
+    let record = vh
+        .vault(["get", "sso-dev", "--field", "sso_refresh_token"])
+        .ok()
+        .stdout
+        .clone();
+    assert_eq!(record.trim(), refresh);
+
+    // What aws-process prints is moto's session, and moto takes it.
+    let printed = vh.vault(["aws-process", "sso-dev"]);
+    printed.ok();
+    let doc = printed.json();
+    assert_eq!(doc["AccessKeyId"], role["AccessKeyId"], "{doc}");
+    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, printed.stdout.trim()]);
+    assert!(
+        who["arn"]
+            .as_str()
+            .unwrap()
+            .contains(":assumed-role/deploy/"),
+        "{who}"
+    );
+
+    // The portal stops taking the access token (signed out elsewhere):
+    // the daemon renews it with the refresh token, with no browser.
+    state.lock().unwrap().access.clear();
+    let before = state.lock().unwrap().refreshes;
+    // Once the 5 s role session is over, the next use mints again.
+    let over = doc["Expiration"].as_str().unwrap().to_owned();
+    while !past(&over) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = vh.vault(["aws-process", "sso-dev"]);
+    again.ok();
+    assert!(
+        state.lock().unwrap().refreshes > before,
+        "renewed with the refresh token: {again} {:?}",
+        state.lock().unwrap()
+    );
+
+    // The whole session revoked: sign in again, says the daemon.
+    {
+        let mut st = state.lock().unwrap();
+        st.access.clear();
+        st.refresh.clear();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    vh.vault(["aws-process", "sso-dev"])
+        .code(7)
+        .stderr_has("vault sso login sso-dev");
+    let status = vh.vault(["status", "--json"]).ok().json();
+    assert!(
+        status
+            .to_string()
+            .contains("has expired: run 'vault sso login sso-dev' to sign in again"),
+        "{status}"
+    );
+
+    // A denied sign-in, an expired code, a role the session may not use.
+    state.lock().unwrap().ending = Ending::Deny;
+    vh.vault(["sso", "login", "sso-dev", "--no-browser"])
+        .code(1)
+        .stderr_has("was denied in the browser");
+    state.lock().unwrap().ending = Ending::Expire;
+    vh.vault(["sso", "login", "sso-dev", "--no-browser"])
+        .code(1)
+        .stderr_has("expired before it was approved");
+    {
+        let mut st = state.lock().unwrap();
+        st.ending = Ending::Approve;
+        st.role_name = "admin".into();
+        st.role_life = 3600;
+    }
+    vh.vault(["sso", "login", "sso-dev", "--no-browser"])
+        .code(1)
+        .stderr_has("no role credentials")
+        .stderr_has("refused role deploy in account 123456789012 (403 ForbiddenException)");
+    // One client registered for all these sign-ins (it lasts 90 days).
+    assert_eq!(
+        state.lock().unwrap().clients.len(),
+        2,
+        "the contract's and the vault's"
+    );
+
+    // Not an SSO credential: said so.
+    vh.vault(["add", "plain", "--type", "aws", "access_key_id=AKIAEXAMPLE"])
+        .code(2);
+    let log = std::fs::read_to_string(vh.paths().log()).unwrap();
+    for t in ["access-", "refresh-", "csecret-", "device-"] {
+        assert!(!log.contains(t), "{t} in vaultd.log");
+    }
+}
