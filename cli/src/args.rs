@@ -1074,6 +1074,26 @@ pub enum SsoAction {
         #[arg(long)]
         no_browser: bool,
     },
+    /// List the accounts and roles a signed-in SSO credential's session may use
+    Roles {
+        /// A signed-in SSO credential
+        name: String,
+    },
+    /// Save one of those roles as a new SSO credential, signed in with the same
+    /// session's access token (run 'vault sso login NEW' for its own session)
+    Add {
+        /// The new credential
+        new: String,
+        /// The signed-in SSO credential whose portal and session it uses
+        #[arg(long, value_name = "NAME")]
+        from: String,
+        /// The 12-digit account id (from 'vault sso roles')
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// The role name (from 'vault sso roles')
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+    },
 }
 
 /// `vault gke ...`.

@@ -442,6 +442,7 @@ impl Daemon {
                 }
                 r
             }
+            Request::SsoRoles { name } => crate::remote::sso::roles(&self.shared, &name).await,
             Request::Check { names, timeout_ms } => {
                 // Keys go to the endpoints their records name: a field from
                 // another device waits for `vault approve` (docs/sync.md).
@@ -1005,6 +1006,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::EmitRemove { .. } => "emit_remove",
         Request::SsoLogin { .. } => "sso_login",
         Request::SsoWait { .. } => "sso_wait",
+        Request::SsoRoles { .. } => "sso_roles",
         Request::Shutdown => "shutdown",
         Request::Login { .. } => "login",
         Request::Join { .. } => "join",
@@ -1124,7 +1126,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 50] = [
+    const EVERY_REQUEST: [&str; 51] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1173,6 +1175,7 @@ mod tests {
         r#"{"op":"gcp_subject_token","name":"a"}"#,
         r#"{"op":"sso_login","name":"a"}"#,
         r#"{"op":"sso_wait","name":"a"}"#,
+        r#"{"op":"sso_roles","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1229,8 +1232,9 @@ mod tests {
             Request::GcpSubjectToken { .. } => 45,
             Request::SsoLogin { .. } => 46,
             Request::SsoWait { .. } => 47,
-            Request::Lock => 48,
-            Request::Shutdown => 49,
+            Request::SsoRoles { .. } => 48,
+            Request::Lock => 49,
+            Request::Shutdown => 50,
         }
     }
 

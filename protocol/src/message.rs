@@ -260,6 +260,13 @@ pub enum Request {
         /// The credential whose sign-in was started.
         name: String,
     },
+    /// The accounts and roles the SSO session of `name` may use
+    /// (`ListAccounts`, `ListAccountRoles`). Answered by
+    /// [`Response::SsoRoles`].
+    SsoRoles {
+        /// A signed-in SSO credential.
+        name: String,
+    },
     /// Rotates a credential (`vault rotate`, docs/lifecycle.md). With no
     /// `fields`, an `aws` record gets a new access key from IAM, verified,
     /// stored and emitted, and its old key is deactivated and deleted;
@@ -584,6 +591,7 @@ impl Request {
             | Request::ConsoleUrl { .. }
             | Request::SsoLogin { .. }
             | Request::SsoWait { .. }
+            | Request::SsoRoles { .. }
             | Request::Check { .. }
             | Request::Rotate { .. }
             | Request::Audit { .. }
@@ -775,6 +783,11 @@ pub enum Response {
         user_code: String,
         /// When the code stops working.
         expires_at: Timestamp,
+    },
+    /// Answer to `SsoRoles`, by account then role.
+    SsoRoles {
+        /// Every account and role the session may use.
+        roles: Vec<SsoRole>,
     },
     /// Answer to `Rotate`.
     Rotated(RotateReport),

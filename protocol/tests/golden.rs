@@ -625,6 +625,27 @@ fn sso_frames() {
         }),
         err: None,
     };
+    let roles = RequestFrame {
+        id: 28,
+        req: Request::SsoRoles {
+            name: "aws-sso".into(),
+        },
+    };
+    let expected = r#"{"id":28,"req":{"op":"sso_roles","name":"aws-sso"}}"#;
+    assert_eq!(frame_of(&roles), with_header(expected));
+    let listed = ResponseFrame {
+        id: 28,
+        ok: Some(Response::SsoRoles {
+            roles: vec![vault_protocol::message::SsoRole {
+                account_id: "111122223333".into(),
+                account_name: "prod".into(),
+                role_name: "ReadOnly".into(),
+            }],
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":28,"ok":{"kind":"sso_roles","roles":[{"account_id":"111122223333","account_name":"prod","role_name":"ReadOnly"}]}}"#;
+    assert_eq!(frame_of(&listed), with_header(expected));
     let expected = r#"{"id":26,"ok":{"kind":"sso_device","verification_uri":"https://device.sso.eu-west-1.amazonaws.com/","verification_uri_complete":"https://device.sso.eu-west-1.amazonaws.com/?user_code=ABCD-EFGH","user_code":"ABCD-EFGH","expires_at":"2026-11-30T00:53:20Z"}}"#;
     assert_eq!(frame_of(&device), with_header(expected));
 }

@@ -24,6 +24,7 @@ use vault_e2e::moto::{Moto, SETUP, WHOAMI, moto_python, python_json};
 
 const START_URL: &str = "https://d-test.awsapps.com/start";
 const ACCOUNT: &str = "123456789012";
+const OTHER: &str = "210987654321";
 
 /// How the next device authorization ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +72,14 @@ fn oidc_error(kind: &str, error: &str) -> (u16, Option<String>, String) {
         kind,
         serde_json::json!({"error": error, "error_description": null}),
     )
+}
+
+/// The (account, role) pairs the session may use.
+fn allowed(st: &State) -> Vec<(String, String)> {
+    vec![
+        (ACCOUNT.to_owned(), st.role_name.clone()),
+        (OTHER.to_owned(), "ReadOnly".to_owned()),
+    ]
 }
 
 fn answer(
@@ -173,6 +182,51 @@ fn answer(
                 .to_string(),
             )
         }
+        ("GET", "/assignment/accounts") => {
+            if !st.access.iter().any(|a| a == bearer) {
+                return refused(
+                    401,
+                    "UnauthorizedException",
+                    serde_json::json!({"message": "Session token not found or invalid"}),
+                );
+            }
+            // Two pages, as the portal pages them.
+            let (list, next) = if url.contains("next_token=page-2") {
+                (
+                    serde_json::json!([{"accountId": OTHER, "accountName": "prod", "emailAddress": "prod@example.com"}]),
+                    None,
+                )
+            } else {
+                (
+                    serde_json::json!([{"accountId": ACCOUNT, "accountName": "sandbox", "emailAddress": "sb@example.com"}]),
+                    Some("page-2"),
+                )
+            };
+            (
+                200,
+                None,
+                serde_json::json!({"accountList": list, "nextToken": next}).to_string(),
+            )
+        }
+        ("GET", "/assignment/roles") => {
+            if !st.access.iter().any(|a| a == bearer) {
+                return refused(
+                    401,
+                    "UnauthorizedException",
+                    serde_json::json!({"message": "Session token not found or invalid"}),
+                );
+            }
+            let roles: Vec<serde_json::Value> = allowed(st)
+                .into_iter()
+                .filter(|(a, _)| url.contains(&format!("account_id={a}")))
+                .map(|(a, r)| serde_json::json!({"roleName": r, "accountId": a}))
+                .collect();
+            (
+                200,
+                None,
+                serde_json::json!({"roleList": roles, "nextToken": null}).to_string(),
+            )
+        }
         ("GET", "/federation/credentials") => {
             st.portal_calls += 1;
             if !st.access.iter().any(|a| a == bearer) {
@@ -183,11 +237,10 @@ fn answer(
                 );
             }
             let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
-            let wanted = format!("role_name={}", st.role_name);
-            if !query.split('&').any(|kv| kv == wanted)
-                || !query
-                    .split('&')
-                    .any(|kv| kv == format!("account_id={ACCOUNT}"))
+            let asked = |k: &str, v: &str| query.split('&').any(|kv| kv == format!("{k}={v}"));
+            if !allowed(st)
+                .iter()
+                .any(|(a, r)| asked("account_id", a) && asked("role_name", r))
             {
                 return refused(
                     403,
@@ -285,7 +338,11 @@ try:
     unauthorized = None
 except ClientError as e:
     unauthorized = e.response["Error"]["Code"]
-print(json.dumps({"pending": pending, "user_code": d["userCode"], "interval": d["interval"],
+accounts = sso.list_accounts(accessToken=r["accessToken"])
+more = sso.list_accounts(accessToken=r["accessToken"], nextToken=accounts["nextToken"])
+roles = sso.list_account_roles(accessToken=r["accessToken"], accountId=more["accountList"][0]["accountId"])
+print(json.dumps({"pending": pending, "accounts": [a["accountName"] for a in accounts["accountList"] + more["accountList"]],
+                  "roles": [x["roleName"] for x in roles["roleList"]], "user_code": d["userCode"], "interval": d["interval"],
                   "expires_in": t["expiresIn"], "key": creds["accessKeyId"],
                   "expiration": creds["expiration"], "unauthorized": unauthorized}))
 "#;
@@ -366,6 +423,16 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         "{contract}"
     );
     assert_eq!(contract["key"], role["AccessKeyId"], "{contract}");
+    assert_eq!(
+        contract["accounts"],
+        serde_json::json!(["sandbox", "prod"]),
+        "{contract}"
+    );
+    assert_eq!(
+        contract["roles"],
+        serde_json::json!(["ReadOnly"]),
+        "{contract}"
+    );
     assert!(
         contract["expiration"].as_i64().unwrap() > now() * 1000,
         "{contract}"
@@ -458,6 +525,39 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         "renewed with the refresh token: {again} {:?}",
         state.lock().unwrap()
     );
+
+    // What the session may use, every page; one saved as a credential,
+    // which works at once on the same session.
+    let listed = vh.vault(["--json", "sso", "roles", "sso-dev"]);
+    listed.ok();
+    assert_eq!(
+        listed.json(),
+        serde_json::json!([
+            {"account_id": ACCOUNT, "account_name": "sandbox", "role_name": "deploy"},
+            {"account_id": OTHER, "account_name": "prod", "role_name": "ReadOnly"},
+        ])
+    );
+    vh.vault(["sso", "roles", "sso-dev"])
+        .ok()
+        .stdout_has("210987654321  prod     ReadOnly");
+    vh.vault([
+        "sso",
+        "add",
+        "prod-ro",
+        "--from",
+        "sso-dev",
+        "--account",
+        OTHER,
+        "--role",
+        "ReadOnly",
+    ])
+    .ok();
+    let ro = vh.vault(["aws-process", "prod-ro"]);
+    ro.ok();
+    assert_eq!(ro.json()["AccessKeyId"], role["AccessKeyId"]);
+    vh.vault(["get", "prod-ro", "--field", "sso_refresh_token"])
+        .code(4)
+        .stderr_has("no field");
 
     // The whole session revoked: sign in again, says the daemon.
     {

@@ -5,7 +5,8 @@
 //! role credentials.
 
 use serde_json::json;
-use vault_protocol::{Request, Response, validate_name};
+use vault_protocol::message::NewRecord;
+use vault_protocol::{CredentialType, Request, Response, SecretValue, validate_name};
 
 use super::Ctx;
 use crate::args::SsoAction;
@@ -14,7 +15,110 @@ use crate::error::{CliResult, unexpected, usage};
 pub fn run(ctx: &mut Ctx, action: SsoAction) -> CliResult<()> {
     match action {
         SsoAction::Login { name, no_browser } => login(ctx, &name, no_browser),
+        SsoAction::Roles { name } => roles(ctx, &name),
+        SsoAction::Add {
+            new,
+            from,
+            account,
+            role,
+        } => add(ctx, &new, &from, &account, &role),
     }
+}
+
+fn roles(ctx: &mut Ctx, name: &str) -> CliResult<()> {
+    validate_name(name).map_err(usage)?;
+    let roles = match ctx.call_unlocked(&|| Request::SsoRoles {
+        name: name.to_owned(),
+    })? {
+        Response::SsoRoles { roles } => roles,
+        _ => return Err(unexpected("sso roles")),
+    };
+    if ctx.out.json {
+        return ctx.out.json(&roles);
+    }
+    let width = roles
+        .iter()
+        .map(|r| r.account_name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("NAME".len());
+    ctx.out
+        .text(&format!("{:<12}  {:<width$}  ROLE\n", "ACCOUNT", "NAME"));
+    for r in &roles {
+        ctx.out.text(&format!(
+            "{:<12}  {:<width$}  {}\n",
+            r.account_id, r.account_name, r.role_name
+        ));
+    }
+    ctx.out.info(&format!(
+        "Save one: vault sso add NEW --from {name} --account ACCOUNT --role ROLE"
+    ));
+    Ok(())
+}
+
+/// The fields a new SSO credential takes from `from`: its portal, and its
+/// client and current access token (not the refresh token: two records
+/// renewing with one could spend it for each other).
+const SHARED: [&str; 6] = [
+    vault_protocol::credential::SSO_START_URL,
+    "sso_region",
+    "sso_client_id",
+    "sso_client_secret",
+    "sso_client_expires",
+    "sso_access_token",
+];
+
+fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliResult<()> {
+    validate_name(new).map_err(usage)?;
+    validate_name(from).map_err(usage)?;
+    let source = match ctx.call_unlocked(&|| Request::Get {
+        name: from.to_owned(),
+    })? {
+        Response::Record(r) => r,
+        _ => return Err(unexpected("get")),
+    };
+    if !source
+        .fields
+        .contains_key(vault_protocol::credential::SSO_START_URL)
+    {
+        return Err(usage(format!(
+            "'{from}' is not an SSO credential (it has no sso_start_url)"
+        )));
+    }
+    let mut fields: std::collections::BTreeMap<String, SecretValue> = SHARED
+        .iter()
+        .chain(["sso_token_expires"].iter())
+        .filter_map(|f| {
+            source
+                .fields
+                .get(*f)
+                .map(|v| ((*f).to_owned(), v.duplicate()))
+        })
+        .collect();
+    fields.insert("sso_account_id".into(), SecretValue::from(account));
+    fields.insert("sso_role_name".into(), SecretValue::from(role));
+    let description = format!("{role} in {account}, through {from}'s portal");
+    match ctx.call_unlocked(&|| Request::Add {
+        record: NewRecord {
+            name: new.to_owned(),
+            kind: CredentialType::Aws,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.duplicate()))
+                .collect(),
+            description: Some(description.clone()),
+            tags: Vec::new(),
+            expires_at: None,
+        },
+    })? {
+        Response::Changed(_) => {}
+        _ => return Err(unexpected("add")),
+    }
+    ctx.out.info(&format!(
+        "Added '{new}': {role} in account {account}. It uses {from}'s session until that access \
+         token ends; 'vault sso login {new}' gives it a session of its own."
+    ));
+    Ok(())
 }
 
 /// Whether a browser can be shown here: a graphical session (macOS, or a

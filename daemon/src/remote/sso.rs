@@ -464,6 +464,142 @@ async fn role_credentials(
     Ok((fields, Timestamp(expiration)))
 }
 
+/// Most pages read of one listing, and most roles listed.
+const MAX_PAGES: usize = 20;
+const MAX_ROLES: usize = 1000;
+
+/// Every page of a portal listing (`path` with its query), the items of
+/// `key` in each.
+async fn list_all(
+    http: &Http,
+    portal: &str,
+    access: &SecretValue,
+    path: &str,
+    key: &str,
+) -> Result<Vec<Map<String, Value>>, String> {
+    let what = if key == "accountList" {
+        "ListAccounts"
+    } else {
+        "ListAccountRoles"
+    };
+    let mut items = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let join = if path.contains('?') { '&' } else { '?' };
+        let mut url = format!("{portal}{path}{join}max_result=100");
+        if let Some(t) = &next {
+            url.push_str(&format!("&next_token={}", super::sigv4::form_encode(t)));
+        }
+        let req = http
+            .get(&url)
+            .header("x-amz-sso_bearer_token", access.expose_secret());
+        let doc = match call(req, what, portal).await? {
+            Answer::Ok(doc) => doc,
+            Answer::Refused(401, _) => return Err("401".into()),
+            Answer::Refused(status, e) => {
+                return Err(format!("IAM Identity Center refused {what} ({status} {e})"));
+            }
+        };
+        for item in doc.get(key).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(o) = item.as_object() {
+                items.push(o.clone());
+            }
+        }
+        if items.len() > MAX_ROLES {
+            return Err(format!(
+                "IAM Identity Center listed more than {MAX_ROLES} items ({what})"
+            ));
+        }
+        next = doc
+            .get("nextToken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+            .map(str::to_owned);
+        if next.is_none() {
+            return Ok(items);
+        }
+    }
+    Err(format!(
+        "IAM Identity Center's {what} did not end within {MAX_PAGES} pages"
+    ))
+}
+
+/// `vault sso roles NAME`: the accounts and roles its session may use.
+pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
+    // A mint renews the session's access token when it is due, and keeps it.
+    let names = [name.to_owned()];
+    crate::remote::refresher::ensure_fresh(d, &names).await;
+    let now = Timestamp::now();
+    let (access, portal) = {
+        let e = d.engine();
+        let (_, kind, fields) = e.sso_record(name)?;
+        let text = |f: &str| fields.get(f).map(|v| v.expose_secret().to_owned());
+        if kind != CredentialType::Aws || text(vault_protocol::credential::SSO_START_URL).is_none()
+        {
+            return Err(WireError::new(
+                ErrorCode::Usage,
+                format!("'{name}' is not an SSO credential (it has no sso_start_url)"),
+            ));
+        }
+        let fresh = text("sso_token_expires")
+            .and_then(|t| Timestamp::parse(&t).ok())
+            .is_some_and(|t| t.unix() > now.unix());
+        let access = fields
+            .get("sso_access_token")
+            .filter(|_| fresh)
+            .map(SecretValue::duplicate)
+            .ok_or_else(|| failed(sign_in_again(name)))?;
+        let (_, portal) = e
+            .sso_endpoints(&text("sso_region").unwrap_or_default())
+            .map_err(failed)?;
+        (access, portal)
+    };
+    let sane = |v: Option<&Value>, max: usize| {
+        v.and_then(Value::as_str)
+            .filter(|s| (1..=max).contains(&s.len()) && !s.chars().any(char::is_control))
+            .map(str::to_owned)
+    };
+    let not_401 = |e: String| failed(if e == "401" { sign_in_again(name) } else { e });
+    let accounts = list_all(
+        &d.http,
+        &portal,
+        &access,
+        "/assignment/accounts",
+        "accountList",
+    )
+    .await
+    .map_err(not_401)?;
+    let mut out = Vec::new();
+    for a in accounts {
+        let Some(id) = sane(a.get("accountId"), 12)
+            .filter(|i| i.len() == 12 && i.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let account_name = sane(a.get("accountName"), 256).unwrap_or_default();
+        let path = format!("/assignment/roles?account_id={id}");
+        for r in list_all(&d.http, &portal, &access, &path, "roleList")
+            .await
+            .map_err(not_401)?
+        {
+            if let Some(role_name) = sane(r.get("roleName"), 64) {
+                out.push(vault_protocol::message::SsoRole {
+                    account_id: id.clone(),
+                    account_name: account_name.clone(),
+                    role_name,
+                });
+            }
+            if out.len() > MAX_ROLES {
+                return Err(failed(format!(
+                    "IAM Identity Center listed more than {MAX_ROLES} roles"
+                )));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.account_id, &a.role_name).cmp(&(&b.account_id, &b.role_name)));
+    Ok(Response::SsoRoles { roles: out })
+}
+
 /// A sign-in waiting for the user, by record name.
 #[derive(Default)]
 pub struct Logins(std::sync::Mutex<HashMap<String, Pending>>);

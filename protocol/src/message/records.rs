@@ -279,3 +279,15 @@ pub struct AuditEntry {
     #[serde(default)]
     pub parents: Vec<AuditProcess>,
 }
+
+/// One account and role an IAM Identity Center session may use (`vault
+/// sso roles`, docs/sso.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsoRole {
+    /// The 12-digit account id.
+    pub account_id: String,
+    /// The account's name in the portal.
+    pub account_name: String,
+    /// The role (the permission set's).
+    pub role_name: String,
+}
