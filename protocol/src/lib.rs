@@ -8,6 +8,7 @@
 
 pub mod credential;
 pub mod error;
+pub mod form;
 pub mod frame;
 pub mod message;
 pub mod otp;

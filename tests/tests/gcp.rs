@@ -49,25 +49,6 @@ struct State {
     exchanged: Vec<String>,
 }
 
-/// `application/x-www-form-urlencoded` value decoding.
-fn form_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
 /// A refresh-token grant (RFC 6749 §6) as Google's endpoint takes it: the
 /// client and the refresh token it issued; `scope` optional (at most what
 /// was granted). The token, else Google's error description.
@@ -75,13 +56,15 @@ fn refresh_grant(state: &mut State, field: &dyn Fn(&str) -> String) -> Result<St
     let Some((id, secret_, refresh)) = state.login.clone() else {
         return Err("no logins here".into());
     };
-    if form_decode(&field("client_id")) != id || form_decode(&field("client_secret")) != secret_ {
+    if vault_protocol::form::decode(&field("client_id")) != id
+        || vault_protocol::form::decode(&field("client_secret")) != secret_
+    {
         return Err("Unauthorized (invalid_client)".into());
     }
-    if form_decode(&field("refresh_token")) != refresh || state.revoked {
+    if vault_protocol::form::decode(&field("refresh_token")) != refresh || state.revoked {
         return Err("Token has been expired or revoked.".into());
     }
-    let scope = form_decode(&field("scope"));
+    let scope = vault_protocol::form::decode(&field("scope"));
     state.issued.push(if scope.is_empty() {
         "(as granted)".to_owned()
     } else {
@@ -172,7 +155,7 @@ fn grant(state: &mut State, form: &str) -> Result<String, String> {
 /// The federated token, else the error description.
 fn sts_exchange(state: &mut State, form: &str) -> Result<String, String> {
     let field = |k: &str| {
-        form_decode(
+        vault_protocol::form::decode(
             form.split('&')
                 .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
                 .unwrap_or_default(),

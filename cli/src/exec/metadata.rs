@@ -200,7 +200,7 @@ fn account_item(
 /// `{"access_token","expires_in","token_type"}`.
 fn token(target: &Target, name: &str, scopes: Option<&str>) -> Answer {
     // google-auth sends `scopes=A%2CB`: decode the value first, then split.
-    let scopes: Vec<String> = percent_decode(scopes.unwrap_or_default())
+    let scopes: Vec<String> = vault_protocol::form::decode(scopes.unwrap_or_default())
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -229,35 +229,6 @@ fn token(target: &Target, name: &str, scopes: Option<&str>) -> Answer {
         }
         Err(e) => text(500, e.message),
     }
-}
-
-/// A query value: `%2F` and the like decoded, `+` as a space; anything
-/// that does not decode stays.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The uid that owns the TCP socket at `client` connected to our `server`
@@ -391,15 +362,5 @@ mod tests {
             assert_eq!(owner_in(table, client, server), Some(1001));
             assert_eq!(owner_in(table, server, client), None);
         }
-    }
-
-    #[test]
-    fn scopes_are_percent_decoded() {
-        assert_eq!(
-            percent_decode("https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fx"),
-            "https://www.googleapis.com/auth/x"
-        );
-        assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
-        assert_eq!(percent_decode("a+b%2Cc"), "a b,c");
     }
 }
