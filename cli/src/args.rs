@@ -1079,8 +1079,8 @@ pub enum SsoAction {
         /// A signed-in SSO credential
         name: String,
     },
-    /// Save one of those roles as a new SSO credential, signed in with the same
-    /// session's access token (run 'vault sso login NEW' for its own session)
+    /// Save one of those roles as a new SSO credential on the same portal (then
+    /// 'vault sso login NEW' signs it in)
     Add {
         /// The new credential
         new: String,

@@ -346,6 +346,7 @@ impl Daemon {
             Request::Lock => {
                 self.engine().lock("lock requested");
                 self.shared.gcp_tokens.clear();
+                self.shared.sso_logins.clear();
                 self.bump();
                 self.status()
             }
@@ -358,6 +359,7 @@ impl Daemon {
             Request::Shutdown => {
                 self.engine().lock("shutdown");
                 self.shared.gcp_tokens.clear();
+                self.shared.sso_logins.clear();
                 self.request_shutdown();
                 Ok(Response::Done)
             }
@@ -434,8 +436,8 @@ impl Daemon {
             Request::SsoLogin { name } => {
                 crate::remote::sso::login_start(&self.shared, &name).await
             }
-            Request::SsoWait { name } => {
-                let r = crate::remote::sso::login_wait(&self.shared, &name).await;
+            Request::SsoWait { name, user_code } => {
+                let r = crate::remote::sso::login_wait(&self.shared, &name, &user_code).await;
                 if r.is_ok() {
                     self.engine()
                         .audit(std::slice::from_ref(&name), "sso_login", &peer.get());
@@ -1079,6 +1081,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 .unwrap_or(false);
                 if became_locked {
                     d.shared.gcp_tokens.clear();
+                    d.shared.sso_logins.clear();
                     d.bump();
                 }
                 crate::remote::refresher::refresh_bound(&d.shared);
@@ -1174,7 +1177,7 @@ mod tests {
         r#"{"op":"emit_kube","name":"a","path":"/k","program":"/v","cluster":"c"}"#,
         r#"{"op":"gcp_subject_token","name":"a"}"#,
         r#"{"op":"sso_login","name":"a"}"#,
-        r#"{"op":"sso_wait","name":"a"}"#,
+        r#"{"op":"sso_wait","name":"a","user_code":"B"}"#,
         r#"{"op":"sso_roles","name":"a"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,

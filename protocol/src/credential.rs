@@ -156,8 +156,9 @@ fn check_sso<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
     };
     if !url.starts_with("https://") || url.len() <= 8 || url.contains(char::is_whitespace) {
         return Err(format!(
-            "{SSO_START_URL} '{url}' is not an https:// URL (the AWS access portal's, as \
-             https://my-org.awsapps.com/start)"
+            "{SSO_START_URL} '{}' is not an https:// URL (the AWS access portal's, as \
+             https://my-org.awsapps.com/start)",
+            url.escape_debug()
         ));
     }
     if get(SOURCE).is_some() || get(REFRESH_COMMAND).is_some() || get("role_arn").is_some() {

@@ -259,6 +259,8 @@ pub enum Request {
     SsoWait {
         /// The credential whose sign-in was started.
         name: String,
+        /// The code `SsoLogin` answered: the wait is for that sign-in.
+        user_code: String,
     },
     /// The accounts and roles the SSO session of `name` may use
     /// (`ListAccounts`, `ListAccountRoles`). Answered by

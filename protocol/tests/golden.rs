@@ -609,9 +609,10 @@ fn sso_frames() {
         id: 27,
         req: Request::SsoWait {
             name: "aws-sso".into(),
+            user_code: "ABCD-EFGH".into(),
         },
     };
-    let expected = r#"{"id":27,"req":{"op":"sso_wait","name":"aws-sso"}}"#;
+    let expected = r#"{"id":27,"req":{"op":"sso_wait","name":"aws-sso","user_code":"ABCD-EFGH"}}"#;
     assert_eq!(frame_of(&wait), with_header(expected));
     let device = ResponseFrame {
         id: 26,

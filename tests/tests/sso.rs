@@ -49,6 +49,10 @@ struct State {
     refresh: Vec<String>,
     refreshes: u32,
     portal_calls: u32,
+    /// Each (account, role) GetRoleCredentials was asked for.
+    requested: Vec<(String, String)>,
+    /// `expiresIn` of the access tokens issued.
+    token_life: i64,
     /// The role the session may use.
     role_name: String,
 }
@@ -160,24 +164,26 @@ fn answer(
                     }
                 }
                 "refresh_token" => {
-                    if !st.refresh.contains(&s("refreshToken")) {
+                    // Each refresh token is good once: the one issued with
+                    // the new access token must be the one kept.
+                    let used = s("refreshToken");
+                    if !st.refresh.contains(&used) {
                         return oidc_error("InvalidGrantException", "invalid_grant");
                     }
+                    st.refresh.retain(|r| *r != used);
                     st.refreshes += 1;
                 }
                 _ => return oidc_error("UnsupportedGrantTypeException", "unsupported_grant_type"),
             }
-            let (a, r) = (
-                format!("access-{}", st.access.len()),
-                format!("refresh-{}", st.refresh.len()),
-            );
+            let n = st.refreshes as usize + st.devices.len();
+            let (a, r) = (format!("access-{n}"), format!("refresh-{n}"));
             st.access.push(a.clone());
             st.refresh.push(r.clone());
             (
                 200,
                 None,
                 serde_json::json!({
-                    "accessToken": a, "tokenType": "Bearer", "expiresIn": 28800, "refreshToken": r,
+                    "accessToken": a, "tokenType": "Bearer", "expiresIn": st.token_life, "refreshToken": r,
                 })
                 .to_string(),
             )
@@ -238,6 +244,12 @@ fn answer(
             }
             let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
             let asked = |k: &str, v: &str| query.split('&').any(|kv| kv == format!("{k}={v}"));
+            let pair = allowed(st)
+                .into_iter()
+                .find(|(a, r)| asked("account_id", a) && asked("role_name", r));
+            if let Some(p) = pair {
+                st.requested.push(p);
+            }
             if !allowed(st)
                 .iter()
                 .any(|(a, r)| asked("account_id", a) && asked("role_name", r))
@@ -408,6 +420,8 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         refresh: Vec::new(),
         refreshes: 0,
         portal_calls: 0,
+        requested: Vec::new(),
+        token_life: 28800,
         role_name: "deploy".into(),
     }));
     let url = double(Arc::clone(&state));
@@ -526,8 +540,9 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         state.lock().unwrap()
     );
 
-    // What the session may use, every page; one saved as a credential,
-    // which works at once on the same session.
+    // What the session may use, every page (its access token refused
+    // first: renewed and kept); one saved as a credential and signed in.
+    state.lock().unwrap().access.clear();
     let listed = vh.vault(["--json", "sso", "roles", "sso-dev"]);
     listed.ok();
     assert_eq!(
@@ -552,12 +567,31 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         "ReadOnly",
     ])
     .ok();
+    vh.vault(["aws-process", "prod-ro"])
+        .code(1)
+        .stderr_has("vault sso login prod-ro");
+    // Its session's access tokens last 2 minutes: every mint renews
+    // first, each time with the refresh token the last renewal gave.
+    state.lock().unwrap().token_life = 120;
+    vh.vault(["sso", "login", "prod-ro", "--no-browser"]).ok();
+    let before = state.lock().unwrap().refreshes;
     let ro = vh.vault(["aws-process", "prod-ro"]);
     ro.ok();
     assert_eq!(ro.json()["AccessKeyId"], role["AccessKeyId"]);
-    vh.vault(["get", "prod-ro", "--field", "sso_refresh_token"])
-        .code(4)
-        .stderr_has("no field");
+    let over = ro.json()["Expiration"].as_str().unwrap().to_owned();
+    while !past(&over) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vh.vault(["aws-process", "prod-ro"]).ok();
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(
+            st.requested.last().unwrap(),
+            &(OTHER.to_owned(), "ReadOnly".to_owned())
+        );
+        assert!(st.refreshes > before, "renewed ahead of expiry: {st:?}");
+    }
+    state.lock().unwrap().token_life = 28800;
 
     // The whole session revoked: sign in again, says the daemon.
     {
@@ -596,12 +630,9 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         .code(1)
         .stderr_has("no role credentials")
         .stderr_has("refused role deploy in account 123456789012 (403 ForbiddenException)");
-    // One client registered for all these sign-ins (it lasts 90 days).
-    assert_eq!(
-        state.lock().unwrap().clients.len(),
-        2,
-        "the contract's and the vault's"
-    );
+    // One client per credential, kept for its later sign-ins (it lasts 90
+    // days): the contract check's, sso-dev's and prod-ro's.
+    assert_eq!(state.lock().unwrap().clients.len(), 3);
 
     // Not an SSO credential: said so.
     vh.vault(["add", "plain", "--type", "aws", "access_key_id=AKIAEXAMPLE"])

@@ -56,17 +56,11 @@ fn roles(ctx: &mut Ctx, name: &str) -> CliResult<()> {
     Ok(())
 }
 
-/// The fields a new SSO credential takes from `from`: its portal, and its
-/// client and current access token (not the refresh token: two records
-/// renewing with one could spend it for each other).
-const SHARED: [&str; 6] = [
-    vault_protocol::credential::SSO_START_URL,
-    "sso_region",
-    "sso_client_id",
-    "sso_client_secret",
-    "sso_client_expires",
-    "sso_access_token",
-];
+/// The fields a new SSO credential takes from `from`: its portal. Not its
+/// client or tokens: the new credential signs in for a session of its own
+/// (two records renewing with one refresh token would spend it for each
+/// other).
+const SHARED: [&str; 2] = [vault_protocol::credential::SSO_START_URL, "sso_region"];
 
 fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliResult<()> {
     validate_name(new).map_err(usage)?;
@@ -87,7 +81,6 @@ fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliRe
     }
     let mut fields: std::collections::BTreeMap<String, SecretValue> = SHARED
         .iter()
-        .chain(["sso_token_expires"].iter())
         .filter_map(|f| {
             source
                 .fields
@@ -115,8 +108,8 @@ fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliRe
         _ => return Err(unexpected("add")),
     }
     ctx.out.info(&format!(
-        "Added '{new}': {role} in account {account}. It uses {from}'s session until that access \
-         token ends; 'vault sso login {new}' gives it a session of its own."
+        "Added '{new}': {role} in account {account}, through {from}'s portal. Sign it in: \
+         vault sso login {new}"
     ));
     Ok(())
 }
@@ -153,14 +146,22 @@ fn login(ctx: &mut Ctx, name: &str, no_browser: bool) -> CliResult<()> {
         expires_at.to_rfc3339()
     ));
     if !no_browser && has_browser() {
+        // Started, not waited for: xdg-open may wait for the browser to
+        // exit, and the approval must be waited for meanwhile.
         let opened = super::console::opener().is_some_and(|o| {
-            std::process::Command::new(o)
+            let started = std::process::Command::new(o)
                 .arg(&page)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+                .spawn();
+            match started {
+                Ok(mut child) => {
+                    std::thread::spawn(move || child.wait());
+                    true
+                }
+                Err(_) => false,
+            }
         });
         if !opened {
             ctx.out
@@ -170,6 +171,7 @@ fn login(ctx: &mut Ctx, name: &str, no_browser: bool) -> CliResult<()> {
     ctx.out.info("Waiting for the approval…");
     let summary = match ctx.call_unlocked(&|| Request::SsoWait {
         name: name.to_owned(),
+        user_code: code.clone(),
     })? {
         Response::Changed(s) => s,
         _ => return Err(unexpected("sso login")),

@@ -352,14 +352,16 @@ impl Engine {
         Ok((row.id, body.kind, body.fields))
     }
 
-    /// Keeps a new SSO session (`vault sso login`) in record `name`, if it
-    /// is still the record `id` the sign-in started from. The keys of the
-    /// previous session go, so the next use mints from this one.
+    /// Keeps SSO session fields in record `name`, if it is still the record
+    /// `id` they were made for. With `keys_too` (a new sign-in, `vault sso
+    /// login`) the previous session and its keys go, so the next use mints
+    /// from this one; without (renewed tokens), the keys stay.
     pub fn keep_sso_session(
         &mut self,
         name: &str,
         id: &str,
         session: BTreeMap<String, SecretValue>,
+        keys_too: bool,
         now: Timestamp,
     ) -> Result<RecordSummary> {
         let (row, mut body) = self.load(name)?;
@@ -369,11 +371,18 @@ impl Engine {
                 format!("'{name}' changed while signing in: run 'vault sso login {name}' again"),
             ));
         }
-        for f in ["access_key_id", "secret_access_key", "session_token"] {
-            body.fields.remove(f);
+        let old_session = ["sso_access_token", "sso_token_expires", "sso_refresh_token"];
+        if keys_too {
+            // A new sign-in: nothing of the previous session stays.
+            for f in ["access_key_id", "secret_access_key", "session_token"]
+                .iter()
+                .chain(old_session.iter())
+            {
+                body.fields.remove(*f);
+            }
+            body.expires_at = None;
         }
         body.fields.extend(session);
-        body.expires_at = None;
         validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Failed, e))?;
         self.commit(row, body, name, "sso login", now)
     }
@@ -386,6 +395,23 @@ impl Engine {
             .get(name)
             .ok_or_else(|| err(ErrorCode::NotFound, format!("no credential named '{name}'")))?;
         Ok(entry.summary(name, now))
+    }
+
+    /// SSO credential `name`'s id and what its session needs (`vault sso
+    /// roles`).
+    pub fn sso_session(&self, name: &str) -> Result<(String, SsoPlan)> {
+        let (row, body) = self.load(name)?;
+        if body.kind != CredentialType::Aws || !body.fields.contains_key(SSO_START_URL) {
+            return Err(err(
+                ErrorCode::Usage,
+                format!("'{name}' is not an SSO credential (it has no sso_start_url)"),
+            ));
+        }
+        match self.sso_plan(&body) {
+            Ok(Plan::Sso(plan)) => Ok((row.id, *plan)),
+            Ok(_) => Err(err(ErrorCode::Internal, "not an SSO plan")),
+            Err(why) => Err(err(ErrorCode::Failed, why)),
+        }
     }
 
     /// The `GetRoleCredentials` call that mints SSO credential `body`.

@@ -97,8 +97,9 @@ async fn call(req: reqwest::RequestBuilder, what: &str, endpoint: &str) -> Resul
     Ok(Answer::Refused(status.as_u16(), clean))
 }
 
-/// A POST of `body` as JSON (the body may hold a secret: written from a
-/// wiped buffer).
+/// A POST of `body` as JSON. The body holds a secret (the client secret, a
+/// code or a token); reqwest keeps its own copy until the request is sent,
+/// as for every secret the daemon sends.
 fn post_json(http: &Http, url: &str, body: &Value) -> reqwest::RequestBuilder {
     let text = zeroize::Zeroizing::new(body.to_string());
     http.post(url)
@@ -524,51 +525,92 @@ async fn list_all(
     ))
 }
 
-/// `vault sso roles NAME`: the accounts and roles its session may use.
+/// The longest `vault sso roles` takes, every page of every account.
+const ROLES_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Whether `s` is a name to print: no control, zero-width or
+/// direction-changing characters.
+fn printable(s: &str) -> bool {
+    !s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    })
+}
+
+/// `vault sso roles NAME`: the accounts and roles its session may use. The
+/// access token is renewed first when it is about to expire, or once when
+/// refused, and the renewed tokens are kept.
 pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
-    // A mint renews the session's access token when it is due, and keeps it.
-    let names = [name.to_owned()];
-    crate::remote::refresher::ensure_fresh(d, &names).await;
+    let deadline = tokio::time::Instant::now() + ROLES_DEADLINE;
+    let (id, plan) = d.engine().sso_session(name)?;
     let now = Timestamp::now();
-    let (access, portal) = {
-        let e = d.engine();
-        let (_, kind, fields) = e.sso_record(name)?;
-        let text = |f: &str| fields.get(f).map(|v| v.expose_secret().to_owned());
-        if kind != CredentialType::Aws || text(vault_protocol::credential::SSO_START_URL).is_none()
-        {
-            return Err(WireError::new(
-                ErrorCode::Usage,
-                format!("'{name}' is not an SSO credential (it has no sso_start_url)"),
-            ));
+    let mut renewed = false;
+    let mut access = match &plan.access_token {
+        Some((token, expires)) if expires.unix() > now.plus(TOKEN_MARGIN).unix() => {
+            token.duplicate()
         }
-        let fresh = text("sso_token_expires")
-            .and_then(|t| Timestamp::parse(&t).ok())
-            .is_some_and(|t| t.unix() > now.unix());
-        let access = fields
-            .get("sso_access_token")
-            .filter(|_| fresh)
-            .map(SecretValue::duplicate)
-            .ok_or_else(|| failed(sign_in_again(name)))?;
-        let (_, portal) = e
-            .sso_endpoints(&text("sso_region").unwrap_or_default())
-            .map_err(failed)?;
-        (access, portal)
+        _ => {
+            renewed = true;
+            renew_and_keep(d, name, &id, &plan).await?
+        }
     };
+    loop {
+        let listed = tokio::time::timeout_at(deadline, list_roles(&d.http, &plan.portal, &access))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "IAM Identity Center did not list every role within {} s; try again",
+                    ROLES_DEADLINE.as_secs()
+                ))
+            })?;
+        match listed {
+            Ok(mut out) => {
+                out.sort_by(|a, b| {
+                    (&a.account_id, &a.role_name).cmp(&(&b.account_id, &b.role_name))
+                });
+                return Ok(Response::SsoRoles { roles: out });
+            }
+            Err(None) if !renewed => {
+                renewed = true;
+                access = renew_and_keep(d, name, &id, &plan).await?;
+            }
+            Err(None) => return Err(failed(sign_in_again(name))),
+            Err(Some(why)) => return Err(failed(why)),
+        }
+    }
+}
+
+/// A renewed access token for `plan`, its tokens kept in record `id`.
+async fn renew_and_keep(
+    d: &Arc<Shared>,
+    name: &str,
+    id: &str,
+    plan: &SsoPlan,
+) -> Result<SecretValue, WireError> {
+    let mut fields = BTreeMap::new();
+    let access = renew(&d.http, plan, &mut fields, Timestamp::now())
+        .await
+        .map_err(failed)?;
+    d.engine()
+        .keep_sso_session(name, id, fields, false, Timestamp::now())?;
+    Ok(access)
+}
+
+/// Every account and its roles; `Err(None)` when the token was refused.
+async fn list_roles(
+    http: &Http,
+    portal: &str,
+    access: &SecretValue,
+) -> Result<Vec<vault_protocol::message::SsoRole>, Option<String>> {
     let sane = |v: Option<&Value>, max: usize| {
         v.and_then(Value::as_str)
-            .filter(|s| (1..=max).contains(&s.len()) && !s.chars().any(char::is_control))
+            .filter(|s| (1..=max).contains(&s.len()) && printable(s))
             .map(str::to_owned)
     };
-    let not_401 = |e: String| failed(if e == "401" { sign_in_again(name) } else { e });
-    let accounts = list_all(
-        &d.http,
-        &portal,
-        &access,
-        "/assignment/accounts",
-        "accountList",
-    )
-    .await
-    .map_err(not_401)?;
+    let refused = |e: String| if e == "401" { None } else { Some(e) };
+    let accounts = list_all(http, portal, access, "/assignment/accounts", "accountList")
+        .await
+        .map_err(refused)?;
     let mut out = Vec::new();
     for a in accounts {
         let Some(id) = sane(a.get("accountId"), 12)
@@ -578,9 +620,9 @@ pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
         };
         let account_name = sane(a.get("accountName"), 256).unwrap_or_default();
         let path = format!("/assignment/roles?account_id={id}");
-        for r in list_all(&d.http, &portal, &access, &path, "roleList")
+        for r in list_all(http, portal, access, &path, "roleList")
             .await
-            .map_err(not_401)?
+            .map_err(refused)?
         {
             if let Some(role_name) = sane(r.get("roleName"), 64) {
                 out.push(vault_protocol::message::SsoRole {
@@ -590,14 +632,13 @@ pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
                 });
             }
             if out.len() > MAX_ROLES {
-                return Err(failed(format!(
+                return Err(Some(format!(
                     "IAM Identity Center listed more than {MAX_ROLES} roles"
                 )));
             }
         }
     }
-    out.sort_by(|a, b| (&a.account_id, &a.role_name).cmp(&(&b.account_id, &b.role_name)));
-    Ok(Response::SsoRoles { roles: out })
+    Ok(out)
 }
 
 /// A sign-in waiting for the user, by record name.
@@ -622,17 +663,25 @@ struct Pending {
 }
 
 impl Logins {
+    /// Forgets every sign-in (the vault locked).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn put(&self, name: &str, p: Pending) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, p| p.device.expires_at.unix() > Timestamp::now().unix());
         m.insert(name.to_owned(), p);
     }
 
-    fn take(&self, name: &str) -> Option<Pending> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
+    /// The sign-in of `name` whose code is `user_code`: a second
+    /// `vault sso login` of the same name never waits on the first one's.
+    fn take(&self, name: &str, user_code: &str) -> Option<Pending> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(name)?.device.user_code != user_code {
+            return None;
+        }
+        m.remove(name)
     }
 }
 
@@ -681,13 +730,23 @@ pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireEr
         };
         (id, start_url, oidc, client)
     };
-    let (client, new_client) = match client {
+    let (mut client, mut new_client) = match client {
         Some(c) => (c, false),
         None => (register(&d.http, &oidc).await.map_err(failed)?, true),
     };
-    let device = start(&d.http, &oidc, &client, &start_url, now)
-        .await
-        .map_err(failed)?;
+    let device = match start(&d.http, &oidc, &client, &start_url, now).await {
+        Ok(device) => device,
+        // The kept client was refused (another region or instance since,
+        // or revoked): a new one, once.
+        Err(e) if !new_client && (e.contains("InvalidClient") || e.contains("invalid_client")) => {
+            client = register(&d.http, &oidc).await.map_err(failed)?;
+            new_client = true;
+            start(&d.http, &oidc, &client, &start_url, now)
+                .await
+                .map_err(failed)?
+        }
+        Err(e) => return Err(failed(e)),
+    };
     let answer = Response::SsoDevice {
         verification_uri: device.uri.clone(),
         verification_uri_complete: device.uri_complete.clone(),
@@ -710,11 +769,18 @@ pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireEr
 /// `vault sso login NAME`, second half: polls `CreateToken` at the
 /// interval asked (slower when told) until the user approves, denies or
 /// the code expires; keeps the session and mints the role credentials.
-pub async fn login_wait(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
-    let Some(p) = d.sso_logins.take(name) else {
+pub async fn login_wait(
+    d: &Arc<Shared>,
+    name: &str,
+    user_code: &str,
+) -> Result<Response, WireError> {
+    let Some(p) = d.sso_logins.take(name, user_code) else {
         return Err(WireError::new(
             ErrorCode::Usage,
-            format!("no sign-in of '{name}' is waiting: run 'vault sso login {name}'"),
+            format!(
+                "no sign-in of '{name}' with that code is waiting (another 'vault sso login \
+                 {name}' started since, or the vault locked): run 'vault sso login {name}'"
+            ),
         ));
     };
     let deadline = std::time::Instant::now()
@@ -758,7 +824,7 @@ pub async fn login_wait(d: &Arc<Shared>, name: &str) -> Result<Response, WireErr
     };
     let fields = session_fields(tokens, p.new_client.then_some(&p.client));
     d.engine()
-        .keep_sso_session(name, &p.id, fields, Timestamp::now())?;
+        .keep_sso_session(name, &p.id, fields, true, Timestamp::now())?;
     // The role credentials now, so that a role the session may not use is
     // said here, not at the first use.
     let names = [name.to_owned()];
