@@ -436,6 +436,19 @@ async fn role_credentials(
             )));
         }
     };
+    role_keys(&doc, now).map_err(Some)
+}
+
+/// The longest role session IAM Identity Center gives.
+const MAX_ROLE_SESSION: Duration = Duration::from_secs(12 * 3600);
+
+/// The keys and expiry of a `GetRoleCredentials` answer, checked: keys of
+/// AWS's shape, an expiry (milliseconds) after now and within 12 hours.
+fn role_keys(
+    doc: &Map<String, Value>,
+    now: Timestamp,
+) -> Result<(BTreeMap<String, SecretValue>, Timestamp), String> {
+    let what = "GetRoleCredentials";
     let creds = doc
         .get("roleCredentials")
         .and_then(Value::as_object)
@@ -447,22 +460,23 @@ async fn role_credentials(
         key("sessionToken", 8192)?,
     );
     if !super::sts::keys_look_real(&id, &secret, &token) {
-        return Err(Some(format!(
+        return Err(format!(
             "IAM Identity Center's answer to {what} holds keys that cannot be ones"
-        )));
+        ));
     }
-    // Milliseconds; a role session lasts at most 12 hours.
-    let expiration = number(creds, "expiration", 0..=i64::MAX / 2, what)? / 1000;
-    if expiration <= now.unix() || expiration > now.unix() + 12 * 3600 + 300 {
-        return Err(Some(format!(
-            "IAM Identity Center's role credentials expire outside now .. 12 h ({what})"
-        )));
-    }
+    let expires_at = Timestamp(number(creds, "expiration", 0..=i64::MAX / 2, what)? / 1000);
+    super::sts::check_expiry(
+        expires_at,
+        now,
+        MAX_ROLE_SESSION,
+        "IAM Identity Center",
+        what,
+    )?;
     let mut fields = BTreeMap::new();
     fields.insert("access_key_id".to_owned(), id);
     fields.insert("secret_access_key".to_owned(), secret);
     fields.insert("session_token".to_owned(), token);
-    Ok((fields, Timestamp(expiration)))
+    Ok((fields, expires_at))
 }
 
 /// Most pages read of one listing, and most roles listed.
@@ -470,14 +484,14 @@ const MAX_PAGES: usize = 20;
 const MAX_ROLES: usize = 1000;
 
 /// Every page of a portal listing (`path` with its query), the items of
-/// `key` in each.
+/// `key` in each; `Err(None)` when the token was refused (401).
 async fn list_all(
     http: &Http,
     portal: &str,
     access: &SecretValue,
     path: &str,
     key: &str,
-) -> Result<Vec<Map<String, Value>>, String> {
+) -> Result<Vec<Map<String, Value>>, Option<String>> {
     let what = if key == "accountList" {
         "ListAccounts"
     } else {
@@ -494,11 +508,13 @@ async fn list_all(
         let req = http
             .get(&url)
             .header("x-amz-sso_bearer_token", access.expose_secret());
-        let doc = match call(req, what, portal).await? {
+        let doc = match call(req, what, portal).await.map_err(Some)? {
             Answer::Ok(doc) => doc,
-            Answer::Refused(401, _) => return Err("401".into()),
+            Answer::Refused(401, _) => return Err(None),
             Answer::Refused(status, e) => {
-                return Err(format!("IAM Identity Center refused {what} ({status} {e})"));
+                return Err(Some(format!(
+                    "IAM Identity Center refused {what} ({status} {e})"
+                )));
             }
         };
         for item in doc.get(key).and_then(Value::as_array).into_iter().flatten() {
@@ -507,9 +523,9 @@ async fn list_all(
             }
         }
         if items.len() > MAX_ROLES {
-            return Err(format!(
+            return Err(Some(format!(
                 "IAM Identity Center listed more than {MAX_ROLES} items ({what})"
-            ));
+            )));
         }
         next = doc
             .get("nextToken")
@@ -520,9 +536,9 @@ async fn list_all(
             return Ok(items);
         }
     }
-    Err(format!(
+    Err(Some(format!(
         "IAM Identity Center's {what} did not end within {MAX_PAGES} pages"
-    ))
+    )))
 }
 
 /// The longest `vault sso roles` takes, every page of every account.
@@ -607,10 +623,7 @@ async fn list_roles(
             .filter(|s| (1..=max).contains(&s.len()) && printable(s))
             .map(str::to_owned)
     };
-    let refused = |e: String| if e == "401" { None } else { Some(e) };
-    let accounts = list_all(http, portal, access, "/assignment/accounts", "accountList")
-        .await
-        .map_err(refused)?;
+    let accounts = list_all(http, portal, access, "/assignment/accounts", "accountList").await?;
     let mut out = Vec::new();
     for a in accounts {
         let Some(id) = sane(a.get("accountId"), 12)
@@ -620,10 +633,7 @@ async fn list_roles(
         };
         let account_name = sane(a.get("accountName"), 256).unwrap_or_default();
         let path = format!("/assignment/roles?account_id={id}");
-        for r in list_all(http, portal, access, &path, "roleList")
-            .await
-            .map_err(refused)?
-        {
+        for r in list_all(http, portal, access, &path, "roleList").await? {
             if let Some(role_name) = sane(r.get("roleName"), 64) {
                 out.push(vault_protocol::message::SsoRole {
                     account_id: id.clone(),
@@ -840,6 +850,68 @@ pub async fn login_wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn doc(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn hostile_role_credentials_are_refused() {
+        let now = Timestamp(1_800_000_000);
+        let answer = |id: &str, exp: i64| {
+            doc(
+                json!({"roleCredentials": {"accessKeyId": id, "secretAccessKey": "s",
+                "sessionToken": "t", "expiration": exp}}),
+            )
+        };
+        let ms = |secs: i64| (now.unix() + secs) * 1000;
+        let (fields, at) = role_keys(&answer("ASIAX", ms(3600)), now).unwrap();
+        assert_eq!(at, Timestamp(now.unix() + 3600));
+        assert_eq!(fields["access_key_id"].expose_secret(), "ASIAX");
+        // Out of range: already over, or beyond a role session's 12 hours.
+        for exp in [ms(0), ms(-60), ms(13 * 3600), -1, i64::MAX] {
+            let e = role_keys(&answer("ASIAX", exp), now).unwrap_err();
+            assert!(e.contains("GetRoleCredentials"), "{e}");
+        }
+        // Forged: keys that cannot be AWS's (a newline, too long).
+        for id in ["ASIA\nX", &"A".repeat(129), ""] {
+            assert!(role_keys(&answer(id, ms(3600)), now).is_err(), "{id:?}");
+        }
+        // Withheld: no roleCredentials, a field missing or not a string.
+        assert!(role_keys(&doc(json!({})), now).is_err());
+        let partial = doc(json!({"roleCredentials": {"accessKeyId": "ASIAX",
+            "secretAccessKey": "s", "expiration": ms(3600)}}));
+        assert!(
+            role_keys(&partial, now)
+                .unwrap_err()
+                .contains("sessionToken")
+        );
+        let typed = doc(
+            json!({"roleCredentials": {"accessKeyId": 7, "secretAccessKey": "s",
+            "sessionToken": "t", "expiration": ms(3600)}}),
+        );
+        assert!(role_keys(&typed, now).is_err());
+    }
+
+    #[test]
+    fn the_page_a_user_is_sent_to_must_be_https() {
+        let what = "StartDeviceAuthorization";
+        let ok = doc(json!({"verificationUri": "https://device.sso.eu-west-1.amazonaws.com/"}));
+        assert!(page(&ok, "verificationUri", what).unwrap().is_some());
+        assert_eq!(
+            page(&doc(json!({})), "verificationUri", what).unwrap(),
+            None
+        );
+        for bad in [
+            "http://device.example/",
+            "javascript:alert(1)",
+            "https://x/\u{7}",
+            "",
+        ] {
+            let d = doc(json!({ "verificationUri": bad }));
+            assert!(page(&d, "verificationUri", what).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn session_fields_hold_what_a_later_mint_reads() {

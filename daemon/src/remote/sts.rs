@@ -254,16 +254,18 @@ pub(crate) fn keys_look_real(id: &SecretValue, secret: &SecretValue, token: &Sec
 /// A session ends after `now` and at most `duration` later (plus 5
 /// minutes for clocks): a past one would be refreshed on every access, a
 /// far one never.
-fn check_expiry(
+/// `service` names who answered (STS, IAM Identity Center).
+pub(crate) fn check_expiry(
     expires_at: Timestamp,
     now: Timestamp,
     duration: Duration,
+    service: &str,
     action: &str,
 ) -> Result<(), String> {
     let asked = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 2);
     if expires_at.unix() <= now.unix() || expires_at.unix() > now.unix() + asked + 300 {
         return Err(format!(
-            "STS's answer to {action} expires at {}, outside now .. now + {asked} s",
+            "{service}'s answer to {action} expires at {}, outside now .. now + {asked} s",
             expires_at.to_rfc3339()
         ));
     }
@@ -312,7 +314,7 @@ pub async fn mint(http: &Http, plan: &Plan, timeout: Duration) -> Result<Minted,
     check_keys(&creds, action)?;
     let expires_at =
         Timestamp::parse(&creds.expiration).map_err(|e| format!("STS's Expiration: {e}"))?;
-    check_expiry(expires_at, Timestamp::now(), plan.duration, action)?;
+    check_expiry(expires_at, Timestamp::now(), plan.duration, "STS", action)?;
     let mut fields = BTreeMap::new();
     fields.insert("access_key_id".to_owned(), creds.access_key_id);
     fields.insert("secret_access_key".to_owned(), creds.secret_access_key);
@@ -457,10 +459,10 @@ mod tests {
     fn a_session_must_end_after_now_and_within_what_was_asked() {
         let now = Timestamp(1_800_000_000);
         let hour = Duration::from_secs(3600);
-        assert!(check_expiry(Timestamp(now.0 + 3600), now, hour, "AssumeRole").is_ok());
-        assert!(check_expiry(Timestamp(now.0 + 3900), now, hour, "AssumeRole").is_ok());
-        assert!(check_expiry(now, now, hour, "AssumeRole").is_err());
-        let far = check_expiry(Timestamp(253_402_300_799), now, hour, "AssumeRole");
+        assert!(check_expiry(Timestamp(now.0 + 3600), now, hour, "STS", "AssumeRole").is_ok());
+        assert!(check_expiry(Timestamp(now.0 + 3900), now, hour, "STS", "AssumeRole").is_ok());
+        assert!(check_expiry(now, now, hour, "STS", "AssumeRole").is_err());
+        let far = check_expiry(Timestamp(253_402_300_799), now, hour, "STS", "AssumeRole");
         assert!(far.unwrap_err().contains("outside now"));
     }
     use crate::engine::refresh::{GLOBAL_ENDPOINT, endpoint_for, session_name};
