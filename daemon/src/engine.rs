@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use tracing::{info, warn};
-use vault_protocol::credential::{refreshes_itself, validate_fields, validate_tag};
+use vault_protocol::credential::{is_sso_session, refreshes_itself, validate_fields, validate_tag};
 use vault_protocol::message::{
     ListFilter, NewRecord, RecordState, RecordSummary, RecordView, RevisionInfo, StatusInfo,
     SyncStatus,
@@ -302,7 +302,9 @@ impl IndexEntry {
             updated_at: Timestamp(row.updated_at),
             expires_at: body.expires_at,
             revision: row.revision,
-            refresh: refreshes_itself(|f| body.fields.contains_key(f)),
+            // An SSO session only holds a sign-in: nothing to mint.
+            refresh: refreshes_itself(|f| body.fields.contains_key(f))
+                && !is_sso_session(|f| body.fields.contains_key(f)),
             gated: approve::has_gated(body),
             incomplete: body
                 .kind

@@ -114,10 +114,23 @@ pub fn missing_required(
 }
 
 /// Whether a record with these field names gets its values from a refresh
-/// (a `refresh_command`, or an STS session minted from a `source`): its
-/// required fields may then be missing until the first refresh.
+/// (a `refresh_command`, an STS session minted from a `source`, or IAM
+/// Identity Center's role credentials): its required fields may then be
+/// missing until the first refresh. An SSO session record
+/// ([`is_sso_session`]) holds no keys either.
 pub fn refreshes_itself(has_field: impl Fn(&str) -> bool) -> bool {
-    has_field(REFRESH_COMMAND) || has_field(SOURCE) || has_field(SSO_START_URL)
+    has_field(REFRESH_COMMAND)
+        || has_field(SOURCE)
+        || has_field(SSO_START_URL)
+        || has_field(SSO_SESSION)
+}
+
+/// An `aws` record that is an SSO session only (an `sso-session`, as the
+/// aws CLI calls it): a start URL and region, signed in with `vault sso
+/// login`, and no role of its own. Role credentials name it in
+/// [`SSO_SESSION`] and share its sign-in; it is never minted itself.
+pub fn is_sso_session(has_field: impl Fn(&str) -> bool) -> bool {
+    has_field(SSO_START_URL) && !has_field("sso_account_id")
 }
 
 /// An `aws` credential minted through AWS IAM Identity Center (SSO): the
@@ -126,6 +139,11 @@ pub fn refreshes_itself(has_field: impl Fn(&str) -> bool) -> bool {
 /// writes the session (`sso_client_*`, `sso_access_token`,
 /// `sso_token_expires`, `sso_refresh_token`).
 pub const SSO_START_URL: &str = "sso_start_url";
+
+/// An SSO role credential that shares the sign-in of an SSO session
+/// record (docs/sso.md): that record's name, instead of a start URL of its
+/// own.
+pub const SSO_SESSION: &str = "sso_session";
 
 /// The fields of an SSO credential that `vault sso login` and the daemon
 /// write: the registered client and the session's tokens.
@@ -138,34 +156,59 @@ pub const SSO_SESSION_FIELDS: [&str; 6] = [
     "sso_refresh_token",
 ];
 
-/// An SSO credential's fields: the start URL (https), the region of the
-/// Identity Center instance, a 12-digit account and a role name; and
-/// neither a `source` nor a `refresh_command`, which would mint it too.
+/// An SSO credential's fields. Three shapes: a role with its own session
+/// (start URL, region, account, role), a session only (start URL and
+/// region, no role: [`is_sso_session`]), or a role sharing a session
+/// record (`sso_session=NAME`, account, role, and none of the session's
+/// fields). None of them has a `source` or a `refresh_command`, which
+/// would mint it too.
 fn check_sso<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
-    let any = ["sso_region", "sso_account_id", "sso_role_name"]
-        .iter()
-        .chain(SSO_SESSION_FIELDS.iter())
-        .any(|f| get(f).is_some());
-    let Some(url) = get(SSO_START_URL) else {
-        if any {
+    let role_fields = ["sso_account_id", "sso_role_name"];
+    let session_fields = || {
+        ["sso_region"]
+            .iter()
+            .chain(SSO_SESSION_FIELDS.iter())
+            .copied()
+    };
+    let url = get(SSO_START_URL);
+    let shared = get(SSO_SESSION);
+    if url.is_none() && shared.is_none() {
+        if role_fields
+            .iter()
+            .copied()
+            .chain(session_fields())
+            .any(|f| get(f).is_some())
+        {
             return Err(format!(
-                "the sso_ fields belong to an SSO credential: add {SSO_START_URL}=https://…/start"
+                "the sso_ fields belong to an SSO credential: add {SSO_START_URL}=https://…/start, \
+                 or {SSO_SESSION}=NAME of an SSO session"
             ));
         }
         return Ok(());
-    };
+    }
+    if get(SOURCE).is_some() || get(REFRESH_COMMAND).is_some() || get("role_arn").is_some() {
+        return Err(format!(
+            "an SSO credential is minted through IAM Identity Center: drop {SOURCE}, \
+             {REFRESH_COMMAND} and role_arn (to assume a role from it, add another aws \
+             credential with {SOURCE}=THIS and role_arn)"
+        ));
+    }
+    if let Some(session) = shared {
+        if url.is_some() || session_fields().any(|f| get(f).is_some()) {
+            return Err(format!(
+                "a credential with {SSO_SESSION} signs in through that session: drop \
+                 {SSO_START_URL}, sso_region and the session's tokens from it"
+            ));
+        }
+        validate_name(session).map_err(|e| format!("{SSO_SESSION}: {e}"))?;
+        return check_sso_role(get, true);
+    }
+    let url = url.unwrap_or_default();
     if !url.starts_with("https://") || url.len() <= 8 || url.contains(char::is_whitespace) {
         return Err(format!(
             "{SSO_START_URL} '{}' is not an https:// URL (the AWS access portal's, as \
              https://my-org.awsapps.com/start)",
             url.escape_debug()
-        ));
-    }
-    if get(SOURCE).is_some() || get(REFRESH_COMMAND).is_some() || get("role_arn").is_some() {
-        return Err(format!(
-            "an SSO credential is minted from its {SSO_START_URL}: drop {SOURCE}, \
-             {REFRESH_COMMAND} and role_arn (to assume a role from it, add another aws \
-             credential with {SOURCE}=THIS and role_arn)"
         ));
     }
     let region = get("sso_region").unwrap_or_default();
@@ -179,6 +222,25 @@ fn check_sso<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<(), String> {
              us-east-1), not '{}'",
             region.escape_debug()
         ));
+    }
+    check_sso_role(get, role_fields.iter().any(|f| get(f).is_some()))
+}
+
+/// The role of an SSO credential, when it has one (`needed`): a 12-digit
+/// account and a role name. Without one it is a session only, and has no
+/// keys.
+fn check_sso_role<'a>(get: &impl Fn(&str) -> Option<&'a str>, needed: bool) -> Result<(), String> {
+    if !needed {
+        return match ["access_key_id", "secret_access_key", "session_token"]
+            .iter()
+            .find(|f| get(f).is_some())
+        {
+            Some(f) => Err(format!(
+                "an SSO session without sso_account_id and sso_role_name holds no keys: drop \
+                 {f}, or name the role"
+            )),
+            None => Ok(()),
+        };
     }
     let account = get("sso_account_id").unwrap_or_default();
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
@@ -422,6 +484,7 @@ impl CredentialType {
                         opt(REFRESH_COMMAND, false),
                         opt(crate::otp::FIELD, true),
                         opt(SSO_START_URL, false),
+                        opt(SSO_SESSION, false),
                         opt("sso_region", false),
                         opt("sso_account_id", false),
                         opt("sso_role_name", false),
@@ -636,8 +699,13 @@ pub fn validate_fields(
     if ty == CredentialType::Generic {
         return check_generic(fields);
     }
-    check_known_fields(ty, fields)?;
     let get = |k: &str| fields.get(k).map(|v| v.expose_secret());
+    // Before the required keys: an SSO credential half given is told what
+    // it lacks, not that it has no keys.
+    if ty == CredentialType::Aws {
+        check_sso(&get)?;
+    }
+    check_known_fields(ty, fields)?;
     if let Some(seed) = get(crate::otp::FIELD) {
         crate::otp::Otp::parse(seed)?;
     }
@@ -753,7 +821,6 @@ fn check_aws<'a>(
     fields: &BTreeMap<String, SecretValue>,
     get: &impl Fn(&str) -> Option<&'a str>,
 ) -> Result<(), String> {
-    check_sso(get)?;
     if fields.contains_key(SOURCE) && fields.contains_key(REFRESH_COMMAND) {
         return Err(format!(
             "give either {SOURCE} (STS mints the session) or {REFRESH_COMMAND}, not both"
@@ -998,6 +1065,57 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
             .collect()
+    }
+
+    #[test]
+    fn sso_credentials_come_in_three_shapes() {
+        let aws = CredentialType::Aws;
+        let url = ("sso_start_url", "https://d-1.awsapps.com/start");
+        let region = ("sso_region", "eu-west-1");
+        let account = ("sso_account_id", "111122223333");
+        let role = ("sso_role_name", "Admin");
+        // A role with its own session, a session only, a role sharing one.
+        for ok in [
+            vec![url, region, account, role],
+            vec![url, region],
+            vec![("sso_session", "corp"), account, role],
+        ] {
+            validate_fields(aws, &fields(&ok)).unwrap();
+        }
+        let session = fields(&[url, region]);
+        assert!(is_sso_session(|f| session.contains_key(f)));
+        let own = fields(&[url, region, account, role]);
+        assert!(!is_sso_session(|f| own.contains_key(f)));
+        let shared = fields(&[("sso_session", "corp"), account, role]);
+        assert!(refreshes_itself(|f| shared.contains_key(f)));
+        for (bad, says) in [
+            // A role half named.
+            (vec![url, region, account], "sso_role_name"),
+            (vec![("sso_session", "corp"), role], "sso_account_id"),
+            // A sharing role carries none of the session's own fields.
+            (vec![("sso_session", "corp"), url, account, role], "drop"),
+            (
+                vec![
+                    ("sso_session", "corp"),
+                    ("sso_refresh_token", "r"),
+                    account,
+                    role,
+                ],
+                "drop",
+            ),
+            (vec![("sso_session", "-x y"), account, role], "sso_session"),
+            // A session holds no keys.
+            (vec![url, region, ("access_key_id", "AKIA")], "no keys"),
+            // Nor is it minted twice.
+            (
+                vec![("sso_session", "corp"), ("source", "x"), account, role],
+                "drop source",
+            ),
+            (vec![account, role], "sso_session=NAME"),
+        ] {
+            let e = validate_fields(aws, &fields(&bad)).expect_err(&format!("{bad:?}"));
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -175,3 +175,17 @@ sts = botocore.session.get_session().create_client(
     aws_session_token=doc["SessionToken"])
 print(json.dumps({"arn": sts.get_caller_identity()["Arn"]}))
 "#;
+
+/// Asserts that moto takes `printed` (credential_process JSON) as a
+/// session of its role `role`: botocore's `GetCallerIdentity` with those
+/// keys answers an `assumed-role/ROLE/` ARN.
+pub fn assert_assumed_role(vh: &VaultHome, python: &Path, moto: &Moto, printed: &str, role: &str) {
+    let who = python_json(vh, python, WHOAMI, &[&moto.url, printed.trim()]);
+    assert!(
+        who["arn"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!(":assumed-role/{role}/")),
+        "{who}"
+    );
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vault_e2e::VaultHome;
-use vault_e2e::moto::{Moto, SETUP, WHOAMI, moto_python, python_json};
+use vault_e2e::moto::{Moto, SETUP, assert_assumed_role, moto_python, python_json};
 
 const START_URL: &str = "https://d-test.awsapps.com/start";
 const ACCOUNT: &str = "123456789012";
@@ -55,6 +55,31 @@ struct State {
     token_life: i64,
     /// The role the session may use.
     role_name: String,
+    /// Whether the first poll of a device code is told to slow down.
+    slow_down: bool,
+    /// When each device code poll came.
+    polls: Vec<std::time::Instant>,
+}
+
+impl State {
+    fn new(role: serde_json::Value, role_life: i64) -> Self {
+        State {
+            ending: Ending::Approve,
+            role,
+            role_life,
+            clients: Vec::new(),
+            devices: Vec::new(),
+            access: Vec::new(),
+            refresh: Vec::new(),
+            refreshes: 0,
+            portal_calls: 0,
+            requested: Vec::new(),
+            token_life: 28800,
+            role_name: "deploy".into(),
+            slow_down: false,
+            polls: Vec::new(),
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -142,11 +167,15 @@ fn answer(
             }
             match s("grantType").as_str() {
                 "urn:ietf:params:oauth:grant-type:device_code" => {
-                    let ending = st.ending;
+                    let (ending, slow_down) = (st.ending, st.slow_down);
+                    st.polls.push(std::time::Instant::now());
                     let Some(dev) = st.devices.iter_mut().find(|d| d.0 == s("deviceCode")) else {
                         return oidc_error("InvalidGrantException", "invalid_grant");
                     };
                     dev.1 += 1;
+                    if slow_down && dev.1 == 1 {
+                        return oidc_error("SlowDownException", "slow_down");
+                    }
                     match ending {
                         Ending::Deny => {
                             return oidc_error("AccessDeniedException", "access_denied");
@@ -390,17 +419,14 @@ fn python_stdin(
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"))
 }
 
-#[test]
-fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() {
-    let Some(python) = moto_python("sso") else {
-        return;
-    };
-    let vh = VaultHome::new();
-    let moto = Moto::start(&python, vh.root());
-    let setup = python_json(&vh, &python, SETUP, &[&moto.url]);
+/// Moto (authentication on) and a session of its role `deploy`: what the
+/// double's portal hands out.
+fn moto_role(vh: &VaultHome, python: &std::path::Path) -> (Moto, serde_json::Value) {
+    let moto = Moto::start(python, vh.root());
+    let setup = python_json(vh, python, SETUP, &[&moto.url]);
     let role = python_stdin(
-        &vh,
-        &python,
+        vh,
+        python,
         ASSUME,
         &[
             &moto.url,
@@ -409,22 +435,20 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         ],
         &format!("{}\n", setup["secret"].as_str().unwrap()),
     );
-    let state = Arc::new(Mutex::new(State {
-        ending: Ending::Approve,
-        role: role.clone(),
-        // Short sessions: minted again a few seconds after each mint.
-        role_life: 5,
-        clients: Vec::new(),
-        devices: Vec::new(),
-        access: Vec::new(),
-        refresh: Vec::new(),
-        refreshes: 0,
-        portal_calls: 0,
-        requested: Vec::new(),
-        token_life: 28800,
-        role_name: "deploy".into(),
-    }));
+    (moto, role)
+}
+
+#[test]
+fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() {
+    let Some(python) = moto_python("sso") else {
+        return;
+    };
+    let scratch = VaultHome::new();
+    let (moto, role) = moto_role(&scratch, &python);
+    // Short sessions: minted again a few seconds after each mint.
+    let state = Arc::new(Mutex::new(State::new(role.clone(), 5)));
     let url = double(Arc::clone(&state));
+    let vh = vault_at(&url);
 
     // The double answers as botocore's models expect.
     let contract = python_json(&vh, &python, CONTRACT, &[&url, START_URL, ACCOUNT]);
@@ -452,10 +476,6 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
         "{contract}"
     );
 
-    vh.write_config(&format!(
-        "[sso]\noidc_endpoint = \"{url}\"\nportal_endpoint = \"{url}\"\n"
-    ));
-    vh.init().ok();
     let add = |name: &str, start: &str, role: &str| {
         vh.vault([
             "add",
@@ -514,14 +534,7 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
     printed.ok();
     let doc = printed.json();
     assert_eq!(doc["AccessKeyId"], role["AccessKeyId"], "{doc}");
-    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, printed.stdout.trim()]);
-    assert!(
-        who["arn"]
-            .as_str()
-            .unwrap()
-            .contains(":assumed-role/deploy/"),
-        "{who}"
-    );
+    assert_assumed_role(&vh, &python, &moto, &printed.stdout, "deploy");
 
     // The portal stops taking the access token (signed out elsewhere):
     // the daemon renews it with the refresh token, with no browser.
@@ -637,8 +650,219 @@ fn sso_login_mints_role_credentials_moto_accepts_and_renews_without_a_browser() 
     // Not an SSO credential: said so.
     vh.vault(["add", "plain", "--type", "aws", "access_key_id=AKIAEXAMPLE"])
         .code(2);
+    assert_no_tokens_logged(&vh);
+}
+
+/// No SSO token of the double's in vaultd.log.
+fn assert_no_tokens_logged(vh: &VaultHome) {
     let log = std::fs::read_to_string(vh.paths().log()).unwrap();
     for t in ["access-", "refresh-", "csecret-", "device-"] {
         assert!(!log.contains(t), "{t} in vaultd.log");
     }
+}
+
+/// A vault whose `[sso]` endpoints are the double's.
+fn vault_at(url: &str) -> VaultHome {
+    let vh = VaultHome::new();
+    vh.write_config(&format!(
+        "[sso]\noidc_endpoint = \"{url}\"\nportal_endpoint = \"{url}\"\n"
+    ));
+    vh.init().ok();
+    vh
+}
+
+#[test]
+fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
+    let Some(python) = moto_python("sso shared session") else {
+        return;
+    };
+    let scratch = VaultHome::new();
+    let (moto, role) = moto_role(&scratch, &python);
+    let state = Arc::new(Mutex::new(State::new(role.clone(), 5)));
+    let vh = vault_at(&double(Arc::clone(&state)));
+
+    // The session alone (an sso-session): a portal, no role, no keys.
+    let session = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "add".to_owned(),
+            name.to_owned(),
+            "--type".into(),
+            "aws".into(),
+            format!("sso_start_url={START_URL}"),
+            "sso_region=us-east-1".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        vh.vault(args)
+    };
+    session("corp", &[]).ok();
+    session("corp-keys", &["access_key_id=AKIAEXAMPLE"])
+        .code(2)
+        .stderr_has("holds no keys");
+
+    // Signed in once; IAM Identity Center first asks to poll more slowly,
+    // and is then polled at least 5 s apart.
+    state.lock().unwrap().slow_down = true;
+    vh.vault(["sso", "login", "corp", "--no-browser"])
+        .ok()
+        .stderr_has("Signed in");
+    {
+        let mut st = state.lock().unwrap();
+        st.slow_down = false;
+        assert_eq!(st.polls.len(), 2, "slowed down, then approved: {st:?}");
+        let gap = st.polls[1] - st.polls[0];
+        assert!(
+            gap >= Duration::from_secs(5),
+            "polled {gap:?} after slow_down"
+        );
+    }
+
+    // Two roles saved from it share its sign-in: no second login, no
+    // tokens of their own.
+    for (name, account, role_name) in [("dev", ACCOUNT, "deploy"), ("ro", OTHER, "ReadOnly")] {
+        vh.vault([
+            "sso",
+            "add",
+            name,
+            "--from",
+            "corp",
+            "--account",
+            account,
+            "--role",
+            role_name,
+        ])
+        .ok()
+        .stderr_has("sharing the sign-in of SSO session 'corp'");
+    }
+    vh.vault(["get", "dev", "--field", "sso_refresh_token"])
+        .code(4)
+        .stderr_has("has no field");
+    let dev = vh.vault(["aws-process", "dev"]);
+    dev.ok();
+    assert_assumed_role(&vh, &python, &moto, &dev.stdout, "deploy");
+    vh.vault(["aws-process", "ro"]).ok();
+    assert_eq!(state.lock().unwrap().refreshes, 0);
+    // The session is listed through either name.
+    vh.vault(["sso", "roles", "ro"])
+        .ok()
+        .stdout_has("210987654321  prod     ReadOnly");
+
+    // The access token refused, both roles minted again at once: one
+    // renewal serves both (the double's refresh tokens are good once, so
+    // two renewals with one token would fail the second).
+    state.lock().unwrap().access.clear();
+    std::thread::sleep(Duration::from_secs(6));
+    std::thread::scope(|s| {
+        let a = s.spawn(|| vh.vault(["aws-process", "dev"]));
+        let b = s.spawn(|| vh.vault(["aws-process", "ro"]));
+        a.join().unwrap().ok();
+        b.join().unwrap().ok();
+    });
+    assert_eq!(state.lock().unwrap().refreshes, 1, "one renewal for both");
+    let kept = vh
+        .vault(["get", "corp", "--field", "sso_refresh_token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(&kept, state.lock().unwrap().refresh.last().unwrap());
+
+    // The session over: each role says which session to sign in again,
+    // and signing in through a role's name signs the session in and
+    // mints both.
+    {
+        let mut st = state.lock().unwrap();
+        st.access.clear();
+        st.refresh.clear();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    vh.vault(["aws-process", "ro"])
+        .code(7)
+        .stderr_has("vault sso login corp");
+    let calls = state.lock().unwrap().requested.len();
+    vh.vault(["sso", "login", "dev", "--no-browser"]).ok();
+    assert_eq!(
+        state.lock().unwrap().requested.len(),
+        calls + 2,
+        "the sign-in minted dev and ro"
+    );
+    vh.vault(["aws-process", "ro"]).ok();
+
+    // A role the new session may not use is said by the sign-in.
+    state.lock().unwrap().role_name = "admin".into();
+    std::thread::sleep(Duration::from_secs(6));
+    vh.vault(["sso", "login", "corp", "--no-browser"])
+        .code(1)
+        .stderr_has("no role credentials for 'dev'");
+    state.lock().unwrap().role_name = "deploy".into();
+
+    // A name that is not an SSO session.
+    vh.vault([
+        "add",
+        "stray",
+        "--type",
+        "aws",
+        "sso_session=dev",
+        &format!("sso_account_id={ACCOUNT}"),
+        "sso_role_name=deploy",
+    ])
+    .ok();
+    vh.vault(["aws-process", "stray"])
+        .code(1)
+        .stderr_has("'dev', is not an SSO session");
+    assert_no_tokens_logged(&vh);
+}
+
+#[test]
+fn tokens_renewed_for_a_mint_that_then_fails_are_kept() {
+    let Some(python) = moto_python("sso renewal kept") else {
+        return;
+    };
+    let scratch = VaultHome::new();
+    let (_moto, role) = moto_role(&scratch, &python);
+    let state = Arc::new(Mutex::new(State::new(role, 5)));
+    let vh = vault_at(&double(Arc::clone(&state)));
+    vh.vault([
+        "add",
+        "solo",
+        "--type",
+        "aws",
+        &format!("sso_start_url={START_URL}"),
+        "sso_region=us-east-1",
+        &format!("sso_account_id={ACCOUNT}"),
+        "sso_role_name=deploy",
+    ])
+    .ok();
+    vh.vault(["sso", "login", "solo", "--no-browser"]).ok();
+    // The access token refused and the role withdrawn: the mint renews
+    // (spending the refresh token), then GetRoleCredentials fails.
+    {
+        let mut st = state.lock().unwrap();
+        st.access.clear();
+        st.role_name = "admin".into();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    vh.vault(["aws-process", "solo"])
+        .code(7)
+        .stderr_has("refused role deploy");
+    assert_eq!(state.lock().unwrap().refreshes, 1);
+    // The role given back: minted with the kept access token, no sign-in
+    // (the first access token is refused, and the first refresh token
+    // spent, so nothing else would do).
+    // The failure belongs to the record with the kept tokens: retried
+    // after its backoff (5 s).
+    state.lock().unwrap().role_name = "deploy".into();
+    vh.vault(["aws-process", "solo"])
+        .code(7)
+        .stderr_has("refused role deploy");
+    std::thread::sleep(Duration::from_secs(6));
+    vh.vault(["aws-process", "solo"]).ok();
+    assert_eq!(state.lock().unwrap().refreshes, 1);
+    let kept = vh
+        .vault(["get", "solo", "--field", "sso_refresh_token"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(&kept, state.lock().unwrap().refresh.last().unwrap());
+    assert_no_tokens_logged(&vh);
 }

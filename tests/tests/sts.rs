@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vault_e2e::moto::{Moto, SETUP, WHOAMI, moto_python, python_json};
+use vault_e2e::moto::{Moto, SETUP, assert_assumed_role, moto_python, python_json};
 use vault_e2e::{VaultHome, oathtool, otp_seed, run_command, secret};
 
 /// A vault, moto with a user and a role (SETUP), and that user's keys as
@@ -76,14 +76,7 @@ fn assume_role_is_signed_checked_by_moto_and_single_flight() {
     );
     // moto accepts the minted session: the daemon's signature and the keys
     // it stored are both real.
-    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, run.stdout.trim()]);
-    assert!(
-        who["arn"]
-            .as_str()
-            .unwrap()
-            .contains(":assumed-role/deploy/"),
-        "{who}"
-    );
+    assert_assumed_role(&vh, &python, &moto, &run.stdout, "deploy");
 
     // About to expire (as if the session had run for minutes): 50 callers
     // at once, one AssumeRole.
@@ -303,14 +296,7 @@ fn a_role_chain_reuses_one_mfa_session_for_every_hop() {
 
     let run = vh.vault(["aws-process", "admin"]);
     run.ok().never_prints(&seed);
-    let who = python_json(&vh, &python, WHOAMI, &[&moto.url, run.stdout.trim()]);
-    assert!(
-        who["arn"]
-            .as_str()
-            .unwrap()
-            .contains(":assumed-role/admin/"),
-        "{who}"
-    );
+    assert_assumed_role(&vh, &python, &moto, &run.stdout, "admin");
     vh.vault(["aws-process", "ops"]).ok();
     let rec = vh.root().join("moto.rec");
     let sent = python_json(&vh, &python, STS_CALLS, &[rec.to_str().unwrap()]);

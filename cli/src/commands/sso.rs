@@ -56,13 +56,15 @@ fn roles(ctx: &mut Ctx, name: &str) -> CliResult<()> {
     Ok(())
 }
 
-/// The fields a new SSO credential takes from `from`: its portal. Not its
-/// client or tokens: the new credential signs in for a session of its own
-/// (two records renewing with one refresh token would spend it for each
-/// other).
-const SHARED: [&str; 2] = [vault_protocol::credential::SSO_START_URL, "sso_region"];
+/// The fields a new SSO credential takes from `from` when `from` has a
+/// session of its own: its portal. Not its client or tokens: the new
+/// credential signs in for a session of its own (two records renewing with
+/// one refresh token would spend it for each other). To share one
+/// sign-in, save the roles from an SSO session record.
+const PORTAL: [&str; 2] = [vault_protocol::credential::SSO_START_URL, "sso_region"];
 
 fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliResult<()> {
+    use vault_protocol::credential::{SSO_SESSION, SSO_START_URL, is_sso_session};
     validate_name(new).map_err(usage)?;
     validate_name(from).map_err(usage)?;
     let source = match ctx.call_unlocked(&|| Request::Get {
@@ -71,26 +73,34 @@ fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliRe
         Response::Record(r) => r,
         _ => return Err(unexpected("get")),
     };
-    if !source
-        .fields
-        .contains_key(vault_protocol::credential::SSO_START_URL)
-    {
+    let has = |f: &str| source.fields.contains_key(f);
+    let mut fields = std::collections::BTreeMap::new();
+    // Whose sign-in the new credential shares, if any.
+    let session = if is_sso_session(has) {
+        Some(from.to_owned())
+    } else if let Some(s) = source.fields.get(SSO_SESSION) {
+        Some(s.expose_secret().to_owned())
+    } else if has(SSO_START_URL) {
+        for f in PORTAL {
+            if let Some(v) = source.fields.get(f) {
+                fields.insert(f.to_owned(), v.duplicate());
+            }
+        }
+        None
+    } else {
         return Err(usage(format!(
-            "'{from}' is not an SSO credential (it has no sso_start_url)"
+            "'{from}' is not an SSO credential (it has neither sso_start_url nor sso_session)"
         )));
+    };
+    if let Some(s) = &session {
+        fields.insert(SSO_SESSION.to_owned(), SecretValue::from(s.as_str()));
     }
-    let mut fields: std::collections::BTreeMap<String, SecretValue> = SHARED
-        .iter()
-        .filter_map(|f| {
-            source
-                .fields
-                .get(*f)
-                .map(|v| ((*f).to_owned(), v.duplicate()))
-        })
-        .collect();
     fields.insert("sso_account_id".into(), SecretValue::from(account));
     fields.insert("sso_role_name".into(), SecretValue::from(role));
-    let description = format!("{role} in {account}, through {from}'s portal");
+    let description = match &session {
+        Some(s) => format!("{role} in {account}, through SSO session {s}"),
+        None => format!("{role} in {account}, through {from}'s portal"),
+    };
     match ctx.call_unlocked(&|| Request::Add {
         record: NewRecord {
             name: new.to_owned(),
@@ -107,10 +117,16 @@ fn add(ctx: &mut Ctx, new: &str, from: &str, account: &str, role: &str) -> CliRe
         Response::Changed(_) => {}
         _ => return Err(unexpected("add")),
     }
-    ctx.out.info(&format!(
-        "Added '{new}': {role} in account {account}, through {from}'s portal. Sign it in: \
-         vault sso login {new}"
-    ));
+    ctx.out.info(&match &session {
+        Some(s) => format!(
+            "Added '{new}': {role} in account {account}, sharing the sign-in of SSO session \
+             '{s}' (vault sso login {s} when it has expired)"
+        ),
+        None => format!(
+            "Added '{new}': {role} in account {account}, through {from}'s portal. Sign it in: \
+             vault sso login {new}"
+        ),
+    });
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vault_protocol::credential::{
-    CHECK_COMMAND, REFRESH_COMMAND, SOURCE, SSO_START_URL, is_generic_key, validate_fields,
+    CHECK_COMMAND, REFRESH_COMMAND, SOURCE, SSO_SESSION, SSO_START_URL, is_generic_key,
+    is_sso_session, validate_fields,
 };
 use vault_protocol::message::RecordSummary;
 use vault_protocol::timefmt::{Timestamp, parse_duration};
@@ -78,8 +79,18 @@ pub struct StsPlan {
 /// What minting an SSO credential needs: its role, its session and where
 /// IAM Identity Center answers.
 pub struct SsoPlan {
-    /// The record's name (for messages: "run vault sso login NAME").
+    /// The record's name.
     pub name: String,
+    /// The record that holds the session: the credential itself, or the
+    /// SSO session record its `sso_session` names ("run vault sso login
+    /// SESSION").
+    pub session: String,
+    /// That record's id, so tokens are never kept in a record replaced
+    /// meanwhile.
+    pub session_id: String,
+    /// Whether the session is another record's (then renewed tokens are
+    /// kept there, once for every credential sharing it).
+    pub shared: bool,
     /// `sso_account_id`.
     pub account_id: String,
     /// `sso_role_name`.
@@ -100,6 +111,7 @@ impl std::fmt::Debug for SsoPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SsoPlan")
             .field("name", &self.name)
+            .field("session", &self.session)
             .field("account_id", &self.account_id)
             .field("role_name", &self.role_name)
             .field("oidc", &self.oidc)
@@ -177,6 +189,14 @@ pub fn session_name(record: &str) -> String {
     name
 }
 
+/// Why `name`'s `sso_session` cannot be used.
+fn not_a_session(name: &str, session: &str) -> String {
+    format!(
+        "the sso_session of '{name}', '{session}', is not an SSO session: add it with 'vault add \
+         {session} --type aws sso_start_url=https://…/start sso_region=…' (no account or role)"
+    )
+}
+
 /// Session length when a record with a `source` names no `duration`.
 const DEFAULT_SESSION: Duration = Duration::from_secs(3600);
 
@@ -194,6 +214,23 @@ pub struct Minted {
     pub fields: BTreeMap<String, SecretValue>,
     /// New expiry (`None`: the values do not expire).
     pub expires_at: Option<Timestamp>,
+}
+
+/// A refresh that failed: why, and, when it kept something all the same
+/// (SSO tokens renewed on the way: a refresh token may be good once), the
+/// revision that made of its record, which the failure then belongs to.
+#[derive(Debug)]
+pub struct Unminted {
+    /// Why (never a value).
+    pub why: String,
+    /// The record's revision after what was kept.
+    pub kept: Option<u64>,
+}
+
+impl From<String> for Unminted {
+    fn from(why: String) -> Self {
+        Unminted { why, kept: None }
+    }
 }
 
 /// When a record is due: less than `ahead` left, or less than half of its
@@ -311,8 +348,11 @@ impl Engine {
         ) {
             (Some(why), _) => Plan::Broken(why),
             (None, Some(command)) => Plan::Command(command.expose_secret().to_owned()),
-            (None, None) if body.fields.contains_key(SSO_START_URL) => {
-                self.sso_plan(&body).unwrap_or_else(Plan::Broken)
+            (None, None)
+                if body.fields.contains_key(SSO_START_URL)
+                    || body.fields.contains_key(SSO_SESSION) =>
+            {
+                self.sso_plan(&row.id, &body).unwrap_or_else(Plan::Broken)
             }
             (None, None) => self.sts_plan(&body, now).unwrap_or_else(Plan::Broken),
         };
@@ -342,14 +382,53 @@ impl Engine {
         ))
     }
 
-    /// SSO credential `name` as a sign-in starts it: its id, type and
-    /// fields.
+    /// The record that holds SSO credential `name`'s session, as a sign-in
+    /// starts it: the SSO session record its `sso_session` names, else
+    /// `name` itself. Its name, id, type and fields.
     pub fn sso_record(
         &self,
         name: &str,
-    ) -> Result<(String, CredentialType, BTreeMap<String, SecretValue>)> {
+    ) -> Result<(
+        String,
+        String,
+        CredentialType,
+        BTreeMap<String, SecretValue>,
+    )> {
         let (row, body) = self.load(name)?;
-        Ok((row.id, body.kind, body.fields))
+        let Some(session) = body.fields.get(SSO_SESSION) else {
+            return Ok((body.name, row.id, body.kind, body.fields));
+        };
+        let session = session.expose_secret();
+        let (row, body) = self
+            .load(session)
+            .ok()
+            .filter(|(_, b)| is_sso_session(|f| b.fields.contains_key(f)))
+            .ok_or_else(|| err(ErrorCode::NotFound, not_a_session(name, session)))?;
+        Ok((body.name, row.id, body.kind, body.fields))
+    }
+
+    /// The credentials that share SSO session `session` (name `sso_session`
+    /// it), by name: what its sign-in mints.
+    pub fn sso_sharing(&self, session: &str) -> Vec<(String, String)> {
+        let Ok(sess) = self.session() else {
+            return Vec::new();
+        };
+        let candidates: Vec<String> = sess
+            .index
+            .iter()
+            .filter(|(_, e)| e.kind == CredentialType::Aws && e.refresh)
+            .map(|(n, _)| n.clone())
+            .collect();
+        candidates
+            .into_iter()
+            .filter_map(|n| self.load(&n).ok())
+            .filter(|(_, b)| {
+                b.fields
+                    .get(SSO_SESSION)
+                    .is_some_and(|v| v.expose_secret() == session)
+            })
+            .map(|(row, b)| (b.name, row.id))
+            .collect()
     }
 
     /// Keeps SSO session fields in record `name`, if it is still the record
@@ -397,33 +476,63 @@ impl Engine {
         Ok(entry.summary(name, now))
     }
 
-    /// SSO credential `name`'s id and what its session needs (`vault sso
-    /// roles`).
-    pub fn sso_session(&self, name: &str) -> Result<(String, SsoPlan)> {
+    /// What SSO credential (or session) `name`'s session needs (`vault sso
+    /// roles`, a renewal): the session's tokens, read from the record that
+    /// holds them.
+    pub fn sso_session(&self, name: &str) -> Result<SsoPlan> {
         let (row, body) = self.load(name)?;
-        if body.kind != CredentialType::Aws || !body.fields.contains_key(SSO_START_URL) {
+        let sso = body.fields.contains_key(SSO_START_URL) || body.fields.contains_key(SSO_SESSION);
+        if body.kind != CredentialType::Aws || !sso {
             return Err(err(
                 ErrorCode::Usage,
-                format!("'{name}' is not an SSO credential (it has no sso_start_url)"),
+                format!(
+                    "'{name}' is not an SSO credential (it has neither sso_start_url nor \
+                     sso_session)"
+                ),
             ));
         }
-        match self.sso_plan(&body) {
-            Ok(Plan::Sso(plan)) => Ok((row.id, *plan)),
+        match self.sso_plan(&row.id, &body) {
+            Ok(Plan::Sso(plan)) => Ok(*plan),
             Ok(_) => Err(err(ErrorCode::Internal, "not an SSO plan")),
             Err(why) => Err(err(ErrorCode::Failed, why)),
         }
     }
 
-    /// The `GetRoleCredentials` call that mints SSO credential `body`.
-    fn sso_plan(&self, body: &RecordBody) -> std::result::Result<Plan, String> {
-        let field = |f: &str| body.fields.get(f).filter(|v| !v.is_empty());
+    /// The `GetRoleCredentials` call that mints SSO credential `body`
+    /// (record `id`), with its own session or the one it shares.
+    fn sso_plan(&self, id: &str, body: &RecordBody) -> std::result::Result<Plan, String> {
+        let role = |f: &str| {
+            body.fields
+                .get(f)
+                .map(|v| v.expose_secret().to_owned())
+                .unwrap_or_default()
+        };
+        let (account_id, role_name) = (role("sso_account_id"), role("sso_role_name"));
+        let (session_id, holder) = match body.fields.get(SSO_SESSION) {
+            None => (id.to_owned(), None),
+            Some(session) => {
+                let session = session.expose_secret();
+                let (row, held) = self
+                    .load(session)
+                    .ok()
+                    .filter(|(_, b)| is_sso_session(|f| b.fields.contains_key(f)))
+                    .ok_or_else(|| not_a_session(&body.name, session))?;
+                (row.id, Some(held))
+            }
+        };
+        let shared = holder.is_some();
+        let held = holder.as_ref().unwrap_or(body);
+        let field = |f: &str| held.fields.get(f).filter(|v| !v.is_empty());
         let text = |f: &str| field(f).map(|v| v.expose_secret().to_owned());
         let (oidc, portal) = self.sso_endpoints(&text("sso_region").unwrap_or_default())?;
         let expires = text("sso_token_expires").and_then(|t| Timestamp::parse(&t).ok());
         Ok(Plan::Sso(Box::new(SsoPlan {
             name: body.name.clone(),
-            account_id: text("sso_account_id").unwrap_or_default(),
-            role_name: text("sso_role_name").unwrap_or_default(),
+            session: held.name.clone(),
+            session_id,
+            shared,
+            account_id,
+            role_name,
             client: text("sso_client_id")
                 .zip(field("sso_client_secret").map(SecretValue::duplicate)),
             access_token: field("sso_access_token")

@@ -23,9 +23,8 @@ use vault_protocol::message::RefreshInfo;
 use vault_protocol::timefmt::Timestamp;
 
 use super::Shared;
-use super::http::Http;
 use crate::engine::refresh::MAX_CHAIN;
-use crate::engine::refresh::{Job, Minted, Plan, parse_output};
+use crate::engine::refresh::{Job, Minted, Plan, Unminted, parse_output};
 
 /// Most stdout a refresh command may print.
 const MAX_OUTPUT: usize = 256 * 1024;
@@ -34,20 +33,25 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Gets the job's new values (the command on the blocking pool, STS over
-/// the network).
-pub async fn execute(http: &Http, job: &Job, timeout: Duration) -> Result<Minted, String> {
-    match &job.plan {
+/// Gets the job's new values (the command on the blocking pool, STS and
+/// IAM Identity Center over the network).
+pub async fn execute(
+    daemon: &Arc<Shared>,
+    job: &Job,
+    timeout: Duration,
+) -> Result<Minted, Unminted> {
+    let http = &daemon.http;
+    Ok(match &job.plan {
         Plan::Command(command) => {
             let (command, kind) = (command.clone(), job.kind);
             tokio::task::spawn_blocking(move || run(&command, kind, timeout))
                 .await
-                .map_err(|_| "the refresh command's task failed".to_owned())?
+                .map_err(|_| "the refresh command's task failed".to_owned())??
         }
-        Plan::Sts(plan) => crate::remote::sts::mint(http, plan, timeout).await,
-        Plan::Sso(plan) => crate::remote::sso::mint(http, plan).await,
-        Plan::Broken(why) => Err(why.clone()),
-    }
+        Plan::Sts(plan) => crate::remote::sts::mint(http, plan, timeout).await?,
+        Plan::Sso(plan) => crate::remote::sso::mint(daemon, plan).await?,
+        Plan::Broken(why) => return Err(why.clone().into()),
+    })
 }
 
 /// Runs a refresh command with a clean stdin and a time limit, and reads
@@ -175,12 +179,16 @@ impl Refresher {
             .is_some_and(|f| f.revision == job.revision && f.retry_at > now)
     }
 
-    /// Records a failure and when to try again.
-    pub fn failed(&self, job: &Job, error: String, now: Timestamp) {
+    /// Records a failure and when to try again. `kept`: the revision the
+    /// failed refresh itself made of the record, if it kept something
+    /// (else the failure is the job's revision's).
+    pub fn failed(&self, job: &Job, failure: Unminted, now: Timestamp) {
+        let Unminted { why: error, kept } = failure;
+        let revision = kept.unwrap_or(job.revision);
         let mut failures = locked(&self.failures);
         let count = failures
             .get(&job.id)
-            .filter(|f| f.revision == job.revision)
+            .filter(|f| f.revision == job.revision || f.revision == revision)
             .map_or(1, |f| f.count.saturating_add(1));
         let delay = FIRST_BACKOFF
             .saturating_mul(1 << (count - 1).min(10))
@@ -189,7 +197,7 @@ impl Refresher {
             job.id.clone(),
             Failure {
                 name: job.name.clone(),
-                revision: job.revision,
+                revision,
                 error,
                 count,
                 retry_at: now.plus(delay),
@@ -291,7 +299,7 @@ async fn refresh_chain(daemon: &Arc<Shared>, name: &str, depth: usize) {
     }
     info!(record = %job.id, "refreshing");
     let job = Arc::new(job);
-    let result = match execute(&daemon.http, &job, timeout).await {
+    let result = match execute(daemon, &job, timeout).await {
         Ok(minted) => {
             let (d, j) = (Arc::clone(daemon), Arc::clone(&job));
             tokio::task::spawn_blocking(move || {
@@ -301,6 +309,7 @@ async fn refresh_chain(daemon: &Arc<Shared>, name: &str, depth: usize) {
             })
             .await
             .unwrap_or_else(|_| Err("the refresh task failed; see vaultd.log".to_owned()))
+            .map_err(Unminted::from)
         }
         Err(e) => Err(e),
     };
@@ -311,9 +320,9 @@ async fn refresh_chain(daemon: &Arc<Shared>, name: &str, depth: usize) {
             // A published credential goes out with its new value.
             daemon.publisher.kick();
         }
-        Err(error) => {
-            warn!(record = %job.id, %error, "refresh failed; the current value is kept");
-            daemon.refresher.failed(&job, error, Timestamp::now());
+        Err(failure) => {
+            warn!(record = %job.id, error = %failure.why, "refresh failed; the current value is kept");
+            daemon.refresher.failed(&job, failure, Timestamp::now());
         }
     }
 }
@@ -353,10 +362,10 @@ mod tests {
         let r = Refresher::default();
         let now = Timestamp(1000);
         let j = job(CredentialType::Token, "x");
-        r.failed(&j, "boom".into(), now);
+        r.failed(&j, "boom".to_owned().into(), now);
         assert!(r.backing_off(&j, now));
         assert!(!r.backing_off(&j, now.plus(FIRST_BACKOFF)));
-        r.failed(&j, "boom".into(), now);
+        r.failed(&j, "boom".to_owned().into(), now);
         assert!(r.backing_off(&j, now.plus(FIRST_BACKOFF)));
         let newer = Job {
             revision: 2,

@@ -19,7 +19,7 @@ use vault_protocol::{CredentialType, ErrorCode, Response, SecretValue, WireError
 
 use super::Shared;
 use super::http::{Http, describe, read_capped};
-use crate::engine::refresh::{Minted, SsoPlan};
+use crate::engine::refresh::{Minted, SsoPlan, Unminted};
 
 /// Each call's limit.
 const CALL: Duration = Duration::from_secs(15);
@@ -330,9 +330,15 @@ fn session_fields(tokens: Tokens, client: Option<&Client>) -> BTreeMap<String, S
 }
 
 /// Mints the role credentials of an SSO credential: its access token
-/// (renewed with the refresh token when it is about to expire), then
-/// `GetRoleCredentials`. The renewed tokens are kept with the keys.
-pub async fn mint(http: &Http, plan: &SsoPlan) -> Result<Minted, String> {
+/// (renewed with the refresh token when it is about to expire, or once
+/// when refused), then `GetRoleCredentials`. A credential with a session
+/// of its own gets the renewed tokens back with the keys (and kept alone
+/// when the keys fail); one sharing a session record renews and keeps them
+/// there, once for all.
+pub async fn mint(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, Unminted> {
+    if plan.shared {
+        return Ok(mint_shared(d, plan).await?);
+    }
     let now = Timestamp::now();
     let mut fields = BTreeMap::new();
     let fresh = plan
@@ -341,14 +347,13 @@ pub async fn mint(http: &Http, plan: &SsoPlan) -> Result<Minted, String> {
         .filter(|(_, expires)| expires.unix() > now.plus(TOKEN_MARGIN).unix());
     let mut access = match fresh {
         Some((token, _)) => token.duplicate(),
-        None => renew(http, plan, &mut fields, now).await?,
+        None => renew(&d.http, plan, &mut fields, now).await?,
     };
     let mut renewed = fresh.is_none();
-    loop {
-        match role_credentials(http, plan, &access, now).await {
-            Ok(keys) => {
-                let expires_at = keys.1;
-                fields.extend(keys.0);
+    let failed = loop {
+        match role_credentials(&d.http, plan, &access, now).await {
+            Ok((keys, expires_at)) => {
+                fields.extend(keys);
                 return Ok(Minted {
                     fields,
                     expires_at: Some(expires_at),
@@ -358,12 +363,91 @@ pub async fn mint(http: &Http, plan: &SsoPlan) -> Result<Minted, String> {
             // renewal, then the user signs in again.
             Err(None) if !renewed => {
                 renewed = true;
-                access = renew(http, plan, &mut fields, now).await?;
+                match renew(&d.http, plan, &mut fields, now).await {
+                    Ok(a) => access = a,
+                    Err(why) => break why,
+                }
             }
-            Err(None) => return Err(sign_in_again(&plan.name)),
+            Err(None) => break sign_in_again(&plan.session),
+            Err(Some(why)) => break why,
+        }
+    };
+    // Renewed, but no keys: the new tokens are kept all the same (a
+    // refresh token may be good for one use only).
+    let mut kept = None;
+    if !fields.is_empty() {
+        let keep = d.engine().keep_sso_session(
+            &plan.session,
+            &plan.session_id,
+            fields,
+            false,
+            Timestamp::now(),
+        );
+        match keep {
+            Ok(summary) => kept = Some(summary.revision),
+            Err(e) => {
+                tracing::warn!(record = %plan.session_id, error = %e.message, "renewed SSO tokens not kept");
+            }
+        }
+    }
+    Err(Unminted { why: failed, kept })
+}
+
+/// Mints a credential that shares a session record's sign-in.
+async fn mint_shared(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, String> {
+    let mut refused = None;
+    loop {
+        let access = session_access(d, &plan.session, &plan.session_id, refused.as_ref())
+            .await
+            .map_err(|e| e.message)?;
+        match role_credentials(&d.http, plan, &access, Timestamp::now()).await {
+            Ok((fields, expires_at)) => {
+                return Ok(Minted {
+                    fields,
+                    expires_at: Some(expires_at),
+                });
+            }
+            Err(None) if refused.is_none() => refused = Some(access),
+            Err(None) => return Err(sign_in_again(&plan.session)),
             Err(Some(why)) => return Err(why),
         }
     }
+}
+
+/// An access token of the session held by record `session` (id `id`):
+/// the kept one while it has more than [`TOKEN_MARGIN`] left and is not
+/// the one just `refused`, else a renewed one, kept in that record. One
+/// renewal at a time per session: the credentials sharing it wait, then
+/// find the renewed token.
+async fn session_access(
+    d: &Arc<Shared>,
+    session: &str,
+    id: &str,
+    refused: Option<&SecretValue>,
+) -> Result<SecretValue, WireError> {
+    let flight = d.refresher.flight(id);
+    let _renewing = flight.lock().await;
+    let plan = d.engine().sso_session(session)?;
+    if plan.session_id != id {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("'{session}' changed meanwhile: try again"),
+        ));
+    }
+    let now = Timestamp::now();
+    if let Some((token, expires)) = &plan.access_token
+        && expires.unix() > now.plus(TOKEN_MARGIN).unix()
+        && refused.is_none_or(|r| r.expose_secret() != token.expose_secret())
+    {
+        return Ok(token.duplicate());
+    }
+    let mut fields = BTreeMap::new();
+    let access = renew(&d.http, &plan, &mut fields, now)
+        .await
+        .map_err(failed)?;
+    d.engine()
+        .keep_sso_session(session, id, fields, false, Timestamp::now())?;
+    Ok(access)
 }
 
 /// A new access token from the refresh token, its fields added to
@@ -378,10 +462,10 @@ async fn renew(
         return Err(if plan.access_token.is_none() {
             format!(
                 "'{0}' is not signed in to IAM Identity Center: run 'vault sso login {0}'",
-                plan.name
+                plan.session
             )
         } else {
-            sign_in_again(&plan.name)
+            sign_in_again(&plan.session)
         });
     };
     let client = Client {
@@ -394,7 +478,7 @@ async fn renew(
         .await
         .map_err(|e| match e {
             TokenError::Other(m) => m,
-            _ => sign_in_again(&plan.name),
+            _ => sign_in_again(&plan.session),
         })?;
     let access = tokens.access.duplicate();
     fields.extend(session_fields(tokens, None));
@@ -558,19 +642,11 @@ fn printable(s: &str) -> bool {
 /// refused, and the renewed tokens are kept.
 pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
     let deadline = tokio::time::Instant::now() + ROLES_DEADLINE;
-    let (id, plan) = d.engine().sso_session(name)?;
-    let now = Timestamp::now();
-    let mut renewed = false;
-    let mut access = match &plan.access_token {
-        Some((token, expires)) if expires.unix() > now.plus(TOKEN_MARGIN).unix() => {
-            token.duplicate()
-        }
-        _ => {
-            renewed = true;
-            renew_and_keep(d, name, &id, &plan).await?
-        }
-    };
+    let plan = d.engine().sso_session(name)?;
+    let (session, id) = (plan.session.as_str(), plan.session_id.as_str());
+    let mut refused = None;
     loop {
+        let access = session_access(d, session, id, refused.as_ref()).await?;
         let listed = tokio::time::timeout_at(deadline, list_roles(&d.http, &plan.portal, &access))
             .await
             .map_err(|_| {
@@ -586,30 +662,11 @@ pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
                 });
                 return Ok(Response::SsoRoles { roles: out });
             }
-            Err(None) if !renewed => {
-                renewed = true;
-                access = renew_and_keep(d, name, &id, &plan).await?;
-            }
-            Err(None) => return Err(failed(sign_in_again(name))),
+            Err(None) if refused.is_none() => refused = Some(access),
+            Err(None) => return Err(failed(sign_in_again(session))),
             Err(Some(why)) => return Err(failed(why)),
         }
     }
-}
-
-/// A renewed access token for `plan`, its tokens kept in record `id`.
-async fn renew_and_keep(
-    d: &Arc<Shared>,
-    name: &str,
-    id: &str,
-    plan: &SsoPlan,
-) -> Result<SecretValue, WireError> {
-    let mut fields = BTreeMap::new();
-    let access = renew(&d.http, plan, &mut fields, Timestamp::now())
-        .await
-        .map_err(failed)?;
-    d.engine()
-        .keep_sso_session(name, id, fields, false, Timestamp::now())?;
-    Ok(access)
 }
 
 /// Every account and its roles; `Err(None)` when the token was refused.
@@ -697,12 +754,13 @@ impl Logins {
 
 /// `vault sso login NAME`, first half: a client (the record's while it
 /// lasts, else a new one) and a device authorization; the page and code
-/// go to the user.
+/// go to the user. A credential sharing an SSO session signs that session
+/// in.
 pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
     let now = Timestamp::now();
-    let (id, start_url, oidc, client) = {
+    let (holder, id, start_url, oidc, client) = {
         let e = d.engine();
-        let (id, kind, fields) = e.sso_record(name)?;
+        let (holder, id, kind, fields) = e.sso_record(name)?;
         let field = |f: &str| {
             fields
                 .get(f)
@@ -738,7 +796,7 @@ pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireEr
             }
             _ => None,
         };
-        (id, start_url, oidc, client)
+        (holder, id, start_url, oidc, client)
     };
     let (mut client, mut new_client) = match client {
         Some(c) => (c, false),
@@ -764,7 +822,7 @@ pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireEr
         expires_at: device.expires_at,
     };
     d.sso_logins.put(
-        name,
+        &holder,
         Pending {
             id,
             client,
@@ -784,7 +842,8 @@ pub async fn login_wait(
     name: &str,
     user_code: &str,
 ) -> Result<Response, WireError> {
-    let Some(p) = d.sso_logins.take(name, user_code) else {
+    let (holder, ..) = d.engine().sso_record(name)?;
+    let Some(p) = d.sso_logins.take(&holder, user_code) else {
         return Err(WireError::new(
             ErrorCode::Usage,
             format!(
@@ -833,18 +892,35 @@ pub async fn login_wait(
         }
     };
     let fields = session_fields(tokens, p.new_client.then_some(&p.client));
-    d.engine()
-        .keep_sso_session(name, &p.id, fields, true, Timestamp::now())?;
+    let now = Timestamp::now();
+    let (summary, minted) = {
+        let mut e = d.engine();
+        e.keep_sso_session(&holder, &p.id, fields, true, now)?;
+        // What the session mints: the credential itself, or every one
+        // sharing this session record.
+        let minted = if e.sso_session(&holder)?.role_name.is_empty() {
+            e.sso_sharing(&holder)
+        } else {
+            vec![(holder.clone(), p.id.clone())]
+        };
+        (e.summary_of(&holder, now)?, minted)
+    };
     // The role credentials now, so that a role the session may not use is
-    // said here, not at the first use.
-    let names = [name.to_owned()];
-    crate::remote::refresher::ensure_fresh(d, &names).await;
-    if let Some(why) = d.refresher.error_of(&p.id) {
-        return Err(failed(format!("signed in, but no role credentials: {why}")));
+    // said here, not at the first use; a failure of the old session is
+    // forgotten first.
+    for (_, id) in &minted {
+        d.refresher.succeeded(id);
     }
-    Ok(Response::Changed(
-        d.engine().summary_of(name, Timestamp::now())?,
-    ))
+    let names: Vec<String> = minted.iter().map(|(n, _)| n.clone()).collect();
+    crate::remote::refresher::ensure_fresh(d, &names).await;
+    for (minted, id) in &minted {
+        if let Some(why) = d.refresher.error_of(id) {
+            return Err(failed(format!(
+                "signed in, but no role credentials for '{minted}': {why}"
+            )));
+        }
+    }
+    Ok(Response::Changed(summary))
 }
 
 #[cfg(test)]
