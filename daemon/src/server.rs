@@ -953,7 +953,22 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
         let id = frame.id;
         let op = op_name(&frame.req);
         let started = Instant::now();
-        let result = daemon.handle(frame.req, conn, &peer).await;
+        let result = if waits_for_a_person(&frame.req) {
+            // A wait for a person (a sign-in approved in a browser) ends
+            // when its client goes (Ctrl-C): the daemon stops polling. The
+            // client sends nothing meanwhile; anything it does send ends
+            // the connection.
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                r = daemon.handle(frame.req, conn, &peer) => r,
+                read = s.read(&mut probe) => {
+                    debug!(conn, op, gone = matches!(read, Ok(0) | Err(_)), "client left a wait; dropped");
+                    break;
+                }
+            }
+        } else {
+            daemon.handle(frame.req, conn, &peer).await
+        };
         if let Err(e) = &result {
             debug!(conn, op, code = ?e.code, "request failed");
         } else {
@@ -969,6 +984,12 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
         }
     }
     daemon.release_lease(conn);
+}
+
+/// Requests that wait for a person, not for the vault: dropped when their
+/// client closes the connection.
+fn waits_for_a_person(req: &Request) -> bool {
+    matches!(req, Request::SsoWait { .. })
 }
 
 fn op_name(req: &Request) -> &'static str {

@@ -33,6 +33,8 @@ enum Ending {
     Approve,
     Deny,
     Expire,
+    /// Never approved.
+    Pending,
 }
 
 #[derive(Debug)]
@@ -183,13 +185,15 @@ fn answer(
                         Ending::Expire => {
                             return oidc_error("ExpiredTokenException", "expired_token");
                         }
-                        Ending::Approve if dev.1 < 2 => {
+                        Ending::Approve | Ending::Pending
+                            if ending == Ending::Pending || dev.1 < 2 =>
+                        {
                             return oidc_error(
                                 "AuthorizationPendingException",
                                 "authorization_pending",
                             );
                         }
-                        Ending::Approve => {}
+                        Ending::Approve | Ending::Pending => {}
                     }
                 }
                 "refresh_token" => {
@@ -865,4 +869,54 @@ fn tokens_renewed_for_a_mint_that_then_fails_are_kept() {
         .to_owned();
     assert_eq!(&kept, state.lock().unwrap().refresh.last().unwrap());
     assert_no_tokens_logged(&vh);
+}
+
+#[test]
+fn a_sign_in_left_with_ctrl_c_stops_polling() {
+    // Only the double: nothing is minted.
+    let state = Arc::new(Mutex::new(State::new(serde_json::json!({}), 5)));
+    state.lock().unwrap().ending = Ending::Pending;
+    let vh = vault_at(&double(Arc::clone(&state)));
+    vh.vault([
+        "add",
+        "corp",
+        "--type",
+        "aws",
+        &format!("sso_start_url={START_URL}"),
+        "sso_region=us-east-1",
+    ])
+    .ok();
+    let mut login = vh
+        .command(&vh.vault_bin, ["sso", "login", "corp", "--no-browser"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let polled = || state.lock().unwrap().polls.len();
+    let by = std::time::Instant::now() + Duration::from_secs(30);
+    while polled() < 2 {
+        assert!(std::time::Instant::now() < by, "never polled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-C: the CLI goes, and so does the daemon's wait.
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &login.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    login.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = polled();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        polled(),
+        after,
+        "the daemon kept polling a sign-in nobody waits for"
+    );
+    // A new sign-in works.
+    state.lock().unwrap().ending = Ending::Approve;
+    vh.vault(["sso", "login", "corp", "--no-browser"])
+        .ok()
+        .stderr_has("Signed in");
 }
