@@ -493,6 +493,11 @@ pub enum EmitAction {
         /// of ~/.aws/config (no keys in any file) instead
         #[arg(long)]
         process: bool,
+        /// For an SSO credential: the aws CLI's own SSO profile instead ([profile P]
+        /// with sso_session, [sso-session vault-S] in ~/.aws/config, and the
+        /// session's access token, only, in ~/.aws/sso/cache), kept fresh by vaultd
+        #[arg(long, conflicts_with = "process")]
+        sso: bool,
     },
     /// Write a gcp credential's JSON as a gcloud/ADC key file, and keep it in sync
     Gcloud {

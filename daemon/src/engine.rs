@@ -34,6 +34,7 @@ pub mod publish;
 pub mod refresh;
 pub mod rotate;
 mod snapshot;
+mod sso_files;
 pub mod sync;
 mod wif_file;
 

@@ -150,6 +150,30 @@ pub struct RecordBody {
 }
 
 impl RecordBody {
+    /// A body for unit tests: record `name` of type `kind` with `fields`.
+    #[cfg(test)]
+    pub fn for_test(
+        name: &str,
+        kind: vault_protocol::CredentialType,
+        fields: &[(&str, &str)],
+    ) -> Self {
+        RecordBody {
+            v: BODY_VERSION,
+            id: "0".into(),
+            name: name.into(),
+            kind,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
+                .collect(),
+            description: None,
+            tags: vec![],
+            expires_at: None,
+            sync: None,
+            mac: None,
+        }
+    }
+
     /// Serializes into a buffer that is wiped on drop.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));

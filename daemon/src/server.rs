@@ -645,8 +645,10 @@ impl Daemon {
                 process,
                 config,
                 adopt,
-            } => engine
-                .emit_aws(
+                sso_cache,
+            } => match sso_cache {
+                Some(cache) => engine.emit_sso(&name, &profile, &path, &cache, force, now),
+                None => engine.emit_aws(
                     &name,
                     &profile,
                     &path,
@@ -657,8 +659,9 @@ impl Daemon {
                         adopt,
                     },
                     now,
-                )
-                .map(Response::Emitted),
+                ),
+            }
+            .map(Response::Emitted),
             Request::EmitFile {
                 name,
                 kind,
@@ -1106,6 +1109,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                     d.bump();
                 }
                 crate::remote::refresher::refresh_bound(&d.shared);
+                crate::remote::sso::renew_bound(&d.shared);
             }
         })
     };

@@ -216,6 +216,13 @@ CREATE TABLE rotations (
     r#"
 ALTER TABLE emitters ADD COLUMN exec_args TEXT;
 "#,
+    // The aws CLI's own SSO files (`vault emit aws --sso`, docs/sso.md):
+    // bindings of kinds `aws-sso` and `aws-sso-token`. No table changes; a
+    // new version so that an older vaultd never meets a kind it does not
+    // know.
+    r#"
+UPDATE vault_meta SET value = value WHERE 0;
+"#,
 ];
 
 /// The one definition of an open conflict (docs/sync.md), as SQL over a

@@ -74,8 +74,9 @@ fn frozen_records_decrypt_with_every_revision() {
     // claims and refused entries of authenticated sync, v6 approvals, v7
     // where an AWS keys binding writes its region and the rendering
     // version of every binding, v8 health checks, v9 the audit log, v10
-    // unfinished rotations).
-    assert_eq!(SCHEMA_VERSION, 11, "a new schema: check its migration here");
+    // unfinished rotations, v11 kubeconfig bindings' arguments, v12 the
+    // aws CLI's SSO bindings: kinds only, no table change).
+    assert_eq!(SCHEMA_VERSION, 12, "a new schema: check its migration here");
     assert!(store.emitters().unwrap().is_empty());
     assert!(store.checks().unwrap().is_empty());
     assert!(store.audit_rows().unwrap().is_empty());

@@ -380,6 +380,13 @@ pub enum Request {
         /// kept one of the file before.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         adopt: bool,
+        /// `--sso`: the absolute path of the aws CLI's SSO token cache
+        /// directory (`~/.aws/sso/cache`); `path` is then the config file,
+        /// which gets `[profile P]` naming `[sso-session vault-S]` (S the
+        /// record holding the session), and the cache the session's access
+        /// token (docs/sso.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sso_cache: Option<String>,
     },
     /// Keep a whole file (a gcloud/ADC JSON key, a `file` credential's
     /// content) in sync with a credential (`vault emit gcloud|file`).

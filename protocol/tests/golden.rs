@@ -304,6 +304,7 @@ fn adoption_and_keep_frames() {
             process: Some("/usr/bin/vault".into()),
             config: None,
             adopt: true,
+            sso_cache: None,
         },
     };
     let expected = r#"{"id":17,"req":{"op":"emit_aws","name":"aws-dev","profile":"dev","path":"/home/u/.aws/credentials","force":false,"process":"/usr/bin/vault","adopt":true}}"#;
@@ -434,6 +435,8 @@ fn emitter_kinds_keep_their_strings_on_the_wire() {
         "docker-helper",
         "file",
         "kube",
+        "aws-sso",
+        "aws-sso-token",
     ];
     assert_eq!(EmitterKind::ALL.len(), spelled.len());
     for (kind, text) in EmitterKind::ALL.into_iter().zip(spelled) {
@@ -790,6 +793,7 @@ fn emit_aws_frames_with_and_without_config() {
             process: None,
             config: Some("/home/u/.aws/config".into()),
             adopt: false,
+            sso_cache: None,
         },
     };
     let expected = r#"{"id":14,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/credentials","force":false,"config":"/home/u/.aws/config"}}"#;
@@ -811,12 +815,41 @@ fn emit_aws_frames_with_and_without_config() {
             process: Some("/usr/bin/vault".into()),
             config: None,
             adopt: false,
+            sso_cache: None,
         },
     };
     let expected = r#"{"id":15,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/config","force":true,"process":"/usr/bin/vault"}}"#;
     assert_eq!(frame_of(&process), with_header(expected));
     let back: RequestFrame = frame::decode(expected.as_bytes()).unwrap();
-    assert!(matches!(back.req, Request::EmitAws { config: None, .. }));
+    assert!(matches!(
+        back.req,
+        Request::EmitAws {
+            config: None,
+            sso_cache: None,
+            ..
+        }
+    ));
+    // `--sso` (docs/sso.md): the aws CLI's token cache directory.
+    let sso = RequestFrame {
+        id: 16,
+        req: Request::EmitAws {
+            name: "dev".into(),
+            profile: "dev".into(),
+            path: "/home/u/.aws/config".into(),
+            force: false,
+            process: None,
+            config: None,
+            adopt: false,
+            sso_cache: Some("/home/u/.aws/sso/cache".into()),
+        },
+    };
+    let expected = r#"{"id":16,"req":{"op":"emit_aws","name":"dev","profile":"dev","path":"/home/u/.aws/config","force":false,"sso_cache":"/home/u/.aws/sso/cache"}}"#;
+    assert_eq!(frame_of(&sso), with_header(expected));
+    let back: RequestFrame = frame::decode(expected.as_bytes()).unwrap();
+    assert!(matches!(
+        back.req,
+        Request::EmitAws { sso_cache: Some(c), .. } if c == "/home/u/.aws/sso/cache"
+    ));
 }
 
 #[test]

@@ -665,6 +665,21 @@ fn assert_no_tokens_logged(vh: &VaultHome) {
     }
 }
 
+/// `vault add NAME` of an SSO session on the double's portal (and `extra`
+/// fields).
+fn add_session(vh: &VaultHome, name: &str, extra: &[&str]) -> vault_e2e::Run {
+    let mut args = vec![
+        "add".to_owned(),
+        name.to_owned(),
+        "--type".into(),
+        "aws".into(),
+        format!("sso_start_url={START_URL}"),
+        "sso_region=us-east-1".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    vh.vault(args)
+}
+
 /// A vault whose `[sso]` endpoints are the double's.
 fn vault_at(url: &str) -> VaultHome {
     let vh = VaultHome::new();
@@ -686,20 +701,8 @@ fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
     let vh = vault_at(&double(Arc::clone(&state)));
 
     // The session alone (an sso-session): a portal, no role, no keys.
-    let session = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "add".to_owned(),
-            name.to_owned(),
-            "--type".into(),
-            "aws".into(),
-            format!("sso_start_url={START_URL}"),
-            "sso_region=us-east-1".into(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        vh.vault(args)
-    };
-    session("corp", &[]).ok();
-    session("corp-keys", &["access_key_id=AKIAEXAMPLE"])
+    add_session(&vh, "corp", &[]).ok();
+    add_session(&vh, "corp-keys", &["access_key_id=AKIAEXAMPLE"])
         .code(2)
         .stderr_has("holds no keys");
 
@@ -877,15 +880,7 @@ fn a_sign_in_left_with_ctrl_c_stops_polling() {
     let state = Arc::new(Mutex::new(State::new(serde_json::json!({}), 5)));
     state.lock().unwrap().ending = Ending::Pending;
     let vh = vault_at(&double(Arc::clone(&state)));
-    vh.vault([
-        "add",
-        "corp",
-        "--type",
-        "aws",
-        &format!("sso_start_url={START_URL}"),
-        "sso_region=us-east-1",
-    ])
-    .ok();
+    add_session(&vh, "corp", &[]).ok();
     let mut login = vh
         .command(&vh.vault_bin, ["sso", "login", "corp", "--no-browser"])
         .stdin(std::process::Stdio::null())
@@ -919,4 +914,190 @@ fn a_sign_in_left_with_ctrl_c_stops_polling() {
     vh.vault(["sso", "login", "corp", "--no-browser"])
         .ok()
         .stderr_has("Signed in");
+}
+
+/// botocore's own SSO credential provider, with profile `argv[1]` of the
+/// home's `~/.aws/config` and its token cache: the keys it resolves.
+const BOTOCORE_SSO: &str = r#"
+import json, sys
+import botocore.session
+c = botocore.session.Session(profile=sys.argv[1]).get_credentials().get_frozen_credentials()
+print(json.dumps({"AccessKeyId": c.access_key, "SecretAccessKey": c.secret_key, "SessionToken": c.token}))
+"#;
+
+#[test]
+fn the_aws_cli_signs_in_through_the_sso_profile_and_token_vault_writes() {
+    let Some(python) = moto_python("sso profile for the aws CLI") else {
+        return;
+    };
+    let scratch = VaultHome::new();
+    let (moto, role) = moto_role(&scratch, &python);
+    let state = Arc::new(Mutex::new(State::new(role.clone(), 3600)));
+    // One-minute access tokens: renewed by vaultd after half of that.
+    state.lock().unwrap().token_life = 60;
+    let url = double(Arc::clone(&state));
+    let mut vh = vault_at(&url);
+    vh.env.insert("AWS_ENDPOINT_URL_SSO".into(), url.clone());
+    vh.env
+        .insert("AWS_ENDPOINT_URL_SSO_OIDC".into(), url.clone());
+    add_session(&vh, "corp", &[]).ok();
+    // Nothing to write before a sign-in.
+    vh.vault([
+        "sso",
+        "add",
+        "dev",
+        "--from",
+        "corp",
+        "--account",
+        ACCOUNT,
+        "--role",
+        "deploy",
+    ])
+    .ok();
+    vh.vault(["emit", "aws", "dev", "--profile", "dev", "--sso"])
+        .code(7)
+        .stderr_has("vault sso login corp");
+    vh.vault(["sso", "login", "corp", "--no-browser"]).ok();
+
+    // The user's own config stays as it is around the vault's sections.
+    let aws_dir = vh.user_home.join(".aws");
+    std::fs::create_dir_all(&aws_dir).unwrap();
+    let mine = "# mine\n[profile other]\nregion = eu-north-1\n";
+    std::fs::write(aws_dir.join("config"), mine).unwrap();
+    vh.vault(["emit", "aws", "dev", "--profile", "dev", "--sso"])
+        .ok();
+    let config = std::fs::read_to_string(aws_dir.join("config")).unwrap();
+    assert!(config.starts_with(mine), "{config}");
+    for line in [
+        "[profile dev]",
+        "sso_session = vault-corp",
+        &format!("sso_account_id = {ACCOUNT}"),
+        "sso_role_name = deploy",
+        "[sso-session vault-corp]",
+        &format!("sso_start_url = {START_URL}"),
+        "sso_region = us-east-1",
+    ] {
+        assert!(config.contains(line), "{line} not in {config}");
+    }
+    // The cache holds the access token, and nothing that outlives it.
+    let cache = aws_dir.join("sso/cache/08b83bdfca0ae6f6df31c386fdb4c36fef0a8f51.json");
+    let token = std::fs::read_to_string(&cache).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let doc: serde_json::Value = serde_json::from_str(&token).unwrap();
+    assert_eq!(
+        doc["accessToken"],
+        *state.lock().unwrap().access.last().unwrap()
+    );
+    assert!(
+        !token.contains("refresh-") && !token.contains("csecret-"),
+        "{token}"
+    );
+
+    // botocore and the aws CLI sign in through them: GetRoleCredentials
+    // with the cached token at the portal, keys moto takes.
+    let asked = state.lock().unwrap().requested.len();
+    let keys = python_json(&vh, &python, BOTOCORE_SSO, &["dev"]);
+    assert_eq!(keys["AccessKeyId"], role["AccessKeyId"], "{keys}");
+    assert_assumed_role(&vh, &python, &moto, &keys.to_string(), "deploy");
+    // The installed aws CLI (v1 has no export-credentials): its own call
+    // to moto with what it resolved for the profile.
+    let aws = python.with_file_name("aws");
+    let run = vault_e2e::run_command(
+        vh.command(
+            &aws,
+            [
+                "sts",
+                "get-caller-identity",
+                "--profile",
+                "dev",
+                "--endpoint-url",
+                &moto.url,
+                "--region",
+                "us-east-1",
+                "--output",
+                "json",
+            ],
+        ),
+        None,
+        Duration::from_secs(120),
+    );
+    run.ok();
+    assert!(
+        run.json()["Arn"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(":assumed-role/deploy/"),
+        "{run}"
+    );
+    assert!(state.lock().unwrap().requested.len() >= asked + 2);
+    let listed = vh.vault(["--json", "emit", "list"]).ok().json();
+    let kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "aws-sso").count(),
+        2,
+        "{listed}"
+    );
+    assert!(kinds.contains(&"aws-sso-token"), "{listed}");
+
+    // vaultd renews the token before it runs out, and rewrites the file.
+    let first = doc["accessToken"].as_str().unwrap().to_owned();
+    let fresh = |t: &str| {
+        std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|d| d["accessToken"] != t)
+    };
+    let by = std::time::Instant::now() + Duration::from_secs(60);
+    while !fresh(&first) {
+        assert!(
+            std::time::Instant::now() < by,
+            "the token file was not renewed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    python_json(&vh, &python, BOTOCORE_SSO, &["dev"]);
+
+    // The session ended at IAM Identity Center: the file goes when its
+    // token expires, and the profile says what botocore says.
+    {
+        let mut st = state.lock().unwrap();
+        st.refresh.clear();
+    }
+    let by = std::time::Instant::now() + Duration::from_secs(90);
+    while cache.exists() {
+        assert!(
+            std::time::Instant::now() < by,
+            "the expired token file stayed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let config_now = std::fs::read_to_string(aws_dir.join("config")).unwrap();
+    assert!(config_now.contains("[profile dev]"));
+
+    // Removing the profile's binding leaves the user's lines.
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["section"] == "profile dev")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    vh.vault(["emit", "rm", &id]).ok();
+    let after = std::fs::read_to_string(aws_dir.join("config")).unwrap();
+    assert!(
+        after.starts_with(mine) && !after.contains("[profile dev]"),
+        "{after}"
+    );
+    assert_no_tokens_logged(&vh);
 }

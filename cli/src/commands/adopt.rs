@@ -137,6 +137,7 @@ pub(super) fn adopt(
                 process: program.clone(),
                 config: None,
                 adopt: true,
+                sso_cache: None,
             },
         };
         // Tagged first: an entry taken over is always one --undo finds.
@@ -233,6 +234,7 @@ fn undo_aws(ctx: &mut Ctx, e: &EmitterInfo, name: &str, file: &str) -> CliResult
         process: None,
         config: None,
         adopt: false,
+        sso_cache: None,
     })?;
     release(ctx, &keys.id)
 }

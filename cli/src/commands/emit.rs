@@ -20,20 +20,27 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
             path,
             force,
             process,
+            sso,
         } => {
             validate_name(&name).map_err(usage)?;
             let path = match path {
                 Some(p) => p,
-                None if process => default_aws_file("AWS_CONFIG_FILE", "config")?,
+                None if process || sso => default_aws_file("AWS_CONFIG_FILE", "config")?,
                 None => default_aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials")?,
             };
             let program = if process { Some(this_program()?) } else { None };
             let path = absolute(&path)?;
             // With keys, the profile's region goes to the config file.
-            let config = if process {
+            let config = if process || sso {
                 None
             } else {
                 Some(absolute(&default_aws_file("AWS_CONFIG_FILE", "config")?)?)
+            };
+            // botocore's token cache: always under the home directory.
+            let sso_cache = if sso {
+                Some(absolute(&home()?.join(".aws/sso/cache"))?)
+            } else {
+                None
             };
             let req = || Request::EmitAws {
                 name: name.clone(),
@@ -43,6 +50,7 @@ pub fn run(ctx: &mut Ctx, action: EmitAction) -> CliResult<()> {
                 process: program.clone(),
                 config: config.clone(),
                 adopt: false,
+                sso_cache: sso_cache.clone(),
             };
             emitted(ctx, &req, |info| {
                 format!(

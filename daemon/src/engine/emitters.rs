@@ -16,6 +16,7 @@ use vault_protocol::message::{EmitState, EmitterInfo, Removed};
 use vault_protocol::timefmt::Timestamp;
 use vault_protocol::{CredentialType, ErrorCode, WireError};
 
+use super::sso_files;
 use super::{Engine, Result, err, random_hex, store_err};
 use crate::emit::aws_ini::{self, MergeError, OwnedKeys, Section};
 use crate::emit::docker_json;
@@ -168,6 +169,9 @@ fn whole_content(
     body: &RecordBody,
     now: Timestamp,
 ) -> Option<Vec<u8>> {
+    if kind == EmitterKind::AwsSsoToken {
+        return sso_files::token_json(body, now);
+    }
     if body.expires_at.is_some_and(|t| t <= now) {
         return None;
     }
@@ -268,6 +272,16 @@ fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Opti
                 entries,
             })
         }
+        // The aws CLI's SSO profile or session: no secret, never expires
+        // (the token file does).
+        (EmitterKind::AwsSso, _) => Some(Section {
+            name: e.section.clone(),
+            entries: if sso_files::is_session_section(&e.section) {
+                sso_files::session_entries(body)
+            } else {
+                sso_files::profile_entries(body, region_of(body).value())
+            },
+        }),
         _ => aws_section(&e.section, body, now),
     }
 }
@@ -301,6 +315,44 @@ fn merge_error(path: &str, e: &MergeError) -> vault_protocol::WireError {
         MergeError::Unparseable { .. } => ErrorCode::Failed,
     };
     err(code, format!("{path}: {e}"))
+}
+
+/// A binding of `record_id` at `(path, section)`, in the current rendering
+/// and with no config file of its own: a new one, or `existing` (the one
+/// at that place) replaced.
+fn new_row(
+    existing: Option<EmitterRow>,
+    record_id: String,
+    kind: EmitterKind,
+    (path, section): (String, String),
+    program: Option<String>,
+    now: Timestamp,
+) -> EmitterRow {
+    EmitterRow {
+        id: existing.map_or_else(|| random_hex(6), |e| e.id),
+        record_id,
+        kind,
+        path,
+        section,
+        program,
+        created_at: now.unix(),
+        config_path: None,
+        config_region: false,
+        config_made: false,
+        rendering: RENDERING,
+        exec_args: Vec::new(),
+    }
+}
+
+/// A profile name the AWS files can carry, else what to use.
+fn check_profile(profile: &str) -> Result<()> {
+    if valid_profile(profile) {
+        return Ok(());
+    }
+    Err(err(
+        ErrorCode::Usage,
+        format!("'{profile}' cannot be a profile name: use letters, digits and . _ - / @ +"),
+    ))
 }
 
 fn valid_profile(profile: &str) -> bool {
@@ -470,14 +522,7 @@ impl Engine {
                 "adopting a profile writes credential_process: give the vault program",
             ));
         }
-        if !valid_profile(profile) {
-            return Err(err(
-                ErrorCode::Usage,
-                format!(
-                    "'{profile}' cannot be a profile name: use letters, digits and . _ - / @ +"
-                ),
-            ));
-        }
+        check_profile(profile)?;
         check_absolute(path)?;
         let (row, body) = self.load_as(name, CredentialType::Aws, "aws")?;
         let region = region_of(&body);
@@ -539,6 +584,125 @@ impl Engine {
             info.state = EmitState::Error(bad_region(name));
         }
         Ok(info)
+    }
+
+    /// `vault emit aws NAME --profile P --sso`: the aws CLI's own SSO
+    /// profile for SSO role credential `name` (docs/sso.md): `[profile P]`
+    /// naming `[sso-session vault-S]` in `config`, and the session's access
+    /// token in `cache_dir`, S the record holding the session. Three
+    /// bindings, each kept in sync with its record: the profile with the
+    /// role credential, the session section and the token file with the
+    /// session's record (so every credential sharing it shares them).
+    pub fn emit_sso(
+        &mut self,
+        name: &str,
+        profile: &str,
+        config: &str,
+        cache_dir: &str,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<EmitterInfo> {
+        check_profile(profile)?;
+        check_absolute(config)?;
+        check_absolute(cache_dir)?;
+        let (row, body) = self.load_as(name, CredentialType::Aws, "aws --sso")?;
+        if !body.fields.contains_key("sso_account_id") {
+            return Err(err(
+                ErrorCode::Usage,
+                format!(
+                    "'{name}' is not an SSO role credential: emit aws --sso writes a profile for \
+                     a role (sso_account_id, sso_role_name); save one with 'vault sso add'"
+                ),
+            ));
+        }
+        let (holder, holder_id, _, _) = self.sso_record(name)?;
+        let (_, held) = self.load(&holder)?;
+        let token = sso_files::token_json(&held, now).ok_or_else(|| {
+            err(
+                ErrorCode::Expired,
+                format!(
+                    "'{holder}' has no live SSO session to write: run 'vault sso login {holder}' \
+                     first"
+                ),
+            )
+        })?;
+        let token_path = sso_files::token_file(cache_dir, &holder);
+        let binding = |engine: &Self, record_id: &str, kind, path: &str, section: String| {
+            let existing = engine.find_emitter(|e| e.path == path && e.section == section)?;
+            let at = (path.to_owned(), section);
+            Ok::<_, WireError>(new_row(existing, record_id.to_owned(), kind, at, None, now))
+        };
+        let profile_row = binding(
+            self,
+            &row.id,
+            EmitterKind::AwsSso,
+            config,
+            config_section(profile),
+        )?;
+        let session_row = binding(
+            self,
+            &holder_id,
+            EmitterKind::AwsSso,
+            config,
+            sso_files::session_section(&holder),
+        )?;
+        let token_row = binding(
+            self,
+            &holder_id,
+            EmitterKind::AwsSsoToken,
+            &token_path,
+            WHOLE.to_owned(),
+        )?;
+        let sections: Vec<Section> = [(&profile_row, name, &body), (&session_row, &holder, &held)]
+            .into_iter()
+            .filter_map(|(e, n, b)| render(e, n, b, now))
+            .collect();
+        self.write_sections(config, &sections, &BTreeSet::new(), force, Backup::Keep)?;
+        {
+            let _lock = lock(&token_path)?;
+            write_file(&token_path, &token)?;
+        }
+        self.bind(token_row, &holder)?;
+        self.bind(session_row, &holder)?;
+        self.bind(profile_row, name)
+    }
+
+    /// The SSO sessions whose token file is bound and whose access token
+    /// has less than `ahead` left (or none): `(holder, id)`, for the daemon
+    /// to renew, so the aws CLI always finds a live token.
+    pub fn sso_tokens_due(
+        &self,
+        ahead: std::time::Duration,
+        now: Timestamp,
+    ) -> Vec<(String, String)> {
+        let Ok(bound) = self.store().and_then(|s| s.emitters().map_err(store_err)) else {
+            return Vec::new();
+        };
+        let Ok(sess) = self.session() else {
+            return Vec::new();
+        };
+        let mut due: Vec<(String, String)> = Vec::new();
+        for e in bound.iter().filter(|e| e.kind == EmitterKind::AwsSsoToken) {
+            let Some((name, entry)) = sess.index.iter().find(|(_, x)| x.id == e.record_id) else {
+                continue;
+            };
+            let Ok((_, body)) = self.load(name) else {
+                continue;
+            };
+            // As every refresh: `ahead`, or half the token's life when that
+            // is shorter, so a short-lived token is not renewed at every
+            // tick.
+            let expires = body
+                .fields
+                .get("sso_token_expires")
+                .and_then(|t| Timestamp::parse(t.expose_secret()).ok());
+            let renew = expires
+                .is_none_or(|t| super::refresh::due(false, entry.updated_at, Some(t), ahead, now));
+            if renew && !due.iter().any(|(_, id)| *id == e.record_id) {
+                due.push((name.clone(), e.record_id.clone()));
+            }
+        }
+        due
     }
 
     /// Whether a keys binding for `profile` owns `region` in `[profile P]`
@@ -726,20 +890,14 @@ impl Engine {
         if let Some(old) = existing.as_ref().filter(|e| e.kind != kind) {
             self.unwrite(old)?;
         }
-        let emitter = EmitterRow {
-            id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id,
+        let emitter = new_row(
+            existing,
+            row.id,
             kind,
-            path: path.to_owned(),
-            section: registry,
-            program: None,
-            created_at: now.unix(),
-            config_path: None,
-            config_region: false,
-            config_made: false,
-            rendering: RENDERING,
-            exec_args: Vec::new(),
-        };
+            (path.to_owned(), registry),
+            None,
+            now,
+        );
         self.bind(emitter, name)
     }
 
@@ -832,20 +990,14 @@ impl Engine {
         }
         write_file(&path, &content)?;
         drop(lock);
-        let emitter = EmitterRow {
-            id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id,
+        let emitter = new_row(
+            existing,
+            row.id,
             kind,
-            path,
-            section: WHOLE.to_owned(),
+            (path, WHOLE.to_owned()),
             program,
-            created_at: now.unix(),
-            config_path: None,
-            config_region: false,
-            config_made: false,
-            rendering: RENDERING,
-            exec_args: Vec::new(),
-        };
+            now,
+        );
         self.bind(emitter, name)
     }
 
@@ -912,6 +1064,13 @@ impl Engine {
     /// Takes binding `e` out for a record that is gone or expired (with
     /// its region line, if it owns one).
     fn take_out(&mut self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
+        if e.kind == EmitterKind::AwsSsoToken {
+            let _lock = lock(&e.path)?;
+            return match fsutil::read_text(Path::new(&e.path)).ok().flatten() {
+                Some(text) if sso_files::token_is_ours(&text, body) => remove_file(&e.path),
+                _ => Ok(()),
+            };
+        }
         if e.kind.is_whole_file() {
             remove_if_ours(&e.path, body)
         } else if e.kind.is_kube() {
@@ -1187,6 +1346,12 @@ impl Engine {
             .map(|(name, e)| (e.id.clone(), name.clone()))
             .collect();
         for e in bound {
+            // A token file goes when its session's access token expired (a
+            // session record itself never expires).
+            if e.kind == EmitterKind::AwsSsoToken {
+                self.expire_token_file(&e, now);
+                continue;
+            }
             let Some(name) = expired.get(e.record_id.as_str()) else {
                 continue;
             };
@@ -1196,6 +1361,26 @@ impl Engine {
             if let Err(error) = gone {
                 warn!(emitter = %e.id, error = %error.message, "cannot remove an expired credential");
             }
+        }
+    }
+
+    /// Takes token file `e` out when its session's access token has
+    /// expired and the file still holds it.
+    fn expire_token_file(&mut self, e: &EmitterRow, now: Timestamp) {
+        if !Path::new(&e.path).exists() {
+            return;
+        }
+        let Some(name) = self.name_of(&e.record_id) else {
+            return;
+        };
+        let Ok((_, body)) = self.load(&name) else {
+            return;
+        };
+        if sso_files::token_json(&body, now).is_some() {
+            return;
+        }
+        if let Err(error) = self.take_out(e, &body) {
+            warn!(emitter = %e.id, error = %error.message, "cannot remove an expired SSO token file");
         }
     }
 
@@ -1504,18 +1689,15 @@ impl Engine {
             ));
         }
         let emitter = EmitterRow {
-            id: existing.map_or_else(|| random_hex(6), |e| e.id),
-            record_id: row.id,
-            kind: EmitterKind::Kube,
-            path: path.to_owned(),
-            section: user,
-            program: Some(program),
-            created_at: now.unix(),
-            config_path: None,
-            config_region: false,
-            config_made: false,
-            rendering: RENDERING,
             exec_args,
+            ..new_row(
+                existing,
+                row.id,
+                EmitterKind::Kube,
+                (path.to_owned(), user),
+                Some(program),
+                now,
+            )
         };
         let entry = kube_render(&emitter, name, &body)?;
         self.write_kube(path, Some(entry), &BTreeSet::new(), force)?;

@@ -961,21 +961,7 @@ mod tests {
     use super::*;
 
     fn body(kind: CredentialType, fields: &[(&str, &str)]) -> RecordBody {
-        RecordBody {
-            v: crate::record::BODY_VERSION,
-            id: "0".into(),
-            name: "x".into(),
-            kind,
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
-                .collect(),
-            description: None,
-            tags: vec![],
-            expires_at: None,
-            sync: None,
-            mac: None,
-        }
+        RecordBody::for_test("x", kind, fields)
     }
 
     #[test]

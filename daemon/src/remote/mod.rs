@@ -44,6 +44,8 @@ pub struct Shared {
     pub rotator: rotator::Rotator,
     /// SSO sign-ins waiting for the user's approval (docs/sso.md).
     pub sso_logins: sso::Logins,
+    /// Renewals of SSO sessions whose token file is emitted (docs/sso.md).
+    pub sso_renewals: sso::Renewals,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             gcp_tokens: gcp::Tokens::default(),
             rotator: rotator::Rotator::default(),
             sso_logins: sso::Logins::default(),
+            sso_renewals: sso::Renewals::default(),
         }
     }
 

@@ -397,9 +397,15 @@ pub async fn mint(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, Unminted> {
 async fn mint_shared(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, String> {
     let mut refused = None;
     loop {
-        let access = session_access(d, &plan.session, &plan.session_id, refused.as_ref())
-            .await
-            .map_err(|e| e.message)?;
+        let access = session_access(
+            d,
+            &plan.session,
+            &plan.session_id,
+            refused.as_ref(),
+            TOKEN_MARGIN,
+        )
+        .await
+        .map_err(|e| e.message)?;
         match role_credentials(&d.http, plan, &access, Timestamp::now()).await {
             Ok((fields, expires_at)) => {
                 return Ok(Minted {
@@ -415,15 +421,16 @@ async fn mint_shared(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, String> 
 }
 
 /// An access token of the session held by record `session` (id `id`):
-/// the kept one while it has more than [`TOKEN_MARGIN`] left and is not
-/// the one just `refused`, else a renewed one, kept in that record. One
-/// renewal at a time per session: the credentials sharing it wait, then
-/// find the renewed token.
+/// the kept one while it has more than `ahead` left and is not the one
+/// just `refused`, else a renewed one, kept in that record. One renewal at
+/// a time per session: the credentials sharing it wait, then find the
+/// renewed token.
 async fn session_access(
     d: &Arc<Shared>,
     session: &str,
     id: &str,
     refused: Option<&SecretValue>,
+    ahead: Duration,
 ) -> Result<SecretValue, WireError> {
     let flight = d.refresher.flight(id);
     let _renewing = flight.lock().await;
@@ -436,7 +443,7 @@ async fn session_access(
     }
     let now = Timestamp::now();
     if let Some((token, expires)) = &plan.access_token
-        && expires.unix() > now.plus(TOKEN_MARGIN).unix()
+        && expires.unix() > now.plus(ahead).unix()
         && refused.is_none_or(|r| r.expose_secret() != token.expose_secret())
     {
         return Ok(token.duplicate());
@@ -448,6 +455,60 @@ async fn session_access(
     d.engine()
         .keep_sso_session(session, id, fields, false, Timestamp::now())?;
     Ok(access)
+}
+
+/// How long before its access token expires a session whose token file
+/// the aws CLI reads is renewed: botocore's own refresh window.
+const FILE_AHEAD: Duration = Duration::from_secs(15 * 60);
+/// A failed renewal of such a session is tried again after this.
+const FILE_RETRY: Duration = Duration::from_secs(60);
+
+/// Sessions whose token file is being renewed or failed to be, by record
+/// id: when to try again.
+#[derive(Debug, Default)]
+pub struct Renewals(std::sync::Mutex<HashMap<String, Timestamp>>);
+
+impl Renewals {
+    /// Whether a renewal of `id` may start now (none under way, none failed
+    /// within [`FILE_RETRY`]); marks it under way.
+    fn start(&self, id: &str, now: Timestamp) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(id).is_some_and(|at| *at > now) {
+            return false;
+        }
+        m.insert(id.to_owned(), now.plus(FILE_RETRY));
+        true
+    }
+
+    fn done(&self, id: &str, ok: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            m.remove(id);
+        }
+    }
+}
+
+/// Called by the daemon's ticker: renews, in the background, the access
+/// token of every session whose token file is bound (`vault emit aws
+/// --sso`) and has less than [`FILE_AHEAD`] left; the renewed token
+/// rewrites the file. A session that cannot be renewed (signed out) keeps
+/// its file until the token expires, when it goes.
+pub fn renew_bound(d: &Arc<Shared>) {
+    let now = Timestamp::now();
+    let due = d.engine().sso_tokens_due(FILE_AHEAD, now);
+    for (holder, id) in due {
+        if !d.sso_renewals.start(&id, now) {
+            continue;
+        }
+        let d = Arc::clone(d);
+        tokio::spawn(async move {
+            let renewed = session_access(&d, &holder, &id, None, FILE_AHEAD).await;
+            if let Err(e) = &renewed {
+                tracing::warn!(record = %id, error = %e.message, "cannot renew an SSO session whose token file is emitted");
+            }
+            d.sso_renewals.done(&id, renewed.is_ok());
+        });
+    }
 }
 
 /// A new access token from the refresh token, its fields added to
@@ -646,7 +707,7 @@ pub async fn roles(d: &Arc<Shared>, name: &str) -> Result<Response, WireError> {
     let (session, id) = (plan.session.as_str(), plan.session_id.as_str());
     let mut refused = None;
     loop {
-        let access = session_access(d, session, id, refused.as_ref()).await?;
+        let access = session_access(d, session, id, refused.as_ref(), TOKEN_MARGIN).await?;
         let listed = tokio::time::timeout_at(deadline, list_roles(&d.http, &plan.portal, &access))
             .await
             .map_err(|_| {

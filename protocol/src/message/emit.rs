@@ -25,7 +25,8 @@ pub struct EmitterInfo {
 /// What kind of file a binding writes (docs/emit.md). On the wire, in
 /// `vault.db` and in `vault emit list --json` it is the string users have
 /// always read (`aws`, `aws-process`, `gcloud`, `docker`, `docker-helper`,
-/// `file`, and `kube` from schema 11): the typed value changed no byte of the protocol. A new kind
+/// `file`, `kube` from schema 11, `aws-sso` and `aws-sso-token` from
+/// schema 12): the typed value changed no byte of the protocol. A new kind
 /// needs a new schema version of `vault.db`, so an older build never meets
 /// one it does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,11 +46,18 @@ pub enum EmitterKind {
     File,
     /// A `users[]` entry of a kubeconfig running `vault eks|gke token`.
     Kube,
+    /// A section of `~/.aws/config` for the aws CLI's own SSO: `[profile
+    /// P]` naming an `sso_session`, account and role, or that `[sso-session
+    /// vault-S]` with the portal (docs/sso.md). No secret.
+    AwsSso,
+    /// The aws CLI's SSO token cache file
+    /// (`~/.aws/sso/cache/SHA1.json`): the session's access token only.
+    AwsSsoToken,
 }
 
 impl EmitterKind {
     /// Every kind.
-    pub const ALL: [EmitterKind; 7] = [
+    pub const ALL: [EmitterKind; 9] = [
         EmitterKind::Aws,
         EmitterKind::AwsProcess,
         EmitterKind::Gcloud,
@@ -57,6 +65,8 @@ impl EmitterKind {
         EmitterKind::DockerHelper,
         EmitterKind::File,
         EmitterKind::Kube,
+        EmitterKind::AwsSso,
+        EmitterKind::AwsSsoToken,
     ];
 
     /// Its string.
@@ -69,6 +79,8 @@ impl EmitterKind {
             EmitterKind::DockerHelper => "docker-helper",
             EmitterKind::File => "file",
             EmitterKind::Kube => "kube",
+            EmitterKind::AwsSso => "aws-sso",
+            EmitterKind::AwsSsoToken => "aws-sso-token",
         }
     }
 
@@ -89,7 +101,10 @@ impl EmitterKind {
 
     /// It owns its whole file.
     pub fn is_whole_file(self) -> bool {
-        matches!(self, EmitterKind::Gcloud | EmitterKind::File)
+        matches!(
+            self,
+            EmitterKind::Gcloud | EmitterKind::File | EmitterKind::AwsSsoToken
+        )
     }
 
     /// What it writes is a pointer at the vault, never a secret: nothing to
@@ -97,7 +112,10 @@ impl EmitterKind {
     pub fn points_at_vault(self) -> bool {
         matches!(
             self,
-            EmitterKind::AwsProcess | EmitterKind::DockerHelper | EmitterKind::Kube
+            EmitterKind::AwsProcess
+                | EmitterKind::DockerHelper
+                | EmitterKind::Kube
+                | EmitterKind::AwsSso
         )
     }
 }
