@@ -1446,6 +1446,20 @@ impl Engine {
             ));
         }
         let (row, mut body) = self.load(from)?;
+        // Credentials name their SSO session by name: renaming it would
+        // leave them without one.
+        let sharing = self.sso_sharing(from);
+        if !sharing.is_empty() {
+            let names: Vec<&str> = sharing.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "'{from}' is the SSO session of {}: point them at another first ('vault set \
+                     NAME sso_session=…'), or keep its name",
+                    names.join(", ")
+                ),
+            ));
+        }
         body.name = to.to_owned();
         self.commit(row, body, from, "rename", now)
     }

@@ -61,6 +61,8 @@ struct State {
     slow_down: bool,
     /// When each device code poll came.
     polls: Vec<std::time::Instant>,
+    /// How long a renewal (refresh grant) takes to answer.
+    refresh_delay: Duration,
 }
 
 impl State {
@@ -80,6 +82,7 @@ impl State {
             role_name: "deploy".into(),
             slow_down: false,
             polls: Vec::new(),
+            refresh_delay: Duration::ZERO,
         }
     }
 }
@@ -314,30 +317,39 @@ fn double(state: Arc<Mutex<State>>) -> String {
     let url = format!("http://{}", server.server_addr().to_ip().unwrap());
     std::thread::spawn(move || {
         for mut req in server.incoming_requests() {
-            let mut body = String::new();
-            let _ = req.as_reader().read_to_string(&mut body);
-            let bearer = req
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("x-amz-sso_bearer_token"))
-                .map(|h| h.value.to_string())
-                .unwrap_or_default();
-            let (code, kind, text) = answer(
-                &mut state.lock().unwrap(),
-                req.method().as_str(),
-                req.url(),
-                &bearer,
-                &body,
-            );
-            let mut resp = tiny_http::Response::from_string(text)
-                .with_status_code(code)
-                .with_header(
-                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap(),
+            // Each request on its own thread, as a real service answers
+            // concurrent callers.
+            let state = Arc::clone(&state);
+            std::thread::spawn(move || {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let bearer = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("x-amz-sso_bearer_token"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                if req.url() == "/token" && body.contains("\"refresh_token\"") {
+                    let delay = state.lock().unwrap().refresh_delay;
+                    std::thread::sleep(delay);
+                }
+                let (code, kind, text) = answer(
+                    &mut state.lock().unwrap(),
+                    req.method().as_str(),
+                    req.url(),
+                    &bearer,
+                    &body,
                 );
-            if let Some(k) = kind {
-                resp.add_header(tiny_http::Header::from_bytes("x-amzn-ErrorType", k).unwrap());
-            }
-            let _ = req.respond(resp);
+                let mut resp = tiny_http::Response::from_string(text)
+                    .with_status_code(code)
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap(),
+                    );
+                if let Some(k) = kind {
+                    resp.add_header(tiny_http::Header::from_bytes("x-amzn-ErrorType", k).unwrap());
+                }
+                let _ = req.respond(resp);
+            });
         }
     });
     url
@@ -756,7 +768,13 @@ fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
     // The access token refused, both roles minted again at once: one
     // renewal serves both (the double's refresh tokens are good once, so
     // two renewals with one token would fail the second).
-    state.lock().unwrap().access.clear();
+    // A renewal takes a second: the second mint is refused the old token
+    // while the first renews, and must wait for it.
+    {
+        let mut st = state.lock().unwrap();
+        st.access.clear();
+        st.refresh_delay = Duration::from_secs(1);
+    }
     std::thread::sleep(Duration::from_secs(6));
     std::thread::scope(|s| {
         let a = s.spawn(|| vh.vault(["aws-process", "dev"]));
@@ -765,6 +783,7 @@ fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
         b.join().unwrap().ok();
     });
     assert_eq!(state.lock().unwrap().refreshes, 1, "one renewal for both");
+    state.lock().unwrap().refresh_delay = Duration::ZERO;
     let kept = vh
         .vault(["get", "corp", "--field", "sso_refresh_token"])
         .ok()
@@ -794,9 +813,9 @@ fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
     );
     vh.vault(["aws-process", "ro"]).ok();
 
-    // A role the new session may not use is said by the sign-in.
+    // A role the new session may not use is said by the sign-in, though
+    // the role's keys of the old session are still live.
     state.lock().unwrap().role_name = "admin".into();
-    std::thread::sleep(Duration::from_secs(6));
     vh.vault(["sso", "login", "corp", "--no-browser"])
         .code(1)
         .stderr_has("no role credentials for 'dev'");
@@ -815,7 +834,18 @@ fn one_sso_session_signs_in_once_for_every_role_that_shares_it() {
     .ok();
     vh.vault(["aws-process", "stray"])
         .code(1)
-        .stderr_has("'dev', is not an SSO session");
+        .stderr_has("'dev', is not an SSO session (it has a role of its own)");
+    vh.vault(["set", "stray", "sso_session=nowhere"]).ok();
+    vh.vault(["aws-process", "stray"])
+        .code(1)
+        .stderr_has("'nowhere', does not exist");
+    // A session holds no keys to hand out, and keeps its name while used.
+    vh.vault(["aws-process", "corp"])
+        .code(2)
+        .stderr_has("is an SSO session");
+    vh.vault(["rename", "corp", "corp2"])
+        .code(5)
+        .stderr_has("is the SSO session of");
     assert_no_tokens_logged(&vh);
 }
 
@@ -927,6 +957,7 @@ print(json.dumps({"AccessKeyId": c.access_key, "SecretAccessKey": c.secret_key, 
 
 #[test]
 fn the_aws_cli_signs_in_through_the_sso_profile_and_token_vault_writes() {
+    use std::os::unix::fs::PermissionsExt;
     let Some(python) = moto_python("sso profile for the aws CLI") else {
         return;
     };
@@ -964,8 +995,28 @@ fn the_aws_cli_signs_in_through_the_sso_profile_and_token_vault_writes() {
     std::fs::create_dir_all(&aws_dir).unwrap();
     let mine = "# mine\n[profile other]\nregion = eu-north-1\n";
     std::fs::write(aws_dir.join("config"), mine).unwrap();
+    // A token file of the aws CLI's own sign-in is not the vault's to take.
+    let cache = aws_dir.join("sso/cache/08b83bdfca0ae6f6df31c386fdb4c36fef0a8f51.json");
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let theirs = r#"{"startUrl":"x","region":"us-east-1","accessToken":"theirs","expiresAt":"2030-01-01T00:00:00Z","refreshToken":"r","clientId":"c","clientSecret":"s","registrationExpiresAt":"2030-01-01T00:00:00Z"}"#;
+    std::fs::write(&cache, theirs).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
     vh.vault(["emit", "aws", "dev", "--profile", "dev", "--sso"])
+        .code(5)
+        .stderr_has("--force replaces it");
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), theirs);
+    assert_eq!(
+        std::fs::read_to_string(aws_dir.join("config")).unwrap(),
+        mine
+    );
+    vh.vault(["emit", "aws", "dev", "--profile", "dev", "--sso", "--force"])
         .ok();
+    let backups: Vec<_> = std::fs::read_dir(cache.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".vault-backup-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "the aws CLI's file is kept as a backup");
     let config = std::fs::read_to_string(aws_dir.join("config")).unwrap();
     assert!(config.starts_with(mine), "{config}");
     for line in [
@@ -979,10 +1030,9 @@ fn the_aws_cli_signs_in_through_the_sso_profile_and_token_vault_writes() {
     ] {
         assert!(config.contains(line), "{line} not in {config}");
     }
-    // The cache holds the access token, and nothing that outlives it.
-    let cache = aws_dir.join("sso/cache/08b83bdfca0ae6f6df31c386fdb4c36fef0a8f51.json");
+    // The cache holds the access token, and nothing that outlives it, 0600
+    // whatever the file it replaced had.
     let token = std::fs::read_to_string(&cache).unwrap();
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
         0o600
@@ -1083,21 +1133,26 @@ fn the_aws_cli_signs_in_through_the_sso_profile_and_token_vault_writes() {
     let config_now = std::fs::read_to_string(aws_dir.join("config")).unwrap();
     assert!(config_now.contains("[profile dev]"));
 
-    // Removing the profile's binding leaves the user's lines.
-    let id = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["section"] == "profile dev")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    vh.vault(["emit", "rm", &id]).ok();
+    // The session's section goes with the last profile naming it, not
+    // before; the user's lines stay.
+    let id_of = |section: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["section"] == section)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    vh.vault(["emit", "rm", &id_of("sso-session vault-corp")])
+        .code(5)
+        .stderr_has("[profile dev]");
+    vh.vault(["emit", "rm", &id_of("profile dev")]).ok();
     let after = std::fs::read_to_string(aws_dir.join("config")).unwrap();
-    assert!(
-        after.starts_with(mine) && !after.contains("[profile dev]"),
-        "{after}"
-    );
+    assert_eq!(after.trim_end(), mine.trim_end());
+    let left = vh.vault(["--json", "emit", "list"]).ok().json();
+    assert_eq!(left, serde_json::json!([]), "{left}");
     assert_no_tokens_logged(&vh);
 }

@@ -27,6 +27,12 @@ pub fn run(ctx: &mut Ctx, name: &str) -> CliResult<()> {
             record.kind
         )));
     }
+    if vault_protocol::credential::is_sso_session(|f| record.fields.contains_key(f)) {
+        return Err(usage(format!(
+            "'{name}' is an SSO session: it holds a sign-in, not keys; use a role that shares it \
+             (vault sso roles {name}, then vault sso add NEW --from {name} --account A --role R)"
+        )));
+    }
     // The daemon refreshed it before answering if it could; when it has a
     // refresh command and still is not usable, that refresh failed.
     let hint = if refreshes_itself(|f| record.fields.contains_key(f)) {

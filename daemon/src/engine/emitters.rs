@@ -276,10 +276,10 @@ fn render(e: &EmitterRow, name: &str, body: &RecordBody, now: Timestamp) -> Opti
         // (the token file does).
         (EmitterKind::AwsSso, _) => Some(Section {
             name: e.section.clone(),
-            entries: if sso_files::is_session_section(&e.section) {
+            entries: if sso_files::session_of_section(&e.section).is_some() {
                 sso_files::session_entries(body)
             } else {
-                sso_files::profile_entries(body, region_of(body).value())
+                sso_files::profile_entries(body, e.program.as_deref(), region_of(body).value())
             },
         }),
         _ => aws_section(&e.section, body, now),
@@ -632,13 +632,16 @@ impl Engine {
             let at = (path.to_owned(), section);
             Ok::<_, WireError>(new_row(existing, record_id.to_owned(), kind, at, None, now))
         };
-        let profile_row = binding(
-            self,
-            &row.id,
-            EmitterKind::AwsSso,
-            config,
-            config_section(profile),
-        )?;
+        let profile_row = EmitterRow {
+            program: Some(sso_files::session_name(&holder)),
+            ..binding(
+                self,
+                &row.id,
+                EmitterKind::AwsSso,
+                config,
+                config_section(profile),
+            )?
+        };
         let session_row = binding(
             self,
             &holder_id,
@@ -657,11 +660,10 @@ impl Engine {
             .into_iter()
             .filter_map(|(e, n, b)| render(e, n, b, now))
             .collect();
+        // The token first: a file of the aws CLI's there is refused before
+        // anything is written.
+        write_token(&token_path, &token, force)?;
         self.write_sections(config, &sections, &BTreeSet::new(), force, Backup::Keep)?;
-        {
-            let _lock = lock(&token_path)?;
-            write_file(&token_path, &token)?;
-        }
         self.bind(token_row, &holder)?;
         self.bind(session_row, &holder)?;
         self.bind(profile_row, name)
@@ -1005,7 +1007,9 @@ impl Engine {
     /// removed); not the region of a keys binding's config file.
     fn unwrite(&self, e: &EmitterRow) -> Result<()> {
         let remove: BTreeSet<String> = [e.section.clone()].into();
-        if e.kind.is_whole_file() {
+        if e.kind == EmitterKind::AwsSsoToken {
+            remove_token_if_ours(&e.path)
+        } else if e.kind.is_whole_file() {
             remove_file(&e.path)
         } else if e.kind.is_kube() {
             self.write_kube(&e.path, None, &remove, false)
@@ -1028,6 +1032,12 @@ impl Engine {
     ) -> Result<()> {
         if deleted {
             return self.take_out(e, body);
+        }
+        if e.kind == EmitterKind::AwsSsoToken {
+            return match sso_files::token_json(body, now) {
+                Some(token) => write_token(&e.path, &token, false),
+                None => self.take_out(e, body),
+            };
         }
         if e.kind.is_whole_file() {
             return match whole_content(self, e.kind, e.program.as_deref(), body, now) {
@@ -1065,11 +1075,7 @@ impl Engine {
     /// its region line, if it owns one).
     fn take_out(&mut self, e: &EmitterRow, body: &RecordBody) -> Result<()> {
         if e.kind == EmitterKind::AwsSsoToken {
-            let _lock = lock(&e.path)?;
-            return match fsutil::read_text(Path::new(&e.path)).ok().flatten() {
-                Some(text) if sso_files::token_is_ours(&text, body) => remove_file(&e.path),
-                _ => Ok(()),
-            };
+            return remove_token_if_ours(&e.path);
         }
         if e.kind.is_whole_file() {
             remove_if_ours(&e.path, body)
@@ -1299,6 +1305,86 @@ impl Engine {
                 format!("no emitter '{id}': see 'vault emit list'"),
             ));
         };
+        // The aws CLI's SSO files: a session's section and token file go
+        // with the last profile naming it, never before.
+        let then = self.sso_removal(&e)?;
+        let removed = self.emit_remove_one(e, keep)?;
+        for other in then {
+            if let Err(error) = self.emit_remove_one(other, keep) {
+                warn!(emitter = %id, error = %error.message, "cannot remove an SSO session's file");
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What else goes when binding `e` is removed: for the last `aws-sso`
+    /// profile of a session, that session's section and token file.
+    /// Refused for a session's section or token file while a profile
+    /// names the session.
+    fn sso_removal(&self, e: &EmitterRow) -> Result<Vec<EmitterRow>> {
+        if !matches!(e.kind, EmitterKind::AwsSso | EmitterKind::AwsSsoToken) {
+            return Ok(Vec::new());
+        }
+        let all = self.store()?.emitters().map_err(store_err)?;
+        let section_of = |s: &EmitterRow| {
+            (s.kind == EmitterKind::AwsSso)
+                .then(|| sso_files::session_of_section(&s.section))
+                .flatten()
+                .map(str::to_owned)
+        };
+        let profile = e.kind == EmitterKind::AwsSso && e.program.is_some();
+        let session = if profile {
+            e.program.clone()
+        } else if e.kind == EmitterKind::AwsSso {
+            section_of(e)
+        } else {
+            all.iter()
+                .find(|s| s.record_id == e.record_id && section_of(s).is_some())
+                .and_then(section_of)
+        };
+        let Some(session) = session else {
+            return Ok(Vec::new());
+        };
+        let profiles: Vec<&EmitterRow> = all
+            .iter()
+            .filter(|p| p.id != e.id && p.kind == EmitterKind::AwsSso)
+            .filter(|p| p.program.as_deref() == Some(session.as_str()))
+            .collect();
+        if !profile && !profiles.is_empty() {
+            let ids: Vec<String> = profiles
+                .iter()
+                .map(|p| format!("[{}] {}", p.section, p.id))
+                .collect();
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{} belongs to SSO session {session}, which {} names: remove that with 'vault \
+                     emit rm ID'; the session's section and token file go with the last one",
+                    e.id,
+                    ids.join(", ")
+                ),
+            ));
+        }
+        if !profile || !profiles.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The session's section, and the token file of the same record.
+        let holder = all
+            .iter()
+            .find(|s| section_of(s).as_deref() == Some(session.as_str()))
+            .map(|s| s.record_id.clone());
+        Ok(all
+            .into_iter()
+            .filter(|s| {
+                section_of(s).as_deref() == Some(session.as_str())
+                    || (s.kind == EmitterKind::AwsSsoToken && Some(&s.record_id) == holder.as_ref())
+            })
+            .collect())
+    }
+
+    /// Removes binding `e` (and what it wrote, unless `keep`).
+    fn emit_remove_one(&mut self, e: EmitterRow, keep: bool) -> Result<EmitterInfo> {
+        let id = e.id.as_str();
         if keep {
             self.store_mut()?.delete_emitter(id).map_err(store_err)?;
             info!(emitter = %id, "stopped emitting; the file keeps what was written");
@@ -1776,6 +1862,45 @@ fn remove_file(path: &str) -> Result<()> {
         Ok(()) => Ok(()),
         Err(x) if x.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(x) => Err(err(ErrorCode::Failed, format!("cannot remove {path}: {x}"))),
+    }
+}
+
+/// Writes an SSO token cache file: 0600 whatever the file had, in a 0700
+/// directory made if needed. A file the vault did not write (the aws CLI's
+/// own sign-in, with its refresh token) is left as it is, or with `force`
+/// kept as a backup and replaced.
+fn write_token(path: &str, token: &[u8], force: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let _lock = lock(path)?;
+    if let Some(text) = fsutil::read_text(Path::new(path)).ok().flatten()
+        && !sso_files::token_is_ours(&text)
+    {
+        if !force {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{path} holds a token the vault did not write (an 'aws sso login' of this \
+                     session): --force replaces it, keeping a backup"
+                ),
+            ));
+        }
+        keep_backup(path, &text)?;
+    }
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fsutil::replace_private(Path::new(path), token))
+        .map_err(|e| err(ErrorCode::Failed, format!("cannot write {path}: {e}")))
+}
+
+/// Removes an SSO token cache file if the vault wrote it.
+fn remove_token_if_ours(path: &str) -> Result<()> {
+    let _lock = lock(path)?;
+    match fsutil::read_text(Path::new(path)).ok().flatten() {
+        Some(text) if sso_files::token_is_ours(&text) => remove_file(path),
+        _ => Ok(()),
     }
 }
 

@@ -189,12 +189,22 @@ pub fn session_name(record: &str) -> String {
     name
 }
 
-/// Why `name`'s `sso_session` cannot be used.
-fn not_a_session(name: &str, session: &str) -> String {
-    format!(
-        "the sso_session of '{name}', '{session}', is not an SSO session: add it with 'vault add \
-         {session} --type aws sso_start_url=https://…/start sso_region=…' (no account or role)"
-    )
+/// Why `name`'s `sso_session` cannot be used: `session` does not exist
+/// (`exists` false) or is not a session.
+fn not_a_session(name: &str, session: &str, exists: bool) -> String {
+    if exists {
+        format!(
+            "the sso_session of '{name}', '{session}', is not an SSO session (it has a role of its \
+             own): name a record with only sso_start_url and sso_region, with 'vault set {name} \
+             sso_session=SESSION'"
+        )
+    } else {
+        format!(
+            "the sso_session of '{name}', '{session}', does not exist: add it with 'vault add \
+             {session} --type aws sso_start_url=https://…/start sso_region=…' (no account or role), \
+             or fix it with 'vault set {name} sso_session=SESSION'"
+        )
+    }
 }
 
 /// Session length when a record with a `source` names no `duration`.
@@ -399,11 +409,11 @@ impl Engine {
             return Ok((body.name, row.id, body.kind, body.fields));
         };
         let session = session.expose_secret();
-        let (row, body) = self
-            .load(session)
-            .ok()
+        let loaded = self.load(session).ok();
+        let exists = loaded.is_some();
+        let (row, body) = loaded
             .filter(|(_, b)| is_sso_session(|f| b.fields.contains_key(f)))
-            .ok_or_else(|| err(ErrorCode::NotFound, not_a_session(name, session)))?;
+            .ok_or_else(|| err(ErrorCode::NotFound, not_a_session(name, session, exists)))?;
         Ok((body.name, row.id, body.kind, body.fields))
     }
 
@@ -463,7 +473,26 @@ impl Engine {
         }
         body.fields.extend(session);
         validate_fields(body.kind, &body.fields).map_err(|e| err(ErrorCode::Failed, e))?;
-        self.commit(row, body, name, "sso login", now)
+        // A renewal is the daemon's, as a refresh: it neither resolves a
+        // sync conflict nor adopts a name.
+        let change = if keys_too { "sso login" } else { "refresh" };
+        self.commit(row, body, name, change, now)
+    }
+
+    /// Drops the keys of credential `name` (id `id`) sharing an SSO
+    /// session that was just signed in again, so that the next use mints
+    /// them from the new session (and a role it may not use is said at
+    /// once), as a credential with its own session does.
+    pub fn drop_sso_keys(&mut self, name: &str, id: &str, now: Timestamp) -> Result<()> {
+        let (row, mut body) = self.load(name)?;
+        if row.id != id || !body.fields.contains_key(SSO_SESSION) {
+            return Ok(());
+        }
+        for f in ["access_key_id", "secret_access_key", "session_token"] {
+            body.fields.remove(f);
+        }
+        body.expires_at = None;
+        self.commit(row, body, name, "sso login", now).map(|_| ())
     }
 
     /// The summary of record `name` as the index has it.
@@ -512,11 +541,11 @@ impl Engine {
             None => (id.to_owned(), None),
             Some(session) => {
                 let session = session.expose_secret();
-                let (row, held) = self
-                    .load(session)
-                    .ok()
+                let loaded = self.load(session).ok();
+                let exists = loaded.is_some();
+                let (row, held) = loaded
                     .filter(|(_, b)| is_sso_session(|f| b.fields.contains_key(f)))
-                    .ok_or_else(|| not_a_session(&body.name, session))?;
+                    .ok_or_else(|| not_a_session(&body.name, session, exists))?;
                 (row.id, Some(held))
             }
         };
@@ -726,6 +755,21 @@ impl Engine {
     ) -> Result<RecordSummary> {
         let (row, mut body) = self.load(&job.name)?;
         if row.id != job.id || row.revision != job.revision {
+            // SSO tokens renewed for this mint are kept all the same: the
+            // refresh token they replace may be spent.
+            let renewed: BTreeMap<String, SecretValue> = minted
+                .fields
+                .into_iter()
+                .filter(|(k, _)| {
+                    vault_protocol::credential::SSO_SESSION_FIELDS.contains(&k.as_str())
+                })
+                .collect();
+            if row.id == job.id && !renewed.is_empty() {
+                drop((row, body));
+                if let Err(e) = self.keep_sso_session(&job.name, &job.id, renewed, false, now) {
+                    tracing::warn!(record = %job.id, error = %e.message, "renewed SSO tokens not kept");
+                }
+            }
             return Err(err(
                 ErrorCode::Conflict,
                 format!(

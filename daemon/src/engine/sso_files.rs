@@ -26,12 +26,6 @@ pub fn session_section(holder: &str) -> String {
     format!("sso-session {}", session_name(holder))
 }
 
-/// Whether a config section of an `aws-sso` binding is the session's (else
-/// it is a profile).
-pub fn is_session_section(section: &str) -> bool {
-    section.starts_with("sso-session ")
-}
-
 /// The token cache file of the session held by `holder`: botocore names it
 /// by the SHA-1 of the `sso-session` name.
 pub fn token_file(cache_dir: &str, holder: &str) -> String {
@@ -60,10 +54,16 @@ fn field<'a>(body: &'a RecordBody, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// `[profile P]` of role credential `body`: its session, account and role,
-/// and its region when it has one to write.
-pub fn profile_entries(body: &RecordBody, region: Option<String>) -> Vec<(String, String)> {
-    let mut entries = vec![("sso_session".to_owned(), session_name(&holder_of(body)))];
+/// `[profile P]` of role credential `body`: the `sso-session` it was
+/// emitted with (`session`, so a rename changes nothing the aws CLI
+/// reads), its account and role, and its region when it has one to write.
+pub fn profile_entries(
+    body: &RecordBody,
+    session: Option<&str>,
+    region: Option<String>,
+) -> Vec<(String, String)> {
+    let session = session.map_or_else(|| session_name(&holder_of(body)), str::to_owned);
+    let mut entries = vec![("sso_session".to_owned(), session)];
     for key in ["sso_account_id", "sso_role_name"] {
         if let Some(v) = field(body, key) {
             entries.push((key.to_owned(), v.to_owned()));
@@ -105,16 +105,22 @@ pub fn token_json(body: &RecordBody, now: Timestamp) -> Option<Vec<u8>> {
     Some(text.as_bytes().to_vec())
 }
 
-/// Whether the cache file `text` holds a token of this holder's: the vault
-/// takes out only what it wrote (after `aws sso login --sso-session
-/// vault-S` the file is the aws CLI's).
-pub fn token_is_ours(text: &str, body: &RecordBody) -> bool {
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
+/// Whether the cache file `text` is one the vault writes: the four keys
+/// of [`token_json`] and none of what the aws CLI keeps with its own
+/// sign-in (`aws sso login --sso-session vault-S`: a refresh token and
+/// its client), which the vault never overwrites or takes out.
+pub fn token_is_ours(text: &str) -> bool {
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_str::<serde_json::Value>(text) else {
         return false;
     };
-    let has = |k: &str| doc.get(k).and_then(serde_json::Value::as_str);
-    doc.get("refreshToken").is_none()
-        && has("accessToken").is_some_and(|t| Some(t) == field(body, "sso_access_token"))
+    doc.keys()
+        .all(|k| ["startUrl", "region", "accessToken", "expiresAt"].contains(&k.as_str()))
+}
+
+/// The `sso-session` name a config section of an `aws-sso` binding is
+/// about, if it is a session's section.
+pub fn session_of_section(section: &str) -> Option<&str> {
+    section.strip_prefix("sso-session ")
 }
 
 #[cfg(test)]
@@ -152,11 +158,10 @@ mod tests {
         assert_eq!(doc["accessToken"], "AT");
         assert_eq!(doc["expiresAt"], later);
         assert!(!json.contains("RT") && !json.contains("CS"), "{json}");
-        assert!(token_is_ours(&json, &b));
-        assert!(!token_is_ours(
-            r#"{"accessToken":"AT","refreshToken":"x"}"#,
-            &b
-        ));
+        assert!(token_is_ours(&json));
+        // The aws CLI's own file: never the vault's to overwrite or remove.
+        assert!(!token_is_ours(r#"{"accessToken":"AT","refreshToken":"x"}"#));
+        assert!(!token_is_ours("not json"));
         assert_eq!(
             token_json(&b, now.plus(std::time::Duration::from_secs(3600))),
             None

@@ -953,19 +953,29 @@ pub async fn login_wait(
         }
     };
     let fields = session_fields(tokens, p.new_client.then_some(&p.client));
+    // Not while a renewal of the old session is under way: its tokens
+    // would land over these.
+    let flight = d.refresher.flight(&p.id);
+    let renewing = flight.lock().await;
     let now = Timestamp::now();
     let (summary, minted) = {
         let mut e = d.engine();
         e.keep_sso_session(&holder, &p.id, fields, true, now)?;
         // What the session mints: the credential itself, or every one
-        // sharing this session record.
+        // sharing this session record, whose keys of the old session go
+        // (as the credential's own do), so each is minted from this one.
         let minted = if e.sso_session(&holder)?.role_name.is_empty() {
-            e.sso_sharing(&holder)
+            let sharing = e.sso_sharing(&holder);
+            for (name, id) in &sharing {
+                e.drop_sso_keys(name, id, now)?;
+            }
+            sharing
         } else {
             vec![(holder.clone(), p.id.clone())]
         };
         (e.summary_of(&holder, now)?, minted)
     };
+    drop(renewing);
     // The role credentials now, so that a role the session may not use is
     // said here, not at the first use; a failure of the old session is
     // forgotten first.
