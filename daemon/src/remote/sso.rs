@@ -19,6 +19,7 @@ use vault_protocol::{CredentialType, ErrorCode, Response, SecretValue, WireError
 
 use super::Shared;
 use super::http::{Http, describe, read_capped};
+use super::syncer::blocking;
 use crate::engine::refresh::{Minted, SsoPlan, Unminted};
 
 /// Each call's limit.
@@ -376,13 +377,13 @@ pub async fn mint(d: &Arc<Shared>, plan: &SsoPlan) -> Result<Minted, Unminted> {
     // refresh token may be good for one use only).
     let mut kept = None;
     if !fields.is_empty() {
-        let keep = d.engine().keep_sso_session(
-            &plan.session,
-            &plan.session_id,
-            fields,
-            false,
-            Timestamp::now(),
-        );
+        let (session, id) = (plan.session.clone(), plan.session_id.clone());
+        // Off the async workers: the commit rewrites the record's emitted
+        // files, under their locks.
+        let keep = blocking(d, move |e| {
+            e.keep_sso_session(&session, &id, fields, false, Timestamp::now())
+        })
+        .await;
         match keep {
             Ok(summary) => kept = Some(summary.revision),
             Err(e) => {
@@ -452,8 +453,11 @@ async fn session_access(
     let access = renew(&d.http, &plan, &mut fields, now)
         .await
         .map_err(failed)?;
-    d.engine()
-        .keep_sso_session(session, id, fields, false, Timestamp::now())?;
+    let (session, id) = (session.to_owned(), id.to_owned());
+    blocking(d, move |e| {
+        e.keep_sso_session(&session, &id, fields, false, Timestamp::now())
+    })
+    .await?;
     Ok(access)
 }
 
@@ -958,9 +962,10 @@ pub async fn login_wait(
     let flight = d.refresher.flight(&p.id);
     let renewing = flight.lock().await;
     let now = Timestamp::now();
-    let (summary, minted) = {
-        let mut e = d.engine();
-        e.keep_sso_session(&holder, &p.id, fields, true, now)?;
+    let (h, hid) = (holder.clone(), p.id.clone());
+    let (summary, minted) = blocking(d, move |e| {
+        let holder = h;
+        e.keep_sso_session(&holder, &hid, fields, true, now)?;
         // What the session mints: the credential itself, or every one
         // sharing this session record, whose keys of the old session go
         // (as the credential's own do), so each is minted from this one.
@@ -971,10 +976,11 @@ pub async fn login_wait(
             }
             sharing
         } else {
-            vec![(holder.clone(), p.id.clone())]
+            vec![(holder.clone(), hid)]
         };
-        (e.summary_of(&holder, now)?, minted)
-    };
+        Ok((e.summary_of(&holder, now)?, minted))
+    })
+    .await?;
     drop(renewing);
     // The role credentials now, so that a role the session may not use is
     // said here, not at the first use; a failure of the old session is
