@@ -218,13 +218,16 @@ fn headers(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
 }
 
 /// The lines outside `names`' sections, without line feeds, blank lines
-/// dropped.
+/// dropped — blank as the merge (and botocore's configparser) sees them:
+/// nothing but whitespace, a vertical tab or form feed among it. Such a
+/// line at the end of a section the vault replaces stays with what follows,
+/// like an empty one.
 fn outside<'a>(text: &'a str, names: &BTreeSet<String>) -> Vec<&'a str> {
     sections(text)
         .into_iter()
         .filter(|(s, _)| s.is_none_or(|s| !names.contains(s)))
         .map(|(_, l)| l.trim_end_matches('\n'))
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.trim().is_empty())
         .collect()
 }
 
