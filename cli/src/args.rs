@@ -249,8 +249,16 @@ pub struct LoginArgs {
     /// The server: https://HOST[:PORT] (plain http:// only on 127.0.0.1 or localhost)
     pub url: String,
     /// Read the access token from this file ('-' for stdin); without it, asks on the terminal
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "sso")]
     pub token_file: Option<PathBuf>,
+    /// Sign in through the identity provider the server trusts (device code:
+    /// approve it in a browser on any device); sync then renews the sign-in
+    /// until the identity provider ends it
+    #[arg(long)]
+    pub sso: bool,
+    /// With --sso: print the page instead of opening a browser
+    #[arg(long, requires = "sso")]
+    pub no_browser: bool,
 }
 
 /// `vault remote …`.

@@ -326,18 +326,7 @@ impl Config {
             }
         }
         for uri in &file.gcp.token_uris {
-            let url =
-                reqwest::Url::parse(uri).map_err(|e| format!("gcp.token_uris: {uri}: {e}"))?;
-            let loopback = url.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-                return Err(format!(
-                    "gcp.token_uris: {uri} must be https (plain http only on loopback)"
-                ));
-            }
+            vault_protocol::credential::check_endpoint_url("gcp.token_uris", uri)?;
         }
         config.gcp_token_uris = file.gcp.token_uris.clone();
         if let Some(url) = &file.gcp.iam_endpoint {

@@ -347,6 +347,7 @@ impl Daemon {
                 self.engine().lock("lock requested");
                 self.shared.gcp_tokens.clear();
                 self.shared.sso_logins.clear();
+                self.shared.syncer.forget_sign_ins();
                 self.bump();
                 self.status()
             }
@@ -360,11 +361,16 @@ impl Daemon {
                 self.engine().lock("shutdown");
                 self.shared.gcp_tokens.clear();
                 self.shared.sso_logins.clear();
+                self.shared.syncer.forget_sign_ins();
                 self.request_shutdown();
                 Ok(Response::Done)
             }
             Request::Login { url, token } => {
                 crate::remote::syncer::login(&self.shared, &url, token).await
+            }
+            Request::LoginSso { url } => crate::remote::server_sso::start(&self.shared, &url).await,
+            Request::LoginSsoWait { url, user_code } => {
+                crate::remote::server_sso::wait(&self.shared, &url, &user_code).await
             }
             Request::Join {
                 vault_id,
@@ -992,7 +998,7 @@ async fn serve_connection(daemon: Arc<Daemon>, stream: Stream, conn: u64) {
 /// Requests that wait for a person, not for the vault: dropped when their
 /// client closes the connection.
 fn waits_for_a_person(req: &Request) -> bool {
-    matches!(req, Request::SsoWait { .. })
+    matches!(req, Request::SsoWait { .. } | Request::LoginSsoWait { .. })
 }
 
 fn op_name(req: &Request) -> &'static str {
@@ -1035,6 +1041,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::SsoRoles { .. } => "sso_roles",
         Request::Shutdown => "shutdown",
         Request::Login { .. } => "login",
+        Request::LoginSso { .. } => "login_sso",
+        Request::LoginSsoWait { .. } => "login_sso_wait",
         Request::Join { .. } => "join",
         Request::SyncNow => "sync_now",
         Request::SyncVerify { .. } => "sync_verify",
@@ -1106,6 +1114,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: Listener) {
                 if became_locked {
                     d.shared.gcp_tokens.clear();
                     d.shared.sso_logins.clear();
+                    d.shared.syncer.forget_sign_ins();
                     d.bump();
                 }
                 crate::remote::refresher::refresh_bound(&d.shared);
@@ -1154,7 +1163,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 51] = [
+    const EVERY_REQUEST: [&str; 53] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1204,6 +1213,8 @@ mod tests {
         r#"{"op":"sso_login","name":"a"}"#,
         r#"{"op":"sso_wait","name":"a","user_code":"B"}"#,
         r#"{"op":"sso_roles","name":"a"}"#,
+        r#"{"op":"login_sso","url":"http://127.0.0.1:1"}"#,
+        r#"{"op":"login_sso_wait","url":"http://127.0.0.1:1","user_code":"B"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1261,8 +1272,10 @@ mod tests {
             Request::SsoLogin { .. } => 46,
             Request::SsoWait { .. } => 47,
             Request::SsoRoles { .. } => 48,
-            Request::Lock => 49,
-            Request::Shutdown => 50,
+            Request::LoginSso { .. } => 49,
+            Request::LoginSsoWait { .. } => 50,
+            Request::Lock => 51,
+            Request::Shutdown => 52,
         }
     }
 

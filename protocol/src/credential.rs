@@ -408,28 +408,83 @@ pub fn check_sts_endpoint(url: &str) -> Result<(), String> {
 }
 
 /// Checks a URL the vault sends a credential to (the `field` named in
-/// the message): HTTPS anywhere, plain HTTP only on loopback.
+/// the message): HTTPS anywhere, plain HTTP only on loopback; a host, and
+/// no user name before it (`https://aws.example@evil.example/` goes to
+/// evil.example).
 pub fn check_endpoint_url(field: &str, url: &str) -> Result<(), String> {
-    if url.starts_with("https://") && url.len() > "https://".len() {
-        return Ok(());
-    }
-    if let Some(rest) = url.strip_prefix("http://") {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        let loopback = matches!(host, "localhost" | "[::1]")
-            || host
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
-            return Ok(());
+    let refuse = |why: &str| Err(format!("{field} '{}' {why}", url.escape_debug()));
+    let (rest, https) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (rest, true),
+        (None, Some(rest)) => (rest, false),
+        (None, None) => {
+            return refuse(
+                "must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)",
+            );
         }
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return refuse("has no host");
     }
-    Err(format!(
-        "{field} '{url}' must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)"
-    ))
+    if authority.contains('@') {
+        // Not shown: what precedes the '@' may be a password.
+        return Err(format!(
+            "{field} must not carry a user name or password ('@' before the host)"
+        ));
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let loopback = matches!(host, "localhost" | "[::1]")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if https || loopback {
+        Ok(())
+    } else {
+        refuse("must be an https:// URL (plain http:// only on 127.0.0.1 or localhost)")
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::check_endpoint_url as check;
+
+    #[test]
+    fn https_anywhere_http_on_loopback_only() {
+        for ok in [
+            "https://sts.amazonaws.com",
+            "https://sts.example:8443/path?q=1",
+            "http://127.0.0.1:5000",
+            "http://127.8.0.1/x",
+            "http://localhost:1/",
+            "http://[::1]:8080/token",
+            "https://x.example/p@q",
+            "https://x.example?a=b@c",
+            "https://x.example#f@g",
+        ] {
+            assert_eq!(check("url", ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://sts.example", "https://"),
+            ("http://localhost.evil.example/", "https://"),
+            ("ftp://127.0.0.1/", "https://"),
+            ("sts.example", "https://"),
+            ("https://", "no host"),
+            ("https:///path", "no host"),
+            ("http://", "no host"),
+            ("https://sts.amazonaws.com@evil.example/", "user name"),
+            ("http://localhost:1@evil.example/", "user name"),
+            ("https://u:p@sts.example", "user name"),
+        ] {
+            let e = check("sts_endpoint", bad).unwrap_err();
+            assert!(e.starts_with("sts_endpoint "), "{e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = check("url", "https://me:hunter2@x.example/").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
 }
 
 impl CredentialType {

@@ -479,6 +479,25 @@ pub enum Request {
         /// The access token.
         token: SecretValue,
     },
+    /// Starts signing in to a `vault-server` through the identity provider
+    /// it trusts (`vault login URL --sso`, docs/sync.md): the daemon asks the
+    /// server which IdP (`GET /api/v1/auth/oidc`), reads the IdP's discovery
+    /// document and starts a device authorization (RFC 8628). Answered by
+    /// [`Response::SsoDevice`]; then [`Request::LoginSsoWait`].
+    LoginSso {
+        /// The server's base URL (`https://…`, or `http://` on loopback).
+        url: String,
+    },
+    /// Waits until the user approved the sign-in [`Request::LoginSso`]
+    /// started (the daemon polls the IdP's token endpoint), then logs in
+    /// as [`Request::Login`] does, keeping the IdP's refresh token encrypted
+    /// in the vault. Answered by [`Response::LoggedIn`].
+    LoginSsoWait {
+        /// The server's base URL, as given to `LoginSso`.
+        url: String,
+        /// The code `LoginSso` answered: the wait is for that sign-in.
+        user_code: String,
+    },
     /// Create this device's copy of a vault kept on the server: downloads
     /// `identity.age`, opens it with the passphrase. Needs `Login` first.
     /// Answered by [`Response::Initialized`].
@@ -618,6 +637,8 @@ impl Request {
             | Request::EmitList
             | Request::EmitRemove { .. }
             | Request::Login { .. }
+            | Request::LoginSso { .. }
+            | Request::LoginSsoWait { .. }
             | Request::SyncNow
             | Request::SyncVerify { .. }
             | Request::Conflicts
@@ -792,6 +813,11 @@ pub enum Response {
         user_code: String,
         /// When the code stops working.
         expires_at: Timestamp,
+        /// The identity provider signing in (`login_sso`: the issuer the
+        /// server named, shown so the user sees whom they approve); left
+        /// out for `sso_login`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issuer: Option<String>,
     },
     /// Answer to `SsoRoles`, by account then role.
     SsoRoles {

@@ -280,10 +280,43 @@ pub struct NewUser {
 pub struct User {
     /// User name.
     pub name: String,
-    /// Roles the user holds now.
+    /// Roles granted to the user in vault-server's database.
     pub roles: Vec<String>,
+    /// Roles the identity provider's claims gave at the last sign-in
+    /// (replaced at every sign-in); the user holds these too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sso_roles: Vec<String>,
     /// When the user was created.
     pub created_at: Timestamp,
+    /// Bound to an identity-provider account (signed in through it once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sso: bool,
+    /// The last sign-in, if any was noted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_login: Option<LastLogin>,
+}
+
+/// When and how a user last signed in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastLogin {
+    /// When.
+    pub at: Timestamp,
+    /// How: `token` (an access token), `password` (the bootstrap
+    /// password) or `sso` (the identity provider).
+    pub via: String,
+}
+
+/// `GET /auth/oidc`: how a device signs in through the identity provider
+/// this server trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcInfo {
+    /// The issuer; its `/.well-known/openid-configuration` names the
+    /// device-authorization and token endpoints.
+    pub issuer: String,
+    /// The OAuth client id devices use (a public client: no secret).
+    pub client_id: String,
+    /// The scopes to ask for.
+    pub scopes: Vec<String>,
 }
 
 /// `GET /users`.

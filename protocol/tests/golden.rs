@@ -626,6 +626,7 @@ fn sso_frames() {
             ),
             user_code: "ABCD-EFGH".into(),
             expires_at: Timestamp(1_796_000_000),
+            issuer: None,
         }),
         err: None,
     };
@@ -1022,4 +1023,25 @@ fn emit_kube_frames() {
     };
     let expected = r#"{"id":27,"req":{"op":"emit_kube","name":"gcp-dev","path":"/home/u/.kube/config","user":"me-gke","program":"/usr/bin/vault","scopes":["https://www.googleapis.com/auth/cloud-platform"],"force":true}}"#;
     assert_eq!(frame_of(&gke), with_header(expected));
+}
+
+#[test]
+fn login_sso_frames() {
+    let start = RequestFrame {
+        id: 30,
+        req: Request::LoginSso {
+            url: "https://vault.example.com".into(),
+        },
+    };
+    let expected = r#"{"id":30,"req":{"op":"login_sso","url":"https://vault.example.com"}}"#;
+    assert_eq!(frame_of(&start), with_header(expected));
+    let wait = RequestFrame {
+        id: 31,
+        req: Request::LoginSsoWait {
+            url: "https://vault.example.com".into(),
+            user_code: "WDJB-MJHT".into(),
+        },
+    };
+    let expected = r#"{"id":31,"req":{"op":"login_sso_wait","url":"https://vault.example.com","user_code":"WDJB-MJHT"}}"#;
+    assert_eq!(frame_of(&wait), with_header(expected));
 }

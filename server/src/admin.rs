@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use vault_protocol::server_api::{
-    Action, CreatedToken, Policy, Role, RoleList, TokenList, User, UserList, validate_id,
+    Action, CreatedToken, Policy, Role, RoleList, TokenList, UserList, validate_id,
 };
 use vault_protocol::timefmt::{Timestamp, parse_duration};
 
@@ -49,6 +49,20 @@ pub enum UserCmd {
         name: String,
         /// Role name.
         role: String,
+    },
+    /// Move a user to another identity-provider account (a new account of
+    /// the same person): its next sign-in through the IdP is as this user.
+    Bind {
+        /// User name.
+        name: String,
+        /// The account, as the refused sign-in names it: 'ISSUER SUB'.
+        subject: String,
+    },
+    /// Release a user from its identity-provider account: the next
+    /// sign-in under its name binds it again (if it has no access tokens).
+    Unbind {
+        /// User name.
+        name: String,
     },
 }
 
@@ -147,6 +161,16 @@ fn usage(message: impl Into<String>) -> AdminError {
     }
 }
 
+/// `subject` as `ISSUER SUB`, else a usage error showing the shape.
+fn check_subject(subject: &str) -> Result<(), String> {
+    crate::oidc::check_account(subject).map_err(|why| {
+        format!(
+            "the account {subject:?} must be 'ISSUER SUB', as the refused sign-in names it (e.g. \
+             'https://idp.example.com 248289761001'): {why}"
+        )
+    })
+}
+
 /// Parses `ACTIONS=RESOURCES`.
 pub fn parse_policy(s: &str) -> Result<Policy, String> {
     let (actions, resources) = s.split_once('=').ok_or_else(|| {
@@ -190,23 +214,34 @@ pub async fn user(store: &dyn Store, cmd: UserCmd, json: bool) -> Result<(), Adm
             let users = store.list_users().await?;
             if json {
                 return print_json(&UserList {
-                    users: users
-                        .into_iter()
-                        .map(|u| User {
-                            name: u.name,
-                            roles: u.roles,
-                            created_at: Timestamp(u.created_at),
-                        })
-                        .collect(),
+                    users: users.into_iter().map(crate::store::UserRow::view).collect(),
                 });
             }
-            println!("{:<24} {:<21} ROLES", "NAME", "CREATED");
+            println!(
+                "{:<24} {:<8} {:<21} {:<21} ROLES",
+                "NAME", "SIGN-IN", "LAST LOGIN", "CREATED"
+            );
             for u in users {
+                let u = u.view();
+                let mut roles = u.roles.join(",");
+                for r in &u.sso_roles {
+                    if !roles.is_empty() {
+                        roles.push(',');
+                    }
+                    roles.push_str(r);
+                    roles.push_str("(sso)");
+                }
+                let last = u
+                    .last_login
+                    .as_ref()
+                    .map_or("never".to_owned(), |l| format!("{} {}", l.at, l.via));
                 println!(
-                    "{:<24} {:<21} {}",
+                    "{:<24} {:<8} {:<21} {:<21} {}",
                     u.name,
-                    Timestamp(u.created_at),
-                    u.roles.join(",")
+                    if u.sso { "sso" } else { "token" },
+                    last,
+                    u.created_at,
+                    roles
                 );
             }
         }
@@ -221,6 +256,21 @@ pub async fn user(store: &dyn Store, cmd: UserCmd, json: bool) -> Result<(), Adm
         UserCmd::Revoke { name, role } => {
             store.revoke_role(&name, &role).await?;
             eprintln!("took role '{role}' from '{name}' and their tokens");
+        }
+        UserCmd::Bind { name, subject } => {
+            check_subject(&subject).map_err(usage)?;
+            store.bind_sso(&name, Some(&subject)).await?;
+            eprintln!(
+                "bound '{name}' to the identity-provider account {subject:?}; roles mapped at its \
+                 last sign-in are gone until the next"
+            );
+        }
+        UserCmd::Unbind { name } => {
+            store.bind_sso(&name, None).await?;
+            eprintln!(
+                "released '{name}' from its identity-provider account; roles mapped at its last \
+                 sign-in are gone"
+            );
         }
     }
     Ok(())

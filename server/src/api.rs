@@ -35,7 +35,7 @@ use crate::crypto::{JwtError, JwtKey, TOKEN_PREFIX};
 use crate::error::ApiFailure;
 use crate::ratelimit::LoginLimiter;
 use crate::store::gate::CommitGate;
-use crate::store::{Principal, Store};
+use crate::store::{Principal, SSO_SESSION, Store};
 
 mod auth;
 mod tokens;
@@ -92,6 +92,8 @@ pub struct AppState {
     pub limiter: LoginLimiter,
     /// Settings.
     pub config: ApiConfig,
+    /// The identity provider this server trusts (`--oidc-issuer`), if any.
+    pub oidc: Option<crate::oidc::Oidc>,
 }
 
 type Shared = Arc<AppState>;
@@ -126,6 +128,8 @@ fn build() -> Routes {
         .add("GET", "/api/v1/ready", get(ready))
         .add("GET", "/api/v1/openapi.json", get(openapi))
         .add("POST", "/api/v1/auth/token", post(exchange_token))
+        .add("GET", "/api/v1/auth/oidc", get(oidc_info))
+        .add("POST", "/api/v1/auth/oidc", post(exchange_id_token))
         .add("GET", "/api/v1/whoami", get(whoami))
         .add("GET", "/api/v1/users", get(list_users))
         .add("POST", "/api/v1/users", post(create_user))
@@ -387,7 +391,7 @@ impl FromRequestParts<Shared> for Caller {
         let now = now();
         let claims = st.jwt.verify(jwt, now).map_err(|e| match e {
             JwtError::Expired => ApiFailure::unauthorized(
-                "JWT expired; exchange your access token for a new one at POST /api/v1/auth/token",
+                "JWT expired; exchange your access token (POST /api/v1/auth/token) or ID token (POST /api/v1/auth/oidc) for a new one",
             ),
             _ if jwt.starts_with(TOKEN_PREFIX) => ApiFailure::unauthorized(
                 "this is an access token, not a JWT; exchange it at POST /api/v1/auth/token and send the JWT",
@@ -396,11 +400,25 @@ impl FromRequestParts<Shared> for Caller {
                 "invalid JWT; exchange your access token at POST /api/v1/auth/token",
             ),
         })?;
-        let principal = st.store.principal(&claims.tid).await?.ok_or_else(|| {
-            ApiFailure::unauthorized(
-                "the access token behind this JWT was revoked; log in with another token",
-            )
-        })?;
+        let principal =
+            if claims.tid == SSO_SESSION {
+                st.store.user_principal(&claims.sub).await?.ok_or_else(|| {
+                    ApiFailure::unauthorized(
+                        "the user this JWT was issued to was deleted; ask an admin",
+                    )
+                })?
+            } else {
+                // Roles mapped from the IdP are a lease the owner's sign-ins
+                // renew; without an IdP trusted they count not at all.
+                let mapped_since = st.oidc.as_ref().map_or(i64::MAX, |o| {
+                    now.saturating_sub(o.config().role_ttl.as_secs() as i64)
+                });
+                st.store.principal(&claims.tid, mapped_since).await?.ok_or_else(|| {
+                ApiFailure::unauthorized(
+                    "the access token behind this JWT was revoked; log in with another token",
+                )
+            })?
+            };
         if principal.user != claims.sub {
             return Err(ApiFailure::unauthorized("invalid JWT subject"));
         }

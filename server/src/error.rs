@@ -201,3 +201,15 @@ impl IntoResponse for ApiFailure {
         resp
     }
 }
+
+/// `e` and what caused it, as one line ("error connecting…: Connection refused").
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}

@@ -11,6 +11,7 @@ pub mod api;
 pub mod backup;
 pub mod crypto;
 pub mod error;
+pub mod oidc;
 pub mod ratelimit;
 pub mod serve;
 pub mod store;

@@ -11,6 +11,7 @@ use vault_protocol::timefmt::parse_duration;
 use vault_server::admin::{self, RoleCmd, TokenCmd, UserCmd};
 use vault_server::api::ApiConfig;
 use vault_server::backup;
+use vault_server::oidc::OidcConfig;
 use vault_server::serve::{ServeOptions, serve};
 use vault_server::store;
 
@@ -82,9 +83,64 @@ struct Cli {
     #[arg(long, env = "VAULT_SERVER_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
 
+    /// Trust this OpenID Connect identity provider for sign-in (`vault login
+    /// URL --sso`): its issuer, exactly as its discovery document names it.
+    #[arg(long, env = "VAULT_SERVER_OIDC_ISSUER", value_name = "URL")]
+    oidc_issuer: Option<String>,
+
+    /// OAuth client id devices sign in with (a public client); repeat for
+    /// several. The first is the one announced to devices.
+    #[arg(
+        long = "oidc-client-id",
+        value_name = "ID",
+        requires = "oidc_issuer",
+        env = "VAULT_SERVER_OIDC_CLIENT_ID",
+        value_delimiter = ','
+    )]
+    oidc_client_ids: Vec<String>,
+
+    /// Accepted ID-token audience; repeat for several (default: the client ids).
+    #[arg(long = "oidc-audience", value_name = "AUD", requires = "oidc_issuer")]
+    oidc_audiences: Vec<String>,
+
+    /// The claim naming the vault-server user.
+    #[arg(long, default_value = "preferred_username", value_name = "CLAIM")]
+    oidc_username_claim: String,
+
+    /// The claim carrying groups or roles; a dotted path (realm_access.roles)
+    /// reaches into nested objects.
+    #[arg(long, default_value = "groups", value_name = "PATH")]
+    oidc_groups_claim: String,
+
+    /// A claim value's vault-server role, VALUE=ROLE; repeat for several.
+    /// Mapped roles are evaluated at every sign-in and refresh.
+    #[arg(long = "oidc-role-map", value_name = "VALUE=ROLE", requires = "oidc_issuer",
+          value_parser = vault_server::oidc::parse_role_map)]
+    oidc_role_map: Vec<(String, String)>,
+
+    /// A scope devices ask for; repeat for several (replaces the default
+    /// openid, profile, email, offline_access).
+    #[arg(long = "oidc-scope", value_name = "SCOPE", requires = "oidc_issuer")]
+    oidc_scopes: Vec<String>,
+
+    /// Create a vault-server user at its first sign-in (otherwise an admin
+    /// adds users first, and each binds to its IdP account at first sign-in).
+    #[arg(long, requires = "oidc_issuer")]
+    oidc_create_users: bool,
+
+    /// How long roles mapped at a sign-in keep counting for the user's
+    /// access tokens (automation) without another sign-in; the person's own
+    /// sessions renew them at every refresh.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    oidc_role_ttl: Duration,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// Default scopes devices ask for: an ID token with a user name, and a
+/// refresh token so sync goes on without a new sign-in.
+const DEFAULT_OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -176,6 +232,21 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         )),
         None => None,
     };
+    let oidc = cli.oidc_issuer.map(|issuer| OidcConfig {
+        issuer,
+        client_ids: cli.oidc_client_ids,
+        audiences: cli.oidc_audiences,
+        username_claim: cli.oidc_username_claim,
+        groups_claim: cli.oidc_groups_claim,
+        role_map: cli.oidc_role_map,
+        scopes: if cli.oidc_scopes.is_empty() {
+            DEFAULT_OIDC_SCOPES.map(str::to_owned).to_vec()
+        } else {
+            cli.oidc_scopes
+        },
+        create_users: cli.oidc_create_users,
+        role_ttl: cli.oidc_role_ttl,
+    });
     let opts = ServeOptions {
         listen,
         database,
@@ -189,6 +260,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         login_failure_limit: cli.login_failure_limit,
         login_failure_window: cli.login_failure_window,
         metrics_listen: cli.metrics_listen,
+        oidc,
     };
     serve(opts).await.map_err(|e| (e, 1))
 }

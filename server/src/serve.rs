@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub login_failure_window: Duration,
     /// `--metrics-listen`: where `GET /metrics` is served, if anywhere.
     pub metrics_listen: Option<String>,
+    /// `--oidc-*`: the identity provider to trust, if any.
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 /// The role the bootstrap gives the default admin: every action everywhere.
@@ -154,12 +156,33 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         }
     }
+    let oidc = match opts.oidc.clone() {
+        Some(config) => Some(crate::oidc::Oidc::new(config)?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         jwt: JwtKey::new(&jwt_secret),
         limiter: LoginLimiter::new(opts.login_failure_limit, opts.login_failure_window),
         config: opts.api.clone(),
+        oidc,
     });
+    if let Some(oidc) = &state.oidc {
+        // Warm the key cache, and say early when the IdP cannot be reached;
+        // serving does not wait for it (sign-ins fetch again on demand).
+        let shared = Arc::clone(&state);
+        let issuer = oidc.config().issuer.clone();
+        tokio::spawn(async move {
+            if let Some(oidc) = &shared.oidc {
+                match oidc.prefetch().await {
+                    Ok(n) => tracing::info!(%issuer, keys = n, "trusting identity provider"),
+                    Err(e) => {
+                        tracing::warn!(%issuer, error = %e, "identity provider not reachable yet")
+                    }
+                }
+            }
+        });
+    }
     // Metrics first: its address is announced before the API's, whose line
     // tells supervisors the service is up.
     let _metrics_listener = match &opts.metrics_listen {

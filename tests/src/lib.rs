@@ -19,8 +19,9 @@
 //! `home` ([`VaultHome`] and the socket), `process` ([`Run`], servers on
 //! loopback, [`poll_until`]), `server` ([`RemoteServer`]), `proxy`
 //! ([`RewritingProxy`], a server that lies), `samples` (one
-//! record of each type), `files` (small helpers); [`leak`], [`moto`], [`osmo`],
-//! [`osmo_real`] and [`tmux`] are used by name.
+//! record of each type), `files` (small helpers); [`leak`], [`moto`], [`oidc`]
+//! (a real OpenID provider), [`osmo`], [`osmo_real`] and [`tmux`] are used by
+//! name.
 
 // A test harness reports failure by panicking with context.
 #![allow(clippy::unwrap_used)]
@@ -32,6 +33,7 @@ pub mod https;
 pub mod kube;
 pub mod leak;
 pub mod moto;
+pub mod oidc;
 pub mod osmo;
 pub mod osmo_real;
 mod process;

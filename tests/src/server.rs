@@ -15,15 +15,29 @@ pub const SERVER_ADMIN_TOKEN: &str = "sync-admin-token-PASSMARK-0123456789abcdef
 pub struct RemoteServer {
     server: Listening,
     database: String,
+    /// More flags for every start (`--oidc-issuer …`).
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl RemoteServer {
     /// Starts one on a free port with a fresh SQLite database.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with a fresh SQLite database and these flags besides.
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let database = format!("sqlite:{}", dir.path().join("server.db").display());
-        Self::start_on(database, dir)
+        let mut s = Self {
+            server: Listening::new("127.0.0.1:0", "vault-server"),
+            database,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            _dir: dir,
+        };
+        s.resume();
+        s
     }
 
     /// Starts one on `database` (`sqlite:…` or `postgres://…`).
@@ -31,6 +45,7 @@ impl RemoteServer {
         let mut s = Self {
             server: Listening::new("127.0.0.1:0", "vault-server"),
             database,
+            args: Vec::new(),
             _dir: dir,
         };
         s.resume();
@@ -80,6 +95,7 @@ impl RemoteServer {
         self.server.start(&binaries().server, |cmd| {
             cmd.args(["--database", &self.database])
                 .args(["--default-admin", "admin"])
+                .args(&self.args)
                 .env("VAULT_SERVER_ADMIN_PASSWORD", SERVER_ADMIN_TOKEN)
                 .env("VAULT_SERVER_LOG", "info");
         });

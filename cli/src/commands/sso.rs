@@ -141,49 +141,14 @@ fn has_browser() -> bool {
 
 fn login(ctx: &mut Ctx, name: &str, no_browser: bool) -> CliResult<()> {
     validate_name(name).map_err(usage)?;
-    let (page, code, expires_at) = match ctx.call_unlocked(&|| Request::SsoLogin {
-        name: name.to_owned(),
-    })? {
-        Response::SsoDevice {
-            verification_uri,
-            verification_uri_complete,
-            user_code,
-            expires_at,
-        } => (
-            verification_uri_complete.unwrap_or(verification_uri),
-            user_code,
-            expires_at,
-        ),
-        _ => return Err(unexpected("sso login")),
-    };
-    ctx.out.prompt(&format!(
-        "To sign in '{name}', open this page (on any device) and approve the code {code}:\n  \
-         {page}\nThe code works until {}.",
-        expires_at.to_rfc3339()
-    ));
-    if !no_browser && has_browser() {
-        // Started, not waited for: xdg-open may wait for the browser to
-        // exit, and the approval must be waited for meanwhile.
-        let opened = super::console::opener().is_some_and(|o| {
-            let started = std::process::Command::new(o)
-                .arg(&page)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
-            match started {
-                Ok(mut child) => {
-                    std::thread::spawn(move || child.wait());
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        if !opened {
-            ctx.out
-                .prompt("No browser could be opened: open the page yourself.");
-        }
-    }
+    let device = device_page(
+        ctx.call_unlocked(&|| Request::SsoLogin {
+            name: name.to_owned(),
+        })?,
+        "sso login",
+    )?;
+    let code = device.code.clone();
+    show_device_page(ctx, &format!("'{name}'"), &device, no_browser);
     ctx.out.info("Waiting for the approval…");
     let summary = match ctx.call_unlocked(&|| Request::SsoWait {
         name: name.to_owned(),
@@ -205,4 +170,75 @@ fn login(ctx: &mut Ctx, name: &str, no_browser: bool) -> CliResult<()> {
     ctx.out
         .info(&format!("Signed in: '{name}' has role credentials{until}."));
     Ok(())
+}
+
+/// What a device sign-in's first answer says.
+pub(crate) struct DevicePage {
+    /// The page to open (with the code filled in, when given).
+    pub page: String,
+    /// The code to approve there.
+    pub code: String,
+    /// When the code stops working.
+    pub expires_at: vault_protocol::timefmt::Timestamp,
+    /// The identity provider, when the daemon names it.
+    pub issuer: Option<String>,
+}
+
+/// The page, code and expiry of a device sign-in's first answer.
+pub(crate) fn device_page(answer: Response, what: &str) -> CliResult<DevicePage> {
+    match answer {
+        Response::SsoDevice {
+            verification_uri,
+            verification_uri_complete,
+            user_code,
+            expires_at,
+            issuer,
+        } => Ok(DevicePage {
+            page: verification_uri_complete.unwrap_or(verification_uri),
+            code: user_code,
+            expires_at,
+            issuer,
+        }),
+        _ => Err(unexpected(what)),
+    }
+}
+
+/// Tells the user which page to open and which code to approve for a
+/// device sign-in of `what`, and opens the page in a browser when there is
+/// one (unless `no_browser`).
+pub(crate) fn show_device_page(ctx: &mut Ctx, what: &str, device: &DevicePage, no_browser: bool) {
+    let DevicePage {
+        page,
+        code,
+        expires_at,
+        ..
+    } = device;
+    ctx.out.prompt(&format!(
+        "To sign in {what}, open this page (on any device) and approve the code {code}:\n  \
+         {page}\nThe code works until {}.",
+        expires_at.to_rfc3339()
+    ));
+    if !no_browser && has_browser() {
+        // Started, not waited for: xdg-open may wait for the browser to
+        // exit, and the approval must be waited for meanwhile.
+        let opened = super::console::opener().is_some_and(|o| {
+            let started = std::process::Command::new(o)
+                .arg(page)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match started {
+                Ok(mut child) => {
+                    std::thread::spawn(move || child.wait());
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if !opened {
+            ctx.out
+                .prompt("No browser could be opened: open the page yourself.");
+        }
+    }
 }

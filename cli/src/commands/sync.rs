@@ -114,13 +114,33 @@ fn with_progress<T>(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx) -> CliResult<T>) -> 
     result
 }
 
-/// `vault login URL [--token-file F]`.
+/// `vault login URL [--token-file F | --sso [--no-browser]]`.
 pub fn login(ctx: &mut Ctx, args: &LoginArgs) -> CliResult<()> {
-    let token = read_token(args.token_file.as_deref(), "vault login")?;
-    let answer = ctx.call_unlocked(&|| Request::Login {
-        url: args.url.clone(),
-        token: SecretValue::from(token.expose_secret()),
-    })?;
+    let answer = if args.sso {
+        let device = super::sso::device_page(
+            ctx.call_unlocked(&|| Request::LoginSso {
+                url: args.url.clone(),
+            })?,
+            "login",
+        )?;
+        let code = device.code.clone();
+        let mut what = format!("to {}", args.url.trim_end_matches('/'));
+        if let Some(issuer) = &device.issuer {
+            what.push_str(&format!(" through the identity provider {issuer}"));
+        }
+        super::sso::show_device_page(ctx, &what, &device, args.no_browser);
+        ctx.out.info("Waiting for the approval…");
+        ctx.call_unlocked(&|| Request::LoginSsoWait {
+            url: args.url.clone(),
+            user_code: code.clone(),
+        })?
+    } else {
+        let token = read_token(args.token_file.as_deref(), "vault login")?;
+        ctx.call_unlocked(&|| Request::Login {
+            url: args.url.clone(),
+            token: SecretValue::from(token.expose_secret()),
+        })?
+    };
     match answer {
         Response::LoggedIn { server, vault_id } => {
             if ctx.out.json {

@@ -11,6 +11,7 @@ pub mod iam;
 pub mod publisher;
 pub mod refresher;
 pub mod rotator;
+pub mod server_sso;
 pub mod sigv4;
 pub mod sso;
 pub mod sts;

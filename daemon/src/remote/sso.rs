@@ -885,6 +885,7 @@ pub async fn login_start(d: &Arc<Shared>, name: &str) -> Result<Response, WireEr
         verification_uri_complete: device.uri_complete.clone(),
         user_code: device.user_code.clone(),
         expires_at: device.expires_at,
+        issuer: None,
     };
     d.sso_logins.put(
         &holder,

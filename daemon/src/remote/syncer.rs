@@ -26,6 +26,7 @@ use vault_protocol::{ErrorCode, Response, SecretValue, WireError};
 
 use super::Shared;
 use super::http::{Http, Issued, JwtCache, ReadError, describe, read_capped};
+use super::server_sso::SsoLogin;
 use crate::engine::sync::{Joined, Pulled, Target};
 
 /// The longest backoff after failures.
@@ -65,6 +66,8 @@ pub struct Syncer {
     kick: Notify,
     /// The JWT for the server logged in to.
     jwt: JwtCache,
+    /// Sign-ins through the server's identity provider (`vault login --sso`).
+    pub(super) sso: super::server_sso::SsoState,
 }
 
 impl Default for Syncer {
@@ -74,6 +77,7 @@ impl Default for Syncer {
             gate: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
             jwt: JwtCache::default(),
+            sso: super::server_sso::SsoState::default(),
         }
     }
 }
@@ -81,6 +85,12 @@ impl Default for Syncer {
 impl Syncer {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets sign-ins through the identity provider in progress, and the
+    /// live copy of the login (the vault locked).
+    pub fn forget_sign_ins(&self) {
+        self.sso.clear();
     }
 
     /// Something changed locally: sync soon.
@@ -107,16 +117,25 @@ impl Syncer {
 
 /// A failed call, already phrased for the user.
 #[derive(Debug)]
-enum CallError {
+pub(super) enum CallError {
     /// No answer (network, timeout, TLS).
     Unreachable(String),
     /// An error answer.
     Api(u16, server_api::ApiError),
+    /// The login through the identity provider ended (why).
+    SignInAgain(String),
 }
 
 impl CallError {
-    fn wire(self, url: &str) -> WireError {
+    pub(super) fn wire(self, url: &str) -> WireError {
         match self {
+            CallError::SignInAgain(why) => WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{why}: sign in again with 'vault login {url} --sso'; changes stay queued \
+                     and sync once you have"
+                ),
+            ),
             CallError::Unreachable(why) => WireError::new(
                 ErrorCode::Unreachable,
                 format!("cannot reach {url}: {why}; changes stay queued and sync when it is back"),
@@ -158,7 +177,7 @@ pub fn check_url(url: &str) -> Result<String, WireError> {
     Ok(url.to_owned())
 }
 
-async fn call<T: DeserializeOwned>(
+pub(super) async fn call<T: DeserializeOwned>(
     http: &Http,
     method: reqwest::Method,
     url: &str,
@@ -211,19 +230,33 @@ fn api_error(message: String) -> server_api::ApiError {
 
 /// An authenticated session with one server.
 struct Session<'a> {
+    d: &'a Shared,
     http: &'a Http,
     syncer: &'a Syncer,
     url: &'a str,
     token: &'a SecretValue,
+    /// The login through the identity provider `token` holds, if it does.
+    login: Option<SsoLogin>,
+    /// What the JWT cache keys on: the access token, or the login's id
+    /// (its refresh token rotates).
+    key: SecretValue,
 }
 
 impl<'a> Session<'a> {
     fn new(d: &'a Shared, url: &'a str, token: &'a SecretValue) -> Self {
+        let login = SsoLogin::parse(token);
+        let key = match &login {
+            Some(login) => login.cache_key(),
+            None => token.duplicate(),
+        };
         Self {
+            d,
             http: &d.http,
             syncer: &d.syncer,
             url,
             token,
+            login,
+            key,
         }
     }
 
@@ -231,8 +264,17 @@ impl<'a> Session<'a> {
         format!("{}{}{path}", self.url, server_api::API_PREFIX)
     }
 
-    /// Exchanges the access token for a JWT.
+    /// Exchanges the access token (or the identity provider's ID token) for
+    /// a JWT.
     async fn exchange(&self) -> Result<Issued, CallError> {
+        if let Some(login) = &self.login {
+            return super::server_sso::exchange(self.d, self.url, login).await;
+        }
+        if SsoLogin::is_one(self.token) {
+            return Err(CallError::SignInAgain(
+                "the sign-in kept in this vault cannot be read by this version of vault".to_owned(),
+            ));
+        }
         let answer: JwtResponse = call(
             self.http,
             reqwest::Method::POST,
@@ -250,7 +292,7 @@ impl<'a> Session<'a> {
     /// A new JWT: checks that the server takes the token now.
     async fn check_token(&self) -> Result<SecretValue, CallError> {
         let cache = &self.syncer.jwt;
-        cache.fresh(self.url, self.token, || self.exchange()).await
+        cache.fresh(self.url, &self.key, || self.exchange()).await
     }
 
     /// One API call with the JWT, renewed once on a 401.
@@ -264,7 +306,7 @@ impl<'a> Session<'a> {
         let mut refused = None;
         loop {
             let jwt = cache
-                .get(self.url, self.token, refused.as_ref(), || self.exchange())
+                .get(self.url, &self.key, refused.as_ref(), || self.exchange())
                 .await?;
             match call(self.http, method.clone(), &self.api(path), &jwt, body).await {
                 Err(CallError::Api(401, _)) if refused.is_none() => refused = Some(jwt),
@@ -433,8 +475,13 @@ pub async fn login(d: &Arc<Shared>, url: &str, token: SecretValue) -> Result<Res
     }
     let session = Session::new(d, &url, &token);
     session.check_token().await.map_err(|e| e.wire(&url))?;
+    // A sign-in through the IdP may have renewed (and rotated) already.
+    let kept = match super::server_sso::live_copy(d, &token).await {
+        Some(live) => live,
+        None => token.duplicate(),
+    };
     if !initialized {
-        d.syncer.state().pending = Some((url.clone(), token));
+        d.syncer.state().pending = Some((url.clone(), kept));
         info!("logged in; waiting for 'vault init --join'");
         return Ok(Response::LoggedIn {
             server: url,
@@ -443,7 +490,7 @@ pub async fn login(d: &Arc<Shared>, url: &str, token: SecretValue) -> Result<Res
     }
     let target = {
         let mut e = d.engine();
-        e.save_login(&url, &token)?;
+        e.save_login(&url, &kept)?;
         e.sync_target()?
     };
     let Some(target) = target else {
@@ -463,6 +510,31 @@ pub async fn login(d: &Arc<Shared>, url: &str, token: SecretValue) -> Result<Res
         server: url,
         vault_id: Some(target.vault_id),
     })
+}
+
+/// Keeps a renewed login (a rotated refresh token): in the vault, or with
+/// the login waiting for `vault init --join`.
+pub(super) fn keep_login(d: &Shared, url: &str, token: SecretValue) -> Result<(), WireError> {
+    let session = SsoLogin::parse(&token).map(|l| l.session().to_owned());
+    let same =
+        |stored: &SecretValue| SsoLogin::parse(stored).map(|l| l.session().to_owned()) == session;
+    let mut e = d.engine();
+    if e.is_initialized() {
+        // Only over the same login: a renewal that ends after the user
+        // logged in again (elsewhere, or afresh) must not undo that.
+        return match e.sync_target()? {
+            Some(t) if t.url == url && same(&t.token) => e.save_login(url, &token),
+            _ => Ok(()),
+        };
+    }
+    drop(e);
+    if let Some((u, t)) = d.syncer.state().pending.as_mut()
+        && u == url
+        && same(t)
+    {
+        *t = token;
+    }
+    Ok(())
 }
 
 /// `vault init --join VAULT_ID`.

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use vault_protocol::SecretValue;
-use vault_protocol::server_api::{ApiErrorCode, JwtResponse, WhoAmI};
+use vault_protocol::server_api::{ApiErrorCode, JwtResponse, OidcInfo, WhoAmI};
 use vault_protocol::timefmt::Timestamp;
 
 use crate::crypto::{self, Claims, TOKEN_PREFIX};
-use crate::error::ApiFailure;
+use crate::error::{ApiFailure, StoreError};
+use crate::oidc::{Oidc, OidcError};
+use crate::store::{SSO_SESSION, SsoSignIn};
 
 use super::*;
 
@@ -83,16 +85,27 @@ pub(super) async fn exchange_token(
             Timestamp(exp)
         )));
     }
+    note_login(&st, &token.user, token.kind.as_str(), now).await;
+    issue_jwt(&st, &token.user, &token.id, token.expires_at, now)
+}
+
+/// Signs this server's JWT for `user` (`tid` names the access token, or
+/// [`SSO_SESSION`]), living `--jwt-ttl` and never past `until`.
+fn issue_jwt(
+    st: &AppState,
+    user: &str,
+    tid: &str,
+    until: Option<i64>,
+    now: i64,
+) -> Result<axum::Json<JwtResponse>, ApiFailure> {
     let ttl = st.config.jwt_ttl.as_secs().max(1) as i64;
-    let exp = token
-        .expires_at
-        .map_or(now + ttl, |e| e.min(now.saturating_add(ttl)));
+    let exp = until.map_or(now + ttl, |e| e.min(now.saturating_add(ttl)));
     let jwt = st
         .jwt
         .sign(&Claims {
             iss: "vault-server".into(),
-            sub: token.user.clone(),
-            tid: token.id.clone(),
+            sub: user.to_owned(),
+            tid: tid.to_owned(),
             iat: now,
             exp,
         })
@@ -101,6 +114,109 @@ pub(super) async fn exchange_token(
         jwt: SecretValue::new(jwt),
         expires_at: Timestamp(exp),
     }))
+}
+
+/// Notes a login for `vault-server user list`; a failure to note it is
+/// logged, never a failed login.
+async fn note_login(st: &AppState, user: &str, via: &str, now: i64) {
+    if let Err(e) = st.store.note_login(user, via, now).await {
+        tracing::warn!(error = %e, user, "cannot note the login");
+    }
+}
+
+fn oidc_of(st: &AppState) -> Result<&Oidc, ApiFailure> {
+    st.oidc.as_ref().ok_or_else(|| {
+        ApiFailure::not_found(
+            "this server does not accept sign-in through an identity provider; sign in with an access token (an admin enables it with --oidc-issuer)",
+        )
+    })
+}
+
+/// `GET /auth/oidc`: what a device needs to sign in through the identity
+/// provider. Public, like discovery itself.
+pub(super) async fn oidc_info(
+    State(st): State<Shared>,
+) -> Result<axum::Json<OidcInfo>, ApiFailure> {
+    let c = oidc_of(&st)?.config();
+    Ok(axum::Json(OidcInfo {
+        issuer: c.issuer.clone(),
+        client_id: c.client_ids.first().cloned().unwrap_or_default(),
+        scopes: c.scopes.clone(),
+    }))
+}
+
+/// `POST /auth/oidc`: the identity provider's ID token (as the bearer) for
+/// this server's JWT. The user is the one bound to the token's subject (or
+/// bound now, or created when `--oidc-create-users`); the roles its claims
+/// map to replace those of its last sign-in.
+pub(super) async fn exchange_id_token(
+    State(st): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<axum::Json<JwtResponse>, ApiFailure> {
+    let oidc = oidc_of(&st)?;
+    let presented = bearer(&headers)?;
+    let now = now();
+    let identity = match oidc.verify(presented, now).await {
+        Ok(identity) => identity,
+        Err(OidcError::Refused(why)) => {
+            tracing::info!(peer = %peer.ip(), reason = %why, "refused an ID token");
+            metrics::counter!(crate::telemetry::FAILED_LOGINS).increment(1);
+            return Err(ApiFailure::unauthorized(format!("ID token refused: {why}")));
+        }
+        Err(OidcError::KeyNotYetFetched(why)) => {
+            tracing::info!(peer = %peer.ip(), reason = %why, "an ID token names a key not fetched yet");
+            metrics::counter!(crate::telemetry::FAILED_LOGINS).increment(1);
+            let mut f = ApiFailure::new(ApiErrorCode::Unavailable, why);
+            f.retry_after = Some(crate::oidc::REFETCH_COOLDOWN.as_secs());
+            return Err(f);
+        }
+        Err(OidcError::IdpUnavailable(why)) => {
+            tracing::warn!(reason = %why, "cannot check an ID token");
+            let mut f = ApiFailure::new(ApiErrorCode::Unavailable, why);
+            f.retry_after = Some(30);
+            return Err(f);
+        }
+    };
+    let config = oidc.config();
+    let roles = config.mapped_roles(&identity.groups);
+    let signed = st
+        .store
+        .sso_sign_in(&SsoSignIn {
+            subject: identity.subject.clone(),
+            user: identity.user.clone(),
+            roles: roles.clone(),
+            create: config.create_users,
+            now,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(m) | StoreError::Invalid(m) => {
+                tracing::info!(user = %identity.user, reason = %m, "refused a sign-in");
+                ApiFailure::unauthorized(m)
+            }
+            other => other.into(),
+        })?;
+    if signed.created {
+        tracing::info!(user = %identity.user, "created a user at its first sign-in");
+    }
+    if !signed.unknown_roles.is_empty() {
+        tracing::warn!(
+            user = %identity.user,
+            roles = ?signed.unknown_roles,
+            "--oidc-role-map names roles this database does not have; create them or fix the mapping"
+        );
+    }
+    if signed.user != identity.user {
+        // The IdP renamed the person: the binding, not the claim, decides.
+        tracing::info!(user = %signed.user, claimed = %identity.user, "signed in as the user bound to this identity-provider account");
+    }
+    tracing::info!(user = %signed.user, roles = ?roles, "signed in through the identity provider");
+    // Never already expired when issued (a token within the clock skew).
+    let until = identity
+        .expires_at
+        .max(now.saturating_add(crate::oidc::CLOCK_SKEW));
+    issue_jwt(&st, &signed.user, SSO_SESSION, Some(until), now)
 }
 
 pub(super) async fn whoami(caller: Caller) -> axum::Json<WhoAmI> {

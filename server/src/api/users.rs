@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use vault_protocol::server_api::{
     Action, GrantRole, NewUser, Policy, Role, RoleList, User, UserList, validate_id,
 };
-use vault_protocol::timefmt::Timestamp;
 
 use crate::error::ApiFailure;
 use crate::store::UserRow;
@@ -13,11 +12,7 @@ use crate::store::UserRow;
 use super::*;
 
 fn user_view(u: UserRow) -> User {
-    User {
-        name: u.name,
-        roles: u.roles,
-        created_at: Timestamp(u.created_at),
-    }
+    u.view()
 }
 
 pub(super) async fn list_users(

@@ -26,10 +26,104 @@ pub mod sqlite;
 pub struct UserRow {
     /// Name.
     pub name: String,
-    /// Roles, sorted.
+    /// Roles granted in this database, sorted.
     pub roles: Vec<String>,
+    /// Roles the identity provider's claims gave at the last sign-in, sorted.
+    pub sso_roles: Vec<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// `ISSUER SUB` of the IdP identity bound to this user, once it signed
+    /// in through the identity provider.
+    pub sso_subject: Option<String>,
+    /// The last sign-in: unix seconds and how (`token`, `password`, `sso`).
+    pub last_login: Option<(i64, String)>,
+}
+
+impl UserRow {
+    /// The user as the API and `vault-server user list --json` show it.
+    pub fn view(self) -> vault_protocol::server_api::User {
+        use vault_protocol::server_api::{LastLogin, User};
+        use vault_protocol::timefmt::Timestamp;
+        User {
+            name: self.name,
+            roles: self.roles,
+            sso_roles: self.sso_roles,
+            created_at: Timestamp(self.created_at),
+            sso: self.sso_subject.is_some(),
+            last_login: self.last_login.map(|(at, via)| LastLogin {
+                at: Timestamp(at),
+                via,
+            }),
+        }
+    }
+}
+
+/// A sign-in through the identity provider, as the store applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoSignIn {
+    /// `ISSUER SUB` (crate::oidc::Identity::subject).
+    pub subject: String,
+    /// The user name the token's claim gives.
+    pub user: String,
+    /// The roles mapped from the token's claims now; they replace the last
+    /// sign-in's.
+    pub roles: Vec<String>,
+    /// Create the user if missing.
+    pub create: bool,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// What [`Store::sso_sign_in`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoSignedIn {
+    /// The user signed in: the one bound to the subject (which may differ
+    /// from the name the token claims, after a rename at the IdP).
+    pub user: String,
+    /// The user was created by this sign-in.
+    pub created: bool,
+    /// Mapped roles that do not exist in this database (skipped).
+    pub unknown_roles: Vec<String>,
+}
+
+/// Why [`Store::sso_sign_in`] refused, as the message of a
+/// `StoreError::NotFound` (no such user, creation off) or
+/// `StoreError::Invalid` (the user is bound to another identity).
+pub fn sso_refusal_no_user(user: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no vault-server user '{user}': ask an admin to add it ('vault-server user add {user}'), or start the server with --oidc-create-users"
+    ))
+}
+
+/// The user exists and signs in with access tokens: never bound by name.
+pub fn sso_refusal_token_user(user: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "vault-server user '{user}' signs in with access tokens, so it is not bound to an identity-provider account by name; an admin revokes its tokens first ('vault-server token rm') to let it sign in through the identity provider"
+    ))
+}
+
+/// The user exists and is bound to another identity-provider account
+/// than `subject` (`ISSUER SUB`, the one signing in).
+pub fn sso_refusal_bound(user: &str, subject: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "vault-server user '{user}' belongs to another identity-provider account; if this one \
+         (a new account of the same person) should be it, an admin runs: vault-server user bind \
+         {user} {}",
+        shell_quoted(subject)
+    ))
+}
+
+/// [`Store::bind_sso`]: another user, `holder`, holds that account.
+pub fn bound_elsewhere(holder: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "that identity-provider account is bound to user '{holder}'; unbind it first \
+         (vault-server user unbind {holder})"
+    ))
+}
+
+/// `s` in single quotes for a POSIX shell.
+pub fn shell_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// How a token's secret is stored.
@@ -100,6 +194,23 @@ pub struct Principal {
     pub expires_at: Option<i64>,
     /// Effective roles: the token's roles the owner still holds.
     pub roles: Vec<Role>,
+}
+
+/// The `tid` of a JWT issued for a sign-in through the identity provider
+/// (access token ids are 16 hex digits, so the two never meet).
+pub const SSO_SESSION: &str = "sso";
+
+impl Principal {
+    /// A user signed in through the identity provider, holding `roles`.
+    pub fn sso(user: String, roles: Vec<Role>) -> Self {
+        Principal {
+            user,
+            token_id: SSO_SESSION.to_owned(),
+            token_name: SSO_SESSION.to_owned(),
+            expires_at: None,
+            roles,
+        }
+    }
 }
 
 /// A vault row.
@@ -249,7 +360,25 @@ pub trait Store: Send + Sync + 'static {
     /// All password tokens (bootstrap passwords; normally one).
     async fn password_tokens(&self) -> StoreResult<Vec<TokenRow>>;
     /// Who token `token_id` speaks for now; `None` once it is revoked.
-    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>>;
+    /// Roles mapped from the identity provider count only when mapped at or
+    /// after `mapped_since` (a lease the owner's sign-ins renew).
+    async fn principal(&self, token_id: &str, mapped_since: i64) -> StoreResult<Option<Principal>>;
+    /// Who a signed-in identity-provider user is now: every role the user
+    /// holds (granted here or mapped at the last sign-in); `None` once the
+    /// user is deleted.
+    async fn user_principal(&self, user: &str) -> StoreResult<Option<Principal>>;
+    /// Applies a sign-in through the identity provider: finds the user bound
+    /// to the subject, else binds the unbound user of that name that has no
+    /// access token or password, else creates it (if allowed); replaces its
+    /// mapped roles (stamped `now`); notes the login.
+    async fn sso_sign_in(&self, s: &SsoSignIn) -> StoreResult<SsoSignedIn>;
+    /// Notes a login of `user` at `now` by `via` (at most once a minute per
+    /// way, so busy automation does not write on every exchange).
+    async fn note_login(&self, user: &str, via: &str, now: i64) -> StoreResult<()>;
+    /// Binds `user` to the identity-provider account `subject` (`ISSUER
+    /// SUB`), or unbinds it (`None`), dropping the roles the old account's
+    /// last sign-in mapped. Refused when another user holds `subject`.
+    async fn bind_sso(&self, user: &str, subject: Option<&str>) -> StoreResult<()>;
 
     /// Creates a vault.
     async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()>;

@@ -22,9 +22,10 @@ use vault_protocol::server_api::Role;
 use super::gate::{self, CommitGate};
 use super::pg_tls;
 use super::{
-    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, Store, StoredRecord, TokenKind,
-    TokenRow, UserRow, VaultRow, assemble_page, continue_log, policies_to_json, redact_url,
-    role_from_row,
+    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
+    StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
+    continue_log, policies_to_json, redact_url, role_from_row, sso_refusal_bound,
+    sso_refusal_no_user, sso_refusal_token_user,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -97,6 +98,23 @@ CREATE TABLE login_failures (
     failures     BIGINT NOT NULL
 );
 CREATE INDEX login_failures_start ON login_failures (window_start);
+"#,
+    r#"
+ALTER TABLE users ADD COLUMN sso_subject TEXT COLLATE "C";
+ALTER TABLE users ADD COLUMN last_login_at BIGINT;
+ALTER TABLE users ADD COLUMN last_login_via TEXT COLLATE "C";
+CREATE UNIQUE INDEX users_sso_subject ON users (sso_subject);
+CREATE TABLE user_mapped_roles (
+    user_name TEXT COLLATE "C" NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    role      TEXT COLLATE "C" NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    mapped_at BIGINT NOT NULL,
+    PRIMARY KEY (user_name, role)
+);
+-- UNION ALL, so a WHERE on user_name reaches both primary keys (a role
+-- both granted and mapped appears twice: readers use DISTINCT).
+CREATE VIEW held_roles AS
+    SELECT user_name, role FROM user_roles
+    UNION ALL SELECT user_name, role FROM user_mapped_roles;
 "#,
 ];
 
@@ -171,18 +189,6 @@ async fn commit(
     }
 }
 
-/// `e` and what caused it, as one line ("error connecting…: Connection refused").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
-}
-
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -236,7 +242,7 @@ impl PostgresStore {
             let why = match &e {
                 deadpool_postgres::PoolError::Backend(pg) => pg_tls::explain(pg, &tls)
                     .or_else(|| pg.as_db_error().map(ToString::to_string))
-                    .unwrap_or_else(|| with_causes(pg)),
+                    .unwrap_or_else(|| crate::error::with_causes(pg)),
                 other => other.to_string(),
             };
             return Err(format!("cannot connect to PostgreSQL {shown}: {why}"));
@@ -326,15 +332,63 @@ async fn user_roles<C: deadpool_postgres::GenericClient>(
     c: &C,
     user: &str,
 ) -> StoreResult<Vec<String>> {
-    Ok(c.query(
+    role_names(
+        c,
         "SELECT role FROM user_roles WHERE user_name = $1 ORDER BY role",
+        user,
+    )
+    .await
+}
+
+/// Drops the roles the identity provider mapped to `user`.
+async fn forget_mapped_roles<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    user: &str,
+) -> StoreResult<()> {
+    c.execute(
+        "DELETE FROM user_mapped_roles WHERE user_name = $1",
         &[&user],
     )
     .await
-    .map_err(pg_err)?
-    .iter()
-    .map(|r| r.get(0))
-    .collect())
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+async fn role_names<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    sql: &str,
+    user: &str,
+) -> StoreResult<Vec<String>> {
+    Ok(c.query(sql, &[&user])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+const USER_COLUMNS: &str = "name, created_at, sso_subject, last_login_at, last_login_via";
+
+async fn user_from_row<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    r: &tokio_postgres::Row,
+) -> StoreResult<UserRow> {
+    let name: String = r.get(0);
+    let at: Option<i64> = r.get(3);
+    let via: Option<String> = r.get(4);
+    Ok(UserRow {
+        roles: user_roles(c, &name).await?,
+        sso_roles: role_names(
+            c,
+            "SELECT role FROM user_mapped_roles WHERE user_name = $1 ORDER BY role",
+            &name,
+        )
+        .await?,
+        created_at: r.get(1),
+        sso_subject: r.get(2),
+        last_login: at.zip(via),
+        name,
+    })
 }
 
 async fn exists<C: deadpool_postgres::GenericClient>(
@@ -374,7 +428,12 @@ async fn insert_token<C: deadpool_postgres::GenericClient>(c: &C, t: &TokenRow) 
     if !exists(c, "SELECT 1 FROM users WHERE name = $1", &t.user).await? {
         return Err(StoreError::NotFound(format!("no user '{}'", t.user)));
     }
-    let held = user_roles(c, &t.user).await?;
+    let held = role_names(
+        c,
+        "SELECT DISTINCT role FROM held_roles WHERE user_name = $1 ORDER BY role",
+        &t.user,
+    )
+    .await?;
     for role in &t.roles {
         if !held.contains(role) {
             return Err(StoreError::Invalid(format!(
@@ -605,17 +664,15 @@ impl Store for PostgresStore {
     async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let rows = client
-            .query("SELECT name, created_at FROM users ORDER BY name", &[])
+            .query(
+                &format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"),
+                &[],
+            )
             .await
             .map_err(pg_err)?;
         let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let name: String = r.get(0);
-            out.push(UserRow {
-                roles: user_roles(&client, &name).await?,
-                name,
-                created_at: r.get(1),
-            });
+        for r in &rows {
+            out.push(user_from_row(&client, r).await?);
         }
         Ok(out)
     }
@@ -623,15 +680,14 @@ impl Store for PostgresStore {
     async fn get_user(&self, name: &str) -> StoreResult<UserRow> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let row = client
-            .query_opt("SELECT created_at FROM users WHERE name = $1", &[&name])
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"),
+                &[&name],
+            )
             .await
             .map_err(pg_err)?
             .ok_or_else(|| StoreError::NotFound(format!("no user '{name}'")))?;
-        Ok(UserRow {
-            roles: user_roles(&client, name).await?,
-            name: name.to_owned(),
-            created_at: row.get(0),
-        })
+        user_from_row(&client, &row).await
     }
 
     async fn delete_user(&self, name: &str) -> StoreResult<()> {
@@ -797,7 +853,7 @@ impl Store for PostgresStore {
         fill_token_roles(&client, tokens).await
     }
 
-    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>> {
+    async fn principal(&self, token_id: &str, mapped_since: i64) -> StoreResult<Option<Principal>> {
         let client = self.pool.get().await.map_err(pool_err)?;
         // One round trip: the token row joined with its effective roles
         // (a token without effective roles still yields one row).
@@ -806,14 +862,20 @@ impl Store for PostgresStore {
                 "SELECT t.user_name, t.name, t.expires_at, r.name, r.description, r.policies
                  FROM tokens t
                  LEFT JOIN token_roles tr ON tr.token_id = t.id
-                     AND EXISTS (SELECT 1 FROM user_roles ur
-                                 WHERE ur.user_name = t.user_name AND ur.role = tr.role)
+                     AND (EXISTS (SELECT 1 FROM user_roles ur
+                                  WHERE ur.user_name = t.user_name AND ur.role = tr.role)
+                          OR EXISTS (SELECT 1 FROM user_mapped_roles m
+                                     WHERE m.user_name = t.user_name AND m.role = tr.role
+                                       AND m.mapped_at >= $2))
                  LEFT JOIN roles r ON r.name = tr.role
                  WHERE t.id = $1 ORDER BY r.name",
             )
             .await
             .map_err(pg_err)?;
-        let rows = client.query(&stmt, &[&token_id]).await.map_err(pg_err)?;
+        let rows = client
+            .query(&stmt, &[&token_id, &mapped_since])
+            .await
+            .map_err(pg_err)?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -830,6 +892,163 @@ impl Store for PostgresStore {
             expires_at: first.get(2),
             roles,
         }))
+    }
+
+    async fn user_principal(&self, user: &str) -> StoreResult<Option<Principal>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        // One round trip: the user row joined with every role it holds (a
+        // user without roles still yields one row).
+        let stmt = client
+            .prepare_cached(
+                "SELECT DISTINCT r.name, r.description, r.policies
+                 FROM users u
+                 LEFT JOIN held_roles h ON h.user_name = u.name
+                 LEFT JOIN roles r ON r.name = h.role
+                 WHERE u.name = $1 ORDER BY r.name",
+            )
+            .await
+            .map_err(pg_err)?;
+        let rows = client.query(&stmt, &[&user]).await.map_err(pg_err)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut roles = Vec::new();
+        for r in &rows {
+            if let Some(name) = r.get::<_, Option<String>>(0) {
+                roles.push(role_from_row(name, r.get(1), r.get::<_, &str>(2))?);
+            }
+        }
+        Ok(Some(Principal::sso(user.to_owned(), roles)))
+    }
+
+    async fn sso_sign_in(&self, s: &SsoSignIn) -> StoreResult<SsoSignedIn> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let bound = tx
+            .query_opt(
+                // Locked, so a concurrent 'user bind/unbind' either went
+                // first (this finds the moved row no more) or waits.
+                "SELECT name FROM users WHERE sso_subject = $1 FOR UPDATE",
+                &[&s.subject],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut created = false;
+        let user: String = match bound {
+            Some(r) => r.get(0),
+            None => {
+                if s.create {
+                    created = tx
+                        .execute(
+                            "INSERT INTO users (name, created_at) VALUES ($1, $2)
+                             ON CONFLICT DO NOTHING",
+                            &[&s.user, &s.now],
+                        )
+                        .await
+                        .map_err(pg_err)?
+                        == 1;
+                }
+                // Binds only an unbound user without access tokens or a
+                // password: never a token user (the bootstrap admin) by name.
+                let n = tx
+                    .execute(
+                        "UPDATE users SET sso_subject = $1 WHERE name = $2 AND sso_subject IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM tokens WHERE user_name = $2)",
+                        &[&s.subject, &s.user],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if n == 0 {
+                    // Missing, a token user, or bound meanwhile (by this
+                    // subject, in a concurrent sign-in, or by another).
+                    let row = tx
+                        .query_opt("SELECT sso_subject FROM users WHERE name = $1", &[&s.user])
+                        .await
+                        .map_err(pg_err)?;
+                    match row.map(|r| r.get::<_, Option<String>>(0)) {
+                        None => return Err(sso_refusal_no_user(&s.user)),
+                        Some(None) => return Err(sso_refusal_token_user(&s.user)),
+                        Some(subject) if subject.as_deref() == Some(&s.subject) => {}
+                        Some(_) => return Err(sso_refusal_bound(&s.user, &s.subject)),
+                    }
+                }
+                s.user.clone()
+            }
+        };
+        // One sign-in of a user at a time: a concurrent one would miss
+        // this one's new rows in its DELETE and collide in its INSERT.
+        tx.execute("SELECT 1 FROM users WHERE name = $1 FOR UPDATE", &[&user])
+            .await
+            .map_err(pg_err)?;
+        forget_mapped_roles(&tx, &user).await?;
+        let mut unknown_roles = Vec::new();
+        for role in &s.roles {
+            let n = tx
+                .execute(
+                    "INSERT INTO user_mapped_roles (user_name, role, mapped_at)
+                     SELECT $1, name, $3 FROM roles WHERE name = $2",
+                    &[&user, role, &s.now],
+                )
+                .await
+                .map_err(pg_err)?;
+            if n == 0 {
+                unknown_roles.push(role.clone());
+            }
+        }
+        tx.execute(
+            "UPDATE users SET last_login_at = $1, last_login_via = 'sso' WHERE name = $2",
+            &[&s.now, &user],
+        )
+        .await
+        .map_err(pg_err)?;
+        commit(tx, self.call_timeout).await?;
+        Ok(SsoSignedIn {
+            user,
+            created,
+            unknown_roles,
+        })
+    }
+
+    async fn bind_sso(&self, user: &str, subject: Option<&str>) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        if !exists(&tx, "SELECT 1 FROM users WHERE name = $1 FOR UPDATE", user).await? {
+            return Err(StoreError::NotFound(format!("no user '{user}'")));
+        }
+        if let Some(subject) = subject {
+            let holder = tx
+                .query_opt(
+                    "SELECT name FROM users WHERE sso_subject = $1 AND name <> $2",
+                    &[&subject, &user],
+                )
+                .await
+                .map_err(pg_err)?;
+            if let Some(holder) = holder {
+                return Err(bound_elsewhere(&holder.get::<_, String>(0)));
+            }
+        }
+        tx.execute(
+            "UPDATE users SET sso_subject = $1 WHERE name = $2",
+            &[&subject, &user],
+        )
+        .await
+        .map_err(pg_err)?;
+        forget_mapped_roles(&tx, user).await?;
+        commit(tx, self.call_timeout).await
+    }
+
+    async fn note_login(&self, user: &str, via: &str, now: i64) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "UPDATE users SET last_login_at = $1::BIGINT, last_login_via = $2::TEXT
+                 WHERE name = $3 AND (last_login_at IS NULL OR last_login_at <= $1::BIGINT - 60
+                                      OR last_login_via IS DISTINCT FROM $2::TEXT)",
+                &[&now, &via, &user],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 
     async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()> {

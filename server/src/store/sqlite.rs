@@ -15,8 +15,10 @@ use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
 use super::{
-    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, Store, StoredRecord, TokenKind,
-    TokenRow, UserRow, VaultRow, assemble_page, continue_log, policies_to_json, role_from_row,
+    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
+    StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
+    continue_log, policies_to_json, role_from_row, sso_refusal_bound, sso_refusal_no_user,
+    sso_refusal_token_user,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -89,6 +91,23 @@ CREATE TABLE login_failures (
     failures     INTEGER NOT NULL
 );
 CREATE INDEX login_failures_start ON login_failures (window_start);
+"#,
+    r#"
+ALTER TABLE users ADD COLUMN sso_subject TEXT;
+ALTER TABLE users ADD COLUMN last_login_at INTEGER;
+ALTER TABLE users ADD COLUMN last_login_via TEXT;
+CREATE UNIQUE INDEX users_sso_subject ON users (sso_subject);
+CREATE TABLE user_mapped_roles (
+    user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    role      TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+    mapped_at INTEGER NOT NULL,
+    PRIMARY KEY (user_name, role)
+);
+-- UNION ALL, so a WHERE on user_name reaches both primary keys (a role
+-- both granted and mapped appears twice: readers use DISTINCT).
+CREATE VIEW held_roles AS
+    SELECT user_name, role FROM user_roles
+    UNION ALL SELECT user_name, role FROM user_mapped_roles;
 "#,
 ];
 
@@ -522,16 +541,88 @@ fn role_exists(conn: &Connection, name: &str) -> StoreResult<bool> {
         .map_err(sql_err)
 }
 
+/// Every role `user` holds: granted here or mapped at the last sign-in.
+fn held_roles(conn: &Connection, user: &str) -> StoreResult<Vec<String>> {
+    role_names(
+        conn,
+        "SELECT DISTINCT role FROM held_roles WHERE user_name = ?1 ORDER BY role",
+        user,
+    )
+}
+
+/// Roles granted to `user` here.
 fn user_roles(conn: &Connection, user: &str) -> StoreResult<Vec<String>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT role FROM user_roles WHERE user_name = ?1 ORDER BY role")
+    role_names(
+        conn,
+        "SELECT role FROM user_roles WHERE user_name = ?1 ORDER BY role",
+        user,
+    )
+}
+
+/// Drops the roles the identity provider mapped to `user`.
+fn forget_mapped_roles(conn: &Connection, user: &str) -> StoreResult<()> {
+    conn.execute("DELETE FROM user_mapped_roles WHERE user_name = ?1", [user])
         .map_err(sql_err)?;
-    let rows = stmt
+    Ok(())
+}
+
+/// The role names `sql` (one column, `?1` = the user) selects.
+fn role_names(conn: &Connection, sql: &str, user: &str) -> StoreResult<Vec<String>> {
+    conn.prepare_cached(sql)
+        .map_err(sql_err)?
         .query_map([user], |r| r.get(0))
         .map_err(sql_err)?
         .collect::<Result<Vec<String>, _>>()
+        .map_err(sql_err)
+}
+
+/// The roles `sql` selects (name, description, policies) with `args`.
+fn roles_where(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> StoreResult<Vec<Role>> {
+    let rows = conn
+        .prepare_cached(sql)
+        .map_err(sql_err)?
+        .query_map(args, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(sql_err)?
+        .collect::<Result<Vec<_>, _>>()
         .map_err(sql_err)?;
-    Ok(rows)
+    rows.into_iter()
+        .map(|(n, d, p)| role_from_row(n, d, &p))
+        .collect()
+}
+
+/// Roles the identity provider's claims gave `user` at the last sign-in.
+fn mapped_roles(conn: &Connection, user: &str) -> StoreResult<Vec<String>> {
+    role_names(
+        conn,
+        "SELECT role FROM user_mapped_roles WHERE user_name = ?1 ORDER BY role",
+        user,
+    )
+}
+
+const USER_COLUMNS: &str = "name, created_at, sso_subject, last_login_at, last_login_via";
+
+fn user_from_row(conn: &Connection, r: &rusqlite::Row<'_>) -> StoreResult<UserRow> {
+    let name: String = r.get(0).map_err(sql_err)?;
+    let at: Option<i64> = r.get(3).map_err(sql_err)?;
+    let via: Option<String> = r.get(4).map_err(sql_err)?;
+    Ok(UserRow {
+        roles: user_roles(conn, &name)?,
+        sso_roles: mapped_roles(conn, &name)?,
+        created_at: r.get(1).map_err(sql_err)?,
+        sso_subject: r.get(2).map_err(sql_err)?,
+        last_login: at.zip(via),
+        name,
+    })
 }
 
 fn insert_role(conn: &Connection, role: &Role, now: i64) -> StoreResult<()> {
@@ -553,7 +644,7 @@ fn insert_token(conn: &Connection, t: &TokenRow) -> StoreResult<()> {
     if !user_exists(conn, &t.user)? {
         return Err(StoreError::NotFound(format!("no user '{}'", t.user)));
     }
-    let held = user_roles(conn, &t.user)?;
+    let held = held_roles(conn, &t.user)?;
     for role in &t.roles {
         if !held.contains(role) {
             return Err(StoreError::Invalid(format!(
@@ -760,22 +851,14 @@ impl Store for SqliteStore {
     async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare("SELECT name, created_at FROM users ORDER BY name")
+                .prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
                 .map_err(sql_err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(sql_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql_err)?;
-            rows.into_iter()
-                .map(|(name, created_at)| {
-                    Ok(UserRow {
-                        roles: user_roles(conn, &name)?,
-                        name,
-                        created_at,
-                    })
-                })
-                .collect()
+            let mut rows = stmt.query([]).map_err(sql_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                out.push(user_from_row(conn, r)?);
+            }
+            Ok(out)
         })
         .await
     }
@@ -783,21 +866,14 @@ impl Store for SqliteStore {
     async fn get_user(&self, name: &str) -> StoreResult<UserRow> {
         let name = name.to_owned();
         self.read(move |conn| {
-            let created_at: Option<i64> = conn
-                .query_row(
-                    "SELECT created_at FROM users WHERE name = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .optional()
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))
                 .map_err(sql_err)?;
-            let created_at =
-                created_at.ok_or_else(|| StoreError::NotFound(format!("no user '{name}'")))?;
-            Ok(UserRow {
-                roles: user_roles(conn, &name)?,
-                name,
-                created_at,
-            })
+            let mut rows = stmt.query([&name]).map_err(sql_err)?;
+            match rows.next().map_err(sql_err)? {
+                Some(r) => user_from_row(conn, r),
+                None => Err(StoreError::NotFound(format!("no user '{name}'"))),
+            }
         })
         .await
     }
@@ -867,23 +943,11 @@ impl Store for SqliteStore {
 
     async fn list_roles(&self) -> StoreResult<Vec<Role>> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT name, description, policies FROM roles ORDER BY name")
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(sql_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql_err)?;
-            rows.into_iter()
-                .map(|(n, d, p)| role_from_row(n, d, &p))
-                .collect()
+            roles_where(
+                conn,
+                "SELECT name, description, policies FROM roles ORDER BY name",
+                [],
+            )
         })
         .await
     }
@@ -982,7 +1046,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn principal(&self, token_id: &str) -> StoreResult<Option<Principal>> {
+    async fn principal(&self, token_id: &str, mapped_since: i64) -> StoreResult<Option<Principal>> {
         let token_id = token_id.to_owned();
         self.read(move |conn| {
             let tx = conn.transaction().map_err(sql_err)?;
@@ -1001,30 +1065,23 @@ impl Store for SqliteStore {
             let Some((user, token_name, expires_at)) = token else {
                 return Ok(None);
             };
-            let rows = tx
-                .prepare_cached(
-                    "SELECT r.name, r.description, r.policies
-                     FROM token_roles tr
-                     JOIN tokens t ON t.id = tr.token_id
-                     JOIN user_roles ur ON ur.user_name = t.user_name AND ur.role = tr.role
-                     JOIN roles r ON r.name = tr.role
-                     WHERE tr.token_id = ?1 ORDER BY r.name",
-                )
-                .map_err(sql_err)?
-                .query_map([&token_id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(sql_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql_err)?;
-            let roles = rows
-                .into_iter()
-                .map(|(n, d, p)| role_from_row(n, d, &p))
-                .collect::<StoreResult<Vec<_>>>()?;
+            let roles = roles_where(
+                &tx,
+                // Held = granted or mapped; two EXISTS probes of primary
+                // keys rather than the held_roles view (every call runs it).
+                "SELECT r.name, r.description, r.policies
+                 FROM token_roles tr
+                 JOIN tokens t ON t.id = tr.token_id
+                 JOIN roles r ON r.name = tr.role
+                 WHERE tr.token_id = ?1
+                   AND (EXISTS (SELECT 1 FROM user_roles ur
+                                WHERE ur.user_name = t.user_name AND ur.role = tr.role)
+                        OR EXISTS (SELECT 1 FROM user_mapped_roles m
+                                   WHERE m.user_name = t.user_name AND m.role = tr.role
+                                     AND m.mapped_at >= ?2))
+                 ORDER BY r.name",
+                params![token_id, mapped_since],
+            )?;
             Ok(Some(Principal {
                 user,
                 token_id,
@@ -1032,6 +1089,171 @@ impl Store for SqliteStore {
                 expires_at,
                 roles,
             }))
+        })
+        .await
+    }
+
+    async fn user_principal(&self, user: &str) -> StoreResult<Option<Principal>> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            if !user_exists(&tx, &user)? {
+                return Ok(None);
+            }
+            let roles = roles_where(
+                &tx,
+                "SELECT DISTINCT r.name, r.description, r.policies
+                 FROM held_roles h JOIN roles r ON r.name = h.role
+                 WHERE h.user_name = ?1 ORDER BY r.name",
+                [&user],
+            )?;
+            Ok(Some(Principal::sso(user, roles)))
+        })
+        .await
+    }
+
+    async fn sso_sign_in(&self, s: &SsoSignIn) -> StoreResult<SsoSignedIn> {
+        let s = s.clone();
+        self.write(move |tx| {
+            let bound: Option<String> = tx
+                .query_row(
+                    "SELECT name FROM users WHERE sso_subject = ?1",
+                    [&s.subject],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_err)?;
+            let mut created = false;
+            let user = match bound {
+                Some(name) => name,
+                None => {
+                    let named: Option<Option<String>> = tx
+                        .query_row(
+                            "SELECT sso_subject FROM users WHERE name = ?1",
+                            [&s.user],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(sql_err)?;
+                    match named {
+                        Some(Some(_)) => return Err(sso_refusal_bound(&s.user, &s.subject)),
+                        Some(None) => {
+                            let has_tokens = tx
+                                .query_row(
+                                    "SELECT 1 FROM tokens WHERE user_name = ?1 LIMIT 1",
+                                    [&s.user],
+                                    |_| Ok(()),
+                                )
+                                .optional()
+                                .map_err(sql_err)?
+                                .is_some();
+                            if has_tokens {
+                                return Err(sso_refusal_token_user(&s.user));
+                            }
+                        }
+                        None if s.create => {
+                            tx.execute(
+                                "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+                                params![s.user, s.now],
+                            )
+                            .map_err(sql_err)?;
+                            created = true;
+                        }
+                        None => return Err(sso_refusal_no_user(&s.user)),
+                    }
+                    tx.execute(
+                        "UPDATE users SET sso_subject = ?1 WHERE name = ?2",
+                        params![s.subject, s.user],
+                    )
+                    .map_err(sql_err)?;
+                    s.user.clone()
+                }
+            };
+            forget_mapped_roles(tx, &user)?;
+            let mut unknown_roles = Vec::new();
+            for role in &s.roles {
+                if role_exists(tx, role)? {
+                    tx.execute(
+                        "INSERT INTO user_mapped_roles (user_name, role, mapped_at)
+                         VALUES (?1, ?2, ?3)",
+                        params![user, role, s.now],
+                    )
+                    .map_err(sql_err)?;
+                } else {
+                    unknown_roles.push(role.clone());
+                }
+            }
+            tx.execute(
+                "UPDATE users SET last_login_at = ?1, last_login_via = 'sso' WHERE name = ?2",
+                params![s.now, user],
+            )
+            .map_err(sql_err)?;
+            Ok(SsoSignedIn {
+                user,
+                created,
+                unknown_roles,
+            })
+        })
+        .await
+    }
+
+    async fn bind_sso(&self, user: &str, subject: Option<&str>) -> StoreResult<()> {
+        let (user, subject) = (user.to_owned(), subject.map(str::to_owned));
+        self.write(move |tx| {
+            if !user_exists(tx, &user)? {
+                return Err(StoreError::NotFound(format!("no user '{user}'")));
+            }
+            if let Some(subject) = &subject {
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT name FROM users WHERE sso_subject = ?1 AND name <> ?2",
+                        [subject, &user],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql_err)?;
+                if let Some(holder) = holder {
+                    return Err(bound_elsewhere(&holder));
+                }
+            }
+            tx.execute(
+                "UPDATE users SET sso_subject = ?1 WHERE name = ?2",
+                params![subject, user],
+            )
+            .map_err(sql_err)?;
+            forget_mapped_roles(tx, &user)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn note_login(&self, user: &str, via: &str, now: i64) -> StoreResult<()> {
+        // Read first: most exchanges find the note fresh and write nothing.
+        let (u, v) = (user.to_owned(), via.to_owned());
+        let fresh = self
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT 1 FROM users WHERE name = ?1 AND last_login_via = ?2
+                     AND last_login_at > ?3 - 60",
+                    params![u, v, now],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|o| o.is_some())
+                .map_err(sql_err)
+            })
+            .await?;
+        if fresh {
+            return Ok(());
+        }
+        let (user, via) = (user.to_owned(), via.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE users SET last_login_at = ?1, last_login_via = ?2 WHERE name = ?3",
+                params![now, via, user],
+            )
+            .map_err(sql_err)?;
+            Ok(())
         })
         .await
     }
