@@ -155,6 +155,12 @@ fn build() -> Routes {
             post(push).layer(DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
         )
         .add("POST", "/api/v1/vaults/{id}/pull", post(pull))
+        .add(
+            "POST",
+            "/api/v1/vaults/{id}/audit/push",
+            post(audit_push).layer(DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
+        )
+        .add("POST", "/api/v1/vaults/{id}/audit/pull", post(audit_pull))
 }
 
 /// Every (method, path) the router serves, for the OpenAPI test.

@@ -595,6 +595,105 @@ async fn push_must_continue_the_log_exactly() {
     );
 }
 
+/// The audit log segments devices share (`[audit] sync`, issue 24) are a
+/// log of their own: the push rules of records, their own heads, never
+/// mixed with the record log either way; `vault:write` to push them,
+/// `vault:read` to pull them. On SQLite and on PostgreSQL.
+#[tokio::test]
+async fn audit_segments_are_a_log_of_their_own() {
+    let (_dir, databases) = sqlite_and_postgres("audit_segments_are…", "auditlog").await;
+    for db in databases {
+        let srv = server().database(&db).admin().start();
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        create_vault(&api, &admin, "v1").await;
+        // Records and segments with the same device and indexes.
+        let (s, _) = api
+            .post("/vaults/v1/push", &admin, push_body("d", KEY, 1, 2))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{db}");
+        let mut seg = push_body("d", KEY, 1, 3);
+        seg["records"][0]["data"] = json!(b64(b"segment one"));
+        let (s, b) = api.post("/vaults/v1/audit/push", &admin, seg).await;
+        assert_eq!((s, b["head"].clone()), (StatusCode::OK, json!(3)), "{db}");
+        // The record log is untouched by the segments, and the other way.
+        let (_, h) = api.get("/vaults/v1/heads", &admin).await;
+        assert_eq!(h, json!({"heads": {"d": 2}}), "{db}");
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(page["heads"], json!({"d": 3}), "{db}");
+        let got: Vec<(String, u64)> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["device_id"].as_str().unwrap().to_owned(),
+                    r["index"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("d".into(), 1), ("d".into(), 2), ("d".into(), 3)]);
+        assert_eq!(page["records"][0]["data"], json!(b64(b"segment one")));
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {"d": 2}}))
+            .await;
+        assert_eq!(page["records"].as_array().unwrap().len(), 1, "{db}");
+        let (_, records) = api
+            .post("/vaults/v1/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(records["heads"], json!({"d": 2}), "{db}");
+        assert_eq!(records["records"].as_array().unwrap().len(), 2, "{db}");
+        // A replayed or skipping segment, another key: refused as records are.
+        let err = assert_error(
+            &api.post("/vaults/v1/audit/push", &admin, push_body("d", KEY, 2, 1))
+                .await,
+            409,
+            "index_conflict",
+        );
+        assert_eq!(err["expected_index"], 4);
+        assert_error(
+            &api.post(
+                "/vaults/v1/audit/push",
+                &admin,
+                push_body("d", "age1intruder", 4, 1),
+            )
+            .await,
+            422,
+            "key_mismatch",
+        );
+        assert_error(
+            &api.post("/vaults/nope/audit/pull", &admin, json!({"since": {}}))
+                .await,
+            404,
+            "not_found",
+        );
+        // A reader may pull segments, not push them.
+        api.role(
+            &admin,
+            "reader",
+            json!([{"actions": ["vault:read"], "resources": ["v1"]}]),
+        )
+        .await;
+        api.user(&admin, "rita", &["reader"]).await;
+        let out = cli(&srv.database, &["token", "add", "--user", "rita", "main"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rita = api.jwt(stdout(&out).trim()).await;
+        let err = assert_error(
+            &api.post("/vaults/v1/audit/push", &rita, push_body("r", KEY, 1, 1))
+                .await,
+            403,
+            "forbidden",
+        );
+        assert_eq!(err["action"], "vault:write");
+        let (s, _) = api
+            .post("/vaults/v1/audit/pull", &rita, json!({"since": {}}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{db}");
+    }
+}
+
 #[tokio::test]
 async fn records_with_another_key_id_are_rejected() {
     let (_srv, api, admin) = with_vault().await;

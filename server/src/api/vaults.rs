@@ -1,4 +1,6 @@
-//! Vaults and their record logs: create, heads, push, pull.
+//! Vaults and their logs: create, heads, push, pull; the record log every
+//! device syncs, and the audit log segments devices share when they opt in
+//! (`/audit/push`, `/audit/pull`: the same rules, their own tables).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,7 +14,7 @@ use vault_protocol::server_api::{
 use vault_protocol::timefmt::Timestamp;
 
 use crate::error::ApiFailure;
-use crate::store::{NewRecord, VaultRow};
+use crate::store::{Log, NewRecord, VaultRow};
 use crate::telemetry;
 
 use super::*;
@@ -76,7 +78,7 @@ pub(super) async fn heads(
 ) -> Result<axum::Json<HeadsResponse>, ApiFailure> {
     caller.require(Action::VaultRead, &id)?;
     Ok(axum::Json(HeadsResponse {
-        heads: st.store.heads(&id).await?,
+        heads: st.store.heads(&id, Log::Records).await?,
     }))
 }
 
@@ -137,14 +139,7 @@ pub(super) async fn push(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PushRequest>,
 ) -> Result<axum::Json<PushResponse>, ApiFailure> {
-    caller.require(Action::VaultWrite, &id)?;
-    let device_id = req.device_id.clone();
-    let records = decode_push(req)?;
-    let count = records.len() as u64;
-    let head = st.store.push(&id, &device_id, records, now()).await?;
-    metrics::counter!(telemetry::PUSHES).increment(1);
-    metrics::counter!(telemetry::PUSHED_RECORDS).increment(count);
-    Ok(axum::Json(PushResponse { device_id, head }))
+    push_to(&st, &caller, &id, Log::Records, req).await
 }
 
 pub(super) async fn pull(
@@ -153,7 +148,57 @@ pub(super) async fn pull(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PullRequest>,
 ) -> Result<axum::Json<PullResponse>, ApiFailure> {
-    caller.require(Action::VaultRead, &id)?;
+    pull_from(&st, &caller, &id, Log::Records, req).await
+}
+
+/// Appends sealed audit log segments of one device (`[audit] sync`):
+/// `vault:write`, as a record push.
+pub(super) async fn audit_push(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PushRequest>,
+) -> Result<axum::Json<PushResponse>, ApiFailure> {
+    push_to(&st, &caller, &id, Log::Audit, req).await
+}
+
+/// Audit log segments past `since`: `vault:read`, as a record pull.
+pub(super) async fn audit_pull(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PullRequest>,
+) -> Result<axum::Json<PullResponse>, ApiFailure> {
+    pull_from(&st, &caller, &id, Log::Audit, req).await
+}
+
+async fn push_to(
+    st: &Shared,
+    caller: &Caller,
+    id: &str,
+    log: Log,
+    req: PushRequest,
+) -> Result<axum::Json<PushResponse>, ApiFailure> {
+    caller.require(Action::VaultWrite, id)?;
+    let device_id = req.device_id.clone();
+    let records = decode_push(req)?;
+    let count = records.len() as u64;
+    let head = st.store.push(id, log, &device_id, records, now()).await?;
+    if log == Log::Records {
+        metrics::counter!(telemetry::PUSHES).increment(1);
+        metrics::counter!(telemetry::PUSHED_RECORDS).increment(count);
+    }
+    Ok(axum::Json(PushResponse { device_id, head }))
+}
+
+async fn pull_from(
+    st: &Shared,
+    caller: &Caller,
+    id: &str,
+    log: Log,
+    req: PullRequest,
+) -> Result<axum::Json<PullResponse>, ApiFailure> {
+    caller.require(Action::VaultRead, id)?;
     let limit = match req.limit {
         Some(0) => return Err(ApiFailure::bad_request("limit must be at least 1")),
         Some(n) => n.min(MAX_PULL_LIMIT),
@@ -161,10 +206,12 @@ pub(super) async fn pull(
     };
     let page = st
         .store
-        .pull(&id, &req.since, limit as usize, MAX_PULL_BYTES)
+        .pull(id, log, &req.since, limit as usize, MAX_PULL_BYTES)
         .await?;
-    metrics::counter!(telemetry::PULLS).increment(1);
-    metrics::counter!(telemetry::PULLED_RECORDS).increment(page.records.len() as u64);
+    if log == Log::Records {
+        metrics::counter!(telemetry::PULLS).increment(1);
+        metrics::counter!(telemetry::PULLED_RECORDS).increment(page.records.len() as u64);
+    }
     Ok(axum::Json(PullResponse {
         records: page
             .records

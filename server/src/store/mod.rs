@@ -265,6 +265,29 @@ pub struct PullPage {
     pub more: bool,
 }
 
+/// Which of a vault's logs a call is about: the record log every device
+/// syncs, or the audit log segments devices share when `[audit] sync` is
+/// on (issue 24, docs/sync.md "Audit log"). Both are kept by the same
+/// rules (consecutive indexes per device, the vault's key id on each
+/// entry), in their own tables, so one never reaches into the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// `logs` and `records`.
+    Records,
+    /// `audit_logs` and `audit_segments`.
+    Audit,
+}
+
+impl Log {
+    /// The table of heads and the table of entries.
+    pub(crate) fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            Log::Records => ("logs", "records"),
+            Log::Audit => ("audit_logs", "audit_segments"),
+        }
+    }
+}
+
 /// What the bootstrap created, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -384,22 +407,24 @@ pub trait Store: Send + Sync + 'static {
     async fn create_vault(&self, vault: &VaultRow) -> StoreResult<()>;
     /// One vault.
     async fn get_vault(&self, id: &str) -> StoreResult<VaultRow>;
-    /// Every device's head.
-    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>>;
+    /// Every device's head in `log`.
+    async fn heads(&self, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>>;
     /// Appends `records` (consecutive indexes, checked by the caller) to the
-    /// device's log; returns the new head.
+    /// device's `log`; returns the new head.
     async fn push(
         &self,
         vault_id: &str,
+        log: Log,
         device_id: &str,
         records: Vec<NewRecord>,
         now: i64,
     ) -> StoreResult<u64>;
-    /// Records past `since` (per device), at most `limit` records and about
-    /// `max_bytes` bytes.
+    /// Entries of `log` past `since` (per device), at most `limit` of them
+    /// and about `max_bytes` bytes.
     async fn pull(
         &self,
         vault_id: &str,
+        log: Log,
         since: &BTreeMap<String, u64>,
         limit: usize,
         max_bytes: usize,

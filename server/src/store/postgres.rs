@@ -22,7 +22,7 @@ use vault_protocol::server_api::Role;
 use super::gate::{self, CommitGate};
 use super::pg_tls;
 use super::{
-    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
+    Bootstrap, Log, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
     StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
     continue_log, policies_to_json, redact_url, role_from_row, sso_refusal_bound,
     sso_refusal_no_user, sso_refusal_token_user,
@@ -115,6 +115,26 @@ CREATE TABLE user_mapped_roles (
 CREATE VIEW held_roles AS
     SELECT user_name, role FROM user_roles
     UNION ALL SELECT user_name, role FROM user_mapped_roles;
+"#,
+    // The audit log segments devices share when `[audit] sync` is on
+    // (issue 24): the same shape and rules as `logs` and `records`.
+    r#"
+CREATE TABLE audit_logs (
+    vault_id  TEXT COLLATE "C" NOT NULL REFERENCES vaults(id) ON DELETE CASCADE,
+    device_id TEXT COLLATE "C" NOT NULL,
+    head      BIGINT NOT NULL,
+    PRIMARY KEY (vault_id, device_id)
+);
+CREATE TABLE audit_segments (
+    vault_id    TEXT COLLATE "C" NOT NULL,
+    device_id   TEXT COLLATE "C" NOT NULL,
+    idx         BIGINT NOT NULL,
+    key_id      TEXT NOT NULL,
+    data        BYTEA NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (vault_id, device_id, idx),
+    FOREIGN KEY (vault_id, device_id) REFERENCES audit_logs(vault_id, device_id) ON DELETE CASCADE
+);
 "#,
 ];
 
@@ -482,12 +502,16 @@ async fn insert_token<C: deadpool_postgres::GenericClient>(c: &C, t: &TokenRow) 
 async fn read_heads<C: deadpool_postgres::GenericClient>(
     c: &C,
     vault_id: &str,
+    log: Log,
 ) -> StoreResult<BTreeMap<String, u64>> {
     if !exists(c, "SELECT 1 FROM vaults WHERE id = $1", vault_id).await? {
         return Err(StoreError::NotFound(format!("no vault '{vault_id}'")));
     }
     let stmt = c
-        .prepare_cached("SELECT device_id, head FROM logs WHERE vault_id = $1")
+        .prepare_cached(&format!(
+            "SELECT device_id, head FROM {} WHERE vault_id = $1",
+            log.tables().0
+        ))
         .await
         .map_err(pg_err)?;
     Ok(c.query(&stmt, &[&vault_id])
@@ -1095,18 +1119,20 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+    async fn heads(&self, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>> {
         let client = self.pool.get().await.map_err(pool_err)?;
-        read_heads(&client, vault_id).await
+        read_heads(&client, vault_id, log).await
     }
 
     async fn push(
         &self,
         vault_id: &str,
+        log: Log,
         device_id: &str,
         records: Vec<NewRecord>,
         now: i64,
     ) -> StoreResult<u64> {
+        let (heads_t, rows_t) = log.tables();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let key_stmt = tx
@@ -1120,19 +1146,19 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?
             .get(0);
         let ensure = tx
-            .prepare_cached(
-                "INSERT INTO logs (vault_id, device_id, head) VALUES ($1, $2, 0)
-                 ON CONFLICT DO NOTHING",
-            )
+            .prepare_cached(&format!(
+                "INSERT INTO {heads_t} (vault_id, device_id, head) VALUES ($1, $2, 0)
+                 ON CONFLICT DO NOTHING"
+            ))
             .await
             .map_err(pg_err)?;
         tx.execute(&ensure, &[&vault_id, &device_id])
             .await
             .map_err(pg_err)?;
         let lock = tx
-            .prepare_cached(
-                "SELECT head FROM logs WHERE vault_id = $1 AND device_id = $2 FOR UPDATE",
-            )
+            .prepare_cached(&format!(
+                "SELECT head FROM {heads_t} WHERE vault_id = $1 AND device_id = $2 FOR UPDATE"
+            ))
             .await
             .map_err(pg_err)?;
         let head = tx
@@ -1145,11 +1171,11 @@ impl Store for PostgresStore {
         let key_ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
         let datas: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
         let insert = tx
-            .prepare_cached(
-                "INSERT INTO records (vault_id, device_id, idx, key_id, data, received_at)
+            .prepare_cached(&format!(
+                "INSERT INTO {rows_t} (vault_id, device_id, idx, key_id, data, received_at)
                  SELECT $1, $2, t.idx, t.key_id, t.data, $6
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bytea[]) AS t(idx, key_id, data)",
-            )
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bytea[]) AS t(idx, key_id, data)"
+            ))
             .await
             .map_err(pg_err)?;
         tx.execute(
@@ -1165,7 +1191,9 @@ impl Store for PostgresStore {
             }
         })?;
         let update = tx
-            .prepare_cached("UPDATE logs SET head = $3 WHERE vault_id = $1 AND device_id = $2")
+            .prepare_cached(&format!(
+                "UPDATE {heads_t} SET head = $3 WHERE vault_id = $1 AND device_id = $2"
+            ))
             .await
             .map_err(pg_err)?;
         tx.execute(&update, &[&vault_id, &device_id, &(new_head as i64)])
@@ -1178,10 +1206,12 @@ impl Store for PostgresStore {
     async fn pull(
         &self,
         vault_id: &str,
+        log: Log,
         since: &BTreeMap<String, u64>,
         limit: usize,
         max_bytes: usize,
     ) -> StoreResult<PullPage> {
+        let (heads_t, rows_t) = log.tables();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client
             .build_transaction()
@@ -1190,7 +1220,7 @@ impl Store for PostgresStore {
             .start()
             .await
             .map_err(pg_err)?;
-        let heads = read_heads(&tx, vault_id).await?;
+        let heads = read_heads(&tx, vault_id, log).await?;
         // One query for the whole page: each lagging device's records past
         // its `since` (an index range scan per device, never the whole
         // vault), in (device, index) order, at most `limit` of them, and
@@ -1202,15 +1232,15 @@ impl Store for PostgresStore {
             .map(|&v| v.min(i64::MAX as u64) as i64)
             .collect();
         let stmt = tx
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "WITH page AS (
                      SELECT l.device_id, r.idx, r.key_id, r.received_at, r.len
-                     FROM logs l
+                     FROM {heads_t} l
                      LEFT JOIN UNNEST($2::text[], $3::bigint[]) AS s(device_id, since)
                          ON s.device_id = l.device_id
                      CROSS JOIN LATERAL (
                          SELECT r.idx, r.key_id, r.received_at, octet_length(r.data) AS len
-                         FROM records r
+                         FROM {rows_t} r
                          WHERE r.vault_id = l.vault_id AND r.device_id = l.device_id
                            AND r.idx > COALESCE(s.since, 0)
                          ORDER BY r.idx
@@ -1225,10 +1255,10 @@ impl Store for PostgresStore {
                  )
                  SELECT z.device_id, z.idx, z.key_id, r.data, z.received_at
                  FROM sized z
-                 JOIN records r ON r.vault_id = $1 AND r.device_id = z.device_id AND r.idx = z.idx
+                 JOIN {rows_t} r ON r.vault_id = $1 AND r.device_id = z.device_id AND r.idx = z.idx
                  WHERE z.before < $5
-                 ORDER BY z.device_id, z.idx",
-            )
+                 ORDER BY z.device_id, z.idx"
+            ))
             .await
             .map_err(pg_err)?;
         let max_bytes_i64 = max_bytes.min(i64::MAX as usize) as i64;

@@ -15,7 +15,7 @@ use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
 use super::{
-    Bootstrap, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
+    Bootstrap, Log, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
     StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
     continue_log, policies_to_json, role_from_row, sso_refusal_bound, sso_refusal_no_user,
     sso_refusal_token_user,
@@ -108,6 +108,27 @@ CREATE TABLE user_mapped_roles (
 CREATE VIEW held_roles AS
     SELECT user_name, role FROM user_roles
     UNION ALL SELECT user_name, role FROM user_mapped_roles;
+"#,
+    // The audit log segments devices share when `[audit] sync` is on
+    // (issue 24): the same shape and rules as `logs` and `records`, in
+    // tables of their own.
+    r#"
+CREATE TABLE audit_logs (
+    vault_id  TEXT NOT NULL REFERENCES vaults(id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    head      INTEGER NOT NULL,
+    PRIMARY KEY (vault_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE audit_segments (
+    vault_id    TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    key_id      TEXT NOT NULL,
+    data        BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (vault_id, device_id, idx),
+    FOREIGN KEY (vault_id, device_id) REFERENCES audit_logs(vault_id, device_id) ON DELETE CASCADE
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -1301,12 +1322,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn heads(&self, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+    async fn heads(&self, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>> {
         let vault_id = vault_id.to_owned();
         self.read(move |conn| {
             let tx = conn.transaction().map_err(sql_err)?;
             vault_exists(&tx, &vault_id)?;
-            read_heads(&tx, &vault_id)
+            read_heads(&tx, &vault_id, log)
         })
         .await
     }
@@ -1314,11 +1335,13 @@ impl Store for SqliteStore {
     async fn push(
         &self,
         vault_id: &str,
+        log: Log,
         device_id: &str,
         records: Vec<NewRecord>,
         now: i64,
     ) -> StoreResult<u64> {
         let (vault_id, device_id) = (vault_id.to_owned(), device_id.to_owned());
+        let (heads_t, rows_t) = log.tables();
         self.write(move |tx| {
             let key_id: Option<String> = tx
                 .prepare_cached("SELECT key_id FROM vaults WHERE id = ?1")
@@ -1329,26 +1352,28 @@ impl Store for SqliteStore {
             let key_id =
                 key_id.ok_or_else(|| StoreError::NotFound(format!("no vault '{vault_id}'")))?;
             let head: u64 = tx
-                .prepare_cached("SELECT head FROM logs WHERE vault_id = ?1 AND device_id = ?2")
+                .prepare_cached(&format!(
+                    "SELECT head FROM {heads_t} WHERE vault_id = ?1 AND device_id = ?2"
+                ))
                 .map_err(sql_err)?
                 .query_row(params![vault_id, device_id], |r| r.get::<_, i64>(0))
                 .optional()
                 .map_err(sql_err)?
                 .map_or(0, |h| h as u64);
             let new_head = continue_log(&records, &key_id, head)?;
-            tx.prepare_cached(
-                "INSERT INTO logs (vault_id, device_id, head) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (vault_id, device_id) DO UPDATE SET head = excluded.head",
-            )
+            tx.prepare_cached(&format!(
+                "INSERT INTO {heads_t} (vault_id, device_id, head) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vault_id, device_id) DO UPDATE SET head = excluded.head"
+            ))
             .map_err(sql_err)?
             .execute(params![vault_id, device_id, new_head as i64])
             .map_err(sql_err)?;
             {
                 let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO records (vault_id, device_id, idx, key_id, data, received_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
+                    .prepare_cached(&format!(
+                        "INSERT INTO {rows_t} (vault_id, device_id, idx, key_id, data, received_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    ))
                     .map_err(sql_err)?;
                 for r in &records {
                     insert
@@ -1371,23 +1396,25 @@ impl Store for SqliteStore {
     async fn pull(
         &self,
         vault_id: &str,
+        log: Log,
         since: &BTreeMap<String, u64>,
         limit: usize,
         max_bytes: usize,
     ) -> StoreResult<PullPage> {
         let vault_id = vault_id.to_owned();
         let since = since.clone();
+        let rows_t = log.tables().1;
         self.read(move |conn| {
             // One read transaction: heads and records come from one snapshot.
             let tx = conn.transaction().map_err(sql_err)?;
             vault_exists(&tx, &vault_id)?;
-            let heads = read_heads(&tx, &vault_id)?;
+            let heads = read_heads(&tx, &vault_id, log)?;
             let mut stmt = tx
-                .prepare_cached(
-                    "SELECT idx, key_id, data, received_at FROM records
+                .prepare_cached(&format!(
+                    "SELECT idx, key_id, data, received_at FROM {rows_t}
                      WHERE vault_id = ?1 AND device_id = ?2 AND idx > ?3
-                     ORDER BY idx LIMIT ?4",
-                )
+                     ORDER BY idx LIMIT ?4"
+                ))
                 .map_err(sql_err)?;
             assemble_page(heads, &since, limit, max_bytes, |device, from, n| {
                 stmt.query_map(params![vault_id, device, from as i64, n as i64], |r| {
@@ -1417,9 +1444,12 @@ fn vault_exists(conn: &Connection, id: &str) -> StoreResult<()> {
         .ok_or_else(|| StoreError::NotFound(format!("no vault '{id}'")))
 }
 
-fn read_heads(conn: &Connection, vault_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+fn read_heads(conn: &Connection, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>> {
     let mut stmt = conn
-        .prepare_cached("SELECT device_id, head FROM logs WHERE vault_id = ?1")
+        .prepare_cached(&format!(
+            "SELECT device_id, head FROM {} WHERE vault_id = ?1",
+            log.tables().0
+        ))
         .map_err(sql_err)?;
     let rows = stmt
         .query_map([vault_id], |r| {
