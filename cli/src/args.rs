@@ -784,6 +784,16 @@ pub struct AuditArgs {
     /// Only entries this recent (e.g. 1h, 7d) or since this time (RFC 3339)
     #[arg(long, value_name = "DURATION|TIME")]
     pub since: Option<String>,
+
+    /// This device's entries and those synced from the vault's other
+    /// devices ([audit] sync), by time, with a DEVICE column
+    #[arg(long, conflicts_with = "device")]
+    pub all_devices: bool,
+
+    /// Only the entries synced from this device (its id; this device's
+    /// own id gives its local log)
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
 }
 
 const AUDIT_HELP: &str = "\
@@ -792,7 +802,9 @@ helpers (resolve), aws-process, otp, emit, publish. Each entry names the
 client process (pid, executable, command line) and up to three parents.
 The log is kept in vault.db, encrypted and chained: an entry deleted,
 changed or cut off is reported, and the command exits 1. Settings:
-[audit] enabled, keep in config.toml (docs/lifecycle.md).";
+[audit] enabled, keep in config.toml (docs/lifecycle.md). With [audit]
+sync = true the entries are shared, sealed, with the vault's other
+devices through the sync server: see them with --all-devices (docs/sync.md).";
 
 /// `vault check`.
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@
 //! [audit]
 //! enabled = true   # record every value handed out (default)
 //! keep = "90d"     # drop entries older than this
+//! sync = false     # true: share entries with this vault's other devices through the server
 //!
 //! [tls]
 //! ca = "/etc/ssl/corp-ca.pem"  # also trust these roots (PEM), besides the built-in ones
@@ -75,6 +76,9 @@ pub struct Config {
     pub audit: bool,
     /// Drop audit entries older than this.
     pub audit_keep: Duration,
+    /// Share the audit log's entries with the vault's other devices
+    /// through the sync server, sealed (docs/sync.md); off by default.
+    pub audit_sync: bool,
     /// `[tls] ca`: more roots to trust over HTTPS (PEM), besides the
     /// built-in Mozilla ones: a team's own CA for vault-server, a
     /// company's token endpoints. Read when the config is loaded.
@@ -111,6 +115,7 @@ impl Default for Config {
             check_interval: None,
             audit: true,
             audit_keep: Duration::from_secs(90 * 86_400),
+            audit_sync: false,
             tls_roots: Vec::new(),
             gcp_token_uris: Vec::new(),
             gcp_iam_endpoint: None,
@@ -187,6 +192,7 @@ struct Rotate {
 struct Audit {
     enabled: Option<bool>,
     keep: Option<String>,
+    sync: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -318,6 +324,9 @@ impl Config {
         }
         if let Some(on) = file.audit.enabled {
             config.audit = on;
+        }
+        if let Some(on) = file.audit.sync {
+            config.audit_sync = on;
         }
         if let Some(v) = &file.audit.keep {
             config.audit_keep = dur("audit.keep", v)?;

@@ -52,6 +52,10 @@ pub struct VaultKey {
     local_seal: aead::LessSafeKey,
     /// Chains the audit log's entries (docs/lifecycle.md): local only.
     audit_mac: hmac::Key,
+    /// Seals the audit log segments devices share through the server
+    /// (`[audit] sync`, docs/sync.md): every member derives it, the server
+    /// never can.
+    audit_share: aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -90,6 +94,10 @@ impl VaultKey {
             .expand(&[b"local-audit-chain"], hmac::HMAC_SHA256)
             .expect("HMAC_SHA256 is a valid HKDF output length");
         let audit_mac = hmac::Key::from(okm);
+        let okm = prk
+            .expand(&[b"audit-sync-seal"], &aead::CHACHA20_POLY1305)
+            .expect("a ChaCha20-Poly1305 key is a valid HKDF output length");
+        let audit_share = aead::LessSafeKey::new(aead::UnboundKey::from(okm));
         let recipient = identity.to_public();
         Self {
             identity,
@@ -99,6 +107,7 @@ impl VaultKey {
             approval_mac,
             local_seal,
             audit_mac,
+            audit_share,
         }
     }
 
@@ -217,36 +226,26 @@ impl VaultKey {
     /// derived from the identity). Only this vault's key opens it, and only
     /// under the same label.
     pub fn seal_local(&self, label: &[u8], plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        getrandom::fill(&mut nonce).expect("the OS random source failed");
-        let mut out = Vec::with_capacity(nonce.len() + plain.len() + aead::MAX_TAG_LEN);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let tag = self
-            .local_seal
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(label),
-                &mut out[aead::NONCE_LEN..],
-            )
-            .expect("a local cache is far below ChaCha20-Poly1305's size limit");
-        out.extend_from_slice(tag.as_ref());
-        out
+        seal(&self.local_seal, label, plain)
     }
 
     /// Opens what [`VaultKey::seal_local`] sealed under `label`; `None` when
     /// it is damaged, truncated, made by another key or under another label.
     pub fn open_local(&self, label: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        let (nonce, body) = sealed.split_at_checked(aead::NONCE_LEN)?;
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buf = Zeroizing::new(body.to_vec());
-        let len = self
-            .local_seal
-            .open_in_place(nonce, aead::Aad::from(label), &mut buf)
-            .ok()?
-            .len();
-        buf.truncate(len);
-        Some(buf)
+        open(&self.local_seal, label, sealed)
+    }
+
+    /// Seals an audit log segment for the vault's other devices, as
+    /// [`VaultKey::seal_local`] does, under a key of its own: `label`
+    /// binds the vault, the device and the segment's number.
+    pub fn seal_shared_audit(&self, label: &[u8], plain: &[u8]) -> Vec<u8> {
+        seal(&self.audit_share, label, plain)
+    }
+
+    /// Opens a segment sealed by [`VaultKey::seal_shared_audit`] under
+    /// exactly `label`; `None` for anything else (forged, changed, moved).
+    pub fn open_shared_audit(&self, label: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        open(&self.audit_share, label, sealed)
     }
 
     /// Whether `mac` authenticates `signed` under this vault's key (in
@@ -266,6 +265,38 @@ impl VaultKey {
             .map(Self::from_identity)
             .map_err(|_| "not an age X25519 identity".to_owned())
     }
+}
+
+/// A random nonce, then `plain` encrypted and authenticated together with
+/// `label` (ChaCha20-Poly1305).
+fn seal(key: &aead::LessSafeKey, label: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    getrandom::fill(&mut nonce).expect("the OS random source failed");
+    let mut out = Vec::with_capacity(nonce.len() + plain.len() + aead::MAX_TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let tag = key
+        .seal_in_place_separate_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(label),
+            &mut out[aead::NONCE_LEN..],
+        )
+        .expect("a sealed cache or segment is far below ChaCha20-Poly1305's size limit");
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+/// Opens what [`seal`] sealed under `label`.
+fn open(key: &aead::LessSafeKey, label: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let (nonce, body) = sealed.split_at_checked(aead::NONCE_LEN)?;
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = Zeroizing::new(body.to_vec());
+    let len = key
+        .open_in_place(nonce, aead::Aad::from(label), &mut buf)
+        .ok()?
+        .len();
+    buf.truncate(len);
+    Some(buf)
 }
 
 #[cfg(test)]

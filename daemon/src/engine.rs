@@ -25,6 +25,7 @@ use crate::store::{self, RecordRow, Store, StoreError};
 
 mod approve;
 pub mod audit;
+pub mod audit_sync;
 pub mod aws_keys;
 pub mod checks;
 mod complete;

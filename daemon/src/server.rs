@@ -520,11 +520,26 @@ impl Daemon {
                 }
                 r
             }
-            Request::Audit { name, since, after } => {
+            Request::Audit {
+                name,
+                since,
+                after,
+                device,
+                all_devices,
+            } => {
                 let me = Arc::clone(self);
                 tokio::task::spawn_blocking(move || {
-                    let (entries, problems, next) =
-                        me.engine().audit_log(name.as_deref(), since, after)?;
+                    let mut engine = me.engine();
+                    let (entries, problems, next) = if all_devices || device.is_some() {
+                        engine.audit_log_devices(
+                            name.as_deref(),
+                            since,
+                            after.unwrap_or(0),
+                            device.as_deref(),
+                        )?
+                    } else {
+                        engine.audit_log(name.as_deref(), since, after)?
+                    };
                     Ok(Response::Audit {
                         entries,
                         problems,

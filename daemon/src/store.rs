@@ -16,7 +16,7 @@ mod checks;
 mod publish;
 mod rotations;
 
-pub use audit::AuditRow;
+pub use audit::{AuditRow, AuditSegment};
 pub use checks::CheckRow;
 pub use publish::{Presence, PubKey, PubRow, RemoteRow};
 pub use rotations::RotationRow;
@@ -222,6 +222,18 @@ ALTER TABLE emitters ADD COLUMN exec_args TEXT;
     // know.
     r#"
 UPDATE vault_meta SET value = value WHERE 0;
+"#,
+    // Other devices' audit log segments (`[audit] sync`, docs/sync.md), as
+    // pulled: still sealed to the vault's shared audit key, with the device
+    // and number bound in; opened when read. This device's own progress is
+    // in `vault_meta` (`audit_sync_seq`, `audit_sync_segment`).
+    r#"
+CREATE TABLE audit_remote (
+    device_id TEXT NOT NULL,
+    idx       INTEGER NOT NULL,
+    body      BLOB NOT NULL,
+    PRIMARY KEY (device_id, idx)
+) WITHOUT ROWID;
 "#,
 ];
 

@@ -177,9 +177,19 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<Timestamp>,
         /// The next page: entries after this one (the last answer's `next`).
-        /// The first page alone carries the check of the whole log.
+        /// The first page alone carries the check of the whole log. With
+        /// `device` or `all_devices`: how many entries came before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<u64>,
+        /// Only the entries of this device (its id, as `vault sync verify`
+        /// and `vault audit --all-devices` show it), as
+        /// synced from it (`[audit] sync`, docs/sync.md); this device's own
+        /// id gives its local log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// This device's entries and every synced device's, by time.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all_devices: bool,
     },
     /// Checks credentials against their own services (`vault check`,
     /// docs/lifecycle.md): all of them when `names` is empty. Answered by

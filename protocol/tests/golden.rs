@@ -896,10 +896,25 @@ fn audit_frames() {
             name: Some("gh".into()),
             since: Some(Timestamp(1_700_000_000)),
             after: Some(40),
+            device: None,
+            all_devices: false,
         },
     };
     let expected =
         r#"{"id":13,"req":{"op":"audit","name":"gh","since":"2023-11-14T22:13:20Z","after":40}}"#;
+    assert_eq!(frame_of(&req), with_header(expected));
+    // Other devices' synced entries (`[audit] sync`).
+    let req = RequestFrame {
+        id: 14,
+        req: Request::Audit {
+            name: None,
+            since: None,
+            after: None,
+            device: Some("laptop-1".into()),
+            all_devices: true,
+        },
+    };
+    let expected = r#"{"id":14,"req":{"op":"audit","device":"laptop-1","all_devices":true}}"#;
     assert_eq!(frame_of(&req), with_header(expected));
     let answer = ResponseFrame {
         id: 13,
@@ -920,6 +935,7 @@ fn audit_frames() {
                     exe: None,
                     cmdline: "bash".into(),
                 }],
+                device: None,
             }],
             problems: vec!["entry 3 is missing".into()],
             next: None,
@@ -927,6 +943,30 @@ fn audit_frames() {
         err: None,
     };
     let expected = r#"{"id":13,"ok":{"kind":"audit","entries":[{"seq":41,"at":"2023-11-14T22:13:20Z","name":"gh","op":"get","uid":1000,"client":{"pid":4242,"exe":"/usr/bin/vault","cmdline":"vault get gh"},"parents":[{"pid":4000,"cmdline":"bash"}]}],"problems":["entry 3 is missing"]}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+    let answer = ResponseFrame {
+        id: 14,
+        ok: Some(Response::Audit {
+            entries: vec![vault_protocol::message::AuditEntry {
+                seq: 7,
+                at: Timestamp(1_700_000_000),
+                name: None,
+                op: "resolve".into(),
+                uid: 1000,
+                client: vault_protocol::message::AuditProcess {
+                    pid: 99,
+                    exe: None,
+                    cmdline: String::new(),
+                },
+                parents: Vec::new(),
+                device: Some("laptop-1".into()),
+            }],
+            problems: Vec::new(),
+            next: Some(1),
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":14,"ok":{"kind":"audit","entries":[{"seq":7,"at":"2023-11-14T22:13:20Z","name":null,"op":"resolve","uid":1000,"client":{"pid":99,"cmdline":""},"parents":[],"device":"laptop-1"}],"problems":[],"next":1}}"#;
     assert_eq!(frame_of(&answer), with_header(expected));
 }
 

@@ -277,6 +277,28 @@ impl VaultHome {
         second
     }
 
+    /// `vault --json audit ARGS…`: its entries, its problems and its exit
+    /// code; no secret marker in its output.
+    pub fn audit(&self, args: &[&str]) -> (Vec<serde_json::Value>, Vec<String>, i32) {
+        let mut all = vec!["--json", "audit"];
+        all.extend_from_slice(args);
+        let run = self.vault(all);
+        run.no_panic();
+        assert!(
+            !run.stdout.contains(crate::MARK) && !run.stderr.contains(crate::MARK),
+            "{run}"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let entries = doc["entries"].as_array().unwrap().clone();
+        let problems = doc["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        (entries, problems, run.code)
+    }
+
     /// Writes `config.toml` (0600, its directory 0700), before the daemon
     /// starts.
     pub fn write_config(&self, text: &str) {

@@ -9,27 +9,7 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vault_e2e::{MARK, VaultHome, run_command, secret};
-
-fn audit(vh: &VaultHome, args: &[&str]) -> (Vec<serde_json::Value>, Vec<String>, i32) {
-    let mut all = vec!["--json", "audit"];
-    all.extend_from_slice(args);
-    let run = vh.vault(all);
-    run.no_panic();
-    assert!(
-        !run.stdout.contains(MARK) && !run.stderr.contains(MARK),
-        "{run}"
-    );
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let entries = doc["entries"].as_array().unwrap().clone();
-    let problems = doc["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_owned())
-        .collect();
-    (entries, problems, run.code)
-}
+use vault_e2e::{VaultHome, run_command, secret};
 
 fn canonical(p: &std::path::Path) -> String {
     std::fs::canonicalize(p).unwrap().display().to_string()
@@ -65,7 +45,7 @@ fn every_hand_out_names_its_client_and_a_changed_log_is_reported() {
     vh.vault(["lock"]).ok();
     vh.unlock().ok();
 
-    let (entries, problems, status) = audit(&vh, &[]);
+    let (entries, problems, status) = vh.audit(&[]);
     assert_eq!(status, 0, "{problems:?}");
     assert!(problems.is_empty(), "{problems:?}");
     let vault = canonical(&vault_e2e::binaries().vault);
@@ -131,11 +111,11 @@ fn every_hand_out_names_its_client_and_a_changed_log_is_reported() {
     assert_eq!(gh_line.split('\t').count(), 6, "{gh_line}");
     assert!(gh_line.ends_with("exec -c gh -- true"), "{gh_line}");
     // One credential's entries; a window.
-    let (gh, ..) = audit(&vh, &["gh"]);
+    let (gh, ..) = vh.audit(&["gh"]);
     assert_eq!(gh.len(), 2);
-    let (recent, ..) = audit(&vh, &["--since", "1h"]);
+    let (recent, ..) = vh.audit(&["--since", "1h"]);
     assert_eq!(recent.len(), 4);
-    let (none, ..) = audit(&vh, &["--since", "2099-01-01T00:00:00Z"]);
+    let (none, ..) = vh.audit(&["--since", "2099-01-01T00:00:00Z"]);
     assert!(none.is_empty());
     vh.vault(["audit", "--since", "soon"]).code(2);
     vh.vault(["audit", "nope"]).code(4);
@@ -149,7 +129,7 @@ fn every_hand_out_names_its_client_and_a_changed_log_is_reported() {
         vh.unlock().ok();
     };
     tamper("UPDATE audit SET at = at - 60 WHERE seq = 2");
-    let (_, problems, status) = audit(&vh, &[]);
+    let (_, problems, status) = vh.audit(&[]);
     assert_eq!(status, 1);
     assert!(
         problems
@@ -158,14 +138,14 @@ fn every_hand_out_names_its_client_and_a_changed_log_is_reported() {
         "{problems:?}"
     );
     tamper("DELETE FROM audit WHERE seq = 3");
-    let (entries, problems, _) = audit(&vh, &[]);
+    let (entries, problems, _) = vh.audit(&[]);
     assert!(
         problems.iter().any(|p| p == "entry 3 is missing"),
         "{problems:?}"
     );
     assert_eq!(entries.len(), 3);
     tamper("DELETE FROM audit WHERE seq = 4");
-    let (_, problems, _) = audit(&vh, &[]);
+    let (_, problems, _) = vh.audit(&[]);
     assert!(
         problems
             .iter()
@@ -189,7 +169,7 @@ fn a_log_turned_off_records_nothing() {
     vh.vault(["get", "gh"]).ok();
     vh.vault(["lock"]).ok();
     vh.unlock().ok();
-    let (entries, problems, status) = audit(&vh, &[]);
+    let (entries, problems, status) = vh.audit(&[]);
     assert!(entries.is_empty() && problems.is_empty() && status == 0);
 }
 
@@ -208,7 +188,7 @@ fn a_file_the_daemon_rewrites_is_recorded_as_its_own_hand_out() {
     .ok();
     vh.vault(["lock"]).ok();
     vh.unlock().ok();
-    let (entries, problems, _) = audit(&vh, &["dev"]);
+    let (entries, problems, _) = vh.audit(&["dev"]);
     assert!(problems.is_empty(), "{problems:?}");
     let ops: Vec<&str> = entries.iter().map(|e| e["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["emit_aws", "emit_rewrite"], "{entries:#?}");

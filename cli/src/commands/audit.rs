@@ -2,6 +2,7 @@
 //! handed out; exits 1 when the log is not whole.
 
 use vault_protocol::message::{AuditEntry, AuditProcess};
+use vault_protocol::server_api::validate_id;
 use vault_protocol::timefmt::{Timestamp, parse_duration};
 use vault_protocol::{ErrorCode, Request, Response, validate_name};
 
@@ -14,6 +15,10 @@ pub fn run(ctx: &mut Ctx, args: &AuditArgs) -> CliResult<()> {
     if let Some(name) = &args.name {
         validate_name(name).map_err(usage)?;
     }
+    if let Some(device) = &args.device {
+        validate_id("--device", device).map_err(usage)?;
+    }
+    let devices = args.all_devices || args.device.is_some();
     let since = match args.since.as_deref() {
         None => None,
         Some(s) => Some(match parse_duration(s) {
@@ -33,6 +38,8 @@ pub fn run(ctx: &mut Ctx, args: &AuditArgs) -> CliResult<()> {
             name: args.name.clone(),
             since,
             after,
+            device: args.device.clone(),
+            all_devices: args.all_devices,
         })? {
             Response::Audit {
                 entries: page,
@@ -58,44 +65,65 @@ pub fn run(ctx: &mut Ctx, args: &AuditArgs) -> CliResult<()> {
         if entries.is_empty() {
             ctx.out.info("no entries");
         } else {
-            let mut table = Table::new(&["TIME", "CREDENTIAL", "OP", "PID", "CLIENT", "PARENTS"]);
+            let mut head = vec!["TIME"];
+            if devices {
+                head.push("DEVICE");
+            }
+            head.extend(["CREDENTIAL", "OP", "PID", "CLIENT", "PARENTS"]);
+            let mut table = Table::new(&head);
             for e in &entries {
-                table.row(vec![
-                    (e.at.to_string(), None),
+                let mut row = vec![(e.at.to_string(), None)];
+                if devices {
+                    row.push((device_of(e).to_owned(), None));
+                }
+                row.extend([
                     (name_of(e).to_owned(), None),
                     (e.op.clone(), None),
                     (e.client.pid.to_string(), None),
                     (e.client.cmdline.clone(), None),
                     (parents(e), None),
                 ]);
+                table.row(row);
             }
             let color = ctx.out.color;
             ctx.out.text(&table.render(color));
         }
     } else {
         for e in &entries {
-            ctx.out.text(&tsv_row(&[
-                &e.at.to_string(),
-                name_of(e),
-                &e.op,
-                &e.client.pid.to_string(),
-                e.client.exe.as_deref().unwrap_or("-"),
-                &e.client.cmdline,
-                &parents(e),
-            ]));
+            let mut fields = vec![e.at.to_string()];
+            if devices {
+                fields.push(device_of(e).to_owned());
+            }
+            fields.extend([
+                name_of(e).to_owned(),
+                e.op.clone(),
+                e.client.pid.to_string(),
+                e.client.exe.clone().unwrap_or_else(|| "-".to_owned()),
+                e.client.cmdline.clone(),
+                parents(e),
+            ]);
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            ctx.out.text(&tsv_row(&fields));
         }
     }
     for p in &problems {
         ctx.out.warn(p);
     }
     if !problems.is_empty() {
-        ctx.out.warn(
+        ctx.out.warn(if devices {
+            "the audit log is not whole: entries are missing or were changed, here or on the \
+             way from another device (see docs/sync.md, 'Audit log')"
+        } else {
             "the audit log is not whole: vault.db was changed outside vaultd (see \
-             docs/lifecycle.md, 'Audit log')",
-        );
+             docs/lifecycle.md, 'Audit log')"
+        });
         ctx.exit_code = ErrorCode::Failed.exit_code();
     }
     Ok(())
+}
+
+fn device_of(e: &AuditEntry) -> &str {
+    e.device.as_deref().unwrap_or("-")
 }
 
 fn name_of(e: &AuditEntry) -> &str {

@@ -32,11 +32,11 @@ pub struct Pending {
 
 /// What an entry's sealed body holds.
 #[derive(Serialize, Deserialize)]
-struct Body {
-    op: String,
-    uid: u32,
-    client: AuditProcess,
-    parents: Vec<AuditProcess>,
+pub(super) struct Body {
+    pub(super) op: String,
+    pub(super) uid: u32,
+    pub(super) client: AuditProcess,
+    pub(super) parents: Vec<AuditProcess>,
 }
 
 /// The chain's ends: entries after `base` (pruned up to it) through
@@ -71,7 +71,7 @@ fn entry_mac(
 }
 
 /// A row's entry, opened; `None` when it does not open or parse (changed).
-fn open_body(key: &VaultKey, row: &AuditRow) -> Option<Body> {
+pub(super) fn open_body(key: &VaultKey, row: &AuditRow) -> Option<Body> {
     let plain = key.open_local(&label(row.seq), &row.body)?;
     serde_json::from_slice(&plain).ok()
 }
@@ -198,6 +198,19 @@ impl Engine {
         Ok(())
     }
 
+    /// The record id of `name` (`None` for every record); not found when
+    /// there is no such record.
+    pub(super) fn audited_id(&self, name: Option<&str>) -> Result<Option<String>> {
+        name.map(|n| {
+            self.session()?
+                .index
+                .get(n)
+                .map(|e| e.id.clone())
+                .ok_or_else(|| super::not_found(n))
+        })
+        .transpose()
+    }
+
     /// A page of the log's entries (of `name`, from `since`, after entry
     /// `after`), oldest first; what the check of the whole chain found
     /// wrong (first page only); and where the next page starts.
@@ -208,16 +221,7 @@ impl Engine {
         after: Option<u64>,
     ) -> Result<(Vec<AuditEntry>, Vec<String>, Option<u64>)> {
         self.flush_audit()?;
-        let only = match name {
-            Some(n) => Some(
-                self.session()?
-                    .index
-                    .get(n)
-                    .map(|e| e.id.clone())
-                    .ok_or_else(|| super::not_found(n))?,
-            ),
-            None => None,
-        };
+        let only = self.audited_id(name)?;
         let names: std::collections::HashMap<String, String> = self
             .session()?
             .index
@@ -415,16 +419,16 @@ const PAGE_BYTES: usize = 768 * 1024;
 
 /// A page of entries being filled.
 #[derive(Default)]
-struct Page {
-    entries: Vec<AuditEntry>,
+pub(super) struct Page {
+    pub(super) entries: Vec<AuditEntry>,
     bytes: usize,
     /// Set once full: the last entry that fit.
-    next: Option<u64>,
+    pub(super) next: Option<u64>,
 }
 
 impl Page {
     /// Adds `e` if it fits; `false` (and `next` set) once full.
-    fn push(&mut self, e: AuditEntry) -> bool {
+    pub(super) fn push(&mut self, e: AuditEntry) -> bool {
         let size = 256
             + e.client.cmdline.len()
             + e.parents
@@ -450,6 +454,7 @@ fn entry(row: &AuditRow, b: Body, names: &std::collections::HashMap<String, Stri
         uid: b.uid,
         client: b.client,
         parents: b.parents,
+        device: None,
     }
 }
 

@@ -916,6 +916,12 @@ async fn run(d: &Arc<Shared>, t: Target) -> Result<SyncReport, WireError> {
         push(d, &session, &t, held, &mut report).await?;
     }
     check_pulled(d, &t, heads, stopped, &mut report).await?;
+    if let Err(e) = share_audit(d, &session, &t, &mut report).await {
+        warn!(error = %e.message, "the audit log was not synced");
+        report
+            .notes
+            .push(format!("the audit log was not synced: {}", e.message));
+    }
     let pulled_in = started.elapsed();
     report.conflicts = blocking(d, |e| e.conflict_count()).await?;
     if report.pushed + report.pulled > 0 {
@@ -931,6 +937,129 @@ async fn run(d: &Arc<Shared>, t: Target) -> Result<SyncReport, WireError> {
         );
     }
     Ok(report)
+}
+
+/// With `[audit] sync` on: pushes this device's new audit entries as
+/// sealed segments, then pulls and keeps the other devices' (checked by
+/// [`crate::engine::Engine::accept_audit_segments`]). Its failures never
+/// fail the sync of records: the caller notes them.
+async fn share_audit(
+    d: &Arc<Shared>,
+    session: &Session<'_>,
+    t: &Target,
+    report: &mut SyncReport,
+) -> Result<(), WireError> {
+    if !blocking(d, |e| Ok(e.audit_sync_on())).await? {
+        return Ok(());
+    }
+    let push_path = format!("/vaults/{}/audit/push", t.vault_id);
+    let older_server = || {
+        WireError::new(
+            ErrorCode::Failed,
+            format!(
+                "{} keeps no audit logs (a vault-server older than this vault); entries stay on                  this device. Upgrade the server, or set [audit] sync = false",
+                t.url
+            ),
+        )
+    };
+    let mut conflicts_seen = 0;
+    loop {
+        let out = blocking(d, |e| e.audit_outgoing()).await?;
+        let (Some(first), Some(last)) = (out.first(), out.last()) else {
+            break;
+        };
+        let (first, last_index, last_seq) = (first.index, last.index, last.last_seq);
+        let req = PushRequest {
+            device_id: t.device.clone(),
+            records: out
+                .iter()
+                .map(|o| PushRecord {
+                    index: o.index,
+                    key_id: t.key_id.clone(),
+                    data: base64::engine::general_purpose::STANDARD.encode(&o.data),
+                })
+                .collect(),
+        };
+        match session
+            .call::<PushResponse>(reqwest::Method::POST, &push_path, Some(&req))
+            .await
+        {
+            Ok(resp) if resp.head == last_index => {
+                blocking(d, move |e| e.audit_pushed(last_index, last_seq)).await?;
+            }
+            Ok(resp) => {
+                return Err(WireError::new(
+                    ErrorCode::Failed,
+                    format!(
+                        "{} answered head {} to audit segments {first}..={last_index}; nothing                          is marked sent, they go again on the next sync",
+                        t.url, resp.head
+                    ),
+                ));
+            }
+            // Its copy ends elsewhere (a restored vault.db or server):
+            // number the next segments after it.
+            Err(CallError::Api(409, e)) if e.expected_index.is_some() && conflicts_seen < 3 => {
+                conflicts_seen += 1;
+                let head = e.expected_index.unwrap_or(1).saturating_sub(1);
+                blocking(d, move |e| e.audit_resume_at(head)).await?;
+            }
+            Err(CallError::Api(404, _)) => return Err(older_server()),
+            Err(e) => return Err(e.wire(&t.url)),
+        }
+    }
+    let pull_path = format!("/vaults/{}/audit/pull", t.vault_id);
+    let mut since = blocking(d, |e| e.audit_kept()).await?;
+    let mine = blocking(d, |e| e.audit_segment_mark()).await?;
+    since.insert(t.device.clone(), mine);
+    let heads = loop {
+        let req = PullRequest {
+            since: since.clone(),
+            limit: None,
+        };
+        let page: PullResponse = match session
+            .call(reqwest::Method::POST, &pull_path, Some(&req))
+            .await
+        {
+            Ok(page) => page,
+            Err(CallError::Api(404, _)) => return Err(older_server()),
+            Err(e) => return Err(e.wire(&t.url)),
+        };
+        let pulled: Vec<Pulled> = page.records.into_iter().map(to_pulled).collect();
+        let mut moved = false;
+        for p in &pulled {
+            let mark = since.entry(p.device.clone()).or_default();
+            if p.index > *mark {
+                *mark = p.index;
+                moved = true;
+            }
+        }
+        let refused = blocking(d, move |e| e.accept_audit_segments(pulled)).await?;
+        report.refused.extend(refused);
+        if !page.more {
+            break page.heads;
+        }
+        if !moved {
+            return Err(WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{} keeps answering with audit segments already seen; stopped (nothing is                      lost)",
+                    t.url
+                ),
+            ));
+        }
+    };
+    let kept = blocking(d, |e| e.audit_kept()).await?;
+    for (device, head) in heads {
+        let have = kept.get(&device).copied().unwrap_or(0);
+        if device != t.device && head > have {
+            report.refused.push(format!(
+                "the server lists audit segments {}..={head} of device {device} but they were \
+                 not kept here (withheld, or refused above); asked again on the next sync",
+                have + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn to_pulled(r: LogRecord) -> Pulled {

@@ -1,6 +1,7 @@
 //! The audit log's rows (docs/lifecycle.md): who was handed which record's
 //! value. Plaintext is the row number, the time and the record id; what
 //! was handed to whom is sealed, and each row's MAC chains it to the last.
+//! Other devices' entries arrive in sealed segments (`[audit] sync`).
 
 use rusqlite::params;
 
@@ -19,6 +20,17 @@ pub struct AuditRow {
     pub body: Vec<u8>,
     /// The chain MAC.
     pub mac: Vec<u8>,
+}
+
+/// A segment of another device's audit log, as pulled: still sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSegment {
+    /// The device whose log it is.
+    pub device: String,
+    /// Its number in that device's segments, from 1.
+    pub index: u64,
+    /// Sealed to the vault's shared audit key.
+    pub data: Vec<u8>,
 }
 
 /// A row of `SELECT seq, at, record_id, body, mac`.
@@ -109,5 +121,46 @@ impl Store {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
             })
             .optional()?)
+    }
+
+    /// Keeps pulled segments (one already kept stays as it is).
+    pub fn put_audit_segments(&mut self, segments: &[AuditSegment]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR IGNORE INTO audit_remote (device_id, idx, body) VALUES (?1, ?2, ?3)",
+            )?;
+            for s in segments {
+                stmt.execute(params![s.device, s.index as i64, s.data])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The kept segments (of `device`, or every device's), by device and
+    /// number.
+    pub fn audit_segments(&self, device: Option<&str>) -> Result<Vec<AuditSegment>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device_id, idx, body FROM audit_remote
+             WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id, idx",
+        )?;
+        let rows = stmt.query_map([device], |r| {
+            Ok(AuditSegment {
+                device: r.get(0)?,
+                index: r.get::<_, i64>(1)? as u64,
+                data: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Each device's last kept segment.
+    pub fn audit_segment_heads(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, MAX(idx) FROM audit_remote GROUP BY device_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

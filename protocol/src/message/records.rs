@@ -278,6 +278,10 @@ pub struct AuditEntry {
     /// Its parent, grandparent and great-grandparent, as far as they exist.
     #[serde(default)]
     pub parents: Vec<AuditProcess>,
+    /// The device whose log holds it, when asked for other devices'
+    /// entries (`vault audit --all-devices`); `seq` is its place there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// One account and role an IAM Identity Center session may use (`vault
