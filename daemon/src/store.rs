@@ -1428,6 +1428,41 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_of_audit_segments_goes_on_after_the_unbroken_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = create(&tmp.path().join("v.db")).unwrap();
+        let seg = |device: &str, index| AuditSegment {
+            device: device.into(),
+            index,
+            data: vec![index as u8],
+        };
+        // d: 1, 2, then 4 (3 refused or withheld); e: only 2; f: 1..=3.
+        let kept = [
+            seg("d", 1),
+            seg("d", 2),
+            seg("d", 4),
+            seg("e", 2),
+            seg("f", 1),
+            seg("f", 2),
+            seg("f", 3),
+        ];
+        s.put_audit_segments(&kept).unwrap();
+        // Kept once: the same number again changes nothing.
+        s.put_audit_segments(&[AuditSegment {
+            data: b"other".to_vec(),
+            ..seg("d", 1)
+        }])
+        .unwrap();
+        let runs = s.audit_segment_heads().unwrap();
+        let want: BTreeMap<String, u64> = [("d".into(), 2), ("e".into(), 0), ("f".into(), 3)]
+            .into_iter()
+            .collect();
+        assert_eq!(runs, want);
+        assert_eq!(s.audit_segments(Some("d")).unwrap()[0].data, [1]);
+        assert_eq!(s.audit_segments(None).unwrap().len(), 7);
+    }
+
+    #[test]
     fn emitter_kinds_round_trip_and_an_unknown_one_is_named() {
         use vault_protocol::message::EmitterKind;
         let tmp = tempfile::tempdir().unwrap();

@@ -220,9 +220,11 @@ fn a_segment_changed_moved_or_withheld_by_the_server_is_caught() {
         ))),
         "{problems:?}"
     );
-    // Nothing refused was kept; the next sync has nothing new to refuse,
-    // and the gap stays reported.
-    sync(&b).ok();
+    // Nothing refused was kept; the refused ones are asked for again at
+    // the next sync (and refused again), and the gap stays reported.
+    let again = sync(&b);
+    assert_ne!(again.code, 0, "{again}");
+    again.stderr_has(&format!("audit segment 1 of device {a_id} does not open"));
     let (entries, problems, code) = b.audit(&["--all-devices"]);
     assert_eq!(
         entries
@@ -232,5 +234,23 @@ fn a_segment_changed_moved_or_withheld_by_the_server_is_caught() {
         1
     );
     assert_eq!(code, 1, "{problems:?}");
+
+    // The server rolls A's audit log back to segment 1: A does not seal
+    // other entries under numbers it already used, and says so; its
+    // records still sync.
+    server.stop();
+    {
+        let db = rusqlite::Connection::open(server.sqlite_path().unwrap()).unwrap();
+        db.execute("DELETE FROM audit_segments WHERE idx > 1", [])
+            .unwrap();
+        db.execute("UPDATE audit_logs SET head = 1", []).unwrap();
+    }
+    server.resume();
+    a.vault(["get", "gh", "--field", "token"]).ok();
+    let run = sync(&a);
+    run.ok()
+        .stderr_has("holds this device's audit segments only through 1, but took them through 3");
+    let numbers: Vec<i64> = server_segments(&server).iter().map(|s| s.1).collect();
+    assert_eq!(numbers, [1]);
     server.stop();
 }

@@ -34,8 +34,12 @@ const SEGMENT_ENTRIES: usize = 500;
 /// A segment stops growing past this many bytes of JSON (an entry is at
 /// most a few KiB: four command lines of at most 512 bytes).
 const SEGMENT_BYTES: usize = 256 * 1024;
-/// Most segments in one push (well inside the server's 8 MiB a batch).
+/// Most segments in one push: a segment holds at most [`SEGMENT_BYTES`]
+/// plus one entry (under 128 KiB even of escaped control characters), so
+/// 16 stay inside the server's 8 MiB a batch and 1 MiB a segment.
 pub const PUSH_SEGMENTS: usize = 16;
+/// How many refused segments one sync lists.
+const SHOWN_REFUSALS: usize = 20;
 /// The segment format this build writes and reads.
 const FORMAT: u32 = 1;
 
@@ -200,7 +204,9 @@ impl Engine {
                 client: body.client,
                 parents: body.parents,
             };
-            bytes += 256 + e.client.cmdline.len() + e.parents.len() * 640;
+            // Exactly as sealed: a long executable path or a command line
+            // of control characters (escaped six times over) counts in full.
+            bytes += serde_json::to_vec(&e).map_or(SEGMENT_BYTES, |j| j.len() + 1);
             entries.push(e);
             if entries.len() >= SEGMENT_ENTRIES || bytes >= SEGMENT_BYTES {
                 index += 1;
@@ -242,7 +248,8 @@ impl Engine {
         self.meta_u64(SEGMENT)
     }
 
-    /// The other devices' segments kept here, each device's last number.
+    /// The other devices' segments kept here: per device, the end of the
+    /// unbroken run from 1 (a pull goes on after it).
     pub fn audit_kept(&self) -> Result<BTreeMap<String, u64>> {
         self.store()?.audit_segment_heads().map_err(store_err)
     }
@@ -263,9 +270,13 @@ impl Engine {
                 if p.device == self.device {
                     continue;
                 }
-                if validate_id("device id", &p.device).is_err() {
+                if validate_id("device id", &p.device).is_err()
+                    || p.index == 0
+                    || p.index > i64::MAX as u64
+                {
                     refused.push(
-                        "the server sent an audit segment of an invalid device id; not kept"
+                        "the server sent an audit segment of an invalid device id or number; \
+                         not kept"
                             .to_owned(),
                     );
                     continue;
@@ -290,6 +301,11 @@ impl Engine {
         self.store_mut()?
             .put_audit_segments(&keep)
             .map_err(store_err)?;
+        let more = refused.len().saturating_sub(SHOWN_REFUSALS);
+        refused.truncate(SHOWN_REFUSALS);
+        if more > 0 {
+            refused.push(format!("… and {more} more audit segment(s) refused"));
+        }
         Ok(refused)
     }
 

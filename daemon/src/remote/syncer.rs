@@ -952,21 +952,29 @@ async fn share_audit(
     if !blocking(d, |e| Ok(e.audit_sync_on())).await? {
         return Ok(());
     }
-    let push_path = format!("/vaults/{}/audit/push", t.vault_id);
-    let older_server = || {
-        WireError::new(
-            ErrorCode::Failed,
-            format!(
-                "{} keeps no audit logs (a vault-server older than this vault); entries stay on                  this device. Upgrade the server, or set [audit] sync = false",
-                t.url
-            ),
-        )
-    };
+    push_audit(d, session, t).await?;
+    pull_audit(d, session, t, report).await
+}
+
+/// An older server has no audit routes (404).
+fn no_audit_routes(url: &str) -> WireError {
+    WireError::new(
+        ErrorCode::Failed,
+        format!(
+            "{url} keeps no audit logs (a vault-server older than this vault); entries stay on \
+             this device. Upgrade the server, or set [audit] sync = false"
+        ),
+    )
+}
+
+/// Pushes this device's segments not on the server yet.
+async fn push_audit(d: &Arc<Shared>, session: &Session<'_>, t: &Target) -> Result<(), WireError> {
+    let path = format!("/vaults/{}/audit/push", t.vault_id);
     let mut conflicts_seen = 0;
     loop {
         let out = blocking(d, |e| e.audit_outgoing()).await?;
         let (Some(first), Some(last)) = (out.first(), out.last()) else {
-            break;
+            return Ok(());
         };
         let (first, last_index, last_seq) = (first.index, last.index, last.last_seq);
         let req = PushRequest {
@@ -981,7 +989,7 @@ async fn share_audit(
                 .collect(),
         };
         match session
-            .call::<PushResponse>(reqwest::Method::POST, &push_path, Some(&req))
+            .call::<PushResponse>(reqwest::Method::POST, &path, Some(&req))
             .await
         {
             Ok(resp) if resp.head == last_index => {
@@ -991,73 +999,137 @@ async fn share_audit(
                 return Err(WireError::new(
                     ErrorCode::Failed,
                     format!(
-                        "{} answered head {} to audit segments {first}..={last_index}; nothing                          is marked sent, they go again on the next sync",
+                        "{} answered head {} to audit segments {first}..={last_index}; nothing \
+                         is marked sent, they go again on the next sync",
                         t.url, resp.head
                     ),
                 ));
             }
-            // Its copy ends elsewhere (a restored vault.db or server):
-            // number the next segments after it.
+            // Its copy ends past this device's mark (a vault.db restored
+            // from a backup): number the next segments after it. Never
+            // below the mark: a number is sealed once, so a server cannot
+            // make this device seal other entries under a number it holds.
             Err(CallError::Api(409, e)) if e.expected_index.is_some() && conflicts_seen < 3 => {
                 conflicts_seen += 1;
                 let head = e.expected_index.unwrap_or(1).saturating_sub(1);
+                let mine = first - 1;
+                if head < mine || head > i64::MAX as u64 {
+                    return Err(WireError::new(
+                        ErrorCode::Failed,
+                        format!(
+                            "{} holds this device's audit segments only through {head}, but took \
+                             them through {mine} (restored from a backup, or gone bad): they are \
+                             not numbered again; entries stay on this device",
+                            t.url
+                        ),
+                    ));
+                }
                 blocking(d, move |e| e.audit_resume_at(head)).await?;
             }
-            Err(CallError::Api(404, _)) => return Err(older_server()),
+            Err(CallError::Api(404, _)) => return Err(no_audit_routes(&t.url)),
             Err(e) => return Err(e.wire(&t.url)),
         }
     }
-    let pull_path = format!("/vaults/{}/audit/pull", t.vault_id);
+}
+
+/// Most devices a problem line is written for in one sync.
+const SHOWN_DEVICES: usize = 20;
+
+/// Pulls the other devices' segments past the unbroken run kept of each.
+/// Only devices the first page lists count, up to the head it lists, and
+/// each page must move past what was seen: a server cannot keep it going.
+async fn pull_audit(
+    d: &Arc<Shared>,
+    session: &Session<'_>,
+    t: &Target,
+    report: &mut SyncReport,
+) -> Result<(), WireError> {
+    let path = format!("/vaults/{}/audit/pull", t.vault_id);
     let mut since = blocking(d, |e| e.audit_kept()).await?;
     let mine = blocking(d, |e| e.audit_segment_mark()).await?;
     since.insert(t.device.clone(), mine);
-    let heads = loop {
+    let mut listed: Option<BTreeMap<String, u64>> = None;
+    loop {
         let req = PullRequest {
             since: since.clone(),
             limit: None,
         };
-        let page: PullResponse = match session
-            .call(reqwest::Method::POST, &pull_path, Some(&req))
-            .await
+        let page: PullResponse = match session.call(reqwest::Method::POST, &path, Some(&req)).await
         {
             Ok(page) => page,
-            Err(CallError::Api(404, _)) => return Err(older_server()),
+            Err(CallError::Api(404, _)) => return Err(no_audit_routes(&t.url)),
             Err(e) => return Err(e.wire(&t.url)),
         };
-        let pulled: Vec<Pulled> = page.records.into_iter().map(to_pulled).collect();
+        let listed = listed.get_or_insert_with(|| {
+            let valid: BTreeMap<String, u64> = page
+                .heads
+                .iter()
+                .filter(|(dev, _)| server_api::validate_id("device id", dev).is_ok())
+                .map(|(dev, h)| (dev.clone(), *h))
+                .collect();
+            if valid.len() < page.heads.len() {
+                report.refused.push(format!(
+                    "{} listed {} audit log(s) under invalid device ids; ignored",
+                    t.url,
+                    page.heads.len() - valid.len()
+                ));
+            }
+            valid
+        });
         let mut moved = false;
-        for p in &pulled {
-            let mark = since.entry(p.device.clone()).or_default();
-            if p.index > *mark {
-                *mark = p.index;
+        let mut pulled = Vec::new();
+        for r in page.records {
+            let cap = listed.get(&r.device_id).copied().unwrap_or(0);
+            if r.device_id == t.device || r.index > cap {
+                continue;
+            }
+            let mark = since.entry(r.device_id.clone()).or_default();
+            if r.index > *mark {
+                *mark = r.index;
                 moved = true;
             }
+            pulled.push(to_pulled(r));
         }
         let refused = blocking(d, move |e| e.accept_audit_segments(pulled)).await?;
         report.refused.extend(refused);
         if !page.more {
-            break page.heads;
+            break;
         }
         if !moved {
             return Err(WireError::new(
                 ErrorCode::Failed,
                 format!(
-                    "{} keeps answering with audit segments already seen; stopped (nothing is                      lost)",
+                    "{} keeps answering with audit segments already seen; stopped (nothing is \
+                     lost)",
                     t.url
                 ),
             ));
         }
-    };
+    }
     let kept = blocking(d, |e| e.audit_kept()).await?;
-    for (device, head) in heads {
-        let have = kept.get(&device).copied().unwrap_or(0);
-        if device != t.device && head > have {
-            report.refused.push(format!(
+    let behind: Vec<String> = listed
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(device, head)| {
+            *device != t.device && *head > kept.get(device).copied().unwrap_or(0)
+        })
+        .map(|(device, head)| {
+            let have = kept.get(&device).copied().unwrap_or(0);
+            format!(
                 "the server lists audit segments {}..={head} of device {device} but they were \
-                 not kept here (withheld, or refused above); asked again on the next sync",
+                 not all kept here (withheld, or refused above); asked again on the next sync",
                 have + 1
-            ));
-        }
+            )
+        })
+        .collect();
+    let more = behind.len().saturating_sub(SHOWN_DEVICES);
+    report
+        .refused
+        .extend(behind.into_iter().take(SHOWN_DEVICES));
+    if more > 0 {
+        report
+            .refused
+            .push(format!("… and the audit segments of {more} more device(s)"));
     }
     Ok(())
 }

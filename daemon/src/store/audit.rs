@@ -155,12 +155,24 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Each device's last kept segment.
+    /// Per device, the end of the unbroken run of kept segments from 1:
+    /// what a pull goes on after, so a segment missing or refused is asked
+    /// for again at every sync.
     pub fn audit_segment_heads(&self) -> Result<std::collections::BTreeMap<String, u64>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT device_id, MAX(idx) FROM audit_remote GROUP BY device_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            .prepare("SELECT device_id, idx FROM audit_remote ORDER BY device_id, idx")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        let mut runs = std::collections::BTreeMap::new();
+        for row in rows {
+            let (device, idx) = row?;
+            let end: &mut u64 = runs.entry(device).or_default();
+            if idx == *end + 1 {
+                *end = idx;
+            }
+        }
+        Ok(runs)
     }
 }
