@@ -832,6 +832,7 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
              DROP TABLE checks;
              DROP TABLE audit;
              DROP TABLE rotations;
+             DROP TABLE audit_remote;
              PRAGMA user_version = 6;",
         )
         .unwrap();
