@@ -253,7 +253,9 @@ fn check_state(
         } else {
             let comment = line.trim_start().starts_with(['#', ';']);
             assert!(
-                comment && orig.lines().any(|l| l == *line),
+                // Split at line feeds as `outside` does: a CRLF line keeps
+                // its carriage return on both sides.
+                comment && orig.split('\n').any(|l| l == *line),
                 "a line that is not the user's appeared: {line:?}\n--- before\n{orig}\n--- after\n{text}"
             );
         }
