@@ -952,6 +952,16 @@ fn idle_connections_cannot_lock_the_user_out_of_the_agent() {
     let l = ssh_add(&vh, &t, &["-l"]);
     assert_eq!(l.ok().stdout.lines().count(), 3, "{l}");
     assert!(started.elapsed() < Duration::from_secs(5), "{l}");
-    // The oldest idle one was closed to make room.
-    assert_eq!(exchange(&mut first[0], &message(&[11])), None);
+    // An idle one was closed to make room, the one idle longest by the
+    // daemon's clock: that is when its task went back to waiting after
+    // its answer, which under load (a worker thread preempted right after
+    // writing) can come after the next connections' (seen in CI: the
+    // second one closed). So: some idle one, never the newest.
+    let closed = first
+        .iter_mut()
+        .map(|s| exchange(s, &message(&[11])))
+        .filter(Option::is_none)
+        .count();
+    assert!(closed >= 1, "no idle connection was closed for ssh-add");
+    assert!(closed < first.len(), "every idle connection was closed");
 }
