@@ -505,6 +505,25 @@ pub struct PullResponse {
     /// True when more records are due: pull again with `since` advanced past
     /// this page.
     pub more: bool,
+    /// Audit log only: per device, the last segment number the server no
+    /// longer holds (dropped by its retention, `--audit-keep`, or removed
+    /// by the device, `vault audit unshare`); devices with none are left
+    /// out. A claim of the server's: a reader notes it, it proves nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pruned: BTreeMap<String, u64>,
+}
+
+/// `DELETE /vaults/{id}/audit/devices/{device}`: a device's shared audit
+/// segments removed. Its numbering is kept, so a later push goes on after
+/// `pruned` and no number is ever sealed twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRemoved {
+    /// The device whose segments were removed.
+    pub device_id: String,
+    /// How many segments this call removed.
+    pub removed: u64,
+    /// The last segment number the server no longer holds (its head).
+    pub pruned: u64,
 }
 
 /// `GET /vaults/{id}/heads`.

@@ -226,5 +226,6 @@ async fn pull_from(
             .collect(),
         heads: page.heads,
         more: page.more,
+        pruned: Default::default(),
     }))
 }
