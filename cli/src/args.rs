@@ -375,6 +375,9 @@ pub enum SyncAction {
     Verify,
     /// Fill the holes 'vault sync verify' finds: fetch again, push again
     Repair,
+    /// Remove this device's shared audit log from the server (after setting [audit] sync = false)
+    #[command(name = "unshare-audit")]
+    UnshareAudit,
 }
 
 /// Where a passphrase comes from, besides `VAULT_PASSPHRASE_FILE` and the

@@ -370,6 +370,9 @@ pub struct Engine {
     unlocks: u64,
     /// Hand-outs not written to the audit log yet ([`audit`]).
     audit_pending: Vec<audit::Pending>,
+    /// When the other devices' kept audit segments are next looked at for
+    /// retention (unix seconds; at most every minute).
+    audit_segments_due_at: i64,
 }
 
 /// An `ssh` record's private key, for the SSH agent.
@@ -450,6 +453,7 @@ impl Engine {
             chain,
             unlocks: 0,
             audit_pending: Vec::new(),
+            audit_segments_due_at: 0,
         })
     }
 

@@ -383,6 +383,7 @@ impl Daemon {
             Request::SyncVerify { repair } => {
                 crate::remote::syncer::verify(&self.shared, repair).await
             }
+            Request::AuditUnshare => crate::remote::syncer::unshare_audit(&self.shared).await,
             Request::GcpToken { name, scopes } => {
                 let r = crate::remote::gcp::token(&self.shared, &name, scopes).await;
                 if r.is_ok() {
@@ -1061,6 +1062,7 @@ fn op_name(req: &Request) -> &'static str {
         Request::Join { .. } => "join",
         Request::SyncNow => "sync_now",
         Request::SyncVerify { .. } => "sync_verify",
+        Request::AuditUnshare => "audit_unshare",
         Request::Conflicts => "conflicts",
         Request::Approvals { .. } => "approvals",
         Request::Approve { .. } => "approve",
@@ -1178,7 +1180,7 @@ mod tests {
     /// One request of every kind, as a client sends it. Those that reach
     /// the network point at a closed port; names that do not exist fail.
     /// `Lock` and `Shutdown` come last: they end the session.
-    const EVERY_REQUEST: [&str; 53] = [
+    const EVERY_REQUEST: [&str; 54] = [
         r#"{"op":"hello","protocol":1,"build":"x"}"#,
         r#"{"op":"status"}"#,
         r#"{"op":"init","passphrase":"pw"}"#,
@@ -1230,6 +1232,7 @@ mod tests {
         r#"{"op":"sso_roles","name":"a"}"#,
         r#"{"op":"login_sso","url":"http://127.0.0.1:1"}"#,
         r#"{"op":"login_sso_wait","url":"http://127.0.0.1:1","user_code":"B"}"#,
+        r#"{"op":"audit_unshare"}"#,
         r#"{"op":"lock"}"#,
         r#"{"op":"shutdown"}"#,
     ];
@@ -1289,8 +1292,9 @@ mod tests {
             Request::SsoRoles { .. } => 48,
             Request::LoginSso { .. } => 49,
             Request::LoginSsoWait { .. } => 50,
-            Request::Lock => 51,
-            Request::Shutdown => 52,
+            Request::AuditUnshare => 51,
+            Request::Lock => 52,
+            Request::Shutdown => 53,
         }
     }
 

@@ -16,7 +16,7 @@ mod checks;
 mod publish;
 mod rotations;
 
-pub use audit::{AuditRow, AuditSegment};
+pub use audit::{AuditGap, AuditRow, AuditSegment};
 pub use checks::CheckRow;
 pub use publish::{Presence, PubKey, PubRow, RemoteRow};
 pub use rotations::RotationRow;
@@ -233,6 +233,23 @@ CREATE TABLE audit_remote (
     idx       INTEGER NOT NULL,
     body      BLOB NOT NULL,
     PRIMARY KEY (device_id, idx)
+) WITHOUT ROWID;
+"#,
+    // Retention of other devices' audit segments (docs/sync.md, "Audit
+    // log"): each kept segment's newest entry time, unsealed, so `[audit]
+    // keep` drops old ones without opening them all (NULL for segments kept
+    // before: filled when next opened); and the runs of a device's segments
+    // that are gone on purpose (dropped here by `keep`, or no longer on the
+    // server), so the checks and the pull go on after them.
+    r#"
+ALTER TABLE audit_remote ADD COLUMN last_at INTEGER;
+CREATE TABLE audit_remote_gaps (
+    device_id TEXT NOT NULL,
+    first_idx INTEGER NOT NULL,
+    last_idx  INTEGER NOT NULL,
+    next_seq  INTEGER,
+    by_server INTEGER NOT NULL,
+    PRIMARY KEY (device_id, first_idx)
 ) WITHOUT ROWID;
 "#,
 ];
@@ -1435,6 +1452,7 @@ mod tests {
             device: device.into(),
             index,
             data: vec![index as u8],
+            last_at: Some(index as i64 * 100),
         };
         // d: 1, 2, then 4 (3 refused or withheld); e: only 2; f: 1..=3.
         let kept = [
@@ -1460,6 +1478,43 @@ mod tests {
         assert_eq!(runs, want);
         assert_eq!(s.audit_segments(Some("d")).unwrap()[0].data, [1]);
         assert_eq!(s.audit_segments(None).unwrap().len(), 7);
+
+        // The server no longer holds d's 3 nor e's 1: the runs go on
+        // after them.
+        for (device, first, last) in [("d", 3, 3), ("e", 1, 1)] {
+            s.add_audit_gap(&AuditGap {
+                device: device.into(),
+                first,
+                last,
+                next_seq: None,
+                by_server: true,
+            })
+            .unwrap();
+        }
+        let runs = s.audit_segment_heads().unwrap();
+        assert_eq!(runs["d"], 4);
+        assert_eq!(runs["e"], 2);
+        // Retention drops d's 1..=3 (the gap among them too): one gap from
+        // 1 in their place, and the run still ends at 4.
+        assert!(s.audit_segments_due(250).unwrap());
+        assert!(!s.audit_segments_due(100).unwrap());
+        assert_eq!(s.drop_audit_segments("d", 3, Some(9)).unwrap(), 2);
+        let gaps = s.audit_gaps(Some("d")).unwrap();
+        assert_eq!(
+            gaps,
+            [AuditGap {
+                device: "d".into(),
+                first: 1,
+                last: 3,
+                next_seq: Some(9),
+                by_server: false,
+            }]
+        );
+        assert_eq!(s.audit_segment_heads().unwrap()["d"], 4);
+        assert_eq!(s.audit_segments(Some("d")).unwrap().len(), 1);
+        // A time learnt later is kept.
+        s.set_audit_segment_times(&[("d".into(), 4, 7)]).unwrap();
+        assert_eq!(s.audit_segments(Some("d")).unwrap()[0].last_at, Some(7));
     }
 
     #[test]

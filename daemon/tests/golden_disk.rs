@@ -76,12 +76,14 @@ fn frozen_records_decrypt_with_every_revision() {
     // version of every binding, v8 health checks, v9 the audit log, v10
     // unfinished rotations, v11 kubeconfig bindings' arguments, v12 the
     // aws CLI's SSO bindings: kinds only, no table change, v13 other
-    // devices' audit log segments).
-    assert_eq!(SCHEMA_VERSION, 13, "a new schema: check its migration here");
+    // devices' audit log segments, v14 their times and the runs of them
+    // gone on purpose).
+    assert_eq!(SCHEMA_VERSION, 14, "a new schema: check its migration here");
     assert!(store.emitters().unwrap().is_empty());
     assert!(store.checks().unwrap().is_empty());
     assert!(store.audit_rows().unwrap().is_empty());
     assert!(store.audit_segments(None).unwrap().is_empty());
+    assert!(store.audit_gaps(None).unwrap().is_empty());
     assert!(store.rotations().unwrap().is_empty());
     assert!(!store.approved("any", "refresh_command", &[0; 32]).unwrap());
     assert!(store.remotes().unwrap().is_empty());

@@ -547,6 +547,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         repair: bool,
     },
+    /// Removes this device's shared audit log from the sync server (`vault
+    /// sync unshare-audit`; refused while `[audit] sync` is on). Answered
+    /// by [`Response::AuditUnshared`].
+    AuditUnshare,
     /// Add a workload platform to publish to (issue 10). The daemon checks
     /// the access token by exchanging it, then keeps it encrypted in the
     /// vault. Answered by [`Response::Remotes`] with the one remote.
@@ -651,6 +655,7 @@ impl Request {
             | Request::LoginSsoWait { .. }
             | Request::SyncNow
             | Request::SyncVerify { .. }
+            | Request::AuditUnshare
             | Request::Conflicts
             | Request::Approvals { .. }
             | Request::Approve { .. }
@@ -887,6 +892,15 @@ pub enum Response {
     },
     /// Answer to `SyncNow`.
     Synced(SyncReport),
+    /// Answer to `AuditUnshare`.
+    AuditUnshared {
+        /// The server.
+        server: String,
+        /// Segments this call removed.
+        removed: u64,
+        /// The server no longer holds this device's segments 1..=`through`.
+        through: u64,
+    },
     /// Answer to `SyncVerify`.
     Verified {
         /// One entry per device log, this device's first.

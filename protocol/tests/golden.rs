@@ -971,6 +971,29 @@ fn audit_frames() {
 }
 
 #[test]
+fn audit_unshare_frames() {
+    let req = RequestFrame {
+        id: 15,
+        req: Request::AuditUnshare,
+    };
+    assert_eq!(
+        frame_of(&req),
+        with_header(r#"{"id":15,"req":{"op":"audit_unshare"}}"#)
+    );
+    let answer = ResponseFrame {
+        id: 15,
+        ok: Some(Response::AuditUnshared {
+            server: "https://vault.example.com".into(),
+            removed: 3,
+            through: 4,
+        }),
+        err: None,
+    };
+    let expected = r#"{"id":15,"ok":{"kind":"audit_unshared","server":"https://vault.example.com","removed":3,"through":4}}"#;
+    assert_eq!(frame_of(&answer), with_header(expected));
+}
+
+#[test]
 fn rotate_frames() {
     let req = RequestFrame {
         id: 14,

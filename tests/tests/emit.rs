@@ -833,6 +833,7 @@ fn process_profiles_get_the_region_and_older_bindings_upgrade_quietly() {
              DROP TABLE audit;
              DROP TABLE rotations;
              DROP TABLE audit_remote;
+             DROP TABLE audit_remote_gaps;
              PRAGMA user_version = 6;",
         )
         .unwrap();

@@ -139,6 +139,7 @@ pub fn run(out: &mut Output, target: Target, command: Command) -> CliResult<i32>
             Some(crate::args::SyncAction::Now) | None => sync::now(&mut ctx),
             Some(crate::args::SyncAction::Verify) => sync::verify(&mut ctx, false),
             Some(crate::args::SyncAction::Repair) => sync::verify(&mut ctx, true),
+            Some(crate::args::SyncAction::UnshareAudit) => sync::unshare_audit(&mut ctx),
         },
         Command::Conflicts => sync::conflicts(&mut ctx),
         Command::Approve(args) => sync::approve(&mut ctx, &args),

@@ -395,6 +395,31 @@ pub fn approve(ctx: &mut Ctx, args: &ApproveArgs) -> CliResult<()> {
     Ok(())
 }
 
+/// `vault sync unshare-audit`.
+pub fn unshare_audit(ctx: &mut Ctx) -> CliResult<()> {
+    let (server, removed, through) = match ctx.call_unlocked(&|| Request::AuditUnshare)? {
+        Response::AuditUnshared {
+            server,
+            removed,
+            through,
+        } => (server, removed, through),
+        _ => return Err(unexpected("sync unshare-audit")),
+    };
+    if ctx.out.json {
+        return ctx.out.json(&json!({
+            "server": server,
+            "removed": removed,
+            "through": through,
+        }));
+    }
+    ctx.out.info(&format!(
+        "removed {removed} audit segment(s) of this device from {server} (it no longer holds \
+         1..={through}); the vault's other devices keep the entries they fetched until their \
+         [audit] keep drops them"
+    ));
+    Ok(())
+}
+
 /// `vault sync verify` / `vault sync repair`.
 pub fn verify(ctx: &mut Ctx, repair: bool) -> CliResult<()> {
     let (logs, repaired) = match ctx.call_unlocked(&|| Request::SyncVerify { repair })? {

@@ -175,10 +175,12 @@ impl Engine {
     /// Drops entries older than `[audit] keep`, moving the chain's base
     /// to the last one dropped.
     fn prune_audit(&mut self) -> Result<()> {
-        let Ok(store) = self.store() else {
+        if self.store().is_err() {
             return Ok(());
-        };
+        }
         let cutoff = Timestamp::now().unix() - self.config.audit_keep.as_secs() as i64;
+        self.prune_audit_segments(cutoff)?;
+        let store = self.store()?;
         match store.audit_oldest().map_err(store_err)? {
             Some((_, at)) if at < cutoff && self.session().is_ok() => {}
             _ => return Ok(()),

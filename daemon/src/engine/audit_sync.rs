@@ -11,7 +11,7 @@
 //! device's entry numbers between segments. Pulled segments are kept as
 //! they came, sealed, in `audit_remote`, and opened when read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use vault_protocol::ErrorCode;
@@ -23,7 +23,7 @@ use super::audit::open_body;
 use super::sync::{MAX_CLOCK_SKEW_SECS, Pulled};
 use super::{Engine, Result, err, store_err};
 use crate::crypto::VaultKey;
-use crate::store::AuditSegment;
+use crate::store::{AuditGap, AuditSegment};
 
 /// `vault_meta`: the last local entry shipped in a segment the server took.
 const SEQ: &str = "audit_sync_seq";
@@ -144,20 +144,11 @@ impl Engine {
     }
 
     fn meta_u64(&self, key: &str) -> Result<u64> {
-        Ok(self
-            .store()?
-            .meta(key)
-            .map_err(store_err)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        Ok(self.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     fn vault_id(&self) -> Result<String> {
-        Ok(self
-            .store()?
-            .meta("vault_id")
-            .map_err(store_err)?
-            .unwrap_or_default())
+        Ok(self.meta("vault_id")?.unwrap_or_default())
     }
 
     /// The segments the server has not taken yet: this device's entries
@@ -243,6 +234,16 @@ impl Engine {
             .map_err(store_err)
     }
 
+    /// The server removed this device's segments through `through` (`vault
+    /// sync unshare-audit`) and keeps its numbering: the next segment, if
+    /// sharing is turned on again, is numbered after it.
+    pub fn audit_unshared(&mut self, through: u64) -> Result<()> {
+        if through > self.meta_u64(SEGMENT)? {
+            self.audit_resume_at(through)?;
+        }
+        Ok(())
+    }
+
     /// The number of the last segment of this device the server took.
     pub fn audit_segment_mark(&self) -> Result<u64> {
         self.meta_u64(SEGMENT)
@@ -257,11 +258,7 @@ impl Engine {
     /// Checks and keeps pulled segments; what was refused, and why.
     pub fn accept_audit_segments(&mut self, pulled: Vec<Pulled>) -> Result<Vec<String>> {
         let vault = self.vault_id()?;
-        let key_id = self
-            .store()?
-            .meta("key_id")
-            .map_err(store_err)?
-            .unwrap_or_default();
+        let key_id = self.meta("key_id")?.unwrap_or_default();
         let mut keep = Vec::new();
         let mut refused = Vec::new();
         {
@@ -289,10 +286,11 @@ impl Engine {
                     continue;
                 }
                 match open_segment(key, &vault, &p.device, p.index, &p.data) {
-                    Ok(_) => keep.push(AuditSegment {
+                    Ok(seg) => keep.push(AuditSegment {
                         device: p.device,
                         index: p.index,
                         data: p.data,
+                        last_at: seg.entries.last().map(|e| e.at),
                     }),
                     Err(why) => refused.push(why),
                 }
@@ -307,6 +305,120 @@ impl Engine {
             refused.push(format!("… and {more} more audit segment(s) refused"));
         }
         Ok(refused)
+    }
+
+    /// Drops the other devices' kept segments whose newest entry is older
+    /// than `cutoff` (`[audit] keep`), oldest first and only from the start
+    /// of each device's unbroken run, so what is left still checks whole.
+    /// Looks at most once a minute; opens only segments kept without a
+    /// time (by schema 13) and the last one dropped of each device.
+    pub(super) fn prune_audit_segments(&mut self, cutoff: i64) -> Result<()> {
+        let now = Timestamp::now().unix();
+        if now < self.audit_segments_due_at || self.session().is_err() {
+            return Ok(());
+        }
+        self.audit_segments_due_at = now + 60;
+        let store = self.store()?;
+        if !store.audit_segments_due(cutoff).map_err(store_err)? {
+            return Ok(());
+        }
+        let vault = self.vault_id()?;
+        let segments = store.audit_segments(None).map_err(store_err)?;
+        let mut gaps: HashMap<String, Vec<AuditGap>> = HashMap::new();
+        for g in store.audit_gaps(None).map_err(store_err)? {
+            gaps.entry(g.device.clone()).or_default().push(g);
+        }
+        let key = &self.session()?.key;
+        let mut times = Vec::new();
+        // Per device: the last segment to drop, and the entry after it.
+        let mut drops: Vec<(String, u64, Option<u64>)> = Vec::new();
+        let mut by_device: BTreeMap<&str, Vec<&AuditSegment>> = BTreeMap::new();
+        for s in &segments {
+            by_device.entry(&s.device).or_default().push(s);
+        }
+        for (device, kept) in by_device {
+            let mut gaps_here = gaps
+                .remove(device)
+                .unwrap_or_default()
+                .into_iter()
+                .peekable();
+            let mut next = 1;
+            let mut last: Option<&AuditSegment> = None;
+            for s in kept {
+                while let Some(g) = gaps_here.next_if(|g| g.first == next) {
+                    next = g.last + 1;
+                }
+                if s.index != next {
+                    break;
+                }
+                let at = match s.last_at {
+                    Some(at) => Some(at),
+                    None => open_segment(key, &vault, device, s.index, &s.data)
+                        .ok()
+                        .and_then(|seg| seg.entries.last().map(|e| e.at))
+                        .inspect(|at| times.push((device.to_owned(), s.index, *at))),
+                };
+                if at.is_none_or(|at| at >= cutoff) {
+                    break;
+                }
+                last = Some(s);
+                next = s.index + 1;
+            }
+            if let Some(s) = last {
+                let next_seq = open_segment(key, &vault, device, s.index, &s.data)
+                    .ok()
+                    .and_then(|seg| seg.entries.last().map(|e| e.seq + 1));
+                drops.push((device.to_owned(), s.index, next_seq));
+            }
+        }
+        let store = self.store_mut()?;
+        store.set_audit_segment_times(&times).map_err(store_err)?;
+        for (device, through, next_seq) in drops {
+            store
+                .drop_audit_segments(&device, through, next_seq)
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    /// The server no longer holds these devices' segments through the
+    /// numbers given (its retention, or the device removed them): those
+    /// past what is kept here are noted as gone, so the checks and the pull
+    /// go on after them. Its claim, not a proof; each is told to the user.
+    /// `listed` caps it at the heads the server listed.
+    pub fn audit_server_pruned(
+        &mut self,
+        pruned: &BTreeMap<String, u64>,
+        listed: &BTreeMap<String, u64>,
+    ) -> Result<Vec<String>> {
+        let kept = self.audit_kept()?;
+        let mut notes = Vec::new();
+        for (device, &through) in pruned {
+            let Some(&head) = listed.get(device) else {
+                continue;
+            };
+            let have = kept.get(device).copied().unwrap_or(0);
+            let through = through.min(head);
+            if *device == self.device || through <= have {
+                continue;
+            }
+            self.store_mut()?
+                .add_audit_gap(&AuditGap {
+                    device: device.clone(),
+                    first: have + 1,
+                    last: through,
+                    next_seq: None,
+                    by_server: true,
+                })
+                .map_err(store_err)?;
+            notes.push(format!(
+                "the server no longer holds audit segments {}..={through} of device {device} \
+                 (dropped by its retention, or removed by that device); they were not fetched \
+                 here",
+                have + 1
+            ));
+        }
+        Ok(notes)
     }
 
     /// The other devices' entries kept here (of `device`, or all), with
@@ -324,12 +436,28 @@ impl Engine {
             .map(|(n, e)| (e.id.as_str(), n.as_str()))
             .collect();
         let segments = self.store()?.audit_segments(device).map_err(store_err)?;
+        let mut gaps: HashMap<String, VecDeque<AuditGap>> = HashMap::new();
+        for g in self.store()?.audit_gaps(device).map_err(store_err)? {
+            gaps.entry(g.device.clone()).or_default().push_back(g);
+        }
         let mut entries = Vec::new();
         let mut problems = Vec::new();
         // (next segment number, next entry number) per device.
         let mut next: HashMap<String, (u64, Option<u64>)> = HashMap::new();
         for s in segments {
             let (want_index, want_seq) = next.entry(s.device.clone()).or_insert((1, None));
+            // Runs gone on purpose before it: dropped here (the entry
+            // numbers go on from the last one dropped), or no longer on the
+            // server (noted by the sync that learnt it; numbers unknown).
+            let pending = gaps.entry(s.device.clone()).or_default();
+            while let Some(g) = pending.front().filter(|g| g.first < s.index) {
+                if g.first > *want_index {
+                    problems.push(missing_segments(&s.device, *want_index, g.first - 1));
+                }
+                *want_index = (*want_index).max(g.last + 1);
+                *want_seq = if g.by_server { None } else { g.next_seq };
+                pending.pop_front();
+            }
             if s.index > *want_index {
                 problems.push(missing_segments(&s.device, *want_index, s.index - 1));
             }
@@ -541,6 +669,87 @@ mod tests {
         let data = key.seal_shared_audit(&label("v", "d", 1), &serde_json::to_vec(&seg).unwrap());
         let why = open_segment(&key, "v", "d", 1, &data).err().unwrap();
         assert!(why.contains("another format, vault or device"), "{why}");
+    }
+
+    /// A's segments 1..=n as B pulls them, with A's config sharing.
+    fn share(a: &mut Engine, hand_outs: usize) -> Vec<Pulled> {
+        let peer = crate::peer::Peer::daemon();
+        for _ in 0..hand_outs {
+            a.audit(&["n".to_owned()], "get", &peer);
+        }
+        let key_id = a.meta("key_id").unwrap().unwrap();
+        let out = a.audit_outgoing().unwrap();
+        let last = out.last().unwrap();
+        a.audit_pushed(last.index, last.last_seq).unwrap();
+        out.into_iter()
+            .map(|o| Pulled {
+                device: a.device.clone(),
+                index: o.index,
+                key_id: key_id.clone(),
+                data: o.data,
+            })
+            .collect()
+    }
+
+    fn seqs(b: &mut Engine) -> (Vec<u64>, Vec<String>) {
+        let a = |_: &str, _: i64| true;
+        let (entries, problems) = b.synced_entries(None, &a).unwrap();
+        (entries.into_iter().map(|e| e.seq).collect(), problems)
+    }
+
+    #[test]
+    fn dropped_and_server_pruned_segments_leave_the_rest_checking_whole() {
+        let (_tmp, mut a, mut b) = super::super::sync::tests::pair();
+        let now = Timestamp::now();
+        a.add(vec![super::super::sync::tests::token("n", "v")], now)
+            .unwrap();
+        let a_dev = a.device.clone();
+        // Three syncs: segments 1 (entries 1..=2), 2 (3..=5), 3 (6).
+        let mut pulled = Vec::new();
+        for n in [2, 3, 1] {
+            pulled.extend(share(&mut a, n));
+        }
+        assert!(b.accept_audit_segments(pulled).unwrap().is_empty());
+        assert_eq!(seqs(&mut b), ((1..=6).collect(), vec![]));
+
+        // Nothing is old yet: nothing goes.
+        b.prune_audit_segments(now.unix() - 3600).unwrap();
+        assert_eq!(b.store().unwrap().audit_segments(None).unwrap().len(), 3);
+        // Segments 1 and 2 dated old: they go; 3 still checks against
+        // entry 5, the last one dropped, and the pull goes on after 3.
+        b.store_mut()
+            .unwrap()
+            .set_audit_segment_times(&[(a_dev.clone(), 1, 10), (a_dev.clone(), 2, 20)])
+            .unwrap();
+        b.audit_segments_due_at = 0;
+        b.prune_audit_segments(100).unwrap();
+        assert_eq!(seqs(&mut b), (vec![6], vec![]));
+        assert_eq!(b.audit_kept().unwrap()[&a_dev], 3);
+
+        // The server says it no longer holds 4..=5 (never fetched here): no
+        // problem, the pull goes on after 5, and 6 is taken as it comes.
+        let more = [4, 1, 2].map(|n| share(&mut a, n));
+        let listed: BTreeMap<String, u64> = [(a_dev.clone(), 6)].into();
+        let pruned: BTreeMap<String, u64> = [(a_dev.clone(), 5)].into();
+        let notes = b.audit_server_pruned(&pruned, &listed).unwrap();
+        assert!(notes[0].contains("segments 4..=5 of device"), "{notes:?}");
+        assert_eq!(b.audit_kept().unwrap()[&a_dev], 5);
+        let [_, _, six] = more;
+        assert!(b.accept_audit_segments(six).unwrap().is_empty());
+        assert_eq!(seqs(&mut b), (vec![6, 12, 13], vec![]));
+        // Said again, it changes nothing.
+        assert!(b.audit_server_pruned(&pruned, &listed).unwrap().is_empty());
+
+        // A segment missing between kept ones is still a problem.
+        let seven = share(&mut a, 1);
+        let eight = share(&mut a, 1);
+        assert!(b.accept_audit_segments(eight).unwrap().is_empty());
+        let (_, problems) = seqs(&mut b);
+        assert!(
+            problems[0].contains("audit segment 7 of device"),
+            "{problems:?}"
+        );
+        drop(seven);
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn is_background(change: &str) -> bool {
 pub const SHOWN_REFUSALS: usize = 20;
 
 impl Engine {
-    fn meta(&self, key: &str) -> Result<Option<String>> {
+    pub(super) fn meta(&self, key: &str) -> Result<Option<String>> {
         self.store()?.meta(key).map_err(store_err)
     }
 
@@ -1148,14 +1148,14 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::Config;
     use vault_protocol::CredentialType;
     use vault_protocol::message::{ListFilter, NewRecord};
     use vault_protocol::paths::VaultPaths;
 
-    fn token(name: &str, value: &str) -> NewRecord {
+    pub(in crate::engine) fn token(name: &str, value: &str) -> NewRecord {
         NewRecord {
             name: name.into(),
             kind: CredentialType::Token,
@@ -1167,7 +1167,7 @@ mod tests {
     }
 
     /// Two engines of one vault (the second joined with the first's key).
-    fn pair() -> (tempfile::TempDir, Engine, Engine) {
+    pub(in crate::engine) fn pair() -> (tempfile::TempDir, Engine, Engine) {
         let tmp = tempfile::tempdir().unwrap();
         for d in ["a", "b"] {
             std::fs::create_dir(tmp.path().join(d)).unwrap();

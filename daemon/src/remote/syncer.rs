@@ -1049,6 +1049,7 @@ async fn pull_audit(
     let mine = blocking(d, |e| e.audit_segment_mark()).await?;
     since.insert(t.device.clone(), mine);
     let mut listed: Option<BTreeMap<String, u64>> = None;
+    let mut first = true;
     loop {
         let req = PullRequest {
             since: since.clone(),
@@ -1076,6 +1077,11 @@ async fn pull_audit(
             }
             valid
         });
+        if std::mem::take(&mut first) && !page.pruned.is_empty() {
+            let (pruned, heads) = (page.pruned.clone(), listed.clone());
+            let notes = blocking(d, move |e| e.audit_server_pruned(&pruned, &heads)).await?;
+            report.notes.extend(notes.into_iter().take(SHOWN_DEVICES));
+        }
         let mut moved = false;
         let mut pulled = Vec::new();
         for r in page.records {
@@ -1176,6 +1182,64 @@ pub async fn verify(d: &Arc<Shared>, repair: bool) -> Result<Response, WireError
     Ok(Response::Verified {
         logs,
         repaired: true,
+    })
+}
+
+/// `vault sync unshare-audit`: removes this device's shared audit segments
+/// from the server. Refused while `[audit] sync` is on (the next sync would
+/// share new entries again). The server keeps the device's numbering, so
+/// a segment number is never sealed twice; the other devices keep the
+/// copies they fetched until their `[audit] keep` drops them.
+pub async fn unshare_audit(d: &Arc<Shared>) -> Result<Response, WireError> {
+    if blocking(d, |e| Ok(e.audit_sync_on())).await? {
+        return Err(WireError::new(
+            ErrorCode::Usage,
+            "[audit] sync is on in config.toml: set it to false and restart vaultd first, or \
+             the next sync shares this device's new entries again",
+        ));
+    }
+    let target = blocking(d, |e| e.sync_target())
+        .await?
+        .ok_or_else(not_logged_in)?;
+    let _one = d.syncer.gate.lock().await;
+    let session = Session::new(d, &target.url, &target.token);
+    session.ensure_vault(&target).await?;
+    let path = format!(
+        "/vaults/{}/audit/devices/{}",
+        target.vault_id, target.device
+    );
+    let removed: server_api::AuditRemoved = match session
+        .call(reqwest::Method::DELETE, &path, None::<&()>)
+        .await
+    {
+        Ok(r) => r,
+        Err(CallError::Api(404 | 405, _)) => {
+            return Err(WireError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{} cannot remove audit logs (a vault-server older than this vault): \
+                     upgrade it and run this again; nothing was removed",
+                    target.url
+                ),
+            ));
+        }
+        Err(e) => return Err(e.wire(&target.url)),
+    };
+    if removed.device_id != target.device {
+        return Err(WireError::new(
+            ErrorCode::Failed,
+            format!(
+                "{} answered for another device ({}); nothing is known removed",
+                target.url, removed.device_id
+            ),
+        ));
+    }
+    let through = removed.pruned;
+    blocking(d, move |e| e.audit_unshared(through)).await?;
+    Ok(Response::AuditUnshared {
+        server: target.url,
+        removed: removed.removed,
+        through,
     })
 }
 
