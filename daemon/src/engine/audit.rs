@@ -165,10 +165,14 @@ impl Engine {
             }
         }
         state.head_mac = hex::encode(&prev);
+        let head = state.head_seq;
         let text = self.write_state(state)?;
         self.store_mut()?
             .append_audit(&rows, &text)
             .map_err(store_err)?;
+        if !self.audit_sync_on() {
+            self.audit_not_shared_through(head)?;
+        }
         self.prune_audit()
     }
 

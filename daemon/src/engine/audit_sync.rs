@@ -29,6 +29,9 @@ use crate::store::{AuditGap, AuditSegment};
 const SEQ: &str = "audit_sync_seq";
 /// `vault_meta`: the number of the last segment the server took.
 const SEGMENT: &str = "audit_sync_segment";
+/// `vault_meta`: the last local entry written while sharing was off; never
+/// shared.
+const UNSHARED: &str = "audit_sync_unshared";
 /// Most entries in one segment.
 const SEGMENT_ENTRIES: usize = 500;
 /// A segment stops growing past this many bytes of JSON (an entry is at
@@ -50,6 +53,10 @@ struct Segment {
     vault: String,
     device: String,
     entries: Vec<Shared>,
+    /// The entries between the previous segment's last and this one's
+    /// first were written while sharing was off, and are not shared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    resumed: bool,
 }
 
 /// One entry as another device sees it: the record by id (names are
@@ -156,7 +163,10 @@ impl Engine {
     /// most [`PUSH_SEGMENTS`]. Writes the waiting entries first.
     pub fn audit_outgoing(&mut self) -> Result<Vec<Outgoing>> {
         self.flush_audit()?;
-        let after = self.meta_u64(SEQ)?;
+        let shipped = self.meta_u64(SEQ)?;
+        let unshared = self.meta_u64(UNSHARED)?;
+        let after = shipped.max(unshared);
+        let mut resumed = unshared > shipped;
         let mut index = self.meta_u64(SEGMENT)?;
         let vault = self.vault_id()?;
         let rows = self.store()?.audit_rows_after(after).map_err(store_err)?;
@@ -164,13 +174,14 @@ impl Engine {
         let mut out = Vec::new();
         let mut entries: Vec<Shared> = Vec::new();
         let mut bytes = 0;
-        let seal = |entries: Vec<Shared>, index: u64| -> Result<Outgoing> {
+        let seal = |entries: Vec<Shared>, index: u64, resumed: bool| -> Result<Outgoing> {
             let last_seq = entries.last().map_or(0, |e| e.seq);
             let seg = Segment {
                 v: FORMAT,
                 vault: vault.clone(),
                 device: self.device.clone(),
                 entries,
+                resumed,
             };
             let plain =
                 serde_json::to_vec(&seg).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
@@ -201,7 +212,11 @@ impl Engine {
             entries.push(e);
             if entries.len() >= SEGMENT_ENTRIES || bytes >= SEGMENT_BYTES {
                 index += 1;
-                out.push(seal(std::mem::take(&mut entries), index)?);
+                out.push(seal(
+                    std::mem::take(&mut entries),
+                    index,
+                    std::mem::take(&mut resumed),
+                )?);
                 bytes = 0;
                 if out.len() >= PUSH_SEGMENTS {
                     return Ok(out);
@@ -210,7 +225,7 @@ impl Engine {
         }
         if !entries.is_empty() {
             index += 1;
-            out.push(seal(entries, index)?);
+            out.push(seal(entries, index, resumed)?);
         }
         Ok(out)
     }
@@ -231,6 +246,15 @@ impl Engine {
         let head = head.to_string();
         self.store_mut()?
             .set_meta(&[(SEGMENT, &head)])
+            .map_err(store_err)
+    }
+
+    /// Entries through `seq` were written while sharing was off: they are
+    /// never shared (turning it on shares the entries from then on).
+    pub(super) fn audit_not_shared_through(&mut self, seq: u64) -> Result<()> {
+        let seq = seq.to_string();
+        self.store_mut()?
+            .set_meta(&[(UNSHARED, &seq)])
             .map_err(store_err)
     }
 
@@ -475,6 +499,7 @@ impl Engine {
             };
             if let (Some(want), Some(first)) = (*want_seq, seg.entries.first())
                 && first.seq != want
+                && !(seg.resumed && first.seq > want)
             {
                 problems.push(if first.seq > want {
                     format!(
@@ -607,6 +632,7 @@ mod tests {
             vault: vault.into(),
             device: device.into(),
             entries,
+            resumed: false,
         };
         let plain = serde_json::to_vec(&seg).unwrap();
         key.seal_shared_audit(&label(vault, device, index), &plain)
@@ -665,6 +691,7 @@ mod tests {
             vault: "v".into(),
             device: "e".into(),
             entries: vec![entry(1, now)],
+            resumed: false,
         };
         let data = key.seal_shared_audit(&label("v", "d", 1), &serde_json::to_vec(&seg).unwrap());
         let why = open_segment(&key, "v", "d", 1, &data).err().unwrap();
@@ -703,6 +730,7 @@ mod tests {
         let now = Timestamp::now();
         a.add(vec![super::super::sync::tests::token("n", "v")], now)
             .unwrap();
+        a.config.audit_sync = true;
         let a_dev = a.device.clone();
         // Three syncs: segments 1 (entries 1..=2), 2 (3..=5), 3 (6).
         let mut pulled = Vec::new();
@@ -749,7 +777,24 @@ mod tests {
             problems[0].contains("audit segment 7 of device"),
             "{problems:?}"
         );
-        drop(seven);
+        assert!(b.accept_audit_segments(seven).unwrap().is_empty());
+        assert_eq!(seqs(&mut b).1, Vec::<String>::new());
+
+        // Hand-outs while sharing is off are never shared; the entries
+        // after them follow with no gap reported.
+        a.config.audit_sync = false;
+        let peer = crate::peer::Peer::daemon();
+        for _ in 0..2 {
+            a.audit(&["n".to_owned()], "get", &peer);
+        }
+        a.flush_audit().unwrap();
+        a.config.audit_sync = true;
+        let nine = share(&mut a, 1);
+        assert_eq!(nine.len(), 1);
+        assert!(b.accept_audit_segments(nine).unwrap().is_empty());
+        let (seen, problems) = seqs(&mut b);
+        assert_eq!(seen[seen.len() - 3..], [14, 15, 18]);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
