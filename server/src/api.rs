@@ -161,6 +161,11 @@ fn build() -> Routes {
             post(audit_push).layer(DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
         )
         .add("POST", "/api/v1/vaults/{id}/audit/pull", post(audit_pull))
+        .add(
+            "DELETE",
+            "/api/v1/vaults/{id}/audit/devices/{device}",
+            delete(audit_remove_device),
+        )
 }
 
 /// Every (method, path) the router serves, for the OpenAPI test.

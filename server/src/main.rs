@@ -134,6 +134,13 @@ struct Cli {
     #[arg(long, default_value = "24h", value_parser = duration)]
     oidc_role_ttl: Duration,
 
+    /// Keep shared audit log segments this long after they arrive (at
+    /// least 1h, e.g. 90d); older ones are removed at start and hourly, and
+    /// pulls say what went. Off by default: a segment stays until its
+    /// device removes it.
+    #[arg(long, value_name = "DURATION", value_parser = vault_server::serve::parse_audit_keep)]
+    audit_keep: Option<Duration>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -261,6 +268,7 @@ async fn run(cli: Cli) -> Result<(), (String, i32)> {
         login_failure_window: cli.login_failure_window,
         metrics_listen: cli.metrics_listen,
         oidc,
+        audit_keep: cli.audit_keep,
     };
     serve(opts).await.map_err(|e| (e, 1))
 }

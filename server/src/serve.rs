@@ -28,6 +28,24 @@ pub const BOOTSTRAP_TOKEN: &str = "bootstrap-password";
 /// How long requests in flight at SIGTERM/SIGINT get to finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
+/// Shortest `--audit-keep`: retention runs hourly, so less would not be kept.
+pub const MIN_AUDIT_KEEP: Duration = Duration::from_secs(3600);
+
+/// How often the audit retention runs (and once at start).
+pub const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Parses `--audit-keep`: a duration of at least [`MIN_AUDIT_KEEP`].
+pub fn parse_audit_keep(s: &str) -> Result<Duration, String> {
+    let keep = vault_protocol::timefmt::parse_duration(s)?;
+    if keep < MIN_AUDIT_KEEP {
+        return Err(format!(
+            "{s:?} is too short: audit segments are kept at least 1h (retention runs hourly); \
+             give e.g. 90d, or leave --audit-keep out to keep them until their device removes them"
+        ));
+    }
+    Ok(keep)
+}
+
 /// Everything `vault-server` (without a subcommand) needs.
 #[derive(Debug)]
 pub struct ServeOptions {
@@ -49,6 +67,9 @@ pub struct ServeOptions {
     pub metrics_listen: Option<String>,
     /// `--oidc-*`: the identity provider to trust, if any.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// `--audit-keep`: how long shared audit segments are kept; `None`
+    /// keeps them until their device removes them.
+    pub audit_keep: Option<Duration>,
 }
 
 /// The role the bootstrap gives the default admin: every action everywhere.
@@ -201,6 +222,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
         None => None,
     };
+    let _audit_retention = opts.audit_keep.map(|keep| {
+        tracing::info!(
+            "audit retention on: segments received more than {} ago are removed now and hourly",
+            humanize(keep)
+        );
+        AbortOnDrop(tokio::spawn(audit_retention(Arc::clone(&store), keep)))
+    });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -275,10 +303,60 @@ fn announce_line(line: &str) {
     let _ = out.flush();
 }
 
-/// Stops the metrics listener when serving ends.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), String>>);
+/// `keep` for the log: whole days or hours as `90d`, `36h`, else compact.
+fn humanize(keep: Duration) -> String {
+    match keep.as_secs() {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        _ => vault_protocol::timefmt::format_duration_short(keep),
+    }
+}
 
-impl Drop for AbortOnDrop {
+/// The audit retention task: [`prune_audit_once`] now and every
+/// [`AUDIT_PRUNE_EVERY`], until serving ends (it is aborted then; a prune
+/// cut short is rolled back and simply runs again at the next start).
+async fn audit_retention(store: Arc<dyn Store>, keep: Duration) {
+    let mut every = tokio::time::interval(AUDIT_PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let _ = prune_audit_once(store.as_ref(), keep, Timestamp::now().unix()).await;
+    }
+}
+
+/// Removes the audit segments received more than `keep` before `now`
+/// (unix seconds) and logs how many (never which, nor what they hold).
+pub async fn prune_audit_once(
+    store: &dyn Store,
+    keep: Duration,
+    now: i64,
+) -> Result<u64, crate::error::StoreError> {
+    let cutoff = Timestamp(now.saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX)));
+    match store.prune_audit(cutoff.unix()).await {
+        Ok(removed) => {
+            tracing::info!(
+                removed,
+                cutoff = %cutoff.to_rfc3339(),
+                "audit retention: removed {removed} segment(s) received before {}",
+                cutoff.to_rfc3339()
+            );
+            Ok(removed)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "audit retention could not remove old segments: {e}; it tries again in {}",
+                humanize(AUDIT_PRUNE_EVERY)
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Stops a background task (the metrics listener, the audit retention)
+/// when serving ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -304,4 +382,29 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_keep_is_an_hour_or_more() {
+        assert_eq!(parse_audit_keep("1h"), Ok(MIN_AUDIT_KEEP));
+        assert_eq!(
+            parse_audit_keep("90d"),
+            Ok(Duration::from_secs(90 * 86_400))
+        );
+        for short in ["10m", "59m59s", "0s"] {
+            let err = parse_audit_keep(short).unwrap_err();
+            assert!(err.contains("at least 1h"), "{short}: {err}");
+        }
+        assert!(
+            parse_audit_keep("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert_eq!(humanize(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(humanize(MIN_AUDIT_KEEP), "1h");
+    }
 }

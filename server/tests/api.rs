@@ -623,18 +623,10 @@ async fn audit_segments_are_a_log_of_their_own() {
             .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
             .await;
         assert_eq!(page["heads"], json!({"d": 3}), "{db}");
-        let got: Vec<(String, u64)> = page["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["device_id"].as_str().unwrap().to_owned(),
-                    r["index"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(got, [("d".into(), 1), ("d".into(), 2), ("d".into(), 3)]);
+        assert_eq!(
+            pulled(&page),
+            [("d".into(), 1), ("d".into(), 2), ("d".into(), 3)]
+        );
         assert_eq!(page["records"][0]["data"], json!(b64(b"segment one")));
         let (_, page) = api
             .post("/vaults/v1/audit/pull", &admin, json!({"since": {"d": 2}}))
@@ -670,16 +662,7 @@ async fn audit_segments_are_a_log_of_their_own() {
             "not_found",
         );
         // A reader may pull segments, not push them.
-        api.role(
-            &admin,
-            "reader",
-            json!([{"actions": ["vault:read"], "resources": ["v1"]}]),
-        )
-        .await;
-        api.user(&admin, "rita", &["reader"]).await;
-        let out = cli(&srv.database, &["token", "add", "--user", "rita", "main"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let rita = api.jwt(stdout(&out).trim()).await;
+        let rita = v1_reader(&srv, &api, &admin).await;
         let err = assert_error(
             &api.post("/vaults/v1/audit/push", &rita, push_body("r", KEY, 1, 1))
                 .await,
@@ -691,6 +674,281 @@ async fn audit_segments_are_a_log_of_their_own() {
             .post("/vaults/v1/audit/pull", &rita, json!({"since": {}}))
             .await;
         assert_eq!(s, StatusCode::OK, "{db}");
+    }
+}
+
+/// User `rita`, who may read vault `v1` only; her JWT.
+async fn v1_reader(srv: &Server, api: &Api, admin: &str) -> String {
+    api.role(
+        admin,
+        "reader",
+        json!([{"actions": ["vault:read"], "resources": ["v1"]}]),
+    )
+    .await;
+    api.user(admin, "rita", &["reader"]).await;
+    let out = cli(&srv.database, &["token", "add", "--user", "rita", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    api.jwt(stdout(&out).trim()).await
+}
+
+/// `(device, index)` of every entry a pull answered.
+fn pulled(page: &Value) -> Vec<(String, u64)> {
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["device_id"].as_str().unwrap().to_owned(),
+                r["index"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `sql` on a test's database (its SQLite file, or its PostgreSQL
+/// schema) behind the server's back.
+async fn run_sql(db: &str, sql: &str) {
+    match db.strip_prefix("sqlite:") {
+        Some(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap(),
+        None => {
+            let schema = db.rsplit("%3D").next().unwrap();
+            let (client, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Pushes audit segments `from..from+n` of `device` to `v1`, asserting 200.
+async fn push_segments(api: &Api, jwt: &str, device: &str, from: u64, n: u64) {
+    let (s, b) = api
+        .post(
+            "/vaults/v1/audit/push",
+            jwt,
+            push_body(device, KEY, from, n),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// Dates audit segments `1..=upto` of `device` two hours back.
+async fn age_segments(db: &str, device: &str, upto: u64) {
+    run_sql(
+        db,
+        &format!(
+            "UPDATE audit_segments SET received_at = received_at - 7200 \
+             WHERE device_id = '{device}' AND idx <= {upto}"
+        ),
+    )
+    .await;
+}
+
+/// `DELETE /vaults/{id}/audit/devices/{device}` (issue 24): a writer removes
+/// a device's segments; pulls then say so in `pruned`, the head stays, the
+/// next push goes on after it and one at or below `pruned` is refused.
+#[tokio::test]
+async fn a_device_removes_its_audit_segments_and_keeps_its_numbering() {
+    let (_dir, databases) = sqlite_and_postgres("a_device_removes…", "auditrm").await;
+    for db in databases {
+        let srv = server().database(&db).admin().start();
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        create_vault(&api, &admin, "v1").await;
+        push_segments(&api, &admin, "d", 1, 3).await;
+        push_segments(&api, &admin, "e", 1, 2).await;
+        let (s, _) = api
+            .post("/vaults/v1/push", &admin, push_body("d", KEY, 1, 2))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+
+        let (s, b) = api.delete("/vaults/v1/audit/devices/d", &admin).await;
+        assert_eq!(s, StatusCode::OK, "{db}: {b}");
+        assert_eq!(b, json!({"device_id": "d", "removed": 3, "pruned": 3}));
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(pulled(&page), [("e".into(), 1), ("e".into(), 2)], "{db}");
+        assert_eq!(page["heads"], json!({"d": 3, "e": 2}), "{db}");
+        assert_eq!(page["pruned"], json!({"d": 3}), "{db}");
+        assert_eq!(page["more"], false, "{db}");
+        // The record log is not the audit log's business, and says nothing.
+        let (_, records) = api
+            .post("/vaults/v1/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(records["records"].as_array().unwrap().len(), 2, "{db}");
+        assert!(records.get("pruned").is_none(), "{records}");
+
+        // Numbers are never sealed twice: at or below `pruned` is a 409.
+        for from in [1, 3] {
+            let err = assert_error(
+                &api.post(
+                    "/vaults/v1/audit/push",
+                    &admin,
+                    push_body("d", KEY, from, 1),
+                )
+                .await,
+                409,
+                "index_conflict",
+            );
+            assert_eq!(err["expected_index"], 4, "{db}");
+        }
+        push_segments(&api, &admin, "d", 4, 1).await;
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {"e": 2}}))
+            .await;
+        assert_eq!(pulled(&page), [("d".into(), 4)], "{db}");
+        assert_eq!(page["pruned"], json!({"d": 3}), "{db}");
+        let (_, b) = api.delete("/vaults/v1/audit/devices/d", &admin).await;
+        assert_eq!(b, json!({"device_id": "d", "removed": 1, "pruned": 4}));
+        // A device that never shared, removed: nothing to do.
+        let (s, b) = api.delete("/vaults/v1/audit/devices/zz", &admin).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b, json!({"device_id": "zz", "removed": 0, "pruned": 0}));
+
+        assert_error(
+            &api.delete("/vaults/v1/audit/devices/_bad", &admin).await,
+            400,
+            "bad_request",
+        );
+        assert_error(
+            &api.delete("/vaults/nope/audit/devices/d", &admin).await,
+            404,
+            "not_found",
+        );
+        // A reader may pull segments, not remove them.
+        let rita = v1_reader(&srv, &api, &admin).await;
+        let err = assert_error(
+            &api.delete("/vaults/v1/audit/devices/e", &rita).await,
+            403,
+            "forbidden",
+        );
+        assert_eq!(err["action"], "vault:write");
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &rita, json!({"since": {}}))
+            .await;
+        assert_eq!(pulled(&page), [("e".into(), 1), ("e".into(), 2)], "{db}");
+    }
+}
+
+/// `Store::prune_audit` with a cutoff of the test's choosing: each device
+/// loses only its prefix received before it, pulls report that in
+/// `pruned`, and no head goes back. Records are never pruned.
+#[tokio::test]
+async fn pruning_removes_only_the_old_prefix_of_each_device() {
+    let (_dir, databases) = sqlite_and_postgres("pruning_removes…", "auditprune").await;
+    for db in databases {
+        let srv = server().database(&db).admin().start();
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        create_vault(&api, &admin, "v1").await;
+        push_segments(&api, &admin, "d", 1, 4).await;
+        push_segments(&api, &admin, "e", 1, 2).await;
+        push_segments(&api, &admin, "f", 1, 1).await;
+        let (s, _) = api
+            .post("/vaults/v1/push", &admin, push_body("d", KEY, 1, 2))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        age_segments(&db, "d", 2).await;
+        age_segments(&db, "e", 2).await;
+        run_sql(&db, "UPDATE records SET received_at = received_at - 7200").await;
+
+        let store = vault_server::store::open(&db).await.unwrap();
+        let cutoff = Timestamp::now().unix() - 3600;
+        assert_eq!(store.prune_audit(cutoff).await.unwrap(), 4, "{db}");
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(
+            pulled(&page),
+            [("d".into(), 3), ("d".into(), 4), ("f".into(), 1)],
+            "{db}"
+        );
+        assert_eq!(page["heads"], json!({"d": 4, "e": 2, "f": 1}), "{db}");
+        assert_eq!(page["pruned"], json!({"d": 2, "e": 2}), "{db}");
+        // Again: nothing more is old; the marks stay where they are.
+        assert_eq!(store.prune_audit(cutoff).await.unwrap(), 0, "{db}");
+        let (_, again) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(again, page, "{db}");
+        // Heads stay: `e` goes on at 3, `d` cannot go back to 2.
+        push_segments(&api, &admin, "e", 3, 1).await;
+        let err = assert_error(
+            &api.post("/vaults/v1/audit/push", &admin, push_body("d", KEY, 2, 1))
+                .await,
+            409,
+            "index_conflict",
+        );
+        assert_eq!(err["expected_index"], 5, "{db}");
+        // A later cutoff takes what is old by then, the mark only rises.
+        let later = Timestamp::now().unix() + 10;
+        assert_eq!(store.prune_audit(later).await.unwrap(), 4, "{db}");
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert!(pulled(&page).is_empty(), "{db}: {page}");
+        assert_eq!(page["pruned"], json!({"d": 4, "e": 3, "f": 1}), "{db}");
+        assert_eq!(page["heads"], json!({"d": 4, "e": 3, "f": 1}), "{db}");
+        assert_eq!(page["more"], false, "{db}");
+        // The records, older than any cutoff, are all there.
+        let (_, records) = api
+            .post("/vaults/v1/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(records["records"].as_array().unwrap().len(), 2, "{db}");
+        assert_eq!(
+            store.prune_audit(i64::MAX).await.unwrap(),
+            0,
+            "{db}: nothing left"
+        );
+    }
+}
+
+/// `vault-server --audit-keep 1h`: the real server prunes at start, logs
+/// how many went and before when (nothing else), and pulls say so.
+#[tokio::test]
+async fn the_server_prunes_old_audit_segments_with_audit_keep() {
+    let (_dir, databases) = sqlite_and_postgres("the_server_prunes…", "auditkeep").await;
+    for db in databases {
+        let mut srv = server().database(&db).admin().start();
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        create_vault(&api, &admin, "v1").await;
+        push_segments(&api, &admin, "d", 1, 3).await;
+        srv.stop();
+        age_segments(&db, "d", 2).await;
+
+        let srv = server().database(&db).arg("--audit-keep").arg("1h").start();
+        let api = srv.client();
+        let admin = api.jwt(ADMIN_PASSWORD).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !srv.log().contains("audit retention: removed") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{db}: no prune logged:\n{}",
+                srv.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = srv.log();
+        assert!(
+            log.contains("removed 2 segment(s) received before"),
+            "{log}"
+        );
+        let (_, page) = api
+            .post("/vaults/v1/audit/pull", &admin, json!({"since": {}}))
+            .await;
+        assert_eq!(pulled(&page), [("d".into(), 3)], "{db}");
+        assert_eq!(page["pruned"], json!({"d": 2}), "{db}");
+        assert_eq!(page["heads"], json!({"d": 3}), "{db}");
     }
 }
 
@@ -1425,6 +1683,22 @@ fn zero_durations_are_refused() {
             stderr(&out)
         );
     }
+}
+
+/// `--audit-keep` is at least an hour (retention runs hourly): less is
+/// refused at start with the minimum named; days are fine.
+#[test]
+fn audit_keep_is_at_least_an_hour() {
+    let (_dir, db) = temp_sqlite();
+    let out = cli(&db, &["--audit-keep", "10m", "user", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--audit-keep") && err.contains("at least 1h"),
+        "{err}"
+    );
+    let out = cli(&db, &["--audit-keep", "90d", "user", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Reads one sample from a Prometheus exposition: the line of `name` whose

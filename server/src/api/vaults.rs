@@ -1,15 +1,17 @@
 //! Vaults and their logs: create, heads, push, pull; the record log every
 //! device syncs, and the audit log segments devices share when they opt in
-//! (`/audit/push`, `/audit/pull`: the same rules, their own tables).
+//! (`/audit/push`, `/audit/pull`: the same rules, their own tables; a
+//! device's removal, `DELETE /audit/devices/{device}`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use vault_protocol::server_api::{
-    Action, DEFAULT_PULL_LIMIT, HeadsResponse, LogRecord, MAX_BATCH_BYTES, MAX_BATCH_RECORDS,
-    MAX_IDENTITY_BYTES, MAX_PULL_BYTES, MAX_PULL_LIMIT, MAX_RECORD_BYTES, NewVault, PullRequest,
-    PullResponse, PushRequest, PushResponse, VaultInfo, validate_id, validate_key_id,
+    Action, AuditRemoved, DEFAULT_PULL_LIMIT, HeadsResponse, LogRecord, MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS, MAX_IDENTITY_BYTES, MAX_PULL_BYTES, MAX_PULL_LIMIT, MAX_RECORD_BYTES,
+    NewVault, PullRequest, PullResponse, PushRequest, PushResponse, VaultInfo, validate_id,
+    validate_key_id,
 };
 use vault_protocol::timefmt::Timestamp;
 
@@ -226,6 +228,23 @@ async fn pull_from(
             .collect(),
         heads: page.heads,
         more: page.more,
-        pruned: Default::default(),
+        pruned: page.pruned,
+    }))
+}
+
+/// Removes a device's shared audit segments (it stopped sharing, `vault
+/// audit unshare`): `vault:write`, as its push. Its numbering stays.
+pub(super) async fn audit_remove_device(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path((id, device_id)): Path<(String, String)>,
+) -> Result<axum::Json<AuditRemoved>, ApiFailure> {
+    caller.require(Action::VaultWrite, &id)?;
+    check_id("device id", &device_id)?;
+    let (removed, pruned) = st.store.remove_audit_device(&id, &device_id).await?;
+    Ok(axum::Json(AuditRemoved {
+        device_id,
+        removed,
+        pruned,
     }))
 }

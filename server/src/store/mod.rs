@@ -261,8 +261,34 @@ pub struct PullPage {
     pub records: Vec<StoredRecord>,
     /// Every device's head in the same snapshot.
     pub heads: BTreeMap<String, u64>,
+    /// Audit log only: per device, the last index the server no longer
+    /// holds (removed by retention or by the device), from the same
+    /// snapshot; devices with none are left out.
+    pub pruned: BTreeMap<String, u64>,
     /// More records are due after this page.
     pub more: bool,
+}
+
+/// A log's heads as read in one snapshot: every device's head and, for the
+/// audit log, the last index removed (devices with none left out).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct LogHeads {
+    pub heads: BTreeMap<String, u64>,
+    pub pruned: BTreeMap<String, u64>,
+}
+
+impl FromIterator<(String, u64, u64)> for LogHeads {
+    /// From `(device, head, pruned)` rows.
+    fn from_iter<I: IntoIterator<Item = (String, u64, u64)>>(rows: I) -> Self {
+        let mut out = LogHeads::default();
+        for (device, head, pruned) in rows {
+            if pruned > 0 {
+                out.pruned.insert(device.clone(), pruned);
+            }
+            out.heads.insert(device, head);
+        }
+        out
+    }
 }
 
 /// Which of a vault's logs a call is about: the record log every device
@@ -286,6 +312,37 @@ impl Log {
             Log::Audit => ("audit_logs", "audit_segments"),
         }
     }
+
+    /// `SELECT device_id, head, pruned` of the log's heads table, with
+    /// `param` (`?1`, `$1`) for the vault id. Only the audit log is ever
+    /// pruned (schema 5); records are kept until their vault goes.
+    pub(crate) fn heads_sql(self, param: &str) -> String {
+        let pruned = match self {
+            // BIGINT, as PostgreSQL's `pruned` column is.
+            Log::Records => "CAST(0 AS BIGINT)",
+            Log::Audit => "pruned",
+        };
+        format!(
+            "SELECT device_id, head, {pruned} FROM {} WHERE vault_id = {param}",
+            self.tables().0
+        )
+    }
+}
+
+/// Marks what [`Store::prune_audit`] removes, in both backends: for every
+/// device with a segment received before `param` (`?1`, `$1`), `pruned`
+/// becomes at least the highest such index, and the statement returns
+/// `(vault_id, device_id, pruned)` of those devices; their segments up to
+/// `pruned` are then deleted. Heads are left alone, so no number is reused.
+pub(crate) fn prune_audit_sql(param: &str) -> String {
+    format!(
+        "UPDATE audit_logs AS l
+         SET pruned = CASE WHEN cut.p > l.pruned THEN cut.p ELSE l.pruned END
+         FROM (SELECT vault_id AS v, device_id AS d, MAX(idx) AS p FROM audit_segments
+               WHERE received_at < {param} GROUP BY vault_id, device_id) AS cut
+         WHERE l.vault_id = cut.v AND l.device_id = cut.d
+         RETURNING vault_id, device_id, pruned"
+    )
 }
 
 /// What the bootstrap created, if anything.
@@ -420,7 +477,8 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> StoreResult<u64>;
     /// Entries of `log` past `since` (per device), at most `limit` of them
-    /// and about `max_bytes` bytes.
+    /// and about `max_bytes` bytes; for the audit log also what each device
+    /// had removed ([`PullPage::pruned`]), from the same snapshot.
     async fn pull(
         &self,
         vault_id: &str,
@@ -429,6 +487,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> StoreResult<PullPage>;
+    /// Audit log retention (`vault-server serve --audit-keep`): in every
+    /// vault, removes each device's oldest segments, those up to the highest
+    /// index received before `before` (unix seconds), and records that
+    /// index as the device's `pruned` (never lowered). Heads stay, so a
+    /// later push goes on after them. Returns how many segments went.
+    async fn prune_audit(&self, before: i64) -> StoreResult<u64>;
+    /// Removes every audit segment of `device_id` in `vault_id` (the device
+    /// stopped sharing) and sets its `pruned` to its head, which stays.
+    /// Returns `(segments removed, pruned)`; `(0, 0)` for a device that
+    /// never shared. `NotFound` for an unknown vault.
+    async fn remove_audit_device(&self, vault_id: &str, device_id: &str)
+    -> StoreResult<(u64, u64)>;
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -548,8 +618,10 @@ pub(crate) fn role_from_row(
 
 /// Picks records for a pull page from per-device runs, applying the limits.
 /// `fetch(device, since, n)` returns up to `n` records of `device` past `since`.
+/// A device's run starts past both its `since` and its `pruned` mark: what
+/// the server removed is not asked for (nor waited for) again.
 pub(crate) fn assemble_page<F>(
-    heads: BTreeMap<String, u64>,
+    heads: LogHeads,
     since: &BTreeMap<String, u64>,
     limit: usize,
     max_bytes: usize,
@@ -560,8 +632,12 @@ where
 {
     let mut page = PullPage::default();
     let mut bytes = 0usize;
-    for (device, &head) in &heads {
-        let from = since.get(device).copied().unwrap_or(0);
+    for (device, &head) in &heads.heads {
+        let from = since
+            .get(device)
+            .copied()
+            .unwrap_or(0)
+            .max(heads.pruned.get(device).copied().unwrap_or(0));
         if head <= from {
             continue;
         }
@@ -584,7 +660,8 @@ where
             break;
         }
     }
-    page.heads = heads;
+    page.heads = heads.heads;
+    page.pruned = heads.pruned;
     Ok(page)
 }
 
@@ -647,17 +724,55 @@ mod tests {
         max_bytes: usize,
         len: usize,
     ) -> PullPage {
-        let heads: BTreeMap<String, u64> = heads.iter().map(|(d, h)| (d.to_string(), *h)).collect();
+        let heads: Vec<(&str, u64, u64)> = heads.iter().map(|&(d, h)| (d, h, 0)).collect();
+        pruned_page(&heads, since, limit, max_bytes, len)
+    }
+
+    /// [`page`] of logs given as `(device, head, pruned)`: the records up
+    /// to `pruned` are gone.
+    fn pruned_page(
+        logs: &[(&str, u64, u64)],
+        since: &[(&str, u64)],
+        limit: usize,
+        max_bytes: usize,
+        len: usize,
+    ) -> PullPage {
+        let heads: LogHeads = logs
+            .iter()
+            .map(|&(d, h, p)| (d.to_string(), h, p))
+            .collect();
         let since: BTreeMap<String, u64> = since.iter().map(|(d, h)| (d.to_string(), *h)).collect();
-        let logs = heads.clone();
+        let kept: BTreeMap<&str, (u64, u64)> = logs.iter().map(|&(d, h, p)| (d, (p, h))).collect();
         assemble_page(heads, &since, limit, max_bytes, |device, from, n| {
-            let head = logs[device];
-            Ok((from + 1..=head)
+            let (pruned, head) = kept[device];
+            Ok((from.max(pruned) + 1..=head)
                 .take(n)
                 .map(|i| rec(device, i, len))
                 .collect())
         })
         .unwrap()
+    }
+
+    #[test]
+    fn pages_start_past_what_was_pruned() {
+        // `a` lost 1..=2, `b` everything: its page is empty, not "more".
+        let p = pruned_page(
+            &[("a", 4, 2), ("b", 3, 3), ("c", 1, 0)],
+            &[],
+            10,
+            usize::MAX,
+            1,
+        );
+        assert_eq!(
+            keys(&p),
+            [("a".into(), 3), ("a".into(), 4), ("c".into(), 1)]
+        );
+        assert!(!p.more);
+        assert_eq!(p.pruned, BTreeMap::from([("a".into(), 2), ("b".into(), 3)]));
+        assert_eq!(p.heads.len(), 3);
+        // A `since` past the mark still counts.
+        let p = pruned_page(&[("a", 4, 2)], &[("a", 3)], 10, usize::MAX, 1);
+        assert_eq!(keys(&p), [("a".into(), 4)]);
     }
 
     fn keys(p: &PullPage) -> Vec<(String, u64)> {

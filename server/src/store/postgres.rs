@@ -22,9 +22,9 @@ use vault_protocol::server_api::Role;
 use super::gate::{self, CommitGate};
 use super::pg_tls;
 use super::{
-    Bootstrap, Log, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
-    StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
-    continue_log, policies_to_json, redact_url, role_from_row, sso_refusal_bound,
+    Bootstrap, Log, LogHeads, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn,
+    Store, StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
+    continue_log, policies_to_json, prune_audit_sql, redact_url, role_from_row, sso_refusal_bound,
     sso_refusal_no_user, sso_refusal_token_user,
 };
 use crate::error::{StoreError, StoreResult};
@@ -135,6 +135,12 @@ CREATE TABLE audit_segments (
     PRIMARY KEY (vault_id, device_id, idx),
     FOREIGN KEY (vault_id, device_id) REFERENCES audit_logs(vault_id, device_id) ON DELETE CASCADE
 );
+"#,
+    // Audit segments are removed by retention (`--audit-keep`, by
+    // `received_at`) or by their device; `pruned` is the last index removed.
+    r#"
+ALTER TABLE audit_logs ADD COLUMN pruned BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX audit_segments_received ON audit_segments (received_at);
 "#,
 ];
 
@@ -499,26 +505,37 @@ async fn insert_token<C: deadpool_postgres::GenericClient>(c: &C, t: &TokenRow) 
     Ok(())
 }
 
+async fn vault_exists<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    vault_id: &str,
+) -> StoreResult<()> {
+    if !exists(c, "SELECT 1 FROM vaults WHERE id = $1", vault_id).await? {
+        return Err(StoreError::NotFound(format!("no vault '{vault_id}'")));
+    }
+    Ok(())
+}
+
 async fn read_heads<C: deadpool_postgres::GenericClient>(
     c: &C,
     vault_id: &str,
     log: Log,
-) -> StoreResult<BTreeMap<String, u64>> {
-    if !exists(c, "SELECT 1 FROM vaults WHERE id = $1", vault_id).await? {
-        return Err(StoreError::NotFound(format!("no vault '{vault_id}'")));
-    }
+) -> StoreResult<LogHeads> {
+    vault_exists(c, vault_id).await?;
     let stmt = c
-        .prepare_cached(&format!(
-            "SELECT device_id, head FROM {} WHERE vault_id = $1",
-            log.tables().0
-        ))
+        .prepare_cached(&log.heads_sql("$1"))
         .await
         .map_err(pg_err)?;
     Ok(c.query(&stmt, &[&vault_id])
         .await
         .map_err(pg_err)?
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1) as u64,
+                r.get::<_, i64>(2) as u64,
+            )
+        })
         .collect())
 }
 
@@ -1121,7 +1138,7 @@ impl Store for PostgresStore {
 
     async fn heads(&self, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>> {
         let client = self.pool.get().await.map_err(pool_err)?;
-        read_heads(&client, vault_id, log).await
+        Ok(read_heads(&client, vault_id, log).await?.heads)
     }
 
     async fn push(
@@ -1289,5 +1306,69 @@ impl Store for PostgresStore {
             run.truncate(n);
             Ok(run)
         })
+    }
+
+    async fn prune_audit(&self, before: i64) -> StoreResult<u64> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // The devices' `audit_logs` rows first (locked by the UPDATE), then
+        // their segments: the order a push and a removal take them in.
+        let marked = tx
+            .query(&prune_audit_sql("$1"), &[&before])
+            .await
+            .map_err(pg_err)?;
+        if marked.is_empty() {
+            return Ok(0);
+        }
+        let vaults: Vec<String> = marked.iter().map(|r| r.get(0)).collect();
+        let devices: Vec<String> = marked.iter().map(|r| r.get(1)).collect();
+        let upto: Vec<i64> = marked.iter().map(|r| r.get(2)).collect();
+        let removed = tx
+            .execute(
+                "DELETE FROM audit_segments s
+                 USING UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(vault_id, device_id, upto)
+                 WHERE s.vault_id = t.vault_id AND s.device_id = t.device_id AND s.idx <= t.upto",
+                &[&vaults, &devices, &upto],
+            )
+            .await
+            .map_err(pg_err)?;
+        commit(tx, self.call_timeout).await?;
+        Ok(removed)
+    }
+
+    async fn remove_audit_device(
+        &self,
+        vault_id: &str,
+        device_id: &str,
+    ) -> StoreResult<(u64, u64)> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        vault_exists(&tx, vault_id).await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT head FROM audit_logs WHERE vault_id = $1 AND device_id = $2 FOR UPDATE",
+                &[&vault_id, &device_id],
+            )
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok((0, 0));
+        };
+        let head: i64 = row.get(0);
+        let removed = tx
+            .execute(
+                "DELETE FROM audit_segments WHERE vault_id = $1 AND device_id = $2",
+                &[&vault_id, &device_id],
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            "UPDATE audit_logs SET pruned = head WHERE vault_id = $1 AND device_id = $2",
+            &[&vault_id, &device_id],
+        )
+        .await
+        .map_err(pg_err)?;
+        commit(tx, self.call_timeout).await?;
+        Ok((removed, head as u64))
     }
 }

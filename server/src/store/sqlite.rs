@@ -15,10 +15,10 @@ use vault_protocol::server_api::Role;
 
 use super::gate::{self, CommitGate};
 use super::{
-    Bootstrap, Log, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn, Store,
-    StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
-    continue_log, policies_to_json, role_from_row, sso_refusal_bound, sso_refusal_no_user,
-    sso_refusal_token_user,
+    Bootstrap, Log, LogHeads, NewRecord, PoolStatus, Principal, PullPage, SsoSignIn, SsoSignedIn,
+    Store, StoredRecord, TokenKind, TokenRow, UserRow, VaultRow, assemble_page, bound_elsewhere,
+    continue_log, policies_to_json, prune_audit_sql, role_from_row, sso_refusal_bound,
+    sso_refusal_no_user, sso_refusal_token_user,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -129,6 +129,13 @@ CREATE TABLE audit_segments (
     PRIMARY KEY (vault_id, device_id, idx),
     FOREIGN KEY (vault_id, device_id) REFERENCES audit_logs(vault_id, device_id) ON DELETE CASCADE
 ) WITHOUT ROWID;
+"#,
+    // Audit segments are removed: by the server's retention
+    // (`--audit-keep`, which finds the old ones by `received_at`) or by
+    // their device. `pruned` is the last index removed; the head stays.
+    r#"
+ALTER TABLE audit_logs ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX audit_segments_received ON audit_segments (received_at);
 "#,
 ];
 
@@ -1327,7 +1334,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let tx = conn.transaction().map_err(sql_err)?;
             vault_exists(&tx, &vault_id)?;
-            read_heads(&tx, &vault_id, log)
+            Ok(read_heads(&tx, &vault_id, log)?.heads)
         })
         .await
     }
@@ -1433,6 +1440,61 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn prune_audit(&self, before: i64) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let marked = tx
+                .prepare(&prune_audit_sql("?1"))
+                .map_err(sql_err)?
+                .query_map([before], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            let mut removed = 0;
+            for (vault_id, device_id, pruned) in marked {
+                removed += delete_segments(tx, &vault_id, &device_id, pruned)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn remove_audit_device(
+        &self,
+        vault_id: &str,
+        device_id: &str,
+    ) -> StoreResult<(u64, u64)> {
+        let (vault_id, device_id) = (vault_id.to_owned(), device_id.to_owned());
+        self.write(move |tx| {
+            vault_exists(tx, &vault_id)?;
+            let head: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT head FROM audit_logs WHERE vault_id = ?1 AND device_id = ?2",
+                )
+                .map_err(sql_err)?
+                .query_row(params![vault_id, device_id], |r| r.get(0))
+                .optional()
+                .map_err(sql_err)?;
+            let Some(head) = head else {
+                return Ok((0, 0));
+            };
+            let removed = delete_segments(tx, &vault_id, &device_id, head)?;
+            tx.prepare_cached(
+                "UPDATE audit_logs SET pruned = head WHERE vault_id = ?1 AND device_id = ?2",
+            )
+            .map_err(sql_err)?
+            .execute(params![vault_id, device_id])
+            .map_err(sql_err)?;
+            Ok((removed, head as u64))
+        })
+        .await
+    }
 }
 
 fn vault_exists(conn: &Connection, id: &str) -> StoreResult<()> {
@@ -1444,21 +1506,37 @@ fn vault_exists(conn: &Connection, id: &str) -> StoreResult<()> {
         .ok_or_else(|| StoreError::NotFound(format!("no vault '{id}'")))
 }
 
-fn read_heads(conn: &Connection, vault_id: &str, log: Log) -> StoreResult<BTreeMap<String, u64>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT device_id, head FROM {} WHERE vault_id = ?1",
-            log.tables().0
-        ))
-        .map_err(sql_err)?;
+fn read_heads(conn: &Connection, vault_id: &str, log: Log) -> StoreResult<LogHeads> {
+    let mut stmt = conn.prepare_cached(&log.heads_sql("?1")).map_err(sql_err)?;
     let rows = stmt
         .query_map([vault_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
         })
         .map_err(sql_err)?
-        .collect::<Result<BTreeMap<_, _>, _>>()
+        .collect::<Result<LogHeads, _>>()
         .map_err(sql_err)?;
     Ok(rows)
+}
+
+/// Deletes `device_id`'s audit segments up to `upto`; returns how many.
+fn delete_segments(
+    tx: &Transaction<'_>,
+    vault_id: &str,
+    device_id: &str,
+    upto: i64,
+) -> StoreResult<u64> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM audit_segments WHERE vault_id = ?1 AND device_id = ?2 AND idx <= ?3",
+        )
+        .map_err(sql_err)?
+        .execute(params![vault_id, device_id, upto])
+        .map_err(sql_err)?;
+    Ok(n as u64)
 }
 
 #[cfg(test)]
