@@ -46,6 +46,7 @@ use vault_protocol::{BUILD_VERSION, PROTOCOL_VERSION, SecretValue};
 
 mod agent;
 mod audit;
+mod audit_share;
 mod eks;
 mod gcp;
 mod publish;
@@ -274,6 +275,9 @@ fn run() -> BenchResult<()> {
     }
     if opts.only_audit {
         result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
+        if result.is_ok() {
+            result = audit_share::bench(&bins, tmp.path(), &mut rows);
+        }
         if let Err(e) = &result {
             notes.push(format!("stopped early: {e}"));
         }
@@ -289,6 +293,9 @@ fn run() -> BenchResult<()> {
         }
         if result.is_ok() {
             result = audit::bench(&bins, tmp.path(), opts.runs, &mut rows);
+        }
+        if result.is_ok() {
+            result = audit_share::bench(&bins, tmp.path(), &mut rows);
         }
         if result.is_ok() {
             result = gcp::bench(&bins, tmp.path(), opts.runs, &mut rows, &mut notes);

@@ -25,9 +25,9 @@ const RECORDS: usize = 10_000;
 /// Round trips timed.
 const ROUND_TRIPS: usize = 30;
 /// The server's default admin password, used as the access token.
-const TOKEN: &str = "vault-bench-server-admin-token-0123456789";
+pub(super) const TOKEN: &str = "vault-bench-server-admin-token-0123456789";
 
-fn start_server(bins: &Binaries, dir: &Path) -> BenchResult<(Listening, String)> {
+pub(super) fn start_server(bins: &Binaries, dir: &Path) -> BenchResult<(Listening, String)> {
     let mut cmd = Command::new(&bins.server);
     cmd.args(["--listen", "127.0.0.1:0", "--default-admin", "admin"])
         .arg("--database")
@@ -53,11 +53,27 @@ fn device(bins: &Binaries, tmp: &Path, name: &str) -> BenchResult<BenchVault> {
     Ok(vault)
 }
 
-fn sync_now(conn: &mut super::Conn) -> BenchResult<(u64, u64)> {
+pub(super) fn sync_now(conn: &mut super::Conn) -> BenchResult<(u64, u64)> {
     match conn.call(Request::SyncNow)? {
         Response::Synced(r) if r.refused.is_empty() => Ok((r.pushed, r.pulled)),
         other => Err(format!("SyncNow answered {other:?}")),
     }
+}
+
+/// Gives record `name`'s `token` field a new value (the `i`th).
+pub(super) fn change(conn: &mut super::Conn, name: &str, i: usize) -> BenchResult<()> {
+    conn.call(Request::Set {
+        name: name.to_owned(),
+        fields: BTreeMap::from([(
+            "token".to_owned(),
+            SecretValue::from(format!("changed-{i}").as_str()),
+        )]),
+        unset: vec![],
+        description: None,
+        tags: None,
+        expires_at: None,
+    })?;
+    Ok(())
 }
 
 /// Adds the sync rows.
@@ -128,17 +144,7 @@ pub(super) fn bench(bins: &Binaries, tmp: &Path, rows: &mut Vec<Row>) -> BenchRe
 
     let mut trips = Vec::with_capacity(ROUND_TRIPS);
     for i in 0..ROUND_TRIPS {
-        conn.call(Request::Set {
-            name: "sync-000042".to_owned(),
-            fields: BTreeMap::from([(
-                "token".to_owned(),
-                SecretValue::from(format!("changed-{i}").as_str()),
-            )]),
-            unset: vec![],
-            description: None,
-            tags: None,
-            expires_at: None,
-        })?;
+        change(&mut conn, "sync-000042", i)?;
         let t = Instant::now();
         let (pushed, _) = sync_now(&mut conn)?;
         let (_, pulled) = sync_now(&mut conn_b)?;

@@ -507,7 +507,7 @@ pub struct PullResponse {
     pub more: bool,
     /// Audit log only: per device, the last segment number the server no
     /// longer holds (dropped by its retention, `--audit-keep`, or removed
-    /// by the device, `vault audit unshare`); devices with none are left
+    /// by the device, `vault sync unshare-audit`); devices with none are left
     /// out. A claim of the server's: a reader notes it, it proves nothing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pruned: BTreeMap<String, u64>,

@@ -90,6 +90,11 @@ impl RemoteServer {
         out
     }
 
+    /// Flags for the next [`RemoteServer::resume`] (`--audit-keep 1h`).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     /// Starts it again on the same address and database.
     pub fn resume(&mut self) {
         self.server.start(&binaries().server, |cmd| {

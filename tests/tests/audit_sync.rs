@@ -68,24 +68,37 @@ fn server_segments(server: &RemoteServer) -> Vec<(String, i64, Vec<u8>)> {
         .unwrap()
 }
 
-#[test]
-fn hand_outs_reach_the_other_devices_sealed_only_when_turned_on() {
-    let mut server = RemoteServer::start();
+/// Device A (sharing) with token `gh` = `token`, synced to `server`; its
+/// vault id.
+fn first_device(server: &RemoteServer, token: &str) -> (VaultHome, String) {
     let a = VaultHome::new();
     a.write_config(SHARE);
     a.init().ok();
-    let token = secret("audit-shared");
     a.vault_in(
         ["add", "gh", "--type", "token", "token=-"],
         token.as_bytes(),
     )
     .ok();
-    a.login(&server).ok();
+    a.login(server).ok();
     sync(&a).ok();
     let vault_id = a.vault(["status", "--json"]).json()["vault_id"]
         .as_str()
         .unwrap()
         .to_owned();
+    (a, vault_id)
+}
+
+/// A hand-out on `a`, shared by a sync: one more segment.
+fn one_segment(a: &VaultHome) {
+    a.vault(["get", "gh", "--field", "token"]).ok();
+    sync(a).ok();
+}
+
+#[test]
+fn hand_outs_reach_the_other_devices_sealed_only_when_turned_on() {
+    let mut server = RemoteServer::start();
+    let token = secret("audit-shared");
+    let (a, vault_id) = first_device(&server, &token);
     let b = device(&server, &vault_id, SHARE);
     // A device that did not turn it on shares nothing.
     let c = device(&server, &vault_id, "[sync]\nauto = false\n");
@@ -155,25 +168,11 @@ fn hand_outs_reach_the_other_devices_sealed_only_when_turned_on() {
 #[test]
 fn a_segment_changed_moved_or_withheld_by_the_server_is_caught() {
     let mut server = RemoteServer::start();
-    let a = VaultHome::new();
-    a.write_config(SHARE);
-    a.init().ok();
-    a.vault_in(
-        ["add", "gh", "--type", "token", "token=-"],
-        secret("audit-attacked").as_bytes(),
-    )
-    .ok();
-    a.login(&server).ok();
-    sync(&a).ok();
-    let vault_id = a.vault(["status", "--json"]).json()["vault_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (a, vault_id) = first_device(&server, &secret("audit-attacked"));
     let b = device(&server, &vault_id, SHARE);
     // Then three segments of A's log, one sync each.
     for _ in 0..3 {
-        a.vault(["get", "gh", "--field", "token"]).ok();
-        sync(&a).ok();
+        one_segment(&a);
     }
     let a_id = device_id(&a);
     let segments = server_segments(&server);
@@ -252,5 +251,116 @@ fn a_segment_changed_moved_or_withheld_by_the_server_is_caught() {
         .stderr_has("holds this device's audit segments only through 1, but took them through 3");
     let numbers: Vec<i64> = server_segments(&server).iter().map(|s| s.1).collect();
     assert_eq!(numbers, [1]);
+    server.stop();
+}
+
+/// The sequence numbers of `device`'s entries `vh` shows, and its problems.
+fn seqs_of(vh: &VaultHome, device: &str) -> (Vec<u64>, Vec<String>, i32) {
+    let (entries, problems, code) = vh.audit(&["--device", device]);
+    let seqs = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    (seqs, problems, code)
+}
+
+fn kept_segments(vh: &VaultHome) -> i64 {
+    let db = rusqlite::Connection::open(vh.paths().db()).unwrap();
+    db.query_row("SELECT COUNT(*) FROM audit_remote", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn old_segments_go_here_and_on_the_server_and_a_device_can_take_back_its_own() {
+    let mut server = RemoteServer::start();
+    let (a, vault_id) = first_device(&server, &secret("audit-kept"));
+    let b = device(&server, &vault_id, SHARE);
+    let a_id = device_id(&a);
+    // Segments 1..=3 of A (entries 1..=3), kept on B.
+    for _ in 0..3 {
+        one_segment(&a);
+    }
+    sync(&b).ok();
+    assert_eq!(seqs_of(&b, &a_id), (vec![1, 2, 3], vec![], 0));
+
+    // [audit] keep on B: segments 1 and 2 dated older than it go, 3 still
+    // checks whole against the last entry dropped, and the next sync does
+    // not fetch them again.
+    b.stop_daemons();
+    {
+        let db = rusqlite::Connection::open(b.paths().db()).unwrap();
+        db.execute("UPDATE audit_remote SET last_at = 1000 WHERE idx <= 2", [])
+            .unwrap();
+    }
+    b.unlock().ok();
+    assert_eq!(seqs_of(&b, &a_id), (vec![3], vec![], 0));
+    assert_eq!(kept_segments(&b), 1);
+    sync(&b).ok();
+    assert_eq!(kept_segments(&b), 1);
+    assert_eq!(seqs_of(&b, &a_id), (vec![3], vec![], 0));
+
+    // The server's --audit-keep drops what it received long ago: a device
+    // that fetches later is told, and sees the rest with no problem.
+    let c = device(&server, &vault_id, "[sync]\nauto = false\n");
+    one_segment(&a);
+    server.stop();
+    {
+        let db = rusqlite::Connection::open(server.sqlite_path().unwrap()).unwrap();
+        db.execute(
+            "UPDATE audit_segments SET received_at = 1000 WHERE idx <= 3",
+            [],
+        )
+        .unwrap();
+    }
+    server.set_args(&["--audit-keep", "1h"]);
+    server.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server_segments(&server).len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server pruned nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // C joined before, without sharing; it turns sharing on now.
+    c.write_config(SHARE);
+    c.stop_daemons();
+    c.unlock().ok();
+    let run = sync(&c);
+    run.ok().stderr_has(&format!(
+        "the server no longer holds audit segments 1..=3 of device {a_id}"
+    ));
+    assert_eq!(seqs_of(&c, &a_id), (vec![4], vec![], 0));
+    sync(&b).ok();
+    assert_eq!(seqs_of(&b, &a_id), (vec![3, 4], vec![], 0));
+
+    // A takes back what it shared: refused while sharing is on, then done;
+    // B keeps the copies it fetched, and a sync after is clean everywhere.
+    let refused = a.vault(["sync", "unshare-audit"]);
+    assert_ne!(refused.code, 0, "{refused}");
+    refused.stderr_has("[audit] sync is on");
+    a.write_config("[sync]\nauto = false\n");
+    a.stop_daemons();
+    a.unlock().ok();
+    let run = a.vault(["sync", "unshare-audit", "--json"]);
+    let done = run.ok().json();
+    assert_eq!(
+        (done["removed"].as_u64(), done["through"].as_u64()),
+        (Some(1), Some(4)),
+        "{done}"
+    );
+    assert!(server_segments(&server).is_empty());
+    sync(&b).ok();
+    assert_eq!(seqs_of(&b, &a_id), (vec![3, 4], vec![], 0));
+    // A hand-out while sharing is off is never shared. Shared again
+    // later: numbered after what was removed, never over it.
+    a.vault(["get", "gh", "--field", "token"]).ok();
+    a.write_config(SHARE);
+    a.stop_daemons();
+    a.unlock().ok();
+    one_segment(&a);
+    let numbers: Vec<i64> = server_segments(&server).iter().map(|s| s.1).collect();
+    assert_eq!(numbers, [5]);
+    sync(&b).ok();
+    let (seqs, problems, code) = seqs_of(&b, &a_id);
+    assert_eq!((problems.as_slice(), code), (&[][..], 0), "{seqs:?}");
+    assert_eq!(seqs, [3, 4, 6]);
     server.stop();
 }

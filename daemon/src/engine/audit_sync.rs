@@ -544,6 +544,9 @@ impl Engine {
         offset: u64,
         device: Option<&str>,
     ) -> Result<(Vec<AuditEntry>, Vec<String>, Option<u64>)> {
+        // What waits is written and what is past `[audit] keep` dropped
+        // first, also when only another device's entries are asked for.
+        self.flush_audit()?;
         let own = self.device.clone();
         let mut all = Vec::new();
         let mut problems = Vec::new();

@@ -232,8 +232,8 @@ async fn pull_from(
     }))
 }
 
-/// Removes a device's shared audit segments (it stopped sharing, `vault
-/// audit unshare`): `vault:write`, as its push. Its numbering stays.
+/// Removes a device's shared audit segments (it stopped sharing, `vault sync
+/// unshare-audit`): `vault:write`, as its push. Its numbering stays.
 pub(super) async fn audit_remove_device(
     State(st): State<Shared>,
     caller: Caller,
