@@ -495,7 +495,8 @@ pub struct LogRecord {
 }
 
 /// `POST /vaults/{id}/pull` answer: records ordered by device id, then index,
-/// each device's run consecutive from its `since` + 1.
+/// each device's run consecutive from its `since` + 1 (audit log: from
+/// after the larger of `since` and `pruned`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullResponse {
     /// This page.

@@ -171,7 +171,8 @@ impl Engine {
             .append_audit(&rows, &text)
             .map_err(store_err)?;
         if !self.audit_sync_on() {
-            self.audit_not_shared_through(head)?;
+            let first = rows.first().map_or(head, |r| r.seq);
+            self.audit_not_shared(first, head)?;
         }
         self.prune_audit()
     }

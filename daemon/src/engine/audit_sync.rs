@@ -32,6 +32,9 @@ const SEGMENT: &str = "audit_sync_segment";
 /// `vault_meta`: the last local entry written while sharing was off; never
 /// shared.
 const UNSHARED: &str = "audit_sync_unshared";
+/// `vault_meta`: the first entry of that run (entries before it, written
+/// while sharing was on and not pushed yet, still go).
+const UNSHARED_FROM: &str = "audit_sync_unshared_from";
 /// Most entries in one segment.
 const SEGMENT_ENTRIES: usize = 500;
 /// A segment stops growing past this many bytes of JSON (an entry is at
@@ -164,12 +167,12 @@ impl Engine {
     pub fn audit_outgoing(&mut self) -> Result<Vec<Outgoing>> {
         self.flush_audit()?;
         let shipped = self.meta_u64(SEQ)?;
-        let unshared = self.meta_u64(UNSHARED)?;
-        let after = shipped.max(unshared);
-        let mut resumed = unshared > shipped;
+        let (from, to) = (self.meta_u64(UNSHARED_FROM)?, self.meta_u64(UNSHARED)?);
+        let unshared = |seq: u64| to > shipped && (from..=to).contains(&seq);
+        let mut resumed = false;
         let mut index = self.meta_u64(SEGMENT)?;
         let vault = self.vault_id()?;
-        let rows = self.store()?.audit_rows_after(after).map_err(store_err)?;
+        let rows = self.store()?.audit_rows_after(shipped).map_err(store_err)?;
         let key = &self.session()?.key;
         let mut out = Vec::new();
         let mut entries: Vec<Shared> = Vec::new();
@@ -192,6 +195,25 @@ impl Engine {
             })
         };
         for row in &rows {
+            if unshared(row.seq) {
+                // Written while sharing was off: never shared. What came
+                // before goes in a segment of its own; the next one says
+                // entries were left out before it.
+                if !entries.is_empty() {
+                    index += 1;
+                    out.push(seal(
+                        std::mem::take(&mut entries),
+                        index,
+                        std::mem::take(&mut resumed),
+                    )?);
+                    bytes = 0;
+                    if out.len() >= PUSH_SEGMENTS {
+                        return Ok(out);
+                    }
+                }
+                resumed = true;
+                continue;
+            }
             // An entry changed in vault.db does not open: `vault audit`
             // reports it here; the other devices see its number missing.
             let Some(body) = open_body(key, row) else {
@@ -249,12 +271,21 @@ impl Engine {
             .map_err(store_err)
     }
 
-    /// Entries through `seq` were written while sharing was off: they are
-    /// never shared (turning it on shares the entries from then on).
-    pub(super) fn audit_not_shared_through(&mut self, seq: u64) -> Result<()> {
-        let seq = seq.to_string();
+    /// Entries `first..=last` were written while sharing was off: they
+    /// are never shared (turning it on shares the entries from then on).
+    /// One run is kept: it grows while the last is not behind what was
+    /// shipped (entries of a short time on between two runs, never pushed,
+    /// go with it), else a new run starts.
+    pub(super) fn audit_not_shared(&mut self, first: u64, last: u64) -> Result<()> {
+        let (from, to) = (self.meta_u64(UNSHARED_FROM)?, self.meta_u64(UNSHARED)?);
+        let from = if to > self.meta_u64(SEQ)? && to > 0 {
+            from
+        } else {
+            first
+        };
+        let (from, last) = (from.to_string(), last.to_string());
         self.store_mut()?
-            .set_meta(&[(UNSHARED, &seq)])
+            .set_meta(&[(UNSHARED_FROM, &from), (UNSHARED, &last)])
             .map_err(store_err)
     }
 
@@ -283,12 +314,22 @@ impl Engine {
     pub fn accept_audit_segments(&mut self, pulled: Vec<Pulled>) -> Result<Vec<String>> {
         let vault = self.vault_id()?;
         let key_id = self.meta("key_id")?.unwrap_or_default();
+        // What is kept here already, or gone on purpose, is not kept again
+        // (a server replaying a segment dropped by `[audit] keep`).
+        let kept = self.audit_kept()?;
+        let gaps = self.store()?.audit_gaps(None).map_err(store_err)?;
+        let known = |device: &str, index: u64| {
+            index <= kept.get(device).copied().unwrap_or(0)
+                || gaps
+                    .iter()
+                    .any(|g| g.device == device && (g.first..=g.last).contains(&index))
+        };
         let mut keep = Vec::new();
         let mut refused = Vec::new();
         {
             let key = &self.session()?.key;
             for p in pulled {
-                if p.device == self.device {
+                if p.device == self.device || known(&p.device, p.index) {
                     continue;
                 }
                 if validate_id("device id", &p.device).is_err()
@@ -347,18 +388,30 @@ impl Engine {
             return Ok(());
         }
         let vault = self.vault_id()?;
-        let segments = store.audit_segments(None).map_err(store_err)?;
+        // Their numbers and times only: bodies are read one at a time, for
+        // a segment kept without a time (once) and the last one dropped.
+        let mut index = store.audit_segment_times().map_err(store_err)?;
         let mut gaps: HashMap<String, Vec<AuditGap>> = HashMap::new();
         for g in store.audit_gaps(None).map_err(store_err)? {
             gaps.entry(g.device.clone()).or_default().push(g);
         }
         let key = &self.session()?.key;
+        let open = |device: &str, idx: u64| -> Result<Option<Segment>> {
+            let data = store.audit_segment(device, idx).map_err(store_err)?;
+            Ok(data.and_then(|d| open_segment(key, &vault, device, idx, &d).ok()))
+        };
         let mut times = Vec::new();
+        for (device, idx, at) in index.iter_mut().filter(|t| t.2.is_none()) {
+            *at = open(device, *idx)?.and_then(|seg| seg.entries.last().map(|e| e.at));
+            if let Some(at) = *at {
+                times.push((device.clone(), *idx, at));
+            }
+        }
         // Per device: the last segment to drop, and the entry after it.
         let mut drops: Vec<(String, u64, Option<u64>)> = Vec::new();
-        let mut by_device: BTreeMap<&str, Vec<&AuditSegment>> = BTreeMap::new();
-        for s in &segments {
-            by_device.entry(&s.device).or_default().push(s);
+        let mut by_device: BTreeMap<&str, Vec<(u64, Option<i64>)>> = BTreeMap::new();
+        for (device, idx, at) in &index {
+            by_device.entry(device).or_default().push((*idx, *at));
         }
         for (device, kept) in by_device {
             let mut gaps_here = gaps
@@ -366,33 +419,27 @@ impl Engine {
                 .unwrap_or_default()
                 .into_iter()
                 .peekable();
-            let mut next = 1;
-            let mut last: Option<&AuditSegment> = None;
-            for s in kept {
-                while let Some(g) = gaps_here.next_if(|g| g.first == next) {
-                    next = g.last + 1;
+            let mut next = 1u64;
+            let mut last = None;
+            for (idx, at) in kept {
+                while let Some(g) = gaps_here.next_if(|g| g.first <= next) {
+                    next = next.max(g.last.saturating_add(1));
                 }
-                if s.index != next {
+                if idx < next {
+                    // Inside a run already gone (kept again since): it
+                    // goes with the next drop.
+                    continue;
+                }
+                if idx != next || at.is_none_or(|at| at >= cutoff) {
                     break;
                 }
-                let at = match s.last_at {
-                    Some(at) => Some(at),
-                    None => open_segment(key, &vault, device, s.index, &s.data)
-                        .ok()
-                        .and_then(|seg| seg.entries.last().map(|e| e.at))
-                        .inspect(|at| times.push((device.to_owned(), s.index, *at))),
-                };
-                if at.is_none_or(|at| at >= cutoff) {
-                    break;
-                }
-                last = Some(s);
-                next = s.index + 1;
+                last = Some(idx);
+                next = idx + 1;
             }
-            if let Some(s) = last {
-                let next_seq = open_segment(key, &vault, device, s.index, &s.data)
-                    .ok()
-                    .and_then(|seg| seg.entries.last().map(|e| e.seq + 1));
-                drops.push((device.to_owned(), s.index, next_seq));
+            if let Some(idx) = last {
+                let next_seq = open(device, idx)?
+                    .and_then(|seg| seg.entries.last().map(|e| e.seq.saturating_add(1)));
+                drops.push((device.to_owned(), idx, next_seq));
             }
         }
         let store = self.store_mut()?;
@@ -423,7 +470,7 @@ impl Engine {
             };
             let have = kept.get(device).copied().unwrap_or(0);
             let through = through.min(head);
-            if *device == self.device || through <= have {
+            if *device == self.device || through <= have || through >= i64::MAX as u64 {
                 continue;
             }
             self.store_mut()?
@@ -474,13 +521,20 @@ impl Engine {
             // numbers go on from the last one dropped), or no longer on the
             // server (noted by the sync that learnt it; numbers unknown).
             let pending = gaps.entry(s.device.clone()).or_default();
-            while let Some(g) = pending.front().filter(|g| g.first < s.index) {
+            while let Some(g) = pending.front().filter(|g| g.first <= s.index) {
                 if g.first > *want_index {
                     problems.push(missing_segments(&s.device, *want_index, g.first - 1));
                 }
-                *want_index = (*want_index).max(g.last + 1);
-                *want_seq = if g.by_server { None } else { g.next_seq };
+                if g.last.saturating_add(1) > *want_index {
+                    *want_index = g.last.saturating_add(1);
+                    *want_seq = if g.by_server { None } else { g.next_seq };
+                }
                 pending.pop_front();
+            }
+            if s.index < *want_index {
+                // Inside a run gone on purpose (a copy kept again since):
+                // not shown, as the run's other entries are not.
+                continue;
             }
             if s.index > *want_index {
                 problems.push(missing_segments(&s.device, *want_index, s.index - 1));
@@ -740,6 +794,12 @@ mod tests {
         for n in [2, 3, 1] {
             pulled.extend(share(&mut a, n));
         }
+        let replay = Pulled {
+            device: pulled[0].device.clone(),
+            index: 1,
+            key_id: pulled[0].key_id.clone(),
+            data: pulled[0].data.clone(),
+        };
         assert!(b.accept_audit_segments(pulled).unwrap().is_empty());
         assert_eq!(seqs(&mut b), ((1..=6).collect(), vec![]));
 
@@ -756,6 +816,10 @@ mod tests {
         b.prune_audit_segments(100).unwrap();
         assert_eq!(seqs(&mut b), (vec![6], vec![]));
         assert_eq!(b.audit_kept().unwrap()[&a_dev], 3);
+        // The server replays segment 1, dropped here: not kept again.
+        assert!(b.accept_audit_segments(vec![replay]).unwrap().is_empty());
+        assert_eq!(b.store().unwrap().audit_segments(None).unwrap().len(), 1);
+        assert_eq!(seqs(&mut b), (vec![6], vec![]));
 
         // The server says it no longer holds 4..=5 (never fetched here): no
         // problem, the pull goes on after 5, and 6 is taken as it comes.
@@ -784,19 +848,22 @@ mod tests {
         assert_eq!(seqs(&mut b).1, Vec::<String>::new());
 
         // Hand-outs while sharing is off are never shared; the entries
-        // after them follow with no gap reported.
-        a.config.audit_sync = false;
+        // after them follow with no gap reported. One written while it was
+        // on, not pushed yet, still goes.
         let peer = crate::peer::Peer::daemon();
+        a.audit(&["n".to_owned()], "get", &peer);
+        a.flush_audit().unwrap();
+        a.config.audit_sync = false;
         for _ in 0..2 {
             a.audit(&["n".to_owned()], "get", &peer);
         }
         a.flush_audit().unwrap();
         a.config.audit_sync = true;
         let nine = share(&mut a, 1);
-        assert_eq!(nine.len(), 1);
+        assert_eq!(nine.len(), 2);
         assert!(b.accept_audit_segments(nine).unwrap().is_empty());
         let (seen, problems) = seqs(&mut b);
-        assert_eq!(seen[seen.len() - 3..], [14, 15, 18]);
+        assert_eq!(seen[seen.len() - 4..], [14, 15, 16, 19]);
         assert!(problems.is_empty(), "{problems:?}");
     }
 

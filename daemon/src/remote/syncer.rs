@@ -1225,12 +1225,16 @@ pub async fn unshare_audit(d: &Arc<Shared>) -> Result<Response, WireError> {
         }
         Err(e) => return Err(e.wire(&target.url)),
     };
-    if removed.device_id != target.device {
+    if removed.device_id != target.device
+        || removed.pruned >= i64::MAX as u64
+        || removed.removed > removed.pruned
+    {
         return Err(WireError::new(
             ErrorCode::Failed,
             format!(
-                "{} answered for another device ({}); nothing is known removed",
-                target.url, removed.device_id
+                "{} answered what cannot be (another device, or {} removed through {}); \
+                 nothing is known removed, this device's numbering is unchanged",
+                target.url, removed.removed, removed.pruned
             ),
         ));
     }

@@ -179,6 +179,31 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every kept segment's device, number and time, by device and number
+    /// (no bodies).
+    pub fn audit_segment_times(&self) -> Result<Vec<(String, u64, Option<i64>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, idx, last_at FROM audit_remote ORDER BY device_id, idx")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One kept segment's body.
+    pub fn audit_segment(&self, device: &str, idx: u64) -> Result<Option<Vec<u8>>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body FROM audit_remote WHERE device_id = ?1 AND idx = ?2",
+                params![device, idx as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Whether a kept segment may be older than `cutoff` (or its time is
     /// not known yet): retention has work.
     pub fn audit_segments_due(&self, cutoff: i64) -> Result<bool> {
@@ -273,7 +298,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT device_id, idx, idx FROM audit_remote
              UNION ALL SELECT device_id, first_idx, last_idx FROM audit_remote_gaps
-             ORDER BY 1, 2",
+             ORDER BY 1, 2, 3 DESC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -286,8 +311,8 @@ impl Store {
         for row in rows {
             let (device, first, last) = row?;
             let end: &mut u64 = runs.entry(device).or_default();
-            if first == *end + 1 {
-                *end = last;
+            if first <= end.saturating_add(1) {
+                *end = (*end).max(last);
             }
         }
         Ok(runs)
