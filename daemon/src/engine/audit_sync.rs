@@ -195,44 +195,33 @@ impl Engine {
             })
         };
         for row in &rows {
-            if unshared(row.seq) {
-                // Written while sharing was off: never shared. What came
-                // before goes in a segment of its own; the next one says
-                // entries were left out before it.
-                if !entries.is_empty() {
-                    index += 1;
-                    out.push(seal(
-                        std::mem::take(&mut entries),
-                        index,
-                        std::mem::take(&mut resumed),
-                    )?);
-                    bytes = 0;
-                    if out.len() >= PUSH_SEGMENTS {
-                        return Ok(out);
-                    }
-                }
-                resumed = true;
-                continue;
+            // Written while sharing was off: never shared. What came before
+            // goes in a segment of its own; the next one says entries were
+            // left out before it.
+            let skip = unshared(row.seq);
+            if !skip {
+                // An entry changed in vault.db does not open: `vault audit`
+                // reports it here; the other devices see its number missing.
+                let Some(body) = open_body(key, row) else {
+                    continue;
+                };
+                let e = Shared {
+                    seq: row.seq,
+                    at: row.at,
+                    record_id: row.record_id.clone(),
+                    op: body.op,
+                    uid: body.uid,
+                    client: body.client,
+                    parents: body.parents,
+                };
+                // Exactly as sealed: a long executable path or a command
+                // line of control characters (escaped six times over)
+                // counts in full.
+                bytes += serde_json::to_vec(&e).map_or(SEGMENT_BYTES, |j| j.len() + 1);
+                entries.push(e);
             }
-            // An entry changed in vault.db does not open: `vault audit`
-            // reports it here; the other devices see its number missing.
-            let Some(body) = open_body(key, row) else {
-                continue;
-            };
-            let e = Shared {
-                seq: row.seq,
-                at: row.at,
-                record_id: row.record_id.clone(),
-                op: body.op,
-                uid: body.uid,
-                client: body.client,
-                parents: body.parents,
-            };
-            // Exactly as sealed: a long executable path or a command line
-            // of control characters (escaped six times over) counts in full.
-            bytes += serde_json::to_vec(&e).map_or(SEGMENT_BYTES, |j| j.len() + 1);
-            entries.push(e);
-            if entries.len() >= SEGMENT_ENTRIES || bytes >= SEGMENT_BYTES {
+            let full = entries.len() >= SEGMENT_ENTRIES || bytes >= SEGMENT_BYTES;
+            if (skip || full) && !entries.is_empty() {
                 index += 1;
                 out.push(seal(
                     std::mem::take(&mut entries),
@@ -244,6 +233,7 @@ impl Engine {
                     return Ok(out);
                 }
             }
+            resumed |= skip;
         }
         if !entries.is_empty() {
             index += 1;
