@@ -822,8 +822,21 @@ mod tests {
         let [_, _, six] = more;
         assert!(b.accept_audit_segments(six).unwrap().is_empty());
         assert_eq!(seqs(&mut b), (vec![6, 12, 13], vec![]));
-        // Said again, it changes nothing.
+        // Said again, it changes nothing; nor do claims of what cannot be:
+        // of B itself, of a device not listed, past the listed head (cut
+        // to it), at or past 2^63.
         assert!(b.audit_server_pruned(&pruned, &listed).unwrap().is_empty());
+        let b_dev = b.device.clone();
+        let odd: BTreeMap<String, u64> = [
+            (b_dev.clone(), 9),
+            ("feedfacefeedface".to_owned(), 9),
+            (a_dev.clone(), u64::MAX),
+        ]
+        .into();
+        let heads: BTreeMap<String, u64> = [(b_dev, 9), (a_dev.clone(), u64::MAX)].into();
+        assert!(b.audit_server_pruned(&odd, &heads).unwrap().is_empty());
+        assert_eq!(b.audit_kept().unwrap()[&a_dev], 6);
+        assert_eq!(b.audit_kept().unwrap().len(), 1);
 
         // A segment missing between kept ones is still a problem.
         let seven = share(&mut a, 1);
