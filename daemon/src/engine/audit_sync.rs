@@ -305,15 +305,12 @@ impl Engine {
         let vault = self.vault_id()?;
         let key_id = self.meta("key_id")?.unwrap_or_default();
         // What is kept here already, or gone on purpose, is not kept again
-        // (a server replaying a segment dropped by `[audit] keep`).
+        // (a server replaying a segment dropped by `[audit] keep`): every
+        // gap lies inside the unbroken run (one dropped here starts at 1,
+        // one the server claims right after the run), so the run's end
+        // covers both.
         let kept = self.audit_kept()?;
-        let gaps = self.store()?.audit_gaps(None).map_err(store_err)?;
-        let known = |device: &str, index: u64| {
-            index <= kept.get(device).copied().unwrap_or(0)
-                || gaps
-                    .iter()
-                    .any(|g| g.device == device && (g.first..=g.last).contains(&index))
-        };
+        let known = |device: &str, index: u64| index <= kept.get(device).copied().unwrap_or(0);
         let mut keep = Vec::new();
         let mut refused = Vec::new();
         {
